@@ -1,0 +1,138 @@
+"""The data contract: the four input tables, their columns and types.
+
+Every other module (ingest, features, the online store, the simulator) reads the column
+lists from here, so the contract is written down exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ColumnType = Literal["string", "timestamp", "float", "int", "bool"]
+
+#: DuckDB type used in the warehouse for each contract type.
+DUCKDB_TYPES: dict[ColumnType, str] = {
+    "string": "VARCHAR",
+    "timestamp": "TIMESTAMPTZ",
+    "float": "DOUBLE",
+    "int": "BIGINT",
+    "bool": "BOOLEAN",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: ColumnType
+    required: bool = True
+    #: allowed values for categorical string columns (None: free text)
+    choices: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    id_column: str
+    #: the event time (None for customers, whose reference time is signup_at)
+    time_column: str
+    columns: tuple[Column, ...]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def required(self) -> list[str]:
+        return [c.name for c in self.columns if c.required]
+
+    def column(self, name: str) -> Column:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(f"table {self.name!r} has no column {name!r}")
+
+
+INTERACTION_CHANNELS = ("call", "email", "web", "chat", "store", "sms", "visit")
+INTERACTION_KINDS = (
+    "inquiry",
+    "complaint",
+    "service",
+    "open",
+    "click",
+    "visit",
+    "meeting",
+    "sent",
+)
+
+CUSTOMERS = Table(
+    name="customers",
+    id_column="customer_id",
+    time_column="signup_at",
+    columns=(
+        Column("customer_id", "string"),
+        Column("signup_at", "timestamp"),
+        Column("region", "string", required=False),
+        Column("acquisition_channel", "string", required=False),
+        Column("preferred_channel", "string", required=False),
+        Column("email_opt_in", "bool", required=False),
+        Column("phone_opt_in", "bool", required=False),
+        Column("sms_opt_in", "bool", required=False),
+    ),
+)
+
+ORDERS = Table(
+    name="orders",
+    id_column="order_id",
+    time_column="ordered_at",
+    columns=(
+        Column("order_id", "string"),
+        Column("customer_id", "string"),
+        Column("ordered_at", "timestamp"),
+        Column("amount", "float"),
+        Column("margin", "float", required=False),
+        Column("category", "string", required=False),
+        Column("channel", "string", required=False),
+    ),
+)
+
+INTERACTIONS = Table(
+    name="interactions",
+    id_column="interaction_id",
+    time_column="occurred_at",
+    columns=(
+        Column("interaction_id", "string"),
+        Column("customer_id", "string"),
+        Column("occurred_at", "timestamp"),
+        Column("channel", "string", choices=INTERACTION_CHANNELS),
+        Column("kind", "string"),
+        Column("direction", "string", required=False, choices=("inbound", "outbound")),
+        Column("duration_s", "float", required=False),
+        Column("satisfaction", "int", required=False),
+        Column("resolved", "bool", required=False),
+    ),
+)
+
+CAMPAIGN_LOG = Table(
+    name="campaign_log",
+    id_column="decision_id",
+    time_column="decided_at",
+    columns=(
+        Column("decision_id", "string"),
+        Column("customer_id", "string"),
+        Column("decided_at", "timestamp"),
+        Column("action", "string"),
+        Column("channel", "string"),
+        Column("propensity", "float"),
+        Column("outcome", "bool", required=False),
+        Column("revenue", "float", required=False),
+        Column("responded_at", "timestamp", required=False),
+    ),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (CUSTOMERS, ORDERS, INTERACTIONS, CAMPAIGN_LOG)}
+#: event tables, in the order features and the online store use them
+EVENT_TABLES: tuple[Table, ...] = (ORDERS, INTERACTIONS, CAMPAIGN_LOG)
+
+#: the control action that always exists in the campaign log and the action catalog
+NO_ACTION = "no_action"

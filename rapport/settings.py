@@ -1,0 +1,105 @@
+"""The one place where Rapport's configuration lives.
+
+Everything is read from the environment (prefix ``RAPPORT_``) or a ``.env`` file when
+:func:`get_settings` is called; importing this module does nothing else. Paths that are
+not given explicitly are derived from the workspace folder ``RAPPORT_HOME``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Typed, frozen configuration; derived paths are properties so they follow ``home``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAPPORT_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    home: Path = Field(default=Path(".rapport"), description="Workspace folder.")
+    warehouse_url: str | None = Field(
+        default=None, description="DuckDB file path (default: <home>/warehouse.duckdb)."
+    )
+    online_store: str | None = Field(
+        default=None,
+        description="sqlite:///path or redis://host:port/db (default: SQLite file in <home>).",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias="MLFLOW_TRACKING_URI",
+        description="MLflow tracking store (default: SQLite under <home>/mlruns).",
+    )
+    optuna_storage: str | None = Field(
+        default=None, description="Optuna study storage (default: SQLite under <home>)."
+    )
+    horizon_days: int = Field(default=90, ge=1, le=730)
+    seed: int = 42
+    api_keys: str | None = Field(
+        default=None,
+        description="Comma-separated 'sha256hex:scope1+scope2' entries for the HTTP service.",
+    )
+    max_batch_size: int = Field(default=500, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1_000)
+    promotion_margin: float = Field(default=0.0, ge=0.0)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @property
+    def warehouse_path(self) -> Path:
+        if self.warehouse_url:
+            return Path(self.warehouse_url.removeprefix("duckdb://")).expanduser().absolute()
+        return self.home / "warehouse.duckdb"
+
+    @property
+    def online_store_url(self) -> str:
+        return self.online_store or f"sqlite:///{self.home / 'online.sqlite'}"
+
+    @property
+    def mlruns_dir(self) -> Path:
+        return self.home / "mlruns"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlruns_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str:
+        return (self.mlruns_dir / "artifacts").as_uri()
+
+    @property
+    def optuna_storage_url(self) -> str:
+        return self.optuna_storage or f"sqlite:///{self.home / 'optuna.db'}"
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Events accepted by the service, waiting for ``rapport ingest``."""
+        return self.home / "outbox"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
+
+    def ensure_home(self) -> Path:
+        """Create the workspace folders on first use (never at import time)."""
+        for folder in (self.home, self.mlruns_dir, self.outbox_dir, self.exports_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self.home
+
+
+@cache
+def get_settings() -> Settings:
+    """Settings read once per process; tests call ``get_settings.cache_clear()``."""
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (after changing the environment)."""
+    get_settings.cache_clear()
