@@ -1,0 +1,104 @@
+"""Small random contract tables for tests of the layers above ingest."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+from features.contract import INTERACTION_CHANNELS, TABLES
+
+T0 = datetime(2023, 1, 1, tzinfo=UTC)
+ACTIONS = ["no_action", "retention_discount", "cross_sell", "service_callback"]
+
+
+def _times(rng: np.random.Generator, n: int, days: int = 730) -> pd.Series:
+    micros = rng.integers(0, days * 86_400_000_000, size=n)
+    return pd.Series(pd.Timestamp(T0) + pd.to_timedelta(micros, unit="us"))
+
+
+def random_tables(seed: int, customers: int = 40, events: int = 300) -> dict[str, pd.DataFrame]:
+    """Messy but valid contract tables: nulls, returns, ties of kinds and channels."""
+    rng = np.random.default_rng(seed)
+    ids = [f"C{i:04d}" for i in range(customers)]
+
+    def pick(values: list, n: int, null_share: float = 0.0) -> list:
+        out = list(rng.choice(np.array(values, dtype=object), size=n))
+        return [None if rng.random() < null_share else v for v in out]
+
+    cust = pd.DataFrame(
+        {
+            "customer_id": ids,
+            "signup_at": _times(rng, customers, 500),
+            "region": pick(["north", "south", "east"], customers, 0.1),
+            "acquisition_channel": pick(["search", "store"], customers),
+            "preferred_channel": pick(["email", "call"], customers),
+            "email_opt_in": pick([True, False], customers, 0.1),
+            "phone_opt_in": pick([True, False], customers),
+            "sms_opt_in": pick([True, False], customers),
+        }
+    )
+    orders = pd.DataFrame(
+        {
+            "order_id": [f"O{i:05d}" for i in range(events)],
+            "customer_id": pick(ids, events),
+            "ordered_at": _times(rng, events),
+            "amount": np.round(rng.lognormal(3, 1, events) * rng.choice([1, 1, 1, -1], events), 2),
+            "margin": np.where(rng.random(events) < 0.1, np.nan, rng.random(events) * 20),
+            "category": pick(["a", "b", "c", "d"], events, 0.1),
+            "channel": pick(["web", "store"], events),
+        }
+    )
+    interactions = pd.DataFrame(
+        {
+            "interaction_id": [f"I{i:05d}" for i in range(events)],
+            "customer_id": pick(ids, events),
+            "occurred_at": _times(rng, events),
+            "channel": pick(list(INTERACTION_CHANNELS), events),
+            "kind": pick(["complaint", "service", "open", "click", "sent", "visit"], events),
+            "direction": pick(["inbound", "outbound"], events, 0.1),
+            "duration_s": np.where(rng.random(events) < 0.5, np.nan, rng.random(events) * 600),
+            "satisfaction": pd.array(
+                np.where(rng.random(events) < 0.5, None, rng.integers(1, 6, events)), "Int64"
+            ),
+            "resolved": pick([True, False], events, 0.4),
+        }
+    )
+    campaign = pd.DataFrame(
+        {
+            "decision_id": [f"D{i:05d}" for i in range(events // 2)],
+            "customer_id": pick(ids, events // 2),
+            "decided_at": _times(rng, events // 2),
+            "action": pick(ACTIONS, events // 2),
+            "channel": pick(["email", "call", "none"], events // 2),
+            "propensity": rng.uniform(0.1, 0.9, events // 2),
+            "outcome": pick([True, False], events // 2),
+            "revenue": np.round(rng.random(events // 2) * 50, 2),
+            "responded_at": _times(rng, events // 2),
+        }
+    )
+    return {
+        "customers": cust,
+        "orders": orders,
+        "interactions": interactions,
+        "campaign_log": campaign,
+    }
+
+
+def load_tables(con: object, tables: dict[str, pd.DataFrame]) -> None:
+    """Write contract frames straight into a warehouse (tests of layers above ingest)."""
+    from features.warehouse import ensure_contract_tables, raw
+
+    ensure_contract_tables(con)  # type: ignore[arg-type]
+    db = raw(con)  # type: ignore[arg-type]
+    for name, frame in tables.items():
+        cols = ", ".join(f'"{c}"' for c in TABLES[name].column_names)
+        db.register("_frame", frame[TABLES[name].column_names])
+        db.execute(f'DELETE FROM "{name}"')
+        db.execute(f'INSERT INTO "{name}" SELECT {cols} FROM _frame')
+        db.unregister("_frame")
+
+
+def cutoff(days: float) -> datetime:
+    return T0 + timedelta(days=days)
