@@ -102,3 +102,21 @@ def load_tables(con: object, tables: dict[str, pd.DataFrame]) -> None:
 
 def cutoff(days: float) -> datetime:
     return T0 + timedelta(days=days)
+
+
+def assert_features_equal(left: pd.DataFrame, right: pd.DataFrame, context: str = "") -> None:
+    """Column by column; floats to 1e-9 relative; None and NaN are the same null."""
+    assert list(left.columns) == list(right.columns), context
+    assert list(left["customer_id"]) == list(right["customer_id"]), context
+    for col in left.columns:
+        a, b = left[col].to_numpy(dtype=object), right[col].to_numpy(dtype=object)
+        a_null, b_null = pd.isna(a), pd.isna(b)
+        bad = np.flatnonzero(a_null != b_null)
+        assert not bad.size, f"{context} {col}: nulls differ at rows {bad[:5]}"
+        both = ~a_null
+        if pd.api.types.is_numeric_dtype(left[col]):
+            x, y = a[both].astype(float), b[both].astype(float)
+            close = np.isclose(x, y, rtol=1e-9, atol=1e-9)
+            assert close.all(), f"{context} {col}: {x[~close][:3]} != {y[~close][:3]}"
+        else:
+            assert (a[both] == b[both]).all(), f"{context} {col} differs"

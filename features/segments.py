@@ -1,0 +1,135 @@
+"""RFM scores, named RFM segments and ABC value tiers.
+
+Segments are fitted on a batch (quintile edges, ABC value thresholds) and then assigned by
+thresholds, so one customer scored live gets the segment the batch would give them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+RECENCY, FREQUENCY, MONETARY = "days_since_last_order", "orders_365d", "spend_365d"
+ABC_VALUE = "spend_365d"
+NO_PURCHASE = "prospect"
+
+#: (R scores, F scores) -> segment, first match wins (the classic RFM segment grid)
+SEGMENT_GRID: tuple[tuple[str, str, str], ...] = (
+    ("5", "45", "champions"),
+    ("34", "45", "loyal"),
+    ("45", "23", "potential_loyalists"),
+    ("5", "1", "new"),
+    ("4", "1", "promising"),
+    ("3", "3", "need_attention"),
+    ("3", "12", "about_to_sleep"),
+    ("12", "5", "cannot_lose_them"),
+    ("12", "34", "at_risk"),
+    ("2", "12", "hibernating"),
+    ("1", "12", "lost"),
+)
+SEGMENTS = (*dict.fromkeys(s for _, _, s in SEGMENT_GRID), NO_PURCHASE)
+SEGMENT_COLUMNS = ("r_score", "f_score", "m_score", "rfm_segment", "abc_tier")
+
+
+@dataclass(frozen=True)
+class SegmentModel:
+    recency_edges: tuple[float, ...]
+    frequency_edges: tuple[float, ...]
+    monetary_edges: tuple[float, ...]
+    abc_a_min: float
+    abc_b_min: float
+    abc_shares: tuple[float, float, float]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SegmentModel:
+        data = json.loads(text)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def _edges(values: np.ndarray) -> tuple[float, ...]:
+    if not values.size:
+        return (0.0, 0.0, 0.0, 0.0)
+    return tuple(float(q) for q in np.quantile(values, [0.2, 0.4, 0.6, 0.8]))
+
+
+def _abc_thresholds(values: np.ndarray, shares: tuple[float, float, float]) -> tuple[float, float]:
+    """Smallest values still in tier A and B: A holds the top ``shares[0]`` of total value."""
+    positive = np.sort(values[values > 0])[::-1]
+    if not positive.size:
+        return (np.inf, np.inf)
+    cumulative = np.cumsum(positive) / positive.sum()
+    a_last = int(np.searchsorted(cumulative, shares[0]))
+    b_last = int(np.searchsorted(cumulative, shares[0] + shares[1]))
+    last = positive.size - 1
+    return float(positive[min(a_last, last)]), float(positive[min(b_last, last)])
+
+
+def fit_segments(
+    features: pd.DataFrame, abc_shares: tuple[float, float, float] = (0.8, 0.15, 0.05)
+) -> SegmentModel:
+    """Quintile edges among buyers and ABC thresholds from one feature batch."""
+    if not np.isclose(sum(abc_shares), 1.0) or min(abc_shares) < 0:
+        raise ValueError(f"ABC shares must be non-negative and sum to 1, got {abc_shares}")
+    buyers = features[features[RECENCY].notna()]
+    a_min, b_min = _abc_thresholds(features[ABC_VALUE].to_numpy(float), abc_shares)
+    return SegmentModel(
+        recency_edges=_edges(buyers[RECENCY].to_numpy(float)),
+        frequency_edges=_edges(buyers[FREQUENCY].to_numpy(float)),
+        monetary_edges=_edges(buyers[MONETARY].to_numpy(float)),
+        abc_a_min=a_min,
+        abc_b_min=b_min,
+        abc_shares=abc_shares,
+    )
+
+
+def _segment_names(r: np.ndarray, f: np.ndarray) -> np.ndarray:
+    names = np.full(r.shape, NO_PURCHASE, dtype=object)
+    assigned = np.isnan(r)
+    for r_set, f_set, name in SEGMENT_GRID:
+        hit = (
+            ~assigned
+            & np.isin(r, [float(x) for x in r_set])
+            & np.isin(f, [float(x) for x in f_set])
+        )
+        names[hit] = name
+        assigned |= hit
+    return names
+
+
+def assign_segments(features: pd.DataFrame | dict[str, Any], model: SegmentModel) -> dict:
+    """Segment columns for a frame (or a one-customer dict) of features."""
+
+    def column(name: str) -> np.ndarray:
+        return np.atleast_1d(np.asarray(features[name], dtype="float64"))
+
+    recency, frequency, monetary = column(RECENCY), column(FREQUENCY), column(MONETARY)
+    buyer = ~np.isnan(recency)
+    r = np.where(buyer, 5.0 - np.searchsorted(model.recency_edges, recency, side="left"), np.nan)
+    f = np.where(
+        buyer, 1.0 + np.searchsorted(model.frequency_edges, frequency, side="right"), np.nan
+    )
+    m = np.where(buyer, 1.0 + np.searchsorted(model.monetary_edges, monetary, side="right"), np.nan)
+    value = column(ABC_VALUE)
+    tier = np.where(value >= model.abc_a_min, "A", np.where(value >= model.abc_b_min, "B", "C"))
+    tier = np.where(value > 0, tier, "C").astype(object)
+    return {
+        "r_score": r,
+        "f_score": f,
+        "m_score": m,
+        "rfm_segment": _segment_names(r, f),
+        "abc_tier": tier,
+    }
+
+
+def with_segments(features: pd.DataFrame, model: SegmentModel) -> pd.DataFrame:
+    out = features.copy()
+    for name, values in assign_segments(features, model).items():
+        out[name] = values
+    return out

@@ -1,0 +1,262 @@
+"""The ``rapport`` command line: thin wrappers that parse options and call library code."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rapport.settings import Settings, get_settings
+
+
+def say(message: str) -> None:
+    click.echo(message, err=False)
+
+
+def progress(message: str) -> None:
+    """Progress lines go to stderr so stdout stays clean for data."""
+    click.echo(f"  … {message}", err=True)
+
+
+@contextmanager
+def step(title: str) -> Iterator[None]:
+    start = time.perf_counter()
+    click.echo(click.style(f"▶ {title}", bold=True), err=True)
+    yield
+    click.echo(f"  done in {time.perf_counter() - start:.1f}s", err=True)
+
+
+def parse_when(value: str | None) -> datetime:
+    """A date or timestamp from the command line, as a UTC instant (default: now)."""
+    import pandas as pd
+
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        ts = pd.Timestamp(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a date (use YYYY-MM-DD)") from exc
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.to_pydatetime()
+
+
+def parse_days(value: str) -> int:
+    text = value.strip().lower().removesuffix("d")
+    if not text.isdigit() or int(text) <= 0:
+        raise click.BadParameter(f"{value!r} is not a horizon like 90d")
+    return int(text)
+
+
+def open_warehouse(settings: Settings, read_only: bool = False) -> Any:
+    from features.warehouse import connect
+
+    if read_only and not settings.warehouse_path.exists():
+        raise click.ClickException(
+            f"no warehouse at {settings.warehouse_path}; run `rapport ingest DIR` "
+            "(or `rapport demo`) first"
+        )
+    settings.ensure_home()
+    return connect(settings.warehouse_path, read_only=read_only)
+
+
+def fail_on(*errors: type[Exception]) -> Callable:
+    """Turn expected library errors into a clean one-line CLI error (exit 1)."""
+
+    def wrap(fn: Callable) -> Callable:
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except errors as exc:
+                raise click.ClickException(str(exc)) from exc
+
+        inner.__name__ = fn.__name__
+        inner.__doc__ = fn.__doc__
+        return inner
+
+    return wrap
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """Rapport: churn, value and next-best-action for every customer, live.
+
+    The workspace (warehouse, online store, MLflow store) is RAPPORT_HOME, default ./.rapport.
+    """
+
+
+# --------------------------------------------------------------------------- data
+@main.command("demo-data")
+@click.option("--customers", "-n", default=20_000, show_default=True, help="Customers to simulate.")
+@click.option("--seed", default=42, show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder (default: <home>/demo-data).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True
+)
+@click.option("--end", default=None, help="Last day of history (default: today, UTC).")
+@click.option(
+    "--truth-as-of",
+    default=None,
+    help="Cutoff of the ground-truth tables (default: end minus the horizon).",
+)
+@click.option("--horizon", default="90d", show_default=True, help="Truth horizon, e.g. 90d.")
+def demo_data(
+    customers: int,
+    seed: int,
+    out_dir: Path | None,
+    fmt: str,
+    end: str | None,
+    truth_as_of: str | None,
+    horizon: str,
+) -> None:
+    """Simulate realistic contract tables plus ground-truth tables."""
+    from rapport.demo_data import generate, write
+
+    settings = get_settings()
+    out_dir = out_dir or settings.home / "demo-data"
+    end_at = parse_when(end).replace(hour=0, minute=0, second=0, microsecond=0) if end else None
+    truth_at = parse_when(truth_as_of) if truth_as_of else None
+    data = generate(
+        customers,
+        seed,
+        end=end_at,
+        truth_as_of=truth_at,
+        horizon_days=parse_days(horizon),
+        progress=progress,
+    )
+    paths = write(data, out_dir, fmt)  # type: ignore[arg-type]
+    for name, path in paths.items():
+        say(f"{name:>16}: {path}")
+    say(f"history ends {data.end:%Y-%m-%d}; truth as of {data.truth_as_of:%Y-%m-%d}")
+
+
+def _files(directory: Path | None, explicit: dict[str, Path | None]) -> dict[str, Path]:
+    from features.ingest import discover_files
+
+    files = discover_files(directory) if directory else {}
+    files.update({k: v for k, v in explicit.items() if v is not None})
+    if not files:
+        raise click.UsageError("give a folder of <table>.parquet|csv files or --orders etc.")
+    return files
+
+
+def _table_options(fn: Callable) -> Callable:
+    for table in ("campaign_log", "interactions", "orders", "customers"):
+        fn = click.option(
+            f"--{table.replace('_', '-')}",
+            table,
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help=f"Path of the {table} file.",
+        )(fn)
+    return fn
+
+
+@main.command()
+@click.argument(
+    "directory", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@_table_options
+@click.option("--strict", is_flag=True, help="Exit non-zero when any row is quarantined.")
+def ingest(directory: Path | None, strict: bool, **tables: Path | None) -> None:
+    """Validate and load contract files into the warehouse (idempotent).
+
+    Bad rows go to the `quarantine` table with a reason; good rows always land.
+    """
+    from features.ingest import IngestError
+    from features.ingest import ingest as run_ingest
+
+    files = _files(directory, tables)
+    con = open_warehouse(get_settings())
+    try:
+        report = run_ingest(con, files, now=datetime.now(UTC))
+    except IngestError as exc:
+        raise click.ClickException(str(exc)) from exc
+    say(report.summary())
+    if strict and report.quarantined:
+        sys.exit(2)
+
+
+@main.command()
+@click.argument(
+    "directory", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@_table_options
+def validate(directory: Path | None, **tables: Path | None) -> None:
+    """Check contract files and report bad rows per reason, without loading anything."""
+    from features.ingest import IngestError
+    from features.ingest import validate as run_validate
+
+    files = _files(directory, tables)
+    con = open_warehouse(get_settings())
+    try:
+        report = run_validate(con, files, now=datetime.now(UTC))
+    except IngestError as exc:
+        raise click.ClickException(str(exc)) from exc
+    say(report.summary())
+    if report.quarantined:
+        sys.exit(2)
+
+
+# --------------------------------------------------------------------------- features
+@main.command()
+@click.option("--as-of", default=None, help="Cutoff (default: now). Events before it count.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the features to a .parquet or .csv file.",
+)
+@click.option(
+    "--segments/--no-segments",
+    default=True,
+    show_default=True,
+    help="Add RFM scores, RFM segment and ABC tier.",
+)
+def features(as_of: str | None, out: Path | None, segments: bool) -> None:
+    """Build every customer's features as of a cutoff (point in time correct)."""
+    from features.batch import build
+    from features.segments import fit_segments, with_segments
+    from features.spec import default_spec
+
+    cutoff = parse_when(as_of)
+    con = open_warehouse(get_settings(), read_only=True)
+    with step(f"building features as of {cutoff:%Y-%m-%d %H:%M} UTC"):
+        frame = build(con, cutoff)
+        if segments:
+            frame = with_segments(frame, fit_segments(frame))
+    spec = default_spec()
+    say(f"{len(frame):,} customers x {len(spec.names)} features, feature set {spec.version}")
+    if segments and len(frame):
+        say(summarize_segments(frame))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".csv":
+            frame.to_csv(out, index=False)
+        else:
+            frame.to_parquet(out, index=False)
+        say(f"written to {out}")
+
+
+def summarize_segments(frame: Any) -> str:
+    counts = frame["rfm_segment"].value_counts()
+    tiers = frame["abc_tier"].value_counts().reindex(["A", "B", "C"]).fillna(0).astype(int)
+    lines = [
+        "RFM segments: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()),
+        "ABC tiers:    " + ", ".join(f"{k} {v:,}" for k, v in tiers.items()),
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
