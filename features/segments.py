@@ -49,8 +49,9 @@ class SegmentModel:
 
     @classmethod
     def from_json(cls, text: str) -> SegmentModel:
-        data = json.loads(text)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        data: dict[str, Any] = json.loads(text)
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**kwargs)
 
 
 def _edges(values: np.ndarray) -> tuple[float, ...]:

@@ -111,7 +111,7 @@ class FeatureSpec:
     @property
     def names(self) -> list[str]:
         """Output columns (besides ``customer_id``) in a fixed order."""
-        return [f.name for f in (*self.attributes, *self.aggs, *self.derived)]
+        return list(self.by_name())
 
     @property
     def categorical(self) -> list[str]:
@@ -123,7 +123,8 @@ class FeatureSpec:
         return [n for n in self.names if n not in cats]
 
     def by_name(self) -> dict[str, Feature]:
-        return {f.name: f for f in (*self.attributes, *self.aggs, *self.derived)}
+        features: list[Feature] = [*self.attributes, *self.aggs, *self.derived]
+        return {f.name: f for f in features}
 
     def aggs_for(self, source: str) -> list[Agg]:
         return [a for a in self.aggs if a.source == source]
@@ -136,8 +137,10 @@ class FeatureSpec:
 
     def validate(self) -> None:
         """Catch spec mistakes early: duplicate names, unknown columns, dangling inputs."""
+        declared: list[Feature] = [*self.attributes, *self.aggs, *self.derived]
+        all_names = [f.name for f in declared]
         seen: set[str] = set()
-        for name in self.names:
+        for name in all_names:
             if name in seen:
                 raise ValueError(f"feature {name!r} is declared twice")
             seen.add(name)

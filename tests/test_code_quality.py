@@ -1,0 +1,81 @@
+"""Lint, format, types and the one-way import rule, as part of the test command."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("rapport", "features", "models", "training", "serving")
+#: who may import whom (DESIGN.md): features <- models <- training; serving uses
+#: features and models; the CLI (rapport) sits on top; rapport.settings is for everyone.
+ALLOWED = {
+    "features": {"features"},
+    "models": {"features", "models"},
+    "training": {"features", "models", "training"},
+    "serving": {"features", "models", "serving"},
+    "rapport": set(PACKAGES),
+}
+
+
+def imported_packages(path: Path) -> set[tuple[str, int]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[tuple[str, int]] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            if name == "rapport.settings" or name.startswith("rapport.settings."):
+                continue
+            top = name.split(".")[0]
+            if top in PACKAGES:
+                found.add((top, node.lineno))
+    return found
+
+
+def import_violations(root: Path) -> list[str]:
+    problems = []
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            for top, line in imported_packages(path):
+                if top not in ALLOWED[package]:
+                    problems.append(f"{path.relative_to(root)}:{line} imports {top}")
+    return problems
+
+
+def test_imports_go_one_way() -> None:
+    assert import_violations(ROOT) == []
+
+
+def test_import_rule_catches_a_wrong_edge(tmp_path: Path) -> None:
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+    (tmp_path / "serving" / "bad.py").write_text("from training.jobs import train\n")
+    (tmp_path / "features" / "worse.py").write_text("import models.churn\n")
+    assert import_violations(tmp_path) == [
+        "features/worse.py:1 imports models",
+        "serving/bad.py:1 imports training",
+    ]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ruff", "check", "."],
+        ["ruff", "format", "--check", "."],
+        ["mypy"],
+    ],
+    ids=["ruff-lint", "ruff-format", "mypy"],
+)
+def test_static_checks(command: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
