@@ -50,7 +50,9 @@ class SegmentModel:
     @classmethod
     def from_json(cls, text: str) -> SegmentModel:
         data: dict[str, Any] = json.loads(text)
-        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        kwargs: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+        }
         return cls(**kwargs)
 
 
@@ -134,3 +136,15 @@ def with_segments(features: pd.DataFrame, model: SegmentModel) -> pd.DataFrame:
     for name, values in assign_segments(features, model).items():
         out[name] = values
     return out
+
+
+def describe_segments(frame: pd.DataFrame) -> str:
+    """Two summary lines: customers per RFM segment and per ABC tier."""
+    counts = frame["rfm_segment"].value_counts()
+    tiers = frame["abc_tier"].value_counts().reindex(["A", "B", "C"]).fillna(0).astype(int)
+    return "\n".join(
+        [
+            "RFM segments: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()),
+            "ABC tiers:    " + ", ".join(f"{k} {v:,}" for k, v in tiers.items()),
+        ]
+    )

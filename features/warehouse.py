@@ -16,7 +16,9 @@ def connect(path: Path | str, read_only: bool = False) -> DuckDBBackend:
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    return ibis.duckdb.connect(str(path), read_only=read_only)
+    con = ibis.duckdb.connect(str(path), read_only=read_only)
+    con.con.execute("SET enable_progress_bar = false")
+    return con
 
 
 def raw(con: DuckDBBackend) -> duckdb.DuckDBPyConnection:

@@ -226,7 +226,7 @@ def validate(directory: Path | None, **tables: Path | None) -> None:
 def features(as_of: str | None, out: Path | None, segments: bool) -> None:
     """Build every customer's features as of a cutoff (point in time correct)."""
     from features.batch import build
-    from features.segments import fit_segments, with_segments
+    from features.segments import describe_segments, fit_segments, with_segments
     from features.spec import default_spec
 
     cutoff = parse_when(as_of)
@@ -238,7 +238,7 @@ def features(as_of: str | None, out: Path | None, segments: bool) -> None:
     spec = default_spec()
     say(f"{len(frame):,} customers x {len(spec.names)} features, feature set {spec.version}")
     if segments and len(frame):
-        say(summarize_segments(frame))
+        say(describe_segments(frame))
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".csv":
@@ -248,14 +248,22 @@ def features(as_of: str | None, out: Path | None, segments: bool) -> None:
         say(f"written to {out}")
 
 
-def summarize_segments(frame: Any) -> str:
-    counts = frame["rfm_segment"].value_counts()
-    tiers = frame["abc_tier"].value_counts().reindex(["A", "B", "C"]).fillna(0).astype(int)
-    lines = [
-        "RFM segments: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()),
-        "ABC tiers:    " + ", ".join(f"{k} {v:,}" for k, v in tiers.items()),
-    ]
-    return "\n".join(lines)
+@main.command()
+@click.option("--customers", "-n", default=20_000, show_default=True, help="Customers to simulate.")
+@click.option("--seed", default=42, show_default=True)
+@click.option(
+    "--serve/--no-serve",
+    default=True,
+    show_default=True,
+    help="End by starting the scoring service.",
+)
+def demo(customers: int, seed: int, serve: bool) -> None:
+    """Run the whole loop on generated demo data (the README's first command)."""
+    from rapport.demo import DemoOptions, run_demo
+
+    run_demo(
+        DemoOptions(customers=customers, seed=seed, serve=serve), get_settings(), say, progress
+    )
 
 
 if __name__ == "__main__":

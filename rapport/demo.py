@@ -1,0 +1,55 @@
+"""`rapport demo`: the whole loop on generated data, step by step, printing what it did."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from rapport.settings import Settings
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class DemoOptions:
+    customers: int = 20_000
+    seed: int = 42
+    serve: bool = True
+    tune_trials: int = 3
+
+
+def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) -> None:
+    from features.warehouse import connect
+    from rapport.demo_data import generate, write
+
+    settings.ensure_home()
+    say(f"workspace: {settings.home}")
+    data_dir = settings.home / "demo-data"
+    say(f"\n== 1. demo data: {options.customers:,} customers, seed {options.seed}")
+    data = generate(
+        options.customers, options.seed, horizon_days=settings.horizon_days, progress=progress
+    )
+    write(data, data_dir, "parquet")
+    say(
+        f"written to {data_dir} (history to {data.end:%Y-%m-%d}, "
+        f"truth as of {data.truth_as_of:%Y-%m-%d})"
+    )
+
+    say("\n== 2. ingest into the warehouse")
+    from features.ingest import discover_files, ingest
+
+    con = connect(settings.warehouse_path)
+    report = ingest(con, discover_files(data_dir), now=datetime.now(UTC))
+    say(report.summary())
+
+    say("\n== 3. features and segments as of the end of history")
+    from features.batch import build
+    from features.segments import describe_segments, fit_segments, with_segments
+    from features.spec import default_spec
+
+    frame = build(con, data.end)
+    frame = with_segments(frame, fit_segments(frame))
+    spec = default_spec()
+    say(f"{len(frame):,} customers x {len(spec.names)} features (feature set {spec.version})")
+    say(describe_segments(frame))
