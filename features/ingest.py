@@ -1,0 +1,651 @@
+"""Validated ingest: contract files into the DuckDB warehouse, bad rows into quarantine.
+
+Files are read natively by DuckDB (Parquet typed, CSV as text so a bad value cannot fail
+the read) and every check is one vectorised SQL pass per table:
+
+1. Before anything is written, every file must be readable and carry the required columns
+   of its table, otherwise :class:`IngestError` names the file and the columns.
+2. Row checks (all problems of a row are listed in its reason, joined by ``"; "``; the
+   report counts a row under its first problem): required value missing, unparsable
+   timestamp / number / boolean, timestamp in the future or before 1990, value outside its
+   range or choices, unknown customer (known = already stored, or valid in this batch's
+   customers file, which is loaded first), id already stored with different content.
+3. Rows that pass are grouped by id: identical copies collapse to one row, different
+   copies of one id are all quarantined as a conflict (their ``row_json`` is the parsed
+   row, timestamps in UTC, because the file row is no longer at hand at that point).
+4. New ids are inserted, ids stored with identical content are counted as already present,
+   and stored rows are never overwritten. Contents are compared by a 64-bit hash of the
+   typed row, and ids are assumed unique in the warehouse (only ingest writes there).
+
+Timestamps are converted to UTC; naive ones are read as UTC. For every table
+``read == inserted + already_present + quarantined + duplicates``, where ``duplicates``
+counts identical copies collapsed within the batch (a bad row repeated verbatim is
+quarantined once). Everything runs in one transaction per call, so a failure (say a broken
+CSV line found mid-load, reported as :class:`IngestError` with the line) leaves the
+warehouse as it was; :func:`validate` runs the same work and rolls it back. Quarantine rows
+are deduplicated on (table_name, row_json, reason), so re-ingesting the same files changes
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from features.contract import DUCKDB_TYPES, TABLES, Column, Table
+from features.warehouse import ensure_contract_tables, raw
+
+#: ground-truth tables of the demo data, loaded as they are (replaced on every ingest)
+TRUTH_TABLES = ("truth_customers", "truth_actions")
+#: customers first, so the events of this batch's new customers are known
+LOAD_ORDER = ("customers", "orders", "interactions", "campaign_log")
+SUFFIXES = (".parquet", ".csv", ".csv.gz")
+QUARANTINE = "quarantine"
+#: events before this are taken for data errors (default dates, epoch zero)
+EARLIEST = "1990-01-01"
+#: longest piece of a bad value quoted in a reason
+QUOTE_CHARS = 80
+
+#: numeric ranges beyond the column type: (table, column) -> (SQL test, text for people)
+RANGES: dict[tuple[str, str], tuple[str, str]] = {
+    ("campaign_log", "propensity"): ("{v} > 0 AND {v} <= 1", "is outside (0, 1]"),
+    ("interactions", "satisfaction"): ("{v} BETWEEN 1 AND 5", "is not an integer in 1..5"),
+}
+_INVALID_KIND = {
+    "timestamp": "invalid timestamp",
+    "float": "invalid number",
+    "int": "invalid number",
+    "bool": "invalid boolean",
+}
+_TYPE_WORDS = {
+    "timestamp": "a valid timestamp",
+    "float": "a number",
+    "int": "a whole number",
+    "bool": "a boolean (true/false)",
+}
+_STAGE, _MULTI = "_rapport_ingest_stage", "_rapport_ingest_multi"
+
+
+class IngestError(ValueError):
+    """A file cannot be ingested at all (unreadable, or a required column is missing)."""
+
+
+@dataclass
+class TableReport:
+    """What happened to the rows of one table."""
+
+    table: str
+    source: str
+    read: int = 0
+    inserted: int = 0
+    already_present: int = 0
+    #: identical copies within the batch, collapsed into one row
+    duplicates: int = 0
+    #: quarantined rows per kind of problem (a row counts under its first problem)
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    #: quarantined rows not in the quarantine table before (the others were seen already)
+    newly_quarantined: int = 0
+    extra_columns: tuple[str, ...] = ()
+    #: truth tables are replaced as they are, without contract checks
+    replaced: bool = False
+
+    @property
+    def quarantined(self) -> int:
+        return sum(self.quarantined_by_reason.values())
+
+    def line(self) -> str:
+        if self.replaced:
+            return f"{self.table} ({self.source}): replaced with {self.read:,} rows"
+        text = (
+            f"{self.table} ({self.source}): read {self.read:,}, inserted {self.inserted:,}, "
+            f"already present {self.already_present:,}, duplicates {self.duplicates:,}, "
+            f"quarantined {self.quarantined:,}"
+        )
+        if self.quarantined_by_reason:
+            kinds = sorted(self.quarantined_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+            text += "\n    quarantined: " + ", ".join(f"{k} {n:,}" for k, n in kinds)
+        if self.extra_columns:
+            text += "\n    ignored extra columns: " + ", ".join(self.extra_columns)
+        return text
+
+
+@dataclass
+class IngestReport:
+    """Per-table counts of one ingest (or validate) call."""
+
+    tables: dict[str, TableReport] = field(default_factory=dict)
+    #: False for :func:`validate`, which rolls everything back
+    written: bool = True
+
+    @property
+    def quarantined(self) -> int:
+        return sum(t.quarantined for t in self.tables.values())
+
+    @property
+    def newly_quarantined(self) -> int:
+        return sum(t.newly_quarantined for t in self.tables.values())
+
+    def summary(self) -> str:
+        head = "ingest" if self.written else "validation only, nothing was written"
+        if not self.tables:
+            return f"{head}: no files"
+        lines = [f"{head}:"] + ["  " + t.line() for t in self.tables.values()]
+        if self.quarantined:
+            verb = "quarantined" if self.written else "would be quarantined"
+            lines.append(
+                f"{self.quarantined:,} rows {verb} ({self.newly_quarantined:,} new): "
+                f"see table `{QUARANTINE}` for the reasons"
+            )
+        else:
+            lines.append("no rows quarantined")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One table's input: a DuckDB relation (file or outbox files) and its columns."""
+
+    table: str
+    label: str
+    relation: str
+    #: column name -> DuckDB type, in file order
+    columns: dict[str, str]
+    #: name of a column holding each row's file (outbox), excluded from the row itself
+    file_column: str | None = None
+
+
+# --------------------------------------------------------------------------- public API
+def discover_files(directory: Path) -> dict[str, Path]:
+    """The contract (and truth) files in a folder, found by name: ``<table>.parquet|csv``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise IngestError(f"{directory}: not a folder")
+    found: dict[str, Path] = {}
+    for name in (*LOAD_ORDER, *TRUTH_TABLES):
+        matches = [directory / f"{name}{suffix}" for suffix in SUFFIXES]
+        matches = [p for p in matches if p.is_file()]
+        if len(matches) > 1:
+            raise IngestError(
+                f"{directory}: several files for {name}: "
+                + ", ".join(p.name for p in matches)
+                + " (keep one)"
+            )
+        if matches:
+            found[name] = matches[0]
+    return found
+
+
+def validate(con: Any, files: Mapping[str, Path], now: datetime) -> IngestReport:
+    """Run every check of :func:`ingest` and report, leaving the warehouse untouched."""
+    return _run(con, _file_sources(con, files), _utc(now), commit=False)
+
+
+def ingest(con: Any, files: Mapping[str, Path], now: datetime) -> IngestReport:
+    """Check and load contract files (idempotent); bad rows go to quarantine with a reason."""
+    return _run(con, _file_sources(con, files), _utc(now), commit=True)
+
+
+def ingest_outbox(con: Any, outbox_dir: Path, now: datetime) -> IngestReport:
+    """Load the live events the service appended as ``<outbox>/<table>/*.jsonl``.
+
+    Writers must put complete files in place (write elsewhere, then rename): every
+    ``*.jsonl`` file found is read, and moved to ``<table>/done/`` once committed.
+    """
+    batches = {
+        name: sorted((Path(outbox_dir) / name).glob("*.jsonl"))
+        for name in LOAD_ORDER
+        if (Path(outbox_dir) / name).is_dir()
+    }
+    sources = [_outbox_source(name, paths) for name, paths in batches.items() if paths]
+    report = _run(con, sources, _utc(now), commit=True)
+    for name, paths in batches.items():
+        if paths:
+            (done := Path(outbox_dir) / name / "done").mkdir(exist_ok=True)
+            for path in paths:
+                path.replace(done / path.name)
+    return report
+
+
+# --------------------------------------------------------------------------- sources
+def _utc(now: datetime) -> datetime:
+    return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _relation(path: Path, as_text: bool) -> str:
+    name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        return f"read_parquet({_lit(str(path))})"
+    if name.endswith((".csv", ".csv.gz", ".tsv")):
+        return f"read_csv({_lit(str(path))}, header = true, all_varchar = {str(as_text).lower()})"
+    raise IngestError(f"{path}: unsupported file type (use .parquet, .csv or .csv.gz)")
+
+
+def _describe(db: duckdb.DuckDBPyConnection, relation: str, label: str) -> dict[str, str]:
+    try:
+        rows = db.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
+    except duckdb.Error as exc:
+        raise IngestError(f"{label}: cannot read file: {_first_line(exc)}") from exc
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
+def _first_line(exc: BaseException) -> str:
+    """DuckDB's own words, without its list of reader options (CSV errors name the line)."""
+    lines = str(exc).strip().split("\nPossible fixes")[0].splitlines()
+    return "; ".join(line.strip() for line in lines[:3] if line.strip())
+
+
+def _file_sources(con: Any, files: Mapping[str, Path]) -> list[_Source]:
+    """Open every file and check its columns before anything is written."""
+    unknown = sorted(set(files) - set(LOAD_ORDER) - set(TRUTH_TABLES))
+    if unknown:
+        raise IngestError(
+            f"unknown table(s) {', '.join(unknown)}; expected one of "
+            + ", ".join((*LOAD_ORDER, *TRUTH_TABLES))
+        )
+    db = raw(con)
+    sources, problems = [], []
+    for name in (*LOAD_ORDER, *TRUTH_TABLES):
+        if name not in files:
+            continue
+        path = Path(files[name])
+        if not path.is_file():
+            raise IngestError(f"{path}: file not found")
+        relation = _relation(path, as_text=name in TABLES)
+        columns = _describe(db, relation, str(path))
+        if name in TABLES:
+            missing = _missing_columns(TABLES[name], columns)
+            if missing:
+                problems.append(
+                    f"{path}: missing required column(s) {', '.join(missing)} of table {name}"
+                )
+        sources.append(_Source(name, str(path), relation, columns))
+    if problems:
+        raise IngestError("\n".join(problems))
+    return sources
+
+
+def _missing_columns(table: Table, columns: Mapping[str, str]) -> list[str]:
+    present = {c.lower() for c in columns}
+    return [c for c in table.required if c.lower() not in present]
+
+
+def _outbox_source(name: str, paths: list[Path]) -> _Source:
+    table = TABLES[name]
+    listing = ", ".join(_lit(str(p)) for p in paths)
+    types = ", ".join(f"{_lit(c)}: 'VARCHAR'" for c in table.column_names)
+    relation = (
+        f"read_json([{listing}], format = 'newline_delimited', columns = {{{types}}}, "
+        "filename = '_rapport_file')"
+    )
+    columns = dict.fromkeys(table.column_names, "VARCHAR")
+    return _Source(name, f"{paths[0].parent}/*.jsonl", relation, columns, "_rapport_file")
+
+
+# --------------------------------------------------------------------------- run
+#: session settings during an ingest: naive text timestamps are UTC, and row order need not
+#: be kept (which makes bulk inserts parallel)
+_SETTINGS = {"TimeZone": "UTC", "preserve_insertion_order": "false"}
+
+
+@contextmanager
+def _transaction(db: duckdb.DuckDBPyConnection, commit: bool) -> Iterator[None]:
+    """One transaction per call, under :data:`_SETTINGS` (restored afterwards)."""
+    before = {name: str(_one(db, f"SELECT current_setting('{name}')")[0]) for name in _SETTINGS}
+    for name, value in _SETTINGS.items():
+        db.execute(f"SET {name} = {_lit(value)}")
+    db.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    else:
+        db.execute("COMMIT" if commit else "ROLLBACK")
+    finally:
+        for name, value in before.items():
+            db.execute(f"SET {name} = {_lit(value)}")
+
+
+def _run(con: Any, sources: list[_Source], now: datetime, commit: bool) -> IngestReport:
+    db = raw(con)
+    report = IngestReport(written=commit)
+    with _transaction(db, commit):
+        ensure_contract_tables(con)
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {QUARANTINE} (table_name VARCHAR, source_file VARCHAR, "
+            "row_json VARCHAR, reason VARCHAR, ingested_at TIMESTAMPTZ)"
+        )
+        for source in sources:
+            try:
+                if source.table in TABLES:
+                    result = _load_table(db, source, now)
+                else:
+                    result = _replace_truth(db, source)
+            except duckdb.Error as exc:
+                raise IngestError(f"{source.label}: {_first_line(exc)}") from exc
+            report.tables[source.table] = result
+        for temp in (_STAGE, _MULTI):
+            db.execute(f"DROP TABLE IF EXISTS {temp}")
+    return report
+
+
+def _replace_truth(db: duckdb.DuckDBPyConnection, source: _Source) -> TableReport:
+    db.execute(f"CREATE OR REPLACE TABLE {_ident(source.table)} AS SELECT * FROM {source.relation}")
+    (count,) = _one(db, f"SELECT count(*) FROM {_ident(source.table)}")
+    return TableReport(source.table, source.label, read=count, inserted=count, replaced=True)
+
+
+def _one(db: duckdb.DuckDBPyConnection, sql: str) -> tuple:
+    row = db.execute(sql).fetchone()
+    assert row is not None
+    return row
+
+
+def _load_table(db: duckdb.DuckDBPyConnection, source: _Source, now: datetime) -> TableReport:
+    table = TABLES[source.table]
+    db.execute(_stage_sql(table, source, now))
+    _mark_conflicts_in_batch(db, table)
+    inserted = _insert_new(db, table)
+    report = _count(db, table, source, inserted)
+    report.newly_quarantined = _quarantine(db, table, source, now)
+    return report
+
+
+@dataclass(frozen=True)
+class _Field:
+    """SQL names for one contract column inside the stage query."""
+
+    col: Column
+    ref: str | None  # the file's column (None: optional column absent from the file)
+    stype: str  # its DuckDB type in the file
+    parsed: str  # converted to the contract type, NULL when it does not parse
+    blank: str  # true when the value is absent
+
+    @property
+    def value(self) -> str:
+        return _ident(self.col.name)
+
+
+def _fields(table: Table, originals: list[str], source: _Source) -> list[_Field]:
+    by_lower = {c.lower(): i for i, c in enumerate(originals)}
+    fields = []
+    for i, col in enumerate(table.columns):
+        pos = by_lower.get(col.name.lower())
+        ref = None if pos is None else f"_o{pos}"
+        stype = "" if pos is None else source.columns[originals[pos]]
+        fields.append(_Field(col, ref, stype, f"_p{i}", f"_m{i}"))
+    return fields
+
+
+def _stage_sql(table: Table, source: _Source, now: datetime) -> str:
+    """One pass over the input: parse, check, compare with the stored row of the same id.
+
+    Layers: p renames the file's columns, q parses, m flags blanks, t types, k looks the
+    customer up, b runs the checks, c words them (for bad rows only), w joins the stored row.
+    """
+    originals = [c for c in source.columns if c != source.file_column]
+    fields = _fields(table, originals, source)
+    passthrough = ", ".join(f"{_ident(c)} AS _o{i}" for i, c in enumerate(originals))
+    file_sql = _ident(source.file_column) if source.file_column else "NULL::VARCHAR"
+    parsed = ", ".join(f"{_parse(f)} AS {f.parsed}" for f in fields)
+    blanks = ", ".join(f"{_blank(f)} AS {f.blank}" for f in fields)
+    typed = ", ".join(f"{_typed(f)} AS {f.value}" for f in fields)
+    known = (
+        'coalesce(customer_id IN (SELECT customer_id FROM "customers"), false)'
+        if table.name != "customers"
+        else "true"
+    )
+    checks = _checks(table, fields, now)
+    why = (
+        "NULLIF(concat_ws('; ', "
+        + ", ".join(f"CASE WHEN {cond} THEN {msg} END" for _, cond, msg in checks)
+        + "), '')"
+    )
+    bad = " OR ".join(f"({cond})" for _, cond, _ in checks)
+    first = (
+        "CASE " + " ".join(f"WHEN {cond} THEN {_lit(kind)}" for kind, cond, _ in checks) + " END"
+    )
+    cols = ", ".join(_ident(c) for c in table.column_names)
+    key = _ident(table.id_column)
+    row = (
+        "to_json(struct_pack("
+        + ", ".join(f"{_ident(c)} := _o{i}" for i, c in enumerate(originals))
+        + "))"
+    )
+    stored_conflict = "(_stored IS NOT NULL AND _stored <> _key)"
+    conflict_msg = _message(
+        table.id_column,
+        key,
+        " already exists in the warehouse with different content (conflict; stored row kept)",
+    )
+    return f"""
+        CREATE OR REPLACE TEMP TABLE {_STAGE} AS
+        WITH p AS (SELECT {passthrough}, {file_sql} AS _source_file FROM {source.relation}),
+        q AS (SELECT *, {parsed} FROM p),
+        m AS (SELECT *, {blanks} FROM q),
+        t AS (SELECT *, {typed} FROM m),
+        k AS (SELECT *, {known} AS _known FROM t),
+        b AS (SELECT *, coalesce({bad}, false) AS _bad, hash({cols}) AS _key FROM k),
+        c AS (SELECT *, CASE WHEN _bad THEN {why} END AS _why,
+                        CASE WHEN _bad THEN {first} END AS _first FROM b),
+        w AS (
+            SELECT c.*, s._stored FROM c
+            LEFT JOIN (SELECT {key} AS _sid, hash({cols}) AS _stored FROM {_ident(table.name)}) s
+            ON s._sid = c.{key}
+        )
+        SELECT {cols}, _key, _source_file, _stored IS NOT NULL AS _present,
+            coalesce(_why, CASE WHEN {stored_conflict} THEN {conflict_msg} END) AS _reason,
+            coalesce(_first, CASE WHEN {stored_conflict} THEN 'conflict' END) AS _kind,
+            CASE WHEN _why IS NOT NULL OR {stored_conflict} THEN {row} END AS _row_json
+        FROM w
+    """
+
+
+def _parse(f: _Field) -> str:
+    """The value converted to the contract type, NULL when it does not parse."""
+    if f.ref is None:
+        return f"NULL::{DUCKDB_TYPES[f.col.type]}"
+    ref, text = f.ref, f.stype == "VARCHAR"
+    if f.col.type == "string":
+        return ref if text else f"CAST({ref} AS VARCHAR)"
+    if f.col.type == "timestamp":
+        if f.stype == "TIMESTAMP WITH TIME ZONE":
+            return ref
+        if f.stype.startswith("TIMESTAMP") or f.stype == "DATE":
+            return f"timezone('UTC', CAST({ref} AS TIMESTAMP))"
+        return f"TRY_CAST(trim(CAST({ref} AS VARCHAR)) AS TIMESTAMPTZ)"
+    if f.col.type == "bool":
+        return f"TRY_CAST({f'trim({ref})' if text else ref} AS BOOLEAN)"
+    return f"TRY_CAST({ref} AS DOUBLE)"  # DuckDB ignores surrounding spaces here
+
+
+def _blank(f: _Field) -> str:
+    """SQL: the value is absent (NULL, empty or spaces only, NaN for numbers)."""
+    ref = f.ref
+    if ref is None:
+        return "true"
+    if f.stype == "VARCHAR":
+        # only text sorting before '!' (empty, or starting with a space) can be blank
+        test = f"({ref} IS NULL OR ({ref} < '!' AND trim({ref}) = ''))"
+    else:
+        test = f"{ref} IS NULL"
+    if f.col.type in ("float", "int"):
+        test = f"({test} OR coalesce(isnan({f.parsed}), false))"
+    return test
+
+
+def _typed(f: _Field) -> str:
+    """The value to store: NULL for blanks and anything that does not fit the type."""
+    value = {
+        "float": f"CASE WHEN isfinite({f.parsed}) THEN {f.parsed} END",
+        "int": f"CASE WHEN {f.parsed} = floor({f.parsed}) THEN TRY_CAST({f.parsed} AS BIGINT) END",
+    }.get(f.col.type, f.parsed)
+    return f"CASE WHEN NOT {f.blank} THEN {value} END"
+
+
+def _checks(table: Table, fields: list[_Field], now: datetime) -> list[tuple[str, str, str]]:
+    """(kind, SQL condition, SQL reason) per check, in the order a row's problems are listed."""
+    missing, invalid, timing, domain = [], [], [], []
+    now_sql = f"TIMESTAMPTZ {_lit(now.isoformat())}"
+    for f in (f for f in fields if f.ref is not None):
+        col, ref, value = f.col, f.ref or "", f.value
+        if col.required:
+            missing.append(("missing value", f.blank, _lit(f"{col.name} is missing")))
+        if col.type != "string":
+            invalid.append(
+                (
+                    _INVALID_KIND[col.type],
+                    f"NOT {f.blank} AND {value} IS NULL",
+                    _message(col.name, ref, f" is not {_TYPE_WORDS[col.type]}"),
+                )
+            )
+        if col.type == "timestamp":
+            timing.append(
+                (
+                    "future timestamp",
+                    f"{value} > {now_sql}",
+                    _message(col.name, ref, " is in the future"),
+                )
+            )
+            timing.append(
+                (
+                    "timestamp before 1990",
+                    f"{value} < TIMESTAMPTZ '{EARLIEST}'",
+                    _message(col.name, ref, f" is before {EARLIEST} (implausible)"),
+                )
+            )
+        if col.choices:
+            allowed = ", ".join(_lit(c) for c in col.choices)
+            domain.append(
+                (
+                    "not an allowed value",
+                    f"{value} NOT IN ({allowed})",
+                    _message(col.name, ref, " is not one of " + ", ".join(col.choices)),
+                )
+            )
+        if (table.name, col.name) in RANGES:
+            test, words = RANGES[(table.name, col.name)]
+            domain.append(
+                (
+                    "out of range",
+                    f"NOT ({test.format(v=value)})",
+                    _message(col.name, ref, f" {words}"),
+                )
+            )
+    if table.name != "customers":
+        domain.append(
+            (
+                "unknown customer",
+                "customer_id IS NOT NULL AND NOT _known",
+                _message("customer_id", "customer_id", " is not a known customer"),
+            )
+        )
+    return [*missing, *invalid, *timing, *domain]
+
+
+def _message(column: str, ref: str, tail: str) -> str:
+    """SQL for "<column> '<value>' <tail>", the value quoted as it was in the file."""
+    value = f"left(CAST({ref} AS VARCHAR), {QUOTE_CHARS})"
+    return f"concat({_lit(column + ' ')}, '''', {value}, '''', {_lit(tail)})"
+
+
+def _mark_conflicts_in_batch(db: duckdb.DuckDBPyConnection, table: Table) -> None:
+    """Ids that pass every row check but come with different contents: quarantine them all."""
+    key = _ident(table.id_column)
+    db.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {_MULTI} AS
+        SELECT {key}, count(*) AS n, count(DISTINCT _key) AS versions FROM {_STAGE}
+        WHERE _reason IS NULL AND {key} IN (
+            SELECT {key} FROM {_STAGE} WHERE _reason IS NULL GROUP BY {key} HAVING count(*) > 1)
+        GROUP BY {key}
+    """)
+    row = (
+        "to_json(struct_pack("
+        + ", ".join(f"{_ident(c)} := {_STAGE}.{_ident(c)}" for c in table.column_names)
+        + "))"
+    )
+    tail = _lit(" has ")
+    db.execute(f"""
+        UPDATE {_STAGE} SET _kind = 'conflict', _row_json = {row},
+            _reason = concat({_lit(table.id_column + " '")}, {_STAGE}.{key}, '''', {tail},
+                             m.versions, ' different versions in this batch (conflict)')
+        FROM {_MULTI} m
+        WHERE m.versions > 1 AND m.{key} = {_STAGE}.{key} AND {_STAGE}._reason IS NULL
+    """)
+
+
+def _insert_new(db: duckdb.DuckDBPyConnection, table: Table) -> int:
+    """Insert one row per valid id that is not stored yet; returns the rows inserted."""
+    cols = ", ".join(_ident(c) for c in table.column_names)
+    key = _ident(table.id_column)
+    fresh = f"FROM {_STAGE} WHERE _reason IS NULL AND NOT _present"
+    (count,) = _one(
+        db,
+        f"""
+        INSERT INTO {_ident(table.name)} ({cols})
+        SELECT {cols} {fresh} AND {key} NOT IN (SELECT {key} FROM {_MULTI})
+        UNION ALL
+        SELECT DISTINCT {cols} {fresh} AND {key} IN (SELECT {key} FROM {_MULTI})
+    """,
+    )
+    return int(count)
+
+
+def _quarantine(db: duckdb.DuckDBPyConnection, table: Table, source: _Source, now: datetime) -> int:
+    """Add the bad rows to quarantine, each (row, reason) once across all ingests."""
+    name = _lit(table.name)
+    (added,) = _one(
+        db,
+        f"""
+        INSERT INTO {QUARANTINE}
+        SELECT {name}, min(coalesce(_source_file, {_lit(source.label)})), _row_json, _reason,
+               TIMESTAMPTZ {_lit(now.isoformat())}
+        FROM {_STAGE} s WHERE _reason IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM {QUARANTINE} x
+            WHERE x.table_name = {name} AND x.row_json = s._row_json AND x.reason = s._reason)
+        GROUP BY _row_json, _reason
+    """,
+    )
+    return int(added)
+
+
+def _count(
+    db: duckdb.DuckDBPyConnection, table: Table, source: _Source, inserted: int
+) -> TableReport:
+    read, valid = _one(db, f"SELECT count(*), count(*) FILTER (_reason IS NULL) FROM {_STAGE}")
+    (collapsed,) = _one(db, f"SELECT coalesce(sum(n - 1), 0) FROM {_MULTI} WHERE versions = 1")
+    kinds = db.execute(f"""
+        SELECT _kind, count(*) FROM (SELECT DISTINCT _kind, _row_json, _reason FROM {_STAGE}
+                                     WHERE _reason IS NOT NULL)
+        GROUP BY _kind
+    """).fetchall()
+    by_kind = {str(k): int(n) for k, n in kinds}
+    bad_distinct = sum(by_kind.values())
+    distinct_valid = valid - int(collapsed)
+    contract = {c.lower() for c in table.column_names}
+    return TableReport(
+        table=table.name,
+        source=source.label,
+        read=int(read),
+        inserted=inserted,
+        already_present=distinct_valid - inserted,
+        duplicates=int(collapsed) + (int(read) - int(valid) - bad_distinct),
+        quarantined_by_reason=by_kind,
+        extra_columns=tuple(
+            c for c in source.columns if c.lower() not in contract and c != source.file_column
+        ),
+    )

@@ -1,0 +1,332 @@
+"""Churn model: LightGBM on a feature frame, calibrated on a later cutoff, with reasons.
+
+``ChurnModel`` is an estimator (no I/O): fit it on any feature frame and 0/1 labels
+(1 = churned: no order in the horizon). The probability is calibrated on the *validation*
+rows -- a later cutoff than the training rows -- because a model's own training rows make
+its scores look sharper than they are. Reasons come from LightGBM's tree SHAP values
+(``pred_contrib``) worded by the feature spec (:mod:`models.reasons`).
+
+Fast path for the live service (one customer per call): encode once with
+:meth:`FeatureEncoder.transform` (a frame or a plain ``{feature: value}`` dict), then call
+:meth:`ChurnModel.predict_proba_array` / :meth:`ChurnModel.explain_array` on the float
+matrix; both call the raw ``lightgbm.Booster`` with no pandas in between.
+
+The encoder and :func:`fit_booster` are shared with :mod:`models.value`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+
+from features.spec import FeatureSpec
+from models.reasons import CHURN_WORDS, top_reasons
+
+#: columns of a feature frame that identify a row and are never features
+ID_COLUMNS = ("customer_id", "as_of")
+#: boosting-loop settings kept apart from LightGBM's own parameters
+LOOP_KEYS = ("num_boost_round", "early_stopping_rounds")
+
+#: sensible on 2 cores for 10k..1M rows; tuning overrides any of them
+DEFAULT_PARAMS: dict[str, Any] = {
+    "objective": "binary",
+    "metric": "auc",
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 100,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "num_threads": 2,
+    "verbose": -1,
+    "num_boost_round": 400,
+    "early_stopping_rounds": 40,
+}
+
+Calibration = Literal["platt", "isotonic", "none"]
+
+
+def _is_categorical(series: pd.Series) -> bool:
+    dtype = series.dtype
+    return (
+        isinstance(dtype, pd.CategoricalDtype)
+        or pd.api.types.is_object_dtype(dtype)
+        or pd.api.types.is_string_dtype(dtype)
+    )
+
+
+@dataclass
+class FeatureEncoder:
+    """Feature frame (or one dict) -> float matrix, with the categories frozen at fit.
+
+    Categorical columns become their code in the fitted category list (LightGBM treats
+    them as categorical features); null and unseen categories become NaN (missing), the
+    same in training, batch scoring and the live service.
+    """
+
+    columns: list[str]
+    categories: dict[str, list[str]]
+    _codes: dict[str, dict[str, float]] = field(init=False, repr=False)
+    _index: dict[str, pd.Index] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._codes = {
+            col: {value: float(i) for i, value in enumerate(cats)}
+            for col, cats in self.categories.items()
+        }
+        self._index = {col: pd.Index(cats, dtype=object) for col, cats in self.categories.items()}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the fitted state only; the lookup tables are rebuilt on load."""
+        return {"columns": self.columns, "categories": self.categories}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.columns, self.categories = state["columns"], state["categories"]
+        self.__post_init__()
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, columns: Sequence[str] | None = None) -> FeatureEncoder:
+        """Remember the feature columns (default: all but ids) and every category seen."""
+        cols = [str(c) for c in (columns or frame.columns) if c not in ID_COLUMNS]
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise ValueError(f"feature frame has no columns {missing}")
+        categories = {
+            col: sorted(frame[col].dropna().astype(str).unique().tolist())
+            for col in cols
+            if _is_categorical(frame[col])
+        }
+        return cls(cols, categories)
+
+    @property
+    def categorical_indices(self) -> list[int]:
+        return [j for j, col in enumerate(self.columns) if col in self.categories]
+
+    def transform(self, data: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
+        """A ``[rows, features]`` float64 matrix in the fitted column order."""
+        if isinstance(data, pd.DataFrame):
+            return self._transform_frame(data)
+        return self._transform_mapping(data)
+
+    def _transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"feature frame is missing columns {missing}")
+        out = np.empty((len(frame), len(self.columns)), dtype="float64")
+        for j, col in enumerate(self.columns):
+            series = frame[col]
+            if col in self.categories:
+                text = series.astype("string").to_numpy(object, na_value=None)
+                codes = self._index[col].get_indexer(text)
+                out[:, j] = np.where(codes < 0, np.nan, codes)
+            else:
+                try:
+                    numeric = pd.to_numeric(series, errors="raise")
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"feature {col!r} must be numeric: {exc}") from None
+                out[:, j] = numeric.to_numpy("float64", na_value=np.nan)
+        return out
+
+    def _transform_mapping(self, row: Mapping[str, Any]) -> np.ndarray:
+        out = np.empty((1, len(self.columns)), dtype="float64")
+        for j, col in enumerate(self.columns):
+            if col not in row:
+                raise ValueError(f"feature {col!r} is missing from the input")
+            value = row[col]
+            if col in self.categories:
+                out[0, j] = np.nan if value is None else self._codes[col].get(str(value), np.nan)
+            else:
+                try:
+                    out[0, j] = np.nan if value is None else float(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"feature {col!r} must be numeric, got {value!r}") from None
+        return out
+
+    def decode(self, row: np.ndarray) -> list[Any]:
+        """One encoded row back to readable values (category codes to their text)."""
+        values: list[Any] = []
+        for j, col in enumerate(self.columns):
+            value = row[j]
+            if col in self.categories and not np.isnan(value):
+                values.append(self.categories[col][int(value)])
+            else:
+                values.append(None if np.isnan(value) else float(value))
+        return values
+
+
+def fit_booster(
+    params: Mapping[str, Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    categorical: list[int],
+    valid: tuple[np.ndarray, np.ndarray] | None = None,
+    callbacks: Sequence[Any] = (),
+) -> lgb.Booster:
+    """Train with early stopping on ``valid`` and return a booster trimmed to its best round.
+
+    Trimming means the raw ``Booster.predict`` (serving, benchmarks) needs no
+    ``num_iteration`` to match what was evaluated.
+    """
+    booster_params = {k: v for k, v in params.items() if k not in LOOP_KEYS}
+    train_set = lgb.Dataset(X, y, categorical_feature=categorical or "auto", free_raw_data=True)
+    cbs = list(callbacks)
+    valid_sets = []
+    if valid is not None:
+        valid_sets = [lgb.Dataset(valid[0], valid[1], reference=train_set)]
+        patience = int(params.get("early_stopping_rounds", 40))
+        cbs.append(lgb.early_stopping(patience, verbose=False))
+    booster = lgb.train(
+        booster_params,
+        train_set,
+        num_boost_round=int(params.get("num_boost_round", 400)),
+        valid_sets=valid_sets,
+        valid_names=["valid"] if valid_sets else None,
+        callbacks=cbs,
+    )
+    best = booster.best_iteration or booster.current_iteration()
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+
+
+def booster_predict(booster: lgb.Booster, X: np.ndarray, **kwargs: Any) -> np.ndarray:
+    """``Booster.predict`` typed as the dense array it returns for dense input."""
+    return np.asarray(booster.predict(X, **kwargs), dtype="float64")
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """Maps raw scores (log-odds) to calibrated probabilities, with plain numpy.
+
+    Platt scaling (a logistic curve on the score) keeps the ranking, so AUC is unchanged;
+    isotonic is more flexible but flattens ties.
+    """
+
+    method: Calibration
+    slope: float = 1.0
+    intercept: float = 0.0
+    knots_x: tuple[float, ...] = ()
+    knots_y: tuple[float, ...] = ()
+
+    @classmethod
+    def fit(cls, method: Calibration, raw: np.ndarray, y: np.ndarray) -> Calibrator:
+        if method == "platt":
+            lr = LogisticRegression(C=1e6).fit(raw.reshape(-1, 1), y)
+            return cls("platt", float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+        if method == "isotonic":
+            iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, y)
+            return cls(
+                "isotonic",
+                knots_x=tuple(iso.X_thresholds_.tolist()),
+                knots_y=tuple(iso.y_thresholds_.tolist()),
+            )
+        return cls("none")
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        if self.method == "isotonic":
+            return np.interp(raw, self.knots_x, self.knots_y)
+        return 1.0 / (1.0 + np.exp(-(self.slope * raw + self.intercept)))
+
+
+class ChurnModel:
+    """P(no order in the horizon) for a customer, with the reasons behind it.
+
+    ``params``: LightGBM parameters merged over :data:`DEFAULT_PARAMS` (plus
+    ``num_boost_round`` / ``early_stopping_rounds``). ``calibration``: ``"platt"``
+    (default, keeps the ranking), ``"isotonic"`` or ``"none"``; calibration needs the
+    validation rows passed to :meth:`fit`, otherwise the raw LightGBM probability is used.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, Any] | None = None,
+        random_state: int = 0,
+        calibration: Calibration = "platt",
+    ) -> None:
+        self.params = {**DEFAULT_PARAMS, **(params or {})}
+        self.random_state = random_state
+        self.calibration = calibration
+
+    def fit(
+        self,
+        X: pd.DataFrame,
+        y: Any,
+        X_valid: pd.DataFrame | None = None,
+        y_valid: Any = None,
+        callbacks: Sequence[Any] = (),
+    ) -> ChurnModel:
+        """Fit on ``X``; early-stop and calibrate on the later ``X_valid`` when given.
+
+        ``X`` holds features only: every column but ``customer_id`` / ``as_of`` is one (a
+        label left in would be learnt). ``callbacks`` go to ``lightgbm.train`` (pruning).
+        """
+        y_arr = _binary(y, "y")
+        self.encoder_ = FeatureEncoder.fit(X)
+        X_arr = self.encoder_.transform(X)
+        valid = None
+        if X_valid is not None:
+            valid = (self.encoder_.transform(X_valid), _binary(y_valid, "y_valid"))
+        params = {**self.params, "seed": self.random_state}
+        self.booster_ = fit_booster(
+            params, X_arr, y_arr, self.encoder_.categorical_indices, valid, callbacks
+        )
+        method: Calibration = self.calibration if valid is not None else "none"
+        raw_valid = (
+            booster_predict(self.booster_, valid[0], raw_score=True) if valid else np.empty(0)
+        )
+        self.calibrator_ = Calibrator.fit(method, raw_valid, valid[1] if valid else np.empty(0))
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.encoder_.columns)
+
+    def encode(self, data: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
+        """Feature frame or one ``{feature: value}`` dict -> the matrix the booster reads."""
+        return self.encoder_.transform(data)
+
+    def predict_proba_array(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated churn probabilities from an encoded matrix (the fast path)."""
+        return self.calibrator_(booster_predict(self.booster_, X, raw_score=True))
+
+    def predict_proba(self, frame: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
+        """Calibrated P(churn) per row, shape ``[rows]`` (not sklearn's two columns)."""
+        return self.predict_proba_array(self.encode(frame))
+
+    def explain_array(
+        self, X: np.ndarray, top: int = 3, spec: FeatureSpec | None = None
+    ) -> list[dict[str, list[dict[str, Any]]]]:
+        """Top ``top`` drivers up and down per encoded row (see :func:`top_reasons`)."""
+        contrib = booster_predict(self.booster_, X, pred_contrib=True)[:, :-1]
+        names = self.encoder_.columns
+        return [
+            top_reasons(contrib[i], self.encoder_.decode(X[i]), names, top, CHURN_WORDS, spec)
+            for i in range(len(X))
+        ]
+
+    def explain(
+        self, frame: pd.DataFrame | Mapping[str, Any], top: int = 3, spec: FeatureSpec | None = None
+    ) -> list[dict[str, list[dict[str, Any]]]]:
+        """Per row ``{"up": [...], "down": [...]}``: the features that raise / lower risk,
+        each with ``feature``, ``value``, ``contribution`` (log-odds), ``phrase``, ``text``."""
+        return self.explain_array(self.encode(frame), top, spec)
+
+    def feature_importance(self) -> pd.Series:
+        """Total gain per feature, largest first."""
+        gain = self.booster_.feature_importance(importance_type="gain")
+        return pd.Series(gain, index=self.encoder_.columns).sort_values(ascending=False)
+
+
+def _binary(y: Any, name: str) -> np.ndarray:
+    arr = np.asarray(y, dtype="float64")
+    if arr.ndim != 1 or np.isnan(arr).any() or not np.isin(arr, (0.0, 1.0)).all():
+        raise ValueError(f"{name} must be a 1-d array of 0/1 labels without nulls")
+    if np.unique(arr).size < 2:
+        raise ValueError(f"{name} holds one class only; churn needs churners and stayers")
+    return arr

@@ -1,0 +1,417 @@
+"""Arbitration and exploration: which action each customer gets, and with what probability.
+
+Arbitration is vectorised over customers (batch scoring a million customers is a handful
+of numpy operations per action); :func:`arbitrate_one` and :meth:`Policy.decide` are thin
+single-customer wrappers for the live service, so both paths share one implementation.
+
+Columns the customer frame must hold (``Catalog.required_fields`` lists them exactly):
+
+* ``churn_probability`` and the catalog's ``value_field`` (default ``value_p50``);
+* every field the eligibility rules read;
+* each action's ``consent_field`` (true / 1 = consent; false, 0 or null = none);
+* ``contacts_<channel>_<window>d`` per contact rule: contacts already made on that channel
+  in the window (null = 0);
+* ``days_since_action_<id>`` per action with a cool-down (null = never received);
+* uplift, unless passed separately: ``uplift_conversion_<id>`` and ``uplift_revenue_<id>``
+  (:meth:`models.uplift.UpliftPrediction.to_frame`).
+
+Each action's expected value is ``uplift x value``: for ``incremental_revenue`` the revenue
+uplift times the margin rate; for ``retained_value`` the conversion uplift read as a churn
+reduction (capped at the churn probability) times the customer's value and margin rate.
+Its score is ``weight x expected value - cost``; ``no_action`` scores 0, so an action is
+ranked above doing nothing only when it pays for itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.contract import NO_ACTION
+from models.catalog import CHURN_FIELD, Action, Catalog
+from models.uplift import UpliftPrediction
+
+
+class Exclusion(IntEnum):
+    """Why an action is not allowed for a customer (first failing check wins)."""
+
+    NONE = 0
+    NOT_ELIGIBLE = 1
+    NO_CONSENT = 2
+    CONTACT_POLICY = 3
+    COOLDOWN = 4
+    NO_UPLIFT = 5
+
+
+@dataclass(frozen=True)
+class RankedAction:
+    """One allowed action for one customer, with the parts of its score."""
+
+    rank: int
+    action: str
+    channel: str
+    score: float
+    expected_value: float
+    uplift: float
+    value: float
+    cost: float
+    weight: float
+
+
+@dataclass(frozen=True)
+class CustomerArbitration:
+    """A single customer's ranking (best first) and, when asked, why others were excluded."""
+
+    ranked: list[RankedAction]
+    exclusions: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Arbitration:
+    """Scores of every catalog action for every customer (columns follow ``actions``)."""
+
+    catalog: Catalog
+    frame: pd.DataFrame
+    uplift: np.ndarray  # [n, K] incremental revenue or churn reduction
+    value: np.ndarray  # [n, K] margin rate, or customer value x margin rate
+    expected_value: np.ndarray  # [n, K] uplift x value
+    score: np.ndarray  # [n, K] weight x expected value - cost
+    reason: np.ndarray  # [n, K] Exclusion codes, 0 = allowed
+
+    @property
+    def actions(self) -> list[str]:
+        return self.catalog.ids
+
+    @property
+    def cost(self) -> np.ndarray:
+        return np.array([a.cost for a in self.catalog.actions])
+
+    @property
+    def weight(self) -> np.ndarray:
+        return np.array([self.catalog.effective_weight(a) for a in self.catalog.actions])
+
+    @property
+    def allowed(self) -> np.ndarray:
+        return self.reason == Exclusion.NONE
+
+    def ranking(self) -> np.ndarray:
+        """``[n, K]`` action indices, allowed by score (ties: catalog order), then the rest."""
+        masked = np.where(self.allowed, self.score, -np.inf)
+        return np.argsort(-masked, axis=1, kind="stable")
+
+    def best(self) -> np.ndarray:
+        """The greedy choice per customer (action ids)."""
+        return np.asarray(self.actions, dtype=object)[self.ranking()[:, 0]]
+
+    def top(self, k: int = 3) -> pd.DataFrame:
+        """Long frame of each customer's top-k allowed actions with their score parts."""
+        order = self.ranking()[:, :k]
+        n, k = order.shape
+        rows = np.repeat(np.arange(n), k)
+        cols = order.ravel()
+        keep = self.allowed[rows, cols]
+        rows, cols = rows[keep], cols[keep]
+        channels = np.array([a.channel for a in self.catalog.actions], dtype=object)
+        return pd.DataFrame(
+            {
+                "row": self.frame.index.to_numpy()[rows],
+                "rank": np.tile(np.arange(1, k + 1), n)[keep],
+                "action": np.asarray(self.actions, dtype=object)[cols],
+                "channel": channels[cols],
+                "score": self.score[rows, cols],
+                "expected_value": self.expected_value[rows, cols],
+                "uplift": self.uplift[rows, cols],
+                "value": self.value[rows, cols],
+                "cost": self.cost[cols],
+                "weight": self.weight[cols],
+            }
+        )
+
+    def customer(self, i: int, k: int = 3, exclusions: bool = False) -> CustomerArbitration:
+        """The ``i``-th customer's (positional) ranking and exclusion reasons."""
+        ranked = [
+            RankedAction(
+                rank=rank,
+                action=self.actions[j],
+                channel=self.catalog.actions[j].channel,
+                score=float(self.score[i, j]),
+                expected_value=float(self.expected_value[i, j]),
+                uplift=float(self.uplift[i, j]),
+                value=float(self.value[i, j]),
+                cost=float(self.cost[j]),
+                weight=float(self.weight[j]),
+            )
+            for rank, j in enumerate(self.ranking()[i, :k], start=1)
+            if self.allowed[i, j]
+        ]
+        reasons = self.exclusions(i) if exclusions else {}
+        return CustomerArbitration(ranked, reasons)
+
+    def exclusions(self, i: int) -> dict[str, str]:
+        """Plain-language reason for every excluded action of the ``i``-th customer."""
+        row = self.frame.iloc[i]
+        return {
+            action.id: _reason_text(Exclusion(int(self.reason[i, j])), action, row, self.catalog)
+            for j, action in enumerate(self.catalog.actions)
+            if self.reason[i, j] != Exclusion.NONE
+        }
+
+
+# ---- arbitration ---------------------------------------------------------------------------
+def arbitrate(
+    frame: pd.DataFrame, catalog: Catalog, uplift: UpliftPrediction | None = None
+) -> Arbitration:
+    """Score and screen every catalog action for every customer of ``frame``.
+
+    ``uplift`` rows align with ``frame`` rows; without it the ``uplift_*`` columns are read.
+    """
+    if uplift is not None and len(uplift) != len(frame):
+        raise ValueError(f"uplift has {len(uplift)} rows, the frame {len(frame)}")
+    n, k = len(frame), len(catalog.actions)
+    up = np.zeros((n, k))
+    value = np.zeros((n, k))
+    reason = np.zeros((n, k), dtype=np.int8)
+    for j, action in enumerate(catalog.actions):
+        if action.id == NO_ACTION:
+            continue
+        conversion, revenue = _action_uplift(frame, uplift, action.id)
+        if conversion is None or revenue is None:
+            reason[:, j] = Exclusion.NO_UPLIFT
+            continue
+        up[:, j], value[:, j] = _value_parts(frame, catalog, action, conversion, revenue)
+        reason[:, j] = _first_exclusion(frame, catalog, action)
+    expected = up * value
+    weight = np.array([catalog.effective_weight(a) for a in catalog.actions])
+    cost = np.array([a.cost for a in catalog.actions])
+    score = weight * expected - cost
+    return Arbitration(catalog, frame, up, value, expected, score, reason)
+
+
+def arbitrate_one(
+    row: Mapping[str, Any],
+    catalog: Catalog,
+    uplift: UpliftPrediction | None = None,
+    k: int = 3,
+    exclusions: bool = True,
+) -> CustomerArbitration:
+    """One customer (a mapping of features, scores, history and uplift columns)."""
+    result = arbitrate(pd.DataFrame([dict(row)]), catalog, uplift)
+    return result.customer(0, k=k, exclusions=exclusions)
+
+
+def _action_uplift(
+    frame: pd.DataFrame, uplift: UpliftPrediction | None, action_id: str
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if uplift is not None:
+        if action_id not in uplift.actions:
+            return None, None
+        j = uplift.index(action_id)
+        return uplift.incremental_conversion[:, j], uplift.incremental_revenue[:, j]
+    conv, rev = f"uplift_conversion_{action_id}", f"uplift_revenue_{action_id}"
+    if conv not in frame.columns or rev not in frame.columns:
+        return None, None
+    return _numeric(frame, conv), _numeric(frame, rev)
+
+
+def _value_parts(
+    frame: pd.DataFrame,
+    catalog: Catalog,
+    action: Action,
+    conversion: np.ndarray,
+    revenue: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(uplift, value per unit of uplift); missing inputs make the expected value 0."""
+    if action.value_kind == "incremental_revenue":
+        return np.nan_to_num(revenue), np.full(len(frame), action.margin_rate)
+    churn = _numeric(frame, CHURN_FIELD)
+    reduction = np.nan_to_num(np.minimum(conversion, churn))
+    worth = np.nan_to_num(_numeric(frame, catalog.value_field)) * action.margin_rate
+    return reduction, worth
+
+
+def _first_exclusion(frame: pd.DataFrame, catalog: Catalog, action: Action) -> np.ndarray:
+    """Exclusion code per customer: eligibility, then consent, contact policy, cool-down."""
+    reason = np.zeros(len(frame), dtype=np.int8)
+    checks = [
+        (Exclusion.NOT_ELIGIBLE, _eligible(frame, action)),
+        (Exclusion.NO_CONSENT, _consented(frame, action)),
+        (Exclusion.CONTACT_POLICY, _under_contact_limits(frame, catalog, action)),
+        (Exclusion.COOLDOWN, _out_of_cooldown(frame, action)),
+    ]
+    for code, passed in reversed(checks):
+        reason[~passed] = code
+    return reason
+
+
+def _eligible(frame: pd.DataFrame, action: Action) -> np.ndarray:
+    if action.rule is None:
+        return np.ones(len(frame), dtype=bool)
+    return action.rule.evaluate_frame(frame)
+
+
+def _consented(frame: pd.DataFrame, action: Action) -> np.ndarray:
+    if action.consent_field is None:
+        return np.ones(len(frame), dtype=bool)
+    return np.nan_to_num(_numeric(frame, action.consent_field)) > 0
+
+
+def _under_contact_limits(frame: pd.DataFrame, catalog: Catalog, action: Action) -> np.ndarray:
+    ok = np.ones(len(frame), dtype=bool)
+    for rule in catalog.contact_policy.for_channel(action.channel):
+        ok &= np.nan_to_num(_numeric(frame, rule.field)) < rule.max_contacts
+    return ok
+
+
+def _out_of_cooldown(frame: pd.DataFrame, action: Action) -> np.ndarray:
+    if not action.cooldown_days:
+        return np.ones(len(frame), dtype=bool)
+    days = _numeric(frame, action.cooldown_field)
+    return np.isnan(days) | (days >= action.cooldown_days)
+
+
+def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
+    if column not in frame.columns:
+        raise KeyError(f"arbitration needs column {column!r}, which the customer frame lacks")
+    values = frame[column]
+    if pd.api.types.is_object_dtype(values.dtype):
+        values = values.astype("float64")
+    return values.to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _reason_text(code: Exclusion, action: Action, row: pd.Series, catalog: Catalog) -> str:
+    if code == Exclusion.NOT_ELIGIBLE and action.rule is not None:
+        return f"not eligible: {action.rule.source}"
+    if code == Exclusion.NO_CONSENT and action.consent_field is not None:
+        state = "missing" if pd.isna(row[action.consent_field]) else "false"
+        return f"no consent ({action.consent_field} is {state})"
+    if code == Exclusion.CONTACT_POLICY:
+        for rule in catalog.contact_policy.for_channel(action.channel):
+            count = 0 if pd.isna(row[rule.field]) else int(row[rule.field])
+            if count >= rule.max_contacts:
+                noun = action.channel if count == 1 else f"{action.channel}s"
+                return (
+                    f"contact policy: {count} {noun} in {rule.window_days} days "
+                    f"(max {rule.max_contacts})"
+                )
+    if code == Exclusion.COOLDOWN:
+        days = float(row[action.cooldown_field])
+        return f"cool-down: last sent {days:g} days ago (< {action.cooldown_days})"
+    if code == Exclusion.NO_UPLIFT:
+        return "no uplift estimate for this action"
+    return code.name.lower()
+
+
+# ---- exploration ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Decision:
+    """What one customer gets; log ``decision_id``, ``action`` and ``propensity``."""
+
+    decision_id: str
+    action: str
+    channel: str
+    propensity: float
+    explored: bool
+    catalog_version: str
+    arbitration: CustomerArbitration
+
+
+class Policy:
+    """Chooses among the allowed actions, greedily with exploration, logging propensities.
+
+    ``epsilon``: epsilon-greedy (the top action with 1 - eps + eps/K, every other allowed
+    action with eps/K, K = allowed actions); ``temperature``: softmax over scores (same
+    currency units). Neither: greedy (propensity 1).
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        epsilon: float = 0.0,
+        temperature: float | None = None,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        if temperature is not None and temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if temperature is not None and epsilon > 0:
+            raise ValueError("choose epsilon-greedy or softmax exploration, not both")
+        self.catalog = catalog
+        self.epsilon = epsilon
+        self.temperature = temperature
+        self.rng = np.random.default_rng(seed)
+
+    def arbitrate(self, frame: pd.DataFrame, uplift: UpliftPrediction | None = None) -> Arbitration:
+        return arbitrate(frame, self.catalog, uplift)
+
+    def probabilities(self, result: Arbitration) -> np.ndarray:
+        """``[n, K]`` probability of each catalog action (0 for excluded ones); rows sum to 1."""
+        allowed = result.allowed
+        if self.temperature is not None:
+            masked = np.where(allowed, result.score, -np.inf)
+            logits = (masked - masked.max(axis=1, keepdims=True)) / self.temperature
+            weights = np.exp(logits)
+            return weights / weights.sum(axis=1, keepdims=True)
+        n_allowed = allowed.sum(axis=1, keepdims=True)
+        probs = np.where(allowed, self.epsilon / n_allowed, 0.0)
+        probs[np.arange(len(probs)), result.ranking()[:, 0]] += 1.0 - self.epsilon
+        return probs
+
+    def action_probabilities(
+        self, frame: pd.DataFrame, uplift: UpliftPrediction | None = None
+    ) -> np.ndarray:
+        """The full action distribution per customer (what off-policy evaluation needs)."""
+        return self.probabilities(self.arbitrate(frame, uplift))
+
+    def choose(self, frame: pd.DataFrame, uplift: UpliftPrediction | None = None) -> pd.DataFrame:
+        """Batch decisions: decision_id, action, channel, propensity, score, explored."""
+        result = self.arbitrate(frame, uplift)
+        chosen, propensity = self._sample(self.probabilities(result))
+        rows = np.arange(len(frame))
+        channels = np.array([a.channel for a in self.catalog.actions], dtype=object)
+        return pd.DataFrame(
+            {
+                "decision_id": [uuid.uuid4().hex for _ in rows],
+                "action": np.asarray(result.actions, dtype=object)[chosen],
+                "channel": channels[chosen],
+                "propensity": propensity,
+                "score": result.score[rows, chosen],
+                "expected_value": result.expected_value[rows, chosen],
+                "explored": chosen != result.ranking()[:, 0],
+                "catalog_version": self.catalog.version,
+            },
+            index=frame.index,
+        )
+
+    def decide(
+        self, row: Mapping[str, Any], uplift: UpliftPrediction | None = None, k: int = 3
+    ) -> Decision:
+        """One live decision with its propensity, ranking and exclusion reasons."""
+        result = self.arbitrate(pd.DataFrame([dict(row)]), uplift)
+        chosen, propensity = self._sample(self.probabilities(result))
+        j = int(chosen[0])
+        action = self.catalog.actions[j]
+        return Decision(
+            decision_id=uuid.uuid4().hex,
+            action=action.id,
+            channel=action.channel,
+            propensity=float(propensity[0]),
+            explored=j != int(result.ranking()[0, 0]),
+            catalog_version=self.catalog.version,
+            arbitration=result.customer(0, k=k, exclusions=True),
+        )
+
+    def _sample(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One draw per row by inverse CDF; returns (action index, its probability)."""
+        cdf = np.cumsum(probs, axis=1)
+        draw = self.rng.random(len(probs))[:, None] * cdf[:, -1:]
+        chosen = np.minimum((cdf <= draw).sum(axis=1), probs.shape[1] - 1)
+        # never land on a zero-probability action through rounding at the top of the CDF
+        chosen = np.where(probs[np.arange(len(probs)), chosen] > 0, chosen, probs.argmax(axis=1))
+        return chosen, probs[np.arange(len(probs)), chosen]

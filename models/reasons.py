@@ -1,0 +1,122 @@
+"""Plain-language reasons from per-feature contributions, worded by the feature spec.
+
+LightGBM's ``pred_contrib`` gives, for one customer, how much each feature pushed the raw
+score up or down. This module turns the largest pushes into short phrases an agent can
+read ("no order for 94 days (raises risk)"). The wording comes only from the spec's phrase
+templates (``features.spec``), so a new feature gets its reason text where it is declared,
+never here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from features.spec import Agg, Attribute, Feature, FeatureSpec, default_spec
+
+Direction = Literal["up", "down"]
+#: the words appended to a phrase for each direction, per model
+CHURN_WORDS: dict[Direction, str] = {"up": "raises risk", "down": "lowers risk"}
+VALUE_WORDS: dict[Direction, str] = {"up": "raises value", "down": "lowers value"}
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One driver of one prediction."""
+
+    feature: str
+    value: float | str | None
+    #: contribution to the raw score (log-odds for churn); its sign gives the direction
+    contribution: float
+    direction: Direction
+    #: what the feature says ("no order for 94 days")
+    phrase: str
+    #: the phrase with the direction ("no order for 94 days (raises risk)")
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))  # flat fields: no need for asdict's deep copy
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _plain(value: Any) -> float | str | None:
+    """numpy scalars to Python ones, so a reason serialises to JSON as is."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if _is_missing(value) else value
+
+
+def _missing_phrase(feature: Feature | None, name: str) -> str:
+    """Wording for a null value (no event in the window, ratio without a base)."""
+    if isinstance(feature, Agg):
+        window = "ever" if feature.days is None else f"in {feature.window_text}"
+        return f"no {feature.label} {window}"
+    readable = name.replace("_", " ")
+    return f"{readable} unknown" if isinstance(feature, Attribute) else f"{readable} not available"
+
+
+def describe(name: str, value: Any, spec: FeatureSpec | None = None) -> str:
+    """The spec's phrase for ``name`` filled with ``value`` (features outside the spec,
+    e.g. from a notebook's own table, read ``name = value``)."""
+    return _phrase((spec or default_spec()).by_name().get(name), name, value)
+
+
+def _phrase(feature: Feature | None, name: str, value: Any) -> str:
+    if _is_missing(value):
+        return _missing_phrase(feature, name)
+    if feature is None:
+        return f"{name.replace('_', ' ')} = {value}"
+    try:
+        return feature.phrase.format(value=value)
+    except (TypeError, ValueError):
+        return f"{name.replace('_', ' ')} = {value}"
+
+
+def top_reasons(
+    contributions: np.ndarray,
+    values: Sequence[Any],
+    names: Sequence[str],
+    top: int = 3,
+    words: dict[Direction, str] = CHURN_WORDS,
+    spec: FeatureSpec | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """The ``top`` largest positive and negative contributions of one row, as phrases.
+
+    ``contributions`` has one entry per feature (LightGBM's trailing bias column removed);
+    ``values`` are the row's feature values as the caller knows them (categories as text).
+    Returns ``{"up": [...], "down": [...]}`` of :class:`Reason` dicts, strongest first.
+    """
+    if len(contributions) != len(names) or len(values) != len(names):
+        raise ValueError(
+            f"{len(contributions)} contributions, {len(values)} values and {len(names)} "
+            "feature names must match"
+        )
+    features = (spec or default_spec()).by_name()
+    order = np.argsort(-contributions, kind="stable")
+    ups = [j for j in order[:top] if contributions[j] > 0]
+    downs = [j for j in order[::-1][:top] if contributions[j] < 0]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for direction, picks in (("up", ups), ("down", downs)):
+        reasons = []
+        for j in picks:
+            value = _plain(values[j])
+            phrase = _phrase(features.get(names[j]), names[j], value)
+            reasons.append(
+                Reason(
+                    feature=names[j],
+                    value=value,
+                    contribution=float(contributions[j]),
+                    direction=direction,  # type: ignore[arg-type]
+                    phrase=phrase,
+                    text=f"{phrase} ({words[direction]})",  # type: ignore[index]
+                ).to_dict()
+            )
+        out[direction] = reasons
+    return out

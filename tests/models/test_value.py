@@ -1,0 +1,125 @@
+"""ValueModel on synthetic zero-inflated, heavy-tailed, seasonal spend; the value metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from models.metrics import interval_coverage, regression_metrics, value_deciles
+from models.value import OUTPUT_COLUMNS, ValueModel
+
+FAST = {"num_boost_round": 80, "num_threads": 1, "min_data_in_leaf": 40}
+#: spend in a horizon starting in October is twice the rest of the year
+SEASON = {1: 1.0, 4: 1.0, 7: 1.0, 10: 2.0}
+
+
+def synthetic(
+    n: int, seed: int, months: tuple[int, ...]
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(frame with as_of, realised spend, true expected spend)."""
+    rng = np.random.default_rng(seed)
+    month = rng.choice(months, n)
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"C{seed}-{i}" for i in range(n)],
+            "as_of": pd.to_datetime([f"2024-{m:02d}-03" for m in month], utc=True),
+            "orders_90d": rng.poisson(1.5, n).astype(float),
+            "avg_order_value_365d": rng.lognormal(3.5, 0.7, n),
+            "region": rng.choice(["north", "south"], n),
+        }
+    )
+    p_buy = 1 - np.exp(-0.2 - 0.6 * frame["orders_90d"].to_numpy())
+    basket = frame["avg_order_value_365d"].to_numpy() * (1 + frame["orders_90d"].to_numpy())
+    factor = np.array([SEASON[m] for m in month])
+    expected = p_buy * basket * factor
+    bought = rng.random(n) < p_buy
+    noise = rng.gamma(2.0, 0.5, n)
+    realised = np.where(bought, basket * factor * noise, 0.0)
+    return frame, realised, expected
+
+
+@pytest.fixture(scope="module")
+def fitted() -> ValueModel:
+    X, y, _ = synthetic(6000, 1, (1, 4, 7, 10))
+    X_valid, y_valid, _ = synthetic(2500, 2, (7,))
+    return ValueModel(FAST, random_state=0).fit(X, y, X_valid, y_valid)
+
+
+def test_mean_tracks_the_true_expected_spend(fitted: ValueModel) -> None:
+    X, _, expected = synthetic(3000, 3, (4, 10))
+    out = fitted.predict(X)
+    assert list(out.columns) == list(OUTPUT_COLUMNS) and out.index.equals(X.index)
+    assert spearmanr(out["value_mean"], expected).statistic > 0.85
+    assert abs(out["value_mean"].sum() / expected.sum() - 1) < 0.1
+
+
+def test_season_factor_is_learned_per_cutoff_month(fitted: ValueModel) -> None:
+    assert set(fitted.season_) == {1, 4, 7, 10}
+    assert fitted.season_[10] / fitted.season_[4] == pytest.approx(2.0, rel=0.15)
+    X, _, _ = synthetic(500, 4, (4,))
+    april = fitted.predict(X)["value_mean"].to_numpy()
+    october = fitted.predict(X.assign(as_of=pd.Timestamp("2024-10-03", tz="UTC")))
+    ratio = october["value_mean"].to_numpy() / april
+    np.testing.assert_allclose(ratio, fitted.season_[10] / fitted.season_[4])
+    no_cutoff = fitted.predict(X.drop(columns="as_of"))["value_mean"].to_numpy()
+    np.testing.assert_allclose(april, no_cutoff * fitted.season_[4])
+
+
+def test_interval_quantiles_hold_on_fresh_rows(fitted: ValueModel) -> None:
+    X, y, _ = synthetic(4000, 5, (7,))
+    out = fitted.predict(X)
+    assert (out["value_p10"] <= out["value_p50"]).all()
+    assert (out["value_p50"] <= out["value_p90"]).all()
+    assert (out["value_p10"] >= 0).all()
+    # each bound is a quantile; with the mass of zeros, p10..p90 holds at least 80%
+    assert 0.07 < np.mean(y > out["value_p90"]) < 0.13
+    assert np.mean(y < out["value_p10"]) < 0.13
+    assert np.mean(y <= out["value_p50"]) > 0.45
+    assert interval_coverage(y, out["value_p10"], out["value_p90"]) > 0.77
+
+
+def test_fast_path_matches_the_frame_path(fitted: ValueModel) -> None:
+    X, _, _ = synthetic(20, 6, (10,))
+    row = X.iloc[3].to_dict()
+    from_dict = fitted.predict(row).to_numpy()
+    np.testing.assert_allclose(from_dict, fitted.predict(X.iloc[[3]]).to_numpy())
+    array = fitted.predict_array(fitted.encode(row), as_of=row["as_of"])
+    np.testing.assert_allclose(array, from_dict)
+    assert fitted.feature_names == ["orders_90d", "avg_order_value_365d", "region"]
+
+
+def test_importance_covers_both_parts(fitted: ValueModel) -> None:
+    gain = fitted.feature_importance()
+    assert gain.sum() == pytest.approx(1.0)
+    assert set(gain.index[:2]) == {"orders_90d", "avg_order_value_365d"}
+
+
+def test_without_cutoffs_or_validation_it_still_fits() -> None:
+    X, y, expected = synthetic(2000, 7, (4,))
+    model = ValueModel(FAST).fit(X.drop(columns="as_of"), y)
+    assert model.season_ == {}
+    assert spearmanr(model.predict(X)["value_mean"], expected).statistic > 0.8
+
+
+def test_labels_are_checked() -> None:
+    X, y, _ = synthetic(300, 8, (4,))
+    with pytest.raises(ValueError, match="both customers with and without spend"):
+        ValueModel(FAST).fit(X, np.zeros(len(X)))
+    with pytest.raises(ValueError, match="finite"):
+        ValueModel(FAST).fit(X, np.where(y > 0, np.nan, 0.0))
+
+
+def test_regression_metrics_by_hand() -> None:
+    y = np.array([0.0, 10.0, 0.0, 50.0, 5.0, 0.0, 0.0, 100.0, 0.0, 20.0])
+    pred = np.array([1.0, 8.0, 2.0, 40.0, 6.0, 0.5, 0.0, 90.0, 1.0, 25.0])
+    m = regression_metrics(y, pred)
+    assert m["mae"] == pytest.approx(np.mean(np.abs(pred - y)))
+    assert m["rmse"] == pytest.approx(np.sqrt(np.mean((pred - y) ** 2)))
+    assert m["spearman"] == pytest.approx(spearmanr(y, pred).statistic)
+    assert m["top_decile_capture"] == pytest.approx(100.0 / y.sum())  # top 1 of 10
+    assert m["total_error"] == pytest.approx((pred.sum() - y.sum()) / y.sum())
+    deciles = value_deciles(y, pred, bins=5)
+    assert deciles["realised"].iloc[0] == pytest.approx(75.0)  # the two largest predictions
+    assert deciles["count"].sum() == len(y)

@@ -1,0 +1,69 @@
+"""Model quality against the demo's ground truth (quality, not timing), fixed seeds.
+
+On the truth cutoff (the holdout) every churn scorer -- the model, the true probability
+of no order (the oracle), days since the last order, BG/NBD's 1 - P(alive) -- is scored
+against the same realised labels, so "model AUC / oracle AUC" says how much of the
+recoverable signal the model found. Value predictions are compared with the true
+expected spend (Spearman and MAE), next to BG/NBD + Gamma-Gamma fitted on the same
+history. Run with ``-s`` to see the table and the ratios.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from features.ingest import discover_files, ingest
+from features.warehouse import connect
+from rapport.demo_data import generate, write
+from training.datasets import build_training_set
+from training.jobs import HoldoutEvaluation, evaluate_holdout, fit_model
+
+END = datetime(2025, 1, 1, tzinfo=UTC)
+CUSTOMERS, SEED = 8000, 7
+#: defaults except the thread count, so a busy CI machine does not oversubscribe
+PARAMS = {"num_threads": 1}
+
+
+@pytest.fixture(scope="module")
+def evaluations(tmp_path_factory: pytest.TempPathFactory) -> dict[str, HoldoutEvaluation]:
+    folder = tmp_path_factory.mktemp("quality")
+    data = generate(CUSTOMERS, seed=SEED, end=END)
+    con = connect(folder / "warehouse.duckdb")
+    ingest(con, discover_files(write(data, folder / "files")["customers"].parent), now=END)
+    ts = build_training_set(con, horizon_days=data.horizon_days)
+    assert ts.plan.test == data.truth_as_of
+    out = {}
+    for kind in ("churn", "value"):
+        model = fit_model(kind, ts, PARAMS, seed=0)
+        out[kind] = evaluate_holdout(kind, {"model": model}, ts.part("test"), con, 90)[0]
+        print(f"\n{out[kind].summary()}")
+    return out
+
+
+def test_churn_model_clearly_beats_both_baselines_near_the_oracle(
+    evaluations: dict[str, HoldoutEvaluation],
+) -> None:
+    churn = evaluations["churn"]
+    assert churn.truth is not None
+    auc = {name: m["auc"] for name, m in churn.truth.items()}
+    assert auc["model"] > auc["recency"] + 0.01
+    assert auc["model"] > auc["btyd_p_alive"] + 0.05
+    assert auc["oracle"] > auc["model"]  # the truth is not beaten: the labels are noisy
+    assert churn.truth_ratios()["model_auc_over_oracle"] > 0.92
+    assert churn.metrics["model"]["top_decile_lift"] >= churn.metrics["recency"]["top_decile_lift"]
+
+
+def test_value_model_beats_bgnbd_against_the_true_expected_spend(
+    evaluations: dict[str, HoldoutEvaluation],
+) -> None:
+    value = evaluations["value"]
+    assert value.truth is not None
+    model, btyd = value.truth["model"], value.truth["btyd"]
+    assert model["spearman"] > btyd["spearman"] and model["spearman"] > 0.8
+    assert model["mae"] < 0.95 * btyd["mae"]
+    assert abs(model["total_error"]) < abs(btyd["total_error"])
+    # and on the realised spend of the same customers
+    assert value.metrics["model"]["mae"] < value.metrics["btyd"]["mae"]
+    assert value.metrics["model"]["mae"] < value.metrics["last_90d_again"]["mae"]

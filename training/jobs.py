@@ -1,0 +1,749 @@
+"""The offline jobs the CLI, the demo and the notebooks call: train, evaluate, tune, promote.
+
+Each job takes a warehouse connection (any Ibis backend holding the contract tables) and
+returns a small result object whose ``summary()`` is what the command prints. Everything a
+run produces -- parameters, metrics, cutoffs, data lineage, plots, the HTML report and the
+model -- goes to MLflow (:mod:`training.tracking`).
+
+Every evaluation happens on the **holdout cutoff** (the latest one, see
+:mod:`training.datasets`) and always shows the model next to its baselines on the same
+rows: for churn the recency-only score (days since the last order) and BG/NBD's P(alive);
+for value BG/NBD + Gamma-Gamma fitted on the history before the same cutoff and the
+naive "last 90 days' spend again". When the warehouse holds the demo's
+``truth_customers`` at the holdout cutoff, the run also compares against the ground truth:
+churn AUC next to the oracle's (the true probability scored against the same realised
+labels), value Spearman / MAE against the true expected spend.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.batch import as_utc
+from models.btyd import BTYDValueBaseline, rfm_from_orders
+from models.churn import ChurnModel
+from models.metrics import (
+    classification_metrics,
+    interval_coverage,
+    ranking_metrics,
+    regression_metrics,
+)
+from models.value import ValueModel
+from rapport.settings import get_settings
+from training import plots, tracking
+from training.datasets import (
+    Progress,
+    TrainingSet,
+    build_training_set,
+    fingerprint,
+    labelled_features,
+    lineage,
+    load_truth,
+    orders_before,
+    signups_before,
+    silent,
+)
+from training.report import Report
+from training.tracking import CHALLENGER, CHAMPION, GATE_METRIC, HOLDOUT_TAG, Kind
+from training.tune import PruningCallback, TuneOutcome, optimise
+
+Model = ChurnModel | ValueModel
+#: the metric columns a summary shows per kind
+SHOWN: dict[str, tuple[str, ...]] = {
+    "churn": ("auc", "pr_auc", "top_decile_lift", "brier"),
+    "value": ("spearman", "mae", "rmse", "top_decile_capture", "total_error"),
+}
+
+
+def _check_kind(kind: str) -> Kind:
+    tracking.model_name(kind)
+    return kind  # type: ignore[return-value]
+
+
+# --- fitting ----------------------------------------------------------------------------
+def _target(kind: Kind, frame: pd.DataFrame) -> pd.Series:
+    return frame["churned"].astype("float64") if kind == "churn" else frame["spend"]
+
+
+def _population(kind: Kind, frame: pd.DataFrame) -> pd.DataFrame:
+    """Churn is defined for active customers only; value for everyone known."""
+    rows = frame[frame["active"]] if kind == "churn" else frame
+    return rows.reset_index(drop=True)
+
+
+def fit_model(
+    kind: Kind,
+    data: TrainingSet,
+    params: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    callbacks: Sequence[Any] = (),
+) -> Model:
+    """Fit on the training cutoffs, early-stop / calibrate on the validation cutoff."""
+    churn = kind == "churn"
+    model: Model = ChurnModel(params, seed) if churn else ValueModel(params, seed)
+    return model.fit(
+        data.features("train", active_only=churn),
+        _target(kind, data.part("train", active_only=churn)),
+        data.features("valid", active_only=churn),
+        _target(kind, data.part("valid", active_only=churn)),
+        callbacks,
+    )
+
+
+def predict(model: Model, frame: pd.DataFrame) -> np.ndarray:
+    """P(churn) or expected spend per row of a feature frame (extra columns are ignored)."""
+    if isinstance(model, ChurnModel):
+        return model.predict_proba(frame)
+    return model.predict(frame)["value_mean"].to_numpy()
+
+
+# --- holdout evaluation -------------------------------------------------------------------
+@dataclass
+class HoldoutEvaluation:
+    """Models and baselines scored on the same holdout rows (and against the truth)."""
+
+    kind: Kind
+    as_of: datetime
+    horizon_days: int
+    rows: int
+    #: name -> metrics against the realised labels (models first, then baselines)
+    metrics: dict[str, dict[str, float]]
+    #: name -> metrics against the demo ground truth (None without truth tables)
+    truth: dict[str, dict[str, float]] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.metrics).T
+
+    def truth_table(self) -> pd.DataFrame | None:
+        return None if self.truth is None else pd.DataFrame(self.truth).T
+
+    def truth_ratios(self) -> dict[str, float]:
+        """Churn: AUC / oracle AUC per scorer. Value: model over BG/NBD for Spearman and MAE
+        against the true expected spend (Spearman > 1 and MAE < 1 mean the model wins)."""
+        if not self.truth:
+            return {}
+        if self.kind == "churn":
+            oracle = self.truth["oracle"]["auc"]
+            return {
+                f"{name}_auc_over_oracle": m["auc"] / oracle
+                for name, m in self.truth.items()
+                if name != "oracle"
+            }
+        out: dict[str, float] = {}
+        for name, m in self.truth.items():
+            if name == "btyd" or "btyd" not in self.truth:
+                continue
+            base = self.truth["btyd"]
+            out[f"{name}_spearman_over_btyd"] = m["spearman"] / base["spearman"]
+            out[f"{name}_mae_over_btyd"] = m["mae"] / base["mae"]
+        return out
+
+    def summary(self) -> str:
+        shown = [c for c in SHOWN[self.kind] if c in self.table().columns]
+        lines = [
+            f"{self.kind} on the holdout {self.as_of:%Y-%m-%d} (+{self.horizon_days}d, "
+            f"{self.rows:,} {'active ' if self.kind == 'churn' else ''}customers):",
+            _indent(self.table()[shown].to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")),
+        ]
+        truth = self.truth_table()
+        if truth is not None:
+            lines.append("against the ground truth:")
+            shown = [c for c in shown if c in truth.columns]
+            text = truth[shown].to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")
+            lines.append(_indent(text))
+            lines += [f"  {k}: {v:.3f}" for k, v in self.truth_ratios().items()]
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+@dataclass
+class _Scored:
+    """Predictions behind an evaluation, kept for the plots."""
+
+    y: np.ndarray
+    scores: dict[str, np.ndarray]
+
+
+def _btyd(con: Any, as_of: datetime, horizon_days: int) -> pd.DataFrame:
+    """BG/NBD + Gamma-Gamma fitted on every customer known at ``as_of`` (their history
+    before it); P(alive) and expected spend over the horizon by customer id."""
+    signups = signups_before(con, as_of)
+    rfm = rfm_from_orders(
+        orders_before(con, as_of), as_of, customer_ids=signups.index.to_numpy(), signup=signups
+    )
+    args = (rfm["frequency"], rfm["recency"], rfm["T"])
+    model = BTYDValueBaseline().fit(*args, rfm["monetary_value"])
+    return pd.DataFrame(
+        {
+            "p_alive": model.predict_p_alive(*args),
+            "expected_spend": model.predict_expected_spend(
+                horizon_days, *args, rfm["monetary_value"]
+            ),
+        },
+        index=rfm.index,
+    )
+
+
+def evaluate_holdout(
+    kind: Kind,
+    models: Mapping[str, Model],
+    holdout: pd.DataFrame,
+    con: Any,
+    horizon_days: int,
+    baselines: bool = True,
+) -> tuple[HoldoutEvaluation, _Scored]:
+    """Score ``models`` (name -> fitted model) and the baselines on one holdout cutoff."""
+    rows = _population(kind, holdout)
+    as_of = as_utc(rows["as_of"].iloc[0])
+    y = _target(kind, rows).to_numpy()
+    scores = {name: predict(model, rows) for name, model in models.items()}
+    notes: list[str] = []
+    if baselines:
+        scores.update(_baseline_scores(kind, rows, con, as_of, horizon_days, notes))
+    if kind == "churn":
+        metrics = {
+            name: (classification_metrics if name in models else ranking_metrics)(y, s)
+            for name, s in scores.items()
+        }
+    else:
+        metrics = {name: regression_metrics(y, s) for name, s in scores.items()}
+    evaluation = HoldoutEvaluation(kind, as_of, horizon_days, len(rows), metrics, notes=notes)
+    truth = load_truth(con, as_of)
+    if truth is not None:
+        evaluation.truth = _against_truth(kind, rows, y, scores, truth, notes)
+    return evaluation, _Scored(y, scores)
+
+
+def _baseline_scores(
+    kind: Kind, rows: pd.DataFrame, con: Any, as_of: datetime, horizon: int, notes: list[str]
+) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    if kind == "churn":
+        # active customers always have a last order, so this score has no gaps
+        out["recency"] = rows["days_since_last_order"].to_numpy(dtype="float64")
+    else:
+        out["last_90d_again"] = rows["spend_90d"].to_numpy(dtype="float64") * horizon / 90.0
+    try:
+        btyd = _btyd(con, as_of, horizon).loc[rows["customer_id"]]
+    except (RuntimeError, ValueError) as exc:
+        notes.append(f"BG/NBD baseline skipped: {exc}")
+        return out
+    if kind == "churn":
+        out["btyd_p_alive"] = 1.0 - btyd["p_alive"].to_numpy()
+    else:
+        out["btyd"] = btyd["expected_spend"].to_numpy()
+    return out
+
+
+def _against_truth(
+    kind: Kind,
+    rows: pd.DataFrame,
+    y: np.ndarray,
+    scores: Mapping[str, np.ndarray],
+    truth: pd.DataFrame,
+    notes: list[str],
+) -> dict[str, dict[str, float]]:
+    """Churn: every scorer and the oracle against the realised labels on the same rows.
+    Value: every prediction against the true expected spend."""
+    truth = truth.set_index("customer_id")
+    known = rows["customer_id"].isin(truth.index).to_numpy()
+    if not known.all():
+        notes.append(f"{int((~known).sum())} holdout customers have no ground truth")
+    matched = truth.loc[rows["customer_id"][known]]
+    if kind == "churn":
+        out = {"oracle": classification_metrics(y[known], matched["p_no_order"].to_numpy())}
+        out |= {name: ranking_metrics(y[known], s[known]) for name, s in scores.items()}
+        return out
+    expected = matched["expected_spend"].to_numpy()
+    return {name: regression_metrics(expected, s[known]) for name, s in scores.items()}
+
+
+# --- train -------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    kind: Kind
+    version: str | None
+    run_id: str
+    evaluation: HoldoutEvaluation
+    valid_metrics: dict[str, float]
+    counts: dict[str, int]
+    model: Model
+
+    def summary(self) -> str:
+        registered = (
+            f"registered as {self.kind} v{self.version} @{CHALLENGER}; "
+            f"`rapport promote {self.kind}` gates it against the champion"
+            if self.version
+            else "not registered"
+        )
+        return "\n".join(
+            [
+                f"trained {self.kind} (run {self.run_id[:8]}, "
+                f"{self.counts.get('rows_train', 0):,} training rows)",
+                self.evaluation.summary(),
+                registered,
+            ]
+        )
+
+
+def _valid_metrics(kind: Kind, model: Model, data: TrainingSet) -> dict[str, float]:
+    rows = _population(kind, data.part("valid"))
+    y, s = _target(kind, rows).to_numpy(), predict(model, rows)
+    return classification_metrics(y, s) if kind == "churn" else regression_metrics(y, s)
+
+
+def train(
+    kind: str,
+    con: Any,
+    as_of: datetime | str | None = None,
+    horizon_days: int | None = None,
+    params: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+    *,
+    data: TrainingSet | None = None,
+    train_cutoffs: int = 4,
+    step_months: int = 3,
+    register: bool = True,
+    run_name: str | None = None,
+) -> TrainResult:
+    """Build the time-split dataset, fit, evaluate on the holdout, log and register.
+
+    ``data``: a dataset already built (the demo trains churn and value on one). The new
+    version gets the ``@challenger`` alias; :func:`promote` decides about ``@champion``.
+    """
+    import mlflow
+
+    kind = _check_kind(kind)
+    settings = get_settings()
+    say = silent(progress)
+    horizon = data.horizon_days if data else horizon_days or settings.horizon_days
+    if data is None:
+        data = build_training_set(con, as_of, horizon, train_cutoffs, step_months, progress=say)
+    say(f"fitting {kind} on {len(data.plan.train)} training cutoffs")
+    model = fit_model(kind, data, params, settings.seed)
+    say("evaluating on the holdout next to the baselines")
+    evaluation, scored = evaluate_holdout(kind, {"model": model}, data.part("test"), con, horizon)
+    valid = _valid_metrics(kind, model, data)
+    info = lineage(con)
+    experiment = tracking.configure()
+    say("logging to MLflow")
+    with mlflow.start_run(
+        experiment_id=experiment, run_name=run_name or f"train-{kind}", nested=_nested()
+    ) as run:
+        _log_run(kind, model, data, evaluation, valid, info)
+        _log_artifacts(kind, model, data, evaluation, scored, info, run.info.run_id)
+        version = None
+        if register:
+            version = tracking.log_model(kind, model, data.part("test").head(5))
+    if version:
+        tracking.set_alias(kind, CHALLENGER, version)
+    return TrainResult(kind, version, run.info.run_id, evaluation, valid, data.counts(), model)
+
+
+def _nested() -> bool:
+    import mlflow
+
+    return mlflow.active_run() is not None
+
+
+def _params(model: Model) -> dict[str, Any]:
+    """The model's LightGBM settings, minus the ones that do not change the result."""
+    skip = ("verbose", "num_threads")
+    if isinstance(model, ChurnModel):
+        return {k: v for k, v in model.params.items() if k not in skip}
+    parts = {"buy": model.buy_params, "spend": model.spend_params}
+    return {f"{part}_{k}": v for part, p in parts.items() for k, v in p.items() if k not in skip}
+
+
+def _boosters(model: Model) -> dict[str, Any]:
+    return {"churn": model.booster_} if isinstance(model, ChurnModel) else model.boosters
+
+
+def _holdout_key(data: TrainingSet, info: Mapping[str, Any]) -> str:
+    return f"{data.plan.test:%Y-%m-%d}|h{data.horizon_days}|{fingerprint(dict(info))}"
+
+
+def _flat(prefix: str, metrics: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    return {
+        f"{prefix}{name}_{key}": value
+        for name, values in metrics.items()
+        for key, value in values.items()
+        if np.isfinite(value)
+    }
+
+
+def _log_run(
+    kind: Kind,
+    model: Model,
+    data: TrainingSet,
+    evaluation: HoldoutEvaluation,
+    valid: Mapping[str, float],
+    info: Mapping[str, Any],
+) -> None:
+    import mlflow
+
+    mlflow.log_params({**_params(model), "horizon_days": data.horizon_days, **data.plan.describe()})
+    mlflow.set_tags(
+        {
+            "rapport.kind": kind,
+            "rapport.feature_set": data.spec_version,
+            "rapport.test_cutoff": f"{data.plan.test:%Y-%m-%d}",
+            "rapport.warehouse": str(info["warehouse"]),
+            HOLDOUT_TAG: _holdout_key(data, info),
+        }
+    )
+    model_metrics = evaluation.metrics["model"]
+    others = {k: v for k, v in evaluation.metrics.items() if k != "model"}
+    metrics = {
+        **{f"test_{k}": v for k, v in model_metrics.items() if np.isfinite(v)},
+        **{f"valid_{k}": v for k, v in valid.items() if np.isfinite(v)},
+        **_flat("baseline_", others),
+        **{k: float(v) for k, v in data.counts().items()},
+        **{f"trees_{name}": float(b.current_iteration()) for name, b in _boosters(model).items()},
+    }
+    if evaluation.truth:
+        metrics |= _flat("truth_", evaluation.truth)
+        metrics |= {f"truth_{k}": v for k, v in evaluation.truth_ratios().items()}
+    if isinstance(model, ValueModel):
+        test = data.part("test")
+        band = model.predict(test)
+        metrics["test_interval_coverage_p10_p90"] = interval_coverage(
+            test["spend"], band["value_p10"], band["value_p90"]
+        )
+    mlflow.log_metrics(metrics)
+
+
+def _log_artifacts(
+    kind: Kind,
+    model: Model,
+    data: TrainingSet,
+    evaluation: HoldoutEvaluation,
+    scored: _Scored,
+    info: Mapping[str, Any],
+    run_id: str,
+) -> None:
+    import mlflow
+
+    figures = _figures(kind, model, scored)
+    report = _report(kind, model, data, evaluation, figures, run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name, image in figures:
+            (folder / f"{name}.png").write_bytes(image)
+        (folder / "report.html").write_text(report.to_html(), encoding="utf-8")
+        (folder / "lineage.json").write_text(json.dumps(dict(info), indent=2, default=str))
+        evaluation.table().to_csv(folder / "holdout_metrics.csv")
+        truth = evaluation.truth_table()
+        if truth is not None:
+            truth.to_csv(folder / "truth_metrics.csv")
+        model.feature_importance().to_csv(folder / "feature_importance.csv", header=["gain"])
+        mlflow.log_artifacts(str(folder))
+
+
+def _figures(kind: Kind, model: Model, scored: _Scored) -> list[tuple[str, bytes]]:
+    y, scores = scored.y, scored.scores
+    if kind == "churn":
+        shown = [
+            ("roc", plots.roc(y, scores)),
+            ("precision_recall", plots.precision_recall(y, scores)),
+            ("calibration", plots.calibration(y, scores["model"])),
+            ("gains_lift", plots.gains(y, scores, "churners")),
+        ]
+    else:
+        shown = [
+            ("value_deciles", plots.deciles(y, scores)),
+            ("gains_lift", plots.gains(y, scores, "realised value")),
+        ]
+    shown.append(("feature_importance", plots.importance(model.feature_importance())))
+    return [(name, plots.png(fig)) for name, fig in shown]
+
+
+def _report(
+    kind: Kind,
+    model: Model,
+    data: TrainingSet,
+    evaluation: HoldoutEvaluation,
+    figures: list[tuple[str, bytes]],
+    run_id: str,
+) -> Report:
+    facts = {
+        "run": run_id,
+        "feature set": data.spec_version,
+        "horizon": f"{data.horizon_days} days",
+        **{k.replace("_", " "): v for k, v in data.plan.describe().items()},
+        **{k.replace("_", " "): f"{v:,}" for k, v in data.counts().items()},
+    }
+    report = Report(f"Rapport {kind} model", facts)
+    report.tables.append(("Holdout: model and baselines (realised labels)", evaluation.table()))
+    truth = evaluation.truth_table()
+    if truth is not None:
+        title = (
+            "Ground truth: AUC of each scorer and of the true probability (oracle)"
+            if kind == "churn"
+            else "Ground truth: predictions against the true expected spend"
+        )
+        report.tables.append((title, truth))
+        ratios = pd.DataFrame({"ratio": evaluation.truth_ratios()})
+        report.tables.append(("Ratios against the ground truth", ratios))
+    if isinstance(model, ChurnModel):
+        report.tables.append(("Example reasons (first holdout customers)", _reasons(model, data)))
+    report.figures.extend(figures)
+    report.notes.extend(evaluation.notes)
+    return report
+
+
+def _reasons(model: ChurnModel, data: TrainingSet, rows: int = 5) -> pd.DataFrame:
+    test = _population("churn", data.part("test")).head(rows)
+    explained = model.explain(test)
+    return pd.DataFrame(
+        {
+            "p_churn": model.predict_proba(test),
+            "raises risk": ["; ".join(r["phrase"] for r in e["up"]) for e in explained],
+            "lowers risk": ["; ".join(r["phrase"] for r in e["down"]) for e in explained],
+        },
+        index=test["customer_id"].to_numpy(),
+    )
+
+
+# --- evaluate ----------------------------------------------------------------------------
+@dataclass
+class EvaluationResult:
+    evaluations: list[HoldoutEvaluation]
+    versions: dict[str, dict[str, str]]
+
+    def summary(self) -> str:
+        parts = []
+        for evaluation in self.evaluations:
+            names = ", ".join(f"{a} = v{v}" for a, v in self.versions[evaluation.kind].items())
+            parts.append(f"{evaluation.kind} ({names or 'no registered model'})")
+            parts.append(evaluation.summary())
+        return "\n".join(parts)
+
+
+def holdout(con: Any, as_of: datetime | str | None, horizon_days: int) -> pd.DataFrame:
+    """Features and labels at the holdout cutoff (default: the latest possible one)."""
+    from training.datasets import default_as_of
+
+    cutoff = as_utc(as_of) if as_of is not None else default_as_of(con, horizon_days)
+    return labelled_features(con, [cutoff], horizon_days)
+
+
+def evaluate(
+    con: Any,
+    kinds: Sequence[str] = tracking.KINDS,
+    as_of: datetime | str | None = None,
+    horizon_days: int | None = None,
+    progress: Progress | None = None,
+) -> EvaluationResult:
+    """Champion and challenger of each kind next to the baselines on the latest holdout."""
+    say = silent(progress)
+    horizon = horizon_days or get_settings().horizon_days
+    say("building the holdout")
+    frame = holdout(con, as_of, horizon)
+    evaluations: list[HoldoutEvaluation] = []
+    versions: dict[str, dict[str, str]] = {}
+    for kind in map(_check_kind, kinds):
+        held = tracking.aliases(kind)
+        versions[kind] = {a: v for a, v in held.items() if a in (CHAMPION, CHALLENGER)}
+        models = {
+            f"{alias} v{version}": tracking.load_model(kind, version=version)[0]
+            for alias, version in sorted(versions[kind].items())
+        }
+        say(f"scoring {kind}: {', '.join(models) or 'baselines only'}")
+        evaluations.append(evaluate_holdout(kind, models, frame, con, horizon)[0])
+    return EvaluationResult(evaluations, versions)
+
+
+# --- promote -----------------------------------------------------------------------------
+@dataclass
+class PromotionResult:
+    kind: Kind
+    version: str
+    promoted: bool
+    alias: str
+    reason: str
+    champion_before: str | None
+
+    def summary(self) -> str:
+        verdict = "promoted to" if self.promoted else "stays"
+        return f"{self.kind} v{self.version} {verdict} @{self.alias}: {self.reason}"
+
+
+def promote(
+    kind: str,
+    version: str | int | None = None,
+    con: Any = None,
+    margin: float | None = None,
+    progress: Progress | None = None,
+) -> PromotionResult:
+    """The gate: ``version`` (default the ``@challenger``, else the latest) becomes
+    ``@champion`` only if it beats the champion by more than ``margin`` (default
+    ``settings.promotion_margin``) on the same holdout; otherwise it is ``@challenger``.
+
+    Runs evaluated on the same holdout (cutoff, horizon and data fingerprint) are compared
+    by their logged metrics; otherwise both models are re-scored on the candidate's holdout,
+    which needs ``con``.
+    """
+    kind = _check_kind(kind)
+    margin = get_settings().promotion_margin if margin is None else margin
+    held = tracking.aliases(kind)
+    wanted = str(version) if version is not None else held.get(CHALLENGER)
+    candidate = tracking.get_version(kind, version=wanted)
+    cand_version = str(candidate.version)
+    champion = held.get(CHAMPION)
+    if champion is None:
+        return _crown(kind, cand_version, None, "no champion yet")
+    if champion == cand_version:
+        return PromotionResult(kind, champion, False, CHAMPION, "already the champion", champion)
+    cand_score, champ_score = _gate_scores(kind, candidate, champion, con, progress)
+    decision = tracking.gate(kind, cand_score, champ_score, margin)
+    if decision.passed:
+        return _crown(kind, cand_version, champion, decision.reason)
+    tracking.set_alias(kind, CHALLENGER, cand_version)
+    return PromotionResult(kind, cand_version, False, CHALLENGER, decision.reason, champion)
+
+
+def _crown(kind: Kind, version: str, before: str | None, reason: str) -> PromotionResult:
+    tracking.set_alias(kind, CHAMPION, version)
+    if tracking.aliases(kind).get(CHALLENGER) == version:
+        tracking.delete_alias(kind, CHALLENGER)
+    return PromotionResult(kind, version, True, CHAMPION, reason, before)
+
+
+def _gate_scores(
+    kind: Kind, candidate: Any, champion: str, con: Any, progress: Progress | None
+) -> tuple[float, float]:
+    """(candidate, champion) gate metric on the same holdout."""
+    metric = GATE_METRIC[kind][0]
+    cand = tracking.run_of(candidate).data
+    champ = tracking.run_of(tracking.get_version(kind, version=champion)).data
+    if cand.tags.get(HOLDOUT_TAG) and cand.tags.get(HOLDOUT_TAG) == champ.tags.get(HOLDOUT_TAG):
+        return cand.metrics[f"test_{metric}"], champ.metrics[f"test_{metric}"]
+    cand_cutoff = cand.tags["rapport.test_cutoff"]
+    if champ.tags.get("rapport.test_cutoff", "") > cand_cutoff:
+        raise ValueError(
+            f"{kind} v{candidate.version} was evaluated on the holdout {cand_cutoff}, older "
+            f"than the champion's ({champ.tags['rapport.test_cutoff']}); retrain it on the "
+            "latest data before promoting"
+        )
+    if con is None:
+        raise ValueError(
+            f"{kind} v{candidate.version} and the champion v{champion} were evaluated on "
+            "different holdouts; re-scoring both needs the warehouse (pass con)"
+        )
+    silent(progress)(f"re-scoring v{candidate.version} and v{champion} on {cand_cutoff}")
+    horizon = int(cand.params["horizon_days"])
+    frame = holdout(con, cand_cutoff, horizon)
+    models = {
+        "candidate": tracking.load_model(kind, version=candidate.version)[0],
+        "champion": tracking.load_model(kind, version=champion)[0],
+    }
+    scored = evaluate_holdout(kind, models, frame, con, horizon, baselines=False)[0].metrics
+    return scored["candidate"][metric], scored["champion"][metric]
+
+
+def load_champion(kind: str) -> tuple[Model, str]:
+    """(native model, version) of ``kind@champion``; LookupError when there is none.
+
+    ``serving/`` must not import this module: it does the same in three lines (see
+    :mod:`training.tracking`'s docstring).
+    """
+    return tracking.load_model(_check_kind(kind), CHAMPION)
+
+
+# --- tune --------------------------------------------------------------------------------
+@dataclass
+class TuneResult:
+    outcome: TuneOutcome
+    train: TrainResult
+
+    def summary(self) -> str:
+        o = self.outcome
+        params = ", ".join(f"{k}={v:.4g}" for k, v in o.best_params.items())
+        return "\n".join(
+            [
+                f"study {o.study_name}: {o.trials_run} trials run ({o.pruned} pruned), "
+                f"{o.completed_in_study} complete in the study",
+                f"best validation score {o.best_value:.4f} with {params}",
+                self.train.summary(),
+            ]
+        )
+
+
+def _objective(
+    kind: Kind, data: TrainingSet, fixed: Mapping[str, Any], seed: int
+) -> Callable[..., float]:
+    """Fit with proposed parameters, return the validation gate metric (to maximise)."""
+    metric = GATE_METRIC[kind][0]
+
+    def objective(params: dict[str, Any], callbacks: Sequence[Any]) -> float:
+        model = fit_model(kind, data, {**fixed, **params}, seed, callbacks)
+        return _valid_metrics(kind, model, data)[metric]
+
+    return objective
+
+
+def tune(
+    kind: str,
+    con: Any,
+    trials: int,
+    as_of: datetime | str | None = None,
+    horizon_days: int | None = None,
+    progress: Progress | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+    study_name: str | None = None,
+    data: TrainingSet | None = None,
+    train_cutoffs: int = 4,
+    step_months: int = 3,
+) -> TuneResult:
+    """Optuna search on the validation cutoff, then a normal :func:`train` run with the
+    best parameters (registered as ``@challenger``); trials are nested MLflow runs.
+
+    ``params`` are fixed settings under the searched ones (threads, a round cap). The
+    default study name ties a study to its data (kind, holdout cutoff, horizon, feature
+    set) so that re-running resumes the same search.
+    """
+    import mlflow
+
+    kind = _check_kind(kind)
+    settings = get_settings()
+    say = silent(progress)
+    horizon = data.horizon_days if data else horizon_days or settings.horizon_days
+    if data is None:
+        data = build_training_set(con, as_of, horizon, train_cutoffs, step_months, progress=say)
+    name = study_name or f"{kind}-{data.plan.test:%Y%m%d}-h{horizon}-{data.spec_version}"
+    experiment = tracking.configure()
+    # churn reports its AUC; value its purchase classifier's log loss, negated
+    metric, sign = ("auc", 1.0) if kind == "churn" else ("binary_logloss", -1.0)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"tune-{kind}"):
+        mlflow.set_tags({"rapport.kind": kind, "optuna.study": name})
+        outcome = optimise(
+            _objective(kind, data, params or {}, settings.seed),
+            lambda trial: PruningCallback(trial, metric, sign),
+            trials,
+            name,
+            settings.optuna_storage_url,
+            settings.seed,
+            timeout,
+            say,
+        )
+        mlflow.log_metric("best_valid_score", outcome.best_value)
+        best = {**(params or {}), **outcome.best_params}
+        result = train(kind, con, params=best, progress=say, data=data, run_name=f"{kind}-tuned")
+    return TuneResult(outcome, result)
