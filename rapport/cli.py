@@ -248,6 +248,66 @@ def features(as_of: str | None, out: Path | None, segments: bool) -> None:
         say(f"written to {out}")
 
 
+# --------------------------------------------------------------------------- models
+KIND = click.Choice(["churn", "value"])
+JOB_ERRORS = (ValueError, LookupError)
+
+
+@main.command()
+@click.argument("kind", type=KIND)
+@click.option("--as-of", default=None, help="Holdout cutoff (default: latest with a full horizon).")
+@click.option("--horizon", default=None, help="Label horizon, e.g. 90d (default from settings).")
+@fail_on(*JOB_ERRORS)
+def train(kind: str, as_of: str | None, horizon: str | None) -> None:
+    """Train a churn or value model on time-split cutoffs, log it to MLflow, register it."""
+    from training import jobs
+
+    con = open_warehouse(get_settings(), read_only=True)
+    result = jobs.train(
+        kind,
+        con,
+        as_of=parse_when(as_of) if as_of else None,
+        horizon_days=parse_days(horizon) if horizon else None,
+        progress=progress,
+    )
+    say(result.summary())
+
+
+@main.command()
+@click.option("--as-of", default=None, help="Holdout cutoff (default: latest with a full horizon).")
+@fail_on(*JOB_ERRORS)
+def evaluate(as_of: str | None) -> None:
+    """Compare champion, challenger and baselines on the latest holdout."""
+    from training import jobs
+
+    con = open_warehouse(get_settings(), read_only=True)
+    say(jobs.evaluate(con, as_of=parse_when(as_of) if as_of else None, progress=progress).summary())
+
+
+@main.command()
+@click.argument("kind", type=KIND)
+@click.option("--trials", default=20, show_default=True, help="Optuna trials to add.")
+@fail_on(*JOB_ERRORS)
+def tune(kind: str, trials: int) -> None:
+    """Tune with Optuna (TPE + pruning); the study is stored and resumes on re-run."""
+    from training import jobs
+
+    con = open_warehouse(get_settings(), read_only=True)
+    say(jobs.tune(kind, con, trials, progress=progress).summary())
+
+
+@main.command()
+@click.argument("kind", type=KIND)
+@click.option("--version", default=None, help="Registered version (default: the newest).")
+@fail_on(*JOB_ERRORS)
+def promote(kind: str, version: str | None) -> None:
+    """Make a version @champion only if it beats the current champion on the same holdout."""
+    from training import jobs
+
+    con = open_warehouse(get_settings(), read_only=True)
+    say(jobs.promote(kind, version=version, con=con, progress=progress).summary())
+
+
 @main.command()
 @click.option("--customers", "-n", default=20_000, show_default=True, help="Customers to simulate.")
 @click.option("--seed", default=42, show_default=True)

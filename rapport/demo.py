@@ -53,3 +53,19 @@ def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) 
     spec = default_spec()
     say(f"{len(frame):,} customers x {len(spec.names)} features (feature set {spec.version})")
     say(describe_segments(frame))
+
+    say("\n== 4. train, tune, register and promote the churn and value models")
+    from training import jobs
+    from training.datasets import build_training_set
+
+    data_set = build_training_set(con, horizon_days=settings.horizon_days, progress=progress)
+    for kind in ("churn", "value"):
+        say(jobs.train(kind, con, data=data_set, progress=progress).summary())
+        if options.tune_trials:
+            say(
+                jobs.tune(
+                    kind, con, options.tune_trials, data=data_set, progress=progress
+                ).summary()
+            )
+        say(jobs.promote(kind, con=con, progress=progress).summary())
+    say(f"MLflow UI: uv run mlflow ui --backend-store-uri {settings.tracking_uri}")
