@@ -176,10 +176,9 @@ def ingest(directory: Path | None, strict: bool, **tables: Path | None) -> None:
     from features.ingest import IngestError
     from features.ingest import ingest as run_ingest
 
-    files = _files(directory, tables)
-    con = open_warehouse(get_settings())
     try:
-        report = run_ingest(con, files, now=datetime.now(UTC))
+        files = _files(directory, tables)
+        report = run_ingest(open_warehouse(get_settings()), files, now=datetime.now(UTC))
     except IngestError as exc:
         raise click.ClickException(str(exc)) from exc
     say(report.summary())
@@ -197,10 +196,9 @@ def validate(directory: Path | None, **tables: Path | None) -> None:
     from features.ingest import IngestError
     from features.ingest import validate as run_validate
 
-    files = _files(directory, tables)
-    con = open_warehouse(get_settings())
     try:
-        report = run_validate(con, files, now=datetime.now(UTC))
+        files = _files(directory, tables)
+        report = run_validate(open_warehouse(get_settings()), files, now=datetime.now(UTC))
     except IngestError as exc:
         raise click.ClickException(str(exc)) from exc
     say(report.summary())

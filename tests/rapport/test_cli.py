@@ -1,0 +1,51 @@
+"""The CLI: help everywhere, clean errors on bad input, demo data end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rapport.cli import main
+
+COMMANDS = [
+    "demo-data",
+    "ingest",
+    "validate",
+    "features",
+    "train",
+    "evaluate",
+    "tune",
+    "promote",
+    "demo",
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str) -> None:
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.output and len(result.output.splitlines()) > 4
+
+
+def test_missing_column_is_a_clean_error_naming_file_and_column(tmp_path: Path) -> None:
+    (tmp_path / "customers.csv").write_text("customer_id,signup_at\nC1,2024-01-01\n")
+    (tmp_path / "orders.csv").write_text("order_id,customer_id,ordered_at\nO1,C1,2024-02-01\n")
+    result = CliRunner().invoke(main, ["ingest", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "orders.csv" in result.output and "amount" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_demo_data_ingest_and_features(tmp_path: Path) -> None:
+    runner = CliRunner()
+    data = tmp_path / "data"
+    assert runner.invoke(main, ["demo-data", "-n", "300", "--out", str(data)]).exit_code == 0
+    result = runner.invoke(main, ["ingest", str(data), "--strict"])
+    assert result.exit_code == 0, result.output
+    assert "no rows quarantined" in result.output
+    out = tmp_path / "f.parquet"
+    result = runner.invoke(main, ["features", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and "customers x 85 features" in result.output
