@@ -1,0 +1,574 @@
+"""Benchmark the real scoring service against a bare FastAPI app serving only churn.
+
+    uv run python -m bench.serving                    # demo workspace in a temp folder
+    uv run python -m bench.serving --home .rapport    # an existing workspace (materialized,
+                                                      # champions promoted)
+
+Both apps run as servers on 127.0.0.1 with the same number of worker processes; the load
+comes from a separate process (a small keep-alive HTTP/1.1 client on asyncio, so the
+client costs little of the two cores). Per app:
+
+a. sequential requests on one connection: p50 / p99;
+b. open loop at a fixed arrival rate (200 requests/s for 30 s): latency from the
+   *scheduled* send time (no coordinated omission), p50 / p95 / p99 and errors;
+c. closed loop, 16 clients back to back: the maximum requests/s.
+
+``/score`` does everything a contact-center call needs: the online record, the features
+(as of now), churn + reasons, value, segments, arbitration and a logged decision, over a
+rotating sample of customers. The baseline returns the churn probability of one fixed,
+pre-encoded feature vector: the price of the HTTP stack plus one LightGBM prediction.
+
+The helpers at the top (a demo workspace with trained champions, starting / stopping the
+server) are also what the serving integration tests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rapport.settings import Settings, reset_settings
+from serving.auth import SCOPES, add_key
+from serving.runtime import ROOT, serve_command, server_env
+
+#: quick, small models: the benchmark and the tests measure serving, not model quality
+FAST_PARAMS = {"num_boost_round": 60, "num_threads": 1, "min_data_in_leaf": 40}
+
+
+# --------------------------------------------------------------------------- workspace
+@dataclass
+class Workspace:
+    home: Path
+    #: scope -> plain API key with only that scope ("admin" has all)
+    keys: dict[str, str]
+    #: a sample of customers known to the online store
+    customers: list[str]
+
+
+@contextlib.contextmanager
+def environment(**values: str | None) -> Iterator[None]:
+    """Temporarily set (or, with None, unset) environment variables and reset settings."""
+    before = {k: os.environ.get(k) for k in values}
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    reset_settings()
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reset_settings()
+
+
+def prepare_workspace(home: Path, customers: int = 3000, seed: int = 7) -> Workspace:
+    """Demo data up to today, ingested; churn and value trained and promoted; the online
+    store materialized; champions imported into BentoML's store; one key per scope."""
+    from features.ingest import discover_files, ingest
+    from features.warehouse import connect
+    from rapport.demo_data import generate, write
+    from rapport.settings import get_settings
+    from serving.materialize import materialize
+    from serving.online_store import open_store
+    from serving.runtime import import_champions
+    from training import jobs
+    from training.datasets import build_training_set
+
+    with environment(RAPPORT_HOME=str(home), RAPPORT_ONLINE_STORE=None, MLFLOW_TRACKING_URI=None):
+        settings = get_settings()
+        settings.ensure_home()
+        data = generate(customers, seed)
+        folder = write(data, home / "demo-data", "parquet")["customers"].parent
+        con = connect(settings.warehouse_path)
+        ingest(con, discover_files(folder), now=datetime.now(UTC))
+        training = build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)
+        for kind in ("churn", "value"):
+            jobs.train(kind, con, params=FAST_PARAMS, data=training)
+            jobs.promote(kind)
+        store = open_store(settings.online_store_url)
+        materialize(con, store)
+        store.close()
+        import_champions(settings)
+        con.disconnect()
+    keys = {scope: add_key(home, [scope]) for scope in SCOPES}
+    return Workspace(home, keys, sample_customers(home))
+
+
+# --------------------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def start_service(
+    home: Path,
+    port: int | None = None,
+    workers: int = 1,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+) -> Server:
+    """``bentoml serve`` of the workspace in ``home`` on 127.0.0.1, in the background."""
+    port = port or free_port()
+    base = {**os.environ, **(env or {})}
+    settings = Settings(home=home)
+    log = log or home / f"server-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            serve_command("127.0.0.1", port),
+            env=server_env(settings, workers, base),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped as a whole
+        )
+    return Server(process, f"http://127.0.0.1:{port}", log)
+
+
+def wait_ready(server: Server, timeout: float = 90.0, path: str = "/readyz") -> None:
+    """Poll until ``path`` answers 200; fail with the server's log if it dies or hangs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited ({server.process.returncode}):\n{server.log_text()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(server.url + path, timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    stop(server)
+    raise TimeoutError(f"server not ready after {timeout:.0f}s:\n{server.log_text()[-4000:]}")
+
+
+def stop(server: Server, timeout: float = 30.0) -> int:
+    """SIGTERM (graceful: shutdown hooks run), then SIGKILL the group if it hangs."""
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.process.pid, signal.SIGKILL)  # stray workers of the group
+    return int(server.process.returncode)
+
+
+# --------------------------------------------------------------------------- baseline app
+def baseline_app(home: Path) -> Any:
+    """FastAPI: ``POST /predict`` -> the churn probability of one fixed feature vector."""
+    import numpy as np
+    from fastapi import FastAPI
+
+    from features.online import evaluate
+    from serving.online_store import open_store
+    from serving.runtime import load_champions
+
+    with environment(RAPPORT_HOME=str(home)):
+        from rapport.settings import get_settings
+
+        settings = get_settings()
+        churn = load_champions(settings).models["churn"]
+        store = open_store(settings.online_store_url)
+        record = next(iter(store.get_many(sample_customers(home, 50)).values()))
+        X = churn.encode(evaluate(record, datetime.now(UTC)))
+        store.close()
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict() -> dict[str, float]:
+        return {"p_churn": float(np.asarray(churn.predict_proba_array(X))[0])}
+
+    return app
+
+
+def sample_customers(home: Path, count: int = 500) -> list[str]:
+    """Customer ids from the workspace's warehouse (read-only), in a fixed random order."""
+    from features.warehouse import connect
+
+    with environment(RAPPORT_HOME=str(home)):
+        from rapport.settings import get_settings
+
+        con = connect(get_settings().warehouse_path, read_only=True)
+    try:
+        rows = con.con.execute(
+            f"SELECT customer_id FROM customers ORDER BY hash(customer_id) LIMIT {int(count)}"
+        ).fetchall()
+    finally:
+        con.disconnect()
+    return [row[0] for row in rows]
+
+
+def run_baseline(home: Path, port: int, workers: int) -> None:
+    """Like BentoML: bind once, fork ``workers`` uvicorn processes on the shared socket.
+
+    (``uvicorn --workers`` rebuilds the socket as AF_UNIX from its fd, so asyncio skips
+    TCP_NODELAY and keep-alive requests wait ~40 ms on delayed ACKs: uvicorn issue 3149.)
+    """
+    import gc
+
+    import uvicorn
+
+    app = baseline_app(home)
+    gc.collect()
+    gc.freeze()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+            uvicorn.Server(config).run(sockets=[sock])
+            os._exit(0)
+        children.append(pid)
+
+    def forward(*_: Any) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    for pid in children:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def start_baseline(home: Path, workers: int) -> Server:
+    port = free_port()
+    log = home / f"baseline-{port}.log"
+    command = [sys.executable, "-m", "bench.serving", "--baseline-server", str(port)]
+    command += ["--home", str(home), "--workers", str(workers)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return Server(process, f"http://127.0.0.1:{port}", log)
+
+
+# --------------------------------------------------------------------------- load
+class Connection:
+    """One keep-alive HTTP/1.1 connection: send a request, read one response."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection(host, port)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer)
+
+    async def request(self, data: bytes) -> int:
+        self.writer.write(data)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def request_bytes(
+    host: str, port: int, path: str, body: Mapping[str, Any], key: str | None
+) -> bytes:
+    payload = json.dumps(body).encode()
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(payload)}",
+    ]
+    if key:
+        lines.append(f"Authorization: Bearer {key}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
+
+
+@dataclass
+class Result:
+    latencies: list[float]
+    errors: int
+    seconds: float
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+
+async def sequential(host: str, port: int, requests: list[bytes], count: int) -> Result:
+    conn = await Connection.open(host, port)
+    for data in requests[:50]:  # warm-up
+        await conn.request(data)
+    latencies, errors = [], 0
+    start = time.perf_counter()
+    for i in range(count):
+        sent = time.perf_counter()
+        status = await conn.request(requests[i % len(requests)])
+        latencies.append(time.perf_counter() - sent)
+        errors += status != 200
+    conn.close()
+    return Result(latencies, errors, time.perf_counter() - start)
+
+
+async def open_loop(
+    host: str, port: int, requests: list[bytes], rate: float, seconds: float, timeout: float = 2.0
+) -> Result:
+    """Requests sent on schedule whatever the server does; latency from the schedule."""
+    idle: list[Connection] = [await Connection.open(host, port) for _ in range(32)]
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(i: int, due: float) -> None:
+        nonlocal errors
+        conn = idle.pop() if idle else await Connection.open(host, port)
+        try:
+            status = await asyncio.wait_for(conn.request(requests[i % len(requests)]), timeout)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            errors += 1
+            conn.close()
+            return
+        latencies.append(time.perf_counter() - due)
+        errors += status != 200
+        idle.append(conn)
+
+    start = time.perf_counter()
+    tasks = []
+    total = int(rate * seconds)
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    for conn in idle:
+        conn.close()
+    return Result(latencies, errors, time.perf_counter() - start)
+
+
+async def closed_loop(
+    host: str, port: int, requests: list[bytes], clients: int, seconds: float
+) -> Result:
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def client(offset: int) -> None:
+        nonlocal errors
+        conn = await Connection.open(host, port)
+        i = offset
+        while time.perf_counter() < stop_at:
+            sent = time.perf_counter()
+            status = await conn.request(requests[i % len(requests)])
+            latencies.append(time.perf_counter() - sent)
+            errors += status != 200
+            i += clients
+        conn.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    return Result(latencies, errors, time.perf_counter() - start)
+
+
+def load(spec: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """All three scenarios against one app (runs in the load process)."""
+    host, port = spec["host"], spec["port"]
+    requests = [
+        request_bytes(host, port, spec["path"], body, spec.get("key")) for body in spec["bodies"]
+    ]
+
+    async def run() -> dict[str, Result]:
+        return {
+            "sequential": await sequential(host, port, requests, spec["sequential"]),
+            "open": await open_loop(host, port, requests, spec["rate"], spec["seconds"]),
+            "closed": await closed_loop(host, port, requests, spec["clients"], spec["closed_s"]),
+        }
+
+    results = asyncio.run(run())
+    return {
+        name: {
+            "p50": r.pct(50),
+            "p95": r.pct(95),
+            "p99": r.pct(99),
+            "rps": r.rps,
+            "errors": float(r.errors),
+            "count": float(len(r.latencies)),
+        }
+        for name, r in results.items()
+    }
+
+
+def run_load(spec: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The load generator in its own process (it must not share the server's GIL)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.serving", "--load"],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    result: dict[str, dict[str, float]] = json.loads(done.stdout)
+    return result
+
+
+# --------------------------------------------------------------------------- report
+ROWS = (
+    ("sequential p50 (ms)", "sequential", "p50"),
+    ("sequential p99 (ms)", "sequential", "p99"),
+    ("open 200/s p50 (ms)", "open", "p50"),
+    ("open 200/s p95 (ms)", "open", "p95"),
+    ("open 200/s p99 (ms)", "open", "p99"),
+    ("open 200/s errors", "open", "errors"),
+    ("closed 16 clients req/s", "closed", "rps"),
+    ("closed 16 clients p99 (ms)", "closed", "p99"),
+)
+
+
+def table(
+    service: Mapping[str, Mapping[str, float]], bare: Mapping[str, Mapping[str, float]]
+) -> str:
+    lines = [
+        f"| {'metric':<28} | {'rapport /score':>14} | {'fastapi churn':>13} | {'ratio':>6} |",
+        f"|{'-' * 30}|{'-' * 16}|{'-' * 15}|{'-' * 8}|",
+    ]
+    for label, scenario, key in ROWS:
+        a, b = service[scenario][key], bare[scenario][key]
+        ratio = f"{a / b:6.2f}" if b else "     -"
+        lines.append(f"| {label:<28} | {a:>14.2f} | {b:>13.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def score_bodies(customers: Sequence[str], seed: int = 0) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    channels = ["call", "chat", "web", "store"]
+    return [
+        {"customer_id": c, "context": {"channel": rng.choice(channels)}}
+        for c in rng.sample(list(customers), len(customers))
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--home", type=Path, help="Existing workspace (default: a new demo).")
+    parser.add_argument("--customers", type=int, default=5000, help="Demo size (new workspace).")
+    parser.add_argument("--workers", type=int, default=2, help="Server processes per app.")
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=30.0, help="Open-loop duration.")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--closed-seconds", type=float, default=15.0)
+    parser.add_argument("--sequential", type=int, default=2000)
+    parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.load:
+        print(json.dumps(load(json.loads(sys.stdin.read()))))
+        return
+    if args.baseline_server:
+        run_baseline(args.home, args.baseline_server, args.workers)
+        return
+    with contextlib.ExitStack() as stack:
+        if args.home:
+            home = args.home.expanduser().absolute()
+            keys = {"admin": add_key(home, ["admin"])}
+            customers = sample_customers(home)
+        else:
+            home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rapport-bench-")))
+            print(
+                f"preparing a demo workspace ({args.customers:,} customers) in {home}",
+                file=sys.stderr,
+            )
+            ws = prepare_workspace(home, args.customers)
+            keys, customers = ws.keys, ws.customers
+        common = {
+            "host": "127.0.0.1",
+            "rate": args.rate,
+            "seconds": args.seconds,
+            "clients": args.clients,
+            "closed_s": args.closed_seconds,
+            "sequential": args.sequential,
+        }
+        results = {}
+        for name in ("service", "baseline"):
+            server = (
+                start_service(home, workers=args.workers)
+                if name == "service"
+                else start_baseline(home, args.workers)
+            )
+            try:
+                wait_ready(server, path="/readyz" if name == "service" else "/docs")
+                port = int(server.url.rsplit(":", 1)[1])
+                if name == "service":
+                    spec = {
+                        **common,
+                        "port": port,
+                        "path": "/score",
+                        "key": keys["admin"],
+                        "bodies": score_bodies(customers),
+                    }
+                else:
+                    spec = {**common, "port": port, "path": "/predict", "bodies": [{}]}
+                print(f"loading {name} ({server.url}, {args.workers} workers)", file=sys.stderr)
+                results[name] = run_load(spec)
+            finally:
+                stop(server)
+    print(table(results["service"], results["baseline"]))
+    print(
+        f"\nworkers per app: {args.workers}; open loop {args.rate:.0f}/s for {args.seconds:.0f}s; "
+        f"closed loop {args.clients} clients for {args.closed_seconds:.0f}s; "
+        "load from a separate process"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The next-best-action model: uplift estimates, the catalog they serve and the exploration.
+
+One object is what MLflow registers as ``nba`` and what the service and batch scoring load:
+the catalog travels with the uplift models, so a policy is always evaluated, promoted and
+served with the rules it was trained for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from models.catalog import Catalog
+from models.policy import Arbitration, Policy, arbitrate
+from models.uplift import UpliftModel, UpliftPrediction
+
+
+@dataclass
+class NbaModel:
+    """Uplift models + catalog + exploration rate (epsilon-greedy over allowed actions)."""
+
+    uplift: UpliftModel
+    catalog: Catalog
+    epsilon: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Columns the uplift models read (features, optionally churn/value scores)."""
+        return list(self.uplift.feature_names_)
+
+    def predict(self, frame: pd.DataFrame) -> UpliftPrediction:
+        """Incremental conversion and revenue per action for the rows of ``frame``."""
+        missing = [c for c in self.feature_names if c not in frame.columns]
+        if missing:
+            raise KeyError(f"the NBA model needs columns the frame lacks: {missing[:5]}")
+        return self.uplift.predict(frame[self.feature_names])
+
+    def arbitrate(self, frame: pd.DataFrame) -> Arbitration:
+        """Every catalog action scored and screened for every row (greedy ranking)."""
+        return arbitrate(frame, self.catalog, self.predict(frame))
+
+    def policy(
+        self, epsilon: float | None = None, seed: int | np.random.Generator | None = None
+    ) -> Policy:
+        """The exploring policy (``epsilon=0``: the greedy policy OPE and promotion judge)."""
+        return Policy(self.catalog, epsilon=self.epsilon if epsilon is None else epsilon, seed=seed)

@@ -1,0 +1,168 @@
+"""Scores for customers: churn with reasons, value with interval, segments, next best action.
+
+One implementation for the live service (:meth:`Scorer.score_one`, one customer's feature
+dict) and batch scoring (:meth:`Scorer.score_frame`, a feature frame of any size), so a
+customer scored live and in the nightly batch gets the same numbers from the same code.
+No I/O: the caller loads the models and supplies features as of the scoring instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.segments import SegmentModel, assign_segments
+from features.spec import FeatureSpec, default_spec
+from models.catalog import CHURN_FIELD, Catalog
+from models.churn import ChurnModel
+from models.nba import NbaModel
+from models.policy import Arbitration, Policy, arbitrate
+from models.value import OUTPUT_COLUMNS, ValueModel
+
+#: columns :meth:`Scorer.score_frame` adds next to ``customer_id``
+SCORE_COLUMNS = (
+    CHURN_FIELD,
+    *OUTPUT_COLUMNS,
+    "r_score",
+    "f_score",
+    "m_score",
+    "rfm_segment",
+    "abc_tier",
+    "best_action",
+    "best_channel",
+    "expected_value",
+    "action_cost",
+    "action_score",
+)
+
+
+class Scorer:
+    """The champion models behind one scoring call; ``versions`` travel with every score."""
+
+    def __init__(
+        self,
+        churn: ChurnModel,
+        value: ValueModel,
+        nba: NbaModel | None,
+        catalog: Catalog,
+        segments: SegmentModel,
+        spec: FeatureSpec | None = None,
+        versions: Mapping[str, str] | None = None,
+    ) -> None:
+        if churn is None or value is None:
+            raise ValueError("scoring needs a churn and a value model")
+        self.churn = churn
+        self.value = value
+        self.nba = nba
+        self.catalog = catalog
+        self.segments = segments
+        self.spec = spec or default_spec()
+        self.versions = dict(versions or {})
+        self.policy = Policy(catalog, epsilon=nba.epsilon if nba is not None else 0.0)
+        self._channels = np.array([a.channel for a in catalog.actions], dtype=object)
+
+    # ---- batch -------------------------------------------------------------------------
+    def enrich(self, features: pd.DataFrame, as_of: datetime | None = None) -> pd.DataFrame:
+        """Features plus churn, value and segment columns (what rules and uplift read)."""
+        frame = features.copy()
+        if as_of is not None:
+            frame["as_of"] = as_of
+        frame[CHURN_FIELD] = self.churn.predict_proba(frame)
+        cutoffs = frame["as_of"] if "as_of" in frame.columns else None
+        values = self.value.predict_array(self.value.encode(frame), cutoffs)
+        for j, name in enumerate(OUTPUT_COLUMNS):
+            frame[name] = values[:, j]
+        for name, column in assign_segments(frame, self.segments).items():
+            frame[name] = column
+        return frame
+
+    def arbitrate(self, enriched: pd.DataFrame) -> Arbitration:
+        """All actions scored and screened; without an NBA model only ``no_action`` is allowed."""
+        uplift = self.nba.predict(enriched) if self.nba is not None else None
+        return arbitrate(enriched, self.catalog, uplift)
+
+    def score_frame(self, features: pd.DataFrame, as_of: datetime | None = None) -> pd.DataFrame:
+        """One row per customer: :data:`SCORE_COLUMNS` with the greedy best action."""
+        enriched = self.enrich(features, as_of)
+        result = self.arbitrate(enriched)
+        best = result.ranking()[:, 0]
+        rows = np.arange(len(enriched))
+        out = enriched[["customer_id", CHURN_FIELD, *OUTPUT_COLUMNS]].copy()
+        for name in ("r_score", "f_score", "m_score", "rfm_segment", "abc_tier"):
+            out[name] = enriched[name].to_numpy()
+        out["best_action"] = np.asarray(result.actions, dtype=object)[best]
+        out["best_channel"] = self._channels[best]
+        out["expected_value"] = result.expected_value[rows, best]
+        out["action_cost"] = result.cost[best]
+        out["action_score"] = result.score[rows, best]
+        return out.reset_index(drop=True)
+
+    # ---- one customer --------------------------------------------------------------------
+    def score_one(
+        self,
+        features: Mapping[str, Any],
+        context: Mapping[str, Any] | None = None,
+        top_k: int = 3,
+        explain: bool = True,
+        rng: np.random.Generator | None = None,
+    ) -> dict[str, Any]:
+        """Churn (+ reasons), value, segments, the top-k actions and one chosen action.
+
+        ``features``: the spec's features of one customer (``as_of`` included for the
+        value model's season). The chosen action is drawn epsilon-greedily; its
+        ``propensity`` is the probability it had, for logging and off-policy evaluation.
+        ``context`` (channel, reason of the contact) is accepted for logging; the current
+        models do not read it.
+        """
+        frame = pd.DataFrame([dict(features)])
+        enriched = self.enrich(frame)
+        row = enriched.iloc[0]
+        churn: dict[str, Any] = {"probability": float(row[CHURN_FIELD]), "reasons": []}
+        if explain:
+            drivers = self.churn.explain(enriched, spec=self.spec)[0]
+            churn["reasons"] = drivers["up"] + drivers["down"]
+        result = self.arbitrate(enriched)
+        probs = self.policy.probabilities(result)[0]
+        ranking = result.ranking()[0]
+        actions = [
+            {
+                "action": result.actions[j],
+                "channel": str(self._channels[j]),
+                "expected_value": float(result.expected_value[0, j]),
+                "propensity": float(probs[j]),
+                "uplift": float(result.uplift[0, j]),
+                "value": float(result.value[0, j]),
+                "cost": float(result.cost[j]),
+                "weight": float(result.weight[j]),
+            }
+            for j in ranking[:top_k]
+            if result.allowed[0, j]
+        ]
+        generator = rng if rng is not None else np.random.default_rng()
+        chosen = int(generator.choice(len(probs), p=probs))
+        excluded = [
+            {"action": action, "reason": reason} for action, reason in result.exclusions(0).items()
+        ]
+        return {
+            "churn": churn,
+            "value": {
+                "mean": float(row["value_mean"]),
+                "p10": float(row["value_p10"]),
+                "p50": float(row["value_p50"]),
+                "p90": float(row["value_p90"]),
+            },
+            "abc_tier": str(row["abc_tier"]),
+            "rfm_segment": str(row["rfm_segment"]),
+            "actions": actions,
+            "chosen": {
+                "action": result.actions[chosen],
+                "channel": str(self._channels[chosen]),
+                "propensity": float(probs[chosen]),
+            },
+            "excluded": excluded,
+            "versions": dict(self.versions),
+        }

@@ -1,0 +1,394 @@
+"""Live writes: events, decisions and feedback, durable before the service answers.
+
+Every write goes to two places, in this order:
+
+1. the **outbox** (``<home>/outbox/<table>/*.jsonl``): JSON lines in the contract's
+   columns, flushed and fsync'ed before the call returns, picked up by ``rapport ingest``
+   (:func:`features.ingest.ingest_outbox`), so nothing acknowledged is lost on the way to
+   the warehouse;
+2. the customer's **online record** (:mod:`serving.online_store`), through the store's
+   atomic ``update``, so the next ``/score`` sees the event (read-your-writes).
+
+If step 2 fails after step 1, the caller gets an error and retries: the outbox then holds
+the event twice, which ingest collapses (same id, same content), and the record, which
+skips ids it already holds, gets it once.
+
+Outbox files are *segments*: each process appends to its own
+``<table>/<time>-<host>-<pid>-<n>.jsonl.open`` and renames it to ``.jsonl`` ("seals" it)
+when it is older than ``seal_after`` seconds, larger than ``max_bytes``, or the service
+stops. Ingest reads sealed files only, so it never sees a half-written one. Segments left
+open by a process that died are sealed by the next service start on the same host
+(:func:`recover_segments`), minus a torn last line, which was never acknowledged.
+
+Feedback goes to ``outbox/feedback/*.jsonl`` only (no contract table holds it yet):
+``{decision_id, outcome, revenue, responded_at, recorded_at}``, to be joined to the
+campaign log on ``decision_id`` by NBA training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from features.batch import micros
+from features.contract import TABLES
+from features.online import Record, append_events, record_columns
+from features.spec import FeatureSpec, default_spec
+
+OPEN_SUFFIX = ".jsonl.open"
+SEALED_SUFFIX = ".jsonl"
+FEEDBACK = "feedback"
+#: seal segments this old (seconds): how long an event may wait for ``rapport ingest``
+SEAL_AFTER_S = 30.0
+#: and this large (bytes)
+MAX_SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+class UnknownCustomerError(LookupError):
+    """Events or decisions for customers the online store does not know."""
+
+    def __init__(self, customer_ids: Sequence[str]) -> None:
+        self.customer_ids = list(customer_ids)
+        shown = ", ".join(repr(c) for c in self.customer_ids[:10])
+        more = f" and {len(self.customer_ids) - 10} more" if len(self.customer_ids) > 10 else ""
+        super().__init__(f"unknown customer(s) {shown}{more}")
+
+
+class ConflictError(ValueError):
+    """An event id already known with different content (the warehouse would quarantine it)."""
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json_line(row: Mapping[str, Any]) -> bytes:
+    """One outbox line: timestamps as ISO 8601 UTC (microseconds kept), NaN as null."""
+    clean = {k: _json_value(v) for k, v in row.items()}
+    return (json.dumps(clean, separators=(",", ":"), allow_nan=False) + "\n").encode()
+
+
+# --------------------------------------------------------------------------- outbox
+@dataclass
+class _Segment:
+    path: Path
+    handle: Any
+    opened: float
+    size: int = 0
+
+
+class Outbox:
+    """Append-only JSON-lines segments per table, owned by this process.
+
+    ``append`` returns once the lines are on disk (write, flush, fsync). Thread-safe; each
+    worker process has its own segments (the pid is in the name).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        seal_after: float = SEAL_AFTER_S,
+        max_bytes: int = MAX_SEGMENT_BYTES,
+    ) -> None:
+        self.root = Path(root)
+        self.seal_after = seal_after
+        self.max_bytes = max_bytes
+        self._segments: dict[str, _Segment] = {}
+        self._lock = threading.Lock()
+        self._count = 0
+        self._owner = f"{_host()}-{os.getpid()}"
+
+    def append(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Durably append ``rows`` (contract columns) to ``table``'s current segment."""
+        if not rows:
+            return
+        data = b"".join(to_json_line(r) for r in rows)
+        with self._lock:
+            segment = self._segments.get(table) or self._open(table)
+            segment.handle.write(data)
+            segment.handle.flush()
+            os.fsync(segment.handle.fileno())
+            segment.size += len(data)
+            if self._due(segment, time.monotonic()):
+                self._seal(table)
+
+    def seal(self, force: bool = False) -> int:
+        """Seal the segments that are due (all with ``force``); returns how many."""
+        now = time.monotonic()
+        with self._lock:
+            due = [t for t, s in self._segments.items() if force or self._due(s, now)]
+            for table in due:
+                self._seal(table)
+        return len(due)
+
+    def close(self) -> None:
+        """Seal everything (service shutdown)."""
+        self.seal(force=True)
+
+    def _due(self, segment: _Segment, now: float) -> bool:
+        return now - segment.opened >= self.seal_after or segment.size >= self.max_bytes
+
+    def _open(self, table: str) -> _Segment:
+        folder = self.root / table
+        folder.mkdir(parents=True, exist_ok=True)
+        self._count += 1
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        path = folder / f"{stamp}-{self._owner}-{self._count}{OPEN_SUFFIX}"
+        handle = path.open("ab")
+        _fsync_dir(folder)  # the new file's name is durable too
+        segment = _Segment(path, handle, time.monotonic())
+        self._segments[table] = segment
+        return segment
+
+    def _seal(self, table: str) -> None:
+        segment = self._segments.pop(table)
+        segment.handle.close()
+        _seal_file(segment.path)
+
+
+def _host() -> str:
+    return socket.gethostname().replace("-", "_") or "host"
+
+
+def _seal_file(path: Path) -> Path:
+    sealed = path.with_name(path.name.removesuffix(OPEN_SUFFIX) + SEALED_SUFFIX)
+    os.replace(path, sealed)
+    _fsync_dir(path.parent)
+    return sealed
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _truncate_torn_line(path: Path) -> None:
+    """Drop a last line without its newline: its write never completed, so never acked."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def recover_segments(root: Path) -> list[Path]:
+    """Seal the open segments of dead processes of this host; returns the sealed files.
+
+    Segments of live processes and of other hosts (a shared folder) are left alone.
+    """
+    host, sealed = _host(), []
+    for path in sorted(Path(root).glob(f"*/*{OPEN_SUFFIX}")):
+        parts = path.name.removesuffix(OPEN_SUFFIX).split("-")
+        if len(parts) != 4 or parts[1] != host or not parts[2].isdigit():
+            continue
+        if _pid_alive(int(parts[2])):
+            continue
+        _truncate_torn_line(path)
+        sealed.append(_seal_file(path))
+    return sealed
+
+
+# --------------------------------------------------------------------------- records
+def _record_row(table: str, row: Mapping[str, Any], spec: FeatureSpec) -> dict[str, Any]:
+    """A contract row in the record's form: kept columns only, timestamps as epoch µs."""
+    out: dict[str, Any] = {}
+    for col in record_columns(spec)[table]:
+        value = row.get(col)
+        if isinstance(value, datetime):
+            value = int(micros(value))
+        out[col] = value
+    return out
+
+
+def _stored_row(record: Record, table: str, event_id: str) -> dict[str, Any] | None:
+    columns = record[table]
+    ids = columns[TABLES[table].id_column]
+    if event_id not in ids:
+        return None
+    i = ids.index(event_id)
+    return {c: values[i] for c, values in columns.items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(a, b, rel_tol=0, abs_tol=1e-9)
+    return bool(a == b)
+
+
+def check_conflicts(record: Record, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
+    """How many rows the record already holds identically; raise on a different copy."""
+    id_col = TABLES[table].id_column
+    known = 0
+    for row in rows:
+        stored = _stored_row(record, table, row[id_col])
+        if stored is None:
+            continue
+        differs = [c for c, v in stored.items() if not _same(v, row.get(c))]
+        if differs:
+            raise ConflictError(
+                f"{table}: {id_col} {row[id_col]!r} is already recorded with different "
+                f"{', '.join(differs)}"
+            )
+        known += 1
+    return known
+
+
+@dataclass
+class WriteResult:
+    accepted: int = 0
+    new: int = 0
+    duplicates: int = 0
+    customers: list[str] = field(default_factory=list)
+
+
+def _by_customer(
+    rows_by_table: Mapping[str, Sequence[Mapping[str, Any]]], spec: FeatureSpec
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for table, rows in rows_by_table.items():
+        for row in rows:
+            per = grouped.setdefault(str(row["customer_id"]), {})
+            per.setdefault(table, []).append(_record_row(table, row, spec))
+    return grouped
+
+
+def apply_events(
+    store: Any,
+    outbox: Outbox,
+    rows_by_table: Mapping[str, Sequence[Mapping[str, Any]]],
+    spec: FeatureSpec | None = None,
+) -> WriteResult:
+    """Validate against the store, append to the outbox (durable), then to the records.
+
+    Raises :class:`UnknownCustomerError` or :class:`ConflictError` before writing anything.
+    """
+    spec = spec or default_spec()
+    grouped = _by_customer(rows_by_table, spec)
+    records = store.get_many(list(grouped))
+    unknown = [c for c in grouped if c not in records]
+    if unknown:
+        raise UnknownCustomerError(unknown)
+    result = WriteResult(customers=list(grouped))
+    for customer_id, tables in grouped.items():
+        for table, kept in tables.items():
+            result.duplicates += check_conflicts(records[customer_id], table, kept)
+    for table, rows in rows_by_table.items():
+        outbox.append(table, rows)
+        result.accepted += len(rows)
+    for customer_id, tables in grouped.items():
+        result.new += _append_to_record(store, customer_id, tables)
+    return result
+
+
+def _append_to_record(store: Any, customer_id: str, tables: Mapping[str, list[dict]]) -> int:
+    added = 0
+
+    def change(current: Record | None) -> Record:
+        nonlocal added
+        if current is None:  # deleted since the check: the outbox still has the events
+            raise UnknownCustomerError([customer_id])
+        added = sum(append_events(current, table, rows) for table, rows in tables.items())
+        return current
+
+    store.update(customer_id, change)
+    return added
+
+
+# --------------------------------------------------------------------------- decisions
+def new_decision_id() -> str:
+    return "d-" + uuid.uuid4().hex
+
+
+def decision_row(
+    decision_id: str,
+    customer_id: str,
+    decided_at: datetime,
+    action: str,
+    channel: str,
+    propensity: float,
+) -> dict[str, Any]:
+    """A campaign-log row for a decision (outcome, revenue, responded_at come later)."""
+    return {
+        "decision_id": decision_id,
+        "customer_id": customer_id,
+        "decided_at": decided_at,
+        "action": action,
+        "channel": channel,
+        "propensity": propensity,
+        "outcome": None,
+        "revenue": None,
+        "responded_at": None,
+    }
+
+
+def log_decisions(
+    store: Any,
+    outbox: Outbox,
+    rows: Sequence[Mapping[str, Any]],
+    with_record: Iterable[str],
+    spec: FeatureSpec | None = None,
+) -> None:
+    """Decisions to the outbox's campaign log, then to the records of the customers in
+    ``with_record``, so the contact policy sees them on the next score.
+
+    Decisions for customers without a record (cold start) go to the outbox only; ingest
+    accepts them once the customer is in the warehouse and quarantines them before.
+    """
+    spec = spec or default_spec()
+    outbox.append("campaign_log", rows)
+    known = set(with_record)
+    grouped = _by_customer({"campaign_log": [r for r in rows if r["customer_id"] in known]}, spec)
+    for customer_id, tables in grouped.items():
+        _append_to_record(store, customer_id, tables)
+
+
+# --------------------------------------------------------------------------- feedback
+def record_feedback(
+    outbox: Outbox,
+    decision_id: str,
+    outcome: bool,
+    revenue: float | None,
+    responded_at: datetime,
+    recorded_at: datetime,
+) -> None:
+    """Durably append one outcome to ``outbox/feedback``."""
+    outbox.append(
+        FEEDBACK,
+        [
+            {
+                "decision_id": decision_id,
+                "outcome": outcome,
+                "revenue": revenue,
+                "responded_at": responded_at,
+                "recorded_at": recorded_at,
+            }
+        ],
+    )

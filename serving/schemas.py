@@ -1,0 +1,304 @@
+"""Request and response contracts of the scoring service (pydantic; BentoML's OpenAPI).
+
+Requests are strict about shape (unknown fields are refused, so a typo is a 422 and not a
+silently ignored option) and never echo their input in error messages
+(``hide_input_in_errors``): validation errors end up in logs, customer data must not.
+
+The event models mirror the data contract (:mod:`features.contract`) column for column;
+a test holds them equal, so a contract change cannot leave the service behind.
+Timestamps without a time zone are read as UTC, as ingest does.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StringConstraints,
+    model_validator,
+)
+
+from features.contract import INTERACTION_CHANNELS
+
+_REQUEST = ConfigDict(extra="forbid", hide_input_in_errors=True, frozen=True)
+_RESPONSE = ConfigDict(ser_json_inf_nan="null")
+#: events before this are data errors (default dates, epoch zero), as in ingest
+EARLIEST = datetime(1990, 1, 1, tzinfo=UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _plausible(value: datetime) -> datetime:
+    """Timestamps from the past (after 1990): an event cannot happen in the future."""
+    value = _utc(value)
+    if value < EARLIEST:
+        raise ValueError(f"is before {EARLIEST:%Y-%m-%d} (implausible)")
+    if value > datetime.now(UTC):
+        raise ValueError("is in the future")
+    return value
+
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Instant = Annotated[datetime, AfterValidator(_utc)]
+EventTime = Annotated[datetime, AfterValidator(_plausible)]
+
+
+# --------------------------------------------------------------------------- scoring
+class ScoreContext(BaseModel):
+    """Where and why the customer is in touch; free extra keys are passed to the scorer."""
+
+    model_config = ConfigDict(extra="allow", hide_input_in_errors=True, frozen=True)
+
+    channel: Text | None = Field(
+        default=None, description="Touchpoint: call, web, chat, store, ..."
+    )
+    reason: Text | None = Field(default=None, description="Why the customer is in touch.")
+
+
+class CustomerAttributes(BaseModel):
+    """What a caller may know about a customer the store has never seen."""
+
+    model_config = _REQUEST
+
+    signup_at: Instant | None = Field(default=None, description="Default: now (tenure 0).")
+    region: Text | None = None
+    acquisition_channel: Text | None = None
+    preferred_channel: Text | None = None
+    email_opt_in: bool | None = None
+    phone_opt_in: bool | None = None
+    sms_opt_in: bool | None = None
+
+
+class ColdStart(BaseModel):
+    """Score an unknown customer from these attributes instead of answering 404."""
+
+    model_config = _REQUEST
+
+    attributes: CustomerAttributes = CustomerAttributes()
+
+
+class ScoreOptions(BaseModel):
+    """Options shared by ``/score`` and ``/score_batch``."""
+
+    model_config = _REQUEST
+
+    top_k: int = Field(default=3, ge=1, le=20, description="Next best actions to return.")
+    explain: bool = Field(default=True, description="Return the churn reasons.")
+    include_features: bool = Field(default=False, description="Return the feature vector used.")
+    as_of: Instant | None = Field(
+        default=None, description="Score as of this instant instead of now (admin scope only)."
+    )
+
+
+class ScoreRequest(ScoreOptions):
+    customer_id: Id
+    context: ScoreContext = ScoreContext()
+    cold_start: ColdStart | None = Field(
+        default=None, description="Attributes to score from when the customer is unknown."
+    )
+
+
+class BatchItem(BaseModel):
+    model_config = _REQUEST
+
+    customer_id: Id
+    context: ScoreContext = ScoreContext()
+
+
+class ScoreBatchRequest(ScoreOptions):
+    customers: list[BatchItem] = Field(
+        min_length=1, description="At most RAPPORT_MAX_BATCH_SIZE customers."
+    )
+    explain: bool = Field(default=False, description="Return the churn reasons.")
+
+
+class Meta(BaseModel):
+    """Which models and feature set produced a response."""
+
+    models: dict[str, str] = Field(description="Model name -> registered version.")
+    feature_set: str
+    catalog: str | None = None
+
+
+class Reason(BaseModel):
+    feature: str
+    value: float | str | None
+    phrase: str
+    direction: Literal["up", "down"]
+    contribution: float
+
+
+class Churn(BaseModel):
+    model_config = _RESPONSE
+
+    probability: float
+    reasons: list[Reason] = []
+
+
+class Value(BaseModel):
+    model_config = _RESPONSE
+
+    p10: float
+    p50: float
+    p90: float
+    mean: float
+
+
+class RankedAction(BaseModel):
+    model_config = _RESPONSE
+
+    action: str
+    channel: str
+    expected_value: float
+    propensity: float
+    uplift: float
+    value: float
+    cost: float
+    weight: float
+
+
+class Chosen(BaseModel):
+    action: str
+    channel: str | None = None
+    propensity: float
+
+
+class Excluded(BaseModel):
+    action: str
+    reason: str
+
+
+class Score(BaseModel):
+    """One customer's scores and decision."""
+
+    model_config = _RESPONSE
+
+    customer_id: str
+    decision_id: str | None = Field(
+        description="Quote it in /feedback; null when no decision was made."
+    )
+    as_of: datetime
+    cold_start: bool = False
+    churn: Churn
+    value: Value
+    abc_tier: str
+    rfm_segment: str
+    actions: list[RankedAction]
+    chosen: Chosen | None
+    excluded: list[Excluded] = []
+    features: dict[str, float | str | None] | None = None
+
+
+class ScoreResponse(Score):
+    meta: Meta
+
+
+class BatchError(BaseModel):
+    customer_id: str
+    status: int
+    error: str
+
+
+class ScoreBatchResponse(BaseModel):
+    results: list[Score]
+    errors: list[BatchError] = Field(description="Customers that could not be scored.")
+    meta: Meta
+
+
+# --------------------------------------------------------------------------- events
+class OrderEvent(BaseModel):
+    """An order (negative amount: a return), as in the contract's ``orders`` table."""
+
+    model_config = _REQUEST
+
+    order_id: Id
+    customer_id: Id
+    ordered_at: EventTime
+    amount: FiniteFloat
+    margin: FiniteFloat | None = None
+    category: Text | None = None
+    channel: Text | None = None
+
+
+class InteractionEvent(BaseModel):
+    """A touchpoint, as in the contract's ``interactions`` table."""
+
+    model_config = _REQUEST
+
+    interaction_id: Id
+    customer_id: Id
+    occurred_at: EventTime
+    channel: Literal[INTERACTION_CHANNELS]  # type: ignore[valid-type]
+    kind: Text
+    direction: Literal["inbound", "outbound"] | None = None
+    duration_s: FiniteFloat | None = Field(default=None, ge=0)
+    satisfaction: int | None = Field(default=None, ge=1, le=5)
+    resolved: bool | None = None
+
+
+class EventsRequest(BaseModel):
+    model_config = _REQUEST
+
+    orders: list[OrderEvent] = []
+    interactions: list[InteractionEvent] = []
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> EventsRequest:
+        if not self.orders and not self.interactions:
+            raise ValueError("send at least one order or interaction")
+        return self
+
+    def rows(self) -> dict[str, list[dict[str, Any]]]:
+        """Contract rows per table (non-empty tables only)."""
+        out = {
+            "orders": [e.model_dump() for e in self.orders],
+            "interactions": [e.model_dump() for e in self.interactions],
+        }
+        return {table: rows for table, rows in out.items() if rows}
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(description="Events in the request, now durable.")
+    new: int = Field(description="Events the customers' records did not hold yet.")
+    duplicates: int = Field(description="Events already known (same id, same content).")
+    customers: list[str]
+    meta: Meta
+
+
+# --------------------------------------------------------------------------- feedback
+class FeedbackRequest(BaseModel):
+    model_config = _REQUEST
+
+    decision_id: Id
+    outcome: bool = Field(description="Did the customer respond (convert)?")
+    revenue: FiniteFloat | None = Field(
+        default=None, description="Revenue attributed to the action."
+    )
+    responded_at: EventTime | None = Field(default=None, description="Default: now.")
+
+
+class FeedbackResponse(BaseModel):
+    decision_id: str
+    recorded_at: datetime
+    meta: Meta
+
+
+# --------------------------------------------------------------------------- errors
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    fields: list[FieldError] | None = None

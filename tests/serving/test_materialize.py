@@ -1,0 +1,103 @@
+"""Materialize: the online records give the batch build's features, with the metadata the
+service needs, whatever the number of partitions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from sample_data import assert_features_equal, cutoff, load_tables, random_tables
+
+from features.batch import build, micros
+from features.online import evaluate
+from features.segments import SegmentModel, fit_segments
+from features.spec import default_spec
+from features.warehouse import connect
+from serving import materialize as mat
+from serving.online_store import open_store
+
+AS_OF = cutoff(400)
+
+
+@pytest.fixture(scope="module")
+def con(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    con = connect(tmp_path_factory.mktemp("wh") / "warehouse.duckdb")
+    load_tables(con, random_tables(seed=11, customers=60, events=600))
+    return con
+
+
+def online_frame(store: Any, customer_ids: list[str], as_of: Any) -> pd.DataFrame:
+    rows = [evaluate(store.get(cid), as_of) for cid in customer_ids]
+    frame = pd.DataFrame(rows, columns=["customer_id", *default_spec().names])
+    return frame.astype({"customer_id": "string"})
+
+
+def canonical(record: dict) -> dict:
+    """A record with its events sorted by id (materialize keeps no order)."""
+    out = {"customer": record["customer"]}
+    for table, columns in record.items():
+        if table == "customer":
+            continue
+        ids = next(iter(columns.values()))
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        out[table] = {c: [values[i] for i in order] for c, values in columns.items()}
+    return out
+
+
+def test_records_give_the_batch_features(con: Any) -> None:
+    store = open_store("sqlite:///:memory:")
+    written = mat.materialize(con, store, AS_OF)
+    batch = build(con, AS_OF)
+    assert written == len(batch) == store.count() > 0
+    for as_of in (AS_OF, cutoff(200)):  # earlier cutoffs too: the evaluator filters by time
+        expected = build(con, as_of)
+        ids = [c for c in expected["customer_id"] if store.get(c) is not None]
+        assert_features_equal(
+            online_frame(store, ids, as_of),
+            expected.set_index("customer_id").loc[ids].reset_index(),
+            f"as of {as_of:%Y-%m-%d}",
+        )
+
+
+def test_only_the_past_is_loaded(con: Any) -> None:
+    store = open_store("sqlite:///:memory:")
+    mat.materialize(con, store, AS_OF)
+    tables = random_tables(seed=11, customers=60, events=600)
+    later = tables["customers"][tables["customers"]["signup_at"] >= AS_OF]["customer_id"]
+    assert len(later) and all(store.get(c) is None for c in later)
+    limit = micros(AS_OF)
+    for cid in build(con, AS_OF)["customer_id"]:
+        record = store.get(cid) or {}
+        assert all(t < limit for t in record["orders"]["ordered_at"])
+        assert all(t < limit for t in record["interactions"]["occurred_at"])
+
+
+def test_metadata_for_the_service(con: Any) -> None:
+    store = open_store("sqlite:///:memory:")
+    messages: list[str] = []
+    written = mat.materialize(con, store, AS_OF, progress=messages.append)
+    assert store.get_meta(mat.META_FEATURE_SET) == default_spec().version
+    assert store.get_meta(mat.META_AS_OF) == AS_OF.isoformat()
+    assert store.get_meta(mat.META_CUSTOMERS) == str(written)
+    assert store.get_meta(mat.META_MATERIALIZED_AT) is not None
+    segments = SegmentModel.from_json(store.get_meta(mat.META_SEGMENTS) or "")
+    assert segments == fit_segments(build(con, AS_OF))
+    assert any("records written" in m for m in messages)
+
+
+def test_partitions_change_nothing(con: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = dict(mat.iter_records(con, AS_OF))
+    monkeypatch.setattr(mat, "EVENTS_PER_PARTITION", 100)
+    parts = dict(mat.iter_records(con, AS_OF, batch_rows=7))
+    assert sorted(parts) == sorted(whole)
+    assert all(canonical(parts[c]) == canonical(whole[c]) for c in whole)
+
+
+def test_replaces_records_in_a_file_store(con: Any, tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'online.sqlite'}")
+    store.put_many([("C0000", {"customer": {"customer_id": "C0000"}, "stale": True})])
+    mat.materialize(con, store, AS_OF)
+    record = store.get("C0000") or {}
+    assert "stale" not in record and record["customer"]["customer_id"] == "C0000"
