@@ -17,6 +17,13 @@ the read) and every check is one vectorised SQL pass per table:
    and stored rows are never overwritten. Contents are compared by a 64-bit hash of the
    typed row, and ids are assumed unique in the warehouse (only ingest writes there).
 
+Speed: the common case (a row that passes, with an id new to the warehouse and to the
+batch) never goes through a staging table. One aggregate pass collects the hashes of the
+ids that need care (bad rows, repeated ids, stored ids); every other row is inserted
+straight from the file; only the rows of those ids are staged for the steps above (see
+:func:`_load_table`). The 1M-customer demo set (32M rows) loads in about half a minute on
+two cores (``bench/ingest.py``).
+
 Timestamps are converted to UTC; naive ones are read as UTC. For every table
 ``read == inserted + already_present + quarantined + duplicates``, where ``duplicates``
 counts identical copies collapsed within the batch (a bad row repeated verbatim is
@@ -70,6 +77,7 @@ _TYPE_WORDS = {
     "bool": "a boolean (true/false)",
 }
 _STAGE, _MULTI = "_rapport_ingest_stage", "_rapport_ingest_multi"
+_EXCEPTIONS = "_rapport_ingest_exceptions"
 
 
 class IngestError(ValueError):
@@ -338,7 +346,7 @@ def _run(con: Any, sources: list[_Source], now: datetime, commit: bool) -> Inges
             except duckdb.Error as exc:
                 raise IngestError(f"{source.label}: {_first_line(exc)}") from exc
             report.tables[source.table] = result
-        for temp in (_STAGE, _MULTI):
+        for temp in (_EXCEPTIONS, _STAGE, _MULTI):
             db.execute(f"DROP TABLE IF EXISTS {temp}")
     return report
 
@@ -356,11 +364,30 @@ def _one(db: duckdb.DuckDBPyConnection, sql: str) -> tuple:
 
 
 def _load_table(db: duckdb.DuckDBPyConnection, source: _Source, now: datetime) -> TableReport:
+    """Load one table so that the common case never goes through a staging table.
+
+    1. One aggregate pass over the input groups the rows by a 64-bit hash of their id and
+       keeps the *exceptional* hashes: those of bad rows, of ids seen more than once in the
+       batch, of ids already stored. An id stored with identical content (one good row) is
+       marked ``_same``: counted as already present, nothing else to do.
+    2. Every row whose id hash is not exceptional is good and new: it is inserted straight
+       from the input, typed, in one parallel ``INSERT ... ANTI JOIN``.
+    3. The other exceptional rows (few, unless a batch is largely re-sent with changes) are
+       staged and resolved exactly as the module docstring says: quarantine, collapse,
+       conflict, already present.
+
+    A hash collision can only send a good row down the exact path, never change its fate.
+    """
     table = TABLES[source.table]
-    db.execute(_stage_sql(table, source, now))
+    q = _Query(table, source, now)
+    (stored,) = _one(db, f"SELECT count(*) FROM (SELECT 1 FROM {q.name} LIMIT 1)")
+    db.execute(q.exceptions_sql(stored_empty=not stored))
+    (clean,) = _one(db, q.insert_clean_sql())
+    (same,) = _one(db, f"SELECT count(*) FROM {_EXCEPTIONS} WHERE _same")
+    db.execute(q.stage_sql())
     _mark_conflicts_in_batch(db, table)
     inserted = _insert_new(db, table)
-    report = _count(db, table, source, inserted)
+    report = _count(db, table, source, int(clean), int(same), inserted)
     report.newly_quarantined = _quarantine(db, table, source, now)
     return report
 
@@ -391,68 +418,124 @@ def _fields(table: Table, originals: list[str], source: _Source) -> list[_Field]
     return fields
 
 
-def _stage_sql(table: Table, source: _Source, now: datetime) -> str:
-    """One pass over the input: parse, check, compare with the stored row of the same id.
+class _Query:
+    """The SQL over one input, in layers shared by the passes of :func:`_load_table`.
 
     Layers: p renames the file's columns, q parses, m flags blanks, t types, k looks the
-    customer up, b runs the checks, c words them (for bad rows only), w joins the stored row.
+    customer up, b runs the checks; the staging query adds c (words the checks, for bad
+    rows only) and w (joins the stored row).
     """
-    originals = [c for c in source.columns if c != source.file_column]
-    fields = _fields(table, originals, source)
-    passthrough = ", ".join(f"{_ident(c)} AS _o{i}" for i, c in enumerate(originals))
-    file_sql = _ident(source.file_column) if source.file_column else "NULL::VARCHAR"
-    parsed = ", ".join(f"{_parse(f)} AS {f.parsed}" for f in fields)
-    blanks = ", ".join(f"{_blank(f)} AS {f.blank}" for f in fields)
-    typed = ", ".join(f"{_typed(f)} AS {f.value}" for f in fields)
-    known = (
-        'coalesce(customer_id IN (SELECT customer_id FROM "customers"), false)'
-        if table.name != "customers"
-        else "true"
-    )
-    checks = _checks(table, fields, now)
-    why = (
-        "NULLIF(concat_ws('; ', "
-        + ", ".join(f"CASE WHEN {cond} THEN {msg} END" for _, cond, msg in checks)
-        + "), '')"
-    )
-    bad = " OR ".join(f"({cond})" for _, cond, _ in checks)
-    first = (
-        "CASE " + " ".join(f"WHEN {cond} THEN {_lit(kind)}" for kind, cond, _ in checks) + " END"
-    )
-    cols = ", ".join(_ident(c) for c in table.column_names)
-    key = _ident(table.id_column)
-    row = (
-        "to_json(struct_pack("
-        + ", ".join(f"{_ident(c)} := _o{i}" for i, c in enumerate(originals))
-        + "))"
-    )
-    stored_conflict = "(_stored IS NOT NULL AND _stored <> _key)"
-    conflict_msg = _message(
-        table.id_column,
-        key,
-        " already exists in the warehouse with different content (conflict; stored row kept)",
-    )
-    return f"""
-        CREATE OR REPLACE TEMP TABLE {_STAGE} AS
-        WITH p AS (SELECT {passthrough}, {file_sql} AS _source_file FROM {source.relation}),
-        q AS (SELECT *, {parsed} FROM p),
-        m AS (SELECT *, {blanks} FROM q),
-        t AS (SELECT *, {typed} FROM m),
-        k AS (SELECT *, {known} AS _known FROM t),
-        b AS (SELECT *, coalesce({bad}, false) AS _bad, hash({cols}) AS _key FROM k),
-        c AS (SELECT *, CASE WHEN _bad THEN {why} END AS _why,
-                        CASE WHEN _bad THEN {first} END AS _first FROM b),
-        w AS (
-            SELECT c.*, s._stored FROM c
-            LEFT JOIN (SELECT {key} AS _sid, hash({cols}) AS _stored FROM {_ident(table.name)}) s
-            ON s._sid = c.{key}
+
+    def __init__(self, table: Table, source: _Source, now: datetime) -> None:
+        self.table, self.source, self.now = table, source, now
+        self.originals = [c for c in source.columns if c != source.file_column]
+        self.fields = _fields(table, self.originals, source)
+        self.checks = _checks(table, self.fields, now)
+        self.cols = ", ".join(_ident(c) for c in table.column_names)
+        self.key = _ident(table.id_column)
+        self.name = _ident(table.name)
+
+    def typed(self) -> str:
+        """CTEs p, q, m, t: ``t`` has every contract column typed (NULL when unusable)."""
+        fields = self.fields
+        passthrough = ", ".join(f"{_ident(c)} AS _o{i}" for i, c in enumerate(self.originals))
+        file_sql = _ident(self.source.file_column) if self.source.file_column else "NULL::VARCHAR"
+        parsed = ", ".join(f"{_parse(f)} AS {f.parsed}" for f in fields)
+        blanks = ", ".join(f"{_blank(f)} AS {f.blank}" for f in fields)
+        typed = ", ".join(f"{_typed(f)} AS {f.value}" for f in fields)
+        return f"""
+            p AS (SELECT {passthrough}, {file_sql} AS _source_file FROM {self.source.relation}),
+            q AS (SELECT *, {parsed} FROM p),
+            m AS (SELECT *, {blanks} FROM q),
+            t AS (SELECT *, {typed} FROM m)"""
+
+    def checked(self, where: str = "") -> str:
+        """CTEs k, b on top of :meth:`typed`: ``_bad`` (any check fails) and ``_key``."""
+        known = (
+            'coalesce(customer_id IN (SELECT customer_id FROM "customers"), false)'
+            if self.table.name != "customers"
+            else "true"
         )
-        SELECT {cols}, _key, _source_file, _stored IS NOT NULL AS _present,
-            coalesce(_why, CASE WHEN {stored_conflict} THEN {conflict_msg} END) AS _reason,
-            coalesce(_first, CASE WHEN {stored_conflict} THEN 'conflict' END) AS _kind,
-            CASE WHEN _why IS NOT NULL OR {stored_conflict} THEN {row} END AS _row_json
-        FROM w
-    """
+        bad = " OR ".join(f"({cond})" for _, cond, _ in self.checks)
+        return f"""{self.typed()},
+            k AS (SELECT *, {known} AS _known FROM t {where}),
+            b AS (SELECT *, coalesce({bad}, false) AS _bad, hash({self.cols}) AS _key FROM k)"""
+
+    def exceptions_sql(self, stored_empty: bool) -> str:
+        """Pass 1: the id hashes not to insert directly, with ``_same`` marking the ids
+        already stored with identical content (nothing to do, counted as already present);
+        the others (bad, repeated, or stored with other content) take the exact path."""
+        if stored_empty:
+            return f"""
+                CREATE OR REPLACE TEMP TABLE {_EXCEPTIONS} AS
+                WITH {self.checked()}
+                SELECT hash({self.key}) AS _h, false AS _same FROM b
+                GROUP BY _h HAVING count(*) > 1 OR bool_or(_bad)
+            """
+        # a hash group of one row holds one id, so the stored row is joined by that id
+        # (exact, and ids are unique in the warehouse: one match at most)
+        return f"""
+            CREATE OR REPLACE TEMP TABLE {_EXCEPTIONS} AS
+            WITH {self.checked()},
+            g AS (SELECT hash({self.key}) AS _h, count(*) AS _n, bool_or(_bad) AS _anybad,
+                         any_value({self.key}) AS _id, any_value(_key) AS _k
+                  FROM b GROUP BY _h),
+            s AS (SELECT {self.key} AS _sid, hash({self.cols}) AS _sk FROM {self.name})
+            SELECT _h, coalesce(_n = 1 AND NOT _anybad AND _sk = _k, false) AS _same
+            FROM g LEFT JOIN s ON s._sid = g._id
+            WHERE _n > 1 OR _anybad OR _sid IS NOT NULL
+        """
+
+    def insert_clean_sql(self) -> str:
+        """Pass 2: insert every row whose id is not exceptional, straight from the input."""
+        return f"""
+            INSERT INTO {self.name} ({self.cols})
+            WITH {self.typed()}
+            SELECT {self.cols} FROM t ANTI JOIN {_EXCEPTIONS} e ON e._h = hash(t.{self.key})
+        """
+
+    def stage_sql(self) -> str:
+        """Pass 3: the exceptional rows, checked, worded and compared with the stored row."""
+        checks, key, cols = self.checks, self.key, self.cols
+        why = (
+            "NULLIF(concat_ws('; ', "
+            + ", ".join(f"CASE WHEN {cond} THEN {msg} END" for _, cond, msg in checks)
+            + "), '')"
+        )
+        first = (
+            "CASE "
+            + " ".join(f"WHEN {cond} THEN {_lit(kind)}" for kind, cond, _ in checks)
+            + " END"
+        )
+        row = (
+            "to_json(struct_pack("
+            + ", ".join(f"{_ident(c)} := _o{i}" for i, c in enumerate(self.originals))
+            + "))"
+        )
+        stored_conflict = "(_stored IS NOT NULL AND _stored <> _key)"
+        conflict_msg = _message(
+            self.table.id_column,
+            key,
+            " already exists in the warehouse with different content (conflict; stored row kept)",
+        )
+        exceptional = f"IN (SELECT _h FROM {_EXCEPTIONS} WHERE NOT _same)"
+        return f"""
+            CREATE OR REPLACE TEMP TABLE {_STAGE} AS
+            WITH {self.checked(f"WHERE hash({key}) {exceptional}")},
+            c AS (SELECT *, CASE WHEN _bad THEN {why} END AS _why,
+                            CASE WHEN _bad THEN {first} END AS _first FROM b),
+            w AS (
+                SELECT c.*, s._stored FROM c
+                LEFT JOIN (SELECT {key} AS _sid, hash({cols}) AS _stored FROM {self.name}
+                           WHERE hash({key}) {exceptional}) s
+                ON s._sid = c.{key}
+            )
+            SELECT {cols}, _key, _source_file, _stored IS NOT NULL AS _present,
+                coalesce(_why, CASE WHEN {stored_conflict} THEN {conflict_msg} END) AS _reason,
+                coalesce(_first, CASE WHEN {stored_conflict} THEN 'conflict' END) AS _kind,
+                CASE WHEN _why IS NOT NULL OR {stored_conflict} THEN {row} END AS _row_json
+            FROM w
+        """
 
 
 def _parse(f: _Field) -> str:
@@ -624,9 +707,20 @@ def _quarantine(db: duckdb.DuckDBPyConnection, table: Table, source: _Source, no
 
 
 def _count(
-    db: duckdb.DuckDBPyConnection, table: Table, source: _Source, inserted: int
+    db: duckdb.DuckDBPyConnection,
+    table: Table,
+    source: _Source,
+    clean: int,
+    same: int,
+    inserted: int,
 ) -> TableReport:
-    read, valid = _one(db, f"SELECT count(*), count(*) FILTER (_reason IS NULL) FROM {_STAGE}")
+    """The report of one table: ``clean`` rows went in directly, ``same`` rows were stored
+    already with the same content, the rest went through the stage."""
+    staged, staged_valid = _one(
+        db, f"SELECT count(*), count(*) FILTER (_reason IS NULL) FROM {_STAGE}"
+    )
+    read, valid = clean + same + staged, clean + same + staged_valid
+    inserted = clean + inserted
     (collapsed,) = _one(db, f"SELECT coalesce(sum(n - 1), 0) FROM {_MULTI} WHERE versions = 1")
     kinds = db.execute(f"""
         SELECT _kind, count(*) FROM (SELECT DISTINCT _kind, _row_json, _reason FROM {_STAGE}
