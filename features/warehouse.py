@@ -17,7 +17,11 @@ def connect(path: Path | str, read_only: bool = False) -> DuckDBBackend:
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     con = ibis.duckdb.connect(str(path), read_only=read_only)
-    con.con.execute("SET enable_progress_bar = false")
+    # no progress bar in logs; only switch it off when on: in Jupyter without ipywidgets
+    # DuckDB starts with it off and refuses any change to the setting
+    (enabled,) = con.con.execute("SELECT current_setting('enable_progress_bar')").fetchone()
+    if enabled:
+        con.con.execute("SET enable_progress_bar = false")
     return con
 
 
