@@ -252,15 +252,45 @@ JOB_ERRORS = (ValueError, LookupError)
 
 
 @main.command()
-@click.argument("kind", type=KIND)
-@click.option("--as-of", default=None, help="Holdout cutoff (default: latest with a full horizon).")
+@click.argument("kind", type=click.Choice(["churn", "value", "nba"]))
+@click.option(
+    "--as-of",
+    default=None,
+    help="churn/value: holdout cutoff (default: latest with a full horizon); "
+    "nba: learn from decisions before it (default: all).",
+)
 @click.option("--horizon", default=None, help="Label horizon, e.g. 90d (default from settings).")
+@click.option(
+    "--catalog",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="nba only: action catalog YAML (default: the packaged models/default_catalog.yaml).",
+)
 @fail_on(*JOB_ERRORS)
-def train(kind: str, as_of: str | None, horizon: str | None) -> None:
-    """Train a churn or value model on time-split cutoffs, log it to MLflow, register it."""
+def train(kind: str, as_of: str | None, horizon: str | None, catalog: Path | None) -> None:
+    """Train a churn, value or next-best-action model, log it to MLflow, register it.
+
+    churn/value: time-split cutoffs. nba: uplift per action (DR learner) from the campaign
+    log joined with features and the churn/value champions' scores at each decision's week;
+    the latest weeks are held out for off-policy evaluation. New versions are @challenger.
+    """
     from training import jobs
 
     con = open_warehouse(get_settings(), read_only=True)
+    if kind == "nba":
+        from models.catalog import CatalogError
+        from training.nba import train_nba
+
+        try:
+            nba_result = train_nba(
+                con, parse_when(as_of) if as_of else None, catalog, progress=progress
+            )
+        except CatalogError as exc:
+            raise click.ClickException(str(exc)) from exc
+        say(nba_result.summary())
+        return
+    if catalog is not None:
+        raise click.UsageError("--catalog is for `rapport train nba` only")
     result = jobs.train(
         kind,
         con,
@@ -295,15 +325,57 @@ def tune(kind: str, trials: int) -> None:
 
 
 @main.command()
-@click.argument("kind", type=KIND)
+@click.argument("kind", type=click.Choice(["churn", "value", "nba"]))
 @click.option("--version", default=None, help="Registered version (default: the newest).")
 @fail_on(*JOB_ERRORS)
 def promote(kind: str, version: str | None) -> None:
-    """Make a version @champion only if it beats the current champion on the same holdout."""
+    """Make a version @champion only if it beats the current champion on the same holdout.
+
+    nba: only if its doubly-robust lower confidence bound beats the champion's DR estimate
+    of the policy value on the candidate's holdout (else it stays @challenger, with why).
+    """
+    if kind == "nba":
+        from training.nba import promote_nba
+
+        say(promote_nba(version).summary())
+        return
     from training import jobs
 
     con = open_warehouse(get_settings(), read_only=True)
     say(jobs.promote(kind, version=version, con=con, progress=progress).summary())
+
+
+@main.group()
+def nba() -> None:
+    """Next best action: off-policy evaluation and per-customer explanations."""
+
+
+@nba.command("evaluate")
+@click.option("--version", default=None, help="nba version (default: @challenger, else @champion).")
+@fail_on(*JOB_ERRORS)
+def nba_evaluate(version: str | None) -> None:
+    """Policy-value table (IPS, SNIPS, DR with 95% bootstrap intervals) on the holdout.
+
+    Rows: the candidate (greedy), the current champion, random over the allowed actions and
+    each single action for everyone. Value = mean reward per decision = revenue x margin
+    rate - the action's cost.
+    """
+    from training.nba import evaluate_nba
+
+    say(evaluate_nba(version).summary())
+
+
+@nba.command("explain")
+@click.argument("customer_id")
+@click.option("--as-of", default=None, help="Features as of this instant (default: end of data).")
+@fail_on(*JOB_ERRORS)
+def nba_explain(customer_id: str, as_of: str | None) -> None:
+    """The champion policy's ranked actions for CUSTOMER_ID, with uplift, value, cost,
+    weight and expected value, and why every other action is excluded."""
+    from training.nba import explain_nba
+
+    con = open_warehouse(get_settings(), read_only=True)
+    say(explain_nba(con, customer_id, parse_when(as_of) if as_of else None).summary())
 
 
 @main.command()

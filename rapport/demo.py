@@ -68,4 +68,11 @@ def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) 
                 ).summary()
             )
         say(jobs.promote(kind, con=con, progress=progress).summary())
+
+    say("\n== 5. next best action: uplift from the campaign log, off-policy evaluation, gate")
+    from training.nba import promote_nba, train_nba
+
+    nba_result = train_nba(con, progress=progress)
+    say(nba_result.summary())
+    say(promote_nba(nba_result.version).summary())
     say(f"MLflow UI: uv run mlflow ui --backend-store-uri {settings.tracking_uri}")

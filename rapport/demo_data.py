@@ -219,6 +219,8 @@ TRUTH_ACTION_COLUMNS = (
     "incremental_conversion",
     "incremental_revenue",
     "consent_ok",
+    "expected_revenue_treated",
+    "expected_revenue_control",
 )
 
 
@@ -1048,6 +1050,9 @@ def _truth_actions(
             "incremental_conversion": p_treated - p_control,
             "incremental_revenue": revenue_treated - revenue_control,
             "consent_ok": _consent(pop, idx).ravel(),
+            # expected revenue of the triggered order (P(convert) x its mean value)
+            "expected_revenue_treated": revenue_treated,
+            "expected_revenue_control": revenue_control,
         }
     )
 
