@@ -1,0 +1,103 @@
+"""The warehouse tables of batch scoring and target lists, read by training and serving.
+
+``rapport score`` (:mod:`training.scoring`) appends every run's scores to ``scores`` and
+records the run in ``score_runs``; target lists (:mod:`training.targets`, the service's
+``POST /targets``) read the latest run back from here and skip anyone in
+``suppressions``. Reading needs only a read-only DuckDB connection, so the service may
+do it; nothing here imports ``models`` or ``training``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from features.batch import as_utc
+
+SCORES = "scores"
+RUNS = "score_runs"
+SUPPRESSIONS = "suppressions"
+TARGET_LISTS = "target_lists"
+TARGET_MEMBERS = "target_list_members"
+
+RUNS_DDL = f"""CREATE TABLE IF NOT EXISTS {RUNS} (
+    run_id VARCHAR PRIMARY KEY, as_of TIMESTAMPTZ, scored_at TIMESTAMPTZ, rows BIGINT,
+    seconds DOUBLE, churn_version VARCHAR, value_version VARCHAR, nba_version VARCHAR,
+    feature_set VARCHAR, catalog_version VARCHAR, catalog_json VARCHAR, segments_json VARCHAR
+)"""
+SUPPRESSIONS_DDL = f"""CREATE TABLE IF NOT EXISTS {SUPPRESSIONS} (
+    customer_id VARCHAR NOT NULL, reason VARCHAR, added_at TIMESTAMPTZ DEFAULT now()
+)"""
+
+
+class NoScoresError(LookupError):
+    """Nothing scored yet (the message says what to run)."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One scoring run: when, with which models, feature set and action catalog."""
+
+    run_id: str
+    as_of: datetime
+    scored_at: datetime
+    rows: int
+    versions: dict[str, str]
+    feature_set: str
+    #: the action catalog the run arbitrated with (``Catalog.model_dump`` JSON)
+    catalog: dict[str, Any]
+
+    @property
+    def has_uplift(self) -> bool:
+        return "nba" in self.versions
+
+
+def tables(db: Any) -> set[str]:
+    return {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+
+
+def latest_run(db: Any, run_id: str | None = None) -> RunInfo:
+    """The latest scoring run (or ``run_id``) of a raw DuckDB connection; NoScoresError
+    when there is none."""
+    if RUNS not in tables(db):
+        raise NoScoresError("no scores in the warehouse yet: run `rapport score`")
+    where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
+    row = db.execute(
+        "SELECT run_id, as_of, scored_at, rows, churn_version, value_version, nba_version, "
+        f"feature_set, catalog_json FROM {RUNS} {where} ORDER BY scored_at DESC LIMIT 1",
+        params,
+    ).fetchone()
+    if row is None:
+        raise NoScoresError(
+            f"no scoring run {run_id!r}" if run_id else "no scores yet: run `rapport score`"
+        )
+    kinds = ("churn", "value", "nba")
+    versions = {k: str(v) for k, v in zip(kinds, row[4:7], strict=True) if v is not None}
+    return RunInfo(
+        run_id=row[0],
+        as_of=as_utc(row[1]),
+        scored_at=as_utc(row[2]),
+        rows=int(row[3]),
+        versions=versions,
+        feature_set=row[7],
+        catalog=json.loads(row[8]),
+    )
+
+
+def load_scores(db: Any, run: RunInfo) -> pd.DataFrame:
+    """One run's scores, one row per customer (uplift columns of other runs dropped)."""
+    frame = db.execute(f"SELECT * FROM {SCORES} WHERE run_id = ?", [run.run_id]).df()
+    empty = [c for c in frame.columns if c.startswith("uplift_") and frame[c].isna().all()]
+    return frame.drop(columns=empty)
+
+
+def suppressed_ids(db: Any) -> set[str]:
+    """Customer ids in the warehouse's ``suppressions`` table (empty without one)."""
+    if SUPPRESSIONS not in tables(db):
+        return set()
+    rows = db.execute(f"SELECT DISTINCT customer_id FROM {SUPPRESSIONS}").fetchall()
+    return {str(r[0]) for r in rows if r[0] is not None}

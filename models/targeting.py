@@ -1,0 +1,543 @@
+"""Target lists: which customers get an action, within a budget, from their latest scores.
+
+Pure selection logic, no I/O: :mod:`training.targets` (the ``rapport targets`` command,
+warehouse reads and writes) and the service's ``POST /targets`` both call
+:func:`select_targets` on a frame of scores joined with the few fresh features the
+filter and the contact policy read (:func:`needed_features`, :func:`feature_subset`).
+
+The steps, in this order, are always applied (nothing here can be switched off):
+
+1. **deduplication** on ``customer_id`` (the first row wins);
+2. **suppression**: customers on the opt-out / suppression list are removed;
+3. the marketer's **filter** (the safe expression language of :mod:`features.expressions`,
+   errors point at the offending token);
+4. **arbitration** (:func:`models.policy.arbitrate`, the code batch and live scoring use):
+   the action's eligibility rule, **consent** for its channel, the **contact policy** and
+   the **cool-down**. With ``action`` every customer is offered that action; without it,
+   each customer's best allowed action (customers whose best is ``no_action`` are left
+   out);
+5. the **budget** (:func:`knapsack`): maximise the total expected incremental value of
+   the chosen customers with their total cost within the budget;
+6. **sort** and **top N**.
+
+Expected value is the NBA model's (uplift x value, stored with the scores). Without an
+NBA champion there is no uplift: the list then uses the *value at risk* of retention
+actions -- ``churn_probability x value x margin_rate``, as if the action kept the
+customer for sure, an upper bound -- and says so in ``basis`` (growth actions get 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from features.contract import NO_ACTION
+from features.expressions import Expression, ExpressionError, parse
+from features.spec import Agg, Derived, FeatureSpec
+from models.catalog import CHURN_FIELD, Catalog
+from models.policy import Exclusion, arbitrate
+from models.value import OUTPUT_COLUMNS
+
+#: score columns (besides ``customer_id``) a filter may read, with their types
+SCORE_TYPES: dict[str, str] = {
+    CHURN_FIELD: "float",
+    **dict.fromkeys(OUTPUT_COLUMNS, "float"),
+    "r_score": "float",
+    "f_score": "float",
+    "m_score": "float",
+    "rfm_segment": "string",
+    "abc_tier": "string",
+    "best_action": "string",
+    "best_channel": "string",
+    "expected_value": "float",
+    "action_cost": "float",
+    "action_score": "float",
+}
+#: columns of an exported list, in order
+LIST_COLUMNS = (
+    "rank",
+    "customer_id",
+    "action",
+    "channel",
+    "expected_value",
+    "cost",
+    "net_value",
+    CHURN_FIELD,
+    *OUTPUT_COLUMNS,
+    "abc_tier",
+    "rfm_segment",
+)
+#: candidates x capacity units above which the exact budget DP gives way to greedy
+MAX_DP_WORK = 400_000_000
+BASIS_UPLIFT = "uplift"
+BASIS_VALUE_AT_RISK = "value_at_risk"
+
+
+class TargetError(ValueError):
+    """A target list that cannot be built; the message says what to change."""
+
+
+# --------------------------------------------------------------------------- definitions
+class TargetDefinition(BaseModel):
+    """What a marketer asks for: a filter, an action, a budget, a size and an order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(default=None, description="Saved list name (audit).")
+    description: str = ""
+    filter: str | None = Field(default=None, description="Expression over scores/features.")
+    action: str | None = Field(default=None, description="Action for everyone (default: best).")
+    top: int | None = Field(default=None, gt=0, description="At most this many customers.")
+    budget: float | None = Field(default=None, ge=0, description="Total cost allowed.")
+    sort: str = Field(default="expected_value", description="COL or COL:asc / COL:desc.")
+
+    @property
+    def expression(self) -> Expression | None:
+        """The parsed filter (raises ExpressionError, pointing at the bad token)."""
+        return parse(self.filter) if self.filter and self.filter.strip() else None
+
+    def sort_key(self) -> tuple[str, bool]:
+        """(column, ascending)."""
+        column, _, order = self.sort.partition(":")
+        order = order.strip().lower() or "desc"
+        if order not in ("asc", "desc"):
+            raise TargetError(f"sort order must be 'asc' or 'desc', got {order!r} in {self.sort!r}")
+        return column.strip(), order == "asc"
+
+
+def parse_definitions(text: str, source: str = "<string>") -> dict[str, TargetDefinition]:
+    """Saved list definitions: YAML ``lists: {name: {filter, action, budget, ...}}``."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise TargetError(f"{source}: not valid YAML: {exc}") from exc
+    lists = data.get("lists") if isinstance(data, dict) else None
+    if not isinstance(lists, dict):
+        raise TargetError(f"{source}: expected a mapping 'lists: {{name: {{filter: ...}}}}'")
+    out: dict[str, TargetDefinition] = {}
+    for name, body in lists.items():
+        if not isinstance(body, dict):
+            raise TargetError(f"{source}: list {name!r} must be a mapping")
+        try:
+            out[str(name)] = TargetDefinition.model_validate({**body, "name": str(name)})
+            if out[str(name)].filter:
+                parse(str(out[str(name)].filter))
+        except ExpressionError as exc:
+            raise TargetError(f"{source}: list {name!r}: bad filter: {exc}") from None
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'list'}: "
+                + str(e["msg"]).removeprefix("Value error, ")
+                for e in exc.errors()
+            )
+            raise TargetError(f"{source}: list {name!r}: {problems}") from None
+    return out
+
+
+# --------------------------------------------------------------------------- fields
+def field_types(spec: FeatureSpec) -> dict[str, str]:
+    """Everything a filter may name: the score columns and every feature of the spec."""
+    cats = set(spec.categorical)
+    types = {name: ("string" if name in cats else "float") for name in spec.names}
+    return {**types, **SCORE_TYPES}
+
+
+def check_filter(expression: Expression, spec: FeatureSpec) -> None:
+    """Unknown fields and type clashes, before any data is read (errors point at tokens)."""
+    types = field_types(spec)
+    expression.check(["customer_id", *types], {**types, "customer_id": "string"})
+
+
+def needed_features(definition: TargetDefinition, catalog: Catalog, spec: FeatureSpec) -> list[str]:
+    """Features (not scores) to compute fresh: the filter's and what arbitration reads
+    (rules, consent, contact counts and cool-downs of every catalog action)."""
+    names: set[str] = set()
+    expression = definition.expression
+    if expression is not None:
+        names |= set(expression.fields)
+    for action in catalog.actions:  # arbitration screens every action
+        names |= set(action.fields)
+        names |= {rule.field for rule in catalog.contact_policy.for_channel(action.channel)}
+    known = set(spec.names)
+    return sorted(n for n in names if n in known and n not in SCORE_TYPES)
+
+
+def feature_subset(spec: FeatureSpec, names: Iterable[str]) -> FeatureSpec:
+    """A spec computing ``names`` (plus every customer attribute, which cost nothing):
+    the aggregations they are or derive from, and the derived ones asked for."""
+    by_name = spec.by_name()
+    wanted = set(names)
+    unknown = sorted(wanted - set(by_name))
+    if unknown:
+        raise TargetError(f"unknown features {unknown}")
+    derived: list[Derived] = [d for d in spec.derived if d.name in wanted]
+    inputs = {i for d in derived for i in d.inputs}
+    # derived features may read derived features: close over them
+    while True:
+        more = [d for d in spec.derived if d.name in inputs and d not in derived]
+        if not more:
+            break
+        derived = [*more, *derived]
+        inputs |= {i for d in more for i in d.inputs}
+    aggs: list[Agg] = [a for a in spec.aggs if a.name in wanted | inputs]
+    order = {d.name: i for i, d in enumerate(spec.derived)}
+    return FeatureSpec(
+        aggs=tuple(aggs),
+        derived=tuple(sorted(derived, key=lambda d: order[d.name])),
+        attributes=spec.attributes,
+        actions=spec.actions,
+    )
+
+
+# --------------------------------------------------------------------------- knapsack
+@dataclass(frozen=True)
+class BudgetChoice:
+    """Which candidates a budget buys, how, and how close to the optimum."""
+
+    chosen: np.ndarray  # bool mask over the candidates
+    method: str
+    #: upper bound on the best total value (equal to the chosen total when exact)
+    bound: float
+
+    @property
+    def exact(self) -> bool:
+        return self.method.startswith("exact")
+
+
+def knapsack(
+    values: np.ndarray, costs: np.ndarray, budget: float, max_work: float = MAX_DP_WORK
+) -> BudgetChoice:
+    """0/1 knapsack: maximise ``sum(values[chosen])`` with ``sum(costs[chosen]) <= budget``.
+
+    Costs are rounded to cents and measured in units of their greatest common divisor
+    (catalog costs are few and round, so units are coarse). Items with equal cost are
+    interchangeable but for their value, so an optimal solution takes the most valuable
+    ones of each cost group first: the problem becomes choosing *how many* of each group
+    (concave returns). One group (a single action): the top ``budget // cost`` by value,
+    exact. Several: dynamic programming over the budget units, one group at a time, the
+    largest group closed-form at the end (exact). Only when that work would exceed
+    ``max_work`` (very large budgets in very fine units) does it fall back to greedy by
+    value/cost, with the LP relaxation as the reported upper bound. Items with value <= 0
+    are never chosen; items costing nothing are always chosen when their value is > 0.
+    """
+    values = np.asarray(values, dtype="float64")
+    costs = np.asarray(costs, dtype="float64")
+    if values.shape != costs.shape:
+        raise ValueError("values and costs must have the same shape")
+    if budget < 0 or not math.isfinite(budget):
+        raise TargetError(f"the budget must be a non-negative amount, got {budget}")
+    if (costs < 0).any() or not np.isfinite(costs).all():
+        raise TargetError("costs must be finite and non-negative")
+    chosen = np.zeros(values.shape, dtype=bool)
+    useful = np.nan_to_num(values, nan=0.0) > 0
+    cents = np.round(costs * 100).astype("int64")
+    free = useful & (cents == 0)
+    chosen[free] = True
+    free_value = float(values[free].sum())
+    paid = np.flatnonzero(useful & (cents > 0))
+    budget_cents = math.floor(budget * 100 + 1e-6)
+    if not paid.size or budget_cents <= 0:
+        return BudgetChoice(chosen, "exact (nothing to choose)", free_value)
+    unit = int(np.gcd.reduce(cents[paid]))
+    capacity = budget_cents // unit
+    weights = cents[paid] // unit
+    groups: list[tuple[int, np.ndarray, np.ndarray]] = []  # (weight, items by value, prefix)
+    for weight in np.unique(weights):
+        items = paid[weights == weight]
+        items = items[np.argsort(-values[items], kind="stable")]
+        items = items[: capacity // int(weight)]
+        if items.size:
+            prefix = np.concatenate([[0.0], np.cumsum(values[items])])
+            groups.append((int(weight), items, prefix))
+    if not groups:
+        return BudgetChoice(chosen, "exact (nothing fits)", free_value)
+    if len(groups) == 1:
+        chosen[groups[0][1]] = True
+        return BudgetChoice(chosen, "exact (one cost: top by value)", float(values[chosen].sum()))
+    groups.sort(key=lambda g: g[1].size)
+    last = groups[-1]
+    work = sum(g[1].size for g in groups[:-1]) * (capacity + 1)
+    if work > max_work:
+        return _greedy(values, costs, budget, chosen, paid)
+    best = np.zeros(capacity + 1)
+    choices: list[np.ndarray] = []
+    for weight, items, prefix in groups[:-1]:
+        new = best.copy()
+        choice = np.zeros(capacity + 1, dtype=np.int32)
+        for m in range(1, items.size + 1):
+            shift = m * weight
+            candidate = best[: capacity + 1 - shift] + prefix[m]
+            better = candidate > new[shift:]
+            new[shift:][better] = candidate[better]
+            choice[shift:][better] = m
+        best = new
+        choices.append(choice)
+    weight, items, prefix = last
+    room = capacity - np.arange(capacity + 1)  # capacity left for the last group
+    totals = best + prefix[np.minimum(room // weight, items.size)]
+    spent = int(np.argmax(totals))
+    chosen[items[: min((capacity - spent) // weight, items.size)]] = True
+    for (weight, items, _), choice in zip(reversed(groups[:-1]), reversed(choices), strict=True):
+        m = int(choice[spent])
+        chosen[items[:m]] = True
+        spent -= m * weight
+    return BudgetChoice(chosen, "exact (dynamic programming by cost)", float(values[chosen].sum()))
+
+
+def _greedy(
+    values: np.ndarray, costs: np.ndarray, budget: float, chosen: np.ndarray, paid: np.ndarray
+) -> BudgetChoice:
+    order = paid[np.argsort(-(values[paid] / costs[paid]), kind="stable")]
+    left = budget - float(costs[chosen].sum())
+    bound = float(values[chosen].sum())
+    fractional_done = False
+    for i in order:
+        if costs[i] <= left + 1e-9:
+            chosen[i] = True
+            left -= costs[i]
+            if not fractional_done:
+                bound += values[i]
+        elif not fractional_done:
+            bound += values[i] * max(left, 0.0) / costs[i]
+            fractional_done = True
+    return BudgetChoice(chosen, "greedy by value/cost (LP bound)", bound)
+
+
+# --------------------------------------------------------------------------- selection
+@dataclass
+class Selection:
+    """A built target list and what happened on the way (for the summary and the audit)."""
+
+    members: pd.DataFrame
+    definition: TargetDefinition
+    #: step -> customers removed by it
+    removed: dict[str, int] = field(default_factory=dict)
+    considered: int = 0
+    basis: str = BASIS_UPLIFT
+    budget_method: str | None = None
+    budget_bound: float | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.members)
+
+    @property
+    def total_expected_value(self) -> float:
+        return float(self.members["expected_value"].sum())
+
+    @property
+    def total_cost(self) -> float:
+        return float(self.members["cost"].sum())
+
+    def segment_mix(self, column: str = "abc_tier") -> dict[str, int]:
+        if not self.count:
+            return {}
+        return {str(k): int(v) for k, v in self.members[column].value_counts().items()}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "total_expected_value": round(self.total_expected_value, 2),
+            "total_cost": round(self.total_cost, 2),
+            "considered": self.considered,
+            "removed": dict(self.removed),
+            "basis": self.basis,
+            "budget_method": self.budget_method,
+            "budget_bound": None if self.budget_bound is None else round(self.budget_bound, 2),
+            "abc_tier": self.segment_mix("abc_tier"),
+            "rfm_segment": self.segment_mix("rfm_segment"),
+            "actions": self.segment_mix("action"),
+        }
+
+    def summary(self) -> str:
+        d = self.definition
+        what = d.name or "ad-hoc list"
+        lines = [
+            f"{what}: {self.count:,} customers of {self.considered:,} scored, expected "
+            f"value {self.total_expected_value:,.2f}, cost {self.total_cost:,.2f}"
+            + (f" (budget {d.budget:,.2f})" if d.budget is not None else ""),
+        ]
+        if d.filter:
+            lines.append(f"  filter: {d.filter}")
+        lines.append(f"  action: {d.action or 'best allowed per customer'}")
+        removed = ", ".join(f"{n:,} {step}" for step, n in self.removed.items() if n)
+        lines.append(f"  removed: {removed or 'nobody'}")
+        if self.budget_method:
+            gap = ""
+            if self.budget_bound is not None and self.budget_bound > self.total_expected_value:
+                gap = f", optimum <= {self.budget_bound:,.2f}"
+            lines.append(f"  budget: {self.budget_method}{gap}")
+        if self.basis == BASIS_VALUE_AT_RISK:
+            lines.append(
+                "  note: no NBA champion, so no uplift: expected value is the value at risk "
+                "(churn x value x margin), an upper bound"
+            )
+        for column in ("action", "abc_tier", "rfm_segment"):
+            mix = self.segment_mix(column)
+            if mix:
+                shown = ", ".join(f"{k} {v:,}" for k, v in mix.items())
+                lines.append(f"  {column}: {shown}")
+        return "\n".join(lines)
+
+
+def _fill_missing_uplift(frame: pd.DataFrame, catalog: Catalog) -> tuple[pd.DataFrame, bool]:
+    """Value-at-risk uplift (full churn reduction, no revenue) for actions without any."""
+    filled = False
+    extra: dict[str, Any] = {}
+    for action in catalog.actions:
+        if action.id == NO_ACTION:
+            continue
+        conv, rev = f"uplift_conversion_{action.id}", f"uplift_revenue_{action.id}"
+        present = conv in frame.columns and rev in frame.columns
+        if present and frame[conv].notna().any():
+            continue
+        extra[conv], extra[rev] = 1.0, 0.0
+        filled = True
+    if extra:
+        frame = frame.drop(columns=[c for c in extra if c in frame.columns]).assign(**extra)
+    return frame, filled
+
+
+_REASONS = {
+    Exclusion.NOT_ELIGIBLE: "not eligible",
+    Exclusion.NO_CONSENT: "no consent",
+    Exclusion.CONTACT_POLICY: "contact policy",
+    Exclusion.COOLDOWN: "cool-down",
+    Exclusion.NO_UPLIFT: "no uplift estimate",
+}
+
+
+def select_targets(
+    frame: pd.DataFrame,
+    catalog: Catalog,
+    definition: TargetDefinition,
+    suppressed: Iterable[str] | None = None,
+    value_at_risk_fallback: bool = True,
+) -> Selection:
+    """The target list for ``definition`` from ``frame`` (scores + the needed features).
+
+    ``suppressed``: customer ids that must never be contacted (opt-outs, suppression
+    list). Raises :class:`TargetError` (or :class:`ExpressionError`) on a bad definition.
+    """
+    if definition.action is not None:
+        try:
+            catalog.action(definition.action)
+        except KeyError:
+            raise TargetError(
+                f"unknown action {definition.action!r}; the catalog has {catalog.ids[1:]}"
+            ) from None
+        if definition.action == NO_ACTION:
+            raise TargetError(f"{NO_ACTION} contacts nobody: choose an action of {catalog.ids[1:]}")
+    column, ascending = definition.sort_key()
+    if column not in LIST_COLUMNS and column not in frame.columns:
+        raise TargetError(f"cannot sort by unknown column {column!r}")
+    removed: dict[str, int] = {}
+    considered = len(frame)
+    rows = frame.drop_duplicates("customer_id", keep="first")
+    removed["duplicates"] = considered - len(rows)
+    blocked = set(suppressed or ())
+    if blocked:
+        keep = ~rows["customer_id"].astype(str).isin(blocked).to_numpy()
+        removed["suppressed"] = int((~keep).sum())
+        rows = rows[keep]
+    expression = definition.expression
+    if expression is not None:
+        keep = expression.evaluate_frame(rows)
+        removed["filter"] = int((~keep).sum())
+        rows = rows[keep]
+    rows = rows.reset_index(drop=True)
+    basis = BASIS_UPLIFT
+    if value_at_risk_fallback:
+        rows, filled = _fill_missing_uplift(rows, catalog)
+        basis = BASIS_VALUE_AT_RISK if filled else BASIS_UPLIFT
+    result = arbitrate(rows, catalog)
+    n = len(rows)
+    if definition.action is not None:
+        j = catalog.ids.index(definition.action)
+        assigned = np.full(n, j)
+        reasons = result.reason[:, j]
+        for code, text in _REASONS.items():
+            removed[text] = int((reasons == code).sum())
+        ok = reasons == Exclusion.NONE
+    else:
+        assigned = result.ranking()[:, 0]
+        best_allowed = result.allowed[np.arange(n), assigned]
+        ok = best_allowed & (assigned != catalog.ids.index(NO_ACTION))
+        removed["no worthwhile allowed action"] = int((~ok).sum())
+    idx = np.flatnonzero(ok)
+    cols = assigned[idx]
+    channels = np.array([a.channel for a in catalog.actions], dtype=object)
+    members = pd.DataFrame(
+        {
+            "customer_id": rows["customer_id"].to_numpy()[idx],
+            "action": np.asarray(catalog.ids, dtype=object)[cols],
+            "channel": channels[cols],
+            "expected_value": result.expected_value[idx, cols],
+            "cost": result.cost[cols],
+        }
+    )
+    members["net_value"] = members["expected_value"] - members["cost"]
+    for name in (CHURN_FIELD, *OUTPUT_COLUMNS, "abc_tier", "rfm_segment"):
+        if name in rows.columns:
+            members[name] = rows[name].to_numpy()[idx]
+    extra = [c for c in (column,) if c not in members.columns and c in rows.columns]
+    for name in extra:
+        members[name] = rows[name].to_numpy()[idx]
+    method = bound = None
+    if definition.budget is not None:
+        choice = knapsack(
+            members["expected_value"].to_numpy(), members["cost"].to_numpy(), definition.budget
+        )
+        worthless = ~(np.nan_to_num(members["expected_value"].to_numpy()) > 0)
+        removed["no expected value"] = int(worthless.sum())
+        removed["budget"] = int((~choice.chosen & ~worthless).sum())
+        members = members[choice.chosen]
+        method, bound = choice.method, choice.bound
+    members = members.sort_values(
+        [column, "customer_id"], ascending=[ascending, True], kind="stable"
+    )
+    if definition.top is not None and len(members) > definition.top:
+        removed["top"] = len(members) - definition.top
+        members = members.head(definition.top)
+    members = members.reset_index(drop=True)
+    members.insert(0, "rank", np.arange(1, len(members) + 1))
+    ordered = [c for c in LIST_COLUMNS if c in members.columns]
+    members = members[ordered + [c for c in members.columns if c not in ordered]]
+    return Selection(members, definition, removed, considered, basis, method, bound)
+
+
+def definition_from(
+    options: Mapping[str, Any], base: TargetDefinition | None = None
+) -> TargetDefinition:
+    """A definition from a saved one (``base``) with the non-None ``options`` on top."""
+    data: dict[str, Any] = base.model_dump() if base is not None else {}
+    data.update({k: v for k, v in options.items() if v is not None})
+    try:
+        definition = TargetDefinition.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'list'}: "
+            + str(e["msg"]).removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        raise TargetError(f"invalid target list options: {problems}") from None
+    if definition.filter is not None and not definition.filter.strip():
+        definition = definition.model_copy(update={"filter": None})
+    if definition.filter:
+        parse(definition.filter)  # ExpressionError pointing at the token
+    return definition
+
+
+def default_definitions() -> dict[str, TargetDefinition]:
+    """The packaged example lists (``models/default_target_lists.yaml``)."""
+    from importlib import resources
+
+    text = resources.files("models").joinpath("default_target_lists.yaml").read_text("utf-8")
+    return parse_definitions(text, source="models/default_target_lists.yaml")

@@ -1,0 +1,258 @@
+"""Target lists from the warehouse: ``rapport targets`` (selection logic in
+:mod:`models.targeting`, shared with the service's ``POST /targets``).
+
+:func:`build_list` reads the latest scoring run (``scores``, ``score_runs``), computes as
+of now only the features the list needs -- the filter's fields and what arbitration
+reads: consent flags, contact counts per channel, days since each action -- with a
+reduced feature spec (seconds even for a million customers), joins them to the scores
+and selects. Consent and contact history are therefore current even when the scores are
+from last night. Suppressions come from the warehouse table ``suppressions``
+(``customer_id, reason, added_at``; :func:`add_suppressions`) and/or a file.
+
+:func:`record` writes the list and its definition to ``target_lists`` and its members to
+``target_list_members`` for audit; :func:`export` writes CSV or Parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from features.batch import as_utc, build
+from features.expressions import ExpressionError
+from features.scores import (
+    SUPPRESSIONS,
+    SUPPRESSIONS_DDL,
+    TARGET_LISTS,
+    TARGET_MEMBERS,
+    NoScoresError,
+    RunInfo,
+    latest_run,
+    load_scores,
+    suppressed_ids,
+)
+from features.spec import FeatureSpec, default_spec
+from features.warehouse import raw
+from models.catalog import Catalog
+from models.targeting import (
+    Selection,
+    TargetDefinition,
+    TargetError,
+    check_filter,
+    default_definitions,
+    feature_subset,
+    needed_features,
+    parse_definitions,
+    select_targets,
+)
+from rapport.settings import get_settings
+
+Progress = Callable[[str], None]
+#: the workspace's own saved lists (added to, and replacing, the packaged examples)
+LISTS_FILE = "target_lists.yaml"
+#: errors the CLI shows as one clean line
+ERRORS = (TargetError, ExpressionError, NoScoresError, FileNotFoundError)
+
+LISTS_DDL = f"""CREATE TABLE IF NOT EXISTS {TARGET_LISTS} (
+    list_id VARCHAR PRIMARY KEY, name VARCHAR, created_at TIMESTAMPTZ, run_id VARCHAR,
+    scores_as_of TIMESTAMPTZ, features_as_of TIMESTAMPTZ, definition VARCHAR,
+    filter VARCHAR, action VARCHAR, budget DOUBLE, top BIGINT, sort VARCHAR,
+    customers BIGINT, total_expected_value DOUBLE, total_cost DOUBLE, basis VARCHAR,
+    budget_method VARCHAR, stats VARCHAR, output VARCHAR
+)"""
+MEMBERS_DDL = f"""CREATE TABLE IF NOT EXISTS {TARGET_MEMBERS} (
+    list_id VARCHAR, rank BIGINT, customer_id VARCHAR, action VARCHAR, channel VARCHAR,
+    expected_value DOUBLE, cost DOUBLE
+)"""
+
+
+def definitions(extra: Path | None = None) -> dict[str, TargetDefinition]:
+    """Saved lists: packaged examples, then ``<home>/target_lists.yaml``, then ``extra``."""
+    found = default_definitions()
+    paths = [get_settings().home / LISTS_FILE]
+    if extra is not None:
+        if not extra.exists():
+            raise FileNotFoundError(f"no list definitions file {extra}")
+        paths.append(extra)
+    for path in paths:
+        if path.exists():
+            found.update(parse_definitions(path.read_text("utf-8"), source=str(path)))
+    return found
+
+
+def resolve(
+    name: str | None, options: dict[str, Any], extra: Path | None = None
+) -> TargetDefinition:
+    """A saved list by name with ``options`` on top, or an ad-hoc definition."""
+    from models.targeting import definition_from
+
+    base = None
+    if name is not None:
+        saved = definitions(extra)
+        if name not in saved:
+            raise TargetError(f"no saved list {name!r}; known lists: {sorted(saved)}")
+        base = saved[name]
+    return definition_from(options, base)
+
+
+def read_suppression_file(path: Path) -> set[str]:
+    """Customer ids from a CSV / Parquet file with a ``customer_id`` column, or a text file
+    with one id per line."""
+    if not path.exists():
+        raise FileNotFoundError(f"no suppression file {path}")
+    if path.suffix.lower() == ".parquet":
+        frame = pd.read_parquet(path)
+    elif path.suffix.lower() == ".csv":
+        frame = pd.read_csv(path, dtype=str)
+    else:
+        lines = path.read_text("utf-8").splitlines()
+        return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+    if "customer_id" not in frame.columns:
+        raise TargetError(f"{path}: a suppression file needs a customer_id column")
+    return {str(v).strip() for v in frame["customer_id"].dropna()}
+
+
+def add_suppressions(con: Any, customer_ids: Iterable[str], reason: str = "opt-out") -> int:
+    """Add customers to the warehouse's suppression list (never contacted by any list)."""
+    db = raw(con)
+    db.execute(SUPPRESSIONS_DDL)
+    ids = sorted({str(c) for c in customer_ids})
+    if ids:
+        frame = pd.DataFrame({"customer_id": ids, "reason": reason})
+        db.register("new_suppressions", frame)
+        db.execute(
+            f"INSERT INTO {SUPPRESSIONS} (customer_id, reason) "
+            f"SELECT customer_id, reason FROM new_suppressions"
+        )
+        db.unregister("new_suppressions")
+    return len(ids)
+
+
+def candidate_frame(
+    con: Any,
+    run: RunInfo,
+    definition: TargetDefinition,
+    catalog: Catalog,
+    as_of: datetime,
+    spec: FeatureSpec,
+) -> pd.DataFrame:
+    """The run's scores joined with the features the list needs, computed as of ``as_of``."""
+    names = needed_features(definition, catalog, spec)
+    features = build(con, as_of, feature_subset(spec, names))
+    scores = load_scores(raw(con), run)
+    scores["customer_id"] = scores["customer_id"].astype(str)
+    features = features[["customer_id", *names]]
+    features["customer_id"] = features["customer_id"].astype(str)
+    return scores.merge(features, on="customer_id", how="left")
+
+
+@dataclass
+class TargetList:
+    selection: Selection
+    run: RunInfo
+    as_of: datetime
+    list_id: str
+    output: Path | None = None
+
+    def summary(self) -> str:
+        head = (
+            f"list {self.list_id} from scores {self.run.run_id} (as of "
+            f"{self.run.as_of:%Y-%m-%d %H:%M} UTC), features as of {self.as_of:%Y-%m-%d %H:%M}"
+        )
+        lines = [head, self.selection.summary()]
+        if self.output is not None:
+            lines.append(f"  written to {self.output}")
+        return "\n".join(lines)
+
+
+def build_list(
+    con: Any,
+    definition: TargetDefinition,
+    as_of: datetime | str | None = None,
+    run_id: str | None = None,
+    suppress: Iterable[str] = (),
+    spec: FeatureSpec | None = None,
+    progress: Progress | None = None,
+) -> TargetList:
+    """Select the list from the latest scores (or ``run_id``); nothing is written."""
+    say = progress or (lambda _: None)
+    spec = spec or default_spec()
+    expression = definition.expression
+    if expression is not None:
+        check_filter(expression, spec)
+    run = latest_run(raw(con), run_id)
+    catalog = Catalog.model_validate(run.catalog)
+    cutoff = as_utc(as_of) if as_of is not None else datetime.now(UTC)
+    say(f"reading scores {run.run_id} ({run.rows:,} customers) and current consent / contacts")
+    frame = candidate_frame(con, run, definition, catalog, cutoff, spec)
+    blocked = suppressed_ids(raw(con)) | set(suppress)
+    selection = select_targets(frame, catalog, definition, blocked)
+    list_id = datetime.now(UTC).strftime("tl-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
+    return TargetList(selection, run, cutoff, list_id)
+
+
+def export(members: pd.DataFrame, path: Path) -> Path:
+    """CSV or Parquet by the file's suffix."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise TargetError(f"export to a .csv or .parquet file, not {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".csv":
+        members.to_csv(path, index=False)
+    else:
+        members.to_parquet(path, index=False)
+    return path
+
+
+def record(con: Any, target: TargetList) -> str:
+    """Keep the list, its definition and its members in the warehouse for audit."""
+    db = raw(con)
+    sel, d = target.selection, target.selection.definition
+    db.execute("BEGIN TRANSACTION")
+    try:
+        db.execute(LISTS_DDL)
+        db.execute(MEMBERS_DDL)
+        db.execute(
+            f"INSERT INTO {TARGET_LISTS} VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                target.list_id,
+                d.name,
+                datetime.now(UTC),
+                target.run.run_id,
+                target.run.as_of,
+                target.as_of,
+                json.dumps(d.model_dump()),
+                d.filter,
+                d.action,
+                d.budget,
+                d.top,
+                d.sort,
+                sel.count,
+                sel.total_expected_value,
+                sel.total_cost,
+                sel.basis,
+                sel.budget_method,
+                json.dumps(sel.stats()),
+                str(target.output) if target.output else None,
+            ],
+        )
+        members = sel.members[
+            ["rank", "customer_id", "action", "channel", "expected_value", "cost"]
+        ].copy()
+        members.insert(0, "list_id", target.list_id)
+        db.register("new_members", members)
+        db.execute(f"INSERT INTO {TARGET_MEMBERS} BY NAME SELECT * FROM new_members")
+        db.unregister("new_members")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return target.list_id
