@@ -378,6 +378,106 @@ def nba_explain(customer_id: str, as_of: str | None) -> None:
     say(explain_nba(con, customer_id, parse_when(as_of) if as_of else None).summary())
 
 
+# --------------------------------------------------------------------------- scores, lists
+@main.command()
+@click.option("--as-of", default=None, help="Score as of this instant (default: now).")
+@click.option(
+    "--chunk-rows", default=250_000, show_default=True, help="Customers scored per chunk."
+)
+@fail_on(*JOB_ERRORS)
+def score(as_of: str | None, chunk_rows: int) -> None:
+    """Score every known customer with the champions; append to the `scores` table.
+
+    Churn probability, value with its interval, RFM segment, ABC tier and the best allowed
+    action with its expected value, stamped with model versions, feature set and as-of.
+    """
+    from training.scoring import score_all
+
+    con = open_warehouse(get_settings())
+    run = score_all(con, parse_when(as_of), chunk_rows=chunk_rows, progress=progress)
+    say(run.summary())
+
+
+@main.command()
+@click.option("--filter", "filter_", default=None, help='e.g. "churn_probability > 0.5".')
+@click.option("--list", "list_name", default=None, help="A saved list definition by name.")
+@click.option("--action", default=None, help="Action for everyone (default: best allowed).")
+@click.option("--top", type=int, default=None, help="At most N customers.")
+@click.option("--budget", type=float, default=None, help="Total cost allowed (exact knapsack).")
+@click.option("--sort", default=None, help="COL or COL:asc (default: expected_value, desc).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the list to a .csv or .parquet file.",
+)
+@click.option(
+    "--suppress",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Extra opt-out ids (.csv/.parquet with customer_id, or one id per line).",
+)
+@click.option(
+    "--lists",
+    "lists_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Extra saved list definitions (YAML).",
+)
+@click.option("--as-of", default=None, help="Consent and contact history as of (default: now).")
+@click.option("--run", "run_id", default=None, help="Scoring run (default: the latest).")
+@click.option("--show-lists", is_flag=True, help="Print the saved list definitions and exit.")
+def targets(
+    filter_: str | None,
+    list_name: str | None,
+    action: str | None,
+    top: int | None,
+    budget: float | None,
+    sort: str | None,
+    out: Path | None,
+    suppress: Path | None,
+    lists_file: Path | None,
+    as_of: str | None,
+    run_id: str | None,
+    show_lists: bool,
+) -> None:
+    """Select a target list from the latest scores and record it for audit.
+
+    Consent for the action's channel, the contact policy, cool-downs, the suppression list
+    and deduplication are always applied. With --budget, the customers maximising the
+    total expected incremental value within the budget are chosen.
+    """
+    from training import targets as lists
+
+    try:
+        if show_lists:
+            for name, d in lists.definitions(lists_file).items():
+                say(f"{name}: {d.model_dump_json(exclude_none=True, exclude={'name'})}")
+            return
+        options = {"filter": filter_, "action": action, "top": top, "budget": budget}
+        definition = lists.resolve(list_name, {**options, "sort": sort}, lists_file)
+        blocked = lists.read_suppression_file(suppress) if suppress else set()
+        con = open_warehouse(get_settings())
+        target = lists.build_list(
+            con,
+            definition,
+            parse_when(as_of) if as_of else None,
+            run_id,
+            blocked,
+            progress=progress,
+        )
+        if out is not None:
+            target.output = lists.export(target.selection.members, out)
+        lists.record(con, target)
+    except lists.ERRORS as exc:
+        raise click.ClickException(str(exc)) from exc
+    say(target.summary())
+    if out is None:
+        shown = target.selection.members.head(10)
+        if len(shown):
+            say(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
 @main.command()
 @click.option("--customers", "-n", default=20_000, show_default=True, help="Customers to simulate.")
 @click.option("--seed", default=42, show_default=True)

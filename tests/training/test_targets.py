@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.expressions import ExpressionError
+from features.expressions import ExpressionError, parse
 from features.spec import default_spec
 from models.catalog import default_catalog
 from models.targeting import (
@@ -202,14 +202,12 @@ def test_bad_definitions() -> None:
 def test_expression_errors_point_at_the_token() -> None:
     spec = default_spec()
     with pytest.raises(ExpressionError) as err:
-        check_filter(
-            TargetDefinition(filter="abc_tier == 'A' and churn_prob > 0.5").expression, spec
-        )  # type: ignore[arg-type]
+        check_filter(parse("abc_tier == 'A' and churn_prob > 0.5"), spec)
     text = str(err.value)
     assert "unknown field 'churn_prob'" in text and "churn_probability" in text
     assert text.splitlines()[-1] == " " * 22 + "^" * 10
     with pytest.raises(ExpressionError, match="cannot compare"):
-        check_filter(TargetDefinition(filter="region > 3").expression, spec)  # type: ignore[arg-type]
+        check_filter(parse("region > 3"), spec)
 
 
 def test_saved_definitions() -> None:

@@ -1,0 +1,148 @@
+"""``rapport score`` and ``rapport targets`` on a small trained workspace.
+
+One workspace (demo data to today, churn and value trained fast and promoted) serves the
+module; the tests run in file order: score twice (history kept), then lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from features.ingest import discover_files, ingest
+from features.scores import RUNS, SCORES, latest_run
+from features.spec import default_spec
+from features.warehouse import connect, raw
+from models.scorer import SCORE_COLUMNS
+from rapport.cli import main
+from rapport.demo_data import generate, write
+from rapport.settings import get_settings, reset_settings
+from training import jobs
+from training.datasets import build_training_set
+from training.targets import add_suppressions
+
+FAST = {"num_boost_round": 30, "num_threads": 1, "min_data_in_leaf": 40}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("scoring-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAPPORT_HOME", str(home))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        reset_settings()
+        settings = get_settings()
+        settings.ensure_home()
+        data = generate(1500, seed=3)
+        folder = write(data, home / "data", "parquet")["customers"].parent
+        con = connect(settings.warehouse_path)
+        ingest(con, discover_files(folder), now=datetime.now(UTC))
+        training = build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)
+        for kind in ("churn", "value"):
+            jobs.train(kind, con, params=FAST, data=training)
+            jobs.promote(kind)
+        con.disconnect()
+    reset_settings()
+    return home
+
+
+@pytest.fixture(autouse=True)
+def shared_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("RAPPORT_HOME", str(home))
+    reset_settings()
+    yield home
+    reset_settings()
+
+
+def query(sql: str) -> pd.DataFrame:
+    con = connect(get_settings().warehouse_path, read_only=True)
+    try:
+        return raw(con).execute(sql).to_arrow_table().to_pandas()
+    finally:
+        con.disconnect()
+
+
+def test_score_appends_a_stamped_run_and_keeps_history() -> None:
+    runner = CliRunner()
+    first = runner.invoke(main, ["score", "--chunk-rows", "400"])
+    assert first.exit_code == 0, first.output
+    assert "scored 1,500 customers" in first.output and "churn v1, value v1" in first.output
+    second = runner.invoke(main, ["score", "--as-of", "2024-06-01"])
+    assert second.exit_code == 0, second.output
+    runs = query(f"SELECT * FROM {RUNS} ORDER BY scored_at")
+    assert len(runs) == 2 and runs.feature_set.unique().tolist() == [default_spec().version]
+    scores = query(f"SELECT * FROM {SCORES}")
+    per_run = scores.groupby("run_id").customer_id.agg(["count", "nunique"])
+    assert per_run.loc[runs.run_id[0], "count"] == 1500
+    assert (per_run["count"] == per_run["nunique"]).all()
+    assert per_run.loc[runs.run_id[1], "count"] < 1500  # fewer customers known in 2024
+    assert set(SCORE_COLUMNS) <= set(scores.columns)
+    first_run = scores[scores.run_id == runs.run_id[0]]
+    assert first_run.churn_version.eq("1").all() and first_run.value_version.eq("1").all()
+    assert first_run.nba_version.isna().all() and first_run.best_action.eq("no_action").all()
+    assert first_run.churn_probability.between(0, 1).all()
+    assert (first_run.value_p10 <= first_run.value_p90).all()
+    assert set(first_run.abc_tier) <= {"A", "B", "C"}
+    # the latest run is the one scored last, whatever its as-of
+    con = connect(get_settings().warehouse_path, read_only=True)
+    assert latest_run(raw(con)).run_id == runs.run_id[1]
+    con.disconnect()
+
+
+def test_targets_budget_export_and_audit(tmp_path: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["score"]).exit_code == 0
+    con = connect(get_settings().warehouse_path)
+    scores = raw(con).execute(f"SELECT * FROM {SCORES}").to_arrow_table().to_pandas()
+    run = latest_run(raw(con))
+    at_risk = scores[(scores.run_id == run.run_id) & (scores.churn_probability > 0.3)]
+    blocked = at_risk.customer_id.head(5).tolist()
+    add_suppressions(con, blocked)
+    con.disconnect()
+    out = tmp_path / "list.csv"
+    result = runner.invoke(
+        main,
+        [
+            "targets",
+            "--filter",
+            "churn_probability > 0.3 and (days_since_last_contact is null "
+            "or days_since_last_contact >= 14)",
+            "--action",
+            "retention_discount",
+            "--budget",
+            "100",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "budget: exact" in result.output and "5 suppressed" in result.output
+    members = pd.read_csv(out, dtype={"customer_id": str})
+    assert 0 < len(members) <= 12 and members.cost.sum() <= 100
+    assert not set(members.customer_id) & set(blocked)
+    assert (members.action == "retention_discount").all()
+    assert members.churn_probability.gt(0.3).all()
+    lists = query("SELECT * FROM target_lists")
+    assert len(lists) == 1 and lists.customers[0] == len(members)
+    assert lists.run_id[0] == run.run_id and "retention_discount" in lists.definition[0]
+    audit = query("SELECT * FROM target_list_members ORDER BY rank")
+    assert audit.customer_id.tolist() == members.customer_id.tolist()
+
+
+def test_saved_list_and_clean_errors() -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["targets", "--list", "at_risk_high_value", "--top", "3"])
+    assert result.exit_code == 0, result.output
+    assert "at_risk_high_value:" in result.output
+    bad = runner.invoke(main, ["targets", "--filter", "churn_prob > 0.5"])
+    assert bad.exit_code == 1 and "unknown field 'churn_prob'" in bad.output
+    assert "^^^^^^^^^^" in bad.output and "Traceback" not in bad.output
+    bad = runner.invoke(main, ["targets", "--list", "nope"])
+    assert bad.exit_code == 1 and "no saved list 'nope'" in bad.output
+    bad = runner.invoke(main, ["targets", "--action", "free_lunch"])
+    assert bad.exit_code == 1 and "unknown action" in bad.output
