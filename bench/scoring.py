@@ -1,0 +1,123 @@
+"""Benchmark batch scoring: the full ``rapport score`` path next to raw ``Booster.predict``.
+
+    RAPPORT_HOME=/path/to/workspace uv run python -m bench.scoring
+    uv run python -m bench.scoring --warehouse w.duckdb --tracking-uri sqlite:///m/mlflow.db
+
+The workspace needs a warehouse with the contract tables and ``churn@champion`` /
+``value@champion`` in its MLflow registry (models trained on a small demo score any
+size). Prints, in one run on the same customers:
+
+* the full path (:func:`training.scoring.score_all`: load the champions, build features,
+  fit segments, score in chunks -- churn, value, segments, arbitration -- and append to
+  ``scores``) with the time of each stage and rows/s;
+* raw LightGBM ``Booster.predict`` of the churn booster and the value model's two
+  boosters on the same rows (matrix already encoded), i.e. the floor any scoring path
+  pays, and the Scorer on the prebuilt features without writing.
+
+The benchmark's run is deleted from ``scores`` / ``score_runs`` afterwards (``--keep``
+keeps it). Never fails on timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+
+from features.batch import build
+from features.scores import RUNS, SCORES
+from features.segments import fit_segments
+from features.spec import default_spec
+from features.warehouse import connect, raw
+from rapport.settings import get_settings, reset_settings
+from training.scoring import build_scorer, load_champions, score_all
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--warehouse", default=None, help="DuckDB warehouse (default: workspace)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store with the champions")
+    parser.add_argument("--as-of", default=None, help="Cutoff (default: now)")
+    parser.add_argument("--chunk-rows", type=int, default=250_000)
+    parser.add_argument("--keep", action="store_true", help="Keep the benchmark's scores run")
+    args = parser.parse_args()
+    if args.warehouse:
+        os.environ["RAPPORT_WAREHOUSE_URL"] = args.warehouse
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    reset_settings()
+    settings = get_settings()
+    as_of = datetime.fromisoformat(args.as_of).replace(tzinfo=UTC) if args.as_of else None
+    as_of = as_of or datetime.now(UTC)
+    con = connect(settings.warehouse_path)
+    print(f"warehouse {settings.warehouse_path}, MLflow {settings.tracking_uri}")
+
+    start = time.perf_counter()
+    champions = load_champions()
+    load_s = time.perf_counter() - start
+    print(f"champions {champions.versions} loaded in {load_s:.1f}s")
+
+    run = score_all(con, as_of, champions, chunk_rows=args.chunk_rows, progress=None)
+    n = run.rows
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in run.timings.items())
+    full = run.seconds
+    print(f"\nfull path (rapport score, models preloaded): {n:,} customers in {full:.1f}s")
+    print(f"  {n / full:,.0f} rows/s end to end; {stages}")
+    print(f"  + model loading {load_s:.1f}s -> {n / (full + load_s):,.0f} rows/s with loading")
+    if not args.keep:
+        raw(con).execute(f"DELETE FROM {SCORES} WHERE run_id = ?", [run.run_id])
+        raw(con).execute(f"DELETE FROM {RUNS} WHERE run_id = ?", [run.run_id])
+
+    spec = default_spec()
+    features = build(con, as_of, spec)
+    features["as_of"] = as_of
+    scorer = build_scorer(champions, fit_segments(features), spec)
+    start = time.perf_counter()
+    for offset in range(0, n, args.chunk_rows):
+        scorer.score_frame(features.iloc[offset : offset + args.chunk_rows])
+    scorer_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    X_churn = champions.churn.encode(features)
+    X_value = champions.value.encode(features)
+    encode_s = time.perf_counter() - start
+    boosters = {
+        "churn": (champions.churn.booster_, X_churn),
+        "value buy": (champions.value.buy_booster_, X_value),
+        "value spend": (champions.value.spend_booster_, X_value),
+    }
+    print(f"\nsame {n:,} rows, features prebuilt:")
+    print(
+        f"  Scorer.score_frame (3 models, segments, arbitration): {scorer_s:.1f}s, "
+        f"{n / scorer_s:,.0f} rows/s"
+    )
+    print(f"  encoding the two matrices: {encode_s:.1f}s")
+    total = 0.0
+    for name, (booster, X) in boosters.items():
+        start = time.perf_counter()
+        booster.predict(X, raw_score=True)
+        seconds = time.perf_counter() - start
+        total += seconds
+        trees = booster.num_trees()
+        print(
+            f"  raw Booster.predict {name:<11} ({trees:>4} trees): {seconds:.1f}s, "
+            f"{n / seconds:,.0f} rows/s"
+        )
+    print(f"  raw Booster.predict, all three: {total:.1f}s, {n / total:,.0f} rows/s")
+    print(
+        f"\nfull path / raw predict time: {full / total:.1f}x; "
+        f"scorer / raw predict: {scorer_s / total:.2f}x; peak RSS {peak_rss_mb():,.0f} MB"
+    )
+    assert np.isfinite(total)
+
+
+if __name__ == "__main__":
+    main()
