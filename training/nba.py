@@ -89,7 +89,7 @@ def week_start(values: pd.Series) -> pd.Series:
     """Timestamps floored to Monday 00:00 UTC of their week."""
     ts = pd.to_datetime(values, utc=True)
     day = ts.dt.floor("D")
-    return (day - pd.to_timedelta(day.dt.weekday, unit="D")).astype("datetime64[us, UTC]")
+    return (day - pd.to_timedelta(day.dt.day_of_week, unit="D")).astype("datetime64[us, UTC]")
 
 
 def logged_decisions(con: Any, as_of: datetime | None = None) -> pd.DataFrame:
