@@ -394,7 +394,10 @@ def score(as_of: str | None, chunk_rows: int) -> None:
     from training.scoring import score_all
 
     con = open_warehouse(get_settings())
-    run = score_all(con, parse_when(as_of), chunk_rows=chunk_rows, progress=progress)
+    try:
+        run = score_all(con, parse_when(as_of), chunk_rows=chunk_rows, progress=progress)
+    finally:
+        con.disconnect()
     say(run.summary())
 
 
@@ -458,17 +461,20 @@ def targets(
         definition = lists.resolve(list_name, {**options, "sort": sort}, lists_file)
         blocked = lists.read_suppression_file(suppress) if suppress else set()
         con = open_warehouse(get_settings())
-        target = lists.build_list(
-            con,
-            definition,
-            parse_when(as_of) if as_of else None,
-            run_id,
-            blocked,
-            progress=progress,
-        )
-        if out is not None:
-            target.output = lists.export(target.selection.members, out)
-        lists.record(con, target)
+        try:
+            target = lists.build_list(
+                con,
+                definition,
+                parse_when(as_of) if as_of else None,
+                run_id,
+                blocked,
+                progress=progress,
+            )
+            if out is not None:
+                target.output = lists.export(target.selection.members, out)
+            lists.record(con, target)
+        finally:
+            con.disconnect()
     except lists.ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
     say(target.summary())

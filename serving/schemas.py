@@ -292,6 +292,72 @@ class FeedbackResponse(BaseModel):
     meta: Meta
 
 
+# --------------------------------------------------------------------------- target lists
+class TargetsRequest(BaseModel):
+    """A target list from the latest batch scores (``rapport score``); the options of
+    ``rapport targets``. Consent, contact policy, cool-downs, the warehouse's suppression
+    list and deduplication are always applied."""
+
+    model_config = _REQUEST
+
+    name: Text | None = Field(default=None, description="A saved list definition by name.")
+    filter: Annotated[str, StringConstraints(max_length=4000)] | None = Field(
+        default=None, description="e.g. churn_probability > 0.5 and abc_tier == 'A'"
+    )
+    action: Text | None = Field(default=None, description="Default: best allowed action.")
+    top: int | None = Field(default=None, gt=0)
+    budget: FiniteFloat | None = Field(default=None, ge=0)
+    sort: Text | None = Field(default=None, description="COL or COL:asc (default: value desc).")
+    suppress: list[Id] = Field(
+        default_factory=list, max_length=100_000, description="Extra ids never to contact."
+    )
+    max_rows: int = Field(
+        default=1000,
+        ge=0,
+        le=10_000,
+        description="Longer lists are written to a Parquet file and its path returned.",
+    )
+
+
+class TargetMember(BaseModel):
+    model_config = _RESPONSE
+
+    rank: int
+    customer_id: str
+    action: str
+    channel: str
+    expected_value: float
+    cost: float
+    net_value: float
+    churn_probability: float | None = None
+    value_mean: float | None = None
+    value_p10: float | None = None
+    value_p50: float | None = None
+    value_p90: float | None = None
+    abc_tier: str | None = None
+    rfm_segment: str | None = None
+
+
+class TargetsResponse(BaseModel):
+    model_config = _RESPONSE
+
+    list_id: str
+    name: str | None
+    run_id: str = Field(description="The scoring run the list was selected from.")
+    scores_as_of: datetime
+    count: int
+    total_expected_value: float
+    total_cost: float
+    stats: dict[str, Any] = Field(description="Removed per step, segment and action mix.")
+    members: list[TargetMember] | None = Field(
+        default=None, description="The list, when it has at most max_rows customers."
+    )
+    download_path: str | None = Field(
+        default=None, description="Parquet file (on the server) holding a longer list."
+    )
+    meta: Meta
+
+
 # --------------------------------------------------------------------------- errors
 class FieldError(BaseModel):
     field: str

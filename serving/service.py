@@ -80,6 +80,8 @@ from serving.schemas import (
     ScoreBatchResponse,
     ScoreRequest,
     ScoreResponse,
+    TargetsRequest,
+    TargetsResponse,
 )
 
 log = logging.getLogger("bentoml.rapport")  # under bentoml: its handlers and worker prefix
@@ -95,6 +97,7 @@ API_SCOPES = {
     "/score_batch": "score",
     "/events": "events",
     "/feedback": "feedback",
+    "/targets": "targets",
 }
 #: where the guard leaves the caller's scopes in the ASGI scope's state
 GRANTED = "rapport.scopes"
@@ -588,6 +591,25 @@ class Rapport:
 
 def _versions_header(versions: dict[str, str]) -> str:
     return ",".join(f"{kind}={version}" for kind, version in sorted(versions.items()))
+
+    # ----------------------------------------------------------------- target lists
+    @bentoml.api(route="/targets", input_spec=TargetsRequest, output_spec=TargetsResponse)
+    async def targets(self, ctx: bentoml.Context, **fields: Any) -> Any:
+        """A target list from the latest batch scores (serving/targets.py); a thread runs
+        it, it reads the warehouse for seconds."""
+        from serving import targets as lists
+
+        request = TargetsRequest.model_construct(**fields)
+        try:
+            body = await asyncio.to_thread(lists.build_targets, request, self.settings, self.spec)
+        except lists.REQUEST_ERRORS as exc:
+            return _error(ctx, 422, str(exc))
+        except lists.NOT_FOUND as exc:
+            return _error(ctx, 404, str(exc))
+        except lists.TargetsUnavailableError as exc:
+            return _error(ctx, 503, str(exc))
+        log.info("target list %s: %d customers", body["list_id"], body["count"])
+        return TargetsResponse(**body, meta=self.meta)
 
 
 Rapport.add_asgi_middleware(Guard)  # type: ignore[attr-defined]

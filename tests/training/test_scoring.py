@@ -146,3 +146,29 @@ def test_saved_list_and_clean_errors() -> None:
     assert bad.exit_code == 1 and "no saved list 'nope'" in bad.output
     bad = runner.invoke(main, ["targets", "--action", "free_lunch"])
     assert bad.exit_code == 1 and "unknown action" in bad.output
+
+
+def test_service_targets_give_the_cli_selection() -> None:
+    """``POST /targets`` runs serving/targets.py: same selection as ``rapport targets``."""
+    from serving.schemas import TargetsRequest
+    from serving.targets import build_targets
+    from training.targets import build_list, resolve
+
+    assert CliRunner().invoke(main, ["score"]).exit_code == 0
+    settings, spec = get_settings(), default_spec()
+    options = {"filter": "abc_tier in ['A', 'B']", "budget": 60.0}
+    request = TargetsRequest(**options, max_rows=5)  # type: ignore[arg-type]
+    body = build_targets(request, settings, spec)
+    con = connect(settings.warehouse_path, read_only=True)
+    cli = build_list(con, resolve(None, options)).selection
+    con.disconnect()
+    assert body["count"] == cli.count and body["total_cost"] == pytest.approx(cli.total_cost)
+    assert body["total_expected_value"] == pytest.approx(cli.total_expected_value)
+    if cli.count > 5:
+        assert body["members"] is None
+        assert pd.read_parquet(body["download_path"]).customer_id.tolist() == (
+            cli.members.customer_id.tolist()
+        )
+    small = build_targets(TargetsRequest(top=3, action="cross_sell"), settings, spec)
+    assert small["members"] is not None and len(small["members"]) == small["count"] <= 3
+    assert set(small["members"][0]) >= {"customer_id", "action", "expected_value", "cost"}
