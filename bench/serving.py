@@ -83,9 +83,14 @@ def environment(**values: str | None) -> Iterator[None]:
         reset_settings()
 
 
-def prepare_workspace(home: Path, customers: int = 3000, seed: int = 7) -> Workspace:
+def prepare_workspace(
+    home: Path, customers: int = 3000, seed: int = 7, nba: bool = False
+) -> Workspace:
     """Demo data up to today, ingested; churn and value trained and promoted; the online
-    store materialized; champions imported into BentoML's store; one key per scope."""
+    store materialized; champions imported into BentoML's store; one key per scope.
+
+    ``nba``: also fit a quick next-best-action model (:func:`add_demo_nba`) and bundle it
+    with the champions, so the service ranks real actions."""
     from features.ingest import discover_files, ingest
     from features.warehouse import connect
     from rapport.demo_data import generate, write
@@ -111,9 +116,56 @@ def prepare_workspace(home: Path, customers: int = 3000, seed: int = 7) -> Works
         materialize(con, store)
         store.close()
         import_champions(settings)
+        if nba:
+            add_demo_nba(con, settings)
         con.disconnect()
     keys = {scope: add_key(home, [scope]) for scope in SCOPES}
     return Workspace(home, keys, sample_customers(home))
+
+
+def fit_demo_nba(con: Any, scorer: Any, columns: int = 30) -> Any:
+    """A quick :class:`models.nba.NbaModel` from the workspace's campaign log: uplift on
+    the churn / value scores and the first ``columns`` features *as of now* (leaky, so
+    only good for exercising the serving path, never for judging a policy)."""
+    from features.batch import build
+    from models.catalog import default_catalog
+    from models.nba import NbaModel
+    from models.uplift import UpliftModel
+
+    now = datetime.now(UTC)
+    log = con.con.execute(
+        "SELECT customer_id, action, propensity, coalesce(outcome, false) AS outcome, "
+        "coalesce(revenue, 0.0) AS revenue FROM campaign_log"
+    ).df()
+    enriched = scorer.enrich(build(con, now), now)
+    X = log[["customer_id"]].merge(enriched, on="customer_id", how="left")
+    names = [n for n in scorer.spec.numeric if n in X.columns][:columns]
+    names += ["churn_probability", "value_p50", "abc_tier"]
+    uplift = UpliftModel(params={"num_iterations": 20, "min_data_in_leaf": 20}).fit(
+        X[names],
+        log["action"].to_numpy(),
+        log["propensity"].to_numpy(),
+        log["outcome"].astype("float64").to_numpy(),
+        log["revenue"].to_numpy(),
+    )
+    return NbaModel(uplift, default_catalog(), epsilon=0.1)
+
+
+def add_demo_nba(con: Any, settings: Settings) -> str:
+    """Bundle :func:`fit_demo_nba`'s model with the churn / value champions as a new
+    ``rapport-champions`` version in the BentoML store (nba version ``demo``)."""
+    from features.segments import SegmentModel
+    from serving.materialize import META_SEGMENTS
+    from serving.online_store import open_store
+    from serving.runtime import build_scorer, bundle_champions, load_champions
+
+    champions = load_champions(settings)
+    store = open_store(settings.online_store_url)
+    segments = SegmentModel.from_json(store.get_meta(META_SEGMENTS) or "")
+    store.close()
+    champions.models["nba"] = fit_demo_nba(con, build_scorer(champions, segments))
+    champions.versions["nba"] = "demo"
+    return bundle_champions(champions, settings)
 
 
 # --------------------------------------------------------------------------- processes

@@ -3,6 +3,9 @@
 Arbitration is vectorised over customers (batch scoring a million customers is a handful
 of numpy operations per action); :func:`arbitrate_one` and :meth:`Policy.decide` are thin
 single-customer wrappers for the live service, so both paths share one implementation.
+:func:`arbitrate` also takes one customer as a plain ``{column: value}`` mapping instead of
+a frame: the same code then runs on one-element arrays (rules through the expressions' row
+evaluator), without the per-column pandas overhead that dominated a live score.
 
 Columns the customer frame must hold (``Catalog.required_fields`` lists them exactly):
 
@@ -28,7 +31,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -36,6 +39,9 @@ import pandas as pd
 from features.contract import NO_ACTION
 from models.catalog import CHURN_FIELD, Action, Catalog
 from models.uplift import UpliftPrediction
+
+#: customers as the rows of a frame, or one customer as a ``{column: value}`` mapping
+Customers: TypeAlias = pd.DataFrame | Mapping[str, Any]
 
 
 class Exclusion(IntEnum):
@@ -77,7 +83,7 @@ class Arbitration:
     """Scores of every catalog action for every customer (columns follow ``actions``)."""
 
     catalog: Catalog
-    frame: pd.DataFrame
+    frame: Customers  # a frame, or one customer's mapping
     uplift: np.ndarray  # [n, K] incremental revenue or churn reduction
     value: np.ndarray  # [n, K] margin rate, or customer value x margin rate
     expected_value: np.ndarray  # [n, K] uplift x value
@@ -120,7 +126,7 @@ class Arbitration:
         channels = np.array([a.channel for a in self.catalog.actions], dtype=object)
         return pd.DataFrame(
             {
-                "row": self.frame.index.to_numpy()[rows],
+                "row": _row_labels(self.frame)[rows],
                 "rank": np.tile(np.arange(1, k + 1), n)[keep],
                 "action": np.asarray(self.actions, dtype=object)[cols],
                 "channel": channels[cols],
@@ -155,7 +161,7 @@ class Arbitration:
 
     def exclusions(self, i: int) -> dict[str, str]:
         """Plain-language reason for every excluded action of the ``i``-th customer."""
-        row = self.frame.iloc[i]
+        row = self.frame.iloc[i] if isinstance(self.frame, pd.DataFrame) else self.frame
         return {
             action.id: _reason_text(Exclusion(int(self.reason[i, j])), action, row, self.catalog)
             for j, action in enumerate(self.catalog.actions)
@@ -165,15 +171,17 @@ class Arbitration:
 
 # ---- arbitration ---------------------------------------------------------------------------
 def arbitrate(
-    frame: pd.DataFrame, catalog: Catalog, uplift: UpliftPrediction | None = None
+    frame: Customers, catalog: Catalog, uplift: UpliftPrediction | None = None
 ) -> Arbitration:
     """Score and screen every catalog action for every customer of ``frame``.
 
-    ``uplift`` rows align with ``frame`` rows; without it the ``uplift_*`` columns are read.
+    ``frame``: customers as rows, or one customer as a ``{column: value}`` mapping (the
+    live path). ``uplift`` rows align with ``frame`` rows; without it the ``uplift_*``
+    columns are read.
     """
-    if uplift is not None and len(uplift) != len(frame):
-        raise ValueError(f"uplift has {len(uplift)} rows, the frame {len(frame)}")
-    n, k = len(frame), len(catalog.actions)
+    n, k = _size(frame), len(catalog.actions)
+    if uplift is not None and len(uplift) != n:
+        raise ValueError(f"uplift has {len(uplift)} rows, the frame {n}")
     up = np.zeros((n, k))
     value = np.zeros((n, k))
     reason = np.zeros((n, k), dtype=np.int8)
@@ -205,8 +213,20 @@ def arbitrate_one(
     return result.customer(0, k=k, exclusions=exclusions)
 
 
+def _size(frame: Customers) -> int:
+    return len(frame) if isinstance(frame, pd.DataFrame) else 1
+
+
+def _has(frame: Customers, column: str) -> bool:
+    return column in (frame.columns if isinstance(frame, pd.DataFrame) else frame)
+
+
+def _row_labels(frame: Customers) -> np.ndarray:
+    return frame.index.to_numpy() if isinstance(frame, pd.DataFrame) else np.arange(1)
+
+
 def _action_uplift(
-    frame: pd.DataFrame, uplift: UpliftPrediction | None, action_id: str
+    frame: Customers, uplift: UpliftPrediction | None, action_id: str
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     if uplift is not None:
         if action_id not in uplift.actions:
@@ -214,13 +234,13 @@ def _action_uplift(
         j = uplift.index(action_id)
         return uplift.incremental_conversion[:, j], uplift.incremental_revenue[:, j]
     conv, rev = f"uplift_conversion_{action_id}", f"uplift_revenue_{action_id}"
-    if conv not in frame.columns or rev not in frame.columns:
+    if not _has(frame, conv) or not _has(frame, rev):
         return None, None
     return _numeric(frame, conv), _numeric(frame, rev)
 
 
 def _value_parts(
-    frame: pd.DataFrame,
+    frame: Customers,
     catalog: Catalog,
     action: Action,
     conversion: np.ndarray,
@@ -228,16 +248,16 @@ def _value_parts(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(uplift, value per unit of uplift); missing inputs make the expected value 0."""
     if action.value_kind == "incremental_revenue":
-        return np.nan_to_num(revenue), np.full(len(frame), action.margin_rate)
+        return np.nan_to_num(revenue), np.full(_size(frame), action.margin_rate)
     churn = _numeric(frame, CHURN_FIELD)
     reduction = np.nan_to_num(np.minimum(conversion, churn))
     worth = np.nan_to_num(_numeric(frame, catalog.value_field)) * action.margin_rate
     return reduction, worth
 
 
-def _first_exclusion(frame: pd.DataFrame, catalog: Catalog, action: Action) -> np.ndarray:
+def _first_exclusion(frame: Customers, catalog: Catalog, action: Action) -> np.ndarray:
     """Exclusion code per customer: eligibility, then consent, contact policy, cool-down."""
-    reason = np.zeros(len(frame), dtype=np.int8)
+    reason = np.zeros(_size(frame), dtype=np.int8)
     checks = [
         (Exclusion.NOT_ELIGIBLE, _eligible(frame, action)),
         (Exclusion.NO_CONSENT, _consented(frame, action)),
@@ -249,42 +269,49 @@ def _first_exclusion(frame: pd.DataFrame, catalog: Catalog, action: Action) -> n
     return reason
 
 
-def _eligible(frame: pd.DataFrame, action: Action) -> np.ndarray:
+def _eligible(frame: Customers, action: Action) -> np.ndarray:
     if action.rule is None:
-        return np.ones(len(frame), dtype=bool)
+        return np.ones(_size(frame), dtype=bool)
+    if not isinstance(frame, pd.DataFrame):
+        return np.array([action.rule.evaluate_row(frame)])
     return action.rule.evaluate_frame(frame)
 
 
-def _consented(frame: pd.DataFrame, action: Action) -> np.ndarray:
+def _consented(frame: Customers, action: Action) -> np.ndarray:
     if action.consent_field is None:
-        return np.ones(len(frame), dtype=bool)
+        return np.ones(_size(frame), dtype=bool)
     return np.nan_to_num(_numeric(frame, action.consent_field)) > 0
 
 
-def _under_contact_limits(frame: pd.DataFrame, catalog: Catalog, action: Action) -> np.ndarray:
-    ok = np.ones(len(frame), dtype=bool)
+def _under_contact_limits(frame: Customers, catalog: Catalog, action: Action) -> np.ndarray:
+    ok = np.ones(_size(frame), dtype=bool)
     for rule in catalog.contact_policy.for_channel(action.channel):
         ok &= np.nan_to_num(_numeric(frame, rule.field)) < rule.max_contacts
     return ok
 
 
-def _out_of_cooldown(frame: pd.DataFrame, action: Action) -> np.ndarray:
+def _out_of_cooldown(frame: Customers, action: Action) -> np.ndarray:
     if not action.cooldown_days:
-        return np.ones(len(frame), dtype=bool)
+        return np.ones(_size(frame), dtype=bool)
     days = _numeric(frame, action.cooldown_field)
     return np.isnan(days) | (days >= action.cooldown_days)
 
 
-def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
-    if column not in frame.columns:
+def _numeric(frame: Customers, column: str) -> np.ndarray:
+    if not _has(frame, column):
         raise KeyError(f"arbitration needs column {column!r}, which the customer frame lacks")
+    if not isinstance(frame, pd.DataFrame):
+        value = frame[column]
+        return np.array([np.nan if value is None or pd.isna(value) else float(value)])
     values = frame[column]
     if pd.api.types.is_object_dtype(values.dtype):
         values = values.astype("float64")
     return values.to_numpy(dtype="float64", na_value=np.nan)
 
 
-def _reason_text(code: Exclusion, action: Action, row: pd.Series, catalog: Catalog) -> str:
+def _reason_text(
+    code: Exclusion, action: Action, row: pd.Series | Mapping[str, Any], catalog: Catalog
+) -> str:
     if code == Exclusion.NOT_ELIGIBLE and action.rule is not None:
         return f"not eligible: {action.rule.source}"
     if code == Exclusion.NO_CONSENT and action.consent_field is not None:

@@ -23,8 +23,8 @@ from models.nba import NbaModel
 from models.policy import Arbitration, Policy, arbitrate
 from models.value import OUTPUT_COLUMNS, ValueModel
 
-#: columns :meth:`Scorer.score_frame` adds next to ``customer_id``
-SCORE_COLUMNS = (
+#: columns :meth:`Scorer.scores` adds to the features (NBA models and rules may read them)
+ENRICHED_COLUMNS = (
     CHURN_FIELD,
     *OUTPUT_COLUMNS,
     "r_score",
@@ -32,6 +32,10 @@ SCORE_COLUMNS = (
     "m_score",
     "rfm_segment",
     "abc_tier",
+)
+#: columns :meth:`Scorer.score_frame` adds next to ``customer_id``
+SCORE_COLUMNS = (
+    *ENRICHED_COLUMNS,
     "best_action",
     "best_channel",
     "expected_value",
@@ -65,25 +69,43 @@ class Scorer:
         self.policy = Policy(catalog, epsilon=nba.epsilon if nba is not None else 0.0)
         self._channels = np.array([a.channel for a in catalog.actions], dtype=object)
 
+    # ---- shared by batch and live -------------------------------------------------------
+    def scores(
+        self, features: pd.DataFrame | Mapping[str, Any]
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Churn, value and segment columns for a feature frame *or* one customer's
+        ``{feature: value}`` dict (the live path: no pandas), plus the encoded churn matrix
+        (for reasons). An ``as_of`` column / key gives the value model its season."""
+        X = self.churn.encode(features)
+        columns = {CHURN_FIELD: self.churn.predict_proba_array(X)}
+        if isinstance(features, pd.DataFrame):
+            cutoffs = features["as_of"] if "as_of" in features.columns else None
+        else:
+            cutoffs = features.get("as_of")
+        values = self.value.predict_array(self.value.encode(features), cutoffs)
+        for j, name in enumerate(OUTPUT_COLUMNS):
+            columns[name] = values[:, j]
+        columns.update(assign_segments(features, self.segments))  # type: ignore[arg-type]
+        return columns, X
+
+    def arbitrate(self, enriched: pd.DataFrame | Mapping[str, Any]) -> Arbitration:
+        """All actions scored and screened; without an NBA model only ``no_action`` is allowed.
+
+        ``enriched``: features plus the :meth:`scores` columns, as a frame or one
+        customer's dict (the live path: the same code on one-element arrays, no pandas).
+        """
+        uplift = self.nba.predict(enriched) if self.nba is not None else None
+        return arbitrate(enriched, self.catalog, uplift)
+
     # ---- batch -------------------------------------------------------------------------
     def enrich(self, features: pd.DataFrame, as_of: datetime | None = None) -> pd.DataFrame:
         """Features plus churn, value and segment columns (what rules and uplift read)."""
         frame = features.copy()
         if as_of is not None:
             frame["as_of"] = as_of
-        frame[CHURN_FIELD] = self.churn.predict_proba(frame)
-        cutoffs = frame["as_of"] if "as_of" in frame.columns else None
-        values = self.value.predict_array(self.value.encode(frame), cutoffs)
-        for j, name in enumerate(OUTPUT_COLUMNS):
-            frame[name] = values[:, j]
-        for name, column in assign_segments(frame, self.segments).items():
+        for name, column in self.scores(frame)[0].items():
             frame[name] = column
         return frame
-
-    def arbitrate(self, enriched: pd.DataFrame) -> Arbitration:
-        """All actions scored and screened; without an NBA model only ``no_action`` is allowed."""
-        uplift = self.nba.predict(enriched) if self.nba is not None else None
-        return arbitrate(enriched, self.catalog, uplift)
 
     def score_frame(self, features: pd.DataFrame, as_of: datetime | None = None) -> pd.DataFrame:
         """One row per customer: :data:`SCORE_COLUMNS` with the greedy best action."""
@@ -118,14 +140,13 @@ class Scorer:
         ``context`` (channel, reason of the contact) is accepted for logging; the current
         models do not read it.
         """
-        frame = pd.DataFrame([dict(features)])
-        enriched = self.enrich(frame)
-        row = enriched.iloc[0]
+        columns, X = self.scores(features)
+        row = {**features, **{name: values[0] for name, values in columns.items()}}
         churn: dict[str, Any] = {"probability": float(row[CHURN_FIELD]), "reasons": []}
         if explain:
-            drivers = self.churn.explain(enriched, spec=self.spec)[0]
+            drivers = self.churn.explain_array(X, spec=self.spec)[0]
             churn["reasons"] = drivers["up"] + drivers["down"]
-        result = self.arbitrate(enriched)
+        result = self.arbitrate(row)
         probs = self.policy.probabilities(result)[0]
         ranking = result.ranking()[0]
         actions = [

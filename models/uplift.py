@@ -17,6 +17,7 @@ The module also holds the uplift evaluation metrics (uplift / Qini curves with I
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -77,7 +78,9 @@ class _Encoder:
     def categorical_indices(self) -> list[int]:
         return [i for i, c in enumerate(self.columns) if c in self.categories]
 
-    def transform(self, X: pd.DataFrame) -> np.ndarray:
+    def transform(self, X: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
+        if not isinstance(X, pd.DataFrame):
+            return self._transform_row(X)
         missing = [c for c in self.columns if c not in X.columns]
         if missing:
             raise ValueError(f"uplift features missing columns {missing}")
@@ -92,6 +95,23 @@ class _Encoder:
                 out[:, j] = pd.to_numeric(series, errors="raise").to_numpy(
                     "float64", na_value=np.nan
                 )
+        return out
+
+    def _transform_row(self, row: Mapping[str, Any]) -> np.ndarray:
+        """One customer's ``{feature: value}`` -> a ``[1, features]`` matrix, no pandas
+        (the live service's path; same codes as the frame path: unseen / null -> missing)."""
+        missing = [c for c in self.columns if c not in row]
+        if missing:
+            raise ValueError(f"uplift features missing columns {missing}")
+        if not hasattr(self, "_codes"):
+            self._codes = {c: {v: i for i, v in enumerate(cs)} for c, cs in self.categories.items()}
+        out = np.empty((1, len(self.columns)), dtype="float64")
+        for j, col in enumerate(self.columns):
+            value = row[col]
+            if col in self.categories:
+                out[0, j] = np.nan if value is None else self._codes[col].get(str(value), np.nan)
+            else:
+                out[0, j] = np.nan if value is None else float(value)
         return out
 
 
@@ -308,8 +328,9 @@ class UpliftModel:
         threads = self.params["num_threads"]
         return {name: arm.predict(Xm, threads) for name, arm in self.arms_.items()}
 
-    def predict(self, X: pd.DataFrame) -> UpliftPrediction:
-        """Incremental conversion and revenue of every action against the control."""
+    def predict(self, X: pd.DataFrame | Mapping[str, Any]) -> UpliftPrediction:
+        """Incremental conversion and revenue of every action against the control
+        (``X``: a feature frame, or one customer's ``{feature: value}`` dict)."""
         Xm = self.encoder_.transform(X)
         threads = self.params["num_threads"]
         base_y, base_r = self.arms_[self.control].predict(Xm, threads)

@@ -159,6 +159,12 @@ def import_champions(settings: Settings | None = None) -> str:
     latest = bundled_champions(settings)
     if latest is not None and latest.info.metadata.get("versions") == champions.versions:
         return str(latest.tag)
+    return bundle_champions(champions, settings)
+
+
+def bundle_champions(champions: Champions, settings: Settings | None = None) -> str:
+    """Write ``champions`` as a new ``rapport-champions`` version; returns its tag."""
+    settings = settings or get_settings()
     offline()
     import bentoml
 
@@ -195,7 +201,13 @@ def load_champions(settings: Settings | None = None, bundled: Any = None) -> Cha
 
 # --------------------------------------------------------------------------- scorer
 def check_compatible(champions: Champions, spec: FeatureSpec) -> list[str]:
-    """Problems that make the champions unusable with this feature spec (empty: fine)."""
+    """Problems that make the champions unusable with this feature spec (empty: fine).
+
+    Models may read the spec's features and the columns the scorer adds (churn, value,
+    segments: the NBA model's uplift does)."""
+    from models.scorer import ENRICHED_COLUMNS
+
+    known = set(spec.names) | set(ENRICHED_COLUMNS)
     problems = []
     for kind, features_set in champions.feature_sets.items():
         if features_set != spec.version:
@@ -205,7 +217,7 @@ def check_compatible(champions: Champions, spec: FeatureSpec) -> list[str]:
             )
     for kind, model in champions.models.items():
         names = getattr(model, "feature_names", None) or []
-        missing = sorted(set(names) - set(spec.names))
+        missing = sorted(set(names) - known)
         if missing:
             problems.append(f"{kind} needs features the spec lacks: {missing[:5]}")
     return problems
@@ -251,6 +263,7 @@ def server_env(
     env = dict(os.environ if base is None else base)
     for key, value in OFFLINE_ENV.items():
         env.setdefault(key, value)
+    env.setdefault("OMP_NUM_THREADS", "1")  # one-row predictions: workers, not threads
     env["RAPPORT_HOME"] = str(settings.home)
     env.setdefault("BENTOML_HOME", str(bentoml_home(settings)))
     if workers:
