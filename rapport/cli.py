@@ -337,12 +337,18 @@ def promote(kind: str, version: str | None) -> None:
     if kind == "nba":
         from training.nba import promote_nba
 
-        say(promote_nba(version).summary())
+        nba_result = promote_nba(version)
+        say(nba_result.summary())
+        if nba_result.promoted:
+            bundle_champions()
         return
     from training import jobs
 
     con = open_warehouse(get_settings(), read_only=True)
-    say(jobs.promote(kind, version=version, con=con, progress=progress).summary())
+    result = jobs.promote(kind, version=version, con=con, progress=progress)
+    say(result.summary())
+    if result.promoted:
+        bundle_champions()
 
 
 @main.group()
@@ -484,6 +490,123 @@ def targets(
             say(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
+# --------------------------------------------------------------------------- serving
+def bundle_champions(settings: Settings | None = None) -> str | None:
+    """Copy the @champion models into the BentoML model store (what a served or built
+    Bento loads); a failure is reported, it never undoes a promotion."""
+    from serving.runtime import ChampionsMissingError, import_champions
+
+    try:
+        tag = import_champions(settings or get_settings())
+    except ChampionsMissingError as exc:
+        progress(f"champions not bundled for serving yet: {exc}")
+        return None
+    say(f"champions bundled for serving as {tag}")
+    return tag
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=3000, show_default=True, type=int)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Server processes (default: 1; one per core for throughput).",
+)
+def serve(host: str, port: int, workers: int | None) -> None:
+    """Start the scoring service (BentoML): /score, /score_batch, /events, /feedback.
+
+    Imports the @champion models from MLflow into the BentoML model store, then runs
+    `bentoml serve serving.service:Rapport`. API keys: `rapport keys add`. Features come
+    from the online store: `rapport materialize` first. OpenAPI at http://HOST:PORT/docs.
+    """
+    from serving.runtime import serve as run_server
+
+    settings = get_settings()
+    if bundle_champions(settings) is None:
+        raise click.ClickException(
+            "no champion models to serve: run `rapport demo` or `rapport train` + `rapport promote`"
+        )
+    say(f"serving on http://{host}:{port} (docs: http://{host}:{port}/docs; Ctrl+C stops)")
+    sys.stdout.flush()
+    run_server(host, port, workers, settings)
+
+
+@main.command()
+@click.option("--as-of", default=None, help="Load events before this instant (default: now).")
+def materialize(as_of: str | None) -> None:
+    """Load the online feature store from the warehouse (every customer's record).
+
+    The store is RAPPORT_ONLINE_STORE: a SQLite file in the workspace by default, or
+    redis://host:port/db. A running service picks the new load up within seconds.
+    """
+    from serving.materialize import materialize as run_materialize
+    from serving.online_store import open_store, redact_url
+
+    settings = get_settings()
+    con = open_warehouse(settings, read_only=True)
+    store = open_store(settings.online_store_url)
+    start = time.perf_counter()
+    try:
+        written = run_materialize(
+            con, store, parse_when(as_of) if as_of else None, progress=progress
+        )
+    finally:
+        store.close()
+        con.disconnect()
+    seconds = time.perf_counter() - start
+    say(
+        f"{written:,} customer records in {seconds:.1f}s "
+        f"({written / max(seconds, 1e-9):,.0f}/s) into {redact_url(settings.online_store_url)}"
+    )
+
+
+@main.group()
+def keys() -> None:
+    """API keys of the scoring service (stored hashed in <home>/api_keys)."""
+
+
+@keys.command("add")
+@click.argument("name")
+@click.option(
+    "--scopes",
+    default="score",
+    show_default=True,
+    help="Comma-separated: score, events, feedback, targets, admin (admin = all, plus as_of).",
+)
+def keys_add(name: str, scopes: str) -> None:
+    """Create a key for NAME (an app, a team); prints the key once: only its hash is kept.
+
+    A running service reads new keys at its next start; RAPPORT_API_KEYS takes entries
+    too (the `entry` line printed here) for deployments without a workspace file.
+    """
+    from serving.auth import KeyConfigError, add_key, hash_key, key_file
+
+    chosen = [s.strip() for s in scopes.split(",") if s.strip()]
+    settings = get_settings()
+    settings.ensure_home()
+    try:
+        plain = add_key(settings.home, chosen, name=name)
+    except KeyConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scopes") from exc
+    say(plain)
+    progress(f"key for {name!r} ({', '.join(chosen)}) added to {key_file(settings.home)}")
+    progress(f"entry: {hash_key(plain)}:{'+'.join(chosen)}; shown once, store it safely")
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Names, hash prefixes and scopes of the workspace's keys (never the keys)."""
+    from serving.auth import list_keys
+
+    entries = list_keys(get_settings().home)
+    for name, digest, scopes in entries:
+        say(f"{digest}…  {'+'.join(sorted(scopes)):<32} {name}")
+    if not entries:
+        say("no keys: create one with `rapport keys add NAME --scopes score`")
+
+
 @main.command()
 @click.option("--customers", "-n", default=20_000, show_default=True, help="Customers to simulate.")
 @click.option("--seed", default=42, show_default=True)
@@ -491,14 +614,22 @@ def targets(
     "--serve/--no-serve",
     default=True,
     show_default=True,
-    help="End by starting the scoring service.",
+    help="End by starting the scoring service (Ctrl+C stops it).",
 )
-def demo(customers: int, seed: int, serve: bool) -> None:
-    """Run the whole loop on generated demo data (the README's first command)."""
+@click.option("--port", default=3000, show_default=True, type=int, help="Port of the service.")
+def demo(customers: int, seed: int, serve: bool, port: int) -> None:
+    """Run the whole loop on generated demo data (the README's first command).
+
+    Data, ingest, features, training, promotion, the online store, then (unless
+    --no-serve) the scoring service on http://127.0.0.1:PORT with a local API key.
+    """
     from rapport.demo import DemoOptions, run_demo
 
     run_demo(
-        DemoOptions(customers=customers, seed=seed, serve=serve), get_settings(), say, progress
+        DemoOptions(customers=customers, seed=seed, serve=serve, port=port),
+        get_settings(),
+        say,
+        progress,
     )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from rapport.settings import Settings
 
@@ -17,6 +19,8 @@ class DemoOptions:
     seed: int = 42
     serve: bool = True
     tune_trials: int = 3
+    host: str = "127.0.0.1"
+    port: int = 3000
 
 
 def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) -> None:
@@ -75,4 +79,59 @@ def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) 
     nba_result = train_nba(con, progress=progress)
     say(nba_result.summary())
     say(promote_nba(nba_result.version).summary())
+    say("\n== batch scores for everyone and an example target list")
+    from training.targets import demo_list
+
+    demo_list(con, data.end, say, progress)
     say(f"MLflow UI: uv run mlflow ui --backend-store-uri {settings.tracking_uri}")
+    prepare_serving(options, settings, con, say, progress)
+
+
+def prepare_serving(
+    options: DemoOptions, settings: Settings, con: Any, say: Say, progress: Say
+) -> None:
+    """Online store, champions in the BentoML store, a local key; then (unless
+    ``--no-serve``) the service itself, in place of this process."""
+    import time
+
+    say("\n== 6. online feature store: every customer's record, for live scoring")
+    from serving.auth import add_key
+    from serving.materialize import materialize
+    from serving.online_store import open_store, redact_url
+    from serving.runtime import import_champions, serve
+
+    store = open_store(settings.online_store_url)
+    start = time.perf_counter()
+    try:
+        written = materialize(con, store, progress=progress)
+    finally:
+        store.close()
+    say(
+        f"{written:,} records in {time.perf_counter() - start:.1f}s into "
+        f"{redact_url(settings.online_store_url)}"
+    )
+    say(f"champions bundled for serving as {import_champions(settings)}")
+    row = con.con.execute(
+        "SELECT customer_id FROM orders GROUP BY customer_id ORDER BY count(*) DESC, "
+        "customer_id LIMIT 1"
+    ).fetchone()
+    customer = row[0] if row else "C000001"
+    con.disconnect()
+
+    say("\n== 7. scoring service")
+    key = add_key(settings.home, ["score", "events", "feedback", "targets"], name="rapport demo")
+    url = f"http://{options.host}:{options.port}"
+    body = f'{{"customer_id": "{customer}", "context": {{"channel": "call"}}}}'
+    say(f"URL:     {url}   (OpenAPI: {url}/docs)")
+    say(f"API key: {key}   (local, shown once; scopes score, events, feedback, targets)")
+    say("try:")
+    say(
+        f"  curl -s {url}/score -H 'Authorization: Bearer {key}' "
+        f"-H 'Content-Type: application/json' -d '{body}'"
+    )
+    if not options.serve:
+        say("start it with: uv run rapport serve")
+        return
+    say(f"starting the service on {url} (Ctrl+C stops it) ...")
+    sys.stdout.flush()
+    serve(options.host, options.port, settings=settings)

@@ -83,14 +83,36 @@ def key_file(home: Path) -> Path:
     return Path(home) / KEY_FILE
 
 
-def add_key(home: Path, scopes: Iterable[str]) -> str:
-    """Create a key, append its entry to the workspace key file, return the plain key."""
+def add_key(home: Path, scopes: Iterable[str], name: str | None = None) -> str:
+    """Create a key, append its entry to the workspace key file, return the plain key.
+
+    ``name`` (who or what the key is for) goes on a ``#`` comment line above the entry.
+    """
     plain, entry = make_key(scopes)
     path = key_file(home)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as handle:
+        if name:
+            handle.write(f"# {' '.join(name.split())}\n")
         handle.write(entry + "\n")
     return plain
+
+
+def list_keys(home: Path) -> list[tuple[str, str, frozenset[str]]]:
+    """``(name, digest prefix, scopes)`` of the workspace key file's entries, in order."""
+    path = key_file(home)
+    if not path.is_file():
+        return []
+    keys, name = [], ""
+    for line in path.read_text("utf-8").splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            name = text.lstrip("# ").strip()
+        elif text:
+            for digest, scopes in parse_entries(text, str(path)).items():
+                keys.append((name, digest[:12], scopes))
+            name = ""
+    return keys
 
 
 @dataclass(frozen=True)
