@@ -168,21 +168,34 @@ def _table_options(fn: Callable) -> Callable:
 )
 @_table_options
 @click.option("--strict", is_flag=True, help="Exit non-zero when any row is quarantined.")
-def ingest(directory: Path | None, strict: bool, **tables: Path | None) -> None:
+@click.option(
+    "--outbox",
+    is_flag=True,
+    help="Also load what the scoring service accepted (events, decisions, feedback) from "
+    "<home>/outbox; alone, only that.",
+)
+def ingest(directory: Path | None, strict: bool, outbox: bool, **tables: Path | None) -> None:
     """Validate and load contract files into the warehouse (idempotent).
 
     Bad rows go to the `quarantine` table with a reason; good rows always land.
     """
-    from features.ingest import IngestError
+    from features.ingest import IngestError, ingest_outbox
     from features.ingest import ingest as run_ingest
 
+    settings = get_settings()
+    reports = []
     try:
-        files = _files(directory, tables)
-        report = run_ingest(open_warehouse(get_settings()), files, now=datetime.now(UTC))
+        files = _files(directory, tables) if directory or any(tables.values()) or not outbox else {}
+        con = open_warehouse(settings)
+        if files:
+            reports.append(run_ingest(con, files, now=datetime.now(UTC)))
+        if outbox:
+            reports.append(ingest_outbox(con, settings.outbox_dir, now=datetime.now(UTC)))
     except IngestError as exc:
         raise click.ClickException(str(exc)) from exc
-    say(report.summary())
-    if strict and report.quarantined:
+    for report in reports:
+        say(report.summary())
+    if strict and any(report.quarantined for report in reports):
         sys.exit(2)
 
 

@@ -8,10 +8,12 @@ import json
 import shlex
 import shutil
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sample_data import load_tables, random_tables
 
 from bench.serving import Workspace, free_port, start_service, stop, wait_ready
 from features.warehouse import connect
@@ -19,6 +21,7 @@ from rapport.cli import main
 from rapport.demo import DemoOptions, prepare_serving
 from rapport.settings import Settings, reset_settings
 from serving.auth import KeyRing, list_keys
+from serving.events import Outbox
 from serving.online_store import open_store
 
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
@@ -94,3 +97,24 @@ def test_demo_serving_step_prints_a_curl_that_works(nba_ws: Workspace) -> None:
         stop(server)
     score = json.loads(done.stdout)
     assert score["customer_id"] and score["decision_id"] and score["actions"], done.stdout
+
+
+def test_ingest_outbox_loads_what_the_service_accepted(workspace: Path) -> None:
+    con = connect(workspace / "warehouse.duckdb")
+    load_tables(con, {"customers": random_tables(3)["customers"]})
+    con.disconnect()
+    outbox = Outbox(workspace / "outbox")
+    when = datetime.now(UTC) - timedelta(hours=1)
+    row = {"order_id": "O-live", "customer_id": "C0001", "ordered_at": when, "amount": 9.5}
+    outbox.append("orders", [{**row, "margin": None, "category": None, "channel": "web"}])
+    outbox.close()
+    assert CliRunner().invoke(main, ["ingest"]).exit_code == 2  # a folder or --outbox
+    result = CliRunner().invoke(main, ["ingest", "--outbox"])
+    assert result.exit_code == 0, result.output
+    con = connect(workspace / "warehouse.duckdb", read_only=True)
+    try:
+        amounts = con.con.execute("SELECT amount FROM orders WHERE order_id = 'O-live'").fetchall()
+    finally:
+        con.disconnect()
+    assert amounts == [(9.5,)]
+    assert not list((workspace / "outbox" / "orders").glob("*.jsonl"))  # moved to done/
