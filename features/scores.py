@@ -89,14 +89,9 @@ def latest_run(db: Any, run_id: str | None = None) -> RunInfo:
 
 
 def load_scores(db: Any, run: RunInfo) -> pd.DataFrame:
-    """One run's scores, one row per customer (uplift columns of other runs dropped)."""
-    frame = (
-        db.execute(f"SELECT * FROM {SCORES} WHERE run_id = ?", [run.run_id])
-        .to_arrow_table()
-        .to_pandas()
-    )
-    empty = [c for c in frame.columns if c.startswith("uplift_") and frame[c].isna().all()]
-    return frame.drop(columns=empty)
+    """One run's scores, one row per customer."""
+    query = db.execute(f"SELECT * FROM {SCORES} WHERE run_id = ?", [run.run_id])
+    return query.to_arrow_table().to_pandas()
 
 
 def suppressed_ids(db: Any) -> set[str]:

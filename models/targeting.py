@@ -361,7 +361,8 @@ class Selection:
         what = d.name or "ad-hoc list"
         lines = [
             f"{what}: {self.count:,} customers of {self.considered:,} scored, expected "
-            f"value {self.total_expected_value:,.2f}, cost {self.total_cost:,.2f}"
+            f"value {self.total_expected_value:,.2f}, cost {self.total_cost:,.2f}, net "
+            f"{self.total_expected_value - self.total_cost:,.2f}"
             + (f" (budget {d.budget:,.2f})" if d.budget is not None else ""),
         ]
         if d.filter:
@@ -387,21 +388,30 @@ class Selection:
         return "\n".join(lines)
 
 
-def _fill_missing_uplift(frame: pd.DataFrame, catalog: Catalog) -> tuple[pd.DataFrame, bool]:
-    """Value-at-risk uplift (full churn reduction, no revenue) for actions without any."""
+def _prepare_uplift(
+    frame: pd.DataFrame, catalog: Catalog, fallback: bool
+) -> tuple[pd.DataFrame, bool]:
+    """Per action both uplift columns, or none (arbitration then excludes the action as
+    having no uplift estimate); with ``fallback``, actions without any estimate get the
+    value-at-risk uplift (full churn reduction, no revenue). Returns (frame, fell back)."""
     filled = False
     extra: dict[str, Any] = {}
+    drop: list[str] = []
     for action in catalog.actions:
         if action.id == NO_ACTION:
             continue
-        conv, rev = f"uplift_conversion_{action.id}", f"uplift_revenue_{action.id}"
-        present = conv in frame.columns and rev in frame.columns
-        if present and frame[conv].notna().any():
+        pair = (f"uplift_conversion_{action.id}", f"uplift_revenue_{action.id}")
+        present = [c for c in pair if c in frame.columns and frame[c].notna().any()]
+        if present:
+            extra.update({c: np.nan for c in pair if c not in frame.columns})
             continue
-        extra[conv], extra[rev] = 1.0, 0.0
-        filled = True
+        drop += [c for c in pair if c in frame.columns]
+        if fallback:
+            extra[pair[0]], extra[pair[1]] = 1.0, 0.0
+            filled = True
+    frame = frame.drop(columns=drop)
     if extra:
-        frame = frame.drop(columns=[c for c in extra if c in frame.columns]).assign(**extra)
+        frame = frame.assign(**extra)
     return frame, filled
 
 
@@ -424,7 +434,9 @@ def select_targets(
     """The target list for ``definition`` from ``frame`` (scores + the needed features).
 
     ``suppressed``: customer ids that must never be contacted (opt-outs, suppression
-    list). Raises :class:`TargetError` (or :class:`ExpressionError`) on a bad definition.
+    list). ``value_at_risk_fallback``: rank actions without any uplift estimate by the
+    value at risk (pass False when the scores came with an NBA model). Raises
+    :class:`TargetError` (or :class:`ExpressionError`) on a bad definition.
     """
     if definition.action is not None:
         try:
@@ -453,10 +465,8 @@ def select_targets(
         removed["filter"] = int((~keep).sum())
         rows = rows[keep]
     rows = rows.reset_index(drop=True)
-    basis = BASIS_UPLIFT
-    if value_at_risk_fallback:
-        rows, filled = _fill_missing_uplift(rows, catalog)
-        basis = BASIS_VALUE_AT_RISK if filled else BASIS_UPLIFT
+    rows, filled = _prepare_uplift(rows, catalog, value_at_risk_fallback)
+    basis = BASIS_VALUE_AT_RISK if filled else BASIS_UPLIFT
     result = arbitrate(rows, catalog)
     n = len(rows)
     if definition.action is not None:

@@ -596,10 +596,6 @@ class Rapport:
         )
         return FeedbackResponse(decision_id=request.decision_id, recorded_at=now, meta=self.meta)
 
-
-def _versions_header(versions: dict[str, str]) -> str:
-    return ",".join(f"{kind}={version}" for kind, version in sorted(versions.items()))
-
     # ----------------------------------------------------------------- target lists
     @bentoml.api(route="/targets", input_spec=TargetsRequest, output_spec=TargetsResponse)
     async def targets(self, ctx: bentoml.Context, **fields: Any) -> Any:
@@ -618,6 +614,10 @@ def _versions_header(versions: dict[str, str]) -> str:
             return _error(ctx, 503, str(exc))
         log.info("target list %s: %d customers", body["list_id"], body["count"])
         return TargetsResponse(**body, meta=self.meta)
+
+
+def _versions_header(versions: dict[str, str]) -> str:
+    return ",".join(f"{kind}={version}" for kind, version in sorted(versions.items()))
 
 
 Rapport.add_asgi_middleware(Guard)  # type: ignore[attr-defined]

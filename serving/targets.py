@@ -105,7 +105,7 @@ def build_targets(request: Any, settings: Settings, spec: FeatureSpec) -> dict[s
         blocked = suppressed_ids(db) | set(request.suppress)
     finally:
         con.disconnect()
-    selection = select_targets(frame, catalog, definition, blocked)
+    selection = select_targets(frame, catalog, definition, blocked, not run.has_uplift)
     list_id = datetime.now(UTC).strftime("tl-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
     members = None
     download = None

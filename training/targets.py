@@ -193,7 +193,7 @@ def build_list(
     say(f"reading scores {run.run_id} ({run.rows:,} customers) and current consent / contacts")
     frame = candidate_frame(con, run, definition, catalog, cutoff, spec)
     blocked = suppressed_ids(raw(con)) | set(suppress)
-    selection = select_targets(frame, catalog, definition, blocked)
+    selection = select_targets(frame, catalog, definition, blocked, not run.has_uplift)
     list_id = datetime.now(UTC).strftime("tl-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
     return TargetList(selection, run, cutoff, list_id)
 
@@ -256,3 +256,25 @@ def record(con: Any, target: TargetList) -> str:
         db.execute("ROLLBACK")
         raise
     return target.list_id
+
+
+def demo_list(
+    con: Any,
+    as_of: datetime,
+    say: Progress,
+    progress: Progress | None = None,
+    name: str = "at_risk_high_value",
+) -> TargetList:
+    """What ``rapport demo`` shows: score everyone, then one saved list, exported."""
+    from training.scoring import score_all
+
+    say(score_all(con, as_of, progress=progress).summary())
+    target = build_list(con, resolve(name, {}), as_of, progress=progress)
+    target.output = export(target.selection.members, get_settings().exports_dir / f"{name}.csv")
+    record(con, target)
+    say(target.summary())
+    say(
+        'more lists: uv run rapport targets --filter "churn_probability > 0.5 and '
+        "abc_tier == 'A'\" --budget 5000 --out list.csv   (saved ones: --show-lists)"
+    )
+    return target
