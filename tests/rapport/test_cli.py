@@ -18,6 +18,8 @@ COMMANDS = [
     "evaluate",
     "tune",
     "promote",
+    "score",
+    "targets",
     "demo",
 ]
 
