@@ -10,9 +10,10 @@ size). Prints, in one run on the same customers:
 * the full path (:func:`training.scoring.score_all`: load the champions, build features,
   fit segments, score in chunks -- churn, value, segments, arbitration -- and append to
   ``scores``) with the time of each stage and rows/s;
-* raw LightGBM ``Booster.predict`` of the churn booster and the value model's two
-  boosters on the same rows (matrix already encoded), i.e. the floor any scoring path
-  pays, and the Scorer on the prebuilt features without writing.
+* raw LightGBM ``Booster.predict`` of the churn booster, the value model's two boosters
+  and (with an NBA champion) the uplift boosters on the same rows (matrices already
+  encoded), i.e. the floor any scoring path pays, and the Scorer on the prebuilt
+  features without writing.
 
 The benchmark's run is deleted from ``scores`` / ``score_runs`` afterwards (``--keep``
 keeps it). Never fails on timing.
@@ -90,28 +91,35 @@ def main() -> None:
     X_value = champions.value.encode(features)
     encode_s = time.perf_counter() - start
     boosters = {
-        "churn": (champions.churn.booster_, X_churn),
-        "value buy": (champions.value.buy_booster_, X_value),
-        "value spend": (champions.value.spend_booster_, X_value),
+        "churn": [(champions.churn.booster_, X_churn)],
+        "value buy": [(champions.value.buy_booster_, X_value)],
+        "value spend": [(champions.value.spend_booster_, X_value)],
     }
+    uplift = getattr(champions.nba, "uplift", None)
+    if uplift is not None:  # the control's outcome models and each action's DR effects
+        X_nba = uplift.encoder_.transform(scorer.enrich(features))  # reads the scores too
+        models = [*uplift.arms_[uplift.control].convert, *uplift.arms_[uplift.control].revenue]
+        models += [m for pair in uplift.effects_.values() for m in pair]
+        boosters["nba uplift"] = [(m, X_nba) for m in models if hasattr(m, "predict")]
     print(f"\nsame {n:,} rows, features prebuilt:")
     print(
-        f"  Scorer.score_frame (3 models, segments, arbitration): {scorer_s:.1f}s, "
+        f"  Scorer.score_frame (models, segments, arbitration): {scorer_s:.1f}s, "
         f"{n / scorer_s:,.0f} rows/s"
     )
     print(f"  encoding the two matrices: {encode_s:.1f}s")
     total = 0.0
-    for name, (booster, X) in boosters.items():
+    for name, models in boosters.items():
         start = time.perf_counter()
-        booster.predict(X, raw_score=True)
+        for booster, X in models:
+            booster.predict(X, raw_score=True)
         seconds = time.perf_counter() - start
         total += seconds
-        trees = booster.num_trees()
+        trees = sum(booster.num_trees() for booster, _ in models)
         print(
-            f"  raw Booster.predict {name:<11} ({trees:>4} trees): {seconds:.1f}s, "
-            f"{n / seconds:,.0f} rows/s"
+            f"  raw Booster.predict {name:<11} ({len(models):>2} boosters, {trees:>5} trees): "
+            f"{seconds:.1f}s, {n / seconds:,.0f} rows/s"
         )
-    print(f"  raw Booster.predict, all three: {total:.1f}s, {n / total:,.0f} rows/s")
+    print(f"  raw Booster.predict, all of them: {total:.1f}s, {n / total:,.0f} rows/s")
     print(
         f"\nfull path / raw predict time: {full / total:.1f}x; "
         f"scorer / raw predict: {scorer_s / total:.2f}x; peak RSS {peak_rss_mb():,.0f} MB"

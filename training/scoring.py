@@ -29,6 +29,7 @@ history, and the stamps ``churn_version``, ``value_version``, ``nba_version``,
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -101,6 +102,11 @@ def load_champions() -> Champions:
             pyfunc = mlflow.pyfunc.load_model(f"models:/{NBA}/{found.version}")
         nba = pyfunc.unwrap_python_model().model
         versions[NBA] = str(found.version)
+        # the registered uplift models predict on one thread (right for the live service,
+        # one row at a time); a batch of 250,000 rows wants every core
+        uplift = getattr(nba, "uplift", None)
+        if uplift is not None and isinstance(getattr(uplift, "params", None), dict):
+            uplift.params = {**uplift.params, "num_threads": os.cpu_count() or 1}
     return Champions(churn, value, nba, versions, feature_sets)
 
 
