@@ -4,6 +4,9 @@
     uv run python -m bench.serving --home .rapport    # an existing workspace (materialized,
                                                       # champions promoted)
 
+A new demo workspace gets a quick NBA model (``--no-nba``: without, only ``no_action``);
+``--keep DIR`` keeps it for later runs with ``--home DIR``.
+
 Both apps run as servers on 127.0.0.1 with the same number of worker processes; the load
 comes from a separate process (a small keep-alive HTTP/1.1 client on asyncio, so the
 client costs little of the two cores). Per app:
@@ -286,16 +289,24 @@ def run_baseline(home: Path, port: int, workers: int) -> None:
     """Like BentoML: bind once, fork ``workers`` uvicorn processes on the shared socket.
 
     (``uvicorn --workers`` rebuilds the socket as AF_UNIX from its fd, so asyncio skips
-    TCP_NODELAY and keep-alive requests wait ~40 ms on delayed ACKs: uvicorn issue 3149.)
+    TCP_NODELAY and keep-alive requests wait ~40 ms on delayed ACKs: uvicorn issue 3149.
+    BentoML's workers rebuild theirs with ``socket(fileno=fd)``, which reads the protocol
+    back, so they get TCP_NODELAY.)
     """
     import gc
 
     import uvicorn
+    from threadpoolctl import threadpool_limits
 
     app = baseline_app(home)
+    # like the service: one OpenMP thread per worker. It also keeps the forked workers
+    # out of libgomp's thread pool, which does not survive a fork (they hung in a futex).
+    threadpool_limits(limits=1)
     gc.collect()
     gc.freeze()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says
+    # TCP (accepted sockets inherit it); with 0, Nagle held every response body ~40 ms
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(2048)
@@ -325,9 +336,10 @@ def start_baseline(home: Path, workers: int) -> Server:
     log = home / f"baseline-{port}.log"
     command = [sys.executable, "-m", "bench.serving", "--baseline-server", str(port)]
     command += ["--home", str(home), "--workers", str(workers)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     return Server(process, f"http://127.0.0.1:{port}", log)
 
@@ -554,6 +566,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--home", type=Path, help="Existing workspace (default: a new demo).")
     parser.add_argument("--customers", type=int, default=5000, help="Demo size (new workspace).")
+    parser.add_argument(
+        "--no-nba",
+        dest="nba",
+        action="store_false",
+        help="New workspace without an NBA model (only no_action is ranked).",
+    )
+    parser.add_argument(
+        "--keep", type=Path, help="Prepare the new workspace in this folder and keep it."
+    )
     parser.add_argument("--workers", type=int, default=2, help="Server processes per app.")
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=30.0, help="Open-loop duration.")
@@ -575,12 +596,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             keys = {"admin": add_key(home, ["admin"])}
             customers = sample_customers(home)
         else:
-            home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rapport-bench-")))
+            if args.keep:
+                home = args.keep.expanduser().absolute()
+                home.mkdir(parents=True, exist_ok=True)
+            else:
+                temp = tempfile.TemporaryDirectory(prefix="rapport-bench-")
+                home = Path(stack.enter_context(temp))
             print(
                 f"preparing a demo workspace ({args.customers:,} customers) in {home}",
                 file=sys.stderr,
             )
-            ws = prepare_workspace(home, args.customers)
+            ws = prepare_workspace(home, args.customers, nba=args.nba)
             keys, customers = ws.keys, ws.customers
         common = {
             "host": "127.0.0.1",
@@ -591,6 +617,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "sequential": args.sequential,
         }
         results = {}
+        loads: dict[str, float] = {}
         for name in ("service", "baseline"):
             server = (
                 start_service(home, workers=args.workers)
@@ -611,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 else:
                     spec = {**common, "port": port, "path": "/predict", "bodies": [{}]}
                 print(f"loading {name} ({server.url}, {args.workers} workers)", file=sys.stderr)
+                loads[name] = os.getloadavg()[0]
                 results[name] = run_load(spec)
             finally:
                 stop(server)
@@ -619,6 +647,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"\nworkers per app: {args.workers}; open loop {args.rate:.0f}/s for {args.seconds:.0f}s; "
         f"closed loop {args.clients} clients for {args.closed_seconds:.0f}s; "
         "load from a separate process"
+    )
+    print(
+        "1-minute load average before each run: "
+        + ", ".join(f"{name} {value:.2f}" for name, value in loads.items())
+        + f" ({os.cpu_count()} cores)"
     )
 
 

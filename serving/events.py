@@ -20,6 +20,13 @@ stops. Ingest reads sealed files only, so it never sees a half-written one. Segm
 open by a process that died are sealed by the next service start on the same host
 (:func:`recover_segments`), minus a torn last line, which was never acknowledged.
 
+Decisions (``/score``) are the exception: they are written *behind* the answer by a
+:class:`DecisionBuffer` (group commit: one outbox fsync and one record update per customer
+for every decision gathered while the previous write ran), because two fsyncs per score
+cost more than the whole score. A customer's next score waits for their pending decisions
+(read-your-writes of the contact policy holds); a crash can lose the decisions of the last
+few milliseconds, never an event.
+
 Feedback goes to ``outbox/feedback/*.jsonl`` only (no contract table holds it yet):
 ``{decision_id, outcome, revenue, responded_at, recorded_at}``, to be joined to the
 campaign log on ``decision_id`` by NBA training.
@@ -368,6 +375,58 @@ def log_decisions(
     grouped = _by_customer({"campaign_log": [r for r in rows if r["customer_id"] in known]}, spec)
     for customer_id, tables in grouped.items():
         _append_to_record(store, customer_id, tables)
+
+
+class DecisionBuffer:
+    """Decisions logged behind the response, in order, in groups (see the module doc).
+
+    ``add`` is cheap and never blocks on disk; ``flush`` writes everything added so far
+    (the service runs it in a thread, back to back while decisions keep coming, and
+    before a score of a customer with a pending decision). Thread-safe.
+    """
+
+    def __init__(self, store: Any, outbox: Outbox, spec: FeatureSpec | None = None) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.spec = spec or default_spec()
+        self._lock = threading.Lock()  # guards the pending lists
+        self._write = threading.Lock()  # one writer at a time: groups land in order
+        self._rows: list[Mapping[str, Any]] = []
+        self._known: set[str] = set()
+        #: customers with decisions added and not yet written (pending or in flight)
+        self._customers: set[str] = set()
+
+    def add(self, rows: Sequence[Mapping[str, Any]], with_record: Iterable[str]) -> None:
+        if not rows:
+            return
+        ids = {str(r["customer_id"]) for r in rows}
+        with self._lock:
+            self._rows.extend(rows)
+            self._known |= ids & set(with_record)
+            self._customers |= ids
+
+    def pending(self, customer_id: str | None = None) -> bool:
+        """Anything not yet written (for ``customer_id``, when given)?"""
+        with self._lock:
+            return bool(self._customers) if customer_id is None else customer_id in self._customers
+
+    def flush(self) -> int:
+        """Write every decision added so far; returns how many (0 if none)."""
+        with self._write:
+            with self._lock:
+                rows, known = self._rows, self._known
+                self._rows, self._known = [], set()
+            try:
+                if rows:
+                    log_decisions(self.store, self.outbox, rows, known, self.spec)
+            except Exception:
+                with self._lock:  # keep them, in order, for the next flush
+                    self._rows[:0] = rows
+                    self._known |= known
+                raise
+            with self._lock:
+                self._customers = {str(r["customer_id"]) for r in self._rows}
+        return len(rows)
 
 
 # --------------------------------------------------------------------------- feedback

@@ -15,10 +15,11 @@ tracking and MLflow's telemetry are switched off: nothing here reaches the netwo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,14 +88,40 @@ def load_champions_from_mlflow(tracking_uri: str) -> Champions:
     offline()
     import logging
 
-    import mlflow
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     champions = Champions({}, {}, source=f"mlflow:{tracking_uri}")
+    with _tracking_uri(tracking_uri):
+        _load_champions(client, champions)
+    return champions
+
+
+@contextlib.contextmanager
+def _tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow pointed at ``uri`` for the duration only: ``set_tracking_uri`` is process
+    global and also sets ``MLFLOW_TRACKING_URI``, which the settings would then read."""
+    import mlflow
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def _load_champions(client: Any, champions: Champions) -> None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    tracking_uri = champions.source.removeprefix("mlflow:")
     for kind in KINDS:
         try:
             version = client.get_model_version_by_alias(kind, CHAMPION)
@@ -111,7 +138,6 @@ def load_champions_from_mlflow(tracking_uri: str) -> Champions:
         tags = client.get_run(str(version.run_id)).data.tags
         if "rapport.feature_set" in tags:
             champions.feature_sets[kind] = tags["rapport.feature_set"]
-    return champions
 
 
 # --------------------------------------------------------------------------- BentoML store

@@ -6,7 +6,9 @@ workspace environment, see :func:`serving.runtime.serve`). Endpoints (JSON, Open
 
 * ``POST /score`` -- one customer: churn probability and reasons, value interval, ABC tier,
   RFM segment, the top-k next best actions and the chosen one with its propensity; the
-  decision is logged (outbox campaign log + the customer's online record);
+  decision is logged (outbox campaign log + the customer's online record) right behind the
+  answer, in groups (:class:`serving.events.DecisionBuffer`; the customer's next score
+  waits for it);
 * ``POST /score_batch`` -- up to ``RAPPORT_MAX_BATCH_SIZE`` customers;
 * ``POST /events`` -- orders and interactions, durable before 200, seen by the next score;
 * ``POST /feedback`` -- the outcome of a decision, for the next NBA training;
@@ -40,6 +42,7 @@ import gc
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
@@ -57,14 +60,14 @@ from features.segments import SegmentModel
 from features.spec import default_spec
 from rapport.settings import get_settings
 from serving import runtime
-from serving.auth import ADMIN, KeyRing
+from serving.auth import ADMIN, KeyConfigError, KeyRing, key_file
 from serving.events import (
     ConflictError,
+    DecisionBuffer,
     Outbox,
     UnknownCustomerError,
     apply_events,
     decision_row,
-    log_decisions,
     new_decision_id,
     record_feedback,
     recover_segments,
@@ -107,6 +110,8 @@ API_SCOPES = {
 GRANTED = "rapport.scopes"
 #: seconds between outbox sealing / online-store metadata checks
 TICK_S = 5.0
+#: seconds between checks of the workspace key file (new keys work without a restart)
+KEY_CHECK_S = 2.0
 #: headers added to every response, set once the service has loaded
 _STAMP: list[tuple[bytes, bytes]] = []
 
@@ -228,8 +233,10 @@ class Guard:
 
     def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
         self.app = app
-        settings = get_settings()
+        self.settings = settings = get_settings()
         self.keys = KeyRing.load(settings.api_keys, settings.home)
+        self._key_stamp = _mtime(key_file(settings.home))
+        self._keys_checked = time.monotonic()
         self.max_body = settings.max_body_bytes
         if not len(self.keys):
             log.error(
@@ -249,6 +256,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        self._reload_keys()
         verdict = self.keys.check(headers.get("authorization"), needed)
         if not verdict.allowed:
             extra = [(b"www-authenticate", b"Bearer")] if verdict.status == 401 else []
@@ -272,6 +280,33 @@ class Guard:
         ]
         scope.setdefault("state", {})[GRANTED] = verdict.scopes
         await self.app(scope, _replay(body, receive), send)
+
+    def _reload_keys(self) -> None:
+        """Re-read the keys when the workspace key file changed (checked every few
+        seconds); a broken file is logged and the previous keys stay in force."""
+        now = time.monotonic()
+        if now - self._keys_checked < KEY_CHECK_S:
+            return
+        self._keys_checked = now
+        path = key_file(self.settings.home)
+        stamp = _mtime(path)
+        if stamp == self._key_stamp:
+            return
+        try:
+            self.keys = KeyRing.load(self.settings.api_keys, self.settings.home)
+        except KeyConfigError as exc:
+            log.error("API keys not reloaded, keeping the previous ones: %s", exc)
+            return
+        self._key_stamp = stamp
+        log.info("API keys reloaded from %s: %d keys", path, len(self.keys))
+
+
+def _mtime(path: Any) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 class _QuietValidation(logging.Filter):
@@ -326,6 +361,9 @@ class Rapport:
         self.store = open_store(settings.online_store_url)
         recover_segments(settings.outbox_dir)
         self.outbox = Outbox(settings.outbox_dir)
+        self.decisions = DecisionBuffer(self.store, self.outbox, self.spec)
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
         self.rng = np.random.default_rng()
         self.problems: list[str] = runtime.check_compatible(self.champions, self.spec)
         self.scorer: Any = None
@@ -397,16 +435,37 @@ class Rapport:
             except Exception:
                 log.exception("periodic outbox / store check failed")
 
+    async def _write_decisions(self) -> None:
+        """Group commit: write whatever decisions arrived while the last write ran."""
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await asyncio.to_thread(self.decisions.flush)
+            except Exception:
+                log.exception("writing decisions failed; retrying")
+                await asyncio.sleep(1.0)
+                self._wake.set()
+
     @bentoml.on_startup
     async def _start(self) -> None:
-        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        loop = asyncio.get_running_loop()
+        self._ticker = loop.create_task(self._tick())
+        self._wake = asyncio.Event()
+        self._writer = loop.create_task(self._write_decisions())
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        for task in (self._ticker, self._writer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        try:
+            self.decisions.flush()
+        except Exception:
+            log.exception("decisions not written at shutdown")
         self.outbox.close()
         self.store.close()
 
@@ -490,8 +549,18 @@ class Rapport:
             for s in scores
             if s.decision_id and s.chosen
         ]
-        if rows:
-            log_decisions(self.store, self.outbox, rows, with_record, self.spec)
+        if not rows:
+            return
+        self.decisions.add(rows, with_record)
+        if self._wake is not None:
+            self._wake.set()  # written behind the answer (serving/events.py DecisionBuffer)
+        else:
+            self.decisions.flush()
+
+    def _settle(self, customer_ids: list[str]) -> None:
+        """Write pending decisions of these customers first: their contact history counts."""
+        if any(self.decisions.pending(c) for c in customer_ids):
+            self.decisions.flush()
 
     def _as_of(self, ctx: bentoml.Context, wanted: datetime | None, now: datetime) -> Any:
         if wanted is None:
@@ -510,6 +579,7 @@ class Rapport:
             return as_of
         if (unavailable := self._unavailable(ctx)) is not None:
             return unavailable
+        self._settle([request.customer_id])
         record, cold = self._record(request.customer_id, request.cold_start, as_of)
         if record is None:
             return _error(
@@ -538,7 +608,9 @@ class Rapport:
             return as_of
         if (unavailable := self._unavailable(ctx)) is not None:
             return unavailable
-        records = self.store.get_many([item.customer_id for item in request.customers])
+        ids = [item.customer_id for item in request.customers]
+        self._settle(ids)
+        records = self.store.get_many(ids)
         results, errors = [], []
         for item in request.customers:
             record = records.get(item.customer_id)

@@ -74,13 +74,17 @@ def test_materialize_command(nba_ws: Workspace, monkeypatch: pytest.MonkeyPatch)
     assert f"{count:,} customer records in" in result.output
 
 
-def test_demo_serving_step_prints_a_curl_that_works(nba_ws: Workspace) -> None:
-    settings = Settings(home=nba_ws.home)
+def test_demo_serving_step_prints_a_curl_that_works(nba_ws: Workspace, tmp_path: Path) -> None:
+    # a copy: the step bundles the registry's champions (no nba) as the latest, which the
+    # NBA tests sharing the workspace must not see
+    home = tmp_path / "copy"
+    shutil.copytree(nba_ws.home, home)
+    settings = Settings(home=home)
     said: list[str] = []
     con = connect(settings.warehouse_path)
     port = free_port()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAPPORT_HOME", str(nba_ws.home))
+        patch.setenv("RAPPORT_HOME", str(home))
         reset_settings()
         options = DemoOptions(serve=False, port=port)
         prepare_serving(options, settings, con, said.append, lambda _: None)
@@ -89,7 +93,7 @@ def test_demo_serving_step_prints_a_curl_that_works(nba_ws: Workspace) -> None:
     (curl,) = [line.strip() for line in said if line.strip().startswith("curl ")]
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    server = start_service(nba_ws.home, port=port, env={"RAPPORT_ONLINE_STORE": ""})
+    server = start_service(home, port=port, env={"RAPPORT_ONLINE_STORE": ""})
     try:
         wait_ready(server)
         done = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30)

@@ -7,6 +7,7 @@ a quick uplift model on the demo campaign log) and bundled with the churn / valu
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ from features.segments import SegmentModel
 from features.warehouse import connect
 from models.scorer import Scorer
 from rapport.settings import Settings
+from serving.auth import add_key
 from serving.materialize import META_SEGMENTS
 from serving.online_store import open_store
 from serving.runtime import build_scorer, load_champions
@@ -128,3 +130,20 @@ def test_score_ranks_actions_with_propensities_and_exclusions(
         offers += actions[0]["action"] != "no_action"
     assert offers > 0
     assert "not eligible" in reasons
+
+
+def test_a_key_added_while_serving_works_without_a_restart(
+    http: tuple[httpx.Client, Server], ws: Workspace
+) -> None:
+    client, server = http
+    key = add_key(ws.home, ["score"], name="added while serving")
+    body = {"customer_id": ws.customers[0]}
+    deadline = time.monotonic() + 15  # the service checks the key file every 2 s
+    status = 0
+    while time.monotonic() < deadline and status != 200:
+        status = client.post(
+            "/score", json=body, headers={"Authorization": f"Bearer {key}"}
+        ).status_code
+        time.sleep(0.3)
+    assert status == 200
+    assert "API keys reloaded" in server.log_text()

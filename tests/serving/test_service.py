@@ -8,6 +8,7 @@ per scope) and one server serve the whole module; the server runs with small lim
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,6 +65,16 @@ def outbox_rows(ws: Workspace, table: str) -> list[dict[str, Any]]:
     return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
 
 
+def logged_decisions(ws: Workspace, ids: set[str], timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Campaign-log rows of these decisions, once all are written (behind the answers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [r for r in outbox_rows(ws, "campaign_log") if r["decision_id"] in ids]
+        if {r["decision_id"] for r in rows} >= ids or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
 def scored(http: httpx.Client, ws: Workspace, customer_id: str) -> dict[str, Any]:
     """A score with its features (which logs a decision, like any score)."""
     body = {"customer_id": customer_id, "include_features": True, "explain": False}
@@ -108,9 +119,7 @@ def test_score(http: httpx.Client, ws: Workspace) -> None:
         "feature_set": default_spec().version,
         "catalog": score["meta"]["catalog"],
     }
-    logged = [
-        r for r in outbox_rows(ws, "campaign_log") if r["decision_id"] == score["decision_id"]
-    ]
+    logged = logged_decisions(ws, {score["decision_id"]})
     assert len(logged) == 1
     assert logged[0]["action"] == score["chosen"]["action"]
     assert logged[0]["propensity"] == score["chosen"]["propensity"]
@@ -290,10 +299,8 @@ def test_decisions_feed_the_contact_policy(http: httpx.Client, ws: Workspace) ->
     assert third["features"]["offers_30d"] == first["features"]["offers_30d"] + len(offers)
     if offers:
         assert third["features"]["days_since_last_offer"] < 0.01
-    logged = {
-        r["decision_id"] for r in outbox_rows(ws, "campaign_log") if r["customer_id"] == customer
-    }
-    assert {first["decision_id"], second["decision_id"], third["decision_id"]} <= logged
+    ids = {first["decision_id"], second["decision_id"], third["decision_id"]}
+    assert {r["decision_id"] for r in logged_decisions(ws, ids)} == ids
 
 
 def test_feedback_is_durable(http: httpx.Client, ws: Workspace) -> None:
