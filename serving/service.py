@@ -27,7 +27,7 @@ BentoML's validation tracebacks are reduced to one line.
 
 Performance notes (bench/serving.py measures them): endpoints are ``async`` and do their
 short blocking work inline (a thread hop per request cost more than the work), the
-access log is off, ``gc.freeze()`` after loading keeps the large heap of the
+access log and BentoML's per-request Prometheus metrics are off, ``gc.freeze()`` after loading keeps the large heap of the
 mlflow / bentoml imports out of every full collection, OpenMP runs one thread per worker
 (one-row LightGBM predictions, 40 us instead of milliseconds of thread wake-ups on a busy
 machine), and a live score takes the pandas-free one-customer path of the same
@@ -342,6 +342,9 @@ def _plain(value: Any) -> float | str | None:
     workers=1,
     traffic={"timeout": 30},
     logging={"access": {"enabled": False}},
+    # BentoML's per-request Prometheus metrics (multiprocess files) cost ~30% of a /score
+    # here; turn them back on with BENTOML_CONFIG_OPTIONS=services.rapport.metrics.enabled=true
+    metrics={"enabled": False},
 )
 class Rapport:
     """Champion models + online store + outbox; one instance per worker process."""
