@@ -23,6 +23,7 @@ from features.warehouse import connect, raw
 from serving.events import (
     OPEN_SUFFIX,
     ConflictError,
+    DecisionBuffer,
     Outbox,
     UnknownCustomerError,
     apply_events,
@@ -214,6 +215,39 @@ def test_decisions_go_to_outbox_and_known_records(tmp_path: Path, store: OnlineS
     assert after["days_since_action_cross_sell"] == pytest.approx(1.0)
     assert store.get("cold-1") is None
     assert [r["decision_id"] for r in lines(tmp_path / "campaign_log")] == ["d-1", "d-2"]
+
+
+def test_decision_buffer_writes_behind_in_order_and_keeps_failed_groups(
+    tmp_path: Path, store: OnlineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox = Outbox(tmp_path)
+    buffer = DecisionBuffer(store, outbox)
+    as_of = cutoff(700)
+    row = lambda i, c: decision_row(f"d-{i}", c, as_of, "cross_sell", "email", 0.5)  # noqa: E731
+    buffer.add([row(1, "C0002")], {"C0002"})
+    buffer.add([row(2, "cold-1")], set())
+    assert buffer.pending("C0002") and buffer.pending("cold-1") and not buffer.pending("C0003")
+    assert not (tmp_path / "campaign_log").exists()  # nothing written yet
+    broken = True
+    real_update = store.update
+
+    def update(*args: Any, **kwargs: Any) -> Any:
+        if broken:
+            raise ConnectionError("store down")
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(store, "update", update)
+    with pytest.raises(ConnectionError):
+        buffer.flush()
+    assert buffer.pending("C0002")  # kept for the next flush
+    buffer.add([row(3, "C0002")], {"C0002"})
+    broken = False
+    assert buffer.flush() == 3 and not buffer.pending()
+    assert buffer.flush() == 0
+    logged = [r["decision_id"] for r in lines(tmp_path / "campaign_log")]
+    assert logged == ["d-1", "d-2", "d-1", "d-2", "d-3"]  # retried group, then the next
+    after = evaluate(store.get("C0002") or {}, as_of + timedelta(days=1))
+    assert after["offers_30d"] == 2  # the record holds each decision once
 
 
 def test_feedback_is_one_durable_line(tmp_path: Path) -> None:
