@@ -591,8 +591,8 @@ def keys() -> None:
 def keys_add(name: str, scopes: str) -> None:
     """Create a key for NAME (an app, a team); prints the key once: only its hash is kept.
 
-    A running service reads new keys at its next start; RAPPORT_API_KEYS takes entries
-    too (the `entry` line printed here) for deployments without a workspace file.
+    A running service picks the new key up within seconds. RAPPORT_API_KEYS takes
+    entries too (the `entry` line printed here) for deployments without a workspace file.
     """
     from serving.auth import KeyConfigError, add_key, hash_key, key_file
 
