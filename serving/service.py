@@ -27,8 +27,9 @@ BentoML's validation tracebacks are reduced to one line.
 
 Performance notes (bench/serving.py measures them): endpoints are ``async`` and do their
 short blocking work inline (a thread hop per request cost more than the work), the
-access log and BentoML's per-request Prometheus metrics are off, ``gc.freeze()`` after loading keeps the large heap of the
-mlflow / bentoml imports out of every full collection, OpenMP runs one thread per worker
+access log and BentoML's per-request Prometheus metrics are off, ``gc.freeze()`` after
+loading keeps the large heap of the mlflow / bentoml imports out of every full
+collection, OpenMP runs one thread per worker
 (one-row LightGBM predictions, 40 us instead of milliseconds of thread wake-ups on a busy
 machine), and a live score takes the pandas-free one-customer path of the same
 :class:`models.scorer.Scorer` functions the batch uses.
