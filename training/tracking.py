@@ -138,7 +138,9 @@ def client() -> MlflowClient:
     """A client on the workspace store (tracking and registry)."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=_offline())
+    uri = _offline()
+    # without registry_uri the registry follows MLflow's process-global URI
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def signature(kind: Kind, model: ChurnModel | ValueModel) -> Any:
