@@ -27,6 +27,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from features.spec import FeatureSpec
+from models.fastpredict import PREDICT_CONTRIB, PREDICT_RAW_SCORE, fast_predictor
 from models.reasons import CHURN_WORDS, top_reasons
 
 #: columns of a feature frame that identify a row and are never features
@@ -293,6 +294,9 @@ class ChurnModel:
 
     def predict_proba_array(self, X: np.ndarray) -> np.ndarray:
         """Calibrated churn probabilities from an encoded matrix (the fast path)."""
+        if len(X) == 1:  # the live path: one customer
+            raw = fast_predictor(self, self.booster_).predict_row(X[0], PREDICT_RAW_SCORE)
+            return self.calibrator_(raw)
         return self.calibrator_(booster_predict(self.booster_, X, raw_score=True))
 
     def predict_proba(self, frame: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
@@ -303,7 +307,11 @@ class ChurnModel:
         self, X: np.ndarray, top: int = 3, spec: FeatureSpec | None = None
     ) -> list[dict[str, list[dict[str, Any]]]]:
         """Top ``top`` drivers up and down per encoded row (see :func:`top_reasons`)."""
-        contrib = booster_predict(self.booster_, X, pred_contrib=True)[:, :-1]
+        if len(X) == 1:  # the live path: one customer
+            row = fast_predictor(self, self.booster_).predict_row(X[0], PREDICT_CONTRIB)
+            contrib = row[None, :-1]
+        else:
+            contrib = booster_predict(self.booster_, X, pred_contrib=True)[:, :-1]
         names = self.encoder_.columns
         return [
             top_reasons(contrib[i], self.encoder_.decode(X[i]), names, top, CHURN_WORDS, spec)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import NO_ACTION
+from models.fastpredict import fast_predictor
 
 Method = Literal["dr", "t", "ipw-t"]
 METHODS: tuple[str, ...] = ("dr", "t", "ipw-t")
@@ -190,9 +191,13 @@ class _Trainer:
         return lgb.train({**params, "objective": objective, "seed": seed}, data)
 
 
-def _predict(model: Model, X: np.ndarray, threads: int) -> np.ndarray:
+def _predict(model: Model, X: np.ndarray, threads: int, owner: Any = None) -> np.ndarray:
+    """Predictions of one outcome / effect model; one row with an ``owner`` (the model
+    holding the booster) takes the fast single-row path."""
     if isinstance(model, float):
         return np.full(len(X), model)
+    if owner is not None and len(X) == 1:
+        return fast_predictor(owner, model).predict_row(X[0])
     return np.asarray(model.predict(X, num_threads=threads), dtype="float64")
 
 
@@ -203,9 +208,11 @@ class _Arm:
     convert: list[Model]
     revenue: list[Model]
 
-    def predict(self, X: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
-        p = np.mean([_predict(m, X, threads) for m in self.convert], axis=0)
-        r = np.mean([_predict(m, X, threads) for m in self.revenue], axis=0)
+    def predict(
+        self, X: np.ndarray, threads: int, owner: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        p = np.mean([_predict(m, X, threads, owner) for m in self.convert], axis=0)
+        r = np.mean([_predict(m, X, threads, owner) for m in self.revenue], axis=0)
         return np.clip(p, 0.0, 1.0), r
 
 
@@ -326,24 +333,24 @@ class UpliftModel:
         """Per action (control included): (conversion probability, expected revenue)."""
         Xm = self.encoder_.transform(X)
         threads = self.params["num_threads"]
-        return {name: arm.predict(Xm, threads) for name, arm in self.arms_.items()}
+        return {name: arm.predict(Xm, threads, self) for name, arm in self.arms_.items()}
 
     def predict(self, X: pd.DataFrame | Mapping[str, Any]) -> UpliftPrediction:
         """Incremental conversion and revenue of every action against the control
         (``X``: a feature frame, or one customer's ``{feature: value}`` dict)."""
         Xm = self.encoder_.transform(X)
         threads = self.params["num_threads"]
-        base_y, base_r = self.arms_[self.control].predict(Xm, threads)
+        base_y, base_r = self.arms_[self.control].predict(Xm, threads, self)
         k = len(self.actions_)
         inc_y = np.zeros((len(Xm), k))
         inc_r = np.zeros((len(Xm), k))
         for j, name in enumerate(self.actions_):
             if self.method == "dr":
                 conv, rev = self.effects_[name]
-                inc_y[:, j] = _predict(conv, Xm, threads)
-                inc_r[:, j] = _predict(rev, Xm, threads)
+                inc_y[:, j] = _predict(conv, Xm, threads, self)
+                inc_r[:, j] = _predict(rev, Xm, threads, self)
             else:
-                py, pr = self.arms_[name].predict(Xm, threads)
+                py, pr = self.arms_[name].predict(Xm, threads, self)
                 inc_y[:, j], inc_r[:, j] = py - base_y, pr - base_r
         # a conversion probability cannot move outside [0, 1]
         inc_y = np.clip(inc_y, -base_y[:, None], 1.0 - base_y[:, None])

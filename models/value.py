@@ -36,6 +36,7 @@ import pandas as pd
 from features.batch import as_utc
 from models.churn import DEFAULT_PARAMS as CHURN_DEFAULTS
 from models.churn import FeatureEncoder, booster_predict, fit_booster
+from models.fastpredict import fast_predictor
 
 OUTPUT_COLUMNS = ("value_mean", "value_p10", "value_p50", "value_p90")
 QUANTILES = (0.1, 0.5, 0.9)
@@ -177,8 +178,13 @@ class ValueModel:
 
     def _mean(self, X: np.ndarray, months: np.ndarray | None) -> np.ndarray:
         # spend per buyer is floored at 0: a negative mean only comes from return noise
-        spend = np.maximum(booster_predict(self.spend_booster_, X), 0.0)
-        mean = booster_predict(self.buy_booster_, X) * spend
+        if len(X) == 1:  # the live path: one customer
+            spend_row = fast_predictor(self, self.spend_booster_).predict_row(X[0])
+            buy_row = fast_predictor(self, self.buy_booster_).predict_row(X[0])
+            mean = buy_row * np.maximum(spend_row, 0.0)
+        else:
+            spend = np.maximum(booster_predict(self.spend_booster_, X), 0.0)
+            mean = booster_predict(self.buy_booster_, X) * spend
         if months is None or not self.season_:
             return mean
         return mean * np.array([self.season_.get(int(m), 1.0) for m in months])

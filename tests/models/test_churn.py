@@ -174,3 +174,18 @@ def test_classification_metrics_agree_with_sklearn() -> None:
         ranking_metrics(np.zeros(5), np.arange(5.0))
     with pytest.raises(ValueError, match="NaN"):
         ranking_metrics(y, np.full(len(y), np.nan))
+
+
+def test_single_row_fast_path_matches_the_batch_path(fitted: tuple) -> None:
+    model, X_test, _, _ = fitted
+    X = model.encode(X_test.iloc[:25])
+    X[3] = np.nan  # all missing
+    batch, reasons = model.predict_proba_array(X), model.explain_array(X)
+    for i in range(len(X)):
+        np.testing.assert_allclose(
+            model.predict_proba_array(X[i : i + 1]), batch[i : i + 1], rtol=1e-12
+        )
+        assert model.explain_array(X[i : i + 1]) == reasons[i : i + 1]
+    # a model that served single rows still pickles (the C handles stay outside it)
+    again = pickle.loads(pickle.dumps(model))
+    np.testing.assert_allclose(again.predict_proba_array(X[:1]), batch[:1], rtol=1e-12)

@@ -242,3 +242,22 @@ def test_uplift_curve_ipw_corrects_selection() -> None:
     bad = qini_auc(score, treated, outcome2, propensity)
     assert good > 0.01 > abs(bad)
     assert auuc(effect, treated, outcome2, propensity) > auuc(score, treated, outcome2, propensity)
+
+
+def test_single_row_fast_path_matches_the_batch_path(
+    fitted: dict[str, UpliftModel], test: Logged
+) -> None:
+    for model in fitted.values():
+        frame = test.X.iloc[:10]
+        batch = model.predict(frame)
+        for i in range(len(frame)):
+            one = model.predict(frame.iloc[[i]])
+            np.testing.assert_allclose(
+                one.incremental_conversion, batch.incremental_conversion[i : i + 1], rtol=1e-12
+            )
+            np.testing.assert_allclose(
+                one.incremental_revenue, batch.incremental_revenue[i : i + 1], rtol=1e-12
+            )
+            np.testing.assert_allclose(
+                one.baseline_revenue, batch.baseline_revenue[i : i + 1], rtol=1e-12
+            )

@@ -123,3 +123,12 @@ def test_regression_metrics_by_hand() -> None:
     deciles = value_deciles(y, pred, bins=5)
     assert deciles["realised"].iloc[0] == pytest.approx(75.0)  # the two largest predictions
     assert deciles["count"].sum() == len(y)
+
+
+def test_single_row_fast_path_matches_the_batch_path(fitted: ValueModel) -> None:
+    X, _, _ = synthetic(20, 6, (10,))
+    M = fitted.encode(X)
+    M[2] = np.nan
+    batch = fitted.predict_array(M)
+    for i in range(len(M)):
+        np.testing.assert_allclose(fitted.predict_array(M[i : i + 1]), batch[i : i + 1], rtol=1e-12)

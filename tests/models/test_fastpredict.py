@@ -1,0 +1,92 @@
+"""The fast single-row predictor gives exactly Booster.predict's numbers."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+from models.fastpredict import (
+    PREDICT_CONTRIB,
+    PREDICT_NORMAL,
+    PREDICT_RAW_SCORE,
+    FastPredictor,
+    fast_predictor,
+)
+
+
+def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(600, 6))
+    X[:, 2] = rng.integers(0, 5, size=600)  # categorical
+    X[rng.random(X.shape) < 0.1] = np.nan
+    logit = np.nan_to_num(X[:, 0]) + (np.nan_to_num(X[:, 2]) == 3) - 0.5 * np.nan_to_num(X[:, 1])
+    y_bin = (rng.random(600) < 1 / (1 + np.exp(-logit))).astype(float)
+    y_reg = logit + rng.normal(size=600)
+    return X, y_bin, y_reg
+
+
+def _booster(X: np.ndarray, y: np.ndarray, objective: str) -> lgb.Booster:
+    data = lgb.Dataset(X, y, categorical_feature=[2], params={"verbose": -1})
+    params = {"objective": objective, "verbose": -1, "num_leaves": 7, "min_data_in_leaf": 10}
+    return lgb.train(params, data, num_boost_round=30)
+
+
+@pytest.mark.parametrize("objective", ["binary", "regression"])
+def test_matches_booster_predict(objective: str) -> None:
+    X, y_bin, y_reg = _data()
+    booster = _booster(X, y_bin if objective == "binary" else y_reg, objective)
+    fast = FastPredictor(booster)
+    rows = np.vstack([X[:40], np.full((1, 6), np.nan), [[0.0, 0.0, 7.0, 0.0, 0.0, 0.0]]])
+    for kind, kwargs in [
+        (PREDICT_NORMAL, {}),
+        (PREDICT_RAW_SCORE, {"raw_score": True}),
+        (PREDICT_CONTRIB, {"pred_contrib": True}),
+    ]:
+        expected = np.asarray(booster.predict(rows, **kwargs)).reshape(len(rows), -1)
+        got = np.vstack([fast.predict_row(row, kind) for row in rows])
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
+
+
+def test_rejects_wrong_width() -> None:
+    X, y_bin, _ = _data()
+    with pytest.raises(ValueError):
+        FastPredictor(_booster(X, y_bin, "binary")).predict_row(X[0, :3])
+
+
+def test_pickles_without_handles_and_caches_per_owner() -> None:
+    X, y_bin, _ = _data()
+    booster = _booster(X, y_bin, "binary")
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    fast = fast_predictor(owner, booster)
+    assert fast_predictor(owner, booster) is fast
+    before = fast.predict_row(X[0])
+    copy = pickle.loads(pickle.dumps(fast))
+    assert copy._handles == {}
+    np.testing.assert_allclose(copy.predict_row(X[0]), before, rtol=1e-12)
+
+
+def test_threads_get_the_same_numbers() -> None:
+    X, y_bin, _ = _data()
+    booster = _booster(X, y_bin, "binary")
+    fast = FastPredictor(booster)
+    expected = booster.predict(X[:200])
+    errors: list[float] = []
+
+    def work() -> None:
+        got = np.array([fast.predict_row(row)[0] for row in X[:200]])
+        errors.append(float(np.max(np.abs(got - expected))))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [0.0] * 4
