@@ -34,6 +34,7 @@ campaign log on ``decision_id`` by NBA training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -373,8 +374,13 @@ def log_decisions(
     outbox.append("campaign_log", rows)
     known = set(with_record)
     grouped = _by_customer({"campaign_log": [r for r in rows if r["customer_id"] in known]}, spec)
-    for customer_id, tables in grouped.items():
-        _append_to_record(store, customer_id, tables)
+    # one transaction for the whole group where the store has batches (SQLite): one write
+    # lock and one fsync instead of one per customer; with several workers the
+    # per-customer commits queued on the database's write lock
+    batch = getattr(store, "batch", None)
+    with batch() if batch is not None else contextlib.nullcontext():
+        for customer_id, tables in grouped.items():
+            _append_to_record(store, customer_id, tables)
 
 
 class DecisionBuffer:

@@ -312,16 +312,37 @@ class SQLiteStore:
         return written
 
     def update(self, customer_id: str, fn: UpdateFn) -> Record:
+        batch = getattr(self._local, "batch", None)
+        if batch is not None:  # inside this thread's batch(): its transaction commits
+            return self._replace(batch, customer_id, fn)
         with self._connection() as conn, self._transaction(conn, "IMMEDIATE"):
-            row = conn.execute(
-                "SELECT record FROM records WHERE customer_id = ?", (customer_id,)
-            ).fetchone()
-            new = _apply(customer_id, fn, None if row is None else decode_record(row[0]))
-            conn.execute(
-                "INSERT OR REPLACE INTO records (customer_id, record) VALUES (?, ?)",
-                (customer_id, encode_record(customer_id, new)),
-            )
+            return self._replace(conn, customer_id, fn)
+
+    @staticmethod
+    def _replace(conn: sqlite3.Connection, customer_id: str, fn: UpdateFn) -> Record:
+        row = conn.execute(
+            "SELECT record FROM records WHERE customer_id = ?", (customer_id,)
+        ).fetchone()
+        new = _apply(customer_id, fn, None if row is None else decode_record(row[0]))
+        conn.execute(
+            "INSERT OR REPLACE INTO records (customer_id, record) VALUES (?, ?)",
+            (customer_id, encode_record(customer_id, new)),
+        )
         return new
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """This thread's :meth:`update` calls inside the block share one transaction (one
+        write lock, one fsync): all their records change or, on an exception, none."""
+        if getattr(self._local, "batch", None) is not None:
+            yield  # already in a batch: the outer one commits
+            return
+        with self._connection() as conn, self._transaction(conn, "IMMEDIATE"):
+            self._local.batch = conn
+            try:
+                yield
+            finally:
+                self._local.batch = None
 
     def set_meta(self, key: str, value: str) -> None:
         with self._connection() as conn:
