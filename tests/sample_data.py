@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -120,3 +121,35 @@ def assert_features_equal(left: pd.DataFrame, right: pd.DataFrame, context: str 
             assert close.all(), f"{context} {col}: {x[~close][:3]} != {y[~close][:3]}"
         else:
             assert (a[both] == b[both]).all(), f"{context} {col} differs"
+
+
+#: LightGBM settings that train a usable model in a second (tests, not quality)
+FAST_PARAMS = {"num_boost_round": 30, "num_threads": 1, "min_data_in_leaf": 40}
+
+
+def trained_workspace(home: Path, customers: int, seed: int) -> None:
+    """Demo data ingested into ``home`` with churn and value trained fast and promoted."""
+    import pytest
+
+    from features.ingest import discover_files, ingest
+    from features.warehouse import connect
+    from rapport.demo_data import generate, write
+    from rapport.settings import get_settings, reset_settings
+    from training import jobs
+    from training.datasets import build_training_set
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAPPORT_HOME", str(home))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        reset_settings()
+        settings = get_settings()
+        settings.ensure_home()
+        folder = write(generate(customers, seed=seed), home / "data", "parquet")
+        con = connect(settings.warehouse_path)
+        ingest(con, discover_files(folder["customers"].parent), now=datetime.now(UTC))
+        training = build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)
+        for kind in ("churn", "value"):
+            jobs.train(kind, con, params=FAST_PARAMS, data=training)
+            jobs.promote(kind)
+        con.disconnect()
+    reset_settings()

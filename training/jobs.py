@@ -571,7 +571,7 @@ def evaluate(
 # --- promote -----------------------------------------------------------------------------
 @dataclass
 class PromotionResult:
-    kind: Kind
+    kind: str  # churn, value or nba
     version: str
     promoted: bool
     alias: str

@@ -70,6 +70,7 @@ from models.value import OUTPUT_COLUMNS
 from rapport.settings import get_settings
 from training import plots, tracking
 from training.datasets import Progress, data_end, fingerprint, lineage, silent
+from training.jobs import PromotionResult
 from training.report import Report
 from training.tracking import CHALLENGER, CHAMPION, HOLDOUT_TAG
 
@@ -1063,20 +1064,7 @@ def evaluate_nba(version: str | None = None, n_boot: int = 200) -> PolicyValues:
     return values
 
 
-@dataclass
-class NbaPromotion:
-    version: str
-    promoted: bool
-    alias: str
-    reason: str
-    champion_before: str | None
-
-    def summary(self) -> str:
-        verdict = "promoted to" if self.promoted else "stays"
-        return f"nba v{self.version} {verdict} @{self.alias}: {self.reason}"
-
-
-def promote_nba(version: str | int | None = None, margin: float | None = None) -> NbaPromotion:
+def promote_nba(version: str | int | None = None, margin: float | None = None) -> PromotionResult:
     """The gate: ``version`` (default ``@challenger``, else the latest) becomes ``@champion``
     only if its DR lower bound beats the champion's DR estimate (plus ``margin``) on the
     candidate's holdout; otherwise it stays ``@challenger`` and the reason says why."""
@@ -1091,7 +1079,7 @@ def promote_nba(version: str | int | None = None, margin: float | None = None) -
     if champion is None:
         return _crown(cand_version, None, "no champion yet")
     if champion == cand_version:
-        return NbaPromotion(champion, False, CHAMPION, "already the champion", champion)
+        return PromotionResult("nba", champion, False, CHAMPION, "already the champion", champion)
     values = evaluate_policies(
         load_nba(version=cand_version)[0],
         _holdout_of(found),
@@ -1106,14 +1094,14 @@ def promote_nba(version: str | int | None = None, margin: float | None = None) -
     if passed:
         return _crown(cand_version, champion, reason)
     _set_alias(CHALLENGER, cand_version)
-    return NbaPromotion(cand_version, False, CHALLENGER, reason, champion)
+    return PromotionResult("nba", cand_version, False, CHALLENGER, reason, champion)
 
 
-def _crown(version: str, before: str | None, reason: str) -> NbaPromotion:
+def _crown(version: str, before: str | None, reason: str) -> PromotionResult:
     _set_alias(CHAMPION, version)
     if nba_aliases().get(CHALLENGER) == version:
         _delete_alias(CHALLENGER)
-    return NbaPromotion(version, True, CHAMPION, reason, before)
+    return PromotionResult("nba", version, True, CHAMPION, reason, before)
 
 
 # --------------------------------------------------------------------------- explain

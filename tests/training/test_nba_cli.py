@@ -7,43 +7,22 @@ Tests run in file order and share one workspace (churn and value champions prese
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sample_data import trained_workspace
 
-from features.ingest import discover_files, ingest
 from features.warehouse import connect, raw
 from rapport.cli import main
-from rapport.demo_data import generate, write
 from rapport.settings import get_settings, reset_settings
-from training import jobs
-from training.datasets import build_training_set
 from training.nba import load_nba, nba_aliases
-
-FAST = {"num_boost_round": 30, "num_threads": 1, "min_data_in_leaf": 40}
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("nba-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAPPORT_HOME", str(home))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        reset_settings()
-        settings = get_settings()
-        settings.ensure_home()
-        data = generate(2000, seed=5)
-        folder = write(data, home / "data", "parquet")["customers"].parent
-        con = connect(settings.warehouse_path)
-        ingest(con, discover_files(folder), now=datetime.now(UTC))
-        training = build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)
-        for kind in ("churn", "value"):
-            jobs.train(kind, con, params=FAST, data=training)
-            jobs.promote(kind)
-        con.disconnect()
-    reset_settings()
+    trained_workspace(home, customers=2000, seed=5)
     return home
 
 

@@ -7,47 +7,26 @@ module; the tests run in file order: score twice (history kept), then lists.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from sample_data import trained_workspace
 
-from features.ingest import discover_files, ingest
 from features.scores import RUNS, SCORES, latest_run
 from features.spec import default_spec
 from features.warehouse import connect, raw
 from models.scorer import SCORE_COLUMNS
 from rapport.cli import main
-from rapport.demo_data import generate, write
 from rapport.settings import get_settings, reset_settings
-from training import jobs
-from training.datasets import build_training_set
 from training.targets import add_suppressions
-
-FAST = {"num_boost_round": 30, "num_threads": 1, "min_data_in_leaf": 40}
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("scoring-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAPPORT_HOME", str(home))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        reset_settings()
-        settings = get_settings()
-        settings.ensure_home()
-        data = generate(1500, seed=3)
-        folder = write(data, home / "data", "parquet")["customers"].parent
-        con = connect(settings.warehouse_path)
-        ingest(con, discover_files(folder), now=datetime.now(UTC))
-        training = build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)
-        for kind in ("churn", "value"):
-            jobs.train(kind, con, params=FAST, data=training)
-            jobs.promote(kind)
-        con.disconnect()
-    reset_settings()
+    trained_workspace(home, customers=1500, seed=3)
     return home
 
 
