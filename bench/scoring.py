@@ -92,8 +92,7 @@ def main() -> None:
     encode_s = time.perf_counter() - start
     boosters = {
         "churn": [(champions.churn.booster_, X_churn)],
-        "value buy": [(champions.value.buy_booster_, X_value)],
-        "value spend": [(champions.value.spend_booster_, X_value)],
+        "value": [(champions.value.booster_, X_value)],
     }
     uplift = getattr(champions.nba, "uplift", None)
     if uplift is not None:  # the control's outcome models and each action's DR effects

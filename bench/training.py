@@ -165,8 +165,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         ),
         "value predict(frame)": rows_per_second(lambda: vm.predict(frame), n),
         "value predict_array(X)": rows_per_second(lambda: vm.predict_array(xv, as_of), n),
-        "value raw Booster.predict(X) x2": rows_per_second(
-            lambda: [booster_predict(b, xv) for b in vm.boosters.values()], n
+        "value raw Booster.predict(X)": rows_per_second(
+            lambda: booster_predict(vm.booster_, xv, raw_score=True), n
         ),
     }
     print(f"\nbatch prediction on {n:,} holdout rows (best of 3):")

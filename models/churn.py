@@ -168,20 +168,26 @@ def fit_booster(
     X: np.ndarray,
     y: np.ndarray,
     categorical: list[int],
-    valid: tuple[np.ndarray, np.ndarray] | None = None,
+    valid: tuple[np.ndarray, ...] | None = None,
     callbacks: Sequence[Any] = (),
+    init_score: np.ndarray | None = None,
 ) -> lgb.Booster:
     """Train with early stopping on ``valid`` and return a booster trimmed to its best round.
 
     Trimming means the raw ``Booster.predict`` (serving, benchmarks) needs no
-    ``num_iteration`` to match what was evaluated.
+    ``num_iteration`` to match what was evaluated. ``init_score``: a per-row starting raw
+    score (the booster learns what to add to it); ``valid`` then carries its own as a third
+    element. The booster's own predictions exclude it.
     """
     booster_params = {k: v for k, v in params.items() if k not in LOOP_KEYS}
-    train_set = lgb.Dataset(X, y, categorical_feature=categorical or "auto", free_raw_data=True)
+    train_set = lgb.Dataset(
+        X, y, init_score=init_score, categorical_feature=categorical or "auto", free_raw_data=True
+    )
     cbs = list(callbacks)
     valid_sets = []
     if valid is not None:
-        valid_sets = [lgb.Dataset(valid[0], valid[1], reference=train_set)]
+        valid_init = valid[2] if len(valid) > 2 else None
+        valid_sets = [lgb.Dataset(valid[0], valid[1], init_score=valid_init, reference=train_set)]
         patience = int(params.get("early_stopping_rounds", 40))
         cbs.append(lgb.early_stopping(patience, verbose=False))
     booster = lgb.train(

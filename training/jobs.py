@@ -89,7 +89,9 @@ def fit_model(
 ) -> Model:
     """Fit on the training cutoffs, early-stop / calibrate on the validation cutoff."""
     churn = kind == "churn"
-    model: Model = ChurnModel(params, seed) if churn else ValueModel(params, seed)
+    model: Model = (
+        ChurnModel(params, seed) if churn else ValueModel(params, seed, data.horizon_days)
+    )
     return model.fit(
         data.features("train", active_only=churn),
         _target(kind, data.part("train", active_only=churn)),
@@ -363,10 +365,7 @@ def _nested() -> bool:
 def _params(model: Model) -> dict[str, Any]:
     """The model's LightGBM settings, minus the ones that do not change the result."""
     skip = ("verbose", "num_threads")
-    if isinstance(model, ChurnModel):
-        return {k: v for k, v in model.params.items() if k not in skip}
-    parts = {"buy": model.buy_params, "spend": model.spend_params}
-    return {f"{part}_{k}": v for part, p in parts.items() for k, v in p.items() if k not in skip}
+    return {k: v for k, v in model.params.items() if k not in skip}
 
 
 def _boosters(model: Model) -> dict[str, Any]:
@@ -730,7 +729,7 @@ def tune(
     name = study_name or f"{kind}-{data.plan.test:%Y%m%d}-h{horizon}-{data.spec_version}"
     experiment = tracking.configure()
     # churn reports its AUC; value its purchase classifier's log loss, negated
-    metric, sign = ("auc", 1.0) if kind == "churn" else ("binary_logloss", -1.0)
+    metric, sign = ("auc", 1.0) if kind == "churn" else ("tweedie", -1.0)
     with mlflow.start_run(experiment_id=experiment, run_name=f"tune-{kind}"):
         mlflow.set_tags({"rapport.kind": kind, "optuna.study": name})
         outcome = optimise(
