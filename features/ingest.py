@@ -46,6 +46,7 @@ from typing import Any
 import duckdb
 
 from features.contract import DUCKDB_TYPES, TABLES, Column, Table
+from features.scores import OUTBOX_LISTS, read_outbox_lists, record_lists
 from features.warehouse import ensure_contract_tables, raw
 
 #: ground-truth tables of the demo data, loaded as they are (replaced on every ingest)
@@ -124,12 +125,37 @@ class TableReport:
 
 
 @dataclass
+class ListsReport:
+    """Target lists the service made, recorded from the outbox (``target_lists``)."""
+
+    source: str
+    read: int = 0
+    recorded: int = 0
+    members: int = 0
+    #: lists whose outbox lines were torn (header missing or members short): never answered
+    incomplete: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        text = (
+            f"target lists ({self.source}): read {self.read:,}, recorded {self.recorded:,} "
+            f"({self.members:,} members), already recorded {self.read - self.recorded:,}"
+        )
+        if self.incomplete:
+            text += f", incomplete and skipped {len(self.incomplete):,}: " + ", ".join(
+                self.incomplete[:5]
+            )
+        return text
+
+
+@dataclass
 class IngestReport:
     """Per-table counts of one ingest (or validate) call."""
 
     tables: dict[str, TableReport] = field(default_factory=dict)
     #: False for :func:`validate`, which rolls everything back
     written: bool = True
+    #: target lists from the outbox (:func:`ingest_outbox` only)
+    lists: ListsReport | None = None
 
     @property
     def quarantined(self) -> int:
@@ -141,9 +167,11 @@ class IngestReport:
 
     def summary(self) -> str:
         head = "ingest" if self.written else "validation only, nothing was written"
-        if not self.tables:
+        if not self.tables and self.lists is None:
             return f"{head}: no files"
         lines = [f"{head}:"] + ["  " + t.line() for t in self.tables.values()]
+        if self.lists is not None:
+            lines.append("  " + self.lists.line())
         if self.quarantined:
             verb = "quarantined" if self.written else "would be quarantined"
             lines.append(
@@ -204,6 +232,9 @@ def ingest_outbox(con: Any, outbox_dir: Path, now: datetime) -> IngestReport:
 
     Writers must put complete files in place (write elsewhere, then rename): every
     ``*.jsonl`` file found is read, and moved to ``<table>/done/`` once committed.
+    Target lists made by ``POST /targets`` (``<outbox>/target_lists``) are then recorded
+    in the audit tables (:func:`features.scores.record_lists`, as ``rapport targets``
+    does), in their own transaction, after the events; a list already recorded is skipped.
     """
     batches = {
         name: sorted((Path(outbox_dir) / name).glob("*.jsonl"))
@@ -214,9 +245,31 @@ def ingest_outbox(con: Any, outbox_dir: Path, now: datetime) -> IngestReport:
     report = _run(con, sources, _utc(now), commit=True)
     for name, paths in batches.items():
         if paths:
-            (done := Path(outbox_dir) / name / "done").mkdir(exist_ok=True)
-            for path in paths:
-                path.replace(done / path.name)
+            _done(Path(outbox_dir) / name, paths)
+    report.lists = _ingest_lists(con, Path(outbox_dir) / OUTBOX_LISTS)
+    return report
+
+
+def _done(folder: Path, paths: list[Path]) -> None:
+    (done := folder / "done").mkdir(exist_ok=True)
+    for path in paths:
+        path.replace(done / path.name)
+
+
+def _ingest_lists(con: Any, folder: Path) -> ListsReport | None:
+    """Record the complete target lists of the sealed segments in ``folder``."""
+    paths = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    if not paths:
+        return None
+    db = raw(con)
+    try:
+        found = read_outbox_lists(db, paths)
+        recorded, members = record_lists(db, found.lists, found.members)
+    except duckdb.Error as exc:
+        raise IngestError(f"{folder}/*.jsonl: {_first_line(exc)}") from exc
+    _done(folder, paths)
+    read = len(set(found.lists.column("list_id").to_pylist()))
+    report = ListsReport(f"{folder}/*.jsonl", read, recorded, members, found.incomplete)
     return report
 
 

@@ -16,9 +16,12 @@ The steps, in this order, are always applied (nothing here can be switched off):
    the **cool-down**. With ``action`` every customer is offered that action; without it,
    each customer's best allowed action (customers whose best is ``no_action`` are left
    out);
-5. the **budget** (:func:`knapsack`): maximise the total expected incremental value of
+5. with ``profitable_only``, customers whose expected value does not exceed the action's
+   cost are dropped (a budget maximises the expected value, not the net, so without it a
+   list can cost more than it brings);
+6. the **budget** (:func:`knapsack`): maximise the total expected incremental value of
    the chosen customers with their total cost within the budget;
-6. **sort** and **top N**.
+7. **sort** and **top N**.
 
 Expected value is the NBA model's (uplift x value, stored with the scores). Without an
 NBA champion there is no uplift: the list then uses the *value at risk* of retention
@@ -28,9 +31,11 @@ customer for sure, an upper bound -- and says so in ``basis`` (growth actions ge
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -40,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.contract import NO_ACTION
 from features.expressions import Expression, ExpressionError, parse
+from features.scores import MEMBER_TYPES
 from features.spec import Agg, Derived, FeatureSpec
 from models.catalog import CHURN_FIELD, Catalog
 from models.policy import Exclusion, arbitrate
@@ -97,6 +103,9 @@ class TargetDefinition(BaseModel):
     top: int | None = Field(default=None, gt=0, description="At most this many customers.")
     budget: float | None = Field(default=None, ge=0, description="Total cost allowed.")
     sort: str = Field(default="expected_value", description="COL or COL:asc / COL:desc.")
+    profitable_only: bool = Field(
+        default=False, description="Drop customers whose expected value <= cost first."
+    )
 
     @property
     def expression(self) -> Expression | None:
@@ -356,6 +365,42 @@ class Selection:
             "actions": self.segment_mix("action"),
         }
 
+    def audit(
+        self,
+        list_id: str,
+        run_id: str,
+        scores_as_of: datetime,
+        features_as_of: datetime,
+        output: str | None = None,
+    ) -> tuple[dict[str, Any], pd.DataFrame]:
+        """The list's ``target_lists`` row and ``target_list_members`` rows
+        (:func:`features.scores.record_lists`, directly or through the outbox)."""
+        d = self.definition
+        row = {
+            "list_id": list_id,
+            "name": d.name,
+            "created_at": datetime.now(UTC),
+            "run_id": run_id,
+            "scores_as_of": scores_as_of,
+            "features_as_of": features_as_of,
+            "definition": json.dumps(d.model_dump()),
+            "filter": d.filter,
+            "action": d.action,
+            "budget": d.budget,
+            "top": d.top,
+            "sort": d.sort,
+            "customers": self.count,
+            "total_expected_value": self.total_expected_value,
+            "total_cost": self.total_cost,
+            "basis": self.basis,
+            "budget_method": self.budget_method,
+            "stats": json.dumps(self.stats()),
+            "output": output,
+        }
+        members = self.members[[c for c in MEMBER_TYPES if c != "list_id"]].copy()
+        members.insert(0, "list_id", list_id)
+        return row, members
+
     def summary(self) -> str:
         d = self.definition
         what = d.name or "ad-hoc list"
@@ -368,6 +413,8 @@ class Selection:
         if d.filter:
             lines.append(f"  filter: {d.filter}")
         lines.append(f"  action: {d.action or 'best allowed per customer'}")
+        if d.profitable_only:
+            lines.append("  profitable only: expected value > cost")
         removed = ", ".join(f"{n:,} {step}" for step, n in self.removed.items() if n)
         lines.append(f"  removed: {removed or 'nobody'}")
         if self.budget_method:
@@ -500,6 +547,10 @@ def select_targets(
     extra = [c for c in (column,) if c not in members.columns and c in rows.columns]
     for name in extra:
         members[name] = rows[name].to_numpy()[idx]
+    if definition.profitable_only:
+        profitable = (members["expected_value"] > members["cost"]).to_numpy()
+        removed["not profitable"] = int((~profitable).sum())
+        members = members[profitable]
     method = bound = None
     if definition.budget is not None:
         choice = knapsack(

@@ -428,6 +428,11 @@ def score(as_of: str | None, chunk_rows: int) -> None:
 @click.option("--budget", type=float, default=None, help="Total cost allowed (exact knapsack).")
 @click.option("--sort", default=None, help="COL or COL:asc (default: expected_value, desc).")
 @click.option(
+    "--profitable-only",
+    is_flag=True,
+    help="Drop customers whose expected value <= the action's cost (before the budget).",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -456,6 +461,7 @@ def targets(
     top: int | None,
     budget: float | None,
     sort: str | None,
+    profitable_only: bool,
     out: Path | None,
     suppress: Path | None,
     lists_file: Path | None,
@@ -477,7 +483,8 @@ def targets(
                 say(f"{name}: {d.model_dump_json(exclude_none=True, exclude={'name'})}")
             return
         options = {"filter": filter_, "action": action, "top": top, "budget": budget}
-        definition = lists.resolve(list_name, {**options, "sort": sort}, lists_file)
+        options |= {"sort": sort, "profitable_only": profitable_only or None}
+        definition = lists.resolve(list_name, options, lists_file)
         blocked = lists.read_suppression_file(suppress) if suppress else set()
         con = open_warehouse(get_settings())
         try:

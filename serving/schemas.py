@@ -308,6 +308,9 @@ class TargetsRequest(BaseModel):
     top: int | None = Field(default=None, gt=0)
     budget: FiniteFloat | None = Field(default=None, ge=0)
     sort: Text | None = Field(default=None, description="COL or COL:asc (default: value desc).")
+    profitable_only: bool | None = Field(
+        default=None, description="Drop customers whose expected value <= cost first."
+    )
     suppress: list[Id] = Field(
         default_factory=list, max_length=100_000, description="Extra ids never to contact."
     )
@@ -315,7 +318,12 @@ class TargetsRequest(BaseModel):
         default=1000,
         ge=0,
         le=10_000,
-        description="Longer lists are written to a Parquet file and its path returned.",
+        description="Longer lists are returned as a download link instead.",
+    )
+    format: Literal["parquet", "csv"] | None = Field(
+        default=None,
+        description="File format of the download; when set, a link is returned for any "
+        "list (default: Parquet, for lists longer than max_rows only).",
     )
 
 
@@ -352,8 +360,10 @@ class TargetsResponse(BaseModel):
     members: list[TargetMember] | None = Field(
         default=None, description="The list, when it has at most max_rows customers."
     )
-    download_path: str | None = Field(
-        default=None, description="Parquet file (on the server) holding a longer list."
+    download_url: str | None = Field(
+        default=None,
+        description="Relative URL of the list as a file (GET, key scope 'targets'), when "
+        "it is longer than max_rows or a format was asked for.",
     )
     meta: Meta
 

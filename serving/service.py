@@ -91,6 +91,7 @@ from serving.schemas import (
     TargetsRequest,
     TargetsResponse,
 )
+from serving.targets import download_app as target_downloads
 
 log = logging.getLogger("bentoml.rapport")  # under bentoml: its handlers and worker prefix
 
@@ -107,6 +108,8 @@ API_SCOPES = {
     "/feedback": "feedback",
     "/targets": "targets",
 }
+#: GET routes that need a key too (no body): the download of long target lists
+GET_SCOPES = {"/targets/download": "targets"}
 #: where the guard leaves the caller's scopes in the ASGI scope's state
 GRANTED = "rapport.scopes"
 #: seconds between outbox sealing / online-store metadata checks
@@ -252,8 +255,10 @@ class Guard:
             await self.app(scope, receive, send)
             return
         send = _stamped(send)
-        needed = API_SCOPES.get(scope["path"])
-        if needed is None or scope["method"] != "POST":
+        method = scope["method"]
+        scopes = API_SCOPES if method == "POST" else GET_SCOPES if method in ("GET", "HEAD") else {}
+        needed = scopes.get(scope["path"])
+        if needed is None:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -262,6 +267,9 @@ class Guard:
         if not verdict.allowed:
             extra = [(b"www-authenticate", b"Bearer")] if verdict.status == 401 else []
             await _reply(send, verdict.status, {"error": verdict.reason}, extra)
+            return
+        if method != "POST":
+            await self.app(scope, receive, send)
             return
         declared = headers.get("content-length", "")
         body = None
@@ -681,7 +689,10 @@ class Rapport:
 
         request = TargetsRequest.model_construct(**fields)
         try:
-            body = await asyncio.to_thread(lists.build_targets, request, self.settings, self.spec)
+            outbox = lists.list_outbox(self.settings)  # the audit rows, durable before 200
+            body = await asyncio.to_thread(
+                lists.build_targets, request, self.settings, self.spec, outbox
+            )
         except lists.REQUEST_ERRORS as exc:
             return _error(ctx, 422, str(exc))
         except lists.NOT_FOUND as exc:
@@ -697,3 +708,4 @@ def _versions_header(versions: dict[str, str]) -> str:
 
 
 Rapport.add_asgi_middleware(Guard)  # type: ignore[attr-defined]
+Rapport.mount_asgi_app(target_downloads(), path="/")  # type: ignore[attr-defined]

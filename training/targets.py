@@ -10,13 +10,13 @@ from last night. Suppressions come from the warehouse table ``suppressions``
 (``customer_id, reason, added_at``; :func:`add_suppressions`) and/or a file.
 
 :func:`record` writes the list and its definition to ``target_lists`` and its members to
-``target_list_members`` for audit; :func:`export` writes CSV or Parquet.
+``target_list_members`` for audit (:func:`features.scores.record_lists`, which ``rapport
+ingest --outbox`` also uses for the lists the service made); :func:`export` writes CSV or
+Parquet.
 """
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,12 +30,12 @@ from features.expressions import ExpressionError
 from features.scores import (
     SUPPRESSIONS,
     SUPPRESSIONS_DDL,
-    TARGET_LISTS,
-    TARGET_MEMBERS,
     NoScoresError,
     RunInfo,
     latest_run,
     load_scores,
+    new_list_id,
+    record_lists,
     suppressed_ids,
 )
 from features.spec import FeatureSpec, default_spec
@@ -59,18 +59,6 @@ Progress = Callable[[str], None]
 LISTS_FILE = "target_lists.yaml"
 #: errors the CLI shows as one clean line
 ERRORS = (TargetError, ExpressionError, NoScoresError, FileNotFoundError)
-
-LISTS_DDL = f"""CREATE TABLE IF NOT EXISTS {TARGET_LISTS} (
-    list_id VARCHAR PRIMARY KEY, name VARCHAR, created_at TIMESTAMPTZ, run_id VARCHAR,
-    scores_as_of TIMESTAMPTZ, features_as_of TIMESTAMPTZ, definition VARCHAR,
-    filter VARCHAR, action VARCHAR, budget DOUBLE, top BIGINT, sort VARCHAR,
-    customers BIGINT, total_expected_value DOUBLE, total_cost DOUBLE, basis VARCHAR,
-    budget_method VARCHAR, stats VARCHAR, output VARCHAR
-)"""
-MEMBERS_DDL = f"""CREATE TABLE IF NOT EXISTS {TARGET_MEMBERS} (
-    list_id VARCHAR, rank BIGINT, customer_id VARCHAR, action VARCHAR, channel VARCHAR,
-    expected_value DOUBLE, cost DOUBLE
-)"""
 
 
 def definitions(extra: Path | None = None) -> dict[str, TargetDefinition]:
@@ -194,8 +182,7 @@ def build_list(
     frame = candidate_frame(con, run, definition, catalog, cutoff, spec)
     blocked = suppressed_ids(raw(con)) | set(suppress)
     selection = select_targets(frame, catalog, definition, blocked, not run.has_uplift)
-    list_id = datetime.now(UTC).strftime("tl-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
-    return TargetList(selection, run, cutoff, list_id)
+    return TargetList(selection, run, cutoff, new_list_id())
 
 
 def export(members: pd.DataFrame, path: Path) -> Path:
@@ -213,48 +200,14 @@ def export(members: pd.DataFrame, path: Path) -> Path:
 
 def record(con: Any, target: TargetList) -> str:
     """Keep the list, its definition and its members in the warehouse for audit."""
-    db = raw(con)
-    sel, d = target.selection, target.selection.definition
-    db.execute("BEGIN TRANSACTION")
-    try:
-        db.execute(LISTS_DDL)
-        db.execute(MEMBERS_DDL)
-        db.execute(
-            f"INSERT INTO {TARGET_LISTS} VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                target.list_id,
-                d.name,
-                datetime.now(UTC),
-                target.run.run_id,
-                target.run.as_of,
-                target.as_of,
-                json.dumps(d.model_dump()),
-                d.filter,
-                d.action,
-                d.budget,
-                d.top,
-                d.sort,
-                sel.count,
-                sel.total_expected_value,
-                sel.total_cost,
-                sel.basis,
-                sel.budget_method,
-                json.dumps(sel.stats()),
-                str(target.output) if target.output else None,
-            ],
-        )
-        members = sel.members[
-            ["rank", "customer_id", "action", "channel", "expected_value", "cost"]
-        ].copy()
-        members.insert(0, "list_id", target.list_id)
-        db.register("new_members", members)
-        db.execute(f"INSERT INTO {TARGET_MEMBERS} BY NAME SELECT * FROM new_members")
-        db.unregister("new_members")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+    row, members = target.selection.audit(
+        target.list_id,
+        target.run.run_id,
+        target.run.as_of,
+        target.as_of,
+        str(target.output) if target.output else None,
+    )
+    record_lists(raw(con), pd.DataFrame([row]), members)
     return target.list_id
 
 

@@ -130,7 +130,7 @@ def test_saved_list_and_clean_errors() -> None:
 def test_service_targets_give_the_cli_selection() -> None:
     """``POST /targets`` runs serving/targets.py: same selection as ``rapport targets``."""
     from serving.schemas import TargetsRequest
-    from serving.targets import build_targets
+    from serving.targets import build_targets, export_path
     from training.targets import build_list, resolve
 
     assert CliRunner().invoke(main, ["score"]).exit_code == 0
@@ -145,9 +145,9 @@ def test_service_targets_give_the_cli_selection() -> None:
     assert body["total_expected_value"] == pytest.approx(cli.total_expected_value)
     if cli.count > 5:
         assert body["members"] is None
-        assert pd.read_parquet(body["download_path"]).customer_id.tolist() == (
-            cli.members.customer_id.tolist()
-        )
+        path = export_path(settings, body["list_id"], "parquet")
+        assert body["download_url"] == f"/targets/download?list_id={body['list_id']}&format=parquet"
+        assert pd.read_parquet(path).customer_id.tolist() == cli.members.customer_id.tolist()
     small = build_targets(TargetsRequest(top=3, action="cross_sell"), settings, spec)
     assert small["members"] is not None and len(small["members"]) == small["count"] <= 3
     assert set(small["members"][0]) >= {"customer_id", "action", "expected_value", "cost"}

@@ -1,5 +1,7 @@
 """Target lists: filters, budget selection against brute force, consent / contact policy /
-suppression always applied, expression errors, definitions and export round trip.
+suppression always applied, profitable-only, expression errors, definitions, export round
+trip, and the audit tables written directly (``rapport targets``) and through the outbox
+(lists made by the service, recorded by ``rapport ingest --outbox``).
 
 The selection (:mod:`models.targeting`) runs on synthetic score frames; no models needed.
 """
@@ -7,14 +9,20 @@ The selection (:mod:`models.targeting`) runs on synthetic score frames; no model
 from __future__ import annotations
 
 import itertools
+import json
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from features.expressions import ExpressionError, parse
+from features.ingest import ingest_outbox
+from features.scores import OUTBOX_LISTS, RunInfo, new_list_id, outbox_lines
 from features.spec import default_spec
+from features.warehouse import connect, raw
 from models.catalog import default_catalog
 from models.targeting import (
     BASIS_UPLIFT,
@@ -30,7 +38,8 @@ from models.targeting import (
     parse_definitions,
     select_targets,
 )
-from training.targets import export, read_suppression_file
+from serving.events import Outbox
+from training.targets import TargetList, export, read_suppression_file, record
 
 CATALOG = default_catalog()
 
@@ -175,6 +184,38 @@ def test_budget_on_lists_is_respected_and_optimal() -> None:
     assert list(top.members.customer_id) == list(sel.members.customer_id[:5])
 
 
+def test_profitable_only_drops_losses_before_the_budget() -> None:
+    frame = scores(300)
+    frame["uplift_revenue_retention_discount"] *= 0.2  # many offers now cost more than they bring
+    plain = TargetDefinition(action="retention_discount")
+    everyone = select_targets(frame, CATALOG, plain).members
+    losing = everyone[everyone.expected_value <= everyone.cost]
+    assert 0 < len(losing) < len(everyone)
+    sel = select_targets(frame, CATALOG, plain.model_copy(update={"profitable_only": True}))
+    assert set(sel.members.customer_id) == set(everyone.customer_id) - set(losing.customer_id)
+    assert sel.removed["not profitable"] == len(losing) and "profitable only" in sel.summary()
+    # with a budget: the knapsack runs on the profitable ones only, so the net can only grow
+    budget = 8.0 * (len(everyone) - len(losing) // 2)
+    both = {"budget": budget}
+    by_value = select_targets(frame, CATALOG, plain.model_copy(update=both))
+    by_net = select_targets(
+        frame, CATALOG, plain.model_copy(update={**both, "profitable_only": True})
+    )
+    assert (by_net.members.net_value > 0).all() and by_net.total_cost <= budget
+    assert (by_value.members.net_value <= 0).any()
+    net = by_net.total_expected_value - by_net.total_cost
+    assert net > by_value.total_expected_value - by_value.total_cost
+    profitable = everyone[everyone.expected_value > everyone.cost]
+    values, costs = profitable.expected_value.to_numpy(), profitable.cost.to_numpy()
+    best = values[knapsack(values, costs, budget).chosen].sum()
+    assert by_net.total_expected_value == pytest.approx(best)
+    # the option from a saved definition, the CLI / HTTP options and the example list
+    assert definition_from({"profitable_only": True}).profitable_only
+    saved = parse_definitions("lists:\n  mine: {action: cross_sell, profitable_only: true}\n")
+    assert saved["mine"].profitable_only
+    assert default_definitions()["at_risk_high_value"].profitable_only
+
+
 def test_without_uplift_the_value_at_risk_is_used_and_said() -> None:
     frame = scores(50, uplift=False)
     sel = select_targets(frame, CATALOG, TargetDefinition(action="retention_discount"))
@@ -256,3 +297,62 @@ def test_suppression_files(tmp_path: Path) -> None:
     pd.DataFrame({"id": ["C3"]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(TargetError, match="customer_id"):
         read_suppression_file(tmp_path / "bad.csv")
+
+
+# --------------------------------------------------------------------------- audit
+NOW = datetime(2025, 3, 1, 12, tzinfo=UTC)
+TABLES = ("target_lists", "target_list_members")
+RUN = RunInfo("sr-test", NOW, NOW, 300, {"churn": "1"}, "fs-test", {})
+
+
+def audit_rows(db: Any, list_id: str) -> tuple[dict, list[tuple]]:
+    """A list's audit row (without its id and creation time) and its members."""
+    lists = db.execute("SELECT * FROM target_lists WHERE list_id = ?", [list_id])
+    names = [c[0] for c in lists.description]
+    (row,) = lists.fetchall()
+    members = db.execute(
+        "SELECT * EXCLUDE (list_id) FROM target_list_members WHERE list_id = ? ORDER BY rank",
+        [list_id],
+    ).fetchall()
+    found = dict(zip(names, row, strict=True))
+    for volatile in ("list_id", "created_at"):
+        found.pop(volatile)
+    return found, members
+
+
+def test_lists_from_the_outbox_are_recorded_like_the_cli_records_them(tmp_path: Path) -> None:
+    """``record`` (rapport targets) and outbox -> ``ingest_outbox`` (the service's lists)
+    write the same audit rows; torn lists are skipped, replays change nothing."""
+    sel = select_targets(scores(300), CATALOG, TargetDefinition(name="t", budget=100.0))
+    empty = select_targets(scores(5), CATALOG, TargetDefinition(filter="customer_id == 'x'"))
+    con = connect(tmp_path / "warehouse.duckdb")
+    db = raw(con)
+    direct = TargetList(sel, RUN, NOW, new_list_id(), output=tmp_path / "list.csv")
+    record(con, direct)
+    outbox = Outbox(tmp_path / "outbox", seal_after=0.0)
+    via, nobody, torn = new_list_id(), new_list_id(), new_list_id()
+    outbox.append(
+        OUTBOX_LISTS, outbox_lines(*sel.audit(via, "sr-test", NOW, NOW, str(direct.output)))
+    )
+    outbox.append(OUTBOX_LISTS, outbox_lines(*empty.audit(nobody, "sr-test", NOW, NOW)))
+    outbox.append(OUTBOX_LISTS, outbox_lines(*sel.audit(torn, "sr-test", NOW, NOW))[:-1])
+    folder = tmp_path / "outbox" / OUTBOX_LISTS
+    assert len(list(folder.glob("*.jsonl"))) == 3  # one sealed segment per list
+    report = ingest_outbox(con, tmp_path / "outbox", datetime.now(UTC))
+    assert report.lists is not None and report.lists.recorded == 2
+    assert report.lists.members == sel.count and report.lists.incomplete == [torn]
+    assert "incomplete and skipped 1" in report.summary()
+    assert audit_rows(db, via) == audit_rows(db, direct.list_id)
+    row, members = audit_rows(db, via)
+    assert row["customers"] == sel.count == len(members) > 0
+    assert [m[1] for m in members] == sel.members.customer_id.tolist()
+    assert json.loads(row["definition"]) == sel.definition.model_dump()
+    assert audit_rows(db, nobody)[0]["customers"] == 0 and audit_rows(db, nobody)[1] == []
+    # replay the same segments: nothing new
+    for path in (folder / "done").glob("*.jsonl"):
+        path.rename(folder / path.name)
+    again = ingest_outbox(con, tmp_path / "outbox", datetime.now(UTC))
+    assert again.lists is not None and again.lists.recorded == 0 and again.lists.read == 2
+    counts = [db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES]
+    assert counts == [3, 2 * sel.count]
+    con.disconnect()
