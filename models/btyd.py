@@ -245,6 +245,12 @@ class BetaGeoFitter:
         x, rec, age = _histories(frequency, recency, T)
         horizon = np.broadcast_to(np.asarray(t, dtype=np.float64), x.shape)
         _require(np.isfinite(horizon) & (horizon >= 0), "t", horizon, "is not a time >= 0")
+        return self._expected_purchases(horizon, x, rec, age)
+
+    def _expected_purchases(
+        self, horizon: FloatArray | float, x: FloatArray, rec: FloatArray, age: FloatArray
+    ) -> FloatArray:
+        """Equation 10 on inputs already validated."""
         r, alpha, a, b = self._params()
         c = a + b + x - 1.0
         z = horizon / (alpha + age + horizon)
@@ -384,6 +390,9 @@ class GammaGammaFitter:
         """E[mean spend per purchase | x repeat purchases averaging m] (equation 5)."""
         x, m = _column("frequency", frequency), _column("monetary_value", monetary_value)
         _same_length(frequency=x, monetary_value=m)
+        return self._average_profit(x, m)
+
+    def _average_profit(self, x: FloatArray, m: FloatArray) -> FloatArray:
         p, q, _ = self._params()
         weight = p * x / (p * x + q - 1.0)
         return (1.0 - weight) * self.population_mean_ + weight * m
@@ -437,11 +446,19 @@ class BTYDValueBaseline:
     ) -> FloatArray:
         x, m = _column("frequency", frequency), _column("monetary_value", monetary_value)
         _same_length(frequency=x, monetary_value=m)
-        covered = (x > 0) & (m > 0)
-        spend = np.full(x.shape, self.spend_.population_mean_)
-        spend[covered] = self.spend_.conditional_expected_average_profit(x[covered], m[covered])
-        purchases = self.predict_expected_transactions(horizon_days, x, recency, T)
-        return purchases * spend
+        x, rec, age = _histories(x, recency, T)
+        return self.expected_spend_unchecked(float(horizon_days), x, rec, age, m)
+
+    def expected_spend_unchecked(
+        self, horizon_days: float, x: FloatArray, rec: FloatArray, age: FloatArray, m: FloatArray
+    ) -> FloatArray:
+        """:meth:`predict_expected_spend` without the input checks, for callers whose
+        histories are valid by construction (the value model's prior, one row per live
+        request, where the checks cost more than the arithmetic)."""
+        with np.errstate(divide="ignore", invalid="ignore"):  # rows outside the support
+            shrunk = self.spend_._average_profit(x, m)
+        spend = np.where((x > 0) & (m > 0), shrunk, self.spend_.population_mean_)
+        return self.transactions_._expected_purchases(horizon_days, x, rec, age) * spend
 
 
 def rfm_from_orders(

@@ -248,11 +248,16 @@ def _value_parts(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(uplift, value per unit of uplift); missing inputs make the expected value 0."""
     if action.value_kind == "incremental_revenue":
-        return np.nan_to_num(revenue), np.full(_size(frame), action.margin_rate)
+        return _zero_nan(revenue), np.full(_size(frame), action.margin_rate)
     churn = _numeric(frame, CHURN_FIELD)
-    reduction = np.nan_to_num(np.minimum(conversion, churn))
-    worth = np.nan_to_num(_numeric(frame, catalog.value_field)) * action.margin_rate
+    reduction = _zero_nan(np.minimum(conversion, churn))
+    worth = _zero_nan(_numeric(frame, catalog.value_field)) * action.margin_rate
     return reduction, worth
+
+
+def _zero_nan(values: np.ndarray) -> np.ndarray:
+    """NaN -> 0 (``np.nan_to_num`` costs several times more on the live one-row arrays)."""
+    return np.where(np.isnan(values), 0.0, values)
 
 
 def _first_exclusion(frame: Customers, catalog: Catalog, action: Action) -> np.ndarray:
@@ -280,13 +285,13 @@ def _eligible(frame: Customers, action: Action) -> np.ndarray:
 def _consented(frame: Customers, action: Action) -> np.ndarray:
     if action.consent_field is None:
         return np.ones(_size(frame), dtype=bool)
-    return np.nan_to_num(_numeric(frame, action.consent_field)) > 0
+    return _numeric(frame, action.consent_field) > 0  # unknown consent is no consent
 
 
 def _under_contact_limits(frame: Customers, catalog: Catalog, action: Action) -> np.ndarray:
     ok = np.ones(_size(frame), dtype=bool)
     for rule in catalog.contact_policy.for_channel(action.channel):
-        ok &= np.nan_to_num(_numeric(frame, rule.field)) < rule.max_contacts
+        ok &= ~(_numeric(frame, rule.field) >= rule.max_contacts)  # no count: no contacts
     return ok
 
 

@@ -149,7 +149,9 @@ class SpendPrior:
         return cls(baseline, horizon_days, tuple(columns))
 
     def log_spend(self, X: np.ndarray) -> np.ndarray:
-        spend = self.baseline.predict_expected_spend(self.horizon_days, *self.rfm(X, self.columns))
+        spend = self.baseline.expected_spend_unchecked(
+            self.horizon_days, *self.rfm(X, self.columns)
+        )
         return np.log(np.maximum(spend, PRIOR_FLOOR))
 
 
