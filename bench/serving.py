@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -393,8 +394,13 @@ def request_bytes(
 @dataclass
 class Result:
     latencies: list[float]
-    errors: int
+    #: failure kind ("timeout", "connection", or the HTTP status) -> count
+    failures: Counter[str]
     seconds: float
+
+    @property
+    def errors(self) -> int:
+        return sum(self.failures.values())
 
     def pct(self, q: float) -> float:
         if not self.latencies:
@@ -411,15 +417,17 @@ async def sequential(host: str, port: int, requests: list[bytes], count: int) ->
     conn = await Connection.open(host, port)
     for data in requests[:50]:  # warm-up
         await conn.request(data)
-    latencies, errors = [], 0
+    latencies: list[float] = []
+    failures: Counter[str] = Counter()
     start = time.perf_counter()
     for i in range(count):
         sent = time.perf_counter()
         status = await conn.request(requests[i % len(requests)])
         latencies.append(time.perf_counter() - sent)
-        errors += status != 200
+        if status != 200:
+            failures[str(status)] += 1
     conn.close()
-    return Result(latencies, errors, time.perf_counter() - start)
+    return Result(latencies, failures, time.perf_counter() - start)
 
 
 async def open_loop(
@@ -428,19 +436,27 @@ async def open_loop(
     """Requests sent on schedule whatever the server does; latency from the schedule."""
     idle: list[Connection] = [await Connection.open(host, port) for _ in range(32)]
     latencies: list[float] = []
-    errors = 0
+    failures: Counter[str] = Counter()
 
     async def one(i: int, due: float) -> None:
-        nonlocal errors
+        # like any HTTP client's pool: a connection the server closed while it sat idle
+        # (keep-alive timeout) is dropped, not used
+        while idle and idle[-1].reader.at_eof():
+            idle.pop().close()
         conn = idle.pop() if idle else await Connection.open(host, port)
         try:
             status = await asyncio.wait_for(conn.request(requests[i % len(requests)]), timeout)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError):
-            errors += 1
+        except TimeoutError:
+            failures[f"timeout {timeout:g}s"] += 1
+            conn.close()
+            return
+        except (OSError, asyncio.IncompleteReadError):
+            failures["connection"] += 1
             conn.close()
             return
         latencies.append(time.perf_counter() - due)
-        errors += status != 200
+        if status != 200:
+            failures[str(status)] += 1
         idle.append(conn)
 
     start = time.perf_counter()
@@ -455,34 +471,34 @@ async def open_loop(
     await asyncio.gather(*tasks)
     for conn in idle:
         conn.close()
-    return Result(latencies, errors, time.perf_counter() - start)
+    return Result(latencies, failures, time.perf_counter() - start)
 
 
 async def closed_loop(
     host: str, port: int, requests: list[bytes], clients: int, seconds: float
 ) -> Result:
     latencies: list[float] = []
-    errors = 0
+    failures: Counter[str] = Counter()
     stop_at = time.perf_counter() + seconds
 
     async def client(offset: int) -> None:
-        nonlocal errors
         conn = await Connection.open(host, port)
         i = offset
         while time.perf_counter() < stop_at:
             sent = time.perf_counter()
             status = await conn.request(requests[i % len(requests)])
             latencies.append(time.perf_counter() - sent)
-            errors += status != 200
+            if status != 200:
+                failures[str(status)] += 1
             i += clients
         conn.close()
 
     start = time.perf_counter()
     await asyncio.gather(*(client(c) for c in range(clients)))
-    return Result(latencies, errors, time.perf_counter() - start)
+    return Result(latencies, failures, time.perf_counter() - start)
 
 
-def load(spec: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+def load(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """All three scenarios against one app (runs in the load process)."""
     host, port = spec["host"], spec["port"]
     requests = [
@@ -505,12 +521,13 @@ def load(spec: Mapping[str, Any]) -> dict[str, dict[str, float]]:
             "rps": r.rps,
             "errors": float(r.errors),
             "count": float(len(r.latencies)),
+            "failures": dict(r.failures),
         }
         for name, r in results.items()
     }
 
 
-def run_load(spec: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+def run_load(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The load generator in its own process (it must not share the server's GIL)."""
     done = subprocess.run(
         [sys.executable, "-m", "bench.serving", "--load"],
@@ -520,7 +537,7 @@ def run_load(spec: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         cwd=ROOT,
         check=True,
     )
-    result: dict[str, dict[str, float]] = json.loads(done.stdout)
+    result: dict[str, dict[str, Any]] = json.loads(done.stdout)
     return result
 
 
@@ -653,6 +670,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         + ", ".join(f"{name} {value:.2f}" for name, value in loads.items())
         + f" ({os.cpu_count()} cores)"
     )
+    for name, scenarios in results.items():
+        for scenario, figures in scenarios.items():
+            if figures.get("failures"):
+                print(f"{name} {scenario} failures: {figures['failures']}")
 
 
 if __name__ == "__main__":
