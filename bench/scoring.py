@@ -10,7 +10,7 @@ size). Prints, in one run on the same customers:
 * the full path (:func:`training.scoring.score_all`: load the champions, build features,
   fit segments, score in chunks -- churn, value, segments, arbitration -- and append to
   ``scores``) with the time of each stage and rows/s;
-* raw LightGBM ``Booster.predict`` of the churn booster, the value model's two boosters
+* raw LightGBM ``Booster.predict`` of the churn booster, the value model's booster
   and (with an NBA champion) the uplift boosters on the same rows (matrices already
   encoded), i.e. the floor any scoring path pays, and the Scorer on the prebuilt
   features without writing.
