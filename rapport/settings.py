@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=500, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1_000)
     promotion_margin: float = Field(default=0.0, ge=0.0)
+    export_ttl_hours: float = Field(
+        default=24.0, gt=0, description="How long target lists made over HTTP stay downloadable."
+    )
 
     @field_validator("home", mode="after")
     @classmethod

@@ -92,6 +92,7 @@ from serving.schemas import (
     TargetsResponse,
 )
 from serving.targets import download_app as target_downloads
+from serving.targets import prune_exports
 
 log = logging.getLogger("bentoml.rapport")  # under bentoml: its handlers and worker prefix
 
@@ -449,8 +450,10 @@ class Rapport:
             try:
                 self.outbox.seal()
                 self._refresh()
+                if removed := prune_exports(self.settings):
+                    log.info("removed %d expired target list download(s)", removed)
             except Exception:
-                log.exception("periodic outbox / store check failed")
+                log.exception("periodic outbox / store / exports check failed")
 
     async def _write_decisions(self) -> None:
         """Group commit: write whatever decisions arrived while the last write ran."""

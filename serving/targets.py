@@ -21,8 +21,10 @@ records -- to ``<home>/outbox/target_lists`` in one durable segment, sealed at o
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,23 @@ def export_path(settings: Settings, list_id: str, fmt: str) -> Path:
     if not LIST_ID.fullmatch(list_id) or fmt not in FORMATS:
         raise ValueError(f"not a list id / format: {list_id!r}, {fmt!r}")
     return Path(settings.exports_dir) / f"{list_id}.{fmt}"
+
+
+def prune_exports(settings: Settings, now: float | None = None) -> int:
+    """Delete downloadable lists older than ``RAPPORT_EXPORT_TTL_HOURS``; only files
+    named after a list id (other files in the folder are the user's). Returns how many."""
+    cutoff = (now if now is not None else time.time()) - settings.export_ttl_hours * 3600
+    removed = 0
+    folder = Path(settings.exports_dir)
+    for fmt in FORMATS:
+        for path in folder.glob(f"*.{fmt}"):
+            if not LIST_ID.fullmatch(path.stem):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # another worker was faster
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+    return removed
 
 
 def download_url(list_id: str, fmt: str) -> str:

@@ -8,7 +8,10 @@ run; the server reads the warehouse read-only per request.
 from __future__ import annotations
 
 import io
+import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -174,3 +177,24 @@ def test_lists_made_over_http_reach_the_audit_tables(server: Server, ws: Workspa
         assert output.endswith(f"{long['list_id']}.parquet")
     finally:
         con.disconnect()
+
+
+def test_expired_downloads_are_pruned_and_nothing_else(tmp_path: Path) -> None:
+    from rapport.settings import Settings
+    from serving.targets import prune_exports
+
+    settings = Settings(home=tmp_path, export_ttl_hours=1)
+    folder = settings.exports_dir
+    folder.mkdir(parents=True)
+    old = folder / "tl-20261101T100000-abc123.parquet"
+    fresh = folder / "tl-20261123T100000-def456.csv"
+    mine = folder / "at_risk_high_value.csv"  # a list the user exported by name
+    for path in (old, fresh, mine):
+        path.write_text("x")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    os.utime(mine, (two_hours_ago, two_hours_ago))
+    assert prune_exports(settings) == 1
+    assert not old.exists() and fresh.exists() and mine.exists()
+    assert prune_exports(settings, now=time.time() + 7200) == 1  # the fresh one, later
+    assert mine.exists()
