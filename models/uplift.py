@@ -47,11 +47,16 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "verbose": -1,
 }
 #: the DR second stage regresses noisy pseudo-outcomes: few, shallow, heavily pooled trees
-#: (on the synthetic benchmark this cut the uplift MSE ~5x against stage-1 settings)
+#: (on the synthetic benchmark this cut the uplift MSE ~5x against stage-1 settings). The
+#: leaf size and round count were chosen on two 20k-customer demo worlds (seeds 11 and 23,
+#: not the quality test's): 1,000 rows a leaf and 50 rounds instead of 500 and 100 raised
+#: the learned policy's true value from 83.3% / 81.9% to 86.1% / 83.5% of the oracle, with
+#: half the trees to evaluate per score
 DEFAULT_EFFECT_PARAMS: dict[str, Any] = {
+    "num_iterations": 50,
     "learning_rate": 0.02,
     "num_leaves": 7,
-    "min_data_in_leaf": 500,
+    "min_data_in_leaf": 1000,
     "lambda_l2": 10.0,
 }
 #: parameters that shape the binned dataset rather than the trees
