@@ -33,20 +33,15 @@ from features.ingest import discover_files, ingest
 from features.warehouse import connect
 from models.catalog import Catalog, parse_catalog
 from models.nba import NbaModel
-from models.ope import evaluate_policy
+from models.ope import encode_actions, evaluate_policy
 from rapport.demo_data import generate, write
 from training.datasets import build_training_set
 from training.jobs import fit_model
-from training.nba import (
-    NbaData,
-    build_nba_data,
-    customer_frame,
+from training.nba import fit_nba, train_nba_from_table
+from training.nba_data import NbaData, build_nba_data, customer_frame, score_enricher
+from training.nba_evaluation import (
     default_margin_rate,
-    encode_actions,
-    fit_nba,
     reward_model,
-    score_enricher,
-    train_nba_from_table,
     truth_matrices,
     truth_policy_values,
 )

@@ -1,0 +1,201 @@
+"""The next-best-action training set: logged campaign decisions joined with what was known
+about each customer when the decision was made.
+
+Why a module of its own: the point-in-time join is the part of the NBA job that must never
+leak the future, and the jobs in :mod:`training.nba` (train, explain) and the quality tests
+all build on it.
+
+**Training set.** Every ``campaign_log`` decision with a known outcome (``outcome`` not
+null) is one row: the logged action, its propensity, the outcome and the revenue, joined
+with the customer's features as of the start of the decision's week (``decided_at``
+floored to Monday 00:00 UTC: strictly before the decision, so nothing of the response
+leaks in, and one feature build per week instead of one per decision), the churn and
+value champions' scores at that cutoff and the RFM / ABC segments fitted on that week's
+snapshot -- so the catalog's eligibility rules can be evaluated exactly as the service
+would have. Time split: the latest decision weeks (at least ``holdout_fraction`` of the
+decisions) are the holdout; the uplift models never see them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.batch import as_utc, build
+from features.segments import fit_segments
+from features.spec import FeatureSpec, default_spec
+from models.catalog import CHURN_FIELD, default_catalog
+from training import tracking
+from training.datasets import Progress, data_end, silent
+from training.tracking import CHAMPION
+
+#: scores the uplift models read next to the spec's features
+SCORE_FEATURES = (CHURN_FIELD, "value_mean")
+
+Enrich = Callable[[pd.DataFrame, datetime], pd.DataFrame]
+
+
+def week_start(values: pd.Series) -> pd.Series:
+    """Timestamps floored to Monday 00:00 UTC of their week."""
+    ts = pd.to_datetime(values, utc=True)
+    day = ts.dt.floor("D")
+    return (day - pd.to_timedelta(day.dt.day_of_week, unit="D")).astype("datetime64[us, UTC]")
+
+
+def logged_decisions(con: Any, as_of: datetime | None = None) -> pd.DataFrame:
+    """Decisions with a known outcome decided before ``as_of`` (default: all)."""
+    log = con.table("campaign_log")
+    known = log.filter(log.outcome.notnull())
+    if as_of is not None:
+        import ibis
+
+        known = known.filter(log.decided_at < ibis.literal(as_utc(as_of)))
+    frame = con.execute(
+        known.select(
+            "decision_id", "customer_id", "decided_at", "action", "propensity", "outcome", "revenue"
+        )
+    )
+    if frame.empty:
+        raise ValueError(
+            "the campaign log holds no decision with a known outcome"
+            + (f" before {as_utc(as_of):%Y-%m-%d}" if as_of else "")
+            + "; the NBA policy learns from logged campaign outcomes"
+        )
+    frame["customer_id"] = frame["customer_id"].astype("string")
+    frame["action"] = frame["action"].astype(str)
+    frame["decided_at"] = pd.to_datetime(frame["decided_at"], utc=True)
+    frame["outcome"] = frame["outcome"].astype("float64")
+    frame["revenue"] = frame["revenue"].astype("float64").fillna(0.0)
+    frame["as_of"] = week_start(frame["decided_at"])
+    return frame.sort_values(["decided_at", "decision_id"]).reset_index(drop=True)
+
+
+def score_enricher(churn: Any, value: Any) -> Enrich:
+    """Churn / value scores and segments (fitted on the snapshot) for a feature frame."""
+    from models.scorer import Scorer
+
+    def enrich(features: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
+        segments = fit_segments(features)
+        scorer = Scorer(churn, value, None, default_catalog(), segments)
+        return scorer.enrich(features, as_of)
+
+    return enrich
+
+
+def champion_enricher() -> tuple[Enrich, dict[str, str]]:
+    """The enricher over ``churn@champion`` and ``value@champion`` (LookupError if absent)."""
+    models: dict[str, Any] = {}
+    versions: dict[str, str] = {}
+    for kind in tracking.KINDS:
+        try:
+            models[kind], versions[kind] = tracking.load_model(kind, CHAMPION)
+        except LookupError:
+            raise LookupError(
+                f"the NBA policy needs the churn and value champions' scores, but there is no "
+                f"{kind}@{CHAMPION}: run `rapport train churn`, `rapport train value`, "
+                "`rapport promote churn` and `rapport promote value` first (or `rapport demo`)"
+            ) from None
+    return score_enricher(models["churn"], models["value"]), versions
+
+
+def customer_frame(
+    con: Any,
+    as_of: datetime,
+    enrich: Enrich,
+    customer_ids: Sequence[str] | None = None,
+    spec: FeatureSpec | None = None,
+) -> pd.DataFrame:
+    """Features, scores and segments of the customers known at ``as_of`` (optionally some)."""
+    features = build(con, as_of, spec)
+    features["as_of"] = pd.Timestamp(as_utc(as_of))
+    enriched = enrich(features, as_utc(as_of))
+    if customer_ids is not None:
+        enriched = enriched[enriched["customer_id"].isin(list(customer_ids))]
+    return enriched.reset_index(drop=True)
+
+
+@dataclass
+class NbaData:
+    """Logged decisions joined with features, scores and segments, split in time."""
+
+    frame: pd.DataFrame
+    feature_names: list[str]
+    holdout_from: datetime
+    spec_version: str
+    as_of: datetime
+
+    def part(self, name: str) -> pd.DataFrame:
+        held = self.frame["as_of"] >= pd.Timestamp(self.holdout_from)
+        rows = self.frame[held if name == "test" else ~held]
+        return rows.reset_index(drop=True)
+
+    def counts(self) -> dict[str, int]:
+        train, test = self.part("train"), self.part("test")
+        return {
+            "decisions_train": len(train),
+            "decisions_test": len(test),
+            "cutoffs_train": int(train["as_of"].nunique()),
+            "cutoffs_test": int(test["as_of"].nunique()),
+        }
+
+    def describe(self) -> dict[str, str]:
+        train = self.part("train")
+        return {
+            "decisions_before": f"{self.as_of:%Y-%m-%d}",
+            "train_weeks": f"{train['as_of'].min():%Y-%m-%d}..{train['as_of'].max():%Y-%m-%d}",
+            "holdout_from": f"{self.holdout_from:%Y-%m-%d}",
+        }
+
+
+def _holdout_start(cutoffs: pd.Series, fraction: float) -> datetime:
+    """The earliest cutoff of the latest weeks holding at least ``fraction`` of the rows."""
+    counts = cutoffs.value_counts().sort_index(ascending=False)
+    if len(counts) < 2:
+        raise ValueError(
+            "the logged decisions span a single week: a time split needs at least two "
+            "(train on the earlier weeks, evaluate on the latest)"
+        )
+    share = counts.cumsum() / counts.sum()
+    reached = int(np.searchsorted(share.to_numpy(), fraction))
+    reached = min(reached, len(counts) - 2)  # keep at least one training week
+    return as_utc(counts.index[reached])
+
+
+def build_nba_data(
+    con: Any,
+    as_of: datetime | str | None = None,
+    enrich: Enrich | None = None,
+    holdout_fraction: float = 0.2,
+    spec: FeatureSpec | None = None,
+    progress: Progress | None = None,
+) -> NbaData:
+    """The NBA training set (see the module docstring); ``enrich`` defaults to the
+    churn / value champions (:func:`champion_enricher`)."""
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    say = silent(progress)
+    spec = spec or default_spec()
+    if enrich is None:
+        enrich = champion_enricher()[0]
+    cutoff = as_utc(as_of) if as_of is not None else data_end(con)
+    decisions = logged_decisions(con, cutoff)
+    weeks = sorted(decisions["as_of"].unique())
+    say(f"{len(decisions):,} decisions with outcomes in {len(weeks)} weeks: features per week")
+    parts = []
+    for week in weeks:
+        rows = decisions[decisions["as_of"] == week]
+        snapshot = customer_frame(con, as_utc(week), enrich, spec=spec)
+        snapshot = snapshot.drop(columns="as_of")
+        parts.append(rows.merge(snapshot, on="customer_id", how="inner"))
+    frame = pd.concat(parts, ignore_index=True)
+    lost = len(decisions) - len(frame)
+    if lost:
+        say(f"{lost:,} decisions dropped: customer unknown at the decision week")
+    names = [*spec.names, *SCORE_FEATURES]
+    holdout_from = _holdout_start(frame["as_of"], holdout_fraction)
+    return NbaData(frame, names, holdout_from, spec.version, cutoff)
