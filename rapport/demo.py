@@ -65,13 +65,16 @@ def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) 
     data_set = build_training_set(con, horizon_days=settings.horizon_days, progress=progress)
     for kind in ("churn", "value"):
         say(jobs.train(kind, con, data=data_set, progress=progress).summary())
+        say(jobs.promote(kind, con=con, progress=progress).summary())
         if options.tune_trials:
+            # the tuned version must beat the default one on the holdout to replace it: a
+            # bigger model that is no better only costs latency (its reasons cost ~10x)
             say(
                 jobs.tune(
                     kind, con, options.tune_trials, data=data_set, progress=progress
                 ).summary()
             )
-        say(jobs.promote(kind, con=con, progress=progress).summary())
+            say(jobs.promote(kind, con=con, progress=progress).summary())
 
     say("\n== 5. next best action: uplift from the campaign log, off-policy evaluation, gate")
     from training.nba import promote_nba, train_nba
