@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import lightgbm as lgb
 import numpy as np
@@ -153,14 +153,35 @@ class FeatureEncoder:
 
     def decode(self, row: np.ndarray) -> list[Any]:
         """One encoded row back to readable values (category codes to their text)."""
-        values: list[Any] = []
-        for j, col in enumerate(self.columns):
-            value = row[j]
-            if col in self.categories and not np.isnan(value):
-                values.append(self.categories[col][int(value)])
-            else:
-                values.append(None if np.isnan(value) else float(value))
-        return values
+        return list(DecodedRow(self, row))
+
+    def decode_value(self, j: int, value: float) -> Any:
+        col = self.columns[j]
+        if np.isnan(value):
+            return None
+        if col in self.categories:
+            return self.categories[col][int(value)]
+        return float(value)
+
+
+class DecodedRow(Sequence[Any]):
+    """An encoded row seen as its readable values, one column decoded per access (reasons
+    read 3-6 of the ~85 values of a live score)."""
+
+    def __init__(self, encoder: FeatureEncoder, row: np.ndarray) -> None:
+        self._encoder, self._row = encoder, row
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    @overload
+    def __getitem__(self, j: int) -> Any: ...
+    @overload
+    def __getitem__(self, j: slice) -> list[Any]: ...
+    def __getitem__(self, j: int | slice) -> Any:
+        if isinstance(j, slice):
+            return [self[i] for i in range(len(self))[j]]
+        return self._encoder.decode_value(j, float(self._row[j]))
 
 
 def fit_booster(
@@ -320,7 +341,7 @@ class ChurnModel:
             contrib = booster_predict(self.booster_, X, pred_contrib=True)[:, :-1]
         names = self.encoder_.columns
         return [
-            top_reasons(contrib[i], self.encoder_.decode(X[i]), names, top, CHURN_WORDS, spec)
+            top_reasons(contrib[i], DecodedRow(self.encoder_, X[i]), names, top, CHURN_WORDS, spec)
             for i in range(len(X))
         ]
 

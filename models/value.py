@@ -135,7 +135,8 @@ class SpendPrior:
     def rfm(X: np.ndarray, columns: Sequence[int]) -> tuple[np.ndarray, ...]:
         """Lifetimes-style frequency, recency, T, monetary value from the spec's features
         (orders rather than order days; customers without orders age from signup)."""
-        orders, first, last, spend, tenure = (np.nan_to_num(X[:, j]) for j in columns)
+        inputs = X[:, list(columns)]
+        orders, first, last, spend, tenure = np.where(np.isnan(inputs), 0.0, inputs).T
         has = orders > 0
         age = np.maximum(np.where(has, first, tenure), 0.0)
         frequency = np.where(has, orders - 1.0, 0.0)
