@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=500, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1_000)
     promotion_margin: float = Field(default=0.0, ge=0.0)
+    decision_group_seconds: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="How long the service collects logged decisions before writing a group.",
+    )
     export_ttl_hours: float = Field(
         default=24.0, gt=0, description="How long target lists made over HTTP stay downloadable."
     )

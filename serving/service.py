@@ -43,7 +43,6 @@ import gc
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
@@ -116,8 +115,6 @@ GET_SCOPES = {"/targets/download": "targets"}
 GRANTED = "rapport.scopes"
 #: seconds between outbox sealing / online-store metadata checks
 TICK_S = 5.0
-#: how long decisions collect before a group is written (see ``_write_decisions``)
-DECISION_GROUP_S = float(os.environ.get("RAPPORT_DECISION_GROUP_S", "0.02"))
 #: seconds between checks of the workspace key file (new keys work without a restart)
 KEY_CHECK_S = 2.0
 #: headers added to every response, set once the service has loaded
@@ -466,7 +463,7 @@ class Rapport:
         assert self._wake is not None
         while True:
             await self._wake.wait()
-            await asyncio.sleep(DECISION_GROUP_S)
+            await asyncio.sleep(self.settings.decision_group_seconds)
             self._wake.clear()
             try:
                 await asyncio.to_thread(self.decisions.flush)
