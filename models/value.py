@@ -192,11 +192,11 @@ class ValueModel:
         self.encoder_ = FeatureEncoder.fit(X)
         X_arr = self.encoder_.transform(X)
         self.prior_ = self._fit_prior(X_arr)
+        self.base_score_ = float(np.log(y_arr.mean()))  # the start without a prior
         valid = None
         if X_valid is not None:
             X_v = self.encoder_.transform(X_valid)
             valid = (X_v, np.maximum(_amounts(y_valid, "y_valid"), 0.0), self._offset(X_v))
-        self.base_score_ = float(np.log(y_arr.mean()))
         self.booster_ = fit_booster(
             {**self.params, "seed": self.random_state},
             X_arr,
@@ -225,9 +225,9 @@ class ValueModel:
 
     def _offset(self, X: np.ndarray) -> np.ndarray:
         """The booster's starting log-spend per row: the prior, or the training mean."""
-        if getattr(self, "prior_", None) is None:
-            return np.full(len(X), getattr(self, "base_score_", 0.0))
-        return self.prior_.log_spend(X)  # type: ignore[union-attr]
+        if self.prior_ is None:
+            return np.full(len(X), self.base_score_)
+        return self.prior_.log_spend(X)
 
     def _fit_season(
         self, X: np.ndarray, y: np.ndarray, months: np.ndarray | None

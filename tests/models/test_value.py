@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -132,3 +134,20 @@ def test_single_row_fast_path_matches_the_batch_path(fitted: ValueModel) -> None
     batch = fitted.predict_array(M)
     for i in range(len(M)):
         np.testing.assert_allclose(fitted.predict_array(M[i : i + 1]), batch[i : i + 1], rtol=1e-12)
+
+
+def test_without_the_prior_columns_validation_rows_start_where_training_rows_do() -> None:
+    """Training and validation rows share the booster's starting score (the training
+    mean), or early stopping judges the validation rows against another baseline: with
+    the validation set equal to the training set, both metrics agree at every round."""
+    X, y, _ = synthetic(1500, 9, (4, 7))
+    seen: list[tuple[float, float]] = []
+
+    def both_metrics(env: Any) -> None:
+        seen.append((env.model.eval_train()[0][2], env.evaluation_result_list[0][2]))
+
+    model = ValueModel(FAST).fit(X, y, X, y, callbacks=[both_metrics])
+    assert model.prior_ is None  # the synthetic frame has no lifetime order columns
+    assert len(seen) > 5
+    for train_metric, valid_metric in seen:
+        assert valid_metric == pytest.approx(train_metric, rel=1e-9)
