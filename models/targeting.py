@@ -141,12 +141,7 @@ def parse_definitions(text: str, source: str = "<string>") -> dict[str, TargetDe
         except ExpressionError as exc:
             raise TargetError(f"{source}: list {name!r}: bad filter: {exc}") from None
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'list'}: "
-                + str(e["msg"]).removeprefix("Value error, ")
-                for e in exc.errors()
-            )
-            raise TargetError(f"{source}: list {name!r}: {problems}") from None
+            raise TargetError(f"{source}: list {name!r}: {_problems(exc)}") from None
     return out
 
 
@@ -574,6 +569,15 @@ def select_targets(
     return Selection(members, definition, removed, considered, basis, method, bound)
 
 
+def _problems(exc: ValidationError) -> str:
+    """pydantic's errors as ``field: message; ...``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'list'}: "
+        + str(e["msg"]).removeprefix("Value error, ")
+        for e in exc.errors()
+    )
+
+
 def definition_from(
     options: Mapping[str, Any], base: TargetDefinition | None = None
 ) -> TargetDefinition:
@@ -583,12 +587,7 @@ def definition_from(
     try:
         definition = TargetDefinition.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'list'}: "
-            + str(e["msg"]).removeprefix("Value error, ")
-            for e in exc.errors()
-        )
-        raise TargetError(f"invalid target list options: {problems}") from None
+        raise TargetError(f"invalid target list options: {_problems(exc)}") from None
     if definition.filter is not None and not definition.filter.strip():
         definition = definition.model_copy(update={"filter": None})
     if definition.filter:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from features.contract import INTERACTION_CHANNELS, TABLES
 
@@ -152,4 +154,14 @@ def trained_workspace(home: Path, customers: int, seed: int) -> None:
             jobs.train(kind, con, params=FAST_PARAMS, data=training)
             jobs.promote(kind)
         con.disconnect()
+    reset_settings()
+
+
+def use_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Body of a module's autouse fixture: every test sees ``home`` as RAPPORT_HOME."""
+    from rapport.settings import reset_settings
+
+    monkeypatch.setenv("RAPPORT_HOME", str(home))
+    reset_settings()
+    yield home
     reset_settings()

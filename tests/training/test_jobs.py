@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from sample_data import use_home
 
 from features.ingest import discover_files, ingest
 from features.warehouse import connect
 from models.churn import ChurnModel
 from models.value import ValueModel
 from rapport.demo_data import generate, write
-from rapport.settings import get_settings, reset_settings
+from rapport.settings import get_settings
 from training import jobs, tracking
 from training.datasets import TrainingSet, build_training_set
 
@@ -36,10 +37,7 @@ def module_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def shared_home(module_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Every test of this module sees the same workspace (and MLflow store)."""
-    monkeypatch.setenv("RAPPORT_HOME", str(module_home))
-    reset_settings()
-    yield module_home
-    reset_settings()
+    yield from use_home(module_home, monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sample_data import trained_workspace
+from sample_data import trained_workspace, use_home
 
 from features.warehouse import connect, raw
 from rapport.cli import main
-from rapport.settings import get_settings, reset_settings
+from rapport.settings import get_settings
 from training.nba import load_nba, nba_aliases
 
 
@@ -28,10 +28,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def shared_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("RAPPORT_HOME", str(home))
-    reset_settings()
-    yield home
-    reset_settings()
+    yield from use_home(home, monkeypatch)
 
 
 def run(*args: str) -> str:

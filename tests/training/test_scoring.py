@@ -12,14 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from sample_data import trained_workspace
+from sample_data import trained_workspace, use_home
 
 from features.scores import RUNS, SCORES, latest_run
 from features.spec import default_spec
 from features.warehouse import connect, raw
 from models.scorer import SCORE_COLUMNS
 from rapport.cli import main
-from rapport.settings import get_settings, reset_settings
+from rapport.settings import get_settings
 from training.targets import add_suppressions
 
 
@@ -32,10 +32,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def shared_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("RAPPORT_HOME", str(home))
-    reset_settings()
-    yield home
-    reset_settings()
+    yield from use_home(home, monkeypatch)
 
 
 def query(sql: str) -> pd.DataFrame:
