@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         return self.online_store or f"sqlite:///{self.home / 'online.sqlite'}"
 
     @property
+    def target_lists_path(self) -> Path:
+        """The workspace's saved target list definitions (beside the packaged examples)."""
+        return self.home / "target_lists.yaml"
+
+    @property
     def mlruns_dir(self) -> Path:
         return self.home / "mlruns"
 

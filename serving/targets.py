@@ -63,8 +63,6 @@ from models.targeting import (
 from rapport.settings import Settings, get_settings
 from serving.events import Outbox
 
-#: the workspace's saved lists (as ``rapport targets`` reads them)
-LISTS_FILE = "target_lists.yaml"
 #: the download route (GET, key scope ``targets``)
 DOWNLOAD_ROUTE = "/targets/download"
 #: download formats and their media types (the first is the default)
@@ -76,10 +74,11 @@ class TargetsUnavailableError(RuntimeError):
 
 
 def saved_definitions(settings: Settings) -> dict[str, TargetDefinition]:
+    """The packaged example lists, then the workspace's (as ``rapport targets`` reads them)."""
     found = default_definitions()
-    path = settings.home / LISTS_FILE
+    path = settings.target_lists_path
     if path.exists():
-        found.update(parse_definitions(path.read_text("utf-8"), source=LISTS_FILE))
+        found.update(parse_definitions(path.read_text("utf-8"), source=path.name))
     return found
 
 

@@ -55,8 +55,6 @@ from models.targeting import (
 from rapport.settings import get_settings
 
 Progress = Callable[[str], None]
-#: the workspace's own saved lists (added to, and replacing, the packaged examples)
-LISTS_FILE = "target_lists.yaml"
 #: errors the CLI shows as one clean line
 ERRORS = (TargetError, ExpressionError, NoScoresError, FileNotFoundError)
 
@@ -64,7 +62,7 @@ ERRORS = (TargetError, ExpressionError, NoScoresError, FileNotFoundError)
 def definitions(extra: Path | None = None) -> dict[str, TargetDefinition]:
     """Saved lists: packaged examples, then ``<home>/target_lists.yaml``, then ``extra``."""
     found = default_definitions()
-    paths = [get_settings().home / LISTS_FILE]
+    paths = [get_settings().target_lists_path]
     if extra is not None:
         if not extra.exists():
             raise FileNotFoundError(f"no list definitions file {extra}")
