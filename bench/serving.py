@@ -299,7 +299,10 @@ def run_baseline(home: Path, port: int, workers: int) -> None:
     import uvicorn
     from threadpoolctl import threadpool_limits
 
+    from serving import accept
+
     app = baseline_app(home)
+    accept.install()  # like the service: workers take new connections in turns
     # like the service: one OpenMP thread per worker. It also keeps the forked workers
     # out of libgomp's thread pool, which does not survive a fork (they hung in a futex).
     threadpool_limits(limits=1)

@@ -29,10 +29,10 @@ Performance notes (bench/serving.py measures them): endpoints are ``async`` and 
 short blocking work inline (a thread hop per request cost more than the work), the
 access log and BentoML's per-request Prometheus metrics are off, ``gc.freeze()`` after
 loading keeps the large heap of the mlflow / bentoml imports out of every full
-collection, OpenMP runs one thread per worker
-(one-row LightGBM predictions, 40 us instead of milliseconds of thread wake-ups on a busy
-machine), and a live score takes the pandas-free one-customer path of the same
-:class:`models.scorer.Scorer` functions the batch uses.
+collection, workers take new connections in turns (:mod:`serving.accept`), OpenMP runs
+one thread per worker (one-row LightGBM predictions, 40 us instead of milliseconds of
+thread wake-ups on a busy machine), and a live score takes the pandas-free one-customer
+path of the same :class:`models.scorer.Scorer` functions the batch uses.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from features.online import Record, empty_record, evaluate
 from features.segments import SegmentModel
 from features.spec import default_spec
 from rapport.settings import get_settings
-from serving import runtime
+from serving import accept, runtime
 from serving.auth import ADMIN, KeyConfigError, KeyRing, key_file
 from serving.events import (
     ConflictError,
@@ -368,6 +368,8 @@ class Rapport:
 
     def __init__(self) -> None:
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_QuietValidation())
+        if not accept.install():  # before uvicorn starts accepting (after this startup)
+            log.warning("uvloop is installed: new connections may all go to one worker")
         self.settings = settings = get_settings()
         settings.ensure_home()
         self.spec = default_spec()
