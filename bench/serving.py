@@ -7,7 +7,11 @@
 A new demo workspace gets a quick NBA model (``--no-nba``: without, only ``no_action``);
 ``--keep DIR`` keeps it for later runs with ``--home DIR``.
 
-Both apps run as servers on 127.0.0.1 with the same number of worker processes; the load
+A third app calibrates the two: a BentoML service with the real service's settings that
+validates the same ``/score`` bodies and does no work (``bench/noop_service.py``), the
+floor of BentoML's own cost per request.
+
+All apps run as servers on 127.0.0.1 with the same number of worker processes; the load
 comes from a separate process (a small keep-alive HTTP/1.1 client on asyncio, so the
 client costs little of the two cores). Per app:
 
@@ -50,8 +54,10 @@ import httpx
 
 from rapport.settings import Settings, reset_settings
 from serving.auth import SCOPES, add_key
-from serving.runtime import ROOT, serve_command, server_env
+from serving.runtime import ROOT, SERVICE, serve_command, server_env
 
+#: BentoML with the service's settings and request schema, doing no work (the floor)
+NOOP_SERVICE = "bench.noop_service:Noop"
 #: quick, small models: the benchmark and the tests measure serving, not model quality
 FAST_PARAMS = {"num_boost_round": 60, "num_threads": 1, "min_data_in_leaf": 40}
 
@@ -195,16 +201,22 @@ def start_service(
     workers: int = 1,
     env: Mapping[str, str] | None = None,
     log: Path | None = None,
+    service: str = SERVICE,
 ) -> Server:
-    """``bentoml serve`` of the workspace in ``home`` on 127.0.0.1, in the background."""
+    """``bentoml serve`` of the workspace in ``home`` on 127.0.0.1, in the background
+    (``service``: another service than Rapport, e.g. :data:`NOOP_SERVICE`)."""
     port = port or free_port()
     base = {**os.environ, **(env or {})}
     settings = Settings(home=home)
     log = log or home / f"server-{port}.log"
+    environment = server_env(settings, workers, base)
+    if service != SERVICE:  # server_env sizes the rapport service: size this one too
+        name = service.rsplit(":", 1)[1].lower()
+        environment["BENTOML_CONFIG_OPTIONS"] += f" services.{name}.workers={int(workers)}"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            serve_command("127.0.0.1", port),
-            env=server_env(settings, workers, base),
+            serve_command("127.0.0.1", port, service),
+            env=environment,
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -557,17 +569,20 @@ ROWS = (
 )
 
 
-def table(
-    service: Mapping[str, Mapping[str, float]], bare: Mapping[str, Mapping[str, float]]
-) -> str:
+def table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """One row per figure: the three apps, then /score and the no-op over the bare app."""
+    service, noop, bare = results["service"], results["noop"], results["baseline"]
     lines = [
-        f"| {'metric':<28} | {'rapport /score':>14} | {'fastapi churn':>13} | {'ratio':>6} |",
-        f"|{'-' * 30}|{'-' * 16}|{'-' * 15}|{'-' * 8}|",
+        f"| {'metric':<28} | {'rapport /score':>14} | {'bentoml no-op':>13} "
+        f"| {'fastapi churn':>13} | {'score/fastapi':>13} | {'no-op/fastapi':>13} |",
+        f"|{'-' * 30}|{'-' * 16}|{'-' * 15}|{'-' * 15}|{'-' * 15}|{'-' * 15}|",
     ]
     for label, scenario, key in ROWS:
-        a, b = service[scenario][key], bare[scenario][key]
-        ratio = f"{a / b:6.2f}" if b else "     -"
-        lines.append(f"| {label:<28} | {a:>14.2f} | {b:>13.2f} | {ratio} |")
+        a, n, b = service[scenario][key], noop[scenario][key], bare[scenario][key]
+        ratios = [f"{x / b:13.2f}" if b else f"{'-':>13}" for x in (a, n)]
+        lines.append(
+            f"| {label:<28} | {a:>14.2f} | {n:>13.2f} | {b:>13.2f} | {ratios[0]} | {ratios[1]} |"
+        )
     return "\n".join(lines)
 
 
@@ -647,16 +662,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
         results = {}
         loads: dict[str, float] = {}
-        for name in ("service", "baseline"):
-            server = (
-                start_service(home, workers=args.workers)
-                if name == "service"
-                else start_baseline(home, args.workers)
-            )
+        for name in ("service", "noop", "baseline"):
+            if name == "service":
+                server = start_service(home, workers=args.workers)
+            elif name == "noop":
+                server = start_service(home, workers=args.workers, service=NOOP_SERVICE)
+            else:
+                server = start_baseline(home, args.workers)
             try:
-                wait_ready(server, path="/readyz" if name == "service" else "/docs")
+                wait_ready(server, path="/docs" if name == "baseline" else "/readyz")
                 port = int(server.url.rsplit(":", 1)[1])
-                if name == "service":
+                if name != "baseline":
                     spec = {
                         **common,
                         "port": port,
@@ -671,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 results[name] = run_load(spec)
             finally:
                 stop(server)
-    print(table(results["service"], results["baseline"]))
+    print(table(results))
     print(
         f"\nworkers per app: {args.workers}; open loop {args.rate:.0f}/s for {args.seconds:.0f}s; "
         f"closed loop {args.clients} clients for {args.closed_seconds:.0f}s; "

@@ -300,14 +300,14 @@ def server_env(
     return env
 
 
-def serve_command(host: str = "127.0.0.1", port: int = 3000) -> list[str]:
+def serve_command(host: str = "127.0.0.1", port: int = 3000, service: str = SERVICE) -> list[str]:
     """``bentoml serve serving.service:Rapport`` with this interpreter's BentoML."""
     return [
         sys.executable,
         "-m",
         "bentoml",
         "serve",
-        SERVICE,
+        service,
         "--host",
         host,
         "--port",

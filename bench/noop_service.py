@@ -1,0 +1,35 @@
+"""A BentoML service that does no work: the floor of the framework's cost per request.
+
+``bench/serving.py`` serves it like the real service (same BentoML settings, same worker
+count, same request bodies, validated with the same :class:`serving.schemas.ScoreRequest`)
+so its table shows how much of ``/score`` is BentoML's HTTP stack and how much is scoring.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import bentoml
+
+from serving import accept
+from serving.schemas import ScoreRequest
+
+
+@bentoml.service(
+    name="noop",
+    workers=1,
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": False}},
+    metrics={"enabled": False},
+    tracing={"excluded_urls": ["."]},
+)
+class Noop:
+    def __init__(self) -> None:
+        accept.install()
+        gc.collect()
+        gc.freeze()
+
+    @bentoml.api(route="/score", input_spec=ScoreRequest)
+    async def score(self, **fields: Any) -> dict[str, Any]:
+        return {"customer_id": fields["customer_id"], "churn": {"probability": 0.5}}
