@@ -79,3 +79,33 @@ def test_a_burst_of_connections_is_shared_between_workers() -> None:
     assert sum(counts.values()) == CONNECTIONS
     assert len(counts) == WORKERS
     assert min(counts.values()) >= CONNECTIONS // (2 * WORKERS)
+
+
+def test_a_server_closed_while_a_worker_pauses_stays_closed() -> None:
+    """The pause after an accept must not re-arm a listening socket that was closed."""
+    accept.install()
+    errors: list[dict[str, object]] = []
+
+    async def main() -> bool:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        accepted = loop.create_future()
+
+        class Note(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                accepted.set_result(True)
+
+        server = await loop.create_server(Note, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        await accepted  # the worker took the connection and pauses
+        server.close()
+        await asyncio.sleep(5 * accept.PAUSE_S)  # the pause ends after the close
+        client.close()
+        return server.is_serving()
+
+    try:
+        assert asyncio.run(main()) is False
+    finally:
+        accept.uninstall()
+    assert errors == []
