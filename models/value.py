@@ -69,7 +69,8 @@ PRIOR_FLOOR = 1e-2
 DEFAULT_HORIZON_DAYS = 90
 
 DEFAULT_PARAMS: dict[str, Any] = {
-    **{k: v for k, v in CHURN_DEFAULTS.items() if k not in ("objective", "metric")},
+    # not churn's depth limit: it is there for live reasons, which the value model has not
+    **{k: v for k, v in CHURN_DEFAULTS.items() if k not in ("objective", "metric", "max_depth")},
     "objective": "tweedie",
     "tweedie_variance_power": 1.5,
     "metric": "tweedie",
