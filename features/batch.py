@@ -187,10 +187,10 @@ def finish(raw: Mapping[str, np.ndarray], as_of: datetime, spec: FeatureSpec) ->
             out[agg.name] = np.where(np.isnan(values), 0.0, values)
         else:
             out[agg.name] = values
-    for d in spec.derived:
-        num = sum(w * out[n] for n, w in d.numerator)
-        den = sum(w * out[n] for n, w in d.denominator) + d.constant
-        with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # once: ~4 us a call on one row
+        for d in spec.derived:
+            num = sum(w * out[n] for n, w in d.numerator)
+            den = sum(w * out[n] for n, w in d.denominator) + d.constant
             out[d.name] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
     return out
 

@@ -75,10 +75,6 @@ def _as_array(values: list[Any], kind: str) -> np.ndarray:
 
 
 def _cond_mask(col: np.ndarray, cond: Cond) -> np.ndarray:
-    if col.dtype == object:
-        present = np.array([v is not None for v in col], dtype=bool)
-    else:
-        present = ~np.isnan(col)
     value: Any = cond.value
     if isinstance(value, bool):
         value = float(value)
@@ -93,7 +89,12 @@ def _cond_mask(col: np.ndarray, cond: Cond) -> np.ndarray:
         hit = col < value
     else:
         hit = col > value
-    return present & np.asarray(hit, dtype=bool)
+    hit = np.asarray(hit, dtype=bool)
+    if cond.op != "!=":  # a missing value (None / NaN) never equals or orders: already False
+        return hit
+    if col.dtype == object:
+        return hit & np.array([v is not None for v in col], dtype=bool)
+    return hit & ~np.isnan(col)
 
 
 class _TablePlan:
