@@ -97,6 +97,35 @@ def _cond_mask(col: np.ndarray, cond: Cond) -> np.ndarray:
     return hit & ~np.isnan(col)
 
 
+def _meets(value: Any, cond: Cond) -> bool:
+    """One event value against a condition, as :func:`_cond_mask` judges a column."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return False
+    target = cond.value
+    if cond.op == "in":
+        return value in target  # type: ignore[operator]
+    if cond.op == "==":
+        return bool(value == target)
+    if cond.op == "!=":
+        return bool(value != target)
+    if cond.op == "<":
+        return bool(value < target)
+    return bool(value > target)
+
+
+def counted(source: str, row: Mapping[str, Any], spec: FeatureSpec | None = None) -> bool:
+    """Could any of the spec's aggregations over ``source`` count this event?
+
+    An event no aggregation's conditions admit changes no feature, so the online record
+    need not keep it: a logged ``no_action`` decision (most live decisions) counts toward
+    no campaign feature, and keeping each one grew the record of a customer at every call.
+    """
+    plan = _plans(spec or default_spec()).get(source)
+    if plan is None:
+        return False
+    return any(all(_meets(row.get(c.column), c) for c in where) for where in plan.wheres)
+
+
 class _TablePlan:
     """One event table's aggregations, arranged so a customer's events are aggregated
     with a few matrix operations (one row per aggregation) instead of a numpy call per

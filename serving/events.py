@@ -50,7 +50,7 @@ from typing import Any
 
 from features.batch import micros
 from features.contract import TABLES
-from features.online import Record, append_events, record_columns
+from features.online import Record, append_events, counted, record_columns
 from features.spec import FeatureSpec, default_spec
 
 OPEN_SUFFIX = ".jsonl.open"
@@ -368,12 +368,15 @@ def log_decisions(
     ``with_record``, so the contact policy sees them on the next score.
 
     Decisions for customers without a record (cold start) go to the outbox only; ingest
-    accepts them once the customer is in the warehouse and quarantines them before.
+    accepts them once the customer is in the warehouse and quarantines them before. So do
+    decisions no feature counts (:func:`features.online.counted`: ``no_action``), which
+    would only grow the record.
     """
     spec = spec or default_spec()
     outbox.append("campaign_log", rows)
     known = set(with_record)
-    grouped = _by_customer({"campaign_log": [r for r in rows if r["customer_id"] in known]}, spec)
+    kept = [r for r in rows if r["customer_id"] in known and counted("campaign_log", r, spec)]
+    grouped = _by_customer({"campaign_log": kept}, spec)
     # one transaction for the whole group where the store has batches (SQLite): one write
     # lock and one fsync instead of one per customer; with several workers the
     # per-customer commits queued on the database's write lock
@@ -399,22 +402,32 @@ class DecisionBuffer:
         self._write = threading.Lock()  # one writer at a time: groups land in order
         self._rows: list[Mapping[str, Any]] = []
         self._known: set[str] = set()
-        #: customers with decisions added and not yet written (pending or in flight)
+        #: customers whose record a decision added and not yet written (pending or in
+        #: flight) will change; their next score must wait for it
         self._customers: set[str] = set()
+        self._in_flight = 0
 
     def add(self, rows: Sequence[Mapping[str, Any]], with_record: Iterable[str]) -> None:
         if not rows:
             return
-        ids = {str(r["customer_id"]) for r in rows}
+        records = set(with_record)
+        changed = {
+            str(r["customer_id"])
+            for r in rows
+            if str(r["customer_id"]) in records and counted("campaign_log", r, self.spec)
+        }
         with self._lock:
             self._rows.extend(rows)
-            self._known |= ids & set(with_record)
-            self._customers |= ids
+            self._known |= records & {str(r["customer_id"]) for r in rows}
+            self._customers |= changed
 
     def pending(self, customer_id: str | None = None) -> bool:
-        """Anything not yet written (for ``customer_id``, when given)?"""
+        """Anything not yet written? With ``customer_id``: anything that changes its
+        record (a ``no_action`` decision or a cold-start customer's does not)."""
         with self._lock:
-            return bool(self._customers) if customer_id is None else customer_id in self._customers
+            if customer_id is None:
+                return bool(self._rows) or self._in_flight > 0
+            return customer_id in self._customers
 
     def flush(self) -> int:
         """Write every decision added so far; returns how many (0 if none)."""
@@ -422,6 +435,7 @@ class DecisionBuffer:
             with self._lock:
                 rows, known = self._rows, self._known
                 self._rows, self._known = [], set()
+                self._in_flight = len(rows)
             try:
                 if rows:
                     log_decisions(self.store, self.outbox, rows, known, self.spec)
@@ -429,9 +443,16 @@ class DecisionBuffer:
                 with self._lock:  # keep them, in order, for the next flush
                     self._rows[:0] = rows
                     self._known |= known
+                    self._in_flight = 0
                 raise
             with self._lock:
-                self._customers = {str(r["customer_id"]) for r in self._rows}
+                self._in_flight = 0
+                self._customers = {
+                    str(r["customer_id"])
+                    for r in self._rows
+                    if str(r["customer_id"]) in self._known
+                    and counted("campaign_log", r, self.spec)
+                }
         return len(rows)
 
 

@@ -217,6 +217,24 @@ def test_decisions_go_to_outbox_and_known_records(tmp_path: Path, store: OnlineS
     assert [r["decision_id"] for r in lines(tmp_path / "campaign_log")] == ["d-1", "d-2"]
 
 
+def test_no_action_decisions_reach_the_outbox_but_not_the_record(
+    tmp_path: Path, store: OnlineStore
+) -> None:
+    outbox = Outbox(tmp_path)
+    buffer = DecisionBuffer(store, outbox)
+    before = store.get("C0002")
+    at = cutoff(700)
+    buffer.add(
+        [decision_row(f"n-{i}", "C0002", at, "no_action", "none", 0.9) for i in range(5)], {"C0002"}
+    )
+    assert not buffer.pending("C0002")  # the next score need not wait for them
+    assert buffer.flush() == 5
+    assert [r["decision_id"] for r in lines(tmp_path / "campaign_log")] == [
+        f"n-{i}" for i in range(5)
+    ]
+    assert store.get("C0002") == before  # the record does not grow at every call
+
+
 def test_decision_buffer_writes_behind_in_order_and_keeps_failed_groups(
     tmp_path: Path, store: OnlineStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -226,7 +244,9 @@ def test_decision_buffer_writes_behind_in_order_and_keeps_failed_groups(
     row = lambda i, c: decision_row(f"d-{i}", c, as_of, "cross_sell", "email", 0.5)  # noqa: E731
     buffer.add([row(1, "C0002")], {"C0002"})
     buffer.add([row(2, "cold-1")], set())
-    assert buffer.pending("C0002") and buffer.pending("cold-1") and not buffer.pending("C0003")
+    # only a decision that changes a record makes that customer's next score wait
+    assert buffer.pending("C0002") and not buffer.pending("C0003")
+    assert not buffer.pending("cold-1") and buffer.pending()
     assert not (tmp_path / "campaign_log").exists()  # nothing written yet
     broken = True
     real_update = store.update
