@@ -30,6 +30,8 @@ ZERO_WHEN_EMPTY = frozenset({"count", "sum", "nunique"})
 
 def as_utc(value: datetime | str | pd.Timestamp) -> datetime:
     """Cutoffs are UTC instants; naive values are read as UTC."""
+    if type(value) is datetime:  # the live path, per request: pandas costs ~8 us here
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     ts = pd.Timestamp(value)
     ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
     return ts.to_pydatetime()
