@@ -13,17 +13,11 @@ from typing import Any
 import bentoml
 
 from serving import accept
+from serving.runtime import SERVICE_OPTIONS
 from serving.schemas import ScoreRequest
 
 
-@bentoml.service(
-    name="noop",
-    workers=1,
-    traffic={"timeout": 30},
-    logging={"access": {"enabled": False}},
-    metrics={"enabled": False},
-    tracing={"excluded_urls": ["."]},
-)
+@bentoml.service(name="noop", **SERVICE_OPTIONS)
 class Noop:
     def __init__(self) -> None:
         accept.install()

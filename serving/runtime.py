@@ -40,6 +40,20 @@ CHAMPION = "champion"
 BENTO_MODEL = "rapport-champions"
 CHAMPIONS_FILE = "champions.pkl"
 SERVICE = "serving.service:Rapport"
+#: BentoML settings of the service (and of the benchmark's no-op, so its floor is this one's)
+SERVICE_OPTIONS: dict[str, Any] = {
+    "workers": 1,
+    "traffic": {"timeout": 30},
+    "logging": {"access": {"enabled": False}},
+    # BentoML's per-request Prometheus metrics (multiprocess files) cost ~30% of a /score
+    # here; turn them back on with BENTOML_CONFIG_OPTIONS=services.rapport.metrics.enabled=true
+    "metrics": {"enabled": False},
+    # BentoML records an OpenTelemetry span for every request even at sample rate 0
+    # (~20 objects each, kept alive in reference cycles until a full collection, which then
+    # stalls requests for 20-100 ms); no spans unless configured, e.g.
+    # BENTOML_CONFIG_OPTIONS="services.rapport.tracing.excluded_urls=[]"
+    "tracing": {"excluded_urls": ["."]},
+}
 ROOT = Path(__file__).resolve().parents[1]
 #: environment that keeps BentoML and MLflow off the network
 OFFLINE_ENV = {

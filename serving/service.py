@@ -347,20 +347,7 @@ def _plain(value: Any) -> float | str | None:
     return value if isinstance(value, str) else float(value)
 
 
-@bentoml.service(
-    name="rapport",
-    workers=1,
-    traffic={"timeout": 30},
-    logging={"access": {"enabled": False}},
-    # BentoML's per-request Prometheus metrics (multiprocess files) cost ~30% of a /score
-    # here; turn them back on with BENTOML_CONFIG_OPTIONS=services.rapport.metrics.enabled=true
-    metrics={"enabled": False},
-    # BentoML records an OpenTelemetry span for every request even at sample rate 0
-    # (~20 objects each, kept alive in reference cycles until a full collection, which then
-    # stalls requests for 20-100 ms); no spans unless configured, e.g.
-    # BENTOML_CONFIG_OPTIONS="services.rapport.tracing.excluded_urls=[]"
-    tracing={"excluded_urls": ["."]},
-)
+@bentoml.service(name="rapport", **runtime.SERVICE_OPTIONS)
 class Rapport:
     """Champion models + online store + outbox; one instance per worker process."""
 
