@@ -315,7 +315,8 @@ def server_env(
 
 
 def serve_command(host: str = "127.0.0.1", port: int = 3000, service: str = SERVICE) -> list[str]:
-    """``bentoml serve serving.service:Rapport`` with this interpreter's BentoML."""
+    """``bentoml serve serving.service:Rapport`` (or another ``service``, e.g. the bench's
+    no-op) with this interpreter's BentoML."""
     return [
         sys.executable,
         "-m",
