@@ -97,22 +97,6 @@ def _cond_mask(col: np.ndarray, cond: Cond) -> np.ndarray:
     return hit & ~np.isnan(col)
 
 
-def _meets(value: Any, cond: Cond) -> bool:
-    """One event value against a condition, as :func:`_cond_mask` judges a column."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return False
-    target = cond.value
-    if cond.op == "in":
-        return value in target  # type: ignore[operator]
-    if cond.op == "==":
-        return bool(value == target)
-    if cond.op == "!=":
-        return bool(value != target)
-    if cond.op == "<":
-        return bool(value < target)
-    return bool(value > target)
-
-
 def counted(source: str, row: Mapping[str, Any], spec: FeatureSpec | None = None) -> bool:
     """Could any of the spec's aggregations over ``source`` count this event?
 
@@ -123,7 +107,16 @@ def counted(source: str, row: Mapping[str, Any], spec: FeatureSpec | None = None
     plan = _plans(spec or default_spec()).get(source)
     if plan is None:
         return False
-    return any(all(_meets(row.get(c.column), c) for c in where) for where in plan.wheres)
+    table = TABLES[source]
+    hits: dict[Cond, bool] = {}
+
+    def meets(cond: Cond) -> bool:  # judged as the evaluator judges a column of events
+        if cond not in hits:
+            column = _as_array([row.get(cond.column)], table.column(cond.column).type)
+            hits[cond] = bool(_cond_mask(column, cond)[0])
+        return hits[cond]
+
+    return any(all(meets(c) for c in where) for where in plan.wheres)
 
 
 class _TablePlan:

@@ -401,11 +401,10 @@ class DecisionBuffer:
         self._lock = threading.Lock()  # guards the pending lists
         self._write = threading.Lock()  # one writer at a time: groups land in order
         self._rows: list[Mapping[str, Any]] = []
+        #: customers whose record a pending decision changes: their next score waits
         self._known: set[str] = set()
-        #: customers whose record a decision added and not yet written (pending or in
-        #: flight) will change; their next score must wait for it
-        self._customers: set[str] = set()
-        self._in_flight = 0
+        #: the group being written (rows, record customers), still pending to callers
+        self._flight: tuple[int, set[str]] = (0, set())
 
     def add(self, rows: Sequence[Mapping[str, Any]], with_record: Iterable[str]) -> None:
         if not rows:
@@ -418,16 +417,15 @@ class DecisionBuffer:
         }
         with self._lock:
             self._rows.extend(rows)
-            self._known |= records & {str(r["customer_id"]) for r in rows}
-            self._customers |= changed
+            self._known |= changed
 
     def pending(self, customer_id: str | None = None) -> bool:
         """Anything not yet written? With ``customer_id``: anything that changes its
         record (a ``no_action`` decision or a cold-start customer's does not)."""
         with self._lock:
             if customer_id is None:
-                return bool(self._rows) or self._in_flight > 0
-            return customer_id in self._customers
+                return bool(self._rows) or self._flight[0] > 0
+            return customer_id in self._known or customer_id in self._flight[1]
 
     def flush(self) -> int:
         """Write every decision added so far; returns how many (0 if none)."""
@@ -435,7 +433,7 @@ class DecisionBuffer:
             with self._lock:
                 rows, known = self._rows, self._known
                 self._rows, self._known = [], set()
-                self._in_flight = len(rows)
+                self._flight = (len(rows), known)
             try:
                 if rows:
                     log_decisions(self.store, self.outbox, rows, known, self.spec)
@@ -443,16 +441,10 @@ class DecisionBuffer:
                 with self._lock:  # keep them, in order, for the next flush
                     self._rows[:0] = rows
                     self._known |= known
-                    self._in_flight = 0
                 raise
-            with self._lock:
-                self._in_flight = 0
-                self._customers = {
-                    str(r["customer_id"])
-                    for r in self._rows
-                    if str(r["customer_id"]) in self._known
-                    and counted("campaign_log", r, self.spec)
-                }
+            finally:
+                with self._lock:
+                    self._flight = (0, set())
         return len(rows)
 
 
