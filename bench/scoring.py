@@ -30,9 +30,9 @@ from datetime import UTC, datetime
 import numpy as np
 
 from features.batch import build
-from features.scores import RUNS, SCORES
 from features.segments import fit_segments
 from features.spec import default_spec
+from features.tables.scores import RUNS, SCORES
 from features.warehouse import connect, raw
 from rapport.settings import get_settings, reset_settings
 from training.scoring import build_scorer, load_champions, score_all

@@ -102,11 +102,11 @@ def prepare_workspace(
     ``nba``: also fit a quick next-best-action model (:func:`add_demo_nba`) and bundle it
     with the champions, so the service ranks real actions."""
     from features.ingest import discover_files, ingest
+    from features.online.materialize import materialize
+    from features.online.store import open_store
     from features.warehouse import connect
     from rapport.demo_data import generate, write
     from rapport.settings import get_settings
-    from serving.materialize import materialize
-    from serving.online_store import open_store
     from serving.runtime import import_champions
     from training import jobs
     from training.datasets import build_training_set
@@ -164,9 +164,9 @@ def fit_demo_nba(con: Any, scorer: Any, columns: int = 30) -> Any:
 def add_demo_nba(con: Any, settings: Settings) -> str:
     """Bundle :func:`fit_demo_nba`'s model with the churn / value champions as a new
     ``rapport-champions`` version in the BentoML store (nba version ``demo``)."""
+    from features.online.materialize import META_SEGMENTS
+    from features.online.store import open_store
     from features.segments import SegmentModel
-    from serving.materialize import META_SEGMENTS
-    from serving.online_store import open_store
     from serving.runtime import build_scorer, bundle_champions, load_champions
 
     champions = load_champions(settings)
@@ -259,8 +259,8 @@ def baseline_app(home: Path) -> Any:
     import numpy as np
     from fastapi import FastAPI
 
-    from features.online import evaluate
-    from serving.online_store import open_store
+    from features.online.record import evaluate
+    from features.online.store import open_store
     from serving.runtime import load_champions
 
     with environment(RAPPORT_HOME=str(home)):

@@ -46,7 +46,7 @@ from typing import Any
 import duckdb
 
 from features.contract import DUCKDB_TYPES, TABLES, Column, Table
-from features.scores import OUTBOX_LISTS, read_outbox_lists, record_lists
+from features.tables.scores import OUTBOX_LISTS, read_outbox_lists, record_lists
 from features.warehouse import ensure_contract_tables, raw
 
 #: ground-truth tables of the demo data, loaded as they are (replaced on every ingest)
@@ -233,7 +233,7 @@ def ingest_outbox(con: Any, outbox_dir: Path, now: datetime) -> IngestReport:
     Writers must put complete files in place (write elsewhere, then rename): every
     ``*.jsonl`` file found is read, and moved to ``<table>/done/`` once committed.
     Target lists made by ``POST /targets`` (``<outbox>/target_lists``) are then recorded
-    in the audit tables (:func:`features.scores.record_lists`, as ``rapport targets``
+    in the audit tables (:func:`features.tables.scores.record_lists`, as ``rapport targets``
     does), in their own transaction, after the events; a list already recorded is skipped.
     """
     batches = {

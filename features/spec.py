@@ -1,7 +1,7 @@
 """The feature spec: every feature Rapport computes, declared once.
 
 The same objects drive the batch build on the warehouse (``features.batch``, compiled to
-Ibis), the online evaluator (``features.online``, numpy over one customer's events) and the
+Ibis), the online evaluator (``features.online.record``, numpy over one customer's events) and the
 plain-language reasons of the churn model (each feature carries its own phrase). Nothing
 else in the code base may define a feature.
 

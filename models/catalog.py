@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from features.contract import NO_ACTION
-from features.expressions import Expression, parse
+from models.expressions import Expression, parse
 
 #: channels that contact a person and therefore need their consent
 CONSENT_CHANNELS = frozenset({"email", "call", "sms"})

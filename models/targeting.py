@@ -9,7 +9,7 @@ The steps, in this order, are always applied (nothing here can be switched off):
 
 1. **deduplication** on ``customer_id`` (the first row wins);
 2. **suppression**: customers on the opt-out / suppression list are removed;
-3. the marketer's **filter** (the safe expression language of :mod:`features.expressions`,
+3. the marketer's **filter** (the safe expression language of :mod:`models.expressions`,
    errors point at the offending token);
 4. **arbitration** (:func:`models.policy.arbitrate`, the code batch and live scoring use):
    the action's eligibility rule, **consent** for its channel, the **contact policy** and
@@ -44,10 +44,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.contract import NO_ACTION
-from features.expressions import Expression, ExpressionError, parse
-from features.scores import MEMBER_TYPES
 from features.spec import Agg, Derived, FeatureSpec
+from features.tables.scores import MEMBER_TYPES
 from models.catalog import CHURN_FIELD, Catalog
+from models.expressions import Expression, ExpressionError, parse
 from models.policy import Exclusion, arbitrate
 from models.value import OUTPUT_COLUMNS
 
@@ -369,7 +369,7 @@ class Selection:
         output: str | None = None,
     ) -> tuple[dict[str, Any], pd.DataFrame]:
         """The list's ``target_lists`` row and ``target_list_members`` rows
-        (:func:`features.scores.record_lists`, directly or through the outbox)."""
+        (:func:`features.tables.scores.record_lists`, directly or through the outbox)."""
         d = self.definition
         row = {
             "list_id": list_id,

@@ -561,8 +561,8 @@ def materialize(as_of: str | None) -> None:
     The store is RAPPORT_ONLINE_STORE: a SQLite file in the workspace by default, or
     redis://host:port/db. A running service picks the new load up within seconds.
     """
-    from serving.materialize import materialize as run_materialize
-    from serving.online_store import open_store, redact_url
+    from features.online.materialize import materialize as run_materialize
+    from features.online.store import open_store, redact_url
 
     settings = get_settings()
     con = open_warehouse(settings, read_only=True)

@@ -98,9 +98,9 @@ def prepare_serving(
     import time
 
     say("\n== 6. online feature store: every customer's record, for live scoring")
+    from features.online.materialize import materialize
+    from features.online.store import open_store, redact_url
     from serving.auth import add_key
-    from serving.materialize import materialize
-    from serving.online_store import open_store, redact_url
     from serving.runtime import import_champions, serve
 
     store = open_store(settings.online_store_url)

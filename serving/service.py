@@ -7,7 +7,7 @@ workspace environment, see :func:`serving.runtime.serve`). Endpoints (JSON, Open
 * ``POST /score`` -- one customer: churn probability and reasons, value interval, ABC tier,
   RFM segment, the top-k next best actions and the chosen one with its propensity; the
   decision is logged (outbox campaign log + the customer's online record) right behind the
-  answer, in groups (:class:`serving.events.DecisionBuffer`; the customer's next score
+  answer, in groups (:class:`features.online.events.DecisionBuffer`; the customer's next score
   waits for it);
 * ``POST /score_batch`` -- up to ``RAPPORT_MAX_BATCH_SIZE`` customers;
 * ``POST /events`` -- orders and interactions, durable before 200, seen by the next score;
@@ -16,7 +16,7 @@ workspace environment, see :func:`serving.runtime.serve`). Endpoints (JSON, Open
   reachable and materialized with this feature set).
 
 Features are computed per request from the customer's online record with the same code as
-the batch build (:func:`features.online.evaluate`, ``as_of`` = now). Every response body
+the batch build (:func:`features.online.record.evaluate`, ``as_of`` = now). Every response body
 carries ``meta`` (model versions, feature set) and every response the headers
 ``X-Rapport-Models`` and ``X-Rapport-Feature-Set``.
 
@@ -56,13 +56,7 @@ from starlette.responses import JSONResponse
 from threadpoolctl import threadpool_limits
 
 from features.batch import micros
-from features.online import Record, empty_record, evaluate
-from features.segments import SegmentModel
-from features.spec import default_spec
-from rapport.settings import get_settings
-from serving import accept, runtime
-from serving.auth import ADMIN, KeyConfigError, KeyRing, key_file
-from serving.events import (
+from features.online.events import (
     ConflictError,
     DecisionBuffer,
     Outbox,
@@ -73,8 +67,14 @@ from serving.events import (
     record_feedback,
     recover_segments,
 )
-from serving.materialize import META_FEATURE_SET, META_MATERIALIZED_AT, META_SEGMENTS
-from serving.online_store import open_store, redact_url
+from features.online.materialize import META_FEATURE_SET, META_MATERIALIZED_AT, META_SEGMENTS
+from features.online.record import Record, empty_record, evaluate
+from features.online.store import open_store, redact_url
+from features.segments import SegmentModel
+from features.spec import default_spec
+from rapport.settings import get_settings
+from serving import accept, runtime
+from serving.auth import ADMIN, KeyConfigError, KeyRing, key_file
 from serving.schemas import (
     BatchError,
     Chosen,

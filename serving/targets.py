@@ -2,7 +2,7 @@
 
 The selection is :func:`models.targeting.select_targets`, the code ``rapport targets``
 runs (``serving`` never imports ``training``). The warehouse is opened **read-only** for
-the request and closed after it: the latest run of ``scores`` (:mod:`features.scores`),
+the request and closed after it: the latest run of ``scores`` (:mod:`features.tables.scores`),
 the features the list needs computed now (consent, contact counts, cool-downs, the
 filter's fields) and the ``suppressions`` table.
 
@@ -10,13 +10,13 @@ Lists longer than ``max_rows`` (or any list, when the request names a ``format``
 written to ``<home>/exports/<list_id>.parquet|csv`` and the response carries a download
 link, ``GET /targets/download?list_id=...&format=...`` (:func:`download_app`, mounted by
 the service; the same key scope ``targets``). The route serves nothing but files named
-after a list id (:data:`features.scores.LIST_ID`), so no path can escape the folder.
+after a list id (:data:`features.tables.scores.LIST_ID`), so no path can escape the folder.
 
 The service does not write the warehouse (single writer): before answering, it appends
 the list's audit rows -- definition, totals and members, exactly what ``rapport targets``
 records -- to ``<home>/outbox/target_lists`` in one durable segment, sealed at once
 (:func:`list_outbox`), and ``rapport ingest --outbox`` records them in ``target_lists`` /
-``target_list_members`` with :func:`features.scores.record_lists`.
+``target_list_members`` with :func:`features.tables.scores.record_lists`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from features.batch import build
-from features.expressions import ExpressionError
-from features.scores import (
+from features.online.events import Outbox
+from features.spec import FeatureSpec
+from features.tables.scores import (
     LIST_ID,
     OUTBOX_LISTS,
     NoScoresError,
@@ -46,9 +47,9 @@ from features.scores import (
     outbox_lines,
     suppressed_ids,
 )
-from features.spec import FeatureSpec
 from features.warehouse import connect, raw
 from models.catalog import Catalog
+from models.expressions import ExpressionError
 from models.targeting import (
     TargetDefinition,
     TargetError,
@@ -61,7 +62,6 @@ from models.targeting import (
     select_targets,
 )
 from rapport.settings import Settings, get_settings
-from serving.events import Outbox
 
 #: the download route (GET, key scope ``targets``)
 DOWNLOAD_ROUTE = "/targets/download"

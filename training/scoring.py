@@ -42,9 +42,9 @@ import pandas as pd
 import pyarrow as pa
 
 from features.batch import as_utc, build
-from features.scores import RUNS, RUNS_DDL, SCORES
 from features.segments import SegmentModel, fit_segments
 from features.spec import FeatureSpec, default_spec
+from features.tables.scores import RUNS, RUNS_DDL, SCORES
 from features.warehouse import raw
 from models.catalog import Catalog, default_catalog
 from models.policy import Exclusion

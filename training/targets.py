@@ -10,7 +10,7 @@ from last night. Suppressions come from the warehouse table ``suppressions``
 (``customer_id, reason, added_at``; :func:`add_suppressions`) and/or a file.
 
 :func:`record` writes the list and its definition to ``target_lists`` and its members to
-``target_list_members`` for audit (:func:`features.scores.record_lists`, which ``rapport
+``target_list_members`` for audit (:func:`features.tables.scores.record_lists`, which ``rapport
 ingest --outbox`` also uses for the lists the service made); :func:`export` writes CSV or
 Parquet.
 """
@@ -26,8 +26,8 @@ from typing import Any
 import pandas as pd
 
 from features.batch import as_utc, build
-from features.expressions import ExpressionError
-from features.scores import (
+from features.spec import FeatureSpec, default_spec
+from features.tables.scores import (
     SUPPRESSIONS,
     SUPPRESSIONS_DDL,
     NoScoresError,
@@ -38,9 +38,9 @@ from features.scores import (
     record_lists,
     suppressed_ids,
 )
-from features.spec import FeatureSpec, default_spec
 from features.warehouse import raw
 from models.catalog import Catalog
+from models.expressions import ExpressionError
 from models.targeting import (
     Selection,
     TargetDefinition,

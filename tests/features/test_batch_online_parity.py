@@ -10,7 +10,7 @@ import pytest
 from sample_data import cutoff, load_tables, random_tables
 
 from features.batch import build
-from features.online import evaluate, records_from_frames
+from features.online.record import evaluate, records_from_frames
 from features.spec import default_spec
 from features.warehouse import connect
 

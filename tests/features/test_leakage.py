@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sample_data import cutoff, load_tables, random_tables
 
 from features.batch import build
-from features.online import evaluate, records_from_frames
+from features.online.record import evaluate, records_from_frames
 
 AS_OF = cutoff(400)
 BASE = random_tables(7, customers=25, events=200)

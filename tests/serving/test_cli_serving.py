@@ -16,13 +16,13 @@ from click.testing import CliRunner
 from sample_data import load_tables, random_tables
 
 from bench.serving import Workspace, free_port, start_service, stop, wait_ready
+from features.online.events import Outbox
+from features.online.store import open_store
 from features.warehouse import connect
 from rapport.cli import main
 from rapport.demo import DemoOptions, prepare_serving
 from rapport.settings import Settings, reset_settings
 from serving.auth import KeyRing, list_keys
-from serving.events import Outbox
-from serving.online_store import open_store
 
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 

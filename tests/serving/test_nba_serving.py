@@ -19,13 +19,13 @@ import pytest
 
 from bench.serving import Server, Workspace, start_service, stop, wait_ready
 from features.batch import build
+from features.online.materialize import META_SEGMENTS
+from features.online.store import open_store
 from features.segments import SegmentModel
 from features.warehouse import connect
 from models.scorer import Scorer
 from rapport.settings import Settings
 from serving.auth import add_key
-from serving.materialize import META_SEGMENTS
-from serving.online_store import open_store
 from serving.runtime import build_scorer, load_champions
 
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")

@@ -33,11 +33,11 @@ from bench.serving import (
 )
 from features.batch import build
 from features.ingest import ingest_outbox
+from features.online.events import OPEN_SUFFIX
+from features.online.materialize import materialize
+from features.online.store import open_store
 from features.spec import default_spec
 from features.warehouse import connect
-from serving.events import OPEN_SUFFIX
-from serving.materialize import materialize
-from serving.online_store import open_store
 
 #: bentoml's own import warns (pathspec 1.x); nothing we can act on
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")

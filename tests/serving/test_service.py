@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from bench.serving import Server, Workspace, prepare_workspace, start_service, stop, wait_ready
+from features.online.events import OPEN_SUFFIX
 from features.spec import default_spec
-from serving.events import OPEN_SUFFIX
 
 MAX_BODY = 20_000
 MAX_BATCH = 50

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from sample_data import trained_workspace, use_home
 
-from features.scores import RUNS, SCORES, latest_run
 from features.spec import default_spec
+from features.tables.scores import RUNS, SCORES, latest_run
 from features.warehouse import connect, raw
 from models.scorer import SCORE_COLUMNS
 from rapport.cli import main

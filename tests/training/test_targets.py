@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.expressions import ExpressionError, parse
 from features.ingest import ingest_outbox
-from features.scores import OUTBOX_LISTS, RunInfo, new_list_id, outbox_lines
+from features.online.events import Outbox
 from features.spec import default_spec
+from features.tables.scores import OUTBOX_LISTS, RunInfo, new_list_id, outbox_lines
 from features.warehouse import connect, raw
 from models.catalog import default_catalog
+from models.expressions import ExpressionError, parse
 from models.targeting import (
     BASIS_UPLIFT,
     BASIS_VALUE_AT_RISK,
@@ -38,7 +39,6 @@ from models.targeting import (
     parse_definitions,
     select_targets,
 )
-from serving.events import Outbox
 from training.targets import TargetList, export, read_suppression_file, record
 
 CATALOG = default_catalog()

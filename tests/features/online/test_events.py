@@ -18,9 +18,7 @@ from sample_data import cutoff, load_tables, random_tables
 
 from features.contract import INTERACTIONS, ORDERS
 from features.ingest import ingest_outbox
-from features.online import evaluate, records_from_frames
-from features.warehouse import connect, raw
-from serving.events import (
+from features.online.events import (
     OPEN_SUFFIX,
     ConflictError,
     DecisionBuffer,
@@ -32,7 +30,9 @@ from serving.events import (
     record_feedback,
     recover_segments,
 )
-from serving.online_store import OnlineStore, open_store
+from features.online.record import evaluate, records_from_frames
+from features.online.store import OnlineStore, open_store
+from features.warehouse import connect, raw
 from serving.schemas import EventsRequest, InteractionEvent, OrderEvent
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.expressions import Expression, ExpressionError, parse
+from models.expressions import Expression, ExpressionError, parse
 
 ROW_ID = "_row_id"
 

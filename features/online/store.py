@@ -1,7 +1,7 @@
 """Online feature store: one opaque JSON record per customer, read and updated while serving.
 
 The scoring service reads a customer's record (attributes plus recent events, built by
-:mod:`features.online`), and posted events change it through :meth:`OnlineStore.update`,
+:mod:`features.online.record`), and posted events change it through :meth:`OnlineStore.update`,
 an atomic read-modify-write, so several threads and worker processes never lose an event.
 The store never looks inside a record beyond checking that it is a dict.
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import redis
 
-from serving.online_store import (
+from features.online.store import (
     READ_CHUNK,
     REDIS_META_KEY,
     REDIS_RECORD_PREFIX,
@@ -123,7 +123,7 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _record(i: int) -> dict[str, Any]:
-    """A record shaped like features.online's: attributes plus columnar events."""
+    """A record shaped like features.online.record's: attributes plus columnar events."""
     return {
         "customer": {"customer_id": f"C{i}", "signup_at": 1_700_000_000_000_000 + i,
                      "region": "nörth ☃", "email_opt_in": True, "sms_opt_in": None},
@@ -404,7 +404,7 @@ def test_redis_acknowledged_writes_survive_server_kill(redis_server: RedisServer
 def test_redis_warns_unless_fsync_always(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="serving.online_store"):
+    with caplog.at_level(logging.WARNING, logger="features.online.store"):
         open_store(redis_server.url).close()
         assert caplog.records == []
         with redis_server.client() as client:

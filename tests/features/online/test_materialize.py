@@ -11,12 +11,12 @@ import pytest
 from sample_data import assert_features_equal, cutoff, load_tables, random_tables
 
 from features.batch import build, micros
-from features.online import evaluate
+from features.online import materialize as mat
+from features.online.record import evaluate
+from features.online.store import open_store
 from features.segments import SegmentModel, fit_segments
 from features.spec import default_spec
 from features.warehouse import connect
-from serving import materialize as mat
-from serving.online_store import open_store
 
 AS_OF = cutoff(400)
 

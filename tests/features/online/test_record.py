@@ -11,7 +11,7 @@ from sample_data import random_tables
 
 from features.batch import micros
 from features.contract import TABLES
-from features.online import append_events, counted, empty_record, evaluate, record_columns
+from features.online.record import append_events, counted, empty_record, evaluate, record_columns
 from features.spec import default_spec
 
 

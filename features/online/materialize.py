@@ -1,6 +1,6 @@
 """Load the online store from the warehouse: one record per customer, as of a cutoff.
 
-A record (format in :mod:`features.online`) holds a customer's attributes and *all* their
+A record (format in :mod:`features.online.record`) holds a customer's attributes and *all* their
 events before the cutoff -- some features look at the whole history (``orders_all``,
 ``days_since_first_order``), so nothing can be trimmed. DuckDB does the heavy lifting:
 per partition of the customers (by hash, about two million events each, so memory stays
@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from features.batch import as_utc, build
 from features.contract import CUSTOMERS, TABLES
-from features.online import Record, record_columns
+from features.online.record import Record, record_columns
 from features.segments import fit_segments
 from features.spec import FeatureSpec, default_spec
 from features.warehouse import raw
@@ -153,7 +153,7 @@ def materialize(
     """Replace the store's records by the warehouse's state at ``as_of`` (default: now).
 
     ``con`` is the DuckDB warehouse (an Ibis backend; read-only is enough) and ``store``
-    an :class:`serving.online_store.OnlineStore`. Records of customers no longer in the
+    an :class:`features.online.store.OnlineStore`. Records of customers no longer in the
     warehouse are not deleted. Returns the number of records written.
     """
     spec = spec or default_spec()

@@ -6,7 +6,7 @@ Every write goes to two places, in this order:
    columns, flushed and fsync'ed before the call returns, picked up by ``rapport ingest``
    (:func:`features.ingest.ingest_outbox`), so nothing acknowledged is lost on the way to
    the warehouse;
-2. the customer's **online record** (:mod:`serving.online_store`), through the store's
+2. the customer's **online record** (:mod:`features.online.store`), through the store's
    atomic ``update``, so the next ``/score`` sees the event (read-your-writes).
 
 If step 2 fails after step 1, the caller gets an error and retries: the outbox then holds
@@ -50,7 +50,7 @@ from typing import Any
 
 from features.batch import micros
 from features.contract import TABLES
-from features.online import Record, append_events, counted, record_columns
+from features.online.record import Record, append_events, counted, record_columns
 from features.spec import FeatureSpec, default_spec
 
 OPEN_SUFFIX = ".jsonl.open"
@@ -369,7 +369,7 @@ def log_decisions(
 
     Decisions for customers without a record (cold start) go to the outbox only; ingest
     accepts them once the customer is in the warehouse and quarantines them before. So do
-    decisions no feature counts (:func:`features.online.counted`: ``no_action``), which
+    decisions no feature counts (:func:`features.online.record.counted`: ``no_action``), which
     would only grow the record.
     """
     spec = spec or default_spec()
