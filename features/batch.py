@@ -22,19 +22,11 @@ import pyarrow.compute as pc
 
 from features.contract import CUSTOMERS, TABLES
 from features.spec import Agg, Cond, FeatureSpec, default_spec
+from features.timeutil import as_utc
 
 MICROS_PER_DAY = 86_400_000_000.0
 #: aggregations whose empty value is 0 rather than null
 ZERO_WHEN_EMPTY = frozenset({"count", "sum", "nunique"})
-
-
-def as_utc(value: datetime | str | pd.Timestamp) -> datetime:
-    """Cutoffs are UTC instants; naive values are read as UTC."""
-    if type(value) is datetime:  # the live path, per request: pandas costs ~8 us here
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    ts = pd.Timestamp(value)
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return ts.to_pydatetime()
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -25,6 +25,8 @@ from scipy.special import digamma, expit, gammaln, hyp2f1
 from sklearn.exceptions import NotFittedError
 from threadpoolctl import threadpool_limits
 
+from features.timeutil import as_utc
+
 FloatArray = npt.NDArray[np.float64]
 Objective = Callable[[FloatArray], tuple[float, FloatArray]]
 
@@ -483,8 +485,7 @@ def rfm_from_orders(
         empty = orders[column].isna()
         if empty.any():
             raise ValueError(f"orders row {empty.idxmax()!r}: {column} is missing")
-    cutoff = pd.Timestamp(as_of)
-    cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+    cutoff = pd.Timestamp(as_utc(as_of))
     cutoff_day = cutoff.floor("D")
     ordered_at = pd.to_datetime(orders["ordered_at"], utc=True)
     before = ordered_at < cutoff

@@ -45,7 +45,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from features.batch import as_utc
+from features.timeutil import as_utc
 from models.btyd import BTYDValueBaseline
 from models.churn import DEFAULT_PARAMS as CHURN_DEFAULTS
 from models.churn import FeatureEncoder, booster_predict, fit_booster

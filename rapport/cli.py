@@ -32,18 +32,18 @@ def step(title: str) -> Iterator[None]:
     click.echo(f"  done in {time.perf_counter() - start:.1f}s", err=True)
 
 
-def parse_when(value: str | None) -> datetime:
-    """A date or timestamp from the command line, as a UTC instant (default: now)."""
-    import pandas as pd
+def parse_when(value: str | None) -> datetime | None:
+    """A date or timestamp from the command line as a UTC instant (naive = UTC). An option
+    not given (None or empty) gives None, so the library applies its own default; a
+    command that means "now" says so itself."""
+    from features.timeutil import as_utc
 
-    if value is None:
-        return datetime.now(UTC)
+    if value is None or not value.strip():
+        return None
     try:
-        ts = pd.Timestamp(value)
+        return as_utc(value)
     except ValueError as exc:
         raise click.BadParameter(f"{value!r} is not a date (use YYYY-MM-DD)") from exc
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return ts.to_pydatetime()
 
 
 def parse_days(value: str) -> int:
@@ -125,8 +125,10 @@ def demo_data(
 
     settings = get_settings()
     out_dir = out_dir or settings.home / "demo-data"
-    end_at = parse_when(end).replace(hour=0, minute=0, second=0, microsecond=0) if end else None
-    truth_at = parse_when(truth_as_of) if truth_as_of else None
+    end_at = parse_when(end)
+    if end_at is not None:
+        end_at = end_at.replace(hour=0, minute=0, second=0, microsecond=0)
+    truth_at = parse_when(truth_as_of)
     data = generate(
         customers,
         seed,
@@ -240,7 +242,7 @@ def features(as_of: str | None, out: Path | None, segments: bool) -> None:
     from features.segments import describe_segments, fit_segments, with_segments
     from features.spec import default_spec
 
-    cutoff = parse_when(as_of)
+    cutoff = parse_when(as_of) or datetime.now(UTC)
     con = open_warehouse(get_settings(), read_only=True)
     with step(f"building features as of {cutoff:%Y-%m-%d %H:%M} UTC"):
         frame = build(con, cutoff)
@@ -295,9 +297,7 @@ def train(kind: str, as_of: str | None, horizon: str | None, catalog: Path | Non
         from training.nba import train_nba
 
         try:
-            nba_result = train_nba(
-                con, parse_when(as_of) if as_of else None, catalog, progress=progress
-            )
+            nba_result = train_nba(con, parse_when(as_of), catalog, progress=progress)
         except CatalogError as exc:
             raise click.ClickException(str(exc)) from exc
         say(nba_result.summary())
@@ -307,7 +307,7 @@ def train(kind: str, as_of: str | None, horizon: str | None, catalog: Path | Non
     result = jobs.train(
         kind,
         con,
-        as_of=parse_when(as_of) if as_of else None,
+        as_of=parse_when(as_of),
         horizon_days=parse_days(horizon) if horizon else None,
         progress=progress,
     )
@@ -322,7 +322,7 @@ def evaluate(as_of: str | None) -> None:
     from training import jobs
 
     con = open_warehouse(get_settings(), read_only=True)
-    say(jobs.evaluate(con, as_of=parse_when(as_of) if as_of else None, progress=progress).summary())
+    say(jobs.evaluate(con, as_of=parse_when(as_of), progress=progress).summary())
 
 
 @main.command()
@@ -394,7 +394,7 @@ def nba_explain(customer_id: str, as_of: str | None) -> None:
     from training.nba import explain_nba
 
     con = open_warehouse(get_settings(), read_only=True)
-    say(explain_nba(con, customer_id, parse_when(as_of) if as_of else None).summary())
+    say(explain_nba(con, customer_id, parse_when(as_of)).summary())
 
 
 # --------------------------------------------------------------------------- scores, lists
@@ -491,7 +491,7 @@ def targets(
             target = lists.build_list(
                 con,
                 definition,
-                parse_when(as_of) if as_of else None,
+                parse_when(as_of),
                 run_id,
                 blocked,
                 progress=progress,
@@ -569,9 +569,7 @@ def materialize(as_of: str | None) -> None:
     store = open_store(settings.online_store_url)
     start = time.perf_counter()
     try:
-        written = run_materialize(
-            con, store, parse_when(as_of) if as_of else None, progress=progress
-        )
+        written = run_materialize(con, store, parse_when(as_of), progress=progress)
     finally:
         store.close()
         con.disconnect()

@@ -39,6 +39,7 @@ from features.contract import (
     ORDERS,
     Table,
 )
+from features.timeutil import as_utc
 
 Progress = Callable[[str], None]
 
@@ -272,7 +273,7 @@ def _micros(value: datetime) -> int:
 def _utc(value: datetime, name: str) -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return as_utc(value)
 
 
 class _Events:

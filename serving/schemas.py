@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from features.contract import INTERACTION_CHANNELS
+from features.timeutil import as_utc
 
 _REQUEST = ConfigDict(extra="forbid", hide_input_in_errors=True, frozen=True)
 _RESPONSE = ConfigDict(ser_json_inf_nan="null")
@@ -32,13 +33,9 @@ _RESPONSE = ConfigDict(ser_json_inf_nan="null")
 EARLIEST = datetime(1990, 1, 1, tzinfo=UTC)
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _plausible(value: datetime) -> datetime:
     """Timestamps from the past (after 1990): an event cannot happen in the future."""
-    value = _utc(value)
+    value = as_utc(value)
     if value < EARLIEST:
         raise ValueError(f"is before {EARLIEST:%Y-%m-%d} (implausible)")
     if value > datetime.now(UTC):
@@ -48,7 +45,7 @@ def _plausible(value: datetime) -> datetime:
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-Instant = Annotated[datetime, AfterValidator(_utc)]
+Instant = Annotated[datetime, AfterValidator(as_utc)]
 EventTime = Annotated[datetime, AfterValidator(_plausible)]
 
 

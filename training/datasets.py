@@ -39,9 +39,10 @@ import ibis
 import pandas as pd
 import pyarrow as pa
 
-from features.batch import as_utc, build_many
+from features.batch import build_many
 from features.contract import CUSTOMERS, EVENT_TABLES, ORDERS, TABLES
 from features.spec import FeatureSpec, default_spec
+from features.timeutil import as_utc
 
 Progress = Callable[[str], None]
 Part = Literal["train", "valid", "test"]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.batch import as_utc
+from features.timeutil import as_utc
 from models.btyd import BTYDValueBaseline, rfm_from_orders
 from models.churn import ChurnModel
 from models.metrics import (

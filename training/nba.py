@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from features.batch import as_utc
+from features.timeutil import as_utc
 from models.catalog import CHURN_FIELD, Catalog, default_catalog, parse_catalog
 from models.nba import NbaModel
 from models.uplift import METHODS, Method, UpliftModel

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.batch import as_utc, build
+from features.batch import build
 from features.segments import fit_segments
 from features.spec import FeatureSpec, default_spec
+from features.timeutil import as_utc
 from models.catalog import CHURN_FIELD, default_catalog
 from training import tracking
 from training.datasets import Progress, data_end, silent

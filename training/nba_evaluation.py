@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from features.batch import as_utc
 from features.contract import NO_ACTION
+from features.timeutil import as_utc
 from models.catalog import Catalog
 from models.nba import NbaModel
 from models.ope import (

@@ -41,10 +41,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.batch import as_utc, build
+from features.batch import build
 from features.segments import SegmentModel, fit_segments
 from features.spec import FeatureSpec, default_spec
 from features.tables.scores import RUNS, RUNS_DDL, SCORES
+from features.timeutil import as_utc
 from features.warehouse import raw
 from models.catalog import Catalog, default_catalog
 from models.policy import Exclusion

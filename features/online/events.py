@@ -4,7 +4,7 @@ Every write goes to two places, in this order:
 
 1. the **outbox** (``<home>/outbox/<table>/*.jsonl``): JSON lines in the contract's
    columns, flushed and fsync'ed before the call returns, picked up by ``rapport ingest``
-   (:func:`features.ingest.ingest_outbox`), so nothing acknowledged is lost on the way to
+   (:func:`features.outbox_ingest.ingest_outbox`), so nothing acknowledged is lost on the way to
    the warehouse;
 2. the customer's **online record** (:mod:`features.online.store`), through the store's
    atomic ``update``, so the next ``/score`` sees the event (read-your-writes).
@@ -52,6 +52,7 @@ from features.batch import micros
 from features.contract import TABLES
 from features.online.record import Record, append_events, counted, record_columns
 from features.spec import FeatureSpec, default_spec
+from features.timeutil import as_utc
 
 OPEN_SUFFIX = ".jsonl.open"
 SEALED_SUFFIX = ".jsonl"
@@ -78,7 +79,7 @@ class ConflictError(ValueError):
 
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
+        return as_utc(value).isoformat()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value

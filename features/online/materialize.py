@@ -28,11 +28,12 @@ from typing import Any
 import ibis
 import pyarrow as pa
 
-from features.batch import as_utc, build
+from features.batch import build
 from features.contract import CUSTOMERS, TABLES
 from features.online.record import Record, record_columns
 from features.segments import fit_segments
 from features.spec import FeatureSpec, default_spec
+from features.timeutil import as_utc
 from features.warehouse import raw
 
 #: metadata keys the service reads
