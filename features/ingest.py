@@ -36,17 +36,17 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from features.contract import DUCKDB_TYPES, TABLES, Column, Table
-from features.tables.scores import OUTBOX_LISTS, read_outbox_lists, record_lists
+from features.timeutil import as_utc
 from features.warehouse import ensure_contract_tables, raw
 
 #: ground-truth tables of the demo data, loaded as they are (replaced on every ingest)
@@ -125,37 +125,12 @@ class TableReport:
 
 
 @dataclass
-class ListsReport:
-    """Target lists the service made, recorded from the outbox (``target_lists``)."""
-
-    source: str
-    read: int = 0
-    recorded: int = 0
-    members: int = 0
-    #: lists whose outbox lines were torn (header missing or members short): never answered
-    incomplete: list[str] = field(default_factory=list)
-
-    def line(self) -> str:
-        text = (
-            f"target lists ({self.source}): read {self.read:,}, recorded {self.recorded:,} "
-            f"({self.members:,} members), already recorded {self.read - self.recorded:,}"
-        )
-        if self.incomplete:
-            text += f", incomplete and skipped {len(self.incomplete):,}: " + ", ".join(
-                self.incomplete[:5]
-            )
-        return text
-
-
-@dataclass
 class IngestReport:
     """Per-table counts of one ingest (or validate) call."""
 
     tables: dict[str, TableReport] = field(default_factory=dict)
     #: False for :func:`validate`, which rolls everything back
     written: bool = True
-    #: target lists from the outbox (:func:`ingest_outbox` only)
-    lists: ListsReport | None = None
 
     @property
     def quarantined(self) -> int:
@@ -165,13 +140,16 @@ class IngestReport:
     def newly_quarantined(self) -> int:
         return sum(t.newly_quarantined for t in self.tables.values())
 
+    def source_lines(self) -> list[str]:
+        """One line per source read (:mod:`features.outbox_ingest` adds its target lists)."""
+        return [t.line() for t in self.tables.values()]
+
     def summary(self) -> str:
         head = "ingest" if self.written else "validation only, nothing was written"
-        if not self.tables and self.lists is None:
+        sources = self.source_lines()
+        if not sources:
             return f"{head}: no files"
-        lines = [f"{head}:"] + ["  " + t.line() for t in self.tables.values()]
-        if self.lists is not None:
-            lines.append("  " + self.lists.line())
+        lines = [f"{head}:"] + ["  " + line for line in sources]
         if self.quarantined:
             verb = "quarantined" if self.written else "would be quarantined"
             lines.append(
@@ -185,14 +163,14 @@ class IngestReport:
 
 @dataclass(frozen=True)
 class _Source:
-    """One table's input: a DuckDB relation (file or outbox files) and its columns."""
+    """One table's input: a DuckDB relation (a file, or JSON-lines files) and its columns."""
 
     table: str
     label: str
     relation: str
     #: column name -> DuckDB type, in file order
     columns: dict[str, str]
-    #: name of a column holding each row's file (outbox), excluded from the row itself
+    #: name of a column holding each row's file (JSON lines), excluded from the row itself
     file_column: str | None = None
 
 
@@ -219,65 +197,22 @@ def discover_files(directory: Path) -> dict[str, Path]:
 
 def validate(con: Any, files: Mapping[str, Path], now: datetime) -> IngestReport:
     """Run every check of :func:`ingest` and report, leaving the warehouse untouched."""
-    return _run(con, _file_sources(con, files), _utc(now), commit=False)
+    return _run(con, _file_sources(con, files), as_utc(now), commit=False)
 
 
 def ingest(con: Any, files: Mapping[str, Path], now: datetime) -> IngestReport:
     """Check and load contract files (idempotent); bad rows go to quarantine with a reason."""
-    return _run(con, _file_sources(con, files), _utc(now), commit=True)
+    return _run(con, _file_sources(con, files), as_utc(now), commit=True)
 
 
-def ingest_outbox(con: Any, outbox_dir: Path, now: datetime) -> IngestReport:
-    """Load the live events the service appended as ``<outbox>/<table>/*.jsonl``.
-
-    Writers must put complete files in place (write elsewhere, then rename): every
-    ``*.jsonl`` file found is read, and moved to ``<table>/done/`` once committed.
-    Target lists made by ``POST /targets`` (``<outbox>/target_lists``) are then recorded
-    in the audit tables (:func:`features.tables.scores.record_lists`, as ``rapport targets``
-    does), in their own transaction, after the events; a list already recorded is skipped.
-    """
-    batches = {
-        name: sorted((Path(outbox_dir) / name).glob("*.jsonl"))
-        for name in LOAD_ORDER
-        if (Path(outbox_dir) / name).is_dir()
-    }
-    sources = [_outbox_source(name, paths) for name, paths in batches.items() if paths]
-    report = _run(con, sources, _utc(now), commit=True)
-    for name, paths in batches.items():
-        if paths:
-            _done(Path(outbox_dir) / name, paths)
-    report.lists = _ingest_lists(con, Path(outbox_dir) / OUTBOX_LISTS)
-    return report
-
-
-def _done(folder: Path, paths: list[Path]) -> None:
-    (done := folder / "done").mkdir(exist_ok=True)
-    for path in paths:
-        path.replace(done / path.name)
-
-
-def _ingest_lists(con: Any, folder: Path) -> ListsReport | None:
-    """Record the complete target lists of the sealed segments in ``folder``."""
-    paths = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    if not paths:
-        return None
-    db = raw(con)
-    try:
-        found = read_outbox_lists(db, paths)
-        recorded, members = record_lists(db, found.lists, found.members)
-    except duckdb.Error as exc:
-        raise IngestError(f"{folder}/*.jsonl: {_first_line(exc)}") from exc
-    _done(folder, paths)
-    read = len(set(found.lists.column("list_id").to_pylist()))
-    report = ListsReport(f"{folder}/*.jsonl", read, recorded, members, found.incomplete)
-    return report
+def ingest_jsonl(con: Any, batches: Mapping[str, Sequence[Path]], now: datetime) -> IngestReport:
+    """Check and load contract rows from newline-delimited JSON files (``table -> files``,
+    every value as text, as the service's outbox writes them), exactly like files."""
+    sources = [_jsonl_source(name, paths) for name, paths in batches.items() if paths]
+    return _run(con, sources, as_utc(now), commit=True)
 
 
 # --------------------------------------------------------------------------- sources
-def _utc(now: datetime) -> datetime:
-    return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-
-
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -299,11 +234,11 @@ def _describe(db: duckdb.DuckDBPyConnection, relation: str, label: str) -> dict[
     try:
         rows = db.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
     except duckdb.Error as exc:
-        raise IngestError(f"{label}: cannot read file: {_first_line(exc)}") from exc
+        raise IngestError(f"{label}: cannot read file: {duckdb_error(exc)}") from exc
     return {str(r[0]): str(r[1]) for r in rows}
 
 
-def _first_line(exc: BaseException) -> str:
+def duckdb_error(exc: BaseException) -> str:
     """DuckDB's own words, without its list of reader options (CSV errors name the line)."""
     lines = str(exc).strip().split("\nPossible fixes")[0].splitlines()
     return "; ".join(line.strip() for line in lines[:3] if line.strip())
@@ -344,7 +279,7 @@ def _missing_columns(table: Table, columns: Mapping[str, str]) -> list[str]:
     return [c for c in table.required if c.lower() not in present]
 
 
-def _outbox_source(name: str, paths: list[Path]) -> _Source:
+def _jsonl_source(name: str, paths: Sequence[Path]) -> _Source:
     table = TABLES[name]
     listing = ", ".join(_lit(str(p)) for p in paths)
     types = ", ".join(f"{_lit(c)}: 'VARCHAR'" for c in table.column_names)
@@ -397,7 +332,7 @@ def _run(con: Any, sources: list[_Source], now: datetime, commit: bool) -> Inges
                 else:
                     result = _replace_truth(db, source)
             except duckdb.Error as exc:
-                raise IngestError(f"{source.label}: {_first_line(exc)}") from exc
+                raise IngestError(f"{source.label}: {duckdb_error(exc)}") from exc
             report.tables[source.table] = result
         for temp in (_EXCEPTIONS, _STAGE, _MULTI):
             db.execute(f"DROP TABLE IF EXISTS {temp}")

@@ -181,8 +181,9 @@ def ingest(directory: Path | None, strict: bool, outbox: bool, **tables: Path | 
 
     Bad rows go to the `quarantine` table with a reason; good rows always land.
     """
-    from features.ingest import IngestError, ingest_outbox
+    from features.ingest import IngestError
     from features.ingest import ingest as run_ingest
+    from features.outbox_ingest import ingest_outbox
 
     settings = get_settings()
     reports = []

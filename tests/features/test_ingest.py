@@ -17,9 +17,9 @@ from features.ingest import (
     IngestReport,
     discover_files,
     ingest,
-    ingest_outbox,
     validate,
 )
+from features.outbox_ingest import ingest_outbox
 from features.warehouse import connect, raw
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)

@@ -32,10 +32,10 @@ from bench.serving import (
     wait_ready,
 )
 from features.batch import build
-from features.ingest import ingest_outbox
 from features.online.events import OPEN_SUFFIX
 from features.online.materialize import materialize
 from features.online.store import open_store
+from features.outbox_ingest import ingest_outbox
 from features.spec import default_spec
 from features.warehouse import connect
 

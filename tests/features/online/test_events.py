@@ -17,7 +17,6 @@ from pydantic import ValidationError
 from sample_data import cutoff, load_tables, random_tables
 
 from features.contract import INTERACTIONS, ORDERS
-from features.ingest import ingest_outbox
 from features.online.events import (
     OPEN_SUFFIX,
     ConflictError,
@@ -32,6 +31,7 @@ from features.online.events import (
 )
 from features.online.record import evaluate, records_from_frames
 from features.online.store import OnlineStore, open_store
+from features.outbox_ingest import ingest_outbox
 from features.warehouse import connect, raw
 from serving.schemas import EventsRequest, InteractionEvent, OrderEvent
 

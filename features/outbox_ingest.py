@@ -1,0 +1,101 @@
+"""``rapport ingest --outbox``: what the service accepted, into the warehouse.
+
+The service never writes the warehouse (one writer); it appends to ``<home>/outbox``
+(:class:`features.online.events.Outbox`) and this module loads what it finds there:
+
+- live events and outcomes, ``<outbox>/<table>/*.jsonl``, are contract rows: they go
+  through contract ingest (:func:`features.ingest.ingest_jsonl`), with the same checks,
+  quarantine and idempotence as files, in one transaction;
+- target lists made by ``POST /targets``, ``<outbox>/target_lists/*.jsonl``, are recorded
+  in the audit tables by :func:`features.tables.scores.record_lists`, the writer ``rapport
+  targets`` uses, in their own transaction after the events; a list already recorded is
+  skipped, a torn one (header missing, members short) is left out and named.
+
+Writers must put complete files in place (write elsewhere, then rename): every
+``*.jsonl`` file found is read, and moved to ``<folder>/done/`` once committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from features.ingest import LOAD_ORDER, IngestError, IngestReport, duckdb_error, ingest_jsonl
+from features.tables.scores import OUTBOX_LISTS, read_outbox_lists, record_lists
+from features.warehouse import raw
+
+
+@dataclass
+class ListsReport:
+    """Target lists the service made, recorded from the outbox (``target_lists``)."""
+
+    source: str
+    read: int = 0
+    recorded: int = 0
+    members: int = 0
+    #: lists whose outbox lines were torn (header missing or members short): never answered
+    incomplete: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        text = (
+            f"target lists ({self.source}): read {self.read:,}, recorded {self.recorded:,} "
+            f"({self.members:,} members), already recorded {self.read - self.recorded:,}"
+        )
+        if self.incomplete:
+            text += f", incomplete and skipped {len(self.incomplete):,}: " + ", ".join(
+                self.incomplete[:5]
+            )
+        return text
+
+
+@dataclass
+class OutboxReport(IngestReport):
+    """The events' per-table counts (as for files) and the target lists recorded."""
+
+    lists: ListsReport | None = None
+
+    def source_lines(self) -> list[str]:
+        lists = [self.lists.line()] if self.lists is not None else []
+        return super().source_lines() + lists
+
+
+def ingest_outbox(con: Any, outbox_dir: Path, now: datetime) -> OutboxReport:
+    """Load the events, then record the target lists, found in ``outbox_dir``."""
+    outbox_dir = Path(outbox_dir)
+    batches = {
+        name: sorted((outbox_dir / name).glob("*.jsonl"))
+        for name in LOAD_ORDER
+        if (outbox_dir / name).is_dir()
+    }
+    events = ingest_jsonl(con, batches, now)
+    for name, paths in batches.items():
+        if paths:
+            _done(outbox_dir / name, paths)
+    lists = _record_lists(con, outbox_dir / OUTBOX_LISTS)
+    return OutboxReport(events.tables, events.written, lists)
+
+
+def _done(folder: Path, paths: list[Path]) -> None:
+    (done := folder / "done").mkdir(exist_ok=True)
+    for path in paths:
+        path.replace(done / path.name)
+
+
+def _record_lists(con: Any, folder: Path) -> ListsReport | None:
+    """Record the complete target lists of the sealed segments in ``folder``."""
+    paths = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    if not paths:
+        return None
+    db = raw(con)
+    try:
+        found = read_outbox_lists(db, paths)
+        recorded, members = record_lists(db, found.lists, found.members)
+    except duckdb.Error as exc:
+        raise IngestError(f"{folder}/*.jsonl: {duckdb_error(exc)}") from exc
+    _done(folder, paths)
+    read = len(set(found.lists.column("list_id").to_pylist()))
+    return ListsReport(f"{folder}/*.jsonl", read, recorded, members, found.incomplete)
