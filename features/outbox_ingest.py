@@ -7,7 +7,7 @@ The service never writes the warehouse (one writer); it appends to ``<home>/outb
   through contract ingest (:func:`features.ingest.ingest_jsonl`), with the same checks,
   quarantine and idempotence as files, in one transaction;
 - target lists made by ``POST /targets``, ``<outbox>/target_lists/*.jsonl``, are recorded
-  in the audit tables by :func:`features.tables.scores.record_lists`, the writer ``rapport
+  in the audit tables by :func:`features.tables.lists.record_lists`, the writer ``rapport
   targets`` uses, in their own transaction after the events; a list already recorded is
   skipped, a torn one (header missing, members short) is left out and named.
 
@@ -25,7 +25,7 @@ from typing import Any
 import duckdb
 
 from features.ingest import LOAD_ORDER, IngestError, IngestReport, duckdb_error, ingest_jsonl
-from features.tables.scores import OUTBOX_LISTS, read_outbox_lists, record_lists
+from features.tables.lists import OUTBOX_LISTS, read_outbox_lists, record_lists
 from features.warehouse import raw
 
 

@@ -1,9 +1,17 @@
 """Target lists: which customers get an action, within a budget, from their latest scores.
 
-Pure selection logic, no I/O: :mod:`training.targets` (the ``rapport targets`` command,
-warehouse reads and writes) and the service's ``POST /targets`` both call
-:func:`select_targets` on a frame of scores joined with the few fresh features the
-filter and the contact policy read (:func:`needed_features`, :func:`feature_subset`).
+:func:`make_list` is the one path every target list takes -- ``rapport targets`` and the
+demo (``rapport.cli``), ``POST /targets`` (``serving.targets``) and the marketers' page:
+check the definition (:func:`lookup` finds a saved one), read the candidates, select,
+export, record for audit. It lives here, below both ``training`` and ``serving``, because
+both must call it and ``serving`` may not import ``training``; and since ``models`` does
+no I/O, it reads and writes through two ports it declares, :class:`ListSource` and
+:class:`ListSink`. The adapters live where I/O is allowed: ``features.tables.lists``
+reads the warehouse (:class:`~features.tables.lists.WarehouseLists`) and records there
+directly (:class:`~features.tables.lists.AuditTables`, for the CLI); the service records
+through its outbox instead (it never writes the warehouse). The candidate frame is the
+scoring run's scores joined with the few fresh features the filter and the contact
+policy read (:func:`needed_features`, :func:`feature_subset`).
 
 The steps, in this order, are always applied (nothing here can be switched off):
 
@@ -33,10 +41,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, Self
 
 import numpy as np
 import pandas as pd
@@ -45,7 +54,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.contract import NO_ACTION
 from features.spec import Agg, Derived, FeatureSpec
-from features.tables.scores import MEMBER_TYPES
+from features.tables.lists import MEMBER_TYPES, TargetError, new_list_id
+from features.tables.scores import RunInfo
+from features.timeutil import as_utc
 from models.catalog import CHURN_FIELD, Catalog
 from models.expressions import Expression, ExpressionError, parse
 from models.policy import Exclusion, arbitrate
@@ -84,10 +95,6 @@ LIST_COLUMNS = (
 MAX_DP_WORK = 400_000_000
 BASIS_UPLIFT = "uplift"
 BASIS_VALUE_AT_RISK = "value_at_risk"
-
-
-class TargetError(ValueError):
-    """A target list that cannot be built; the message says what to change."""
 
 
 # --------------------------------------------------------------------------- definitions
@@ -369,7 +376,7 @@ class Selection:
         output: str | None = None,
     ) -> tuple[dict[str, Any], pd.DataFrame]:
         """The list's ``target_lists`` row and ``target_list_members`` rows
-        (:func:`features.tables.scores.record_lists`, directly or through the outbox)."""
+        (:func:`features.tables.lists.record_lists`, directly or through the outbox)."""
         d = self.definition
         row = {
             "list_id": list_id,
@@ -601,3 +608,135 @@ def default_definitions() -> dict[str, TargetDefinition]:
 
     text = resources.files("models").joinpath("default_target_lists.yaml").read_text("utf-8")
     return parse_definitions(text, source="models/default_target_lists.yaml")
+
+
+def saved_definitions(texts: Iterable[tuple[str, str]] = ()) -> dict[str, TargetDefinition]:
+    """The packaged example lists, then each ``(source, YAML text)`` in order (a later
+    list of the same name wins); the texts come from
+    :func:`features.tables.lists.definition_texts`."""
+    found = default_definitions()
+    for source, text in texts:
+        found.update(parse_definitions(text, source=source))
+    return found
+
+
+def lookup(
+    name: str | None, options: Mapping[str, Any], saved: Mapping[str, TargetDefinition]
+) -> TargetDefinition:
+    """The saved list ``name`` (from ``saved``) with the non-None ``options`` on top, or
+    an ad-hoc definition from ``options`` alone."""
+    base = None
+    if name is not None:
+        if name not in saved:
+            raise TargetError(f"no saved list {name!r}; known lists: {sorted(saved)}")
+        base = saved[name]
+    return definition_from(options, base)
+
+
+# --------------------------------------------------------------------------- the one path
+class ListSource(Protocol):
+    """Where a list's inputs come from (:class:`features.tables.lists.WarehouseLists`).
+    Entered for the reads only: a read-only warehouse is released before selection."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: Any) -> None: ...
+
+    def run(self, run_id: str | None) -> RunInfo:
+        """The latest scoring run, or ``run_id``."""
+        ...
+
+    def candidates(
+        self, run: RunInfo, spec: FeatureSpec, columns: Sequence[str], as_of: datetime
+    ) -> pd.DataFrame:
+        """The run's scores joined with the feature ``columns`` (computed with ``spec``)."""
+        ...
+
+    def suppressed(self) -> set[str]:
+        """Customers no list may contact."""
+        ...
+
+
+class ListSink(Protocol):
+    """Where a finished list goes: a file when the caller wants one, and always its audit
+    record (:class:`features.tables.lists.AuditTables` writes both directly; the service
+    records through its outbox)."""
+
+    def export(self, members: pd.DataFrame, list_id: str) -> Path | None:
+        """Write the list to a file if this caller wants one; where it went, or None."""
+        ...
+
+    def record(self, row: Mapping[str, Any], members: pd.DataFrame) -> None:
+        """Keep the ``target_lists`` row and ``target_list_members`` rows for audit."""
+        ...
+
+
+@dataclass
+class TargetList:
+    """A selection with where it came from: the scoring run, the features' as-of, its id."""
+
+    selection: Selection
+    run: RunInfo
+    as_of: datetime
+    list_id: str
+    output: Path | None = None
+
+    def audit(self) -> tuple[dict[str, Any], pd.DataFrame]:
+        """The list's ``target_lists`` row and its ``target_list_members`` rows."""
+        output = str(self.output) if self.output is not None else None
+        return self.selection.audit(
+            self.list_id, self.run.run_id, self.run.as_of, self.as_of, output
+        )
+
+    def summary(self) -> str:
+        head = (
+            f"list {self.list_id} from scores {self.run.run_id} (as of "
+            f"{self.run.as_of:%Y-%m-%d %H:%M} UTC), features as of {self.as_of:%Y-%m-%d %H:%M}"
+        )
+        lines = [head, self.selection.summary()]
+        if self.output is not None:
+            lines.append(f"  written to {self.output}")
+        return "\n".join(lines)
+
+
+def make_list(
+    source: ListSource,
+    definition: TargetDefinition,
+    spec: FeatureSpec,
+    as_of: datetime,
+    *,
+    run_id: str | None = None,
+    suppress: Iterable[str] = (),
+    sink: ListSink | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TargetList:
+    """The target list for ``definition`` from the scores of the latest run (or
+    ``run_id``), with consent and contact history as of ``as_of``.
+
+    The filter is checked against ``spec`` before anything is read. ``suppress`` adds to
+    the warehouse's suppressions. With ``sink``, the list is exported (if the sink wants
+    a file) and recorded for audit before this returns; without one nothing is written
+    (a preview). Raises TargetError / ExpressionError for a bad definition and whatever
+    the source raises when it cannot read (NoScoresError without scores).
+    """
+    expression = definition.expression
+    if expression is not None:
+        check_filter(expression, spec)
+    as_of = as_utc(as_of)
+    with source:
+        run = source.run(run_id)
+        catalog = Catalog.model_validate(run.catalog)
+        if progress is not None:
+            progress(
+                f"reading scores {run.run_id} ({run.rows:,} customers) and current consent "
+                "/ contacts"
+            )
+        names = needed_features(definition, catalog, spec)
+        frame = source.candidates(run, feature_subset(spec, names), names, as_of)
+        blocked = source.suppressed() | set(suppress)
+    selection = select_targets(frame, catalog, definition, blocked, not run.has_uplift)
+    target = TargetList(selection, run, as_of, new_list_id())
+    if sink is not None:
+        target.output = sink.export(selection.members, target.list_id)
+        sink.record(*target.audit())
+    return target

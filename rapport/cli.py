@@ -476,33 +476,54 @@ def targets(
     and deduplication are always applied. With --budget, the customers maximising the
     total expected incremental value within the budget are chosen.
     """
-    from training import targets as lists
+    from features.spec import default_spec
+    from features.tables.lists import (
+        AuditTables,
+        WarehouseLists,
+        check_export,
+        definition_texts,
+        read_suppression_file,
+    )
+    from features.tables.scores import NoScoresError
+    from models.expressions import ExpressionError
+    from models.targeting import (
+        TargetDefinition,
+        TargetError,
+        lookup,
+        make_list,
+        saved_definitions,
+    )
 
+    settings = get_settings()
     try:
+        saved: dict[str, TargetDefinition] = {}
+        if list_name is not None or show_lists:
+            saved = saved_definitions(definition_texts(settings.target_lists_path, lists_file))
         if show_lists:
-            for name, d in lists.definitions(lists_file).items():
+            for name, d in saved.items():
                 say(f"{name}: {d.model_dump_json(exclude_none=True, exclude={'name'})}")
             return
         options = {"filter": filter_, "action": action, "top": top, "budget": budget}
         options |= {"sort": sort, "profitable_only": profitable_only or None}
-        definition = lists.resolve(list_name, options, lists_file)
-        blocked = lists.read_suppression_file(suppress) if suppress else set()
-        con = open_warehouse(get_settings())
+        definition = lookup(list_name, options, saved)
+        blocked = read_suppression_file(suppress) if suppress else set()
+        if out is not None:
+            check_export(out)
+        con = open_warehouse(settings)
         try:
-            target = lists.build_list(
-                con,
+            target = make_list(
+                WarehouseLists(con),
                 definition,
-                parse_when(as_of),
-                run_id,
-                blocked,
+                default_spec(),
+                parse_when(as_of) or datetime.now(UTC),
+                run_id=run_id,
+                suppress=blocked,
+                sink=AuditTables(con, out),
                 progress=progress,
             )
-            if out is not None:
-                target.output = lists.export(target.selection.members, out)
-            lists.record(con, target)
         finally:
             con.disconnect()
-    except lists.ERRORS as exc:
+    except (TargetError, ExpressionError, NoScoresError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     say(target.summary())
     if out is None:

@@ -83,11 +83,42 @@ def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) 
     say(nba_result.summary())
     say(promote_nba(nba_result.version).summary())
     say("\n== batch scores for everyone and an example target list")
-    from training.targets import demo_list
-
-    demo_list(con, data.end, say, progress)
+    example_list(con, settings, data.end, say, progress)
     say(f"MLflow UI: uv run mlflow ui --backend-store-uri {settings.tracking_uri}")
     prepare_serving(options, settings, con, say, progress)
+
+
+def example_list(
+    con: Any,
+    settings: Settings,
+    as_of: datetime,
+    say: Say,
+    progress: Say,
+    name: str = "at_risk_high_value",
+) -> None:
+    """Score everyone, then make one saved list, exported to ``<home>/exports/<name>.csv``
+    and recorded for audit, as ``rapport targets --list <name> --out ...`` would."""
+    from features.spec import default_spec
+    from features.tables.lists import AuditTables, WarehouseLists, definition_texts
+    from models.targeting import lookup, make_list, saved_definitions
+    from training.scoring import score_all
+
+    say(score_all(con, as_of, progress=progress).summary())
+    definition = lookup(name, {}, saved_definitions(definition_texts(settings.target_lists_path)))
+    out = settings.exports_dir / f"{name}.csv"
+    target = make_list(
+        WarehouseLists(con),
+        definition,
+        default_spec(),
+        as_of,
+        sink=AuditTables(con, out),
+        progress=progress,
+    )
+    say(target.summary())
+    say(
+        'more lists: uv run rapport targets --filter "churn_probability > 0.5 and '
+        "abc_tier == 'A'\" --budget 5000 --out list.csv   (saved ones: --show-lists)"
+    )
 
 
 def prepare_serving(

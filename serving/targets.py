@@ -1,22 +1,22 @@
 """``POST /targets``: a target list from the warehouse's latest batch scores.
 
-The selection is :func:`models.targeting.select_targets`, the code ``rapport targets``
-runs (``serving`` never imports ``training``). The warehouse is opened **read-only** for
-the request and closed after it: the latest run of ``scores`` (:mod:`features.tables.scores`),
-the features the list needs computed now (consent, contact counts, cool-downs, the
-filter's fields) and the ``suppressions`` table.
+The list is made by :func:`models.targeting.make_list`, the one path ``rapport targets``
+takes too (``serving`` never imports ``training``), with the service's own ports: the
+warehouse is read through :class:`features.tables.lists.WarehouseLists` given its path,
+so it is opened **read-only** for the request's reads and closed before selection; the
+finished list goes to :class:`Downloads`.
 
 Lists longer than ``max_rows`` (or any list, when the request names a ``format``) are
 written to ``<home>/exports/<list_id>.parquet|csv`` and the response carries a download
 link, ``GET /targets/download?list_id=...&format=...`` (:func:`download_app`, mounted by
 the service; the same key scope ``targets``). The route serves nothing but files named
-after a list id (:data:`features.tables.scores.LIST_ID`), so no path can escape the folder.
+after a list id (:data:`features.tables.lists.LIST_ID`), so no path can escape the folder.
 
 The service does not write the warehouse (single writer): before answering, it appends
 the list's audit rows -- definition, totals and members, exactly what ``rapport targets``
 records -- to ``<home>/outbox/target_lists`` in one durable segment, sealed at once
 (:func:`list_outbox`), and ``rapport ingest --outbox`` records them in ``target_lists`` /
-``target_list_members`` with :func:`features.tables.scores.record_lists`.
+``target_list_members`` with :func:`features.tables.lists.record_lists`.
 """
 
 from __future__ import annotations
@@ -25,41 +25,37 @@ import contextlib
 import math
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from features.batch import build
 from features.online.events import Outbox
 from features.spec import FeatureSpec
-from features.tables.scores import (
+from features.tables.lists import (
     LIST_ID,
     OUTBOX_LISTS,
-    NoScoresError,
-    latest_run,
-    load_scores,
-    new_list_id,
+    WarehouseLists,
+    WarehouseUnavailableError,
+    definition_texts,
     outbox_lines,
-    suppressed_ids,
+    write_members,
 )
-from features.warehouse import connect, raw
-from models.catalog import Catalog
+from features.tables.scores import NoScoresError
 from models.expressions import ExpressionError
 from models.targeting import (
     TargetDefinition,
     TargetError,
-    check_filter,
-    default_definitions,
-    definition_from,
-    feature_subset,
-    needed_features,
-    parse_definitions,
-    select_targets,
+    lookup,
+    make_list,
+    saved_definitions,
 )
 from rapport.settings import Settings, get_settings
 
@@ -70,25 +66,17 @@ FORMATS = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv; charse
 
 
 class TargetsUnavailableError(RuntimeError):
-    """The warehouse cannot be read now (missing, or locked by a writer)."""
-
-
-def saved_definitions(settings: Settings) -> dict[str, TargetDefinition]:
-    """The packaged example lists, then the workspace's (as ``rapport targets`` reads them)."""
-    found = default_definitions()
-    path = settings.target_lists_path
-    if path.exists():
-        found.update(parse_definitions(path.read_text("utf-8"), source=path.name))
-    return found
+    """Not now (503): the warehouse cannot be read (missing, or locked by a writer) or the
+    list cannot be recorded for audit."""
 
 
 def definition_of(request: Any, settings: Settings) -> TargetDefinition:
-    base = None
+    """The request's list: a saved one by name (the packaged examples, then the
+    workspace's) with the request's options on top, or an ad-hoc one."""
+    saved: dict[str, TargetDefinition] = {}
     if request.name is not None:
-        saved = saved_definitions(settings)
-        if request.name not in saved:
-            raise TargetError(f"no saved list {request.name!r}; known lists: {sorted(saved)}")
-        base = saved[request.name]
+        texts = definition_texts(settings.target_lists_path, hide_paths=True)
+        saved = saved_definitions(texts)
     options = {
         "filter": request.filter,
         "action": request.action,
@@ -97,7 +85,7 @@ def definition_of(request: Any, settings: Settings) -> TargetDefinition:
         "sort": request.sort,
         "profitable_only": request.profitable_only,
     }
-    return definition_from(options, base)
+    return lookup(request.name, options, saved)
 
 
 def _plain(value: Any) -> Any:
@@ -151,6 +139,35 @@ def list_outbox(settings: Settings) -> Outbox:
         return _OUTBOXES[root]
 
 
+@dataclass
+class Downloads:
+    """Where a list made over HTTP goes (:class:`models.targeting.ListSink`): a file to
+    download when it is longer than ``max_rows`` or a format was asked for, and its audit
+    rows durably appended to ``outbox`` (when given) -- never the warehouse."""
+
+    settings: Settings
+    outbox: Outbox | None
+    max_rows: int
+    fmt: str | None = None
+
+    def export(self, members: pd.DataFrame, list_id: str) -> Path | None:
+        if len(members) <= self.max_rows and self.fmt is None:
+            return None
+        return write_members(members, export_path(self.settings, list_id, self.format))
+
+    @property
+    def format(self) -> str:
+        return self.fmt or next(iter(FORMATS))
+
+    def record(self, row: Mapping[str, Any], members: pd.DataFrame) -> None:
+        if self.outbox is None:
+            return
+        try:
+            self.outbox.append(OUTBOX_LISTS, outbox_lines(row, members))
+        except OSError as exc:  # not recorded for audit: no list either
+            raise TargetsUnavailableError(f"cannot record the list for audit: {exc}") from None
+
+
 def build_targets(
     request: Any, settings: Settings, spec: FeatureSpec, outbox: Outbox | None = None
 ) -> dict[str, Any]:
@@ -160,69 +177,33 @@ def build_targets(
     With ``outbox`` (the service passes :func:`list_outbox`), the list's audit rows are
     durably appended to it before this returns."""
     definition = definition_of(request, settings)
-    if definition.expression is not None:
-        check_filter(definition.expression, spec)
-    path = settings.warehouse_path
-    if not path.exists():
-        raise TargetsUnavailableError(f"no warehouse at {path}")
+    sink = Downloads(settings, outbox, request.max_rows, request.format)
+    source = WarehouseLists(settings.warehouse_path)
     try:
-        con = connect(path, read_only=True)
-    except Exception as exc:  # duckdb: locked by a writer, unreadable file
-        raise TargetsUnavailableError(f"cannot read the warehouse now: {exc}") from None
-    features_as_of = datetime.now(UTC)
-    try:
-        db = raw(con)
-        run = latest_run(db)
-        catalog = Catalog.model_validate(run.catalog)
-        names = needed_features(definition, catalog, spec)
-        features = build(con, features_as_of, feature_subset(spec, names))
-        features = features[["customer_id", *names]]
-        features["customer_id"] = features["customer_id"].astype(str)
-        scores = load_scores(db, run)
-        scores["customer_id"] = scores["customer_id"].astype(str)
-        frame = scores.merge(features, on="customer_id", how="left")
-        blocked = suppressed_ids(db) | set(request.suppress)
-    finally:
-        con.disconnect()
-    selection = select_targets(frame, catalog, definition, blocked, not run.has_uplift)
-    list_id = new_list_id()
+        target = make_list(
+            source, definition, spec, datetime.now(UTC), suppress=request.suppress, sink=sink
+        )
+    except WarehouseUnavailableError as exc:
+        raise TargetsUnavailableError(str(exc)) from None
+    selection = target.selection
     members = None
     if selection.count <= request.max_rows:
         members = [
             {k: _plain(v) for k, v in row.items()}
             for row in selection.members.to_dict(orient="records")
         ]
-    fmt = request.format
-    out: Path | None = None
-    if members is None or fmt is not None:
-        fmt = fmt or next(iter(FORMATS))
-        out = export_path(settings, list_id, fmt)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(f".{out.name}.part")  # never served half-written
-        if fmt == "csv":
-            selection.members.to_csv(partial, index=False)
-        else:
-            selection.members.to_parquet(partial, index=False)
-        partial.replace(out)
-    if outbox is not None:
-        row, audit_members = selection.audit(
-            list_id, run.run_id, run.as_of, features_as_of, str(out) if out else None
-        )
-        try:
-            outbox.append(OUTBOX_LISTS, outbox_lines(row, audit_members))
-        except OSError as exc:  # not recorded for audit: no list either
-            raise TargetsUnavailableError(f"cannot record the list for audit: {exc}") from None
+    url = download_url(target.list_id, sink.format) if target.output is not None else None
     return {
-        "list_id": list_id,
+        "list_id": target.list_id,
         "name": definition.name,
-        "run_id": run.run_id,
-        "scores_as_of": run.as_of,
+        "run_id": target.run.run_id,
+        "scores_as_of": target.run.as_of,
         "count": selection.count,
         "total_expected_value": selection.total_expected_value,
         "total_cost": selection.total_cost,
         "stats": selection.stats(),
         "members": members,
-        "download_url": download_url(list_id, fmt) if out is not None and fmt else None,
+        "download_url": url,
     }
 
 

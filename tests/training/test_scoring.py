@@ -7,6 +7,7 @@ module; the tests run in file order: score twice (history kept), then lists.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -15,12 +16,12 @@ from click.testing import CliRunner
 from sample_data import trained_workspace, use_home
 
 from features.spec import default_spec
+from features.tables.lists import WarehouseLists, add_suppressions
 from features.tables.scores import RUNS, SCORES, latest_run
 from features.warehouse import connect, raw
 from models.scorer import SCORE_COLUMNS
 from rapport.cli import main
 from rapport.settings import get_settings
-from training.targets import add_suppressions
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +127,9 @@ def test_saved_list_and_clean_errors() -> None:
 
 def test_service_targets_give_the_cli_selection() -> None:
     """``POST /targets`` runs serving/targets.py: same selection as ``rapport targets``."""
+    from models.targeting import definition_from, make_list
     from serving.schemas import TargetsRequest
     from serving.targets import build_targets, export_path
-    from training.targets import build_list, resolve
 
     assert CliRunner().invoke(main, ["score"]).exit_code == 0
     settings, spec = get_settings(), default_spec()
@@ -136,7 +137,9 @@ def test_service_targets_give_the_cli_selection() -> None:
     request = TargetsRequest(**options, max_rows=5)  # type: ignore[arg-type]
     body = build_targets(request, settings, spec)
     con = connect(settings.warehouse_path, read_only=True)
-    cli = build_list(con, resolve(None, options)).selection
+    cli = make_list(
+        WarehouseLists(con), definition_from(options), spec, datetime.now(UTC)
+    ).selection
     con.disconnect()
     assert body["count"] == cli.count and body["total_cost"] == pytest.approx(cli.total_cost)
     assert body["total_expected_value"] == pytest.approx(cli.total_expected_value)

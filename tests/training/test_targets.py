@@ -1,7 +1,8 @@
 """Target lists: filters, budget selection against brute force, consent / contact policy /
 suppression always applied, profitable-only, expression errors, definitions, export round
-trip, and the audit tables written directly (``rapport targets``) and through the outbox
-(lists made by the service, recorded by ``rapport ingest --outbox``).
+trip, the one path (``make_list``) over a real warehouse with its two sinks' contracts,
+and the audit tables written directly (``rapport targets``) and through the outbox (lists
+made by the service, recorded by ``rapport ingest --outbox``).
 
 The selection (:mod:`models.targeting`) runs on synthetic score frames; no models needed.
 """
@@ -17,11 +18,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from sample_data import load_tables, random_tables
 
-from features.ingest import ingest_outbox
 from features.online.events import Outbox
+from features.outbox_ingest import ingest_outbox
 from features.spec import default_spec
-from features.tables.scores import OUTBOX_LISTS, RunInfo, new_list_id, outbox_lines
+from features.tables.lists import (
+    OUTBOX_LISTS,
+    AuditTables,
+    WarehouseLists,
+    WarehouseUnavailableError,
+    add_suppressions,
+    check_export,
+    definition_texts,
+    new_list_id,
+    outbox_lines,
+    read_suppression_file,
+    write_members,
+)
+from features.tables.scores import RUNS, RUNS_DDL, SCORES, RunInfo
 from features.warehouse import connect, raw
 from models.catalog import default_catalog
 from models.expressions import ExpressionError, parse
@@ -30,16 +45,19 @@ from models.targeting import (
     BASIS_VALUE_AT_RISK,
     TargetDefinition,
     TargetError,
+    TargetList,
     check_filter,
     default_definitions,
     definition_from,
     feature_subset,
     knapsack,
+    lookup,
+    make_list,
     needed_features,
     parse_definitions,
+    saved_definitions,
     select_targets,
 )
-from training.targets import TargetList, export, read_suppression_file, record
 
 CATALOG = default_catalog()
 
@@ -280,13 +298,16 @@ def test_needed_features_and_subset_spec() -> None:
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_export_round_trip(tmp_path: Path, suffix: str) -> None:
     sel = select_targets(scores(40), CATALOG, TargetDefinition(action="cross_sell", top=7))
-    path = export(sel.members, tmp_path / f"list{suffix}")
+    path = write_members(sel.members, tmp_path / f"list{suffix}")
     back = (
         pd.read_csv(path, dtype={"customer_id": str}) if suffix == ".csv" else pd.read_parquet(path)
     )
     pd.testing.assert_frame_equal(back, sel.members, check_dtype=False)
     with pytest.raises(TargetError):
-        export(sel.members, tmp_path / "list.xlsx")
+        write_members(sel.members, tmp_path / "list.xlsx")
+    with pytest.raises(TargetError, match="xlsx"):
+        check_export(tmp_path / "list.xlsx")
+    assert not (tmp_path / "list.xlsx").exists()
 
 
 def test_suppression_files(tmp_path: Path) -> None:
@@ -321,14 +342,14 @@ def audit_rows(db: Any, list_id: str) -> tuple[dict, list[tuple]]:
 
 
 def test_lists_from_the_outbox_are_recorded_like_the_cli_records_them(tmp_path: Path) -> None:
-    """``record`` (rapport targets) and outbox -> ``ingest_outbox`` (the service's lists)
+    """``AuditTables`` (rapport targets) and outbox -> ``ingest_outbox`` (the service's lists)
     write the same audit rows; torn lists are skipped, replays change nothing."""
     sel = select_targets(scores(300), CATALOG, TargetDefinition(name="t", budget=100.0))
     empty = select_targets(scores(5), CATALOG, TargetDefinition(filter="customer_id == 'x'"))
     con = connect(tmp_path / "warehouse.duckdb")
     db = raw(con)
     direct = TargetList(sel, RUN, NOW, new_list_id(), output=tmp_path / "list.csv")
-    record(con, direct)
+    AuditTables(con).record(*direct.audit())
     outbox = Outbox(tmp_path / "outbox", seal_after=0.0)
     via, nobody, torn = new_list_id(), new_list_id(), new_list_id()
     outbox.append(
@@ -356,3 +377,103 @@ def test_lists_from_the_outbox_are_recorded_like_the_cli_records_them(tmp_path: 
     counts = [db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES]
     assert counts == [3, 2 * sel.count]
     con.disconnect()
+
+
+# --------------------------------------------------------------------------- the one path
+def scored_warehouse(path: Path, n: int = 60) -> list[str]:
+    """A warehouse with contract tables (random, valid) and one scoring run of ``n``
+    customers with uplift (score columns only: the list computes features itself).
+    Returns the customer ids."""
+    tables = random_tables(seed=5, customers=n, events=400)
+    ids = tables["customers"].customer_id.tolist()
+    # everyone may get an email, nobody has been contacted: what decides is the list
+    tables["customers"]["email_opt_in"] = True
+    tables["interactions"] = tables["interactions"][tables["interactions"].channel != "email"]
+    tables["campaign_log"] = tables["campaign_log"].iloc[:0]
+    con = connect(path)
+    load_tables(con, tables)
+    frame = scores(n)
+    frame["customer_id"] = ids
+    keep = ["customer_id", "churn_probability", "value_mean", "value_p10", "value_p50"]
+    keep += ["value_p90", "abc_tier", "rfm_segment"]
+    keep += [c for c in frame.columns if c.startswith("uplift_")]
+    frame = frame[keep].assign(run_id="sr-one")
+    db = raw(con)
+    db.register("frame", frame)
+    db.execute(f"CREATE TABLE {SCORES} AS SELECT * FROM frame")
+    db.unregister("frame")
+    db.execute(RUNS_DDL)
+    db.execute(
+        f"INSERT INTO {RUNS} VALUES (?, ?, ?, ?, 1.0, '1', '1', '1', 'fs', 'cv', ?, '{{}}')",
+        ["sr-one", NOW, NOW, n, json.dumps(CATALOG.model_dump(mode="json"))],
+    )
+    con.disconnect()
+    return ids
+
+
+def test_one_path_from_a_warehouse_file_to_the_audit_tables(tmp_path: Path) -> None:
+    """``make_list`` over a warehouse path (as the service reads it): fresh consent from
+    the customers table and the warehouse's suppressions apply, the file is released
+    once read, a preview writes nothing, and with ``AuditTables`` the export and the
+    audit row agree."""
+    path = tmp_path / "warehouse.duckdb"
+    ids = scored_warehouse(path)
+    con = connect(path)
+    add_suppressions(con, ids[:3])
+    raw(con).execute("UPDATE customers SET email_opt_in = false WHERE customer_id = ?", [ids[3]])
+    con.disconnect()
+    spec = default_spec()
+    definition = TargetDefinition(action="cross_sell", name="t")
+    source = WarehouseLists(path)
+    preview = make_list(source, definition, spec, NOW, suppress=[ids[4]])
+    chosen = set(preview.selection.members.customer_id)
+    assert preview.run.run_id == "sr-one" and preview.output is None
+    assert not chosen & set(ids[:5]) and preview.selection.removed["suppressed"] == 4
+    assert preview.selection.removed["no consent"] == 1
+    assert preview.selection.basis == BASIS_UPLIFT and preview.selection.count > 0
+    con = connect(path)  # read-write: only possible once the source let go of the file
+    assert "target_lists" not in {r[0] for r in raw(con).execute("SHOW TABLES").fetchall()}
+    out = tmp_path / "exports" / "t.csv"
+    kept = make_list(
+        WarehouseLists(con), definition, spec, NOW, suppress=[ids[4]], sink=AuditTables(con, out)
+    )
+    assert kept.output == out and kept.list_id != preview.list_id
+    pd.testing.assert_frame_equal(kept.selection.members, preview.selection.members)
+    written = pd.read_csv(out, dtype={"customer_id": str})
+    row, members = audit_rows(raw(con), kept.list_id)
+    assert row["output"] == str(out) and row["run_id"] == "sr-one"
+    assert row["customers"] == len(written) == kept.selection.count
+    assert [m[1] for m in members] == written.customer_id.tolist()
+    con.disconnect()
+
+
+def test_one_path_checks_the_definition_before_the_warehouse(tmp_path: Path) -> None:
+    """A bad filter is the caller's mistake (HTTP 422) even when the warehouse is
+    missing (503): it is reported before anything is read."""
+    missing = WarehouseLists(tmp_path / "none.duckdb")
+    spec = default_spec()
+    with pytest.raises(ExpressionError, match="unknown field 'churn_prob'"):
+        make_list(missing, TargetDefinition(filter="churn_prob > 0.5"), spec, NOW)
+    with pytest.raises(WarehouseUnavailableError, match="no warehouse"):
+        make_list(missing, TargetDefinition(), spec, NOW)
+    assert not (tmp_path / "none.duckdb").exists()
+
+
+def test_saved_definitions_lookup(tmp_path: Path) -> None:
+    """Packaged lists, then the workspace's file, then an extra file; options on top."""
+    workspace, extra = tmp_path / "target_lists.yaml", tmp_path / "more.yaml"
+    assert definition_texts(workspace) == []
+    workspace.write_text("lists:\n  at_risk_high_value: {action: cross_sell, top: 5}\n")
+    extra.write_text("lists:\n  mine: {filter: \"abc_tier == 'A'\"}\n")
+    saved = saved_definitions(definition_texts(workspace, extra))
+    assert saved["at_risk_high_value"].top == 5 and saved["mine"].filter == "abc_tier == 'A'"
+    assert "winback_lapsed" in saved
+    assert lookup("mine", {"top": 3, "budget": None}, saved).top == 3
+    assert lookup(None, {"action": "cross_sell"}, saved).name is None
+    with pytest.raises(TargetError, match="no saved list 'nope'"):
+        lookup("nope", {}, saved)
+    with pytest.raises(FileNotFoundError):
+        definition_texts(workspace, tmp_path / "absent.yaml")
+    workspace.write_text("lists: [")
+    with pytest.raises(TargetError, match=r"^target_lists.yaml: not valid YAML"):
+        saved_definitions(definition_texts(workspace, hide_paths=True))
