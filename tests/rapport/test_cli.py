@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,16 @@ def test_demo_data_ingest_and_features(tmp_path: Path) -> None:
     result = runner.invoke(main, ["features", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.exists() and "customers x 85 features" in result.output
+
+
+def test_parse_when_leaves_absent_options_to_the_library() -> None:
+    """None (or empty) is "not given", so the library's default applies; never "now"."""
+    import click
+
+    from rapport.cli import parse_when
+
+    assert parse_when(None) is None and parse_when("  ") is None
+    assert parse_when("2025-03-01") == datetime(2025, 3, 1, tzinfo=UTC)
+    assert parse_when("2025-03-01T14:00+02:00") == datetime(2025, 3, 1, 12, tzinfo=UTC)
+    with pytest.raises(click.BadParameter, match="not a date"):
+        parse_when("soon")
