@@ -34,8 +34,9 @@ from features.segments import fit_segments
 from features.spec import default_spec
 from features.tables.scores import RUNS, SCORES
 from features.warehouse import connect, raw
+from models.registry import build_scorer, load_champions
 from rapport.settings import get_settings, reset_settings
-from training.scoring import build_scorer, load_champions, score_all
+from training.scoring import score_all
 
 
 def peak_rss_mb() -> float:

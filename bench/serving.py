@@ -105,9 +105,9 @@ def prepare_workspace(
     from features.online.materialize import materialize
     from features.online.store import open_store
     from features.warehouse import connect
+    from models.bundle import import_champions
     from rapport.demo_data import generate, write
     from rapport.settings import get_settings
-    from serving.runtime import import_champions
     from training import jobs
     from training.datasets import build_training_set
 
@@ -167,9 +167,10 @@ def add_demo_nba(con: Any, settings: Settings) -> str:
     from features.online.materialize import META_SEGMENTS
     from features.online.store import open_store
     from features.segments import SegmentModel
-    from serving.runtime import build_scorer, bundle_champions, load_champions
+    from models.bundle import bundle_champions, load_for_serving
+    from models.registry import build_scorer
 
-    champions = load_champions(settings)
+    champions = load_for_serving(settings)
     store = open_store(settings.online_store_url)
     segments = SegmentModel.from_json(store.get_meta(META_SEGMENTS) or "")
     store.close()
@@ -261,13 +262,13 @@ def baseline_app(home: Path) -> Any:
 
     from features.online.record import evaluate
     from features.online.store import open_store
-    from serving.runtime import load_champions
+    from models.bundle import load_for_serving
 
     with environment(RAPPORT_HOME=str(home)):
         from rapport.settings import get_settings
 
         settings = get_settings()
-        churn = load_champions(settings).models["churn"]
+        churn = load_for_serving(settings).models["churn"]
         store = open_store(settings.online_store_url)
         record = next(iter(store.get_many(sample_customers(home, 50)).values()))
         X = churn.encode(evaluate(record, datetime.now(UTC)))

@@ -351,18 +351,15 @@ def promote(kind: str, version: str | None) -> None:
     if kind == "nba":
         from training.nba import promote_nba
 
-        nba_result = promote_nba(version)
-        say(nba_result.summary())
-        if nba_result.promoted:
-            bundle_champions()
-        return
-    from training import jobs
+        result = promote_nba(version)
+    else:
+        from training import jobs
 
-    con = open_warehouse(get_settings(), read_only=True)
-    result = jobs.promote(kind, version=version, con=con, progress=progress)
+        con = open_warehouse(get_settings(), read_only=True)
+        result = jobs.promote(kind, version=version, con=con, progress=progress)
     say(result.summary())
-    if result.promoted:
-        bundle_champions()
+    if result.promoted:  # the promotion refreshed the champions the service loads
+        _said_bundle(result.bundle, result.bundle_note)
 
 
 @main.group()
@@ -535,15 +532,17 @@ def targets(
 # --------------------------------------------------------------------------- serving
 def bundle_champions(settings: Settings | None = None) -> str | None:
     """Copy the @champion models into the BentoML model store (what a served or built
-    Bento loads); a failure is reported, it never undoes a promotion."""
-    from serving.runtime import ChampionsMissingError, import_champions
+    Bento loads); None, with the reason on stderr, when they are not complete."""
+    from models.bundle import refresh_bundle
 
-    try:
-        tag = import_champions(settings or get_settings())
-    except ChampionsMissingError as exc:
-        progress(f"champions not bundled for serving yet: {exc}")
-        return None
-    say(f"champions bundled for serving as {tag}")
+    return _said_bundle(*refresh_bundle(settings or get_settings()))
+
+
+def _said_bundle(tag: str | None, note: str) -> str | None:
+    if tag is None:
+        progress(f"champions not bundled for serving yet: {note}")
+    else:
+        say(f"champions bundled for serving as {tag}")
     return tag
 
 

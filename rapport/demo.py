@@ -131,8 +131,9 @@ def prepare_serving(
     say("\n== 6. online feature store: every customer's record, for live scoring")
     from features.online.materialize import materialize
     from features.online.store import open_store, redact_url
+    from models.bundle import import_champions
     from serving.auth import add_key
-    from serving.runtime import import_champions, serve
+    from serving.runtime import serve
 
     store = open_store(settings.online_store_url)
     start = time.perf_counter()

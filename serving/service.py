@@ -72,6 +72,8 @@ from features.online.record import Record, empty_record, evaluate
 from features.online.store import open_store, redact_url
 from features.segments import SegmentModel
 from features.spec import default_spec
+from models import registry
+from models.bundle import bundled_ref, load_for_serving
 from rapport.settings import get_settings
 from serving import accept, runtime
 from serving.auth import ADMIN, KeyConfigError, KeyRing, key_file
@@ -351,7 +353,7 @@ def _plain(value: Any) -> float | str | None:
 class Rapport:
     """Champion models + online store + outbox; one instance per worker process."""
 
-    bundle = runtime.bundled_ref()
+    bundle = bundled_ref()
 
     def __init__(self) -> None:
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_QuietValidation())
@@ -360,7 +362,7 @@ class Rapport:
         self.settings = settings = get_settings()
         settings.ensure_home()
         self.spec = default_spec()
-        self.champions = runtime.load_champions(settings, self.bundle)
+        self.champions = load_for_serving(settings, self.bundle)
         # one request = a few one-row predictions: OpenMP threads only add wake-ups (a
         # LightGBM row took 6 ms instead of 40 us on a busy machine); workers give the
         # parallelism. Applies to the libraries loaded with the models (LightGBM's OpenMP).
@@ -372,7 +374,7 @@ class Rapport:
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self.rng = np.random.default_rng()
-        self.problems: list[str] = runtime.check_compatible(self.champions, self.spec)
+        self.problems: list[str] = registry.check_compatible(self.champions, self.spec)
         self.scorer: Any = None
         self.loaded_at: str | None = None
         self._refresh()
@@ -421,7 +423,7 @@ class Rapport:
             )
             return
         if stamp != self.loaded_at or self.scorer is None:
-            self.scorer = runtime.build_scorer(
+            self.scorer = registry.build_scorer(
                 self.champions, SegmentModel.from_json(segments), self.spec
             )
             self.loaded_at = stamp

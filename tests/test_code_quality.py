@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,18 @@ ALLOWED = {
     "serving": {"features", "models", "serving"},
     "rapport": set(PACKAGES),
 }
+#: where the registry and serving frameworks may be imported (DESIGN.md): in ``models``
+#: only its adapters (the MLflow registry, the pyfunc wrapper, the BentoML bundle); MLflow
+#: also by training's run tracking, BentoML also by the service. A path ending in "/" is a
+#: whole package.
+FRAMEWORKS = {
+    "mlflow": ("models/registry.py", "models/pyfunc.py", "training/"),
+    "bentoml": ("models/bundle.py", "serving/"),
+}
 
 
-def imported_packages(path: Path) -> set[tuple[str, int]]:
+def imported_packages(path: Path, tops: Collection[str] = PACKAGES) -> set[tuple[str, int]]:
+    """(top-level package, line) of every absolute import of one of ``tops``."""
     tree = ast.parse(path.read_text(), filename=str(path))
     found: set[tuple[str, int]] = set()
     for node in ast.walk(tree):
@@ -35,7 +45,7 @@ def imported_packages(path: Path) -> set[tuple[str, int]]:
             if name == "rapport.settings" or name.startswith("rapport.settings."):
                 continue
             top = name.split(".")[0]
-            if top in PACKAGES:
+            if top in tops:
                 found.add((top, node.lineno))
     return found
 
@@ -44,10 +54,16 @@ def import_violations(root: Path) -> list[str]:
     problems = []
     for package in PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
-            for top, line in imported_packages(path):
-                if top not in ALLOWED[package]:
-                    problems.append(f"{path.relative_to(root)}:{line} imports {top}")
-    return problems
+            where = path.relative_to(root).as_posix()
+            for top, line in imported_packages(path, (*PACKAGES, *FRAMEWORKS)):
+                homes = FRAMEWORKS.get(top)
+                if homes is not None:
+                    allowed = any(where == h or where.startswith(h) for h in homes if h)
+                else:
+                    allowed = top in ALLOWED[package]
+                if not allowed:
+                    problems.append(f"{where}:{line} imports {top}")
+    return sorted(problems)
 
 
 def test_imports_go_one_way() -> None:
@@ -62,6 +78,24 @@ def test_import_rule_catches_a_wrong_edge(tmp_path: Path) -> None:
     assert import_violations(tmp_path) == [
         "features/worse.py:1 imports models",
         "serving/bad.py:1 imports training",
+    ]
+
+
+def test_import_rule_keeps_the_frameworks_in_their_adapters(tmp_path: Path) -> None:
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+    (tmp_path / "models" / "registry.py").write_text("import mlflow\n")
+    (tmp_path / "models" / "bundle.py").write_text("import bentoml\n")
+    (tmp_path / "training" / "tracking.py").write_text("from mlflow import MlflowClient\n")
+    (tmp_path / "serving" / "service.py").write_text("import bentoml\n")
+    # the wrong edges: MLflow in a pure model module and in serving, BentoML in training
+    (tmp_path / "models" / "churn.py").write_text("x = 1\nimport mlflow.pyfunc\n")
+    (tmp_path / "serving" / "runtime.py").write_text("from mlflow.exceptions import E\n")
+    (tmp_path / "training" / "jobs.py").write_text("def f():\n    import bentoml\n")
+    assert import_violations(tmp_path) == [
+        "models/churn.py:2 imports mlflow",
+        "serving/runtime.py:1 imports mlflow",
+        "training/jobs.py:2 imports bentoml",
     ]
 
 

@@ -3,7 +3,8 @@
 Each job takes a warehouse connection (any Ibis backend holding the contract tables) and
 returns a small result object whose ``summary()`` is what the command prints. Everything a
 run produces -- parameters, metrics, cutoffs, data lineage, plots, the HTML report and the
-model -- goes to MLflow (:mod:`training.tracking`).
+model -- goes to MLflow (:mod:`training.tracking`; models, aliases and promotions through
+:mod:`models.registry`).
 
 Every evaluation happens on the **holdout cutoff** (the latest one, see
 :mod:`training.datasets`) and always shows the model next to its baselines on the same
@@ -17,18 +18,16 @@ labels), value Spearman / MAE against the true expected spend.
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from features.timeutil import as_utc
+from models import registry
 from models.btyd import BTYDValueBaseline, rfm_from_orders
 from models.churn import ChurnModel
 from models.metrics import (
@@ -37,6 +36,7 @@ from models.metrics import (
     ranking_metrics,
     regression_metrics,
 )
+from models.registry import CHALLENGER, CHAMPION
 from models.value import ValueModel
 from rapport.settings import get_settings
 from training import plots, tracking
@@ -53,7 +53,7 @@ from training.datasets import (
     silent,
 )
 from training.report import Report
-from training.tracking import CHALLENGER, CHAMPION, GATE_METRIC, HOLDOUT_TAG, Kind
+from training.tracking import GATE_METRIC, HOLDOUT_TAG, Kind
 from training.tune import PruningCallback, TuneOutcome, optimise
 
 Model = ChurnModel | ValueModel
@@ -65,7 +65,8 @@ SHOWN: dict[str, tuple[str, ...]] = {
 
 
 def _check_kind(kind: str) -> Kind:
-    tracking.model_name(kind)
+    if kind not in tracking.KINDS:
+        raise ValueError(f"model kind must be one of {tracking.KINDS}, got {kind!r}")
     return kind  # type: ignore[return-value]
 
 
@@ -350,9 +351,9 @@ def train(
         _log_artifacts(kind, model, data, evaluation, scored, info, run.info.run_id)
         version = None
         if register:
-            version = tracking.log_model(kind, model, data.part("test").head(5))
+            version = registry.register(kind, model, data.part("test").head(5))
     if version:
-        tracking.set_alias(kind, CHALLENGER, version)
+        registry.set_alias(kind, CHALLENGER, version)
     return TrainResult(kind, version, run.info.run_id, evaluation, valid, data.counts(), model)
 
 
@@ -435,22 +436,14 @@ def _log_artifacts(
     info: Mapping[str, Any],
     run_id: str,
 ) -> None:
-    import mlflow
-
     figures = _figures(kind, model, scored)
     report = _report(kind, model, data, evaluation, figures, run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        for name, image in figures:
-            (folder / f"{name}.png").write_bytes(image)
-        (folder / "report.html").write_text(report.to_html(), encoding="utf-8")
-        (folder / "lineage.json").write_text(json.dumps(dict(info), indent=2, default=str))
+    with tracking.artifacts(report, figures, info) as folder:
         evaluation.table().to_csv(folder / "holdout_metrics.csv")
         truth = evaluation.truth_table()
         if truth is not None:
             truth.to_csv(folder / "truth_metrics.csv")
         model.feature_importance().to_csv(folder / "feature_importance.csv", header=["gain"])
-        mlflow.log_artifacts(str(folder))
 
 
 def _figures(kind: Kind, model: Model, scored: _Scored) -> list[tuple[str, bytes]]:
@@ -556,10 +549,10 @@ def evaluate(
     evaluations: list[HoldoutEvaluation] = []
     versions: dict[str, dict[str, str]] = {}
     for kind in map(_check_kind, kinds):
-        held = tracking.aliases(kind)
+        held = registry.aliases(kind)
         versions[kind] = {a: v for a, v in held.items() if a in (CHAMPION, CHALLENGER)}
         models = {
-            f"{alias} v{version}": tracking.load_model(kind, version=version)[0]
+            f"{alias} v{version}": registry.load_model(kind, version=version)[0]
             for alias, version in sorted(versions[kind].items())
         }
         say(f"scoring {kind}: {', '.join(models) or 'baselines only'}")
@@ -576,6 +569,10 @@ class PromotionResult:
     alias: str
     reason: str
     champion_before: str | None
+    #: after a promotion: the BentoML tag of the champions bundle the service loads, or
+    #: None with the reason in ``bundle_note`` (e.g. no value champion yet)
+    bundle: str | None = None
+    bundle_note: str = ""
 
     def summary(self) -> str:
         verdict = "promoted to" if self.promoted else "stays"
@@ -599,28 +596,30 @@ def promote(
     """
     kind = _check_kind(kind)
     margin = get_settings().promotion_margin if margin is None else margin
-    held = tracking.aliases(kind)
+    held = registry.aliases(kind)
     wanted = str(version) if version is not None else held.get(CHALLENGER)
-    candidate = tracking.get_version(kind, version=wanted)
+    candidate = registry.get_version(kind, version=wanted)
     cand_version = str(candidate.version)
     champion = held.get(CHAMPION)
     if champion is None:
-        return _crown(kind, cand_version, None, "no champion yet")
+        return crown(kind, cand_version, "no champion yet")
     if champion == cand_version:
         return PromotionResult(kind, champion, False, CHAMPION, "already the champion", champion)
     cand_score, champ_score = _gate_scores(kind, candidate, champion, con, progress)
     decision = tracking.gate(kind, cand_score, champ_score, margin)
     if decision.passed:
-        return _crown(kind, cand_version, champion, decision.reason)
-    tracking.set_alias(kind, CHALLENGER, cand_version)
+        return crown(kind, cand_version, decision.reason)
+    registry.set_alias(kind, CHALLENGER, cand_version)
     return PromotionResult(kind, cand_version, False, CHALLENGER, decision.reason, champion)
 
 
-def _crown(kind: Kind, version: str, before: str | None, reason: str) -> PromotionResult:
-    tracking.set_alias(kind, CHAMPION, version)
-    if tracking.aliases(kind).get(CHALLENGER) == version:
-        tracking.delete_alias(kind, CHALLENGER)
-    return PromotionResult(kind, version, True, CHAMPION, reason, before)
+def crown(kind: str, version: str, reason: str) -> PromotionResult:
+    """``version`` passed its gate: make it ``@champion`` (the old one is kept as
+    ``@previous``) and refresh the service's bundle, for every kind (churn, value, nba)."""
+    change = registry.set_champion(kind, version)
+    return PromotionResult(
+        kind, version, True, CHAMPION, reason, change.previous, change.bundle, change.bundle_note
+    )
 
 
 def _gate_scores(
@@ -628,8 +627,8 @@ def _gate_scores(
 ) -> tuple[float, float]:
     """(candidate, champion) gate metric on the same holdout."""
     metric = GATE_METRIC[kind][0]
-    cand = tracking.run_of(candidate).data
-    champ = tracking.run_of(tracking.get_version(kind, version=champion)).data
+    cand = registry.run_of(candidate).data
+    champ = registry.run_of(registry.get_version(kind, version=champion)).data
     if cand.tags.get(HOLDOUT_TAG) and cand.tags.get(HOLDOUT_TAG) == champ.tags.get(HOLDOUT_TAG):
         return cand.metrics[f"test_{metric}"], champ.metrics[f"test_{metric}"]
     cand_cutoff = cand.tags["rapport.test_cutoff"]
@@ -648,20 +647,11 @@ def _gate_scores(
     horizon = int(cand.params["horizon_days"])
     frame = holdout(con, cand_cutoff, horizon)
     models = {
-        "candidate": tracking.load_model(kind, version=candidate.version)[0],
-        "champion": tracking.load_model(kind, version=champion)[0],
+        "candidate": registry.load_model(kind, version=candidate.version)[0],
+        "champion": registry.load_model(kind, version=champion)[0],
     }
     scored = evaluate_holdout(kind, models, frame, con, horizon, baselines=False)[0].metrics
     return scored["candidate"][metric], scored["champion"][metric]
-
-
-def load_champion(kind: str) -> tuple[Model, str]:
-    """(native model, version) of ``kind@champion``; LookupError when there is none.
-
-    ``serving/`` must not import this module: it does the same in three lines (see
-    :mod:`training.tracking`'s docstring).
-    """
-    return tracking.load_model(_check_kind(kind), CHAMPION)
 
 
 # --- tune --------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Next best action jobs: train (fit the uplift learner on the campaign log, evaluate it
 off-policy, log it to MLflow and register it as ``nba``), evaluate, promote (the gate) and
-explain; and the ``nba`` model in the MLflow registry.
+explain. The ``nba`` model lives in the registry like churn and value (:mod:`models.registry`).
 
 The training set is built in :mod:`training.nba_data`; the policy-value tables, uplift
 metrics and ground-truth comparisons are computed in :mod:`training.nba_evaluation`.
@@ -21,8 +21,6 @@ otherwise it is ``@challenger`` with the reason.
 
 from __future__ import annotations
 
-import json
-import pickle
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,14 +33,16 @@ import pandas as pd
 import yaml
 
 from features.timeutil import as_utc
+from models import registry
 from models.catalog import CHURN_FIELD, Catalog, default_catalog, parse_catalog
 from models.nba import NbaModel
+from models.registry import CHALLENGER, CHAMPION
 from models.uplift import METHODS, Method, UpliftModel
 from models.value import OUTPUT_COLUMNS
 from rapport.settings import get_settings
 from training import plots, tracking
 from training.datasets import Progress, data_end, fingerprint, lineage, silent
-from training.jobs import PromotionResult
+from training.jobs import PromotionResult, crown
 from training.nba_data import Enrich, build_nba_data, champion_enricher, customer_frame
 from training.nba_evaluation import (
     PolicyValues,
@@ -58,7 +58,7 @@ from training.nba_evaluation import (
     uplift_metrics,
 )
 from training.report import Report
-from training.tracking import CHALLENGER, CHAMPION, HOLDOUT_TAG
+from training.tracking import HOLDOUT_TAG
 
 NBA = "nba"
 #: the columns a bring-your-own table needs besides the features
@@ -98,128 +98,10 @@ def fit_nba(
 
 
 # --------------------------------------------------------------------------- MLflow
-NBA_PYFUNC_CODE = '''"""Rapport NBA pyfunc wrapper, written by training.nba (models from code)."""
-
-import pickle
-
-import mlflow
-import pandas as pd
-
-
-class RapportNbaPyfunc(mlflow.pyfunc.PythonModel):
-    """Uplift per action from a feature frame; ``.model`` is the native NbaModel."""
-
-    def load_context(self, context):
-        with open(context.artifacts["native"], "rb") as handle:
-            self.model = pickle.load(handle)
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return self.model.predict(model_input).to_frame().reset_index(drop=True)
-
-
-mlflow.models.set_model(RapportNbaPyfunc())
-'''
-
-
-def _signature(model: NbaModel) -> Any:
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
-
-    cats = model.uplift.encoder_.categories
-    inputs = [
-        ColSpec("string" if name in cats else "double", name, required=False)
-        for name in model.feature_names
-    ]
-    outputs = [
-        ColSpec("double", f"uplift_{what}_{a}")
-        for a in model.uplift.actions_
-        for what in ("conversion", "revenue")
-    ]
-    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))  # type: ignore[arg-type]
-
-
-def log_nba_model(model: NbaModel, example: pd.DataFrame) -> str:
-    """Log ``model`` as a pyfunc in the active run, register it as ``nba``, return the version."""
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as tmp:
-        code = Path(tmp) / "rapport_nba_pyfunc.py"
-        code.write_text(NBA_PYFUNC_CODE)
-        native = Path(tmp) / "native.pkl"
-        native.write_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
-        with tracking.quiet():
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(code),
-                artifacts={"native": str(native)},
-                signature=_signature(model),
-                input_example=example[model.feature_names].reset_index(drop=True),
-                registered_model_name=NBA,
-                pip_requirements=tracking._requirements(),
-            )
-    return str(info.registered_model_version)
-
-
-def nba_aliases() -> dict[str, str]:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        with tracking.quiet():
-            registered = tracking.client().get_registered_model(NBA)
-    except MlflowException:
-        return {}
-    return {alias: str(version) for alias, version in registered.aliases.items()}
-
-
-def _set_alias(alias: str, version: str) -> None:
-    with tracking.quiet():
-        tracking.client().set_registered_model_alias(NBA, alias, str(version))
-
-
-def _delete_alias(alias: str) -> None:
-    with tracking.quiet():
-        tracking.client().delete_registered_model_alias(NBA, alias)
-
-
-def nba_version(alias: str | None = None, version: str | None = None) -> Any:
-    """A registered ``nba`` version by number, alias or the latest; LookupError if absent."""
-    from mlflow.exceptions import MlflowException
-
-    mlflow_client = tracking.client()
-    try:
-        with tracking.quiet():
-            if version is not None:
-                return mlflow_client.get_model_version(NBA, str(version))
-            if alias is not None:
-                return mlflow_client.get_model_version_by_alias(NBA, alias)
-            versions = mlflow_client.search_model_versions(f"name = '{NBA}'")
-    except MlflowException:
-        what = f"version {version}" if version else f"@{alias}" if alias else "any version"
-        hint = "`rapport train nba`" + (" and `rapport promote nba`" if alias == CHAMPION else "")
-        raise LookupError(f"no registered nba model {what}; run {hint}") from None
-    if not versions:
-        raise LookupError("no registered nba model yet; run `rapport train nba`")
-    return max(versions, key=lambda v: int(v.version))
-
-
-def load_nba(alias: str | None = CHAMPION, version: str | None = None) -> tuple[NbaModel, str]:
-    """(native NbaModel, version) of ``nba@alias`` or an exact version."""
-    import mlflow
-
-    found = nba_version(alias=None if version else alias, version=version)
-    tracking.configure()
-    with tracking.quiet():
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{NBA}/{found.version}")
-    return pyfunc.unwrap_python_model().model, str(found.version)
-
-
 def _holdout_of(found: Any) -> pd.DataFrame:
-    import mlflow
-
-    with tracking.quiet(), tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=str(found.run_id), artifact_path=HOLDOUT_FILE, dst_path=tmp
-        )
+    """The holdout a registered version was evaluated on (logged with its run)."""
+    with registry.quiet(), tempfile.TemporaryDirectory() as tmp:
+        path = registry.client().download_artifacts(str(found.run_id), HOLDOUT_FILE, tmp)
         return pd.read_parquet(path)
 
 
@@ -327,9 +209,9 @@ def train_nba(
     model = fit_nba(train, data.feature_names, cat, "dr", params, seed, epsilon)
     experiment = tracking.configure()
     champion: NbaModel | None = None
-    champion_version = nba_aliases().get(CHAMPION)
+    champion_version = registry.aliases(NBA).get(CHAMPION)
     if champion_version:
-        champion = load_nba(version=champion_version)[0]
+        champion = registry.load_model(NBA, version=champion_version)[0]
     say("off-policy evaluation on the holdout")
     values = evaluate_policies(model, test, champion, n_boot=n_boot, seed=seed)
     if champion_version:
@@ -410,9 +292,9 @@ def train_nba(
             metrics |= {f"truth_{k}": v for k, v in truth_values.ratios().items()}
         mlflow.log_metrics(metrics)
         _log_artifacts(model, test, values, per_action, methods, mix, truth_values, notes, info)
-        version = log_nba_model(model, test.head(5)) if register else None
+        version = registry.register(NBA, model, test.head(5)) if register else None
     if version:
-        _set_alias(CHALLENGER, version)
+        registry.set_alias(NBA, CHALLENGER, version)
     return NbaTrainResult(
         version,
         run.info.run_id,
@@ -448,8 +330,6 @@ def _log_artifacts(
     notes: list[str],
     info: Mapping[str, Any],
 ) -> None:
-    import mlflow
-
     figures = [
         ("uplift_curves", plots.png(uplift_curves_figure(model, test))),
         ("action_mix_by_segment", plots.png(action_mix_figure(mix))),
@@ -473,11 +353,7 @@ def _log_artifacts(
         )
     report.notes.extend([*values.notes, *notes])
     report.figures.extend(figures)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        for name, image in figures:
-            (folder / f"{name}.png").write_bytes(image)
-        (folder / "report.html").write_text(report.to_html(), encoding="utf-8")
+    with tracking.artifacts(report, figures, info) as folder:
         (folder / "ope.html").write_text(
             Report(
                 "NBA off-policy evaluation", tables=[("Policy value", values.table())]
@@ -492,9 +368,7 @@ def _log_artifacts(
         (folder / "catalog.yaml").write_text(
             yaml.safe_dump(model.catalog.model_dump(mode="json"), sort_keys=False)
         )
-        (folder / "lineage.json").write_text(json.dumps(dict(info), indent=2, default=str))
         test.to_parquet(folder / HOLDOUT_FILE, index=False)
-        mlflow.log_artifacts(str(folder))
 
 
 def train_nba_from_table(
@@ -534,14 +408,14 @@ def train_nba_from_table(
 def evaluate_nba(version: str | None = None, n_boot: int = 200) -> PolicyValues:
     """The policy-value table of ``version`` (default the ``@challenger``, else the champion,
     else the latest) next to the champion, random and single actions on its holdout."""
-    held = nba_aliases()
+    held = registry.aliases(NBA)
     wanted = version or held.get(CHALLENGER) or held.get(CHAMPION)
-    found = nba_version(version=wanted)
-    candidate = load_nba(version=str(found.version))[0]
+    found = registry.get_version(NBA, version=wanted)
+    candidate = registry.load_model(NBA, version=str(found.version))[0]
     champion_version = held.get(CHAMPION)
     champion = None
     if champion_version and champion_version != str(found.version):
-        champion = load_nba(version=champion_version)[0]
+        champion = registry.load_model(NBA, version=champion_version)[0]
     values = evaluate_policies(
         candidate, _holdout_of(found), champion, n_boot=n_boot, seed=get_settings().seed
     )
@@ -558,19 +432,19 @@ def promote_nba(version: str | int | None = None, margin: float | None = None) -
     from models.ope import promotion_gate
 
     margin = get_settings().promotion_margin if margin is None else margin
-    held = nba_aliases()
+    held = registry.aliases(NBA)
     wanted = str(version) if version is not None else held.get(CHALLENGER)
-    found = nba_version(version=wanted)
+    found = registry.get_version(NBA, version=wanted)
     cand_version = str(found.version)
     champion = held.get(CHAMPION)
     if champion is None:
-        return _crown(cand_version, None, "no champion yet")
+        return crown(NBA, cand_version, "no champion yet")
     if champion == cand_version:
         return PromotionResult("nba", champion, False, CHAMPION, "already the champion", champion)
     values = evaluate_policies(
-        load_nba(version=cand_version)[0],
+        registry.load_model(NBA, version=cand_version)[0],
         _holdout_of(found),
-        load_nba(version=champion)[0],
+        registry.load_model(NBA, version=champion)[0],
         seed=get_settings().seed,
     )
     if "champion" not in values.results:
@@ -579,16 +453,9 @@ def promote_nba(version: str | int | None = None, margin: float | None = None) -
         values.results["candidate"]["dr"], values.results["champion"]["dr"].estimate, margin
     )
     if passed:
-        return _crown(cand_version, champion, reason)
-    _set_alias(CHALLENGER, cand_version)
+        return crown(NBA, cand_version, reason)
+    registry.set_alias(NBA, CHALLENGER, cand_version)
     return PromotionResult("nba", cand_version, False, CHALLENGER, reason, champion)
-
-
-def _crown(version: str, before: str | None, reason: str) -> PromotionResult:
-    _set_alias(CHAMPION, version)
-    if nba_aliases().get(CHALLENGER) == version:
-        _delete_alias(CHALLENGER)
-    return PromotionResult("nba", version, True, CHAMPION, reason, before)
 
 
 # --------------------------------------------------------------------------- explain
@@ -623,7 +490,7 @@ class NbaExplanation:
 def explain_nba(con: Any, customer_id: str, as_of: datetime | str | None = None) -> NbaExplanation:
     """The champion policy's ranking of every allowed action for one customer, with the
     components and why the others are excluded."""
-    nba, version = load_nba(CHAMPION)
+    nba, version = registry.load_model(NBA, CHAMPION)
     enrich, _ = champion_enricher()
     when = as_utc(as_of) if as_of is not None else data_end(con)
     frame = customer_frame(con, when, enrich)

@@ -30,10 +30,10 @@ from features.batch import build
 from features.segments import fit_segments
 from features.spec import FeatureSpec, default_spec
 from features.timeutil import as_utc
+from models import registry
 from models.catalog import CHURN_FIELD, default_catalog
-from training import tracking
+from models.registry import CHAMPION
 from training.datasets import Progress, data_end, silent
-from training.tracking import CHAMPION
 
 #: scores the uplift models read next to the spec's features
 SCORE_FEATURES = (CHURN_FIELD, "value_mean")
@@ -92,9 +92,9 @@ def champion_enricher() -> tuple[Enrich, dict[str, str]]:
     """The enricher over ``churn@champion`` and ``value@champion`` (LookupError if absent)."""
     models: dict[str, Any] = {}
     versions: dict[str, str] = {}
-    for kind in tracking.KINDS:
+    for kind in registry.REQUIRED:
         try:
-            models[kind], versions[kind] = tracking.load_model(kind, CHAMPION)
+            models[kind], versions[kind] = registry.load_model(kind, CHAMPION)
         except LookupError:
             raise LookupError(
                 f"the NBA policy needs the churn and value champions' scores, but there is no "

@@ -2,10 +2,10 @@
 
 ``rapport score [--as-of DATE]`` runs :func:`score_all`:
 
-1. the champions are loaded from the MLflow registry (``churn@champion`` and
-   ``value@champion`` are required; ``nba@champion`` is optional -- without it every
-   customer's best action is ``no_action`` and target lists fall back to the value at
-   risk, see :mod:`models.targeting`);
+1. the champions are loaded from the MLflow registry (:func:`models.registry.load_champions`:
+   ``churn@champion`` and ``value@champion`` are required; ``nba@champion`` is optional --
+   without it every customer's best action is ``no_action`` and target lists fall back to
+   the value at risk, see :mod:`models.targeting`) and checked against the feature spec;
 2. the features of every customer known at ``as_of`` are built once
    (:func:`features.batch.build`, DuckDB);
 3. segments (RFM quintiles, ABC tiers) are fitted on that batch -- the same thing
@@ -33,7 +33,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,16 +42,15 @@ import pandas as pd
 import pyarrow as pa
 
 from features.batch import build
-from features.segments import SegmentModel, fit_segments
+from features.segments import fit_segments
 from features.spec import FeatureSpec, default_spec
 from features.tables.scores import RUNS, RUNS_DDL, SCORES
 from features.timeutil import as_utc
 from features.warehouse import raw
-from models.catalog import Catalog, default_catalog
 from models.policy import Exclusion
+from models.registry import Champions, build_scorer, check_compatible, load_champions
 from models.scorer import SCORE_COLUMNS, Scorer
 from models.value import OUTPUT_COLUMNS
-from training import tracking
 
 Progress = Callable[[str], None]
 NBA = "nba"
@@ -59,78 +58,12 @@ NBA = "nba"
 CHUNK_ROWS = 250_000
 
 
-@dataclass
-class Champions:
-    """The models batch scoring uses and their registry versions."""
-
-    churn: Any
-    value: Any
-    nba: Any | None
-    versions: dict[str, str]
-    feature_sets: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def catalog(self) -> Catalog:
-        return getattr(self.nba, "catalog", None) or default_catalog()
-
-
-def load_champions() -> Champions:
-    """``churn`` and ``value`` @champion (LookupError without them) and ``nba`` if any.
-
-    The NBA model is loaded through MLflow directly (``models:/nba/<version>``), as the
-    registry holds it; its object is a :class:`models.nba.NbaModel`.
-    """
-    churn, churn_version = tracking.load_model("churn", tracking.CHAMPION)
-    value, value_version = tracking.load_model("value", tracking.CHAMPION)
-    versions = {"churn": churn_version, "value": value_version}
-    feature_sets = {}
-    for kind in ("churn", "value"):
-        tags = tracking.run_of(tracking.get_version(kind, version=versions[kind])).data.tags
-        if "rapport.feature_set" in tags:
-            feature_sets[kind] = tags["rapport.feature_set"]
-    nba = None
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = tracking.client()
-    try:
-        with tracking.quiet():
-            found = client.get_model_version_by_alias(NBA, tracking.CHAMPION)
-    except MlflowException:
-        found = None
-    if found is not None:
-        with tracking.quiet():
-            pyfunc = mlflow.pyfunc.load_model(f"models:/{NBA}/{found.version}")
-        nba = pyfunc.unwrap_python_model().model
-        versions[NBA] = str(found.version)
-        # the registered uplift models predict on one thread (right for the live service,
-        # one row at a time); a batch of 250,000 rows wants every core
-        uplift = getattr(nba, "uplift", None)
-        if uplift is not None and isinstance(getattr(uplift, "params", None), dict):
-            uplift.params = {**uplift.params, "num_threads": os.cpu_count() or 1}
-    return Champions(churn, value, nba, versions, feature_sets)
-
-
-def check_feature_sets(champions: Champions, spec: FeatureSpec) -> None:
-    """Refuse champions trained on another feature set than the one we compute."""
-    wrong = {k: v for k, v in champions.feature_sets.items() if v != spec.version}
-    if wrong:
-        raise ValueError(
-            f"champions trained on another feature set ({wrong}) than the current "
-            f"{spec.version}: retrain and promote them"
-        )
-
-
-def build_scorer(champions: Champions, segments: SegmentModel, spec: FeatureSpec) -> Scorer:
-    return Scorer(
-        champions.churn,
-        champions.value,
-        champions.nba,
-        champions.catalog,
-        segments,
-        spec,
-        dict(champions.versions),
-    )
+def _batch_threads(champions: Champions) -> None:
+    """The registered uplift models predict on one thread (right for the live service, one
+    row at a time); a batch of 250,000 rows wants every core."""
+    uplift = getattr(champions.nba, "uplift", None)
+    if uplift is not None and isinstance(getattr(uplift, "params", None), dict):
+        uplift.params = {**uplift.params, "num_threads": os.cpu_count() or 1}
 
 
 def score_chunk(scorer: Scorer, features: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
@@ -220,7 +153,9 @@ def score_all(
 ) -> ScoreRun:
     """Score every customer known at ``as_of`` (default: now) and append to ``scores``.
 
-    ``con`` is the warehouse (Ibis DuckDB backend opened read-write).
+    ``con`` is the warehouse (Ibis DuckDB backend opened read-write). ``champions``
+    (default: the registry's) are refused when they do not fit ``spec``; their NBA
+    model is set to predict on every core.
     """
     say = progress or (lambda _: None)
     spec = spec or default_spec()
@@ -230,7 +165,10 @@ def score_all(
     if champions is None:
         say("loading the champion models from the MLflow registry")
         champions = load_champions()
-    check_feature_sets(champions, spec)
+    problems = check_compatible(champions, spec)
+    if problems:
+        raise ValueError("; ".join(problems))
+    _batch_threads(champions)
     timings["models"] = time.perf_counter() - start
 
     start = time.perf_counter()

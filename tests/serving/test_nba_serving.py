@@ -23,10 +23,11 @@ from features.online.materialize import META_SEGMENTS
 from features.online.store import open_store
 from features.segments import SegmentModel
 from features.warehouse import connect
+from models.bundle import load_for_serving
+from models.registry import build_scorer
 from models.scorer import Scorer
 from rapport.settings import Settings
 from serving.auth import add_key
-from serving.runtime import build_scorer, load_champions
 
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 
@@ -39,7 +40,7 @@ def ws(nba_ws: Workspace) -> Workspace:
 @pytest.fixture(scope="module")
 def scorers(ws: Workspace) -> dict[str, Scorer]:
     settings = Settings(home=ws.home)
-    champions = load_champions(settings)
+    champions = load_for_serving(settings)
     assert champions.versions.get("nba") == "demo"
     store = open_store(settings.online_store_url)
     segments = SegmentModel.from_json(store.get_meta(META_SEGMENTS) or "")

@@ -17,6 +17,7 @@ from sample_data import use_home
 
 from features.ingest import discover_files, ingest
 from features.warehouse import connect
+from models import registry
 from models.churn import ChurnModel
 from models.value import ValueModel
 from rapport.demo_data import generate, write
@@ -52,9 +53,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, TrainingSet]
 def test_train_logs_a_complete_run(demo: tuple) -> None:
     con, data = demo
     result = jobs.train("churn", con, params=FAST, data=data)
-    assert result.version == "1" and tracking.aliases("churn") == {"challenger": "1"}
+    assert result.version == "1" and registry.aliases("churn") == {"challenger": "1"}
     assert isinstance(result.model, ChurnModel)
-    run = tracking.run_of(tracking.get_version("churn", version="1"))
+    run = registry.run_of(registry.get_version("churn", version="1"))
     assert run.data.params["horizon_days"] == "90"
     assert run.data.params["test_cutoff"] == f"{data.plan.test:%Y-%m-%d}"
     assert run.data.tags["rapport.feature_set"] == data.spec_version
@@ -71,8 +72,8 @@ def test_train_logs_a_complete_run(demo: tuple) -> None:
     ):
         assert key in metrics, key
     assert metrics["test_auc"] == pytest.approx(result.evaluation.metrics["model"]["auc"])
-    with tracking.quiet():
-        artifacts = {a.path for a in tracking.client().list_artifacts(run.info.run_id)}
+    with registry.quiet():
+        artifacts = {a.path for a in registry.client().list_artifacts(run.info.run_id)}
     assert {
         "report.html",
         "roc.png",
@@ -95,12 +96,12 @@ def test_the_first_version_becomes_champion_and_serves_from_the_registry(demo: t
     _, data = demo
     promoted = jobs.promote("churn")
     assert promoted.promoted and promoted.reason == "no champion yet"
-    assert tracking.aliases("churn") == {"champion": "1"}
+    assert registry.aliases("churn") == {"champion": "1"}
     test = data.part("test")
     pyfunc = mlflow.pyfunc.load_model("models:/churn@champion")
-    native, version = jobs.load_champion("churn")
+    native, version = registry.load_model("churn")
     assert version == "1" and isinstance(pyfunc.unwrap_python_model().model, ChurnModel)
-    with tracking.quiet():
+    with registry.quiet():
         served = pyfunc.predict(test)["p_churn"].to_numpy()
     np.testing.assert_allclose(served, native.predict_proba(test))
 
@@ -112,21 +113,21 @@ def test_a_worse_challenger_is_held_back_with_the_reason(demo: tuple) -> None:
     held = jobs.promote("churn")
     assert not held.promoted and held.alias == "challenger" and held.champion_before == "1"
     assert held.reason.startswith("auc ") and "not better" in held.reason
-    assert tracking.aliases("churn") == {"champion": "1", "challenger": "2"}
+    assert registry.aliases("churn") == {"champion": "1", "challenger": "2"}
     assert "stays @challenger" in held.summary()
     assert jobs.promote("churn", version=1).reason == "already the champion"
 
 
 def test_different_holdouts_are_rescored_on_the_same_rows(demo: tuple) -> None:
     con, _ = demo
-    champion = tracking.get_version("churn", version="1")
-    with tracking.quiet():
-        tracking.client().set_tag(champion.run_id, tracking.HOLDOUT_TAG, "another holdout")
+    champion = registry.get_version("churn", version="1")
+    with registry.quiet():
+        registry.client().set_tag(champion.run_id, tracking.HOLDOUT_TAG, "another holdout")
     with pytest.raises(ValueError, match="different holdouts"):
         jobs.promote("churn", version="2")
     rescored = jobs.promote("churn", version="2", con=con)
     assert not rescored.promoted and rescored.reason.startswith("auc ")
-    assert tracking.aliases("churn") == {"champion": "1", "challenger": "2"}
+    assert registry.aliases("churn") == {"champion": "1", "challenger": "2"}
 
 
 def test_the_gate_needs_more_than_the_margin() -> None:
@@ -142,7 +143,7 @@ def test_value_trains_registers_and_predicts_with_its_season(demo: tuple) -> Non
     con, data = demo
     result = jobs.train("value", con, params=FAST, data=data)
     assert isinstance(result.model, ValueModel) and result.model.season_
-    metrics = tracking.run_of(tracking.get_version("value", version=result.version)).data.metrics
+    metrics = registry.run_of(registry.get_version("value", version=result.version)).data.metrics
     for key in (
         "test_spearman",
         "test_mae",
@@ -154,7 +155,7 @@ def test_value_trains_registers_and_predicts_with_its_season(demo: tuple) -> Non
         assert key in metrics, key
     assert jobs.promote("value").promoted
     test = data.part("test")
-    with tracking.quiet():
+    with registry.quiet():
         served = mlflow.pyfunc.load_model("models:/value@champion").predict(test)
     expected = result.model.predict(test[["as_of", *result.model.feature_names]])
     np.testing.assert_allclose(served.to_numpy(), expected.to_numpy())
@@ -178,12 +179,12 @@ def test_tune_shares_a_resumable_study_with_nested_trial_runs(demo: tuple) -> No
     study = optuna.load_study(study_name="churn-test", storage=get_settings().optuna_storage_url)
     assert len(study.trials) == 5 and again.outcome.trials_run == 2
     assert again.outcome.best_value == pytest.approx(study.best_value)
-    with tracking.quiet():
-        runs = tracking.client().search_runs(
+    with registry.quiet():
+        runs = registry.client().search_runs(
             [tracking.configure()], "tags.`rapport.kind` = 'churn'"
         )
     parents = {r.info.run_id for r in runs if r.info.run_name == "tune-churn"}
-    trials = tracking.client().search_runs(
+    trials = registry.client().search_runs(
         [tracking.configure()], "attributes.run_name LIKE 'trial-%'"
     )
     assert len(parents) == 2 and len(trials) == 5

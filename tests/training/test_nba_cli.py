@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from sample_data import trained_workspace, use_home
 
 from features.warehouse import connect, raw
+from models import registry
 from rapport.cli import main
 from rapport.settings import get_settings
-from training.nba import load_nba, nba_aliases
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,10 @@ def test_train_registers_a_challenger_and_first_promotion_crowns_it() -> None:
     assert "registered as nba v1 @challenger" in out
     for row in ("candidate", "random", "always no_action", "always winback_email"):
         assert row in out
-    assert nba_aliases().get("challenger") == "1"
+    assert registry.aliases("nba").get("challenger") == "1"
     out = run("promote", "nba")
     assert "promoted to @champion" in out
-    model, version = load_nba()
+    model, version = registry.load_model("nba")
     assert version == "1"
     # the registered object is the native model the service and batch scoring load
     assert model.catalog.ids[0] == "no_action" and model.feature_names
@@ -67,8 +67,8 @@ def test_evaluate_prints_estimates_with_intervals_for_every_policy() -> None:
 def test_second_model_goes_through_the_gate() -> None:
     run("train", "nba")
     out = run("promote", "nba")
-    version = load_nba()[1]
-    aliases = nba_aliases()
+    version = registry.load_model("nba")[1]
+    aliases = registry.aliases("nba")
     if "promoted to @champion" in out:
         assert version == "2"
     else:  # kept as challenger with the reason: its DR lower bound vs the champion's DR
