@@ -122,8 +122,9 @@ def client(uri: str | None = None) -> MlflowClient:
     from mlflow import MlflowClient
 
     uri = uri or tracking_uri()
-    # without registry_uri the registry follows MLflow's process-global URI
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with quiet():  # a new SQLite store warns about SQLAlchemy's deprecations
+        # without registry_uri the registry follows MLflow's process-global URI
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @contextlib.contextmanager

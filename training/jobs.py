@@ -592,7 +592,8 @@ def promote(
 
     Runs evaluated on the same holdout (cutoff, horizon and data fingerprint) are compared
     by their logged metrics; otherwise both models are re-scored on the candidate's holdout,
-    which needs ``con``.
+    which needs ``con``. A promotion keeps the old champion as ``@previous`` and refreshes
+    the champions the service loads (:func:`crown`).
     """
     kind = _check_kind(kind)
     margin = get_settings().promotion_margin if margin is None else margin

@@ -151,3 +151,19 @@ def test_service_targets_give_the_cli_selection() -> None:
     small = build_targets(TargetsRequest(top=3, action="cross_sell"), settings, spec)
     assert small["members"] is not None and len(small["members"]) == small["count"] <= 3
     assert set(small["members"][0]) >= {"customer_id", "action", "expected_value", "cost"}
+
+
+def test_champions_of_another_feature_set_are_refused_before_scoring() -> None:
+    from models.registry import load_champions
+    from training.scoring import score_all
+
+    runs_before = len(query(f"SELECT * FROM {RUNS}"))
+    champions = load_champions()
+    champions.feature_sets["value"] = "fs-retired"
+    con = connect(get_settings().warehouse_path)
+    try:
+        with pytest.raises(ValueError, match="value v1 was trained on feature set fs-retired"):
+            score_all(con, champions=champions)
+    finally:
+        con.disconnect()
+    assert len(query(f"SELECT * FROM {RUNS}")) == runs_before
