@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,9 @@ from training.datasets import (
 from training.report import Report
 from training.tracking import GATE_METRIC, HOLDOUT_TAG, Kind
 from training.tune import PruningCallback, TuneOutcome, optimise
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
 
 Model = ChurnModel | ValueModel
 #: the metric columns a summary shows per kind
@@ -593,34 +596,45 @@ def promote(
     Runs evaluated on the same holdout (cutoff, horizon and data fingerprint) are compared
     by their logged metrics; otherwise both models are re-scored on the candidate's holdout,
     which needs ``con``. A promotion keeps the old champion as ``@previous`` and refreshes
-    the champions the service loads (:func:`crown`).
+    the champions the service loads (:func:`promote_through`).
     """
-    kind = _check_kind(kind)
+    checked = _check_kind(kind)
     margin = get_settings().promotion_margin if margin is None else margin
+
+    def judge(candidate: ModelVersion, champion: str) -> tuple[bool, str]:
+        cand_score, champ_score = _gate_scores(checked, candidate, champion, con, progress)
+        decision = tracking.gate(checked, cand_score, champ_score, margin)
+        return decision.passed, decision.reason
+
+    return promote_through(checked, version, judge)
+
+
+#: a gate: (the candidate's registered version, the champion's version) -> (passed, why)
+Judge = Callable[["ModelVersion", str], tuple[bool, str]]
+
+
+def promote_through(kind: str, version: str | int | None, judge: Judge) -> PromotionResult:
+    """Promotion for every kind (churn, value, nba), with the kind's own gate ``judge``.
+
+    ``version`` (default the ``@challenger``, else the latest) becomes ``@champion`` when
+    there is none yet or when ``judge`` passes it; then the old champion is kept as
+    ``@previous`` and the champions the service loads are refreshed
+    (:func:`models.registry.set_champion`). Otherwise it is ``@challenger``, with the reason.
+    """
     held = registry.aliases(kind)
     wanted = str(version) if version is not None else held.get(CHALLENGER)
     candidate = registry.get_version(kind, version=wanted)
     cand_version = str(candidate.version)
     champion = held.get(CHAMPION)
-    if champion is None:
-        return crown(kind, cand_version, "no champion yet")
     if champion == cand_version:
         return PromotionResult(kind, champion, False, CHAMPION, "already the champion", champion)
-    cand_score, champ_score = _gate_scores(kind, candidate, champion, con, progress)
-    decision = tracking.gate(kind, cand_score, champ_score, margin)
-    if decision.passed:
-        return crown(kind, cand_version, decision.reason)
-    registry.set_alias(kind, CHALLENGER, cand_version)
-    return PromotionResult(kind, cand_version, False, CHALLENGER, decision.reason, champion)
-
-
-def crown(kind: str, version: str, reason: str) -> PromotionResult:
-    """``version`` passed its gate: make it ``@champion`` (the old one is kept as
-    ``@previous``) and refresh the service's bundle, for every kind (churn, value, nba)."""
-    change = registry.set_champion(kind, version)
-    return PromotionResult(
-        kind, version, True, CHAMPION, reason, change.previous, change.bundle, change.bundle_note
-    )
+    passed, reason = (True, "no champion yet") if champion is None else judge(candidate, champion)
+    if not passed:
+        registry.set_alias(kind, CHALLENGER, cand_version)
+        return PromotionResult(kind, cand_version, False, CHALLENGER, reason, champion)
+    change = registry.set_champion(kind, cand_version)
+    bundled = (change.bundle, change.bundle_note)
+    return PromotionResult(kind, cand_version, True, CHAMPION, reason, change.previous, *bundled)
 
 
 def _gate_scores(

@@ -42,7 +42,7 @@ from models.value import OUTPUT_COLUMNS
 from rapport.settings import get_settings
 from training import plots, tracking
 from training.datasets import Progress, data_end, fingerprint, lineage, silent
-from training.jobs import PromotionResult, crown
+from training.jobs import PromotionResult, promote_through
 from training.nba_data import Enrich, build_nba_data, champion_enricher, customer_frame
 from training.nba_evaluation import (
     PolicyValues,
@@ -432,30 +432,21 @@ def promote_nba(version: str | int | None = None, margin: float | None = None) -
     from models.ope import promotion_gate
 
     margin = get_settings().promotion_margin if margin is None else margin
-    held = registry.aliases(NBA)
-    wanted = str(version) if version is not None else held.get(CHALLENGER)
-    found = registry.get_version(NBA, version=wanted)
-    cand_version = str(found.version)
-    champion = held.get(CHAMPION)
-    if champion is None:
-        return crown(NBA, cand_version, "no champion yet")
-    if champion == cand_version:
-        return PromotionResult("nba", champion, False, CHAMPION, "already the champion", champion)
-    values = evaluate_policies(
-        registry.load_model(NBA, version=cand_version)[0],
-        _holdout_of(found),
-        registry.load_model(NBA, version=champion)[0],
-        seed=get_settings().seed,
-    )
-    if "champion" not in values.results:
-        raise ValueError(f"the champion v{champion} cannot be evaluated: {values.notes}")
-    passed, reason = promotion_gate(
-        values.results["candidate"]["dr"], values.results["champion"]["dr"].estimate, margin
-    )
-    if passed:
-        return crown(NBA, cand_version, reason)
-    registry.set_alias(NBA, CHALLENGER, cand_version)
-    return PromotionResult("nba", cand_version, False, CHALLENGER, reason, champion)
+
+    def judge(found: Any, champion: str) -> tuple[bool, str]:
+        values = evaluate_policies(
+            registry.load_model(NBA, version=found.version)[0],
+            _holdout_of(found),
+            registry.load_model(NBA, version=champion)[0],
+            seed=get_settings().seed,
+        )
+        if "champion" not in values.results:
+            raise ValueError(f"the champion v{champion} cannot be evaluated: {values.notes}")
+        return promotion_gate(
+            values.results["candidate"]["dr"], values.results["champion"]["dr"].estimate, margin
+        )
+
+    return promote_through(NBA, version, judge)
 
 
 # --------------------------------------------------------------------------- explain
