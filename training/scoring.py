@@ -10,9 +10,9 @@
    (:func:`features.batch.build`, DuckDB);
 3. segments (RFM quintiles, ABC tiers) are fitted on that batch -- the same thing
    ``rapport materialize`` does for the live service -- and stored with the run;
-4. customers are scored in chunks of ``chunk_rows`` by the very :class:`models.scorer.Scorer`
-   the service uses (churn, value with its interval, segments, arbitration of the next best
-   action), so memory beyond the feature frame stays bounded by one chunk;
+4. customers are scored in chunks of ``chunk_rows`` by :meth:`models.scorer.Scorer.score_frame`,
+   the very scorer the service uses (churn, value with its interval, segments, arbitration
+   of the next best action), so memory beyond the feature frame stays bounded by one chunk;
 5. each chunk is appended to the warehouse table ``scores``; the run is recorded in
    ``score_runs`` (model versions, feature set, catalog, segments, timings) in the same
    transaction, so a failed run leaves nothing behind and history is never overwritten.
@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -47,10 +46,7 @@ from features.spec import FeatureSpec, default_spec
 from features.tables.scores import RUNS, RUNS_DDL, SCORES
 from features.timeutil import as_utc
 from features.warehouse import raw
-from models.policy import Exclusion
 from models.registry import Champions, build_scorer, check_compatible, load_champions
-from models.scorer import SCORE_COLUMNS, Scorer
-from models.value import OUTPUT_COLUMNS
 
 Progress = Callable[[str], None]
 NBA = "nba"
@@ -64,36 +60,6 @@ def _batch_threads(champions: Champions) -> None:
     uplift = getattr(champions.nba, "uplift", None)
     if uplift is not None and isinstance(getattr(uplift, "params", None), dict):
         uplift.params = {**uplift.params, "num_threads": os.cpu_count() or 1}
-
-
-def score_chunk(scorer: Scorer, features: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
-    """:data:`SCORE_COLUMNS` (as :meth:`Scorer.score_frame`) plus each action's uplift."""
-    enriched = scorer.enrich(features, as_of)
-    result = scorer.arbitrate(enriched)
-    best = result.ranking()[:, 0]
-    rows = np.arange(len(enriched))
-    out: dict[str, Any] = {"customer_id": enriched["customer_id"].astype(str).to_numpy()}
-    for name in ("churn_probability", *OUTPUT_COLUMNS, "r_score", "f_score", "m_score"):
-        out[name] = enriched[name].to_numpy(dtype="float64")
-    for name in ("rfm_segment", "abc_tier"):
-        out[name] = enriched[name].astype(str).to_numpy()
-    channels = np.array([a.channel for a in scorer.catalog.actions], dtype=object)
-    out["best_action"] = np.asarray(result.actions, dtype=object)[best]
-    out["best_channel"] = channels[best]
-    out["expected_value"] = result.expected_value[rows, best]
-    out["action_cost"] = result.cost[best]
-    out["action_score"] = result.score[rows, best]
-    for j, action in enumerate(scorer.catalog.actions):
-        if j == 0:
-            continue  # no_action, the control
-        known = not (result.reason[:, j] == Exclusion.NO_UPLIFT).all()
-        up = result.uplift[:, j] if known else np.full(len(rows), np.nan)
-        retained = action.value_kind == "retained_value"
-        out[f"uplift_conversion_{action.id}"] = up if retained else np.full(len(rows), np.nan)
-        out[f"uplift_revenue_{action.id}"] = np.full(len(rows), np.nan) if retained else up
-    frame = pd.DataFrame(out)
-    assert list(frame.columns[1 : len(SCORE_COLUMNS) + 1]) == list(SCORE_COLUMNS)
-    return frame
 
 
 @dataclass
@@ -207,7 +173,7 @@ def score_all(
             part = features.iloc[offset : offset + chunk_rows]
             if part.empty:
                 break
-            scored = score_chunk(scorer, part, cutoff)
+            scored = scorer.score_frame(part, cutoff)
             for name, value in stamps.items():
                 scored.insert(list(stamps).index(name), name, value)
             for name, value in tail.items():

@@ -59,6 +59,8 @@ def test_score_appends_a_stamped_run_and_keeps_history() -> None:
     assert (per_run["count"] == per_run["nunique"]).all()
     assert per_run.loc[runs.run_id[1], "count"] < 1500  # fewer customers known in 2024
     assert set(SCORE_COLUMNS) <= set(scores.columns)
+    stamps = ["run_id", "as_of", "scored_at", "customer_id"]
+    assert list(scores.columns[: 4 + len(SCORE_COLUMNS)]) == [*stamps, *SCORE_COLUMNS]
     first_run = scores[scores.run_id == runs.run_id[0]]
     assert first_run.churn_version.eq("1").all() and first_run.value_version.eq("1").all()
     assert first_run.nba_version.isna().all() and first_run.best_action.eq("no_action").all()
