@@ -35,16 +35,12 @@ from models.catalog import Catalog, parse_catalog
 from models.nba import NbaModel
 from models.ope import encode_actions, evaluate_policy
 from rapport.demo_data import generate, write
+from rapport.truth import truth_matrices, truth_policy_values
 from training.datasets import build_training_set
 from training.jobs import fit_model
 from training.nba import fit_nba, train_nba_from_table
 from training.nba_data import NbaData, build_nba_data, customer_frame, score_enricher
-from training.nba_evaluation import (
-    default_margin_rate,
-    reward_model,
-    truth_matrices,
-    truth_policy_values,
-)
+from training.nba_evaluation import default_margin_rate, reward_model
 
 END = datetime(2025, 1, 1, tzinfo=UTC)
 #: uplift is a small signal in noisy revenue: 20k customers give ~40k logged decisions
