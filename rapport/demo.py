@@ -52,13 +52,17 @@ def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) 
 
     say("\n== 3. features and segments as of the end of history")
     from features.batch import build
-    from features.segments import describe_segments, fit_segments, with_segments
+    from features.segments import describe_segments, with_segments
     from features.spec import default_spec
+    from features.tables.segments import snapshot_segments
+    from features.warehouse import raw
 
-    frame = build(con, data.end)
-    frame = with_segments(frame, fit_segments(frame))
     spec = default_spec()
+    frame = build(con, data.end)
+    segments = snapshot_segments(raw(con), frame, data.end, spec.version, datetime.now(UTC))
+    frame = with_segments(frame, segments.model)
     say(f"{len(frame):,} customers x {len(spec.names)} features (feature set {spec.version})")
+    say(f"stored {segments.describe()}")
     say(describe_segments(frame))
 
     say("\n== 4. train, tune, register and promote the churn and value models")

@@ -222,7 +222,7 @@ def train_nba(
     cat = _catalog(catalog)
     versions: dict[str, str] = {}
     if enrich is None:
-        enrich, versions = champion_enricher()
+        enrich, versions = champion_enricher(con, say)
     seed = get_settings().seed
     data = build_nba_data(con, as_of, enrich, holdout_fraction, progress=say)
     train, test = data.part("train"), data.part("test")
@@ -488,7 +488,7 @@ def explain_nba(con: Any, customer_id: str, as_of: datetime | str | None = None)
     """The champion policy's ranking of every allowed action for one customer, with the
     components and why the others are excluded."""
     nba, version = registry.load_model(NBA, CHAMPION)
-    enrich, _ = champion_enricher()
+    enrich, _ = champion_enricher(con)
     when = as_utc(as_of) if as_of is not None else data_end(con)
     frame = customer_frame(con, when, enrich)
     rows = frame.index[frame["customer_id"].astype(str) == str(customer_id)]
