@@ -8,15 +8,16 @@ The workspace needs a warehouse with the contract tables and ``churn@champion`` 
 size). Prints, in one run on the same customers:
 
 * the full path (:func:`training.scoring.score_all`: load the champions, build features,
-  fit segments, score in chunks -- churn, value, segments, arbitration -- and append to
-  ``scores``) with the time of each stage and rows/s;
+  fit and store segments, score in chunks -- churn, value, segments, arbitration -- and
+  append to ``scores``) with the time of each stage and rows/s;
 * raw LightGBM ``Booster.predict`` of the churn booster, the value model's booster
   and (with an NBA champion) the uplift boosters on the same rows (matrices already
   encoded), i.e. the floor any scoring path pays, and the Scorer on the prebuilt
-  features without writing.
+  features without writing (with the run's segment model).
 
-The benchmark's run is deleted from ``scores`` / ``score_runs`` afterwards (``--keep``
-keeps it). Never fails on timing.
+The benchmark's run is deleted from ``scores`` / ``score_runs`` afterwards, and its segment
+model from ``segment_models`` unless it was there before (``--keep`` keeps them). Never
+fails on timing.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ import os
 import resource
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
 from features.batch import build
-from features.segments import fit_segments
 from features.spec import default_spec
 from features.tables.scores import RUNS, SCORES
+from features.tables.segments import SEGMENT_MODELS, load_version
 from features.warehouse import connect, raw
 from models.registry import build_scorer, load_champions
 from rapport.settings import get_settings, reset_settings
@@ -41,6 +43,13 @@ from training.scoring import score_all
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def stored_segments(con: Any) -> set[str]:
+    """Versions in ``segment_models``: the bench deletes only the one it adds."""
+    if SEGMENT_MODELS not in con.list_tables():
+        return set()
+    return {row[0] for row in raw(con).execute(f"SELECT version FROM {SEGMENT_MODELS}").fetchall()}
 
 
 def main() -> None:
@@ -67,7 +76,9 @@ def main() -> None:
     load_s = time.perf_counter() - start
     print(f"champions {champions.versions} loaded in {load_s:.1f}s")
 
+    had = stored_segments(con)
     run = score_all(con, as_of, champions, chunk_rows=args.chunk_rows, progress=None)
+    segments = load_version(raw(con), run.segments_version).model
     n = run.rows
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in run.timings.items())
     full = run.seconds
@@ -77,11 +88,15 @@ def main() -> None:
     if not args.keep:
         raw(con).execute(f"DELETE FROM {SCORES} WHERE run_id = ?", [run.run_id])
         raw(con).execute(f"DELETE FROM {RUNS} WHERE run_id = ?", [run.run_id])
+        if run.segments_version not in had:
+            raw(con).execute(
+                f"DELETE FROM {SEGMENT_MODELS} WHERE version = ?", [run.segments_version]
+            )
 
     spec = default_spec()
     features = build(con, as_of, spec)
     features["as_of"] = as_of
-    scorer = build_scorer(champions, fit_segments(features), spec)
+    scorer = build_scorer(champions, segments, spec)
     start = time.perf_counter()
     for offset in range(0, n, args.chunk_rows):
         scorer.score_frame(features.iloc[offset : offset + args.chunk_rows])

@@ -101,10 +101,13 @@ def prepare_workspace(
 
     ``nba``: also fit a quick next-best-action model (:func:`add_demo_nba`) and bundle it
     with the champions, so the service ranks real actions."""
+    from features.batch import build
     from features.ingest import discover_files, ingest
     from features.online.materialize import materialize
     from features.online.store import open_store
-    from features.warehouse import connect
+    from features.spec import default_spec
+    from features.tables.segments import snapshot_segments
+    from features.warehouse import connect, raw
     from models.bundle import import_champions
     from rapport.demo_data import generate, write
     from rapport.settings import get_settings
@@ -122,6 +125,8 @@ def prepare_workspace(
         for kind in ("churn", "value"):
             jobs.train(kind, con, params=FAST_PARAMS, data=training)
             jobs.promote(kind)
+        now = datetime.now(UTC)  # the segment model of today's snapshot (`rapport features`)
+        snapshot_segments(raw(con), build(con, now), now, default_spec().version, now)
         store = open_store(settings.online_store_url)
         materialize(con, store)
         store.close()

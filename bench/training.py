@@ -8,11 +8,11 @@ Runs in a fresh temporary workspace (MLflow store, Optuna study): generates and 
 the demo data (unless ``--warehouse`` is given), then times each step with its peak
 memory (RSS sampled every 20 ms while it runs): the time-split dataset, the churn and value
 estimators alone (``jobs.fit_model``) and as the full job (``jobs.train``: fit, holdout
-evaluation next to the baselines and the ground truth, plots, report, MLflow logging and
-registration), and ``jobs.tune`` with one trial (the trial, then the train run with the
-best parameters). Then the holdout quality next to the baselines, and batch prediction
-rows/s through the model API next to raw ``Booster.predict`` on the same rows. Prints
-figures only; never fails on timing.
+evaluation next to the baselines and, as in the demo, the ground truth
+(:mod:`rapport.truth`), plots, report, MLflow logging and registration), and ``jobs.tune``
+with one trial (the trial, then the train run with the best parameters). Then the holdout
+quality next to the baselines, and batch prediction rows/s through the model API next to
+raw ``Booster.predict`` on the same rows. Prints figures only; never fails on timing.
 """
 
 from __future__ import annotations
@@ -91,11 +91,11 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace, tmp: Path) -> None:
     import optuna
 
-    from features.ingest import discover_files, ingest
     from features.warehouse import connect
     from models.churn import booster_predict
     from rapport.demo_data import generate, write
     from rapport.settings import get_settings, reset_settings
+    from rapport.truth import compare_holdout, ingest_demo
     from training import jobs
     from training.datasets import build_training_set
 
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             folder = write(data, tmp / "data", "parquet")["customers"].parent
         con = connect(tmp / "warehouse.duckdb")
         with step("ingest", lambda: f"{sum(t.read for t in report.tables.values()):,} rows"):
-            report = ingest(con, discover_files(folder), now=datetime.now(UTC))
+            report = ingest_demo(con, folder, now=datetime.now(UTC))
         source = f"demo data, {args.customers:,} customers, seed {args.seed}"
     print(f"data: {source}")
 
@@ -128,13 +128,13 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     with step("churn fit (estimator)", lambda: active):
         jobs.fit_model("churn", ds, seed=settings.seed)
     with step("churn train job", lambda: "fit + holdout + MLflow"):
-        churn = jobs.train("churn", con, data=ds)
+        churn = jobs.train("churn", con, data=ds, compare=compare_holdout)
     with step("value fit (estimator)", lambda: everyone):
         jobs.fit_model("value", ds, seed=settings.seed)
     with step("value train job", lambda: "fit + holdout + MLflow"):
-        value = jobs.train("value", con, data=ds)
+        value = jobs.train("value", con, data=ds, compare=compare_holdout)
     with step("tune churn, 1 trial", lambda: f"trial {trial_s:.1f} s + train run"):
-        tuned = jobs.tune("churn", con, 1, data=ds)
+        tuned = jobs.tune("churn", con, 1, data=ds, compare=compare_holdout)
         study = optuna.load_study(
             study_name=tuned.outcome.study_name, storage=settings.optuna_storage_url
         )

@@ -49,8 +49,6 @@ from features.contract import DUCKDB_TYPES, TABLES, Column, Table
 from features.timeutil import as_utc
 from features.warehouse import ensure_contract_tables, raw
 
-#: ground-truth tables of the demo data, loaded as they are (replaced on every ingest)
-TRUTH_TABLES = ("truth_customers", "truth_actions")
 #: customers first, so the events of this batch's new customers are known
 LOAD_ORDER = ("customers", "orders", "interactions", "campaign_log")
 SUFFIXES = (".parquet", ".csv", ".csv.gz")
@@ -101,7 +99,7 @@ class TableReport:
     #: quarantined rows not in the quarantine table before (the others were seen already)
     newly_quarantined: int = 0
     extra_columns: tuple[str, ...] = ()
-    #: truth tables are replaced as they are, without contract checks
+    #: tables outside the contract (``as_is``) are replaced as they are, without checks
     replaced: bool = False
 
     @property
@@ -175,13 +173,14 @@ class _Source:
 
 
 # --------------------------------------------------------------------------- public API
-def discover_files(directory: Path) -> dict[str, Path]:
-    """The contract (and truth) files in a folder, found by name: ``<table>.parquet|csv``."""
+def discover_files(directory: Path, as_is: Sequence[str] = ()) -> dict[str, Path]:
+    """The contract files in a folder, found by name: ``<table>.parquet|csv``, and those of
+    the tables outside the contract named in ``as_is`` (see :func:`ingest`)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise IngestError(f"{directory}: not a folder")
     found: dict[str, Path] = {}
-    for name in (*LOAD_ORDER, *TRUTH_TABLES):
+    for name in (*LOAD_ORDER, *as_is):
         matches = [directory / f"{name}{suffix}" for suffix in SUFFIXES]
         matches = [p for p in matches if p.is_file()]
         if len(matches) > 1:
@@ -195,14 +194,23 @@ def discover_files(directory: Path) -> dict[str, Path]:
     return found
 
 
-def validate(con: Any, files: Mapping[str, Path], now: datetime) -> IngestReport:
+def validate(
+    con: Any, files: Mapping[str, Path], now: datetime, as_is: Sequence[str] = ()
+) -> IngestReport:
     """Run every check of :func:`ingest` and report, leaving the warehouse untouched."""
-    return _run(con, _file_sources(con, files), as_utc(now), commit=False)
+    return _run(con, _file_sources(con, files, as_is), as_utc(now), commit=False)
 
 
-def ingest(con: Any, files: Mapping[str, Path], now: datetime) -> IngestReport:
-    """Check and load contract files (idempotent); bad rows go to quarantine with a reason."""
-    return _run(con, _file_sources(con, files), as_utc(now), commit=True)
+def ingest(
+    con: Any, files: Mapping[str, Path], now: datetime, as_is: Sequence[str] = ()
+) -> IngestReport:
+    """Check and load contract files (idempotent); bad rows go to quarantine with a reason.
+
+    ``as_is``: tables outside the contract that ``files`` may hold too (the demo's
+    simulator writes some, see :mod:`rapport.truth`); they are loaded as they are, without
+    checks, and replaced on every ingest.
+    """
+    return _run(con, _file_sources(con, files, as_is), as_utc(now), commit=True)
 
 
 def ingest_jsonl(con: Any, batches: Mapping[str, Sequence[Path]], now: datetime) -> IngestReport:
@@ -244,17 +252,19 @@ def duckdb_error(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in lines[:3] if line.strip())
 
 
-def _file_sources(con: Any, files: Mapping[str, Path]) -> list[_Source]:
+def _file_sources(con: Any, files: Mapping[str, Path], as_is: Sequence[str]) -> list[_Source]:
     """Open every file and check its columns before anything is written."""
-    unknown = sorted(set(files) - set(LOAD_ORDER) - set(TRUTH_TABLES))
+    if clash := sorted(set(as_is) & set(TABLES)):
+        raise IngestError(f"{', '.join(clash)}: contract tables cannot be loaded as they are")
+    unknown = sorted(set(files) - set(LOAD_ORDER) - set(as_is))
     if unknown:
         raise IngestError(
             f"unknown table(s) {', '.join(unknown)}; expected one of "
-            + ", ".join((*LOAD_ORDER, *TRUTH_TABLES))
+            + ", ".join((*LOAD_ORDER, *as_is))
         )
     db = raw(con)
     sources, problems = [], []
-    for name in (*LOAD_ORDER, *TRUTH_TABLES):
+    for name in (*LOAD_ORDER, *as_is):
         if name not in files:
             continue
         path = Path(files[name])
@@ -330,7 +340,7 @@ def _run(con: Any, sources: list[_Source], now: datetime, commit: bool) -> Inges
                 if source.table in TABLES:
                     result = _load_table(db, source, now)
                 else:
-                    result = _replace_truth(db, source)
+                    result = _replace_as_is(db, source)
             except duckdb.Error as exc:
                 raise IngestError(f"{source.label}: {duckdb_error(exc)}") from exc
             report.tables[source.table] = result
@@ -339,7 +349,7 @@ def _run(con: Any, sources: list[_Source], now: datetime, commit: bool) -> Inges
     return report
 
 
-def _replace_truth(db: duckdb.DuckDBPyConnection, source: _Source) -> TableReport:
+def _replace_as_is(db: duckdb.DuckDBPyConnection, source: _Source) -> TableReport:
     db.execute(f"CREATE OR REPLACE TABLE {_ident(source.table)} AS SELECT * FROM {source.relation}")
     (count,) = _one(db, f"SELECT count(*) FROM {_ident(source.table)}")
     return TableReport(source.table, source.label, read=count, inserted=count, replaced=True)

@@ -1,17 +1,24 @@
 """RFM scores, named RFM segments and ABC value tiers.
 
 Segments are fitted on a batch (quintile edges, ABC value thresholds) and then assigned by
-thresholds, so one customer scored live gets the segment the batch would give them.
+thresholds, so one customer scored live gets the segment the batch would give them. The
+cut points are fitted once per feature snapshot (:func:`fit_version`, by ``rapport score``
+and ``rapport features``) and stored with a version (:mod:`features.tables.segments`);
+everyone else reads a stored version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from features.timeutil import as_utc
 
 RECENCY, FREQUENCY, MONETARY = "days_since_last_order", "orders_365d", "spend_365d"
 ABC_VALUE = "spend_365d"
@@ -104,6 +111,34 @@ def fit_segments(
         abc_b_min=b_min,
         abc_shares=abc_shares,
     )
+
+
+@dataclass(frozen=True)
+class SegmentVersion:
+    """Cut points fitted on one snapshot (every customer's features as of ``as_of``)."""
+
+    #: ``<as-of day>-<hash>``: the same snapshot and cut points give the same version
+    version: str
+    as_of: datetime
+    feature_set: str
+    #: customers in the snapshot
+    customers: int
+    model: SegmentModel
+
+    def describe(self) -> str:
+        return (
+            f"segments {self.version} (fitted on {self.customers:,} customers as of "
+            f"{self.as_of:%Y-%m-%d %H:%M} UTC)"
+        )
+
+
+def fit_version(features: pd.DataFrame, as_of: datetime, feature_set: str) -> SegmentVersion:
+    """The segment model of a snapshot, versioned (store it: :mod:`features.tables.segments`)."""
+    model = fit_segments(features)
+    cutoff = as_utc(as_of)
+    key = f"{cutoff.isoformat()}|{feature_set}|{model.to_json()}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return SegmentVersion(f"{cutoff:%Y%m%d}-{digest}", cutoff, feature_set, len(features), model)
 
 
 def _segment_names(r: np.ndarray, f: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from features.spec import FeatureSpec, default_spec
 from models.catalog import CHURN_FIELD, Catalog
 from models.churn import ChurnModel
 from models.nba import NbaModel
-from models.policy import Arbitration, Policy, arbitrate
+from models.policy import Arbitration, Exclusion, Policy, arbitrate
 from models.value import OUTPUT_COLUMNS, ValueModel
 
 #: columns :meth:`Scorer.scores` adds to the features (NBA models and rules may read them)
@@ -33,7 +33,7 @@ ENRICHED_COLUMNS = (
     "rfm_segment",
     "abc_tier",
 )
-#: columns :meth:`Scorer.score_frame` adds next to ``customer_id``
+#: columns :meth:`Scorer.score_frame` gives after ``customer_id`` (uplift columns follow)
 SCORE_COLUMNS = (
     *ENRICHED_COLUMNS,
     "best_action",
@@ -108,20 +108,35 @@ class Scorer:
         return frame
 
     def score_frame(self, features: pd.DataFrame, as_of: datetime | None = None) -> pd.DataFrame:
-        """One row per customer: :data:`SCORE_COLUMNS` with the greedy best action."""
+        """One row per customer: ``customer_id``, :data:`SCORE_COLUMNS` with the greedy best
+        action, then per catalog action (the control aside) the uplift that made its
+        expected value -- ``uplift_conversion_<action>`` for retention actions (capped at
+        the churn probability), ``uplift_revenue_<action>`` for growth actions, null when
+        there is no estimate -- so target lists can re-run arbitration later."""
         enriched = self.enrich(features, as_of)
         result = self.arbitrate(enriched)
         best = result.ranking()[:, 0]
         rows = np.arange(len(enriched))
-        out = enriched[["customer_id", CHURN_FIELD, *OUTPUT_COLUMNS]].copy()
-        for name in ("r_score", "f_score", "m_score", "rfm_segment", "abc_tier"):
-            out[name] = enriched[name].to_numpy()
+        out: dict[str, Any] = {"customer_id": enriched["customer_id"].astype(str).to_numpy()}
+        for name in (CHURN_FIELD, *OUTPUT_COLUMNS, "r_score", "f_score", "m_score"):
+            out[name] = enriched[name].to_numpy(dtype="float64")
+        for name in ("rfm_segment", "abc_tier"):
+            out[name] = enriched[name].astype(str).to_numpy()
         out["best_action"] = np.asarray(result.actions, dtype=object)[best]
         out["best_channel"] = self._channels[best]
         out["expected_value"] = result.expected_value[rows, best]
         out["action_cost"] = result.cost[best]
         out["action_score"] = result.score[rows, best]
-        return out.reset_index(drop=True)
+        missing = np.full(len(rows), np.nan)
+        for j, action in enumerate(self.catalog.actions):
+            if j == 0:
+                continue  # no_action, the control
+            known = not (result.reason[:, j] == Exclusion.NO_UPLIFT).all()
+            up = result.uplift[:, j] if known else missing
+            retained = action.value_kind == "retained_value"
+            out[f"uplift_conversion_{action.id}"] = up if retained else missing
+            out[f"uplift_revenue_{action.id}"] = missing if retained else up
+        return pd.DataFrame(out)
 
     # ---- one customer --------------------------------------------------------------------
     def score_one(

@@ -235,22 +235,34 @@ def validate(directory: Path | None, **tables: Path | None) -> None:
     "--segments/--no-segments",
     default=True,
     show_default=True,
-    help="Add RFM scores, RFM segment and ABC tier.",
+    help="Add RFM scores, RFM segment and ABC tier (fitted on this snapshot and stored).",
 )
 def features(as_of: str | None, out: Path | None, segments: bool) -> None:
-    """Build every customer's features as of a cutoff (point in time correct)."""
+    """Build every customer's features as of a cutoff (point in time correct).
+
+    With segments, the RFM / ABC cut points fitted on this snapshot are stored in the
+    warehouse as the current segment model (what `rapport materialize` serves).
+    """
     from features.batch import build
-    from features.segments import describe_segments, fit_segments, with_segments
+    from features.segments import describe_segments, with_segments
     from features.spec import default_spec
+    from features.tables.segments import snapshot_segments
+    from features.warehouse import raw
 
     cutoff = parse_when(as_of) or datetime.now(UTC)
-    con = open_warehouse(get_settings(), read_only=True)
-    with step(f"building features as of {cutoff:%Y-%m-%d %H:%M} UTC"):
-        frame = build(con, cutoff)
-        if segments:
-            frame = with_segments(frame, fit_segments(frame))
     spec = default_spec()
+    con = open_warehouse(get_settings(), read_only=not segments)
+    try:
+        with step(f"building features as of {cutoff:%Y-%m-%d %H:%M} UTC"):
+            frame = build(con, cutoff)
+            if segments:
+                fitted = snapshot_segments(raw(con), frame, cutoff, spec.version, datetime.now(UTC))
+                frame = with_segments(frame, fitted.model)
+    finally:
+        con.disconnect()
     say(f"{len(frame):,} customers x {len(spec.names)} features, feature set {spec.version}")
+    if segments:
+        say(f"stored {fitted.describe()}")
     if segments and len(frame):
         say(describe_segments(frame))
     if out:
@@ -292,26 +304,29 @@ def train(kind: str, as_of: str | None, horizon: str | None, catalog: Path | Non
     """
     from training import jobs
 
-    con = open_warehouse(get_settings(), read_only=True)
-    if kind == "nba":
-        from models.catalog import CatalogError
-        from training.nba import train_nba
-
-        try:
-            nba_result = train_nba(con, parse_when(as_of), catalog, progress=progress)
-        except CatalogError as exc:
-            raise click.ClickException(str(exc)) from exc
-        say(nba_result.summary())
-        return
-    if catalog is not None:
+    if kind != "nba" and catalog is not None:
         raise click.UsageError("--catalog is for `rapport train nba` only")
-    result = jobs.train(
-        kind,
-        con,
-        as_of=parse_when(as_of),
-        horizon_days=parse_days(horizon) if horizon else None,
-        progress=progress,
-    )
+    con = open_warehouse(get_settings(), read_only=True)
+    try:
+        if kind == "nba":
+            from models.catalog import CatalogError
+            from training.nba import train_nba
+
+            try:
+                nba_result = train_nba(con, parse_when(as_of), catalog, progress=progress)
+            except CatalogError as exc:
+                raise click.ClickException(str(exc)) from exc
+            say(nba_result.summary())
+            return
+        result = jobs.train(
+            kind,
+            con,
+            as_of=parse_when(as_of),
+            horizon_days=parse_days(horizon) if horizon else None,
+            progress=progress,
+        )
+    finally:
+        con.disconnect()
     say(result.summary())
 
 
@@ -576,12 +591,18 @@ def serve(host: str, port: int, workers: int | None) -> None:
 
 @main.command()
 @click.option("--as-of", default=None, help="Load events before this instant (default: now).")
-def materialize(as_of: str | None) -> None:
+@click.option(
+    "--segments", default=None, help="Stored segment model version (default: the current one)."
+)
+@fail_on(LookupError)
+def materialize(as_of: str | None, segments: str | None) -> None:
     """Load the online feature store from the warehouse (every customer's record).
 
     The store is RAPPORT_ONLINE_STORE: a SQLite file in the workspace by default, or
-    redis://host:port/db. A running service picks the new load up within seconds.
+    redis://host:port/db. It also gets the warehouse's segment model (stored by `rapport
+    score` or `rapport features`). A running service picks the new load up within seconds.
     """
+    from features.online.materialize import META_SEGMENTS_VERSION
     from features.online.materialize import materialize as run_materialize
     from features.online.store import open_store, redact_url
 
@@ -590,14 +611,18 @@ def materialize(as_of: str | None) -> None:
     store = open_store(settings.online_store_url)
     start = time.perf_counter()
     try:
-        written = run_materialize(con, store, parse_when(as_of), progress=progress)
+        written = run_materialize(
+            con, store, parse_when(as_of), progress=progress, segments=segments
+        )
+        served = store.get_meta(META_SEGMENTS_VERSION)
     finally:
         store.close()
         con.disconnect()
     seconds = time.perf_counter() - start
     say(
         f"{written:,} customer records in {seconds:.1f}s "
-        f"({written / max(seconds, 1e-9):,.0f}/s) into {redact_url(settings.online_store_url)}"
+        f"({written / max(seconds, 1e-9):,.0f}/s) into {redact_url(settings.online_store_url)}, "
+        f"segments {served}"
     )
 
 

@@ -1,4 +1,7 @@
-"""`rapport demo`: the whole loop on generated data, step by step, printing what it did."""
+"""`rapport demo`: the whole loop on generated data, step by step, printing what it did.
+
+The demo knows the simulator's ground truth: it loads it with the data and has every model
+judged against it too, through :mod:`rapport.truth` (production code never reads it)."""
 
 from __future__ import annotations
 
@@ -41,21 +44,25 @@ def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) 
     )
 
     say("\n== 2. ingest into the warehouse")
-    from features.ingest import discover_files, ingest
+    from rapport.truth import compare_holdout, compare_nba, ingest_demo
 
     con = connect(settings.warehouse_path)
-    report = ingest(con, discover_files(data_dir), now=datetime.now(UTC))
+    report = ingest_demo(con, data_dir, now=datetime.now(UTC))
     say(report.summary())
 
     say("\n== 3. features and segments as of the end of history")
     from features.batch import build
-    from features.segments import describe_segments, fit_segments, with_segments
+    from features.segments import describe_segments, with_segments
     from features.spec import default_spec
+    from features.tables.segments import snapshot_segments
+    from features.warehouse import raw
 
-    frame = build(con, data.end)
-    frame = with_segments(frame, fit_segments(frame))
     spec = default_spec()
+    frame = build(con, data.end)
+    segments = snapshot_segments(raw(con), frame, data.end, spec.version, datetime.now(UTC))
+    frame = with_segments(frame, segments.model)
     say(f"{len(frame):,} customers x {len(spec.names)} features (feature set {spec.version})")
+    say(f"stored {segments.describe()}")
     say(describe_segments(frame))
 
     say("\n== 4. train, tune, register and promote the churn and value models")
@@ -64,14 +71,20 @@ def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) 
 
     data_set = build_training_set(con, horizon_days=settings.horizon_days, progress=progress)
     for kind in ("churn", "value"):
-        say(jobs.train(kind, con, data=data_set, progress=progress).summary())
+        trained = jobs.train(kind, con, data=data_set, progress=progress, compare=compare_holdout)
+        say(trained.summary())
         say(jobs.promote(kind, con=con, progress=progress).summary())
         if options.tune_trials:
             # the tuned version must beat the default one on the holdout to replace it: a
             # bigger model that is no better only costs latency (its reasons cost ~10x)
             say(
                 jobs.tune(
-                    kind, con, options.tune_trials, data=data_set, progress=progress
+                    kind,
+                    con,
+                    options.tune_trials,
+                    data=data_set,
+                    progress=progress,
+                    compare=compare_holdout,
                 ).summary()
             )
             say(jobs.promote(kind, con=con, progress=progress).summary())
@@ -79,7 +92,7 @@ def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) 
     say("\n== 5. next best action: uplift from the campaign log, off-policy evaluation, gate")
     from training.nba import promote_nba, train_nba
 
-    nba_result = train_nba(con, progress=progress)
+    nba_result = train_nba(con, progress=progress, compare=compare_nba)
     say(nba_result.summary())
     say(promote_nba(nba_result.version).summary())
     say("\n== batch scores for everyone and an example target list")

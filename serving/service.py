@@ -67,7 +67,12 @@ from features.online.events import (
     record_feedback,
     recover_segments,
 )
-from features.online.materialize import META_FEATURE_SET, META_MATERIALIZED_AT, META_SEGMENTS
+from features.online.materialize import (
+    META_FEATURE_SET,
+    META_MATERIALIZED_AT,
+    META_SEGMENTS,
+    META_SEGMENTS_VERSION,
+)
 from features.online.record import Record, empty_record, evaluate
 from features.online.store import open_store, redact_url
 from features.segments import SegmentModel
@@ -377,6 +382,8 @@ class Rapport:
         self.problems: list[str] = registry.check_compatible(self.champions, self.spec)
         self.scorer: Any = None
         self.loaded_at: str | None = None
+        #: the warehouse's segment model version the online store was loaded with
+        self.segments_version: str | None = None
         self._refresh()
         self.meta = Meta(
             models=dict(self.champions.versions),
@@ -408,6 +415,7 @@ class Rapport:
             stamp = self.store.get_meta(META_MATERIALIZED_AT)
             feature_set = self.store.get_meta(META_FEATURE_SET)
             segments = self.store.get_meta(META_SEGMENTS)
+            segments_version = self.store.get_meta(META_SEGMENTS_VERSION)
         except Exception as exc:  # the store is down: report, keep the last scorer
             self.store_problems.append(f"online store unreachable: {exc}")
             return
@@ -427,6 +435,8 @@ class Rapport:
                 self.champions, SegmentModel.from_json(segments), self.spec
             )
             self.loaded_at = stamp
+            self.segments_version = segments_version
+            log.info("scoring with segments %s (online store loaded %s)", segments_version, stamp)
 
     @property
     def ready(self) -> bool:

@@ -48,8 +48,6 @@ Progress = Callable[[str], None]
 Part = Literal["train", "valid", "test"]
 ACTIVE_DAYS = 365
 LABEL_COLUMNS = ("active", "churned", "orders_in_horizon", "spend", "margin")
-#: extra tables described in the lineage when present (demo ground truth)
-TRUTH_TABLE = "truth_customers"
 
 
 def silent(progress: Progress | None) -> Progress:
@@ -286,18 +284,6 @@ def signups_before(con: Any, as_of: datetime) -> pd.Series:
     known = customers.filter(customers.signup_at < ibis.literal(as_utc(as_of)))
     frame = con.execute(known.select("customer_id", "signup_at"))
     return frame.set_index("customer_id")["signup_at"]
-
-
-def load_truth(con: Any, as_of: datetime) -> pd.DataFrame | None:
-    """The demo's ``truth_customers`` rows at ``as_of``, or None when there are none."""
-    if TRUTH_TABLE not in con.list_tables():
-        return None
-    truth = con.table(TRUTH_TABLE)
-    rows = con.execute(truth.filter(truth.as_of == ibis.literal(as_utc(as_of))))
-    if rows.empty:
-        return None
-    rows["customer_id"] = rows["customer_id"].astype("string")
-    return rows
 
 
 def lineage(con: Any) -> dict[str, Any]:

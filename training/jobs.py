@@ -10,10 +10,10 @@ Every evaluation happens on the **holdout cutoff** (the latest one, see
 :mod:`training.datasets`) and always shows the model next to its baselines on the same
 rows: for churn the recency-only score (days since the last order) and BG/NBD's P(alive);
 for value BG/NBD + Gamma-Gamma fitted on the history before the same cutoff and the
-naive "last 90 days' spend again". When the warehouse holds the demo's
-``truth_customers`` at the holdout cutoff, the run also compares against the ground truth:
-churn AUC next to the oracle's (the true probability scored against the same realised
-labels), value Spearman / MAE against the true expected spend.
+naive "last 90 days' spend again". A caller that knows more than the warehouse can pass
+``compare`` (:data:`Compare`): its :class:`Comparison` is printed, logged and reported with
+the run (the demo, its notebook and the quality tests pass
+:func:`rapport.truth.compare_holdout`, what the demo's simulator knows).
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from training.datasets import (
     fingerprint,
     labelled_features,
     lineage,
-    load_truth,
     orders_before,
     signups_before,
     silent,
@@ -114,8 +113,36 @@ def predict(model: Model, frame: pd.DataFrame) -> np.ndarray:
 
 # --- holdout evaluation -------------------------------------------------------------------
 @dataclass
+class Comparison:
+    """Holdout scores measured against a reference the warehouse does not hold, made by
+    the caller's :data:`Compare` (the demo's: :mod:`rapport.truth`)."""
+
+    #: what the scores are compared with, as printed ("against the <name>:")
+    name: str
+    #: prefix of its MLflow metrics (``<key>_<scorer>_<metric>``) and artifact
+    key: str
+    #: scorer -> metrics against the reference
+    metrics: dict[str, dict[str, float]]
+    #: headline ratios, printed and logged (``<key>_<ratio>``)
+    ratios: dict[str, float]
+    #: title of its table in the HTML report
+    title: str
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.metrics).T
+
+
+#: ``(con, kind, as_of, holdout rows, realised labels, scores by name)`` -> a
+#: :class:`Comparison`, or None when the reference does not cover this holdout
+Compare = Callable[
+    [Any, Kind, datetime, pd.DataFrame, np.ndarray, Mapping[str, np.ndarray]], Comparison | None
+]
+
+
+@dataclass
 class HoldoutEvaluation:
-    """Models and baselines scored on the same holdout rows (and against the truth)."""
+    """Models and baselines scored on the same holdout rows."""
 
     kind: Kind
     as_of: datetime
@@ -123,36 +150,12 @@ class HoldoutEvaluation:
     rows: int
     #: name -> metrics against the realised labels (models first, then baselines)
     metrics: dict[str, dict[str, float]]
-    #: name -> metrics against the demo ground truth (None without truth tables)
-    truth: dict[str, dict[str, float]] | None = None
+    #: the same scores against the caller's reference (None without ``compare``)
+    comparison: Comparison | None = None
     notes: list[str] = field(default_factory=list)
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.metrics).T
-
-    def truth_table(self) -> pd.DataFrame | None:
-        return None if self.truth is None else pd.DataFrame(self.truth).T
-
-    def truth_ratios(self) -> dict[str, float]:
-        """Churn: AUC / oracle AUC per scorer. Value: model over BG/NBD for Spearman and MAE
-        against the true expected spend (Spearman > 1 and MAE < 1 mean the model wins)."""
-        if not self.truth:
-            return {}
-        if self.kind == "churn":
-            oracle = self.truth["oracle"]["auc"]
-            return {
-                f"{name}_auc_over_oracle": m["auc"] / oracle
-                for name, m in self.truth.items()
-                if name != "oracle"
-            }
-        out: dict[str, float] = {}
-        for name, m in self.truth.items():
-            if name == "btyd" or "btyd" not in self.truth:
-                continue
-            base = self.truth["btyd"]
-            out[f"{name}_spearman_over_btyd"] = m["spearman"] / base["spearman"]
-            out[f"{name}_mae_over_btyd"] = m["mae"] / base["mae"]
-        return out
 
     def summary(self) -> str:
         shown = [c for c in SHOWN[self.kind] if c in self.table().columns]
@@ -161,13 +164,13 @@ class HoldoutEvaluation:
             f"{self.rows:,} {'active ' if self.kind == 'churn' else ''}customers):",
             _indent(self.table()[shown].to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")),
         ]
-        truth = self.truth_table()
-        if truth is not None:
-            lines.append("against the ground truth:")
-            shown = [c for c in shown if c in truth.columns]
-            text = truth[shown].to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")
+        if self.comparison is not None:
+            other = self.comparison.table()
+            lines.append(f"against the {self.comparison.name}:")
+            shown = [c for c in shown if c in other.columns]
+            text = other[shown].to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")
             lines.append(_indent(text))
-            lines += [f"  {k}: {v:.3f}" for k, v in self.truth_ratios().items()]
+            lines += [f"  {k}: {v:.3f}" for k, v in self.comparison.ratios.items()]
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -211,8 +214,10 @@ def evaluate_holdout(
     con: Any,
     horizon_days: int,
     baselines: bool = True,
+    compare: Compare | None = None,
 ) -> tuple[HoldoutEvaluation, _Scored]:
-    """Score ``models`` (name -> fitted model) and the baselines on one holdout cutoff."""
+    """Score ``models`` (name -> fitted model) and the baselines on one holdout cutoff,
+    and (with ``compare``) against the caller's reference."""
     rows = _population(kind, holdout)
     as_of = as_utc(rows["as_of"].iloc[0])
     y = _target(kind, rows).to_numpy()
@@ -228,9 +233,10 @@ def evaluate_holdout(
     else:
         metrics = {name: regression_metrics(y, s) for name, s in scores.items()}
     evaluation = HoldoutEvaluation(kind, as_of, horizon_days, len(rows), metrics, notes=notes)
-    truth = load_truth(con, as_of)
-    if truth is not None:
-        evaluation.truth = _against_truth(kind, rows, y, scores, truth, notes)
+    if compare is not None:
+        evaluation.comparison = compare(con, kind, as_of, rows, y, scores)
+        if evaluation.comparison is not None:
+            notes.extend(evaluation.comparison.notes)
     return evaluation, _Scored(y, scores)
 
 
@@ -253,29 +259,6 @@ def _baseline_scores(
     else:
         out["btyd"] = btyd["expected_spend"].to_numpy()
     return out
-
-
-def _against_truth(
-    kind: Kind,
-    rows: pd.DataFrame,
-    y: np.ndarray,
-    scores: Mapping[str, np.ndarray],
-    truth: pd.DataFrame,
-    notes: list[str],
-) -> dict[str, dict[str, float]]:
-    """Churn: every scorer and the oracle against the realised labels on the same rows.
-    Value: every prediction against the true expected spend."""
-    truth = truth.set_index("customer_id")
-    known = rows["customer_id"].isin(truth.index).to_numpy()
-    if not known.all():
-        notes.append(f"{int((~known).sum())} holdout customers have no ground truth")
-    matched = truth.loc[rows["customer_id"][known]]
-    if kind == "churn":
-        out = {"oracle": classification_metrics(y[known], matched["p_no_order"].to_numpy())}
-        out |= {name: ranking_metrics(y[known], s[known]) for name, s in scores.items()}
-        return out
-    expected = matched["expected_spend"].to_numpy()
-    return {name: regression_metrics(expected, s[known]) for name, s in scores.items()}
 
 
 # --- train -------------------------------------------------------------------------------
@@ -325,11 +308,13 @@ def train(
     step_months: int = 3,
     register: bool = True,
     run_name: str | None = None,
+    compare: Compare | None = None,
 ) -> TrainResult:
     """Build the time-split dataset, fit, evaluate on the holdout, log and register.
 
     ``data``: a dataset already built (the demo trains churn and value on one). The new
     version gets the ``@challenger`` alias; :func:`promote` decides about ``@champion``.
+    ``compare``: a reference to judge the holdout scores against too (see :data:`Compare`).
     """
     import mlflow
 
@@ -342,7 +327,9 @@ def train(
     say(f"fitting {kind} on {len(data.plan.train)} training cutoffs")
     model = fit_model(kind, data, params, settings.seed)
     say("evaluating on the holdout next to the baselines")
-    evaluation, scored = evaluate_holdout(kind, {"model": model}, data.part("test"), con, horizon)
+    evaluation, scored = evaluate_holdout(
+        kind, {"model": model}, data.part("test"), con, horizon, compare=compare
+    )
     valid = _valid_metrics(kind, model, data)
     info = lineage(con)
     experiment = tracking.configure()
@@ -418,9 +405,9 @@ def _log_run(
         **{k: float(v) for k, v in data.counts().items()},
         **{f"trees_{name}": float(b.current_iteration()) for name, b in _boosters(model).items()},
     }
-    if evaluation.truth:
-        metrics |= _flat("truth_", evaluation.truth)
-        metrics |= {f"truth_{k}": v for k, v in evaluation.truth_ratios().items()}
+    if (other := evaluation.comparison) is not None:
+        metrics |= _flat(f"{other.key}_", other.metrics)
+        metrics |= {f"{other.key}_{k}": v for k, v in other.ratios.items()}
     if isinstance(model, ValueModel):
         test = data.part("test")
         band = model.predict(test)
@@ -443,9 +430,8 @@ def _log_artifacts(
     report = _report(kind, model, data, evaluation, figures, run_id)
     with tracking.artifacts(report, figures, info) as folder:
         evaluation.table().to_csv(folder / "holdout_metrics.csv")
-        truth = evaluation.truth_table()
-        if truth is not None:
-            truth.to_csv(folder / "truth_metrics.csv")
+        if (other := evaluation.comparison) is not None:
+            other.table().to_csv(folder / f"{other.key}_metrics.csv")
         model.feature_importance().to_csv(folder / "feature_importance.csv", header=["gain"])
 
 
@@ -484,16 +470,10 @@ def _report(
     }
     report = Report(f"Rapport {kind} model", facts)
     report.tables.append(("Holdout: model and baselines (realised labels)", evaluation.table()))
-    truth = evaluation.truth_table()
-    if truth is not None:
-        title = (
-            "Ground truth: AUC of each scorer and of the true probability (oracle)"
-            if kind == "churn"
-            else "Ground truth: predictions against the true expected spend"
-        )
-        report.tables.append((title, truth))
-        ratios = pd.DataFrame({"ratio": evaluation.truth_ratios()})
-        report.tables.append(("Ratios against the ground truth", ratios))
+    if (other := evaluation.comparison) is not None:
+        report.tables.append((other.title, other.table()))
+        ratios = pd.DataFrame({"ratio": other.ratios})
+        report.tables.append((f"Ratios against the {other.name}", ratios))
     if isinstance(model, ChurnModel):
         report.tables.append(("Example reasons (first holdout customers)", _reasons(model, data)))
     report.figures.extend(figures)
@@ -543,8 +523,10 @@ def evaluate(
     as_of: datetime | str | None = None,
     horizon_days: int | None = None,
     progress: Progress | None = None,
+    compare: Compare | None = None,
 ) -> EvaluationResult:
-    """Champion and challenger of each kind next to the baselines on the latest holdout."""
+    """Champion and challenger of each kind next to the baselines on the latest holdout
+    (and, with ``compare``, against the caller's reference)."""
     say = silent(progress)
     horizon = horizon_days or get_settings().horizon_days
     say("building the holdout")
@@ -559,7 +541,7 @@ def evaluate(
             for alias, version in sorted(versions[kind].items())
         }
         say(f"scoring {kind}: {', '.join(models) or 'baselines only'}")
-        evaluations.append(evaluate_holdout(kind, models, frame, con, horizon)[0])
+        evaluations.append(evaluate_holdout(kind, models, frame, con, horizon, compare=compare)[0])
     return EvaluationResult(evaluations, versions)
 
 
@@ -715,13 +697,14 @@ def tune(
     data: TrainingSet | None = None,
     train_cutoffs: int = 4,
     step_months: int = 3,
+    compare: Compare | None = None,
 ) -> TuneResult:
     """Optuna search on the validation cutoff, then a normal :func:`train` run with the
     best parameters (registered as ``@challenger``); trials are nested MLflow runs.
 
     ``params`` are fixed settings under the searched ones (threads, a round cap). The
     default study name ties a study to its data (kind, holdout cutoff, horizon, feature
-    set) so that re-running resumes the same search.
+    set) so that re-running resumes the same search. ``compare``: as for :func:`train`.
     """
     import mlflow
 
@@ -749,5 +732,13 @@ def tune(
         )
         mlflow.log_metric("best_valid_score", outcome.best_value)
         best = {**(params or {}), **outcome.best_params}
-        result = train(kind, con, params=best, progress=say, data=data, run_name=f"{kind}-tuned")
+        result = train(
+            kind,
+            con,
+            params=best,
+            progress=say,
+            data=data,
+            run_name=f"{kind}-tuned",
+            compare=compare,
+        )
     return TuneResult(outcome, result)

@@ -2,8 +2,8 @@
 off-policy, log it to MLflow and register it as ``nba``), evaluate, promote (the gate) and
 explain. The ``nba`` model lives in the registry like churn and value (:mod:`models.registry`).
 
-The training set is built in :mod:`training.nba_data`; the policy-value tables, uplift
-metrics and ground-truth comparisons are computed in :mod:`training.nba_evaluation`.
+The training set is built in :mod:`training.nba_data`; the policy-value tables and uplift
+metrics are computed in :mod:`training.nba_evaluation`.
 
 **Learner.** A cross-fitted doubly-robust (DR) learner with LightGBM
 (:class:`models.uplift.UpliftModel`). Why DR: the log is not a randomised trial (the
@@ -11,8 +11,8 @@ logging policy's propensities depend on region, preferred channel and recency), 
 T-learner mixes each action's effect with who received it. On the synthetic benchmark of
 ``tests/models/test_uplift.py`` the DR learner's uplift MSE is 0.0016 against 0.0066 for
 the T-learner and 0.0173 for the naive difference; every run re-checks this on its own
-data (Qini / AUUC per action on the holdout for DR, T and IPW-T, and when the demo's
-``truth_actions`` exist, the MSE against the true uplift) and logs the comparison.
+data (Qini / AUUC per action on the holdout for DR, T and IPW-T, plus whatever the
+caller's ``compare`` measures, see :class:`NbaComparison`) and logs the comparison.
 
 **Gate.** The first ``nba`` model becomes ``@champion``; a later one only if its DR lower
 bound beats the champion's DR estimate on the candidate's holdout (logged with the run),
@@ -22,7 +22,7 @@ otherwise it is ``@challenger`` with the reason.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -43,17 +43,12 @@ from rapport.settings import get_settings
 from training import plots, tracking
 from training.datasets import Progress, data_end, fingerprint, lineage, silent
 from training.jobs import PromotionResult, promote_through
-from training.nba_data import Enrich, build_nba_data, champion_enricher, customer_frame
+from training.nba_data import Enrich, NbaData, build_nba_data, champion_enricher, customer_frame
 from training.nba_evaluation import (
     PolicyValues,
-    TruthValues,
     action_mix,
     action_mix_figure,
     evaluate_policies,
-    load_truth_actions,
-    truth_cutoff,
-    truth_policy_values,
-    truth_uplift_mse,
     uplift_curves_figure,
     uplift_metrics,
 )
@@ -107,6 +102,35 @@ def _holdout_of(found: Any) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- train job
 @dataclass
+class NbaComparison:
+    """The policy and the uplift learners judged against a reference the warehouse does not
+    hold, made by the caller's :data:`CompareNba` (the demo's: :mod:`rapport.truth`)."""
+
+    #: prefix of its MLflow metrics (``<key>_<policy>``, ``<key>_<ratio>``)
+    key: str
+    #: policy -> value per customer (logged, and a table of the HTML report)
+    values: dict[str, float]
+    #: headline ratios (logged)
+    ratios: dict[str, float]
+    #: what the run prints after the policy-value table
+    summary: str
+    #: title of the values' table in the HTML report
+    title: str
+    #: learner -> extra columns of the DR / T / IPW-T comparison
+    learners: pd.DataFrame
+    #: what those columns measure, said in the comparison's heading
+    learners_label: str
+    notes: list[str] = field(default_factory=list)
+
+
+#: ``(con, policy, learners by name, training set, enrich, progress)`` -> an
+#: :class:`NbaComparison`, or None when the reference has nothing on this warehouse
+CompareNba = Callable[
+    [Any, NbaModel, Mapping[str, NbaModel], NbaData, Enrich, Progress], NbaComparison | None
+]
+
+
+@dataclass
 class NbaTrainResult:
     version: str | None
     run_id: str
@@ -114,18 +138,19 @@ class NbaTrainResult:
     policy_values: PolicyValues
     uplift: pd.DataFrame
     methods: pd.DataFrame
-    truth: TruthValues | None
+    comparison: NbaComparison | None
     model: NbaModel
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         c = self.counts
+        other = self.comparison
         lines = [
             f"trained nba (run {self.run_id[:8]}, catalog {self.model.catalog.version}, "
             f"{c.get('decisions_train', 0):,} training decisions in "
             f"{c.get('cutoffs_train', 0)} weeks, holdout {c.get('decisions_test', 0):,})",
             "uplift learners on the holdout (Qini/AUUC averaged over actions"
-            + (", MSE against the true uplift" if "mse_revenue" in self.methods else "")
+            + (f", {other.learners_label}" if other is not None and len(self.methods) else "")
             + "):",
             "\n".join(
                 "  " + line
@@ -133,8 +158,8 @@ class NbaTrainResult:
             ),
             self.policy_values.summary(),
         ]
-        if self.truth is not None:
-            lines.append(self.truth.summary())
+        if other is not None:
+            lines.append(other.summary)
         lines += [f"note: {note}" for note in self.notes]
         lines.append(
             f"registered as nba v{self.version} @{CHALLENGER}; `rapport promote nba` gates it "
@@ -145,33 +170,28 @@ class NbaTrainResult:
         return "\n".join(lines)
 
 
-def _method_comparison(
+def _other_learners(
     data_train: pd.DataFrame,
-    test: pd.DataFrame,
     names: Sequence[str],
     catalog: Catalog,
     params: Mapping[str, Any] | None,
     seed: int,
-    dr_model: NbaModel,
-    truth_frame: pd.DataFrame | None,
-    truth: pd.DataFrame | None,
-) -> pd.DataFrame:
-    models = {"dr": dr_model}
-    for method in METHODS:
-        if method != "dr":
-            models[method] = fit_nba(data_train, names, catalog, method, params, seed)  # type: ignore[arg-type]
+) -> dict[str, NbaModel]:
+    """The T- and IPW-T-learners on the same rows, to compare the DR learner with."""
+    return {
+        method: fit_nba(data_train, names, catalog, method, params, seed)  # type: ignore[arg-type]
+        for method in METHODS
+        if method != "dr"
+    }
+
+
+def _method_comparison(learners: Mapping[str, NbaModel], test: pd.DataFrame) -> pd.DataFrame:
     rows = {}
-    for name, model in models.items():
+    for name, model in learners.items():
         per_action = uplift_metrics(model, test)
         rows[name] = {f"mean_{k}": float(per_action[k].mean()) for k in ("qini", "auuc")}
         rows[name]["mean_qini_revenue"] = float(per_action["qini_revenue"].mean())
-    table = pd.DataFrame(rows).T
-    if truth_frame is not None and truth is not None:
-        table = table.join(truth_uplift_mse(models, truth_frame, truth))
-        for name, model in models.items():
-            values = truth_policy_values(model, truth_frame, truth)
-            table.loc[name, "true_value_over_oracle"] = values.ratios()["learned_over_oracle"]
-    return table
+    return pd.DataFrame(rows).T
 
 
 def train_nba(
@@ -187,12 +207,14 @@ def train_nba(
     compare_methods: bool = True,
     register: bool = True,
     n_boot: int = 200,
+    compare: CompareNba | None = None,
 ) -> NbaTrainResult:
     """Build the NBA training set, fit the DR learner, evaluate off-policy, log, register.
 
     ``catalog``: a :class:`Catalog` or a YAML path (default: the packaged catalog).
     ``as_of``: only decisions before it (default: all). The new version gets
-    ``@challenger``; :func:`promote_nba` decides about ``@champion``.
+    ``@challenger``; :func:`promote_nba` decides about ``@champion``. ``compare``: a
+    reference to judge the policy and the learners against too (see :data:`CompareNba`).
     """
     import mlflow
 
@@ -200,7 +222,7 @@ def train_nba(
     cat = _catalog(catalog)
     versions: dict[str, str] = {}
     if enrich is None:
-        enrich, versions = champion_enricher()
+        enrich, versions = champion_enricher(con, say)
     seed = get_settings().seed
     data = build_nba_data(con, as_of, enrich, holdout_fraction, progress=say)
     train, test = data.part("train"), data.part("test")
@@ -217,30 +239,16 @@ def train_nba(
     if champion_version:
         values.versions["champion"] = champion_version
     per_action = uplift_metrics(model, test)
-    notes: list[str] = []
-    truth = load_truth_actions(con)
-    truth_at = truth_cutoff(con) if truth is not None else None
-    truth_frame = truth_values = None
-    if truth is not None and truth_at is not None:
-        say(f"ground truth: features and scores at the truth cutoff {truth_at:%Y-%m-%d}")
-        truth_frame = customer_frame(con, truth_at, enrich)
-        truth_values = truth_policy_values(model, truth_frame, truth)
-        if data.frame["decided_at"].max() >= pd.Timestamp(truth_at):
-            notes.append(
-                f"training decisions run past the truth cutoff {truth_at:%Y-%m-%d}; pass "
-                f"--as-of {truth_at:%Y-%m-%d} for a strictly forward comparison"
-            )
-        if any(a.value_kind == "retained_value" for a in cat.actions):
-            notes.append(
-                "the catalog values retention actions by retained value; the truth counts "
-                "14-day incremental revenue only, so the oracle ratio understates them"
-            )
+    learners: dict[str, NbaModel] = {"dr": model}
     methods = pd.DataFrame()
     if compare_methods:
         say("comparing DR with the T- and IPW-T-learners")
-        methods = _method_comparison(
-            train, test, data.feature_names, cat, params, seed, model, truth_frame, truth
-        )
+        learners |= _other_learners(train, data.feature_names, cat, params, seed)
+        methods = _method_comparison(learners, test)
+    other = compare(con, model, learners, data, enrich, say) if compare is not None else None
+    notes = list(other.notes) if other is not None else []
+    if other is not None and len(methods):
+        methods = methods.join(other.learners)
     info = lineage(con)
     mix = action_mix(model, test)
     with mlflow.start_run(experiment_id=experiment, run_name="train-nba") as run:
@@ -287,11 +295,11 @@ def train_nba(
                 if np.isfinite(v)
             },
         }
-        if truth_values is not None:
-            metrics |= {f"truth_{k.replace(' ', '_')}": v for k, v in truth_values.values.items()}
-            metrics |= {f"truth_{k}": v for k, v in truth_values.ratios().items()}
+        if other is not None:
+            metrics |= {f"{other.key}_{k.replace(' ', '_')}": v for k, v in other.values.items()}
+            metrics |= {f"{other.key}_{k}": v for k, v in other.ratios.items()}
         mlflow.log_metrics(metrics)
-        _log_artifacts(model, test, values, per_action, methods, mix, truth_values, notes, info)
+        _log_artifacts(model, test, values, per_action, methods, mix, other, notes, info)
         version = registry.register(NBA, model, test.head(5)) if register else None
     if version:
         registry.set_alias(NBA, CHALLENGER, version)
@@ -302,7 +310,7 @@ def train_nba(
         values,
         per_action,
         methods,
-        truth_values,
+        other,
         model,
         notes,
     )
@@ -326,7 +334,7 @@ def _log_artifacts(
     per_action: pd.DataFrame,
     methods: pd.DataFrame,
     mix: pd.DataFrame,
-    truth: TruthValues | None,
+    other: NbaComparison | None,
     notes: list[str],
     info: Mapping[str, Any],
 ) -> None:
@@ -347,10 +355,8 @@ def _log_artifacts(
     if len(methods):
         report.tables.append(("DR vs T vs IPW-T learners", methods))
     report.tables.append(("Greedy action mix by RFM segment", mix))
-    if truth is not None:
-        report.tables.append(
-            ("True value per customer at the truth cutoff", pd.DataFrame({"value": truth.values}))
-        )
+    if other is not None:
+        report.tables.append((other.title, pd.DataFrame({"value": other.values})))
     report.notes.extend([*values.notes, *notes])
     report.figures.extend(figures)
     with tracking.artifacts(report, figures, info) as folder:
@@ -482,7 +488,7 @@ def explain_nba(con: Any, customer_id: str, as_of: datetime | str | None = None)
     """The champion policy's ranking of every allowed action for one customer, with the
     components and why the others are excluded."""
     nba, version = registry.load_model(NBA, CHAMPION)
-    enrich, _ = champion_enricher()
+    enrich, _ = champion_enricher(con)
     when = as_utc(as_of) if as_of is not None else data_end(con)
     frame = customer_frame(con, when, enrich)
     rows = frame.index[frame["customer_id"].astype(str) == str(customer_id)]

@@ -10,10 +10,11 @@ null) is one row: the logged action, its propensity, the outcome and the revenue
 with the customer's features as of the start of the decision's week (``decided_at``
 floored to Monday 00:00 UTC: strictly before the decision, so nothing of the response
 leaks in, and one feature build per week instead of one per decision), the churn and
-value champions' scores at that cutoff and the RFM / ABC segments fitted on that week's
-snapshot -- so the catalog's eligibility rules can be evaluated exactly as the service
-would have. Time split: the latest decision weeks (at least ``holdout_fraction`` of the
-decisions) are the holdout; the uplift models never see them.
+value champions' scores at that cutoff and the RFM / ABC segments of the warehouse's
+current segment model (:mod:`features.tables.segments`, the cut points the live service
+uses) -- so the catalog's eligibility rules are evaluated as the service evaluates them.
+Time split: the latest decision weeks (at least ``holdout_fraction`` of the decisions) are
+the holdout; the uplift models never see them.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ import numpy as np
 import pandas as pd
 
 from features.batch import build
-from features.segments import fit_segments
+from features.segments import SegmentModel
 from features.spec import FeatureSpec, default_spec
+from features.tables.segments import load_version
 from features.timeutil import as_utc
+from features.warehouse import raw
 from models import registry
 from models.catalog import CHURN_FIELD, default_catalog
 from models.registry import CHAMPION
@@ -76,20 +79,21 @@ def logged_decisions(con: Any, as_of: datetime | None = None) -> pd.DataFrame:
     return frame.sort_values(["decided_at", "decision_id"]).reset_index(drop=True)
 
 
-def score_enricher(churn: Any, value: Any) -> Enrich:
-    """Churn / value scores and segments (fitted on the snapshot) for a feature frame."""
+def score_enricher(churn: Any, value: Any, segments: SegmentModel) -> Enrich:
+    """Churn / value scores and the ``segments`` cut points' segments for a feature frame."""
     from models.scorer import Scorer
 
+    scorer = Scorer(churn, value, None, default_catalog(), segments)
+
     def enrich(features: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
-        segments = fit_segments(features)
-        scorer = Scorer(churn, value, None, default_catalog(), segments)
         return scorer.enrich(features, as_of)
 
     return enrich
 
 
-def champion_enricher() -> tuple[Enrich, dict[str, str]]:
-    """The enricher over ``churn@champion`` and ``value@champion`` (LookupError if absent)."""
+def champion_enricher(con: Any, progress: Progress | None = None) -> tuple[Enrich, dict[str, str]]:
+    """The enricher over ``churn@champion``, ``value@champion`` and the warehouse's current
+    segment model, and their versions (LookupError if one is absent)."""
     models: dict[str, Any] = {}
     versions: dict[str, str] = {}
     for kind in registry.REQUIRED:
@@ -101,7 +105,12 @@ def champion_enricher() -> tuple[Enrich, dict[str, str]]:
                 f"{kind}@{CHAMPION}: run `rapport train churn`, `rapport train value`, "
                 "`rapport promote churn` and `rapport promote value` first (or `rapport demo`)"
             ) from None
-    return score_enricher(models["churn"], models["value"]), versions
+    segments = load_version(raw(con))
+    silent(progress)(
+        f"scores of churn v{versions['churn']}, value v{versions['value']}; {segments.describe()}"
+    )
+    versions["segments"] = segments.version
+    return score_enricher(models["churn"], models["value"], segments.model), versions
 
 
 def customer_frame(
@@ -182,7 +191,7 @@ def build_nba_data(
     say = silent(progress)
     spec = spec or default_spec()
     if enrich is None:
-        enrich = champion_enricher()[0]
+        enrich = champion_enricher(con, say)[0]
     cutoff = as_utc(as_of) if as_of is not None else data_end(con)
     decisions = logged_decisions(con, cutoff)
     weeks = sorted(decisions["as_of"].unique())

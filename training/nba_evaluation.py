@@ -1,5 +1,5 @@
 """How good is an NBA policy: off-policy estimates on logged decisions, uplift ranking
-metrics, the comparison with the demo's ground truth and the holdout's diagnostic plots.
+metrics and the holdout's diagnostic plots.
 
 Why a module of its own: these tables are read-only judgements of a fitted
 :class:`models.nba.NbaModel`; the train, evaluate and promote jobs in :mod:`training.nba`
@@ -14,25 +14,18 @@ like everyone else's. Policies are compared by their estimated mean reward per d
 model; 95% bootstrap intervals) for the candidate (greedy), the current champion
 (greedy), uniform random over the allowed actions and every single action for everyone
 (where allowed, else no action).
-
-**Ground truth.** When the demo's ``truth_actions`` table exists, policies are also valued
-with the true incremental revenue per customer and action (learned greedy policy against
-the oracle, random and single actions) and each learner's uplift against the true uplift.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from features.contract import NO_ACTION
-from features.timeutil import as_utc
 from models.catalog import Catalog
 from models.nba import NbaModel
 from models.ope import (
@@ -198,138 +191,6 @@ def uplift_metrics(model: NbaModel, frame: pd.DataFrame) -> pd.DataFrame:
             "rows": float(sel.sum()),
         }
     return pd.DataFrame(rows).T
-
-
-# --------------------------------------------------------------------------- ground truth
-def truth_matrices(
-    truth_actions: pd.DataFrame, customer_ids: pd.Series, actions: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """``[n, K]`` matrices of the truth columns for ``customer_ids`` x ``actions`` (NaN when
-    the truth lacks a pair; ``consent_ok`` False then)."""
-    out: dict[str, np.ndarray] = {}
-    truth = truth_actions.assign(customer_id=truth_actions["customer_id"].astype(str))
-    ids = customer_ids.astype(str).to_numpy()
-    for column in (
-        "incremental_revenue",
-        "incremental_conversion",
-        "consent_ok",
-        "expected_revenue_treated",
-        "p_convert_treated",
-    ):
-        if column not in truth.columns:
-            continue
-        wide = truth.pivot(index="customer_id", columns="action", values=column)
-        wide = wide.reindex(index=ids, columns=list(actions))
-        if column == "consent_ok":
-            out[column] = wide.fillna(False).to_numpy(dtype=bool)
-        else:
-            out[column] = wide.to_numpy(dtype="float64")
-    return out
-
-
-@dataclass
-class TruthValues:
-    """True mean value per customer (incremental revenue x margin - cost) of policies."""
-
-    values: dict[str, float]
-    n: int
-    margin_rate: float
-
-    @property
-    def best_single(self) -> tuple[str, float]:
-        singles = {k: v for k, v in self.values.items() if k.startswith("always ")}
-        name = max(singles, key=lambda k: singles[k])
-        return name, singles[name]
-
-    def ratios(self) -> dict[str, float]:
-        oracle = self.values["oracle"]
-        return {
-            "learned_over_oracle": self.values["learned"] / oracle,
-            "random_over_oracle": self.values["random"] / oracle,
-            "best_single_over_oracle": self.best_single[1] / oracle,
-        }
-
-    def summary(self) -> str:
-        name, value = self.best_single
-        ratio = self.ratios()
-        return (
-            f"true value per customer ({self.n:,} customers, incremental revenue x "
-            f"{self.margin_rate:g} - cost): learned {self.values['learned']:.3f} "
-            f"({ratio['learned_over_oracle']:.1%} of the oracle {self.values['oracle']:.3f}), "
-            f"random {self.values['random']:.3f}, best single action ({name}) {value:.3f}"
-        )
-
-
-def truth_policy_values(
-    model: NbaModel,
-    frame: pd.DataFrame,
-    truth_actions: pd.DataFrame,
-    margin_rate: float | None = None,
-) -> TruthValues:
-    """Learned greedy policy vs oracle, random and single actions, valued with the truth.
-
-    Allowed actions: the catalog's screening (eligibility on the customer's features and
-    scores, contact policy, cool-downs) and the truth's ``consent_ok``. The oracle picks
-    the allowed action with the highest true value (doing nothing is always allowed, 0).
-    """
-    catalog = model.catalog
-    margin = default_margin_rate(catalog) if margin_rate is None else margin_rate
-    actions = catalog.ids
-    truth = truth_matrices(truth_actions, frame["customer_id"], actions)
-    cost = np.array([a.cost for a in catalog.actions])
-    value = np.nan_to_num(truth["incremental_revenue"]) * margin - cost
-    value[:, actions.index(NO_ACTION)] = 0.0
-    result = model.arbitrate(frame)
-    allowed = result.allowed & truth["consent_ok"]
-    allowed[:, actions.index(NO_ACTION)] = True
-    rows = np.arange(len(frame))
-    chosen = encode_actions(result.best(), actions)
-    # the learned policy's choice is allowed by the catalog; the truth's consent agrees with
-    # the features' opt-in flags on the demo data, but never count a forbidden contact
-    learned = np.where(allowed[rows, chosen], value[rows, chosen], 0.0)
-    oracle = np.where(allowed, value, -np.inf).max(axis=1)
-    values = {
-        "learned": float(learned.mean()),
-        "oracle": float(oracle.mean()),
-        "random": float((np.where(allowed, value, 0.0).sum(1) / allowed.sum(1)).mean()),
-    }
-    for j, action in enumerate(actions):
-        values[f"always {action}"] = float(np.where(allowed[:, j], value[:, j], 0.0).mean())
-    return TruthValues(values, len(frame), margin)
-
-
-def truth_uplift_mse(
-    models: Mapping[str, NbaModel], frame: pd.DataFrame, truth_actions: pd.DataFrame
-) -> pd.DataFrame:
-    """MSE of each learner's conversion and revenue uplift against the truth."""
-    rows = {}
-    for name, model in models.items():
-        pred = model.predict(frame)
-        truth = truth_matrices(truth_actions, frame["customer_id"], pred.actions)
-        conv, rev = truth["incremental_conversion"], truth["incremental_revenue"]
-        ok = ~np.isnan(conv)
-        rows[name] = {
-            "mse_conversion": float(np.mean((pred.incremental_conversion[ok] - conv[ok]) ** 2)),
-            "mse_revenue": float(np.mean((pred.incremental_revenue[ok] - rev[ok]) ** 2)),
-        }
-    return pd.DataFrame(rows).T
-
-
-def load_truth_actions(con: Any) -> pd.DataFrame | None:
-    """The demo's ``truth_actions`` table, or None."""
-    if "truth_actions" not in con.list_tables():
-        return None
-    frame = con.execute(con.table("truth_actions"))
-    return frame if len(frame) else None
-
-
-def truth_cutoff(con: Any) -> datetime | None:
-    """The demo's truth cutoff (``truth_customers.as_of``), or None."""
-    if "truth_customers" not in con.list_tables():
-        return None
-    t = con.table("truth_customers")
-    value = con.execute(t.as_of.max().name("v").as_table()).iloc[0, 0]
-    return None if pd.isna(value) else as_utc(value)
 
 
 # --------------------------------------------------------------------------- plots

@@ -8,13 +8,14 @@
    the value at risk, see :mod:`models.targeting`) and checked against the feature spec;
 2. the features of every customer known at ``as_of`` are built once
    (:func:`features.batch.build`, DuckDB);
-3. segments (RFM quintiles, ABC tiers) are fitted on that batch -- the same thing
-   ``rapport materialize`` does for the live service -- and stored with the run;
-4. customers are scored in chunks of ``chunk_rows`` by the very :class:`models.scorer.Scorer`
-   the service uses (churn, value with its interval, segments, arbitration of the next best
-   action), so memory beyond the feature frame stays bounded by one chunk;
+3. segments (RFM quintiles, ABC tiers) are fitted on that batch and stored as a new
+   version in ``segment_models`` (:mod:`features.tables.segments`), the one ``rapport
+   materialize`` then hands to the live service; the run records the version;
+4. customers are scored in chunks of ``chunk_rows`` by :meth:`models.scorer.Scorer.score_frame`,
+   the very scorer the service uses (churn, value with its interval, segments, arbitration
+   of the next best action), so memory beyond the feature frame stays bounded by one chunk;
 5. each chunk is appended to the warehouse table ``scores``; the run is recorded in
-   ``score_runs`` (model versions, feature set, catalog, segments, timings) in the same
+   ``score_runs`` (model versions, feature set, catalog, segments version, timings) in the same
    transaction, so a failed run leaves nothing behind and history is never overwritten.
 
 ``scores`` holds one row per customer and run: ``run_id``, ``as_of``, ``scored_at``, the
@@ -37,20 +38,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from features.batch import build
-from features.segments import fit_segments
+from features.segments import fit_version
 from features.spec import FeatureSpec, default_spec
-from features.tables.scores import RUNS, RUNS_DDL, SCORES
+from features.tables.scores import RUNS, RUNS_DDL, RUNS_SEGMENTS_VERSION, SCORES
+from features.tables.segments import save_version
 from features.timeutil import as_utc
 from features.warehouse import raw
-from models.policy import Exclusion
 from models.registry import Champions, build_scorer, check_compatible, load_champions
-from models.scorer import SCORE_COLUMNS, Scorer
-from models.value import OUTPUT_COLUMNS
 
 Progress = Callable[[str], None]
 NBA = "nba"
@@ -66,36 +64,6 @@ def _batch_threads(champions: Champions) -> None:
         uplift.params = {**uplift.params, "num_threads": os.cpu_count() or 1}
 
 
-def score_chunk(scorer: Scorer, features: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
-    """:data:`SCORE_COLUMNS` (as :meth:`Scorer.score_frame`) plus each action's uplift."""
-    enriched = scorer.enrich(features, as_of)
-    result = scorer.arbitrate(enriched)
-    best = result.ranking()[:, 0]
-    rows = np.arange(len(enriched))
-    out: dict[str, Any] = {"customer_id": enriched["customer_id"].astype(str).to_numpy()}
-    for name in ("churn_probability", *OUTPUT_COLUMNS, "r_score", "f_score", "m_score"):
-        out[name] = enriched[name].to_numpy(dtype="float64")
-    for name in ("rfm_segment", "abc_tier"):
-        out[name] = enriched[name].astype(str).to_numpy()
-    channels = np.array([a.channel for a in scorer.catalog.actions], dtype=object)
-    out["best_action"] = np.asarray(result.actions, dtype=object)[best]
-    out["best_channel"] = channels[best]
-    out["expected_value"] = result.expected_value[rows, best]
-    out["action_cost"] = result.cost[best]
-    out["action_score"] = result.score[rows, best]
-    for j, action in enumerate(scorer.catalog.actions):
-        if j == 0:
-            continue  # no_action, the control
-        known = not (result.reason[:, j] == Exclusion.NO_UPLIFT).all()
-        up = result.uplift[:, j] if known else np.full(len(rows), np.nan)
-        retained = action.value_kind == "retained_value"
-        out[f"uplift_conversion_{action.id}"] = up if retained else np.full(len(rows), np.nan)
-        out[f"uplift_revenue_{action.id}"] = np.full(len(rows), np.nan) if retained else up
-    frame = pd.DataFrame(out)
-    assert list(frame.columns[1 : len(SCORE_COLUMNS) + 1]) == list(SCORE_COLUMNS)
-    return frame
-
-
 @dataclass
 class ScoreRun:
     run_id: str
@@ -104,6 +72,7 @@ class ScoreRun:
     versions: dict[str, str]
     feature_set: str
     catalog_version: str
+    segments_version: str
     timings: dict[str, float]
     best_actions: dict[str, int]
     abc: dict[str, int]
@@ -125,7 +94,7 @@ class ScoreRun:
                 f"scored {self.rows:,} customers as of {self.as_of:%Y-%m-%d %H:%M} UTC in "
                 f"{self.seconds:.1f}s ({rate:,.0f} rows/s): run {self.run_id}",
                 f"  models: {versions}; feature set {self.feature_set}; "
-                f"catalog {self.catalog_version}",
+                f"catalog {self.catalog_version}; segments {self.segments_version}",
                 f"  time: {timings}",
                 f"  best action: {actions}",
                 f"  ABC tier: {abc}",
@@ -174,12 +143,12 @@ def score_all(
     start = time.perf_counter()
     say(f"building features as of {cutoff:%Y-%m-%d %H:%M} UTC")
     features = build(con, cutoff, spec)
-    segments = fit_segments(features)
+    segments = fit_version(features, cutoff, spec.version)
     timings["features"] = time.perf_counter() - start
     total = len(features)
     say(f"{total:,} customers x {len(spec.names)} features; scoring in chunks of {chunk_rows:,}")
 
-    scorer = build_scorer(champions, segments, spec)
+    scorer = build_scorer(champions, segments.model, spec)
     catalog = scorer.catalog
     run_id = datetime.now(UTC).strftime("sr-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
     scored_at = datetime.now(UTC)
@@ -202,12 +171,14 @@ def score_all(
     db.execute("BEGIN TRANSACTION")
     try:
         db.execute(RUNS_DDL)
+        db.execute(RUNS_SEGMENTS_VERSION)
+        save_version(db, segments, scored_at)
         for offset in range(0, max(total, 1), chunk_rows):
             t0 = time.perf_counter()
             part = features.iloc[offset : offset + chunk_rows]
             if part.empty:
                 break
-            scored = score_chunk(scorer, part, cutoff)
+            scored = scorer.score_frame(part, cutoff)
             for name, value in stamps.items():
                 scored.insert(list(stamps).index(name), name, value)
             for name, value in tail.items():
@@ -231,7 +202,9 @@ def score_all(
         timings["scoring"] = score_s
         timings["writing"] = write_s
         db.execute(
-            f"INSERT INTO {RUNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO {RUNS} (run_id, as_of, scored_at, rows, seconds, churn_version, "
+            "value_version, nba_version, feature_set, catalog_version, catalog_json, "
+            "segments_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 run_id,
                 cutoff,
@@ -244,7 +217,7 @@ def score_all(
                 spec.version,
                 catalog.version,
                 json.dumps(catalog.model_dump(mode="json")),
-                segments.to_json(),
+                segments.version,
             ],
         )
         db.execute("COMMIT")
@@ -258,6 +231,7 @@ def score_all(
         dict(champions.versions),
         spec.version,
         catalog.version,
+        segments.version,
         timings,
         dict(sorted(best.items(), key=lambda kv: -kv[1])),
         abc,

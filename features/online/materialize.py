@@ -11,9 +11,10 @@ column (a handful of ``to_pylist`` calls per batch, not per customer), cut into 
 the list offsets and handed to ``store.put_many``.
 
 Besides the records, the store's metadata gets the feature-set version, the cutoff, the
-time of the load, the customer count and the RFM / ABC thresholds fitted on the batch
-features at the same cutoff (``segments``), which the service needs to segment one
-customer exactly as the batch would.
+time of the load, the customer count and the warehouse's current segment model (the RFM /
+ABC cut points the latest ``rapport score`` or ``rapport features`` fitted and stored,
+:mod:`features.tables.segments`) with its version, which the service needs to segment one
+customer exactly as the batch did.
 """
 
 from __future__ import annotations
@@ -25,14 +26,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import ibis
 import pyarrow as pa
 
-from features.batch import build
 from features.contract import CUSTOMERS, TABLES
 from features.online.record import Record, record_columns
-from features.segments import fit_segments
 from features.spec import FeatureSpec, default_spec
+from features.tables.segments import load_version
 from features.timeutil import as_utc
 from features.warehouse import raw
 
@@ -42,6 +41,7 @@ META_AS_OF = "as_of"
 META_MATERIALIZED_AT = "materialized_at"
 META_CUSTOMERS = "customers"
 META_SEGMENTS = "segments"
+META_SEGMENTS_VERSION = "segments_version"
 #: customers per Arrow batch: large enough to amortise the per-batch conversions
 BATCH_ROWS = 20_000
 #: events per query: DuckDB's ordered list aggregates hold a partition's events in memory
@@ -150,16 +150,21 @@ def materialize(
     as_of: datetime | str | None = None,
     spec: FeatureSpec | None = None,
     progress: Progress | None = None,
+    segments: str | None = None,
 ) -> int:
     """Replace the store's records by the warehouse's state at ``as_of`` (default: now).
 
     ``con`` is the DuckDB warehouse (an Ibis backend; read-only is enough) and ``store``
-    an :class:`features.online.store.OnlineStore`. Records of customers no longer in the
-    warehouse are not deleted. Returns the number of records written.
+    an :class:`features.online.store.OnlineStore`. ``segments``: the stored segment model
+    version to serve (default: the current one; :class:`NoSegmentsError` when the
+    warehouse holds none). Records of customers no longer in the warehouse are not
+    deleted. Returns the number of records written.
     """
     spec = spec or default_spec()
     cutoff = as_utc(as_of) if as_of is not None else datetime.now(UTC)
     say = progress or (lambda _: None)
+    stored = load_version(raw(con), segments)
+    say(f"{stored.describe()} for the live service")
     say(f"loading customer records as of {cutoff:%Y-%m-%d %H:%M} UTC into the online store")
     written = 0
 
@@ -171,18 +176,16 @@ def materialize(
                 say(f"{written:,} records")
             yield item
 
-    with ThreadPoolExecutor(max_workers=1) as pool, _no_cyclic_gc():
-        # the batch features for the segment thresholds are built meanwhile (DuckDB)
-        own = ibis.duckdb.from_connection(raw(con).cursor())  # a connection per thread
-        features = pool.submit(build, own, cutoff, spec)
+    with _no_cyclic_gc():
         store.put_many(counted())
-        segments = fit_segments(features.result())
     store.set_meta(META_FEATURE_SET, spec.version)
     store.set_meta(META_AS_OF, cutoff.isoformat())
-    store.set_meta(META_MATERIALIZED_AT, datetime.now(UTC).isoformat())
     store.set_meta(META_CUSTOMERS, str(written))
-    store.set_meta(META_SEGMENTS, segments.to_json())
-    say(f"{written:,} records written, segments fitted (feature set {spec.version})")
+    store.set_meta(META_SEGMENTS, stored.model.to_json())
+    store.set_meta(META_SEGMENTS_VERSION, stored.version)
+    # written last: the service rebuilds its scorer when this stamp moves
+    store.set_meta(META_MATERIALIZED_AT, datetime.now(UTC).isoformat())
+    say(f"{written:,} records written (feature set {spec.version}, segments {stored.version})")
     return written
 
 

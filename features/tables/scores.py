@@ -23,8 +23,10 @@ RUNS = "score_runs"
 RUNS_DDL = f"""CREATE TABLE IF NOT EXISTS {RUNS} (
     run_id VARCHAR PRIMARY KEY, as_of TIMESTAMPTZ, scored_at TIMESTAMPTZ, rows BIGINT,
     seconds DOUBLE, churn_version VARCHAR, value_version VARCHAR, nba_version VARCHAR,
-    feature_set VARCHAR, catalog_version VARCHAR, catalog_json VARCHAR, segments_json VARCHAR
+    feature_set VARCHAR, catalog_version VARCHAR, catalog_json VARCHAR, segments_version VARCHAR
 )"""
+#: runs tables made before segment models were versioned held their cut points instead
+RUNS_SEGMENTS_VERSION = f"ALTER TABLE {RUNS} ADD COLUMN IF NOT EXISTS segments_version VARCHAR"
 
 
 class NoScoresError(LookupError):

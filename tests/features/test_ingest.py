@@ -156,13 +156,14 @@ def test_discover_files_by_name(tmp_path: Path) -> None:
     pd.DataFrame(GOOD["interactions"]).to_csv(tmp_path / "interactions.csv.gz", index=False)
     write(tmp_path, "truth_actions", [{"customer_id": "C1", "best": "offer"}])
     write(tmp_path, "notes", [{"x": 1}])
-    found = discover_files(tmp_path)
+    found = discover_files(tmp_path, as_is=["truth_actions"])
     assert {k: p.name for k, p in found.items()} == {
         "customers": "customers.parquet",
         "orders": "orders.csv",
         "interactions": "interactions.csv.gz",
         "truth_actions": "truth_actions.csv",
     }
+    assert set(discover_files(tmp_path)) == {"customers", "orders", "interactions"}
 
 
 def test_discover_files_refuses_two_files_for_one_table(tmp_path: Path) -> None:
@@ -572,16 +573,20 @@ def test_validate_reports_like_ingest_but_writes_nothing(tmp_path: Path, con: An
     assert checked.quarantined == loaded.quarantined == 1
 
 
-# --------------------------------------------------------------------------- truth, outbox
-def test_truth_tables_are_loaded_as_they_are_and_replaced(tmp_path: Path, con: Any) -> None:
+# --------------------------------------------------------------------------- as is, outbox
+def test_named_tables_are_loaded_as_they_are_and_replaced(tmp_path: Path, con: Any) -> None:
     truth = [{"customer_id": "C1", "churned": True}, {"customer_id": "nobody", "churned": False}]
-    report = ingest(
-        con, {"truth_customers": write(tmp_path / "a", "truth_customers", truth, "parquet")}, NOW
-    )
+    first = {"truth_customers": write(tmp_path / "a", "truth_customers", truth, "parquet")}
+    with pytest.raises(IngestError, match="unknown table"):
+        ingest(con, first, NOW)  # only the tables the caller names
+    report = ingest(con, first, NOW, as_is=["truth_customers"])
     assert report.tables["truth_customers"].replaced
     assert count(con, "truth_customers") == 2
-    ingest(con, {"truth_customers": write(tmp_path / "b", "truth_customers", truth[:1])}, NOW)
+    second = {"truth_customers": write(tmp_path / "b", "truth_customers", truth[:1])}
+    ingest(con, second, NOW, as_is=["truth_customers"])
     assert raw(con).execute("SELECT * FROM truth_customers").fetchall() == [("C1", True)]
+    with pytest.raises(IngestError, match="contract tables"):
+        ingest(con, second, NOW, as_is=["orders"])
 
 
 def test_outbox_events_are_ingested_and_moved_to_done(tmp_path: Path, con: Any) -> None:

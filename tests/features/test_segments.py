@@ -1,16 +1,31 @@
-"""RFM segments: the lookup table follows the grid (first match wins), live = batch."""
+"""RFM segments: the lookup table follows the grid (first match wins), live = batch; cut
+points are versioned per snapshot and stored in the warehouse."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
+import duckdb
 import numpy as np
 import pandas as pd
+import pytest
 
 from features.segments import (
     NO_PURCHASE,
     SEGMENT_GRID,
     assign_segments,
     fit_segments,
+    fit_version,
 )
+from features.tables.segments import (
+    SEGMENT_MODELS,
+    NoSegmentsError,
+    load_version,
+    save_version,
+    snapshot_segments,
+)
+
+T = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def grid_reading(r: int, f: int) -> str:
@@ -56,3 +71,28 @@ def test_one_customer_gets_the_batch_segment() -> None:
             assert one[column][0] == values[i] or (
                 isinstance(values[i], float) and np.isnan(values[i]) and np.isnan(one[column][0])
             )
+
+
+def test_a_snapshot_has_one_version() -> None:
+    frame = customers(800, 3)
+    first = fit_version(frame, T, "fs1")
+    assert first == fit_version(frame, T, "fs1")
+    assert first.version.startswith("20250101-") and first.customers == 800
+    assert first.model == fit_segments(frame)
+    assert fit_version(frame, T + timedelta(days=1), "fs1").version != first.version
+    assert fit_version(customers(800, 4), T, "fs1").version != first.version
+
+
+def test_the_current_version_is_the_one_stored_last() -> None:
+    db = duckdb.connect()
+    with pytest.raises(NoSegmentsError, match="run `rapport score` or `rapport features`"):
+        load_version(db)
+    a = snapshot_segments(db, customers(500, 5), T, "fs1", fitted_at=T)
+    b = snapshot_segments(db, customers(500, 6), T - timedelta(days=30), "fs1", T + timedelta(1))
+    assert load_version(db) == b  # stored last, even with an earlier snapshot
+    assert load_version(db, a.version) == a
+    save_version(db, a, fitted_at=T + timedelta(days=2))  # the same snapshot again
+    assert load_version(db) == a
+    assert db.execute(f"SELECT count(*) FROM {SEGMENT_MODELS}").fetchone() == (2,)
+    with pytest.raises(NoSegmentsError, match="'nope'"):
+        load_version(db, "nope")

@@ -52,6 +52,7 @@ def test_demo_data_ingest_and_features(tmp_path: Path) -> None:
     result = runner.invoke(main, ["features", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.exists() and "customers x 85 features" in result.output
+    assert "stored segments " in result.output  # the snapshot's cut points, for the others
 
 
 def test_parse_when_leaves_absent_options_to_the_library() -> None:

@@ -1,4 +1,4 @@
-"""Point-in-time training sets: cutoffs, labels, the time split, truth and lineage."""
+"""Point-in-time training sets: cutoffs, labels, the time split and lineage."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from training.datasets import (
     fingerprint,
     labels,
     lineage,
-    load_truth,
     plan_cutoffs,
 )
 
@@ -144,14 +143,6 @@ def test_cutoffs_outside_the_data_are_refused(demo: tuple) -> None:
         build_training_set(con, as_of=END - timedelta(days=30), horizon_days=90)
     with pytest.raises(ValueError, match="not enough history"):
         build_training_set(con, as_of="2022-06-01", horizon_days=90)
-
-
-def test_truth_is_found_only_at_its_cutoff(demo: tuple) -> None:
-    con, data = demo
-    truth = load_truth(con, data.truth_as_of)
-    assert truth is not None and len(truth) == len(data.truth_customers)
-    assert {"p_no_order", "expected_spend"} <= set(truth.columns)
-    assert load_truth(con, data.truth_as_of - timedelta(days=1)) is None
 
 
 def test_lineage_describes_the_data_and_its_fingerprint_follows_it(random_con: tuple) -> None:

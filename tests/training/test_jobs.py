@@ -15,13 +15,13 @@ import optuna
 import pytest
 from sample_data import use_home
 
-from features.ingest import discover_files, ingest
 from features.warehouse import connect
 from models import registry
 from models.churn import ChurnModel
 from models.value import ValueModel
 from rapport.demo_data import generate, write
 from rapport.settings import get_settings
+from rapport.truth import compare_holdout, ingest_demo
 from training import jobs, tracking
 from training.datasets import TrainingSet, build_training_set
 
@@ -46,13 +46,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, TrainingSet]
     folder = tmp_path_factory.mktemp("demo")
     data = generate(2500, seed=5, end=END)
     con = connect(folder / "warehouse.duckdb")
-    ingest(con, discover_files(write(data, folder / "files")["customers"].parent), now=END)
+    ingest_demo(con, write(data, folder / "files")["customers"].parent, now=END)
     return con, build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)
 
 
 def test_train_logs_a_complete_run(demo: tuple) -> None:
     con, data = demo
-    result = jobs.train("churn", con, params=FAST, data=data)
+    result = jobs.train("churn", con, params=FAST, data=data, compare=compare_holdout)
     assert result.version == "1" and registry.aliases("churn") == {"challenger": "1"}
     assert isinstance(result.model, ChurnModel)
     run = registry.run_of(registry.get_version("churn", version="1"))
@@ -141,7 +141,7 @@ def test_value_trains_registers_and_predicts_with_its_season(demo: tuple) -> Non
     import mlflow
 
     con, data = demo
-    result = jobs.train("value", con, params=FAST, data=data)
+    result = jobs.train("value", con, params=FAST, data=data, compare=compare_holdout)
     assert isinstance(result.model, ValueModel) and result.model.season_
     metrics = registry.run_of(registry.get_version("value", version=result.version)).data.metrics
     for key in (
@@ -169,6 +169,8 @@ def test_evaluate_shows_champion_challenger_and_baselines(demo: tuple) -> None:
     assert set(value.metrics) == {"champion v1", "last_90d_again", "btyd"}
     assert churn.metrics["champion v1"]["auc"] > churn.metrics["challenger v2"]["auc"]
     assert "champion = v1" in result.summary()
+    # the warehouse holds the demo's truth tables, but a job reads them only when told to
+    assert churn.comparison is None and "truth" not in result.summary()
 
 
 def test_tune_shares_a_resumable_study_with_nested_trial_runs(demo: tuple) -> None:

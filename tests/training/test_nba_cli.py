@@ -1,5 +1,5 @@
-"""The NBA commands end to end on a small trained workspace: train, evaluate, promote
-(the gate), explain, with MLflow's registry as the source of truth.
+"""The NBA commands end to end on a small trained workspace: train (on the stored segment
+model), evaluate, promote (the gate), explain, with MLflow's registry as the source of truth.
 
 Tests run in file order and share one workspace (churn and value champions present).
 """
@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from sample_data import trained_workspace, use_home
 
+from features.tables.segments import load_version
 from features.warehouse import connect, raw
 from models import registry
 from rapport.cli import main
@@ -43,9 +44,23 @@ def test_evaluate_before_any_training_is_a_clean_error() -> None:
     assert "Traceback" not in result.output and "nba" in result.output
 
 
+def test_train_needs_the_segment_model_of_a_snapshot() -> None:
+    result = CliRunner().invoke(main, ["train", "nba"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "run `rapport score` or `rapport features` first" in result.output
+    assert "stored segments " in run("features")
+
+
 def test_train_registers_a_challenger_and_first_promotion_crowns_it() -> None:
     out = run("train", "nba")
     assert "registered as nba v1 @challenger" in out
+    con = connect(get_settings().warehouse_path, read_only=True)
+    try:
+        current = load_version(raw(con)).version
+    finally:
+        con.disconnect()
+    run_tags = registry.run_of(registry.get_version("nba", version="1")).data.tags
+    assert run_tags["rapport.segments_version"] == current
     for row in ("candidate", "random", "always no_action", "always winback_email"):
         assert row in out
     assert registry.aliases("nba").get("challenger") == "1"

@@ -1,9 +1,10 @@
 """Next-best-action quality against the demo's ground truth (fixed seeds; run with ``-s``).
 
 The NBA model is trained exactly as ``rapport train nba`` does (decisions before the truth
-cutoff, features and churn / value scores as of each decision's week, the latest weeks
-held out), then judged at the truth cutoff on every customer known then, with the true
-per-action effects of ``truth_actions``:
+cutoff, features and churn / value scores as of each decision's week, segments by one
+segment model -- here the truth cutoff snapshot's --, the latest weeks held out), then
+judged at the truth cutoff on every customer known then, with the true per-action effects
+of ``truth_actions``:
 
 1. the learned greedy policy's true value (true incremental revenue x margin - cost of the
    chosen action, summed over customers) against the oracle (the truly best allowed action
@@ -28,23 +29,22 @@ import pandas as pd
 import pytest
 import yaml
 
+from features.batch import build
 from features.contract import NO_ACTION
 from features.ingest import discover_files, ingest
+from features.segments import fit_version
+from features.spec import default_spec
 from features.warehouse import connect
 from models.catalog import Catalog, parse_catalog
 from models.nba import NbaModel
 from models.ope import encode_actions, evaluate_policy
 from rapport.demo_data import generate, write
+from rapport.truth import truth_matrices, truth_policy_values
 from training.datasets import build_training_set
 from training.jobs import fit_model
 from training.nba import fit_nba, train_nba_from_table
 from training.nba_data import NbaData, build_nba_data, customer_frame, score_enricher
-from training.nba_evaluation import (
-    default_margin_rate,
-    reward_model,
-    truth_matrices,
-    truth_policy_values,
-)
+from training.nba_evaluation import default_margin_rate, reward_model
 
 END = datetime(2025, 1, 1, tzinfo=UTC)
 #: uplift is a small signal in noisy revenue: 20k customers give ~40k logged decisions
@@ -77,7 +77,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     con = connect(folder / "warehouse.duckdb")
     ingest(con, discover_files(write(demo, folder / "files")["customers"].parent), now=END)
     ts = build_training_set(con, horizon_days=demo.horizon_days)
-    enrich = score_enricher(fit_model("churn", ts, PARAMS), fit_model("value", ts, PARAMS))
+    # the segment model of the snapshot at the truth cutoff, where the policy is judged
+    snapshot = build(con, demo.truth_as_of)
+    segments = fit_version(snapshot, demo.truth_as_of, default_spec().version).model
+    churn, value = fit_model("churn", ts, PARAMS), fit_model("value", ts, PARAMS)
+    enrich = score_enricher(churn, value, segments)
     data = build_nba_data(con, demo.truth_as_of, enrich)
     model = fit_nba(data.part("train"), data.feature_names, revenue_catalog(), params=PARAMS)
     frame = customer_frame(con, demo.truth_as_of, enrich)

@@ -18,6 +18,7 @@ from sample_data import trained_workspace, use_home
 from features.spec import default_spec
 from features.tables.lists import WarehouseLists, add_suppressions
 from features.tables.scores import RUNS, SCORES, latest_run
+from features.tables.segments import SEGMENT_MODELS
 from features.warehouse import connect, raw
 from models.scorer import SCORE_COLUMNS
 from rapport.cli import main
@@ -53,12 +54,19 @@ def test_score_appends_a_stamped_run_and_keeps_history() -> None:
     assert second.exit_code == 0, second.output
     runs = query(f"SELECT * FROM {RUNS} ORDER BY scored_at")
     assert len(runs) == 2 and runs.feature_set.unique().tolist() == [default_spec().version]
+    # each run fitted its snapshot's segment model once, stored it and recorded its version
+    models = query(f"SELECT * FROM {SEGMENT_MODELS}").set_index("version")
+    assert set(runs.segments_version) == set(models.index) and len(models) == 2
+    assert models.loc[runs.segments_version[1], "as_of"] == pd.Timestamp("2024-06-01", tz="UTC")
+    assert f"segments {runs.segments_version[1]}" in second.output
     scores = query(f"SELECT * FROM {SCORES}")
     per_run = scores.groupby("run_id").customer_id.agg(["count", "nunique"])
     assert per_run.loc[runs.run_id[0], "count"] == 1500
     assert (per_run["count"] == per_run["nunique"]).all()
     assert per_run.loc[runs.run_id[1], "count"] < 1500  # fewer customers known in 2024
     assert set(SCORE_COLUMNS) <= set(scores.columns)
+    stamps = ["run_id", "as_of", "scored_at", "customer_id"]
+    assert list(scores.columns[: 4 + len(SCORE_COLUMNS)]) == [*stamps, *SCORE_COLUMNS]
     first_run = scores[scores.run_id == runs.run_id[0]]
     assert first_run.churn_version.eq("1").all() and first_run.value_version.eq("1").all()
     assert first_run.nba_version.isna().all() and first_run.best_action.eq("no_action").all()

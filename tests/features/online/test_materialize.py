@@ -1,8 +1,10 @@
 """Materialize: the online records give the batch build's features, with the metadata the
-service needs, whatever the number of partitions."""
+service needs (the warehouse's stored segment model among it), whatever the number of
+partitions."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ from features.online.record import evaluate
 from features.online.store import open_store
 from features.segments import SegmentModel, fit_segments
 from features.spec import default_spec
-from features.warehouse import connect
+from features.tables.segments import NoSegmentsError, snapshot_segments
+from features.warehouse import connect, raw
 
 AS_OF = cutoff(400)
 
@@ -25,6 +28,8 @@ AS_OF = cutoff(400)
 def con(tmp_path_factory: pytest.TempPathFactory) -> Any:
     con = connect(tmp_path_factory.mktemp("wh") / "warehouse.duckdb")
     load_tables(con, random_tables(seed=11, customers=60, events=600))
+    # the snapshot at the same cutoff stores the segment model (`rapport features` does)
+    snapshot_segments(raw(con), build(con, AS_OF), AS_OF, default_spec().version, AS_OF)
     return con
 
 
@@ -84,7 +89,30 @@ def test_metadata_for_the_service(con: Any) -> None:
     assert store.get_meta(mat.META_MATERIALIZED_AT) is not None
     segments = SegmentModel.from_json(store.get_meta(mat.META_SEGMENTS) or "")
     assert segments == fit_segments(build(con, AS_OF))
+    version = store.get_meta(mat.META_SEGMENTS_VERSION)
+    assert version and version.startswith(f"{AS_OF:%Y%m%d}-")
     assert any("records written" in m for m in messages)
+    known = len(build(con, AS_OF))
+    assert any(f"segments {version} (fitted on {known} customers" in m for m in messages)
+
+
+def test_the_stored_segment_model_is_served_not_refitted(con: Any, tmp_path: Path) -> None:
+    empty = connect(tmp_path / "empty.duckdb")
+    load_tables(empty, random_tables(seed=11, customers=60, events=600))
+    with pytest.raises(NoSegmentsError, match="run `rapport score` or `rapport features`"):
+        mat.materialize(empty, open_store("sqlite:///:memory:"), AS_OF)
+    # the current version is the one stored last, whatever its snapshot's cutoff
+    later, now = cutoff(500), datetime.now(UTC)
+    newer = snapshot_segments(raw(empty), build(empty, later), later, "fs", now)
+    older = snapshot_segments(raw(empty), build(empty, AS_OF), AS_OF, "fs", now + timedelta(1))
+    store = open_store("sqlite:///:memory:")
+    mat.materialize(empty, store, later)
+    assert store.get_meta(mat.META_SEGMENTS_VERSION) == older.version  # stored last
+    assert store.get_meta(mat.META_SEGMENTS) == older.model.to_json()
+    mat.materialize(empty, store, later, segments=newer.version)
+    assert store.get_meta(mat.META_SEGMENTS_VERSION) == newer.version
+    with pytest.raises(NoSegmentsError, match="'nope'"):
+        mat.materialize(empty, store, later, segments="nope")
 
 
 def test_partitions_change_nothing(con: Any, monkeypatch: pytest.MonkeyPatch) -> None:
