@@ -261,7 +261,6 @@ class BetaGeoFitter:
         return self._p_alive(x, rec, age) * expected_if_alive
 
 
-
 @dataclass(frozen=True)
 class _MBGNBDData:
     """Histories in rescaled time for the MBG/NBD likelihood (every customer has a term)."""
@@ -369,6 +368,7 @@ class ModifiedBetaGeoFitter:
         dropout = np.log(p["a"]) - np.log(p["b"] + x)
         dropout += (p["r"] + x) * (np.log(p["alpha"] + age) - np.log(p["alpha"] + rec))
         return np.asarray(expit(-dropout), dtype=np.float64)
+
 
 def _log_scaled_hyp2f1(A: FloatArray, B: FloatArray, C: FloatArray, z: FloatArray) -> FloatArray:
     """log[(1 - z)^A 2F1(A, B; C; z)], via Euler's transformation where the series overflows."""

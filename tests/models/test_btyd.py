@@ -268,9 +268,7 @@ def test_mbgnbd_fit_and_p_alive_match_lifetimes(data: Simulated) -> None:
     ref = lifetimes.ModifiedBetaGeoFitter().fit(data.frequency, data.recency, data.T)
     for name in ("r", "alpha", "a", "b"):
         assert ours.params_[name] == pytest.approx(ref.params_[name], rel=1e-4), name
-    ref_mean_ll = -ref._negative_log_likelihood_ + data.frequency.mean() * np.log(
-        1 / data.T.max()
-    )
+    ref_mean_ll = -ref._negative_log_likelihood_ + data.frequency.mean() * np.log(1 / data.T.max())
     assert ours.log_likelihood_ / len(data.T) == pytest.approx(ref_mean_ll, abs=1e-6)
     x, rec, T = _prediction_inputs(data)
     alive = ours.conditional_probability_alive(x, rec, T)
