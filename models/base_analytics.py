@@ -109,6 +109,9 @@ def period_flows(
     active_previous = np.asarray(active_previous, dtype=bool)
     active = np.asarray(active, dtype=bool)
     new = np.asarray(new, dtype=bool) & active
+    if (new & active_previous).any():
+        row = int(np.argmax(new & active_previous))
+        raise ValueError(f"customer {row} is new (first order) yet active the period before")
     keys = np.zeros(len(active), dtype=np.int64) if groups is None else groups
     labels, codes = np.unique(np.asarray(keys), return_inverse=True)
     size = len(labels)
@@ -334,7 +337,8 @@ def equity_change(previous: pd.DataFrame, current: pd.DataFrame) -> EquityChange
             raise ValueError(f"{name}: missing column(s) {missing}")
     before = previous.set_index("customer_id")[["active", "value"]]
     now = current.set_index("customer_id")[["active", "value", "ordered_before"]]
-    joined = now.join(before, how="outer", lsuffix="_now", rsuffix="_before")
+    joined = now.add_suffix("_now").join(before.add_suffix("_before"), how="outer")
+    joined = joined.rename(columns={"ordered_before_now": "ordered_before"})
     was = joined["active_before"].fillna(False).astype(bool).to_numpy()
     is_ = joined["active_now"].fillna(False).astype(bool).to_numpy()
     ordered = joined["ordered_before"].fillna(False).astype(bool).to_numpy()
@@ -385,10 +389,13 @@ def wallet_potential(
     spend: npt.ArrayLike,
     groups: Mapping[str, npt.ArrayLike] | None = None,
     settings: WalletSettings | None = None,
+    reference: npt.ArrayLike | None = None,
 ) -> FloatArray:
     """Each customer's spending potential: the ``quantile`` of the yearly spend of
     comparable customers (same values of every ``groups`` column), or their own spend when
-    higher. Groups smaller than ``min_group`` use the whole base.
+    higher. Only ``reference`` customers (default: all) set the quantiles -- customers
+    with a full year of history, whose yearly spend is measured rather than extrapolated;
+    groups with fewer than ``min_group`` of them use the whole reference base.
 
     The assumption (the "realistic wallet" of Rosset et al.): among comparable customers
     the best ones spend nearly all their budget with us, so the high quantile of spend
@@ -399,12 +406,15 @@ def wallet_potential(
     """
     settings = settings or WalletSettings()
     values = np.asarray(spend, dtype=np.float64)
-    overall = float(np.quantile(values, settings.quantile)) if len(values) else np.nan
+    ref = np.ones(len(values), bool) if reference is None else np.asarray(reference, bool)
+    if not ref.any():
+        ref = np.ones(len(values), bool)
+    overall = float(np.quantile(values[ref], settings.quantile)) if len(values) else np.nan
     potential = np.full(len(values), overall)
     if groups:
         keys = pd.MultiIndex.from_arrays([np.asarray(v, dtype=object) for v in groups.values()])
         codes, uniques = pd.factorize(keys)
-        frame = pd.DataFrame({"code": codes, "spend": values})
+        frame = pd.DataFrame({"code": codes[ref], "spend": values[ref]})
         sizes = frame.groupby("code").spend.size()
         quantiles = frame.groupby("code").spend.quantile(settings.quantile)
         big = sizes.index[sizes >= settings.min_group]

@@ -553,7 +553,8 @@ def customer_table(snaps: Snapshots, scores: pd.DataFrame, wallet: WalletSetting
     spending = active & (spend > 0)
     potential = np.full(len(ids), np.nan)
     groups = {g: _labels(attrs[g])[spending] for g in wallet.groups}
-    potential[spending] = wallet_potential(annual[spending], groups, wallet)
+    full_year = tenure[spending] >= 365.0  # measured, not extrapolated, yearly spend
+    potential[spending] = wallet_potential(annual[spending], groups, wallet, full_year)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = annual / potential
     return pd.DataFrame(
