@@ -117,9 +117,11 @@ class Snapshots:
     orders_365d: np.ndarray
     spend_365d: np.ndarray
     p_alive: np.ndarray
-    states: dict[str, np.ndarray]  # kind -> object array [k, i] (NEVER when unknown)
+    #: kind -> position in KINDS[kind] per [k, i] (-1: not known yet)
+    codes: dict[str, np.ndarray]
     satisfaction: np.ndarray  # at as_of
     feature_seconds: float
+    _labels: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -140,33 +142,50 @@ class Snapshots:
     def at(self, k: int) -> pd.Timestamp:
         return self.boundaries[k + 1]
 
+    def labels(self, attribute: str) -> np.ndarray:
+        """A customer attribute as strings (``unknown`` when missing), computed once."""
+        if attribute not in self.attributes.columns:
+            raise AnalyticsError(f"customers have no attribute {attribute!r} to group by")
+        if attribute not in self._labels:
+            values = self.attributes[attribute].astype(object)
+            self._labels[attribute] = values.where(values.notna(), "unknown").to_numpy(object)
+        return self._labels[attribute]
+
+    def states(self, kind: str, k: int) -> np.ndarray:
+        """State names at boundary k (``none`` for customers not known yet)."""
+        names = np.array([*KINDS[kind], NEVER], dtype=object)
+        return names[self.codes[kind][k]]
+
 
 def take_snapshots(con: Any, boundaries: list[pd.Timestamp], progress: Progress) -> Snapshots:
-    """Build the snapshot features at ``boundaries[1:]`` and align them (see the module)."""
+    """Build the snapshot features at ``boundaries[1:]`` and align them (see the module).
+
+    The latest boundary comes first (it names the customers and fits the survival
+    model); one snapshot's frame is in memory at a time.
+    """
     spec = feature_subset(default_spec(), SNAPSHOT_FEATURES)
-    start = time.perf_counter()
-    frames = []
-    for b in boundaries[1:]:
-        progress(f"features as of {b:%Y-%m-%d %H:%M}")
-        frames.append(build(con, b.to_pydatetime(), spec))
-    satisfaction = build(
-        con, boundaries[-1].to_pydatetime(), feature_subset(default_spec(), [SATISFACTION])
-    )
-    seconds = time.perf_counter() - start
-    last = frames[-1]
+    feature_s = 0.0
+
+    def features(at: pd.Timestamp, which: Any = spec) -> pd.DataFrame:
+        nonlocal feature_s
+        progress(f"features as of {at:%Y-%m-%d %H:%M}")
+        start = time.perf_counter()
+        frame = build(con, at.to_pydatetime(), which)
+        feature_s += time.perf_counter() - start
+        return frame
+
+    last = features(boundaries[-1])
     ids = last["customer_id"].astype(str).to_numpy()
     index = pd.Index(ids)
-    k_max, n = len(frames), len(ids)
-
-    def grid(fill: float) -> np.ndarray:
-        return np.full((k_max, n), fill)
-
+    k_max, n = len(boundaries) - 1, len(ids)
     known = np.zeros((k_max, n), dtype=bool)
-    recency, first, orders, spend = grid(np.nan), grid(np.nan), grid(0.0), grid(0.0)
-    p_alive = grid(np.nan)
-    states = {kind: np.full((k_max, n), NEVER, dtype=object) for kind in KINDS}
+    recency, first, p_alive = (np.full((k_max, n), np.nan) for _ in range(3))
+    orders, spend = np.zeros((k_max, n)), np.zeros((k_max, n))
+    codes = {kind: np.full((k_max, n), -1, dtype=np.int16) for kind in KINDS}
     mbg = _fit_survival(last)
-    for k, frame in enumerate(frames):
+    attributes = last.drop(columns=list(SNAPSHOT_FEATURES)).set_index("customer_id")
+    for k in range(k_max - 1, -1, -1):
+        frame = last if k == k_max - 1 else features(boundaries[k + 1])
         at = index.get_indexer(frame["customer_id"].astype(str))
         if (at < 0).any():
             raise AnalyticsError("a customer known at an earlier boundary is missing at as_of")
@@ -176,11 +195,13 @@ def take_snapshots(con: Any, boundaries: list[pd.Timestamp], progress: Progress)
         orders[k, at] = frame["orders_365d"].to_numpy(np.float64)
         spend[k, at] = frame["spend_365d"].to_numpy(np.float64)
         segments = assign_segments(frame, fit_segments(frame))
-        for kind in KINDS:
-            states[kind][k, at] = segments[kind]
+        for kind, names in KINDS.items():
+            positions = pd.Categorical(segments[kind], categories=list(names)).codes
+            codes[kind][k, at] = positions
         p_alive[k, at] = _p_alive(mbg, frame)
+        del frame
+    satisfaction = features(boundaries[-1], feature_subset(default_spec(), [SATISFACTION]))
     sat = pd.Series(satisfaction[SATISFACTION].to_numpy(np.float64), satisfaction["customer_id"])
-    attributes = last.drop(columns=list(SNAPSHOT_FEATURES)).set_index("customer_id")
     return Snapshots(
         boundaries=boundaries,
         customer_ids=ids,
@@ -191,9 +212,9 @@ def take_snapshots(con: Any, boundaries: list[pd.Timestamp], progress: Progress)
         orders_365d=orders,
         spend_365d=spend,
         p_alive=p_alive,
-        states=states,
+        codes=codes,
         satisfaction=sat.reindex(ids).to_numpy(np.float64),
-        feature_seconds=seconds,
+        feature_seconds=feature_s,
     )
 
 
@@ -234,13 +255,14 @@ def retention_table(snaps: Snapshots) -> pd.DataFrame:
         before, now = snaps.active(k - 1), snaps.active(k)
         new, alive = snaps.new(k), np.nan_to_num(snaps.p_alive[k])
         # the tier at the start of the period; at its end for customers who were not known
-        tiers = snaps.states["abc_tier"]
-        tier = np.where(snaps.known[k - 1], tiers[k - 1], tiers[k])
+        tier = np.where(
+            snaps.known[k - 1], snaps.states("abc_tier", k - 1), snaps.states("abc_tier", k)
+        )
         groups: dict[str, Any] = {
             "overall": None,
             "abc_tier": tier,
-            "region": _labels(snaps.attributes["region"]),
-            "acquisition_channel": _labels(snaps.attributes["acquisition_channel"]),
+            "region": snaps.labels("region"),
+            "acquisition_channel": snaps.labels("acquisition_channel"),
         }
         known = snaps.known[k]  # customers signed up by the end of the period
         for dimension, labels in groups.items():
@@ -253,10 +275,6 @@ def retention_table(snaps: Snapshots) -> pd.DataFrame:
             flows.insert(3, "period_end", snaps.at(k))
             parts.append(flows)
     return pd.concat(parts, ignore_index=True)
-
-
-def _labels(values: pd.Series) -> np.ndarray:
-    return values.astype(object).where(values.notna(), "unknown").astype(str).to_numpy()
 
 
 def cohort_table(snaps: Snapshots) -> pd.DataFrame:
@@ -285,17 +303,25 @@ def migration_tables(
     snaps: Snapshots, steps: int
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, TransitionMatrix]]:
     """``analytics_migration``, ``analytics_mix`` and ``analytics_backtest`` rows, and the
-    latest transition matrix of each kind."""
+    latest transition matrix of each kind.
+
+    A transition counts the customers known at its earlier snapshot; the mixes are those
+    of the customers known at as_of.
+    """
     n = snaps.n
     migration, mixes, backtests = [], [], []
     matrices: dict[str, TransitionMatrix] = {}
+
+    def moves(kind: str, k: int) -> TransitionMatrix:
+        """From boundary k - 1 to k, over the customers known at k - 1."""
+        grid, were = snaps.codes[kind], snaps.known[k - 1]
+        return TransitionMatrix.from_codes(grid[k - 1][were], grid[k][were], KINDS[kind])
+
     for kind, states in KINDS.items():
-        grid = snaps.states[kind]
-        were = snaps.known[n - 1]
-        matrix = TransitionMatrix.fit(grid[n - 1][were], grid[n][were], states)
+        matrix = moves(kind, n)
         matrices[kind] = matrix
-        migration.append(_migration_rows(kind, matrix, snaps, were))
-        current = TransitionMatrix.fit(grid[n], grid[n], states).mix("before")
+        migration.append(_migration_rows(kind, matrix, snaps))
+        current = np.bincount(snaps.codes[kind][n], minlength=len(states)) / len(snaps.known[n])
         total = float(len(snaps.customer_ids))
         rows: list[tuple[str, int | None, np.ndarray]] = [("current", 0, current)]
         rows += [("projected", s, matrix.project(current, s)) for s in range(1, steps + 1)]
@@ -314,44 +340,34 @@ def migration_tables(
                 )
             )
         for k in range(2, n + 1):
-            fitted = TransitionMatrix.fit(
-                grid[k - 2][snaps.known[k - 2]], grid[k - 1][snaps.known[k - 2]], states
-            )
-            at_start = snaps.known[k - 1]
-            start = TransitionMatrix.fit(grid[k - 1][at_start], grid[k][at_start], states)
+            fitted, start = moves(kind, k - 1), moves(kind, k)
             backtests.append(
                 {
                     "kind": kind,
                     "fitted_from": snaps.at(k - 2),
                     "start": snaps.at(k - 1),
                     "target": snaps.at(k),
-                    "customers": int(at_start.sum()),
+                    "customers": int(snaps.known[k - 1].sum()),
                     "markov_error": mix_distance(
                         fitted.project(start.mix("before")), start.mix("after")
                     ),
                     "naive_error": mix_distance(start.mix("before"), start.mix("after")),
                 }
             )
-    backtest = pd.DataFrame(
-        backtests, columns=[c for c in tables.BACKTEST_COLUMNS if c != "run_id"]
-    )
+    columns = [c for c in tables.BACKTEST_COLUMNS if c != "run_id"]
     return (
         pd.concat(migration, ignore_index=True),
         pd.concat(mixes, ignore_index=True),
-        backtest,
+        pd.DataFrame(backtests, columns=columns),
         matrices,
     )
 
 
-def _migration_rows(
-    kind: str, matrix: TransitionMatrix, snaps: Snapshots, were: np.ndarray
-) -> pd.DataFrame:
+def _migration_rows(kind: str, matrix: TransitionMatrix, snaps: Snapshots) -> pd.DataFrame:
     n, states = snaps.n, list(matrix.states)
-    index = {s: i for i, s in enumerate(states)}
-    before = pd.Series(snaps.states[kind][n - 1][were]).map(index).to_numpy(np.int64)
-    after = pd.Series(snaps.states[kind][n][were]).map(index).to_numpy(np.int64)
+    were = snaps.known[n - 1]
     size = len(states)
-    cell = before * size + after
+    cell = snaps.codes[kind][n - 1][were].astype(np.int64) * size + snaps.codes[kind][n][were]
     value_from = np.bincount(cell, snaps.spend_365d[n - 1][were], size * size)
     value_to = np.bincount(cell, snaps.spend_365d[n][were], size * size)
     low, high = matrix.intervals()
@@ -454,11 +470,13 @@ def run_analytics(
     wallet = wallet or WalletSettings()
     cutoff = as_utc(as_of) if as_of is not None else datetime.now(UTC)
     db = raw(con)
+    start = time.perf_counter()
     scores = scores_at(db, cutoff)
+    read_s = time.perf_counter() - start
     boundaries = period_boundaries(cutoff, period, periods)
     snaps = take_snapshots(con, boundaries, say)
     start = time.perf_counter()
-    timings: dict[str, float] = {"features": snaps.feature_seconds}
+    timings: dict[str, float] = {"features": snaps.feature_seconds, "reading": read_s}
     say("retention, cohorts, migration")
     retention = retention_table(snaps)
     cohorts = cohort_table(snaps)
@@ -533,9 +551,10 @@ def run_analytics(
     }
     tables.write_run(db, row, results)
     timings["writing"] = time.perf_counter() - t0
-    return AnalyticsRun(
-        tables.load_run(db, run_id), equity, change, matrices, report_path, mlflow_run_id, timings
-    )
+    t0 = time.perf_counter()
+    written = tables.load_run(db, run_id)  # the shape every reader sees
+    timings["reading"] += time.perf_counter() - t0
+    return AnalyticsRun(written, equity, change, matrices, report_path, mlflow_run_id, timings)
 
 
 def customer_table(snaps: Snapshots, scores: pd.DataFrame, wallet: WalletSettings) -> pd.DataFrame:
@@ -552,7 +571,7 @@ def customer_table(snaps: Snapshots, scores: pd.DataFrame, wallet: WalletSetting
     annual = annual_spend(spend, tenure, wallet.min_exposure_days)
     spending = active & (spend > 0)
     potential = np.full(len(ids), np.nan)
-    groups = {g: _labels(attrs[g])[spending] for g in wallet.groups}
+    groups = {g: snaps.labels(g)[spending] for g in wallet.groups}
     full_year = tenure[spending] >= 365.0  # measured, not extrapolated, yearly spend
     potential[spending] = wallet_potential(annual[spending], groups, wallet, full_year)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -560,11 +579,11 @@ def customer_table(snaps: Snapshots, scores: pd.DataFrame, wallet: WalletSetting
     return pd.DataFrame(
         {
             "customer_id": ids,
-            "region": _labels(attrs["region"]),
-            "acquisition_channel": _labels(attrs["acquisition_channel"]),
+            "region": snaps.labels("region"),
+            "acquisition_channel": snaps.labels("acquisition_channel"),
             "active": active,
-            "rfm_segment": snaps.states["rfm_segment"][n],
-            "abc_tier": snaps.states["abc_tier"][n],
+            "rfm_segment": snaps.states("rfm_segment", n),
+            "abc_tier": snaps.states("abc_tier", n),
             "loyalty_index": loyalty_index(
                 recency, snaps.orders_365d[n], tenure, snaps.satisfaction
             ),
@@ -752,7 +771,7 @@ def summarize(result: AnalyticsRun) -> str:
     word = "month" if run.period == "month" else "quarter"
     lines = [
         f"customer-base analytics as of {run.as_of:%Y-%m-%d %H:%M} UTC: {run.periods} "
-        f"{word}s, scores {run.scores_run_id}: run {run.run_id}",
+        f"{word}{'s' if run.periods != 1 else ''}, scores {run.scores_run_id}: run {run.run_id}",
         f"  customers: {int(m['customers']):,} known, {int(m['active_customers']):,} active "
         "(an order in the last 365 days)",
         f"  last {word}: retention {overall.retention_rate:.1%} "

@@ -94,20 +94,25 @@ def segment_map_figure(points: pd.DataFrame) -> Figure:
                 arrowprops={"arrowstyle": "->", "color": "grey"},
             )
         ax.annotate(row.segment, (row.loyalty, row.value), fontsize=8, ha="center", va="bottom")
+    # the quadrants split at the average customer, as segment_map's quadrant column does
     weights = points["customers"].where(points["value"].notna(), 0)
     mean_value = float(np.average(points["value"].fillna(0), weights=weights.clip(lower=1e-9)))
-    ax.axvline(50, color="grey", linestyle=":")
+    mean_loyalty = float(np.average(points["loyalty"], weights=points["customers"]))
+    ax.axvline(mean_loyalty, color="grey", linestyle=":")
     ax.axhline(mean_value, color="grey", linestyle=":")
     top = max(float(shown["value"].max()) * 1.1, mean_value * 2, 1.0)
     ax.set(xlim=(0, 100), ylim=(0, top))
+    # each quadrant's advice at its top edge: the low-value segments crowd the bottom
+    below = mean_value - 0.02 * top
+    right, left = (mean_loyalty + 100) / 2, mean_loyalty / 2
     corners = {
-        (75, 0.97): "keep and reward",
-        (25, 0.97): "win back: fix the relationship",
-        (75, 0.03): "grow: cross-sell and upsell",
-        (25, 0.03): "serve at low cost",
+        (right, 0.97 * top): "keep and reward",
+        (left, 0.97 * top): "win back: fix the relationship",
+        (right, below): "grow: cross-sell and upsell",
+        (left, below): "serve at low cost",
     }
     for (x, y), label in corners.items():
-        ax.text(x, y * top, label, ha="center", va="center", color="grey", fontsize=9)
+        ax.text(x, y, label, ha="center", va="top", color="grey", fontsize=9)
     ax.set(
         title="Segment map: relationship strength against value",
         xlabel="loyalty index (0 weakest .. 100 strongest relationship)",

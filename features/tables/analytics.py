@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from features.batch import as_utc
 
@@ -251,7 +252,9 @@ def write_run(db: Any, run: Mapping[str, Any], results: Mapping[str, pd.DataFram
 
 
 def _insert(db: Any, table: str, columns: Columns, frame: pd.DataFrame) -> None:
-    db.register("_rapport_analytics", frame[list(columns)])
+    # through Arrow: DuckDB scans Arrow strings ~10x faster than pandas object columns
+    data = pa.Table.from_pandas(frame[list(columns)], preserve_index=False)
+    db.register("_rapport_analytics", data)
     try:
         select = ", ".join(f"CAST({_quoted(c)} AS {t})" for c, (t, _) in columns.items())
         db.execute(f"INSERT INTO {table} SELECT {select} FROM _rapport_analytics")
