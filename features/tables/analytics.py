@@ -251,10 +251,22 @@ def write_run(db: Any, run: Mapping[str, Any], results: Mapping[str, pd.DataFram
         raise
 
 
+def _arrow(frame: pd.DataFrame) -> pa.Table:
+    """Column by column (DuckDB scans Arrow strings ~10x faster than pandas objects);
+    zoned timestamps go through their UTC values, which pyarrow's own path reads with a
+    pandas call that is deprecated."""
+    arrays = {}
+    for name, column in frame.items():
+        if isinstance(column.dtype, pd.DatetimeTZDtype):
+            utc = column.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[us]")
+            arrays[str(name)] = pa.array(utc, type=pa.timestamp("us", tz="UTC"))
+        else:
+            arrays[str(name)] = pa.Array.from_pandas(column)
+    return pa.table(arrays)
+
+
 def _insert(db: Any, table: str, columns: Columns, frame: pd.DataFrame) -> None:
-    # through Arrow: DuckDB scans Arrow strings ~10x faster than pandas object columns
-    data = pa.Table.from_pandas(frame[list(columns)], preserve_index=False)
-    db.register("_rapport_analytics", data)
+    db.register("_rapport_analytics", _arrow(frame[list(columns)]))
     try:
         select = ", ".join(f"CAST({_quoted(c)} AS {t})" for c, (t, _) in columns.items())
         db.execute(f"INSERT INTO {table} SELECT {select} FROM _rapport_analytics")
