@@ -102,7 +102,7 @@ def main() -> None:
     wall = time.perf_counter() - start
     t = result.timings
     beyond = wall - t["features"]
-    customers = len(result.tables.customers)
+    customers = len(result.results.customers)
     print(f"\n{customers:,} customers, {args.periods + 1} snapshots, as of {as_of:%Y-%m-%d}:")
     print(f"  snapshot feature builds   {t['features']:6.1f}s")
     print(f"  analytics computations    {t['analytics']:6.1f}s")

@@ -94,7 +94,6 @@ SATISFACTION = "avg_satisfaction_365d"
 ACTIVE_DAYS = 365.0
 TIERS = ("A", "B", "C")
 KINDS = {"rfm_segment": SEGMENTS, "abc_tier": TIERS}
-RETENTION_DIMENSIONS = ("overall", "abc_tier", "region", "acquisition_channel")
 SHARE_DIMENSIONS = ("overall", "rfm_segment", "abc_tier", "region")
 NEVER = "none"  # the state of a customer not known yet at a snapshot
 
@@ -183,6 +182,8 @@ def take_snapshots(con: Any, boundaries: list[pd.Timestamp], progress: Progress)
     orders, spend = np.zeros((k_max, n)), np.zeros((k_max, n))
     codes = {kind: np.full((k_max, n), -1, dtype=np.int16) for kind in KINDS}
     mbg = _fit_survival(last)
+    if mbg is None:
+        progress("too few repeat buyers for the survival model: survival_rate stays empty")
     attributes = last.drop(columns=list(SNAPSHOT_FEATURES)).set_index("customer_id")
     for k in range(k_max - 1, -1, -1):
         frame = last if k == k_max - 1 else features(boundaries[k + 1])
@@ -432,7 +433,7 @@ class AnalyticsRun:
     :func:`features.tables.analytics.load_run` reads them back) and the objects behind
     them, for notebooks and the web page."""
 
-    tables: tables.AnalyticsTables
+    results: tables.AnalyticsTables
     equity: Equity
     change: EquityChange | None
     matrices: dict[str, TransitionMatrix]
@@ -442,7 +443,7 @@ class AnalyticsRun:
 
     @property
     def run_id(self) -> str:
-        return self.tables.run.run_id
+        return self.results.run.run_id
 
     def summary(self) -> str:
         return summarize(self)
@@ -765,7 +766,7 @@ def _log_mlflow(frames: tables.AnalyticsTables, report: AnalyticsReport) -> str:
 # --------------------------------------------------------------------------- summary
 def summarize(result: AnalyticsRun) -> str:
     """What the run found, in a few lines for the terminal."""
-    t = result.tables
+    t = result.results
     run, m = t.run, t.run.metrics
     overall = t.retention[t.retention["dimension"] == "overall"].iloc[-1]
     word = "month" if run.period == "month" else "quarter"

@@ -81,8 +81,8 @@ def _runs(home: Path, patch: pytest.MonkeyPatch) -> Iterator[Runs]:
         finally:
             con.disconnect()
         yield Runs(
-            earlier.tables,
-            later.tables,
+            earlier.results,
+            later.results,
             query("SELECT customer_id, ordered_at, amount FROM orders"),
             query("SELECT * FROM customers"),
             query("SELECT * FROM truth_customers").set_index("customer_id"),
