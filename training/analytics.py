@@ -34,7 +34,6 @@ The computations are in :mod:`models.base_analytics`; this module reads, aligns 
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -46,13 +45,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.batch import as_utc, build
+from features.batch import build
 from features.segments import SEGMENTS, assign_segments, fit_segments
 from features.spec import default_spec
 from features.tables import analytics as tables
 from features.tables.scores import RUNS as SCORE_RUNS
 from features.tables.scores import SCORES, NoScoresError
 from features.tables.scores import tables as table_names
+from features.timeutil import as_utc
 from features.warehouse import raw
 from models.base_analytics import (
     PERIOD_MONTHS,
@@ -75,7 +75,9 @@ from models.btyd import ModifiedBetaGeoFitter
 from models.targeting import feature_subset
 from models.value import PRIOR_INPUTS, SpendPrior
 from rapport.settings import get_settings
-from training.analytics_report import AnalyticsReport, build_report
+from training.analytics_report import build_report
+from training.datasets import lineage
+from training.report import Report
 
 Progress = Callable[[str], None]
 #: periods of history measured when the caller does not say
@@ -534,8 +536,8 @@ def run_analytics(
     t0 = time.perf_counter()
     report = build_report(frames, equity, change, matrices, scores.as_of)
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(report.html, encoding="utf-8")
-    mlflow_run_id = _log_mlflow(frames, report) if log_to_mlflow else None
+    report_path.write_text(report.to_html(), encoding="utf-8")
+    mlflow_run_id = _log_mlflow(frames, report, lineage(con)) if log_to_mlflow else None
     timings["report"] = time.perf_counter() - t0
     say("writing the analytics tables")
     t0 = time.perf_counter()
@@ -725,18 +727,16 @@ def headline_metrics(
     return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
-def _log_mlflow(frames: tables.AnalyticsTables, report: AnalyticsReport) -> str:
-    """One MLflow run: parameters, the headline metrics, the report, figures and tables."""
+def _log_mlflow(frames: tables.AnalyticsTables, report: Report, info: dict[str, Any]) -> str:
+    """One MLflow run: parameters, the headline metrics, the report and its figures, the
+    data lineage and every table but the per-customer one."""
     import mlflow
 
     from training import tracking
 
     experiment = tracking.configure()
     run = frames.run
-    with (
-        tracking.quiet(),
-        mlflow.start_run(experiment_id=experiment, run_name="analytics") as active,
-    ):
+    with mlflow.start_run(experiment_id=experiment, run_name="analytics") as active:
         mlflow.set_tags({"rapport.kind": "analytics", "rapport.analytics_run": run.run_id})
         mlflow.log_params(
             {
@@ -750,16 +750,11 @@ def _log_mlflow(frames: tables.AnalyticsTables, report: AnalyticsReport) -> str:
             }
         )
         mlflow.log_metrics(run.metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            (folder / "report.html").write_text(report.html, encoding="utf-8")
-            for name, image in report.figures:
-                (folder / f"{name}.png").write_bytes(image)
+        with tracking.artifacts(report, report.figures, info) as folder:
             for name in tables.TABLES:
-                frame = getattr(frames, name.removeprefix("analytics_"))
                 if name != "analytics_customers":
+                    frame = getattr(frames, name.removeprefix("analytics_"))
                     frame.to_csv(folder / f"{name}.csv", index=False)
-            mlflow.log_artifacts(str(folder))
         return str(active.info.run_id)
 
 

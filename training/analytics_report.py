@@ -7,7 +7,6 @@ retention curves, drawn on ``matplotlib.figure.Figure`` (no GUI state) and inlin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -18,12 +17,6 @@ from features.tables.analytics import AnalyticsTables
 from models.base_analytics import Equity, EquityChange, TransitionMatrix
 from training.plots import png
 from training.report import Report
-
-
-@dataclass
-class AnalyticsReport:
-    html: str
-    figures: list[tuple[str, bytes]]
 
 
 def cohort_heatmap(cohorts: pd.DataFrame) -> Figure:
@@ -195,7 +188,9 @@ def build_report(
     change: EquityChange | None,
     matrices: dict[str, TransitionMatrix],
     scores_as_of: datetime,
-) -> AnalyticsReport:
+) -> Report:
+    """The run's report: facts, the key tables, notes on the estimates and the figures
+    (named ``segment_map``, ``equity_waterfall``, ...: their file names in MLflow)."""
     run = frames.run
     figures = [
         ("segment_map", png(segment_map_figure(frames.segment_map))),
@@ -259,4 +254,4 @@ def build_report(
             "run does; the projection repeats the latest period's flows.",
         ]
     )
-    return AnalyticsReport(report.to_html(), figures)
+    return report

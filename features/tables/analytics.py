@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from features.batch import as_utc
+from features.tables.scores import tables
+from features.timeutil import as_utc
 
 RUNS = "analytics_runs"
 
@@ -221,10 +222,6 @@ def ddl(table: str, columns: Columns) -> str:
     return f"CREATE TABLE IF NOT EXISTS {table} ({cols})"
 
 
-def _tables(db: Any) -> set[str]:
-    return {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-
-
 def write_run(db: Any, run: Mapping[str, Any], results: Mapping[str, pd.DataFrame]) -> None:
     """Append one run (a row of ``analytics_runs``) and its result tables (every table of
     :data:`TABLES`, without ``run_id``: it is added) in one transaction of a raw DuckDB
@@ -295,7 +292,7 @@ def latest_run(
 ) -> AnalyticsRunInfo:
     """The analytics run ``run_id``, else the latest one (by as-of, then creation) with an
     as-of strictly before ``before`` when given; NoAnalyticsError when there is none."""
-    if RUNS not in _tables(db):
+    if RUNS not in tables(db):
         raise NoAnalyticsError("no analytics in the warehouse yet: run `rapport analytics`")
     params: list[Any] = []
     if run_id is not None:

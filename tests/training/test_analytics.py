@@ -118,14 +118,18 @@ def test_cli_prints_a_summary_and_writes_report_tables_and_mlflow(runs: Runs) ->
     assert html.count("data:image/png;base64,") == 6 and "<script" not in html
     import mlflow
 
-    from training import tracking
+    from models.registry import client
 
-    tracking.configure()
-    mlflow_run = tracking.client().get_run(quarterly.mlflow_run_id)
+    mlflow_run = client().get_run(quarterly.mlflow_run_id)
     assert mlflow_run.data.tags["rapport.analytics_run"] == quarterly.run_id
     assert mlflow_run.data.metrics["equity"] > 0
-    artifacts = {a.path for a in tracking.client().list_artifacts(quarterly.mlflow_run_id)}
-    assert {"report.html", "segment_map.png", "analytics_retention.csv"} <= artifacts
+    artifacts = {a.path for a in client().list_artifacts(quarterly.mlflow_run_id)}
+    assert {
+        "report.html",
+        "segment_map.png",
+        "analytics_retention.csv",
+        "lineage.json",
+    } <= artifacts
     assert mlflow.get_tracking_uri() == get_settings().tracking_uri
 
 
