@@ -544,6 +544,58 @@ def targets(
             say(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
+# --------------------------------------------------------------------------- analytics
+@main.command()
+@click.option("--as-of", default=None, help="End of the latest period (default: now).")
+@click.option(
+    "--period", type=click.Choice(["month", "quarter"]), default="month", show_default=True
+)
+@click.option(
+    "--periods", type=int, default=None, help="Periods of history (default: 12 months, 8 quarters)."
+)
+@click.option("--steps", default=4, show_default=True, help="Periods the segment mix is projected.")
+@click.option(
+    "--wallet-quantile",
+    default=0.9,
+    show_default=True,
+    help="Spending potential = this quantile of comparable customers' spend.",
+)
+@click.option("--no-mlflow", is_flag=True, help="Do not log the run to MLflow.")
+@fail_on(*JOB_ERRORS)
+def analytics(
+    as_of: str | None,
+    period: str,
+    periods: int | None,
+    steps: int,
+    wallet_quantile: float,
+    no_mlflow: bool,
+) -> None:
+    """Customer-base analytics from the latest scores: retention and cohorts, customer
+    equity and its change, customer share, segment migration (Markov) and the segment map.
+
+    Appends to the warehouse tables analytics_* (history kept), writes an HTML report under
+    <home>/reports and logs it to MLflow.
+    """
+    from models.base_analytics import WalletSettings
+    from training.analytics import run_analytics
+
+    con = open_warehouse(get_settings())
+    try:
+        result = run_analytics(
+            con,
+            parse_when(as_of),
+            period=period,
+            periods=periods,
+            steps=steps,
+            wallet=WalletSettings(quantile=wallet_quantile),
+            log_to_mlflow=not no_mlflow,
+            progress=progress,
+        )
+    finally:
+        con.disconnect()
+    say(result.summary())
+
+
 # --------------------------------------------------------------------------- serving
 def bundle_champions(settings: Settings | None = None) -> str | None:
     """Copy the @champion models into the BentoML model store (what a served or built

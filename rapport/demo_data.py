@@ -200,6 +200,15 @@ POLICY_RECENCY = np.array(
 POLICY_UNRESOLVED_CALLBACK = 1.2
 UNRESOLVED_MEMORY_DAYS = 30
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int8)
+
+# --- wallets: what a customer spends in the category with every supplier ---------------
+#: median yearly category budget (all suppliers); times SPEND_BY_REGION and the noise
+WALLET_MEDIAN = 2000.0
+WALLET_SIGMA = 0.35  # lognormal spread of needs between otherwise comparable customers
+#: the largest share of a budget one supplier gets: a customer spending more with us than
+#: their needs suggest has a budget of at least their spend with us over this
+WALLET_SHARE_CAP = 0.95
+WEEKS_PER_YEAR = 365.25 / 7.0
 #: Monte Carlo replicates of the stress path behind the truth (orders and death are exact)
 TRUTH_REPLICATES = 8
 
@@ -211,6 +220,8 @@ TRUTH_CUSTOMER_COLUMNS = (
     "expected_spend",
     "purchase_rate",
     "dropout_hazard",
+    "budget",
+    "wallet_share",
 )
 TRUTH_ACTION_COLUMNS = (
     "customer_id",
@@ -231,6 +242,9 @@ class DemoData:
 
     ``truth_customers.purchase_rate`` is orders per day while alive and ``dropout_hazard``
     the hazard per day, both at ``truth_as_of``; the truth assumes no campaign after it.
+    ``budget`` is the customer's yearly spend in the category with every supplier and
+    ``wallet_share`` the share of it we get (expected yearly net spend with us at the
+    current purchase rate over the budget; 0 for customers who dropped out).
     """
 
     customers: pd.DataFrame
@@ -1003,6 +1017,24 @@ def _truth_horizon(
     return p_none / TRUTH_REPLICATES, orders / TRUTH_REPLICATES
 
 
+def _wallets(
+    rng: np.random.Generator, pop: _Population, snap: _State
+) -> tuple[np.ndarray, np.ndarray]:
+    """Yearly category budget and the share of it we get, per customer at the snapshot.
+
+    Needs vary with the region and, lognormally, between comparable customers; a
+    customer buying more with us than their needs suggest has a budget of their spend
+    with us over :data:`WALLET_SHARE_CAP` (the assumption behind estimating potential as
+    a high quantile of comparable customers' spend). Drawn from their own random stream,
+    so the rest of the simulation is the same with or without them.
+    """
+    n = len(snap.alive)
+    need = WALLET_MEDIAN * SPEND_BY_REGION[pop.region] * rng.lognormal(0.0, WALLET_SIGMA, pop.size)
+    ours = _purchase_rate(pop.lam[:n], snap.stress) * WEEKS_PER_YEAR * pop.mu[:n] * NET_PER_ORDER
+    budget = np.maximum(need[:n], ours / WALLET_SHARE_CAP)
+    return budget, np.where(snap.alive, ours / budget, 0.0)
+
+
 def _truth_customers(
     rng: np.random.Generator,
     pop: _Population,
@@ -1011,6 +1043,7 @@ def _truth_customers(
     as_of_us: int,
     horizon_days: int,
     ids: pa.Array,
+    wallets: tuple[np.ndarray, np.ndarray],
 ) -> pd.DataFrame:
     n = len(snap.alive)
     live = np.flatnonzero(snap.alive)
@@ -1027,6 +1060,8 @@ def _truth_customers(
             "expected_spend": orders * pop.mu[:n] * NET_PER_ORDER,
             "purchase_rate": _purchase_rate(pop.lam[:n], snap.stress) / 7.0,
             "dropout_hazard": _hazard(pop.h0[:n], snap.stress),
+            "budget": wallets[0],
+            "wallet_share": wallets[1],
         }
     )
 
@@ -1206,7 +1241,9 @@ def generate(
         raise ValueError(f"customers must be >= 1, got {customers}")
     say = progress or (lambda _message: None)
     start, as_of, end = _resolve_times(end, truth_as_of, horizon_days, years)
-    sim_seed, truth_seed = np.random.SeedSequence(seed).spawn(2)
+    # spawned children depend only on their position: a third stream leaves the others as
+    # they were, so adding the wallets changed no other table
+    sim_seed, truth_seed, wallet_seed = np.random.SeedSequence(seed).spawn(3)
     rng = np.random.default_rng(sim_seed)
     say(f"drawing {customers:,} customers")
     pop = _population(rng, customers, _micros(start), _micros(end))
@@ -1220,7 +1257,10 @@ def generate(
     truth_ids = ids[: len(snap.alive)]
     say(f"computing ground truth for {len(truth_ids):,} customers")
     truth_rng = np.random.default_rng(truth_seed)
-    truth_customers = _truth_customers(truth_rng, pop, snap, cal, as_of_us, horizon_days, truth_ids)
+    wallets = _wallets(np.random.default_rng(wallet_seed), pop, snap)
+    truth_customers = _truth_customers(
+        truth_rng, pop, snap, cal, as_of_us, horizon_days, truth_ids, wallets
+    )
     truth_actions = _truth_actions(pop, snap, cal, as_of_us, truth_ids)
     say("building tables: customers, orders")
     customers_frame = _customers_frame(pop, ids)

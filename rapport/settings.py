@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     def exports_dir(self) -> Path:
         return self.home / "exports"
 
+    @property
+    def reports_dir(self) -> Path:
+        """HTML reports written outside MLflow (customer-base analytics)."""
+        return self.home / "reports"
+
     def ensure_home(self) -> Path:
         """Create the workspace folders on first use (never at import time)."""
         for folder in (self.home, self.mlruns_dir, self.outbox_dir, self.exports_dir):

@@ -129,8 +129,9 @@ def assert_features_equal(left: pd.DataFrame, right: pd.DataFrame, context: str 
 FAST_PARAMS = {"num_boost_round": 30, "num_threads": 1, "min_data_in_leaf": 40}
 
 
-def trained_workspace(home: Path, customers: int, seed: int) -> None:
-    """Demo data ingested into ``home`` with churn and value trained fast and promoted."""
+def trained_workspace(home: Path, customers: int, seed: int, end: datetime | None = None) -> None:
+    """Demo data (history to ``end``, default today) ingested into ``home`` with churn and
+    value trained fast and promoted."""
     import pytest
 
     from features.ingest import discover_files, ingest
@@ -146,7 +147,7 @@ def trained_workspace(home: Path, customers: int, seed: int) -> None:
         reset_settings()
         settings = get_settings()
         settings.ensure_home()
-        folder = write(generate(customers, seed=seed), home / "data", "parquet")
+        folder = write(generate(customers, seed=seed, end=end), home / "data", "parquet")
         con = connect(settings.warehouse_path)
         ingest(con, discover_files(folder["customers"].parent), now=datetime.now(UTC))
         training = build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)

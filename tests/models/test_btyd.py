@@ -18,8 +18,10 @@ from models.btyd import (
     BetaGeoFitter,
     BTYDValueBaseline,
     GammaGammaFitter,
+    ModifiedBetaGeoFitter,
     _BGNBDData,
     _GammaGammaData,
+    _MBGNBDData,
     rfm_from_orders,
 )
 
@@ -256,6 +258,40 @@ def test_unfitted_and_unfittable_models_say_so(data: Simulated) -> None:
     model = BetaGeoFitter().fit(data.frequency, data.recency, data.T)
     with pytest.raises(ValueError, match=r"t\[0\] = -1.0"):
         model.conditional_expected_number_of_purchases_up_to_time(-1.0, [1], [1], [2])
+
+
+# --- MBG/NBD --------------------------------------------------------------------------
+
+
+def test_mbgnbd_fit_and_p_alive_match_lifetimes(data: Simulated) -> None:
+    ours = ModifiedBetaGeoFitter().fit(data.frequency, data.recency, data.T)
+    ref = lifetimes.ModifiedBetaGeoFitter().fit(data.frequency, data.recency, data.T)
+    for name in ("r", "alpha", "a", "b"):
+        assert ours.params_[name] == pytest.approx(ref.params_[name], rel=1e-4), name
+    ref_mean_ll = -ref._negative_log_likelihood_ + data.frequency.mean() * np.log(1 / data.T.max())
+    assert ours.log_likelihood_ / len(data.T) == pytest.approx(ref_mean_ll, abs=1e-6)
+    x, rec, T = _prediction_inputs(data)
+    alive = ours.conditional_probability_alive(x, rec, T)
+    assert _max_rel(alive, ref.conditional_probability_alive(x, rec, T)) < 1e-3
+    ref.params_ = pd.Series(ours.params_)
+    np.testing.assert_allclose(alive, ref.conditional_probability_alive(x, rec, T), rtol=1e-12)
+    # unlike BG/NBD, a one-time buyer long gone is not alive for sure
+    one_timers = alive[:-7][data.frequency == 0]
+    assert one_timers.max() < 1.0 and one_timers.min() < 0.5
+
+
+def test_mbgnbd_gradient_matches_finite_differences(data: Simulated) -> None:
+    mbg = _MBGNBDData.build(data.frequency, data.recency / 365, data.T / 365)
+    params = np.array([0.7, 0.05, 0.9, 2.5])
+    numeric = approx_fprime(params, lambda p: mbg.log_likelihood(p)[0], 1e-7)
+    np.testing.assert_allclose(mbg.log_likelihood(params)[1], numeric, rtol=1e-4)
+
+
+def test_unfitted_mbgnbd_says_so() -> None:
+    with pytest.raises(NotFittedError, match="fit"):
+        ModifiedBetaGeoFitter().conditional_probability_alive([1], [1], [2])
+    with pytest.raises(ValueError, match="repeat purchases"):
+        ModifiedBetaGeoFitter().fit([0, 0], [0, 0], [5, 9])
 
 
 # --- Gamma-Gamma ----------------------------------------------------------------------

@@ -21,6 +21,7 @@ COMMANDS = [
     "promote",
     "score",
     "targets",
+    "analytics",
     "demo",
 ]
 

@@ -11,7 +11,16 @@ import pandas as pd
 import pytest
 
 from features.contract import NO_ACTION, TABLES
-from rapport.demo_data import ACTION_CHANNELS, ACTIONS, DemoData, generate, write
+from rapport.demo_data import (
+    ACTION_CHANNELS,
+    ACTIONS,
+    REGIONS,
+    SPEND_BY_REGION,
+    WALLET_SHARE_CAP,
+    DemoData,
+    generate,
+    write,
+)
 
 END = datetime(2025, 6, 1, tzinfo=UTC)
 N = 4000
@@ -141,6 +150,32 @@ def test_truth_matches_what_happened_after_the_cutoff(data: DemoData) -> None:
     assert abs(truth.expected_spend.sum() / observed_spend - 1.0) < 0.15
     assert (truth.loc[~truth.alive, "p_no_order"] == 1.0).all()
     assert truth.p_no_order.between(0, 1).all() and (truth.expected_spend >= 0).all()
+
+
+def test_budgets_hold_what_customers_spend_with_us(data: DemoData) -> None:
+    """Every customer has a yearly category budget; we get at most WALLET_SHARE_CAP of it,
+    nothing from customers who left, and the spend it implies matches what alive
+    customers then spend with us over the horizon."""
+    truth = data.truth_customers
+    assert (truth.budget > 0).all()
+    assert truth.wallet_share.between(0.0, WALLET_SHARE_CAP + 1e-12).all()
+    assert (truth.wallet_share[~truth.alive] == 0).all()
+    alive = truth[truth.alive]
+    assert np.isclose(alive.wallet_share, WALLET_SHARE_CAP).mean() > 0.05
+    # needs scale with the region's spend level
+    region = data.customers.set_index("customer_id").region.reindex(truth.customer_id)
+    medians = truth.budget.groupby(region.to_numpy()).median().reindex(list(REGIONS))
+    order = np.argsort(SPEND_BY_REGION)
+    assert list(medians.to_numpy()[order]) == sorted(medians.to_numpy())
+    # yearly spend with us = share x budget at today's rate; over the 90-day horizon about a
+    # quarter of it, a little less realised as some customers drop out meanwhile (1.09x)
+    horizon_end = data.truth_as_of + timedelta(days=data.horizon_days)
+    after = data.orders[
+        (data.orders.ordered_at > data.truth_as_of) & (data.orders.ordered_at <= horizon_end)
+    ]
+    expected = (alive.wallet_share * alive.budget).sum() * data.horizon_days / 365.25
+    realised = after[after.customer_id.isin(alive.customer_id)].amount.sum()
+    assert 1.0 < expected / realised < 1.15
 
 
 def test_logged_propensities_explain_the_assignment(data: DemoData) -> None:
