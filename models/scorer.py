@@ -21,7 +21,15 @@ from models.catalog import CHURN_FIELD, Catalog
 from models.churn import ChurnModel
 from models.nba import NbaModel
 from models.policy import Arbitration, Policy, arbitrate
-from models.results import Chosen, Churn, CustomerScore, Excluded, RankedAction, Value
+from models.results import (
+    Chosen,
+    Churn,
+    CustomerScore,
+    Excluded,
+    RankedAction,
+    Reason,
+    Value,
+)
 from models.value import OUTPUT_COLUMNS, ValueModel
 
 #: columns :meth:`Scorer.scores` adds to the features (NBA models and rules may read them)
@@ -143,10 +151,10 @@ class Scorer:
         """
         columns, X = self.scores(features)
         row = {**features, **{name: values[0] for name, values in columns.items()}}
-        reasons: list[Any] = []
+        reasons = []
         if explain:
             drivers = self.churn.explain_array(X, spec=self.spec)[0]
-            reasons = drivers["up"] + drivers["down"]
+            reasons = [Reason(**driver) for driver in drivers["up"] + drivers["down"]]
         result = self.arbitrate(row)
         probs = self.policy.probabilities(result)[0]
         ranking = result.ranking()[0]
