@@ -21,15 +21,7 @@ from models.catalog import CHURN_FIELD, Catalog
 from models.churn import ChurnModel
 from models.nba import NbaModel
 from models.policy import Arbitration, Policy, arbitrate
-from models.results import (
-    Chosen,
-    Churn,
-    CustomerScore,
-    Excluded,
-    RankedAction,
-    Reason,
-    Value,
-)
+from models.results import CustomerScore
 from models.value import OUTPUT_COLUMNS, ValueModel
 
 #: columns :meth:`Scorer.scores` adds to the features (NBA models and rules may read them)
@@ -154,44 +146,48 @@ class Scorer:
         reasons = []
         if explain:
             drivers = self.churn.explain_array(X, spec=self.spec)[0]
-            reasons = [Reason(**driver) for driver in drivers["up"] + drivers["down"]]
+            reasons = drivers["up"] + drivers["down"]
         result = self.arbitrate(row)
         probs = self.policy.probabilities(result)[0]
         ranking = result.ranking()[0]
         actions = [
-            RankedAction(
-                action=result.actions[j],
-                channel=str(self._channels[j]),
-                expected_value=float(result.expected_value[0, j]),
-                propensity=float(probs[j]),
-                uplift=float(result.uplift[0, j]),
-                value=float(result.value[0, j]),
-                cost=float(result.cost[j]),
-                weight=float(result.weight[j]),
-            )
+            {
+                "action": result.actions[j],
+                "channel": str(self._channels[j]),
+                "expected_value": float(result.expected_value[0, j]),
+                "propensity": float(probs[j]),
+                "uplift": float(result.uplift[0, j]),
+                "value": float(result.value[0, j]),
+                "cost": float(result.cost[j]),
+                "weight": float(result.weight[j]),
+            }
             for j in ranking[:top_k]
             if result.allowed[0, j]
         ]
         generator = rng if rng is not None else np.random.default_rng()
         chosen = int(generator.choice(len(probs), p=probs))
-        return CustomerScore(
-            churn=Churn(probability=float(row[CHURN_FIELD]), reasons=reasons),
-            value=Value(
-                mean=float(row["value_mean"]),
-                p10=float(row["value_p10"]),
-                p50=float(row["value_p50"]),
-                p90=float(row["value_p90"]),
-            ),
-            abc_tier=str(row["abc_tier"]),
-            rfm_segment=str(row["rfm_segment"]),
-            actions=actions,
-            chosen=Chosen(
-                action=result.actions[chosen],
-                channel=str(self._channels[chosen]),
-                propensity=float(probs[chosen]),
-            ),
-            excluded=[
-                Excluded(action=action, reason=reason)
-                for action, reason in result.exclusions(0).items()
-            ],
+        # validated in one pass from plain values: constructing its ~25 nested models one
+        # by one cost ~30 us more per live score (1.13 instead of 1.10 ms for the scoring)
+        return CustomerScore.model_validate(
+            {
+                "churn": {"probability": float(row[CHURN_FIELD]), "reasons": reasons},
+                "value": {
+                    "mean": float(row["value_mean"]),
+                    "p10": float(row["value_p10"]),
+                    "p50": float(row["value_p50"]),
+                    "p90": float(row["value_p90"]),
+                },
+                "abc_tier": str(row["abc_tier"]),
+                "rfm_segment": str(row["rfm_segment"]),
+                "actions": actions,
+                "chosen": {
+                    "action": result.actions[chosen],
+                    "channel": str(self._channels[chosen]),
+                    "propensity": float(probs[chosen]),
+                },
+                "excluded": [
+                    {"action": action, "reason": reason}
+                    for action, reason in result.exclusions(0).items()
+                ],
+            }
         )
