@@ -1,8 +1,9 @@
 """A BentoML service that does no work: the floor of the framework's cost per request.
 
 ``bench/serving.py`` serves it like the real service (same BentoML settings, same worker
-count, same request bodies, validated with the same :class:`serving.schemas.ScoreRequest`)
-so its table shows how much of ``/score`` is BentoML's HTTP stack and how much is scoring.
+count, same request bodies, validated with the same :class:`serving.schemas.ScoreRequest`
+taken whole as the endpoint's one argument) so its table shows how much of ``/score`` is
+BentoML's HTTP stack and how much is scoring.
 """
 
 from __future__ import annotations
@@ -24,6 +25,6 @@ class Noop:
         gc.collect()
         gc.freeze()
 
-    @bentoml.api(route="/score", input_spec=ScoreRequest)
-    async def score(self, **fields: Any) -> dict[str, Any]:
-        return {"customer_id": fields["customer_id"], "churn": {"probability": 0.5}}
+    @bentoml.api(route="/score")
+    async def score(self, request: ScoreRequest, /) -> dict[str, Any]:
+        return {"customer_id": request.customer_id, "churn": {"probability": 0.5}}

@@ -21,6 +21,7 @@ from models.catalog import CHURN_FIELD, Catalog
 from models.churn import ChurnModel
 from models.nba import NbaModel
 from models.policy import Arbitration, Exclusion, Policy, arbitrate
+from models.results import CustomerScore
 from models.value import OUTPUT_COLUMNS, ValueModel
 
 #: columns :meth:`Scorer.scores` adds to the features (NBA models and rules may read them)
@@ -146,7 +147,7 @@ class Scorer:
         top_k: int = 3,
         explain: bool = True,
         rng: np.random.Generator | None = None,
-    ) -> dict[str, Any]:
+    ) -> CustomerScore:
         """Churn (+ reasons), value, segments, the top-k actions and one chosen action.
 
         ``features``: the spec's features of one customer (``as_of`` included for the
@@ -157,10 +158,10 @@ class Scorer:
         """
         columns, X = self.scores(features)
         row = {**features, **{name: values[0] for name, values in columns.items()}}
-        churn: dict[str, Any] = {"probability": float(row[CHURN_FIELD]), "reasons": []}
+        reasons = []
         if explain:
             drivers = self.churn.explain_array(X, spec=self.spec)[0]
-            churn["reasons"] = drivers["up"] + drivers["down"]
+            reasons = drivers["up"] + drivers["down"]
         result = self.arbitrate(row)
         probs = self.policy.probabilities(result)[0]
         ranking = result.ranking()[0]
@@ -180,25 +181,28 @@ class Scorer:
         ]
         generator = rng if rng is not None else np.random.default_rng()
         chosen = int(generator.choice(len(probs), p=probs))
-        excluded = [
-            {"action": action, "reason": reason} for action, reason in result.exclusions(0).items()
-        ]
-        return {
-            "churn": churn,
-            "value": {
-                "mean": float(row["value_mean"]),
-                "p10": float(row["value_p10"]),
-                "p50": float(row["value_p50"]),
-                "p90": float(row["value_p90"]),
-            },
-            "abc_tier": str(row["abc_tier"]),
-            "rfm_segment": str(row["rfm_segment"]),
-            "actions": actions,
-            "chosen": {
-                "action": result.actions[chosen],
-                "channel": str(self._channels[chosen]),
-                "propensity": float(probs[chosen]),
-            },
-            "excluded": excluded,
-            "versions": dict(self.versions),
-        }
+        # validated in one pass from plain values: constructing its ~25 nested models one
+        # by one cost ~30 us more per live score (1.13 instead of 1.10 ms for the scoring)
+        return CustomerScore.model_validate(
+            {
+                "churn": {"probability": float(row[CHURN_FIELD]), "reasons": reasons},
+                "value": {
+                    "mean": float(row["value_mean"]),
+                    "p10": float(row["value_p10"]),
+                    "p50": float(row["value_p50"]),
+                    "p90": float(row["value_p90"]),
+                },
+                "abc_tier": str(row["abc_tier"]),
+                "rfm_segment": str(row["rfm_segment"]),
+                "actions": actions,
+                "chosen": {
+                    "action": result.actions[chosen],
+                    "channel": str(self._channels[chosen]),
+                    "propensity": float(probs[chosen]),
+                },
+                "excluded": [
+                    {"action": action, "reason": reason}
+                    for action, reason in result.exclusions(0).items()
+                ],
+            }
+        )

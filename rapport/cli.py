@@ -1,4 +1,13 @@
-"""The ``rapport`` command line: thin wrappers that parse options and call library code."""
+"""The ``rapport`` command line: thin wrappers that parse options and call library code.
+
+Errors, one way each: a bad option value is a usage error (the option's click type rejects
+it, naming the option, exit 2); a library error (bad data, a missing prerequisite: every
+one the library raises on purpose derives from ValueError or LookupError, or is a missing
+file, and its message names the file, field or command to run) is printed as
+``Error: <message>``, exit 1, by the command group itself (:class:`Commands`), so no
+command converts errors on its own; validate and ``ingest --strict`` exit 2 when rows were
+quarantined.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +62,45 @@ def parse_days(value: str) -> int:
     return int(text)
 
 
+class When(click.ParamType):
+    """A date or timestamp option (:func:`parse_when`); absent, it stays None."""
+
+    name = "DATE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return value if isinstance(value, datetime) else parse_when(value)
+
+
+class Days(click.ParamType):
+    """A horizon in days (:func:`parse_days`): ``90d`` or ``90``."""
+
+    name = "DAYS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return value if isinstance(value, int) else parse_days(str(value))
+
+
+class Scopes(click.ParamType):
+    """Comma-separated API key scopes, each one the service knows."""
+
+    name = "SCOPES"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from serving.auth import SCOPES
+
+        if isinstance(value, list):
+            return value
+        chosen = [s.strip() for s in str(value).split(",") if s.strip()]
+        unknown = [s for s in chosen if s not in SCOPES]
+        if unknown or not chosen:
+            what = f"unknown scope(s) {', '.join(unknown)}" if unknown else "no scope"
+            self.fail(f"{what}; expected some of {', '.join(SCOPES)}", param, ctx)
+        return chosen
+
+
+WHEN, DAYS = When(), Days()
+
+
 def open_warehouse(settings: Settings, read_only: bool = False) -> Any:
     from features.warehouse import connect
 
@@ -65,24 +113,25 @@ def open_warehouse(settings: Settings, read_only: bool = False) -> Any:
     return connect(settings.warehouse_path, read_only=read_only)
 
 
-def fail_on(*errors: type[Exception]) -> Callable:
-    """Turn expected library errors into a clean one-line CLI error (exit 1)."""
-
-    def wrap(fn: Callable) -> Callable:
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except errors as exc:
-                raise click.ClickException(str(exc)) from exc
-
-        inner.__name__ = fn.__name__
-        inner.__doc__ = fn.__doc__
-        return inner
-
-    return wrap
+#: what the library raises for bad input or a missing prerequisite (IngestError,
+#: CatalogError, TargetError, ExpressionError, ChampionsMissingError, NoScoresError, ...)
+LIBRARY_ERRORS = (ValueError, LookupError, FileNotFoundError)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class Commands(click.Group):
+    """The command group: a library error from any command becomes one clean line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LIBRARY_ERRORS as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(
+    cls=Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 def main() -> None:
     """Rapport: churn, value and next-best-action for every customer, live.
 
@@ -104,37 +153,36 @@ def main() -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True
 )
-@click.option("--end", default=None, help="Last day of history (default: today, UTC).")
+@click.option("--end", type=WHEN, default=None, help="Last day of history (default: today, UTC).")
 @click.option(
     "--truth-as-of",
+    type=WHEN,
     default=None,
     help="Cutoff of the ground-truth tables (default: end minus the horizon).",
 )
-@click.option("--horizon", default="90d", show_default=True, help="Truth horizon, e.g. 90d.")
+@click.option(
+    "--horizon", type=DAYS, default="90d", show_default=True, help="Truth horizon, e.g. 90d."
+)
 def demo_data(
     customers: int,
     seed: int,
     out_dir: Path | None,
     fmt: str,
-    end: str | None,
-    truth_as_of: str | None,
-    horizon: str,
+    end: datetime | None,
+    truth_as_of: datetime | None,
+    horizon: int,
 ) -> None:
     """Simulate realistic contract tables plus ground-truth tables."""
     from rapport.demo_data import generate, write
 
     settings = get_settings()
     out_dir = out_dir or settings.home / "demo-data"
-    end_at = parse_when(end)
-    if end_at is not None:
-        end_at = end_at.replace(hour=0, minute=0, second=0, microsecond=0)
-    truth_at = parse_when(truth_as_of)
     data = generate(
         customers,
         seed,
-        end=end_at,
-        truth_as_of=truth_at,
-        horizon_days=parse_days(horizon),
+        end=end.replace(hour=0, minute=0, second=0, microsecond=0) if end else None,
+        truth_as_of=truth_as_of,
+        horizon_days=horizon,
         progress=progress,
     )
     paths = write(data, out_dir, fmt)  # type: ignore[arg-type]
@@ -181,21 +229,17 @@ def ingest(directory: Path | None, strict: bool, outbox: bool, **tables: Path | 
 
     Bad rows go to the `quarantine` table with a reason; good rows always land.
     """
-    from features.ingest import IngestError
     from features.ingest import ingest as run_ingest
     from features.outbox_ingest import ingest_outbox
 
     settings = get_settings()
     reports = []
-    try:
-        files = _files(directory, tables) if directory or any(tables.values()) or not outbox else {}
-        con = open_warehouse(settings)
-        if files:
-            reports.append(run_ingest(con, files, now=datetime.now(UTC)))
-        if outbox:
-            reports.append(ingest_outbox(con, settings.outbox_dir, now=datetime.now(UTC)))
-    except IngestError as exc:
-        raise click.ClickException(str(exc)) from exc
+    files = _files(directory, tables) if directory or any(tables.values()) or not outbox else {}
+    con = open_warehouse(settings)
+    if files:
+        reports.append(run_ingest(con, files, now=datetime.now(UTC)))
+    if outbox:
+        reports.append(ingest_outbox(con, settings.outbox_dir, now=datetime.now(UTC)))
     for report in reports:
         say(report.summary())
     if strict and any(report.quarantined for report in reports):
@@ -209,14 +253,10 @@ def ingest(directory: Path | None, strict: bool, outbox: bool, **tables: Path | 
 @_table_options
 def validate(directory: Path | None, **tables: Path | None) -> None:
     """Check contract files and report bad rows per reason, without loading anything."""
-    from features.ingest import IngestError
     from features.ingest import validate as run_validate
 
-    try:
-        files = _files(directory, tables)
-        report = run_validate(open_warehouse(get_settings()), files, now=datetime.now(UTC))
-    except IngestError as exc:
-        raise click.ClickException(str(exc)) from exc
+    files = _files(directory, tables)
+    report = run_validate(open_warehouse(get_settings()), files, now=datetime.now(UTC))
     say(report.summary())
     if report.quarantined:
         sys.exit(2)
@@ -224,7 +264,9 @@ def validate(directory: Path | None, **tables: Path | None) -> None:
 
 # --------------------------------------------------------------------------- features
 @main.command()
-@click.option("--as-of", default=None, help="Cutoff (default: now). Events before it count.")
+@click.option(
+    "--as-of", type=WHEN, default=None, help="Cutoff (default: now). Events before it count."
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -237,7 +279,7 @@ def validate(directory: Path | None, **tables: Path | None) -> None:
     show_default=True,
     help="Add RFM scores, RFM segment and ABC tier (fitted on this snapshot and stored).",
 )
-def features(as_of: str | None, out: Path | None, segments: bool) -> None:
+def features(as_of: datetime | None, out: Path | None, segments: bool) -> None:
     """Build every customer's features as of a cutoff (point in time correct).
 
     With segments, the RFM / ABC cut points fitted on this snapshot are stored in the
@@ -249,7 +291,7 @@ def features(as_of: str | None, out: Path | None, segments: bool) -> None:
     from features.tables.segments import snapshot_segments
     from features.warehouse import raw
 
-    cutoff = parse_when(as_of) or datetime.now(UTC)
+    cutoff = as_of or datetime.now(UTC)
     spec = default_spec()
     con = open_warehouse(get_settings(), read_only=not segments)
     try:
@@ -276,26 +318,27 @@ def features(as_of: str | None, out: Path | None, segments: bool) -> None:
 
 # --------------------------------------------------------------------------- models
 KIND = click.Choice(["churn", "value"])
-JOB_ERRORS = (ValueError, LookupError)
 
 
 @main.command()
 @click.argument("kind", type=click.Choice(["churn", "value", "nba"]))
 @click.option(
     "--as-of",
+    type=WHEN,
     default=None,
     help="churn/value: holdout cutoff (default: latest with a full horizon); "
     "nba: learn from decisions before it (default: all).",
 )
-@click.option("--horizon", default=None, help="Label horizon, e.g. 90d (default from settings).")
+@click.option(
+    "--horizon", type=DAYS, default=None, help="Label horizon, e.g. 90d (default from settings)."
+)
 @click.option(
     "--catalog",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="nba only: action catalog YAML (default: the packaged models/default_catalog.yaml).",
 )
-@fail_on(*JOB_ERRORS)
-def train(kind: str, as_of: str | None, horizon: str | None, catalog: Path | None) -> None:
+def train(kind: str, as_of: datetime | None, horizon: int | None, catalog: Path | None) -> None:
     """Train a churn, value or next-best-action model, log it to MLflow, register it.
 
     churn/value: time-split cutoffs. nba: uplift per action (DR learner) from the campaign
@@ -309,42 +352,34 @@ def train(kind: str, as_of: str | None, horizon: str | None, catalog: Path | Non
     con = open_warehouse(get_settings(), read_only=True)
     try:
         if kind == "nba":
-            from models.catalog import CatalogError
             from training.nba import train_nba
 
-            try:
-                nba_result = train_nba(con, parse_when(as_of), catalog, progress=progress)
-            except CatalogError as exc:
-                raise click.ClickException(str(exc)) from exc
-            say(nba_result.summary())
+            say(train_nba(con, as_of, catalog, progress=progress).summary())
             return
-        result = jobs.train(
-            kind,
-            con,
-            as_of=parse_when(as_of),
-            horizon_days=parse_days(horizon) if horizon else None,
-            progress=progress,
-        )
+        result = jobs.train(kind, con, as_of=as_of, horizon_days=horizon, progress=progress)
     finally:
         con.disconnect()
     say(result.summary())
 
 
 @main.command()
-@click.option("--as-of", default=None, help="Holdout cutoff (default: latest with a full horizon).")
-@fail_on(*JOB_ERRORS)
-def evaluate(as_of: str | None) -> None:
+@click.option(
+    "--as-of",
+    type=WHEN,
+    default=None,
+    help="Holdout cutoff (default: latest with a full horizon).",
+)
+def evaluate(as_of: datetime | None) -> None:
     """Compare champion, challenger and baselines on the latest holdout."""
     from training import jobs
 
     con = open_warehouse(get_settings(), read_only=True)
-    say(jobs.evaluate(con, as_of=parse_when(as_of), progress=progress).summary())
+    say(jobs.evaluate(con, as_of=as_of, progress=progress).summary())
 
 
 @main.command()
 @click.argument("kind", type=KIND)
 @click.option("--trials", default=20, show_default=True, help="Optuna trials to add.")
-@fail_on(*JOB_ERRORS)
 def tune(kind: str, trials: int) -> None:
     """Tune with Optuna (TPE + pruning); the study is stored and resumes on re-run."""
     from training import jobs
@@ -356,7 +391,6 @@ def tune(kind: str, trials: int) -> None:
 @main.command()
 @click.argument("kind", type=click.Choice(["churn", "value", "nba"]))
 @click.option("--version", default=None, help="Registered version (default: the newest).")
-@fail_on(*JOB_ERRORS)
 def promote(kind: str, version: str | None) -> None:
     """Make a version @champion only if it beats the current champion on the same holdout.
 
@@ -384,7 +418,6 @@ def nba() -> None:
 
 @nba.command("evaluate")
 @click.option("--version", default=None, help="nba version (default: @challenger, else @champion).")
-@fail_on(*JOB_ERRORS)
 def nba_evaluate(version: str | None) -> None:
     """Policy-value table (IPS, SNIPS, DR with 95% bootstrap intervals) on the holdout.
 
@@ -399,25 +432,25 @@ def nba_evaluate(version: str | None) -> None:
 
 @nba.command("explain")
 @click.argument("customer_id")
-@click.option("--as-of", default=None, help="Features as of this instant (default: end of data).")
-@fail_on(*JOB_ERRORS)
-def nba_explain(customer_id: str, as_of: str | None) -> None:
+@click.option(
+    "--as-of", type=WHEN, default=None, help="Features as of this instant (default: end of data)."
+)
+def nba_explain(customer_id: str, as_of: datetime | None) -> None:
     """The champion policy's ranked actions for CUSTOMER_ID, with uplift, value, cost,
     weight and expected value, and why every other action is excluded."""
     from training.nba import explain_nba
 
     con = open_warehouse(get_settings(), read_only=True)
-    say(explain_nba(con, customer_id, parse_when(as_of)).summary())
+    say(explain_nba(con, customer_id, as_of).summary())
 
 
 # --------------------------------------------------------------------------- scores, lists
 @main.command()
-@click.option("--as-of", default=None, help="Score as of this instant (default: now).")
+@click.option("--as-of", type=WHEN, default=None, help="Score as of this instant (default: now).")
 @click.option(
     "--chunk-rows", default=250_000, show_default=True, help="Customers scored per chunk."
 )
-@fail_on(*JOB_ERRORS)
-def score(as_of: str | None, chunk_rows: int) -> None:
+def score(as_of: datetime | None, chunk_rows: int) -> None:
     """Score every known customer with the champions; append to the `scores` table.
 
     Churn probability, value with its interval, RFM segment, ABC tier and the best allowed
@@ -427,7 +460,7 @@ def score(as_of: str | None, chunk_rows: int) -> None:
 
     con = open_warehouse(get_settings())
     try:
-        run = score_all(con, parse_when(as_of), chunk_rows=chunk_rows, progress=progress)
+        run = score_all(con, as_of, chunk_rows=chunk_rows, progress=progress)
     finally:
         con.disconnect()
     say(run.summary())
@@ -464,7 +497,9 @@ def score(as_of: str | None, chunk_rows: int) -> None:
     default=None,
     help="Extra saved list definitions (YAML).",
 )
-@click.option("--as-of", default=None, help="Consent and contact history as of (default: now).")
+@click.option(
+    "--as-of", type=WHEN, default=None, help="Consent and contact history as of (default: now)."
+)
 @click.option("--run", "run_id", default=None, help="Scoring run (default: the latest).")
 @click.option("--show-lists", is_flag=True, help="Print the saved list definitions and exit.")
 def targets(
@@ -478,7 +513,7 @@ def targets(
     out: Path | None,
     suppress: Path | None,
     lists_file: Path | None,
-    as_of: str | None,
+    as_of: datetime | None,
     run_id: str | None,
     show_lists: bool,
 ) -> None:
@@ -496,47 +531,36 @@ def targets(
         definition_texts,
         read_suppression_file,
     )
-    from features.tables.scores import NoScoresError
-    from models.expressions import ExpressionError
-    from models.targeting import (
-        TargetDefinition,
-        TargetError,
-        lookup,
-        make_list,
-        saved_definitions,
-    )
+    from models.targeting import TargetDefinition, lookup, make_list, saved_definitions
 
     settings = get_settings()
+    saved: dict[str, TargetDefinition] = {}
+    if list_name is not None or show_lists:
+        saved = saved_definitions(definition_texts(settings.target_lists_path, lists_file))
+    if show_lists:
+        for name, d in saved.items():
+            say(f"{name}: {d.model_dump_json(exclude_none=True, exclude={'name'})}")
+        return
+    options = {"filter": filter_, "action": action, "top": top, "budget": budget}
+    options |= {"sort": sort, "profitable_only": profitable_only or None}
+    definition = lookup(list_name, options, saved)
+    blocked = read_suppression_file(suppress) if suppress else set()
+    if out is not None:
+        check_export(out)
+    con = open_warehouse(settings)
     try:
-        saved: dict[str, TargetDefinition] = {}
-        if list_name is not None or show_lists:
-            saved = saved_definitions(definition_texts(settings.target_lists_path, lists_file))
-        if show_lists:
-            for name, d in saved.items():
-                say(f"{name}: {d.model_dump_json(exclude_none=True, exclude={'name'})}")
-            return
-        options = {"filter": filter_, "action": action, "top": top, "budget": budget}
-        options |= {"sort": sort, "profitable_only": profitable_only or None}
-        definition = lookup(list_name, options, saved)
-        blocked = read_suppression_file(suppress) if suppress else set()
-        if out is not None:
-            check_export(out)
-        con = open_warehouse(settings)
-        try:
-            target = make_list(
-                WarehouseLists(con),
-                definition,
-                default_spec(),
-                parse_when(as_of) or datetime.now(UTC),
-                run_id=run_id,
-                suppress=blocked,
-                sink=AuditTables(con, out),
-                progress=progress,
-            )
-        finally:
-            con.disconnect()
-    except (TargetError, ExpressionError, NoScoresError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        target = make_list(
+            WarehouseLists(con),
+            definition,
+            default_spec(),
+            as_of or datetime.now(UTC),
+            run_id=run_id,
+            suppress=blocked,
+            sink=AuditTables(con, out),
+            progress=progress,
+        )
+    finally:
+        con.disconnect()
     say(target.summary())
     if out is None:
         shown = target.selection.members.head(10)
@@ -546,7 +570,7 @@ def targets(
 
 # --------------------------------------------------------------------------- analytics
 @main.command()
-@click.option("--as-of", default=None, help="End of the latest period (default: now).")
+@click.option("--as-of", type=WHEN, default=None, help="End of the latest period (default: now).")
 @click.option(
     "--period", type=click.Choice(["month", "quarter"]), default="month", show_default=True
 )
@@ -561,9 +585,8 @@ def targets(
     help="Spending potential = this quantile of comparable customers' spend.",
 )
 @click.option("--no-mlflow", is_flag=True, help="Do not log the run to MLflow.")
-@fail_on(*JOB_ERRORS)
 def analytics(
-    as_of: str | None,
+    as_of: datetime | None,
     period: str,
     periods: int | None,
     steps: int,
@@ -583,7 +606,7 @@ def analytics(
     try:
         result = run_analytics(
             con,
-            parse_when(as_of),
+            as_of,
             period=period,
             periods=periods,
             steps=steps,
@@ -642,12 +665,13 @@ def serve(host: str, port: int, workers: int | None) -> None:
 
 
 @main.command()
-@click.option("--as-of", default=None, help="Load events before this instant (default: now).")
+@click.option(
+    "--as-of", type=WHEN, default=None, help="Load events before this instant (default: now)."
+)
 @click.option(
     "--segments", default=None, help="Stored segment model version (default: the current one)."
 )
-@fail_on(LookupError)
-def materialize(as_of: str | None, segments: str | None) -> None:
+def materialize(as_of: datetime | None, segments: str | None) -> None:
     """Load the online feature store from the warehouse (every customer's record).
 
     The store is RAPPORT_ONLINE_STORE: a SQLite file in the workspace by default, or
@@ -663,9 +687,7 @@ def materialize(as_of: str | None, segments: str | None) -> None:
     store = open_store(settings.online_store_url)
     start = time.perf_counter()
     try:
-        written = run_materialize(
-            con, store, parse_when(as_of), progress=progress, segments=segments
-        )
+        written = run_materialize(con, store, as_of, progress=progress, segments=segments)
         served = store.get_meta(META_SEGMENTS_VERSION)
     finally:
         store.close()
@@ -687,28 +709,25 @@ def keys() -> None:
 @click.argument("name")
 @click.option(
     "--scopes",
+    type=Scopes(),
     default="score",
     show_default=True,
     help="Comma-separated: score, events, feedback, targets, admin (admin = all, plus as_of).",
 )
-def keys_add(name: str, scopes: str) -> None:
+def keys_add(name: str, scopes: list[str]) -> None:
     """Create a key for NAME (an app, a team); prints the key once: only its hash is kept.
 
     A running service picks the new key up within seconds. RAPPORT_API_KEYS takes
     entries too (the `entry` line printed here) for deployments without a workspace file.
     """
-    from serving.auth import KeyConfigError, add_key, hash_key, key_file
+    from serving.auth import add_key, hash_key, key_file
 
-    chosen = [s.strip() for s in scopes.split(",") if s.strip()]
     settings = get_settings()
     settings.ensure_home()
-    try:
-        plain = add_key(settings.home, chosen, name=name)
-    except KeyConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--scopes") from exc
+    plain = add_key(settings.home, scopes, name=name)
     say(plain)
-    progress(f"key for {name!r} ({', '.join(chosen)}) added to {key_file(settings.home)}")
-    progress(f"entry: {hash_key(plain)}:{'+'.join(chosen)}; shown once, store it safely")
+    progress(f"key for {name!r} ({', '.join(scopes)}) added to {key_file(settings.home)}")
+    progress(f"entry: {hash_key(plain)}:{'+'.join(scopes)}; shown once, store it safely")
 
 
 @keys.command("list")

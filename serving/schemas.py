@@ -26,6 +26,7 @@ from pydantic import (
 
 from features.contract import INTERACTION_CHANNELS
 from features.timeutil import as_utc
+from models.results import CustomerScore
 
 _REQUEST = ConfigDict(extra="forbid", hide_input_in_errors=True, frozen=True)
 _RESPONSE = ConfigDict(ser_json_inf_nan="null")
@@ -126,72 +127,14 @@ class Meta(BaseModel):
     catalog: str | None = None
 
 
-class Reason(BaseModel):
-    feature: str
-    value: float | str | None
-    phrase: str
-    direction: Literal["up", "down"]
-    contribution: float
-
-
-class Churn(BaseModel):
-    model_config = _RESPONSE
-
-    probability: float
-    reasons: list[Reason] = []
-
-
-class Value(BaseModel):
-    model_config = _RESPONSE
-
-    p10: float
-    p50: float
-    p90: float
-    mean: float
-
-
-class RankedAction(BaseModel):
-    model_config = _RESPONSE
-
-    action: str
-    channel: str
-    expected_value: float
-    propensity: float
-    uplift: float
-    value: float
-    cost: float
-    weight: float
-
-
-class Chosen(BaseModel):
-    action: str
-    channel: str | None = None
-    propensity: float
-
-
-class Excluded(BaseModel):
-    action: str
-    reason: str
-
-
-class Score(BaseModel):
-    """One customer's scores and decision."""
-
-    model_config = _RESPONSE
+class Score(CustomerScore):
+    """One customer's scores and decision: the scorer's result plus who was scored, as of
+    when, and the decision id to quote in /feedback."""
 
     customer_id: str
-    decision_id: str | None = Field(
-        description="Quote it in /feedback; null when no decision was made."
-    )
+    decision_id: str = Field(description="Quote it in /feedback.")
     as_of: datetime
     cold_start: bool = False
-    churn: Churn
-    value: Value
-    abc_tier: str
-    rfm_segment: str
-    actions: list[RankedAction]
-    chosen: Chosen | None
-    excluded: list[Excluded] = []
     features: dict[str, float | str | None] | None = None
 
 

@@ -99,6 +99,19 @@ def test_import_rule_keeps_the_frameworks_in_their_adapters(tmp_path: Path) -> N
     ]
 
 
+def test_tests_never_import_bench() -> None:
+    """bench may use the tests' helpers (tests/serving_harness.py), never the reverse."""
+    found = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            if any(name.split(".")[0] == "bench" for name in names):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == []
+
+
 @pytest.mark.parametrize(
     "command",
     [

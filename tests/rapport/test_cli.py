@@ -67,3 +67,26 @@ def test_parse_when_leaves_absent_options_to_the_library() -> None:
     assert parse_when("2025-03-01T14:00+02:00") == datetime(2025, 3, 1, 12, tzinfo=UTC)
     with pytest.raises(click.BadParameter, match="not a date"):
         parse_when("soon")
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "message"),
+    [
+        (["features", "--as-of", "someday"], "--as-of", "'someday' is not a date"),
+        (["train", "churn", "--horizon", "0d"], "--horizon", "'0d' is not a horizon"),
+        (["demo-data", "--end", "2024-13-45"], "--end", "is not a date"),
+        (["keys", "add", "app", "--scopes", "score,root"], "--scopes", "unknown scope(s) root"),
+    ],
+)
+def test_bad_option_values_are_usage_errors_naming_the_option(
+    args: list[str], option: str, message: str
+) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.output and message in result.output
+
+
+def test_library_errors_are_one_line_exit_1() -> None:
+    result = CliRunner().invoke(main, ["demo-data", "-n", "0"])
+    assert result.exit_code == 1, result.output
+    assert result.output == "Error: customers must be >= 1, got 0\n"

@@ -4,8 +4,7 @@ that need real next best actions (built once per session: about half a minute)."
 from __future__ import annotations
 
 import pytest
-
-from bench.serving import Workspace, prepare_workspace
+from serving_harness import Workspace, prepare_workspace
 
 
 @pytest.fixture(scope="session")

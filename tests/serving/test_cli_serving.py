@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from sample_data import load_tables, random_tables
+from serving_harness import Workspace, free_port, start_service, stop, wait_ready
 
-from bench.serving import Workspace, free_port, start_service, stop, wait_ready
 from features.online.events import Outbox
 from features.online.store import open_store
 from features.warehouse import connect

@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from serving_harness import Server, Workspace, start_service, stop, wait_ready
 
-from bench.serving import Server, Workspace, start_service, stop, wait_ready
 from features.batch import build
 from features.online.materialize import META_SEGMENTS
 from features.online.store import open_store
@@ -74,24 +74,24 @@ def test_score_one_equals_score_frame(
         row = {k: (None if v is pd.NA or v is pd.NaT else v) for k, v in row.items()}
         live = scorer.score_one({**row, "as_of": as_of}, top_k=6, rng=np.random.default_rng(i))
         expected = batch.iloc[i]
-        assert live["churn"]["probability"] == pytest.approx(expected["churn_probability"])
+        assert live.churn.probability == pytest.approx(expected["churn_probability"])
         for part in ("mean", "p10", "p50", "p90"):
-            assert live["value"][part] == pytest.approx(expected[f"value_{part}"])
-        assert live["abc_tier"] == expected["abc_tier"]
-        assert live["rfm_segment"] == expected["rfm_segment"]
-        best = live["actions"][0]
-        assert best["action"] == expected["best_action"]
-        assert best["expected_value"] == pytest.approx(expected["expected_value"])
-        listed = {a["action"] for a in live["actions"]}
-        excluded = {e["action"] for e in live["excluded"]}
+            assert getattr(live.value, part) == pytest.approx(expected[f"value_{part}"])
+        assert live.abc_tier == expected["abc_tier"]
+        assert live.rfm_segment == expected["rfm_segment"]
+        best = live.actions[0]
+        assert best.action == expected["best_action"]
+        assert best.expected_value == pytest.approx(expected["expected_value"])
+        listed = {a.action for a in live.actions}
+        excluded = {e.action for e in live.excluded}
         assert listed.isdisjoint(excluded)
         assert listed | excluded == set(scorer.catalog.ids)
-        assert sum(a["propensity"] for a in live["actions"]) == pytest.approx(1.0)
-        assert live["chosen"]["action"] in listed and live["chosen"]["propensity"] > 0
-        offered += best["action"] != "no_action"
+        assert sum(a.propensity for a in live.actions) == pytest.approx(1.0)
+        assert live.chosen.action in listed and live.chosen.propensity > 0
+        offered += best.action != "no_action"
         if kind == "none":
             assert listed == {"no_action"}
-            reasons = {e["reason"] for e in live["excluded"]}
+            reasons = {e.reason for e in live.excluded}
             assert reasons == {"no uplift estimate for this action"}
     if kind == "nba":
         assert offered > 0, "the fitted NBA model never beat doing nothing"

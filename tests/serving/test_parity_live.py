@@ -21,8 +21,7 @@ import pandas as pd
 import pytest
 import redis
 from sample_data import assert_features_equal
-
-from bench.serving import (
+from serving_harness import (
     Workspace,
     environment,
     free_port,
@@ -31,6 +30,7 @@ from bench.serving import (
     stop,
     wait_ready,
 )
+
 from features.batch import build
 from features.online.events import OPEN_SUFFIX
 from features.online.materialize import materialize

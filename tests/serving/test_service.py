@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+from serving_harness import Server, Workspace, prepare_workspace, start_service, stop, wait_ready
 
-from bench.serving import Server, Workspace, prepare_workspace, start_service, stop, wait_ready
 from features.online.events import OPEN_SUFFIX
 from features.spec import default_spec
 

@@ -17,8 +17,7 @@ import httpx
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
-from bench.serving import (
+from serving_harness import (
     Server,
     Workspace,
     environment,

@@ -1,0 +1,206 @@
+"""The service class called directly, in this process (BentoML's advice: unit-test the
+service class; ``test_service.py`` runs the same service as a server over HTTP).
+
+One demo workspace and one ``Rapport`` instance serve the module; each endpoint is called
+with its request model and a BentoML request context, as BentoML calls it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import bentoml
+import numpy as np
+import pytest
+from serving_harness import Workspace, environment, prepare_workspace
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from features.online.events import OPEN_SUFFIX
+from features.online.materialize import META_FEATURE_SET
+from features.online.record import evaluate
+from features.spec import default_spec
+from models.results import CustomerScore
+from serving import accept
+from serving.middleware import GRANTED
+from serving.schemas import (
+    BatchItem,
+    ColdStart,
+    CustomerAttributes,
+    EventsRequest,
+    EventsResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    OrderEvent,
+    ScoreBatchRequest,
+    ScoreBatchResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+#: bentoml's own import (pathspec 1.x) and its request models (pydantic 2.11) warn;
+#: nothing we can act on
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`:DeprecationWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return prepare_workspace(tmp_path_factory.mktemp("direct"), customers=1000, seed=3)
+
+
+@pytest.fixture(scope="module")
+def service(ws: Workspace) -> Iterator[Any]:
+    """A ``Rapport`` over the workspace, stopped (decisions flushed, files closed) after."""
+    with environment(RAPPORT_HOME=str(ws.home), RAPPORT_ONLINE_STORE=None):
+        from serving.service import Rapport
+
+        with pytest.MonkeyPatch.context() as patch:
+            # the workspace's own BentoML store, which a server finds through BENTOML_HOME
+            patch.setattr(Rapport.inner, "bundle", None)
+            instance = Rapport()
+    yield instance
+    asyncio.run(instance._stop())
+    # undo what a worker process does for its whole life
+    instance._threads.restore_original_limits()
+    accept.uninstall()
+    gc.unfreeze()
+
+
+def call(endpoint: Any, request: Any, scopes: frozenset[str] = frozenset({"score"})) -> Any:
+    """``endpoint(request, ctx=...)`` inside a request context granting ``scopes``; returns
+    the result and the status code the endpoint set."""
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+    scope["state"] = {GRANTED: scopes}
+    ctx = bentoml.Context()
+    with ctx.in_request(Request(scope)):
+        result = asyncio.run(endpoint(request, ctx=ctx))
+        status = ctx.response.status_code
+    if isinstance(result, JSONResponse):
+        assert result.status_code == status
+    return result, status
+
+
+def error(result: Any) -> str:
+    assert isinstance(result, JSONResponse)
+    return str(json.loads(result.body)["error"])
+
+
+def outbox_rows(ws: Workspace, table: str) -> list[dict[str, Any]]:
+    folder = ws.home / "outbox" / table
+    paths = [*folder.glob(f"*{OPEN_SUFFIX}"), *folder.glob("*.jsonl")]
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
+
+
+def test_loaded_ready_and_stamped(service: Any) -> None:
+    assert service.ready and service.__is_ready__()
+    assert service.meta.models == {"churn": "1", "value": "1"}
+    assert service.meta.feature_set == default_spec().version
+    assert dict(service.version_headers) == {
+        b"x-rapport-models": b"churn=1,value=1",
+        b"x-rapport-feature-set": default_spec().version.encode(),
+    }
+
+
+def test_score_is_the_scorers_result_plus_identity_and_a_logged_decision(
+    service: Any, ws: Workspace
+) -> None:
+    customer = ws.customers[0]
+    as_of = datetime.now(UTC) - timedelta(days=3)
+    request = ScoreRequest(customer_id=customer, as_of=as_of, include_features=True)
+    result, status = call(service.score, request, frozenset({"score", "admin"}))
+    assert status == 200 and isinstance(result, ScoreResponse)
+    assert isinstance(result, CustomerScore)  # the scorer's type, not a copy of it
+    assert (result.customer_id, result.as_of, result.cold_start) == (customer, as_of, False)
+    features = evaluate(service.store.get(customer), as_of, service.spec)
+    expected = service.scorer.score_one({**features, "as_of": as_of}, rng=np.random.default_rng(0))
+    assert result.churn == expected.churn and result.churn.reasons
+    assert result.value == expected.value
+    assert (result.abc_tier, result.rfm_segment) == (expected.abc_tier, expected.rfm_segment)
+    assert result.actions == expected.actions and result.excluded == expected.excluded
+    assert result.features is not None and result.features["orders_all"] == features["orders_all"]
+    assert result.meta == service.meta
+    (row,) = [r for r in outbox_rows(ws, "campaign_log") if r["decision_id"] == result.decision_id]
+    assert row["customer_id"] == customer and row["action"] == result.chosen.action
+    assert row["propensity"] == result.chosen.propensity
+
+
+def test_score_errors_are_json_with_their_status(service: Any, ws: Workspace) -> None:
+    result, status = call(service.score, ScoreRequest(customer_id="NOBODY"))
+    assert status == 404 and "NOBODY" in error(result)
+    as_of = datetime.now(UTC) - timedelta(days=1)
+    result, status = call(service.score, ScoreRequest(customer_id=ws.customers[1], as_of=as_of))
+    assert status == 403 and "admin" in error(result)
+    too_many = ScoreBatchRequest(
+        customers=[
+            BatchItem(customer_id=f"C{i}") for i in range(service.settings.max_batch_size + 1)
+        ]
+    )
+    result, status = call(service.score_batch, too_many)
+    assert status == 413 and "batch limit" in error(result)
+
+
+def test_not_ready_is_503_until_the_store_matches(service: Any, ws: Workspace) -> None:
+    version = service.store.get_meta(META_FEATURE_SET)
+    service.store.set_meta(META_FEATURE_SET, "another-feature-set")
+    try:
+        service._refresh()
+        assert not service.ready
+        result, status = call(service.score, ScoreRequest(customer_id=ws.customers[1]))
+        assert status == 503 and "another-feature-set" in error(result)
+    finally:
+        service.store.set_meta(META_FEATURE_SET, version)
+        service._refresh()
+    assert service.ready
+
+
+def test_cold_start_and_batch(service: Any, ws: Workspace) -> None:
+    cold = ScoreRequest(
+        customer_id="NEW-9",
+        cold_start=ColdStart(attributes=CustomerAttributes(region="north")),
+        include_features=True,
+    )
+    result, status = call(service.score, cold)
+    assert status == 200 and result.cold_start and result.rfm_segment == "prospect"
+    assert result.features is not None and result.features["region"] == "north"
+    assert service.store.get("NEW-9") is None  # scored, never stored
+    batch = ScoreBatchRequest(
+        customers=[BatchItem(customer_id=c) for c in [*ws.customers[2:4], "NEW-10"]]
+    )
+    result, status = call(service.score_batch, batch)
+    assert status == 200 and isinstance(result, ScoreBatchResponse)
+    assert [s.customer_id for s in result.results] == ws.customers[2:4]
+    assert all(s.churn.reasons == [] for s in result.results)  # explain is off in batches
+    assert [(e.customer_id, e.status) for e in result.errors] == [("NEW-10", 404)]
+
+
+def test_events_and_feedback(service: Any, ws: Workspace) -> None:
+    customer = ws.customers[4]
+    order = OrderEvent(
+        order_id="O-direct-1",
+        customer_id=customer,
+        ordered_at=datetime.now(UTC) - timedelta(minutes=2),
+        amount=12.5,
+    )
+    result, status = call(service.events, EventsRequest(orders=[order]), frozenset({"events"}))
+    assert status == 200 and isinstance(result, EventsResponse)
+    assert (result.accepted, result.new, result.customers) == (1, 1, [customer])
+    assert "O-direct-1" in {r["order_id"] for r in outbox_rows(ws, "orders")}
+    stranger = order.model_copy(update={"order_id": "O-direct-2", "customer_id": "NOBODY"})
+    result, status = call(service.events, EventsRequest(orders=[stranger]))
+    assert status == 404 and "NOBODY" in error(result)
+    changed = order.model_copy(update={"amount": 13.0})
+    result, status = call(service.events, EventsRequest(orders=[changed]))
+    assert status == 409
+    feedback = FeedbackRequest(decision_id="d-direct", outcome=True, revenue=3.0)
+    result, status = call(service.feedback, feedback, frozenset({"feedback"}))
+    assert status == 200 and isinstance(result, FeedbackResponse)
+    (row,) = [r for r in outbox_rows(ws, "feedback") if r["decision_id"] == "d-direct"]
+    assert row["outcome"] is True and row["revenue"] == 3.0
