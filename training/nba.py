@@ -81,6 +81,12 @@ def fit_nba(
             f"logged actions {unknown} are not in catalog {catalog.version}; add them to the "
             "catalog (the policy can only be evaluated on actions it knows)"
         )
+    unlogged = int(frame["propensity"].isna().sum())
+    if unlogged:
+        raise ValueError(
+            f"{unlogged:,} of {len(frame):,} logged decisions have no propensity (unknown in "
+            "the campaign log); next-best-action training needs the logged probabilities"
+        )
     model = UpliftModel(method, dict(params or {}), random_state=seed)
     model.fit(
         frame[list(feature_names)],

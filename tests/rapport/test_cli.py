@@ -67,3 +67,17 @@ def test_parse_when_leaves_absent_options_to_the_library() -> None:
     assert parse_when("2025-03-01T14:00+02:00") == datetime(2025, 3, 1, 12, tzinfo=UTC)
     with pytest.raises(click.BadParameter, match="not a date"):
         parse_when("soon")
+
+
+def test_file_options_read_a_european_export(tmp_path: Path) -> None:
+    corpus = Path(__file__).parents[1] / "features" / "files"
+    (tmp_path / "customers.csv").write_text("customer_id;signup_at\nC1;2023-01-01\nC2;2023-06-01\n")
+    args = ["validate", "--customers", str(tmp_path / "customers.csv")]
+    args += ["--orders", str(corpus / "semicolon_decimal_comma.csv"), "--decimal", ","]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "--date-format" in result.output, result.output
+    result = CliRunner().invoke(main, [*args, "--thousands", ".", "--date-format", "%d/%m/%Y"])
+    assert result.exit_code == 2, result.output  # one row would be quarantined: '12.5'
+    assert "read 3, inserted 2" in result.output and "invalid number 1" in result.output
+    result = CliRunner().invoke(main, [*args, "--thousands", ","])
+    assert result.exit_code == 2 and "thousands separator" in result.output
