@@ -307,8 +307,12 @@ def features(as_of: str | None, out: Path | None, segments: bool) -> None:
     """Build every customer's features as of a cutoff (point in time correct).
 
     With segments, the RFM / ABC cut points fitted on this snapshot are stored in the
-    warehouse as the current segment model (what `rapport materialize` serves).
+    warehouse as the current segment model (what `rapport materialize` serves). The file
+    holds ``customer_id``, ``as_of`` (the cutoff) and the features: what the registered
+    models' pyfuncs take as they are.
     """
+    import pandas as pd
+
     from features.batch import build
     from features.segments import describe_segments, with_segments
     from features.spec import default_spec
@@ -332,6 +336,8 @@ def features(as_of: str | None, out: Path | None, segments: bool) -> None:
     if segments and len(frame):
         say(describe_segments(frame))
     if out:
+        # the cutoff travels with the features: the value model reads its month (season)
+        frame.insert(1, "as_of", pd.Timestamp(cutoff))
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".csv":
             frame.to_csv(out, index=False)

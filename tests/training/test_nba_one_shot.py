@@ -123,6 +123,17 @@ def test_the_cli_trains_and_the_first_promotion_passes_the_overlap_check(warehou
     assert "no churn / value champions" in out.output or "estimated for" in out.output
     promoted = runner.invoke(main, ["promote", "nba"])
     assert promoted.exit_code == 0 and "promoted to @champion" in promoted.output, promoted.output
+    # a policy from features alone predicts on what `rapport features --out` writes
+    import mlflow
+
+    from training import tracking
+
+    out = warehouse.parent / "features.parquet"
+    written = runner.invoke(main, ["features", "--as-of", "2024-06-10", "--out", str(out)])
+    assert written.exit_code == 0, written.output
+    tracking.configure()
+    uplift = mlflow.pyfunc.load_model("models:/nba@champion").predict(pd.read_parquet(out))
+    assert len(uplift) == CUSTOMERS and "uplift_revenue_email_discount" in uplift.columns
 
 
 def test_a_catalog_that_reads_scores_names_each_action_and_champion(warehouse: Path) -> None:
