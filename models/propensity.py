@@ -22,10 +22,10 @@ Off-policy evaluation and the doubly-robust uplift learner weight each logged de
 **Overlap.** Weights are only trustworthy where every action had a fair chance. The
 diagnostics are the share of decisions whose propensity for their own action is below
 :data:`TINY`, and the effective sample size (Kish: ``(sum w)^2 / sum w^2`` with ``w = 1/p``)
-of each action's decisions, relative to their number. Overlap is *poor* when more than
-:data:`MAX_TINY_SHARE` of the decisions are tiny or an action keeps less than
-:data:`MIN_RELATIVE_ESS` of its decisions; the NBA promotion gate refuses a policy whose
-evaluation rests on estimated propensities with poor overlap.
+of each action's decisions. Overlap is *poor* when more than :data:`MAX_TINY_SHARE` of the
+decisions are tiny, or an action keeps less than :data:`MIN_RELATIVE_ESS` of its decisions
+or fewer than :data:`MIN_ESS` effective decisions; the NBA promotion gate refuses a policy
+whose evaluation rests on estimated propensities with poor overlap.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ FLOOR = 1e-3
 TINY = 0.01
 MAX_TINY_SHARE = 0.05
 MIN_RELATIVE_ESS = 0.1
+MIN_ESS = 30.0
 #: the column saying which rows' propensities were estimated (not logged)
 ESTIMATED = "propensity_estimated"
 
@@ -84,10 +85,10 @@ class Overlap:
                 f"their own action (at most {MAX_TINY_SHARE:.0%} allowed)"
             )
         for action, (n, ess) in sorted(self.ess.items()):
-            if n and ess < MIN_RELATIVE_ESS * n:
+            if n and (ess < MIN_RELATIVE_ESS * n or ess < MIN_ESS):
                 out.append(
                     f"action {action!r} keeps an effective sample size of {ess:,.0f} of its "
-                    f"{n:,} decisions (under {MIN_RELATIVE_ESS:.0%})"
+                    f"{n:,} decisions (at least {MIN_RELATIVE_ESS:.0%} and {MIN_ESS:.0f} needed)"
                 )
         return out
 

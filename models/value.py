@@ -210,6 +210,10 @@ class ValueModel:
     BG/NBD prior (module docstring). ``horizon_days`` is the labels' horizon.
     """
 
+    #: weight of the booster's correction, chosen in :meth:`fit`; models pickled before the
+    #: choice existed (registered champions) load as the boosted model they were
+    shrinkage_: float = 1.0
+
     def __init__(
         self,
         params: Mapping[str, Any] | None = None,

@@ -41,7 +41,9 @@ actions:
 """
 
 
-def one_shot_campaign(folder: Path) -> dict[str, Path]:
+def one_shot_campaign(folder: Path, targeting: float = 0.0) -> dict[str, Path]:
+    """``targeting`` > 0: the discount goes to big spenders and the news to small ones,
+    the more surely the larger it is (0: uniform at random)."""
     rng = np.random.default_rng(3)
     ids = [f"C{i}" for i in range(CUSTOMERS)]
     signup = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(
@@ -58,7 +60,11 @@ def one_shot_campaign(folder: Path) -> dict[str, Path]:
             "amount": amount,
         }
     )
-    arm = rng.choice(ARMS, CUSTOMERS)
+    spend = np.log(amount) - 3.5
+    logits = np.stack([np.zeros(CUSTOMERS), targeting * spend, -targeting * spend], axis=1)
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    drawn = np.minimum((p.cumsum(axis=1) < rng.random(CUSTOMERS)[:, None]).sum(axis=1), 2)
+    arm = np.asarray(ARMS)[drawn]
     converted = rng.random(CUSTOMERS) < np.array([CONVERT[a] for a in arm])
     decided = pd.Timestamp("2024-06-04 09:00", tz="UTC") + pd.to_timedelta(
         rng.integers(0, 3600, CUSTOMERS), "s"
@@ -83,11 +89,12 @@ def one_shot_campaign(folder: Path) -> dict[str, Path]:
 
 
 @pytest.fixture
-def warehouse(tmp_path: Path, workspace: Path) -> Path:
+def warehouse(tmp_path: Path, workspace: Path, request: pytest.FixtureRequest) -> Path:
     from rapport.settings import get_settings
 
     con = connect(get_settings().warehouse_path)
-    report = ingest(con, one_shot_campaign(tmp_path / "export"), NOW)
+    targeting = getattr(request, "param", 0.0)
+    report = ingest(con, one_shot_campaign(tmp_path / "export", targeting), NOW)
     assert report.quarantined == 0, report.summary()
     (tmp_path / "catalog.yaml").write_text(CATALOG)
     return tmp_path / "catalog.yaml"
@@ -146,3 +153,19 @@ def test_a_catalog_that_reads_scores_names_each_action_and_champion(warehouse: P
     result = CliRunner().invoke(main, ["train", "nba"])
     assert result.exit_code != 0 and "retention_discount" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("warehouse", [12.0], indirect=True)
+def test_the_gate_refuses_a_policy_resting_on_estimated_propensities_without_overlap(
+    warehouse: Path,
+) -> None:
+    """Targeted by spend almost deterministically and logged without propensities: the few
+    customers who got the other arm carry the whole estimate, and the gate says so."""
+    runner = CliRunner()
+    out = runner.invoke(main, ["train", "nba", "--catalog", str(warehouse)])
+    assert out.exit_code == 0, out.output
+    assert "POOR" in out.output
+    promoted = runner.invoke(main, ["promote", "nba"])
+    assert promoted.exit_code == 0, promoted.output
+    assert "promoted to @champion" not in promoted.output
+    assert "estimated propensities with poor overlap" in promoted.output
