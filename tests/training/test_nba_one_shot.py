@@ -18,6 +18,7 @@ from features.ingest import ingest
 from features.warehouse import connect
 from models.catalog import default_catalog
 from rapport.cli import main
+from rapport.settings import get_settings
 from training.nba import train_nba
 from training.nba_data import enricher_for
 
@@ -90,7 +91,6 @@ def one_shot_campaign(folder: Path, targeting: float = 0.0) -> dict[str, Path]:
 
 @pytest.fixture
 def warehouse(tmp_path: Path, workspace: Path, request: pytest.FixtureRequest) -> Path:
-    from rapport.settings import get_settings
 
     con = connect(get_settings().warehouse_path)
     targeting = getattr(request, "param", 0.0)
@@ -101,7 +101,6 @@ def warehouse(tmp_path: Path, workspace: Path, request: pytest.FixtureRequest) -
 
 
 def test_a_one_shot_campaign_trains_from_features_alone(warehouse: Path) -> None:
-    from rapport.settings import get_settings
 
     con = connect(get_settings().warehouse_path)
     result = train_nba(con, catalog=warehouse, compare_methods=False, n_boot=100)
@@ -145,7 +144,7 @@ def test_the_cli_trains_and_the_first_promotion_passes_the_overlap_check(warehou
 
 def test_a_catalog_that_reads_scores_names_each_action_and_champion(warehouse: Path) -> None:
     with pytest.raises(LookupError) as error:
-        enricher_for(default_catalog())
+        enricher_for(connect(get_settings().warehouse_path), default_catalog())
     message = str(error.value)
     assert "action 'retention_discount' needs churn@champion and value@champion" in message
     assert "action 'loyalty_upgrade' needs churn@champion" in message
