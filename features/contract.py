@@ -123,7 +123,9 @@ CAMPAIGN_LOG = Table(
         Column("decided_at", "timestamp"),
         Column("action", "string"),
         Column("channel", "string"),
-        Column("propensity", "float"),
+        # the probability with which the logging policy chose the action; most CRM exports
+        # have none (null: unknown), and next-best-action training then estimates it
+        Column("propensity", "float", required=False),
         Column("outcome", "bool", required=False),
         Column("revenue", "float", required=False),
         Column("responded_at", "timestamp", required=False),

@@ -36,6 +36,9 @@ nothing.
 
 from __future__ import annotations
 
+import json
+import re
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +49,7 @@ from typing import Any
 import duckdb
 
 from features.contract import DUCKDB_TYPES, TABLES, Column, Table
+from features.files import BadLine, FileError, FileOptions, read_csv
 from features.timeutil import as_utc
 from features.warehouse import ensure_contract_tables, raw
 
@@ -76,6 +80,10 @@ _TYPE_WORDS = {
     "bool": "a boolean (true/false)",
 }
 _STAGE, _MULTI = "_rapport_ingest_stage", "_rapport_ingest_multi"
+#: what a line that does not split into the header's fields is counted as
+BAD_LINE = "unreadable line"
+#: dates whose day and month are both numbers in an order ISO 8601 does not fix
+_DAY_MONTH = r"\d{1,2}[./-]\d{1,2}[./-]\d{2,4}([ T].*)?"
 _EXCEPTIONS = "_rapport_ingest_exceptions"
 
 
@@ -170,6 +178,10 @@ class _Source:
     columns: dict[str, str]
     #: name of a column holding each row's file (JSON lines), excluded from the row itself
     file_column: str | None = None
+    #: how numbers and dates are written in the file
+    options: FileOptions = field(default_factory=FileOptions)
+    #: records of a CSV file that do not fit its header (quarantined with their line)
+    bad_lines: tuple[BadLine, ...] = ()
 
 
 # --------------------------------------------------------------------------- public API
@@ -195,22 +207,45 @@ def discover_files(directory: Path, as_is: Sequence[str] = ()) -> dict[str, Path
 
 
 def validate(
-    con: Any, files: Mapping[str, Path], now: datetime, as_is: Sequence[str] = ()
+    con: Any,
+    files: Mapping[str, Path],
+    now: datetime,
+    as_is: Sequence[str] = (),
+    options: FileOptions | None = None,
 ) -> IngestReport:
     """Run every check of :func:`ingest` and report, leaving the warehouse untouched."""
-    return _run(con, _file_sources(con, files, as_is), as_utc(now), commit=False)
+    return _run_files(con, files, as_utc(now), as_is, options or FileOptions(), commit=False)
 
 
 def ingest(
-    con: Any, files: Mapping[str, Path], now: datetime, as_is: Sequence[str] = ()
+    con: Any,
+    files: Mapping[str, Path],
+    now: datetime,
+    as_is: Sequence[str] = (),
+    options: FileOptions | None = None,
 ) -> IngestReport:
     """Check and load contract files (idempotent); bad rows go to quarantine with a reason.
 
     ``as_is``: tables outside the contract that ``files`` may hold too (the demo's
     simulator writes some, see :mod:`rapport.truth`); they are loaded as they are, without
-    checks, and replaced on every ingest.
+    checks, and replaced on every ingest. ``options`` say how CSV files are written
+    (delimiter, encoding, decimal comma, thousands separator, date format); see
+    :class:`features.files.FileOptions`.
     """
-    return _run(con, _file_sources(con, files, as_is), as_utc(now), commit=True)
+    return _run_files(con, files, as_utc(now), as_is, options or FileOptions(), commit=True)
+
+
+def _run_files(
+    con: Any,
+    files: Mapping[str, Path],
+    now: datetime,
+    as_is: Sequence[str],
+    options: FileOptions,
+    commit: bool,
+) -> IngestReport:
+    with tempfile.TemporaryDirectory(prefix="rapport-ingest-") as scratch:
+        sources = _file_sources(con, files, as_is, options, Path(scratch))
+        return _run(con, sources, now, commit)
 
 
 def ingest_jsonl(con: Any, batches: Mapping[str, Sequence[Path]], now: datetime) -> IngestReport:
@@ -229,12 +264,16 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _relation(path: Path, as_text: bool) -> str:
-    name = path.name.lower()
-    if name.endswith((".parquet", ".pq")):
+def _is_csv(path: Path) -> bool:
+    return path.name.lower().endswith((".csv", ".csv.gz", ".tsv"))
+
+
+def _relation(path: Path) -> str:
+    """A typed read (truth tables, and Parquet files of contract tables)."""
+    if path.name.lower().endswith((".parquet", ".pq")):
         return f"read_parquet({_lit(str(path))})"
-    if name.endswith((".csv", ".csv.gz", ".tsv")):
-        return f"read_csv({_lit(str(path))}, header = true, all_varchar = {str(as_text).lower()})"
+    if _is_csv(path):
+        return f"read_csv({_lit(str(path))}, header = true)"
     raise IngestError(f"{path}: unsupported file type (use .parquet, .csv or .csv.gz)")
 
 
@@ -252,8 +291,14 @@ def duckdb_error(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in lines[:3] if line.strip())
 
 
-def _file_sources(con: Any, files: Mapping[str, Path], as_is: Sequence[str]) -> list[_Source]:
-    """Open every file and check its columns before anything is written."""
+def _file_sources(
+    con: Any,
+    files: Mapping[str, Path],
+    as_is: Sequence[str],
+    options: FileOptions,
+    scratch: Path,
+) -> list[_Source]:
+    """Open every file and check its columns and dates before anything is written."""
     if clash := sorted(set(as_is) & set(TABLES)):
         raise IngestError(f"{', '.join(clash)}: contract tables cannot be loaded as they are")
     unknown = sorted(set(files) - set(LOAD_ORDER) - set(as_is))
@@ -270,18 +315,70 @@ def _file_sources(con: Any, files: Mapping[str, Path], as_is: Sequence[str]) -> 
         path = Path(files[name])
         if not path.is_file():
             raise IngestError(f"{path}: file not found")
-        relation = _relation(path, as_text=name in TABLES)
+        bad_lines: list[BadLine] = []
+        if name in TABLES and _is_csv(path):
+            try:
+                read = read_csv(db, path, options, scratch)
+            except FileError as exc:
+                raise IngestError(str(exc)) from exc
+            relation, bad_lines = read.relation, read.bad_lines
+        else:
+            relation = _relation(path)
         columns = _describe(db, relation, str(path))
         if name in TABLES:
             missing = _missing_columns(TABLES[name], columns)
             if missing:
+                hint = ""
+                if len(columns) == 1 and options.delimiter is not None:
+                    hint = (
+                        f" (the header reads as one column with --delimiter {options.delimiter!r})"
+                    )
                 problems.append(
                     f"{path}: missing required column(s) {', '.join(missing)} of table {name}"
+                    + hint
                 )
-        sources.append(_Source(name, str(path), relation, columns))
+                continue
+            if options.date_format is None:
+                _refuse_ambiguous_dates(db, TABLES[name], relation, columns, path)
+        sources.append(_Source(name, str(path), relation, columns, None, options, tuple(bad_lines)))
     if problems:
         raise IngestError("\n".join(problems))
     return sources
+
+
+def _refuse_ambiguous_dates(
+    db: duckdb.DuckDBPyConnection,
+    table: Table,
+    relation: str,
+    columns: Mapping[str, str],
+    path: Path,
+) -> None:
+    """Dates like ``03/04/2025`` are never guessed: without a date format they stop the
+    ingest, naming the file, the column, the row's id and the option to give."""
+    by_lower = {c.lower(): c for c, kind in columns.items() if kind == "VARCHAR"}
+    texts = [
+        (col.name, by_lower[col.name.lower()])
+        for col in table.columns
+        if col.type == "timestamp" and col.name.lower() in by_lower
+    ]
+    if not texts:
+        return
+    key = by_lower.get(table.id_column.lower(), table.id_column)
+    pattern = _lit(_DAY_MONTH)
+    found = " OR ".join(f"regexp_full_match(trim({_ident(c)}), {pattern})" for _, c in texts)
+    picks = ", ".join(_ident(c) for _, c in texts)
+    sql = f"SELECT {_ident(key)}, {picks} FROM {relation} WHERE {found} LIMIT 1"
+    row = db.execute(sql).fetchone()
+    if row is None:
+        return
+    for (name, _), value in zip(texts, row[1:], strict=True):
+        if value is not None and re.fullmatch(_DAY_MONTH, value.strip()):
+            raise IngestError(
+                f"{path}: {name} '{value}' (at {table.id_column} '{row[0]}') writes the day and "
+                "the month as numbers, and their order is never guessed; give --date-format, "
+                "e.g. '%d/%m/%Y' for 31/12/2025 or '%m/%d/%Y' for 12/31/2025 "
+                "(add ' %H:%M' for times)"
+            )
 
 
 def _missing_columns(table: Table, columns: Mapping[str, str]) -> list[str]:
@@ -387,7 +484,37 @@ def _load_table(db: duckdb.DuckDBPyConnection, source: _Source, now: datetime) -
     inserted = _insert_new(db, table)
     report = _count(db, table, source, int(clean), int(same), inserted)
     report.newly_quarantined = _quarantine(db, table, source, now)
+    if source.bad_lines:
+        report.read += len(source.bad_lines)
+        report.quarantined_by_reason[BAD_LINE] = len(source.bad_lines)
+        report.newly_quarantined += _quarantine_lines(db, table, source, now)
     return report
+
+
+def _quarantine_lines(
+    db: duckdb.DuckDBPyConnection, table: Table, source: _Source, now: datetime
+) -> int:
+    """Add the file's unreadable lines to quarantine (their fields as a list, with the line)."""
+    rows = [
+        (json.dumps({"line": bad.line, "fields": list(bad.fields)}), bad.reason)
+        for bad in source.bad_lines
+    ]
+    db.execute("CREATE OR REPLACE TEMP TABLE _rapport_bad_lines (row_json VARCHAR, reason VARCHAR)")
+    db.executemany("INSERT INTO _rapport_bad_lines VALUES (?, ?)", rows)
+    name = _lit(table.name)
+    (added,) = _one(
+        db,
+        f"""
+        INSERT INTO {QUARANTINE}
+        SELECT DISTINCT {name}, {_lit(source.label)}, row_json, reason,
+               TIMESTAMPTZ {_lit(now.isoformat())}
+        FROM _rapport_bad_lines s WHERE NOT EXISTS (
+            SELECT 1 FROM {QUARANTINE} x
+            WHERE x.table_name = {name} AND x.row_json = s.row_json AND x.reason = s.reason)
+    """,
+    )
+    db.execute("DROP TABLE _rapport_bad_lines")
+    return int(added)
 
 
 @dataclass(frozen=True)
@@ -438,7 +565,8 @@ class _Query:
         fields = self.fields
         passthrough = ", ".join(f"{_ident(c)} AS _o{i}" for i, c in enumerate(self.originals))
         file_sql = _ident(self.source.file_column) if self.source.file_column else "NULL::VARCHAR"
-        parsed = ", ".join(f"{_parse(f)} AS {f.parsed}" for f in fields)
+        options = self.source.options
+        parsed = ", ".join(f"{_parse(f, options)} AS {f.parsed}" for f in fields)
         blanks = ", ".join(f"{_blank(f)} AS {f.blank}" for f in fields)
         typed = ", ".join(f"{_typed(f)} AS {f.value}" for f in fields)
         return f"""
@@ -536,7 +664,7 @@ class _Query:
         """
 
 
-def _parse(f: _Field) -> str:
+def _parse(f: _Field, options: FileOptions) -> str:
     """The value converted to the contract type, NULL when it does not parse."""
     if f.ref is None:
         return f"NULL::{DUCKDB_TYPES[f.col.type]}"
@@ -548,10 +676,35 @@ def _parse(f: _Field) -> str:
             return ref
         if f.stype.startswith("TIMESTAMP") or f.stype == "DATE":
             return f"timezone('UTC', CAST({ref} AS TIMESTAMP))"
-        return f"TRY_CAST(trim(CAST({ref} AS VARCHAR)) AS TIMESTAMPTZ)"
+        value = f"trim(CAST({ref} AS VARCHAR))"
+        iso = f"TRY_CAST({value} AS TIMESTAMPTZ)"
+        if options.date_format is None:
+            return iso
+        # the session's time zone is UTC during ingest: naive parsed times are UTC
+        formats = ", ".join(_lit(fmt) for fmt in options.date_formats)
+        declared = f"CAST(try_strptime({value}, [{formats}]) AS TIMESTAMPTZ)"
+        return f"coalesce({declared}, {iso})"
     if f.col.type == "bool":
         return f"TRY_CAST({f'trim({ref})' if text else ref} AS BOOLEAN)"
-    return f"TRY_CAST({ref} AS DOUBLE)"  # DuckDB ignores surrounding spaces here
+    if not text or (options.decimal == "." and options.thousands is None):
+        return f"TRY_CAST({ref} AS DOUBLE)"  # DuckDB ignores surrounding spaces here
+    return _number(ref, options)
+
+
+def _number(ref: str, options: FileOptions) -> str:
+    """A number written with a decimal comma and/or a thousands separator; with a separator,
+    digits must come in groups of three (so ``12.5`` is never read as 125)."""
+    value = f"trim({ref})"
+    dec, sep = re.escape(options.decimal), options.thousands
+    if sep is not None:
+        grouped = rf"[-+]?\d{{1,3}}({re.escape(sep)}\d{{3}})*({dec}\d+)?|[-+]?\d*({dec}\d+)?"
+        value = (
+            f"CASE WHEN regexp_full_match({value}, {_lit(grouped)}) "
+            f"THEN replace({value}, {_lit(sep)}, '') END"
+        )
+    if options.decimal == ",":
+        value = f"replace({value}, ',', '.')"
+    return f"TRY_CAST({value} AS DOUBLE)"
 
 
 def _blank(f: _Field) -> str:

@@ -29,6 +29,7 @@ from pydantic import (
 
 from features.contract import NO_ACTION
 from models.expressions import Expression, parse
+from models.value import OUTPUT_COLUMNS as VALUE_FIELDS
 
 #: channels that contact a person and therefore need their consent
 CONSENT_CHANNELS = frozenset({"email", "call", "sms"})
@@ -212,10 +213,34 @@ class Catalog(BaseModel):
         goal = self.goal_weights.get(action.goal, 1.0) if action.goal else 1.0
         return action.weight * goal
 
+    def score_needs(self) -> dict[str, tuple[str, ...]]:
+        """Per action, the champion models (``churn``, ``value``) whose scores it reads: a
+        retained-value action reads both, a rule reads the scores it names. Actions that
+        need none are absent (an NBA policy of those trains from features alone)."""
+        out = {}
+        for action in self.actions:
+            needs = set()
+            if action.value_kind == "retained_value":
+                needs |= {"churn", "value"}
+            if CHURN_FIELD in action.fields:
+                needs.add("churn")
+            if action.fields & set(VALUE_FIELDS):
+                needs.add("value")
+            if needs:
+                out[action.id] = tuple(sorted(needs))
+        return out
+
+    @property
+    def score_fields(self) -> set[str]:
+        """The score columns arbitration reads (churn probability, the value field)."""
+        needed = {kind for kinds in self.score_needs().values() for kind in kinds}
+        fields = {CHURN_FIELD} if "churn" in needed else set()
+        return fields | ({self.value_field} if "value" in needed else set())
+
     @property
     def required_fields(self) -> list[str]:
         """Every customer column arbitration needs: scores, rules, consent, history."""
-        names = {CHURN_FIELD, self.value_field}
+        names = set(self.score_fields)
         for action in self.actions:
             names |= action.fields
             names |= {rule.field for rule in self.contact_policy.for_channel(action.channel)}
@@ -229,7 +254,7 @@ class Catalog(BaseModel):
             for a in self.actions
             if a.fields - known
         ]
-        others = {CHURN_FIELD, self.value_field} | {r.field for r in self.contact_policy.rules}
+        others = self.score_fields | {r.field for r in self.contact_policy.rules}
         if others - known:
             problems.append(f"scores / contact policy: unknown fields {sorted(others - known)}")
         if problems:

@@ -17,11 +17,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from rapport.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from features.files import FileOptions
 
 
 def say(message: str) -> None:
@@ -212,11 +215,69 @@ def _table_options(fn: Callable) -> Callable:
     return fn
 
 
+def _file_format_options(fn: Callable) -> Callable:
+    """How the CSV files are written (see features.files.FileOptions)."""
+    options = [
+        click.option(
+            "--delimiter", default=None, help="Field delimiter (default: detected from the header)."
+        ),
+        click.option(
+            "--encoding", default="utf-8", show_default=True, help="e.g. latin-1, cp1252."
+        ),
+        click.option(
+            "--decimal",
+            type=click.Choice([".", ","]),
+            default=".",
+            show_default=True,
+            help="Decimal separator of numbers.",
+        ),
+        click.option(
+            "--thousands",
+            type=click.Choice([",", ".", " ", "'"]),
+            default=None,
+            help="Thousands separator of numbers (digits must come in groups of three).",
+        ),
+        click.option(
+            "--date-format",
+            default=None,
+            help="strftime format of dates that are not ISO 8601, e.g. '%d/%m/%Y' "
+            "(required for day/month dates: never guessed).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _read_options(fmt: dict[str, str | None]) -> FileOptions:
+    from features.files import FileError, FileOptions
+
+    try:
+        return FileOptions(
+            delimiter=fmt["delimiter"].replace("\\t", "\t") if fmt["delimiter"] else None,
+            encoding=fmt["encoding"] or "utf-8",
+            decimal=fmt["decimal"] or ".",
+            thousands=fmt["thousands"],
+            date_format=fmt["date_format"],
+        )
+    except FileError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+_FORMAT_KEYS = ("delimiter", "encoding", "decimal", "thousands", "date_format")
+
+
+def _split_format(kwargs: dict[str, Any]) -> tuple[FileOptions, dict[str, Path | None]]:
+    fmt = {k: kwargs.pop(k) for k in _FORMAT_KEYS}
+    return _read_options(fmt), kwargs
+
+
 @main.command()
 @click.argument(
     "directory", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
 @_table_options
+@_file_format_options
 @click.option("--strict", is_flag=True, help="Exit non-zero when any row is quarantined.")
 @click.option(
     "--outbox",
@@ -224,7 +285,7 @@ def _table_options(fn: Callable) -> Callable:
     help="Also load what the scoring service accepted (events, decisions, feedback) from "
     "<home>/outbox; alone, only that.",
 )
-def ingest(directory: Path | None, strict: bool, outbox: bool, **tables: Path | None) -> None:
+def ingest(directory: Path | None, strict: bool, outbox: bool, **kwargs: Any) -> None:
     """Validate and load contract files into the warehouse (idempotent).
 
     Bad rows go to the `quarantine` table with a reason; good rows always land.
@@ -232,12 +293,13 @@ def ingest(directory: Path | None, strict: bool, outbox: bool, **tables: Path | 
     from features.ingest import ingest as run_ingest
     from features.outbox_ingest import ingest_outbox
 
+    options, tables = _split_format(kwargs)
     settings = get_settings()
     reports = []
     files = _files(directory, tables) if directory or any(tables.values()) or not outbox else {}
     con = open_warehouse(settings)
     if files:
-        reports.append(run_ingest(con, files, now=datetime.now(UTC)))
+        reports.append(run_ingest(con, files, now=datetime.now(UTC), options=options))
     if outbox:
         reports.append(ingest_outbox(con, settings.outbox_dir, now=datetime.now(UTC)))
     for report in reports:
@@ -251,12 +313,16 @@ def ingest(directory: Path | None, strict: bool, outbox: bool, **tables: Path | 
     "directory", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
 @_table_options
-def validate(directory: Path | None, **tables: Path | None) -> None:
+@_file_format_options
+def validate(directory: Path | None, **kwargs: Any) -> None:
     """Check contract files and report bad rows per reason, without loading anything."""
     from features.ingest import validate as run_validate
 
+    options, tables = _split_format(kwargs)
     files = _files(directory, tables)
-    report = run_validate(open_warehouse(get_settings()), files, now=datetime.now(UTC))
+    report = run_validate(
+        open_warehouse(get_settings()), files, now=datetime.now(UTC), options=options
+    )
     say(report.summary())
     if report.quarantined:
         sys.exit(2)
@@ -283,8 +349,12 @@ def features(as_of: datetime | None, out: Path | None, segments: bool) -> None:
     """Build every customer's features as of a cutoff (point in time correct).
 
     With segments, the RFM / ABC cut points fitted on this snapshot are stored in the
-    warehouse as the current segment model (what `rapport materialize` serves).
+    warehouse as the current segment model (what `rapport materialize` serves). The file
+    holds ``customer_id``, ``as_of`` (the cutoff) and the features: what the registered
+    models' pyfuncs take as they are.
     """
+    import pandas as pd
+
     from features.batch import build
     from features.segments import describe_segments, with_segments
     from features.spec import default_spec
@@ -308,6 +378,8 @@ def features(as_of: datetime | None, out: Path | None, segments: bool) -> None:
     if segments and len(frame):
         say(describe_segments(frame))
     if out:
+        # the cutoff travels with the features: the value model reads its month (season)
+        frame.insert(1, "as_of", pd.Timestamp(cutoff))
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".csv":
             frame.to_csv(out, index=False)

@@ -396,7 +396,9 @@ def _opt_in(rng: np.random.Generator, preferred: np.ndarray, channel: str, p: tu
     return rng.random(len(preferred)) < chance
 
 
-def _population(rng: np.random.Generator, n: int, start_us: int, end_us: int) -> _Population:
+def _population(
+    rng: np.random.Generator, n: int, start_us: int, end_us: int, spend_sigma: float = SPEND_SIGMA
+) -> _Population:
     signup = _signups(rng, n, start_us, end_us)
     region = rng.choice(len(REGIONS), size=n, p=REGION_P).astype(np.int8)
     acquisition = rng.choice(len(ACQUISITION), size=n, p=ACQUISITION_P).astype(np.int8)
@@ -416,7 +418,7 @@ def _population(rng: np.random.Generator, n: int, start_us: int, end_us: int) ->
         phone_ok=_opt_in(rng, preferred, "call", PHONE_OPT_IN),
         sms_ok=_opt_in(rng, preferred, "sms", SMS_OPT_IN),
         lam=rng.gamma(LAMBDA_SHAPE, lam_scale),
-        mu=spend_median * rng.lognormal(0.0, SPEND_SIGMA, n),
+        mu=spend_median * rng.lognormal(0.0, spend_sigma, n),
         h0=rng.gamma(HAZARD_SHAPE, hazard_scale),
         category_cum=np.cumsum(prefs, axis=1).astype(np.float32),
     )
@@ -1231,11 +1233,17 @@ def generate(
     horizon_days: int = 90,
     years: float = 3.0,
     progress: Progress | None = None,
+    *,
+    campaigns: bool = True,
+    spend_sigma: float = SPEND_SIGMA,
 ) -> DemoData:
     """Simulate ``customers`` customers over ``years`` up to ``end`` (exclusive).
 
     ``end`` defaults to today 00:00 UTC, ``truth_as_of`` to ``end - horizon_days``. The
-    same arguments give the same data.
+    same arguments give the same data. Other worlds, for tests: ``campaigns=False`` runs no
+    campaign wave (an empty campaign log, as in transaction-only data); ``spend_sigma``
+    sets the spread of the customers' lognormal mean order value (heavier tail above
+    :data:`SPEND_SIGMA`).
     """
     if customers < 1:
         raise ValueError(f"customers must be >= 1, got {customers}")
@@ -1246,10 +1254,10 @@ def generate(
     sim_seed, truth_seed, wallet_seed = np.random.SeedSequence(seed).spawn(3)
     rng = np.random.default_rng(sim_seed)
     say(f"drawing {customers:,} customers")
-    pop = _population(rng, customers, _micros(start), _micros(end))
+    pop = _population(rng, customers, _micros(start), _micros(end), spend_sigma)
     extra_days = horizon_days + RESPONSE_WINDOW_DAYS + 7
     cal = _Calendar.build(_micros(start), _micros(end), _micros(as_of), extra_days)
-    sim = _Simulator(rng, pop, cal, _wave_weeks(cal))
+    sim = _Simulator(rng, pop, cal, _wave_weeks(cal) if campaigns else set())
     sim.run(say)
     assert sim.snapshot is not None
     ids = _ids("C", customers)

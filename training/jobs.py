@@ -414,6 +414,10 @@ def _log_run(
         metrics["test_interval_coverage_p10_p90"] = interval_coverage(
             test["spend"], band["value_p10"], band["value_p90"]
         )
+        # boosted, prior or blend: what won on the validation cutoff, and why
+        mlflow.log_params(model.choice_.as_params())
+        mlflow.set_tag("rapport.value_choice", model.choice_.reason())
+        metrics |= {f"valid_rmse_{k}": v for k, v in model.choice_.rmse.items()}
     mlflow.log_metrics(metrics)
 
 

@@ -14,9 +14,18 @@ the T-learner and 0.0173 for the naive difference; every run re-checks this on i
 data (Qini / AUUC per action on the holdout for DR, T and IPW-T, plus whatever the
 caller's ``compare`` measures, see :class:`NbaComparison`) and logs the comparison.
 
+**Propensities.** A log without them (most CRM exports) gets estimated ones
+(:mod:`models.propensity`); the OPE table then says so, with its overlap diagnostics.
+
 **Gate.** The first ``nba`` model becomes ``@champion``; a later one only if its DR lower
 bound beats the champion's DR estimate on the candidate's holdout (logged with the run),
-otherwise it is ``@challenger`` with the reason.
+otherwise it is ``@challenger`` with the reason. A holdout whose propensities were estimated
+with poor overlap (:class:`models.propensity.Overlap`) is refused outright, first model or
+not: its estimates rest on a handful of decisions.
+
+**Champions.** ``rapport train nba`` adds the churn and value champions' scores as features
+when both are registered; without them it trains from features alone as long as the
+catalog reads no score (:func:`training.nba_data.enricher_for` names what is missing).
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from features.timeutil import as_utc
 from models import registry
 from models.catalog import CHURN_FIELD, Catalog, default_catalog, parse_catalog
 from models.nba import NbaModel
+from models.propensity import fill_propensities, frame_overlap
 from models.registry import CHALLENGER, CHAMPION
 from models.uplift import METHODS, Method, UpliftModel
 from models.value import OUTPUT_COLUMNS
@@ -43,7 +53,14 @@ from rapport.settings import get_settings
 from training import plots, tracking
 from training.datasets import Progress, data_end, fingerprint, lineage, silent
 from training.jobs import PromotionResult, promote_through
-from training.nba_data import Enrich, NbaData, build_nba_data, champion_enricher, customer_frame
+from training.nba_data import (
+    Enrich,
+    NbaData,
+    build_nba_data,
+    champion_enricher,
+    customer_frame,
+    enricher_for,
+)
 from training.nba_evaluation import (
     PolicyValues,
     action_mix,
@@ -80,6 +97,12 @@ def fit_nba(
         raise ValueError(
             f"logged actions {unknown} are not in catalog {catalog.version}; add them to the "
             "catalog (the policy can only be evaluated on actions it knows)"
+        )
+    unlogged = int(frame["propensity"].isna().sum())
+    if unlogged:
+        raise ValueError(
+            f"{unlogged:,} of {len(frame):,} logged decisions have no propensity: estimate them "
+            "first over the whole log (models.propensity.fill_propensities; the NBA jobs do)"
         )
     model = UpliftModel(method, dict(params or {}), random_state=seed)
     model.fit(
@@ -222,9 +245,11 @@ def train_nba(
     cat = _catalog(catalog)
     versions: dict[str, str] = {}
     if enrich is None:
-        enrich, versions = champion_enricher(con, say)
+        enrich, versions = enricher_for(con, cat, say)
+        if "churn" not in versions:
+            say("no churn / value champions: training from features and segments alone")
     seed = get_settings().seed
-    data = build_nba_data(con, as_of, enrich, holdout_fraction, progress=say)
+    data = build_nba_data(con, as_of, enrich, holdout_fraction, progress=say, seed=seed)
     train, test = data.part("train"), data.part("test")
     cat.check_fields([*data.frame.columns])
     say(f"fitting the DR uplift learner on {len(train):,} decisions")
@@ -275,6 +300,7 @@ def train_nba(
                     "DR learner: the logging propensities are non-uniform; DR corrects the "
                     "confounding T/IPW-T leave (see method_comparison.csv)"
                 ),
+                "rapport.propensities": frame_overlap(data.frame).summary(),
                 **{f"rapport.{k}_version": v for k, v in versions.items()},
                 HOLDOUT_TAG: f"{data.holdout_from:%Y-%m-%d}|nba|{fingerprint(dict(info))}",
             }
@@ -392,6 +418,7 @@ def train_nba_from_table(
 ) -> tuple[NbaModel, PolicyValues]:
     """Fit and evaluate an NBA policy on any table of (features, ``action``, ``propensity``,
     ``outcome``, ``revenue``): for a campaign run elsewhere. No MLflow, no warehouse.
+    Missing propensities (no column, or nulls) are estimated over the whole table first.
 
     The holdout is the latest ``holdout_fraction`` of rows by ``time_column`` (default: the
     last rows in table order). The catalog's rules read the table's columns, so it must hold
@@ -400,6 +427,7 @@ def train_nba_from_table(
     """
     cat = _catalog(catalog)
     cat.check_fields(frame.columns)
+    frame = fill_propensities(frame, feature_columns, seed)
     ordered = frame.sort_values(time_column, kind="stable") if time_column else frame
     ordered = ordered.reset_index(drop=True)
     cut = round(len(ordered) * (1.0 - holdout_fraction))
@@ -438,6 +466,19 @@ def promote_nba(version: str | int | None = None, margin: float | None = None) -
     from models.ope import promotion_gate
 
     margin = get_settings().promotion_margin if margin is None else margin
+    held = registry.aliases(NBA)
+    wanted = str(version) if version is not None else held.get(CHALLENGER)
+    candidate = registry.get_version(NBA, version=wanted)
+    overlap = frame_overlap(_holdout_of(candidate))
+    if overlap.estimated and overlap.poor:
+        cand_version = str(candidate.version)
+        registry.set_alias(NBA, CHALLENGER, cand_version)
+        reason = (
+            "refused: the off-policy estimates rest on estimated propensities with poor "
+            "overlap (" + "; ".join(overlap.problems()) + "); log propensities or explore "
+            "(randomise part of the campaign) before trusting a new policy"
+        )
+        return PromotionResult(NBA, cand_version, False, CHALLENGER, reason, held.get(CHAMPION))
 
     def judge(found: Any, champion: str) -> tuple[bool, str]:
         values = evaluate_policies(

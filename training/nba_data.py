@@ -14,7 +14,18 @@ value champions' scores at that cutoff and the RFM / ABC segments of the warehou
 current segment model (:mod:`features.tables.segments`, the cut points the live service
 uses) -- so the catalog's eligibility rules are evaluated as the service evaluates them.
 Time split: the latest decision weeks (at least ``holdout_fraction`` of the decisions) are
-the holdout; the uplift models never see them.
+the holdout; the uplift models never see them. A log of one week (a one-shot campaign)
+cannot be split in time: a fixed share of its decisions, picked by a hash of the decision
+id, is held out instead.
+
+**Without champions.** When the catalog's values and rules read no churn or value score
+(:meth:`models.catalog.Catalog.score_needs`), the set is built from the features and
+segments alone (:func:`enricher_for`); with both champions registered their scores are
+added as features either way.
+
+**Propensities.** Decisions logged without a propensity get an estimated one
+(:func:`models.propensity.fill_propensities`: cross-fitted over every decision of the log,
+from the same features), and the column ``propensity_estimated`` says which.
 """
 
 from __future__ import annotations
@@ -28,13 +39,14 @@ import numpy as np
 import pandas as pd
 
 from features.batch import build
-from features.segments import SegmentModel
+from features.segments import SegmentModel, assign_segments, fit_segments
 from features.spec import FeatureSpec, default_spec
-from features.tables.segments import load_version
+from features.tables.segments import NoSegmentsError, load_version
 from features.timeutil import as_utc
 from features.warehouse import raw
 from models import registry
-from models.catalog import CHURN_FIELD, default_catalog
+from models.catalog import CHURN_FIELD, Catalog, default_catalog
+from models.propensity import fill_propensities
 from models.registry import CHAMPION
 from training.datasets import Progress, data_end, silent
 
@@ -94,23 +106,90 @@ def score_enricher(churn: Any, value: Any, segments: SegmentModel) -> Enrich:
 def champion_enricher(con: Any, progress: Progress | None = None) -> tuple[Enrich, dict[str, str]]:
     """The enricher over ``churn@champion``, ``value@champion`` and the warehouse's current
     segment model, and their versions (LookupError if one is absent)."""
-    models: dict[str, Any] = {}
-    versions: dict[str, str] = {}
+    models, versions = _champions()
     for kind in registry.REQUIRED:
-        try:
-            models[kind], versions[kind] = registry.load_model(kind, CHAMPION)
-        except LookupError:
+        if kind not in models:
             raise LookupError(
                 f"the NBA policy needs the churn and value champions' scores, but there is no "
                 f"{kind}@{CHAMPION}: run `rapport train churn`, `rapport train value`, "
                 "`rapport promote churn` and `rapport promote value` first (or `rapport demo`)"
-            ) from None
+            )
     segments = load_version(raw(con))
     silent(progress)(
         f"scores of churn v{versions['churn']}, value v{versions['value']}; {segments.describe()}"
     )
     versions["segments"] = segments.version
     return score_enricher(models["churn"], models["value"], segments.model), versions
+
+
+def _champions() -> tuple[dict[str, Any], dict[str, str]]:
+    """The churn and value champions that are registered (models, versions)."""
+    models: dict[str, Any] = {}
+    versions: dict[str, str] = {}
+    for kind in registry.REQUIRED:
+        try:
+            models[kind], versions[kind] = registry.load_model(kind, CHAMPION)
+        except LookupError:
+            continue
+    return models, versions
+
+
+def features_enricher(con: Any, progress: Progress | None = None) -> tuple[Enrich, dict[str, str]]:
+    """Segments without any score: the warehouse's current segment model, or, when none is
+    stored yet (no `rapport features` / `rapport score` run), one fitted on each week's
+    snapshot."""
+    say = silent(progress)
+    try:
+        stored = load_version(raw(con))
+    except NoSegmentsError:
+        say("no stored segment model: segments fitted on each decision week's snapshot")
+
+        def fitted(features: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
+            return _with_segments(features, fit_segments(features))
+
+        return fitted, {}
+    say(stored.describe())
+
+    def enrich(features: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
+        return _with_segments(features, stored.model)
+
+    return enrich, {"segments": stored.version}
+
+
+def _with_segments(features: pd.DataFrame, model: SegmentModel) -> pd.DataFrame:
+    frame = features.copy()
+    for name, column in assign_segments(frame, model).items():
+        frame[name] = column
+    return frame
+
+
+def enricher_for(
+    con: Any, catalog: Catalog, progress: Progress | None = None
+) -> tuple[Enrich, dict[str, str]]:
+    """Scores of both champions when they are registered; otherwise features and segments
+    alone, if no action of ``catalog`` reads a score (LookupError naming each action and
+    the champions it needs if one does)."""
+    models, _ = _champions()
+    if all(kind in models for kind in registry.REQUIRED):
+        return champion_enricher(con, progress)
+    lacking = {
+        action: [kind for kind in kinds if kind not in models]
+        for action, kinds in catalog.score_needs().items()
+    }
+    lacking = {action: kinds for action, kinds in lacking.items() if kinds}
+    if lacking:
+        needs = "; ".join(
+            f"action {action!r} needs " + " and ".join(f"{k}@{CHAMPION}" for k in kinds)
+            for action, kinds in lacking.items()
+        )
+        missing = sorted({k for kinds in lacking.values() for k in kinds})
+        steps = ", ".join(f"`rapport train {k}` + `rapport promote {k}`" for k in missing)
+        raise LookupError(
+            f"catalog {catalog.version} reads scores of champions that are not registered: "
+            f"{needs}. Run {steps}, or drop those actions (their retained_value kind, their "
+            "rules on churn_probability / value_*) from the catalog"
+        )
+    return features_enricher(con, progress)
 
 
 def customer_frame(
@@ -138,9 +217,16 @@ class NbaData:
     holdout_from: datetime
     spec_version: str
     as_of: datetime
+    #: held-out rows when the log spans one week (None: the time split)
+    random_holdout: np.ndarray | None = None
+
+    def _held(self) -> np.ndarray:
+        if self.random_holdout is not None:
+            return self.random_holdout
+        return (self.frame["as_of"] >= pd.Timestamp(self.holdout_from)).to_numpy()
 
     def part(self, name: str) -> pd.DataFrame:
-        held = self.frame["as_of"] >= pd.Timestamp(self.holdout_from)
+        held = self._held()
         rows = self.frame[held if name == "test" else ~held]
         return rows.reset_index(drop=True)
 
@@ -155,11 +241,18 @@ class NbaData:
 
     def describe(self) -> dict[str, str]:
         train = self.part("train")
+        held = "random" if self.random_holdout is not None else f"{self.holdout_from:%Y-%m-%d}"
         return {
             "decisions_before": f"{self.as_of:%Y-%m-%d}",
             "train_weeks": f"{train['as_of'].min():%Y-%m-%d}..{train['as_of'].max():%Y-%m-%d}",
-            "holdout_from": f"{self.holdout_from:%Y-%m-%d}",
+            "holdout_from": held,
         }
+
+
+def _random_holdout(decision_ids: pd.Series, fraction: float) -> np.ndarray:
+    """A fixed share of the decisions, picked by a hash of their id (same log, same split)."""
+    hashed = pd.util.hash_pandas_object(decision_ids.astype(str), index=False).to_numpy()
+    return (hashed % 10_000) < round(fraction * 10_000)
 
 
 def _holdout_start(cutoffs: pd.Series, fraction: float) -> datetime:
@@ -183,9 +276,11 @@ def build_nba_data(
     holdout_fraction: float = 0.2,
     spec: FeatureSpec | None = None,
     progress: Progress | None = None,
+    seed: int = 0,
 ) -> NbaData:
     """The NBA training set (see the module docstring); ``enrich`` defaults to the
-    churn / value champions (:func:`champion_enricher`)."""
+    churn / value champions (:func:`champion_enricher`); ``seed`` drives the propensity
+    model's folds."""
     if not 0.0 < holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
     say = silent(progress)
@@ -206,6 +301,12 @@ def build_nba_data(
     lost = len(decisions) - len(frame)
     if lost:
         say(f"{lost:,} decisions dropped: customer unknown at the decision week")
-    names = [*spec.names, *SCORE_FEATURES]
+    names = [*spec.names, *(c for c in SCORE_FEATURES if c in frame.columns)]
+    if frame["propensity"].isna().any():
+        say(f"{int(frame['propensity'].isna().sum()):,} decisions without a propensity: estimating")
+    frame = fill_propensities(frame, names, seed)
+    if frame["as_of"].nunique() == 1:
+        held = _random_holdout(frame["decision_id"], holdout_fraction)
+        return NbaData(frame, names, as_utc(frame["as_of"].iloc[0]), spec.version, cutoff, held)
     holdout_from = _holdout_start(frame["as_of"], holdout_fraction)
     return NbaData(frame, names, holdout_from, spec.version, cutoff)

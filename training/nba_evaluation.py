@@ -36,6 +36,7 @@ from models.ope import (
     single_action_policy,
 )
 from models.policy import Arbitration
+from models.propensity import Overlap, frame_overlap
 from models.uplift import auuc, qini_auc, uplift_curve
 
 
@@ -87,6 +88,8 @@ class PolicyValues:
     observed: float
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: where the propensities come from, and how well the logged actions overlap
+    overlap: Overlap | None = None
 
     def table(self) -> pd.DataFrame:
         rows = {}
@@ -107,6 +110,8 @@ class PolicyValues:
                 key = f"ope_{policy}_{method}"
                 out |= {key: r.estimate, f"{key}_lo": r.lo, f"{key}_hi": r.hi}
         out["ope_logged_mean_reward"] = self.observed
+        if self.overlap is not None:
+            out |= self.overlap.metrics()
         return out
 
     def summary(self) -> str:
@@ -129,6 +134,8 @@ class PolicyValues:
             "\n".join("  " + line for line in table[[*shown, "ESS"]].to_string().splitlines()),
             f"  logged policy (observed): {self.observed:.3f}",
         ]
+        if self.overlap is not None and self.overlap.estimated:
+            lines.append(f"  {self.overlap.summary()}")
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -164,7 +171,8 @@ def evaluate_policies(
         name: evaluate_policy(pi, logged, p, r, q, n_boot=n_boot, seed=seed)
         for name, pi in policies.items()
     }
-    return PolicyValues(results, len(frame), margin, float(r.mean()), notes=notes)
+    overlap = frame_overlap(frame)
+    return PolicyValues(results, len(frame), margin, float(r.mean()), notes=notes, overlap=overlap)
 
 
 # --------------------------------------------------------------------------- uplift metrics

@@ -530,14 +530,30 @@ def test_unreadable_parquet_raises(tmp_path: Path, con: Any, content: bytes) -> 
         ingest(con, {"orders": path}, NOW)
 
 
-def test_broken_csv_line_rolls_everything_back(tmp_path: Path, con: Any) -> None:
+def test_broken_csv_line_is_quarantined_with_its_line_and_the_rest_loads(
+    tmp_path: Path, con: Any
+) -> None:
     files = write_all(tmp_path, GOOD)
     lines = files["orders"].read_text().splitlines()
     header_and_good = "\n".join(lines)
-    # past the CSV sniffer's sample, so the error only shows up while loading
+    # past the CSV sniffer's sample, so DuckDB only finds it while loading
     rows = "\n".join(f"O{i},C1,2024-01-01,1.0,,a" for i in range(10, 30_000))
     files["orders"].write_text(f"{header_and_good}\n{rows}\nO9,C1,2024-01-01,1,2,3,4,5\n")
-    with pytest.raises(IngestError, match=r"orders\.csv.*Line: 29994.*O9,C1"):
+    report = ingest(con, files, NOW)
+    assert_balanced(report)
+    assert report.tables["orders"].inserted == 2 + 29_990
+    assert report.tables["orders"].quarantined_by_reason == {"unreadable line": 1}
+    (reason,) = quarantine(con)["reason"]
+    assert (
+        reason
+        == "line 29994: 8 fields where the header has 6 (check the delimiter and the quoting)"
+    )
+
+
+def test_a_file_that_cannot_be_decoded_rolls_everything_back(tmp_path: Path, con: Any) -> None:
+    files = write_all(tmp_path, GOOD)
+    files["orders"].write_bytes(files["orders"].read_bytes() + b"O9,C1,2024-01-01,1,,caf\xe9\n")
+    with pytest.raises(IngestError, match=r"orders\.csv: line 4 is not valid utf-8.*--encoding"):
         ingest(con, files, NOW)
     assert (
         not raw(con)
@@ -654,3 +670,15 @@ def test_unreadable_outbox_file_raises_and_stays_in_place(tmp_path: Path, con: A
         )
         .fetchall()
     )
+
+
+def test_campaign_log_without_propensities_loads_them_as_unknown(tmp_path: Path, con: Any) -> None:
+    """Most CRM exports log who got which action, never with what probability."""
+    unlogged = [{**r, "propensity": ""} for r in GOOD["campaign_log"]]
+    no_column = [{k: v for k, v in r.items() if k != "propensity"} for r in GOOD["campaign_log"]]
+    for name, rows in (("blank", unlogged), ("absent", no_column)):
+        files = write_all(tmp_path / name, {**GOOD, "campaign_log": rows})
+        report = ingest(con, files, NOW)
+        assert report.tables["campaign_log"].quarantined == 0, name
+    stored = raw(con).execute("SELECT count(*), count(propensity) FROM campaign_log").fetchone()
+    assert stored == (len(GOOD["campaign_log"]), 0)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
+from models.churn import booster_predict
 from models.metrics import interval_coverage, regression_metrics, value_deciles
 from models.value import OUTPUT_COLUMNS, ValueModel
 
@@ -151,3 +152,42 @@ def test_without_the_prior_columns_validation_rows_start_where_training_rows_do(
     assert len(seen) > 5
     for train_metric, valid_metric in seen:
         assert valid_metric == pytest.approx(train_metric, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- vs the prior
+def test_with_signal_in_the_features_the_boosted_correction_is_kept(fitted: ValueModel) -> None:
+    choice = fitted.choice_
+    assert choice.shrinkage >= 0.8 and choice.kind in ("boosted", "blend")
+    assert choice.rmse["chosen"] <= min(choice.rmse["boosted"], choice.rmse["prior"])
+    assert choice.rmse["chosen"] < 0.9 * choice.rmse["prior"]
+    assert choice.reason().startswith(choice.kind) and "training mean" in choice.reason()
+
+
+def noise_world(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Spend independent of every feature: the prior (the mean) is the truth."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({f"x{i}": rng.normal(size=n) for i in range(8)})
+    spend = np.where(rng.random(n) < 0.3, rng.lognormal(3.5, 1.2, n), 0.0)
+    return frame, spend
+
+
+def test_when_the_features_are_noise_the_model_does_not_lose_to_the_prior() -> None:
+    # a booster free to overfit: small leaves, fast learning, patient early stopping
+    greedy = {**FAST, "min_data_in_leaf": 5, "learning_rate": 0.3, "num_boost_round": 200}
+    X, y = noise_world(3000, 11)
+    X_valid, y_valid = noise_world(3000, 12)
+    model = ValueModel(greedy, random_state=0).fit(X, y, X_valid, y_valid)
+    assert model.choice_.shrinkage < 1.0 and model.choice_.kind in ("prior", "blend")
+    X_test, _ = noise_world(20_000, 13)
+    truth = float(np.mean(noise_world(200_000, 14)[1]))  # the true expected spend
+    chosen = model.predict(X_test)["value_mean"].to_numpy()
+    boosted = np.exp(
+        booster_predict(model.booster_, model.encode(X_test), raw_score=True) + model.base_score_
+    )
+    prior = np.full(len(X_test), np.exp(model.base_score_))
+    error = {
+        name: np.sqrt(np.mean((p - truth) ** 2))
+        for name, p in {"chosen": chosen, "boosted": boosted, "prior": prior}.items()
+    }
+    assert error["chosen"] < 0.5 * error["boosted"], error
+    assert error["chosen"] <= error["prior"] + 0.05 * truth, error

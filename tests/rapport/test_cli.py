@@ -90,3 +90,17 @@ def test_library_errors_are_one_line_exit_1() -> None:
     result = CliRunner().invoke(main, ["demo-data", "-n", "0"])
     assert result.exit_code == 1, result.output
     assert result.output == "Error: customers must be >= 1, got 0\n"
+
+
+def test_file_options_read_a_european_export(tmp_path: Path) -> None:
+    corpus = Path(__file__).parents[1] / "features" / "files"
+    (tmp_path / "customers.csv").write_text("customer_id;signup_at\nC1;2023-01-01\nC2;2023-06-01\n")
+    args = ["validate", "--customers", str(tmp_path / "customers.csv")]
+    args += ["--orders", str(corpus / "semicolon_decimal_comma.csv"), "--decimal", ","]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "--date-format" in result.output, result.output
+    result = CliRunner().invoke(main, [*args, "--thousands", ".", "--date-format", "%d/%m/%Y"])
+    assert result.exit_code == 2, result.output  # one row would be quarantined: '12.5'
+    assert "read 3, inserted 2" in result.output and "invalid number 1" in result.output
+    result = CliRunner().invoke(main, [*args, "--thousands", ","])
+    assert result.exit_code == 2 and "thousands separator" in result.output

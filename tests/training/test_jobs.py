@@ -143,7 +143,8 @@ def test_value_trains_registers_and_predicts_with_its_season(demo: tuple) -> Non
     con, data = demo
     result = jobs.train("value", con, params=FAST, data=data, compare=compare_holdout)
     assert isinstance(result.model, ValueModel) and result.model.season_
-    metrics = registry.run_of(registry.get_version("value", version=result.version)).data.metrics
+    run = registry.run_of(registry.get_version("value", version=result.version))
+    metrics = run.data.metrics
     for key in (
         "test_spearman",
         "test_mae",
@@ -151,8 +152,16 @@ def test_value_trains_registers_and_predicts_with_its_season(demo: tuple) -> Non
         "truth_model_mae",
         "truth_model_mae_over_btyd",
         "test_interval_coverage_p10_p90",
+        "valid_rmse_boosted",
+        "valid_rmse_prior",
+        "valid_rmse_chosen",
     ):
         assert key in metrics, key
+    choice = result.model.choice_
+    assert run.data.params["value_choice"] == choice.kind
+    assert float(run.data.params["value_shrinkage"]) == choice.shrinkage
+    assert run.data.tags["rapport.value_choice"] == choice.reason()
+    assert metrics["valid_rmse_chosen"] <= metrics["valid_rmse_prior"]
     assert jobs.promote("value").promoted
     test = data.part("test")
     with registry.quiet():

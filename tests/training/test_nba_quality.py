@@ -38,6 +38,7 @@ from features.warehouse import connect
 from models.catalog import Catalog, parse_catalog
 from models.nba import NbaModel
 from models.ope import encode_actions, evaluate_policy
+from models.propensity import fill_propensities, frame_overlap
 from rapport.demo_data import generate, write
 from rapport.truth import truth_matrices, truth_policy_values
 from training.datasets import build_training_set
@@ -101,8 +102,22 @@ def test_learned_policy_reaches_85_percent_of_the_oracle(world: World) -> None:
     assert learned > best + 0.05 * oracle, best_name
 
 
-def test_dr_interval_covers_the_true_value_of_the_learned_policy(world: World) -> None:
-    """Log a campaign at the truth cutoff from the truth itself, then evaluate off-policy."""
+@dataclass
+class TruthLog:
+    """A campaign logged at the truth cutoff from the truth, and the learned policy on it."""
+
+    pi: np.ndarray  # the learned greedy policy, one-hot [n, K]
+    drawn: np.ndarray  # logged action indices
+    propensity: np.ndarray  # the logging policy's true probability of the drawn action
+    reward: np.ndarray
+    q: np.ndarray  # the learned model's reward model
+    true_value: float  # true mean reward per decision of the learned policy
+
+
+@pytest.fixture(scope="module")
+def truth_log(world: World) -> TruthLog:
+    """Log a campaign at the truth cutoff from the truth itself (a targeted, non-uniform
+    logging policy with known propensities)."""
     model, frame = world.model, world.frame
     catalog = model.catalog
     actions = catalog.ids
@@ -145,16 +160,49 @@ def test_dr_interval_covers_the_true_value_of_the_learned_policy(world: World) -
     pi[rows, chosen] = 1.0
     true_value = float((pi * (expected * margin - cost)).sum(axis=1).mean())
     q = reward_model(model, frame, margin)
-    results = evaluate_policy(pi, drawn, logging[rows, drawn], reward, q, n_boot=300, seed=3)
     print(f"\ntrue value of the learned policy {true_value:.4f} per decision (n={n:,})")
+    return TruthLog(pi, drawn, logging[rows, drawn], reward, q, true_value)
+
+
+def _show(label: str, results: dict) -> None:
     for name, r in results.items():
         print(
-            f"  {name:6s} {r.estimate:.4f} [{r.lo:.4f}, {r.hi:.4f}] "
+            f"  {label} {name:6s} {r.estimate:.4f} [{r.lo:.4f}, {r.hi:.4f}] "
             f"ESS {r.effective_sample_size:,.0f}"
         )
+
+
+def test_dr_interval_covers_the_true_value_of_the_learned_policy(truth_log: TruthLog) -> None:
+    log = truth_log
+    results = evaluate_policy(
+        log.pi, log.drawn, log.propensity, log.reward, log.q, n_boot=300, seed=3
+    )
+    _show("logged", results)
     dr = results["dr"]
-    assert dr.lo <= true_value <= dr.hi
+    assert dr.lo <= log.true_value <= dr.hi
     assert dr.hi - dr.lo < results["ips"].hi - results["ips"].lo  # DR is the tighter one
+
+
+def test_dr_on_estimated_propensities_covers_the_true_value(
+    world: World, truth_log: TruthLog
+) -> None:
+    """The same log exported without its propensities: they are estimated from the
+    customers' features (cross-fitted, calibrated) and the DR interval still holds."""
+    log = truth_log
+    actions = np.asarray(world.model.catalog.ids)[log.drawn]
+    unlogged = world.frame.assign(action=actions, propensity=np.nan)
+    filled = fill_propensities(unlogged, world.data.feature_names, seed=0)
+    overlap = frame_overlap(filled)
+    print(f"\n{overlap.summary()}")
+    error = np.abs(filled["propensity"].to_numpy() - log.propensity)
+    print(f"mean absolute error of the estimated propensities {error.mean():.4f}")
+    results = evaluate_policy(
+        log.pi, log.drawn, filled["propensity"].to_numpy(), log.reward, log.q, n_boot=300, seed=3
+    )
+    _show("estimated", results)
+    dr = results["dr"]
+    assert dr.lo <= log.true_value <= dr.hi
+    assert not overlap.poor
 
 
 def test_a_table_from_elsewhere_trains_and_evaluates(world: World) -> None:
