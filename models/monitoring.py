@@ -62,13 +62,19 @@ def psi_numeric(reference: Any, current: Any, bins: int = 10) -> float:
     return _psi(numeric_shares(reference, edges), numeric_shares(current, edges))
 
 
+def _counts(values: Any) -> pd.Series:
+    """Rows per category (missing as one), counted before any conversion to text."""
+    counts = pd.Series(values, dtype="object").value_counts(dropna=False)
+    counts.index = [MISSING if pd.isna(k) else str(k) for k in counts.index]
+    return counts.groupby(level=0).sum()
+
+
 def category_shares(reference: Any, current: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Shares of each category (missing as one) in both samples, over the union."""
-    ref = pd.Series(reference, dtype="object").fillna(MISSING).astype(str)
-    cur = pd.Series(current, dtype="object").fillna(MISSING).astype(str)
-    names = sorted(set(ref.unique()) | set(cur.unique()))
-    r = ref.value_counts().reindex(names, fill_value=0).to_numpy(dtype="float64")
-    c = cur.value_counts().reindex(names, fill_value=0).to_numpy(dtype="float64")
+    ref, cur = _counts(reference), _counts(current)
+    names = sorted(set(ref.index) | set(cur.index))
+    r = ref.reindex(names, fill_value=0).to_numpy(dtype="float64")
+    c = cur.reindex(names, fill_value=0).to_numpy(dtype="float64")
     return r / max(r.sum(), 1.0), c / max(c.sum(), 1.0), names
 
 
@@ -106,18 +112,13 @@ def js_distance(reference: Any, current: Any) -> float:
 
 def chi2_test(reference: Any, current: Any) -> float:
     """Chi-square test of equal category distributions (p-value; 1.0 for one category)."""
-    ref = pd.Series(reference, dtype="object").fillna(MISSING).astype(str)
-    cur = pd.Series(current, dtype="object").fillna(MISSING).astype(str)
-    names = sorted(set(ref.unique()) | set(cur.unique()))
+    ref, cur = _counts(reference), _counts(current)
+    names = sorted(set(ref.index) | set(cur.index))
     if len(names) < 2:
         return 1.0
     table = np.vstack(
-        [
-            ref.value_counts().reindex(names, fill_value=0).to_numpy(),
-            cur.value_counts().reindex(names, fill_value=0).to_numpy(),
-        ]
+        [ref.reindex(names, fill_value=0).to_numpy(), cur.reindex(names, fill_value=0).to_numpy()]
     )
-    table = table[:, table.sum(axis=0) > 0]
     return float(chi2_contingency(table).pvalue)
 
 
@@ -202,18 +203,24 @@ def pit_histogram(y: Any, p10: Any, p50: Any, p90: Any) -> pd.DataFrame:
     )
 
 
+def informative_share(values: Any) -> float:
+    """Share of rows that carry information: non-zero and non-missing (numbers), or
+    non-missing (categories)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        return float(np.mean(np.isfinite(values) & (values != 0))) if len(values) else 0.0
+    series = pd.Series(values)
+    if not len(series):
+        return 0.0
+    if pd.api.types.is_numeric_dtype(series):
+        arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        return float(np.mean(np.isfinite(arr) & (arr != 0)))
+    return float(series.notna().mean())
+
+
 def emptied(reference: Any, current: Any) -> float:
-    """Share of the reference's informative (non-zero, non-missing) rows gone now:
-    ``1 - informative share now / informative share in the reference`` (0 when nothing
-    changed, 1 when a feed stopped and the feature is all zero or missing; negative when
-    it fills up). A feature never informative in the reference gives 0."""
-
-    def informative(values: Any) -> float:
-        series = pd.Series(values)
-        if pd.api.types.is_numeric_dtype(series):
-            arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64")
-            return float(np.mean(np.isfinite(arr) & (arr != 0))) if len(arr) else 0.0
-        return float(series.notna().mean()) if len(series) else 0.0
-
-    ref = informative(reference)
-    return 0.0 if ref == 0 else 1.0 - informative(current) / ref
+    """Share of the reference's informative rows gone now: ``1 - informative share now /
+    informative share in the reference`` (0 when nothing changed, 1 when a feed stopped
+    and the feature is all zero or missing; negative when it fills up). A feature never
+    informative in the reference gives 0."""
+    ref = informative_share(reference)
+    return 0.0 if ref == 0 else 1.0 - informative_share(current) / ref

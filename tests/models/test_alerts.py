@@ -15,7 +15,7 @@ SHIPPED = resources.files("models").joinpath("default_alerts.yaml").read_text("u
 def test_shipped_thresholds_parse_and_judge() -> None:
     alerts = load_alerts()
     psi = alerts.threshold("features", "psi")
-    assert (psi.level(0.1), psi.level(0.25), psi.level(0.31)) == ("ok", "warn", "alert")
+    assert (psi.level(0.1), psi.level(0.25), psi.level(0.36)) == ("ok", "warn", "alert")
     assert alerts.threshold("churn", "auc_drop").alert == pytest.approx(0.03)
     assert Threshold(alert=0.1).level(float("nan")) == "ok"
     assert Threshold(alert=0.1).level(0.2) == "alert"
@@ -35,7 +35,7 @@ def test_unknown_check_names_its_line() -> None:
 
 
 def test_bad_values_name_their_lines(tmp_path: Path) -> None:
-    text = SHIPPED.replace("psi: {warn: 0.2, alert: 0.3}", "psi: {warn: 0.2, alert: -1}")
+    text = SHIPPED.replace("psi: {warn: 0.2, alert: 0.35}", "psi: {warn: 0.2, alert: -1}")
     text = text.replace(
         "coverage_gap: {warn: 0.05, alert: 0.10}", "coverage_gap: {warn: 0.5, alert: 0.1}"
     )
