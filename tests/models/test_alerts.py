@@ -19,7 +19,7 @@ def test_shipped_thresholds_parse_and_judge() -> None:
     assert alerts.threshold("churn", "auc_drop").alert == pytest.approx(0.03)
     assert Threshold(alert=0.1).level(float("nan")) == "ok"
     assert Threshold(alert=0.1).level(0.2) == "alert"
-    with pytest.raises(KeyError, match="no threshold churn.nope"):
+    with pytest.raises(KeyError, match=r"no threshold churn\.nope"):
         alerts.threshold("churn", "nope")
 
 
