@@ -268,6 +268,50 @@ def run_of(version: ModelVersion) -> Run:
         return client().get_run(str(version.run_id))
 
 
+# --------------------------------------------------------------------------- monitoring reference
+#: artifact of a training run: a sample of the feature snapshot the model was evaluated on,
+#: with its scores, that the monitor compares scoring runs against (drift)
+REFERENCE_ARTIFACT = "reference.parquet"
+
+
+def log_reference(frame: pd.DataFrame) -> None:
+    """Store ``frame`` as the active run's monitoring reference (so it travels with the
+    model version the run registers)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / REFERENCE_ARTIFACT
+        frame.to_parquet(path, index=False)
+        with quiet():
+            mlflow.log_artifact(str(path))
+
+
+def load_reference(kind: str, version: str | int) -> pd.DataFrame | None:
+    """The monitoring reference stored with ``kind`` version ``version``; None for a
+    version trained before references were stored."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    run_id = str(get_version(kind, version=version).run_id)
+    with tempfile.TemporaryDirectory() as tmp, quiet():
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=REFERENCE_ARTIFACT,
+                dst_path=tmp,
+                tracking_uri=tracking_uri(),
+            )
+        except (MlflowException, OSError):
+            return None
+        return pd.read_parquet(path)
+
+
+def run_metrics(kind: str, version: str | int) -> dict[str, float]:
+    """The metrics logged by the run that trained ``kind`` version ``version`` (holdout
+    figures the monitor compares realised ones with)."""
+    return dict(run_of(get_version(kind, version=version)).data.metrics)
+
+
 # --------------------------------------------------------------------------- champion changes
 @dataclass(frozen=True)
 class ChampionChange:

@@ -538,6 +538,46 @@ def score(as_of: datetime | None, chunk_rows: int) -> None:
     say(run.summary())
 
 
+# --------------------------------------------------------------------------- monitoring
+@main.command()
+@click.option("--as-of", default=None, help="Monitor as of this date (default: end of the data).")
+@click.option(
+    "--thresholds",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Thresholds YAML (default: the shipped models/default_alerts.yaml).",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of the HTML report (default: <home>/monitoring).",
+)
+@fail_on(*JOB_ERRORS)
+def monitor(as_of: str | None, thresholds: Path | None, report_dir: Path | None) -> None:
+    """Check the champions against what happened and their input against their training:
+    churn and value realised (and estimated before labels), by tier and segment, feature
+    and score drift. Prints the table, appends to `monitor_checks`, writes an HTML report,
+    logs an MLflow run; exits 2 when any check is at alert level (for a scheduler to page).
+    """
+    from training import monitor as job
+
+    con = open_warehouse(get_settings())
+    try:
+        result = job.run(
+            parse_when(as_of),
+            con=con,
+            thresholds=thresholds,
+            report_dir=report_dir,
+            progress=progress,
+        )
+    finally:
+        con.disconnect()
+    say(result.summary())
+    if len(result.alerts):
+        sys.exit(2)
+
+
 @main.command()
 @click.option("--filter", "filter_", default=None, help='e.g. "churn_probability > 0.5".')
 @click.option("--list", "list_name", default=None, help="A saved list definition by name.")

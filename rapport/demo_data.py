@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,9 @@ from features.contract import (
     Table,
 )
 from features.timeutil import as_utc
+
+if TYPE_CHECKING:
+    from rapport.scenarios import Scenario
 
 Progress = Callable[[str], None]
 
@@ -659,9 +662,15 @@ class _Simulator:
     """Advances all customers week by week and collects the events they produce."""
 
     def __init__(
-        self, rng: np.random.Generator, pop: _Population, cal: _Calendar, wave_weeks: set[int]
+        self,
+        rng: np.random.Generator,
+        pop: _Population,
+        cal: _Calendar,
+        wave_weeks: set[int],
+        scenario: Scenario | None = None,
     ) -> None:
         self.rng, self.pop, self.cal, self.wave_weeks = rng, pop, cal, wave_weeks
+        self.scenario = scenario
         self.st = _State.initial(pop.size)
         self.orders, self.contacts, self.decisions = _Events(), _Events(), _Events()
         self.snapshot: _State | None = None
@@ -688,6 +697,8 @@ class _Simulator:
         # time each active customer could act in this week (signup may fall inside it)
         since = np.maximum(self.pop.signup_us[:n_active], lo)
         exposure = (hi - since) / US_PER_WEEK
+        if self.scenario is not None and self.scenario.starts_in(lo, hi):
+            self.scenario.change(self.pop)
         if week in self.wave_weeks:
             self._campaign_wave(lo, n_active)
         self._organic_orders(week, lo, n_active)
@@ -1236,6 +1247,7 @@ def generate(
     *,
     campaigns: bool = True,
     spend_sigma: float = SPEND_SIGMA,
+    scenario: Scenario | None = None,
 ) -> DemoData:
     """Simulate ``customers`` customers over ``years`` up to ``end`` (exclusive).
 
@@ -1243,7 +1255,8 @@ def generate(
     same arguments give the same data. Other worlds, for tests: ``campaigns=False`` runs no
     campaign wave (an empty campaign log, as in transaction-only data); ``spend_sigma``
     sets the spread of the customers' lognormal mean order value (heavier tail above
-    :data:`SPEND_SIGMA`).
+    :data:`SPEND_SIGMA`). ``scenario`` changes the world from a date
+    (:mod:`rapport.scenarios`); before that date the data equals the unchanged world's.
     """
     if customers < 1:
         raise ValueError(f"customers must be >= 1, got {customers}")
@@ -1257,7 +1270,7 @@ def generate(
     pop = _population(rng, customers, _micros(start), _micros(end), spend_sigma)
     extra_days = horizon_days + RESPONSE_WINDOW_DAYS + 7
     cal = _Calendar.build(_micros(start), _micros(end), _micros(as_of), extra_days)
-    sim = _Simulator(rng, pop, cal, _wave_weeks(cal) if campaigns else set())
+    sim = _Simulator(rng, pop, cal, _wave_weeks(cal) if campaigns else set(), scenario)
     sim.run(say)
     assert sim.snapshot is not None
     ids = _ids("C", customers)
@@ -1274,10 +1287,13 @@ def generate(
     customers_frame = _customers_frame(pop, ids)
     orders = _orders_frame(sim.orders, ids)
     say("building tables: interactions, campaign_log")
+    interactions = _interactions_frame(sim.contacts, ids)
+    if scenario is not None:
+        interactions = scenario.lose(interactions)
     return DemoData(
         customers=customers_frame,
         orders=orders,
-        interactions=_interactions_frame(sim.contacts, ids),
+        interactions=interactions,
         campaign_log=_campaign_frame(sim.decisions, ids),
         truth_customers=truth_customers,
         truth_actions=truth_actions,

@@ -437,6 +437,26 @@ def _log_artifacts(
         if (other := evaluation.comparison) is not None:
             other.table().to_csv(folder / f"{other.key}_metrics.csv")
         model.feature_importance().to_csv(folder / "feature_importance.csv", header=["gain"])
+    registry.log_reference(reference_frame(kind, model, data))
+
+
+#: rows of the holdout snapshot kept as the monitoring reference (drift is measured
+#: against them; 20,000 rows put a PSI bin's share within about +-0.005)
+REFERENCE_ROWS = 20_000
+#: the score column of each kind, named as in the ``scores`` table
+SCORE_COLUMN: dict[Kind, str] = {"churn": "churn_probability", "value": "value_mean"}
+
+
+def reference_frame(kind: Kind, model: Model, data: TrainingSet) -> pd.DataFrame:
+    """Features and score of (a sample of) every customer at every cutoff of the training
+    set (training, validation and holdout snapshots): the seasons and campaign phases the
+    model was built on, which the monitor compares each scoring run with."""
+    rows = data.frame
+    if len(rows) > REFERENCE_ROWS:
+        rows = rows.sample(REFERENCE_ROWS, random_state=0)
+    frame = rows[["customer_id", "as_of", *data.feature_names]].reset_index(drop=True)
+    frame[SCORE_COLUMN[kind]] = predict(model, rows)
+    return frame
 
 
 def _figures(kind: Kind, model: Model, scored: _Scored) -> list[tuple[str, bytes]]:

@@ -32,19 +32,20 @@ GATE_METRIC: dict[Kind, tuple[str, bool]] = {"churn": ("auc", True), "value": ("
 HOLDOUT_TAG = "rapport.holdout"
 
 
-def configure() -> str:
-    """Point MLflow at the workspace store (creating it), make the ``rapport`` experiment
-    the active one and return its id. Call before any other MLflow use; cheap to repeat.
+def configure(name: str = EXPERIMENT) -> str:
+    """Point MLflow at the workspace store (creating it), make the experiment ``name``
+    (default ``rapport``; monitoring logs to ``rapport-monitoring``) the active one and
+    return its id. Call before any other MLflow use; cheap to repeat.
     """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
     with quiet():
-        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
-            mlflow.create_experiment(EXPERIMENT, artifact_location=get_settings().artifact_root)
+            mlflow.create_experiment(name, artifact_location=get_settings().artifact_root)
         # also the default for runs started without an experiment (nested ones, notebooks)
-        return str(mlflow.set_experiment(EXPERIMENT).experiment_id)
+        return str(mlflow.set_experiment(name).experiment_id)
 
 
 @contextlib.contextmanager

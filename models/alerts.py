@@ -1,0 +1,146 @@
+"""Monitoring thresholds: which number of which check is ``ok``, ``warn`` or ``alert``.
+
+Operators edit them as YAML (``models/default_alerts.yaml`` is shipped; ``rapport monitor
+--thresholds FILE`` reads another). They are validated strictly on load: an unknown check,
+a misspelt key or a bad number fails with the file and line, since a silently ignored
+threshold is a monitor that never pages.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Level = Literal["ok", "warn", "alert"]
+LEVELS: tuple[Level, ...] = ("ok", "warn", "alert")
+_STRICT = ConfigDict(frozen=True, extra="forbid")
+DEFAULT_SOURCE = "models/default_alerts.yaml"
+
+
+class AlertsError(ValueError):
+    """Thresholds that cannot be used; the message names the file and line."""
+
+
+class Threshold(BaseModel):
+    """``warn`` (optional) and ``alert`` bounds of one check's number."""
+
+    model_config = _STRICT
+
+    warn: float | None = Field(default=None, ge=0)
+    alert: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Threshold:
+        if self.warn is not None and self.warn > self.alert:
+            raise ValueError(f"warn ({self.warn}) must not exceed alert ({self.alert})")
+        return self
+
+    def level(self, value: float) -> Level:
+        """Higher is worse; a missing number (NaN) is ``ok`` (nothing to judge)."""
+        if not math.isfinite(value):
+            return "ok"
+        if value > self.alert:
+            return "alert"
+        if self.warn is not None and value > self.warn:
+            return "warn"
+        return "ok"
+
+
+class ChurnThresholds(BaseModel):
+    model_config = _STRICT
+    auc_drop: Threshold
+    estimated_auc_drop: Threshold
+    calibration_error: Threshold
+    rate_gap: Threshold
+
+
+class ValueThresholds(BaseModel):
+    model_config = _STRICT
+    coverage_gap: Threshold
+    total_error: Threshold
+    spearman_drop: Threshold
+
+
+class FeatureThresholds(BaseModel):
+    model_config = _STRICT
+    psi: Threshold
+    ks: Threshold
+    js: Threshold
+    emptied: Threshold
+    #: drift of a feature holding less than this share of the champions' gain warns at
+    #: most (their predictions barely read it; the score checks show any effect)
+    min_importance: float = Field(default=0.01, ge=0, le=1)
+
+
+class Alerts(BaseModel):
+    """Every threshold the monitor applies."""
+
+    model_config = _STRICT
+
+    min_rows: int = Field(default=200, ge=1)
+    churn: ChurnThresholds
+    value: ValueThresholds
+    features: FeatureThresholds
+
+    def threshold(self, kind: str, check: str) -> Threshold:
+        """The threshold of ``kind.check``; KeyError naming it when there is none."""
+        group = getattr(self, kind, None)
+        found = getattr(group, check, None) if isinstance(group, BaseModel) else None
+        if not isinstance(found, Threshold):
+            raise KeyError(f"no threshold {kind}.{check}")
+        return found
+
+
+def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (the deepest one that exists)."""
+    line = None if node is None else node.start_mark.line + 1
+    for key in loc:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for k, v in node.value:
+            if k.value == str(key):
+                node, line = v, k.start_mark.line + 1
+                break
+        else:
+            break
+    return line
+
+
+def parse_alerts(text: str, source: str = "<thresholds>") -> Alerts:
+    """Validate thresholds YAML; :class:`AlertsError` names ``source``, the line and the
+    field of every problem."""
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise AlertsError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise AlertsError(f"{source}: expected a mapping of checks, got {type(data).__name__}")
+    try:
+        return Alerts.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            where = ".".join(str(part) for part in loc) or "(top)"
+            line = _line(node, loc)
+            at = f"line {line}" if line else "?"
+            message = "unknown check or key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{source}:{at}: {where}: {message}")
+        raise AlertsError("invalid monitoring thresholds\n  " + "\n  ".join(lines)) from None
+
+
+def load_alerts(path: Path | str | None = None) -> Alerts:
+    """The thresholds of ``path``, or the shipped defaults."""
+    if path is None:
+        text = resources.files("models").joinpath("default_alerts.yaml").read_text("utf-8")
+        return parse_alerts(text, DEFAULT_SOURCE)
+    path = Path(path)
+    if not path.is_file():
+        raise AlertsError(f"{path}: no such thresholds file")
+    return parse_alerts(path.read_text("utf-8"), str(path))

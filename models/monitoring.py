@@ -1,0 +1,226 @@
+"""Monitoring statistics: drift (PSI, KS, Jensen-Shannon, chi-square), label-free churn
+performance (CBPE) and the calibration / interval diagnostics the monitor compares.
+
+Plain functions on numpy arrays (no I/O), so the monitoring job, its tests and the bench
+compute them the same way. Written over scipy rather than taken from Evidently or NannyML:
+neither installs beside the project's pins (Evidently 0.7 and NannyML 0.13 cap pandas
+below 3 / numpy below 2), and what we need is a few dozen lines each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import chi2_contingency, ks_2samp, rankdata
+
+#: a bin share is floored at this before the PSI's log ratio (an empty bin stays finite)
+PSI_FLOOR = 1e-4
+#: the rows a two-sample test reads at most per side (its statistic is stable long before)
+TEST_ROWS = 50_000
+MISSING = "<missing>"
+
+
+def _sample(values: np.ndarray, rows: int, seed: int = 0) -> np.ndarray:
+    if len(values) <= rows:
+        return values
+    return np.random.default_rng(seed).choice(values, rows, replace=False)
+
+
+def _psi(ref_share: np.ndarray, cur_share: np.ndarray) -> float:
+    ref = np.maximum(ref_share, PSI_FLOOR)
+    cur = np.maximum(cur_share, PSI_FLOOR)
+    return float(np.sum((cur - ref) * np.log(cur / ref)))
+
+
+def numeric_edges(reference: Any, bins: int = 10) -> np.ndarray:
+    """Inner bin edges at the reference's quantiles (duplicates merged: a feature that is
+    mostly 0 gets fewer bins, never empty ones)."""
+    ref = np.asarray(reference, dtype="float64")
+    ref = ref[np.isfinite(ref)]
+    if not len(ref):
+        return np.array([], dtype="float64")
+    return np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+
+
+def numeric_shares(values: Any, edges: np.ndarray) -> np.ndarray:
+    """Shares of the bins cut by ``edges`` (right-closed), missing values in a last bin."""
+    arr = np.asarray(values, dtype="float64")
+    missing = ~np.isfinite(arr)
+    idx = np.searchsorted(edges, arr[~missing], side="left")
+    counts = np.bincount(idx, minlength=len(edges) + 1).astype("float64")
+    counts = np.append(counts, missing.sum())
+    return counts / max(len(arr), 1)
+
+
+def psi_numeric(reference: Any, current: Any, bins: int = 10) -> float:
+    """Population stability index over the reference's deciles plus a missing bin.
+
+    0.1 is the usual "look", 0.2 "moderate" and 0.3 "large" shift."""
+    edges = numeric_edges(reference, bins)
+    return _psi(numeric_shares(reference, edges), numeric_shares(current, edges))
+
+
+def _counts(values: Any) -> pd.Series:
+    """Rows per category (missing as one), counted before any conversion to text."""
+    counts = pd.Series(values, dtype="object").value_counts(dropna=False)
+    counts.index = [MISSING if pd.isna(k) else str(k) for k in counts.index]
+    return counts.groupby(level=0).sum()
+
+
+def category_shares(reference: Any, current: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Shares of each category (missing as one) in both samples, over the union."""
+    ref, cur = _counts(reference), _counts(current)
+    names = sorted(set(ref.index) | set(cur.index))
+    r = ref.reindex(names, fill_value=0).to_numpy(dtype="float64")
+    c = cur.reindex(names, fill_value=0).to_numpy(dtype="float64")
+    return r / max(r.sum(), 1.0), c / max(c.sum(), 1.0), names
+
+
+def psi_categorical(reference: Any, current: Any) -> float:
+    ref, cur, _ = category_shares(reference, current)
+    return _psi(ref, cur)
+
+
+def ks_test(reference: Any, current: Any) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov (statistic D, p-value) on the finite values.
+
+    D is what thresholds read: with a million rows every p-value is tiny for a shift
+    nobody cares about, while D is the largest gap between the two CDFs whatever the size.
+    """
+    ref = np.asarray(reference, dtype="float64")
+    cur = np.asarray(current, dtype="float64")
+    ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]
+    if not len(ref) or not len(cur):
+        return float("nan"), float("nan")
+    result = ks_2samp(_sample(ref, TEST_ROWS), _sample(cur, TEST_ROWS, 1))
+    return float(result.statistic), float(result.pvalue)
+
+
+def js_distance(reference: Any, current: Any) -> float:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between two category distributions."""
+    ref, cur, _ = category_shares(reference, current)
+    mid = (ref + cur) / 2
+
+    def kl(p: np.ndarray) -> float:
+        nz = p > 0
+        return float(np.sum(p[nz] * np.log2(p[nz] / mid[nz])))
+
+    return float(np.sqrt(max(0.5 * kl(ref) + 0.5 * kl(cur), 0.0)))
+
+
+def chi2_test(reference: Any, current: Any) -> float:
+    """Chi-square test of equal category distributions (p-value; 1.0 for one category)."""
+    ref, cur = _counts(reference), _counts(current)
+    names = sorted(set(ref.index) | set(cur.index))
+    if len(names) < 2:
+        return 1.0
+    table = np.vstack(
+        [ref.reindex(names, fill_value=0).to_numpy(), cur.reindex(names, fill_value=0).to_numpy()]
+    )
+    return float(chi2_contingency(table).pvalue)
+
+
+# --------------------------------------------------------------------------- churn
+def expected_calibration_error(y: Any, p: Any, bins: int = 10) -> float:
+    """Count-weighted mean |observed - predicted| over equal-count bins of the prediction."""
+    y_arr = np.asarray(y, dtype="float64")
+    p_arr = np.asarray(p, dtype="float64")
+    order = np.argsort(p_arr, kind="stable")
+    groups = np.array_split(order, min(bins, len(order)))
+    gaps = [abs(y_arr[g].mean() - p_arr[g].mean()) * len(g) for g in groups if len(g)]
+    return float(sum(gaps) / max(len(p_arr), 1))
+
+
+def _auc_from_ranks(ranks: np.ndarray, y: np.ndarray) -> float:
+    n1 = y.sum()
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    return float((ranks @ y - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def cbpe_auc(
+    p: Any, replicates: int = 200, level: float = 0.9, seed: int = 0, rows: int = 200_000
+) -> tuple[float, float, float]:
+    """Label-free AUC estimate from calibrated probabilities (confidence-based performance
+    estimation), with a ``level`` interval: (estimate, low, high).
+
+    If the probabilities are calibrated, each customer churns with probability ``p``, so
+    the AUC the labels will give is the AUC of labels drawn from ``p``. The estimate is its
+    mean over ``replicates`` draws, the interval their quantiles (the spread the finite
+    sample alone gives; it widens when the population is small). Ranks are computed once,
+    so each draw costs one dot product; above ``rows`` customers a fixed sample is used.
+    """
+    arr = _sample(np.asarray(p, dtype="float64"), rows, seed)
+    if not len(arr):
+        return float("nan"), float("nan"), float("nan")
+    ranks = rankdata(arr)
+    rng = np.random.default_rng(seed)
+    draws = np.array(
+        [
+            _auc_from_ranks(ranks, (rng.random(len(arr)) < arr).astype("float64"))
+            for _ in range(replicates)
+        ]
+    )
+    draws = draws[np.isfinite(draws)]
+    if not len(draws):
+        return float("nan"), float("nan"), float("nan")
+    tail = (1 - level) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return float(draws.mean()), float(low), float(high)
+
+
+def rate_interval(p: Any, level: float = 0.9) -> tuple[float, float, float]:
+    """Expected share of positives under calibrated ``p`` with a normal interval
+    (the sum of independent Bernoullis has variance sum p(1-p))."""
+    arr = np.asarray(p, dtype="float64")
+    n = max(len(arr), 1)
+    mean = float(arr.mean()) if len(arr) else float("nan")
+    sd = float(np.sqrt(np.sum(arr * (1 - arr)))) / n
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    return mean, mean - z * sd, mean + z * sd
+
+
+# --------------------------------------------------------------------------- value
+#: the PIT bins the value model's quantiles cut: below p10, p10-p50, p50-p90, above p90
+PIT_BINS = ("below_p10", "p10_p50", "p50_p90", "above_p90")
+PIT_EXPECTED = (0.1, 0.4, 0.4, 0.1)
+
+
+def pit_histogram(y: Any, p10: Any, p50: Any, p90: Any) -> pd.DataFrame:
+    """Where the realised values fall among the predicted quantiles (a coarse probability
+    integral transform): shares per bin next to the 10/40/40/10 a calibrated band gives."""
+    y_arr = np.asarray(y, dtype="float64")
+    cuts = [np.asarray(q, dtype="float64") for q in (p10, p50, p90)]
+    idx = (y_arr >= cuts[0]).astype(int) + (y_arr > cuts[1]) + (y_arr > cuts[2])
+    counts = np.bincount(idx, minlength=4)
+    return pd.DataFrame(
+        {"bin": PIT_BINS, "share": counts / max(len(y_arr), 1), "expected": PIT_EXPECTED}
+    )
+
+
+def informative_share(values: Any) -> float:
+    """Share of rows that carry information: non-zero and non-missing (numbers), or
+    non-missing (categories)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        return float(np.mean(np.isfinite(values) & (values != 0))) if len(values) else 0.0
+    series = pd.Series(values)
+    if not len(series):
+        return 0.0
+    if pd.api.types.is_numeric_dtype(series):
+        arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        return float(np.mean(np.isfinite(arr) & (arr != 0)))
+    return float(series.notna().mean())
+
+
+def emptied(reference: Any, current: Any) -> float:
+    """Share of the reference's informative rows gone now: ``1 - informative share now /
+    informative share in the reference`` (0 when nothing changed, 1 when a feed stopped
+    and the feature is all zero or missing; negative when it fills up). A feature never
+    informative in the reference gives 0."""
+    ref = informative_share(reference)
+    return 0.0 if ref == 0 else 1.0 - informative_share(current) / ref

@@ -1,0 +1,58 @@
+"""Monitoring thresholds: the shipped file parses; mistakes fail naming the line."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from models.alerts import AlertsError, Threshold, load_alerts, parse_alerts
+
+SHIPPED = resources.files("models").joinpath("default_alerts.yaml").read_text("utf-8")
+
+
+def test_shipped_thresholds_parse_and_judge() -> None:
+    alerts = load_alerts()
+    psi = alerts.threshold("features", "psi")
+    assert (psi.level(0.1), psi.level(0.25), psi.level(0.36)) == ("ok", "warn", "alert")
+    assert alerts.threshold("churn", "auc_drop").alert == pytest.approx(0.03)
+    assert Threshold(alert=0.1).level(float("nan")) == "ok"
+    assert Threshold(alert=0.1).level(0.2) == "alert"
+    with pytest.raises(KeyError, match=r"no threshold churn\.nope"):
+        alerts.threshold("churn", "nope")
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def test_unknown_check_names_its_line() -> None:
+    text = SHIPPED.replace("  auc_drop:", "  auc_dorp:", 1)
+    with pytest.raises(AlertsError) as err:
+        parse_alerts(text, "mine.yaml")
+    assert f"mine.yaml:line {_line_of(text, 'auc_dorp')}: churn.auc_dorp: unknown" in str(err.value)
+
+
+def test_bad_values_name_their_lines(tmp_path: Path) -> None:
+    text = SHIPPED.replace("psi: {warn: 0.2, alert: 0.35}", "psi: {warn: 0.2, alert: -1}")
+    text = text.replace(
+        "coverage_gap: {warn: 0.05, alert: 0.10}", "coverage_gap: {warn: 0.5, alert: 0.1}"
+    )
+    path = tmp_path / "alerts.yaml"
+    path.write_text(text)
+    with pytest.raises(AlertsError) as err:
+        load_alerts(path)
+    message = str(err.value)
+    assert f"line {_line_of(text, 'psi:')}: features.psi.alert" in message
+    assert f"line {_line_of(text, 'coverage_gap')}: value.coverage_gap" in message
+    assert "must not exceed alert" in message
+
+
+def test_not_yaml_or_not_a_mapping_or_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(AlertsError, match="not valid YAML"):
+        parse_alerts("churn: [", "x.yaml")
+    with pytest.raises(AlertsError, match="expected a mapping"):
+        parse_alerts("- 1", "x.yaml")
+    with pytest.raises(AlertsError, match="no such thresholds file"):
+        load_alerts(tmp_path / "nope.yaml")

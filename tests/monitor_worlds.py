@@ -1,0 +1,131 @@
+"""Simulated worlds for the monitor's quality tests and bench: one model trained before a
+change, then monthly scoring + monitoring in the unchanged world and in each scenario.
+
+Every world shares the seed, so its history before the change equals the stable world's
+and the one trained model (in the stable world's MLflow store) serves them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sample_data import FAST_PARAMS
+
+#: the world ends here; the champions' holdout cutoff is TEST_CUTOFF (their labels end 90
+#: days later) and the world changes at CHANGE
+END = datetime(2026, 6, 1, tzinfo=UTC)
+TEST_CUTOFF = datetime(2025, 6, 6, tzinfo=UTC)
+CHANGE = datetime(2025, 9, 10, tzinfo=UTC)
+HORIZON = 90
+#: scoring and monitoring monthly, on the day of the month of the training cutoffs (the
+#: demo's campaign waves are monthly: another day would see another phase of them)
+MONITOR_AT = [(TEST_CUTOFF + pd.DateOffset(months=k)).to_pydatetime() for k in range(3, 9)]
+PERIOD = 31
+
+
+@contextmanager
+def world_home(home: Path, mlruns: Path | None = None) -> Iterator[None]:
+    """RAPPORT_HOME = ``home`` (and the MLflow store of ``mlruns``' workspace if given)."""
+    from rapport.settings import reset_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAPPORT_HOME", str(home))
+        patch.delenv("RAPPORT_WAREHOUSE_URL", raising=False)
+        if mlruns is None:
+            patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        else:
+            patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mlruns / 'mlruns' / 'mlflow.db'}")
+        reset_settings()
+        try:
+            yield
+        finally:
+            reset_settings()
+    reset_settings()
+
+
+def change_date() -> datetime:
+    return CHANGE
+
+
+def load_world(home: Path, customers: int, seed: int, scenario: str | None) -> None:
+    """Simulate the world (with ``scenario`` from :func:`change_date`) into ``home``."""
+    from features.ingest import discover_files, ingest
+    from features.warehouse import connect
+    from rapport.demo_data import generate, write
+    from rapport.scenarios import scenarios
+    from rapport.settings import get_settings
+
+    chosen = None if scenario is None else scenarios(change_date())[scenario]
+    settings = get_settings()
+    settings.ensure_home()
+    data = generate(customers, seed=seed, end=END, horizon_days=HORIZON, scenario=chosen)
+    folder = write(data, home / "data", "parquet")
+    con = connect(settings.warehouse_path)
+    try:
+        ingest(con, discover_files(folder["customers"].parent), now=END)
+    finally:
+        con.disconnect()
+
+
+def train_before_change() -> None:
+    """Churn and value trained on labels that end before the change, then promoted."""
+    from features.warehouse import connect
+    from rapport.settings import get_settings
+    from training import jobs
+    from training.datasets import build_training_set
+
+    con = connect(get_settings().warehouse_path)
+    try:
+        data = build_training_set(con, TEST_CUTOFF, HORIZON, train_cutoffs=2, step_months=3)
+        for kind in ("churn", "value"):
+            jobs.train(kind, con, params=FAST_PARAMS, data=data)
+            jobs.promote(kind)
+    finally:
+        con.disconnect()
+
+
+@dataclass
+class Timeline:
+    """What monthly monitoring of one world found."""
+
+    scenario: str | None
+    #: monitoring date -> checks at level alert
+    alerts: dict[datetime, pd.DataFrame] = field(default_factory=dict)
+    #: monitoring date -> every check
+    checks: dict[datetime, pd.DataFrame] = field(default_factory=dict)
+
+    def first_alert(self, kind: str, check: str | None = None) -> datetime | None:
+        for when, found in sorted(self.alerts.items()):
+            hit = found[found["kind"] == kind]
+            if check is not None:
+                hit = hit[hit["check"] == check]
+            if len(hit) and when >= change_date():
+                return when
+        return None
+
+
+def monitor_monthly(scenario: str | None, dates: list[datetime] = MONITOR_AT) -> Timeline:
+    """Score as of each date, then monitor as of it (so the run of ``HORIZON`` days ago
+    has just matured)."""
+    from features.warehouse import connect
+    from rapport.settings import get_settings
+    from training import monitor
+    from training.scoring import score_all
+
+    timeline = Timeline(scenario)
+    con = connect(get_settings().warehouse_path)
+    try:
+        for when in dates:
+            score_all(con, when)
+            result = monitor.run(when, con=con, log_to_mlflow=False)
+            timeline.alerts[when] = result.alerts
+            timeline.checks[when] = result.checks
+    finally:
+        con.disconnect()
+    return timeline

@@ -1,0 +1,151 @@
+"""``rapport monitor`` on simulated worlds: a stable one and one per scenario.
+
+One model is trained before the change date in the stable world (its MLflow store serves
+every world); each world is scored and monitored monthly. The stable world must raise no
+alert over its runs, its label-free AUC interval must hold the realised AUC, and each
+scenario must raise its own alert within one scoring period of the first run whose data
+can show it (see ``expected`` below). Scenario worlds are marked slow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import monitor_worlds as mw
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from features.tables.monitoring import CHECK_COLUMNS, CHECKS, CURVES, RUNS
+from features.warehouse import connect, raw
+from rapport.cli import main
+from rapport.settings import get_settings
+
+CUSTOMERS = 1500
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("monitor-worlds")
+    with mw.world_home(base / "stable"):
+        mw.load_world(base / "stable", CUSTOMERS, SEED, None)
+        mw.train_before_change()
+    return base
+
+
+@pytest.fixture(scope="module")
+def stable(worlds: Path) -> mw.Timeline:
+    with mw.world_home(worlds / "stable"):
+        return mw.monitor_monthly(None)
+
+
+def test_stable_world_raises_no_alert_over_its_runs(stable: mw.Timeline) -> None:
+    assert len(stable.checks) == len(mw.MONITOR_AT) >= 5
+    raised = {when.date(): found for when, found in stable.alerts.items() if len(found)}
+    assert not raised, raised
+    # the realised checks ran too, once a scoring run had matured
+    last = stable.checks[mw.MONITOR_AT[-1]]
+    assert {"auc", "auc_drop", "calibration_error", "coverage_gap", "total_error"} <= set(
+        last["check"]
+    )
+
+
+def test_cbpe_interval_holds_the_realised_auc(stable: mw.Timeline) -> None:
+    """The estimate made for a run when it was scored (no labels yet) against the AUC its
+    labels gave once its horizon matured (three monthly runs later)."""
+
+    def one(checks: pd.DataFrame, check: str) -> float:
+        row = checks[(checks["check"] == check) & (checks["subject"] == "all")]
+        return float(row["value"].iloc[0]) if len(row) else float("nan")
+
+    dates = mw.MONITOR_AT
+    compared = 0
+    for scored, matured in zip(dates, dates[3:], strict=False):
+        low = one(stable.checks[scored], "estimated_auc_low")
+        high = one(stable.checks[scored], "estimated_auc_high")
+        realised = one(stable.checks[matured], "auc")
+        assert low <= realised <= high, (scored.date(), low, realised, high)
+        compared += 1
+    assert compared == 3
+
+
+def test_cli_prints_the_table_writes_tables_report_and_mlflow_run(worlds: Path) -> None:
+    with mw.world_home(worlds / "stable"):
+        as_of = mw.MONITOR_AT[-1].date().isoformat()
+        result = CliRunner().invoke(main, ["monitor", "--as-of", as_of])
+        assert result.exit_code == 0, result.output
+        assert "level  kind" in result.output and "0 alert" in result.output
+        report = Path(result.output.split("report: ")[1].split()[0])
+        html = report.read_text()
+        assert html.startswith("<!doctype html>") and "data:image/png;base64" in html
+        assert "feature drift heatmap" in html and "http" not in html.split("<body>")[1]
+        con = connect(get_settings().warehouse_path, read_only=True)
+        try:
+            db = raw(con)
+            cols = [r[0] for r in db.execute(f"DESCRIBE {CHECKS}").fetchall()]
+            assert tuple(cols) == CHECK_COLUMNS
+            runs = db.execute(f"SELECT run_id, mlflow_run_id, alerts FROM {RUNS}").fetchall()
+            kinds = {r[0] for r in db.execute(f"SELECT DISTINCT kind FROM {CHECKS}").fetchall()}
+            curves = db.execute(f"SELECT DISTINCT curve FROM {CURVES}").fetchall()
+        finally:
+            con.disconnect()
+        assert len(runs) == len(mw.MONITOR_AT) + 1  # the monthly runs and this one
+        assert runs[-1][1] is not None and kinds == {"churn", "value", "features"}
+        assert {c[0] for c in curves} == {"calibration", "pit"}
+        from models.registry import client
+
+        experiment = client().get_experiment_by_name("rapport-monitoring")
+        assert experiment is not None
+        found = client().search_runs([experiment.experiment_id])
+        assert len(found) == 1 and found[0].data.metrics["alerts"] == 0
+
+
+def test_cli_exits_2_on_alert_and_rejects_bad_thresholds(worlds: Path, tmp_path: Path) -> None:
+    strict = tmp_path / "strict.yaml"
+    from importlib import resources
+
+    text = resources.files("models").joinpath("default_alerts.yaml").read_text("utf-8")
+    strict.write_text(text.replace("psi: {warn: 0.2, alert: 0.35}", "psi: {alert: 0.0}"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("  ks:", "  kss:"))
+    with mw.world_home(worlds / "stable"):
+        as_of = mw.MONITOR_AT[-1].date().isoformat()
+        paged = CliRunner().invoke(main, ["monitor", "--as-of", as_of, "--thresholds", str(strict)])
+        assert paged.exit_code == 2, paged.output
+        assert "alert  features  psi" in paged.output
+        refused = CliRunner().invoke(main, ["monitor", "--thresholds", str(bad)])
+        assert refused.exit_code == 1 and "features.kss: unknown check" in refused.output
+        early = CliRunner().invoke(main, ["monitor", "--as-of", "2020-01-01"])
+        assert early.exit_code == 1 and "no scoring run" in early.output
+
+
+#: scenario -> (kind, check or any) of the alert that must come, and the days after the
+#: change by which it must: a broken channel is in the features of the first scoring run
+#: after the change (one period); a spend drop and a higher churn hazard barely move the
+#: features of one month (the sparse spend windows stay within their bins), so they show
+#: in realised value and churn: within one period after a horizon reaching past the
+#: change has matured
+EXPECTED: dict[str, tuple[str, str | None, int]] = {
+    "channel": ("features", "emptied", mw.PERIOD),
+    "spend": ("value", "total_error", mw.HORIZON + mw.PERIOD),
+    "hazard": ("churn", None, mw.HORIZON + mw.PERIOD),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", sorted(EXPECTED))
+def test_each_scenario_raises_its_alert_in_time(worlds: Path, scenario: str) -> None:
+    home = worlds / scenario
+    with mw.world_home(home, worlds / "stable"):
+        mw.load_world(home, CUSTOMERS, SEED, scenario)
+        timeline = mw.monitor_monthly(scenario)
+    kind, check, days = EXPECTED[scenario]
+    first = timeline.first_alert(kind, check)
+    assert first is not None, {
+        d.date(): a[["kind", "check", "subject"]] for d, a in timeline.alerts.items()
+    }
+    delay = (first - mw.change_date()).days
+    assert delay <= days, delay
+    # nothing before the change
+    assert all(not len(a) for d, a in timeline.alerts.items() if d < mw.change_date())

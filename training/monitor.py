@@ -1,0 +1,622 @@
+"""``rapport monitor``: are the champions still right, and is their input still what they
+were trained on?
+
+:func:`run` reads the batch scoring runs of the warehouse (``scores`` / ``score_runs``)
+as of a date (default: the end of the data) and checks:
+
+* **churn**, on the latest scoring run whose horizon has matured (every label known):
+  realised AUC, PR-AUC, Brier score, expected calibration error and the churn rate
+  against the mean probability, against the holdout AUC the champion had at training;
+  on the latest run (labels not known yet): the label-free estimate of the AUC and of the
+  churn rate from the calibrated probabilities (CBPE, :func:`models.monitoring.cbpe_auc`)
+  with a 90% interval; the matured run gets the estimate too, next to its realised AUC;
+* **value**, on the matured run: MAE, RMSE, Spearman, top-decile capture, total error and
+  the coverage of the p10-p90 interval (about 80% when calibrated) with a PIT histogram;
+* both also per ABC tier and RFM segment (a group below ``min_rows`` never alerts);
+* **features**: per feature PSI and a two-sample statistic (KS D for numbers,
+  Jensen-Shannon distance for categories, the chi-square p-value in the detail) between
+  the reference stored with the churn champion (its holdout snapshot, see
+  :func:`models.registry.load_reference`) and the latest scoring run's features rebuilt
+  as of its cutoff; the churn and value scores likewise against their references.
+
+Each check is ``ok``, ``warn`` or ``alert`` by the thresholds (:mod:`models.alerts`).
+Results are appended to ``monitor_checks`` / ``monitor_runs`` / ``monitor_curves``
+(:mod:`features.tables.monitoring`), logged as one MLflow run in the ``rapport-monitoring``
+experiment, and written as a self-contained HTML report (:mod:`training.monitor_report`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.batch import build
+from features.contract import CAMPAIGN_LOG
+from features.spec import FeatureSpec, default_spec
+from features.tables import monitoring as tables
+from features.tables.scores import RUNS as SCORE_RUNS
+from features.tables.scores import NoScoresError, RunInfo, latest_run, load_scores
+from features.timeutil import as_utc
+from features.warehouse import connect, raw
+from models import monitoring as stats
+from models import registry
+from models.alerts import LEVELS, Alerts, Level, load_alerts
+from models.metrics import calibration_curve, classification_metrics, regression_metrics
+from rapport.settings import get_settings
+from training.datasets import data_end, labels
+
+Progress = Callable[[str], None]
+EXPERIMENT = "rapport-monitoring"
+GROUPS = ("abc_tier", "rfm_segment")
+GROUP_LABEL = {"abc_tier": "tier", "rfm_segment": "segment"}
+SCORES = ("churn_probability", "value_mean")
+NAN = float("nan")
+#: ``emptied`` is judged only when the reference's informative share would give this many
+#: informative rows in the run (below it, a rare feature empties by chance)
+EMPTIED_MIN_ROWS = 100
+#: checks judged per ABC tier and RFM segment (the others are shown there, not judged:
+#: an AUC within a tier is lower than over the base by construction, and calibration
+#: error and total error over a few hundred rows are mostly noise)
+GROUP_JUDGED = {"rate_gap", "coverage_gap"}
+
+
+@dataclass
+class MonitorRun:
+    """One monitoring run: its checks (``monitor_checks`` rows), curves and report."""
+
+    run_id: str
+    as_of: datetime
+    checked_at: datetime
+    frame: pd.DataFrame
+    curves: pd.DataFrame
+    #: role ("latest", "matured") -> scoring run id
+    scoring_runs: dict[str, str]
+    seconds: float = 0.0
+    report: Path | None = None
+    mlflow_run_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def checks(self) -> pd.DataFrame:
+        """Every check, as appended to ``monitor_checks``."""
+        return self.frame
+
+    @property
+    def alerts(self) -> pd.DataFrame:
+        """The checks at level ``alert``."""
+        return self.frame[self.frame["level"] == "alert"].reset_index(drop=True)
+
+    @property
+    def warnings(self) -> pd.DataFrame:
+        return self.frame[self.frame["level"] == "warn"].reset_index(drop=True)
+
+    def summary(self) -> str:
+        """The compact table: every check with a threshold at subject ``all``, every
+        score, and every warn / alert whatever its subject."""
+        f = self.frame
+        shown = f[
+            f["threshold"].notna()
+            & (
+                (f["subject"] == "all")
+                | f["subject"].str.startswith("score ")
+                | (f["level"] != "ok")
+            )
+        ]
+        lines = [
+            f"monitor {self.run_id} as of {self.as_of:%Y-%m-%d}: "
+            + ", ".join(f"{k} {v}" for k, v in self.scoring_runs.items()),
+            f"{'level':<6} {'kind':<9} {'check':<19} {'subject':<28} {'value':>9} {'threshold':>9}",
+        ]
+        order = {"alert": 0, "warn": 1, "ok": 2}
+        shown = shown.assign(_o=shown["level"].map(order)).sort_values(["_o", "kind", "check"])
+        for row in shown.itertuples():
+            lines.append(
+                f"{row.level:<6} {row.kind:<9} {row.check:<19} {str(row.subject)[:28]:<28} "
+                f"{row.value:>9.4f} {row.threshold:>9.4f}"
+            )
+        lines.append(
+            f"{len(f)} checks: {len(self.alerts)} alert, {len(self.warnings)} warn "
+            f"({self.seconds:.1f}s); all in the warehouse table `{tables.CHECKS}`"
+        )
+        if self.report:
+            lines.append(f"report: {self.report}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+class _Checks:
+    """Collects check rows and curve points for one monitoring run."""
+
+    def __init__(self, alerts: Alerts) -> None:
+        self.alerts = alerts
+        self.rows: list[dict[str, Any]] = []
+        self.curves: list[pd.DataFrame] = []
+
+    def add(
+        self,
+        kind: str,
+        check: str,
+        subject: str,
+        value: float,
+        detail: str,
+        rows: int | None = None,
+        judged: bool = True,
+        cap: Level | None = None,
+    ) -> None:
+        """A check judged by ``kind.check``'s threshold (``judged=False``: a figure shown
+        and charted without one). A group smaller than ``min_rows`` is never above ok."""
+        value = float(value)
+        threshold, level = NAN, "ok"
+        if judged:
+            bound = self.alerts.threshold(kind, check)
+            threshold = bound.alert
+            level = bound.level(value)
+            if cap is not None and LEVELS.index(level) > LEVELS.index(cap):
+                level = cap
+            if rows is not None and rows < self.alerts.min_rows:
+                level = "ok"
+                detail += f"; {rows} rows < min_rows {self.alerts.min_rows}: not judged"
+        if rows is not None:
+            detail = f"{detail}; rows {rows}" if detail else f"rows {rows}"
+        self.rows.append(
+            {
+                "kind": kind,
+                "check": check,
+                "subject": subject,
+                "value": value,
+                "threshold": threshold,
+                "level": level,
+                "detail": detail,
+            }
+        )
+
+    def curve(self, name: str, subject: str, scoring_run: str, frame: pd.DataFrame) -> None:
+        self.curves.append(frame.assign(curve=name, subject=subject, scoring_run=scoring_run))
+
+
+# --------------------------------------------------------------------------- scoring runs
+def _scoring_runs(db: Any, as_of: datetime) -> list[RunInfo]:
+    """Scoring runs with a cutoff at or before ``as_of``, oldest first."""
+    if SCORE_RUNS not in {
+        r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+    }:
+        raise NoScoresError("no scores in the warehouse yet: run `rapport score`")
+    ids = db.execute(
+        f"SELECT run_id FROM {SCORE_RUNS} WHERE as_of <= ? ORDER BY as_of, scored_at", [as_of]
+    ).fetchall()
+    if not ids:
+        raise NoScoresError(
+            f"no scoring run with a cutoff on or before {as_of:%Y-%m-%d}: run `rapport score`"
+        )
+    return [latest_run(db, r[0]) for r in ids]
+
+
+def _holdout(kind: str, version: str | None, metric: str) -> float:
+    """The champion's holdout figure at training (NaN when unknown)."""
+    if version is None:
+        return NAN
+    try:
+        return float(registry.run_metrics(kind, version).get(f"test_{metric}", NAN))
+    except LookupError:
+        return NAN
+
+
+# --------------------------------------------------------------------------- churn
+#: churn's rank metrics (AUC, PR-AUC, Brier) of a larger group are computed on a fixed
+#: random sample of this many rows (the AUC's sampling error is then ~0.002); rates and
+#: calibration error always use every row
+METRIC_ROWS = 250_000
+
+
+def _sampled(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if len(y) <= METRIC_ROWS:
+        return y, s
+    keep = np.random.default_rng(0).choice(len(y), METRIC_ROWS, replace=False)
+    return y[keep], s[keep]
+
+
+def _churn_estimate(c: _Checks, run: RunInfo, active: pd.DataFrame, ref_auc: float) -> None:
+    p = active["churn_probability"].to_numpy()
+    est, low, high = stats.cbpe_auc(p)
+    rate, rlow, rhigh = stats.rate_interval(p)
+    tag = f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d}); 90% interval"
+    c.add("churn", "estimated_auc", "all", est, f"{tag} [{low:.4f}, {high:.4f}]", len(p), False)
+    c.add("churn", "estimated_auc_low", "all", low, tag, len(p), False)
+    c.add("churn", "estimated_auc_high", "all", high, tag, len(p), False)
+    c.add("churn", "estimated_rate", "all", rate, f"{tag} [{rlow:.4f}, {rhigh:.4f}]", len(p), False)
+    c.add(
+        "churn",
+        "estimated_auc_drop",
+        "all",
+        ref_auc - est,
+        f"holdout AUC {ref_auc:.4f} - estimate {est:.4f}; {tag} [{low:.4f}, {high:.4f}]",
+        len(p),
+    )
+
+
+def _churn_realised(c: _Checks, run: RunInfo, active: pd.DataFrame, ref_auc: float) -> None:
+    tag = f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d})"
+    subjects: list[tuple[str, pd.DataFrame]] = [("all", active)]
+    for group in GROUPS:
+        for name, part in active.groupby(group, observed=True):
+            subjects.append((f"{GROUP_LABEL[group]} {name}", part))
+    for subject, part in subjects:
+        y = part["churned"].to_numpy(dtype="float64")
+        p = part["churn_probability"].to_numpy(dtype="float64")
+        n = len(part)
+        if n == 0:
+            continue
+        rate_gap = abs(float(y.mean()) - float(p.mean()))
+        c.add(
+            "churn",
+            "rate_gap",
+            subject,
+            rate_gap,
+            f"{tag}; realised {y.mean():.4f} vs predicted {p.mean():.4f}",
+            n,
+        )
+        c.add(
+            "churn",
+            "calibration_error",
+            subject,
+            stats.expected_calibration_error(y, p),
+            tag,
+            n,
+            subject == "all",
+        )
+        if np.unique(y).size < 2:
+            continue
+        y, p = _sampled(y, p)
+        m = classification_metrics(y, p)
+        for name in ("auc", "pr_auc", "brier"):
+            c.add("churn", name, subject, m[name], tag, n, False)
+        c.add(
+            "churn",
+            "auc_drop",
+            subject,
+            ref_auc - m["auc"],
+            f"{tag}; holdout AUC {ref_auc:.4f}, realised {m['auc']:.4f}",
+            n,
+            subject == "all",
+        )
+        if subject == "all":
+            curve = calibration_curve(y, p).rename(
+                columns={"predicted": "x", "observed": "y", "count": "n"}
+            )
+            c.curve("calibration", subject, run.run_id, curve.assign(expected=curve["x"]))
+
+
+# --------------------------------------------------------------------------- value
+def _value_realised(c: _Checks, run: RunInfo, scored: pd.DataFrame, ref_rho: float) -> None:
+    tag = f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d})"
+    subjects: list[tuple[str, pd.DataFrame]] = [("all", scored)]
+    for group in GROUPS:
+        for name, part in scored.groupby(group, observed=True):
+            subjects.append((f"{GROUP_LABEL[group]} {name}", part))
+    for subject, part in subjects:
+        n = len(part)
+        if n == 0:
+            continue
+        y = part["spend"].to_numpy(dtype="float64")
+        coverage = float(np.mean((y >= part["value_p10"]) & (y <= part["value_p90"])))
+        c.add("value", "coverage", subject, coverage, tag, n, False)
+        c.add(
+            "value",
+            "coverage_gap",
+            subject,
+            abs(coverage - 0.8),
+            f"{tag}; p10-p90 coverage {coverage:.3f} (0.80 expected)",
+            n,
+        )
+        m = regression_metrics(y, part["value_mean"].to_numpy(dtype="float64"))
+        for name in ("mae", "rmse", "spearman", "top_decile_capture"):
+            c.add("value", name, subject, m[name], tag, n, False)
+        c.add(
+            "value",
+            "total_error",
+            subject,
+            abs(m["total_error"]),
+            f"{tag}; signed {m['total_error']:+.3f}",
+            n,
+            subject == "all",
+        )
+        if subject == "all":
+            c.add(
+                "value",
+                "spearman_drop",
+                subject,
+                ref_rho - m["spearman"],
+                f"{tag}; holdout {ref_rho:.4f}, realised {m['spearman']:.4f}",
+                n,
+            )
+            pit = stats.pit_histogram(y, part["value_p10"], part["value_p50"], part["value_p90"])
+            pit = pit.rename(columns={"share": "y"}).assign(x=np.arange(len(pit)), n=n)
+            c.curve("pit", subject, run.run_id, pit.drop(columns="bin"))
+
+
+# --------------------------------------------------------------------------- drift
+def _drift(
+    c: _Checks,
+    run: RunInfo,
+    current: pd.DataFrame,
+    reference: pd.DataFrame,
+    categorical: set[str],
+    importance: dict[str, float],
+    policy: Collection[str] = (),
+) -> None:
+    """PSI and a two-sample statistic per feature and score, and the share of each
+    feature's information gone; drift of a feature the champions barely use (gain share
+    under ``min_importance``) or of a ``policy`` feature (:func:`policy_features`) warns
+    at most."""
+    tag = f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d}) vs the champion's reference"
+    floor = c.alerts.features.min_importance
+    for name in [*importance, *SCORES]:
+        if name not in reference.columns or name not in current.columns:
+            continue
+        ref, cur = reference[name], current[name]
+        if name not in categorical:
+            ref = pd.to_numeric(ref, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            cur = pd.to_numeric(cur, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        is_score = name in SCORES
+        subject = f"score {name}" if is_score else name
+        share = importance.get(name, 1.0)
+        minor = not is_score and (share < floor or name in policy)
+        why = "policy feature" if name in policy else "minor"
+        note = f"{tag}; gain share {share:.3f}" + (f" ({why}: warns at most)" if minor else "")
+        if name in categorical:
+            values = {"psi": stats.psi_categorical(ref, cur), "js": stats.js_distance(ref, cur)}
+            note += f"; chi-square p {stats.chi2_test(ref, cur):.3g}"
+        else:
+            d, p_value = stats.ks_test(ref, cur)
+            values = {"psi": stats.psi_numeric(ref, cur), "ks": d}
+            note += f"; KS p {p_value:.3g}"
+        for check, value in values.items():
+            c.add("features", check, subject, value, note, len(cur), cap="warn" if minor else None)
+        if not is_score:
+            expected = stats.informative_share(ref) * len(cur)
+            rare = expected < EMPTIED_MIN_ROWS
+            note = f"{tag}; {expected:.0f} informative rows expected" + (
+                f" (< {EMPTIED_MIN_ROWS}: too rare to judge)" if rare else ""
+            )
+            cap: Level | None = "warn" if name in policy else None
+            value = stats.emptied(ref, cur)
+            c.add("features", "emptied", subject, value, note, len(cur), not rare, cap)
+
+
+def policy_features(spec: FeatureSpec) -> set[str]:
+    """Features of the company's own actions (from the campaign log, and ratios of them
+    only): they follow the campaign calendar and the policy, which the company sets, so
+    their drift is worth knowing (it warns) but is no failure of data or model."""
+    names = {a.name for a in spec.aggs if a.source == CAMPAIGN_LOG.name}
+    for d in spec.derived:
+        if {n for n, _ in (*d.numerator, *d.denominator)} <= names:
+            names.add(d.name)
+    return names
+
+
+def _importance(versions: dict[str, str]) -> dict[str, float]:
+    """Each feature's largest share of gain over the churn and value champions (the
+    features every champion reads, in spec order)."""
+    shares: dict[str, float] = {}
+    for kind in ("churn", "value"):
+        if kind not in versions:
+            continue
+        model, _ = registry.load_model(kind, version=versions[kind])
+        gain = model.feature_importance()
+        total = float(gain.sum()) or 1.0
+        for name, value in gain.items():
+            shares[str(name)] = max(shares.get(str(name), 0.0), float(value) / total)
+    return shares
+
+
+# --------------------------------------------------------------------------- the job
+def _metric_name(kind: str, check: str, subject: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_\-./ ]", "_", f"{kind}.{check}.{subject}")
+
+
+def _log_mlflow(result: MonitorRun, html: str) -> str:
+    """One run in the monitoring experiment: every finite check value as a metric, the
+    report and the checks as artifacts."""
+    import mlflow
+
+    from models.registry import quiet
+    from training import tracking
+
+    experiment_id = tracking.configure(EXPERIMENT)
+    nested = mlflow.active_run() is not None
+    with (
+        quiet(),
+        mlflow.start_run(
+            experiment_id=experiment_id, run_name=result.run_id, nested=nested
+        ) as active,
+    ):
+        mlflow.set_tags(
+            {
+                "rapport.monitor_run": result.run_id,
+                **{f"rapport.scoring_run.{k}": v for k, v in result.scoring_runs.items()},
+            }
+        )
+        f = result.frame[np.isfinite(result.frame["value"])]
+        mlflow.log_metrics(
+            {_metric_name(r.kind, r.check, r.subject): float(r.value) for r in f.itertuples()}
+            | {"alerts": float(len(result.alerts)), "warnings": float(len(result.warnings))}
+        )
+        mlflow.log_text(html, "monitor_report.html")
+        mlflow.log_text(result.frame.to_csv(index=False), "monitor_checks.csv")
+        return str(active.info.run_id)
+
+
+def run(
+    as_of: datetime | str | None = None,
+    *,
+    con: Any = None,
+    thresholds: Alerts | Path | str | None = None,
+    spec: FeatureSpec | None = None,
+    report_dir: Path | None = None,
+    log_to_mlflow: bool = True,
+    progress: Progress | None = None,
+) -> MonitorRun:
+    """Monitor the scoring runs of the warehouse as of ``as_of`` (default: the end of the
+    data) and record the result; see the module docstring for what is checked.
+
+    ``con``: the warehouse (Ibis DuckDB backend, read-write; default: the workspace's).
+    ``thresholds``: :class:`Alerts`, a YAML path, or None for the shipped defaults.
+    The report goes to ``report_dir`` (default ``<home>/monitoring``).
+    """
+    say = progress or (lambda _: None)
+    start = time.perf_counter()
+    alerts = thresholds if isinstance(thresholds, Alerts) else load_alerts(thresholds)
+    settings = get_settings()
+    own = con is None
+    if own:
+        con = connect(settings.warehouse_path)
+    try:
+        return _run(
+            con, as_of, alerts, spec or default_spec(), report_dir, log_to_mlflow, say, start
+        )
+    finally:
+        if own:
+            con.disconnect()
+
+
+def _run(
+    con: Any,
+    as_of: datetime | str | None,
+    alerts: Alerts,
+    spec: FeatureSpec,
+    report_dir: Path | None,
+    log_to_mlflow: bool,
+    say: Progress,
+    start: float,
+) -> MonitorRun:
+    from training.monitor_report import render
+
+    settings = get_settings()
+    horizon = settings.horizon_days
+    db = raw(con)
+    cutoff = as_utc(as_of) if as_of is not None else data_end(con)
+    runs = _scoring_runs(db, cutoff)
+    latest = runs[-1]
+    matured = [r for r in runs if r.as_of + timedelta(days=horizon) <= cutoff]
+    c = _Checks(alerts)
+    roles = {"latest": latest.run_id}
+    notes: list[str] = []
+    churn_version = latest.versions.get("churn")
+    ref_auc = _holdout("churn", churn_version, "auc")
+
+    say(f"reading scoring run {latest.run_id} ({latest.rows:,} customers)")
+    scored = load_scores(db, latest)
+    label_cut = [latest.as_of] + ([matured[-1].as_of] if matured else [])
+    say("labels (active customers; realised outcomes of matured runs)")
+    lab = labels(con, sorted(set(label_cut)), horizon)
+    lab_latest = lab[lab["as_of"] == pd.Timestamp(latest.as_of)]
+    active = scored.merge(lab_latest[lab_latest["active"]][["customer_id"]], on="customer_id")
+    _churn_estimate(c, latest, active, ref_auc)
+
+    if matured:
+        done = matured[-1]
+        roles["matured"] = done.run_id
+        say(f"realised outcomes of scoring run {done.run_id} ({done.as_of:%Y-%m-%d} + {horizon}d)")
+        old = scored if done.run_id == latest.run_id else load_scores(db, done)
+        lab_done = lab[lab["as_of"] == pd.Timestamp(done.as_of)]
+        joined = old.merge(
+            lab_done[["customer_id", "active", "churned", "spend"]], on="customer_id"
+        )
+        old_active = joined[joined["active"]]
+        if done.run_id != latest.run_id:
+            est, low, high = stats.cbpe_auc(old_active["churn_probability"].to_numpy())
+            c.add(
+                "churn",
+                "estimated_auc_matured",
+                "all",
+                est,
+                f"scoring run {done.run_id}; 90% interval [{low:.4f}, {high:.4f}]",
+                len(old_active),
+                False,
+            )
+        _churn_realised(c, done, old_active, _holdout("churn", done.versions.get("churn"), "auc"))
+        _value_realised(c, done, joined, _holdout("value", done.versions.get("value"), "spearman"))
+    else:
+        notes.append(
+            f"no scoring run has a matured {horizon}-day horizon by {cutoff:%Y-%m-%d}: "
+            "churn shows its label-free estimate only, value nothing realised yet"
+        )
+
+    say("drift against the champions' references")
+    reference = registry.load_reference("churn", churn_version) if churn_version else None
+    value_version = latest.versions.get("value")
+    value_ref = registry.load_reference("value", value_version) if value_version else None
+    if reference is None:
+        notes.append(
+            f"churn v{churn_version} has no stored reference (trained before references were "
+            "kept): retrain it to monitor feature drift"
+        )
+    else:
+        say(f"rebuilding the features of {latest.run_id} as of {latest.as_of:%Y-%m-%d}")
+        features = build(con, latest.as_of, spec)
+        current = features.merge(scored[["customer_id", *SCORES]], on="customer_id", how="left")
+        if value_ref is not None:
+            reference = reference.assign(
+                value_mean=value_ref["value_mean"].reindex(reference.index)
+            )
+        importance = _importance(latest.versions)
+        ordered = {n: importance.get(n, 0.0) for n in spec.names}
+        _drift(c, latest, current, reference, set(spec.categorical), ordered, policy_features(spec))
+
+    checked_at = datetime.now(UTC)
+    run_id = checked_at.strftime("mr-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
+    frame = pd.DataFrame(c.rows).assign(run_id=run_id, checked_at=pd.Timestamp(checked_at))
+    frame = frame[list(tables.CHECK_COLUMNS)]
+    curves = (
+        pd.concat(c.curves, ignore_index=True).assign(
+            run_id=run_id, checked_at=pd.Timestamp(checked_at)
+        )
+        if c.curves
+        else pd.DataFrame(columns=list(tables.CURVE_COLUMNS))
+    )
+    result = MonitorRun(run_id, cutoff, checked_at, frame, curves, roles, notes=notes)
+    history = tables.load_checks(db)
+    html = render(result, history, _curve_history(db, curves))
+    folder = report_dir or settings.home / "monitoring"
+    folder.mkdir(parents=True, exist_ok=True)
+    result.report = folder / f"{run_id}.html"
+    result.report.write_text(html, encoding="utf-8")
+    if log_to_mlflow:
+        say("logging to MLflow")
+        result.mlflow_run_id = _log_mlflow(result, html)
+    result.seconds = time.perf_counter() - start
+    tables.record(
+        db,
+        {
+            "run_id": run_id,
+            "checked_at": checked_at,
+            "as_of": cutoff,
+            "scoring_runs": ",".join(f"{k}={v}" for k, v in roles.items()),
+            "checks": len(frame),
+            "warnings": len(result.warnings),
+            "alerts": len(result.alerts),
+            "seconds": result.seconds,
+            "report": str(result.report),
+            "mlflow_run_id": result.mlflow_run_id,
+        },
+        frame,
+        curves,
+    )
+    return result
+
+
+def _curve_history(db: Any, current: pd.DataFrame) -> pd.DataFrame:
+    have = {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if tables.CURVES not in have:
+        return current
+    past = db.execute(f"SELECT * FROM {tables.CURVES}").to_arrow_table().to_pandas()
+    return pd.concat([past, current], ignore_index=True) if len(current) else past

@@ -1,0 +1,186 @@
+"""The monitoring report: one self-contained HTML file per monitoring run (the training
+report's style, :class:`training.report.Report`), with the history of earlier runs.
+
+Figures: churn calibration per scoring run, estimated (label-free) against realised AUC
+over time, the p10-p90 coverage over time with its 70-90% band, the PIT histogram, and a
+feature-by-run PSI heatmap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from training.plots import png
+from training.report import Report
+
+if TYPE_CHECKING:
+    from training.monitor import MonitorRun
+
+#: features shown in the heatmap (the ones that drifted most)
+HEATMAP_ROWS = 25
+
+
+def _axes(title: str, xlabel: str, ylabel: str, size: tuple[float, float] = (6.0, 4.2)) -> Figure:
+    fig = Figure(figsize=size)
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _series(history: pd.DataFrame, kind: str, check: str, subject: str = "all") -> pd.Series:
+    f = history[
+        (history["kind"] == kind) & (history["check"] == check) & (history["subject"] == subject)
+    ]
+    return f.groupby("checked_at")["value"].last().sort_index()
+
+
+def calibration_figure(curves: pd.DataFrame) -> Figure | None:
+    cal = curves[curves["curve"] == "calibration"]
+    if cal.empty:
+        return None
+    fig = _axes("Churn calibration per matured scoring run", "mean predicted", "observed rate")
+    ax = fig.axes[0]
+    runs = list(dict.fromkeys(cal["scoring_run"]))
+    for i, run in enumerate(runs):
+        part = cal[cal["scoring_run"] == run].drop_duplicates("x").sort_values("x")
+        shade = 0.3 + 0.7 * (i + 1) / len(runs)
+        ax.plot(part["x"], part["y"], marker="o", alpha=shade, label=str(run)[:20])
+    top = float(max(cal["x"].max(), cal["y"].max()))
+    ax.plot([0, top], [0, top], "k--", lw=1, label="perfect")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def auc_figure(history: pd.DataFrame) -> Figure | None:
+    est = _series(history, "churn", "estimated_auc")
+    if est.empty:
+        return None
+    low = _series(history, "churn", "estimated_auc_low").reindex(est.index)
+    high = _series(history, "churn", "estimated_auc_high").reindex(est.index)
+    real = _series(history, "churn", "auc")
+    fig = _axes("Churn AUC: label-free estimate (latest run) and realised", "monitoring run", "AUC")
+    ax = fig.axes[0]
+    x = np.arange(len(est))
+    ax.plot(x, est.to_numpy(), marker="o", label="estimated (CBPE)")
+    ax.fill_between(x, low.to_numpy(), high.to_numpy(), alpha=0.2, label="90% interval")
+    if not real.empty:
+        rx = [list(est.index).index(t) for t in real.index if t in est.index]
+        ax.plot(rx, real.reindex(est.index).dropna().to_numpy(), marker="s", label="realised")
+    ax.set_xticks(x, [f"{t:%m-%d %H:%M}" for t in est.index], rotation=45, fontsize=7)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def coverage_figure(history: pd.DataFrame) -> Figure | None:
+    cov = _series(history, "value", "coverage")
+    if cov.empty:
+        return None
+    fig = _axes("Value p10-p90 interval coverage", "monitoring run", "coverage")
+    ax = fig.axes[0]
+    x = np.arange(len(cov))
+    ax.axhspan(0.7, 0.9, color="green", alpha=0.1, label="70-90%")
+    ax.axhline(0.8, color="k", lw=1, ls="--")
+    ax.plot(x, cov.to_numpy(), marker="o", label="realised coverage")
+    ax.set_xticks(x, [f"{t:%m-%d %H:%M}" for t in cov.index], rotation=45, fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def pit_figure(curves: pd.DataFrame, run_id: str) -> Figure | None:
+    pit = curves[(curves["curve"] == "pit") & (curves["run_id"] == run_id)]
+    if pit.empty:
+        return None
+    fig = _axes("Where realised value falls in the predicted band", "bin", "share")
+    ax = fig.axes[0]
+    x = np.arange(len(pit))
+    ax.bar(x - 0.2, pit["y"], 0.4, label="realised")
+    ax.bar(x + 0.2, pit["expected"], 0.4, label="calibrated")
+    ax.set_xticks(x, ["< p10", "p10-p50", "p50-p90", "> p90"][: len(pit)])
+    ax.legend(fontsize=8)
+    return fig
+
+
+def drift_heatmap(history: pd.DataFrame) -> Figure | None:
+    psi = history[(history["kind"] == "features") & (history["check"] == "psi")]
+    if psi.empty:
+        return None
+    table = psi.pivot_table(index="subject", columns="checked_at", values="value", aggfunc="last")
+    table = table.loc[table.max(axis=1).sort_values(ascending=False).index[:HEATMAP_ROWS]]
+    fig = Figure(figsize=(max(5.0, 1.0 + 0.5 * table.shape[1]), 1.2 + 0.28 * len(table)))
+    ax = fig.add_subplot()
+    image = ax.imshow(
+        table.to_numpy(),
+        aspect="auto",
+        cmap="Reds",
+        vmin=0,
+        vmax=max(0.4, float(np.nanmax(table.to_numpy()))),
+    )
+    ax.set_yticks(np.arange(len(table)), list(table.index), fontsize=7)
+    ax.set_xticks(
+        np.arange(table.shape[1]),
+        [f"{t:%m-%d %H:%M}" for t in table.columns],
+        rotation=45,
+        fontsize=7,
+    )
+    ax.set_title("PSI per feature and monitoring run (most drifted first)")
+    fig.colorbar(image, ax=ax, label="PSI")
+    return fig
+
+
+def render(result: MonitorRun, history: pd.DataFrame, curves: pd.DataFrame) -> str:
+    """The HTML report of ``result`` with ``history`` (earlier ``monitor_checks`` rows)."""
+    frame = result.frame
+    everything = pd.concat([history, frame], ignore_index=True) if len(history) else frame
+    everything = everything.assign(checked_at=pd.to_datetime(everything["checked_at"], utc=True))
+    report = Report(
+        f"Rapport monitoring {result.run_id}",
+        facts={
+            "as of": f"{result.as_of:%Y-%m-%d %H:%M} UTC",
+            **{f"scoring run ({k})": v for k, v in result.scoring_runs.items()},
+            "checks": f"{len(frame)}: {len(result.alerts)} alert, {len(result.warnings)} warn",
+        },
+        notes=[
+            *result.notes,
+            "Levels: alert > warn > ok by the thresholds (models/default_alerts.yaml or "
+            "--thresholds). A group smaller than min_rows is shown but never judged.",
+            "estimated_* checks need no labels: they assume the churn probabilities are "
+            "calibrated (checked by calibration_error once labels mature).",
+        ],
+    )
+    columns = ["kind", "check", "subject", "value", "threshold", "level", "detail"]
+    flagged = frame[frame["level"] != "ok"][columns]
+    report.tables.append(
+        ("Alerts and warnings", flagged if len(flagged) else pd.DataFrame({"": ["none"]}))
+    )
+    overall = frame[(frame["subject"] == "all") & frame["kind"].isin(["churn", "value"])]
+    report.tables.append(("Churn and value, whole base", overall[columns].set_index("kind")))
+    for kind in ("churn", "value"):
+        part = frame[(frame["kind"] == kind) & (frame["subject"] != "all")]
+        if len(part):
+            wide = part.pivot_table(
+                index="subject", columns="check", values="value", aggfunc="last"
+            )
+            report.tables.append((f"{kind} by ABC tier and RFM segment", wide))
+    drift = frame[frame["kind"] == "features"]
+    if len(drift):
+        wide = drift.pivot_table(index="subject", columns="check", values="value", aggfunc="last")
+        report.tables.append(
+            ("Drift against the champion's reference", wide.sort_values("psi", ascending=False))
+        )
+    figures = [
+        ("churn calibration", calibration_figure(curves)),
+        ("churn AUC over time", auc_figure(everything)),
+        ("value interval coverage over time", coverage_figure(everything)),
+        ("PIT histogram", pit_figure(curves, result.run_id)),
+        ("feature drift heatmap", drift_heatmap(everything)),
+    ]
+    report.figures = [(name, png(fig)) for name, fig in figures if fig is not None]
+    return report.to_html()
