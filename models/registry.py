@@ -300,10 +300,19 @@ def set_champion(kind: str, version: str | int) -> ChampionChange:
     return _bundled(kind, version, before)
 
 
-def rollback(kind: str) -> ChampionChange:
+def rollback(kind: str, to: str | int | None = None) -> ChampionChange:
     """Swap ``kind@champion`` and ``kind@previous`` (so a second rollback undoes the first)
-    and refresh the service's bundle; LookupError when there is no ``@previous``."""
+    and refresh the service's bundle; LookupError when there is no ``@previous``.
+
+    ``to``: restore that registered version instead (the champion it replaces becomes
+    ``@previous``); LookupError when it is not registered, ValueError when it already is
+    the champion."""
     held = aliases(kind)
+    if to is not None:
+        wanted = str(get_version(kind, version=to).version)
+        if held.get(CHAMPION) == wanted:
+            raise ValueError(f"{model_name(kind)} v{wanted} already is the champion")
+        return set_champion(kind, wanted)
     restored = held.get(PREVIOUS)
     if restored is None:
         raise LookupError(
@@ -317,6 +326,14 @@ def rollback(kind: str) -> ChampionChange:
     else:
         set_alias(kind, PREVIOUS, current)
     return _bundled(kind, restored, current)
+
+
+def tag_version(kind: str, version: str | int, tags: dict[str, str]) -> None:
+    """Set tags on a registered version (why it became or stopped being the champion)."""
+    with quiet():
+        mlflow_client = client()
+        for key, value in tags.items():
+            mlflow_client.set_model_version_tag(model_name(kind), str(version), key, value)
 
 
 def _bundled(kind: str, champion: str, previous: str | None) -> ChampionChange:

@@ -356,13 +356,32 @@ def tune(kind: str, trials: int) -> None:
 @main.command()
 @click.argument("kind", type=click.Choice(["churn", "value", "nba"]))
 @click.option("--version", default=None, help="Registered version (default: the newest).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Skip the gate (needs --version); recorded as an override in champion_changes.",
+)
+@click.option("--reason", default="", help="Why (recorded; required with --force).")
 @fail_on(*JOB_ERRORS)
-def promote(kind: str, version: str | None) -> None:
+def promote(kind: str, version: str | None, force: bool, reason: str) -> None:
     """Make a version @champion only if it beats the current champion on the same holdout.
 
     nba: only if its doubly-robust lower confidence bound beats the champion's DR estimate
     of the policy value on the candidate's holdout (else it stays @challenger, with why).
+    --force crowns --version without the gate; the override is recorded with --reason.
     """
+    if force:
+        if version is None:
+            raise click.UsageError("--force needs --version (which version to crown)")
+        from training.overrides import force_promote
+
+        con = open_warehouse(get_settings())
+        try:
+            override = force_promote(con, kind, version, reason or "forced by an operator")
+        finally:
+            con.disconnect()
+        say(override.summary())
+        return
     if kind == "nba":
         from training.nba import promote_nba
 
@@ -375,6 +394,27 @@ def promote(kind: str, version: str | None) -> None:
     say(result.summary())
     if result.promoted:  # the promotion refreshed the champions the service loads
         _said_bundle(result.bundle, result.bundle_note)
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["churn", "value", "nba"]))
+@click.option("--to", "to", default=None, help="Restore this version (default: @previous).")
+@click.option("--reason", default="", help="Why (recorded in champion_changes and MLflow).")
+@fail_on(*JOB_ERRORS)
+def rollback(kind: str, to: str | None, reason: str) -> None:
+    """Restore the previous champion (or --to VERSION); the one replaced becomes @previous.
+
+    The change is recorded with its reason (warehouse table champion_changes, MLflow version
+    tags) and the champions bundle is refreshed: a running service follows it by itself.
+    """
+    from training.overrides import rollback as run_rollback
+
+    con = open_warehouse(get_settings())
+    try:
+        override = run_rollback(con, kind, reason or "rolled back by an operator", to)
+    finally:
+        con.disconnect()
+    say(override.summary())
 
 
 @main.group()
