@@ -417,6 +417,33 @@ def rollback(kind: str, to: str | None, reason: str) -> None:
     say(override.summary())
 
 
+@main.command()
+@click.option("--history", is_flag=True, help="Print the latest recorded runs and exit.")
+def cycle(history: bool) -> None:
+    """Turn the loop once: ingest the outbox, monitor, roll back harmful champions, retrain
+    what is due, promote through the gate, re-score, reload the online store.
+
+    Idempotent and safe to schedule every few minutes (cron, Airflow, Kubernetes: see
+    deploy/): a lock prevents overlapping runs (a second one exits 0 doing nothing), a run
+    whose process died is resumed by the next, a run after which nothing changed does
+    nothing. Runs and steps are recorded in cycle_runs / cycle_steps and MLflow. Exit 1 when
+    a step fails (the previous champions and store keep serving).
+    """
+    from training.cycle import CycleBusyError, describe_runs, run_cycle
+
+    if history:
+        say(describe_runs())
+        return
+    try:
+        result = run_cycle(progress=progress)
+    except CycleBusyError as exc:
+        say(f"cycle skipped: {exc}")
+        return
+    say(result.summary())
+    if not result.ok:
+        sys.exit(1)
+
+
 @main.group()
 def nba() -> None:
     """Next best action: off-policy evaluation and per-customer explanations."""

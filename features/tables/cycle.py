@@ -13,6 +13,7 @@ was in.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +27,8 @@ CHANGES = "champion_changes"
 DDL = (
     f"""CREATE TABLE IF NOT EXISTS {RUNS} (
     run_id VARCHAR PRIMARY KEY, as_of TIMESTAMPTZ, started_at TIMESTAMPTZ,
-    finished_at TIMESTAMPTZ, status VARCHAR, summary VARCHAR, attempts INTEGER)""",
+    finished_at TIMESTAMPTZ, status VARCHAR, summary VARCHAR, attempts INTEGER,
+    data_fingerprint VARCHAR, champions VARCHAR)""",
     f"""CREATE TABLE IF NOT EXISTS {STEPS} (
     run_id VARCHAR, step VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
     status VARCHAR, detail VARCHAR, PRIMARY KEY (run_id, step))""",
@@ -61,7 +63,7 @@ def unfinished_run(db: Any) -> RunRow | None:
 
 def start_run(db: Any, run_id: str, as_of: datetime) -> None:
     db.execute(
-        f"INSERT INTO {RUNS} VALUES (?, ?, ?, NULL, 'running', NULL, 1)",
+        f"INSERT INTO {RUNS} VALUES (?, ?, ?, NULL, 'running', NULL, 1, NULL, NULL)",
         [run_id, as_of, datetime.now(UTC)],
     )
 
@@ -70,11 +72,24 @@ def resume_run(db: Any, run_id: str) -> None:
     db.execute(f"UPDATE {RUNS} SET attempts = attempts + 1 WHERE run_id = ?", [run_id])
 
 
-def finish_run(db: Any, run_id: str, status: str, summary: str) -> None:
+def finish_run(
+    db: Any, run_id: str, status: str, summary: str, fingerprint: str, champions: dict[str, str]
+) -> None:
+    """Close a run with the state it left: the data fingerprint and the champions."""
     db.execute(
-        f"UPDATE {RUNS} SET finished_at = ?, status = ?, summary = ? WHERE run_id = ?",
-        [datetime.now(UTC), status, summary, run_id],
+        f"UPDATE {RUNS} SET finished_at = ?, status = ?, summary = ?, data_fingerprint = ?, "
+        "champions = ? WHERE run_id = ?",
+        [datetime.now(UTC), status, summary, fingerprint, json.dumps(champions), run_id],
     )
+
+
+def last_finished_state(db: Any) -> tuple[str, str, dict[str, str]] | None:
+    """(run id, data fingerprint, champions) left by the latest run that did not fail."""
+    row = db.execute(
+        f"SELECT run_id, data_fingerprint, champions FROM {RUNS} "
+        "WHERE status IN ('done', 'nothing to do') ORDER BY finished_at DESC LIMIT 1"
+    ).fetchone()
+    return None if row is None else (row[0], row[1], json.loads(row[2]))
 
 
 def step_status(db: Any, run_id: str) -> dict[str, tuple[str, str]]:
