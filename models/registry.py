@@ -32,6 +32,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -61,6 +62,8 @@ CHALLENGER = "challenger"
 PREVIOUS = "previous"
 #: run tag holding the feature-set version a model was trained on
 FEATURE_SET_TAG = "rapport.feature_set"
+#: version tag: when the version last became ``@champion`` (ISO UTC)
+CROWNED_TAG = "rapport.crowned_at"
 #: what a loaded model needs, pinned to this environment's versions
 REQUIREMENTS = ("lightgbm", "numpy", "pandas", "scikit-learn", "mlflow")
 
@@ -334,20 +337,40 @@ def set_champion(kind: str, version: str | int) -> ChampionChange:
     version = str(version)
     held = aliases(kind)
     before = held.get(CHAMPION)
-    set_alias(kind, CHAMPION, version)
+    # @previous first: a process killed between the two moves keeps the old champion
+    # serving and named twice, never a new champion without its predecessor
     if before is not None and before != version:
         set_alias(kind, PREVIOUS, before)
-    elif held.get(PREVIOUS) == version:
+    tag_version(kind, version, {CROWNED_TAG: datetime.now(UTC).isoformat()})
+    set_alias(kind, CHAMPION, version)
+    if (before is None or before == version) and held.get(PREVIOUS) == version:
         delete_alias(kind, PREVIOUS)
     if held.get(CHALLENGER) == version:
         delete_alias(kind, CHALLENGER)
     return _bundled(kind, version, before)
 
 
-def rollback(kind: str) -> ChampionChange:
+def crowned_at(kind: str, version: ModelVersion) -> datetime:
+    """When ``version`` last became the champion (its registration time if never tagged)."""
+    stamp = (version.tags or {}).get(CROWNED_TAG)
+    if stamp:
+        return datetime.fromisoformat(stamp)
+    return datetime.fromtimestamp(int(version.creation_timestamp) / 1000, UTC)
+
+
+def rollback(kind: str, to: str | int | None = None) -> ChampionChange:
     """Swap ``kind@champion`` and ``kind@previous`` (so a second rollback undoes the first)
-    and refresh the service's bundle; LookupError when there is no ``@previous``."""
+    and refresh the service's bundle; LookupError when there is no ``@previous``.
+
+    ``to``: restore that registered version instead (the champion it replaces becomes
+    ``@previous``); LookupError when it is not registered, ValueError when it already is
+    the champion."""
     held = aliases(kind)
+    if to is not None:
+        wanted = str(get_version(kind, version=to).version)
+        if held.get(CHAMPION) == wanted:
+            raise ValueError(f"{model_name(kind)} v{wanted} already is the champion")
+        return set_champion(kind, wanted)
     restored = held.get(PREVIOUS)
     if restored is None:
         raise LookupError(
@@ -355,12 +378,21 @@ def rollback(kind: str) -> ChampionChange:
             "previous only when a promotion replaces it"
         )
     current = held.get(CHAMPION)
+    tag_version(kind, restored, {CROWNED_TAG: datetime.now(UTC).isoformat()})
     set_alias(kind, CHAMPION, restored)
     if current is None:
         delete_alias(kind, PREVIOUS)
     else:
         set_alias(kind, PREVIOUS, current)
     return _bundled(kind, restored, current)
+
+
+def tag_version(kind: str, version: str | int, tags: dict[str, str]) -> None:
+    """Set tags on a registered version (why it became or stopped being the champion)."""
+    with quiet():
+        mlflow_client = client()
+        for key, value in tags.items():
+            mlflow_client.set_model_version_tag(model_name(kind), str(version), key, value)
 
 
 def _bundled(kind: str, champion: str, previous: str | None) -> ChampionChange:

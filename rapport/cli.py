@@ -463,12 +463,31 @@ def tune(kind: str, trials: int) -> None:
 @main.command()
 @click.argument("kind", type=click.Choice(["churn", "value", "nba"]))
 @click.option("--version", default=None, help="Registered version (default: the newest).")
-def promote(kind: str, version: str | None) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Skip the gate (needs --version); recorded as an override in champion_changes.",
+)
+@click.option("--reason", default="", help="Why (recorded; required with --force).")
+def promote(kind: str, version: str | None, force: bool, reason: str) -> None:
     """Make a version @champion only if it beats the current champion on the same holdout.
 
     nba: only if its doubly-robust lower confidence bound beats the champion's DR estimate
     of the policy value on the candidate's holdout (else it stays @challenger, with why).
+    --force crowns --version without the gate; the override is recorded with --reason.
     """
+    if force:
+        if version is None:
+            raise click.UsageError("--force needs --version (which version to crown)")
+        from training.overrides import force_promote
+
+        con = open_warehouse(get_settings())
+        try:
+            override = force_promote(con, kind, version, reason or "forced by an operator")
+        finally:
+            con.disconnect()
+        say(override.summary())
+        return
     if kind == "nba":
         from training.nba import promote_nba
 
@@ -481,6 +500,53 @@ def promote(kind: str, version: str | None) -> None:
     say(result.summary())
     if result.promoted:  # the promotion refreshed the champions the service loads
         _said_bundle(result.bundle, result.bundle_note)
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["churn", "value", "nba"]))
+@click.option("--to", "to", default=None, help="Restore this version (default: @previous).")
+@click.option("--reason", default="", help="Why (recorded in champion_changes and MLflow).")
+def rollback(kind: str, to: str | None, reason: str) -> None:
+    """Restore the previous champion (or --to VERSION); the one replaced becomes @previous.
+
+    The change is recorded with its reason (warehouse table champion_changes, MLflow version
+    tags) and the champions bundle is refreshed: a running service follows it by itself.
+    """
+    from training.overrides import rollback as run_rollback
+
+    con = open_warehouse(get_settings())
+    try:
+        override = run_rollback(con, kind, reason or "rolled back by an operator", to)
+    finally:
+        con.disconnect()
+    say(override.summary())
+
+
+@main.command()
+@click.option("--history", is_flag=True, help="Print the latest recorded runs and exit.")
+def cycle(history: bool) -> None:
+    """Turn the loop once: ingest the outbox, monitor, roll back harmful champions, retrain
+    what is due, promote through the gate, re-score, reload the online store.
+
+    Idempotent and safe to schedule every few minutes (cron, Airflow, Kubernetes: see
+    deploy/): a lock prevents overlapping runs (a second one exits 0 doing nothing), a run
+    whose process died is resumed by the next, a run after which nothing changed does
+    nothing. Runs and steps are recorded in cycle_runs / cycle_steps and MLflow. Exit 1 when
+    a step fails (the previous champions and store keep serving).
+    """
+    from training.cycle import CycleBusyError, describe_runs, run_cycle
+
+    if history:
+        say(describe_runs())
+        return
+    try:
+        result = run_cycle(progress=progress)
+    except CycleBusyError as exc:
+        say(f"cycle skipped: {exc}")
+        return
+    say(result.summary())
+    if not result.ok:
+        sys.exit(1)
 
 
 @main.group()
@@ -553,7 +619,6 @@ def score(as_of: datetime | None, chunk_rows: int) -> None:
     default=None,
     help="Folder of the HTML report (default: <home>/monitoring).",
 )
-@fail_on(*JOB_ERRORS)
 def monitor(as_of: str | None, thresholds: Path | None, report_dir: Path | None) -> None:
     """Check the champions against what happened and their input against their training:
     churn and value realised (and estimated before labels), by tier and segment, feature

@@ -46,6 +46,18 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=500, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1_000)
     promotion_margin: float = Field(default=0.0, ge=0.0)
+    cycle_retrain_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="`rapport cycle` retrains a kind whose champion is older than this "
+        "(days) once the data has changed; alerts retrain it sooner.",
+    )
+    cycle_rollback_margin: float = Field(
+        default=0.02,
+        ge=0,
+        description="`rapport cycle` rolls a churn/value champion back when @previous beats "
+        "it by more than this on labels that matured after its promotion.",
+    )
     decision_group_seconds: float = Field(
         default=0.02,
         ge=0,

@@ -199,6 +199,20 @@ def test_rollback_without_a_previous_champion_is_refused() -> None:
     assert registry.aliases("value") == {"champion": "1"}
 
 
+def test_rollback_to_a_given_version_keeps_the_replaced_one_as_previous() -> None:
+    with pytest.raises(LookupError, match="no registered churn model version 7"):
+        registry.rollback("churn", to="7")
+    with pytest.raises(ValueError, match="churn v2 already is the champion"):
+        registry.rollback("churn", to="2")
+    change = registry.rollback("churn", to="1")
+    assert (change.champion, change.previous) == ("1", "2")
+    assert registry.aliases("churn") == {"champion": "1", "previous": "2"}
+    assert bundled_champions().info.metadata["versions"]["churn"] == "1"  # type: ignore[union-attr]
+    registry.rollback("churn")  # back to v2 for the tests below
+    registry.tag_version("churn", "2", {"rapport.note": "kept"})
+    assert registry.get_version("churn", version="2").tags["rapport.note"] == "kept"
+
+
 def test_champions_load_with_their_feature_sets_and_build_the_scorer() -> None:
     registry.set_champion("nba", "1")
     champions = registry.load_champions()

@@ -1,0 +1,268 @@
+"""``rapport cycle``, ``rapport rollback`` and ``rapport promote --force`` on a small trained
+workspace (demo data, churn and value trained fast and promoted).
+
+Each test works on its own copy of one trained workspace. The kill tests run the cycle in
+a real process, SIGKILL it when it announces a step, rerun it, and compare the end state
+with an uninterrupted run on the same world (same registered versions, aliases, one scoring
+run, one finished cycle run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sample_data import FAST_PARAMS, trained_workspace, use_home
+
+from features.tables import cycle as records
+from features.tables.scores import RUNS as SCORE_RUNS
+from features.warehouse import connect, raw
+from models import registry
+from models.bundle import bundled_champions
+from rapport.cli import main
+from rapport.settings import get_settings
+from training.cycle import STEPS, CycleBusyError, CycleOptions, cycle_lock, run_cycle
+from training.overrides import ACTION_TAG, REASON_TAG
+
+TESTS = Path(__file__).resolve().parents[1]
+#: what the subprocess runs: the cycle with fast training, retraining as soon as data changes
+CYCLE_SCRIPT = f"""
+import sys
+sys.path.insert(0, {str(TESTS)!r})
+from sample_data import FAST_PARAMS
+from training.cycle import CycleOptions, run_cycle
+say = lambda m: print(m, file=sys.stderr, flush=True)
+result = run_cycle(CycleOptions(params=FAST_PARAMS, train_cutoffs=2, retrain_after_days=0), say)
+print(result.summary(), flush=True)
+sys.exit(0 if result.ok else 1)
+"""
+FAST = CycleOptions(params=FAST_PARAMS, train_cutoffs=2, retrain_after_days=0)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("cycle-base")
+    trained_workspace(home, customers=1500, seed=3)
+    return home
+
+
+@pytest.fixture
+def home(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A copy of the trained workspace as RAPPORT_HOME (MLflow artifacts stay in base)."""
+    copy = tmp_path / "home"
+    shutil.copytree(base, copy)
+    # MLflow's set_tracking_uri (training) exports MLFLOW_TRACKING_URI, which would win
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield from use_home(copy, monkeypatch)
+
+
+def add_outbox_orders(home: Path, n: int = 300) -> None:
+    """Orders the service accepted in the last days, waiting in the outbox."""
+    con = connect(home / "warehouse.duckdb", read_only=True)
+    ids = [
+        r[0] for r in raw(con).execute("SELECT customer_id FROM customers ORDER BY 1").fetchall()
+    ]
+    con.disconnect()
+    rng = np.random.default_rng(5)
+    now = datetime.now(UTC)
+    folder = home / "outbox" / "orders"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [
+        {
+            "order_id": f"live-{i}",
+            "customer_id": ids[int(rng.integers(len(ids)))],
+            "ordered_at": (now - timedelta(hours=int(rng.integers(1, 200)))).isoformat(),
+            "amount": round(float(rng.lognormal(3.5, 0.6)), 2),
+        }
+        for i in range(n)
+    ]
+    (folder / "batch-1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+
+
+def query(sql: str) -> pd.DataFrame:
+    con = connect(get_settings().warehouse_path, read_only=True)
+    try:
+        return raw(con).execute(sql).to_arrow_table().to_pandas()
+    finally:
+        con.disconnect()
+
+
+def end_state() -> dict[str, Any]:
+    """What a finished cycle leaves: versions, aliases, scoring runs, records, the store."""
+    runs = query(f"SELECT * FROM {records.RUNS}")
+    return {
+        "versions": {k: [str(v.version) for v in registry.versions(k)] for k in registry.KINDS},
+        "aliases": {k: registry.aliases(k) for k in registry.KINDS},
+        "score_runs": len(query(f"SELECT * FROM {SCORE_RUNS}")),
+        "cycle_runs": runs.status.tolist(),
+        "orders": int(query("SELECT count(*) AS n FROM orders").n[0]),
+        "bundled": bundled_champions().info.metadata["versions"],  # type: ignore[union-attr]
+    }
+
+
+def test_an_unchanged_world_promotes_nothing_and_a_second_run_does_nothing(home: Path) -> None:
+    before = {k: registry.aliases(k) for k in registry.KINDS}
+    first = run_cycle(FAST)
+    assert first.status == "done", first.summary()
+    steps = {s.name: s for s in first.steps}
+    assert steps["retrain"].detail == "no kind due" and steps["promote"].status == "skipped"
+    assert "monitoring not available" in steps["monitor"].detail  # said, not silent
+    assert {k: registry.aliases(k) for k in registry.KINDS} == before
+    assert [str(v.version) for v in registry.versions("churn")] == ["1"]
+    assert steps["score"].detail.startswith("1,500 customers")
+    assert steps["materialize"].detail == "1,500 customer records"
+
+    second = run_cycle(FAST)
+    assert second.status == "nothing to do", second.summary()
+    assert all(s.status == "skipped" for s in second.steps[1:])
+    assert len(query(f"SELECT * FROM {SCORE_RUNS}")) == 1
+    recorded = query(f"SELECT * FROM {records.RUNS} ORDER BY started_at")
+    assert recorded.status.tolist() == ["done", "nothing to do"]
+    assert recorded.summary[1].startswith(f"cycle {second.run_id} nothing to do")
+    steps_table = query(f"SELECT * FROM {records.STEPS} WHERE run_id = '{second.run_id}'")
+    assert sorted(steps_table.step) == sorted(STEPS)
+    # and MLflow holds the run with its one-line summary
+    from mlflow import MlflowClient
+
+    client = MlflowClient(registry.tracking_uri())
+    found = client.search_runs(
+        [client.get_experiment_by_name("rapport").experiment_id],
+        f"tags.`rapport.cycle_run` = '{second.run_id}'",
+    )
+    assert [r.data.tags["mlflow.note.content"] for r in found] == [second.line()]
+
+
+def test_the_cli_exits_zero_and_a_held_lock_skips_the_run(home: Path) -> None:
+    with cycle_lock(home / "cycle.lock"):
+        with pytest.raises(CycleBusyError, match=f"another cycle is running \\(pid {os.getpid()}"):
+            run_cycle(FAST)
+        held = CliRunner().invoke(main, ["cycle"])
+        assert held.exit_code == 0 and "cycle skipped: another cycle is running" in held.output
+    assert not (home / "warehouse.duckdb.wal").exists()
+    history = CliRunner().invoke(main, ["cycle", "--history"])
+    assert history.output.strip() == "no cycle has run yet"
+
+
+def run_script(home: Path, kill_at: str | None = None) -> tuple[int, str]:
+    """Run the cycle in a process; with ``kill_at``, SIGKILL it when it starts that step."""
+    env = {**os.environ, "RAPPORT_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CYCLE_SCRIPT],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None and proc.stdout is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if kill_at and line.strip() == f"cycle step: {kill_at}":
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=600)
+    return proc.returncode, proc.stdout.read() + "".join(seen)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The end state of one uninterrupted cycle after new data arrived."""
+    copy = tmp_path_factory.mktemp("cycle-reference") / "home"
+    shutil.copytree(base, copy)
+    add_outbox_orders(copy)
+    code, output = run_script(copy)
+    assert code == 0, output
+    with pytest.MonkeyPatch.context() as patch:
+        yield from _state_in(copy, patch)
+
+
+def _state_in(home: Path, patch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for _ in use_home(home, patch):
+        yield end_state()
+
+
+def test_new_data_retrains_the_due_kinds_and_records_every_step(
+    uninterrupted: dict[str, Any],
+) -> None:
+    # churn and value were retrained on the new data: one new version each, gated
+    assert uninterrupted["versions"]["churn"] == ["1", "2"]
+    assert uninterrupted["versions"]["value"] == ["1", "2"]
+    assert uninterrupted["cycle_runs"] == ["done"] and uninterrupted["score_runs"] == 1
+    assert uninterrupted["orders"] > 0
+    champions = {k: a["champion"] for k, a in uninterrupted["aliases"].items() if a}
+    assert uninterrupted["bundled"] == champions
+
+
+KILLED = [
+    pytest.param(s, marks=[] if s in ("retrain", "score") else pytest.mark.slow) for s in STEPS
+]
+
+
+@pytest.mark.parametrize("step", KILLED)
+def test_a_cycle_killed_in_a_step_then_rerun_ends_as_an_uninterrupted_one(
+    step: str, home: Path, uninterrupted: dict[str, Any]
+) -> None:
+    add_outbox_orders(home)
+    code, output = run_script(home, kill_at=step)
+    assert code == -signal.SIGKILL, output
+    code, output = run_script(home)
+    assert code == 0, output
+    assert "(resumed) done" in output, output
+    state = end_state()
+    assert state | {"cycle_runs": None} == uninterrupted | {"cycle_runs": None}
+    runs = query(f"SELECT status, attempts FROM {records.RUNS}")
+    assert runs.status.tolist() == ["done"] and runs.attempts.tolist() == [2]
+
+
+def test_force_promote_and_rollback_are_recorded_and_restore_exactly(home: Path) -> None:
+    runner = CliRunner()
+    con = connect(get_settings().warehouse_path, read_only=True)
+    from training.datasets import build_training_set
+    from training.jobs import train
+
+    data = build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)
+    train("churn", con, params={**FAST_PARAMS, "num_boost_round": 5}, data=data)  # v2
+    con.disconnect()
+    refused = runner.invoke(main, ["promote", "churn", "--force"])
+    assert refused.exit_code == 2 and "--force needs --version" in refused.output
+    forced = runner.invoke(main, ["promote", "churn", "--version", "2", "--force", "--reason", "x"])
+    assert forced.exit_code == 0, forced.output
+    assert "churn@champion forced to v2 (was v1), recorded with reason: x" in forced.output
+    assert registry.aliases("churn") == {"champion": "2", "previous": "1"}
+
+    back = runner.invoke(main, ["rollback", "churn", "--reason", "worse in the field"])
+    assert back.exit_code == 0, back.output
+    assert "rolled back to v1 (was v2)" in back.output
+    assert registry.aliases("churn") == {"champion": "1", "previous": "2"}
+    champions = registry.load_champions()
+    assert champions.versions["churn"] == "1"
+    rows = data.part("test")
+    first = registry.load_model("churn", version="1")[0].predict_proba(rows)
+    np.testing.assert_array_equal(champions.churn.predict_proba(rows), first)
+    assert not np.allclose(registry.load_model("churn", version="2")[0].predict_proba(rows), first)
+    assert bundled_champions().info.metadata["versions"]["churn"] == "1"  # type: ignore[union-attr]
+    tags = registry.get_version("churn", version="1").tags
+    assert tags[REASON_TAG] == "worse in the field" and tags[ACTION_TAG].startswith("rollback")
+    changes = query(f"SELECT kind, action, version, replaced, reason FROM {records.CHANGES}")
+    assert changes.values.tolist() == [
+        ["churn", "force", "2", "1", "x"],
+        ["churn", "rollback", "1", "2", "worse in the field"],
+    ]
+    to = runner.invoke(main, ["rollback", "churn", "--to", "9"])
+    assert to.exit_code == 1 and "no registered churn model version 9" in to.output
+    to = runner.invoke(main, ["rollback", "value"])
+    assert to.exit_code == 1 and "no value@previous" in to.output
