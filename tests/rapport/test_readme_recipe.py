@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from sample_data import trained_workspace, use_home
 
+from models import registry
 from rapport.cli import main
 from training import tracking
 
@@ -45,6 +46,6 @@ def test_the_pyfuncs_predict_on_what_rapport_features_writes(tmp_path: Path, suf
     value = mlflow.pyfunc.load_model("models:/value@champion").predict(features)
     assert len(churn) == len(value) == len(features)
     assert churn["p_churn"].between(0, 1).all()
-    native, _ = tracking.load_model("value", "champion")
+    native, _ = registry.load_model("value", "champion")
     expected = native.predict(features.assign(as_of=pd.Timestamp(AS_OF, tz="UTC")))
     np.testing.assert_allclose(value["value_mean"], expected["value_mean"], rtol=1e-6)

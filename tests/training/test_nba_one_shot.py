@@ -143,8 +143,12 @@ def test_the_cli_trains_and_the_first_promotion_passes_the_overlap_check(warehou
 
 
 def test_a_catalog_that_reads_scores_names_each_action_and_champion(warehouse: Path) -> None:
-    with pytest.raises(LookupError) as error:
-        enricher_for(connect(get_settings().warehouse_path), default_catalog())
+    con = connect(get_settings().warehouse_path)
+    try:
+        with pytest.raises(LookupError) as error:
+            enricher_for(con, default_catalog())
+    finally:
+        con.disconnect()
     message = str(error.value)
     assert "action 'retention_discount' needs churn@champion and value@champion" in message
     assert "action 'loyalty_upgrade' needs churn@champion" in message
