@@ -241,7 +241,8 @@ class _Cycle:
             monitor = importlib.import_module("training.monitor")
         except ModuleNotFoundError:
             return "skipped", "monitoring not available (training.monitor is not in this build)"
-        found = monitor.run(as_of=self.as_of)
+        # the cycle's own connection: a second read-write one to the file would conflict
+        found = monitor.run(as_of=self.as_of, con=self.con, progress=self.say)
         return "done", f"run {found.run_id}: {len(found.checks)} checks, {len(found.alerts)} alerts"
 
     def _alerts_since(self, kind: str, since: datetime) -> int:
