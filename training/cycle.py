@@ -58,6 +58,7 @@ from training.datasets import TrainingSet, build_training_set, default_as_of, fi
 
 STEPS = ("ingest", "monitor", "guard", "retrain", "promote", "score", "materialize")
 Progress = Callable[[str], None]
+NOTHING_TO_MONITOR = "no scoring run to monitor yet (this run's score step makes the first)"
 
 
 class CycleBusyError(RuntimeError):
@@ -241,7 +242,10 @@ class _Cycle:
             monitor = importlib.import_module("training.monitor")
         except ModuleNotFoundError:
             return "skipped", "monitoring not available (training.monitor is not in this build)"
-        found = monitor.run(as_of=self.as_of)
+        if not _has_table(self.db, SCORE_RUNS) or latest_run_count(self.db) == 0:
+            return "skipped", NOTHING_TO_MONITOR
+        # the cycle's own connection: a second read-write one to the file would conflict
+        found = monitor.run(as_of=self.as_of, con=self.con, progress=self.say)
         return "done", f"run {found.run_id}: {len(found.checks)} checks, {len(found.alerts)} alerts"
 
     def _alerts_since(self, kind: str, since: datetime) -> int:
@@ -427,6 +431,11 @@ class _Cycle:
         finally:
             store.close()
         return "done", f"{written:,} customer records"
+
+
+def latest_run_count(db: Any) -> int:
+    row = db.execute(f"SELECT count(*) FROM {SCORE_RUNS}").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _first_line(exc: Exception) -> str:

@@ -33,7 +33,14 @@ from models import registry
 from models.bundle import bundled_champions
 from rapport.cli import main
 from rapport.settings import get_settings
-from training.cycle import STEPS, CycleBusyError, CycleOptions, cycle_lock, run_cycle
+from training.cycle import (
+    NOTHING_TO_MONITOR,
+    STEPS,
+    CycleBusyError,
+    CycleOptions,
+    cycle_lock,
+    run_cycle,
+)
 from training.overrides import ACTION_TAG, REASON_TAG
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -118,7 +125,7 @@ def test_an_unchanged_world_promotes_nothing_and_a_second_run_does_nothing(home:
     assert first.status == "done", first.summary()
     steps = {s.name: s for s in first.steps}
     assert steps["retrain"].detail == "no kind due" and steps["promote"].status == "skipped"
-    assert "monitoring not available" in steps["monitor"].detail  # said, not silent
+    assert steps["monitor"].detail == NOTHING_TO_MONITOR  # said, not silent
     assert {k: registry.aliases(k) for k in registry.KINDS} == before
     assert [str(v.version) for v in registry.versions("churn")] == ["1"]
     assert steps["score"].detail.startswith("1,500 customers")
