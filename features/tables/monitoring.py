@@ -64,7 +64,13 @@ CURVE_COLUMNS = (
 def _append(db: Any, table: str, frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
     if frame.empty:
         return
-    arrow = pa.Table.from_pandas(frame[list(columns)], preserve_index=False)
+    frame = frame[list(columns)]
+    stamps = [c for c in columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)]
+    # time zones go to Arrow by hand: pyarrow reads them through a deprecated pandas path
+    arrow = pa.Table.from_pandas(frame.drop(columns=stamps), preserve_index=False)
+    for name in stamps:
+        naive = frame[name].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[us]")
+        arrow = arrow.append_column(name, pa.array(naive).cast(pa.timestamp("us", tz="UTC")))
     db.register("monitor_rows", arrow)
     try:
         db.execute(f"INSERT INTO {table} BY NAME SELECT * FROM monitor_rows")
