@@ -25,11 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from features.ingest import discover_files, ingest
 from features.tables.scores import RUNS, RUNS_DDL, SCORES
 from features.warehouse import connect, raw
 from rapport.demo_data import generate, write
 from rapport.settings import get_settings, reset_settings
+from rapport.truth import ingest_demo
 from training.analytics import run_analytics
 
 
@@ -68,7 +68,9 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--customers", type=int, default=1_000_000)
     source.add_argument("--data", type=Path, help="a `rapport demo-data` folder to ingest")
-    source.add_argument("--warehouse", type=Path, help="an ingested warehouse (demo data)")
+    source.add_argument(
+        "--warehouse", type=Path, help="a warehouse with demo data and its truth (ingest_demo)"
+    )
     parser.add_argument("--periods", type=int, default=1, help="monthly periods (1: 2 snapshots)")
     parser.add_argument("--no-mlflow", action="store_true")
     args = parser.parse_args()
@@ -90,7 +92,7 @@ def main() -> None:
             del data
             print(f"demo data: {args.customers:,} customers in {time.perf_counter() - start:.0f}s")
         start = time.perf_counter()
-        ingest(con, discover_files(folder), now=datetime.now(UTC))
+        ingest_demo(con, folder, now=datetime.now(UTC))
         print(f"ingest: {time.perf_counter() - start:.0f}s")
     as_of = truth_scores(raw(con))
     print(f"workspace {home}; scores from the truth as of {as_of:%Y-%m-%d}")

@@ -85,7 +85,8 @@ def _runs(home: Path, patch: pytest.MonkeyPatch) -> Iterator[Runs]:
             later.results,
             query("SELECT customer_id, ordered_at, amount FROM orders"),
             query("SELECT * FROM customers"),
-            query("SELECT * FROM truth_customers").set_index("customer_id"),
+            # the simulator's truth, read from its file: the warehouse never holds it here
+            pd.read_parquet(home / "data" / "truth_customers.parquet").set_index("customer_id"),
             query("SELECT * FROM scores WHERE run_id = ?", [scored[1].run_id]),
         )
 
