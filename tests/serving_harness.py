@@ -198,8 +198,11 @@ def start_service(
     return Server(process, f"http://127.0.0.1:{port}", log)
 
 
-def wait_ready(server: Server, timeout: float = 90.0, path: str = "/readyz") -> None:
-    """Poll until ``path`` answers 200; fail with the server's log if it dies or hangs."""
+def wait_ready(server: Server, timeout: float = 300.0, path: str = "/readyz") -> None:
+    """Poll until ``path`` answers 200; fail with the server's log if it dies or hangs.
+
+    The limit is generous because on a 2-core machine the other test worker may be
+    training models while BentoML starts (seen: over 90 s); a dead server fails at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
