@@ -269,7 +269,7 @@ def _is_csv(path: Path) -> bool:
 
 
 def _relation(path: Path) -> str:
-    """A typed read (truth tables, and Parquet files of contract tables)."""
+    """A typed read (tables outside the contract, and Parquet files of contract tables)."""
     if path.name.lower().endswith((".parquet", ".pq")):
         return f"read_parquet({_lit(str(path))})"
     if _is_csv(path):

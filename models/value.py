@@ -29,7 +29,7 @@ their predicted mean, and in each bin the p10/p50/p90 of ``realised / predicted`
 each customer's prediction. It is calibrated by construction on the validation rows, and
 costs a ``searchsorted`` at prediction time.
 
-**Never worse than the prior.** On data where the prior is already near the truth
+**Never worse than the prior.** On data where the prior is already near the real spend
 (transaction logs only: no touchpoints, no campaigns) the trees' corrections are mostly
 noise, and the boosted model tied or slightly lost to BG/NBD + Gamma-Gamma. So the fit
 ends with a choice on the validation cutoff: predictions are ``exp(log prior + w x
