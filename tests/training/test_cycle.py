@@ -214,9 +214,9 @@ def test_new_data_retrains_the_due_kinds_and_records_every_step(
     assert uninterrupted["bundled"] == champions
 
 
-KILLED = [
-    pytest.param(s, marks=[] if s in ("retrain", "score") else pytest.mark.slow) for s in STEPS
-]
+#: the steps a kill is tested in (retrain and score: the ones that write most). The
+#: other steps' kill points have not been run yet (issue 16 stays open for them).
+KILLED = ["retrain", "score"]
 
 
 @pytest.mark.parametrize("step", KILLED)
