@@ -14,24 +14,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from training.plots import png
+from training.plots import axes, png
 from training.report import Report
 
 if TYPE_CHECKING:
     from training.monitor import MonitorRun
 
+#: the monitoring figures' size (inches)
+MONITOR_SIZE = (6.0, 4.2)
 #: features shown in the heatmap (the ones that drifted most)
 HEATMAP_ROWS = 25
-
-
-def _axes(title: str, xlabel: str, ylabel: str, size: tuple[float, float] = (6.0, 4.2)) -> Figure:
-    fig = Figure(figsize=size)
-    ax = fig.add_subplot()
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    return fig
 
 
 def _series(history: pd.DataFrame, kind: str, check: str, subject: str = "all") -> pd.Series:
@@ -45,7 +37,12 @@ def calibration_figure(curves: pd.DataFrame) -> Figure | None:
     cal = curves[curves["curve"] == "calibration"]
     if cal.empty:
         return None
-    fig = _axes("Churn calibration per matured scoring run", "mean predicted", "observed rate")
+    fig = axes(
+        "Churn calibration per matured scoring run",
+        "mean predicted",
+        "observed rate",
+        size=MONITOR_SIZE,
+    )
     ax = fig.axes[0]
     runs = list(dict.fromkeys(cal["scoring_run"]))
     for i, run in enumerate(runs):
@@ -65,7 +62,12 @@ def auc_figure(history: pd.DataFrame) -> Figure | None:
     low = _series(history, "churn", "estimated_auc_low").reindex(est.index)
     high = _series(history, "churn", "estimated_auc_high").reindex(est.index)
     real = _series(history, "churn", "auc")
-    fig = _axes("Churn AUC: label-free estimate (latest run) and realised", "monitoring run", "AUC")
+    fig = axes(
+        "Churn AUC: label-free estimate (latest run) and realised",
+        "monitoring run",
+        "AUC",
+        size=MONITOR_SIZE,
+    )
     ax = fig.axes[0]
     x = np.arange(len(est))
     ax.plot(x, est.to_numpy(), marker="o", label="estimated (CBPE)")
@@ -82,7 +84,7 @@ def coverage_figure(history: pd.DataFrame) -> Figure | None:
     cov = _series(history, "value", "coverage")
     if cov.empty:
         return None
-    fig = _axes("Value p10-p90 interval coverage", "monitoring run", "coverage")
+    fig = axes("Value p10-p90 interval coverage", "monitoring run", "coverage", size=MONITOR_SIZE)
     ax = fig.axes[0]
     x = np.arange(len(cov))
     ax.axhspan(0.7, 0.9, color="green", alpha=0.1, label="70-90%")
@@ -98,7 +100,9 @@ def pit_figure(curves: pd.DataFrame, run_id: str) -> Figure | None:
     pit = curves[(curves["curve"] == "pit") & (curves["run_id"] == run_id)]
     if pit.empty:
         return None
-    fig = _axes("Where realised value falls in the predicted band", "bin", "share")
+    fig = axes(
+        "Where realised value falls in the predicted band", "bin", "share", size=MONITOR_SIZE
+    )
     ax = fig.axes[0]
     x = np.arange(len(pit))
     ax.bar(x - 0.2, pit["y"], 0.4, label="realised")

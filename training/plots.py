@@ -28,7 +28,8 @@ def png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _axes(title: str, xlabel: str, ylabel: str, size: tuple[float, float] = (5.5, 4.5)) -> Figure:
+def axes(title: str, xlabel: str, ylabel: str, size: tuple[float, float] = (5.5, 4.5)) -> Figure:
+    """A titled, labelled, lightly gridded figure: every report figure starts here."""
     fig = Figure(figsize=size)
     ax = fig.add_subplot()
     ax.set_title(title)
@@ -40,7 +41,7 @@ def _axes(title: str, xlabel: str, ylabel: str, size: tuple[float, float] = (5.5
 
 def roc(y: np.ndarray, scores: Scores) -> Figure:
     """ROC curves of the model and the baselines on the same rows."""
-    fig = _axes("ROC (holdout)", "false positive rate", "true positive rate")
+    fig = axes("ROC (holdout)", "false positive rate", "true positive rate")
     ax = fig.axes[0]
     for name, score in scores.items():
         fpr, tpr, _ = roc_curve(y, score)
@@ -51,7 +52,7 @@ def roc(y: np.ndarray, scores: Scores) -> Figure:
 
 
 def precision_recall(y: np.ndarray, scores: Scores) -> Figure:
-    fig = _axes("Precision-recall (holdout)", "recall", "precision")
+    fig = axes("Precision-recall (holdout)", "recall", "precision")
     ax = fig.axes[0]
     for name, score in scores.items():
         precision, recall, _ = precision_recall_curve(y, score)
@@ -64,7 +65,7 @@ def precision_recall(y: np.ndarray, scores: Scores) -> Figure:
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> Figure:
     """Mean predicted vs observed churn rate per decile of the prediction."""
     curve = calibration_curve(y, p, bins)
-    fig = _axes("Calibration (holdout)", "mean predicted probability", "observed rate")
+    fig = axes("Calibration (holdout)", "mean predicted probability", "observed rate")
     ax = fig.axes[0]
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
     ax.plot(curve["predicted"], curve["observed"], marker="o", label="model")
@@ -93,7 +94,7 @@ def gains(y: np.ndarray, scores: Scores, what: str) -> Figure:
 def importance(gain: pd.Series, top: int = 20) -> Figure:
     """The ``top`` features by gain, largest on top."""
     shown = gain.head(top)[::-1]
-    fig = _axes("Feature importance (gain)", "gain", "", size=(6.5, 0.28 * len(shown) + 1.2))
+    fig = axes("Feature importance (gain)", "gain", "", size=(6.5, 0.28 * len(shown) + 1.2))
     ax = fig.axes[0]
     ax.barh(list(shown.index), shown.to_numpy())
     ax.tick_params(axis="y", labelsize=8)
@@ -103,7 +104,7 @@ def importance(gain: pd.Series, top: int = 20) -> Figure:
 def deciles(y: np.ndarray, predictions: Scores) -> Figure:
     """Mean predicted (bars) vs realised (dots) value per decile of each prediction
     (1 = highest): the dots show the ranking, bar against dot the calibration."""
-    fig = _axes("Value deciles (holdout)", "decile of the prediction", "mean value per customer")
+    fig = axes("Value deciles (holdout)", "decile of the prediction", "mean value per customer")
     ax = fig.axes[0]
     width = 0.8 / len(predictions)
     for i, (name, pred) in enumerate(predictions.items()):
