@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models.yamlconfig import Location, dotted, line_of, load_mapping, problems
 
 Level = Literal["ok", "warn", "alert"]
 LEVELS: tuple[Level, ...] = ("ok", "warn", "alert")
@@ -96,43 +97,22 @@ class Alerts(BaseModel):
         return found
 
 
-def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the YAML node at ``loc`` (the deepest one that exists)."""
-    line = None if node is None else node.start_mark.line + 1
-    for key in loc:
-        if not isinstance(node, yaml.MappingNode):
-            break
-        for k, v in node.value:
-            if k.value == str(key):
-                node, line = v, k.start_mark.line + 1
-                break
-        else:
-            break
-    return line
-
-
 def parse_alerts(text: str, source: str = "<thresholds>") -> Alerts:
     """Validate thresholds YAML; :class:`AlertsError` names ``source``, the line and the
     field of every problem."""
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise AlertsError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise AlertsError(f"{source}: expected a mapping of checks, got {type(data).__name__}")
+    data, node = load_mapping(text, source, AlertsError, "a mapping of checks")
     try:
         return Alerts.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            where = ".".join(str(part) for part in loc) or "(top)"
-            line = _line(node, loc)
-            at = f"line {line}" if line else "?"
-            message = "unknown check or key" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"{source}:{at}: {where}: {message}")
-        raise AlertsError("invalid monitoring thresholds\n  " + "\n  ".join(lines)) from None
+
+        def where(loc: Location) -> str:
+            line = line_of(node, loc)
+            return f"{source}:{f'line {line}' if line else '?'}: {dotted(loc) or '(top)'}"
+
+        raise AlertsError(
+            "invalid monitoring thresholds\n  "
+            + "\n  ".join(problems(exc, where, "unknown check or key"))
+        ) from None
 
 
 def load_alerts(path: Path | str | None = None) -> Alerts:

@@ -183,6 +183,42 @@ def _repeat_terms(
     )
 
 
+def _fit_four_parameters(
+    data_cls: type[_BGNBDData] | type[_MBGNBDData],
+    name: str,
+    penalizer_coef: float,
+    frequency: npt.ArrayLike,
+    recency: npt.ArrayLike,
+    T: npt.ArrayLike,
+) -> tuple[dict[str, float], float]:
+    """(r, alpha, a, b) by maximum likelihood for BG/NBD and MBG/NBD alike.
+
+    Time is rescaled so the oldest age is 1 (as ``lifetimes``); the returned alpha is in
+    days again and the log-likelihood is the unpenalised one with time in days.
+    """
+    x, rec, age = _histories(frequency, recency, T)
+    if not (x > 0).any() or age.max() <= 0:
+        raise ValueError(f"{name} needs some repeat purchases (frequency > 0) and T > 0")
+    scale = 1.0 / age.max()
+    data = data_cls.build(x, rec * scale, age * scale)
+    n = float(len(x))
+
+    def objective(log_params: FloatArray) -> tuple[float, FloatArray]:
+        params = np.exp(log_params)
+        ll, grad = data.log_likelihood(params)
+        return _penalised(ll / n, grad / n, params, penalizer_coef)
+
+    # a rate-matching start: r = a = b = 1 and r / alpha = repeat purchases per unit time
+    rate = max(x.sum(), 1.0) / (age * scale).sum()
+    start = np.log([1.0, 1.0 / rate, 1.0, 1.0])
+    result = _minimize(objective, start, [(-_LOG_BOUND, _LOG_BOUND)] * 4)
+    r, alpha, a, b = np.exp(result.x)
+    params = {"r": float(r), "alpha": float(alpha / scale), "a": float(a), "b": float(b)}
+    # rescaling time by `scale` shifts the log-likelihood by -sum(x) log(scale)
+    ll_scaled = data.log_likelihood(np.exp(result.x))[0]
+    return params, float(ll_scaled + x.sum() * np.log(scale))
+
+
 class BetaGeoFitter:
     """BG/NBD: Poisson purchases while alive, a coin flip after each purchase to drop out.
 
@@ -195,27 +231,9 @@ class BetaGeoFitter:
 
     def fit(self, frequency: npt.ArrayLike, recency: npt.ArrayLike, T: npt.ArrayLike) -> Self:
         """Maximum likelihood on histories rescaled so the oldest age is 1 (as ``lifetimes``)."""
-        x, rec, age = _histories(frequency, recency, T)
-        if not (x > 0).any() or age.max() <= 0:
-            raise ValueError("BG/NBD needs some repeat purchases (frequency > 0) and T > 0")
-        scale = 1.0 / age.max()
-        data = _BGNBDData.build(x, rec * scale, age * scale)
-        n = float(len(x))
-
-        def objective(log_params: FloatArray) -> tuple[float, FloatArray]:
-            params = np.exp(log_params)
-            ll, grad = data.log_likelihood(params)
-            return _penalised(ll / n, grad / n, params, self.penalizer_coef)
-
-        # a rate-matching start: r = a = b = 1 and r / alpha = repeat purchases per unit time
-        rate = max(x.sum(), 1.0) / (age * scale).sum()
-        start = np.log([1.0, 1.0 / rate, 1.0, 1.0])
-        result = _minimize(objective, start, [(-_LOG_BOUND, _LOG_BOUND)] * 4)
-        r, alpha, a, b = np.exp(result.x)
-        self.params_ = {"r": float(r), "alpha": float(alpha / scale), "a": float(a), "b": float(b)}
-        # rescaling time by `scale` shifts the log-likelihood by -sum(x) log(scale)
-        ll_scaled = data.log_likelihood(np.exp(result.x))[0]
-        self.log_likelihood_ = float(ll_scaled + x.sum() * np.log(scale))
+        self.params_, self.log_likelihood_ = _fit_four_parameters(
+            _BGNBDData, "BG/NBD", self.penalizer_coef, frequency, recency, T
+        )
         return self
 
     def _params(self) -> tuple[float, float, float, float]:
@@ -336,25 +354,9 @@ class ModifiedBetaGeoFitter:
         self.penalizer_coef = penalizer_coef
 
     def fit(self, frequency: npt.ArrayLike, recency: npt.ArrayLike, T: npt.ArrayLike) -> Self:
-        x, rec, age = _histories(frequency, recency, T)
-        if not (x > 0).any() or age.max() <= 0:
-            raise ValueError("MBG/NBD needs some repeat purchases (frequency > 0) and T > 0")
-        scale = 1.0 / age.max()
-        data = _MBGNBDData.build(x, rec * scale, age * scale)
-        n = float(len(x))
-
-        def objective(log_params: FloatArray) -> tuple[float, FloatArray]:
-            params = np.exp(log_params)
-            ll, grad = data.log_likelihood(params)
-            return _penalised(ll / n, grad / n, params, self.penalizer_coef)
-
-        rate = max(x.sum(), 1.0) / (age * scale).sum()
-        start = np.log([1.0, 1.0 / rate, 1.0, 1.0])
-        result = _minimize(objective, start, [(-_LOG_BOUND, _LOG_BOUND)] * 4)
-        r, alpha, a, b = np.exp(result.x)
-        self.params_ = {"r": float(r), "alpha": float(alpha / scale), "a": float(a), "b": float(b)}
-        ll_scaled = data.log_likelihood(np.exp(result.x))[0]
-        self.log_likelihood_ = float(ll_scaled + x.sum() * np.log(scale))
+        self.params_, self.log_likelihood_ = _fit_four_parameters(
+            _MBGNBDData, "MBG/NBD", self.penalizer_coef, frequency, recency, T
+        )
         return self
 
     def conditional_probability_alive(

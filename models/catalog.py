@@ -16,7 +16,6 @@ from functools import cached_property
 from importlib import resources
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,6 +29,7 @@ from pydantic import (
 from features.contract import NO_ACTION
 from models.expressions import Expression, parse
 from models.value import OUTPUT_COLUMNS as VALUE_FIELDS
+from models.yamlconfig import load_mapping, problems
 
 #: channels that contact a person and therefore need their consent
 CONSENT_CHANNELS = frozenset({"email", "call", "sms"})
@@ -274,31 +274,17 @@ def _where(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
     return "field " + repr(".".join(str(p) for p in loc)) if loc else "catalog"
 
 
-def _readable(exc: ValidationError, data: Mapping[str, Any], source: str) -> CatalogError:
-    lines = []
-    for err in exc.errors():
-        message = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown key (typo?)"
-        lines.append(f"{source}: {_where(tuple(err['loc']), data)}: {message}")
-    return CatalogError("invalid action catalog\n  " + "\n  ".join(lines))
-
-
 def parse_catalog(text: str, source: str = "<string>") -> Catalog:
     """Parse and validate catalog YAML; errors name ``source``, the action and the field."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CatalogError(f"{source}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CatalogError(f"{source}: a catalog is a mapping with an 'actions' list")
+    data, _ = load_mapping(text, source, CatalogError, "a mapping with an 'actions' list")
     try:
         return Catalog.model_validate(data)
     except ValidationError as exc:
         actions = data.get("actions")
         if isinstance(actions, list):  # error locations count no_action first
             data = {**data, "actions": _control_first(actions)}
-        raise _readable(exc, data, source) from None
+        lines = problems(exc, lambda loc: f"{source}: {_where(loc, data)}")
+        raise CatalogError("invalid action catalog\n  " + "\n  ".join(lines)) from None
 
 
 def default_catalog() -> Catalog:

@@ -49,7 +49,6 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.contract import NO_ACTION
@@ -61,6 +60,7 @@ from models.catalog import CHURN_FIELD, Catalog
 from models.expressions import Expression, ExpressionError, parse
 from models.policy import Exclusion, arbitrate
 from models.value import OUTPUT_COLUMNS
+from models.yamlconfig import dotted, load_mapping, problems
 
 #: score columns (besides ``customer_id``) a filter may read, with their types
 SCORE_TYPES: dict[str, str] = {
@@ -130,11 +130,8 @@ class TargetDefinition(BaseModel):
 
 def parse_definitions(text: str, source: str = "<string>") -> dict[str, TargetDefinition]:
     """Saved list definitions: YAML ``lists: {name: {filter, action, budget, ...}}``."""
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise TargetError(f"{source}: not valid YAML: {exc}") from exc
-    lists = data.get("lists") if isinstance(data, dict) else None
+    data, _ = load_mapping(text, source, TargetError, "a mapping 'lists: {name: {filter: ...}}'")
+    lists = data.get("lists")
     if not isinstance(lists, dict):
         raise TargetError(f"{source}: expected a mapping 'lists: {{name: {{filter: ...}}}}'")
     out: dict[str, TargetDefinition] = {}
@@ -578,11 +575,7 @@ def select_targets(
 
 def _problems(exc: ValidationError) -> str:
     """pydantic's errors as ``field: message; ...``."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'list'}: "
-        + str(e["msg"]).removeprefix("Value error, ")
-        for e in exc.errors()
-    )
+    return "; ".join(problems(exc, lambda loc: dotted(loc) or "list"))
 
 
 def definition_from(
