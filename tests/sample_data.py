@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -166,3 +167,32 @@ def use_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     reset_settings()
     yield home
     reset_settings()
+
+
+def trained_home(name: str, customers: int, seed: int) -> tuple[Any, Any]:
+    """A module's ``home`` (one trained workspace, built once) and its autouse fixture
+    that makes it every test's RAPPORT_HOME; assign both: ``home, _home = trained_home(...)``."""
+
+    @pytest.fixture(scope="module", name="home")
+    def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        path = tmp_path_factory.mktemp(name)
+        trained_workspace(path, customers=customers, seed=seed)
+        return path
+
+    @pytest.fixture(autouse=True, name="shared_home")
+    def shared_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+        yield from use_home(home, monkeypatch)
+
+    return home, shared_home
+
+
+def warehouse_query(sql: str, params: list | None = None) -> pd.DataFrame:
+    """``sql`` on the current workspace's warehouse, read-only, as a frame."""
+    from features.warehouse import connect, raw
+    from rapport.settings import get_settings
+
+    con = connect(get_settings().warehouse_path, read_only=True)
+    try:
+        return raw(con).execute(sql, params or []).to_arrow_table().to_pandas()
+    finally:
+        con.disconnect()

@@ -3,14 +3,13 @@ registered pyfunc as they are (the cutoff travels as the `as_of` column)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from sample_data import trained_workspace, use_home
+from sample_data import trained_home
 
 from models import registry
 from rapport.cli import main
@@ -19,16 +18,7 @@ from training import tracking
 AS_OF = "2026-10-01"
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("recipe-home")
-    trained_workspace(home, customers=1200, seed=9)
-    return home
-
-
-@pytest.fixture(autouse=True)
-def shared_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    yield from use_home(home, monkeypatch)
+home, shared_home = trained_home("recipe-home", customers=1200, seed=9)
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])

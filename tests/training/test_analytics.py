@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from sample_data import trained_workspace, use_home
+from sample_data import warehouse_query as query
 from scipy.stats import spearmanr
 
 from features.tables.analytics import AnalyticsTables, load_run
@@ -43,14 +44,6 @@ class Runs:
     customers: pd.DataFrame
     truth: pd.DataFrame
     scores: pd.DataFrame  # the scoring run at the truth cutoff
-
-
-def query(sql: str, params: list | None = None) -> pd.DataFrame:
-    con = connect(get_settings().warehouse_path, read_only=True)
-    try:
-        return raw(con).execute(sql, params or []).to_arrow_table().to_pandas()
-    finally:
-        con.disconnect()
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 from click.testing import CliRunner
 from sample_data import FAST_PARAMS, trained_workspace, use_home
+from sample_data import warehouse_query as query
 
 from features.tables import cycle as records
 from features.tables.scores import RUNS as SCORE_RUNS
@@ -96,14 +96,6 @@ def add_outbox_orders(home: Path, n: int = 300) -> None:
         for i in range(n)
     ]
     (folder / "batch-1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
-
-
-def query(sql: str) -> pd.DataFrame:
-    con = connect(get_settings().warehouse_path, read_only=True)
-    try:
-        return raw(con).execute(sql).to_arrow_table().to_pandas()
-    finally:
-        con.disconnect()
 
 
 def end_state() -> dict[str, Any]:

@@ -6,12 +6,8 @@ Tests run in file order and share one workspace (churn and value champions prese
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from click.testing import CliRunner
-from sample_data import trained_workspace, use_home
+from sample_data import trained_home
 
 from features.tables.segments import load_version
 from features.warehouse import connect, raw
@@ -19,17 +15,7 @@ from models import registry
 from rapport.cli import main
 from rapport.settings import get_settings
 
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("nba-home")
-    trained_workspace(home, customers=2000, seed=5)
-    return home
-
-
-@pytest.fixture(autouse=True)
-def shared_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    yield from use_home(home, monkeypatch)
+home, shared_home = trained_home("nba-home", customers=2000, seed=5)
 
 
 def run(*args: str) -> str:

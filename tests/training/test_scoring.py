@@ -6,14 +6,14 @@ module; the tests run in file order: score twice (history kept), then lists.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from sample_data import trained_workspace, use_home
+from sample_data import trained_home
+from sample_data import warehouse_query as query
 
 from features.spec import default_spec
 from features.tables.lists import WarehouseLists, add_suppressions
@@ -24,25 +24,7 @@ from models.scorer import SCORE_COLUMNS
 from rapport.cli import main
 from rapport.settings import get_settings
 
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("scoring-home")
-    trained_workspace(home, customers=1500, seed=3)
-    return home
-
-
-@pytest.fixture(autouse=True)
-def shared_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    yield from use_home(home, monkeypatch)
-
-
-def query(sql: str) -> pd.DataFrame:
-    con = connect(get_settings().warehouse_path, read_only=True)
-    try:
-        return raw(con).execute(sql).to_arrow_table().to_pandas()
-    finally:
-        con.disconnect()
+home, shared_home = trained_home("scoring-home", customers=1500, seed=3)
 
 
 def test_score_appends_a_stamped_run_and_keeps_history() -> None:
