@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -22,24 +21,6 @@ Direction = Literal["up", "down"]
 #: the words appended to a phrase for each direction, per model
 CHURN_WORDS: dict[Direction, str] = {"up": "raises risk", "down": "lowers risk"}
 VALUE_WORDS: dict[Direction, str] = {"up": "raises value", "down": "lowers value"}
-
-
-@dataclass(frozen=True)
-class Reason:
-    """One driver of one prediction."""
-
-    feature: str
-    value: float | str | None
-    #: contribution to the raw score (log-odds for churn); its sign gives the direction
-    contribution: float
-    direction: Direction
-    #: what the feature says ("no order for 94 days")
-    phrase: str
-    #: the phrase with the direction ("no order for 94 days (raises risk)")
-    text: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))  # flat fields: no need for asdict's deep copy
 
 
 def _is_missing(value: Any) -> bool:
@@ -91,7 +72,8 @@ def top_reasons(
 
     ``contributions`` has one entry per feature (LightGBM's trailing bias column removed);
     ``values`` are the row's feature values as the caller knows them (categories as text).
-    Returns ``{"up": [...], "down": [...]}`` of :class:`Reason` dicts, strongest first.
+    Returns ``{"up": [...], "down": [...]}``, strongest first, of dicts shaped as
+    :class:`models.results.Reason` (plain dicts: this runs per live score).
     """
     if len(contributions) != len(names) or len(values) != len(names):
         raise ValueError(
@@ -109,14 +91,14 @@ def top_reasons(
             value = _plain(values[j])
             phrase = _phrase(features.get(names[j]), names[j], value)
             reasons.append(
-                Reason(
-                    feature=names[j],
-                    value=value,
-                    contribution=float(contributions[j]),
-                    direction=direction,  # type: ignore[arg-type]
-                    phrase=phrase,
-                    text=f"{phrase} ({words[direction]})",  # type: ignore[index]
-                ).to_dict()
+                {
+                    "feature": names[j],
+                    "value": value,
+                    "phrase": phrase,
+                    "direction": direction,
+                    "contribution": float(contributions[j]),
+                    "text": f"{phrase} ({words[direction]})",  # type: ignore[index]
+                }
             )
         out[direction] = reasons
     return out

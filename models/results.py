@@ -17,13 +17,15 @@ _RESULT = ConfigDict(ser_json_inf_nan="null")
 
 
 class Reason(BaseModel):
-    """One driver of the churn probability: the feature, its value and how it pushed."""
+    """One driver of a prediction: the feature, its value, how it pushed (the
+    contribution to the raw score, log-odds for churn) and the sentence an agent reads."""
 
     feature: str
     value: float | str | None
     phrase: str
     direction: Literal["up", "down"]
     contribution: float
+    text: str
 
 
 class Churn(BaseModel):
