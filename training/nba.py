@@ -245,7 +245,7 @@ def train_nba(
     cat = _catalog(catalog)
     versions: dict[str, str] = {}
     if enrich is None:
-        enrich, versions = enricher_for(con, cat, say)
+        enrich, versions = enricher_for(con, cat, say, as_utc(as_of) if as_of else None)
         if "churn" not in versions:
             say("no churn / value champions: training from features and segments alone")
     seed = get_settings().seed

@@ -20,7 +20,8 @@ id, is held out instead.
 
 **Without champions.** When the catalog's values and rules read no churn or value score
 (:meth:`models.catalog.Catalog.score_needs`), the set is built from the features and
-segments alone (:func:`enricher_for`); with both champions registered their scores are
+segments alone (:func:`enricher_for`; segments from the stored model, fitted and stored
+once if there is none); with both champions registered their scores are
 added as features either way.
 
 **Propensities.** Decisions logged without a propensity get an estimated one
@@ -39,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from features.batch import build
-from features.segments import SegmentModel, assign_segments, fit_segments
+from features.segments import SegmentModel, assign_segments, fit_version
 from features.spec import FeatureSpec, default_spec
 from features.tables.segments import NoSegmentsError, load_version
 from features.timeutil import as_utc
@@ -134,24 +135,27 @@ def _champions() -> tuple[dict[str, Any], dict[str, str]]:
     return models, versions
 
 
-def features_enricher(con: Any, progress: Progress | None = None) -> tuple[Enrich, dict[str, str]]:
-    """Segments without any score: the warehouse's current segment model, or, when none is
-    stored yet (no `rapport features` / `rapport score` run), one fitted on each week's
-    snapshot."""
+def features_enricher(
+    con: Any, as_of: datetime | None = None, progress: Progress | None = None
+) -> tuple[Enrich, dict[str, str]]:
+    """Segments without any score: the warehouse's current segment model; when none is
+    stored yet (no `rapport features` / `rapport score` run), one fitted on the snapshot at
+    ``as_of`` (default: the data's end), once, versioned as a scoring run's and recorded
+    with the NBA run (the warehouse is read-only here), never refitted per week."""
     say = silent(progress)
     try:
         stored = load_version(raw(con))
     except NoSegmentsError:
-        say("no stored segment model: segments fitted on each decision week's snapshot")
-
-        def fitted(features: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
-            return _with_segments(features, fit_segments(features))
-
-        return fitted, {}
-    say(stored.describe())
+        when = as_utc(as_of) if as_of is not None else data_end(con)
+        spec = default_spec()
+        stored = fit_version(build(con, when, spec), when, spec.version)
+        say(f"no stored segment model: fitted {stored.describe()} (recorded with the run)")
+    else:
+        say(stored.describe())
+    model = stored.model
 
     def enrich(features: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
-        return _with_segments(features, stored.model)
+        return _with_segments(features, model)
 
     return enrich, {"segments": stored.version}
 
@@ -164,7 +168,7 @@ def _with_segments(features: pd.DataFrame, model: SegmentModel) -> pd.DataFrame:
 
 
 def enricher_for(
-    con: Any, catalog: Catalog, progress: Progress | None = None
+    con: Any, catalog: Catalog, progress: Progress | None = None, as_of: datetime | None = None
 ) -> tuple[Enrich, dict[str, str]]:
     """Scores of both champions when they are registered; otherwise features and segments
     alone, if no action of ``catalog`` reads a score (LookupError naming each action and
@@ -189,7 +193,7 @@ def enricher_for(
             f"{needs}. Run {steps}, or drop those actions (their retained_value kind, their "
             "rules on churn_probability / value_*) from the catalog"
         )
-    return features_enricher(con, progress)
+    return features_enricher(con, as_of, progress)
 
 
 def customer_frame(
