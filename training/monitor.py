@@ -243,13 +243,19 @@ def _churn_estimate(c: _Checks, run: RunInfo, active: pd.DataFrame, ref_auc: flo
     )
 
 
+def _subjects(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The whole base, then each ABC tier and RFM segment: what realised checks report on,
+    each named for people ("all", "tier A", "segment Champions", ...)."""
+    subjects: list[tuple[str, pd.DataFrame]] = [("all", frame)]
+    for group in GROUPS:
+        for name, part in frame.groupby(group, observed=True):
+            subjects.append((f"{GROUP_LABEL[group]} {name}", part))
+    return subjects
+
+
 def _churn_realised(c: _Checks, run: RunInfo, active: pd.DataFrame, ref_auc: float) -> None:
     tag = f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d})"
-    subjects: list[tuple[str, pd.DataFrame]] = [("all", active)]
-    for group in GROUPS:
-        for name, part in active.groupby(group, observed=True):
-            subjects.append((f"{GROUP_LABEL[group]} {name}", part))
-    for subject, part in subjects:
+    for subject, part in _subjects(active):
         y = part["churned"].to_numpy(dtype="float64")
         p = part["churn_probability"].to_numpy(dtype="float64")
         n = len(part)
@@ -298,11 +304,7 @@ def _churn_realised(c: _Checks, run: RunInfo, active: pd.DataFrame, ref_auc: flo
 # --------------------------------------------------------------------------- value
 def _value_realised(c: _Checks, run: RunInfo, scored: pd.DataFrame, ref_rho: float) -> None:
     tag = f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d})"
-    subjects: list[tuple[str, pd.DataFrame]] = [("all", scored)]
-    for group in GROUPS:
-        for name, part in scored.groupby(group, observed=True):
-            subjects.append((f"{GROUP_LABEL[group]} {name}", part))
-    for subject, part in subjects:
+    for subject, part in _subjects(scored):
         n = len(part)
         if n == 0:
             continue
