@@ -117,3 +117,16 @@ def test_a_later_run_reveals_the_same_draws(world: tuple) -> None:
     unknown = pd.read_csv(early.folder / "outcomes.csv")
     assert unknown["outcome"].all()  # before the windows close only conversions are known
     assert json.loads(early.truth_path.read_text())["period_end"].startswith("2025-01-07")
+
+
+def test_cli_refuses_bad_days_and_a_home_without_the_simulator(workspace: Path) -> None:
+    from click.testing import CliRunner
+
+    from rapport.cli import main
+
+    bad = CliRunner().invoke(main, ["simulate", "--days", "0"])
+    assert bad.exit_code == 2 and "--days" in bad.output
+    connect(workspace / "warehouse.duckdb").disconnect()
+    missing = CliRunner().invoke(main, ["simulate", "--days", "7"])
+    assert missing.exit_code == 1, missing.output
+    assert "run `rapport demo` first" in missing.output
