@@ -295,6 +295,10 @@ def _group_sql(db: duckdb.DuckDBPyConnection, alias: str) -> str:
     return f'{alias}."group"' if "group" in cols else "NULL::VARCHAR"
 
 
+def _tables(db: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+
+
 def _db(con: Any) -> duckdb.DuckDBPyConnection:
     return con if isinstance(con, duckdb.DuckDBPyConnection) else raw(con)
 
@@ -308,7 +312,7 @@ def decision_outcomes(con: Any, since: datetime | None = None) -> pd.DataFrame:
     :func:`record_inline` has not run (a warehouse written by other means).
     """
     db = _db(con)
-    tables = {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    tables = _tables(db)
     if "campaign_log" not in tables:
         raise LookupError("the warehouse has no campaign_log: run `rapport ingest` first")
     group = _group_sql(db, "c")
@@ -341,7 +345,9 @@ def decision_outcomes(con: Any, since: datetime | None = None) -> pd.DataFrame:
 def history(con: Any, decision_id: str | None = None) -> pd.DataFrame:
     """Every version (optionally of one decision), oldest first."""
     db = _db(con)
-    ensure_tables(db)
+    tables = _tables(db)
+    if HISTORY not in tables:
+        return pd.DataFrame(columns=[*_COLS.split(", "), "version", "correction", "ingested_at"])
     where, params = ("WHERE decision_id = ?", [decision_id]) if decision_id else ("", [])
     return db.execute(
         f"SELECT * EXCLUDE (version_key) FROM {HISTORY} {where} ORDER BY decision_id, version",
