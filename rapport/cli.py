@@ -6,7 +6,8 @@ one the library raises on purpose derives from ValueError or LookupError, or is 
 file, and its message names the file, field or command to run) is printed as
 ``Error: <message>``, exit 1, by the command group itself (:class:`Commands`), so no
 command converts errors on its own; validate and ``ingest --strict`` exit 2 when rows were
-quarantined.
+quarantined; ``ingest`` exits 3 (:data:`EXIT_QUARANTINED`) when a source was mostly or
+wholly quarantined, with or without ``--strict``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from rapport.settings import Settings, get_settings
+
+#: ``rapport ingest``: a source had more than the allowed share of its rows quarantined
+EXIT_QUARANTINED = 3
 
 if TYPE_CHECKING:
     from features.files import FileOptions
@@ -278,17 +282,33 @@ def _split_format(kwargs: dict[str, Any]) -> tuple[FileOptions, dict[str, Path |
 )
 @_table_options
 @_file_format_options
-@click.option("--strict", is_flag=True, help="Exit non-zero when any row is quarantined.")
+@click.option("--strict", is_flag=True, help="Exit 2 when any row is quarantined.")
+@click.option(
+    "--max-quarantined",
+    type=click.FloatRange(0, 1),
+    default=None,
+    metavar="SHARE",
+    help="Exit 3 when a source has more than this share of its rows quarantined, or all "
+    "of them (default RAPPORT_MAX_QUARANTINE_SHARE, 0.2).",
+)
 @click.option(
     "--outbox",
     is_flag=True,
     help="Also load what the scoring service accepted (events, decisions, feedback) from "
     "<home>/outbox; alone, only that.",
 )
-def ingest(directory: Path | None, strict: bool, outbox: bool, **kwargs: Any) -> None:
+def ingest(
+    directory: Path | None,
+    strict: bool,
+    max_quarantined: float | None,
+    outbox: bool,
+    **kwargs: Any,
+) -> None:
     """Validate and load contract files into the warehouse (idempotent).
 
-    Bad rows go to the `quarantine` table with a reason; good rows always land.
+    Bad rows go to the `quarantine` table with a reason; good rows always land. Exits 3
+    when a source had more than --max-quarantined of its rows quarantined (or all), 2
+    with --strict when any row was.
     """
     from features.ingest import ingest as run_ingest
     from features.outbox_ingest import ingest_outbox
@@ -304,6 +324,11 @@ def ingest(directory: Path | None, strict: bool, outbox: bool, **kwargs: Any) ->
         reports.append(ingest_outbox(con, settings.outbox_dir, now=datetime.now(UTC)))
     for report in reports:
         say(report.summary())
+    share = settings.max_quarantine_share if max_quarantined is None else max_quarantined
+    if over := [line for report in reports for line in report.over_quarantine(share)]:
+        for line in over:
+            click.echo(f"Error: {line} (more than {share:.0%}): check the file", err=True)
+        sys.exit(EXIT_QUARANTINED)
     if strict and any(report.quarantined for report in reports):
         sys.exit(2)
 

@@ -42,6 +42,31 @@ def test_missing_column_is_a_clean_error_naming_file_and_column(tmp_path: Path) 
     assert "Traceback" not in result.output
 
 
+def test_a_mostly_quarantined_file_fails_the_ingest(tmp_path: Path) -> None:
+    """Exit 3 (not 0) when a whole file, or more than the allowed share of it, is
+    quarantined, even without --strict (issue 22: 100 % quarantined exited 0)."""
+    from rapport.cli import EXIT_QUARANTINED
+
+    (tmp_path / "customers.csv").write_text("customer_id,signup_at\nC1,2024-01-01\n")
+    orders = ["order_id,customer_id,ordered_at,amount"]
+    orders += [f"O{i},NOBODY,2024-02-01,10" for i in range(4)]  # unknown customer
+    (tmp_path / "orders.csv").write_text("\n".join(orders) + "\n")
+    runner = CliRunner()
+    result = runner.invoke(main, ["ingest", str(tmp_path)])
+    assert result.exit_code == EXIT_QUARANTINED == 3, result.output
+    assert "orders.csv): 4 of 4 rows quarantined" in result.output
+    assert "Traceback" not in result.output
+    # one bad row in five: 20 %, within the default share; over a stricter one
+    orders = ["order_id,customer_id,ordered_at,amount", "B1,NOBODY,2024-02-01,10"]
+    orders += [f"G{i},C1,2024-02-0{i + 1},10" for i in range(4)]
+    (tmp_path / "orders.csv").write_text("\n".join(orders) + "\n")
+    assert runner.invoke(main, ["ingest", str(tmp_path)]).exit_code == 0
+    result = runner.invoke(main, ["ingest", str(tmp_path), "--max-quarantined", "0.1"])
+    assert result.exit_code == 3 and "1 of 5 rows" in result.output, result.output
+    bad = runner.invoke(main, ["ingest", str(tmp_path), "--max-quarantined", "2"])
+    assert bad.exit_code == 2 and "--max-quarantined" in bad.output
+
+
 def test_demo_data_ingest_and_features(tmp_path: Path) -> None:
     runner = CliRunner()
     data = tmp_path / "data"
