@@ -109,7 +109,8 @@ WHEN, DAYS = When(), Days()
 
 
 def open_warehouse(settings: Settings, read_only: bool = False) -> Any:
-    from features.warehouse import connect
+    """The warehouse, waiting (``rapport --wait``) while another process holds it."""
+    from features.warehouse import WarehouseLockedError, connect
 
     if read_only and not settings.warehouse_path.exists():
         raise click.ClickException(
@@ -117,7 +118,20 @@ def open_warehouse(settings: Settings, read_only: bool = False) -> Any:
             "(or `rapport demo`) first"
         )
     settings.ensure_home()
-    return connect(settings.warehouse_path, read_only=read_only)
+    ctx = click.get_current_context(silent=True)
+    wait = ctx.find_root().params.get("wait") if ctx is not None else None
+    wait = settings.warehouse_wait_seconds if wait is None else wait
+
+    def waiting() -> None:
+        progress(
+            f"waiting up to {wait:.0f} s for the warehouse: another process holds its lock "
+            "(`rapport --wait SECONDS ...` to change)"
+        )
+
+    try:
+        return connect(settings.warehouse_path, read_only=read_only, wait=wait, on_wait=waiting)
+    except WarehouseLockedError as exc:
+        raise click.ClickException(f"{exc}; try again later or with a longer --wait") from None
 
 
 #: what the library raises for bad input or a missing prerequisite (IngestError,
@@ -139,7 +153,15 @@ class Commands(click.Group):
     cls=Commands,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-def main() -> None:
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="How long a command waits for the warehouse while another process holds it "
+    "(default RAPPORT_WAREHOUSE_WAIT_SECONDS, 60).",
+)
+def main(wait: float | None) -> None:
     """Rapport: churn, value and next-best-action for every customer, live.
 
     The workspace (warehouse, online store, MLflow store) is RAPPORT_HOME, default ./.rapport.

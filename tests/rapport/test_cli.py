@@ -67,6 +67,48 @@ def test_a_mostly_quarantined_file_fails_the_ingest(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "--max-quarantined" in bad.output
 
 
+def test_a_locked_warehouse_waits_then_fails_in_one_line(workspace: Path) -> None:
+    """Another process holds the warehouse: the command waits (``--wait``) and then says
+    so in one line, exit 1, instead of DuckDB's IOException traceback (issue 22)."""
+    import subprocess
+    import sys
+    import time
+
+    from rapport.settings import get_settings
+
+    path = get_settings().warehouse_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path), "4"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        runner = CliRunner()
+        refused = runner.invoke(main, ["--wait", "0.5", "ingest", "--outbox"])
+        assert refused.exit_code == 1, refused.output
+        assert "in use by another process" in refused.output and "--wait" in refused.output
+        assert "Traceback" not in refused.output and "IOException" not in refused.output
+        assert "PID" not in refused.output
+        started = time.monotonic()
+        waited = runner.invoke(main, ["--wait", "60", "ingest", "--outbox"])
+        assert waited.exit_code == 0, waited.output
+        assert "waiting up to 60 s for the warehouse" in waited.output
+        assert time.monotonic() - started < 30  # it went on as soon as the lock was free
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+#: a second process that opens the warehouse for writing and holds it for argv[2] seconds
+HOLD_LOCK = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+con.close()
+"""
+
+
 def test_demo_data_ingest_and_features(tmp_path: Path) -> None:
     runner = CliRunner()
     data = tmp_path / "data"
