@@ -25,6 +25,7 @@ from typing import Any
 import duckdb
 
 from features.ingest import LOAD_ORDER, IngestError, IngestReport, duckdb_error, ingest_jsonl
+from features.outbox_pending import DECISIONS, hold_unknown
 from features.tables.lists import OUTBOX_LISTS, read_outbox_lists, record_lists
 from features.warehouse import raw
 
@@ -57,10 +58,20 @@ class OutboxReport(IngestReport):
     """The events' per-table counts (as for files) and the target lists recorded."""
 
     lists: ListsReport | None = None
+    #: decisions waiting in the outbox for their customer (features/outbox_pending.py)
+    pending: int = 0
 
     def source_lines(self) -> list[str]:
         lists = [self.lists.line()] if self.lists is not None else []
-        return super().source_lines() + lists
+        waiting = (
+            [
+                f"{DECISIONS}: {self.pending:,} decisions wait in the outbox for customers not "
+                "ingested yet (loaded once they are)"
+            ]
+            if self.pending
+            else []
+        )
+        return super().source_lines() + lists + waiting
 
 
 def ingest_outbox(con: Any, outbox_dir: Path, now: datetime) -> OutboxReport:
@@ -71,12 +82,15 @@ def ingest_outbox(con: Any, outbox_dir: Path, now: datetime) -> OutboxReport:
         for name in LOAD_ORDER
         if (outbox_dir / name).is_dir()
     }
+    pending = 0
+    if batches.get(DECISIONS):  # decisions of customers not ingested yet wait, reported
+        batches[DECISIONS], pending = hold_unknown(con, batches[DECISIONS])
     events = ingest_jsonl(con, batches, now)
     for name, paths in batches.items():
         if paths:
             _done(outbox_dir / name, paths)
     lists = _record_lists(con, outbox_dir / OUTBOX_LISTS)
-    return OutboxReport(events.tables, events.written, lists)
+    return OutboxReport(events.tables, events.written, lists, pending)
 
 
 def _done(folder: Path, paths: list[Path]) -> None:
