@@ -911,7 +911,9 @@ def materialize(as_of: datetime | None, segments: str | None) -> None:
     store = open_store(settings.online_store_url)
     start = time.perf_counter()
     try:
-        written = run_materialize(con, store, as_of, progress=progress, segments=segments)
+        written = run_materialize(
+            con, store, as_of, progress=progress, segments=segments, outbox=settings.outbox_dir
+        )
         served = store.get_meta(META_SEGMENTS_VERSION)
     finally:
         store.close()
