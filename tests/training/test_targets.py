@@ -10,8 +10,8 @@ The selection (:mod:`models.targeting`) runs on synthetic score frames; no model
 from __future__ import annotations
 
 import itertools
-import sys
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
