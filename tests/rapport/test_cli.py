@@ -72,6 +72,7 @@ def test_a_locked_warehouse_waits_then_fails_in_one_line(workspace: Path) -> Non
     so in one line, exit 1, instead of DuckDB's IOException traceback (issue 22)."""
     import subprocess
     import sys
+    import threading
     import time
 
     from rapport.settings import get_settings
@@ -79,7 +80,7 @@ def test_a_locked_warehouse_waits_then_fails_in_one_line(workspace: Path) -> Non
     path = get_settings().warehouse_path
     path.parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(path), "4"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD_LOCK, str(path), "120"], stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -90,10 +91,39 @@ def test_a_locked_warehouse_waits_then_fails_in_one_line(workspace: Path) -> Non
         assert "Traceback" not in refused.output and "IOException" not in refused.output
         assert "PID" not in refused.output
         started = time.monotonic()
+        threading.Timer(2.0, holder.kill).start()  # the other job ends while this one waits
         waited = runner.invoke(main, ["--wait", "60", "ingest", "--outbox"])
         assert waited.exit_code == 0, waited.output
         assert "waiting up to 60 s for the warehouse" in waited.output
         assert time.monotonic() - started < 30  # it went on as soon as the lock was free
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_locked_warehouse_is_unavailable_to_the_service_without_paths(
+    workspace: Path,
+) -> None:
+    """What POST /targets answers (503) while a job holds the warehouse names no path,
+    host or process id (issue 22: the body showed DuckDB's message with the PID)."""
+    import subprocess
+    import sys
+
+    from features.tables.lists import WarehouseLists, WarehouseUnavailableError
+    from rapport.settings import get_settings
+
+    path = get_settings().warehouse_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path), "30"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(WarehouseUnavailableError) as info, WarehouseLists(path):
+            pass
+        message = str(info.value)
+        assert "locked" in message and str(path.parent) not in message
+        assert "PID" not in message and str(holder.pid) not in message
     finally:
         holder.kill()
         holder.wait()
