@@ -157,6 +157,17 @@ class IngestReport:
     def newly_quarantined(self) -> int:
         return sum(t.newly_quarantined for t in self.tables.values())
 
+    def over_quarantine(self, share: float) -> list[str]:
+        """The sources with more than ``share`` of their rows quarantined, or all of them:
+        a wrong file or mapping, which must not pass as a run with a few bad rows."""
+        over = []
+        for t in self.tables.values():
+            if t.read and (t.quarantined == t.read or t.quarantined > share * t.read):
+                over.append(
+                    f"{t.table} ({t.source}): {t.quarantined:,} of {t.read:,} rows quarantined"
+                )
+        return over
+
     def source_lines(self) -> list[str]:
         """One line per source read (:mod:`features.outbox_ingest` adds its target lists)."""
         lines = [t.line() for t in self.tables.values()]

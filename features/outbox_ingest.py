@@ -36,6 +36,7 @@ from features.ingest import (
     duckdb_error,
     ingest_jsonl,
 )
+from features.outbox_pending import DECISIONS, hold_unknown
 from features.tables.lists import OUTBOX_LISTS, read_outbox_lists, record_lists
 from features.tables.outcomes import Attribution
 from features.warehouse import raw
@@ -69,10 +70,20 @@ class OutboxReport(IngestReport):
     """The events' per-table counts (as for files) and the target lists recorded."""
 
     lists: ListsReport | None = None
+    #: decisions waiting in the outbox for their customer (features/outbox_pending.py)
+    pending: int = 0
 
     def source_lines(self) -> list[str]:
         lists = [self.lists.line()] if self.lists is not None else []
-        return super().source_lines() + lists
+        waiting = (
+            [
+                f"{DECISIONS}: {self.pending:,} decisions wait in the outbox for customers not "
+                "ingested yet (loaded once they are)"
+            ]
+            if self.pending
+            else []
+        )
+        return super().source_lines() + lists + waiting
 
 
 def ingest_outbox(
@@ -86,12 +97,15 @@ def ingest_outbox(
         for name in (*LOAD_ORDER, FEEDBACK)
         if (outbox_dir / name).is_dir()
     }
+    pending = 0
+    if batches.get(DECISIONS):  # decisions of customers not ingested yet wait, reported
+        batches[DECISIONS], pending = hold_unknown(con, batches[DECISIONS])
     events = ingest_jsonl(con, batches, now, attribution)
     for name, paths in batches.items():
         if paths:
             _done(outbox_dir / name, paths)
     lists = _record_lists(con, outbox_dir / OUTBOX_LISTS)
-    return OutboxReport(events.tables, events.written, events.outcomes, lists)
+    return OutboxReport(events.tables, events.written, events.outcomes, lists, pending)
 
 
 def _done(folder: Path, paths: list[Path]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -10,13 +12,47 @@ from ibis.backends.duckdb import Backend as DuckDBBackend
 
 from features.contract import DUCKDB_TYPES, TABLES
 
+#: seconds between attempts to open a warehouse another process has locked
+LOCK_POLL_S = 0.5
 
-def connect(path: Path | str, read_only: bool = False) -> DuckDBBackend:
-    """Open (and create if needed) the DuckDB warehouse file as an Ibis backend."""
+
+class WarehouseLockedError(RuntimeError):
+    """Another process holds the warehouse file's lock (DuckDB: one writer, or many
+    readers, across processes) and did not let go within the wait allowed."""
+
+
+def connect(
+    path: Path | str,
+    read_only: bool = False,
+    wait: float = 0.0,
+    on_wait: Callable[[], None] | None = None,
+) -> DuckDBBackend:
+    """Open (and create if needed) the DuckDB warehouse file as an Ibis backend.
+
+    While another process holds the file's lock, retry for up to ``wait`` seconds
+    (``on_wait`` is called once, when the waiting starts), then raise
+    :class:`WarehouseLockedError` with a one-line message instead of DuckDB's IOException."""
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    con = ibis.duckdb.connect(str(path), read_only=read_only)
+    deadline = time.monotonic() + wait
+    waited = False
+    while True:
+        try:
+            con = ibis.duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise WarehouseLockedError(
+                    f"the warehouse {path.name} is in use by another process (a running "
+                    f"`rapport` job or the web page) and stayed locked for {wait:.0f} s"
+                ) from None
+            if not waited and on_wait is not None:
+                on_wait()
+            waited = True
+            time.sleep(min(LOCK_POLL_S, max(deadline - time.monotonic(), 0.0)))
     # no progress bar in logs; only switch it off when on: in Jupyter without ipywidgets
     # DuckDB starts with it off and refuses any change to the setting
     (enabled,) = con.con.execute("SELECT current_setting('enable_progress_bar')").fetchone()

@@ -250,7 +250,9 @@ def knapsack(
     chosen[free] = True
     free_value = float(values[free].sum())
     paid = np.flatnonzero(useful & (cents > 0))
-    budget_cents = math.floor(budget * 100 + 1e-6)
+    # a budget above what everything costs buys everything: capping it keeps the cents
+    # (and the DP's capacity) finite for any budget, 1e307 included
+    budget_cents = math.floor(min(budget, float(cents[paid].sum()) / 100) * 100 + 1e-6)
     if not paid.size or budget_cents <= 0:
         return BudgetChoice(chosen, "exact (nothing to choose)", free_value)
     unit = int(np.gcd.reduce(cents[paid]))

@@ -6,7 +6,8 @@ one the library raises on purpose derives from ValueError or LookupError, or is 
 file, and its message names the file, field or command to run) is printed as
 ``Error: <message>``, exit 1, by the command group itself (:class:`Commands`), so no
 command converts errors on its own; validate and ``ingest --strict`` exit 2 when rows were
-quarantined.
+quarantined; ``ingest`` exits 3 (:data:`EXIT_QUARANTINED`) when a source was mostly or
+wholly quarantined, with or without ``--strict``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from rapport.settings import Settings, get_settings
+
+#: ``rapport ingest``: a source had more than the allowed share of its rows quarantined
+EXIT_QUARANTINED = 3
 
 if TYPE_CHECKING:
     from features.files import FileOptions
@@ -105,7 +109,8 @@ WHEN, DAYS = When(), Days()
 
 
 def open_warehouse(settings: Settings, read_only: bool = False) -> Any:
-    from features.warehouse import connect
+    """The warehouse, waiting (``rapport --wait``) while another process holds it."""
+    from features.warehouse import WarehouseLockedError, connect
 
     if read_only and not settings.warehouse_path.exists():
         raise click.ClickException(
@@ -113,7 +118,20 @@ def open_warehouse(settings: Settings, read_only: bool = False) -> Any:
             "(or `rapport demo`) first"
         )
     settings.ensure_home()
-    return connect(settings.warehouse_path, read_only=read_only)
+    ctx = click.get_current_context(silent=True)
+    wait = ctx.find_root().params.get("wait") if ctx is not None else None
+    wait = settings.warehouse_wait_seconds if wait is None else wait
+
+    def waiting() -> None:
+        progress(
+            f"waiting up to {wait:.0f} s for the warehouse: another process holds its lock "
+            "(`rapport --wait SECONDS ...` to change)"
+        )
+
+    try:
+        return connect(settings.warehouse_path, read_only=read_only, wait=wait, on_wait=waiting)
+    except WarehouseLockedError as exc:
+        raise click.ClickException(f"{exc}; try again later or with a longer --wait") from None
 
 
 #: what the library raises for bad input or a missing prerequisite (IngestError,
@@ -135,7 +153,15 @@ class Commands(click.Group):
     cls=Commands,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-def main() -> None:
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="How long a command waits for the warehouse while another process holds it "
+    "(default RAPPORT_WAREHOUSE_WAIT_SECONDS, 60).",
+)
+def main(wait: float | None) -> None:
     """Rapport: churn, value and next-best-action for every customer, live.
 
     The workspace (warehouse, online store, MLflow store) is RAPPORT_HOME, default ./.rapport.
@@ -279,7 +305,15 @@ def _split_format(kwargs: dict[str, Any]) -> tuple[FileOptions, dict[str, Path |
 )
 @_table_options
 @_file_format_options
-@click.option("--strict", is_flag=True, help="Exit non-zero when any row is quarantined.")
+@click.option("--strict", is_flag=True, help="Exit 2 when any row is quarantined.")
+@click.option(
+    "--max-quarantined",
+    type=click.FloatRange(0, 1),
+    default=None,
+    metavar="SHARE",
+    help="Exit 3 when a source has more than this share of its rows quarantined, or all "
+    "of them (default RAPPORT_MAX_QUARANTINE_SHARE, 0.2).",
+)
 @click.option(
     "--outbox",
     is_flag=True,
@@ -294,14 +328,20 @@ def _split_format(kwargs: dict[str, Any]) -> tuple[FileOptions, dict[str, Path |
     "(default: the packaged models/default_catalog.yaml).",
 )
 def ingest(
-    directory: Path | None, strict: bool, outbox: bool, catalog: Path | None, **kwargs: Any
+    directory: Path | None,
+    strict: bool,
+    max_quarantined: float | None,
+    outbox: bool,
+    catalog: Path | None,
+    **kwargs: Any,
 ) -> None:
     """Validate and load contract files into the warehouse (idempotent).
 
-    Bad rows go to the `quarantine` table with a reason; good rows always land. Outcomes
-    (an outcomes file, /feedback from the outbox, inline in the campaign log, attributed
-    from orders) become versions of their decisions' outcomes (table `outcomes`, every
-    version in `outcome_history`).
+    Bad rows go to the `quarantine` table with a reason; good rows always land. Exits 3
+    when a source had more than --max-quarantined of its rows quarantined (or all), 2
+    with --strict when any row was. Outcomes (an outcomes file, /feedback from the
+    outbox, inline in the campaign log, attributed from orders) become versions of their
+    decisions' outcomes (table `outcomes`, every version in `outcome_history`).
     """
     from features.ingest import ingest as run_ingest
     from features.outbox_ingest import ingest_outbox
@@ -331,6 +371,11 @@ def ingest(
         )
     for report in reports:
         say(report.summary())
+    share = settings.max_quarantine_share if max_quarantined is None else max_quarantined
+    if over := [line for report in reports for line in report.over_quarantine(share)]:
+        for line in over:
+            click.echo(f"Error: {line} (more than {share:.0%}): check the file", err=True)
+        sys.exit(EXIT_QUARANTINED)
     if strict and any(report.quarantined for report in reports):
         sys.exit(2)
 
@@ -891,7 +936,9 @@ def materialize(as_of: datetime | None, segments: str | None) -> None:
     store = open_store(settings.online_store_url)
     start = time.perf_counter()
     try:
-        written = run_materialize(con, store, as_of, progress=progress, segments=segments)
+        written = run_materialize(
+            con, store, as_of, progress=progress, segments=segments, outbox=settings.outbox_dir
+        )
         served = store.get_meta(META_SEGMENTS_VERSION)
     finally:
         store.close()

@@ -64,6 +64,18 @@ class Settings(BaseSettings):
         le=1,
         description="How long the service collects logged decisions before writing a group.",
     )
+    warehouse_wait_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a CLI command waits for the warehouse another process holds.",
+    )
+    max_quarantine_share: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="`rapport ingest` exits 3 when a source has more than this share of its "
+        "rows quarantined (or all of them).",
+    )
     export_ttl_hours: float = Field(
         default=24.0, gt=0, description="How long target lists made over HTTP stay downloadable."
     )

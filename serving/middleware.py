@@ -23,7 +23,9 @@ from pydantic import ValidationError
 from starlette.datastructures import Headers
 
 from rapport.settings import get_settings
+from serving import contract
 from serving.auth import KeyConfigError, KeyRing, key_file
+from serving.outages import RETRY_AFTER_S
 
 log = logging.getLogger("bentoml.rapport")  # under bentoml: its handlers and worker prefix
 
@@ -57,7 +59,8 @@ def no_headers() -> HeaderList:
 class Guard:
     """ASGI middleware in front of the API: keys, scopes, body size, JSON, error shape.
 
-    Only the API routes need a key; health, metrics and the OpenAPI document are open.
+    Only the API routes need a key; health and the OpenAPI document are open (the
+    document is :func:`serving.contract.document`, served here in place of BentoML's).
     A request body is read (up to ``RAPPORT_MAX_BODY_BYTES``) before BentoML sees it and
     always parsed as JSON, whatever content type the client sent. ``headers`` gives the
     headers added to every response, asked per request: the service knows its model
@@ -89,6 +92,9 @@ class Guard:
         scopes = API_SCOPES if method == "POST" else GET_SCOPES if method in ("GET", "HEAD") else {}
         needed = scopes.get(scope["path"])
         if needed is None:
+            if method == "GET" and scope["path"] == contract.DOC_ROUTE:
+                await _reply(send, 200, contract.document())  # not BentoML's (see contract)
+                return
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -225,7 +231,8 @@ def _as_unprocessable(body: bytes) -> bytes | None:
 
 
 def _stamped(send: Send, stamp: HeaderList) -> Send:
-    """Add ``stamp`` to the response headers and turn validation 400s into 422s."""
+    """Add ``stamp`` to the response headers (and ``Retry-After`` to 503s) and turn
+    validation 400s into 422s."""
     held: Message | None = None
     chunks: list[bytes] = []
 
@@ -233,6 +240,10 @@ def _stamped(send: Send, stamp: HeaderList) -> Send:
         nonlocal held
         if message["type"] == "http.response.start":
             message["headers"] = [*message.get("headers", []), *stamp]
+            if message["status"] == 503 and not any(
+                k.lower() == b"retry-after" for k, _ in message["headers"]
+            ):  # every 503 says when to come back (the outages' own carry it already)
+                message["headers"].append((b"retry-after", str(RETRY_AFTER_S).encode()))
             if message["status"] == 400:
                 held = message
                 return

@@ -44,6 +44,14 @@ def _plausible(value: datetime) -> datetime:
     return value
 
 
+#: the largest amount (order, margin, budget) taken: beyond it is a data error, and sums of
+#: such amounts would overflow the features and the budget's arithmetic
+MAX_AMOUNT = 1e12
+#: the longest interaction (seconds, a year) and the longest target list (customers)
+MAX_DURATION_S = 366 * 86400.0
+MAX_LIST = 100_000_000
+
+Amount = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Instant = Annotated[datetime, AfterValidator(as_utc)]
@@ -163,8 +171,8 @@ class OrderEvent(BaseModel):
     order_id: Id
     customer_id: Id
     ordered_at: EventTime
-    amount: FiniteFloat
-    margin: FiniteFloat | None = None
+    amount: Amount
+    margin: Amount | None = None
     category: Text | None = None
     channel: Text | None = None
 
@@ -180,13 +188,22 @@ class InteractionEvent(BaseModel):
     channel: Literal[INTERACTION_CHANNELS]  # type: ignore[valid-type]
     kind: Text
     direction: Literal["inbound", "outbound"] | None = None
-    duration_s: FiniteFloat | None = Field(default=None, ge=0)
+    duration_s: FiniteFloat | None = Field(default=None, ge=0, le=MAX_DURATION_S)
     satisfaction: int | None = Field(default=None, ge=1, le=5)
     resolved: bool | None = None
 
 
 class EventsRequest(BaseModel):
-    model_config = _REQUEST
+    # "at least one event" in the OpenAPI document too, not only in the validator below
+    model_config = ConfigDict(
+        **_REQUEST,
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"minItems": 1}}}
+                for name in ("orders", "interactions")
+            ]
+        },
+    )
 
     orders: list[OrderEvent] = []
     interactions: list[InteractionEvent] = []
@@ -257,8 +274,8 @@ class TargetsRequest(BaseModel):
         default=None, description="e.g. churn_probability > 0.5 and abc_tier == 'A'"
     )
     action: Text | None = Field(default=None, description="Default: best allowed action.")
-    top: int | None = Field(default=None, gt=0)
-    budget: FiniteFloat | None = Field(default=None, ge=0)
+    top: int | None = Field(default=None, ge=1, le=MAX_LIST)
+    budget: FiniteFloat | None = Field(default=None, ge=0, le=MAX_AMOUNT)
     sort: Text | None = Field(default=None, description="COL or COL:asc (default: value desc).")
     profitable_only: bool | None = Field(
         default=None, description="Drop customers whose expected value <= cost first."

@@ -75,7 +75,7 @@ from features.online.materialize import (
     META_SEGMENTS_VERSION,
 )
 from features.online.record import Record, empty_record, evaluate
-from features.online.store import open_store, redact_url
+from features.online.store import StoreUnavailableError, open_store, redact_url
 from features.segments import SegmentModel
 from features.spec import default_spec
 from models import registry
@@ -85,6 +85,7 @@ from rapport.settings import get_settings
 from serving import accept, runtime
 from serving.auth import ADMIN
 from serving.middleware import GRANTED, Guard, HeaderList, QuietValidation
+from serving.outages import ONLINE_STORE, Outages, answers_503
 from serving.schemas import (
     BatchError,
     ColdStart,
@@ -130,6 +131,7 @@ class Rapport:
         # parallelism. Applies to the libraries loaded with the models (LightGBM's OpenMP).
         self._threads = threadpool_limits(limits=1)
         self.store = open_store(settings.online_store_url)
+        self.outages = Outages()  # dependencies down now: 503s, one log line per change
         recover_segments(settings.outbox_dir)
         self.outbox = Outbox(settings.outbox_dir)
         self.decisions = DecisionBuffer(self.store, self.outbox, self.spec)
@@ -174,9 +176,10 @@ class Rapport:
             feature_set = self.store.get_meta(META_FEATURE_SET)
             segments = self.store.get_meta(META_SEGMENTS)
             segments_version = self.store.get_meta(META_SEGMENTS_VERSION)
-        except Exception as exc:  # the store is down: report, keep the last scorer
-            self.store_problems.append(f"online store unreachable: {exc}")
+        except StoreUnavailableError as exc:  # down: report (no host), keep the last scorer
+            self.outages.down(ONLINE_STORE, exc)
             return
+        self.outages.up(ONLINE_STORE)
         if feature_set is None or segments is None:
             self.store_problems.append(
                 "the online store is not materialized: run `rapport materialize`"
@@ -198,7 +201,12 @@ class Rapport:
 
     @property
     def ready(self) -> bool:
-        return self.scorer is not None and not self.problems and not self.store_problems
+        return (
+            self.scorer is not None
+            and not self.problems
+            and not self.store_problems
+            and not self.outages.problems
+        )
 
     def __is_ready__(self) -> bool:
         return self.ready
@@ -206,12 +214,13 @@ class Rapport:
     def _unavailable(self, ctx: bentoml.Context) -> JSONResponse | None:
         if self.ready:
             return None
-        return _error(ctx, 503, "not ready: " + "; ".join(self.problems + self.store_problems))
+        problems = self.problems + self.store_problems + self.outages.problems
+        return _error(ctx, 503, "not ready: " + "; ".join(problems))
 
     # ----------------------------------------------------------------- background
     async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(TICK_S if not self.outages.problems else 1.0)  # back soon
             try:
                 self.outbox.seal()
                 self._refresh()
@@ -232,6 +241,10 @@ class Rapport:
             self._wake.clear()
             try:
                 await asyncio.to_thread(self.decisions.flush)
+            except StoreUnavailableError as exc:  # kept in order; one log line per outage
+                self.outages.down(ONLINE_STORE, exc)
+                await asyncio.sleep(1.0)
+                self._wake.set()
             except Exception:
                 log.exception("writing decisions failed; retrying")
                 await asyncio.sleep(1.0)
@@ -260,6 +273,7 @@ class Rapport:
 
     # ----------------------------------------------------------------- scoring
     @bentoml.api(route="/score", output_spec=ScoreResponse)
+    @answers_503
     async def score(
         self, request: ScoreRequest, /, ctx: bentoml.Context
     ) -> ScoreResponse | JSONResponse:
@@ -285,6 +299,7 @@ class Rapport:
         return ScoreResponse(**dict(score), meta=self.meta)
 
     @bentoml.api(route="/score_batch", output_spec=ScoreBatchResponse)
+    @answers_503
     async def score_batch(
         self, request: ScoreBatchRequest, /, ctx: bentoml.Context
     ) -> ScoreBatchResponse | JSONResponse:
@@ -395,6 +410,7 @@ class Rapport:
 
     # ----------------------------------------------------------------- writes
     @bentoml.api(route="/events", output_spec=EventsResponse)
+    @answers_503
     async def events(
         self, request: EventsRequest, /, ctx: bentoml.Context
     ) -> EventsResponse | JSONResponse:
@@ -443,6 +459,7 @@ class Rapport:
 
     # ----------------------------------------------------------------- target lists
     @bentoml.api(route="/targets", output_spec=TargetsResponse)
+    @answers_503
     async def targets(
         self, request: TargetsRequest, /, ctx: bentoml.Context
     ) -> TargetsResponse | JSONResponse:

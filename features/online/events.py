@@ -9,9 +9,11 @@ Every write goes to two places, in this order:
 2. the customer's **online record** (:mod:`features.online.store`), through the store's
    atomic ``update``, so the next ``/score`` sees the event (read-your-writes).
 
-If step 2 fails after step 1, the caller gets an error and retries: the outbox then holds
-the event twice, which ingest collapses (same id, same content), and the record, which
-skips ids it already holds, gets it once.
+If step 2 fails after step 1 (the online store went down), the lines are taken back out
+of the still open outbox segment (:meth:`Outbox.retract`) and the caller gets an error
+(the service: 503), so a refused event never reaches the warehouse; the caller retries
+with the same ids, which ingest collapses (same id, same content) and the record, which
+skips ids it already holds, takes once.
 
 Outbox files are *segments*: each process appends to its own
 ``<table>/<time>-<host>-<pid>-<n>.jsonl.open`` and renames it to ``.jsonl`` ("seals" it)
@@ -101,6 +103,16 @@ class _Segment:
     size: int = 0
 
 
+@dataclass(frozen=True)
+class Mark:
+    """Where one append went: its segment and byte range."""
+
+    table: str
+    path: Path
+    start: int
+    end: int
+
+
 class Outbox:
     """Append-only JSON-lines segments per table, owned by this process.
 
@@ -122,19 +134,42 @@ class Outbox:
         self._count = 0
         self._owner = f"{_host()}-{os.getpid()}"
 
-    def append(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Durably append ``rows`` (contract columns) to ``table``'s current segment."""
+    def append(
+        self, table: str, rows: Sequence[Mapping[str, Any]], seal: bool = True
+    ) -> Mark | None:
+        """Durably append ``rows`` (contract columns) to ``table``'s current segment.
+
+        ``seal=False`` keeps the segment open even when it is due, so that :meth:`retract`
+        can still take the lines back (the periodic :meth:`seal` closes it later)."""
         if not rows:
-            return
+            return None
         data = b"".join(to_json_line(r) for r in rows)
         with self._lock:
             segment = self._segments.get(table) or self._open(table)
+            mark = Mark(table, segment.path, segment.size, segment.size + len(data))
             segment.handle.write(data)
             segment.handle.flush()
             os.fsync(segment.handle.fileno())
             segment.size += len(data)
-            if self._due(segment, time.monotonic()):
+            if seal and self._due(segment, time.monotonic()):
                 self._seal(table)
+        return mark
+
+    def retract(self, mark: Mark | None) -> bool:
+        """Take back the lines of one :meth:`append` (its request failed after it): only
+        while they are the last lines of a still open segment, which ingest never reads.
+        Returns whether they were taken back."""
+        if mark is None:
+            return True
+        with self._lock:
+            segment = self._segments.get(mark.table)
+            if segment is None or segment.path != mark.path or segment.size != mark.end:
+                return False
+            segment.handle.truncate(mark.start)
+            segment.handle.flush()
+            os.fsync(segment.handle.fileno())
+            segment.size = mark.start
+        return True
 
     def seal(self, force: bool = False) -> int:
         """Seal the segments that are due (all with ``force``); returns how many."""
@@ -310,11 +345,19 @@ def apply_events(
     for customer_id, tables in grouped.items():
         for table, kept in tables.items():
             result.duplicates += check_conflicts(records[customer_id], table, kept)
+    marks = []
     for table, rows in rows_by_table.items():
-        outbox.append(table, rows)
+        marks.append(outbox.append(table, rows, seal=False))
         result.accepted += len(rows)
-    for customer_id, tables in grouped.items():
-        result.new += _append_to_record(store, customer_id, tables)
+    try:
+        for customer_id, tables in grouped.items():
+            result.new += _append_to_record(store, customer_id, tables)
+    except Exception:
+        # refused means not kept: the lines leave the outbox again (records already
+        # changed keep the events; the client's retry with the same ids finds them there)
+        for mark in reversed(marks):
+            outbox.retract(mark)
+        raise
     return result
 
 
@@ -330,6 +373,48 @@ def _append_to_record(store: Any, customer_id: str, tables: Mapping[str, list[di
 
     store.update(customer_id, change)
     return added
+
+
+# --------------------------------------------------------------------------- replay
+#: the outbox tables whose rows change a customer's record
+RECORD_TABLES = ("orders", "interactions", "campaign_log")
+
+
+def _parsed(table: str, row: dict[str, Any]) -> dict[str, Any]:
+    """An outbox line back in contract form (ISO timestamps -> datetimes)."""
+    for column in TABLES[table].columns:
+        value = row.get(column.name)
+        if column.type == "timestamp" and isinstance(value, str):
+            row[column.name] = datetime.fromisoformat(value)
+    return row
+
+
+def replay_outbox(store: Any, root: Path, spec: FeatureSpec | None = None) -> int:
+    """Apply what the outbox holds and the warehouse does not yet (every line not in a
+    ``done/`` folder) to the records of ``store``, skipping the ids a record already
+    holds. ``materialize`` calls it after replacing the records from the warehouse, so
+    events acknowledged since the warehouse was last loaded are never dropped from the
+    live view (issue 22). A torn last line of an open segment is skipped. Returns the
+    number of events newly applied."""
+    spec = spec or default_spec()
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for table in RECORD_TABLES:
+        folder = Path(root) / table
+        for path in sorted([*folder.glob("*.jsonl"), *folder.glob(f"*{OPEN_SUFFIX}")]):
+            for line in path.read_bytes().splitlines():
+                try:
+                    row = _parsed(table, json.loads(line))
+                except ValueError:  # a line still being written: never acknowledged
+                    continue
+                if table != "campaign_log" or counted(table, row, spec):
+                    rows.setdefault(table, []).append(row)
+    grouped = _by_customer(rows, spec)
+    records = store.get_many(list(grouped))
+    applied = 0
+    for customer_id, tables in grouped.items():
+        if customer_id in records:  # cold-start decisions have no record to change
+            applied += _append_to_record(store, customer_id, tables)
+    return applied
 
 
 # --------------------------------------------------------------------------- decisions

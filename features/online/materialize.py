@@ -24,11 +24,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from features.contract import CUSTOMERS, TABLES
+from features.online.events import replay_outbox
 from features.online.record import Record, record_columns
 from features.spec import FeatureSpec, default_spec
 from features.tables.segments import load_version
@@ -151,8 +153,14 @@ def materialize(
     spec: FeatureSpec | None = None,
     progress: Progress | None = None,
     segments: str | None = None,
+    outbox: Path | None = None,
 ) -> int:
     """Replace the store's records by the warehouse's state at ``as_of`` (default: now).
+
+    ``outbox``: the service's outbox folder; when loading as of now, what it holds and
+    the warehouse does not yet (events acknowledged since the last ``ingest --outbox``)
+    is replayed onto the new records (:func:`features.online.events.replay_outbox`),
+    after they are written, so the live view never goes back.
 
     ``con`` is the DuckDB warehouse (an Ibis backend; read-only is enough) and ``store``
     an :class:`features.online.store.OnlineStore`. ``segments``: the stored segment model
@@ -178,6 +186,9 @@ def materialize(
 
     with _no_cyclic_gc():
         store.put_many(counted())
+    if outbox is not None and as_of is None:
+        replayed = replay_outbox(store, outbox, spec)
+        say(f"{replayed:,} events acknowledged since the last ingest replayed from the outbox")
     store.set_meta(META_FEATURE_SET, spec.version)
     store.set_meta(META_AS_OF, cutoff.isoformat())
     store.set_meta(META_CUSTOMERS, str(written))

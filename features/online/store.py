@@ -22,6 +22,7 @@ Measured: zlib halves the size but slows a bulk load by 40 %, so records are not
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -50,6 +51,9 @@ REDIS_RECORD_PREFIX = "rapport:rec:"
 REDIS_META_KEY = "rapport:meta"
 #: WATCH/MULTI/EXEC attempts before an update on a very hot key gives up
 REDIS_MAX_ATTEMPTS = 200
+#: seconds to connect to Redis / to wait for an answer before the store is "unavailable"
+REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_TIMEOUT_S = 30.0
 #: records per MSET in a bulk load (~2.5 MB commands)
 REDIS_MSET_SIZE = 1000
 #: for new SQLite files: 2-3 records of ~2.5 KB per page instead of one per 4 KB page
@@ -109,6 +113,25 @@ class OnlineStore(Protocol):
 
 class StoreClosedError(RuntimeError):
     """Raised when a closed store is used (a bug in the caller's lifecycle)."""
+
+
+class StoreUnavailableError(RuntimeError):
+    """The store cannot be reached now (Redis down, a network partition): the caller
+    answers "try again" (the service: 503 with Retry-After). The message names no host;
+    the cause is chained for the one log line the service writes per outage."""
+
+
+def _reachable(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Redis connection and timeout errors -> :class:`StoreUnavailableError`."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailableError("the online store is unreachable") from exc
+
+    return wrapper
 
 
 def open_store(url: str) -> OnlineStore:
@@ -372,7 +395,10 @@ class RedisStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._client = redis.Redis.from_url(url)
+        # fail fast when the server is gone or hangs, instead of hanging the caller
+        self._client = redis.Redis.from_url(
+            url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
+        )
         self._closed = False
         try:
             self._client.ping()
@@ -408,10 +434,12 @@ class RedisStore:
             raise StoreClosedError(f"online store {redact_url(self.url)} is closed")
         return self._client
 
+    @_reachable
     def get(self, customer_id: str) -> Record | None:
         data = self._client_or_raise().get(REDIS_RECORD_PREFIX + customer_id)
         return None if data is None else decode_record(data)
 
+    @_reachable
     def get_many(self, customer_ids: Sequence[str]) -> dict[str, Record]:
         client = self._client_or_raise()
         out: dict[str, Record] = {}
@@ -424,6 +452,7 @@ class RedisStore:
             )
         return out
 
+    @_reachable
     def put_many(self, records: Iterable[tuple[str, Record]], batch_size: int = 10_000) -> int:
         """MSETs in a pipeline: with appendfsync always, Redis fsyncs once per command batch
         it reads, so one big command costs one fsync where single SETs cost one each."""
@@ -438,6 +467,7 @@ class RedisStore:
             written += len(batch)
         return written
 
+    @_reachable
     def update(self, customer_id: str, fn: UpdateFn) -> Record:
         key = REDIS_RECORD_PREFIX + customer_id
         with self._client_or_raise().pipeline(transaction=True) as pipe:
@@ -457,13 +487,16 @@ class RedisStore:
             f"with other writers ({REDIS_MAX_ATTEMPTS} attempts)"
         )
 
+    @_reachable
     def set_meta(self, key: str, value: str) -> None:
         self._client_or_raise().hset(REDIS_META_KEY, key, value)
 
+    @_reachable
     def get_meta(self, key: str) -> str | None:
         value = self._client_or_raise().hget(REDIS_META_KEY, key)
         return None if value is None else _text(value)
 
+    @_reachable
     def count(self) -> int:
         """Scans the record keys: O(number of records), fine for reports, not per request."""
         client = self._client_or_raise()

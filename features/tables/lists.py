@@ -115,12 +115,14 @@ class WarehouseLists:
 
     def __enter__(self) -> WarehouseLists:
         if self._path is not None:
+            # the messages reach HTTP clients: no path, host or process id in them
             if not self._path.exists():
-                raise WarehouseUnavailableError(f"no warehouse at {self._path}")
+                raise WarehouseUnavailableError("no warehouse yet: run `rapport ingest`")
             try:
                 self._con = connect(self._path, read_only=True)
             except Exception as exc:  # duckdb: locked by a writer, unreadable file
-                raise WarehouseUnavailableError(f"cannot read the warehouse now: {exc}") from None
+                why = "locked by a running job" if "lock" in str(exc).lower() else "unreadable"
+                raise WarehouseUnavailableError(f"the warehouse is {why} now") from exc
         return self
 
     def __exit__(

@@ -42,6 +42,103 @@ def test_missing_column_is_a_clean_error_naming_file_and_column(tmp_path: Path) 
     assert "Traceback" not in result.output
 
 
+def test_a_mostly_quarantined_file_fails_the_ingest(tmp_path: Path) -> None:
+    """Exit 3 (not 0) when a whole file, or more than the allowed share of it, is
+    quarantined, even without --strict (issue 22: 100 % quarantined exited 0)."""
+    from rapport.cli import EXIT_QUARANTINED
+
+    (tmp_path / "customers.csv").write_text("customer_id,signup_at\nC1,2024-01-01\n")
+    orders = ["order_id,customer_id,ordered_at,amount"]
+    orders += [f"O{i},NOBODY,2024-02-01,10" for i in range(4)]  # unknown customer
+    (tmp_path / "orders.csv").write_text("\n".join(orders) + "\n")
+    runner = CliRunner()
+    result = runner.invoke(main, ["ingest", str(tmp_path)])
+    assert result.exit_code == EXIT_QUARANTINED == 3, result.output
+    assert "orders.csv): 4 of 4 rows quarantined" in result.output
+    assert "Traceback" not in result.output
+    # one bad row in five: 20 %, within the default share; over a stricter one
+    orders = ["order_id,customer_id,ordered_at,amount", "B1,NOBODY,2024-02-01,10"]
+    orders += [f"G{i},C1,2024-02-0{i + 1},10" for i in range(4)]
+    (tmp_path / "orders.csv").write_text("\n".join(orders) + "\n")
+    assert runner.invoke(main, ["ingest", str(tmp_path)]).exit_code == 0
+    result = runner.invoke(main, ["ingest", str(tmp_path), "--max-quarantined", "0.1"])
+    assert result.exit_code == 3 and "1 of 5 rows" in result.output, result.output
+    bad = runner.invoke(main, ["ingest", str(tmp_path), "--max-quarantined", "2"])
+    assert bad.exit_code == 2 and "--max-quarantined" in bad.output
+
+
+def test_a_locked_warehouse_waits_then_fails_in_one_line(workspace: Path) -> None:
+    """Another process holds the warehouse: the command waits (``--wait``) and then says
+    so in one line, exit 1, instead of DuckDB's IOException traceback (issue 22)."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from rapport.settings import get_settings
+
+    path = get_settings().warehouse_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path), "120"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        runner = CliRunner()
+        refused = runner.invoke(main, ["--wait", "0.5", "ingest", "--outbox"])
+        assert refused.exit_code == 1, refused.output
+        assert "in use by another process" in refused.output and "--wait" in refused.output
+        assert "Traceback" not in refused.output and "IOException" not in refused.output
+        assert "PID" not in refused.output
+        started = time.monotonic()
+        threading.Timer(2.0, holder.kill).start()  # the other job ends while this one waits
+        waited = runner.invoke(main, ["--wait", "60", "ingest", "--outbox"])
+        assert waited.exit_code == 0, waited.output
+        assert "waiting up to 60 s for the warehouse" in waited.output
+        assert time.monotonic() - started < 30  # it went on as soon as the lock was free
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_locked_warehouse_is_unavailable_to_the_service_without_paths(
+    workspace: Path,
+) -> None:
+    """What POST /targets answers (503) while a job holds the warehouse names no path,
+    host or process id (issue 22: the body showed DuckDB's message with the PID)."""
+    import subprocess
+    import sys
+
+    from features.tables.lists import WarehouseLists, WarehouseUnavailableError
+    from rapport.settings import get_settings
+
+    path = get_settings().warehouse_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path), "30"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(WarehouseUnavailableError) as info, WarehouseLists(path):
+            pass
+        message = str(info.value)
+        assert "locked" in message and str(path.parent) not in message
+        assert "PID" not in message and str(holder.pid) not in message
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+#: a second process that opens the warehouse for writing and holds it for argv[2] seconds
+HOLD_LOCK = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+con.close()
+"""
+
+
 def test_demo_data_ingest_and_features(tmp_path: Path) -> None:
     runner = CliRunner()
     data = tmp_path / "data"

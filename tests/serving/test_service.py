@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from openapi_spec_validator import validate
 from serving_harness import Server, Workspace, prepare_workspace, start_service, stop, wait_ready
 
 from features.online.events import OPEN_SUFFIX
@@ -96,8 +97,10 @@ def test_health_and_versions_on_every_response(http: httpx.Client, ws: Workspace
         assert response.headers["x-rapport-models"] == "churn=1,value=1"
     refused = http.post("/score", json={"customer_id": ws.customers[0]})
     assert refused.headers["x-rapport-models"] == "churn=1,value=1"
-    paths = set(http.get("/docs.json").json()["paths"])
-    assert {"/score", "/score_batch", "/events", "/feedback"} <= paths
+    document = http.get("/docs.json").json()
+    validate(document)  # OpenAPI 3 (BentoML's own was invalid: issue 22)
+    assert {"/score", "/score_batch", "/events", "/feedback", "/targets"} <= set(document["paths"])
+    assert http.get("/metrics").status_code == 404 and "/metrics" not in document["paths"]
 
 
 def test_score(http: httpx.Client, ws: Workspace) -> None:
@@ -170,6 +173,12 @@ def test_invalid_payload_is_422_per_field(http: httpx.Client, ws: Workspace) -> 
         "/events", content=b"{not json", headers={"Authorization": f"Bearer {ws.keys['events']}"}
     )
     assert bad_json.status_code == 422 and bad_json.json()["fields"][0]["type"] == "json_invalid"
+    # numbers are bounded: a budget of 1e307 was a 500 (OverflowError), issue 22
+    huge = post(http, ws, "/targets", {"budget": 1e307, "top": 10**12}, "targets")
+    assert huge.status_code == 422, huge.text
+    assert {f["field"] for f in huge.json()["fields"]} == {"budget", "top"}
+    order = {"order_id": "X", "customer_id": "C", "ordered_at": "2024-01-01", "amount": 1e300}
+    assert post(http, ws, "/events", {"orders": [order]}, "events").status_code == 422
 
 
 def test_limits(http: httpx.Client, ws: Workspace) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,14 @@ def test_one_cost_is_top_n_by_value() -> None:
     values = np.arange(100, dtype=float)
     choice = knapsack(values, np.full(100, 8.0), 80.0)
     assert sorted(np.flatnonzero(choice.chosen)) == list(range(90, 100))
+
+
+def test_a_huge_budget_buys_everything_useful() -> None:
+    # 1e307 in cents overflowed (OverflowError, a 500 on POST /targets): issue 22
+    values, costs = np.array([5.0, -1.0, 3.0]), np.array([2.5, 1.0, 0.0])
+    for budget in (1e307, sys.float_info.max):
+        choice = knapsack(values, costs, budget)
+        assert list(choice.chosen) == [True, False, True] and choice.exact
 
 
 def test_bad_budget() -> None:

@@ -129,3 +129,30 @@ def test_replaces_records_in_a_file_store(con: Any, tmp_path: Path) -> None:
     mat.materialize(con, store, AS_OF)
     record = store.get("C0000") or {}
     assert "stale" not in record and record["customer"]["customer_id"] == "C0000"
+
+
+def test_events_acknowledged_since_the_last_ingest_survive_a_materialize(
+    con: Any, tmp_path: Path
+) -> None:
+    """An event the service acknowledged (outbox + record) but `ingest --outbox` has not
+    loaded yet: a new materialize replays it, so the live view never goes back (issue 22:
+    a customer's orders_all went 8 -> 9 -> 8)."""
+    from features.online.events import Outbox, apply_events
+
+    store = open_store("sqlite:///:memory:")
+    outbox = Outbox(tmp_path / "outbox")
+    mat.materialize(con, store, outbox=outbox.root)
+    customer = raw(con).execute("SELECT min(customer_id) FROM customers").fetchone()[0]
+    now = datetime.now(UTC)
+    before = evaluate(store.get(customer), now)["orders_all"]
+    order = {"order_id": "live-1", "customer_id": customer, "ordered_at": now - timedelta(1)}
+    order |= {"amount": 9.5, "margin": None, "category": None, "channel": "web"}
+    apply_events(store, outbox, {"orders": [order]})  # open segment, not sealed, not ingested
+    assert evaluate(store.get(customer), now)["orders_all"] == before + 1
+    messages: list[str] = []
+    mat.materialize(con, store, outbox=outbox.root, progress=messages.append)
+    assert evaluate(store.get(customer), now)["orders_all"] == before + 1
+    assert any("1 events acknowledged since the last ingest replayed" in m for m in messages)
+    outbox.close()  # sealed now: still replayed, and only once
+    mat.materialize(con, store, outbox=outbox.root)
+    assert evaluate(store.get(customer), now)["orders_all"] == before + 1

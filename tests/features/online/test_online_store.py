@@ -9,11 +9,8 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import signal
-import socket
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
+from redis_harness import RedisServer, free_port
 
 from features.online.store import (
     READ_CHUNK,
@@ -38,57 +35,8 @@ FORK = mp.get_context("fork")
 WORKERS, INCREMENTS = 4, 50
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A throw-away redis-server whose data lives (as AOF) in ``folder``."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder)]
-        log = (self.folder / "redis.log").open("ab")
-        self.proc = subprocess.Popen(["redis-server", *args], stdout=log, stderr=log)
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(
-                        f"redis-server did not start: {(self.folder / 'redis.log').read_text()}"
-                    )
-                time.sleep(0.05)
-            finally:
-                client.close()
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown save, only what the AOF already holds survives."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
-
-
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.fail(
-            "redis-server is not on PATH: the Redis online-store tests need it; "
-            "install it with `apt-get install redis-server`"
-        )
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
@@ -287,7 +235,7 @@ def test_bad_url_message_hides_password() -> None:
 
 
 def test_unreachable_redis_fails_at_open() -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     with pytest.raises(ConnectionError, match=f"cannot reach Redis.*{port}"):
         open_store(f"redis://127.0.0.1:{port}/0")
 
