@@ -701,6 +701,7 @@ def targets(
     total expected incremental value within the budget are chosen.
     """
     from features.spec import default_spec
+    from features.tables.control import read_control
     from features.tables.lists import (
         AuditTables,
         WarehouseLists,
@@ -732,6 +733,7 @@ def targets(
             default_spec(),
             as_of or datetime.now(UTC),
             run_id=run_id,
+            control=read_control(settings.home).group,
             suppress=blocked,
             sink=AuditTables(con, out),
             progress=progress,
