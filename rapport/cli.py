@@ -604,6 +604,69 @@ def score(as_of: datetime | None, chunk_rows: int) -> None:
     say(run.summary())
 
 
+@main.command()
+@click.option(
+    "--share",
+    type=click.FloatRange(0.0, 0.5),
+    default=None,
+    help="Set the share of customers held out of every action (0 to 0.5; default 0.05).",
+)
+@click.option(
+    "--reshuffle", is_flag=True, help="Draw a new salt: a new, independent control group."
+)
+@click.option("--history", is_flag=True, help="Also print every recorded change.")
+def control(share: float | None, reshuffle: bool, history: bool) -> None:
+    """The always-on control group: customers who get no policy action on any path, so
+    `rapport impact` can measure what the policy earns against them.
+
+    Without options: the share, the salt and how many customers are in the group. With
+    --share or --reshuffle: a recorded change (time, old and new values in the warehouse
+    table `control_groups`) that batch scores, target lists and the service (within
+    seconds) follow. Reshuffle rarely: each one starts a new comparison.
+    """
+    from features.tables.control import (
+        change_control,
+        control_history,
+        control_path,
+        count_members,
+        read_control,
+    )
+
+    settings = get_settings()
+    changing = share is not None or reshuffle
+    if not changing and not settings.warehouse_path.exists():
+        say(read_control(settings.home).describe())
+        say("no warehouse yet: run `rapport ingest DIR` (or `rapport demo`) to count members")
+        return
+    con = open_warehouse(settings, read_only=not changing)
+    try:
+        from features.warehouse import raw
+
+        db = raw(con)
+        if changing:
+            setting = change_control(db, settings.home, share, reshuffle)
+            say(f"changed: {setting.describe()}; written to {control_path(settings.home)}")
+            say("  recorded in the warehouse table `control_groups`; run `rapport score` so")
+            say("  batch scores and target lists follow (the service follows by itself)")
+        else:
+            setting = read_control(settings.home)
+            say(setting.describe())
+        members, total = count_members(db, setting.group)
+        share_seen = members / total if total else 0.0
+        say(f"  {members:,} of {total:,} customers in the control group ({share_seen:.2%})")
+        if history:
+            changes = control_history(db)
+            if changes.empty:
+                say("  no recorded changes (the default share and salt)")
+            for row in changes.itertuples():
+                say(
+                    f"  {row.changed_at:%Y-%m-%d %H:%M:%S} share {row.share:g}, "
+                    f"salt {row.salt}: {row.change}"
+                )
+    finally:
+        con.disconnect()
+
+
 # --------------------------------------------------------------------------- monitoring
 @main.command()
 @click.option("--as-of", default=None, help="Monitor as of this date (default: end of the data).")
