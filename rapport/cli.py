@@ -667,6 +667,36 @@ def control(share: float | None, reshuffle: bool, history: bool) -> None:
         con.disconnect()
 
 
+@main.command()
+@click.option("--since", type=WHEN, default=None, help="Only decisions made at or after this date.")
+@click.option(
+    "--by",
+    type=click.Choice(["action", "segment", "abc_tier", "list"]),
+    default=None,
+    help="Break treated vs control down by this (default: overall only).",
+)
+@click.option("--period", type=click.Choice(["month", "week"]), default="month", show_default=True)
+def impact(since: datetime | None, by: str | None, period: str) -> None:
+    """What the policy earned: treated customers against the always-on control group.
+
+    Per period and overall: customers, conversion rate, revenue, margin and value per
+    customer, the incremental value per customer with a 95% interval; per action the
+    realised uplift against the predicted one; the off-policy estimate made when the NBA
+    champion was trained against the realised value. Appended to the warehouse tables
+    `impact` and `impact_actions`, logged to MLflow (experiment rapport-impact).
+    """
+    from training import impact as job
+
+    settings = get_settings()
+    open_warehouse(settings, read_only=True).disconnect()  # none yet: say what to run
+    con = open_warehouse(settings)
+    try:
+        result = job.run(con, since, by, period)
+    finally:
+        con.disconnect()
+    say(result.summary())
+
+
 # --------------------------------------------------------------------------- monitoring
 @main.command()
 @click.option("--as-of", default=None, help="Monitor as of this date (default: end of the data).")
