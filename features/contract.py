@@ -1,4 +1,4 @@
-"""The data contract: the four input tables, their columns and types.
+"""The data contract: the four input tables (and the outcomes file), their columns and types.
 
 Every other module (ingest, features, the online store, the simulator) reads the column
 lists from here, so the contract is written down exactly once.
@@ -137,6 +137,29 @@ CAMPAIGN_LOG = Table(
         # who the decision was for: the always-on control group (no policy action), the
         # policy's greedy choice, or an exploration draw (features/control.py); null: unknown
         Column("group", "string", required=False, choices=DECISION_GROUPS),
+    ),
+)
+
+#: the most revenue one outcome may carry (per decision, in the currency of the orders):
+#: larger values are taken for data errors (cents as units, a stray 1e9) -- ``POST
+#: /feedback`` answers 422, ingest quarantines the row
+MAX_OUTCOME_REVENUE = 1_000_000.0
+
+#: outcomes reported for logged decisions (``rapport ingest`` file ``outcomes.csv|parquet``,
+#: and ``POST /feedback`` through the outbox). Not a warehouse table of its own: rows are
+#: versions of a decision's outcome, kept by :mod:`features.tables.outcomes`.
+OUTCOMES = Table(
+    name="outcomes",
+    id_column="decision_id",
+    time_column="responded_at",
+    columns=(
+        Column("decision_id", "string"),
+        Column("outcome", "bool"),
+        Column("revenue", "float", required=False),
+        # when the customer responded (null: unknown)
+        Column("responded_at", "timestamp", required=False),
+        # when the source stated the outcome (orders corrections; null: the ingest time)
+        Column("recorded_at", "timestamp", required=False),
     ),
 )
 

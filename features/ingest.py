@@ -48,13 +48,18 @@ from typing import Any
 
 import duckdb
 
-from features.contract import DUCKDB_TYPES, TABLES, Column, Table
+from features.contract import DUCKDB_TYPES, MAX_OUTCOME_REVENUE, OUTCOMES, TABLES, Column, Table
 from features.files import BadLine, FileError, FileOptions, read_csv
+from features.tables import outcomes as outcome_tables
+from features.tables.outcomes import FEEDBACK, UNKNOWN_DECISION, Attribution
 from features.timeutil import as_utc
 from features.warehouse import ensure_contract_tables, raw
 
 #: customers first, so the events of this batch's new customers are known
 LOAD_ORDER = ("customers", "orders", "interactions", "campaign_log")
+#: every input a folder may hold: the contract tables, then outcomes of their decisions
+FILE_ORDER = (*LOAD_ORDER, OUTCOMES.name)
+INPUTS: dict[str, Table] = {**TABLES, OUTCOMES.name: OUTCOMES}
 SUFFIXES = (".parquet", ".csv", ".csv.gz")
 QUARANTINE = "quarantine"
 #: events before this are taken for data errors (default dates, epoch zero)
@@ -66,6 +71,10 @@ QUOTE_CHARS = 80
 RANGES: dict[tuple[str, str], tuple[str, str]] = {
     ("campaign_log", "propensity"): ("{v} > 0 AND {v} <= 1", "is outside (0, 1]"),
     ("interactions", "satisfaction"): ("{v} BETWEEN 1 AND 5", "is not an integer in 1..5"),
+    ("outcomes", "revenue"): (
+        f"{{v}} BETWEEN 0 AND {MAX_OUTCOME_REVENUE}",
+        f"is outside 0..{MAX_OUTCOME_REVENUE:,.0f}",
+    ),
 }
 _INVALID_KIND = {
     "timestamp": "invalid timestamp",
@@ -137,6 +146,8 @@ class IngestReport:
     tables: dict[str, TableReport] = field(default_factory=dict)
     #: False for :func:`validate`, which rolls everything back
     written: bool = True
+    #: outcome versions settled after the tables: pending ones landed, inline, attributed
+    outcomes: dict[str, outcome_tables.Versions] = field(default_factory=dict)
 
     @property
     def quarantined(self) -> int:
@@ -148,7 +159,17 @@ class IngestReport:
 
     def source_lines(self) -> list[str]:
         """One line per source read (:mod:`features.outbox_ingest` adds its target lists)."""
-        return [t.line() for t in self.tables.values()]
+        lines = [t.line() for t in self.tables.values()]
+        settled = {k: v for k, v in self.outcomes.items() if v.new}
+        if settled:
+            lines.append(
+                "outcomes settled: "
+                + ", ".join(
+                    f"{kind} {v.new:,} new ({v.corrections:,} corrections)"
+                    for kind, v in settled.items()
+                )
+            )
+        return lines
 
     def summary(self) -> str:
         head = "ingest" if self.written else "validation only, nothing was written"
@@ -182,6 +203,8 @@ class _Source:
     options: FileOptions = field(default_factory=FileOptions)
     #: records of a CSV file that do not fit its header (quarantined with their line)
     bad_lines: tuple[BadLine, ...] = ()
+    #: outcome rows only: where they come from (``file`` or ``feedback``)
+    outcome_source: str = "file"
 
 
 # --------------------------------------------------------------------------- public API
@@ -192,7 +215,7 @@ def discover_files(directory: Path, as_is: Sequence[str] = ()) -> dict[str, Path
     if not directory.is_dir():
         raise IngestError(f"{directory}: not a folder")
     found: dict[str, Path] = {}
-    for name in (*LOAD_ORDER, *as_is):
+    for name in (*FILE_ORDER, *as_is):
         matches = [directory / f"{name}{suffix}" for suffix in SUFFIXES]
         matches = [p for p in matches if p.is_file()]
         if len(matches) > 1:
@@ -212,9 +235,12 @@ def validate(
     now: datetime,
     as_is: Sequence[str] = (),
     options: FileOptions | None = None,
+    attribution: Attribution | None = None,
 ) -> IngestReport:
     """Run every check of :func:`ingest` and report, leaving the warehouse untouched."""
-    return _run_files(con, files, as_utc(now), as_is, options or FileOptions(), commit=False)
+    return _run_files(
+        con, files, as_utc(now), as_is, options or FileOptions(), attribution, commit=False
+    )
 
 
 def ingest(
@@ -223,8 +249,14 @@ def ingest(
     now: datetime,
     as_is: Sequence[str] = (),
     options: FileOptions | None = None,
+    attribution: Attribution | None = None,
 ) -> IngestReport:
     """Check and load contract files (idempotent); bad rows go to quarantine with a reason.
+
+    An ``outcomes`` file adds outcome versions of logged decisions, and every ingest then
+    lands pending outcomes whose decision arrived and attributes orders to decisions
+    (``attribution``: the windows, default 14 days each); see
+    :mod:`features.tables.outcomes`.
 
     ``as_is``: tables outside the contract that ``files`` may hold too (the demo's
     simulator writes some, see :mod:`rapport.truth`); they are loaded as they are, without
@@ -232,7 +264,9 @@ def ingest(
     (delimiter, encoding, decimal comma, thousands separator, date format); see
     :class:`features.files.FileOptions`.
     """
-    return _run_files(con, files, as_utc(now), as_is, options or FileOptions(), commit=True)
+    return _run_files(
+        con, files, as_utc(now), as_is, options or FileOptions(), attribution, commit=True
+    )
 
 
 def _run_files(
@@ -241,18 +275,25 @@ def _run_files(
     now: datetime,
     as_is: Sequence[str],
     options: FileOptions,
+    attribution: Attribution | None,
     commit: bool,
 ) -> IngestReport:
     with tempfile.TemporaryDirectory(prefix="rapport-ingest-") as scratch:
         sources = _file_sources(con, files, as_is, options, Path(scratch))
-        return _run(con, sources, now, commit)
+        return _run(con, sources, now, commit, attribution)
 
 
-def ingest_jsonl(con: Any, batches: Mapping[str, Sequence[Path]], now: datetime) -> IngestReport:
+def ingest_jsonl(
+    con: Any,
+    batches: Mapping[str, Sequence[Path]],
+    now: datetime,
+    attribution: Attribution | None = None,
+) -> IngestReport:
     """Check and load contract rows from newline-delimited JSON files (``table -> files``,
-    every value as text, as the service's outbox writes them), exactly like files."""
+    every value as text, as the service's outbox writes them), exactly like files;
+    ``feedback`` files hold outcome rows."""
     sources = [_jsonl_source(name, paths) for name, paths in batches.items() if paths]
-    return _run(con, sources, as_utc(now), commit=True)
+    return _run(con, sources, as_utc(now), True, attribution)
 
 
 # --------------------------------------------------------------------------- sources
@@ -301,22 +342,22 @@ def _file_sources(
     """Open every file and check its columns and dates before anything is written."""
     if clash := sorted(set(as_is) & set(TABLES)):
         raise IngestError(f"{', '.join(clash)}: contract tables cannot be loaded as they are")
-    unknown = sorted(set(files) - set(LOAD_ORDER) - set(as_is))
+    unknown = sorted(set(files) - set(FILE_ORDER) - set(as_is))
     if unknown:
         raise IngestError(
             f"unknown table(s) {', '.join(unknown)}; expected one of "
-            + ", ".join((*LOAD_ORDER, *as_is))
+            + ", ".join((*FILE_ORDER, *as_is))
         )
     db = raw(con)
     sources, problems = [], []
-    for name in (*LOAD_ORDER, *as_is):
+    for name in (*FILE_ORDER, *as_is):
         if name not in files:
             continue
         path = Path(files[name])
         if not path.is_file():
             raise IngestError(f"{path}: file not found")
         bad_lines: list[BadLine] = []
-        if name in TABLES and _is_csv(path):
+        if name in INPUTS and _is_csv(path):
             try:
                 read = read_csv(db, path, options, scratch)
             except FileError as exc:
@@ -325,8 +366,8 @@ def _file_sources(
         else:
             relation = _relation(path)
         columns = _describe(db, relation, str(path))
-        if name in TABLES:
-            missing = _missing_columns(TABLES[name], columns)
+        if name in INPUTS:
+            missing = _missing_columns(INPUTS[name], columns)
             if missing:
                 hint = ""
                 if len(columns) == 1 and options.delimiter is not None:
@@ -339,7 +380,7 @@ def _file_sources(
                 )
                 continue
             if options.date_format is None:
-                _refuse_ambiguous_dates(db, TABLES[name], relation, columns, path)
+                _refuse_ambiguous_dates(db, INPUTS[name], relation, columns, path)
         sources.append(_Source(name, str(path), relation, columns, None, options, tuple(bad_lines)))
     if problems:
         raise IngestError("\n".join(problems))
@@ -387,7 +428,7 @@ def _missing_columns(table: Table, columns: Mapping[str, str]) -> list[str]:
 
 
 def _jsonl_source(name: str, paths: Sequence[Path]) -> _Source:
-    table = TABLES[name]
+    table = OUTCOMES if name == FEEDBACK else TABLES[name]
     listing = ", ".join(_lit(str(p)) for p in paths)
     types = ", ".join(f"{_lit(c)}: 'VARCHAR'" for c in table.column_names)
     relation = (
@@ -395,7 +436,14 @@ def _jsonl_source(name: str, paths: Sequence[Path]) -> _Source:
         "filename = '_rapport_file')"
     )
     columns = dict.fromkeys(table.column_names, "VARCHAR")
-    return _Source(name, f"{paths[0].parent}/*.jsonl", relation, columns, "_rapport_file")
+    return _Source(
+        table.name,
+        f"{paths[0].parent}/*.jsonl",
+        relation,
+        columns,
+        "_rapport_file",
+        outcome_source="feedback" if name == FEEDBACK else "file",
+    )
 
 
 # --------------------------------------------------------------------------- run
@@ -423,7 +471,13 @@ def _transaction(db: duckdb.DuckDBPyConnection, commit: bool) -> Iterator[None]:
             db.execute(f"SET {name} = {_lit(value)}")
 
 
-def _run(con: Any, sources: list[_Source], now: datetime, commit: bool) -> IngestReport:
+def _run(
+    con: Any,
+    sources: list[_Source],
+    now: datetime,
+    commit: bool,
+    attribution: Attribution | None = None,
+) -> IngestReport:
     db = raw(con)
     report = IngestReport(written=commit)
     with _transaction(db, commit):
@@ -434,13 +488,19 @@ def _run(con: Any, sources: list[_Source], now: datetime, commit: bool) -> Inges
         )
         for source in sources:
             try:
-                if source.table in TABLES:
+                if source.table == OUTCOMES.name:
+                    result = _load_outcomes(db, source, now)
+                elif source.table in TABLES:
                     result = _load_table(db, source, now)
                 else:
                     result = _replace_as_is(db, source)
             except duckdb.Error as exc:
                 raise IngestError(f"{source.label}: {duckdb_error(exc)}") from exc
-            report.tables[source.table] = result
+            report.tables[result.table] = result
+        try:
+            report.outcomes = _settle_outcomes(db, now, attribution)
+        except duckdb.Error as exc:
+            raise IngestError(f"outcomes: {duckdb_error(exc)}") from exc
         for temp in (_EXCEPTIONS, _STAGE, _MULTI):
             db.execute(f"DROP TABLE IF EXISTS {temp}")
     return report
@@ -489,6 +549,55 @@ def _load_table(db: duckdb.DuckDBPyConnection, source: _Source, now: datetime) -
         report.quarantined_by_reason[BAD_LINE] = len(source.bad_lines)
         report.newly_quarantined += _quarantine_lines(db, table, source, now)
     return report
+
+
+def _load_outcomes(db: duckdb.DuckDBPyConnection, source: _Source, now: datetime) -> TableReport:
+    """Outcome rows: checked like any table, then versions of their decisions' outcomes
+    (:func:`features.tables.outcomes.record`); rows of unknown decisions are quarantined
+    and kept pending."""
+    q = _Query(OUTCOMES, source, now)
+    db.execute(q.verdict_sql(_STAGE))
+    kind = _lit(source.outcome_source)
+    typed = (
+        f"decision_id, outcome, revenue, responded_at, {kind} AS source, "
+        f"coalesce(recorded_at, TIMESTAMPTZ {_lit(now.isoformat())}) AS recorded_at"
+    )
+    done = outcome_tables.record(db, f"SELECT {typed} FROM {_STAGE} WHERE _reason IS NULL", now)
+    outcome_tables.hold(
+        db,
+        f"SELECT {typed}, _row_json AS row_json, _reason AS reason FROM {_STAGE} "
+        f"WHERE _kind = {_lit(UNKNOWN_DECISION)}",
+        now,
+    )
+    kinds = db.execute(
+        f"SELECT _kind, count(*) FROM {_STAGE} WHERE _reason IS NOT NULL GROUP BY _kind"
+    ).fetchall()
+    (read,) = _one(db, f"SELECT count(*) FROM {_STAGE}")
+    report = TableReport(
+        table=f"outcomes ({source.outcome_source})",
+        source=source.label,
+        read=int(read) + len(source.bad_lines),
+        inserted=done.new,
+        already_present=done.replays,
+        quarantined_by_reason={str(k): int(n) for k, n in kinds},
+    )
+    report.newly_quarantined = _quarantine(db, OUTCOMES, source, now)
+    if source.bad_lines:
+        report.quarantined_by_reason[BAD_LINE] = len(source.bad_lines)
+        report.newly_quarantined += _quarantine_lines(db, OUTCOMES, source, now)
+    return report
+
+
+def _settle_outcomes(
+    db: duckdb.DuckDBPyConnection, now: datetime, attribution: Attribution | None
+) -> dict[str, outcome_tables.Versions]:
+    """After every load: pending outcomes whose decision arrived, inline campaign-log
+    outcomes, attribution from orders (the order of precedence does not depend on it)."""
+    return {
+        "pending landed": outcome_tables.retry_pending(db, now, QUARANTINE),
+        "campaign_log": outcome_tables.record_inline(db, now),
+        "attribution": outcome_tables.attribute(db, now, attribution),
+    }
 
 
 def _quarantine_lines(
@@ -577,11 +686,12 @@ class _Query:
 
     def checked(self, where: str = "") -> str:
         """CTEs k, b on top of :meth:`typed`: ``_bad`` (any check fails) and ``_key``."""
-        known = (
-            'coalesce(customer_id IN (SELECT customer_id FROM "customers"), false)'
-            if self.table.name != "customers"
-            else "true"
-        )
+        if self.table is OUTCOMES:
+            known = 'coalesce(decision_id IN (SELECT decision_id FROM "campaign_log"), false)'
+        elif self.table.name != "customers":
+            known = 'coalesce(customer_id IN (SELECT customer_id FROM "customers"), false)'
+        else:
+            known = "true"
         bad = " OR ".join(f"({cond})" for _, cond, _ in self.checks)
         return f"""{self.typed()},
             k AS (SELECT *, {known} AS _known FROM t {where}),
@@ -620,9 +730,21 @@ class _Query:
             SELECT {self.cols} FROM t ANTI JOIN {_EXCEPTIONS} e ON e._h = hash(t.{self.key})
         """
 
-    def stage_sql(self) -> str:
-        """Pass 3: the exceptional rows, checked, worded and compared with the stored row."""
-        checks, key, cols = self.checks, self.key, self.cols
+    def verdict_sql(self, stage: str) -> str:
+        """Every row checked and worded into ``stage`` (outcome rows: no id is unique)."""
+        why, first, row = self._words()
+        return f"""
+            CREATE OR REPLACE TEMP TABLE {stage} AS
+            WITH {self.checked()}
+            SELECT {self.cols}, _source_file, CASE WHEN _bad THEN {why} END AS _reason,
+                   CASE WHEN _bad THEN {first} END AS _kind,
+                   CASE WHEN _bad THEN {row} END AS _row_json
+            FROM b
+        """
+
+    def _words(self) -> tuple[str, str, str]:
+        """SQL: a bad row's reasons, its first problem's kind, the row as JSON."""
+        checks = self.checks
         why = (
             "NULLIF(concat_ws('; ', "
             + ", ".join(f"CASE WHEN {cond} THEN {msg} END" for _, cond, msg in checks)
@@ -638,6 +760,12 @@ class _Query:
             + ", ".join(f"{_ident(c)} := _o{i}" for i, c in enumerate(self.originals))
             + "))"
         )
+        return why, first, row
+
+    def stage_sql(self) -> str:
+        """Pass 3: the exceptional rows, checked, worded and compared with the stored row."""
+        key, cols = self.key, self.cols
+        why, first, row = self._words()
         stored_conflict = "(_stored IS NOT NULL AND _stored <> _key)"
         conflict_msg = _message(
             self.table.id_column,
@@ -780,7 +908,20 @@ def _checks(table: Table, fields: list[_Field], now: datetime) -> list[tuple[str
                     _message(col.name, ref, f" {words}"),
                 )
             )
-    if table.name != "customers":
+    if table is OUTCOMES:
+        domain.append(
+            (
+                UNKNOWN_DECISION,
+                "decision_id IS NOT NULL AND NOT _known",
+                _message(
+                    "decision_id",
+                    "decision_id",
+                    " is not a known decision (kept pending: retried on every ingest "
+                    "until the decision arrives)",
+                ),
+            )
+        )
+    elif table.name != "customers":
         domain.append(
             (
                 "unknown customer",

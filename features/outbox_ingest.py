@@ -3,9 +3,13 @@
 The service never writes the warehouse (one writer); it appends to ``<home>/outbox``
 (:class:`features.online.events.Outbox`) and this module loads what it finds there:
 
-- live events and outcomes, ``<outbox>/<table>/*.jsonl``, are contract rows: they go
+- live events and decisions, ``<outbox>/<table>/*.jsonl``, are contract rows: they go
   through contract ingest (:func:`features.ingest.ingest_jsonl`), with the same checks,
   quarantine and idempotence as files, in one transaction;
+- feedback, ``<outbox>/feedback/*.jsonl``, holds outcome rows: in the same transaction,
+  after the decisions, they become versions of their decisions' outcomes
+  (:mod:`features.tables.outcomes`; a decision not in the warehouse yet keeps its
+  outcome pending and quarantined until it arrives);
 - target lists made by ``POST /targets``, ``<outbox>/target_lists/*.jsonl``, are recorded
   in the audit tables by :func:`features.tables.lists.record_lists`, the writer ``rapport
   targets`` uses, in their own transaction after the events; a list already recorded is
@@ -24,8 +28,16 @@ from typing import Any
 
 import duckdb
 
-from features.ingest import LOAD_ORDER, IngestError, IngestReport, duckdb_error, ingest_jsonl
+from features.ingest import (
+    FEEDBACK,
+    LOAD_ORDER,
+    IngestError,
+    IngestReport,
+    duckdb_error,
+    ingest_jsonl,
+)
 from features.tables.lists import OUTBOX_LISTS, read_outbox_lists, record_lists
+from features.tables.outcomes import Attribution
 from features.warehouse import raw
 
 
@@ -63,20 +75,23 @@ class OutboxReport(IngestReport):
         return super().source_lines() + lists
 
 
-def ingest_outbox(con: Any, outbox_dir: Path, now: datetime) -> OutboxReport:
-    """Load the events, then record the target lists, found in ``outbox_dir``."""
+def ingest_outbox(
+    con: Any, outbox_dir: Path, now: datetime, attribution: Attribution | None = None
+) -> OutboxReport:
+    """Load the events, decisions and feedback, then record the target lists, found in
+    ``outbox_dir`` (``attribution``: the windows, see :func:`features.ingest.ingest`)."""
     outbox_dir = Path(outbox_dir)
     batches = {
         name: sorted((outbox_dir / name).glob("*.jsonl"))
-        for name in LOAD_ORDER
+        for name in (*LOAD_ORDER, FEEDBACK)
         if (outbox_dir / name).is_dir()
     }
-    events = ingest_jsonl(con, batches, now)
+    events = ingest_jsonl(con, batches, now, attribution)
     for name, paths in batches.items():
         if paths:
             _done(outbox_dir / name, paths)
     lists = _record_lists(con, outbox_dir / OUTBOX_LISTS)
-    return OutboxReport(events.tables, events.written, lists)
+    return OutboxReport(events.tables, events.written, events.outcomes, lists)
 
 
 def _done(folder: Path, paths: list[Path]) -> None:

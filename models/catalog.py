@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from features.contract import NO_ACTION
+from features.tables.outcomes import DEFAULT_ATTRIBUTION_DAYS, Attribution
 from models.expressions import Expression, parse
 from models.value import OUTPUT_COLUMNS as VALUE_FIELDS
 
@@ -62,6 +63,13 @@ class Action(BaseModel):
     eligibility: str | None = Field(default=None, description="Rule; empty = everyone.")
     consent_field: str | None = Field(default=None, pattern=_IDENT)
     cooldown_days: int = Field(default=0, ge=0)
+    attribution_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=365,
+        description="Days after a decision in which an order counts as its conversion "
+        "(default: the catalog's attribution_days).",
+    )
     weight: float = Field(default=1.0, ge=0, description="Business lever on expected value.")
     goal: str | None = None
     description: str = ""
@@ -80,6 +88,11 @@ class Action(BaseModel):
         ):
             raise ValueError(
                 f"{NO_ACTION} is the control: channel 'none', cost 0, no eligibility or consent"
+            )
+        if self.id == NO_ACTION and self.attribution_days is not None:
+            raise ValueError(
+                f"{NO_ACTION} is measured with the catalog's attribution_days (so are control "
+                "decisions): set that instead"
             )
         if self.eligibility:
             self._rule = parse(self.eligibility)
@@ -170,6 +183,13 @@ class Catalog(BaseModel):
         pattern=_IDENT,
         description="Predicted customer value that retained-value actions protect.",
     )
+    attribution_days: int = Field(
+        default=DEFAULT_ATTRIBUTION_DAYS,
+        ge=1,
+        le=365,
+        description="Attribution window of no_action, control decisions and every action "
+        "without its own.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -195,7 +215,11 @@ class Catalog(BaseModel):
     @cached_property
     def version(self) -> str:
         """Hash of the canonical content: same rules, same version, whatever the YAML layout."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        # attribution windows measure outcomes, they never change a decision
+        content = self.model_dump(mode="json", exclude={"attribution_days"})
+        for action in content["actions"]:
+            action.pop("attribution_days", None)
+        payload = json.dumps(content, sort_keys=True)
         return "cat-" + hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     @property
@@ -207,6 +231,17 @@ class Catalog(BaseModel):
             if action.id == action_id:
                 return action
         raise KeyError(f"catalog {self.version} has no action {action_id!r}")
+
+    def attribution(self) -> Attribution:
+        """The attribution windows of :func:`features.tables.outcomes.attribute`."""
+        return Attribution(
+            self.attribution_days,
+            {
+                a.id: a.attribution_days
+                for a in self.actions
+                if a.attribution_days is not None and a.id != NO_ACTION
+            },
+        )
 
     def effective_weight(self, action: Action) -> float:
         """Action weight times its goal's weight (goals without a weight count 1)."""

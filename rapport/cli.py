@@ -205,12 +205,13 @@ def _files(directory: Path | None, explicit: dict[str, Path | None]) -> dict[str
 
 
 def _table_options(fn: Callable) -> Callable:
-    for table in ("campaign_log", "interactions", "orders", "customers"):
+    for table in ("outcomes", "campaign_log", "interactions", "orders", "customers"):
         fn = click.option(
             f"--{table.replace('_', '-')}",
             table,
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help=f"Path of the {table} file.",
+            help=f"Path of the {table} file"
+            + (" (decision_id, outcome, revenue, responded_at)." if table == "outcomes" else "."),
         )(fn)
     return fn
 
@@ -285,23 +286,49 @@ def _split_format(kwargs: dict[str, Any]) -> tuple[FileOptions, dict[str, Path |
     help="Also load what the scoring service accepted (events, decisions, feedback) from "
     "<home>/outbox; alone, only that.",
 )
-def ingest(directory: Path | None, strict: bool, outbox: bool, **kwargs: Any) -> None:
+@click.option(
+    "--catalog",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Action catalog whose attribution_days windows attribute orders to decisions "
+    "(default: the packaged models/default_catalog.yaml).",
+)
+def ingest(
+    directory: Path | None, strict: bool, outbox: bool, catalog: Path | None, **kwargs: Any
+) -> None:
     """Validate and load contract files into the warehouse (idempotent).
 
-    Bad rows go to the `quarantine` table with a reason; good rows always land.
+    Bad rows go to the `quarantine` table with a reason; good rows always land. Outcomes
+    (an outcomes file, /feedback from the outbox, inline in the campaign log, attributed
+    from orders) become versions of their decisions' outcomes (table `outcomes`, every
+    version in `outcome_history`).
     """
     from features.ingest import ingest as run_ingest
     from features.outbox_ingest import ingest_outbox
+    from models.catalog import default_catalog, parse_catalog
 
+    try:
+        actions = (
+            parse_catalog(catalog.read_text(encoding="utf-8"), source=str(catalog))
+            if catalog
+            else default_catalog()
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--catalog") from exc
+    windows = actions.attribution()
     options, tables = _split_format(kwargs)
     settings = get_settings()
     reports = []
     files = _files(directory, tables) if directory or any(tables.values()) or not outbox else {}
     con = open_warehouse(settings)
     if files:
-        reports.append(run_ingest(con, files, now=datetime.now(UTC), options=options))
+        reports.append(
+            run_ingest(con, files, now=datetime.now(UTC), options=options, attribution=windows)
+        )
     if outbox:
-        reports.append(ingest_outbox(con, settings.outbox_dir, now=datetime.now(UTC)))
+        reports.append(
+            ingest_outbox(con, settings.outbox_dir, now=datetime.now(UTC), attribution=windows)
+        )
     for report in reports:
         say(report.summary())
     if strict and any(report.quarantined for report in reports):

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from features.contract import INTERACTION_CHANNELS
+from features.contract import INTERACTION_CHANNELS, MAX_OUTCOME_REVENUE
 from features.timeutil import as_utc
 from models.results import CustomerScore
 
@@ -221,14 +221,26 @@ class FeedbackRequest(BaseModel):
     decision_id: Id
     outcome: bool = Field(description="Did the customer respond (convert)?")
     revenue: FiniteFloat | None = Field(
-        default=None, description="Revenue attributed to the action."
+        default=None,
+        ge=0,
+        le=MAX_OUTCOME_REVENUE,
+        description=f"Revenue attributed to the action: 0..{MAX_OUTCOME_REVENUE:,.0f} "
+        "(larger values are taken for errors: 422).",
     )
     responded_at: EventTime | None = Field(default=None, description="Default: now.")
 
 
 class FeedbackResponse(BaseModel):
+    """The outcome is durable; it is matched to its decision by ``rapport ingest --outbox``
+    (a decision not in the warehouse yet keeps it pending there, never lost)."""
+
     decision_id: str
     recorded_at: datetime
+    status: Literal["accepted"] = Field(
+        default="accepted",
+        description="Durable; matched to the decision at the next ingest (an unknown "
+        "decision: quarantined with a reason and retried on every ingest).",
+    )
     meta: Meta
 
 

@@ -5,18 +5,19 @@ Why a module of its own: the point-in-time join is the part of the NBA job that 
 leak the future, and the jobs in :mod:`training.nba` (train, explain) and the quality tests
 all build on it.
 
-**Training set.** Every ``campaign_log`` decision with a known outcome (``outcome`` not
-null) is one row: the logged action, its propensity, the outcome and the revenue, joined
-with the customer's features as of the start of the decision's week (``decided_at``
-floored to Monday 00:00 UTC: strictly before the decision, so nothing of the response
-leaks in, and one feature build per week instead of one per decision), the churn and
-value champions' scores at that cutoff and the RFM / ABC segments of the warehouse's
-current segment model (:mod:`features.tables.segments`, the cut points the live service
-uses) -- so the catalog's eligibility rules are evaluated as the service evaluates them.
-Time split: the latest decision weeks (at least ``holdout_fraction`` of the decisions) are
-the holdout; the uplift models never see them. A log of one week (a one-shot campaign)
-cannot be split in time: a fixed share of its decisions, picked by a hash of the decision
-id, is held out instead.
+**Training set.** Every ``campaign_log`` decision with a known outcome (its current
+outcome in :mod:`features.tables.outcomes`, or one written inline in the log) is one row:
+the logged action, its propensity, the outcome and the revenue, joined with the customer's
+features as of the start of the decision's week (``decided_at`` floored to Monday 00:00
+UTC: strictly before the decision, so nothing of the response leaks in, and one feature
+build per week instead of one per decision), the churn and value champions' scores at that
+cutoff and the RFM / ABC segments of the warehouse's current segment model
+(:mod:`features.tables.segments`, the cut points the live service uses) -- so the
+catalog's eligibility rules are evaluated as the service evaluates them. Time split: the
+latest decision weeks (at least ``holdout_fraction`` of the decisions) are the holdout;
+the uplift models never see them. A log of one week (a one-shot campaign) cannot be split
+in time: a fixed share of its decisions, picked by a hash of the decision id, is held out
+instead.
 
 **Without champions.** When the catalog's values and rules read no churn or value score
 (:meth:`models.catalog.Catalog.score_needs`), the set is built from the features and
@@ -41,6 +42,7 @@ import pandas as pd
 from features.batch import build
 from features.segments import SegmentModel, assign_segments, fit_segments
 from features.spec import FeatureSpec, default_spec
+from features.tables.outcomes import decision_outcomes
 from features.tables.segments import NoSegmentsError, load_version
 from features.timeutil import as_utc
 from features.warehouse import raw
@@ -64,18 +66,17 @@ def week_start(values: pd.Series) -> pd.Series:
 
 
 def logged_decisions(con: Any, as_of: datetime | None = None) -> pd.DataFrame:
-    """Decisions with a known outcome decided before ``as_of`` (default: all)."""
-    log = con.table("campaign_log")
-    known = log.filter(log.outcome.notnull())
+    """Decisions with a known outcome decided before ``as_of`` (default: all), each with its
+    current outcome (:func:`features.tables.outcomes.decision_outcomes`: feedback, outcome
+    files, inline campaign-log outcomes, attribution from orders)."""
+    frame = decision_outcomes(con)
+    frame = frame[frame["outcome"].notna()]
     if as_of is not None:
-        import ibis
-
-        known = known.filter(log.decided_at < ibis.literal(as_utc(as_of)))
-    frame = con.execute(
-        known.select(
-            "decision_id", "customer_id", "decided_at", "action", "propensity", "outcome", "revenue"
-        )
-    )
+        decided = pd.to_datetime(frame["decided_at"], utc=True)
+        frame = frame[decided < pd.Timestamp(as_utc(as_of))]
+    frame = frame[
+        ["decision_id", "customer_id", "decided_at", "action", "propensity", "outcome", "revenue"]
+    ].reset_index(drop=True)
     if frame.empty:
         raise ValueError(
             "the campaign log holds no decision with a known outcome"

@@ -52,11 +52,11 @@ from features.batch import micros
 from features.contract import TABLES
 from features.online.record import Record, append_events, counted, record_columns
 from features.spec import FeatureSpec, default_spec
+from features.tables.outcomes import FEEDBACK
 from features.timeutil import as_utc
 
 OPEN_SUFFIX = ".jsonl.open"
 SEALED_SUFFIX = ".jsonl"
-FEEDBACK = "feedback"
 #: seal segments this old (seconds): how long an event may wait for ``rapport ingest``
 SEAL_AFTER_S = 30.0
 #: and this large (bytes)
