@@ -40,6 +40,7 @@ from scipy import stats
 
 from features.contract import CONTROL
 from features.tables.impact import IMPACT, IMPACT_ACTIONS, append
+from features.tables.outcomes import decision_outcomes
 from features.tables.scores import NoScoresError, latest_run
 from features.timeutil import as_utc
 from features.warehouse import raw
@@ -129,31 +130,6 @@ class ImpactRun:
         lines.extend(f"  note: {n}" for n in self.notes)
         lines.append(f"  appended to `{IMPACT}` and `{IMPACT_ACTIONS}` (run {self.run_id})")
         return "\n".join(lines)
-
-
-def load_decisions(con: Any, since: datetime | None) -> pd.DataFrame:
-    """Decisions with their current outcomes
-    (:func:`features.tables.outcomes.decision_outcomes`)."""
-    try:
-        from features.tables.outcomes import decision_outcomes
-    except ModuleNotFoundError:  # before the outcomes table lands: inline outcomes only
-        return _inline_outcomes(raw(con), since)
-    return decision_outcomes(con, since)
-
-
-def _inline_outcomes(db: Any, since: datetime | None) -> pd.DataFrame:
-    if "campaign_log" not in _tables(db):
-        raise NoImpactDataError("the warehouse has no campaign_log: run `rapport ingest` first")
-    where, params = ("WHERE decided_at >= ?", [since]) if since is not None else ("", [])
-    return (
-        db.execute(
-            'SELECT decision_id, customer_id, decided_at, action, channel, propensity, "group", '
-            f"outcome, revenue, responded_at FROM campaign_log {where} ORDER BY decided_at",
-            params,
-        )
-        .to_arrow_table()
-        .to_pandas()
-    )
 
 
 def _tables(db: Any) -> set[str]:
@@ -314,7 +290,8 @@ def run(
 ) -> ImpactRun:
     """Measure, append to the warehouse, log to MLflow (see the module doc).
 
-    ``decisions`` (default: the warehouse's, :func:`load_decisions`) lets a caller pass
+    ``decisions`` (default: the warehouse's decisions joined to their current outcomes,
+    :func:`features.tables.outcomes.decision_outcomes`) lets a caller pass
     decisions joined to outcomes itself. Raises :class:`NoImpactDataError` when there is
     nothing to compare yet, ValueError for a bad ``by``.
     """
@@ -323,7 +300,7 @@ def run(
     db = raw(con)
     since = as_utc(since) if since is not None else None
     if decisions is None:
-        decisions = load_decisions(con, since)
+        decisions = decision_outcomes(con, since)
     counts = {
         "decisions": len(decisions),
         "ungrouped": int(decisions["group"].isna().sum()) if len(decisions) else 0,
@@ -344,6 +321,8 @@ def run(
             "orders for attribution) -- or play a period with `rapport simulate` -- then run "
             "`rapport impact` again"
         )
+    if by in ("segment", "abc_tier") and "scores" not in _tables(db):
+        raise NoScoresError(f"--by {by} reads the batch scores: run `rapport score` first")
     catalog = _catalog(db)
     costs = {a.id: a.cost for a in catalog.actions}
     margin_rate = default_margin_rate(catalog)
