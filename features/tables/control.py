@@ -131,7 +131,11 @@ def control_history(db: Any) -> pd.DataFrame:
         return pd.DataFrame(
             columns=["changed_at", "share", "salt", "change", "previous_share", "previous_salt"]
         )
-    return db.execute(f"SELECT * FROM {CONTROL_GROUPS} ORDER BY changed_at").to_arrow_table().to_pandas()
+    return (
+        db.execute(f"SELECT * FROM {CONTROL_GROUPS} ORDER BY changed_at")
+        .to_arrow_table()
+        .to_pandas()
+    )
 
 
 def count_members(db: Any, group: ControlGroup) -> tuple[int, int]:
