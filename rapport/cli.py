@@ -1042,6 +1042,35 @@ def keys_list() -> None:
 
 
 @main.command()
+@click.option(
+    "--days",
+    type=click.IntRange(1, 365),
+    required=True,
+    help="Length of the period to play, ending at --as-of.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the customers' draws.")
+@click.option("--as-of", type=WHEN, default=None, help="End of the period (default: now).")
+def simulate(days: int, seed: int, as_of: datetime | None) -> None:
+    """Play the demo customers' responses to the decisions actually made (demo data only).
+
+    Reads the decisions of the warehouse, the outbox and the recorded target lists; writes
+    orders, interactions and outcomes as contract files under <home>/simulate/ (load them
+    with `rapport ingest FOLDER`) and the period's true incremental value beside them.
+    """
+    from rapport.simulate import simulate as run_simulate
+
+    settings = get_settings()
+    con = open_warehouse(settings, read_only=True)
+    try:
+        result = run_simulate(
+            con, settings.home, settings.outbox_dir, days, as_of or datetime.now(UTC), seed
+        )
+    finally:
+        con.disconnect()
+    say(result.summary())
+
+
+@main.command()
 @click.option("--customers", "-n", default=20_000, show_default=True, help="Customers to simulate.")
 @click.option("--seed", default=42, show_default=True)
 @click.option(

@@ -15,12 +15,14 @@ the ones made here. So this module and the demo are the only code that knows the
 * :func:`compare_nba`: the learned policy valued with the true incremental revenue
   (against the oracle, random and single actions) and each learner's uplift against the
   true uplift, at the truth cutoff;
+* :func:`load_simulated_truth`: the true value of a period played by ``rapport simulate``;
 * :func:`truth_matrices`, :func:`truth_policy_values`, :func:`truth_uplift_mse`: the
   pieces, which the NBA quality test also uses directly.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,6 +75,21 @@ def load_truth_actions(con: Any) -> pd.DataFrame | None:
         return None
     frame = con.execute(con.table(TRUTH_TABLES[1]))
     return frame if len(frame) else None
+
+
+def simulated_truth_path(home: Path, start: datetime, end: datetime) -> Path:
+    """Where ``rapport simulate`` writes the true value of the period [start, end)."""
+    return Path(home) / "simulate" / f"truth_{start:%Y%m%d}-{end:%Y%m%d}.json"
+
+
+def load_simulated_truth(home: Path, period: str | None = None) -> dict[str, Any] | None:
+    """The true incremental value of a simulated period (``YYYYMMDD-YYYYMMDD``; default:
+    the latest written), or None when ``rapport simulate`` never ran."""
+    folder = Path(home) / "simulate"
+    paths = sorted(folder.glob(f"truth_{period or '*'}.json"), key=lambda p: p.stat().st_mtime)
+    if not paths:
+        return None
+    return dict(json.loads(paths[-1].read_text()))
 
 
 def truth_cutoff(con: Any) -> datetime | None:

@@ -442,7 +442,11 @@ class Rapport:
 
     @bentoml.api(route="/feedback", output_spec=FeedbackResponse)
     async def feedback(self, request: FeedbackRequest, /, ctx: bentoml.Context) -> FeedbackResponse:
-        """The outcome of a decision, durable before the 200 (``outbox/feedback``)."""
+        """The outcome of a decision, durable before the 200 (``outbox/feedback``).
+
+        The service cannot tell whether the decision exists (decisions are written behind
+        the answer): it accepts any id; ``rapport ingest --outbox`` matches it, and keeps
+        an unknown one pending (quarantined with a reason, retried on every ingest)."""
         now = datetime.now(UTC)
         record_feedback(
             self.outbox,

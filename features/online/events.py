@@ -27,9 +27,10 @@ cost more than the whole score. A customer's next score waits for their pending 
 (read-your-writes of the contact policy holds); a crash can lose the decisions of the last
 few milliseconds, never an event.
 
-Feedback goes to ``outbox/feedback/*.jsonl`` only (no contract table holds it yet):
-``{decision_id, outcome, revenue, responded_at, recorded_at}``, to be joined to the
-campaign log on ``decision_id`` by NBA training.
+Feedback goes to ``outbox/feedback/*.jsonl`` only: ``{decision_id, outcome, revenue,
+responded_at, recorded_at}``, rows of the outcomes contract
+(:data:`features.contract.OUTCOMES`) that ``rapport ingest --outbox`` turns into versions
+of the decision's outcome (:mod:`features.tables.outcomes`).
 """
 
 from __future__ import annotations

@@ -26,8 +26,9 @@ Rules:
 - ``outcome_history`` keeps every version, never updated or deleted. A row is a *replay*
   (nothing changes) when the same source already stated the same content for the
   decision (for feedback: the same content *and* the same ``recorded_at``, i.e. the same
-  accepted call), or when it repeats the decision's latest version of its tier (a client
-  retrying a feedback). Anything else is a new version; a new version after an earlier
+  accepted call), or when it states the same outcome and revenue as the decision's latest
+  version of its tier (a client retrying a feedback; the first ``responded_at`` stays).
+  Anything else is a new version; a new version after an earlier
   one of the same tier is flagged ``correction``.
 - ``outcomes`` holds the current version per decision: explicit outcomes (feedback, file,
   campaign_log) take precedence over attribution; among them the latest ``recorded_at``
@@ -157,7 +158,7 @@ def record(db: duckdb.DuckDBPyConnection, rows_sql: str, now: datetime) -> Versi
             UNION ALL SELECT {_COLS}, version_key, tier, rank, 1 AS fresh FROM {_CAND}
         ),
         lagged AS (
-            SELECT *, lag(hash(outcome, revenue, responded_at)) OVER w AS prev_content,
+            SELECT *, lag(hash(outcome, revenue)) OVER w AS prev_content,
                    lag(decision_id) OVER w AS prev_id
             FROM chain
             WINDOW w AS (PARTITION BY decision_id, tier
@@ -165,7 +166,7 @@ def record(db: duckdb.DuckDBPyConnection, rows_sql: str, now: datetime) -> Versi
         )
         SELECT {_COLS}, version_key, prev_id IS NOT NULL AS correction FROM lagged
         WHERE fresh = 1 AND (prev_id IS NULL
-                             OR prev_content <> hash(outcome, revenue, responded_at))
+                             OR prev_content <> hash(outcome, revenue))
     """)
     db.execute(f"""
         INSERT INTO {HISTORY}
@@ -272,7 +273,8 @@ def attribute(
                  AND o.ordered_at > d.decided_at AND o.ordered_at <= d.ends
         ),
         won AS (
-            SELECT decision_id, sum(amount) AS revenue, min(ordered_at) AS responded_at
+            -- rounded to cents: a parallel sum's last bits differ between runs
+            SELECT decision_id, round(sum(amount), 2) AS revenue, min(ordered_at) AS responded_at
             FROM touch WHERE rn = 1 GROUP BY decision_id
         )
         SELECT d.decision_id, won.decision_id IS NOT NULL AS outcome,

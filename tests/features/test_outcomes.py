@@ -216,6 +216,10 @@ def test_attribution_last_touch_within_the_window(tmp_path: Path) -> None:
     current = _current(con)
     assert current.loc["D3", "outcome_source"] == "file" and current.loc["D3", "revenue"] == 7.0
     assert len(history(con, "D3")) == 2  # the attribution version is kept
+    # ingesting nothing new changes nothing (attribution is replayed, not re-versioned)
+    before = len(history(con))
+    ingest(con, {}, NOW, attribution=WINDOWS)
+    assert len(history(con)) == before
 
 
 def test_open_window_stays_unknown(tmp_path: Path) -> None:
