@@ -351,11 +351,9 @@ def run(
     table = impact_rows(customers, column)
     if by is None and len(table):
         table = table.drop(columns=["by", "key"])
+    predicted = ["predicted_conversion", "predicted_revenue"]
     actions = per_action(
-        frame,
-        costs,
-        margin_rate,
-        frame[["decision_id", "predicted_conversion", "predicted_revenue"]],
+        frame.drop(columns=predicted), costs, margin_rate, frame[["decision_id", *predicted]]
     )
     ope, more = _ope_vs_realised(frame, costs, margin_rate)
     notes += more

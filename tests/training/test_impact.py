@@ -125,3 +125,54 @@ def test_without_control_decisions_impact_says_what_to_run(home: Path) -> None:
     result = CliRunner().invoke(main, ["impact"])
     assert result.exit_code == 1 and "nothing to compare yet" in result.output
     assert CliRunner().invoke(main, ["impact", "--by", "weather"]).exit_code == 2
+
+
+def test_by_tier_reads_the_latest_scores_before_each_decision(home: Path) -> None:
+    decisions, orders = world(2, n=3000)
+    con = _warehouse(home, orders)
+    try:
+        with pytest.raises(LookupError, match="rapport score"):
+            impact.run(con, decisions=decisions, by="abc_tier", log_to_mlflow=False)
+        ids = decisions.customer_id.unique()
+        old = pd.DataFrame(
+            {
+                "customer_id": ids,
+                "as_of": pd.Timestamp(START - timedelta(days=60)),
+                "abc_tier": "C",
+                "rfm_segment": "lost",
+                "uplift_conversion_retention_discount": 0.9,
+                "uplift_revenue_cross_sell": 9.0,
+            }
+        )
+        new = old.assign(
+            as_of=pd.Timestamp(START - timedelta(days=1)),
+            abc_tier=np.where(np.arange(len(ids)) % 2, "A", "B"),
+            uplift_conversion_retention_discount=0.1,
+            uplift_revenue_cross_sell=3.0,
+        )
+        db = raw(con)
+        db.register("s", pd.concat([old, new]))
+        db.execute("CREATE TABLE scores AS SELECT * FROM s")
+        db.unregister("s")
+        result = impact.run(con, decisions=decisions, by="abc_tier", log_to_mlflow=False)
+        assert set(result.table.key) == {"A", "B"}  # the newer scores, never the old "C"
+        actions = result.actions.set_index("action")
+        assert actions.loc["retention_discount", "predicted_conversion"] == pytest.approx(0.1)
+        assert actions.loc["cross_sell", "predicted_revenue"] == pytest.approx(3.0)
+        assert np.isnan(actions.loc["winback_email", "predicted_conversion"])
+    finally:
+        con.disconnect()
+
+
+def test_rapport_control_shows_changes_and_records_them(home: Path) -> None:
+    runner = CliRunner()
+    first = runner.invoke(main, ["control"])
+    assert first.exit_code == 0 and "control share 5.00%" in first.output
+    assert "no warehouse yet" in first.output
+    _warehouse(home, world(3, n=500)[1]).disconnect()
+    changed = runner.invoke(main, ["control", "--share", "0.2", "--reshuffle"])
+    assert changed.exit_code == 0, changed.output
+    assert "changed: control share 20.00%" in changed.output
+    shown = runner.invoke(main, ["control", "--history"])
+    assert "share 0.05 -> 0.2; reshuffle" in shown.output
+    assert runner.invoke(main, ["control", "--share", "0.9"]).exit_code == 2
