@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import duckdb
 import httpx
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from features.control import NO_CONTROL, ControlGroup
 from features.online.materialize import META_SEGMENTS
 from features.online.store import open_store
 from features.segments import SegmentModel
-from features.tables.control import read_control
+from features.tables.control import change_control, control_path, read_control
 from features.warehouse import connect
 from models.bundle import load_for_serving
 from models.registry import build_scorer
@@ -255,3 +256,31 @@ def test_a_key_added_while_serving_works_without_a_restart(
         time.sleep(0.3)
     assert status == 200
     assert "API keys reloaded" in server.log_text()
+
+
+def test_the_service_follows_a_recorded_control_change_without_a_restart(
+    http: tuple[httpx.Client, Server], ws: Workspace
+) -> None:
+    """`rapport control --share/--reshuffle` writes <home>/control.json; the running
+    service picks the new group up within a few seconds (its periodic check)."""
+    client, _ = http
+    headers = {"Authorization": f"Bearer {ws.keys['score']}"}
+    history = duckdb.connect()  # the change's record; the file is what the service reads
+    try:
+        setting = change_control(history, ws.home, share=0.5, reshuffle=True)
+        wanted = setting.group.mask(ws.customers[:20])
+        deadline = time.monotonic() + 20
+        got: list[bool] = []
+        while time.monotonic() < deadline:
+            got = []
+            for customer in ws.customers[:20]:
+                body = {"customer_id": customer}
+                score = client.post("/score", json=body, headers=headers).json()
+                got.append(score["group"] == "control")
+            if got == wanted.tolist():
+                break
+            time.sleep(1.0)
+        assert got == wanted.tolist()
+    finally:
+        control_path(ws.home).unlink()  # back to the default for the other tests
+        history.close()
