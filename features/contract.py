@@ -65,6 +65,11 @@ INTERACTION_KINDS = (
     "sent",
 )
 
+#: a logged decision's group: the control group gets no policy action; treated customers get
+#: the policy's greedy choice, or an exploration draw ("explore")
+CONTROL, TREATED, EXPLORE = "control", "treated", "explore"
+DECISION_GROUPS = (CONTROL, TREATED, EXPLORE)
+
 CUSTOMERS = Table(
     name="customers",
     id_column="customer_id",
@@ -129,6 +134,9 @@ CAMPAIGN_LOG = Table(
         Column("outcome", "bool", required=False),
         Column("revenue", "float", required=False),
         Column("responded_at", "timestamp", required=False),
+        # who the decision was for: the always-on control group (no policy action), the
+        # policy's greedy choice, or an exploration draw (features/control.py); null: unknown
+        Column("group", "string", required=False, choices=DECISION_GROUPS),
     ),
 )
 

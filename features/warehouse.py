@@ -67,8 +67,15 @@ def raw(con: DuckDBBackend) -> duckdb.DuckDBPyConnection:
 
 
 def ensure_contract_tables(con: DuckDBBackend) -> None:
-    """Create the four contract tables (empty) if they do not exist yet."""
+    """Create the four contract tables (empty) if they do not exist yet, and add optional
+    columns the contract gained since a table was made (``campaign_log.group``)."""
     db = raw(con)
     for table in TABLES.values():
         cols = ", ".join(f'"{c.name}" {DUCKDB_TYPES[c.type]}' for c in table.columns)
         db.execute(f'CREATE TABLE IF NOT EXISTS "{table.name}" ({cols})')
+        for c in table.columns:
+            if not c.required:
+                db.execute(
+                    f'ALTER TABLE "{table.name}" ADD COLUMN IF NOT EXISTS '
+                    f'"{c.name}" {DUCKDB_TYPES[c.type]}'
+                )

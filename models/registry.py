@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
 
+    from features.control import ControlGroup
     from models.scorer import Scorer
 
 Kind = Literal["churn", "value", "nba"]
@@ -514,8 +515,10 @@ def build_scorer(
     segments: SegmentModel,
     spec: FeatureSpec | None = None,
     catalog: Catalog | None = None,
+    control: ControlGroup | None = None,
 ) -> Scorer:
-    """The scorer over the champions (with the NBA champion's catalog unless given one)."""
+    """The scorer over the champions (with the NBA champion's catalog unless given one),
+    holding ``control``'s customers out of every action."""
     from models.scorer import Scorer
 
     return Scorer(
@@ -526,4 +529,5 @@ def build_scorer(
         segments,
         spec or default_spec(),
         dict(champions.versions),
+        control,
     )

@@ -87,3 +87,6 @@ class CustomerScore(BaseModel):
     actions: list[RankedAction]
     chosen: Chosen
     excluded: list[Excluded] = []
+    #: ``control`` (the always-on control group: no policy action), ``treated`` (the
+    #: policy's top action) or ``explore`` (an exploration draw); see features/control.py
+    group: Literal["control", "treated", "explore"] = "treated"

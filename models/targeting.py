@@ -52,6 +52,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.contract import NO_ACTION
+from features.control import ControlGroup
 from features.spec import Agg, Derived, FeatureSpec
 from features.tables.lists import MEMBER_TYPES, TargetError, new_list_id
 from features.tables.scores import RunInfo
@@ -478,12 +479,16 @@ def select_targets(
     definition: TargetDefinition,
     suppressed: Iterable[str] | None = None,
     value_at_risk_fallback: bool = True,
+    control: ControlGroup | None = None,
 ) -> Selection:
     """The target list for ``definition`` from ``frame`` (scores + the needed features).
 
     ``suppressed``: customer ids that must never be contacted (opt-outs, suppression
     list). ``value_at_risk_fallback``: rank actions without any uplift estimate by the
-    value at risk (pass False when the scores came with an NBA model). Raises
+    value at risk (pass False when the scores came with an NBA model). ``control``: the
+    always-on control group, whose customers never enter a list (counted in ``removed``
+    as ``control group``; computed from the share and salt, not from the scores' stored
+    ``group``, so a reshuffle since scoring is honoured). Raises
     :class:`TargetError` (or :class:`ExpressionError`) on a bad definition.
     """
     if definition.action is not None:
@@ -507,6 +512,10 @@ def select_targets(
         keep = ~rows["customer_id"].astype(str).isin(blocked).to_numpy()
         removed["suppressed"] = int((~keep).sum())
         rows = rows[keep]
+    if control is not None and control.share > 0:
+        held_out = control.mask(rows["customer_id"])
+        removed["control group"] = int(held_out.sum())
+        rows = rows[~held_out]
     expression = definition.expression
     if expression is not None:
         keep = expression.evaluate_frame(rows)
@@ -701,6 +710,7 @@ def make_list(
     as_of: datetime,
     *,
     run_id: str | None = None,
+    control: ControlGroup,
     suppress: Iterable[str] = (),
     sink: ListSink | None = None,
     progress: Callable[[str], None] | None = None,
@@ -709,7 +719,9 @@ def make_list(
     ``run_id``), with consent and contact history as of ``as_of``.
 
     The filter is checked against ``spec`` before anything is read. ``suppress`` adds to
-    the warehouse's suppressions. With ``sink``, the list is exported (if the sink wants
+    the warehouse's suppressions. ``control`` (required, so no caller forgets it: pass
+    :data:`features.control.NO_CONTROL` for none) is the control group, left out and
+    counted. With ``sink``, the list is exported (if the sink wants
     a file) and recorded for audit before this returns; without one nothing is written
     (a preview). Raises TargetError / ExpressionError for a bad definition and whatever
     the source raises when it cannot read (NoScoresError without scores).
@@ -729,7 +741,9 @@ def make_list(
         names = needed_features(definition, catalog, spec)
         frame = source.candidates(run, feature_subset(spec, names), names, as_of)
         blocked = source.suppressed() | set(suppress)
-    selection = select_targets(frame, catalog, definition, blocked, not run.has_uplift)
+    selection = select_targets(
+        frame, catalog, definition, blocked, not run.has_uplift, control=control
+    )
     target = TargetList(selection, run, as_of, new_list_id())
     if sink is not None:
         target.output = sink.export(selection.members, target.list_id)

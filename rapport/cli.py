@@ -676,6 +676,99 @@ def score(as_of: datetime | None, chunk_rows: int) -> None:
     say(run.summary())
 
 
+@main.command()
+@click.option(
+    "--share",
+    type=click.FloatRange(0.0, 0.5),
+    default=None,
+    help="Set the share of customers held out of every action (0 to 0.5; default 0.05).",
+)
+@click.option(
+    "--reshuffle", is_flag=True, help="Draw a new salt: a new, independent control group."
+)
+@click.option("--history", is_flag=True, help="Also print every recorded change.")
+def control(share: float | None, reshuffle: bool, history: bool) -> None:
+    """The always-on control group: customers who get no policy action on any path, so
+    `rapport impact` can measure what the policy earns against them.
+
+    Without options: the share, the salt and how many customers are in the group. With
+    --share or --reshuffle: a recorded change (time, old and new values in the warehouse
+    table `control_groups`) that batch scores, target lists and the service (within
+    seconds) follow. Reshuffle rarely: each one starts a new comparison.
+    """
+    from features.tables.control import (
+        change_control,
+        control_history,
+        control_path,
+        count_members,
+        read_control,
+    )
+
+    settings = get_settings()
+    changing = share is not None or reshuffle
+    if not changing and not settings.warehouse_path.exists():
+        say(read_control(settings.home).describe())
+        say("no warehouse yet: run `rapport ingest DIR` (or `rapport demo`) to count members")
+        return
+    con = open_warehouse(settings, read_only=not changing)
+    try:
+        from features.warehouse import raw
+
+        db = raw(con)
+        if changing:
+            setting = change_control(db, settings.home, share, reshuffle)
+            say(f"changed: {setting.describe()}; written to {control_path(settings.home)}")
+            say("  recorded in the warehouse table `control_groups`; run `rapport score` so")
+            say("  batch scores and target lists follow (the service follows by itself)")
+        else:
+            setting = read_control(settings.home)
+            say(setting.describe())
+        members, total = count_members(db, setting.group)
+        share_seen = members / total if total else 0.0
+        say(f"  {members:,} of {total:,} customers in the control group ({share_seen:.2%})")
+        if history:
+            changes = control_history(db)
+            if changes.empty:
+                say("  no recorded changes (the default share and salt)")
+            for row in changes.itertuples():
+                say(
+                    f"  {row.changed_at:%Y-%m-%d %H:%M:%S} share {row.share:g}, "
+                    f"salt {row.salt}: {row.change}"
+                )
+    finally:
+        con.disconnect()
+
+
+@main.command()
+@click.option("--since", type=WHEN, default=None, help="Only decisions made at or after this date.")
+@click.option(
+    "--by",
+    type=click.Choice(["action", "segment", "abc_tier", "list"]),
+    default=None,
+    help="Break treated vs control down by this (default: overall only).",
+)
+@click.option("--period", type=click.Choice(["month", "week"]), default="month", show_default=True)
+def impact(since: datetime | None, by: str | None, period: str) -> None:
+    """What the policy earned: treated customers against the always-on control group.
+
+    Per period and overall: customers, conversion rate, revenue, margin and value per
+    customer, the incremental value per customer with a 95% interval; per action the
+    realised uplift against the predicted one; the off-policy estimate made when the NBA
+    champion was trained against the realised value. Appended to the warehouse tables
+    `impact` and `impact_actions`, logged to MLflow (experiment rapport-impact).
+    """
+    from training import impact as job
+
+    settings = get_settings()
+    open_warehouse(settings, read_only=True).disconnect()  # none yet: say what to run
+    con = open_warehouse(settings)
+    try:
+        result = job.run(con, since, by, period)
+    finally:
+        con.disconnect()
+    say(result.summary())
+
+
 # --------------------------------------------------------------------------- monitoring
 @main.command()
 @click.option("--as-of", default=None, help="Monitor as of this date (default: end of the data).")
@@ -773,6 +866,7 @@ def targets(
     total expected incremental value within the budget are chosen.
     """
     from features.spec import default_spec
+    from features.tables.control import read_control
     from features.tables.lists import (
         AuditTables,
         WarehouseLists,
@@ -804,6 +898,7 @@ def targets(
             default_spec(),
             as_of or datetime.now(UTC),
             run_id=run_id,
+            control=read_control(settings.home).group,
             suppress=blocked,
             sink=AuditTables(con, out),
             progress=progress,

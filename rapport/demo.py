@@ -112,6 +112,7 @@ def example_list(
     """Score everyone, then make one saved list, exported to ``<home>/exports/<name>.csv``
     and recorded for audit, as ``rapport targets --list <name> --out ...`` would."""
     from features.spec import default_spec
+    from features.tables.control import read_control
     from features.tables.lists import AuditTables, WarehouseLists, definition_texts
     from models.targeting import lookup, make_list, saved_definitions
     from training.scoring import score_all
@@ -124,6 +125,7 @@ def example_list(
         definition,
         default_spec(),
         as_of,
+        control=read_control(settings.home).group,
         sink=AuditTables(con, out),
         progress=progress,
     )

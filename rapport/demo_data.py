@@ -1211,6 +1211,8 @@ def _campaign_frame(events: _Events, ids: pa.Array) -> pd.DataFrame:
             "outcome": _nullable_bool(d["outcome"]),
             "revenue": d["revenue"],
             "responded_at": _nullable_timestamps(d["responded"]),
+            # the history is an old CRM's export: it knew no control group
+            "group": pd.Series([None] * len(d["at"]), dtype="str"),
         },
     )
 

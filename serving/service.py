@@ -57,6 +57,7 @@ from starlette.responses import JSONResponse
 from threadpoolctl import threadpool_limits
 
 from features.batch import micros
+from features.control import ControlGroup
 from features.online.events import (
     ConflictError,
     DecisionBuffer,
@@ -78,6 +79,7 @@ from features.online.record import Record, empty_record, evaluate
 from features.online.store import StoreUnavailableError, open_store, redact_url
 from features.segments import SegmentModel
 from features.spec import default_spec
+from features.tables.control import ControlFileError, read_control
 from models import registry
 from models.bundle import bundled_ref, load_for_serving
 from models.scorer import Scorer
@@ -144,6 +146,8 @@ class Rapport:
         self.loaded_at: str | None = None
         #: the warehouse's segment model version the online store was loaded with
         self.segments_version: str | None = None
+        #: the control group (``<home>/control.json``), re-read when the file changes
+        self.control: ControlGroup | None = None
         self._refresh()
         self.meta = Meta(
             models=dict(self.champions.versions),
@@ -169,8 +173,20 @@ class Rapport:
 
     # ----------------------------------------------------------------- readiness
     def _refresh(self) -> None:
-        """(Re)build the scorer when the online store was (re)materialized."""
+        """(Re)build the scorer when the online store was (re)materialized; follow the
+        control group file. An unreadable control file makes the service unready: scoring
+        without knowing who is held out could act on a control customer."""
         self.store_problems: list[str] = []
+        try:
+            control = read_control(self.settings.home).group
+        except ControlFileError as exc:
+            self.store_problems.append(str(exc))
+            return
+        if control != self.control:
+            log.info("control group: share %.2f%%, salt %s", 100 * control.share, control.salt)
+            self.control = control
+            if self.scorer is not None:
+                self.scorer.control = control
         try:
             stamp = self.store.get_meta(META_MATERIALIZED_AT)
             feature_set = self.store.get_meta(META_FEATURE_SET)
@@ -193,7 +209,7 @@ class Rapport:
             return
         if stamp != self.loaded_at or self.scorer is None:
             self.scorer = registry.build_scorer(
-                self.champions, SegmentModel.from_json(segments), self.spec
+                self.champions, SegmentModel.from_json(segments), self.spec, control=self.control
             )
             self.loaded_at = stamp
             self.segments_version = segments_version
@@ -399,6 +415,7 @@ class Rapport:
                 s.chosen.action,
                 s.chosen.channel,
                 s.chosen.propensity,
+                s.group,
             )
             for s in scores
         ]

@@ -39,6 +39,7 @@ from starlette.routing import Route
 
 from features.online.events import Outbox
 from features.spec import FeatureSpec
+from features.tables.control import ControlFileError, read_control
 from features.tables.lists import (
     LIST_ID,
     OUTBOX_LISTS,
@@ -181,9 +182,15 @@ def build_targets(
     source = WarehouseLists(settings.warehouse_path)
     try:
         target = make_list(
-            source, definition, spec, datetime.now(UTC), suppress=request.suppress, sink=sink
+            source,
+            definition,
+            spec,
+            datetime.now(UTC),
+            control=read_control(settings.home).group,
+            suppress=request.suppress,
+            sink=sink,
         )
-    except WarehouseUnavailableError as exc:
+    except (WarehouseUnavailableError, ControlFileError) as exc:
         raise TargetsUnavailableError(str(exc)) from None
     selection = target.selection
     members = None

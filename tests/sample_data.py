@@ -98,7 +98,8 @@ def load_tables(con: object, tables: dict[str, pd.DataFrame]) -> None:
     db = raw(con)  # type: ignore[arg-type]
     for name, frame in tables.items():
         cols = ", ".join(f'"{c}"' for c in TABLES[name].column_names)
-        db.register("_frame", frame[TABLES[name].column_names])
+        missing = {c: None for c in TABLES[name].column_names if c not in frame.columns}
+        db.register("_frame", frame.assign(**missing)[TABLES[name].column_names])
         db.execute(f'DELETE FROM "{name}"')
         db.execute(f'INSERT INTO "{name}" SELECT {cols} FROM _frame')
         db.unregister("_frame")

@@ -25,6 +25,9 @@ the churn probability, ``uplift_revenue_<action>`` for growth actions; null with
 NBA model) so that target lists can re-run arbitration with fresh consent and contact
 history, and the stamps ``churn_version``, ``value_version``, ``nba_version``,
 ``feature_set``, ``catalog_version``. :func:`latest_run` / :func:`load_scores` read them back.
+``group`` marks the always-on control group (``control``: best action ``no_action``
+whatever the policy would do) against ``treated``; the run records the share and salt
+it used (``control_share``, ``control_salt`` in ``score_runs``).
 """
 
 from __future__ import annotations
@@ -42,13 +45,16 @@ import pandas as pd
 import pyarrow as pa
 
 from features.batch import build
+from features.control import ControlGroup
 from features.segments import fit_version
 from features.spec import FeatureSpec, default_spec
-from features.tables.scores import RUNS, RUNS_DDL, RUNS_SEGMENTS_VERSION, SCORES
+from features.tables.control import read_control
+from features.tables.scores import RUNS, RUNS_CONTROL, RUNS_DDL, RUNS_SEGMENTS_VERSION, SCORES
 from features.tables.segments import save_version
 from features.timeutil import as_utc
 from features.warehouse import raw
 from models.registry import Champions, build_scorer, check_compatible, load_champions
+from rapport.settings import get_settings
 
 Progress = Callable[[str], None]
 NBA = "nba"
@@ -76,6 +82,9 @@ class ScoreRun:
     timings: dict[str, float]
     best_actions: dict[str, int]
     abc: dict[str, int]
+    #: customers of the control group (best action no_action) and the share that held them
+    held_out: int = 0
+    control_share: float = 0.0
 
     @property
     def seconds(self) -> float:
@@ -98,6 +107,8 @@ class ScoreRun:
                 f"  time: {timings}",
                 f"  best action: {actions}",
                 f"  ABC tier: {abc}",
+                f"  control group: {self.held_out:,} customers held out of every action "
+                f"(share {self.control_share:.1%}; `rapport control`)",
                 f"  appended to the warehouse table `{SCORES}` (history kept; runs in `{RUNS}`)",
             ]
         )
@@ -119,12 +130,14 @@ def score_all(
     spec: FeatureSpec | None = None,
     chunk_rows: int = CHUNK_ROWS,
     progress: Progress | None = None,
+    control: ControlGroup | None = None,
 ) -> ScoreRun:
     """Score every customer known at ``as_of`` (default: now) and append to ``scores``.
 
     ``con`` is the warehouse (Ibis DuckDB backend opened read-write). ``champions``
     (default: the registry's) are refused when they do not fit ``spec``; their NBA
-    model is set to predict on every core.
+    model is set to predict on every core. ``control`` (default: the workspace's,
+    :func:`features.tables.control.read_control`) is held out of every action.
     """
     say = progress or (lambda _: None)
     spec = spec or default_spec()
@@ -148,7 +161,9 @@ def score_all(
     total = len(features)
     say(f"{total:,} customers x {len(spec.names)} features; scoring in chunks of {chunk_rows:,}")
 
-    scorer = build_scorer(champions, segments.model, spec)
+    if control is None:
+        control = read_control(get_settings().home).group
+    scorer = build_scorer(champions, segments.model, spec, control=control)
     catalog = scorer.catalog
     run_id = datetime.now(UTC).strftime("sr-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
     scored_at = datetime.now(UTC)
@@ -167,11 +182,14 @@ def score_all(
     db = raw(con)
     best: dict[str, int] = {}
     abc: dict[str, int] = {}
+    held_out = 0
     score_s = write_s = 0.0
     db.execute("BEGIN TRANSACTION")
     try:
         db.execute(RUNS_DDL)
         db.execute(RUNS_SEGMENTS_VERSION)
+        for alter in RUNS_CONTROL:
+            db.execute(alter)
         save_version(db, segments, scored_at)
         for offset in range(0, max(total, 1), chunk_rows):
             t0 = time.perf_counter()
@@ -185,6 +203,7 @@ def score_all(
                 scored[name] = pd.Series([value] * len(scored), dtype="string")
             for key, n in scored["best_action"].value_counts().items():
                 best[str(key)] = best.get(str(key), 0) + int(n)
+            held_out += int((scored["group"] == "control").sum())
             for key, n in scored["abc_tier"].value_counts().items():
                 abc[str(key)] = abc.get(str(key), 0) + int(n)
             table = pa.Table.from_pandas(scored, preserve_index=False)
@@ -204,7 +223,8 @@ def score_all(
         db.execute(
             f"INSERT INTO {RUNS} (run_id, as_of, scored_at, rows, seconds, churn_version, "
             "value_version, nba_version, feature_set, catalog_version, catalog_json, "
-            "segments_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "segments_version, control_share, control_salt) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 run_id,
                 cutoff,
@@ -218,6 +238,8 @@ def score_all(
                 catalog.version,
                 json.dumps(catalog.model_dump(mode="json")),
                 segments.version,
+                control.share,
+                control.salt,
             ],
         )
         db.execute("COMMIT")
@@ -235,4 +257,6 @@ def score_all(
         timings,
         dict(sorted(best.items(), key=lambda kv: -kv[1])),
         abc,
+        held_out,
+        control.share,
     )

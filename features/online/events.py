@@ -429,8 +429,10 @@ def decision_row(
     action: str,
     channel: str,
     propensity: float,
+    group: str | None = None,
 ) -> dict[str, Any]:
-    """A campaign-log row for a decision (outcome, revenue, responded_at come later)."""
+    """A campaign-log row for a decision (outcome, revenue, responded_at come later);
+    ``group``: control, treated or explore (features/control.py)."""
     return {
         "decision_id": decision_id,
         "customer_id": customer_id,
@@ -441,6 +443,7 @@ def decision_row(
         "outcome": None,
         "revenue": None,
         "responded_at": None,
+        "group": group,
     }
 
 

@@ -27,6 +27,11 @@ RUNS_DDL = f"""CREATE TABLE IF NOT EXISTS {RUNS} (
 )"""
 #: runs tables made before segment models were versioned held their cut points instead
 RUNS_SEGMENTS_VERSION = f"ALTER TABLE {RUNS} ADD COLUMN IF NOT EXISTS segments_version VARCHAR"
+#: the control group a run held out (added with the control group)
+RUNS_CONTROL = (
+    f"ALTER TABLE {RUNS} ADD COLUMN IF NOT EXISTS control_share DOUBLE",
+    f"ALTER TABLE {RUNS} ADD COLUMN IF NOT EXISTS control_salt VARCHAR",
+)
 
 
 class NoScoresError(LookupError):

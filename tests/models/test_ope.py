@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from features.control import ControlGroup
 from models.ope import (
     OPEResult,
     doubly_robust,
@@ -185,3 +186,31 @@ def test_gate_on_estimates_promotes_the_better_policy_only() -> None:
     worse = doubly_robust(np.zeros(3_000, int), b.action, b.propensity, b.reward, q, k=K)
     assert promotion_gate(better, champion)[0]
     assert not promotion_gate(worse, champion)[0]
+
+
+def test_the_control_groups_mixture_propensity_keeps_ips_unbiased() -> None:
+    """With a control group of share s (action 0 = no_action), the logged propensity is
+    ``s [a = 0] + (1 - s) p(a|x)`` (features/control.py). IPS over all rows, control
+    included, then recovers the target policy's value; logging 1 for control rows (the
+    conditional) or ``(1 - s) p`` for treated ones alone counts no_action twice."""
+    share = 0.2
+    mixture, conditional = [], []
+    truths = []
+    for seed in range(30):
+        b = make_bandit(20_000, seed)
+        rng = np.random.default_rng(1000 + seed)
+        control = rng.random(len(b.action)) < share
+        action = np.where(control, 0, b.action)
+        rows = np.arange(len(action))
+        reward = b.mean_reward[rows, action] + rng.normal(0, 1.0, len(action))
+        mixed = ControlGroup(share, "s").logging_probabilities(b.logging)
+        pi = 0.5 * target_policy(b)
+        pi[:, 0] += 0.5  # a policy that often does nothing: where the rule matters
+        truths.append(float((pi * b.mean_reward).sum(axis=1).mean()))
+        mixture.append(ips(pi, action, mixed[rows, action], reward, n_boot=10).estimate)
+        naive = np.where(control, 1.0, (1 - share) * b.logging[rows, action])
+        conditional.append(ips(pi, action, naive, reward, n_boot=10).estimate)
+    truth = float(np.mean(truths))
+    se = float(np.std(mixture) / np.sqrt(len(mixture)))
+    assert abs(np.mean(mixture) - truth) < 3 * se + 0.01
+    assert abs(np.mean(conditional) - truth) > 10 * se  # the double count shows

@@ -7,25 +7,32 @@ a quick uplift model on the demo campaign log) and bundled with the churn / valu
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import duckdb
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from serving_harness import Server, Workspace, start_service, stop, wait_ready
 
 from features.batch import build
+from features.control import NO_CONTROL, ControlGroup
 from features.online.materialize import META_SEGMENTS
 from features.online.store import open_store
 from features.segments import SegmentModel
+from features.tables.control import change_control, control_path, read_control
 from features.warehouse import connect
 from models.bundle import load_for_serving
 from models.registry import build_scorer
-from models.scorer import Scorer
+from models.scorer import CONTROL_REASON, Scorer
+from models.targeting import TargetDefinition, select_targets
 from rapport.settings import Settings
 from serving.auth import add_key
 
@@ -117,6 +124,8 @@ def test_score_ranks_actions_with_propensities_and_exclusions(
         response = client.post("/score", json=body, headers=headers)
         assert response.status_code == 200, response.text
         score = response.json()
+        if score["group"] == "control":  # the control group: see the test below
+            continue
         assert score["meta"]["models"]["nba"] == "demo"
         assert "nba=demo" in response.headers["x-rapport-models"]
         actions = score["actions"]
@@ -131,6 +140,105 @@ def test_score_ranks_actions_with_propensities_and_exclusions(
         offers += actions[0]["action"] != "no_action"
     assert offers > 0
     assert "not eligible" in reasons
+
+
+#: hypothesis: customer ids, salts and shares of a control group
+IDS = st.lists(st.text(min_size=1, max_size=12), min_size=30, max_size=30, unique=True)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ids=IDS, salt=st.text(min_size=1, max_size=10), share=st.floats(0.1, 0.5))
+def test_no_control_customer_ever_gets_an_action_on_any_path(
+    scorers: dict[str, Scorer],
+    frame: tuple[pd.DataFrame, datetime],
+    ids: list[str],
+    salt: str,
+    share: float,
+) -> None:
+    """Property: for any customers and any control group, batch scores, the live scorer
+    and target lists give a control customer no_action (and only the scores' numbers)."""
+    scorer, (features, as_of) = scorers["nba"], frame
+    features = features.head(len(ids)).assign(customer_id=ids)
+    control = ControlGroup(share, salt)
+    held = control.mask(ids)
+    scorer.control = control
+    try:
+        batch = scorer.score_frame(features, as_of)
+        lives = [
+            scorer.score_one({**row, "as_of": as_of}, top_k=6, rng=np.random.default_rng(0))
+            for row in features.to_dict("records")
+        ]
+    finally:
+        scorer.control = NO_CONTROL
+    assert (batch["group"] == np.where(held, "control", "treated")).all()
+    assert (batch.loc[held, "best_action"] == "no_action").all()
+    for live, is_control in zip(lives, held, strict=True):
+        assert (live.group == "control") == is_control
+        if is_control:
+            assert live.actions == [] and live.chosen.action == "no_action"
+            assert {e.reason for e in live.excluded} == {CONTROL_REASON}
+            assert 0 < live.chosen.propensity <= 1
+    candidates = batch.merge(features, on="customer_id", suffixes=("", "_feature"))
+    for definition in (TargetDefinition(), TargetDefinition(action="cross_sell")):
+        chosen = select_targets(candidates, scorer.catalog, definition, control=control)
+        assert not set(chosen.members.customer_id) & set(np.asarray(ids)[held])
+        assert chosen.removed["control group"] == held.sum()
+
+
+def _logged(home: Any, decision_ids: set[str], timeout: float = 15.0) -> dict[str, dict]:
+    """The decisions' campaign-log rows the service wrote to its outbox (open or sealed)."""
+    found: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and set(found) != decision_ids:
+        for path in (home / "outbox" / "campaign_log").rglob("*.jsonl*"):
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    if row["decision_id"] in decision_ids:
+                        found[row["decision_id"]] = row
+        time.sleep(0.2)
+    return found
+
+
+def test_control_customers_get_no_action_over_http_and_their_decisions_say_so(
+    http: tuple[httpx.Client, Server], ws: Workspace
+) -> None:
+    """The real server: /score and /score_batch give the workspace's control customers
+    (default share, salt) churn, value and reasons but no action, and log the group."""
+    client, _ = http
+    headers = {"Authorization": f"Bearer {ws.keys['score']}"}
+    control = read_control(ws.home).group
+    held = control.mask(ws.customers)
+    in_control = [c for c, h in zip(ws.customers, held, strict=True) if h][:6]
+    treated = [c for c, h in zip(ws.customers, held, strict=True) if not h][:6]
+    assert in_control, "the sample holds no control customer"
+    groups: dict[str, str] = {}
+    for customer in in_control + treated:
+        response = client.post("/score", json={"customer_id": customer}, headers=headers)
+        assert response.status_code == 200, response.text
+        score = response.json()
+        groups[score["decision_id"]] = score["group"]
+        if customer in in_control:
+            assert score["group"] == "control" and score["actions"] == []
+            assert score["chosen"]["action"] == "no_action"
+            assert 0 < score["churn"]["probability"] < 1 and score["churn"]["reasons"]
+            assert score["value"]["p90"] >= score["value"]["p10"]
+        else:
+            assert score["group"] in ("treated", "explore") and score["actions"]
+    body = {"customers": [{"customer_id": c} for c in in_control + treated]}
+    response = client.post("/score_batch", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    for score in response.json()["results"]:
+        groups[score["decision_id"]] = score["group"]
+        is_control = score["customer_id"] in in_control
+        assert (score["group"] == "control") == is_control
+        if is_control:
+            assert score["actions"] == [] and score["chosen"]["action"] == "no_action"
+    logged = _logged(ws.home, set(groups))
+    assert {d: row["group"] for d, row in logged.items()} == groups
+    for row in logged.values():
+        if row["group"] == "control":
+            assert row["action"] == "no_action" and row["propensity"] >= control.share
 
 
 def test_a_key_added_while_serving_works_without_a_restart(
@@ -148,3 +256,31 @@ def test_a_key_added_while_serving_works_without_a_restart(
         time.sleep(0.3)
     assert status == 200
     assert "API keys reloaded" in server.log_text()
+
+
+def test_the_service_follows_a_recorded_control_change_without_a_restart(
+    http: tuple[httpx.Client, Server], ws: Workspace
+) -> None:
+    """`rapport control --share/--reshuffle` writes <home>/control.json; the running
+    service picks the new group up within a few seconds (its periodic check)."""
+    client, _ = http
+    headers = {"Authorization": f"Bearer {ws.keys['score']}"}
+    history = duckdb.connect()  # the change's record; the file is what the service reads
+    try:
+        setting = change_control(history, ws.home, share=0.5, reshuffle=True)
+        wanted = setting.group.mask(ws.customers[:20])
+        deadline = time.monotonic() + 20
+        got: list[bool] = []
+        while time.monotonic() < deadline:
+            got = []
+            for customer in ws.customers[:20]:
+                body = {"customer_id": customer}
+                score = client.post("/score", json=body, headers=headers).json()
+                got.append(score["group"] == "control")
+            if got == wanted.tolist():
+                break
+            time.sleep(1.0)
+        assert got == wanted.tolist()
+    finally:
+        control_path(ws.home).unlink()  # back to the default for the other tests
+        history.close()

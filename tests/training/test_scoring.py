@@ -16,6 +16,7 @@ from sample_data import trained_home
 from sample_data import warehouse_query as query
 
 from features.spec import default_spec
+from features.tables.control import read_control
 from features.tables.lists import WarehouseLists, add_suppressions
 from features.tables.scores import RUNS, SCORES, latest_run
 from features.tables.segments import SEGMENT_MODELS
@@ -127,8 +128,9 @@ def test_service_targets_give_the_cli_selection() -> None:
     request = TargetsRequest(**options, max_rows=5)  # type: ignore[arg-type]
     body = build_targets(request, settings, spec)
     con = connect(settings.warehouse_path, read_only=True)
+    control = read_control(settings.home).group  # the workspace's, as the service reads it
     cli = make_list(
-        WarehouseLists(con), definition_from(options), spec, datetime.now(UTC)
+        WarehouseLists(con), definition_from(options), spec, datetime.now(UTC), control=control
     ).selection
     con.disconnect()
     assert body["count"] == cli.count and body["total_cost"] == pytest.approx(cli.total_cost)

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 from sample_data import load_tables, random_tables
 
+from features.control import NO_CONTROL
 from features.online.events import Outbox
 from features.outbox_ingest import ingest_outbox
 from features.spec import default_spec
@@ -434,7 +435,7 @@ def test_one_path_from_a_warehouse_file_to_the_audit_tables(tmp_path: Path) -> N
     spec = default_spec()
     definition = TargetDefinition(action="cross_sell", name="t")
     source = WarehouseLists(path)
-    preview = make_list(source, definition, spec, NOW, suppress=[ids[4]])
+    preview = make_list(source, definition, spec, NOW, control=NO_CONTROL, suppress=[ids[4]])
     chosen = set(preview.selection.members.customer_id)
     assert preview.run.run_id == "sr-one" and preview.output is None
     assert not chosen & set(ids[:5]) and preview.selection.removed["suppressed"] == 4
@@ -444,7 +445,13 @@ def test_one_path_from_a_warehouse_file_to_the_audit_tables(tmp_path: Path) -> N
     assert "target_lists" not in {r[0] for r in raw(con).execute("SHOW TABLES").fetchall()}
     out = tmp_path / "exports" / "t.csv"
     kept = make_list(
-        WarehouseLists(con), definition, spec, NOW, suppress=[ids[4]], sink=AuditTables(con, out)
+        WarehouseLists(con),
+        definition,
+        spec,
+        NOW,
+        control=NO_CONTROL,
+        suppress=[ids[4]],
+        sink=AuditTables(con, out),
     )
     assert kept.output == out and kept.list_id != preview.list_id
     pd.testing.assert_frame_equal(kept.selection.members, preview.selection.members)
@@ -462,9 +469,11 @@ def test_one_path_checks_the_definition_before_the_warehouse(tmp_path: Path) -> 
     missing = WarehouseLists(tmp_path / "none.duckdb")
     spec = default_spec()
     with pytest.raises(ExpressionError, match="unknown field 'churn_prob'"):
-        make_list(missing, TargetDefinition(filter="churn_prob > 0.5"), spec, NOW)
+        make_list(
+            missing, TargetDefinition(filter="churn_prob > 0.5"), spec, NOW, control=NO_CONTROL
+        )
     with pytest.raises(WarehouseUnavailableError, match="no warehouse"):
-        make_list(missing, TargetDefinition(), spec, NOW)
+        make_list(missing, TargetDefinition(), spec, NOW, control=NO_CONTROL)
     assert not (tmp_path / "none.duckdb").exists()
 
 
