@@ -842,6 +842,26 @@ def serve(host: str, port: int, workers: int | None) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=3001, show_default=True, type=click.IntRange(1, 65535))
+def ui(host: str, port: int) -> None:
+    """Start the marketers' web page: overview, segments, list builder, lists, customer,
+    results. Sign in with an API key with the `ui` or `targets` scope (`rapport keys add
+    NAME --scopes ui`). It reads the warehouse read-only; saving a list writes it briefly.
+    """
+    from ui.server import serve as run_ui
+
+    settings = get_settings()
+    if not settings.warehouse_path.exists():
+        raise click.ClickException(
+            f"no warehouse at {settings.warehouse_path}: run `rapport demo` or `rapport ingest`"
+        )
+    say(f"web page on http://{host}:{port} (sign in with a `ui` or `targets` key; Ctrl+C stops)")
+    sys.stdout.flush()
+    run_ui(host, port, settings)
+
+
+@main.command()
 @click.option(
     "--as-of", type=WHEN, default=None, help="Load events before this instant (default: now)."
 )
@@ -889,7 +909,7 @@ def keys() -> None:
     type=Scopes(),
     default="score",
     show_default=True,
-    help="Comma-separated: score, events, feedback, targets, admin (admin = all, plus as_of).",
+    help="Comma-separated: score, events, feedback, targets, ui, admin (admin = all, plus as_of).",
 )
 def keys_add(name: str, scopes: list[str]) -> None:
     """Create a key for NAME (an app, a team); prints the key once: only its hash is kept.
