@@ -276,8 +276,8 @@ class UiApp:
     async def save(self, request: Request, session: Session) -> Response:
         form = _form_dict(await request.form())
         result = await run_in_threadpool(self.save_list, form)
-        if "error" in result:
-            return self.page(request, "_preview.html", session, preview=result, status=422)
+        if "error" in result:  # shown in place of the preview (htmx swaps 2xx only)
+            return self.page(request, "_preview.html", session, preview=result)
         return self.page(request, "_saved.html", session, saved=result)
 
     def save_list(self, form: Mapping[str, str]) -> dict[str, Any]:
@@ -470,17 +470,18 @@ def segment_chart(points: pd.DataFrame, width: int = 640, height: int = 360) -> 
     if points is None or not len(points):
         return ""
     pad = 48
-    x = points["loyalty"].astype(float)
     y = points["value"].astype(float)
-    x_low, x_high = 0.0, 100.0
+    x_low, x_high = 0.0, 100.0  # the loyalty index's range
     y_low, y_high = 0.0, float(y.max()) * 1.1 or 1.0
     biggest = float(points["customers"].max()) or 1.0
     parts = [
         f'<svg class="map" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="Segment map: loyalty against value per customer">',
-        f'<line x1="{pad}" y1="{height - pad}" x2="{width - 10}" y2="{height - pad}" class="axis"/>',
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - 10}" y2="{height - pad}" '
+        'class="axis"/>',
         f'<line x1="{pad}" y1="10" x2="{pad}" y2="{height - pad}" class="axis"/>',
-        f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">loyalty index (0–100)</text>',
+        f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">'
+        "loyalty index (0–100)</text>",
         f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" '
         f'text-anchor="middle">value per customer</text>',
     ]

@@ -37,7 +37,6 @@ from features.tables.lists import (
     WarehouseLists,
     WarehouseUnavailableError,
 )
-from features.tables.scores import RUNS as SCORE_RUNS
 from features.tables.scores import SCORES, NoScoresError, RunInfo, latest_run, tables
 from features.warehouse import connect, raw
 
@@ -257,18 +256,20 @@ def customer(db: Any, customer_id: str) -> dict[str, Any] | None:
         out["scores"] = scores.iloc[0].to_dict() if len(scores) else None
         out["run"] = run
     recent = {
-        "orders": "SELECT ordered_at AS at, 'order' AS kind, amount, category AS detail "
+        "orders": "SELECT ordered_at AS happened_at, 'order' AS kind, amount, category AS detail "
         "FROM orders WHERE customer_id = ?",
-        "interactions": "SELECT occurred_at AS at, kind, NULL::DOUBLE AS amount, channel AS "
+        "interactions": "SELECT occurred_at AS happened_at, kind, NULL::DOUBLE AS amount, channel AS "
         "detail FROM interactions WHERE customer_id = ?",
-        "campaign_log": "SELECT decided_at AS at, 'campaign: ' || action AS kind, revenue AS "
+        "campaign_log": "SELECT decided_at AS happened_at, 'campaign: ' || action AS kind, revenue AS "
         "amount, channel AS detail FROM campaign_log WHERE customer_id = ?",
     }
     parts = [sql for table, sql in recent.items() if table in have]
     if parts:
         union = " UNION ALL ".join(f"({p})" for p in parts)
         out["events"] = _frame(
-            db, f"SELECT * FROM ({union}) ORDER BY at DESC LIMIT 15", [customer_id] * len(parts)
+            db,
+            f"SELECT * FROM ({union}) ORDER BY happened_at DESC LIMIT 15",
+            [customer_id] * len(parts),
         ).to_dict(orient="records")
     return out
 
@@ -303,14 +304,6 @@ def model_health(db: Any) -> tuple[dict[str, Any] | None, pd.DataFrame]:
     order = {"alert": 0, "warning": 1}
     checks = checks.assign(_o=checks["level"].map(order).fillna(2)).sort_values(["_o", "kind"])
     return status, checks.drop(columns="_o")
-
-
-def runs_table(db: Any) -> pd.DataFrame:
-    if SCORE_RUNS not in tables(db):
-        return pd.DataFrame()
-    return _frame(
-        db, f"SELECT run_id, as_of, scored_at, rows FROM {SCORE_RUNS} ORDER BY scored_at DESC"
-    )
 
 
 # --------------------------------------------------------------------------- preview source
