@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from features.spec import FeatureSpec, default_spec
@@ -489,7 +489,9 @@ def segment_chart(points: pd.DataFrame, width: int = 640, height: int = 360) -> 
 
     for _, p in points.iterrows():
         cx = pad + (float(p["loyalty"]) - x_low) / (x_high - x_low) * (width - pad - 20)
-        cy = height - pad - (float(p["value"]) - y_low) / (y_high - y_low) * (height - pad - 20)
+        # the biggest point's radius above the axis: a segment worth nothing stays visible
+        share = (float(p["value"]) - y_low) / (y_high - y_low)
+        cy = height - pad - 32 - share * (height - pad - 60)
         r = 6 + 26 * math.sqrt(float(p["customers"]) / biggest)
         risk = min(max(float(p["churn_risk"] or 0.0), 0.0), 1.0)
         hue = int(120 * (1 - risk))  # green (safe) to red (at risk)
@@ -560,7 +562,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ("/results", ui.results, ["GET"]),
         ("/signout", ui.signout, ["POST"]),
     ]
-    routes = [Route(path, guarded(ui, fn), methods=methods) for path, fn, methods in pages]
+    routes: list[BaseRoute] = [
+        Route(path, guarded(ui, fn), methods=methods) for path, fn, methods in pages
+    ]
     routes += [
         Route("/signin", ui.signin_form, methods=["GET"]),
         Route("/signin", ui.signin, methods=["POST"]),

@@ -102,9 +102,10 @@ def overview(db: Any) -> dict[str, Any]:
         revenue = _frame(
             db,
             "SELECT date_trunc('month', ordered_at) AS month, sum(amount) AS revenue "
-            "FROM orders GROUP BY 1 ORDER BY 1 DESC LIMIT 13",
+            "FROM orders GROUP BY 1 ORDER BY 1 DESC LIMIT 14",
         )
-        out["revenue"] = revenue.iloc[::-1].to_dict(orient="records")
+        # the latest month is still running: full months only
+        out["revenue"] = revenue.iloc[1:][::-1].to_dict(orient="records")
     else:
         out["revenue"] = []
     if out["scores"] is not None:
@@ -256,21 +257,18 @@ def customer(db: Any, customer_id: str) -> dict[str, Any] | None:
         out["scores"] = scores.iloc[0].to_dict() if len(scores) else None
         out["run"] = run
     recent = {
-        "orders": "SELECT ordered_at AS happened_at, 'order' AS kind, amount, category AS detail "
-        "FROM orders WHERE customer_id = ?",
-        "interactions": "SELECT occurred_at AS happened_at, kind, NULL::DOUBLE AS amount, channel AS "
-        "detail FROM interactions WHERE customer_id = ?",
-        "campaign_log": "SELECT decided_at AS happened_at, 'campaign: ' || action AS kind, revenue AS "
-        "amount, channel AS detail FROM campaign_log WHERE customer_id = ?",
+        "orders": "SELECT ordered_at AS happened_at, 'order' AS kind, amount, "
+        "category AS detail FROM orders WHERE customer_id = ?",
+        "interactions": "SELECT occurred_at AS happened_at, kind, NULL::DOUBLE AS amount, "
+        "channel AS detail FROM interactions WHERE customer_id = ?",
+        "campaign_log": "SELECT decided_at AS happened_at, 'campaign: ' || action AS kind, "
+        "revenue AS amount, channel AS detail FROM campaign_log WHERE customer_id = ?",
     }
     parts = [sql for table, sql in recent.items() if table in have]
     if parts:
         union = " UNION ALL ".join(f"({p})" for p in parts)
-        out["events"] = _frame(
-            db,
-            f"SELECT * FROM ({union}) ORDER BY happened_at DESC LIMIT 15",
-            [customer_id] * len(parts),
-        ).to_dict(orient="records")
+        query = f"SELECT * FROM ({union}) ORDER BY happened_at DESC LIMIT 15"
+        out["events"] = _frame(db, query, [customer_id] * len(parts)).to_dict(orient="records")
     return out
 
 

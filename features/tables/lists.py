@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import pandas as pd
 
@@ -113,7 +113,7 @@ class WarehouseLists:
         self._path = Path(warehouse) if isinstance(warehouse, str | Path) else None
         self._con = None if self._path is not None else warehouse
 
-    def __enter__(self) -> WarehouseLists:
+    def __enter__(self) -> Self:
         if self._path is not None:
             if not self._path.exists():
                 raise WarehouseUnavailableError(f"no warehouse at {self._path}")
