@@ -949,16 +949,18 @@ def keys_list() -> None:
     help="End by starting the scoring service (Ctrl+C stops it).",
 )
 @click.option("--port", default=3000, show_default=True, type=int, help="Port of the service.")
-def demo(customers: int, seed: int, serve: bool, port: int) -> None:
+@click.option("--ui-port", default=3001, show_default=True, type=int, help="Port of the web page.")
+def demo(customers: int, seed: int, serve: bool, port: int, ui_port: int) -> None:
     """Run the whole loop on generated demo data (the README's first command).
 
     Data, ingest, features, training, promotion, the online store, then (unless
-    --no-serve) the scoring service on http://127.0.0.1:PORT with a local API key.
+    --no-serve) the scoring service on http://127.0.0.1:PORT with a local API key and
+    the web page for marketers beside it on http://127.0.0.1:UI-PORT.
     """
     from rapport.demo import DemoOptions, run_demo
 
     run_demo(
-        DemoOptions(customers=customers, seed=seed, serve=serve, port=port),
+        DemoOptions(customers=customers, seed=seed, serve=serve, port=port, ui_port=ui_port),
         get_settings(),
         say,
         progress,

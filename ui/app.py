@@ -55,6 +55,7 @@ from models.targeting import (
 )
 from rapport.settings import Settings, get_settings
 from ui import data
+from ui.live import LiveScorer
 from ui.session import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -143,6 +144,7 @@ class UiApp:
         self.sessions = Sessions(self.settings.api_keys, self.settings.home)
         self.templates = make_templates()
         self.cache = data.PreviewCache()
+        self.live = LiveScorer(self.settings, self.spec)
 
     # ----------------------------------------------------------------- rendering
     def page(
@@ -344,9 +346,10 @@ class UiApp:
 
         view, problem = await self._read(read)
         actions: list[dict[str, Any]] = []
-        scores = (view or {}).get("found") or {}
-        if scores.get("scores"):
-            actions = action_rows(scores["scores"], scores["run"].catalog)
+        found = (view or {}).get("found") or {}
+        if found.get("scores"):
+            actions = action_rows(found["scores"], found["run"].catalog)
+        live = await run_in_threadpool(self.live.score, customer_id) if found else None
         return self.page(
             request,
             "customer.html",
@@ -355,6 +358,8 @@ class UiApp:
             view=view,
             problem=problem,
             actions=actions,
+            live=live,
+            live_problem=self.live.problem,
         )
 
     async def results(self, request: Request, session: Session) -> Response:
@@ -573,4 +578,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     app = Starlette(routes=routes)
     app.state.ui = ui
+    ui.live.start()
     return app

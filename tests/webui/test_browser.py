@@ -46,23 +46,18 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 @pytest.fixture(scope="module")
 def ui_url(ws: Workspace) -> Iterator[str]:
-    """``rapport ui`` on a free port, as a user starts it; stopped after the module."""
+    """``rapport ui`` on a free port, started as ``rapport demo`` starts it beside the
+    service (:func:`rapport.demo.start_ui`); stopped after the module."""
+    from rapport.demo import DemoOptions, start_ui
+    from rapport.settings import Settings
+
     port = free_port()
-    env = {**os.environ, "RAPPORT_HOME": str(ws.home)}
-    for var in ("RAPPORT_WAREHOUSE_URL", "RAPPORT_ONLINE_STORE", "MLFLOW_TRACKING_URI"):
-        env.pop(var, None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rapport.cli", "ui", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_ui(DemoOptions(ui_port=port), Settings(home=ws.home))
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert process.poll() is None, "rapport ui exited"
             try:
                 if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                     break
@@ -276,6 +271,8 @@ def test_in_the_browser(
     driver.get(f"{ui_url}/customer?id={from_page['customer_id'][0]}")
     assert "%" in text_of(driver, "#churn")
     assert len(driver.find_elements(By.CSS_SELECTOR, "#events tbody tr")) > 0
+    reasons = driver.find_elements(By.CSS_SELECTOR, "#reasons li")  # live, with reasons
+    assert reasons and all("the risk" in r.text for r in reasons)
     driver.save_screenshot(str(shots / "customer.png"))
 
     driver.find_element(By.ID, "signout").click()
