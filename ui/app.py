@@ -28,6 +28,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -552,6 +553,26 @@ def guarded(ui: UiApp, handler: Handler) -> Callable[[Request], Awaitable[Respon
     return endpoint
 
 
+#: on every answer: no framing by other sites (clickjacking), no type sniffing, no
+#: referrer beyond this site, and pages (which show customers) kept out of caches
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+class SecurityHeaders(BaseHTTPMiddleware):
+    async def dispatch(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        if not request.url.path.startswith("/static/"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The page as an ASGI app (``rapport ui`` serves it with uvicorn)."""
     ui = UiApp(settings)
@@ -577,6 +598,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(routes=routes)
+    app.add_middleware(SecurityHeaders)
     app.state.ui = ui
     ui.live.start()
     return app

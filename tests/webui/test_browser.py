@@ -293,6 +293,8 @@ def test_csrf_and_cookies_over_http(ui_url: str, ws: Workspace) -> None:
         flags = ok.headers["set-cookie"].lower()
         assert "httponly" in flags and "samesite=strict" in flags and "max-age=" in flags
         page = client.get("/builder")
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["cache-control"] == "no-store"
         csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
         body = {"filter": "churn_probability > 0.5", "budget": "50"}
         assert client.post("/builder/preview", data=body).status_code == 403
