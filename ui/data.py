@@ -300,7 +300,7 @@ def model_health(db: Any) -> tuple[dict[str, Any] | None, pd.DataFrame]:
     if status is None:
         return None, pd.DataFrame()
     checks = monitoring_tables.load_checks(db, status["run_id"])
-    order = {"alert": 0, "warning": 1}
+    order = {"alert": 0, "warn": 1}  # the levels of models.alerts
     checks = checks.assign(_o=checks["level"].map(order).fillna(2)).sort_values(["_o", "kind"])
     return status, checks.drop(columns="_o")
 

@@ -194,6 +194,8 @@ def test_in_the_browser(
     # no impact table in this workspace: the empty state names the command
     driver.find_element(By.LINK_TEXT, "Results").click()
     assert "rapport impact" in text_of(driver, "#impact-empty")
+    levels = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#checks tbody td:first-child")]
+    assert levels and levels == sorted(levels, key=["alert", "warn", "ok"].index)  # worst first
 
     # a segment's profile, and a list from it
     driver.find_element(By.LINK_TEXT, "Segments").click()
