@@ -1009,6 +1009,26 @@ def serve(host: str, port: int, workers: int | None) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=3001, show_default=True, type=click.IntRange(1, 65535))
+def ui(host: str, port: int) -> None:
+    """Start the marketers' web page: overview, segments, list builder, lists, customer,
+    results. Sign in with an API key with the `ui` or `targets` scope (`rapport keys add
+    NAME --scopes ui`). It reads the warehouse read-only; saving a list writes it briefly.
+    """
+    from ui.server import serve as run_ui
+
+    settings = get_settings()
+    if not settings.warehouse_path.exists():
+        raise click.ClickException(
+            f"no warehouse at {settings.warehouse_path}: run `rapport demo` or `rapport ingest`"
+        )
+    say(f"web page on http://{host}:{port} (sign in with a `ui` or `targets` key; Ctrl+C stops)")
+    sys.stdout.flush()
+    run_ui(host, port, settings)
+
+
+@main.command()
 @click.option(
     "--as-of", type=WHEN, default=None, help="Load events before this instant (default: now)."
 )
@@ -1058,7 +1078,7 @@ def keys() -> None:
     type=Scopes(),
     default="score",
     show_default=True,
-    help="Comma-separated: score, events, feedback, targets, admin (admin = all, plus as_of).",
+    help="Comma-separated: score, events, feedback, targets, ui, admin (admin = all, plus as_of).",
 )
 def keys_add(name: str, scopes: list[str]) -> None:
     """Create a key for NAME (an app, a team); prints the key once: only its hash is kept.
@@ -1127,16 +1147,18 @@ def simulate(days: int, seed: int, as_of: datetime | None) -> None:
     help="End by starting the scoring service (Ctrl+C stops it).",
 )
 @click.option("--port", default=3000, show_default=True, type=int, help="Port of the service.")
-def demo(customers: int, seed: int, serve: bool, port: int) -> None:
+@click.option("--ui-port", default=3001, show_default=True, type=int, help="Port of the web page.")
+def demo(customers: int, seed: int, serve: bool, port: int, ui_port: int) -> None:
     """Run the whole loop on generated demo data (the README's first command).
 
     Data, ingest, features, training, promotion, the online store, then (unless
-    --no-serve) the scoring service on http://127.0.0.1:PORT with a local API key.
+    --no-serve) the scoring service on http://127.0.0.1:PORT with a local API key and
+    the web page for marketers beside it on http://127.0.0.1:UI-PORT.
     """
     from rapport.demo import DemoOptions, run_demo
 
     run_demo(
-        DemoOptions(customers=customers, seed=seed, serve=serve, port=port),
+        DemoOptions(customers=customers, seed=seed, serve=serve, port=port, ui_port=ui_port),
         get_settings(),
         say,
         progress,

@@ -24,6 +24,8 @@ class DemoOptions:
     tune_trials: int = 3
     host: str = "127.0.0.1"
     port: int = 3000
+    #: the marketers' web page, started beside the service
+    ui_port: int = 3001
 
 
 def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) -> None:
@@ -169,19 +171,37 @@ def prepare_serving(
     con.disconnect()
 
     say("\n== 7. scoring service")
-    key = add_key(settings.home, ["score", "events", "feedback", "targets"], name="rapport demo")
+    key = add_key(
+        settings.home, ["score", "events", "feedback", "targets", "ui"], name="rapport demo"
+    )
     url = f"http://{options.host}:{options.port}"
     body = f'{{"customer_id": "{customer}", "context": {{"channel": "call"}}}}'
     say(f"URL:     {url}   (OpenAPI: {url}/docs)")
-    say(f"API key: {key}   (local, shown once; scopes score, events, feedback, targets)")
+    say(f"API key: {key}   (local, shown once; scopes score, events, feedback, targets, ui)")
     say("try:")
     say(
         f"  curl -s {url}/score -H 'Authorization: Bearer {key}' "
         f"-H 'Content-Type: application/json' -d '{body}'"
     )
+    page = f"http://{options.host}:{options.ui_port}"
     if not options.serve:
         say("start it with: uv run rapport serve")
+        say(f"the web page for marketers: uv run rapport ui   (then {page}, sign in with the key)")
         return
-    say(f"starting the service on {url} (Ctrl+C stops it) ...")
+    start_ui(options, settings)
+    say(f"web page: {page}   (sign in with the API key above)")
+    say(f"starting the service on {url} (Ctrl+C stops both) ...")
     sys.stdout.flush()
     serve(options.host, options.port, settings=settings)
+
+
+def start_ui(options: DemoOptions, settings: Settings) -> Any:
+    """``rapport ui`` in a child process beside the service: its own process, so list
+    previews never run in the scoring workers. It shares the terminal's process group, so
+    the Ctrl+C that stops the service stops it too."""
+    import os
+    import subprocess
+
+    command = [sys.executable, "-m", "rapport.cli", "ui", "--host", options.host]
+    command += ["--port", str(options.ui_port)]
+    return subprocess.Popen(command, env={**os.environ, "RAPPORT_HOME": str(settings.home)})

@@ -7,8 +7,9 @@ file ``<home>/api_keys`` that :func:`add_key` appends to (``rapport demo`` uses 
 out a local key). Nothing secret is ever written down: a leaked configuration gives no key.
 
 Scopes: ``score`` (``/score``, ``/score_batch``), ``events`` (``/events``), ``feedback``
-(``/feedback``), ``targets`` (target lists) and ``admin``, which grants every scope and
-may also override ``as_of`` when scoring.
+(``/feedback``), ``targets`` (target lists), ``ui`` (signing in to the marketers' page,
+:mod:`ui`; a ``targets`` key signs in too) and ``admin``, which grants every scope and may
+also override ``as_of`` when scoring.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-SCOPES = ("score", "events", "feedback", "targets", "admin")
+SCOPES = ("score", "events", "feedback", "targets", "ui", "admin")
 ADMIN = "admin"
 #: workspace file with one key entry per line (hashes only)
 KEY_FILE = "api_keys"

@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("rapport", "features", "models", "training", "serving")
+PACKAGES = ("rapport", "features", "models", "training", "serving", "ui")
 #: who may import whom (DESIGN.md): features <- models <- training; serving uses
-#: features and models; the CLI (rapport) sits on top; rapport.settings is for everyone.
+#: features and models; the web page (ui) sits beside serving and uses its API keys
+#: (serving.auth); the CLI (rapport) sits on top; rapport.settings is for everyone.
 ALLOWED = {
     "features": {"features"},
     "models": {"features", "models"},
     "training": {"features", "models", "training"},
     "serving": {"features", "models", "serving"},
+    "ui": {"features", "models", "serving", "ui"},
     "rapport": set(PACKAGES),
 }
 #: where the registry and serving frameworks may be imported (DESIGN.md): in ``models``
@@ -74,10 +76,12 @@ def test_import_rule_catches_a_wrong_edge(tmp_path: Path) -> None:
     for package in PACKAGES:
         (tmp_path / package).mkdir()
     (tmp_path / "serving" / "bad.py").write_text("from training.jobs import train\n")
+    (tmp_path / "ui" / "bad.py").write_text("from training.scoring import score_all\n")
     (tmp_path / "features" / "worse.py").write_text("import models.churn\n")
     assert import_violations(tmp_path) == [
         "features/worse.py:1 imports models",
         "serving/bad.py:1 imports training",
+        "ui/bad.py:1 imports training",
     ]
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import pandas as pd
 
@@ -113,7 +113,7 @@ class WarehouseLists:
         self._path = Path(warehouse) if isinstance(warehouse, str | Path) else None
         self._con = None if self._path is not None else warehouse
 
-    def __enter__(self) -> WarehouseLists:
+    def __enter__(self) -> Self:
         if self._path is not None:
             # the messages reach HTTP clients: no path, host or process id in them
             if not self._path.exists():
@@ -219,6 +219,37 @@ def definition_texts(
 
 
 # --------------------------------------------------------------------------- writes
+#: what a saved list's name may look like (a YAML key, a file-name-safe word)
+LIST_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+
+
+def save_definition(workspace: Path, name: str, body: Mapping[str, Any]) -> Path:
+    """Add (or replace) the saved list ``name`` in the workspace's definitions file, the
+    one ``rapport targets --list NAME`` reads (:func:`definition_texts`); ``body`` holds
+    the definition's non-default fields. The file is rewritten atomically; other lists in
+    it are kept (its comments are not)."""
+    import yaml
+
+    if not LIST_NAME.fullmatch(name):
+        raise TargetError(
+            f"a list name starts with a letter and has only letters, digits, _ and - "
+            f"(at most 64), not {name!r}"
+        )
+    data: dict[str, Any] = {}
+    if workspace.exists():
+        data = yaml.safe_load(workspace.read_text("utf-8")) or {}
+        if not isinstance(data, dict) or not isinstance(data.get("lists", {}), dict):
+            raise TargetError(f"{workspace}: expected a mapping 'lists: {{name: ...}}'")
+    lists = dict(data.get("lists") or {})
+    lists[name] = {k: v for k, v in body.items() if k != "name"}
+    data["lists"] = lists
+    workspace.parent.mkdir(parents=True, exist_ok=True)
+    partial = workspace.with_name(f".{workspace.name}.part")
+    partial.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), "utf-8")
+    partial.replace(workspace)
+    return workspace
+
+
 def check_export(path: Path) -> Path:
     """``path`` if it names a file a list can be exported to (by suffix), else TargetError;
     callers check before the list is built."""

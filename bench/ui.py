@@ -1,0 +1,221 @@
+"""Page timings of the marketers' web page (``rapport ui``) over HTTP.
+
+Starts ``rapport ui`` as the demo does (:func:`rapport.demo.start_ui`) on a workspace,
+signs in and requests every page ``--repeat`` times, then times the list builder: the
+first preview (reads the candidates), previews after it (cached candidates, a changed
+filter or budget), and a save (fresh reads, files, audit). Prints the median and the
+worst per page, and each page's median against the overview's (the ratio is steadier
+than the times on a shared machine).
+
+    uv run python -m bench.ui --home .rapport          # after `rapport demo` (20k customers)
+    uv run python -m bench.ui --customers 20000        # builds a workspace first (minutes)
+    uv run python -m bench.ui --home .rapport --with-score 20   # + /score p99 under previews
+
+``--with-score SECONDS`` also starts the scoring service (the tests' harness, one worker)
+and sends ``/score`` at 50 requests/s for that long twice: alone, then while the page
+previews lists without pause, each preview filtering on other features so its
+candidates are read afresh (no cache): the previews' heavy queries run in the page's
+process, and the p99 of ``/score`` shows what they cost the service on shared cores.
+
+The workspace needs scores; analytics and monitoring make the pages fuller
+(:func:`tests.ui_workspace.prepare_ui_workspace` builds one with all three).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(client: httpx.Client, method: str, url: str, **kwargs: object) -> float:
+    start = time.perf_counter()
+    response = client.request(method, url, **kwargs)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - start
+    if response.status_code != 200:
+        raise SystemExit(f"{method} {url}: {response.status_code} {response.text[:300]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--home", type=Path, default=None, help="An existing workspace.")
+    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--port", type=int, default=3391)
+    parser.add_argument("--with-score", type=float, default=0.0, metavar="SECONDS")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from rapport.demo import DemoOptions, start_ui
+    from rapport.settings import Settings
+    from serving.auth import add_key
+
+    home = args.home
+    if home is None:
+        from ui_workspace import prepare_ui_workspace  # type: ignore[import-not-found]
+
+        home = Path(tempfile.mkdtemp(prefix="bench-ui-"))
+        start = time.perf_counter()
+        prepare_ui_workspace(home, customers=args.customers, seed=42)
+        print(f"workspace of {args.customers:,} customers in {time.perf_counter() - start:.0f} s")
+    key = add_key(home, ["ui"], name="bench ui")
+    process = start_ui(DemoOptions(ui_port=args.port), Settings(home=home))
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        with httpx.Client(base_url=url, timeout=600) as client:
+            for _ in range(600):
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            form = client.get("/signin").text
+            token = re.search(r'name="csrf" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+            client.post("/signin", data={"key": key, "csrf": token})
+            page = client.get("/builder").text
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            customer = re.search(r'/customer\?id=([^"]+)"', client.get("/customer").text)
+            pages = [
+                "/",
+                "/segments",
+                "/segments?segment=champions",
+                "/builder",
+                "/lists",
+                "/customer",
+                f"/customer?id={customer.group(1) if customer else 'x'}",
+                "/results",
+            ]
+            times = {p: [timed(client, "GET", p) for _ in range(args.repeat)] for p in pages}
+            headers = {"X-CSRF-Token": csrf}
+            body = {"filter": "churn_probability > 0.5", "budget": "500"}
+            first = timed(client, "POST", "/builder/preview", data=body, headers=headers)
+            warm = []
+            for i in range(1, args.repeat + 1):
+                changed = {"filter": f"churn_probability > {0.3 + i / 20}", "budget": str(100 * i)}
+                warm.append(
+                    timed(client, "POST", "/builder/preview", data=changed, headers=headers)
+                )
+            save = timed(
+                client,
+                "POST",
+                "/builder/save",
+                headers=headers,
+                data={**body, "name": "bench_ui_list"},
+            )
+            if args.with_score:
+                score_under_previews(home, client, headers, args.with_score)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+    base = statistics.median(times["/"])
+    print(f"\nworkspace {home}; {args.repeat} requests per page (seconds)")
+    print(f"{'page':<34} {'median':>8} {'worst':>8} {'vs overview':>12}")
+    for p, values in times.items():
+        median = statistics.median(values)
+        print(f"{p:<34} {median:8.3f} {max(values):8.3f} {median / base:11.2f}x")
+    print(f"{'preview, first (reads candidates)':<34} {first:8.3f}")
+    print(f"{'preview, cached candidates':<34} {statistics.median(warm):8.3f} {max(warm):8.3f}")
+    print(f"{'save (fresh reads, files, audit)':<34} {save:8.3f}")
+
+
+def score_under_previews(
+    home: Path, page: httpx.Client, headers: dict[str, str], seconds: float
+) -> None:
+    """``/score`` p50 / p99 at 50 requests/s, alone and while the page previews lists."""
+    import threading
+
+    from serving.auth import add_key
+    from tests.serving_harness import sample_customers, start_service, stop, wait_ready
+
+    key = add_key(home, ["score"], name="bench ui score")
+    customers = sample_customers(home, 500)
+    server = start_service(home, workers=1)
+    import itertools
+
+    names = [
+        "days_since_last_order",
+        "orders_90d",
+        "spend_90d",
+        "orders_30d",
+        "spend_365d",
+        "avg_order_value_365d",
+        "tenure_days",
+        "orders_365d",
+        "spend_30d",
+        "contacts_90d",
+        "last_order_amount",
+        "orders_all",
+    ]
+    pairs = list(itertools.combinations(names, 2))  # 66 column sets: previews miss the cache
+    try:
+        wait_ready(server)
+
+        def load(duration: float) -> list[float]:
+            times: list[float] = []
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                auth = {"Authorization": f"Bearer {key}"}
+                deadline = time.perf_counter() + duration
+                i = 0
+                while time.perf_counter() < deadline:
+                    body = {"customer_id": customers[i % len(customers)]}
+                    start = time.perf_counter()
+                    response = client.post("/score", json=body, headers=auth)
+                    times.append(time.perf_counter() - start)
+                    if response.status_code != 200:
+                        raise SystemExit(f"/score: {response.status_code} {response.text[:200]}")
+                    i += 1
+                    time.sleep(max(0.0, 0.02 - (time.perf_counter() - start)))
+            return times
+
+        load(3)  # warm up
+        alone = load(seconds)
+        stop_previews = threading.Event()
+        previews: list[float] = []
+
+        def preview_loop() -> None:
+            i = 0
+            while not stop_previews.is_set():
+                # a new field each time: new candidate columns, read afresh (no cache)
+                used = pairs[i % len(pairs)]
+                rule = " and ".join(f"{f} is not null" for f in used) + f" and value_mean > {i}"
+                start = time.perf_counter()
+                page.post(
+                    "/builder/preview", data={"filter": rule, "budget": "1000"}, headers=headers
+                )
+                previews.append(time.perf_counter() - start)
+                i += 1
+
+        worker = threading.Thread(target=preview_loop)
+        worker.start()
+        try:
+            busy = load(seconds)
+        finally:
+            stop_previews.set()
+            worker.join()
+    finally:
+        stop(server)
+
+    def q(values: list[float], p: float) -> float:
+        return sorted(values)[min(len(values) - 1, int(p * len(values)))] * 1000
+
+    print(f"\n/score at 50/s for {seconds:.0f} s (ms)       p50      p99   requests")
+    print(f"{'alone':<34} {q(alone, 0.5):8.2f} {q(alone, 0.99):8.2f} {len(alone):10,}")
+    print(f"{'while previewing':<34} {q(busy, 0.5):8.2f} {q(busy, 0.99):8.2f} {len(busy):10,}")
+    print(
+        f"p99 ratio {q(busy, 0.99) / q(alone, 0.99):.2f}x; {len(previews)} previews, "
+        f"median {statistics.median(previews or [0]):.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
