@@ -34,7 +34,9 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from features.control import ControlGroup
 from features.spec import FeatureSpec, default_spec
+from features.tables.control import ControlFileError, read_control
 from features.tables.lists import (
     LIST_ID,
     AuditTables,
@@ -148,6 +150,11 @@ class UiApp:
         self.live = LiveScorer(self.settings, self.spec)
 
     # ----------------------------------------------------------------- rendering
+
+    def control(self) -> ControlGroup:
+        """The control group as the workspace holds it now (lists leave its members out)."""
+        return read_control(self.settings.home).group
+
     def page(
         self,
         request: Request,
@@ -269,10 +276,12 @@ class UiApp:
         try:
             definition = definition_of(form)
             source = data.CachedLists(self.settings.warehouse_path, self.cache)
-            target = make_list(source, definition, self.spec, datetime.now(UTC))
+            target = make_list(
+                source, definition, self.spec, datetime.now(UTC), control=self.control()
+            )
         except ExpressionError as exc:
             return {"error": str(exc), "field": "filter"}
-        except (TargetError, NoScoresError, WarehouseUnavailableError) as exc:
+        except (TargetError, NoScoresError, WarehouseUnavailableError, ControlFileError) as exc:
             return {"error": str(exc)}
         return {**selection_view(target), "seconds": time.perf_counter() - start}
 
@@ -304,13 +313,18 @@ class UiApp:
             try:
                 sink = Exports(con, Path(self.settings.exports_dir))
                 target = make_list(
-                    WarehouseLists(con), definition, self.spec, datetime.now(UTC), sink=sink
+                    WarehouseLists(con),
+                    definition,
+                    self.spec,
+                    datetime.now(UTC),
+                    control=self.control(),
+                    sink=sink,
                 )
             finally:
                 con.disconnect()
         except ExpressionError as exc:
             return {"error": str(exc), "field": "filter"}
-        except (TargetError, NoScoresError, WarehouseUnavailableError) as exc:
+        except (TargetError, NoScoresError, WarehouseUnavailableError, ControlFileError) as exc:
             return {"error": str(exc)}
         return {**selection_view(target), "name": name, "saved_to": str(path)}
 

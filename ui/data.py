@@ -42,6 +42,21 @@ from features.warehouse import connect, raw
 
 #: the table the impact job (`rapport impact`) writes; read when present
 IMPACT = "impact"
+#: what the Results page shows of the latest impact run (the table holds more)
+IMPACT_COLUMNS = (
+    "period",
+    "by",
+    "key",
+    "treated_customers",
+    "control_customers",
+    "treated_converted",
+    "control_converted",
+    "treated_revenue",
+    "control_revenue",
+    "incremental_value",
+    "incremental_value_lo",
+    "incremental_value_hi",
+)
 
 
 @contextlib.contextmanager
@@ -291,7 +306,11 @@ def impact(db: Any) -> pd.DataFrame | None:
     when it does not exist yet."""
     if IMPACT not in tables(db):
         return None
-    return _frame(db, f"SELECT * FROM {IMPACT}")
+    latest = _frame(
+        db, f"SELECT * FROM {IMPACT} WHERE computed_at = (SELECT max(computed_at) FROM {IMPACT})"
+    )
+    shown = [c for c in IMPACT_COLUMNS if c in latest.columns]
+    return latest[shown] if shown else latest
 
 
 def model_health(db: Any) -> tuple[dict[str, Any] | None, pd.DataFrame]:

@@ -20,6 +20,7 @@ from features.online.record import evaluate
 from features.online.store import open_store
 from features.segments import SegmentModel
 from features.spec import FeatureSpec
+from features.tables.control import read_control
 from models.results import CustomerScore
 from rapport.settings import Settings
 
@@ -52,7 +53,10 @@ class LiveScorer:
             if segments is None:
                 raise LookupError("the online store is not materialized: run `rapport materialize`")
             self._scorer = registry.build_scorer(
-                champions, SegmentModel.from_json(segments), self.spec
+                champions,
+                SegmentModel.from_json(segments),
+                self.spec,
+                control=read_control(self.settings.home).group,
             )
         except Exception as exc:  # no champions yet, no store: the page says so
             self.problem = f"live scores unavailable: {exc}"
