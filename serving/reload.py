@@ -1,0 +1,210 @@
+"""Hot reload: the running service takes new champions and a refreshed online store by
+itself, without a restart.
+
+Every promotion and rollback (:func:`models.registry.set_champion`,
+:func:`models.registry.rollback`, so ``rapport promote``, ``rapport rollback`` and
+``rapport cycle`` alike) writes a new ``rapport-champions`` version into the BentoML store
+(:mod:`models.bundle`); ``rapport materialize`` stamps the online store's metadata last.
+Every ``RAPPORT_RELOAD_SECONDS`` each worker compares both markers with what it serves
+(:meth:`Reloader.check`, in a thread) and, when one moved, loads the champions and builds
+the new :class:`models.scorer.Scorer` there, off the request path. The service then swaps
+one reference (:class:`Live`): a request sees the old models, segment thresholds, ``meta``
+and version headers or the new ones, never a mix, and never waits for a load.
+
+A new champion that fails to load or does not fit the service's feature set leaves the old
+one serving; the reason is logged once per bad version (the next promotion is tried again).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from features.online.materialize import (
+    META_FEATURE_SET,
+    META_MATERIALIZED_AT,
+    META_SEGMENTS,
+    META_SEGMENTS_VERSION,
+)
+from features.online.store import OnlineStore
+from features.segments import SegmentModel
+from features.spec import FeatureSpec
+from models import registry
+from models.bundle import champions_marker, load_for_serving, marker_of
+from models.registry import Champions
+from models.scorer import Scorer
+from rapport.settings import Settings
+from serving.middleware import HeaderList
+from serving.schemas import Meta
+
+log = logging.getLogger("bentoml.rapport")
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What the online store's metadata says about its last load."""
+
+    materialized_at: str | None = None
+    segments: str | None = None
+    segments_version: str | None = None
+    #: why the store cannot be served from (empty: it can)
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Live:
+    """Everything a request reads about the models in use, swapped as one reference."""
+
+    champions: Champions
+    #: :func:`models.bundle.marker_of` the champions: compared with the store's latest
+    marker: str
+    scorer: Scorer | None
+    #: the champions' problems with this feature set (empty: usable)
+    problems: tuple[str, ...]
+    store: StoreState
+    meta: Meta
+    #: added to every response by the guard
+    version_headers: HeaderList = field(default=())
+
+    @property
+    def ready(self) -> bool:
+        return self.scorer is not None and not self.problems and not self.store.problems
+
+
+def versions_header(versions: dict[str, str]) -> str:
+    return ",".join(f"{kind}={version}" for kind, version in sorted(versions.items()))
+
+
+class Reloader:
+    """Builds :class:`Live` states: the first one at start, new ones when a marker moves."""
+
+    def __init__(self, settings: Settings, spec: FeatureSpec, store: OnlineStore) -> None:
+        self.settings, self.spec, self.store = settings, spec, store
+        self.interval = settings.reload_seconds
+        #: the champions marker that failed to load (not retried, not logged again)
+        self._refused: str | None = None
+        self._store_logged: tuple[str, ...] = ()
+
+    def start(self, bundled: Any = None) -> Live:
+        """The champions at start (``bundled``: the Bento's own copy, else the store's
+        latest or the registry); raises when there are none, like a service without models
+        should. Problems (another feature set, a store not loaded) make it not ready."""
+        champions = load_for_serving(self.settings, bundled)
+        problems = tuple(registry.check_compatible(champions, self.spec))
+        return self._build(champions, problems, self._read_store(), None)
+
+    def check(self, live: Live) -> Live | None:
+        """A new state when the champions or the online store changed, else None. Runs in
+        a worker thread: loading models takes a while and must not hold up requests."""
+        store = self._read_store()
+        if store.problems:  # nothing to build new champions with: report, keep serving
+            return None if store == live.store else replace(live, store=store)
+        champions, problems = live.champions, live.problems
+        marker = self._marker(live.marker)
+        if marker not in (live.marker, self._refused):
+            loaded = self._load(marker, live)
+            if loaded is not None:
+                champions, problems = loaded, ()
+        if champions is live.champions and store == live.store:
+            return None
+        return self._build(champions, problems, store, live)
+
+    # ------------------------------------------------------------------ parts
+    def _marker(self, current: str) -> str:
+        try:
+            return champions_marker(self.settings)
+        except Exception as exc:  # the registry is down: keep serving what we have
+            log.warning("cannot check for new champions: %s", _first_line(exc))
+            return current
+
+    def _load(self, marker: str, live: Live) -> Champions | None:
+        """The new champions, or None (logged once) when they cannot replace the old."""
+        try:
+            champions = load_for_serving(self.settings)
+            if problems := registry.check_compatible(champions, self.spec):
+                raise ValueError("; ".join(problems))
+        except Exception as exc:
+            self._refused = marker
+            log.error(
+                "new champions %s not loaded, still serving %s: %s",
+                marker,
+                versions_header(live.champions.versions),
+                f"{type(exc).__name__}: {_first_line(exc)}",
+            )
+            return None
+        self._refused = None
+        return champions
+
+    def _read_store(self) -> StoreState:
+        """The store's metadata, or why it cannot be served from (logged when it changes)."""
+        try:
+            stamp = self.store.get_meta(META_MATERIALIZED_AT)
+            feature_set = self.store.get_meta(META_FEATURE_SET)
+            segments = self.store.get_meta(META_SEGMENTS)
+            segments_version = self.store.get_meta(META_SEGMENTS_VERSION)
+        except Exception as exc:
+            return self._store_problem(f"online store unreachable: {_first_line(exc)}")
+        if feature_set is None or segments is None:
+            return self._store_problem(
+                "the online store is not materialized: run `rapport materialize`"
+            )
+        if feature_set != self.spec.version:
+            return self._store_problem(
+                f"the online store holds feature set {feature_set}, the service computes "
+                f"{self.spec.version}: run `rapport materialize`"
+            )
+        self._store_logged = ()
+        return StoreState(stamp, segments, segments_version)
+
+    def _store_problem(self, problem: str) -> StoreState:
+        if self._store_logged != (problem,):
+            log.error("not ready: %s", problem)
+            self._store_logged = (problem,)
+        return StoreState(problems=(problem,))
+
+    def _build(
+        self,
+        champions: Champions,
+        problems: tuple[str, ...],
+        store: StoreState,
+        live: Live | None,
+    ) -> Live:
+        """The state over ``champions`` and ``store`` (the last scorer while the store
+        cannot be read: the service reports not ready)."""
+        scorer = live.scorer if live is not None else None
+        segments_version = live.meta.segments if live is not None else None
+        if store.segments is not None:
+            scorer = registry.build_scorer(
+                champions, SegmentModel.from_json(store.segments), self.spec
+            )
+            segments_version = store.segments_version
+        meta = Meta(
+            models=dict(champions.versions),
+            feature_set=self.spec.version,
+            catalog=scorer.catalog.version if scorer is not None else None,
+            segments=segments_version,
+        )
+        headers: HeaderList = (
+            (b"x-rapport-models", versions_header(champions.versions).encode()),
+            (b"x-rapport-feature-set", self.spec.version.encode()),
+        )
+        new = Live(champions, marker_of(champions), scorer, problems, store, meta, headers)
+        if live is None or (new.meta, store.materialized_at) != (
+            live.meta,
+            live.store.materialized_at,
+        ):
+            log.info(
+                "serving %s from %s, segments %s (online store loaded %s); ready=%s",
+                versions_header(champions.versions),
+                champions.source,
+                segments_version,
+                store.materialized_at,
+                new.ready,
+            )
+        return new
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
