@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 from serving_harness import (
-    FAST_PARAMS,
     Server,
     Workspace,
+    add_churn_version,
     environment,
     prepare_workspace,
     start_service,
@@ -38,17 +38,8 @@ WITHIN_S = 60.0
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """A served workspace plus a second churn version (trained, not promoted)."""
-    from features.warehouse import connect
-    from rapport.settings import get_settings
-    from training import jobs
-    from training.datasets import build_training_set
-
     workspace = prepare_workspace(tmp_path_factory.mktemp("reload"), customers=1500, seed=11)
-    with home_env(workspace.home):
-        con = connect(get_settings().warehouse_path)
-        training = build_training_set(con, horizon_days=90, train_cutoffs=1, step_months=3)
-        jobs.train("churn", con, params={**FAST_PARAMS, "num_boost_round": 30}, data=training)
-        con.disconnect()
+    assert add_churn_version(workspace.home) == "2"
     return workspace
 
 
