@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,25 +88,46 @@ def served(url: str) -> str:
         return ""
 
 
-def swap_during(home: Path, url: str, seconds: float, every: float) -> list[float]:
-    """Alternate churn v2 / v1 as champion every ``every`` s for ``seconds``; returns how
-    long each swap took to show on ``/readyz`` (one worker's answer)."""
+@dataclass
+class Swaps:
+    """What the swapping run did: per swap, the promotion call's seconds (registry and
+    bundle, in this process) and the seconds from its return until ``/readyz`` said so."""
+
+    promote: list[float] = field(default_factory=list)
+    seen: list[float | None] = field(default_factory=list)
+
+
+def swap_during(home: Path, url: str, seconds: float, every: float) -> Swaps:
+    """Alternate churn v2 / v1 as champion every ``every`` s for ``seconds``."""
     from models import registry
 
-    taken: list[float] = []
+    swaps = Swaps()
     stop_at = time.monotonic() + seconds - every / 2
     version = "2"
     with environment(RAPPORT_HOME=str(home), RAPPORT_ONLINE_STORE=None, MLFLOW_TRACKING_URI=None):
         while time.monotonic() < stop_at:
             started = time.monotonic()
             registry.set_champion("churn", version)
-            while f"churn={version}," not in served(url) and time.monotonic() - started < every:
+            promoted = time.monotonic()
+            swaps.promote.append(promoted - started)
+            while f"churn={version}," not in served(url) and time.monotonic() - promoted < every:
                 time.sleep(0.05)
-            taken.append(time.monotonic() - started)
+            shown = time.monotonic() - promoted
+            swaps.seen.append(shown if shown < every else None)
             version = "1" if version == "2" else "2"
             time.sleep(max(0.0, every - (time.monotonic() - started)))
-        registry.set_champion("churn", "1")
-    return taken
+    return swaps
+
+
+def warm_up(home: Path) -> None:
+    """Import and open what a promotion needs (MLflow, the registry) before measuring, and
+    start from churn v1."""
+    from models import registry
+
+    with environment(RAPPORT_HOME=str(home), RAPPORT_ONLINE_STORE=None, MLFLOW_TRACKING_URI=None):
+        if registry.aliases("churn").get("champion") != "1":
+            registry.set_champion("churn", "1")
+        registry.load_champions()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -139,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             prepare_workspace(home, args.customers)
             add_churn_version(home)
         key = add_key(home, ["score"])
+        warm_up(home)
         server = start_service(
             home, workers=args.workers, env={"RAPPORT_RELOAD_SECONDS": str(args.reload)}
         )
@@ -158,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("swapping", file=sys.stderr)
         swap_load = os.getloadavg()[0]
         running = start_load(spec)
-        taken = swap_during(home, server.url, args.seconds, args.every)
+        swaps = swap_during(home, server.url, args.seconds, args.every)
         swapping = finish_load(running)
         errors = [line for line in server.log_text().splitlines() if "ERROR" in line]
     ratio = swapping["p99"] / steady["p99"] if steady["p99"] else float("nan")
@@ -169,10 +192,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"| {name:<9} | {run['count'] + run['errors']:>8.0f} | {run['p50']:>7.1f} "
             f"| {run['p99']:>7.1f} | {run['errors']:>6.0f} |"
         )
+    seen = ", ".join("-" if t is None else f"{t:.1f}" for t in swaps.seen)
     print(
-        f"\n{len(taken)} swaps (churn v1 <-> v2) every {args.every:g}s; seen on /readyz after "
-        + ", ".join(f"{t:.1f}" for t in taken)
-        + f" s; {args.workers} workers; open loop {args.rate:g}/s for {args.seconds:g}s each"
+        f"\n{len(swaps.seen)} swaps (churn v1 <-> v2) every {args.every:g}s; each promotion "
+        f"call took {', '.join(f'{t:.1f}' for t in swaps.promote)} s (MLflow + bundle, in the "
+        f"bench process, on the same cores); /readyz showed it {seen} s later "
+        f"(- = not within {args.every:g}s); {args.workers} workers; open loop "
+        f"{args.rate:g}/s for {args.seconds:g}s each"
     )
     print(
         f"1-minute load average before each run: steady {steady_load:.2f}, "

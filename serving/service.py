@@ -17,8 +17,11 @@ workspace environment, see :func:`serving.runtime.serve`). Endpoints (JSON, Open
 
 Features are computed per request from the customer's online record with the same code as
 the batch build (:func:`features.online.record.evaluate`, ``as_of`` = now). Every response body
-carries ``meta`` (model versions, feature set) and every response the headers
-``X-Rapport-Models`` and ``X-Rapport-Feature-Set``.
+carries ``meta`` (model versions, feature set, segment version) and every response the
+headers ``X-Rapport-Models`` and ``X-Rapport-Feature-Set``.
+
+New champions and a reloaded online store are taken without a restart
+(:mod:`serving.reload`): built in a thread, swapped in as one reference (``self.live``).
 
 Safety (:class:`serving.middleware.Guard`, before BentoML parses anything):
 ``Authorization: Bearer`` keys with scopes (401 / 403), a body-size limit (413), JSON
