@@ -9,9 +9,12 @@ The server (``bentoml serve``, ``--workers`` processes, checking for new champio
 (:func:`bench.serving.open_loop`: latency from the scheduled send time) twice:
 
 1. steady: nothing changes;
-2. swapping: the champion alternates between churn v1 and v2 (``registry.set_champion``,
-   what ``rapport promote`` / ``rollback`` / ``cycle`` call) every ``--every`` seconds;
-   every worker loads the new champions in a thread and swaps them in.
+2. swapping: the champion alternates between churn v1 and v2 every ``--every`` seconds,
+   by a new champions bundle (``--via bundle``, the default: what the service watches,
+   written cheaply so the figures show the service's own cost) or by
+   ``registry.set_champion`` (``--via registry``: what ``rapport promote`` / ``rollback``
+   / ``cycle`` call; it also re-reads the champions from MLflow, seconds of CPU on the
+   same cores); every worker loads the new champions in a thread and swaps them in.
 
 It prints both runs' p50 / p99 / errors, the ratio of the p99s and whether "0 failed,
 p99 within 2x of the steady state" holds.
@@ -97,17 +100,35 @@ class Swaps:
     seen: list[float | None] = field(default_factory=list)
 
 
-def swap_during(home: Path, url: str, seconds: float, every: float) -> Swaps:
-    """Alternate churn v2 / v1 as champion every ``every`` s for ``seconds``."""
+def swap_during(home: Path, url: str, seconds: float, every: float, via: str) -> Swaps:
+    """Alternate churn v2 / v1 as champion every ``every`` s for ``seconds``: through the
+    registry (``via="registry"``: ``registry.set_champion``, what ``rapport promote`` /
+    ``rollback`` / ``cycle`` call, which also re-reads the champions from MLflow for the
+    bundle) or by writing the new bundle only (``via="bundle"``: the champions loaded
+    beforehand, so the promoting process costs the shared cores little and the figures show
+    the service's own swap)."""
     from models import registry
+    from models.bundle import bundle_champions, load_for_serving
+    from rapport.settings import get_settings
 
     swaps = Swaps()
-    stop_at = time.monotonic() + seconds - every / 2
     version = "2"
     with environment(RAPPORT_HOME=str(home), RAPPORT_ONLINE_STORE=None, MLFLOW_TRACKING_URI=None):
+        settings = get_settings()
+        ready = {}
+        if via == "bundle":
+            for number in ("1", "2"):
+                champions = load_for_serving(settings)
+                champions.models["churn"], _ = registry.load_model("churn", version=number)
+                champions.versions["churn"] = number
+                ready[number] = champions
+        stop_at = time.monotonic() + seconds - every / 2
         while time.monotonic() < stop_at:
             started = time.monotonic()
-            registry.set_champion("churn", version)
+            if via == "bundle":
+                bundle_champions(ready[version], settings)
+            else:
+                registry.set_champion("churn", version)
             promoted = time.monotonic()
             swaps.promote.append(promoted - started)
             while f"churn={version}," not in served(url) and time.monotonic() - promoted < every:
@@ -116,12 +137,17 @@ def swap_during(home: Path, url: str, seconds: float, every: float) -> Swaps:
             swaps.seen.append(shown if shown < every else None)
             version = "1" if version == "2" else "2"
             time.sleep(max(0.0, every - (time.monotonic() - started)))
+        # leave the workspace as found: churn v1, in the registry and the latest bundle
+        if via == "bundle":
+            bundle_champions(ready["1"], settings)
+        else:
+            registry.set_champion("churn", "1")
     return swaps
 
 
 def warm_up(home: Path) -> None:
     """Import and open what a promotion needs (MLflow, the registry) before measuring, and
-    start from churn v1."""
+    start from churn v1 (bundled afresh)."""
     from models import registry
 
     with environment(RAPPORT_HOME=str(home), RAPPORT_ONLINE_STORE=None, MLFLOW_TRACKING_URI=None):
@@ -142,6 +168,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="Length of each run.")
     parser.add_argument("--every", type=float, default=5.0, help="Seconds between swaps.")
     parser.add_argument("--reload", type=float, default=1.0, help="The server's check interval.")
+    parser.add_argument(
+        "--via",
+        choices=["bundle", "registry"],
+        default="bundle",
+        help="How the champion changes: a new bundle only (default: the service's own cost) "
+        "or registry.set_champion (alias + bundle, as a promotion does).",
+    )
     parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.load:
@@ -181,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("swapping", file=sys.stderr)
         swap_load = os.getloadavg()[0]
         running = start_load(spec)
-        swaps = swap_during(home, server.url, args.seconds, args.every)
+        swaps = swap_during(home, server.url, args.seconds, args.every, args.via)
         swapping = finish_load(running)
         errors = [line for line in server.log_text().splitlines() if "ERROR" in line]
     ratio = swapping["p99"] / steady["p99"] if steady["p99"] else float("nan")
@@ -195,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     seen = ", ".join("-" if t is None else f"{t:.1f}" for t in swaps.seen)
     print(
         f"\n{len(swaps.seen)} swaps (churn v1 <-> v2) every {args.every:g}s; each promotion "
-        f"call took {', '.join(f'{t:.1f}' for t in swaps.promote)} s (MLflow + bundle, in the "
+        f"({args.via}) took {', '.join(f'{t:.1f}' for t in swaps.promote)} s (in the "
         f"bench process, on the same cores); /readyz showed it {seen} s later "
         f"(- = not within {args.every:g}s); {args.workers} workers; open loop "
         f"{args.rate:g}/s for {args.seconds:g}s each"
