@@ -85,6 +85,8 @@ class Reloader:
         #: the champions marker that failed to load (not retried, not logged again)
         self._refused: str | None = None
         self._store_logged: tuple[str, ...] = ()
+        #: why the last marker check failed (logged once until it works again)
+        self._unchecked = ""
 
     def start(self, bundled: Any = None) -> Live:
         """The champions at start (``bundled``: the Bento's own copy, else the store's
@@ -113,10 +115,15 @@ class Reloader:
     # ------------------------------------------------------------------ parts
     def _marker(self, current: str) -> str:
         try:
-            return champions_marker(self.settings)
+            marker = champions_marker(self.settings)
         except Exception as exc:  # the registry is down: keep serving what we have
-            log.warning("cannot check for new champions: %s", _first_line(exc))
+            reason = _first_line(exc)
+            if reason != self._unchecked:
+                log.warning("cannot check for new champions: %s", reason)
+                self._unchecked = reason
             return current
+        self._unchecked = ""
+        return marker
 
     def _load(self, marker: str, live: Live) -> Champions | None:
         """The new champions, or None (logged once) when they cannot replace the old."""

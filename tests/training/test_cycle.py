@@ -75,15 +75,16 @@ def home(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     yield from use_home(copy, monkeypatch)
 
 
-def add_outbox_orders(home: Path, n: int = 300) -> None:
-    """Orders the service accepted in the last days, waiting in the outbox."""
+def add_outbox_orders(home: Path, n: int = 300, end: datetime | None = None) -> None:
+    """Orders the service accepted in the days before ``end`` (default now), waiting in
+    the outbox."""
     con = connect(home / "warehouse.duckdb", read_only=True)
     ids = [
         r[0] for r in raw(con).execute("SELECT customer_id FROM customers ORDER BY 1").fetchall()
     ]
     con.disconnect()
     rng = np.random.default_rng(5)
-    now = datetime.now(UTC)
+    now = end or datetime.now(UTC)
     folder = home / "outbox" / "orders"
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -332,7 +333,7 @@ def test_a_cycle_after_drift_retrains_and_without_it_does_not(
         timeline = mw.monitor_monthly(scenario, mw.MONITOR_AT[:2])
         alerted = any(len(found) for found in timeline.alerts.values())
         assert alerted == (scenario is not None), timeline.alerts
-        add_outbox_orders(home)
+        add_outbox_orders(home, end=mw.END)  # the simulated world ends there
         options = CycleOptions(params=FAST_PARAMS, train_cutoffs=2, retrain_after_days=365)
         result = run_cycle(options)
         assert result.ok, result.summary()
