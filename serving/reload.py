@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import numpy as np
 
 from features.online.materialize import (
     META_FEATURE_SET,
@@ -27,6 +30,7 @@ from features.online.materialize import (
     META_SEGMENTS,
     META_SEGMENTS_VERSION,
 )
+from features.online.record import empty_record, evaluate
 from features.online.store import OnlineStore
 from features.segments import SegmentModel
 from features.spec import FeatureSpec
@@ -110,7 +114,32 @@ class Reloader:
                 champions, problems = loaded, ()
         if champions is live.champions and store == live.store:
             return None
-        return self._build(champions, problems, store, live)
+        new = self._build(champions, problems, store, live)
+        if new.scorer is not None and new.scorer is not live.scorer:
+            try:
+                self._warm(new.scorer)
+            except Exception as exc:  # it would fail requests: keep the old models
+                if champions is live.champions:
+                    raise
+                self._refused = marker
+                log.error(
+                    "new champions %s not loaded, still serving %s: scoring failed: %s",
+                    marker,
+                    versions_header(live.champions.versions),
+                    f"{type(exc).__name__}: {_first_line(exc)}",
+                )
+                return None
+        return new
+
+    def _warm(self, scorer: Scorer) -> None:
+        """Score one made-up customer: the new models' lazily built prediction handles
+        (:mod:`models.fastpredict`) are made here, not in the first requests after the
+        swap, and models that cannot score are found before they serve."""
+        now = datetime.now(UTC)
+        signup = int((now - timedelta(days=400)).timestamp() * 1_000_000)
+        record = empty_record({"customer_id": "reload-warm-up", "signup_at": signup}, self.spec)
+        features = evaluate(record, now, self.spec)
+        scorer.score_one({**features, "as_of": now}, {}, rng=np.random.default_rng(0))
 
     # ------------------------------------------------------------------ parts
     def _marker(self, current: str) -> str:

@@ -177,16 +177,21 @@ class Rapport:
         thread every ``RAPPORT_RELOAD_SECONDS``)."""
         self._swap(self.reloader.check(self.live))
 
-    def _swap(self, new: Live | None) -> None:
-        if new is not None:
-            self.live = new  # one reference: a request sees all old or all new
-            gc.freeze()  # the new models join the heap full collections skip
+    def _swap(self, new: Live | None) -> list[Live]:
+        """Serve ``new`` (if any); returns the old state for the caller to drop."""
+        if new is None:
+            return []
+        old, self.live = self.live, new  # one reference: a request sees all old or all new
+        gc.freeze()  # the new models join the heap full collections skip
+        return [old]
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.reloader.interval)
             try:
-                self._swap(await asyncio.to_thread(self.reloader.check, self.live))
+                retired = self._swap(await asyncio.to_thread(self.reloader.check, self.live))
+                # the old models are freed in a thread, not between two requests
+                await asyncio.to_thread(retired.clear)
             except Exception:
                 log.exception("checking for new champions / online store failed")
 
