@@ -24,8 +24,6 @@ from rapport.demo import DemoOptions, prepare_serving
 from rapport.settings import Settings, reset_settings
 from serving.auth import KeyRing, list_keys
 
-pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
-
 
 @pytest.mark.parametrize(
     "command", [["serve"], ["materialize"], ["keys"], ["keys", "add"], ["keys", "list"]]

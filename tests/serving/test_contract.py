@@ -25,8 +25,6 @@ from serving_harness import (
 from serving import contract
 from serving.middleware import API_SCOPES, Guard
 
-pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
-
 
 def served(path: str = contract.DOC_ROUTE) -> tuple[int, dict[str, Any]]:
     """GET ``path`` through the guard in front of an app that answers 404 to everything."""

@@ -27,8 +27,6 @@ from rapport.cli import main
 from rapport.settings import get_settings
 from training.nba_data import build_nba_data, features_enricher, logged_decisions
 
-pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
-
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:

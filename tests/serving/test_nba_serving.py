@@ -36,8 +36,6 @@ from models.targeting import TargetDefinition, select_targets
 from rapport.settings import Settings
 from serving.auth import add_key
 
-pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
-
 
 @pytest.fixture(scope="module")
 def ws(nba_ws: Workspace) -> Workspace:

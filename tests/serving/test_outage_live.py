@@ -32,7 +32,6 @@ from features.online.events import OPEN_SUFFIX
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.redis,
-    pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning"),
 ]
 
 OUTAGE_S = 6.0

@@ -40,7 +40,6 @@ from features.spec import default_spec
 from features.warehouse import connect
 
 #: bentoml's own import warns (pathspec 1.x); nothing we can act on
-pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")

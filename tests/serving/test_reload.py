@@ -29,8 +29,6 @@ from serving_harness import (
     wait_ready,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
-
 #: how long a swap may take to show on a busy 2-core machine (the check runs every 0.5 s)
 WITHIN_S = 60.0
 

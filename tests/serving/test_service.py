@@ -26,7 +26,6 @@ MAX_BATCH = 50
 
 
 #: bentoml's own import warns (pathspec 1.x); nothing we can act on
-pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")

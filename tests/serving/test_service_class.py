@@ -47,7 +47,6 @@ from serving.schemas import (
 #: bentoml's own import (pathspec 1.x) and its request models (pydantic 2.11) warn;
 #: nothing we can act on
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`:DeprecationWarning"),
 ]
 

@@ -31,7 +31,6 @@ from ui_workspace import prepare_ui_workspace
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning"),
     pytest.mark.skipif(
         CHROMIUM is None or DRIVER is None,
         reason="needs the Debian packages chromium and chromium-driver (.ci/run installs them)",
