@@ -163,7 +163,7 @@ def test_policy_health_runs_inside_the_monitor(
     """The stable world's warehouse (copied) with a month of grouped decisions of a policy
     that hurts: ``rapport monitor``'s run alerts on it, records and charts it and logs it
     to MLflow (an experiment of its own here, so the other tests' counts hold)."""
-    from test_policy_health import decisions
+    from policy_world import decisions
 
     from training import monitor
 
