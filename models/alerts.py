@@ -78,6 +78,31 @@ class FeatureThresholds(BaseModel):
     min_importance: float = Field(default=0.01, ge=0, le=1)
 
 
+class PolicyThresholds(BaseModel):
+    """Policy health (:mod:`training.policy_health`); every number is higher-is-worse."""
+
+    model_config = _STRICT
+    #: -(incremental value) / (half-width of its 95% interval): 1 = the upper bound is 0
+    value_shortfall: Threshold
+    #: |realised - predicted uplift| / half-width of the realised uplift's 95% interval
+    uplift_gap: Threshold
+    #: 1 - (smallest per-action Kish ESS of the inverse-propensity weights) / min_ess,
+    #: floored at 0: 1 = an action once logged is no longer explored at all
+    ess_shortfall: Threshold
+    #: the largest inverse-propensity weight (1 / the smallest logged propensity)
+    max_weight: Threshold
+    #: Jensen-Shannon distance of the treated action mix, latest period vs the one before
+    action_mix_js: Threshold
+    #: the most frequent action's share of the latest period's treated decisions
+    top_action_share: Threshold
+    #: (off-policy estimate at promotion - realised upper bound) / |estimate|
+    ope_shortfall: Threshold
+    #: control customers (per period) needed before value_shortfall is judged
+    min_control: int = Field(default=50, ge=2)
+    #: effective decisions per action the latest period should hold (see ess_shortfall)
+    min_ess: float = Field(default=30.0, gt=0)
+
+
 class Alerts(BaseModel):
     """Every threshold the monitor applies."""
 
@@ -87,6 +112,7 @@ class Alerts(BaseModel):
     churn: ChurnThresholds
     value: ValueThresholds
     features: FeatureThresholds
+    policy: PolicyThresholds
 
     def threshold(self, kind: str, check: str) -> Threshold:
         """The threshold of ``kind.check``; KeyError naming it when there is none."""

@@ -118,7 +118,7 @@ def _importance_weights(probs: np.ndarray, a: np.ndarray, p: np.ndarray) -> np.n
     return probs[np.arange(len(a)), a] / p
 
 
-def _ess(w: np.ndarray) -> float:
+def kish_ess(w: np.ndarray) -> float:
     """Kish effective sample size of the importance weights."""
     total = float(np.sum(w**2))
     return float(np.sum(w) ** 2 / total) if total > 0 else 0.0
@@ -155,7 +155,7 @@ def _result(
 ) -> OPEResult:
     estimate = float(num.sum() / den.sum())
     lo, hi = _bootstrap(num, den, n_boot, alpha, seed)
-    return OPEResult(method, estimate, lo, hi, len(num), _ess(w))
+    return OPEResult(method, estimate, lo, hi, len(num), kish_ess(w))
 
 
 def ips(

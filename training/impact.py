@@ -136,7 +136,7 @@ def _tables(db: Any) -> set[str]:
     return {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
 
 
-def _catalog(db: Any) -> Catalog:
+def catalog_of(db: Any) -> Catalog:
     """The catalog of the latest scoring run (what the policy arbitrated with), else the
     default one."""
     try:
@@ -145,7 +145,7 @@ def _catalog(db: Any) -> Catalog:
         return default_catalog()
 
 
-def _with_scores(db: Any, decisions: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
+def with_scores(db: Any, decisions: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
     """Each decision with the latest batch score of its customer before it: segment, tier
     and the uplift predicted for the decision's action (null without scores)."""
     out = decisions.copy()
@@ -210,7 +210,7 @@ def _with_lists(db: Any, decisions: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _pre_revenue(db: Any, decisions: pd.DataFrame) -> pd.Series | None:
+def pre_revenue(db: Any, decisions: pd.DataFrame) -> pd.Series | None:
     """Revenue per customer in the PRE_DAYS before the first grouped decision (before any
     policy decision with a control group could move it), None without orders."""
     if "orders" not in _tables(db):
@@ -246,7 +246,7 @@ def _mean_interval(values: np.ndarray, alpha: float = 0.05) -> tuple[float, floa
     return mean, mean - q * se, mean + q * se
 
 
-def _ope_vs_realised(
+def ope_vs_realised(
     decisions: pd.DataFrame, costs: dict[str, float], margin_rate: float
 ) -> tuple[dict[str, Any], list[str]]:
     """The NBA champion's DR estimate at training against the realised value per treated
@@ -323,14 +323,14 @@ def run(
         )
     if by in ("segment", "abc_tier") and "scores" not in _tables(db):
         raise NoScoresError(f"--by {by} reads the batch scores: run `rapport score` first")
-    catalog = _catalog(db)
+    catalog = catalog_of(db)
     costs = {a.id: a.cost for a in catalog.actions}
     margin_rate = default_margin_rate(catalog)
-    frame = _with_scores(db, decisions, catalog)
+    frame = with_scores(db, decisions, catalog)
     if by == "list":
         frame = _with_lists(db, frame)
     column = _BY_COLUMN.get(by) if by else None
-    pre = _pre_revenue(db, frame)
+    pre = pre_revenue(db, frame)
     customers = pd.concat(
         [
             per_customer(frame, costs, margin_rate, column, pre, period=period),
@@ -355,7 +355,7 @@ def run(
     actions = per_action(
         frame.drop(columns=predicted), costs, margin_rate, frame[["decision_id", *predicted]]
     )
-    ope, more = _ope_vs_realised(frame, costs, margin_rate)
+    ope, more = ope_vs_realised(frame, costs, margin_rate)
     notes += more
     computed_at = as_utc(now) if now is not None else datetime.now(UTC)
     run_id = computed_at.strftime("im-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]

@@ -17,7 +17,11 @@ as of a date (default: the end of the data) and checks:
   Jensen-Shannon distance for categories, the chi-square p-value in the detail) between
   the reference stored with the churn champion (its holdout snapshot, see
   :func:`models.registry.load_reference`) and the latest scoring run's features rebuilt
-  as of its cutoff; the churn and value scores likewise against their references.
+  as of its cutoff; the churn and value scores likewise against their references;
+* **policy** (:mod:`training.policy_health`): the realised incremental value against the
+  control group with its interval per period, per action realised against predicted
+  uplift, exploration health and the NBA champion's off-policy estimate against what it
+  realised (``no_data`` when no decision has a group and a known outcome yet).
 
 Each check is ``ok``, ``warn`` or ``alert`` by the thresholds (:mod:`models.alerts`).
 Results are appended to ``monitor_checks`` / ``monitor_runs`` / ``monitor_curves``
@@ -52,6 +56,7 @@ from models import registry
 from models.alerts import LEVELS, Alerts, Level, load_alerts
 from models.metrics import calibration_curve, classification_metrics, regression_metrics
 from rapport.settings import get_settings
+from training import policy_health
 from training.datasets import data_end, labels
 
 Progress = Callable[[str], None]
@@ -573,6 +578,9 @@ def _run(
         importance = _importance(latest.versions)
         ordered = {n: importance.get(n, 0.0) for n in spec.names}
         _drift(c, latest, current, reference, set(spec.categorical), ordered, policy_features(spec))
+
+    say("policy health: treated against control, exploration, off-policy estimate")
+    policy_health.check(c, db, cutoff)
 
     checked_at = datetime.now(UTC)
     run_id = checked_at.strftime("mr-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]

@@ -2,8 +2,9 @@
 report's style, :class:`training.report.Report`), with the history of earlier runs.
 
 Figures: churn calibration per scoring run, estimated (label-free) against realised AUC
-over time, the p10-p90 coverage over time with its 70-90% band, the PIT histogram, and a
-feature-by-run PSI heatmap.
+over time, the p10-p90 coverage over time with its 70-90% band, the PIT histogram, a
+feature-by-run PSI heatmap, and the policy's incremental value per period with its 95%
+interval.
 """
 
 from __future__ import annotations
@@ -139,6 +140,40 @@ def drift_heatmap(history: pd.DataFrame) -> Figure | None:
     return fig
 
 
+def policy_value_figure(frame: pd.DataFrame) -> Figure | None:
+    """Incremental value per customer (treated - control) per period with its 95%
+    interval, from this run's ``policy`` checks; the zero line is "the policy earns
+    nothing"."""
+    policy = frame[(frame["kind"] == "policy") & frame["subject"].str.startswith("period ")]
+    wide = policy.pivot_table(index="subject", columns="check", values="value", aggfunc="last")
+    needed = ["incremental_value", "incremental_value_lo", "incremental_value_hi"]
+    if wide.empty or not set(needed) <= set(wide.columns):
+        return None
+    wide = wide[needed].dropna(subset=["incremental_value"]).sort_index()
+    if wide.empty:
+        return None
+    fig = axes(
+        "Policy value: treated - control per customer (95% interval)",
+        "period of the decisions",
+        "incremental value per customer",
+        size=MONITOR_SIZE,
+    )
+    ax = fig.axes[0]
+    x = np.arange(len(wide))
+    mid = wide["incremental_value"].to_numpy()
+    err = np.vstack(
+        [
+            mid - wide["incremental_value_lo"].to_numpy(),
+            wide["incremental_value_hi"].to_numpy() - mid,
+        ]
+    )
+    ax.errorbar(x, mid, yerr=np.nan_to_num(err), fmt="o-", capsize=4, label="incremental value")
+    ax.axhline(0.0, color="k", lw=1, ls="--", label="no effect")
+    ax.set_xticks(x, [s.removeprefix("period ") for s in wide.index], rotation=45, fontsize=7)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def render(result: MonitorRun, history: pd.DataFrame, curves: pd.DataFrame) -> str:
     """The HTML report of ``result`` with ``history`` (earlier ``monitor_checks`` rows)."""
     frame = result.frame
@@ -179,12 +214,18 @@ def render(result: MonitorRun, history: pd.DataFrame, curves: pd.DataFrame) -> s
         report.tables.append(
             ("Drift against the champion's reference", wide.sort_values("psi", ascending=False))
         )
+    policy = frame[frame["kind"] == "policy"]
+    if len(policy):
+        report.tables.append(
+            ("Policy health (treated vs control, exploration)", policy[columns].set_index("check"))
+        )
     figures = [
         ("churn calibration", calibration_figure(curves)),
         ("churn AUC over time", auc_figure(everything)),
         ("value interval coverage over time", coverage_figure(everything)),
         ("PIT histogram", pit_figure(curves, result.run_id)),
         ("feature drift heatmap", drift_heatmap(everything)),
+        ("policy value with intervals", policy_value_figure(frame)),
     ]
     report.figures = [(name, png(fig)) for name, fig in figures if fig is not None]
     return report.to_html()

@@ -56,3 +56,17 @@ def test_not_yaml_or_not_a_mapping_or_missing_file(tmp_path: Path) -> None:
         parse_alerts("- 1", "x.yaml")
     with pytest.raises(AlertsError, match="no such thresholds file"):
         load_alerts(tmp_path / "nope.yaml")
+
+
+def test_policy_thresholds_are_validated_like_the_others() -> None:
+    policy = load_alerts().policy
+    assert policy.value_shortfall.level(1.2) == "alert"  # upper bound below 0
+    assert policy.value_shortfall.level(-0.5) == "ok"  # a positive estimate
+    assert policy.min_control >= 2 and policy.min_ess > 0
+    text = SHIPPED.replace("  max_weight:", "  max_wieght:", 1)
+    with pytest.raises(AlertsError) as err:
+        parse_alerts(text, "mine.yaml")
+    assert f"line {_line_of(text, 'max_wieght')}: policy.max_wieght: unknown" in str(err.value)
+    text = SHIPPED.replace("min_control: 50", "min_control: 1")
+    with pytest.raises(AlertsError, match=rf"line {_line_of(text, 'min_control: 1')}: policy"):
+        parse_alerts(text, "mine.yaml")

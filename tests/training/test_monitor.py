@@ -9,6 +9,7 @@ can show it (see ``expected`` below). Scenario worlds are marked slow.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import monitor_worlds as mw
@@ -88,11 +89,16 @@ def test_cli_prints_the_table_writes_tables_report_and_mlflow_run(worlds: Path) 
             runs = db.execute(f"SELECT run_id, mlflow_run_id, alerts FROM {RUNS}").fetchall()
             kinds = {r[0] for r in db.execute(f"SELECT DISTINCT kind FROM {CHECKS}").fetchall()}
             curves = db.execute(f"SELECT DISTINCT curve FROM {CURVES}").fetchall()
+            policy = db.execute(
+                f"SELECT DISTINCT \"check\", level FROM {CHECKS} WHERE kind = 'policy'"
+            ).fetchall()
         finally:
             con.disconnect()
         assert len(runs) == len(mw.MONITOR_AT) + 1  # the monthly runs and this one
-        assert runs[-1][1] is not None and kinds == {"churn", "value", "features"}
+        assert runs[-1][1] is not None and kinds == {"churn", "value", "features", "policy"}
         assert {c[0] for c in curves} == {"calibration", "pit"}
+        # the stable world's campaign log has no groups: policy health says so, never alerts
+        assert policy == [("no_data", "ok")]
         from models.registry import client
 
         experiment = client().get_experiment_by_name("rapport-monitoring")
@@ -149,3 +155,57 @@ def test_each_scenario_raises_its_alert_in_time(worlds: Path, scenario: str) -> 
     assert delay <= days, delay
     # nothing before the change
     assert all(not len(a) for d, a in timeline.alerts.items() if d < mw.change_date())
+
+
+def test_policy_health_runs_inside_the_monitor(
+    worlds: Path, stable: mw.Timeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stable world's warehouse (copied) with a month of grouped decisions of a policy
+    that hurts: ``rapport monitor``'s run alerts on it, records and charts it and logs it
+    to MLflow (an experiment of its own here, so the other tests' counts hold)."""
+    from policy_world import decisions
+
+    from training import monitor
+
+    at = mw.MONITOR_AT[-1]
+    with mw.world_home(worlds / "stable"):
+        copy = tmp_path / "warehouse.duckdb"
+        shutil.copy(get_settings().warehouse_path, copy)
+        con = connect(copy)
+        try:
+            ids = [r[0] for r in raw(con).execute("SELECT customer_id FROM customers").fetchall()]
+            frame = decisions(4, effect=-30.0, n=len(ids))
+            frame = frame.assign(
+                customer_id=frame["customer_id"].map(
+                    dict(zip(frame["customer_id"].unique(), ids, strict=True))
+                ),
+                decided_at=frame["decided_at"]
+                - (frame["decided_at"].max() - pd.Timestamp(at))
+                - pd.Timedelta(hours=1),
+            )
+            db = raw(con)
+            db.register("d", frame)
+            db.execute("INSERT INTO campaign_log BY NAME SELECT * FROM d")
+            db.unregister("d")
+            monkeypatch.setattr(monitor, "EXPERIMENT", "rapport-monitoring-policy-test")
+            result = monitor.run(at, con=con, report_dir=tmp_path)
+            recorded = set(
+                raw(con)
+                .execute(
+                    f"SELECT \"check\" FROM {CHECKS} WHERE kind = 'policy' AND run_id = ?",
+                    [result.run_id],
+                )
+                .fetchall()
+            )
+        finally:
+            con.disconnect()
+        policy = result.frame[result.frame["kind"] == "policy"]
+        shortfall = policy[(policy["check"] == "value_shortfall") & (policy["subject"] == "all")]
+        assert shortfall["level"].tolist() == ["alert"]
+        assert ("value_shortfall",) in recorded and ("incremental_value",) in recorded
+        assert "value_shortfall" in result.summary()
+        assert "policy value with intervals" in result.report.read_text()
+        from models.registry import client
+
+        run = client().get_run(result.mlflow_run_id)
+        assert run.data.metrics["policy.value_shortfall.all"] > 1.0
