@@ -1,7 +1,8 @@
 """``rapport demo``'s simulated period: the policy's batch decisions (control group held
 out) are played by the simulator, ingested and measured by ``rapport impact``; the demo
 prints the headline beside the simulator's true value. Built like the demo's batch part on
-a small world (churn/value fast, NBA with few bootstraps) to stay well under a minute."""
+a small world (churn/value fast, NBA with few bootstraps); its setup trains every model,
+~100 s on a loaded 2-core machine, so it is marked slow (`uv run pytest -m slow`)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Path:
         reset_settings()
         settings = get_settings()
         settings.ensure_home()
-        data = write(generate(2000, seed=42, end=END), home / "demo-data", "parquet")
+        data = write(generate(1500, seed=42, end=END), home / "demo-data", "parquet")
         con = connect(settings.warehouse_path)
         ingest_demo(con, data["customers"].parent, now=END)
         spec = default_spec()  # the demo's step 3: segments as of the end of history
@@ -60,7 +61,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for kind in ("churn", "value"):
             jobs.train(kind, con, params=FAST_PARAMS, data=training)
             jobs.promote(kind)
-        nba = train_nba(con, compare_methods=False, n_boot=50)
+        nba = train_nba(con, compare_methods=False, n_boot=30)
         promote_nba(nba.version)
         score_all(con, END)
         con.disconnect()
@@ -81,6 +82,7 @@ def _period(home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return "\n".join(said)
 
 
+@pytest.mark.slow
 def test_demo_prints_impact_beside_the_truth_and_replays_the_same(
     scored: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
