@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rapport.settings import Settings
@@ -99,6 +99,8 @@ def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) 
     say(promote_nba(nba_result.version).summary())
     say("\n== batch scores for everyone and an example target list")
     example_list(con, settings, data.end, say, progress)
+    say(f"\n== one simulated period: the policy's decisions, {PERIOD_DAYS} days of answers, impact")
+    simulated_period(con, settings, data.end, say, progress)
     say(f"MLflow UI: uv run mlflow ui --backend-store-uri {settings.tracking_uri}")
     prepare_serving(options, settings, con, say, progress)
 
@@ -136,6 +138,132 @@ def example_list(
         'more lists: uv run rapport targets --filter "churn_probability > 0.5 and '
         "abc_tier == 'A'\" --budget 5000 --out list.csv   (saved ones: --show-lists)"
     )
+
+
+#: days the demo plays after its history: every response window (14 days) closes in it
+PERIOD_DAYS = 30
+
+
+def simulated_period(
+    con: Any,
+    settings: Settings,
+    decided_at: datetime,
+    say: Say,
+    progress: Say,
+    days: int = PERIOD_DAYS,
+    seed: int = 0,
+) -> Any:
+    """Close the loop once, as a campaign tool and a month would: every customer of the
+    latest batch scores gets its best action at ``decided_at`` (the control group: none),
+    logged to the campaign log with its group; ``rapport simulate`` plays the customers'
+    answers over the ``days`` after; ``rapport ingest`` loads them (the catalog's
+    attribution windows, the simulated clock as ``now``); ``rapport impact`` measures
+    treated against control, printed beside the simulator's true value (read through
+    :mod:`rapport.truth`). Returns the impact run (None when there is no control group).
+
+    Runs again on the same home without changing anything: the decision ids are
+    ``demo-<date>-<customer>``; when they are logged already (an earlier demo that day)
+    they are replayed, not made anew, so the draws, the files, the truth and the figures
+    are the same (``impact`` gets one more row in its time series)."""
+    import time
+
+    import numpy as np
+    import pandas as pd
+
+    from features.contract import CONTROL
+    from features.ingest import discover_files, ingest
+    from features.tables.control import read_control
+    from features.tables.outcomes import decision_outcomes
+    from features.tables.scores import latest_run, load_scores
+    from features.timeutil import as_utc
+    from features.warehouse import raw
+    from models.catalog import Catalog, default_catalog
+    from rapport.simulate import simulate
+    from rapport.truth import load_simulated_truth
+    from training import impact
+    from training.nba_evaluation import default_margin_rate
+
+    started = time.perf_counter()
+    db = raw(con)
+    decided = as_utc(decided_at)
+    end = decided + timedelta(days=days)
+    prefix = f"demo-{decided:%Y%m%d}-"
+    windows = default_catalog().attribution()  # what `rapport ingest` uses without --catalog
+    run = latest_run(db)
+    known = db.execute(
+        "SELECT count(*) FROM campaign_log WHERE starts_with(decision_id, ?)", [prefix]
+    ).fetchone()
+    if known and known[0]:
+        say(f"{known[0]:,} decisions {prefix}* logged by an earlier demo run: played again")
+    else:
+        scores = load_scores(db, run)
+        share = read_control(settings.home).group.share
+        held = scores["group"].eq(CONTROL).to_numpy()
+        log = pd.DataFrame(
+            {
+                "decision_id": prefix + scores["customer_id"].astype(str),
+                "customer_id": scores["customer_id"].astype(str),
+                "decided_at": decided.isoformat(),
+                "action": scores["best_action"],
+                "channel": scores["best_channel"].fillna("none"),
+                # greedy within the group: the only randomisation is the salted hash
+                "propensity": np.where(held, share, 1.0 - share),
+                "group": scores["group"],
+            }
+        )
+        folder = settings.home / "simulate" / f"decisions-{decided:%Y%m%d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        log.to_csv(folder / "campaign_log.csv", index=False)
+        now = max(datetime.now(UTC), decided)
+        files = {"campaign_log": folder / "campaign_log.csv"}
+        ingest(con, files, now=now, attribution=windows)
+        say(
+            f"the campaign tool executes scores {run.run_id}: {len(log):,} decisions "
+            f"{prefix}* ({int(held.sum()):,} control, no action), logged from {folder}"
+        )
+    decisions = decision_outcomes(con, since=decided)
+    ours = decisions[decisions["decision_id"].astype(str).str.startswith(prefix)]
+    played = simulate(
+        con, settings.home, settings.outbox_dir, days, end, seed, only=set(ours["decision_id"])
+    )
+    say(played.summary())
+    report = ingest(con, discover_files(played.folder), now=end, attribution=windows)
+    say(report.summary())
+    decisions = decision_outcomes(con, since=decided)
+    ours = decisions[decisions["decision_id"].astype(str).str.startswith(prefix)]
+    try:
+        result = impact.run(con, since=decided, decisions=ours, now=end)
+    except impact.NoImpactDataError as exc:
+        say(f"no impact measured: {exc}")
+        return None
+    say(result.summary())
+    truth = load_simulated_truth(settings.home, f"{decided:%Y%m%d}-{end:%Y%m%d}")
+    catalog = Catalog.model_validate(run.catalog)  # the one impact values actions with
+    measured = ours[ours["outcome"].notna() & ours["group"].notna()]
+    treated = measured[measured["group"] != CONTROL]
+    costs = treated["action"].map({a.id: a.cost for a in catalog.actions}).fillna(0.0)
+    row = result.table[result.table["period"] == "all"].iloc[0]
+    line = (
+        f"headline: incremental value per treated customer {row['incremental_value']:,.2f} "
+        f"(95% interval {row['incremental_value_lo']:,.2f} .. {row['incremental_value_hi']:,.2f},"
+        f" {row['method']}; {int(row['treated_customers']):,} treated vs "
+        f"{int(row['control_customers']):,} control customers)"
+    )
+    if truth is not None and treated["customer_id"].nunique():
+        true_value = (
+            truth["true_incremental_revenue"] * default_margin_rate(catalog) - costs.sum()
+        ) / treated["customer_id"].nunique()
+        inside = row["incremental_value_lo"] <= true_value <= row["incremental_value_hi"]
+        line += (
+            f"\n  the simulator's true incremental value per treated customer: {true_value:,.2f}"
+            f" ({'inside' if inside else 'OUTSIDE'} the interval)"
+        )
+    say(line)
+    say(
+        f"period {decided:%Y-%m-%d} .. {end:%Y-%m-%d} played, loaded and measured in "
+        f"{time.perf_counter() - started:.1f}s (files: {played.folder})"
+    )
+    return result
 
 
 def prepare_serving(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -122,10 +123,18 @@ def decisions_made(con: Any, outbox: Path) -> pd.DataFrame:
 
 
 def simulate(
-    con: Any, home: Path, outbox: Path, days: int, as_of: datetime, seed: int = 0
+    con: Any,
+    home: Path,
+    outbox: Path,
+    days: int,
+    as_of: datetime,
+    seed: int = 0,
+    only: Collection[str] | None = None,
 ) -> Simulated:
     """Play the responses to the decisions whose window overlaps the ``days`` before
-    ``as_of``; write the files and the period's truth (module docstring)."""
+    ``as_of``; write the files and the period's truth (module docstring). ``only``: play
+    just these decision ids (the demo's own campaign, so its truth covers what it
+    measures and nothing a served service or an older list decided)."""
     if days < 1:
         raise ValueError(f"--days must be at least 1, got {days}")
     end = as_utc(as_of)
@@ -139,6 +148,8 @@ def simulate(
     window = timedelta(days=RESPONSE_WINDOW_DAYS)
     made = decisions_made(con, outbox)
     made = made[(made["decided_at"] >= start - window) & (made["decided_at"] < end)]
+    if only is not None:
+        made = made[made["decision_id"].astype(str).isin(set(only))]
     truth = truth.assign(customer_id=truth["customer_id"].astype(str))
     control = made["action"].eq(NO_ACTION) | made["group"].eq("control")
     played = made.assign(

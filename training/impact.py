@@ -262,8 +262,10 @@ def ope_vs_realised(
     since = registry.crowned_at("nba", registry.get_version("nba", version=version))
     known = decisions[decisions["group"].notna() & decisions["outcome"].notna()]
     treated = known[(known["group"] != CONTROL) & (known["decided_at"] >= since)]
+    if treated.empty:
+        return {}, [f"no treated decision with an outcome since nba v{version} was promoted"]
     reward = treated["revenue"].astype("float64").fillna(0.0) * margin_rate
-    reward = reward - treated["action"].map(costs).fillna(0.0)
+    reward = reward - treated["action"].map(costs).astype("float64").fillna(0.0)
     mean, lo, hi = _mean_interval(reward.to_numpy(dtype="float64"))
     ope = {
         "version": float(version),
