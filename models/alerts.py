@@ -78,6 +78,14 @@ class FeatureThresholds(BaseModel):
     min_importance: float = Field(default=0.01, ge=0, le=1)
 
 
+class SkewThresholds(BaseModel):
+    """Live against batch: the two executions must agree, so any mismatch alerts by default."""
+
+    model_config = _STRICT
+    #: sampled live vectors disagreeing with their batch rebuild (per feature, and in all)
+    mismatches: Threshold = Threshold(alert=0)
+
+
 class Alerts(BaseModel):
     """Every threshold the monitor applies."""
 
@@ -87,6 +95,7 @@ class Alerts(BaseModel):
     churn: ChurnThresholds
     value: ValueThresholds
     features: FeatureThresholds
+    skew: SkewThresholds = SkewThresholds()
 
     def threshold(self, kind: str, check: str) -> Threshold:
         """The threshold of ``kind.check``; KeyError naming it when there is none."""

@@ -79,6 +79,7 @@ from features.online.record import Record, empty_record, evaluate
 from features.online.store import StoreUnavailableError, open_store, redact_url
 from features.segments import SegmentModel
 from features.spec import default_spec
+from features.tables.feature_samples import sample_row, sampled
 from features.tables.control import ControlFileError, read_control
 from models import registry
 from models.bundle import bundled_ref, load_for_serving
@@ -391,13 +392,19 @@ class Rapport:
             explain=options.explain,
             rng=self.rng,
         )
+        decision_id = new_decision_id()
+        if not cold and sampled(decision_id, self.settings.feature_sample_share):
+            # for the monitor's live/batch skew check; written behind the answer
+            self.decisions.sample(
+                sample_row(decision_id, customer_id, as_of, self.spec.version, features)
+            )
         shown = None
         if options.include_features:
             shown = {k: _plain(v) for k, v in features.items() if k != "customer_id"}
         return Score(
             **dict(result),
             customer_id=customer_id,
-            decision_id=new_decision_id(),
+            decision_id=decision_id,
             as_of=as_of,
             cold_start=cold,
             features=shown,
