@@ -140,13 +140,13 @@ def read_samples(
         f"features FROM {FEATURE_SAMPLES} {where} ORDER BY computed_at DESC, sample_id "
         f"LIMIT {int(limit)}",
         params,
-    ).df()
+    ).to_arrow_table().to_pandas()
     frame["features"] = [json.loads(f) for f in frame["features"]]
     return frame
 
 
 def _null(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def same(live: Any, batch: Any) -> bool:
