@@ -396,7 +396,7 @@ class Rapport:
         if not cold and sampled(decision_id, self.settings.feature_sample_share):
             # for the monitor's live/batch skew check; written behind the answer
             self.decisions.sample(
-                sample_row(decision_id, customer_id, as_of, self.spec.version, features)
+                sample_row(decision_id, customer_id, as_of, self.meta.feature_set, features)
             )
         shown = None
         if options.include_features:
