@@ -79,8 +79,8 @@ from features.online.record import Record, empty_record, evaluate
 from features.online.store import StoreUnavailableError, open_store, redact_url
 from features.segments import SegmentModel
 from features.spec import default_spec
-from features.tables.feature_samples import sample_row, sampled
 from features.tables.control import ControlFileError, read_control
+from features.tables.feature_samples import sample_row, sampled
 from models import registry
 from models.bundle import bundled_ref, load_for_serving
 from models.scorer import Scorer

@@ -135,12 +135,16 @@ def read_samples(
     if FEATURE_SAMPLES not in have:
         return pd.DataFrame(columns=columns)
     where, params = ("WHERE computed_at <= ?", [until]) if until is not None else ("", [])
-    frame = db.execute(
-        f"SELECT sample_id, customer_id, computed_at, feature_set, features::VARCHAR AS "
-        f"features FROM {FEATURE_SAMPLES} {where} ORDER BY computed_at DESC, sample_id "
-        f"LIMIT {int(limit)}",
-        params,
-    ).to_arrow_table().to_pandas()
+    frame = (
+        db.execute(
+            f"SELECT sample_id, customer_id, computed_at, feature_set, features::VARCHAR AS "
+            f"features FROM {FEATURE_SAMPLES} {where} ORDER BY computed_at DESC, sample_id "
+            f"LIMIT {int(limit)}",
+            params,
+        )
+        .to_arrow_table()
+        .to_pandas()
+    )
     frame["features"] = [json.loads(f) for f in frame["features"]]
     return frame
 
@@ -159,6 +163,8 @@ def same(live: Any, batch: Any) -> bool:
     return math.isclose(float(live), float(batch), rel_tol=REL_TOL, abs_tol=ABS_TOL)
 
 
-def mismatches(live: Mapping[str, Any], batch: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+def mismatches(
+    live: Mapping[str, Any], batch: Mapping[str, Any], names: Iterable[str]
+) -> list[str]:
     """The features whose live and batch values disagree (a missing one counts as null)."""
     return [n for n in names if not same(live.get(n), batch.get(n))]
