@@ -179,6 +179,11 @@ def render(result: MonitorRun, history: pd.DataFrame, curves: pd.DataFrame) -> s
         report.tables.append(
             ("Drift against the champion's reference", wide.sort_values("psi", ascending=False))
         )
+    skew = frame[frame["kind"] == "skew"]
+    if len(skew):
+        report.tables.append(
+            ("Live against batch (sampled live feature vectors)", skew[columns].set_index("check"))
+        )
     figures = [
         ("churn calibration", calibration_figure(curves)),
         ("churn AUC over time", auc_figure(everything)),

@@ -9,14 +9,23 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from serving_harness import Workspace, prepare_workspace, start_service, stop, wait_ready
+from serving_harness import (
+    Workspace,
+    environment,
+    prepare_workspace,
+    start_service,
+    stop,
+    wait_ready,
+)
 
 from features.online.events import OPEN_SUFFIX
 from features.outbox_ingest import ingest_outbox
 from features.spec import default_spec
 from features.tables.feature_samples import FEATURE_SAMPLES, sampled
 from features.warehouse import connect, raw
+from training import monitor
 from training.monitor import check_skew
+from training.scoring import score_all
 
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 
@@ -113,6 +122,15 @@ def test_sampled_live_vectors_agree_with_batch_and_a_skew_alerts(ws: Workspace) 
 
         # ingesting again loads nothing twice
         assert ingest_outbox(con, ws.home / "outbox", datetime.now(UTC)).samples == 0
+
+        # `rapport monitor` itself: the skew alert is among its alerts, in the report too
+        with environment(RAPPORT_HOME=str(ws.home), MLFLOW_TRACKING_URI=None):
+            score_all(con)
+            result = monitor.run(con=con, log_to_mlflow=False)
+        alerts = result.alerts[result.alerts["kind"] == "skew"]
+        assert set(alerts["subject"]) == {"all", name}, result.summary()
+        assert "skew      mismatches" in result.summary()
+        assert result.report is not None and name in result.report.read_text()
     finally:
         con.disconnect()
 
