@@ -91,7 +91,7 @@ def test_cli_prints_the_table_writes_tables_report_and_mlflow_run(worlds: Path) 
         finally:
             con.disconnect()
         assert len(runs) == len(mw.MONITOR_AT) + 1  # the monthly runs and this one
-        assert runs[-1][1] is not None and kinds == {"churn", "value", "features"}
+        assert runs[-1][1] is not None and kinds == {"churn", "value", "features", "skew"}
         assert {c[0] for c in curves} == {"calibration", "pit"}
         from models.registry import client
 
