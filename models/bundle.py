@@ -20,7 +20,14 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from models.registry import Champions, ChampionsMissingError, load_champions
+from models.registry import (
+    CHAMPION,
+    KINDS,
+    Champions,
+    ChampionsMissingError,
+    aliases,
+    load_champions,
+)
 from rapport.settings import Settings, get_settings
 
 #: the BentoML model holding all champions
@@ -153,3 +160,24 @@ def load_for_serving(settings: Settings | None = None, bundled: Any = None) -> C
     if model is not None:
         return load_bundle(model)
     return load_champions(settings.tracking_uri)
+
+
+def marker_of(champions: Champions) -> str:
+    """What identifies loaded champions for :func:`champions_marker`: the bundle's tag, or
+    the registry versions when they were loaded from MLflow."""
+    if champions.source.startswith("bentoml:"):
+        return champions.source
+    return "mlflow:" + ",".join(f"{k}={v}" for k, v in sorted(champions.versions.items()))
+
+
+def champions_marker(settings: Settings | None = None) -> str:
+    """What :func:`load_for_serving` would load now, cheaply (no model read): the latest
+    bundle's tag (a new one after every promotion and rollback), else the registry's
+    ``@champion`` versions. The service reloads when it differs from :func:`marker_of`
+    what it serves."""
+    settings = settings or get_settings()
+    model = bundled_champions(settings)
+    if model is not None:
+        return f"bentoml:{model.tag}"
+    held = {kind: aliases(kind).get(CHAMPION) for kind in KINDS}
+    return "mlflow:" + ",".join(f"{k}={v}" for k, v in sorted(held.items()) if v is not None)

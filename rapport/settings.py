@@ -83,6 +83,13 @@ class Settings(BaseSettings):
         description="`rapport ingest` exits 3 when a source has more than this share of its "
         "rows quarantined (or all of them).",
     )
+    reload_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="How often the service checks for new champions and a reloaded online "
+        "store (it swaps them in without a restart).",
+    )
     export_ttl_hours: float = Field(
         default=24.0, gt=0, description="How long target lists made over HTTP stay downloadable."
     )

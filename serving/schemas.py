@@ -133,6 +133,9 @@ class Meta(BaseModel):
     models: dict[str, str] = Field(description="Model name -> registered version.")
     feature_set: str
     catalog: str | None = None
+    segments: str | None = Field(
+        default=None, description="Version of the segment cut points (RFM / ABC) in use."
+    )
 
 
 class Score(CustomerScore):

@@ -17,8 +17,11 @@ workspace environment, see :func:`serving.runtime.serve`). Endpoints (JSON, Open
 
 Features are computed per request from the customer's online record with the same code as
 the batch build (:func:`features.online.record.evaluate`, ``as_of`` = now). Every response body
-carries ``meta`` (model versions, feature set) and every response the headers
-``X-Rapport-Models`` and ``X-Rapport-Feature-Set``.
+carries ``meta`` (model versions, feature set, segment version) and every response the
+headers ``X-Rapport-Models`` and ``X-Rapport-Feature-Set``.
+
+New champions and a reloaded online store are taken without a restart
+(:mod:`serving.reload`): built in a thread, swapped in as one reference (``self.live``).
 
 Safety (:class:`serving.middleware.Guard`, before BentoML parses anything):
 ``Authorization: Bearer`` keys with scopes (401 / 403), a body-size limit (413), JSON
@@ -57,7 +60,6 @@ from starlette.responses import JSONResponse
 from threadpoolctl import threadpool_limits
 
 from features.batch import micros
-from features.control import ControlGroup
 from features.online.events import (
     ConflictError,
     DecisionBuffer,
@@ -69,26 +71,18 @@ from features.online.events import (
     record_feedback,
     recover_segments,
 )
-from features.online.materialize import (
-    META_FEATURE_SET,
-    META_MATERIALIZED_AT,
-    META_SEGMENTS,
-    META_SEGMENTS_VERSION,
-)
 from features.online.record import Record, empty_record, evaluate
 from features.online.store import StoreUnavailableError, open_store, redact_url
-from features.segments import SegmentModel
 from features.spec import default_spec
-from features.tables.control import ControlFileError, read_control
 from features.tables.feature_samples import sample_row, sampled
-from models import registry
-from models.bundle import bundled_ref, load_for_serving
+from models.bundle import bundled_ref
 from models.scorer import Scorer
 from rapport.settings import get_settings
 from serving import accept, runtime
 from serving.auth import ADMIN
 from serving.middleware import GRANTED, Guard, HeaderList, QuietValidation
 from serving.outages import ONLINE_STORE, Outages, answers_503
+from serving.reload import Live, Reloader
 from serving.schemas import (
     BatchError,
     ColdStart,
@@ -111,7 +105,7 @@ from serving.targets import prune_exports
 
 log = logging.getLogger("bentoml.rapport")  # under bentoml: its handlers and worker prefix
 
-#: seconds between outbox sealing / online-store metadata checks
+#: seconds between outbox sealing / expired download checks
 TICK_S = 5.0
 
 
@@ -128,102 +122,51 @@ class Rapport:
         self.settings = settings = get_settings()
         settings.ensure_home()
         self.spec = default_spec()
-        self.champions = load_for_serving(settings, self.bundle)
+        self.store = open_store(settings.online_store_url)
+        #: champions, scorer, meta and version headers in use: one reference, swapped whole
+        #: when new champions or a reloaded online store appear (serving/reload.py)
+        self.outages = Outages()  # dependencies down now: 503s, one log line per change
+        self.reloader = Reloader(settings, self.spec, self.store, self.outages)
+        self.live: Live = self.reloader.start(self.bundle)
         # one request = a few one-row predictions: OpenMP threads only add wake-ups (a
         # LightGBM row took 6 ms instead of 40 us on a busy machine); workers give the
         # parallelism. Applies to the libraries loaded with the models (LightGBM's OpenMP).
         self._threads = threadpool_limits(limits=1)
-        self.store = open_store(settings.online_store_url)
-        self.outages = Outages()  # dependencies down now: 503s, one log line per change
         recover_segments(settings.outbox_dir)
         self.outbox = Outbox(settings.outbox_dir)
         self.decisions = DecisionBuffer(self.store, self.outbox, self.spec)
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self.rng = np.random.default_rng()
-        self.problems: list[str] = registry.check_compatible(self.champions, self.spec)
-        self.scorer: Scorer | None = None
-        self.loaded_at: str | None = None
-        #: the warehouse's segment model version the online store was loaded with
-        self.segments_version: str | None = None
-        #: the control group (``<home>/control.json``), re-read when the file changes
-        self.control: ControlGroup | None = None
-        self._refresh()
-        self.meta = Meta(
-            models=dict(self.champions.versions),
-            feature_set=self.spec.version,
-            catalog=self.scorer.catalog.version if self.scorer is not None else None,
-        )
-        #: added to every response by the guard (see :func:`_version_headers`)
-        self.version_headers: HeaderList = (
-            (b"x-rapport-models", _versions_header(self.champions.versions).encode()),
-            (b"x-rapport-feature-set", self.spec.version.encode()),
-        )
-        log.info(
-            "loaded %s from %s; online store %s; ready=%s",
-            _versions_header(self.champions.versions),
-            self.champions.source,
-            redact_url(self.store.url),
-            self.ready,
-        )
-        for problem in self.problems + self.store_problems:
+        log.info("online store %s", redact_url(self.store.url))
+        for problem in self.live.problems:
             log.error("not ready: %s", problem)
         gc.collect()
         gc.freeze()  # the imports' heap never changes: keep it out of full collections
 
-    # ----------------------------------------------------------------- readiness
-    def _refresh(self) -> None:
-        """(Re)build the scorer when the online store was (re)materialized; follow the
-        control group file. An unreadable control file makes the service unready: scoring
-        without knowing who is held out could act on a control customer."""
-        self.store_problems: list[str] = []
-        try:
-            control = read_control(self.settings.home).group
-        except ControlFileError as exc:
-            self.store_problems.append(str(exc))
-            return
-        if control != self.control:
-            log.info("control group: share %.2f%%, salt %s", 100 * control.share, control.salt)
-            self.control = control
-            if self.scorer is not None:
-                self.scorer.control = control
-        try:
-            stamp = self.store.get_meta(META_MATERIALIZED_AT)
-            feature_set = self.store.get_meta(META_FEATURE_SET)
-            segments = self.store.get_meta(META_SEGMENTS)
-            segments_version = self.store.get_meta(META_SEGMENTS_VERSION)
-        except StoreUnavailableError as exc:  # down: report (no host), keep the last scorer
-            self.outages.down(ONLINE_STORE, exc)
-            return
-        self.outages.up(ONLINE_STORE)
-        if feature_set is None or segments is None:
-            self.store_problems.append(
-                "the online store is not materialized: run `rapport materialize`"
-            )
-            return
-        if feature_set != self.spec.version:
-            self.store_problems.append(
-                f"the online store holds feature set {feature_set}, the service computes "
-                f"{self.spec.version}: run `rapport materialize`"
-            )
-            return
-        if stamp != self.loaded_at or self.scorer is None:
-            self.scorer = registry.build_scorer(
-                self.champions, SegmentModel.from_json(segments), self.spec, control=self.control
-            )
-            self.loaded_at = stamp
-            self.segments_version = segments_version
-            log.info("scoring with segments %s (online store loaded %s)", segments_version, stamp)
+    # ----------------------------------------------------------------- what is served
+    @property
+    def scorer(self) -> Scorer | None:
+        return self.live.scorer
+
+    @property
+    def meta(self) -> Meta:
+        return self.live.meta
+
+    @property
+    def version_headers(self) -> HeaderList:
+        return self.live.version_headers
+
+    @property
+    def problems(self) -> list[str]:
+        found = [*self.live.problems, *self.live.store.problems, *self.outages.problems]
+        return list(dict.fromkeys(found))
 
     @property
     def ready(self) -> bool:
-        return (
-            self.scorer is not None
-            and not self.problems
-            and not self.store_problems
-            and not self.outages.problems
-        )
+        return self.live.ready and not self.outages.problems
 
     def __is_ready__(self) -> bool:
         return self.ready
@@ -231,8 +174,30 @@ class Rapport:
     def _unavailable(self, ctx: bentoml.Context) -> JSONResponse | None:
         if self.ready:
             return None
-        problems = self.problems + self.store_problems + self.outages.problems
-        return _error(ctx, 503, "not ready: " + "; ".join(problems))
+        return _error(ctx, 503, "not ready: " + "; ".join(self.problems))
+
+    def _refresh(self) -> None:
+        """Take new champions / a reloaded online store now (the watcher does it in a
+        thread every ``RAPPORT_RELOAD_SECONDS``)."""
+        self._swap(self.reloader.check(self.live))
+
+    def _swap(self, new: Live | None) -> list[Live]:
+        """Serve ``new`` (if any); returns the old state for the caller to drop."""
+        if new is None:
+            return []
+        old, self.live = self.live, new  # one reference: a request sees all old or all new
+        gc.freeze()  # the new models join the heap full collections skip
+        return [old]
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.reloader.interval)
+            try:
+                retired = self._swap(await asyncio.to_thread(self.reloader.check, self.live))
+                # the old models are freed in a thread, not between two requests
+                await asyncio.to_thread(retired.clear)
+            except Exception:
+                log.exception("checking for new champions / online store failed")
 
     # ----------------------------------------------------------------- background
     async def _tick(self) -> None:
@@ -240,11 +205,10 @@ class Rapport:
             await asyncio.sleep(TICK_S if not self.outages.problems else 1.0)  # back soon
             try:
                 self.outbox.seal()
-                self._refresh()
                 if removed := prune_exports(self.settings):
                     log.info("removed %d expired target list download(s)", removed)
             except Exception:
-                log.exception("periodic outbox / store / exports check failed")
+                log.exception("periodic outbox / exports check failed")
 
     async def _write_decisions(self) -> None:
         """Group commit: write whatever decisions arrived while the last write ran, and
@@ -271,12 +235,13 @@ class Rapport:
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         self._ticker = loop.create_task(self._tick())
+        self._watcher = loop.create_task(self._watch())
         self._wake = asyncio.Event()
         self._writer = loop.create_task(self._write_decisions())
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
-        for task in (self._ticker, self._writer):
+        for task in (self._ticker, self._writer, self._watcher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -518,10 +483,6 @@ def _plain(value: Any) -> float | str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return value if isinstance(value, str) else float(value)
-
-
-def _versions_header(versions: dict[str, str]) -> str:
-    return ",".join(f"{kind}={version}" for kind, version in sorted(versions.items()))
 
 
 def _version_headers() -> HeaderList:

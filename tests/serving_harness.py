@@ -151,6 +151,24 @@ def add_demo_nba(con: Any, settings: Settings) -> str:
     return bundle_champions(champions, settings)
 
 
+def add_churn_version(home: Path) -> str:
+    """Train one more churn version in the workspace (a ``@challenger``, not promoted): a
+    second champion to swap in while a server runs (the reload tests, bench/swap.py)."""
+    from features.warehouse import connect
+    from rapport.settings import get_settings
+    from training import jobs
+    from training.datasets import build_training_set
+
+    with environment(RAPPORT_HOME=str(home), RAPPORT_ONLINE_STORE=None, MLFLOW_TRACKING_URI=None):
+        con = connect(get_settings().warehouse_path)
+        try:
+            training = build_training_set(con, horizon_days=90, train_cutoffs=1, step_months=3)
+            params = {**FAST_PARAMS, "num_boost_round": 30}
+            return str(jobs.train("churn", con, params=params, data=training).version)
+        finally:
+            con.disconnect()
+
+
 # --------------------------------------------------------------------------- processes
 def free_port() -> int:
     with socket.socket() as sock:

@@ -13,7 +13,7 @@ Steps, in order (:data:`STEPS`):
    crowned (the ``impact`` table);
 4. ``retrain``: the kinds that are due, i.e. whose champion was trained on other data than
    the warehouse holds now and is older than ``settings.cycle_retrain_days`` or has a
-   monitoring alert since it was crowned;
+   monitoring alert (on its kind, or feature drift) since it was crowned;
 5. ``promote``: the new challengers through their gate (:func:`training.jobs.promote`,
    :func:`training.nba.promote_nba`); the service's bundle is refreshed;
 6. ``score``: batch scores of every customer with the champions;
@@ -249,11 +249,12 @@ class _Cycle:
         return "done", f"run {found.run_id}: {len(found.checks)} checks, {len(found.alerts)} alerts"
 
     def _alerts_since(self, kind: str, since: datetime) -> int:
+        """Alerts on ``kind`` or on the features (every model reads them) since ``since``."""
         if not _has_table(self.db, "monitor_checks"):
             return 0
         row = self.db.execute(
-            "SELECT count(*) FROM monitor_checks WHERE kind = ? AND level = 'alert' "
-            "AND checked_at > ?",
+            "SELECT count(*) FROM monitor_checks WHERE kind IN (?, 'features') "
+            "AND level = 'alert' AND checked_at > ?",
             [kind, since],
         ).fetchone()
         return int(row[0]) if row else 0
@@ -346,11 +347,15 @@ class _Cycle:
         return ""
 
     def _trained_on_current(self, kind: str) -> str | None:
-        """The newest version above the champion trained on the current data, if any."""
-        champion = int(registry.aliases(kind).get(CHAMPION, "0"))
+        """The newest version above the champion trained on the current data, if any; never
+        the ``@previous`` above it (a champion rolled back is not promoted again here)."""
+        held = registry.aliases(kind)
+        champion = int(held.get(CHAMPION, "0"))
         for version in reversed(registry.versions(kind)):
             if int(version.version) <= champion:
                 return None
+            if str(version.version) == held.get(PREVIOUS):
+                continue
             if _data_fingerprint(version) == self.fingerprint:
                 return str(version.version)
         return None

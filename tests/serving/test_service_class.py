@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -204,3 +205,30 @@ def test_events_and_feedback(service: Any, ws: Workspace) -> None:
     assert status == 200 and isinstance(result, FeedbackResponse)
     (row,) = [r for r in outbox_rows(ws, "feedback") if r["decision_id"] == "d-direct"]
     assert row["outcome"] is True and row["revenue"] == 3.0
+
+
+def test_champions_of_another_feature_set_leave_the_old_ones_serving(
+    service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new bundle whose churn was trained on another feature set is refused (logged
+    once, the old champions keep serving); the next good bundle is taken."""
+    from models.bundle import bundle_champions, load_for_serving
+
+    good = load_for_serving(service.settings)
+    before = service.meta
+    stale = load_for_serving(service.settings)
+    stale.feature_sets = {**stale.feature_sets, "churn": "another-feature-set"}
+    stale.versions = {**stale.versions, "churn": "9"}
+    tag = bundle_champions(stale, service.settings)
+    with caplog.at_level(logging.ERROR, logger="bentoml.rapport"):
+        service._refresh()
+        service._refresh()
+    refused = [r.getMessage() for r in caplog.records if "not loaded" in r.getMessage()]
+    assert len(refused) == 1 and tag in refused[0] and "another-feature-set" in refused[0]
+    assert "still serving churn=1,value=1" in refused[0]
+    assert service.meta == before and service.ready
+    good.versions = {**good.versions, "churn": "1"}
+    again = bundle_champions(good, service.settings)
+    service._refresh()
+    assert service.live.champions.source == f"bentoml:{again}"
+    assert service.meta.models == before.models and service.ready

@@ -75,15 +75,16 @@ def home(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     yield from use_home(copy, monkeypatch)
 
 
-def add_outbox_orders(home: Path, n: int = 300) -> None:
-    """Orders the service accepted in the last days, waiting in the outbox."""
+def add_outbox_orders(home: Path, n: int = 300, end: datetime | None = None) -> None:
+    """Orders the service accepted in the days before ``end`` (default now), waiting in
+    the outbox."""
     con = connect(home / "warehouse.duckdb", read_only=True)
     ids = [
         r[0] for r in raw(con).execute("SELECT customer_id FROM customers ORDER BY 1").fetchall()
     ]
     con.disconnect()
     rng = np.random.default_rng(5)
-    now = datetime.now(UTC)
+    now = end or datetime.now(UTC)
     folder = home / "outbox" / "orders"
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -206,9 +207,12 @@ def test_new_data_retrains_the_due_kinds_and_records_every_step(
     assert uninterrupted["bundled"] == champions
 
 
-#: the steps a kill is tested in (retrain and score: the ones that write most). The
-#: other steps' kill points have not been run yet (issue 16 stays open for them).
-KILLED = ["retrain", "score"]
+#: retrain and score write most and run in the default suite; a kill at the start of every
+#: other step is a slow test (each is a killed run plus a full rerun with training)
+KILLED = [
+    pytest.param(step, marks=[] if step in ("retrain", "score") else [pytest.mark.slow])
+    for step in STEPS
+]
 
 
 @pytest.mark.parametrize("step", KILLED)
@@ -265,3 +269,71 @@ def test_force_promote_and_rollback_are_recorded_and_restore_exactly(home: Path)
     assert to.exit_code == 1 and "no registered churn model version 9" in to.output
     to = runner.invoke(main, ["rollback", "value"])
     assert to.exit_code == 1 and "no value@previous" in to.output
+
+
+def test_a_champion_worse_than_its_predecessor_on_newer_labels_is_rolled_back(
+    home: Path,
+) -> None:
+    """A churn v2 evaluated three months before the latest matured labels, and poor (one
+    two-leaf tree), forced over v1: the cycle's guard scores both on the newer labels,
+    finds v2 worse beyond the margin and restores v1, recorded as an automatic rollback."""
+    from training.datasets import build_training_set, default_as_of
+    from training.jobs import train
+
+    con = connect(get_settings().warehouse_path, read_only=True)
+    earlier = default_as_of(con, 90) - timedelta(days=91)
+    data = build_training_set(con, earlier, horizon_days=90, train_cutoffs=2, step_months=3)
+    poor = {**FAST_PARAMS, "num_boost_round": 1, "num_leaves": 2}
+    assert train("churn", con, params=poor, data=data).version == "2"
+    con.disconnect()
+    forced = CliRunner().invoke(
+        main, ["promote", "churn", "--version", "2", "--force", "--reason", "a test"]
+    )
+    assert forced.exit_code == 0, forced.output
+
+    result = run_cycle(FAST)
+    assert result.ok, result.summary()
+    guard = {s.name: s for s in result.steps}["guard"].detail
+    assert guard.startswith("churn rolled back to v1: realised auc"), guard
+    assert "champion v2" in guard and "worse by more than 0.02" in guard
+    assert registry.aliases("churn") == {"champion": "1", "previous": "2"}
+    assert registry.aliases("value") == {"champion": "1"}  # the good one holds
+    assert bundled_champions().info.metadata["versions"]["churn"] == "1"  # type: ignore[union-attr]
+    changes = query(f"SELECT action, version, replaced, reason, cycle_run FROM {records.CHANGES}")
+    last = changes.iloc[-1]
+    assert (last.action, last.version, last.replaced) == ("auto_rollback", "1", "2")
+    assert last.cycle_run == result.run_id and "worse by more than" in last.reason
+    tags = registry.get_version("churn", version="1").tags
+    assert tags[ACTION_TAG].startswith("auto_rollback")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", [None, "channel"])
+def test_a_cycle_after_drift_retrains_and_without_it_does_not(
+    scenario: str | None, tmp_path: Path
+) -> None:
+    """Champions trained before the change, scored and monitored before and after it (a
+    broken pipeline empties the web interactions from the change on), then new orders
+    arrive: with retraining by age off (a year), only the drift's alerts make the cycle
+    retrain; the unchanged world's cycle retrains nothing."""
+    import monitor_worlds as mw
+
+    home = tmp_path / "world"
+    with mw.world_home(home):
+        mw.load_world(home, 1500, 3, scenario)
+        mw.train_before_change()
+        timeline = mw.monitor_monthly(scenario, mw.MONITOR_AT[:2])
+        alerted = any(len(found) for found in timeline.alerts.values())
+        assert alerted == (scenario is not None), timeline.alerts
+        add_outbox_orders(home, end=mw.END)  # the simulated world ends there
+        options = CycleOptions(params=FAST_PARAMS, train_cutoffs=2, retrain_after_days=365)
+        result = run_cycle(options)
+        assert result.ok, result.summary()
+        retrain = {s.name: s for s in result.steps}["retrain"]
+        if scenario is None:
+            assert retrain.detail == "no kind due", result.summary()
+            assert [str(v.version) for v in registry.versions("churn")] == ["1"]
+        else:
+            assert "monitoring alerts since v1 was crowned" in retrain.detail, result.summary()
+            assert [str(v.version) for v in registry.versions("churn")] == ["1", "2"]
+            assert [str(v.version) for v in registry.versions("value")] == ["1", "2"]
