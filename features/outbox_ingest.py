@@ -13,7 +13,10 @@ The service never writes the warehouse (one writer); it appends to ``<home>/outb
 - target lists made by ``POST /targets``, ``<outbox>/target_lists/*.jsonl``, are recorded
   in the audit tables by :func:`features.tables.lists.record_lists`, the writer ``rapport
   targets`` uses, in their own transaction after the events; a list already recorded is
-  skipped, a torn one (header missing, members short) is left out and named.
+  skipped, a torn one (header missing, members short) is left out and named;
+- feature vectors the service sampled, ``<outbox>/feature_samples/*.jsonl``, go to the
+  table ``feature_samples`` (:mod:`features.tables.feature_samples`) for the monitor's
+  live/batch skew check, in their own transaction last.
 
 Writers must put complete files in place (write elsewhere, then rename): every
 ``*.jsonl`` file found is read, and moved to ``<folder>/done/`` once committed.
@@ -37,6 +40,7 @@ from features.ingest import (
     ingest_jsonl,
 )
 from features.outbox_pending import DECISIONS, hold_unknown
+from features.tables.feature_samples import FEATURE_SAMPLES, load_outbox_samples
 from features.tables.lists import OUTBOX_LISTS, read_outbox_lists, record_lists
 from features.tables.outcomes import Attribution
 from features.warehouse import raw
@@ -72,9 +76,13 @@ class OutboxReport(IngestReport):
     lists: ListsReport | None = None
     #: decisions waiting in the outbox for their customer (features/outbox_pending.py)
     pending: int = 0
+    #: sampled live feature vectors loaded into ``feature_samples`` (new ones)
+    samples: int = 0
 
     def source_lines(self) -> list[str]:
         lists = [self.lists.line()] if self.lists is not None else []
+        if self.samples:
+            lists.append(f"{FEATURE_SAMPLES}: {self.samples:,} sampled live feature vectors")
         waiting = (
             [
                 f"{DECISIONS}: {self.pending:,} decisions wait in the outbox for customers not "
@@ -105,7 +113,8 @@ def ingest_outbox(
         if paths:
             _done(outbox_dir / name, paths)
     lists = _record_lists(con, outbox_dir / OUTBOX_LISTS)
-    return OutboxReport(events.tables, events.written, events.outcomes, lists, pending)
+    samples = _record_samples(con, outbox_dir / FEATURE_SAMPLES, now)
+    return OutboxReport(events.tables, events.written, events.outcomes, lists, pending, samples)
 
 
 def _done(folder: Path, paths: list[Path]) -> None:
@@ -128,3 +137,20 @@ def _record_lists(con: Any, folder: Path) -> ListsReport | None:
     _done(folder, paths)
     read = len(set(found.lists.column("list_id").to_pylist()))
     return ListsReport(f"{folder}/*.jsonl", read, recorded, members, found.incomplete)
+
+
+def _record_samples(con: Any, folder: Path, now: datetime) -> int:
+    """Load the sampled feature vectors of the sealed segments in ``folder``."""
+    paths = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    if not paths:
+        return 0
+    db = raw(con)
+    db.execute("BEGIN TRANSACTION")
+    try:
+        loaded = load_outbox_samples(db, paths, now)
+        db.execute("COMMIT")
+    except duckdb.Error as exc:
+        db.execute("ROLLBACK")
+        raise IngestError(f"{folder}/*.jsonl: {duckdb_error(exc)}") from exc
+    _done(folder, paths)
+    return loaded

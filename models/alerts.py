@@ -101,6 +101,12 @@ class PolicyThresholds(BaseModel):
     min_control: int = Field(default=50, ge=2)
     #: effective decisions per action the latest period should hold (see ess_shortfall)
     min_ess: float = Field(default=30.0, gt=0)
+class SkewThresholds(BaseModel):
+    """Live against batch: the two executions must agree, so any mismatch alerts by default."""
+
+    model_config = _STRICT
+    #: sampled live vectors disagreeing with their batch rebuild (per feature, and in all)
+    mismatches: Threshold = Threshold(alert=0)
 
 
 class Alerts(BaseModel):
@@ -113,6 +119,7 @@ class Alerts(BaseModel):
     value: ValueThresholds
     features: FeatureThresholds
     policy: PolicyThresholds
+    skew: SkewThresholds = SkewThresholds()
 
     def threshold(self, kind: str, check: str) -> Threshold:
         """The threshold of ``kind.check``; KeyError naming it when there is none."""

@@ -64,6 +64,13 @@ class Settings(BaseSettings):
         le=1,
         description="How long the service collects logged decisions before writing a group.",
     )
+    feature_sample_share: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Share of live feature vectors the service samples to the outbox for the "
+        "monitor's live/batch skew check (decided by a hash of the decision id; 0 disables).",
+    )
     warehouse_wait_seconds: float = Field(
         default=60.0,
         ge=0,

@@ -74,6 +74,7 @@ from features.online.events import (
 from features.online.record import Record, empty_record, evaluate
 from features.online.store import StoreUnavailableError, open_store, redact_url
 from features.spec import default_spec
+from features.tables.feature_samples import sample_row, sampled
 from models.bundle import bundled_ref
 from models.scorer import Scorer
 from rapport.settings import get_settings
@@ -356,13 +357,19 @@ class Rapport:
             explain=options.explain,
             rng=self.rng,
         )
+        decision_id = new_decision_id()
+        if not cold and sampled(decision_id, self.settings.feature_sample_share):
+            # for the monitor's live/batch skew check; written behind the answer
+            self.decisions.sample(
+                sample_row(decision_id, customer_id, as_of, self.meta.feature_set, features)
+            )
         shown = None
         if options.include_features:
             shown = {k: _plain(v) for k, v in features.items() if k != "customer_id"}
         return Score(
             **dict(result),
             customer_id=customer_id,
-            decision_id=new_decision_id(),
+            decision_id=decision_id,
             as_of=as_of,
             cold_start=cold,
             features=shown,

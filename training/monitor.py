@@ -22,6 +22,10 @@ as of a date (default: the end of the data) and checks:
   control group with its interval per period, per action realised against predicted
   uplift, exploration health and the NBA champion's off-policy estimate against what it
   realised (``no_data`` when no decision has a group and a known outcome yet).
+* **skew**, live against batch: the latest :data:`SKEW_SAMPLES` feature vectors the service
+  sampled (:mod:`features.tables.feature_samples`) rebuilt by the batch build for the same
+  customers at the same instants; every mismatch beyond float tolerance counts, per
+  feature and in all (any alerts by default: the two executions must agree).
 
 Each check is ``ok``, ``warn`` or ``alert`` by the thresholds (:mod:`models.alerts`).
 Results are appended to ``monitor_checks`` / ``monitor_runs`` / ``monitor_curves``
@@ -44,9 +48,10 @@ import numpy as np
 import pandas as pd
 
 from features.batch import build
-from features.contract import CAMPAIGN_LOG
+from features.contract import CAMPAIGN_LOG, TABLES
 from features.spec import FeatureSpec, default_spec
 from features.tables import monitoring as tables
+from features.tables.feature_samples import mismatches, read_samples
 from features.tables.scores import RUNS as SCORE_RUNS
 from features.tables.scores import NoScoresError, RunInfo, latest_run, load_scores
 from features.timeutil import as_utc
@@ -425,6 +430,69 @@ def _importance(versions: dict[str, str]) -> dict[str, float]:
     return shares
 
 
+# --------------------------------------------------------------------------- skew
+#: sampled live vectors rebuilt per monitoring run, the latest first (one batch build
+#: over the sampled customers only per distinct instant)
+SKEW_SAMPLES = 500
+
+
+def _skew(c: _Checks, con: Any, spec: FeatureSpec, until: datetime | None) -> None:
+    """Rebuild the sampled live feature vectors in batch, as of their exact instants (the
+    batch build as of t reads events strictly before t, as the live evaluator does), and
+    count the disagreements per feature; a sampled customer the batch build does not
+    know at that instant is a mismatch too."""
+    samples = read_samples(raw(con), until, SKEW_SAMPLES)
+    current = samples[samples["feature_set"] == spec.version]
+    other = len(samples) - len(current)
+    counts: dict[str, int] = {}
+    example: dict[str, str] = {}
+    bad, missing = 0, 0
+    for instant, group in current.groupby("computed_at", sort=True):
+        ids = [str(i) for i in group["customer_id"].unique()]
+        only = {name: con.table(name) for name in TABLES}
+        only = {name: t.filter(t.customer_id.isin(ids)) for name, t in only.items()}
+        when = pd.Timestamp(instant).to_pydatetime()
+        batch = build(con, when, spec, only).set_index("customer_id")
+        for row in group.itertuples():
+            if row.customer_id not in batch.index:
+                bad, missing = bad + 1, missing + 1
+                continue
+            rebuilt = batch.loc[row.customer_id].to_dict()
+            wrong = mismatches(row.features, rebuilt, spec.names)
+            bad += bool(wrong)
+            for name in wrong:
+                counts[name] = counts.get(name, 0) + 1
+                example.setdefault(
+                    name,
+                    f"e.g. sample {row.sample_id} at {when.isoformat()}: live "
+                    f"{row.features.get(name)!r}, batch {rebuilt.get(name)!r}",
+                )
+    worst = max(counts, key=lambda n: counts[n]) if counts else None
+    detail = (
+        f"{len(current)} sampled live vectors rebuilt in batch"
+        + (f"; {other} of another feature set skipped" if other else "")
+        + (f"; {missing} customers unknown to the batch build" if missing else "")
+        + (f"; worst feature {worst} ({counts[worst]})" if worst else "")
+    )
+    c.add("skew", "samples", "all", len(current), detail, judged=False)
+    c.add("skew", "mismatches", "all", bad, detail)
+    for name, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+        c.add("skew", "mismatches", name, count, f"of {len(current)} samples; {example[name]}")
+
+
+def check_skew(
+    con: Any,
+    alerts: Alerts | None = None,
+    spec: FeatureSpec | None = None,
+    until: datetime | None = None,
+) -> pd.DataFrame:
+    """The skew checks alone (``kind``, ``check``, ``subject``, ``value``, ``level``, ...),
+    as :func:`run` records them."""
+    c = _Checks(alerts or load_alerts())
+    _skew(c, con, spec or default_spec(), until)
+    return pd.DataFrame(c.rows)
+
+
 # --------------------------------------------------------------------------- the job
 def _metric_name(kind: str, check: str, subject: str) -> str:
     return re.sub(r"[^0-9A-Za-z_\-./ ]", "_", f"{kind}.{check}.{subject}")
@@ -581,6 +649,8 @@ def _run(
 
     say("policy health: treated against control, exploration, off-policy estimate")
     policy_health.check(c, db, cutoff)
+    say("live/batch skew of the sampled live feature vectors")
+    _skew(c, con, spec, as_utc(as_of) if as_of is not None else None)
 
     checked_at = datetime.now(UTC)
     run_id = checked_at.strftime("mr-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]

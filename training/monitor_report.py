@@ -218,6 +218,10 @@ def render(result: MonitorRun, history: pd.DataFrame, curves: pd.DataFrame) -> s
     if len(policy):
         report.tables.append(
             ("Policy health (treated vs control, exploration)", policy[columns].set_index("check"))
+    skew = frame[frame["kind"] == "skew"]
+    if len(skew):
+        report.tables.append(
+            ("Live against batch (sampled live feature vectors)", skew[columns].set_index("check"))
         )
     figures = [
         ("churn calibration", calibration_figure(curves)),

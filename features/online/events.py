@@ -55,6 +55,7 @@ from features.batch import micros
 from features.contract import TABLES
 from features.online.record import Record, append_events, counted, record_columns
 from features.spec import FeatureSpec, default_spec
+from features.tables.feature_samples import FEATURE_SAMPLES, encode
 from features.tables.outcomes import FEEDBACK
 from features.timeutil import as_utc
 
@@ -453,9 +454,11 @@ def log_decisions(
     rows: Sequence[Mapping[str, Any]],
     with_record: Iterable[str],
     spec: FeatureSpec | None = None,
+    samples: Sequence[Mapping[str, Any]] = (),
 ) -> None:
-    """Decisions to the outbox's campaign log, then to the records of the customers in
-    ``with_record``, so the contact policy sees them on the next score.
+    """Decisions to the outbox's campaign log (and the group's sampled feature vectors,
+    :mod:`features.tables.feature_samples`, to its own folder), then to the records of the
+    customers in ``with_record``, so the contact policy sees them on the next score.
 
     Decisions for customers without a record (cold start) go to the outbox only; ingest
     accepts them once the customer is in the warehouse and quarantines them before. So do
@@ -464,6 +467,7 @@ def log_decisions(
     """
     spec = spec or default_spec()
     outbox.append("campaign_log", rows)
+    outbox.append(FEATURE_SAMPLES, [encode(s) for s in samples])
     known = set(with_record)
     kept = [r for r in rows if r["customer_id"] in known and counted("campaign_log", r, spec)]
     grouped = _by_customer({"campaign_log": kept}, spec)
@@ -491,6 +495,8 @@ class DecisionBuffer:
         self._lock = threading.Lock()  # guards the pending lists
         self._write = threading.Lock()  # one writer at a time: groups land in order
         self._rows: list[Mapping[str, Any]] = []
+        #: sampled feature vectors, written with the next group (never waited for)
+        self._samples: list[Mapping[str, Any]] = []
         #: customers whose record a pending decision changes: their next score waits
         self._known: set[str] = set()
         #: the group being written (rows, record customers), still pending to callers
@@ -509,6 +515,11 @@ class DecisionBuffer:
             self._rows.extend(rows)
             self._known |= changed
 
+    def sample(self, row: Mapping[str, Any]) -> None:
+        """Queue one sampled feature vector (:func:`features.tables.feature_samples.sample_row`)."""
+        with self._lock:
+            self._samples.append(row)
+
     def pending(self, customer_id: str | None = None) -> bool:
         """Anything not yet written? With ``customer_id``: anything that changes its
         record (a ``no_action`` decision or a cold-start customer's does not)."""
@@ -521,15 +532,16 @@ class DecisionBuffer:
         """Write every decision added so far; returns how many (0 if none)."""
         with self._write:
             with self._lock:
-                rows, known = self._rows, self._known
-                self._rows, self._known = [], set()
+                rows, known, samples = self._rows, self._known, self._samples
+                self._rows, self._known, self._samples = [], set(), []
                 self._flight = (len(rows), known)
             try:
-                if rows:
-                    log_decisions(self.store, self.outbox, rows, known, self.spec)
+                if rows or samples:
+                    log_decisions(self.store, self.outbox, rows, known, self.spec, samples)
             except Exception:
                 with self._lock:  # keep them, in order, for the next flush
                     self._rows[:0] = rows
+                    self._samples[:0] = samples
                     self._known |= known
                 raise
             finally:

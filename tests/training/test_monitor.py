@@ -95,7 +95,7 @@ def test_cli_prints_the_table_writes_tables_report_and_mlflow_run(worlds: Path) 
         finally:
             con.disconnect()
         assert len(runs) == len(mw.MONITOR_AT) + 1  # the monthly runs and this one
-        assert runs[-1][1] is not None and kinds == {"churn", "value", "features", "policy"}
+        assert runs[-1][1] is not None and kinds == {"churn", "value", "features", "policy", "skew"}
         assert {c[0] for c in curves} == {"calibration", "pit"}
         # the stable world's campaign log has no groups: policy health says so, never alerts
         assert policy == [("no_data", "ok")]
