@@ -218,6 +218,7 @@ def render(result: MonitorRun, history: pd.DataFrame, curves: pd.DataFrame) -> s
     if len(policy):
         report.tables.append(
             ("Policy health (treated vs control, exploration)", policy[columns].set_index("check"))
+        )
     skew = frame[frame["kind"] == "skew"]
     if len(skew):
         report.tables.append(
