@@ -101,6 +101,8 @@ class PolicyThresholds(BaseModel):
     min_control: int = Field(default=50, ge=2)
     #: effective decisions per action the latest period should hold (see ess_shortfall)
     min_ess: float = Field(default=30.0, gt=0)
+
+
 class SkewThresholds(BaseModel):
     """Live against batch: the two executions must agree, so any mismatch alerts by default."""
 
