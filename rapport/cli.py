@@ -994,7 +994,7 @@ def serve(host: str, port: int, workers: int | None) -> None:
 
     Imports the @champion models from MLflow into the BentoML model store, then runs
     `bentoml serve serving.service:Rapport`. API keys: `rapport keys add`. Features come
-    from the online store: `rapport materialize` first. OpenAPI at http://HOST:PORT/docs.
+    from the online store: `rapport materialize` first. OpenAPI at http://HOST:PORT/docs.json.
     """
     from serving.runtime import serve as run_server
 
@@ -1003,7 +1003,7 @@ def serve(host: str, port: int, workers: int | None) -> None:
         raise click.ClickException(
             "no champion models to serve: run `rapport demo` or `rapport train` + `rapport promote`"
         )
-    say(f"serving on http://{host}:{port} (docs: http://{host}:{port}/docs; Ctrl+C stops)")
+    say(f"serving on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs.json; Ctrl+C stops)")
     sys.stdout.flush()
     run_server(host, port, workers, settings)
 

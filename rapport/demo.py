@@ -304,7 +304,7 @@ def prepare_serving(
     )
     url = f"http://{options.host}:{options.port}"
     body = f'{{"customer_id": "{customer}", "context": {{"channel": "call"}}}}'
-    say(f"URL:     {url}   (OpenAPI: {url}/docs)")
+    say(f"URL:     {url}   (OpenAPI: {url}/docs.json)")
     say(f"API key: {key}   (local, shown once; scopes score, events, feedback, targets, ui)")
     say("try:")
     say(
