@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rapport.settings import reset_settings
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_leaked_tracking_uri() -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` also sets MLFLOW_TRACKING_URI for the whole process: a
+    test that calls it must not send the next module's fixtures (built before the
+    per-test ``workspace``) to its registry."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(autouse=True)
