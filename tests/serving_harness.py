@@ -247,6 +247,26 @@ def stop(server: Server, timeout: float = 30.0) -> int:
     return int(server.process.returncode)
 
 
+@contextlib.contextmanager
+def serving(
+    home: Path, env: Mapping[str, str] | None = None, port: int | None = None
+) -> Iterator[Server]:
+    """The service of ``home`` started, ready, and stopped on the way out (also when it
+    never became ready or the body failed), which must be graceful (SIGTERM: the outbox
+    sealed): one home for the tests' start/wait/stop."""
+    server = start_service(home, port=port, env=env)
+    try:
+        wait_ready(server)
+        yield server
+    except BaseException:
+        stop(server)
+        raise
+    code = stop(server)
+    assert code in (0, -signal.SIGTERM), (
+        f"not a graceful stop ({code}):\n{server.log_text()[-3000:]}"
+    )
+
+
 def sample_customers(home: Path, count: int = 500) -> list[str]:
     """Customer ids from the workspace's warehouse (read-only), in a fixed random order."""
     from features.warehouse import connect

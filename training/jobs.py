@@ -295,6 +295,23 @@ def _valid_metrics(kind: Kind, model: Model, data: TrainingSet) -> dict[str, flo
     return classification_metrics(y, s) if kind == "churn" else regression_metrics(y, s)
 
 
+def _training_data(
+    con: Any,
+    data: TrainingSet | None,
+    as_of: datetime | str | None,
+    horizon_days: int | None,
+    train_cutoffs: int,
+    step_months: int,
+    say: Progress,
+) -> TrainingSet:
+    """``data`` when given (its own horizon), else the time-split set built for
+    :func:`train` and :func:`tune` (the settings' horizon unless ``horizon_days``)."""
+    if data is not None:
+        return data
+    horizon = horizon_days or get_settings().horizon_days
+    return build_training_set(con, as_of, horizon, train_cutoffs, step_months, progress=say)
+
+
 def train(
     kind: str,
     con: Any,
@@ -318,12 +335,9 @@ def train(
     """
     import mlflow
 
-    kind = _check_kind(kind)
-    settings = get_settings()
-    say = silent(progress)
-    horizon = data.horizon_days if data else horizon_days or settings.horizon_days
-    if data is None:
-        data = build_training_set(con, as_of, horizon, train_cutoffs, step_months, progress=say)
+    kind, settings, say = _check_kind(kind), get_settings(), silent(progress)
+    data = _training_data(con, data, as_of, horizon_days, train_cutoffs, step_months, say)
+    horizon = data.horizon_days
     say(f"fitting {kind} on {len(data.plan.train)} training cutoffs")
     model = fit_model(kind, data, params, settings.seed)
     say("evaluating on the holdout next to the baselines")
@@ -732,12 +746,9 @@ def tune(
     """
     import mlflow
 
-    kind = _check_kind(kind)
-    settings = get_settings()
-    say = silent(progress)
-    horizon = data.horizon_days if data else horizon_days or settings.horizon_days
-    if data is None:
-        data = build_training_set(con, as_of, horizon, train_cutoffs, step_months, progress=say)
+    kind, settings, say = _check_kind(kind), get_settings(), silent(progress)
+    data = _training_data(con, data, as_of, horizon_days, train_cutoffs, step_months, say)
+    horizon = data.horizon_days
     name = study_name or f"{kind}-{data.plan.test:%Y%m%d}-h{horizon}-{data.spec_version}"
     experiment = tracking.configure()
     # churn reports its AUC; value its purchase classifier's log loss, negated

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from sample_data import load_tables, random_tables
-from serving_harness import Workspace, free_port, start_service, stop, wait_ready
+from serving_harness import Workspace, free_port, serving
 
 from features.online.events import Outbox
 from features.online.store import open_store
@@ -91,12 +91,8 @@ def test_demo_serving_step_prints_a_curl_that_works(nba_ws: Workspace, tmp_path:
     (curl,) = [line.strip() for line in said if line.strip().startswith("curl ")]
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    server = start_service(home, port=port, env={"RAPPORT_ONLINE_STORE": ""})
-    try:
-        wait_ready(server)
+    with serving(home, port=port, env={"RAPPORT_ONLINE_STORE": ""}):
         done = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30)
-    finally:
-        stop(server)
     score = json.loads(done.stdout)
     assert score["customer_id"] and score["decision_id"] and score["actions"], done.stdout
 

@@ -12,15 +12,7 @@ from typing import Any
 
 import pytest
 from openapi_spec_validator import validate
-from serving_harness import (
-    Server,
-    Workspace,
-    environment,
-    prepare_workspace,
-    start_service,
-    stop,
-    wait_ready,
-)
+from serving_harness import Server, Workspace, environment, prepare_workspace, serving
 
 from serving import contract
 from serving.middleware import API_SCOPES, Guard
@@ -104,10 +96,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 @pytest.fixture(scope="module")
 def server(ws: Workspace) -> Iterator[Server]:
-    running = start_service(ws.home, env={"RAPPORT_ONLINE_STORE": ""})
-    wait_ready(running)
-    yield running
-    stop(running)
+    with serving(ws.home, env={"RAPPORT_ONLINE_STORE": ""}) as running:
+        yield running
 
 
 @pytest.mark.slow

@@ -9,14 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from serving_harness import (
-    Workspace,
-    environment,
-    prepare_workspace,
-    start_service,
-    stop,
-    wait_ready,
-)
+from serving_harness import Workspace, environment, prepare_workspace, serving
 
 from features.online.events import OPEN_SUFFIX
 from features.outbox_ingest import ingest_outbox
@@ -51,9 +44,7 @@ def _serve_and_sample(ws: Workspace) -> int:
         for i, c in enumerate(customers[:4])
     ]
     env = {"RAPPORT_ONLINE_STORE": "", "RAPPORT_FEATURE_SAMPLE_SHARE": "1.0"}
-    server = start_service(ws.home, env=env)
-    try:
-        wait_ready(server)
+    with serving(ws.home, env=env) as server:
         admin = {"Authorization": f"Bearer {ws.keys['admin']}"}
         with httpx.Client(base_url=server.url, headers=admin, timeout=30) as http:
             assert http.post("/events", json={"orders": orders}).status_code == 200
@@ -64,8 +55,6 @@ def _serve_and_sample(ws: Workspace) -> int:
             batch = {"customers": [{"customer_id": c} for c in customers[4:]]}
             reply = http.post("/score_batch", json=batch)
             assert reply.status_code == 200, reply.text
-    finally:
-        assert stop(server) in (0, -15), server.log_text()[-3000:]
     assert not list((ws.home / "outbox").glob(f"*/*{OPEN_SUFFIX}")), "a graceful stop seals"
     return 4 * 2 + 3
 

@@ -11,14 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from serving_harness import (
-    Workspace,
-    environment,
-    prepare_workspace,
-    start_service,
-    stop,
-    wait_ready,
-)
+from serving_harness import Workspace, environment, prepare_workspace, serving
 
 from features.online.events import OPEN_SUFFIX
 from features.tables.outcomes import decision_outcomes, history
@@ -54,36 +47,34 @@ def _logged(ws: Workspace, ids: set[str], timeout: float = 10.0) -> None:
 def posted(ws: Workspace) -> Iterator[dict[str, str]]:
     """Two decisions scored over HTTP and their feedback posted; the server stopped
     (which seals the outbox), then `rapport ingest --outbox` run."""
-    server = start_service(ws.home, env={"RAPPORT_ONLINE_STORE": ""})
-    try:
-        wait_ready(server)
-        with httpx.Client(base_url=server.url, timeout=30) as http:
-            ids = {}
-            for name, customer in (("corrected", ws.customers[0]), ("won", ws.customers[1])):
-                score = _post(http, ws, "/score", {"customer_id": customer}, "score")
-                assert score.status_code == 200, score.text
-                ids[name] = score.json()["decision_id"]
-            _logged(ws, set(ids.values()))
-            replies = [
-                _post(http, ws, "/feedback", body, "feedback")
-                for body in (
-                    {"decision_id": ids["corrected"], "outcome": True, "revenue": 30.0},
-                    # a client retry of the same call: a replay
-                    {"decision_id": ids["corrected"], "outcome": True, "revenue": 30.0},
-                    # a later, different outcome: a correction
-                    {"decision_id": ids["corrected"], "outcome": False, "revenue": 0.0},
-                    {"decision_id": ids["won"], "outcome": True, "revenue": 25.0},
-                    # a decision the warehouse will not know
-                    {"decision_id": "d-never-made", "outcome": True, "revenue": 5.0},
-                )
-            ]
-            assert [r.status_code for r in replies] == [200] * 5, replies[-1].text
-            assert {r.json()["status"] for r in replies} == {"accepted"}
-            absurd = {"decision_id": ids["won"], "outcome": True, "revenue": 1e9}
-            refused = _post(http, ws, "/feedback", absurd, "feedback")
-            assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "revenue"
-    finally:
-        stop(server)
+    with (
+        serving(ws.home, env={"RAPPORT_ONLINE_STORE": ""}) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        ids = {}
+        for name, customer in (("corrected", ws.customers[0]), ("won", ws.customers[1])):
+            score = _post(http, ws, "/score", {"customer_id": customer}, "score")
+            assert score.status_code == 200, score.text
+            ids[name] = score.json()["decision_id"]
+        _logged(ws, set(ids.values()))
+        replies = [
+            _post(http, ws, "/feedback", body, "feedback")
+            for body in (
+                {"decision_id": ids["corrected"], "outcome": True, "revenue": 30.0},
+                # a client retry of the same call: a replay
+                {"decision_id": ids["corrected"], "outcome": True, "revenue": 30.0},
+                # a later, different outcome: a correction
+                {"decision_id": ids["corrected"], "outcome": False, "revenue": 0.0},
+                {"decision_id": ids["won"], "outcome": True, "revenue": 25.0},
+                # a decision the warehouse will not know
+                {"decision_id": "d-never-made", "outcome": True, "revenue": 5.0},
+            )
+        ]
+        assert [r.status_code for r in replies] == [200] * 5, replies[-1].text
+        assert {r.json()["status"] for r in replies} == {"accepted"}
+        absurd = {"decision_id": ids["won"], "outcome": True, "revenue": 1e9}
+        refused = _post(http, ws, "/feedback", absurd, "feedback")
+        assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "revenue"
     with environment(RAPPORT_HOME=str(ws.home), RAPPORT_ONLINE_STORE=None):
         result = CliRunner().invoke(main, ["ingest", "--outbox"])
         assert result.exit_code == 0, result.output

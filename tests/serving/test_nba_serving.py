@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serving_harness import Server, Workspace, start_service, stop, wait_ready
+from serving_harness import Server, Workspace, serving
 
 from features.batch import build
 from features.control import NO_CONTROL, ControlGroup
@@ -104,11 +104,11 @@ def test_score_one_equals_score_frame(
 
 @pytest.fixture(scope="module")
 def http(ws: Workspace) -> Iterator[tuple[httpx.Client, Server]]:
-    server = start_service(ws.home, env={"RAPPORT_ONLINE_STORE": ""})
-    wait_ready(server)
-    with httpx.Client(base_url=server.url, timeout=30) as client:
+    with (
+        serving(ws.home, env={"RAPPORT_ONLINE_STORE": ""}) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
         yield client, server
-    stop(server)
 
 
 def test_score_ranks_actions_with_propensities_and_exclusions(

@@ -17,15 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from redis_harness import RedisServer
-from serving_harness import (
-    Server,
-    Workspace,
-    environment,
-    prepare_workspace,
-    start_service,
-    stop,
-    wait_ready,
-)
+from serving_harness import Server, Workspace, environment, prepare_workspace, serving
 
 from features.online.events import OPEN_SUFFIX
 
@@ -65,10 +57,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> W
 
 @pytest.fixture(scope="module")
 def server(ws: Workspace, redis_server: RedisServer) -> Iterator[Server]:
-    running = start_service(ws.home, env={"RAPPORT_ONLINE_STORE": redis_server.url})
-    wait_ready(running)
-    yield running
-    stop(running)
+    with serving(ws.home, env={"RAPPORT_ONLINE_STORE": redis_server.url}) as running:
+        yield running
 
 
 def ready_again(url: str, seconds: float) -> bool:

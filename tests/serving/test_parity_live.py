@@ -21,15 +21,7 @@ import pandas as pd
 import pytest
 import redis
 from sample_data import assert_features_equal
-from serving_harness import (
-    Workspace,
-    environment,
-    free_port,
-    prepare_workspace,
-    start_service,
-    stop,
-    wait_ready,
-)
+from serving_harness import Workspace, environment, free_port, prepare_workspace, serving
 
 from features.batch import build
 from features.online.events import OPEN_SUFFIX
@@ -136,9 +128,7 @@ def test_live_features_equal_the_batch_build(
             con.disconnect()
         env["RAPPORT_ONLINE_STORE"] = url
     customers = ws.customers[:6] if backend == "sqlite" else ws.customers[6:12]
-    server = start_service(ws.home, env=env)
-    try:
-        wait_ready(server)
+    with serving(ws.home, env=env) as server:
         admin = {"Authorization": f"Bearer {ws.keys['admin']}"}
         with httpx.Client(base_url=server.url, headers=admin, timeout=30) as http:
             for customer in customers[:3]:  # decisions logged before the events
@@ -157,8 +147,6 @@ def test_live_features_equal_the_batch_build(
                 reply = http.post("/score", json=body)
                 assert reply.status_code == 200, reply.text
                 served.append({"customer_id": customer, **reply.json()["features"]})
-    finally:
-        assert stop(server) in (0, -15), server.log_text()[-3000:]
     assert not list((ws.home / "outbox").glob(f"*/*{OPEN_SUFFIX}")), "a graceful stop seals"
 
     con = connect(ws.home / "warehouse.duckdb")

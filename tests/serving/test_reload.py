@@ -24,9 +24,7 @@ from serving_harness import (
     add_churn_version,
     environment,
     prepare_workspace,
-    start_service,
-    stop,
-    wait_ready,
+    serving,
 )
 
 #: how long a swap may take to show on a busy 2-core machine (the check runs every 0.5 s)
@@ -47,18 +45,9 @@ def home_env(home: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def server(ws: Workspace) -> Iterator[Server]:
-    running = start_service(
-        ws.home, env={"RAPPORT_RELOAD_SECONDS": "0.5", "RAPPORT_ONLINE_STORE": ""}
-    )
-    wait_ready(running)
-    yield running
-    stop(running)
-
-
-@pytest.fixture(scope="module")
-def http(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
+    env = {"RAPPORT_RELOAD_SECONDS": "0.5", "RAPPORT_ONLINE_STORE": ""}
+    with serving(ws.home, env=env) as running:
+        yield running
 
 
 def served(http: httpx.Client) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from openapi_spec_validator import validate
-from serving_harness import Server, Workspace, prepare_workspace, start_service, stop, wait_ready
+from serving_harness import Server, Workspace, prepare_workspace, serving
 
 from features.online.events import OPEN_SUFFIX
 from features.spec import default_spec
@@ -40,16 +40,8 @@ def server(ws: Workspace) -> Iterator[Server]:
         "RAPPORT_MAX_BATCH_SIZE": str(MAX_BATCH),
         "RAPPORT_ONLINE_STORE": "",
     }
-    running = start_service(ws.home, env=limits)
-    wait_ready(running)
-    yield running
-    stop(running)
-
-
-@pytest.fixture(scope="module")
-def http(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
+    with serving(ws.home, env=limits) as running:
+        yield running
 
 
 def post(

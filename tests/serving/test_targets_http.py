@@ -17,15 +17,7 @@ import httpx
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from serving_harness import (
-    Server,
-    Workspace,
-    environment,
-    prepare_workspace,
-    start_service,
-    stop,
-    wait_ready,
-)
+from serving_harness import Server, Workspace, environment, prepare_workspace, serving
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +41,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 @pytest.fixture(scope="module")
 def server(ws: Workspace) -> Iterator[Server]:
-    running = start_service(ws.home, env={"RAPPORT_ONLINE_STORE": ""})
-    wait_ready(running)
-    yield running
-    stop(running)
+    with serving(ws.home, env={"RAPPORT_ONLINE_STORE": ""}) as running:
+        yield running
 
 
 def post(server: Server, ws: Workspace, body: object, scope: str = "targets") -> httpx.Response:
