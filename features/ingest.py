@@ -50,6 +50,7 @@ import duckdb
 
 from features.contract import DUCKDB_TYPES, MAX_OUTCOME_REVENUE, OUTCOMES, TABLES, Column, Table
 from features.files import BadLine, FileError, FileOptions, read_csv
+from features.forget import erase_forgotten
 from features.tables import outcomes as outcome_tables
 from features.tables.outcomes import FEEDBACK, UNKNOWN_DECISION, Attribution
 from features.timeutil import as_utc
@@ -148,6 +149,8 @@ class IngestReport:
     written: bool = True
     #: outcome versions settled after the tables: pending ones landed, inline, attributed
     outcomes: dict[str, outcome_tables.Versions] = field(default_factory=dict)
+    #: rows of customers erased by ``rapport forget`` that the files brought back, not kept
+    forgotten_rows: int = 0
 
     @property
     def quarantined(self) -> int:
@@ -196,6 +199,11 @@ class IngestReport:
             )
         else:
             lines.append("no rows quarantined")
+        if self.forgotten_rows:
+            lines.append(
+                f"{self.forgotten_rows:,} rows of forgotten customers (`rapport forget`) "
+                "not kept: the source still holds them"
+            )
         return "\n".join(lines)
 
 
@@ -510,6 +518,7 @@ def _run(
             report.tables[result.table] = result
         try:
             report.outcomes = _settle_outcomes(db, now, attribution)
+            report.forgotten_rows = erase_forgotten(db, now)
         except duckdb.Error as exc:
             raise IngestError(f"outcomes: {duckdb_error(exc)}") from exc
         for temp in (_EXCEPTIONS, _STAGE, _MULTI):

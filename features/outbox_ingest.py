@@ -114,7 +114,15 @@ def ingest_outbox(
             _done(outbox_dir / name, paths)
     lists = _record_lists(con, outbox_dir / OUTBOX_LISTS)
     samples = _record_samples(con, outbox_dir / FEATURE_SAMPLES, now)
-    return OutboxReport(events.tables, events.written, events.outcomes, lists, pending, samples)
+    return OutboxReport(
+        events.tables,
+        events.written,
+        events.outcomes,
+        events.forgotten_rows,
+        lists=lists,
+        pending=pending,
+        samples=samples,
+    )
 
 
 def _done(folder: Path, paths: list[Path]) -> None:

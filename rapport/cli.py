@@ -26,6 +26,8 @@ from rapport.settings import Settings, get_settings
 
 #: ``rapport ingest``: a source had more than the allowed share of its rows quarantined
 EXIT_QUARANTINED = 3
+#: ``rapport forget``: lines in open outbox segments of a running service remain: run again
+EXIT_RETRY_FORGET = 4
 
 if TYPE_CHECKING:
     from features.files import FileOptions
@@ -1064,6 +1066,52 @@ def materialize(as_of: datetime | None, segments: str | None) -> None:
         f"({written / max(seconds, 1e-9):,.0f}/s) into {redact_url(settings.online_store_url)}, "
         f"segments {served}"
     )
+
+
+@main.command()
+@click.argument("customer_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts).")
+def forget(customer_id: str, yes: bool) -> None:
+    """Erase CUSTOMER_ID everywhere this workspace keeps them, on the person's request.
+
+    The warehouse (every table with the customer's id, their decisions' outcomes, the
+    quarantined rows naming them), the online store record, the outbox segments and the
+    target-list downloads in <home>/exports. The erasure is recorded under a hash of the id
+    (table `forgotten`), so every later ingest erases the customer again when a source
+    still holds them. Not reached: files outside the workspace (your sources, lists
+    exported with --out elsewhere), MLflow run artifacts, and models already trained.
+    """
+    from features.forget import forget as run_forget
+    from features.online.store import open_store
+
+    if not customer_id.strip():
+        raise click.BadParameter("an empty customer id", param_hint="CUSTOMER_ID")
+    if not yes:
+        click.confirm(
+            "Erase this customer's data from the warehouse, online store, outbox and list "
+            "downloads? This cannot be undone",
+            abort=True,
+            err=True,
+        )
+    settings = get_settings()
+    con = open_warehouse(settings)
+    store = open_store(settings.online_store_url)
+    try:
+        report = run_forget(
+            con,
+            store,
+            customer_id,
+            datetime.now(UTC),
+            outbox=settings.outbox_dir,
+            exports=settings.exports_dir,
+        )
+    finally:
+        store.close()
+        con.disconnect()
+    for line in report.lines():  # names the customer by a hash prefix only
+        say(line)
+    if report.open_lines:
+        sys.exit(EXIT_RETRY_FORGET)
 
 
 @main.group()

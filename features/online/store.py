@@ -94,6 +94,11 @@ class OnlineStore(Protocol):
         """
         ...
 
+    def delete(self, customer_id: str) -> bool:
+        """Remove the customer's record (``rapport forget``); durable once it returns.
+        True when there was one."""
+        ...
+
     def set_meta(self, key: str, value: str) -> None:
         """Store a piece of metadata (feature-set version, materialized_at, ...)."""
         ...
@@ -367,6 +372,11 @@ class SQLiteStore:
             finally:
                 self._local.batch = None
 
+    def delete(self, customer_id: str) -> bool:
+        with self._connection() as conn, self._transaction(conn, "IMMEDIATE"):
+            gone = conn.execute("DELETE FROM records WHERE customer_id = ?", (customer_id,))
+            return gone.rowcount > 0
+
     def set_meta(self, key: str, value: str) -> None:
         with self._connection() as conn:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
@@ -486,6 +496,10 @@ class RedisStore:
             f"update of customer {customer_id!r} in {redact_url(self.url)} kept conflicting "
             f"with other writers ({REDIS_MAX_ATTEMPTS} attempts)"
         )
+
+    @_reachable
+    def delete(self, customer_id: str) -> bool:
+        return bool(self._client_or_raise().delete(REDIS_RECORD_PREFIX + customer_id))
 
     @_reachable
     def set_meta(self, key: str, value: str) -> None:

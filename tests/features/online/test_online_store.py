@@ -109,6 +109,13 @@ def test_round_trip(store: OnlineStore) -> None:
     assert store.count() == 2
 
 
+def test_delete_removes_one_record_and_says_whether_it_was_there(store: OnlineStore) -> None:
+    store.put_many([("c1", {"a": 1}), ("c2", {"a": 2})])
+    assert store.delete("c1") is True
+    assert store.get("c1") is None and store.get("c2") == {"a": 2}
+    assert store.delete("c1") is False and store.count() == 1
+
+
 def test_put_many_streams_batches_and_replaces(store: OnlineStore) -> None:
     written = store.put_many(((f"C{i}", _record(i)) for i in range(25)), batch_size=7)
     assert written == 25

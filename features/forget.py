@@ -1,0 +1,297 @@
+"""Forgetting a person on request: erase a customer's rows from every copy Rapport keeps.
+
+A customer's data lives in the warehouse (every table with a ``customer_id`` column, the
+rows keyed by their decisions, quarantined rows that name them), the online store (their
+record), the outbox (sealed JSON-line segments not yet or already ingested, pending
+decisions) and target-list downloads still on disk. :func:`forget` removes all of it and
+records the erasure in ``forgotten`` under a SHA-256 of the id (never the id itself), so
+every later ingest erases the customer again (:func:`erase_forgotten`) when a stale export
+brings them back, and a second ``forget`` is a no-op that says so.
+
+Not covered (said by ``rapport forget``): files outside the workspace (the sources a
+user ingests, lists exported with ``--out`` elsewhere), MLflow run artifacts, and models
+already trained on the person (a retrain without them is the next cycle's). Open outbox
+segments belong to a running service: their lines are counted, not rewritten; the service
+seals them within seconds, and running ``forget`` again then erases them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from features.online.events import OPEN_SUFFIX, SEALED_SUFFIX
+from features.online.store import OnlineStore
+from features.tables.lists import write_members
+from features.warehouse import raw
+
+FORGOTTEN = "forgotten"
+_QUARANTINE = "quarantine"
+
+
+def customer_hash(customer_id: str) -> str:
+    """What ``forgotten`` keeps of a customer: enough to erase them again, not to name them."""
+    return hashlib.sha256(customer_id.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class ForgetReport:
+    """What one :func:`forget` erased, by place."""
+
+    customer_hash: str
+    #: rows deleted per warehouse table (quarantine included)
+    warehouse: dict[str, int] = field(default_factory=dict)
+    online_record: bool = False
+    #: lines removed from sealed outbox segments, and the files rewritten
+    outbox_lines: int = 0
+    outbox_files: int = 0
+    #: lines in open segments of a running service, left for the next run
+    open_lines: int = 0
+    export_rows: int = 0
+    export_files: int = 0
+    #: the customer was forgotten before (rows found now came back from a stale source)
+    again: bool = False
+
+    @property
+    def erased(self) -> int:
+        return (
+            sum(self.warehouse.values())
+            + int(self.online_record)
+            + self.outbox_lines
+            + self.export_rows
+        )
+
+    def lines(self) -> list[str]:
+        tables = ", ".join(f"{t} {n:,}" for t, n in sorted(self.warehouse.items()) if n)
+        out = [
+            f"customer {self.customer_hash[:12]}… "
+            + ("(forgotten before) " if self.again else "")
+            + f"erased: {self.erased:,} rows and lines in all",
+            f"  warehouse: {tables or 'nothing'}",
+            f"  online store: {'record deleted' if self.online_record else 'no record'}",
+            f"  outbox: {self.outbox_lines:,} lines from {self.outbox_files:,} sealed segments",
+            f"  list downloads: {self.export_rows:,} rows from {self.export_files:,} files",
+        ]
+        if self.open_lines:
+            out.append(
+                f"  {self.open_lines:,} lines are in open outbox segments of a running "
+                "service: run `rapport forget` again once it has sealed them (seconds)"
+            )
+        return out
+
+
+# --------------------------------------------------------------------------- warehouse
+def _tables_with(db: duckdb.DuckDBPyConnection, column: str) -> list[str]:
+    rows = db.execute(
+        "SELECT DISTINCT table_name FROM information_schema.columns "
+        "WHERE column_name = ? AND table_schema = 'main' AND table_catalog = current_database()",
+        [column],
+    ).fetchall()
+    return sorted(str(r[0]) for r in rows)
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _erase_hashes(
+    db: duckdb.DuckDBPyConnection, hashes: str, since: datetime | None = None
+) -> dict[str, int]:
+    """Delete the rows of the customers whose hashes the relation ``hashes`` (one column
+    ``h``) holds, in every table; quarantined rows only from ``since`` on when given (the
+    older ones were erased already). Returns the rows deleted per table."""
+    deleted: dict[str, int] = {}
+    by_customer = _tables_with(db, "customer_id")
+    keyed = [t for t in _tables_with(db, "decision_id") if t not in by_customer]
+    mine = f"sha256(CAST(customer_id AS VARCHAR)) IN (SELECT h FROM {hashes})"
+    if keyed:  # rows keyed by the customer's decisions only (outcomes): before the decisions
+        decisions = " UNION ".join(
+            f"SELECT decision_id FROM {_quoted(t)} WHERE {mine}"
+            for t in _tables_with(db, "decision_id")
+            if t in by_customer
+        )
+        for table in keyed if decisions else []:
+            (n,) = db.execute(
+                f"DELETE FROM {_quoted(table)} WHERE decision_id IN ({decisions})"
+            ).fetchone() or (0,)
+            deleted[table] = int(n)
+    for table in by_customer:
+        (n,) = db.execute(f"DELETE FROM {_quoted(table)} WHERE {mine}").fetchone() or (0,)
+        deleted[table] = int(n)
+    if _QUARANTINE in _tables_with(db, "row_json"):
+        recent = "" if since is None else " AND ingested_at >= ?"
+        quarantined = db.execute(
+            f"SELECT rowid, row_json FROM {_QUARANTINE} WHERE row_json IS NOT NULL{recent}",
+            [] if since is None else [since],
+        ).fetchall()
+        targets = {str(r[0]) for r in db.execute(f"SELECT h FROM {hashes}").fetchall()}
+        gone = [rowid for rowid, text in quarantined if _names_any(str(text), targets)]
+        if gone:
+            db.execute(f"DELETE FROM {_QUARANTINE} WHERE rowid IN (SELECT unnest(?))", [gone])
+        deleted[_QUARANTINE] = len(gone)
+    return deleted
+
+
+_TOKEN = re.compile(r"[^\s,;|\t\"']+")
+
+
+def _names_any(text: str, hashes: set[str]) -> bool:
+    """A quarantined row names one of the customers: its ``customer_id`` field (JSON), or,
+    for a line that could not be parsed, any of its tokens (erring towards erasing)."""
+    try:
+        row = json.loads(text)
+    except ValueError:
+        row = None
+    if isinstance(row, dict):
+        value = row.get("customer_id")
+        return value is not None and customer_hash(str(value)) in hashes
+    return any(customer_hash(token) in hashes for token in _TOKEN.findall(text))
+
+
+def erase_forgotten(db: duckdb.DuckDBPyConnection, since: datetime) -> int:
+    """Erase again every customer in ``forgotten`` (an ingest at ``since`` calls this before
+    it commits, so a stale export cannot bring a forgotten person back); returns the rows
+    deleted. Without erasures recorded it costs one catalog query."""
+    if FORGOTTEN not in _tables_with(db, "customer_hash"):
+        return 0
+    (any_,) = db.execute(f"SELECT count(*) > 0 FROM {FORGOTTEN}").fetchone() or (False,)
+    if not any_:
+        return 0
+    hashes = f"(SELECT DISTINCT customer_hash AS h FROM {FORGOTTEN})"
+    return sum(_erase_hashes(db, hashes, since).values())
+
+
+# --------------------------------------------------------------------------- files
+def _rewrite_lines(path: Path, keep: Any) -> int:
+    """Rewrite a JSON-lines file without the lines ``keep`` refuses, atomically and
+    durably (temp file, fsync, rename); returns the lines removed."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if keep(line)]
+    if len(kept) == len(lines):
+        return 0
+    _replace_durably(path, "".join(kept).encode("utf-8"))
+    return len(lines) - len(kept)
+
+
+def _replace_durably(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.forget")
+    with partial.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    partial.replace(path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def _line_of(line: str, customer_id: str, decisions: set[str]) -> bool:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return customer_id in line  # a torn line: keep nothing that might name them
+    if not isinstance(row, dict):
+        return False
+    return row.get("customer_id") == customer_id or row.get("decision_id") in decisions
+
+
+def _erase_outbox(
+    outbox: Path, customer_id: str, decisions: set[str], report: ForgetReport
+) -> None:
+    if not outbox.exists():
+        return
+    for path in sorted(outbox.rglob(f"*{SEALED_SUFFIX}")):
+        removed = _rewrite_lines(path, lambda line: not _line_of(line, customer_id, decisions))
+        report.outbox_lines += removed
+        report.outbox_files += bool(removed)
+    for path in sorted(outbox.rglob(f"*{OPEN_SUFFIX}")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        report.open_lines += sum(_line_of(x, customer_id, decisions) for x in text.splitlines())
+
+
+def _erase_exports(folder: Path, customer_id: str, report: ForgetReport) -> None:
+    if not folder.exists():
+        return
+    for path in sorted([*folder.glob("*.csv"), *folder.glob("*.parquet")]):
+        if path.suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)  # text kept as is
+        else:
+            frame = pd.read_parquet(path)
+        if "customer_id" not in frame.columns:
+            continue
+        mine = frame["customer_id"].astype(str) == customer_id
+        if not mine.any():
+            continue
+        write_members(frame.loc[~mine], path)
+        report.export_rows += int(mine.sum())
+        report.export_files += 1
+
+
+# --------------------------------------------------------------------------- forget
+def _decisions_of(db: duckdb.DuckDBPyConnection, hashed: str) -> set[str]:
+    tables = [t for t in _tables_with(db, "decision_id") if t in _tables_with(db, "customer_id")]
+    found: set[str] = set()
+    for table in tables:
+        rows = db.execute(
+            f"SELECT DISTINCT decision_id FROM {_quoted(table)} "
+            "WHERE sha256(CAST(customer_id AS VARCHAR)) = ?",
+            [hashed],
+        ).fetchall()
+        found |= {str(r[0]) for r in rows if r[0] is not None}
+    return found
+
+
+def forget(
+    con: Any,
+    store: OnlineStore | None,
+    customer_id: str,
+    now: datetime,
+    outbox: Path,
+    exports: Path,
+) -> ForgetReport:
+    """Erase ``customer_id`` everywhere this workspace keeps it, and record it (see the
+    module doc). The warehouse part is one transaction; files are rewritten one by one,
+    atomically, so a crash leaves each file whole and ``forget`` can simply run again."""
+    if not customer_id or not customer_id.strip():
+        raise ValueError("forget needs a customer id")
+    db = raw(con)
+    hashed = customer_hash(customer_id)
+    report = ForgetReport(hashed)
+    db.execute(
+        f"CREATE TABLE IF NOT EXISTS {FORGOTTEN} (customer_hash VARCHAR, forgotten_at "
+        "TIMESTAMPTZ, rows_erased BIGINT)"
+    )
+    (before,) = db.execute(
+        f"SELECT count(*) FROM {FORGOTTEN} WHERE customer_hash = ?", [hashed]
+    ).fetchone() or (0,)
+    report.again = bool(before)
+    decisions = _decisions_of(db, hashed)  # read before the rows that hold them go
+    db.execute("BEGIN TRANSACTION")
+    try:
+        db.execute("CREATE OR REPLACE TEMP TABLE _rapport_forget AS SELECT ? AS h", [hashed])
+        report.warehouse = _erase_hashes(db, "_rapport_forget")
+        db.execute("DROP TABLE _rapport_forget")
+        db.execute(
+            f"INSERT INTO {FORGOTTEN} VALUES (?, ?, ?)",
+            [hashed, now, sum(report.warehouse.values())],
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    if store is not None:
+        report.online_record = store.delete(customer_id)
+    _erase_outbox(outbox, customer_id, decisions, report)
+    _erase_exports(exports, customer_id, report)
+    return report
