@@ -127,18 +127,24 @@ def _erase_hashes(
     for table in by_customer:
         (n,) = db.execute(f"DELETE FROM {_quoted(table)} WHERE {mine}").fetchone() or (0,)
         deleted[table] = int(n)
-    if _QUARANTINE in _tables_with(db, "row_json"):
-        recent = "" if since is None else " AND ingested_at >= ?"
-        quarantined = db.execute(
-            f"SELECT rowid, row_json FROM {_QUARANTINE} WHERE row_json IS NOT NULL{recent}",
-            [] if since is None else [since],
-        ).fetchall()
-        targets = {str(r[0]) for r in db.execute(f"SELECT h FROM {hashes}").fetchall()}
-        gone = [rowid for rowid, text in quarantined if _names_any(str(text), targets)]
-        if gone:
-            db.execute(f"DELETE FROM {_QUARANTINE} WHERE rowid IN (SELECT unnest(?))", [gone])
-        deleted[_QUARANTINE] = len(gone)
+    deleted[_QUARANTINE] = _erase_quarantine(db, hashes, since)
     return deleted
+
+
+def _erase_quarantine(db: duckdb.DuckDBPyConnection, hashes: str, since: datetime | None) -> int:
+    """Delete the quarantined rows (from ``since`` on when given) naming the customers."""
+    if _QUARANTINE not in _tables_with(db, "row_json"):
+        return 0
+    recent = "" if since is None else " AND ingested_at >= ?"
+    quarantined = db.execute(
+        f"SELECT rowid, row_json FROM {_QUARANTINE} WHERE row_json IS NOT NULL{recent}",
+        [] if since is None else [since],
+    ).fetchall()
+    targets = {str(r[0]) for r in db.execute(f"SELECT h FROM {hashes}").fetchall()}
+    gone = [rowid for rowid, text in quarantined if _names_any(str(text), targets)]
+    if gone:
+        db.execute(f"DELETE FROM {_QUARANTINE} WHERE rowid IN (SELECT unnest(?))", [gone])
+    return len(gone)
 
 
 _TOKEN = re.compile(r"[^\s,;|\t\"']+")
@@ -167,6 +173,14 @@ def erase_forgotten(db: duckdb.DuckDBPyConnection, since: datetime) -> int:
     if not any_:
         return 0
     hashes = f"(SELECT DISTINCT customer_hash AS h FROM {FORGOTTEN})"
+    # rows of an unknown customer are quarantined, and derived tables start from
+    # `customers`: when none of them is back there, only new quarantine rows can name them
+    (back,) = db.execute(
+        f"SELECT count(*) FROM customers WHERE sha256(CAST(customer_id AS VARCHAR)) IN "
+        f"(SELECT h FROM {hashes})"
+    ).fetchone() or (0,)
+    if not back:
+        return _erase_quarantine(db, hashes, since)
     return sum(_erase_hashes(db, hashes, since).values())
 
 

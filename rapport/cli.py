@@ -363,14 +363,17 @@ def ingest(
     reports = []
     files = _files(directory, tables) if directory or any(tables.values()) or not outbox else {}
     con = open_warehouse(settings)
-    if files:
-        reports.append(
-            run_ingest(con, files, now=datetime.now(UTC), options=options, attribution=windows)
-        )
-    if outbox:
-        reports.append(
-            ingest_outbox(con, settings.outbox_dir, now=datetime.now(UTC), attribution=windows)
-        )
+    try:
+        if files:
+            reports.append(
+                run_ingest(con, files, now=datetime.now(UTC), options=options, attribution=windows)
+            )
+        if outbox:
+            reports.append(
+                ingest_outbox(con, settings.outbox_dir, now=datetime.now(UTC), attribution=windows)
+            )
+    finally:
+        con.disconnect()  # before any exit: in-process callers (tests, notebooks) reopen it
     for report in reports:
         say(report.summary())
     share = settings.max_quarantine_share if max_quarantined is None else max_quarantined

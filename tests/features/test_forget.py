@@ -142,6 +142,15 @@ def test_forget_erases_everywhere_and_keeps_erasing(home: Path) -> None:
     assert "forgotten before" in again and "1 lines from 1 sealed" in again
     assert not (settings.outbox_dir / "orders" / "seg-2.jsonl").read_text()
 
+    # a late file with a bad row of theirs: its quarantine row is not kept either
+    late = home / "late"
+    late.mkdir()
+    (late / "orders.csv").write_text(
+        f"order_id,customer_id,ordered_at,amount\nlate-1,{customer},2024-06-01T10:00:00Z,x\n"
+    )
+    CliRunner().invoke(main, ["ingest", str(late)])  # exit 3: all quarantined
+    assert _mentions(_tables()["quarantine"], customer) == 0
+
     # a stale export brings the customer back: the ingest erases them again and says so
     report = _run("ingest", str(home / "data"))
     assert "rows of forgotten customers" in report
