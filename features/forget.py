@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,9 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from features.online.events import OPEN_SUFFIX, SEALED_SUFFIX
 from features.online.store import OnlineStore
@@ -56,8 +60,9 @@ class ForgetReport:
     outbox_files: int = 0
     #: lines in open segments of a running service, left for the next run
     open_lines: int = 0
-    export_rows: int = 0
-    export_files: int = 0
+    #: rows removed from CSV / Parquet files (list downloads, snapshots, the lake)
+    file_rows: int = 0
+    files: int = 0
     #: the customer was forgotten before (rows found now came back from a stale source)
     again: bool = False
 
@@ -67,7 +72,7 @@ class ForgetReport:
             sum(self.warehouse.values())
             + int(self.online_record)
             + self.outbox_lines
-            + self.export_rows
+            + self.file_rows
         )
 
     def lines(self) -> list[str]:
@@ -79,7 +84,8 @@ class ForgetReport:
             f"  warehouse: {tables or 'nothing'}",
             f"  online store: {'record deleted' if self.online_record else 'no record'}",
             f"  outbox: {self.outbox_lines:,} lines from {self.outbox_files:,} sealed segments",
-            f"  list downloads: {self.export_rows:,} rows from {self.export_files:,} files",
+            f"  files (list downloads, snapshots, lake): {self.file_rows:,} rows from "
+            f"{self.files:,} files",
         ]
         if self.open_lines:
             out.append(
@@ -234,22 +240,43 @@ def _erase_outbox(
         report.open_lines += sum(_line_of(x, customer_id, decisions) for x in text.splitlines())
 
 
-def _erase_exports(folder: Path, customer_id: str, report: ForgetReport) -> None:
-    if not folder.exists():
-        return
-    for path in sorted([*folder.glob("*.csv"), *folder.glob("*.parquet")]):
-        if path.suffix == ".csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)  # text kept as is
-        else:
-            frame = pd.read_parquet(path)
-        if "customer_id" not in frame.columns:
+def _erase_files(folders: Sequence[Path], customer_id: str, report: ForgetReport) -> None:
+    """CSV and Parquet files with a ``customer_id`` column below ``folders`` (list
+    downloads, published score snapshots, the lake), rewritten without the customer."""
+    for folder in folders:
+        if not folder.exists():
             continue
-        mine = frame["customer_id"].astype(str) == customer_id
-        if not mine.any():
-            continue
+        paths = [*folder.rglob("*.csv"), *folder.rglob("*.parquet")]
+        for path in sorted(p for p in paths if not p.name.startswith(".")):
+            removed = _erase_csv(path, customer_id) if path.suffix == ".csv" else 0
+            if path.suffix == ".parquet":
+                removed = _erase_parquet(path, customer_id)
+            report.file_rows += removed
+            report.files += bool(removed)
+
+
+def _erase_csv(path: Path, customer_id: str) -> int:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)  # text kept as it was
+    if "customer_id" not in frame.columns:
+        return 0
+    mine = frame["customer_id"] == customer_id
+    if mine.any():
         write_members(frame.loc[~mine], path)
-        report.export_rows += int(mine.sum())
-        report.export_files += 1
+    return int(mine.sum())
+
+
+def _erase_parquet(path: Path, customer_id: str) -> int:
+    if "customer_id" not in pq.read_schema(path).names:
+        return 0
+    ids = pq.read_table(path, columns=["customer_id"]).column("customer_id")
+    mine = pc.equal(pc.cast(ids, pa.string()), customer_id)
+    removed = int(pc.sum(mine).as_py() or 0)
+    if removed:
+        kept = pq.read_table(path).filter(pc.invert(pc.fill_null(mine, False)))
+        sink = pa.BufferOutputStream()
+        pq.write_table(kept, sink)
+        _replace_durably(path, sink.getvalue().to_pybytes())
+    return removed
 
 
 # --------------------------------------------------------------------------- forget
@@ -272,7 +299,7 @@ def forget(
     customer_id: str,
     now: datetime,
     outbox: Path,
-    exports: Path,
+    files: Sequence[Path],
 ) -> ForgetReport:
     """Erase ``customer_id`` everywhere this workspace keeps it, and record it (see the
     module doc). The warehouse part is one transaction; files are rewritten one by one,
@@ -307,5 +334,5 @@ def forget(
     if store is not None:
         report.online_record = store.delete(customer_id)
     _erase_outbox(outbox, customer_id, decisions, report)
-    _erase_exports(exports, customer_id, report)
+    _erase_files(files, customer_id, report)
     return report

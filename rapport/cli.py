@@ -1106,7 +1106,7 @@ def forget(customer_id: str, yes: bool) -> None:
             customer_id,
             datetime.now(UTC),
             outbox=settings.outbox_dir,
-            exports=settings.exports_dir,
+            files=[settings.exports_dir],
         )
     finally:
         store.close()
