@@ -44,8 +44,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import ibis
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features.batch import build
 from features.contract import CAMPAIGN_LOG, TABLES
@@ -53,7 +55,14 @@ from features.spec import FeatureSpec, default_spec
 from features.tables import monitoring as tables
 from features.tables.feature_samples import mismatches, read_samples
 from features.tables.scores import RUNS as SCORE_RUNS
-from features.tables.scores import NoScoresError, RunInfo, latest_run, load_scores
+from features.tables.scores import (
+    NoScoresError,
+    RunInfo,
+    latest_run,
+    load_feature_sample,
+    load_scores,
+    sample_ids,
+)
 from features.timeutil import as_utc
 from features.warehouse import connect, raw
 from models import monitoring as stats
@@ -404,6 +413,24 @@ def _drift(
             c.add("features", "emptied", subject, value, note, len(cur), not rare, cap)
 
 
+def _run_features(
+    con: Any, run: RunInfo, scored: pd.DataFrame, spec: FeatureSpec, say: Progress
+) -> pd.DataFrame:
+    """The features the scoring run kept (``score_features``: a fixed sample of
+    :data:`~features.tables.scores.FEATURE_SAMPLE_ROWS` customers); for a run scored
+    before runs kept them (or with another feature set), the same customers' features
+    rebuilt as of its cutoff."""
+    kept = load_feature_sample(raw(con), run.run_id, spec.names)
+    if kept is not None and run.feature_set == spec.version:
+        say(f"features scoring run {run.run_id} kept ({len(kept):,} customers)")
+        return kept
+    ids = sample_ids(scored["customer_id"])
+    say(f"rebuilding the features of {len(ids):,} customers as of {run.as_of:%Y-%m-%d}")
+    keep = ibis.memtable(pa.table({"customer_id": pa.array(list(ids), pa.string())}))
+    only = {name: con.table(name).semi_join(keep, "customer_id") for name in TABLES}
+    return build(con, run.as_of, spec, only)
+
+
 def policy_features(spec: FeatureSpec) -> set[str]:
     """Features of the company's own actions (from the campaign log, and ratios of them
     only): they follow the campaign calendar and the policy, which the company sets, so
@@ -636,8 +663,7 @@ def _run(
             "kept): retrain it to monitor feature drift"
         )
     else:
-        say(f"rebuilding the features of {latest.run_id} as of {latest.as_of:%Y-%m-%d}")
-        features = build(con, latest.as_of, spec)
+        features = _run_features(con, latest, scored, spec, say)
         current = features.merge(scored[["customer_id", *SCORES]], on="customer_id", how="left")
         if value_ref is not None:
             reference = reference.assign(
