@@ -78,6 +78,8 @@ EXPERIMENT = "rapport-monitoring"
 GROUPS = ("abc_tier", "rfm_segment")
 GROUP_LABEL = {"abc_tier": "tier", "rfm_segment": "segment"}
 SCORES = ("churn_probability", "value_mean")
+#: the columns of ``scores`` the checks read
+SCORE_COLUMNS = ("customer_id", *SCORES, "value_p10", "value_p50", "value_p90", *GROUPS)
 NAN = float("nan")
 #: ``emptied`` is judged only when the reference's informative share would give this many
 #: informative rows in the run (below it, a rare feature empties by chance)
@@ -262,9 +264,11 @@ def _churn_estimate(c: _Checks, run: RunInfo, active: pd.DataFrame, ref_auc: flo
     )
 
 
-def _subjects(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def _subjects(frame: pd.DataFrame, columns: list[str]) -> list[tuple[str, pd.DataFrame]]:
     """The whole base, then each ABC tier and RFM segment: what realised checks report on,
-    each named for people ("all", "tier A", "segment Champions", ...)."""
+    each named for people ("all", "tier A", "segment Champions", ...); only ``columns``
+    are carried (splitting every column of a million rows costs seconds)."""
+    frame = frame[[*columns, *(g for g in GROUPS if g not in columns)]]
     subjects: list[tuple[str, pd.DataFrame]] = [("all", frame)]
     for group in GROUPS:
         for name, part in frame.groupby(group, observed=True):
@@ -274,7 +278,7 @@ def _subjects(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 def _churn_realised(c: _Checks, run: RunInfo, active: pd.DataFrame, ref_auc: float) -> None:
     tag = f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d})"
-    for subject, part in _subjects(active):
+    for subject, part in _subjects(active, ["churned", "churn_probability"]):
         y = part["churned"].to_numpy(dtype="float64")
         p = part["churn_probability"].to_numpy(dtype="float64")
         n = len(part)
@@ -323,7 +327,8 @@ def _churn_realised(c: _Checks, run: RunInfo, active: pd.DataFrame, ref_auc: flo
 # --------------------------------------------------------------------------- value
 def _value_realised(c: _Checks, run: RunInfo, scored: pd.DataFrame, ref_rho: float) -> None:
     tag = f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d})"
-    for subject, part in _subjects(scored):
+    value = ["spend", "value_mean", "value_p10", "value_p50", "value_p90"]
+    for subject, part in _subjects(scored, value):
         n = len(part)
         if n == 0:
             continue
@@ -616,7 +621,7 @@ def _run(
     ref_auc = _holdout("churn", churn_version, "auc")
 
     say(f"reading scoring run {latest.run_id} ({latest.rows:,} customers)")
-    scored = load_scores(db, latest)
+    scored = load_scores(db, latest, SCORE_COLUMNS)
     label_cut = [latest.as_of] + ([matured[-1].as_of] if matured else [])
     say("labels (active customers; realised outcomes of matured runs)")
     lab = labels(con, sorted(set(label_cut)), horizon)
@@ -628,7 +633,7 @@ def _run(
         done = matured[-1]
         roles["matured"] = done.run_id
         say(f"realised outcomes of scoring run {done.run_id} ({done.as_of:%Y-%m-%d} + {horizon}d)")
-        old = scored if done.run_id == latest.run_id else load_scores(db, done)
+        old = scored if done.run_id == latest.run_id else load_scores(db, done, SCORE_COLUMNS)
         lab_done = lab[lab["as_of"] == pd.Timestamp(done.as_of)]
         joined = old.merge(
             lab_done[["customer_id", "active", "churned", "spend"]], on="customer_id"

@@ -11,6 +11,7 @@ read-only DuckDB connection, so the service may do it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -92,9 +93,10 @@ def latest_run(db: Any, run_id: str | None = None) -> RunInfo:
     )
 
 
-def load_scores(db: Any, run: RunInfo) -> pd.DataFrame:
-    """One run's scores, one row per customer."""
-    query = db.execute(f"SELECT * FROM {SCORES} WHERE run_id = ?", [run.run_id])
+def load_scores(db: Any, run: RunInfo, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """One run's scores (only ``columns`` when given), one row per customer."""
+    selected = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+    query = db.execute(f"SELECT {selected} FROM {SCORES} WHERE run_id = ?", [run.run_id])
     return query.to_arrow_table().to_pandas()
 
 
