@@ -378,11 +378,12 @@ def _drift(
     categorical: set[str],
     importance: dict[str, float],
     policy: Collection[str] = (),
+    calendar: Collection[str] = (),
 ) -> None:
     """PSI and a two-sample statistic per feature and score, and the share of each
     feature's information gone; drift of a feature the champions barely use (gain share
-    under ``min_importance``) or of a ``policy`` feature (:func:`policy_features`) warns
-    at most."""
+    under ``min_importance``), of a ``policy`` feature (:func:`policy_features`) or of a
+    ``calendar`` one (:func:`calendar_features`) warns at most."""
     tag = f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d}) vs the champion's reference"
     floor = c.alerts.features.min_importance
     for name in [*importance, *SCORES]:
@@ -395,8 +396,14 @@ def _drift(
         is_score = name in SCORES
         subject = f"score {name}" if is_score else name
         share = importance.get(name, 1.0)
-        minor = not is_score and (share < floor or name in policy)
-        why = "policy feature" if name in policy else "minor"
+        minor = not is_score and (share < floor or name in policy or name in calendar)
+        why = (
+            "policy feature"
+            if name in policy
+            else "calendar feature: drifts as the base ages"
+            if name in calendar
+            else "minor"
+        )
         note = f"{tag}; gain share {share:.3f}" + (f" ({why}: warns at most)" if minor else "")
         if name in categorical:
             values = {"psi": stats.psi_categorical(ref, cur), "js": stats.js_distance(ref, cur)}
@@ -434,6 +441,13 @@ def _run_features(
     keep = ibis.memtable(pa.table({"customer_id": pa.array(list(ids), pa.string())}))
     only = {name: con.table(name).semi_join(keep, "customer_id") for name in TABLES}
     return build(con, run.as_of, spec, only)
+
+
+def calendar_features(spec: FeatureSpec) -> set[str]:
+    """Features that move with the calendar in any stable world (tenure: the base ages
+    between the reference and a run a year later), so their drift warns at most; a feed
+    that stops still shows in ``emptied``."""
+    return {a.name for a in spec.attributes if a.kind == "tenure_days"}
 
 
 def policy_features(spec: FeatureSpec) -> set[str]:
@@ -676,7 +690,16 @@ def _run(
             )
         importance = _importance(latest.versions)
         ordered = {n: importance.get(n, 0.0) for n in spec.names}
-        _drift(c, latest, current, reference, set(spec.categorical), ordered, policy_features(spec))
+        _drift(
+            c,
+            latest,
+            current,
+            reference,
+            set(spec.categorical),
+            ordered,
+            policy_features(spec),
+            calendar_features(spec),
+        )
 
     say("policy health: treated against control, exploration, off-policy estimate")
     policy_health.check(c, db, cutoff)
