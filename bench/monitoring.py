@@ -2,6 +2,7 @@
 
     uv run python -m bench.monitoring                 # 1,000,000 synthetic customers
     uv run python -m bench.monitoring --rows 200000
+    uv run python -m bench.monitoring --world 1000000 --keep /tmp/monworld
     RAPPORT_HOME=/path/to/workspace uv run python -m bench.monitoring --full
 
 Without ``--full`` it times the monitor's own work on frames already in memory (what a
@@ -12,14 +13,27 @@ default spec and both scores against a 20,000-row reference, with the very funct
 probabilities with labels drawn from them, a value band, features drawn per kind); the
 cost does not depend on what the numbers mean. ``--full`` runs :func:`training.monitor.run`
 on a workspace (its scores, labels and features read from the warehouse) and prints the
-total. Never fails on timing.
+total.
+
+``--world N`` is the whole ``rapport monitor`` on a simulated world of ``N`` customers
+(``tests/monitor_worlds.py``): churn and value trained fast on a 20,000-customer world of
+the same seed (its MLflow store serves the big one, as a model trained on a sample scores
+any size), the big world scored twice (a run whose horizon has matured, and the latest),
+then :func:`training.monitor.run` timed stage by stage (its progress messages; MLflow and
+the report's modules imported before, as this environment compiles them afresh), with the
+plain read of the latest run's scores in the same process as the baseline the total is
+divided by (so a loaded machine inflates both). ``--keep DIR`` builds the worlds in DIR
+(reused when already there). Never fails on timing.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,11 +82,107 @@ def synthetic(rows: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.
     return scored, current, reference
 
 
+#: customers of the world the champions are trained on (``--world``)
+TRAIN_CUSTOMERS = 20_000
+WORLD_SEED = 3
+
+
+def _worlds() -> Any:
+    """``tests/monitor_worlds.py`` (it imports its neighbours as top-level modules, as the
+    tests' ``pythonpath`` has them)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import monitor_worlds
+
+    return monitor_worlds
+
+
+def world(customers: int, root: Path, log_to_mlflow: bool) -> None:
+    """Build (or reuse) the worlds under ``root`` and time one ``monitor.run``."""
+    from features.tables.scores import latest_run, load_scores
+    from features.warehouse import connect, raw
+    from rapport.settings import get_settings
+    from training.scoring import score_all
+
+    mw = _worlds()
+    small, big = root / f"train-{TRAIN_CUSTOMERS}", root / f"world-{customers}"
+    matured, latest = mw.MONITOR_AT[1], mw.MONITOR_AT[4]
+    if not (small / "ready").exists():
+        start = time.perf_counter()
+        with mw.world_home(small):
+            mw.load_world(small, TRAIN_CUSTOMERS, WORLD_SEED, None)
+            mw.train_before_change()
+        (small / "ready").touch()
+        print(f"trained churn and value on {TRAIN_CUSTOMERS:,}: {time.perf_counter() - start:.0f}s")
+    if not (big / "ready").exists():
+        start = time.perf_counter()
+        with mw.world_home(big, small):
+            mw.load_world(big, customers, WORLD_SEED, None)
+            con = connect(get_settings().warehouse_path)
+            try:
+                for when in (matured, latest):
+                    score_all(con, when)
+            finally:
+                con.disconnect()
+        (big / "ready").touch()
+        print(
+            f"world of {customers:,} ingested and scored twice: {time.perf_counter() - start:.0f}s"
+        )
+    start = time.perf_counter()
+    import mlflow  # noqa: F401  (imported once per process, by any command)
+
+    import training.monitor_report  # noqa: F401
+
+    print(f"imports (not counted): {time.perf_counter() - start:.1f}s")
+    with mw.world_home(big, small):
+        con = connect(get_settings().warehouse_path)
+        try:
+            db = raw(con)
+            (run_id,) = db.execute(
+                "SELECT run_id FROM score_runs WHERE as_of = ? ORDER BY scored_at DESC LIMIT 1",
+                [latest],
+            ).fetchone()
+            t0 = time.perf_counter()
+            rows = len(load_scores(db, latest_run(db, run_id)))
+            baseline = time.perf_counter() - t0
+            marks: list[tuple[str, float]] = []
+            t0 = time.perf_counter()
+            result = monitor.run(
+                latest,
+                con=con,
+                log_to_mlflow=log_to_mlflow,
+                progress=lambda message: marks.append((message, time.perf_counter())),
+            )
+            total = time.perf_counter() - t0
+        finally:
+            con.disconnect()
+    print(f"baseline: reading the latest run's {rows:,} scores {baseline:.1f}s")
+    ends = [t for _, t in marks[1:]] + [t0 + total]
+    print(f"{'(setup)':<62} {marks[0][1] - t0:6.1f}s")
+    for (message, at), end in zip(marks, ends, strict=True):
+        print(f"{message[:62]:<62} {end - at:6.1f}s")
+    print(
+        f"monitor.run: {total:.1f}s for {rows:,} customers = {total / baseline:.1f}x the read "
+        f"of their scores ({len(result.frame)} checks, {len(result.alerts)} alerts)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--full", action="store_true", help="monitor.run on RAPPORT_HOME")
+    parser.add_argument("--world", type=int, help="monitor.run on a simulated world of N")
+    parser.add_argument("--keep", type=Path, help="where --world builds (and reuses) its worlds")
+    parser.add_argument("--no-mlflow", action="store_true", help="--world: skip MLflow logging")
     args = parser.parse_args()
+    if args.world:
+        if args.keep:
+            world(args.world, args.keep, not args.no_mlflow)
+        else:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="rapport-bench-monitor-") as tmp:
+                world(args.world, Path(tmp), not args.no_mlflow)
+        return
     if args.full:
         start = time.perf_counter()
         result = monitor.run(log_to_mlflow=False)

@@ -134,11 +134,15 @@ def expected_calibration_error(y: Any, p: Any, bins: int = 10) -> float:
 
 
 def _auc_from_ranks(ranks: np.ndarray, y: np.ndarray) -> float:
-    n1 = y.sum()
+    """Mann-Whitney AUC of 0/1 labels ``y`` from the scores' ranks. The rank sum is an
+    elementwise product and a sum, not ``ranks @ y``: a BLAS dot product spreads over
+    threads that, on a busy machine, cost 100x the work (27 ms against 0.2 ms per
+    200,000 rows); ranks are half-integers, so both sums are exact and equal."""
+    n1 = int(np.count_nonzero(y))
     n0 = len(y) - n1
     if n1 == 0 or n0 == 0:
         return float("nan")
-    return float((ranks @ y - n1 * (n1 + 1) / 2) / (n1 * n0))
+    return float((np.sum(ranks * y) - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def cbpe_auc(
@@ -159,10 +163,7 @@ def cbpe_auc(
     ranks = rankdata(arr)
     rng = np.random.default_rng(seed)
     draws = np.array(
-        [
-            _auc_from_ranks(ranks, (rng.random(len(arr)) < arr).astype("float64"))
-            for _ in range(replicates)
-        ]
+        [_auc_from_ranks(ranks, rng.random(len(arr)) < arr) for _ in range(replicates)]
     )
     draws = draws[np.isfinite(draws)]
     if not len(draws):

@@ -44,8 +44,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import ibis
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features.batch import build
 from features.contract import CAMPAIGN_LOG, TABLES
@@ -53,7 +55,14 @@ from features.spec import FeatureSpec, default_spec
 from features.tables import monitoring as tables
 from features.tables.feature_samples import mismatches, read_samples
 from features.tables.scores import RUNS as SCORE_RUNS
-from features.tables.scores import NoScoresError, RunInfo, latest_run, load_scores
+from features.tables.scores import (
+    NoScoresError,
+    RunInfo,
+    latest_run,
+    load_feature_sample,
+    load_scores,
+    sample_ids,
+)
 from features.timeutil import as_utc
 from features.warehouse import connect, raw
 from models import monitoring as stats
@@ -69,6 +78,8 @@ EXPERIMENT = "rapport-monitoring"
 GROUPS = ("abc_tier", "rfm_segment")
 GROUP_LABEL = {"abc_tier": "tier", "rfm_segment": "segment"}
 SCORES = ("churn_probability", "value_mean")
+#: the columns of ``scores`` the checks read
+SCORE_COLUMNS = ("customer_id", *SCORES, "value_p10", "value_p50", "value_p90", *GROUPS)
 NAN = float("nan")
 #: ``emptied`` is judged only when the reference's informative share would give this many
 #: informative rows in the run (below it, a rare feature empties by chance)
@@ -253,9 +264,11 @@ def _churn_estimate(c: _Checks, run: RunInfo, active: pd.DataFrame, ref_auc: flo
     )
 
 
-def _subjects(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def _subjects(frame: pd.DataFrame, columns: list[str]) -> list[tuple[str, pd.DataFrame]]:
     """The whole base, then each ABC tier and RFM segment: what realised checks report on,
-    each named for people ("all", "tier A", "segment Champions", ...)."""
+    each named for people ("all", "tier A", "segment Champions", ...); only ``columns``
+    are carried (splitting every column of a million rows costs seconds)."""
+    frame = frame[[*columns, *(g for g in GROUPS if g not in columns)]]
     subjects: list[tuple[str, pd.DataFrame]] = [("all", frame)]
     for group in GROUPS:
         for name, part in frame.groupby(group, observed=True):
@@ -265,7 +278,7 @@ def _subjects(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 def _churn_realised(c: _Checks, run: RunInfo, active: pd.DataFrame, ref_auc: float) -> None:
     tag = f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d})"
-    for subject, part in _subjects(active):
+    for subject, part in _subjects(active, ["churned", "churn_probability"]):
         y = part["churned"].to_numpy(dtype="float64")
         p = part["churn_probability"].to_numpy(dtype="float64")
         n = len(part)
@@ -314,7 +327,8 @@ def _churn_realised(c: _Checks, run: RunInfo, active: pd.DataFrame, ref_auc: flo
 # --------------------------------------------------------------------------- value
 def _value_realised(c: _Checks, run: RunInfo, scored: pd.DataFrame, ref_rho: float) -> None:
     tag = f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d})"
-    for subject, part in _subjects(scored):
+    value = ["spend", "value_mean", "value_p10", "value_p50", "value_p90"]
+    for subject, part in _subjects(scored, value):
         n = len(part)
         if n == 0:
             continue
@@ -364,11 +378,12 @@ def _drift(
     categorical: set[str],
     importance: dict[str, float],
     policy: Collection[str] = (),
+    calendar: Collection[str] = (),
 ) -> None:
     """PSI and a two-sample statistic per feature and score, and the share of each
     feature's information gone; drift of a feature the champions barely use (gain share
-    under ``min_importance``) or of a ``policy`` feature (:func:`policy_features`) warns
-    at most."""
+    under ``min_importance``), of a ``policy`` feature (:func:`policy_features`) or of a
+    ``calendar`` one (:func:`calendar_features`) warns at most."""
     tag = f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d}) vs the champion's reference"
     floor = c.alerts.features.min_importance
     for name in [*importance, *SCORES]:
@@ -381,8 +396,14 @@ def _drift(
         is_score = name in SCORES
         subject = f"score {name}" if is_score else name
         share = importance.get(name, 1.0)
-        minor = not is_score and (share < floor or name in policy)
-        why = "policy feature" if name in policy else "minor"
+        minor = not is_score and (share < floor or name in policy or name in calendar)
+        why = (
+            "policy feature"
+            if name in policy
+            else "calendar feature: drifts as the base ages"
+            if name in calendar
+            else "minor"
+        )
         note = f"{tag}; gain share {share:.3f}" + (f" ({why}: warns at most)" if minor else "")
         if name in categorical:
             values = {"psi": stats.psi_categorical(ref, cur), "js": stats.js_distance(ref, cur)}
@@ -402,6 +423,31 @@ def _drift(
             cap: Level | None = "warn" if name in policy else None
             value = stats.emptied(ref, cur)
             c.add("features", "emptied", subject, value, note, len(cur), not rare, cap)
+
+
+def _run_features(
+    con: Any, run: RunInfo, scored: pd.DataFrame, spec: FeatureSpec, say: Progress
+) -> pd.DataFrame:
+    """The features the scoring run kept (``score_features``: a fixed sample of
+    :data:`~features.tables.scores.FEATURE_SAMPLE_ROWS` customers); for a run scored
+    before runs kept them (or with another feature set), the same customers' features
+    rebuilt as of its cutoff."""
+    kept = load_feature_sample(raw(con), run.run_id, spec.names)
+    if kept is not None and run.feature_set == spec.version:
+        say(f"features scoring run {run.run_id} kept ({len(kept):,} customers)")
+        return kept
+    ids = sample_ids(scored["customer_id"])
+    say(f"rebuilding the features of {len(ids):,} customers as of {run.as_of:%Y-%m-%d}")
+    keep = ibis.memtable(pa.table({"customer_id": pa.array(list(ids), pa.string())}))
+    only = {name: con.table(name).semi_join(keep, "customer_id") for name in TABLES}
+    return build(con, run.as_of, spec, only)
+
+
+def calendar_features(spec: FeatureSpec) -> set[str]:
+    """Features that move with the calendar in any stable world (tenure: the base ages
+    between the reference and a run a year later), so their drift warns at most; a feed
+    that stops still shows in ``emptied``."""
+    return {a.name for a in spec.attributes if a.kind == "tenure_days"}
 
 
 def policy_features(spec: FeatureSpec) -> set[str]:
@@ -589,7 +635,7 @@ def _run(
     ref_auc = _holdout("churn", churn_version, "auc")
 
     say(f"reading scoring run {latest.run_id} ({latest.rows:,} customers)")
-    scored = load_scores(db, latest)
+    scored = load_scores(db, latest, SCORE_COLUMNS)
     label_cut = [latest.as_of] + ([matured[-1].as_of] if matured else [])
     say("labels (active customers; realised outcomes of matured runs)")
     lab = labels(con, sorted(set(label_cut)), horizon)
@@ -601,7 +647,7 @@ def _run(
         done = matured[-1]
         roles["matured"] = done.run_id
         say(f"realised outcomes of scoring run {done.run_id} ({done.as_of:%Y-%m-%d} + {horizon}d)")
-        old = scored if done.run_id == latest.run_id else load_scores(db, done)
+        old = scored if done.run_id == latest.run_id else load_scores(db, done, SCORE_COLUMNS)
         lab_done = lab[lab["as_of"] == pd.Timestamp(done.as_of)]
         joined = old.merge(
             lab_done[["customer_id", "active", "churned", "spend"]], on="customer_id"
@@ -636,8 +682,7 @@ def _run(
             "kept): retrain it to monitor feature drift"
         )
     else:
-        say(f"rebuilding the features of {latest.run_id} as of {latest.as_of:%Y-%m-%d}")
-        features = build(con, latest.as_of, spec)
+        features = _run_features(con, latest, scored, spec, say)
         current = features.merge(scored[["customer_id", *SCORES]], on="customer_id", how="left")
         if value_ref is not None:
             reference = reference.assign(
@@ -645,7 +690,16 @@ def _run(
             )
         importance = _importance(latest.versions)
         ordered = {n: importance.get(n, 0.0) for n in spec.names}
-        _drift(c, latest, current, reference, set(spec.categorical), ordered, policy_features(spec))
+        _drift(
+            c,
+            latest,
+            current,
+            reference,
+            set(spec.categorical),
+            ordered,
+            policy_features(spec),
+            calendar_features(spec),
+        )
 
     say("policy health: treated against control, exploration, off-policy estimate")
     policy_health.check(c, db, cutoff)

@@ -56,13 +56,9 @@ def _decisions(db: Any, as_of: datetime) -> pd.DataFrame:
     """Decisions up to ``as_of`` with a group and a known outcome (empty: none, or no
     campaign log yet)."""
     try:
-        found = decision_outcomes(db)
+        return decision_outcomes(db, until=as_of, known=True)
     except LookupError:
         return pd.DataFrame()
-    if found.empty:
-        return found
-    at = pd.to_datetime(found["decided_at"], utc=True)
-    return found[(at <= pd.Timestamp(as_of)) & found["group"].notna() & found["outcome"].notna()]
 
 
 def _shortfall(diff: float, hi: float) -> float:

@@ -15,7 +15,9 @@
    the very scorer the service uses (churn, value with its interval, segments, arbitration
    of the next best action), so memory beyond the feature frame stays bounded by one chunk;
 5. each chunk is appended to the warehouse table ``scores``; the run is recorded in
-   ``score_runs`` (model versions, feature set, catalog, segments version, timings) in the same
+   ``score_runs`` (model versions, feature set, catalog, segments version, timings) and a
+   fixed sample of the features it scored (:data:`~features.tables.scores.FEATURE_SAMPLE_ROWS`
+   customers) to ``score_features``, for ``rapport monitor``'s drift checks, in the same
    transaction, so a failed run leaves nothing behind and history is never overwritten.
 
 ``scores`` holds one row per customer and run: ``run_id``, ``as_of``, ``scored_at``, the
@@ -49,7 +51,15 @@ from features.control import ControlGroup
 from features.segments import fit_version
 from features.spec import FeatureSpec, default_spec
 from features.tables.control import read_control
-from features.tables.scores import RUNS, RUNS_CONTROL, RUNS_DDL, RUNS_SEGMENTS_VERSION, SCORES
+from features.tables.scores import (
+    RUNS,
+    RUNS_CONTROL,
+    RUNS_DDL,
+    RUNS_SEGMENTS_VERSION,
+    SCORES,
+    add_missing_columns,
+    write_feature_sample,
+)
 from features.tables.segments import save_version
 from features.timeutil import as_utc
 from features.warehouse import raw
@@ -112,15 +122,6 @@ class ScoreRun:
                 f"  appended to the warehouse table `{SCORES}` (history kept; runs in `{RUNS}`)",
             ]
         )
-
-
-def _add_missing_columns(db: Any, table: pa.Table) -> None:
-    """A catalog with new actions adds uplift columns (older runs hold null there)."""
-    have = {r[0] for r in db.execute(f"DESCRIBE {SCORES}").fetchall()}
-    for name in table.column_names:
-        if name not in have:
-            kind = "DOUBLE" if pa.types.is_floating(table.schema.field(name).type) else "VARCHAR"
-            db.execute(f'ALTER TABLE {SCORES} ADD COLUMN "{name}" {kind}')
 
 
 def score_all(
@@ -210,7 +211,7 @@ def score_all(
             t1 = time.perf_counter()
             db.register("chunk", table)
             db.execute(f"CREATE TABLE IF NOT EXISTS {SCORES} AS SELECT * FROM chunk LIMIT 0")
-            _add_missing_columns(db, table)
+            add_missing_columns(db, SCORES, table)
             db.execute(f"INSERT INTO {SCORES} BY NAME SELECT * FROM chunk")
             db.unregister("chunk")
             t2 = time.perf_counter()
@@ -218,6 +219,9 @@ def score_all(
             write_s += t2 - t1
             done = min(offset + chunk_rows, total)
             say(f"scored {done:,} / {total:,} ({done / max(score_s + write_s, 1e-9):,.0f} rows/s)")
+        t0 = time.perf_counter()
+        write_feature_sample(db, run_id, features)
+        write_s += time.perf_counter() - t0
         timings["scoring"] = score_s
         timings["writing"] = write_s
         db.execute(

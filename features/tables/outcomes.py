@@ -303,8 +303,16 @@ def _db(con: Any) -> duckdb.DuckDBPyConnection:
     return con if isinstance(con, duckdb.DuckDBPyConnection) else raw(con)
 
 
-def decision_outcomes(con: Any, since: datetime | None = None) -> pd.DataFrame:
-    """Every logged decision (decided at or after ``since``) with its current outcome.
+def decision_outcomes(
+    con: Any,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    *,
+    known: bool = False,
+) -> pd.DataFrame:
+    """Every logged decision (decided at or after ``since`` and at or before ``until``)
+    with its current outcome; ``known``: only those with a group and a known outcome
+    (filtered in the warehouse, not after reading every decision).
 
     Columns: decision_id, customer_id, decided_at, action, channel, propensity, group
     (null when the campaign log has no such column), outcome, revenue, responded_at,
@@ -329,11 +337,17 @@ def decision_outcomes(con: Any, since: datetime | None = None) -> pd.DataFrame:
         "(o.source IS DISTINCT FROM 'feedback' AND o.source IS DISTINCT FROM 'file' "
         "AND c.outcome IS NOT NULL)"
     )
-    where = "" if since is None else f"WHERE c.decided_at >= {_ts(since)}"
+    outcome = f"CASE WHEN {inline} THEN c.outcome ELSE o.outcome END"
+    conditions = [
+        *([] if since is None else [f"c.decided_at >= {_ts(since)}"]),
+        *([] if until is None else [f"c.decided_at <= {_ts(until)}"]),
+        *([] if not known else [f"({group}) IS NOT NULL AND ({outcome}) IS NOT NULL"]),
+    ]
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     return db.execute(f"""
         SELECT c.decision_id, c.customer_id, c.decided_at, c.action, c.channel, c.propensity,
                {group} AS "group",
-               CASE WHEN {inline} THEN c.outcome ELSE o.outcome END AS outcome,
+               {outcome} AS outcome,
                CASE WHEN {inline} THEN c.revenue ELSE o.revenue END AS revenue,
                CASE WHEN {inline} THEN c.responded_at ELSE o.responded_at END AS responded_at,
                CASE WHEN {inline} THEN 'campaign_log' ELSE o.source END AS outcome_source

@@ -1,19 +1,24 @@
-"""The warehouse tables of batch scoring: ``scores`` and ``score_runs``.
+"""The warehouse tables of batch scoring: ``scores``, ``score_runs`` and
+``score_features``.
 
-``rapport score`` (:mod:`training.scoring`) appends every run's scores to ``scores`` and
-records the run in ``score_runs``; target lists (:mod:`features.tables.lists`) read the
-latest run back from here. Reading needs only a read-only DuckDB connection, so the
-service may do it.
+``rapport score`` (:mod:`training.scoring`) appends every run's scores to ``scores``,
+records the run in ``score_runs`` and keeps a fixed sample of the features it scored in
+``score_features`` (what ``rapport monitor`` checks for drift); target lists
+(:mod:`features.tables.lists`) read the latest run back from here. Reading needs only a
+read-only DuckDB connection, so the service may do it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features.timeutil import as_utc
 
@@ -88,7 +93,70 @@ def latest_run(db: Any, run_id: str | None = None) -> RunInfo:
     )
 
 
-def load_scores(db: Any, run: RunInfo) -> pd.DataFrame:
-    """One run's scores, one row per customer."""
-    query = db.execute(f"SELECT * FROM {SCORES} WHERE run_id = ?", [run.run_id])
+def load_scores(db: Any, run: RunInfo, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """One run's scores (only ``columns`` when given), one row per customer."""
+    selected = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+    query = db.execute(f"SELECT {selected} FROM {SCORES} WHERE run_id = ?", [run.run_id])
     return query.to_arrow_table().to_pandas()
+
+
+# --------------------------------------------------------------------------- feature sample
+#: the features a scoring run keeps for the monitor's drift checks (``rapport monitor``
+#: compares them with the champion's 20,000-row reference, so more rows add nothing but
+#: time), chosen by :func:`sample_ids`
+FEATURES = "score_features"
+FEATURE_SAMPLE_ROWS = 50_000
+
+
+def sample_ids(customer_ids: Any, rows: int = FEATURE_SAMPLE_ROWS) -> np.ndarray:
+    """The ``rows`` customer ids with the smallest stable hash (all when fewer): the same
+    customers whatever the order, so a rebuild picks those a scoring run kept."""
+    ids = np.asarray(customer_ids, dtype=object)
+    if len(ids) <= rows:
+        return ids
+    keys = pd.util.hash_array(ids)
+    return ids[np.sort(np.argpartition(keys, rows - 1)[:rows])]
+
+
+def add_missing_columns(db: Any, name: str, table: pa.Table) -> None:
+    """Columns of ``table`` that the warehouse table ``name`` lacks (older rows hold null
+    there): a catalog's new actions in ``scores``, a spec's new features here."""
+    have = {r[0] for r in db.execute(f"DESCRIBE {name}").fetchall()}
+    for column in table.column_names:
+        if column not in have:
+            kind = "DOUBLE" if pa.types.is_floating(table.schema.field(column).type) else "VARCHAR"
+            db.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {kind}')
+
+
+def write_feature_sample(
+    db: Any, run_id: str, features: pd.DataFrame, rows: int = FEATURE_SAMPLE_ROWS
+) -> int:
+    """Append the sampled rows of a run's ``features`` (``customer_id`` and the features)
+    to ``score_features``; returns the rows kept."""
+    keep = features[features["customer_id"].isin(sample_ids(features["customer_id"], rows))]
+    table = pa.Table.from_pandas(keep.assign(run_id=run_id), preserve_index=False)
+    db.register("feature_sample", table)
+    try:
+        db.execute(f"CREATE TABLE IF NOT EXISTS {FEATURES} AS SELECT * FROM feature_sample LIMIT 0")
+        add_missing_columns(db, FEATURES, table)
+        db.execute(f"INSERT INTO {FEATURES} BY NAME SELECT * FROM feature_sample")
+    finally:
+        db.unregister("feature_sample")
+    return len(keep)
+
+
+def load_feature_sample(db: Any, run_id: str, names: list[str]) -> pd.DataFrame | None:
+    """The features ``names`` a scoring run kept (``customer_id`` first), or None when it
+    kept none (scored before runs kept them) or lacks one of ``names``."""
+    if FEATURES not in tables(db):
+        return None
+    have = {r[0] for r in db.execute(f"DESCRIBE {FEATURES}").fetchall()}
+    if not set(names) <= have:
+        return None
+    columns = ", ".join(f'"{n}"' for n in ["customer_id", *names])
+    frame = (
+        db.execute(f"SELECT {columns} FROM {FEATURES} WHERE run_id = ?", [run_id])
+        .to_arrow_table()
+        .to_pandas()
+    )
+    return frame if len(frame) else None

@@ -1,0 +1,42 @@
+"""The monitor's drift checks on frames in memory: which drift alerts and which warns."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+
+from features.spec import default_spec
+from features.tables.scores import RunInfo
+from models.alerts import load_alerts
+from training import monitor
+
+
+def _levels(calendar: set[str]) -> dict[tuple[str, str], str]:
+    rng = np.random.default_rng(0)
+    n = 5000
+    reference = pd.DataFrame(
+        {"tenure_days": rng.gamma(2, 200, n), "orders_90d": rng.gamma(2, 2, n)}
+    )
+    # a year later: every tenure is 365 days longer; orders fell by half
+    current = pd.DataFrame(
+        {
+            "tenure_days": reference["tenure_days"] + 365,
+            "orders_90d": reference["orders_90d"] * 0.3,
+        }
+    )
+    run = RunInfo("sr-test", datetime(2026, 1, 1, tzinfo=UTC), datetime.now(UTC), n, {}, "", {})
+    c = monitor._Checks(load_alerts())
+    importance = {"tenure_days": 0.2, "orders_90d": 0.2}
+    monitor._drift(c, run, current, reference, set(), importance, (), calendar)
+    return {(r["check"], r["subject"]): r["level"] for r in c.rows}
+
+
+def test_tenure_drift_warns_at_most_while_other_drift_alerts() -> None:
+    assert monitor.calendar_features(default_spec()) == {"tenure_days"}
+    levels = _levels({"tenure_days"})
+    assert levels[("psi", "tenure_days")] == "warn"
+    assert levels[("psi", "orders_90d")] == "alert"
+    # without the calendar cap the same tenure shift alerts
+    assert _levels(set())[("psi", "tenure_days")] == "alert"
