@@ -235,6 +235,10 @@ class UiApp:
 
         view, problem = await self._read(read)
         chart = segment_chart(view["points"]) if view else ""
+        profile = (view or {}).get("profile")
+        reasons = None
+        if profile and profile["sample"]:
+            reasons = await run_in_threadpool(self.live.common_reasons, profile["sample"])
         return self.page(
             request,
             "segments.html",
@@ -243,6 +247,8 @@ class UiApp:
             problem=problem,
             chosen=chosen,
             chart=chart,
+            reasons=reasons,
+            live_problem=self.live.problem,
         )
 
     async def builder(self, request: Request, session: Session) -> Response:
@@ -444,6 +450,8 @@ def selection_view(target: Any) -> dict[str, Any]:
     selection = target.selection
     members = selection.members
     removed = {k: v for k, v in selection.removed.items() if v}
+    before = ("duplicates", "suppressed", "control group", "filter")  # arbitration's input
+    arbitrated = selection.considered - sum(selection.removed.get(k, 0) for k in before)
     return {
         "list_id": target.list_id,
         "count": selection.count,
@@ -454,6 +462,10 @@ def selection_view(target: Any) -> dict[str, Any]:
         "basis": selection.basis,
         "budget_method": selection.budget_method,
         "removed": removed,
+        "consent": selection.consent,
+        "arbitrated": arbitrated,
+        "reach": selection.reach,
+        "action": selection.definition.action,
         "mixes": {
             "Action": selection.segment_mix("action"),
             "ABC tier": selection.segment_mix("abc_tier"),

@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from features.segments import segment_rule
 from features.spec import FeatureSpec
 from features.tables import analytics as analytics_tables
 from features.tables import monitoring as monitoring_tables
@@ -37,9 +38,13 @@ from features.tables.lists import (
     WarehouseLists,
     WarehouseUnavailableError,
 )
-from features.tables.scores import SCORES, NoScoresError, RunInfo, latest_run, tables
+from features.tables.scores import RUNS, SCORES, NoScoresError, RunInfo, latest_run, tables
+from features.tables.segments import NoSegmentsError, load_version
 from features.warehouse import connect, raw
+from models.catalog import Catalog
 
+#: customers of a segment whose churn drivers its profile sums up
+REASON_SAMPLE = 300
 #: the table the impact job (`rapport impact`) writes; read when present
 IMPACT = "impact"
 #: what the Results page shows of the latest impact run (the table holds more)
@@ -191,7 +196,11 @@ def segment_map(db: Any) -> tuple[Any, pd.DataFrame, pd.DataFrame]:
 
 
 def segment_profile(db: Any, segment: str) -> dict[str, Any] | None:
-    """Size, value, churn risk, tiers and best actions of one RFM segment (latest scores)."""
+    """Size, value, churn risk, tiers, the rule that puts customers there, consent per
+    channel and best actions (with how many of each can be reached on its channel with
+    today's consent) of one RFM segment in the latest scores; ``sample``: up to
+    :data:`REASON_SAMPLE` of its customers (a fixed hash order), whose churn drivers the
+    page sums up."""
     run = score_run(db)
     if run is None:
         return None
@@ -202,12 +211,50 @@ def segment_profile(db: Any, segment: str) -> dict[str, Any] | None:
     ).fetchone()
     if not size:
         return None
+    catalog = Catalog.model_validate(run.catalog)
+    have = _columns(db, "customers")
+    fields = {
+        a.channel: a.consent_field
+        for a in catalog.actions
+        if a.consent_field and a.consent_field in have
+    }
+    consent_of = " ".join(
+        f"WHEN '{a.id}' THEN coalesce(c.{a.consent_field}::DOUBLE, 0) > 0"
+        for a in catalog.actions
+        if a.consent_field in have
+    )
+    reachable = f"CASE s.best_action {consent_of} ELSE true END" if consent_of else "true"
+    joined = (
+        f"FROM {SCORES} s LEFT JOIN customers c USING (customer_id) "
+        "WHERE s.run_id = ? AND s.rfm_segment = ?"
+        if have
+        else f"FROM {SCORES} s WHERE s.run_id = ? AND s.rfm_segment = ?"
+    )
+    channels = {a.id: a.channel for a in catalog.actions}
     actions = _frame(
         db,
-        f"SELECT best_action AS action, count(*) AS customers, sum(expected_value) AS value "
-        f"{where} GROUP BY 1 ORDER BY 2 DESC",
+        f"SELECT s.best_action AS action, count(*) AS customers, "
+        f"sum(s.expected_value) AS value, count_if({reachable}) AS reachable "
+        f"{joined} GROUP BY 1 ORDER BY 2 DESC",
         [run.run_id, segment],
     )
+    actions["channel"] = actions["action"].map(channels)
+    consent: dict[str, int] = {}
+    if fields:
+        counts = db.execute(
+            "SELECT "
+            + ", ".join(f"count_if(coalesce(c.{name}::DOUBLE, 0) > 0)" for name in fields.values())
+            + f" {joined}",
+            [run.run_id, segment],
+        ).fetchone()
+        consent = {channel: int(n) for channel, n in zip(fields, counts, strict=True)}
+    sample = [
+        str(r[0])
+        for r in db.execute(
+            f"SELECT customer_id {where} ORDER BY hash(customer_id) LIMIT {REASON_SAMPLE}",
+            [run.run_id, segment],
+        ).fetchall()
+    ]
     tiers = _frame(
         db,
         f"SELECT abc_tier AS tier, count(*) AS customers {where} GROUP BY 1 ORDER BY 1",
@@ -221,7 +268,29 @@ def segment_profile(db: Any, segment: str) -> dict[str, Any] | None:
         "equity": equity,
         "actions": actions.to_dict(orient="records"),
         "tiers": tiers.to_dict(orient="records"),
+        "consent": consent,
+        "rule": segment_rule_of(db, run, segment),
+        "sample": sample,
     }
+
+
+def segment_rule_of(db: Any, run: RunInfo, segment: str) -> str | None:
+    """The rule of ``segment`` with the cut points the run scored with (None when the run
+    recorded no segment model)."""
+    row = db.execute(f"SELECT segments_version FROM {RUNS} WHERE run_id = ?", [run.run_id])
+    version = (row.fetchone() or [None])[0]
+    try:
+        model = load_version(db, version).model if version else None
+        return segment_rule(segment, model) if model else None
+    except (NoSegmentsError, KeyError):
+        return None
+
+
+def _columns(db: Any, table: str) -> set[str]:
+    rows = db.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table]
+    ).fetchall()
+    return {r[0] for r in rows}
 
 
 # --------------------------------------------------------------------------- lists

@@ -202,6 +202,16 @@ def test_in_the_browser(
     segment = first.text
     first.click()
     wait_for(lambda: segment in text_of(driver, "#profile h2"), what="profile")
+    assert "recency score" in text_of(driver, "#segment-rule")
+    drivers = driver.find_elements(By.CSS_SELECTOR, "#drivers li")  # live churn drivers
+    assert drivers and all("the risk for" in d.text and "%" in d.text for d in drivers)
+    consent = text_of(driver, "#segment-consent")
+    assert "email" in consent and "call" in consent
+    rows = driver.find_elements(By.CSS_SELECTOR, "#segment-actions tbody tr")
+    for row in rows:  # nobody reachable beyond the action's customers
+        cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        if cells[1] != "none":  # no_action contacts nobody
+            assert 0 <= number(cells[3]) <= number(cells[2]), cells
     driver.save_screenshot(str(shots / "segment_profile.png"))
     driver.find_element(By.ID, "build-from-segment").click()
     wait_for(
@@ -222,6 +232,13 @@ def test_in_the_browser(
     box.clear()
     box.send_keys("churn_probability > 0.3")
     everyone = wait_for(lambda: number(text_of(driver, "#count")), what="preview count")
+    # consent per channel and each action's reach; without a budget the best actions
+    # are the list
+    assert "email" in text_of(driver, "#consent")
+    reach = driver.find_elements(By.CSS_SELECTOR, "#reach tbody tr")
+    steps = [[number(c.text) for c in r.find_elements(By.CSS_SELECTOR, "td.n")] for r in reach]
+    assert steps and all(e >= c >= a >= b for e, c, a, b in steps)
+    assert sum(row[3] for row in steps) == everyone
     cost_all = number(text_of(driver, "#cost"))
     assert cost_all > 60, "the budget below must bind"
     budget = driver.find_element(By.ID, "budget")
@@ -235,7 +252,7 @@ def test_in_the_browser(
     name = "browser_test_list"
     driver.find_element(By.ID, "name").send_keys(name)
     driver.find_element(By.ID, "save").send_keys(Keys.ENTER)
-    list_id = wait_for(lambda: text_of(driver, "#saved-list-id"), what="saved list")
+    list_id = wait_for(lambda: text_of(driver, "#saved-list-id"), 90, what="saved list")
     assert number(text_of(driver, "#count")) == within
     driver.save_screenshot(str(shots / "list_saved.png"))
     driver.find_element(By.ID, "download-csv").click()
