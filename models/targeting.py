@@ -555,21 +555,23 @@ def select_targets(
     considered = len(frame)
     rows = frame.drop_duplicates("customer_id", keep="first")
     removed["duplicates"] = considered - len(rows)
+    # each step counts the customers the steps before it kept; the (wide) frame is cut
+    # once, after the last (the filter reads row by row, so reading all rows is the same)
+    keep = np.ones(len(rows), dtype=bool)
     blocked = set(suppressed or ())
     if blocked:
         keep = ~rows["customer_id"].astype(str).isin(blocked).to_numpy()
         removed["suppressed"] = int((~keep).sum())
-        rows = rows[keep]
     if control is not None and control.share > 0:
-        held_out = control.mask(rows["customer_id"])
+        held_out = control.mask(rows["customer_id"]) & keep
         removed["control group"] = int(held_out.sum())
-        rows = rows[~held_out]
+        keep &= ~held_out
     expression = definition.expression
     if expression is not None:
-        keep = expression.evaluate_frame(rows)
-        removed["filter"] = int((~keep).sum())
-        rows = rows[keep]
-    rows = rows.reset_index(drop=True)
+        out = ~np.asarray(expression.evaluate_frame(rows), dtype=bool) & keep
+        removed["filter"] = int(out.sum())
+        keep &= ~out
+    rows = rows[keep].reset_index(drop=True)
     rows, filled = _prepare_uplift(rows, catalog, value_at_risk_fallback)
     basis = BASIS_VALUE_AT_RISK if filled else BASIS_UPLIFT
     result = arbitrate(rows, catalog)

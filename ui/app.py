@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -147,7 +148,17 @@ class UiApp:
         self.sessions = Sessions(self.settings.api_keys, self.settings.home)
         self.templates = make_templates()
         self.cache = data.PreviewCache()
+        self.control_memo = data.ControlMemo()
         self.live = LiveScorer(self.settings, self.spec)
+
+    def warm(self) -> None:
+        """Read what every preview shares (the scores, the catalog's consent, contact and
+        cool-down columns, the control group) in the background, so the first preview
+        does not wait for it."""
+        # nothing to read yet: preview_context returns the error the first preview shows
+        threading.Thread(
+            target=self.preview_context, args=({},), name="ui-warm", daemon=True
+        ).start()
 
     # ----------------------------------------------------------------- rendering
 
@@ -281,10 +292,9 @@ class UiApp:
         start = time.perf_counter()
         try:
             definition = definition_of(form)
-            source = data.CachedLists(self.settings.warehouse_path, self.cache)
-            target = make_list(
-                source, definition, self.spec, datetime.now(UTC), control=self.control()
-            )
+            source = data.CachedLists(self.settings.warehouse_path, self.cache, self.spec)
+            control = data.MemoControl.of(self.control(), self.control_memo)
+            target = make_list(source, definition, self.spec, datetime.now(UTC), control=control)
         except ExpressionError as exc:
             return {"error": str(exc), "field": "filter"}
         except (TargetError, NoScoresError, WarehouseUnavailableError, ControlFileError) as exc:
@@ -627,4 +637,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.add_middleware(SecurityHeaders)
     app.state.ui = ui
     ui.live.start()
+    ui.warm()
     return app

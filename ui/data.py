@@ -16,15 +16,20 @@ Saving a list never uses it: a saved list reads afresh, exactly as ``rapport tar
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from features.batch import build
+from features.control import ControlGroup
 from features.segments import segment_rule
 from features.spec import FeatureSpec
 from features.tables import analytics as analytics_tables
@@ -38,10 +43,19 @@ from features.tables.lists import (
     WarehouseLists,
     WarehouseUnavailableError,
 )
-from features.tables.scores import RUNS, SCORES, NoScoresError, RunInfo, latest_run, tables
+from features.tables.scores import (
+    RUNS,
+    SCORES,
+    NoScoresError,
+    RunInfo,
+    latest_run,
+    load_scores,
+    tables,
+)
 from features.tables.segments import NoSegmentsError, load_version
 from features.warehouse import connect, raw
 from models.catalog import Catalog
+from models.targeting import feature_subset
 
 #: customers of a segment whose churn drivers its profile sums up
 REASON_SAMPLE = 300
@@ -395,41 +409,159 @@ def model_health(db: Any) -> tuple[dict[str, Any] | None, pd.DataFrame]:
 
 # --------------------------------------------------------------------------- preview source
 class PreviewCache:
-    """Candidates kept for ``ttl`` seconds, shared by the preview requests of a process."""
+    """Values kept per key for the preview requests of a process: fresh for ``ttl``
+    seconds; then, up to ``max_age``, still served while one background thread reads them
+    again (a marketer typing never waits for a re-read); beyond ``max_age``, read again
+    in the request. One read per key at a time: a request that finds a read under way
+    waits for it rather than starting another (typing sends a preview per pause)."""
 
-    def __init__(self, ttl: float = 120.0) -> None:
+    def __init__(self, ttl: float = 120.0, max_age: float = 600.0) -> None:
         self.ttl = ttl
+        self.max_age = max_age
         self._items: dict[tuple[Any, ...], tuple[float, Any]] = {}
         self._lock = threading.Lock()
+        self._reading: dict[tuple[Any, ...], threading.Event] = {}
 
-    def get(self, key: tuple[Any, ...], make: Any) -> Any:
-        now = time.monotonic()
+    def get(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                hit = self._items.get(key)
+                age = now - hit[0] if hit is not None else math.inf
+                busy = self._reading.get(key)
+                if hit is not None and age < self.ttl:
+                    return hit[1]
+                if hit is not None and age < self.max_age:
+                    if busy is None:  # stale: serve it, refresh behind the request
+                        self._reading[key] = threading.Event()
+                        threading.Thread(
+                            target=self._read, args=(key, make), daemon=True, name="ui-refresh"
+                        ).start()
+                    return hit[1]
+                if busy is None:
+                    self._reading[key] = threading.Event()
+                    break
+            busy.wait()  # someone reads it now: take theirs
+        return self._read(key, make)
+
+    def peek(self, key: tuple[Any, ...]) -> Any:
+        """The value under ``key`` while fresh, else None."""
         with self._lock:
             hit = self._items.get(key)
-            if hit is not None and now - hit[0] < self.ttl:
-                return hit[1]
-        value = make()
+        return hit[1] if hit is not None and time.monotonic() - hit[0] < self.ttl else None
+
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
         with self._lock:
-            self._items = {k: v for k, v in self._items.items() if now - v[0] < self.ttl}
-            self._items[key] = (now, value)
-        return value
+            self._items[key] = (time.monotonic(), value)
+
+    def _read(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        try:
+            value = make()
+            now = time.monotonic()
+            with self._lock:
+                self._items = {k: v for k, v in self._items.items() if now - v[0] < self.max_age}
+                self._items[key] = (now, value)
+            return value
+        finally:
+            with self._lock:
+                self._reading.pop(key).set()
+
+
+class ControlMemo:
+    """Who is in the control group, per salt and share, for the customers seen so far:
+    hashing a million ids takes seconds, looking them up a fraction of one."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[float, str], pd.Series] = {}
+        self._lock = threading.Lock()
+
+    def mask(self, group: ControlGroup, customer_ids: Any) -> np.ndarray:
+        ids = pd.Index(pd.Series(customer_ids).astype(str).to_numpy(dtype=object))
+        key = (group.share, group.salt)
+        with self._lock:
+            known = self._known.get(key)
+        if known is not None:
+            found = known.reindex(ids)
+            if not found.isna().any():
+                return found.to_numpy(dtype=bool)
+        computed = ControlGroup(group.share, group.salt).mask(ids)
+        fresh = pd.Series(computed, index=ids)
+        fresh = fresh[~fresh.index.duplicated()]
+        with self._lock:
+            self._known = {key: fresh}  # one salt and share at a time
+        return computed
+
+
+@dataclass(frozen=True)
+class MemoControl(ControlGroup):
+    """A :class:`ControlGroup` whose :meth:`mask` looks customers up in a
+    :class:`ControlMemo` (the same answers: the memo holds the hash's)."""
+
+    memo: ControlMemo = field(default_factory=ControlMemo, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, group: ControlGroup, memo: ControlMemo) -> MemoControl:
+        return cls(group.share, group.salt, memo)
+
+    def mask(self, customer_ids: Iterable[object]) -> np.ndarray:
+        if self.share <= 0:
+            return super().mask(customer_ids)
+        return self.memo.mask(self, customer_ids)
 
 
 class CachedLists(WarehouseLists):
-    """:class:`WarehouseLists` whose candidates and suppressions come from ``cache`` when
-    fresh (the preview's source; one per request). Contact history and consent are then
-    up to ``cache.ttl`` old; a saved list reads them afresh."""
+    """:class:`WarehouseLists` whose candidates come from ``cache`` (the preview's source;
+    one per request): the run's scores once, and each feature column on its own, aligned
+    with the scores' rows, so a filter on a new feature reads that feature only and the
+    catalog's columns (consent, contacts, cool-downs), read when the process starts
+    (:meth:`warm`), are shared by every preview. Consent and contact history are then up
+    to ``cache.max_age`` old; a saved list reads them afresh."""
 
-    def __init__(self, warehouse: Path, cache: PreviewCache) -> None:
+    def __init__(self, warehouse: Path, cache: PreviewCache, spec: FeatureSpec) -> None:
         super().__init__(warehouse)
+        self.path = warehouse
         self.cache = cache
+        self.spec = spec
 
     def candidates(
         self, run: RunInfo, spec: FeatureSpec, columns: Sequence[str], as_of: datetime
     ) -> pd.DataFrame:
-        key = ("candidates", run.run_id, tuple(columns))
-        read = super().candidates
-        return self.cache.get(key, lambda: read(run, spec, columns, as_of))
+        # reads made behind a request (a stale value's refresh) outlive its connection:
+        # every read opens its own
+        scores = self.cache.get(("scores", run.run_id), lambda: self._scores(run))
+        key = ("features", run.run_id, tuple(sorted(columns)))
+        # the columns of one request are cached together, built from the columns cached
+        # one by one: only the columns no earlier preview read are built here
+        features = self.cache.get(key, lambda: self._features(run, scores, columns))
+        return scores.assign(**{c: features[c] for c in columns})
+
+    def _scores(self, run: RunInfo) -> pd.DataFrame:
+        with WarehouseLists(self.path) as own:
+            frame = load_scores(raw(own.con), run)
+        frame["customer_id"] = frame["customer_id"].astype(str)
+        return frame.drop_duplicates("customer_id").reset_index(drop=True)
+
+    def _features(
+        self, run: RunInfo, scores: pd.DataFrame, columns: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """The feature ``columns`` as of now, aligned with ``scores``' rows."""
+        out: dict[str, np.ndarray] = {}
+        missing = []
+        for name in columns:
+            hit = self.cache.peek(("column", run.run_id, name))
+            if hit is None:
+                missing.append(name)
+            else:
+                out[name] = hit
+        if missing:
+            with WarehouseLists(self.path) as own:
+                built = build(own.con, datetime.now(UTC), feature_subset(self.spec, missing))
+            built["customer_id"] = built["customer_id"].astype(str)
+            aligned = scores[["customer_id"]].merge(built, on="customer_id", how="left")
+            for name in missing:
+                out[name] = aligned[name].to_numpy()
+                self.cache.put(("column", run.run_id, name), out[name])
+        return out
 
     def suppressed(self) -> set[str]:
-        return self.cache.get(("suppressed",), super().suppressed)
+        return self.cache.get(("suppressed",), super().suppressed)  # type: ignore[no-any-return]
