@@ -11,11 +11,18 @@ than the times on a shared machine).
     uv run python -m bench.ui --customers 20000        # builds a workspace first (minutes)
     uv run python -m bench.ui --home .rapport --with-score 20   # + /score p99 under previews
 
+The page reads the scores and the catalog's columns (consent, contacts, cool-downs) when
+it starts and keeps them (``ui.data.CachedLists``): "preview, first" waits for that
+start-up read if it is still running, "preview, new feature" reads one more feature
+column, "cached" previews read nothing.
+
 ``--with-score SECONDS`` also starts the scoring service (the tests' harness, one worker)
-and sends ``/score`` at 50 requests/s for that long twice: alone, then while the page
-previews lists without pause, each preview filtering on other features so its
-candidates are read afresh (no cache): the previews' heavy queries run in the page's
-process, and the p99 of ``/score`` shows what they cost the service on shared cores.
+and sends ``/score`` at 50 requests/s for that long three times: alone, while the page
+previews lists without pause (filters on other features each time, as a marketer
+typing), and while it saves lists without pause (each save reads every column afresh,
+selects, writes the files and the audit rows: the heaviest thing the page does). The
+heavy queries run in the page's process; the p99 of ``/score`` shows what they cost the
+service on shared cores.
 
 The workspace needs scores; analytics and monitoring make the pages fuller
 (:func:`tests.ui_workspace.prepare_ui_workspace` builds one with all three).
@@ -29,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -104,6 +112,13 @@ def main() -> None:
                 warm.append(
                     timed(client, "POST", "/builder/preview", data=changed, headers=headers)
                 )
+            new_feature = timed(
+                client,
+                "POST",
+                "/builder/preview",
+                data={"filter": "spend_90d > 100 and orders_30d >= 1", "budget": "500"},
+                headers=headers,
+            )
             save = timed(
                 client,
                 "POST",
@@ -123,15 +138,16 @@ def main() -> None:
     for p, values in times.items():
         median = statistics.median(values)
         print(f"{p:<34} {median:8.3f} {max(values):8.3f} {median / base:11.2f}x")
-    print(f"{'preview, first (reads candidates)':<34} {first:8.3f}")
+    print(f"{'preview, first (start-up read)':<34} {first:8.3f}")
     print(f"{'preview, cached candidates':<34} {statistics.median(warm):8.3f} {max(warm):8.3f}")
+    print(f"{'preview, new feature (2 columns)':<34} {new_feature:8.3f}")
     print(f"{'save (fresh reads, files, audit)':<34} {save:8.3f}")
 
 
 def score_under_previews(
     home: Path, page: httpx.Client, headers: dict[str, str], seconds: float
 ) -> None:
-    """``/score`` p50 / p99 at 50 requests/s, alone and while the page previews lists."""
+    """``/score`` p50 / p99 at 50 requests/s: alone, while the page previews, while it saves."""
     import threading
 
     from serving.auth import add_key
@@ -156,7 +172,7 @@ def score_under_previews(
         "last_order_amount",
         "orders_all",
     ]
-    pairs = list(itertools.combinations(names, 2))  # 66 column sets: previews miss the cache
+    pairs = list(itertools.combinations(names, 2))  # the first previews read new columns
     try:
         wait_ready(server)
 
@@ -179,29 +195,45 @@ def score_under_previews(
 
         load(3)  # warm up
         alone = load(seconds)
-        stop_previews = threading.Event()
-        previews: list[float] = []
 
-        def preview_loop() -> None:
-            i = 0
-            while not stop_previews.is_set():
-                # a new field each time: new candidate columns, read afresh (no cache)
-                used = pairs[i % len(pairs)]
-                rule = " and ".join(f"{f} is not null" for f in used) + f" and value_mean > {i}"
-                start = time.perf_counter()
-                page.post(
-                    "/builder/preview", data={"filter": rule, "budget": "1000"}, headers=headers
-                )
-                previews.append(time.perf_counter() - start)
-                i += 1
+        def busy_with(request: Callable[[int], httpx.Response]) -> tuple[list[float], list[float]]:
+            """``/score`` under load while ``request(i)`` runs without pause; (score
+            times, page request times)."""
+            stop_page = threading.Event()
+            spent: list[float] = []
 
-        worker = threading.Thread(target=preview_loop)
-        worker.start()
-        try:
-            busy = load(seconds)
-        finally:
-            stop_previews.set()
-            worker.join()
+            def page_loop() -> None:
+                i = 0
+                while not stop_page.is_set():
+                    start = time.perf_counter()
+                    answer = request(i)
+                    if answer.status_code != 200:
+                        raise SystemExit(f"page: {answer.status_code} {answer.text[:200]}")
+                    spent.append(time.perf_counter() - start)
+                    i += 1
+
+            worker = threading.Thread(target=page_loop)
+            worker.start()
+            try:
+                return load(seconds), spent
+            finally:
+                stop_page.set()
+                worker.join()
+
+        def preview(i: int) -> httpx.Response:
+            used = pairs[i % len(pairs)]  # features a marketer types, one pair after another
+            rule = " and ".join(f"{f} is not null" for f in used) + f" and value_mean > {i}"
+            body = {"filter": rule, "budget": "1000"}
+            return page.post("/builder/preview", data=body, headers=headers)
+
+        def save(i: int) -> httpx.Response:
+            body = {"filter": f"churn_probability > {0.3 + (i % 10) / 20}", "budget": "1000"}
+            return page.post(
+                "/builder/save", data={**body, "name": "bench_ui_load"}, headers=headers
+            )
+
+        previewing, previews = busy_with(preview)
+        saving, saves = busy_with(save)
     finally:
         stop(server)
 
@@ -210,11 +242,15 @@ def score_under_previews(
 
     print(f"\n/score at 50/s for {seconds:.0f} s (ms)       p50      p99   requests")
     print(f"{'alone':<34} {q(alone, 0.5):8.2f} {q(alone, 0.99):8.2f} {len(alone):10,}")
-    print(f"{'while previewing':<34} {q(busy, 0.5):8.2f} {q(busy, 0.99):8.2f} {len(busy):10,}")
-    print(
-        f"p99 ratio {q(busy, 0.99) / q(alone, 0.99):.2f}x; {len(previews)} previews, "
-        f"median {statistics.median(previews or [0]):.2f} s"
-    )
+    for label, times, page_times, what in (
+        ("while previewing", previewing, previews, "previews"),
+        ("while saving lists", saving, saves, "saves"),
+    ):
+        print(f"{label:<34} {q(times, 0.5):8.2f} {q(times, 0.99):8.2f} {len(times):10,}")
+        print(
+            f"{'':<34} p99 ratio {q(times, 0.99) / q(alone, 0.99):.2f}x; {len(page_times)} "
+            f"{what}, median {statistics.median(page_times or [0]):.2f} s"
+        )
 
 
 if __name__ == "__main__":

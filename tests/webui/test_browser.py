@@ -135,6 +135,24 @@ def number(text: str) -> float:
     return float(text.replace(",", ""))
 
 
+def settled_preview(driver) -> dict:  # type: ignore[no-untyped-def]
+    """The preview's count, consent line and reach table, read in one go once two reads a
+    second apart agree (typing sends a preview per pause: an earlier one may still land)."""
+    read = """
+        const text = (css) => (document.querySelector(css) || {}).innerText || "";
+        const rows = [...document.querySelectorAll("#reach tbody tr")].map(
+            (r) => [...r.querySelectorAll("td.n")].map((c) => c.innerText));
+        return {count: text("#count"), consent: text("#consent"), reach: rows};
+    """
+
+    def settled():  # type: ignore[no-untyped-def]
+        first = driver.execute_script(read)
+        time.sleep(1.0)
+        return first if first["count"] and first == driver.execute_script(read) else None
+
+    return wait_for(settled, what="a settled preview")  # type: ignore[no-any-return]
+
+
 def sign_in(driver, url: str, key: str) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -231,12 +249,12 @@ def test_in_the_browser(
     assert "did you mean 'churn_probability'" in error
     box.clear()
     box.send_keys("churn_probability > 0.3")
-    everyone = wait_for(lambda: number(text_of(driver, "#count")), what="preview count")
+    shown = settled_preview(driver)
+    everyone = number(shown["count"])
     # consent per channel and each action's reach; without a budget the best actions
     # are the list
-    assert "email" in text_of(driver, "#consent")
-    reach = driver.find_elements(By.CSS_SELECTOR, "#reach tbody tr")
-    steps = [[number(c.text) for c in r.find_elements(By.CSS_SELECTOR, "td.n")] for r in reach]
+    assert "email" in shown["consent"]
+    steps = [[number(c) for c in row] for row in shown["reach"]]
     assert steps and all(e >= c >= a >= b for e, c, a, b in steps)
     assert sum(row[3] for row in steps) == everyone
     cost_all = number(text_of(driver, "#cost"))
