@@ -564,4 +564,8 @@ class CachedLists(WarehouseLists):
         return out
 
     def suppressed(self) -> set[str]:
-        return self.cache.get(("suppressed",), super().suppressed)  # type: ignore[no-any-return]
+        def read() -> set[str]:
+            with WarehouseLists(self.path) as own:
+                return own.suppressed()
+
+        return self.cache.get(("suppressed",), read)  # type: ignore[no-any-return]
