@@ -15,6 +15,7 @@ package: the page needs no internet.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import threading
@@ -152,13 +153,17 @@ class UiApp:
         self.live = LiveScorer(self.settings, self.spec)
 
     def warm(self) -> None:
-        """Read what every preview shares (the scores, the catalog's consent, contact and
-        cool-down columns, the control group) in the background, so the first preview
-        does not wait for it."""
-        # nothing to read yet: preview_context returns the error the first preview shows
-        threading.Thread(
-            target=self.preview_context, args=({},), name="ui-warm", daemon=True
-        ).start()
+        """Read what the pages share in the background when the page starts: the
+        preview's scores and catalog columns (consent, contacts, cool-downs) and the
+        control group, the monthly revenue, every segment's profile."""
+
+        def run() -> None:
+            self.preview_context({})  # returns the error the first preview shows, if any
+            with contextlib.suppress(WarehouseUnavailableError):  # nothing to read yet
+                self.kept(("revenue",), data.monthly_revenue)
+                self.read(self.segment_profiles)
+
+        threading.Thread(target=run, name="ui-warm", daemon=True).start()
 
     # ----------------------------------------------------------------- rendering
 
@@ -234,6 +239,8 @@ class UiApp:
     # ----------------------------------------------------------------- pages
     async def overview(self, request: Request, session: Session) -> Response:
         view, problem = await self._read(data.overview)
+        if view is not None:  # a scan of every order: kept like the previews' candidates
+            view["revenue"] = await run_in_threadpool(self.kept, ("revenue",), data.monthly_revenue)
         return self.page(request, "overview.html", session, view=view, problem=problem)
 
     async def segments(self, request: Request, session: Session) -> Response:
@@ -241,7 +248,7 @@ class UiApp:
 
         def read(db: Any) -> dict[str, Any]:
             run, points, matrix = data.segment_map(db)
-            profile = data.segment_profile(db, chosen) if chosen else None
+            profile = self.segment_profiles(db).get(chosen) if chosen else None
             return {"run": run, "points": points, "matrix": matrix, "profile": profile}
 
         view, problem = await self._read(read)
@@ -249,7 +256,13 @@ class UiApp:
         profile = (view or {}).get("profile")
         reasons = None
         if profile and profile["sample"]:
-            reasons = await run_in_threadpool(self.live.common_reasons, profile["sample"])
+            sample = tuple(profile["sample"])
+            if self.live.ready:  # kept once the models have loaded (else None, said why)
+                reasons = await run_in_threadpool(
+                    self.cache.get, ("reasons", sample), lambda: self.live.common_reasons(sample)
+                )
+            else:
+                reasons = await run_in_threadpool(self.live.common_reasons, sample)
         return self.page(
             request,
             "segments.html",
@@ -261,6 +274,19 @@ class UiApp:
             reasons=reasons,
             live_problem=self.live.problem,
         )
+
+    def segment_profiles(self, db: Any) -> dict[str, dict[str, Any]]:
+        """Every segment's profile of the latest run, kept like the preview's candidates
+        (:class:`ui.data.PreviewCache`: consent in them is up to its ``max_age`` old)."""
+        run = data.score_run(db)
+        if run is None:
+            return {}
+        return self.kept(("profiles", run.run_id), data.segment_profiles)  # type: ignore[no-any-return]
+
+    def kept(self, key: tuple[Any, ...], fn: Callable[[Any], Any]) -> Any:
+        """``fn(db)`` through the preview cache, on a connection of its own (a refresh
+        runs after the request that found the value stale)."""
+        return self.cache.get(key, lambda: self.read(fn))
 
     async def builder(self, request: Request, session: Session) -> Response:
         params = request.query_params
@@ -320,24 +346,25 @@ class UiApp:
                 name,
                 definition.model_dump(exclude_none=True, exclude={"name"}),
             )
-            try:
-                con = connect(self.settings.warehouse_path)
-            except Exception as exc:
-                raise WarehouseUnavailableError(
-                    f"the warehouse is busy (another job writes it): try again ({exc})"
-                ) from None
-            try:
-                sink = Exports(con, Path(self.settings.exports_dir))
-                target = make_list(
-                    WarehouseLists(con),
-                    definition,
-                    self.spec,
-                    datetime.now(UTC),
-                    control=self.control(),
-                    sink=sink,
-                )
-            finally:
-                con.disconnect()
+            with data.WAREHOUSE.write():  # no read-only connection of this process open
+                try:
+                    con = connect(self.settings.warehouse_path)
+                except Exception as exc:
+                    raise WarehouseUnavailableError(
+                        f"the warehouse is busy (another job writes it): try again ({exc})"
+                    ) from None
+                try:
+                    sink = Exports(con, Path(self.settings.exports_dir))
+                    target = make_list(
+                        WarehouseLists(con),
+                        definition,
+                        self.spec,
+                        datetime.now(UTC),
+                        control=self.control(),
+                        sink=sink,
+                    )
+                finally:
+                    con.disconnect()
         except ExpressionError as exc:
             return {"error": str(exc), "field": "filter"}
         except (TargetError, NoScoresError, WarehouseUnavailableError, ControlFileError) as exc:

@@ -23,14 +23,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
 
 from features.batch import build
 from features.control import ControlGroup
-from features.segments import segment_rule
+from features.segments import SegmentModel, segment_rule
 from features.spec import FeatureSpec
 from features.tables import analytics as analytics_tables
 from features.tables import monitoring as monitoring_tables
@@ -78,19 +78,70 @@ IMPACT_COLUMNS = (
 )
 
 
+class WarehouseLock:
+    """Readers together, a writer alone, within the page's process: DuckDB refuses a
+    read-write connection to a file this process has open read-only (a save beside a
+    preview, or beside a background refresh). Readers do not wait for a waiting writer
+    (a read may open a second read inside the first)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self, timeout: float = 120.0) -> Iterator[None]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._writing and not self._readers, timeout):
+                raise WarehouseUnavailableError(
+                    "the page is still reading the warehouse: try again"
+                )
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+#: the page's one lock on its warehouse connections
+WAREHOUSE = WarehouseLock()
+
+
+@contextlib.contextmanager
+def own_lists(path: Path) -> Iterator[WarehouseLists]:
+    """A :class:`WarehouseLists` on a read-only connection of its own, under the lock."""
+    with WAREHOUSE.read(), WarehouseLists(path) as lists:
+        yield lists
+
+
 @contextlib.contextmanager
 def reading(path: Path) -> Iterator[Any]:
     """A raw read-only DuckDB connection to the warehouse for one request."""
     if not Path(path).exists():
         raise WarehouseUnavailableError(f"no warehouse at {path}: run `rapport demo` first")
-    try:
-        con = connect(path, read_only=True)
-    except Exception as exc:  # locked by a writer
-        raise WarehouseUnavailableError(f"cannot read the warehouse now: {exc}") from None
-    try:
-        yield raw(con)
-    finally:
-        con.disconnect()
+    with WAREHOUSE.read():
+        try:
+            con = connect(path, read_only=True)
+        except Exception as exc:  # locked by a writer
+            raise WarehouseUnavailableError(f"cannot read the warehouse now: {exc}") from None
+        try:
+            yield raw(con)
+        finally:
+            con.disconnect()
 
 
 def _frame(db: Any, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
@@ -106,7 +157,8 @@ def score_run(db: Any) -> RunInfo | None:
 
 # --------------------------------------------------------------------------- overview
 def overview(db: Any) -> dict[str, Any]:
-    """KPIs with their trend and the latest scoring, analytics, monitoring and cycle runs."""
+    """KPIs with their trend and the latest scoring, analytics, monitoring and cycle runs
+    (the monthly revenue apart: :func:`monthly_revenue`)."""
     have = tables(db)
     out: dict[str, Any] = {"scores": score_run(db), "analytics": None, "trend": []}
     out["customers"] = (
@@ -132,17 +184,6 @@ def overview(db: Any) -> dict[str, Any]:
         out["equity"] = equity.iloc[0].to_dict() if len(equity) else None
         out["trend"] = retention.to_dict(orient="records")
         out["active"] = run.metrics.get("active_customers")
-    if "orders" in have:
-        revenue = _frame(
-            db,
-            # UTC months through the epoch: 3-8x faster than date_trunc on TIMESTAMPTZ
-            "SELECT date_trunc('month', make_timestamp(epoch_us(ordered_at))) AS month, "
-            "sum(amount) AS revenue FROM orders GROUP BY 1 ORDER BY 1 DESC LIMIT 14",
-        )
-        # the latest month is still running: full months only
-        out["revenue"] = revenue.iloc[1:][::-1].to_dict(orient="records")
-    else:
-        out["revenue"] = []
     if out["scores"] is not None:
         churn = db.execute(
             f"SELECT avg(churn_probability), sum(value_mean) FROM {SCORES} WHERE run_id = ?",
@@ -152,6 +193,21 @@ def overview(db: Any) -> dict[str, Any]:
     out["monitor"] = monitor_status(db)
     out["cycle"] = cycle_status(db)
     return out
+
+
+def monthly_revenue(db: Any) -> list[dict[str, Any]]:
+    """Revenue of the last 13 full calendar months (UTC), oldest first; empty without
+    orders."""
+    if "orders" not in tables(db):
+        return []
+    revenue = _frame(
+        db,
+        # UTC months through the epoch: 3-8x faster than date_trunc on TIMESTAMPTZ
+        "SELECT date_trunc('month', make_timestamp(epoch_us(ordered_at))) AS month, "
+        "sum(amount) AS revenue FROM orders GROUP BY 1 ORDER BY 1 DESC LIMIT 14",
+    )
+    # the latest month is still running: full months only
+    return revenue.iloc[1:][::-1].to_dict(orient="records")  # type: ignore[no-any-return]
 
 
 def monitor_status(db: Any) -> dict[str, Any] | None:
@@ -209,94 +265,106 @@ def segment_map(db: Any) -> tuple[Any, pd.DataFrame, pd.DataFrame]:
     return run, points, matrix
 
 
-def segment_profile(db: Any, segment: str) -> dict[str, Any] | None:
-    """Size, value, churn risk, tiers, the rule that puts customers there, consent per
-    channel and best actions (with how many of each can be reached on its channel with
-    today's consent) of one RFM segment in the latest scores; ``sample``: up to
+def segment_profiles(db: Any) -> dict[str, dict[str, Any]]:
+    """Every RFM segment's profile in the latest scores, in one pass per part (the page
+    keeps them: a run's scores never change): size, value, churn risk, equity, tiers, the
+    rule that puts customers there, consent per channel and best actions (with how many of
+    each can be reached on its channel with today's consent); ``sample``: up to
     :data:`REASON_SAMPLE` of its customers (a fixed hash order), whose churn drivers the
-    page sums up."""
+    page sums up. Empty without scores."""
     run = score_run(db)
     if run is None:
-        return None
-    where = f"FROM {SCORES} WHERE run_id = ? AND rfm_segment = ?"
-    size, value, churn, equity = db.execute(
-        f"SELECT count(*), avg(value_mean), avg(churn_probability), sum(value_mean) {where}",
-        [run.run_id, segment],
-    ).fetchone()
-    if not size:
-        return None
+        return {}
+    params = [run.run_id]
+    sizes = _frame(
+        db,
+        "SELECT rfm_segment AS segment, count(*) AS customers, avg(value_mean) AS value, "
+        "avg(churn_probability) AS churn, sum(value_mean) AS equity "
+        f"FROM {SCORES} WHERE run_id = ? GROUP BY 1",
+        params,
+    )
     catalog = Catalog.model_validate(run.catalog)
     have = _columns(db, "customers")
-    fields = {
-        a.channel: a.consent_field
-        for a in catalog.actions
-        if a.consent_field and a.consent_field in have
-    }
-    consent_of = " ".join(
-        f"WHEN '{a.id}' THEN coalesce(c.{a.consent_field}::DOUBLE, 0) > 0"
-        for a in catalog.actions
-        if a.consent_field in have
-    )
-    reachable = f"CASE s.best_action {consent_of} ELSE true END" if consent_of else "true"
-    joined = (
-        f"FROM {SCORES} s LEFT JOIN customers c USING (customer_id) "
-        "WHERE s.run_id = ? AND s.rfm_segment = ?"
-        if have
-        else f"FROM {SCORES} s WHERE s.run_id = ? AND s.rfm_segment = ?"
-    )
+    consenting = [a for a in catalog.actions if a.consent_field and a.consent_field in have]
+    fields = {a.channel: a.consent_field for a in consenting}
+    reachable = "true"
+    if consenting:
+        cases = " ".join(
+            f"WHEN '{a.id}' THEN coalesce(c.{a.consent_field}::DOUBLE, 0) > 0" for a in consenting
+        )
+        reachable = f"CASE s.best_action {cases} ELSE NULL END"
+    joined = f"FROM {SCORES} s" + (" LEFT JOIN customers c USING (customer_id)" if have else "")
+    joined += " WHERE s.run_id = ?"
     channels = {a.id: a.channel for a in catalog.actions}
     actions = _frame(
         db,
-        f"SELECT s.best_action AS action, count(*) AS customers, "
+        "SELECT s.rfm_segment AS segment, s.best_action AS action, count(*) AS customers, "
         f"sum(s.expected_value) AS value, count_if({reachable}) AS reachable "
-        f"{joined} GROUP BY 1 ORDER BY 2 DESC",
-        [run.run_id, segment],
+        f"{joined} GROUP BY 1, 2 ORDER BY 1, 3 DESC",
+        params,
     )
     actions["channel"] = actions["action"].map(channels)
-    consent: dict[str, int] = {}
-    if fields:
-        counts = db.execute(
-            "SELECT "
-            + ", ".join(f"count_if(coalesce(c.{name}::DOUBLE, 0) > 0)" for name in fields.values())
-            + f" {joined}",
-            [run.run_id, segment],
-        ).fetchone()
-        consent = {channel: int(n) for channel, n in zip(fields, counts, strict=True)}
-    sample = [
-        str(r[0])
-        for r in db.execute(
-            f"SELECT customer_id {where} ORDER BY hash(customer_id) LIMIT {REASON_SAMPLE}",
-            [run.run_id, segment],
-        ).fetchall()
-    ]
     tiers = _frame(
         db,
-        f"SELECT abc_tier AS tier, count(*) AS customers {where} GROUP BY 1 ORDER BY 1",
-        [run.run_id, segment],
+        "SELECT rfm_segment AS segment, abc_tier AS tier, count(*) AS customers "
+        f"FROM {SCORES} WHERE run_id = ? GROUP BY 1, 2 ORDER BY 1, 2",
+        params,
     )
-    return {
-        "segment": segment,
-        "customers": int(size),
-        "value": value,
-        "churn": churn,
-        "equity": equity,
-        "actions": actions.to_dict(orient="records"),
-        "tiers": tiers.to_dict(orient="records"),
-        "consent": consent,
-        "rule": segment_rule_of(db, run, segment),
-        "sample": sample,
-    }
+    consent = pd.DataFrame({"segment": []})
+    if fields:
+        counts = ", ".join(
+            f'count_if(coalesce(c.{name}::DOUBLE, 0) > 0) AS "{channel}"'
+            for channel, name in fields.items()
+        )
+        consent = _frame(
+            db, f"SELECT s.rfm_segment AS segment, {counts} {joined} GROUP BY 1", params
+        )
+    samples = _frame(
+        db,
+        "SELECT rfm_segment AS segment, list(customer_id ORDER BY h) AS ids FROM ("
+        "SELECT rfm_segment, customer_id, hash(customer_id) AS h, row_number() OVER "
+        "(PARTITION BY rfm_segment ORDER BY hash(customer_id)) AS n "
+        f"FROM {SCORES} WHERE run_id = ?) WHERE n <= {REASON_SAMPLE} GROUP BY 1",
+        params,
+    )
+    model = segment_model_of(db, run)
+    by_action = dict(iter(actions.groupby("segment")))
+    by_tier = dict(iter(tiers.groupby("segment")))
+    by_consent = consent.set_index("segment").to_dict(orient="index")
+    by_sample = dict(zip(samples["segment"], samples["ids"], strict=True))
+    out = {}
+    for row in sizes.to_dict(orient="records"):
+        name = str(row["segment"])
+        rule = None
+        if model is not None:
+            with contextlib.suppress(KeyError):
+                rule = segment_rule(name, model)
+        out[name] = {
+            **row,
+            "segment": name,
+            "customers": int(row["customers"]),
+            "actions": _records(
+                by_action.get(name), ["action", "channel", "customers", "value", "reachable"]
+            ),
+            "tiers": _records(by_tier.get(name), ["tier", "customers"]),
+            "consent": {k: int(v) for k, v in by_consent.get(name, {}).items()},
+            "rule": rule,
+            "sample": [str(c) for c in by_sample.get(name, [])],
+        }
+    return out
 
 
-def segment_rule_of(db: Any, run: RunInfo, segment: str) -> str | None:
-    """The rule of ``segment`` with the cut points the run scored with (None when the run
-    recorded no segment model)."""
+def _records(frame: pd.DataFrame | None, columns: list[str]) -> list[dict[str, Any]]:
+    return [] if frame is None else frame[columns].to_dict(orient="records")
+
+
+def segment_model_of(db: Any, run: RunInfo) -> SegmentModel | None:
+    """The segment model (cut points) the run scored with; None when it recorded none."""
     row = db.execute(f"SELECT segments_version FROM {RUNS} WHERE run_id = ?", [run.run_id])
     version = (row.fetchone() or [None])[0]
     try:
-        model = load_version(db, version).model if version else None
-        return segment_rule(segment, model) if model else None
-    except (NoSegmentsError, KeyError):
+        return load_version(db, version).model if version else None
+    except NoSegmentsError:
         return None
 
 
@@ -523,6 +591,21 @@ class CachedLists(WarehouseLists):
         self.cache = cache
         self.spec = spec
 
+    def __enter__(self) -> Self:
+        self._held = WAREHOUSE.read()
+        self._held.__enter__()
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._held.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            self._held.__exit__(None, None, None)
+
     def candidates(
         self, run: RunInfo, spec: FeatureSpec, columns: Sequence[str], as_of: datetime
     ) -> pd.DataFrame:
@@ -536,7 +619,7 @@ class CachedLists(WarehouseLists):
         return scores.assign(**{c: features[c] for c in columns})
 
     def _scores(self, run: RunInfo) -> pd.DataFrame:
-        with WarehouseLists(self.path) as own:
+        with own_lists(self.path) as own:
             frame = load_scores(raw(own.con), run)
         frame["customer_id"] = frame["customer_id"].astype(str)
         return frame.drop_duplicates("customer_id").reset_index(drop=True)
@@ -554,7 +637,7 @@ class CachedLists(WarehouseLists):
             else:
                 out[name] = hit
         if missing:
-            with WarehouseLists(self.path) as own:
+            with own_lists(self.path) as own:
                 built = build(own.con, datetime.now(UTC), feature_subset(self.spec, missing))
             built["customer_id"] = built["customer_id"].astype(str)
             aligned = scores[["customer_id"]].merge(built, on="customer_id", how="left")
@@ -565,7 +648,7 @@ class CachedLists(WarehouseLists):
 
     def suppressed(self) -> set[str]:
         def read() -> set[str]:
-            with WarehouseLists(self.path) as own:
+            with own_lists(self.path) as own:
                 return own.suppressed()
 
         return self.cache.get(("suppressed",), read)  # type: ignore[no-any-return]

@@ -43,6 +43,11 @@ class LiveScorer:
     def start(self) -> None:
         threading.Thread(target=self._load, name="ui-live-scorer", daemon=True).start()
 
+    @property
+    def ready(self) -> bool:
+        """The models have loaded (live scores can be made)."""
+        return self._loaded.is_set() and self._scorer is not None
+
     def _load(self) -> None:
         try:
             from models import registry
