@@ -11,11 +11,27 @@ than the times on a shared machine).
     uv run python -m bench.ui --customers 20000        # builds a workspace first (minutes)
     uv run python -m bench.ui --home .rapport --with-score 20   # + /score p99 under previews
 
+The page reads the scores and the catalog's columns (consent, contacts, cool-downs) when
+it starts and keeps them (``ui.data.CachedLists``): "preview, first", sent right after
+signing in and before the pages are timed, waits for that start-up read; "preview, new
+feature" reads two more feature columns; "cached" previews read nothing.
+
 ``--with-score SECONDS`` also starts the scoring service (the tests' harness, one worker)
-and sends ``/score`` at 50 requests/s for that long twice: alone, then while the page
-previews lists without pause, each preview filtering on other features so its
-candidates are read afresh (no cache): the previews' heavy queries run in the page's
-process, and the p99 of ``/score`` shows what they cost the service on shared cores.
+and sends ``/score`` at 50 requests/s for that long three times: alone, while the page
+previews lists without pause (filters on other features each time, as a marketer
+typing), and while it saves lists without pause (each save reads every column afresh,
+selects, writes the files and the audit rows: the heaviest thing the page does). The
+heavy queries run in the page's process; the p99 of ``/score`` shows what they cost the
+service on shared cores.
+
+``--replicate K`` measures a copy of the workspace with every customer K times (ids
+suffixed ``-1`` ... ``-{K-1}``) in ``customers``, ``scores`` and the event tables the pages
+and lists read: a million customers from a 200k workspace in about two minutes instead of
+half an hour of generating and training (the online store and the models stay those of
+the original customers: live reasons and ``/score`` see those only).
+
+    uv run python -m bench.ui --customers 200000 --keep /tmp/ui200k   # or --home DIR
+    uv run python -m bench.ui --home /tmp/ui200k --replicate 5 --with-score 20
 
 The workspace needs scores; analytics and monitoring make the pages fuller
 (:func:`tests.ui_workspace.prepare_ui_workspace` builds one with all three).
@@ -29,6 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -52,6 +69,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--port", type=int, default=3391)
     parser.add_argument("--with-score", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--replicate", type=int, default=1, metavar="K")
+    parser.add_argument("--keep", type=Path, default=None, help="Build the workspace here.")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -63,10 +82,12 @@ def main() -> None:
     if home is None:
         from ui_workspace import prepare_ui_workspace  # type: ignore[import-not-found]
 
-        home = Path(tempfile.mkdtemp(prefix="bench-ui-"))
+        home = args.keep or Path(tempfile.mkdtemp(prefix="bench-ui-"))
         start = time.perf_counter()
         prepare_ui_workspace(home, customers=args.customers, seed=42)
         print(f"workspace of {args.customers:,} customers in {time.perf_counter() - start:.0f} s")
+    if args.replicate > 1:
+        home = replicate(home, args.replicate)
     key = add_key(home, ["ui"], name="bench ui")
     process = start_ui(DemoOptions(ui_port=args.port), Settings(home=home))
     url = f"http://127.0.0.1:{args.port}"
@@ -94,16 +115,24 @@ def main() -> None:
                 f"/customer?id={customer.group(1) if customer else 'x'}",
                 "/results",
             ]
-            times = {p: [timed(client, "GET", p) for _ in range(args.repeat)] for p in pages}
             headers = {"X-CSRF-Token": csrf}
             body = {"filter": "churn_probability > 0.5", "budget": "500"}
+            # first, so the pages are not timed beside the start-up read
             first = timed(client, "POST", "/builder/preview", data=body, headers=headers)
+            times = {p: [timed(client, "GET", p) for _ in range(args.repeat)] for p in pages}
             warm = []
             for i in range(1, args.repeat + 1):
                 changed = {"filter": f"churn_probability > {0.3 + i / 20}", "budget": str(100 * i)}
                 warm.append(
                     timed(client, "POST", "/builder/preview", data=changed, headers=headers)
                 )
+            new_feature = timed(
+                client,
+                "POST",
+                "/builder/preview",
+                data={"filter": "spend_90d > 100 and orders_30d >= 1", "budget": "500"},
+                headers=headers,
+            )
             save = timed(
                 client,
                 "POST",
@@ -111,34 +140,79 @@ def main() -> None:
                 headers=headers,
                 data={**body, "name": "bench_ui_list"},
             )
+            report(home, args.repeat, times, first, warm, new_feature, save)
             if args.with_score:
                 score_under_previews(home, client, headers, args.with_score)
     finally:
         process.terminate()
         process.wait(timeout=30)
 
+
+def report(
+    home: Path,
+    repeat: int,
+    times: dict[str, list[float]],
+    first: float,
+    warm: list[float],
+    new_feature: float,
+    save: float,
+) -> None:
     base = statistics.median(times["/"])
-    print(f"\nworkspace {home}; {args.repeat} requests per page (seconds)")
+    print(f"\nworkspace {home}; {repeat} requests per page (seconds)")
     print(f"{'page':<34} {'median':>8} {'worst':>8} {'vs overview':>12}")
     for p, values in times.items():
         median = statistics.median(values)
         print(f"{p:<34} {median:8.3f} {max(values):8.3f} {median / base:11.2f}x")
-    print(f"{'preview, first (reads candidates)':<34} {first:8.3f}")
+    print(f"{'preview, first (start-up read)':<34} {first:8.3f}  (since signed in)")
     print(f"{'preview, cached candidates':<34} {statistics.median(warm):8.3f} {max(warm):8.3f}")
-    print(f"{'save (fresh reads, files, audit)':<34} {save:8.3f}")
+    print(f"{'preview, new feature (2 columns)':<34} {new_feature:8.3f}")
+    print(f"{'save (fresh reads, files, audit)':<34} {save:8.3f}", flush=True)
+
+
+#: the tables whose rows are a customer's (the pages and lists read them)
+CUSTOMER_TABLES = ("customers", "scores", "campaign_log", "interactions", "orders")
+
+
+def replicate(home: Path, times: int) -> Path:
+    """A copy of the workspace ``home`` with every customer ``times`` times."""
+    import shutil
+
+    import duckdb
+
+    copy = Path(tempfile.mkdtemp(prefix=f"bench-ui-x{times}-"))
+    shutil.copytree(home, copy, dirs_exist_ok=True)
+    start = time.perf_counter()
+    db = duckdb.connect(str(copy / "warehouse.duckdb"))
+    try:
+        for table in CUSTOMER_TABLES:
+            db.execute(f"CREATE TEMP TABLE base AS SELECT * FROM {table}")
+            for k in range(1, times):
+                db.execute(
+                    f"INSERT INTO {table} SELECT * REPLACE (customer_id || '-{k}' AS "
+                    "customer_id) FROM base"
+                )
+            db.execute("DROP TABLE base")
+        db.execute(f"UPDATE score_runs SET rows = rows * {times}")
+        customers = db.execute("SELECT count(*) FROM customers").fetchone()[0]  # type: ignore[index]
+        db.execute("CHECKPOINT")
+    finally:
+        db.close()
+    print(f"{customers:,} customers in {copy} ({time.perf_counter() - start:.0f} s)")
+    return copy
 
 
 def score_under_previews(
     home: Path, page: httpx.Client, headers: dict[str, str], seconds: float
 ) -> None:
-    """``/score`` p50 / p99 at 50 requests/s, alone and while the page previews lists."""
+    """``/score`` p50 / p99 at 50 requests/s: alone, while the page previews, while it saves."""
     import threading
 
     from serving.auth import add_key
     from tests.serving_harness import sample_customers, start_service, stop, wait_ready
 
     key = add_key(home, ["score"], name="bench ui score")
-    customers = sample_customers(home, 500)
+    # replicated customers (--replicate) are not in the online store: the originals only
+    customers = [c for c in sample_customers(home, 2500) if "-" not in c][:500]
     server = start_service(home, workers=1)
     import itertools
 
@@ -156,7 +230,7 @@ def score_under_previews(
         "last_order_amount",
         "orders_all",
     ]
-    pairs = list(itertools.combinations(names, 2))  # 66 column sets: previews miss the cache
+    pairs = list(itertools.combinations(names, 2))  # the first previews read new columns
     try:
         wait_ready(server)
 
@@ -179,29 +253,45 @@ def score_under_previews(
 
         load(3)  # warm up
         alone = load(seconds)
-        stop_previews = threading.Event()
-        previews: list[float] = []
 
-        def preview_loop() -> None:
-            i = 0
-            while not stop_previews.is_set():
-                # a new field each time: new candidate columns, read afresh (no cache)
-                used = pairs[i % len(pairs)]
-                rule = " and ".join(f"{f} is not null" for f in used) + f" and value_mean > {i}"
-                start = time.perf_counter()
-                page.post(
-                    "/builder/preview", data={"filter": rule, "budget": "1000"}, headers=headers
-                )
-                previews.append(time.perf_counter() - start)
-                i += 1
+        def busy_with(request: Callable[[int], httpx.Response]) -> tuple[list[float], list[float]]:
+            """``/score`` under load while ``request(i)`` runs without pause; (score
+            times, page request times)."""
+            stop_page = threading.Event()
+            spent: list[float] = []
 
-        worker = threading.Thread(target=preview_loop)
-        worker.start()
-        try:
-            busy = load(seconds)
-        finally:
-            stop_previews.set()
-            worker.join()
+            def page_loop() -> None:
+                i = 0
+                while not stop_page.is_set():
+                    start = time.perf_counter()
+                    answer = request(i)
+                    if answer.status_code != 200:
+                        raise SystemExit(f"page: {answer.status_code} {answer.text[:200]}")
+                    spent.append(time.perf_counter() - start)
+                    i += 1
+
+            worker = threading.Thread(target=page_loop)
+            worker.start()
+            try:
+                return load(seconds), spent
+            finally:
+                stop_page.set()
+                worker.join()
+
+        def preview(i: int) -> httpx.Response:
+            used = pairs[i % len(pairs)]  # features a marketer types, one pair after another
+            rule = " and ".join(f"{f} is not null" for f in used) + f" and value_mean > {i}"
+            body = {"filter": rule, "budget": "1000"}
+            return page.post("/builder/preview", data=body, headers=headers)
+
+        def save(i: int) -> httpx.Response:
+            body = {"filter": f"churn_probability > {0.3 + (i % 10) / 20}", "budget": "1000"}
+            return page.post(
+                "/builder/save", data={**body, "name": "bench_ui_load"}, headers=headers
+            )
+
+        previewing, previews = busy_with(preview)
+        saving, saves = busy_with(save)
     finally:
         stop(server)
 
@@ -210,11 +300,15 @@ def score_under_previews(
 
     print(f"\n/score at 50/s for {seconds:.0f} s (ms)       p50      p99   requests")
     print(f"{'alone':<34} {q(alone, 0.5):8.2f} {q(alone, 0.99):8.2f} {len(alone):10,}")
-    print(f"{'while previewing':<34} {q(busy, 0.5):8.2f} {q(busy, 0.99):8.2f} {len(busy):10,}")
-    print(
-        f"p99 ratio {q(busy, 0.99) / q(alone, 0.99):.2f}x; {len(previews)} previews, "
-        f"median {statistics.median(previews or [0]):.2f} s"
-    )
+    for label, times, page_times, what in (
+        ("while previewing", previewing, previews, "previews"),
+        ("while saving lists", saving, saves, "saves"),
+    ):
+        print(f"{label:<34} {q(times, 0.5):8.2f} {q(times, 0.99):8.2f} {len(times):10,}")
+        print(
+            f"{'':<34} p99 ratio {q(times, 0.99) / q(alone, 0.99):.2f}x; {len(page_times)} "
+            f"{what}, median {statistics.median(page_times or [0]):.2f} s"
+        )
 
 
 if __name__ == "__main__":

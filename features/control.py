@@ -72,11 +72,19 @@ class ControlGroup:
         return self.share > 0 and bucket(self.salt, str(customer_id)) < self.share
 
     def mask(self, customer_ids: Iterable[object]) -> np.ndarray:
-        """Boolean array: which of these customers are in the control group."""
-        ids = [str(c) for c in customer_ids]
+        """Boolean array: which of these customers are in the control group (the buckets
+        of :func:`bucket`, bit for bit; the digests are joined and read by numpy, ~4x
+        faster than one :func:`bucket` call per customer on a million)."""
+        listed = customer_ids.tolist() if hasattr(customer_ids, "tolist") else customer_ids
+        ids = [str(c) for c in listed]  # tolist: arrow strings iterate slowly one by one
         if self.share <= 0:
             return np.zeros(len(ids), dtype=bool)
-        return np.fromiter((bucket(self.salt, c) < self.share for c in ids), bool, len(ids))
+        prefix = f"{self.salt}\x1f".encode()
+        blake = hashlib.blake2b
+        digests = b"".join([blake(prefix + c.encode(), digest_size=8).digest() for c in ids])
+        # uint64 -> float64 rounds to nearest like Python's int / float in bucket()
+        buckets = np.frombuffer(digests, dtype=">u8").astype(np.float64) / _SCALE
+        return buckets < self.share
 
     def groups(self, customer_ids: Iterable[object]) -> np.ndarray:
         """``control`` / ``treated`` per customer (object array)."""

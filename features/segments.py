@@ -174,6 +174,55 @@ def assign_segments(features: pd.DataFrame | dict[str, Any], model: SegmentModel
     }
 
 
+def _score_range(
+    scores: str, edges: tuple[float, ...], higher_is_more: bool
+) -> tuple[float, float]:
+    """The feature range ``(low, high)`` of a set of contiguous 1..5 scores (``inf`` ends)."""
+    low_score, high_score = int(min(scores)), int(max(scores))
+    bounds = (-np.inf, *edges, np.inf)
+    if higher_is_more:  # score s covers [bounds[s-1], bounds[s])
+        return bounds[low_score - 1], bounds[high_score]
+    # recency: score s covers (bounds[5-s], bounds[6-s]]
+    return bounds[5 - high_score], bounds[6 - low_score]
+
+
+def _n(x: float) -> str:
+    """A cut point for people: at most one decimal, no trailing zeros."""
+    return f"{x:,.1f}".removesuffix(".0")
+
+
+def segment_rule(name: str, model: SegmentModel) -> str:
+    """Why a customer is in segment ``name``, in words with the model's cut points: the
+    grid's recency and frequency scores as days since the last order and orders in a
+    year (``monetary`` plays no part in the segment, only in the M score)."""
+    if name == NO_PURCHASE:
+        return "no order yet (no recency or frequency score)"
+    for r_set, f_set, segment in SEGMENT_GRID:
+        if segment != name:
+            continue
+        r_low, r_high = _score_range(r_set, model.recency_edges, higher_is_more=False)
+        f_low, f_high = _score_range(f_set, model.frequency_edges, higher_is_more=True)
+        if np.isinf(r_low):
+            recency = f"last order at most {_n(r_high)} days ago"
+        elif np.isinf(r_high):
+            recency = f"last order more than {_n(r_low)} days ago"
+        else:
+            recency = f"last order more than {_n(r_low)} and at most {_n(r_high)} days ago"
+        if np.isinf(f_low):
+            frequency = f"fewer than {_n(f_high)} orders in 365 days"
+        elif np.isinf(f_high):
+            frequency = f"{_n(f_low)} or more orders in 365 days"
+        elif f_low < f_high:
+            frequency = f"at least {_n(f_low)} and fewer than {_n(f_high)} orders in 365 days"
+        else:  # quintile edges tie when most buyers order equally often
+            frequency = f"no frequency can score {'/'.join(f_set)} (tied cut points)"
+        return (
+            f"recency score {'/'.join(r_set)} and frequency score {'/'.join(f_set)}: "
+            f"{recency}, {frequency}"
+        )
+    raise KeyError(f"unknown segment {name!r}; the segments are {list(SEGMENTS)}")
+
+
 def with_segments(features: pd.DataFrame, model: SegmentModel) -> pd.DataFrame:
     out = features.copy()
     for name, values in assign_segments(features, model).items():

@@ -102,3 +102,49 @@ def top_reasons(
             )
         out[direction] = reasons
     return out
+
+
+def common_reasons(
+    explanations: Sequence[dict[str, list[dict[str, Any]]]],
+    direction: Direction = "up",
+    top: int = 5,
+    words: dict[Direction, str] = CHURN_WORDS,
+    spec: FeatureSpec | None = None,
+) -> list[dict[str, Any]]:
+    """The features most often among a group's drivers in ``direction`` (the reasons of
+    :func:`top_reasons`, one explanation per customer), most common first: ``feature``,
+    ``customers`` and ``share`` of the group it drives, and a ``phrase`` / ``text`` worded
+    with its typical value there (the median, or the most common category; missing when
+    most of them lack it)."""
+    found: dict[str, list[Any]] = {}
+    for explanation in explanations:
+        for reason in explanation.get(direction, []):
+            found.setdefault(reason["feature"], []).append(reason["value"])
+    features = (spec or default_spec()).by_name()
+    n = max(len(explanations), 1)
+    out = []
+    for name, values in sorted(found.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:top]:
+        phrase = _phrase(features.get(name), name, _typical(values))
+        out.append(
+            {
+                "feature": name,
+                "customers": len(values),
+                "share": len(values) / n,
+                "phrase": phrase,
+                "text": f"{phrase} ({words[direction]})",
+            }
+        )
+    return out
+
+
+def _typical(values: Sequence[Any]) -> Any:
+    """The median of the known numbers, else the most common value; None when most are
+    missing (the phrase then says so)."""
+    known = [v for v in values if not _is_missing(v)]
+    if len(known) * 2 < len(values):
+        return None
+    numbers = [v for v in known if isinstance(v, int | float) and not isinstance(v, bool)]
+    if numbers and len(numbers) == len(known):
+        median = float(np.median(numbers))
+        return round(median) if median.is_integer() else median
+    return max(set(known), key=known.count) if known else None

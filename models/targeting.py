@@ -59,7 +59,7 @@ from features.tables.scores import RunInfo
 from features.timeutil import as_utc
 from models.catalog import CHURN_FIELD, Catalog
 from models.expressions import Expression, ExpressionError, parse
-from models.policy import Exclusion, arbitrate
+from models.policy import Arbitration, Exclusion, arbitrate
 from models.value import OUTPUT_COLUMNS
 from models.yamlconfig import dotted, load_mapping, problems
 
@@ -334,6 +334,11 @@ class Selection:
     basis: str = BASIS_UPLIFT
     budget_method: str | None = None
     budget_bound: float | None = None
+    #: per catalog action, how many of the customers past the filter it could reach
+    #: (:func:`action_reach`)
+    reach: list[dict[str, Any]] = field(default_factory=list)
+    #: per contact channel, customers past the filter with consent for it
+    consent: dict[str, int] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -365,6 +370,8 @@ class Selection:
             "abc_tier": self.segment_mix("abc_tier"),
             "rfm_segment": self.segment_mix("rfm_segment"),
             "actions": self.segment_mix("action"),
+            "consent": dict(self.consent),
+            "reach": list(self.reach),
         }
 
     def audit(
@@ -473,6 +480,47 @@ _REASONS = {
 }
 
 
+def action_reach(
+    result: Arbitration, catalog: Catalog, assigned: np.ndarray
+) -> list[dict[str, Any]]:
+    """Per catalog action (``no_action`` aside), of the customers arbitrated: ``eligible``
+    (its rule holds and it has an uplift estimate), ``consented`` (eligible with consent
+    for its channel), ``allowed`` (also within the contact policy and out of cool-down)
+    and ``chosen`` (assigned the action, before profitability, budget and top N). The
+    exclusion codes are first-failure-wins, so the steps nest."""
+    rows = []
+    for j, action in enumerate(catalog.actions):
+        if action.id == NO_ACTION:
+            continue
+        code = result.reason[:, j]
+        eligible = (code != Exclusion.NOT_ELIGIBLE) & (code != Exclusion.NO_UPLIFT)
+        consented = eligible & (code != Exclusion.NO_CONSENT)
+        rows.append(
+            {
+                "action": action.id,
+                "channel": action.channel,
+                "consent_field": action.consent_field,
+                "eligible": int(eligible.sum()),
+                "consented": int(consented.sum()),
+                "allowed": int((code == Exclusion.NONE).sum()),
+                "chosen": int((assigned == j).sum()),
+            }
+        )
+    return rows
+
+
+def channel_consent(frame: pd.DataFrame, catalog: Catalog) -> dict[str, int]:
+    """Per channel that needs consent, the customers of ``frame`` who gave it (the
+    channel's actions' ``consent_field``; unknown consent is no consent, as in
+    arbitration)."""
+    fields = {a.channel: a.consent_field for a in catalog.actions if a.consent_field}
+    return {
+        channel: int((frame[name].astype("float64").fillna(0.0) > 0).sum())
+        for channel, name in sorted(fields.items())
+        if name in frame.columns
+    }
+
+
 def select_targets(
     frame: pd.DataFrame,
     catalog: Catalog,
@@ -507,21 +555,23 @@ def select_targets(
     considered = len(frame)
     rows = frame.drop_duplicates("customer_id", keep="first")
     removed["duplicates"] = considered - len(rows)
+    # each step counts the customers the steps before it kept; the (wide) frame is cut
+    # once, after the last (the filter reads row by row, so reading all rows is the same)
+    keep = np.ones(len(rows), dtype=bool)
     blocked = set(suppressed or ())
     if blocked:
         keep = ~rows["customer_id"].astype(str).isin(blocked).to_numpy()
         removed["suppressed"] = int((~keep).sum())
-        rows = rows[keep]
     if control is not None and control.share > 0:
-        held_out = control.mask(rows["customer_id"])
+        held_out = control.mask(rows["customer_id"]) & keep
         removed["control group"] = int(held_out.sum())
-        rows = rows[~held_out]
+        keep &= ~held_out
     expression = definition.expression
     if expression is not None:
-        keep = expression.evaluate_frame(rows)
-        removed["filter"] = int((~keep).sum())
-        rows = rows[keep]
-    rows = rows.reset_index(drop=True)
+        out = ~np.asarray(expression.evaluate_frame(rows), dtype=bool) & keep
+        removed["filter"] = int(out.sum())
+        keep &= ~out
+    rows = rows[keep].reset_index(drop=True)
     rows, filled = _prepare_uplift(rows, catalog, value_at_risk_fallback)
     basis = BASIS_VALUE_AT_RISK if filled else BASIS_UPLIFT
     result = arbitrate(rows, catalog)
@@ -538,6 +588,8 @@ def select_targets(
         best_allowed = result.allowed[np.arange(n), assigned]
         ok = best_allowed & (assigned != catalog.ids.index(NO_ACTION))
         removed["no worthwhile allowed action"] = int((~ok).sum())
+    reach = action_reach(result, catalog, np.where(ok, assigned, -1))
+    consent = channel_consent(rows, catalog)
     idx = np.flatnonzero(ok)
     cols = assigned[idx]
     channels = np.array([a.channel for a in catalog.actions], dtype=object)
@@ -581,7 +633,7 @@ def select_targets(
     members.insert(0, "rank", np.arange(1, len(members) + 1))
     ordered = [c for c in LIST_COLUMNS if c in members.columns]
     members = members[ordered + [c for c in members.columns if c not in ordered]]
-    return Selection(members, definition, removed, considered, basis, method, bound)
+    return Selection(members, definition, removed, considered, basis, method, bound, reach, consent)
 
 
 def _problems(exc: ValidationError) -> str:

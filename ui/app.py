@@ -15,8 +15,10 @@ package: the page needs no internet.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -147,7 +149,21 @@ class UiApp:
         self.sessions = Sessions(self.settings.api_keys, self.settings.home)
         self.templates = make_templates()
         self.cache = data.PreviewCache()
+        self.control_memo = data.ControlMemo()
         self.live = LiveScorer(self.settings, self.spec)
+
+    def warm(self) -> None:
+        """Read what the pages share in the background when the page starts: the
+        preview's scores and catalog columns (consent, contacts, cool-downs) and the
+        control group, the monthly revenue, every segment's profile."""
+
+        def run() -> None:
+            self.preview_context({})  # returns the error the first preview shows, if any
+            with contextlib.suppress(WarehouseUnavailableError):  # nothing to read yet
+                self.kept(("revenue",), data.monthly_revenue)
+                self.read(self.segment_profiles)
+
+        threading.Thread(target=run, name="ui-warm", daemon=True).start()
 
     # ----------------------------------------------------------------- rendering
 
@@ -223,6 +239,8 @@ class UiApp:
     # ----------------------------------------------------------------- pages
     async def overview(self, request: Request, session: Session) -> Response:
         view, problem = await self._read(data.overview)
+        if view is not None:  # a scan of every order: kept like the previews' candidates
+            view["revenue"] = await run_in_threadpool(self.kept, ("revenue",), data.monthly_revenue)
         return self.page(request, "overview.html", session, view=view, problem=problem)
 
     async def segments(self, request: Request, session: Session) -> Response:
@@ -230,11 +248,21 @@ class UiApp:
 
         def read(db: Any) -> dict[str, Any]:
             run, points, matrix = data.segment_map(db)
-            profile = data.segment_profile(db, chosen) if chosen else None
+            profile = self.segment_profiles(db).get(chosen) if chosen else None
             return {"run": run, "points": points, "matrix": matrix, "profile": profile}
 
         view, problem = await self._read(read)
         chart = segment_chart(view["points"]) if view else ""
+        profile = (view or {}).get("profile")
+        reasons = None
+        if profile and profile["sample"]:
+            sample = tuple(profile["sample"])
+            if self.live.ready:  # kept once the models have loaded (else None, said why)
+                reasons = await run_in_threadpool(
+                    self.cache.get, ("reasons", sample), lambda: self.live.common_reasons(sample)
+                )
+            else:
+                reasons = await run_in_threadpool(self.live.common_reasons, sample)
         return self.page(
             request,
             "segments.html",
@@ -243,7 +271,22 @@ class UiApp:
             problem=problem,
             chosen=chosen,
             chart=chart,
+            reasons=reasons,
+            live_problem=self.live.problem,
         )
+
+    def segment_profiles(self, db: Any) -> dict[str, dict[str, Any]]:
+        """Every segment's profile of the latest run, kept like the preview's candidates
+        (:class:`ui.data.PreviewCache`: consent in them is up to its ``max_age`` old)."""
+        run = data.score_run(db)
+        if run is None:
+            return {}
+        return self.kept(("profiles", run.run_id), data.segment_profiles)  # type: ignore[no-any-return]
+
+    def kept(self, key: tuple[Any, ...], fn: Callable[[Any], Any]) -> Any:
+        """``fn(db)`` through the preview cache, on a connection of its own (a refresh
+        runs after the request that found the value stale)."""
+        return self.cache.get(key, lambda: self.read(fn))
 
     async def builder(self, request: Request, session: Session) -> Response:
         params = request.query_params
@@ -275,10 +318,9 @@ class UiApp:
         start = time.perf_counter()
         try:
             definition = definition_of(form)
-            source = data.CachedLists(self.settings.warehouse_path, self.cache)
-            target = make_list(
-                source, definition, self.spec, datetime.now(UTC), control=self.control()
-            )
+            source = data.CachedLists(self.settings.warehouse_path, self.cache, self.spec)
+            control = data.MemoControl.of(self.control(), self.control_memo)
+            target = make_list(source, definition, self.spec, datetime.now(UTC), control=control)
         except ExpressionError as exc:
             return {"error": str(exc), "field": "filter"}
         except (TargetError, NoScoresError, WarehouseUnavailableError, ControlFileError) as exc:
@@ -304,24 +346,25 @@ class UiApp:
                 name,
                 definition.model_dump(exclude_none=True, exclude={"name"}),
             )
-            try:
-                con = connect(self.settings.warehouse_path)
-            except Exception as exc:
-                raise WarehouseUnavailableError(
-                    f"the warehouse is busy (another job writes it): try again ({exc})"
-                ) from None
-            try:
-                sink = Exports(con, Path(self.settings.exports_dir))
-                target = make_list(
-                    WarehouseLists(con),
-                    definition,
-                    self.spec,
-                    datetime.now(UTC),
-                    control=self.control(),
-                    sink=sink,
-                )
-            finally:
-                con.disconnect()
+            with data.WAREHOUSE.write():  # no read-only connection of this process open
+                try:
+                    con = connect(self.settings.warehouse_path)
+                except Exception as exc:
+                    raise WarehouseUnavailableError(
+                        f"the warehouse is busy (another job writes it): try again ({exc})"
+                    ) from None
+                try:
+                    sink = Exports(con, Path(self.settings.exports_dir))
+                    target = make_list(
+                        WarehouseLists(con),
+                        definition,
+                        self.spec,
+                        datetime.now(UTC),
+                        control=self.control(),
+                        sink=sink,
+                    )
+                finally:
+                    con.disconnect()
         except ExpressionError as exc:
             return {"error": str(exc), "field": "filter"}
         except (TargetError, NoScoresError, WarehouseUnavailableError, ControlFileError) as exc:
@@ -444,6 +487,8 @@ def selection_view(target: Any) -> dict[str, Any]:
     selection = target.selection
     members = selection.members
     removed = {k: v for k, v in selection.removed.items() if v}
+    before = ("duplicates", "suppressed", "control group", "filter")  # arbitration's input
+    arbitrated = selection.considered - sum(selection.removed.get(k, 0) for k in before)
     return {
         "list_id": target.list_id,
         "count": selection.count,
@@ -454,6 +499,10 @@ def selection_view(target: Any) -> dict[str, Any]:
         "basis": selection.basis,
         "budget_method": selection.budget_method,
         "removed": removed,
+        "consent": selection.consent,
+        "arbitrated": arbitrated,
+        "reach": selection.reach,
+        "action": selection.definition.action,
         "mixes": {
             "Action": selection.segment_mix("action"),
             "ABC tier": selection.segment_mix("abc_tier"),
@@ -615,4 +664,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.add_middleware(SecurityHeaders)
     app.state.ui = ui
     ui.live.start()
+    ui.warm()
     return app

@@ -16,15 +16,21 @@ Saving a list never uses it: a saved list reads afresh, exactly as ``rapport tar
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
+import numpy as np
 import pandas as pd
 
+from features.batch import build
+from features.control import ControlGroup
+from features.segments import SegmentModel, segment_rule
 from features.spec import FeatureSpec
 from features.tables import analytics as analytics_tables
 from features.tables import monitoring as monitoring_tables
@@ -37,9 +43,22 @@ from features.tables.lists import (
     WarehouseLists,
     WarehouseUnavailableError,
 )
-from features.tables.scores import SCORES, NoScoresError, RunInfo, latest_run, tables
+from features.tables.scores import (
+    RUNS,
+    SCORES,
+    NoScoresError,
+    RunInfo,
+    latest_run,
+    load_scores,
+    tables,
+)
+from features.tables.segments import NoSegmentsError, load_version
 from features.warehouse import connect, raw
+from models.catalog import Catalog
+from models.targeting import feature_subset
 
+#: customers of a segment whose churn drivers its profile sums up
+REASON_SAMPLE = 300
 #: the table the impact job (`rapport impact`) writes; read when present
 IMPACT = "impact"
 #: what the Results page shows of the latest impact run (the table holds more)
@@ -59,19 +78,70 @@ IMPACT_COLUMNS = (
 )
 
 
+class WarehouseLock:
+    """Readers together, a writer alone, within the page's process: DuckDB refuses a
+    read-write connection to a file this process has open read-only (a save beside a
+    preview, or beside a background refresh). Readers do not wait for a waiting writer
+    (a read may open a second read inside the first)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self, timeout: float = 120.0) -> Iterator[None]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._writing and not self._readers, timeout):
+                raise WarehouseUnavailableError(
+                    "the page is still reading the warehouse: try again"
+                )
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+#: the page's one lock on its warehouse connections
+WAREHOUSE = WarehouseLock()
+
+
+@contextlib.contextmanager
+def own_lists(path: Path) -> Iterator[WarehouseLists]:
+    """A :class:`WarehouseLists` on a read-only connection of its own, under the lock."""
+    with WAREHOUSE.read(), WarehouseLists(path) as lists:
+        yield lists
+
+
 @contextlib.contextmanager
 def reading(path: Path) -> Iterator[Any]:
     """A raw read-only DuckDB connection to the warehouse for one request."""
     if not Path(path).exists():
         raise WarehouseUnavailableError(f"no warehouse at {path}: run `rapport demo` first")
-    try:
-        con = connect(path, read_only=True)
-    except Exception as exc:  # locked by a writer
-        raise WarehouseUnavailableError(f"cannot read the warehouse now: {exc}") from None
-    try:
-        yield raw(con)
-    finally:
-        con.disconnect()
+    with WAREHOUSE.read():
+        try:
+            con = connect(path, read_only=True)
+        except Exception as exc:  # locked by a writer
+            raise WarehouseUnavailableError(f"cannot read the warehouse now: {exc}") from None
+        try:
+            yield raw(con)
+        finally:
+            con.disconnect()
 
 
 def _frame(db: Any, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
@@ -87,7 +157,8 @@ def score_run(db: Any) -> RunInfo | None:
 
 # --------------------------------------------------------------------------- overview
 def overview(db: Any) -> dict[str, Any]:
-    """KPIs with their trend and the latest scoring, analytics, monitoring and cycle runs."""
+    """KPIs with their trend and the latest scoring, analytics, monitoring and cycle runs
+    (the monthly revenue apart: :func:`monthly_revenue`)."""
     have = tables(db)
     out: dict[str, Any] = {"scores": score_run(db), "analytics": None, "trend": []}
     out["customers"] = (
@@ -113,17 +184,6 @@ def overview(db: Any) -> dict[str, Any]:
         out["equity"] = equity.iloc[0].to_dict() if len(equity) else None
         out["trend"] = retention.to_dict(orient="records")
         out["active"] = run.metrics.get("active_customers")
-    if "orders" in have:
-        revenue = _frame(
-            db,
-            # UTC months through the epoch: 3-8x faster than date_trunc on TIMESTAMPTZ
-            "SELECT date_trunc('month', make_timestamp(epoch_us(ordered_at))) AS month, "
-            "sum(amount) AS revenue FROM orders GROUP BY 1 ORDER BY 1 DESC LIMIT 14",
-        )
-        # the latest month is still running: full months only
-        out["revenue"] = revenue.iloc[1:][::-1].to_dict(orient="records")
-    else:
-        out["revenue"] = []
     if out["scores"] is not None:
         churn = db.execute(
             f"SELECT avg(churn_probability), sum(value_mean) FROM {SCORES} WHERE run_id = ?",
@@ -133,6 +193,21 @@ def overview(db: Any) -> dict[str, Any]:
     out["monitor"] = monitor_status(db)
     out["cycle"] = cycle_status(db)
     return out
+
+
+def monthly_revenue(db: Any) -> list[dict[str, Any]]:
+    """Revenue of the last 13 full calendar months (UTC), oldest first; empty without
+    orders."""
+    if "orders" not in tables(db):
+        return []
+    revenue = _frame(
+        db,
+        # UTC months through the epoch: 3-8x faster than date_trunc on TIMESTAMPTZ
+        "SELECT date_trunc('month', make_timestamp(epoch_us(ordered_at))) AS month, "
+        "sum(amount) AS revenue FROM orders GROUP BY 1 ORDER BY 1 DESC LIMIT 14",
+    )
+    # the latest month is still running: full months only
+    return revenue.iloc[1:][::-1].to_dict(orient="records")  # type: ignore[no-any-return]
 
 
 def monitor_status(db: Any) -> dict[str, Any] | None:
@@ -190,38 +265,114 @@ def segment_map(db: Any) -> tuple[Any, pd.DataFrame, pd.DataFrame]:
     return run, points, matrix
 
 
-def segment_profile(db: Any, segment: str) -> dict[str, Any] | None:
-    """Size, value, churn risk, tiers and best actions of one RFM segment (latest scores)."""
+def segment_profiles(db: Any) -> dict[str, dict[str, Any]]:
+    """Every RFM segment's profile in the latest scores, in one pass per part (the page
+    keeps them: a run's scores never change): size, value, churn risk, equity, tiers, the
+    rule that puts customers there, consent per channel and best actions (with how many of
+    each can be reached on its channel with today's consent); ``sample``: up to
+    :data:`REASON_SAMPLE` of its customers (a fixed hash order), whose churn drivers the
+    page sums up. Empty without scores."""
     run = score_run(db)
     if run is None:
-        return None
-    where = f"FROM {SCORES} WHERE run_id = ? AND rfm_segment = ?"
-    size, value, churn, equity = db.execute(
-        f"SELECT count(*), avg(value_mean), avg(churn_probability), sum(value_mean) {where}",
-        [run.run_id, segment],
-    ).fetchone()
-    if not size:
-        return None
+        return {}
+    params = [run.run_id]
+    sizes = _frame(
+        db,
+        "SELECT rfm_segment AS segment, count(*) AS customers, avg(value_mean) AS value, "
+        "avg(churn_probability) AS churn, sum(value_mean) AS equity "
+        f"FROM {SCORES} WHERE run_id = ? GROUP BY 1",
+        params,
+    )
+    catalog = Catalog.model_validate(run.catalog)
+    have = _columns(db, "customers")
+    consenting = [a for a in catalog.actions if a.consent_field and a.consent_field in have]
+    fields = {a.channel: a.consent_field for a in consenting}
+    reachable = "true"
+    if consenting:
+        cases = " ".join(
+            f"WHEN '{a.id}' THEN coalesce(c.{a.consent_field}::DOUBLE, 0) > 0" for a in consenting
+        )
+        reachable = f"CASE s.best_action {cases} ELSE NULL END"
+    joined = f"FROM {SCORES} s" + (" LEFT JOIN customers c USING (customer_id)" if have else "")
+    joined += " WHERE s.run_id = ?"
+    channels = {a.id: a.channel for a in catalog.actions}
     actions = _frame(
         db,
-        f"SELECT best_action AS action, count(*) AS customers, sum(expected_value) AS value "
-        f"{where} GROUP BY 1 ORDER BY 2 DESC",
-        [run.run_id, segment],
+        "SELECT s.rfm_segment AS segment, s.best_action AS action, count(*) AS customers, "
+        f"sum(s.expected_value) AS value, count_if({reachable}) AS reachable "
+        f"{joined} GROUP BY 1, 2 ORDER BY 1, 3 DESC",
+        params,
     )
+    actions["channel"] = actions["action"].map(channels)
     tiers = _frame(
         db,
-        f"SELECT abc_tier AS tier, count(*) AS customers {where} GROUP BY 1 ORDER BY 1",
-        [run.run_id, segment],
+        "SELECT rfm_segment AS segment, abc_tier AS tier, count(*) AS customers "
+        f"FROM {SCORES} WHERE run_id = ? GROUP BY 1, 2 ORDER BY 1, 2",
+        params,
     )
-    return {
-        "segment": segment,
-        "customers": int(size),
-        "value": value,
-        "churn": churn,
-        "equity": equity,
-        "actions": actions.to_dict(orient="records"),
-        "tiers": tiers.to_dict(orient="records"),
-    }
+    consent = pd.DataFrame({"segment": []})
+    if fields:
+        counts = ", ".join(
+            f'count_if(coalesce(c.{name}::DOUBLE, 0) > 0) AS "{channel}"'
+            for channel, name in fields.items()
+        )
+        consent = _frame(
+            db, f"SELECT s.rfm_segment AS segment, {counts} {joined} GROUP BY 1", params
+        )
+    samples = _frame(
+        db,
+        "SELECT rfm_segment AS segment, list(customer_id ORDER BY h) AS ids FROM ("
+        "SELECT rfm_segment, customer_id, hash(customer_id) AS h, row_number() OVER "
+        "(PARTITION BY rfm_segment ORDER BY hash(customer_id)) AS n "
+        f"FROM {SCORES} WHERE run_id = ?) WHERE n <= {REASON_SAMPLE} GROUP BY 1",
+        params,
+    )
+    model = segment_model_of(db, run)
+    by_action = dict(iter(actions.groupby("segment")))
+    by_tier = dict(iter(tiers.groupby("segment")))
+    by_consent = consent.set_index("segment").to_dict(orient="index")
+    by_sample = dict(zip(samples["segment"], samples["ids"], strict=True))
+    out = {}
+    for row in sizes.to_dict(orient="records"):
+        name = str(row["segment"])
+        rule = None
+        if model is not None:
+            with contextlib.suppress(KeyError):
+                rule = segment_rule(name, model)
+        out[name] = {
+            **row,
+            "segment": name,
+            "customers": int(row["customers"]),
+            "actions": _records(
+                by_action.get(name), ["action", "channel", "customers", "value", "reachable"]
+            ),
+            "tiers": _records(by_tier.get(name), ["tier", "customers"]),
+            "consent": {k: int(v) for k, v in by_consent.get(name, {}).items()},
+            "rule": rule,
+            "sample": [str(c) for c in by_sample.get(name, [])],
+        }
+    return out
+
+
+def _records(frame: pd.DataFrame | None, columns: list[str]) -> list[dict[str, Any]]:
+    return [] if frame is None else frame[columns].to_dict(orient="records")
+
+
+def segment_model_of(db: Any, run: RunInfo) -> SegmentModel | None:
+    """The segment model (cut points) the run scored with; None when it recorded none."""
+    row = db.execute(f"SELECT segments_version FROM {RUNS} WHERE run_id = ?", [run.run_id])
+    version = (row.fetchone() or [None])[0]
+    try:
+        return load_version(db, version).model if version else None
+    except NoSegmentsError:
+        return None
+
+
+def _columns(db: Any, table: str) -> set[str]:
+    rows = db.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table]
+    ).fetchall()
+    return {r[0] for r in rows}
 
 
 # --------------------------------------------------------------------------- lists
@@ -326,41 +477,178 @@ def model_health(db: Any) -> tuple[dict[str, Any] | None, pd.DataFrame]:
 
 # --------------------------------------------------------------------------- preview source
 class PreviewCache:
-    """Candidates kept for ``ttl`` seconds, shared by the preview requests of a process."""
+    """Values kept per key for the preview requests of a process: fresh for ``ttl``
+    seconds; then, up to ``max_age``, still served while one background thread reads them
+    again (a marketer typing never waits for a re-read); beyond ``max_age``, read again
+    in the request. One read per key at a time: a request that finds a read under way
+    waits for it rather than starting another (typing sends a preview per pause)."""
 
-    def __init__(self, ttl: float = 120.0) -> None:
+    def __init__(self, ttl: float = 120.0, max_age: float = 600.0) -> None:
         self.ttl = ttl
+        self.max_age = max_age
         self._items: dict[tuple[Any, ...], tuple[float, Any]] = {}
         self._lock = threading.Lock()
+        self._reading: dict[tuple[Any, ...], threading.Event] = {}
 
-    def get(self, key: tuple[Any, ...], make: Any) -> Any:
-        now = time.monotonic()
+    def get(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                hit = self._items.get(key)
+                age = now - hit[0] if hit is not None else math.inf
+                busy = self._reading.get(key)
+                if hit is not None and age < self.ttl:
+                    return hit[1]
+                if hit is not None and age < self.max_age:
+                    if busy is None:  # stale: serve it, refresh behind the request
+                        self._reading[key] = threading.Event()
+                        threading.Thread(
+                            target=self._read, args=(key, make), daemon=True, name="ui-refresh"
+                        ).start()
+                    return hit[1]
+                if busy is None:
+                    self._reading[key] = threading.Event()
+                    break
+            busy.wait()  # someone reads it now: take theirs
+        return self._read(key, make)
+
+    def peek(self, key: tuple[Any, ...]) -> Any:
+        """The value under ``key`` while fresh, else None."""
         with self._lock:
             hit = self._items.get(key)
-            if hit is not None and now - hit[0] < self.ttl:
-                return hit[1]
-        value = make()
+        return hit[1] if hit is not None and time.monotonic() - hit[0] < self.ttl else None
+
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
         with self._lock:
-            self._items = {k: v for k, v in self._items.items() if now - v[0] < self.ttl}
-            self._items[key] = (now, value)
-        return value
+            self._items[key] = (time.monotonic(), value)
+
+    def _read(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        try:
+            value = make()
+            now = time.monotonic()
+            with self._lock:
+                self._items = {k: v for k, v in self._items.items() if now - v[0] < self.max_age}
+                self._items[key] = (now, value)
+            return value
+        finally:
+            with self._lock:
+                self._reading.pop(key).set()
+
+
+class ControlMemo:
+    """Who is in the control group, per salt and share, for the customers seen so far:
+    hashing a million ids takes seconds, looking them up a fraction of one."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[float, str], pd.Series] = {}
+        self._lock = threading.Lock()
+
+    def mask(self, group: ControlGroup, customer_ids: Any) -> np.ndarray:
+        ids = pd.Index(pd.Series(customer_ids).astype(str).to_numpy(dtype=object))
+        key = (group.share, group.salt)
+        with self._lock:
+            known = self._known.get(key)
+        if known is not None:
+            found = known.reindex(ids)
+            if not found.isna().any():
+                return found.to_numpy(dtype=bool)
+        computed = ControlGroup(group.share, group.salt).mask(ids)
+        fresh = pd.Series(computed, index=ids)
+        fresh = fresh[~fresh.index.duplicated()]
+        with self._lock:
+            self._known = {key: fresh}  # one salt and share at a time
+        return computed
+
+
+@dataclass(frozen=True)
+class MemoControl(ControlGroup):
+    """A :class:`ControlGroup` whose :meth:`mask` looks customers up in a
+    :class:`ControlMemo` (the same answers: the memo holds the hash's)."""
+
+    memo: ControlMemo = field(default_factory=ControlMemo, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, group: ControlGroup, memo: ControlMemo) -> MemoControl:
+        return cls(group.share, group.salt, memo)
+
+    def mask(self, customer_ids: Iterable[object]) -> np.ndarray:
+        if self.share <= 0:
+            return super().mask(customer_ids)
+        return self.memo.mask(self, customer_ids)
 
 
 class CachedLists(WarehouseLists):
-    """:class:`WarehouseLists` whose candidates and suppressions come from ``cache`` when
-    fresh (the preview's source; one per request). Contact history and consent are then
-    up to ``cache.ttl`` old; a saved list reads them afresh."""
+    """:class:`WarehouseLists` whose candidates come from ``cache`` (the preview's source;
+    one per request): the run's scores once, and each feature column on its own, aligned
+    with the scores' rows, so a filter on a new feature reads that feature only and the
+    catalog's columns (consent, contacts, cool-downs), read when the process starts
+    (:meth:`warm`), are shared by every preview. Consent and contact history are then up
+    to ``cache.max_age`` old; a saved list reads them afresh."""
 
-    def __init__(self, warehouse: Path, cache: PreviewCache) -> None:
+    def __init__(self, warehouse: Path, cache: PreviewCache, spec: FeatureSpec) -> None:
         super().__init__(warehouse)
+        self.path = warehouse
         self.cache = cache
+        self.spec = spec
+
+    def __enter__(self) -> Self:
+        self._held = WAREHOUSE.read()
+        self._held.__enter__()
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._held.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            self._held.__exit__(None, None, None)
 
     def candidates(
         self, run: RunInfo, spec: FeatureSpec, columns: Sequence[str], as_of: datetime
     ) -> pd.DataFrame:
-        key = ("candidates", run.run_id, tuple(columns))
-        read = super().candidates
-        return self.cache.get(key, lambda: read(run, spec, columns, as_of))
+        # reads made behind a request (a stale value's refresh) outlive its connection:
+        # every read opens its own
+        scores = self.cache.get(("scores", run.run_id), lambda: self._scores(run))
+        key = ("features", run.run_id, tuple(sorted(columns)))
+        # the columns of one request are cached together, built from the columns cached
+        # one by one: only the columns no earlier preview read are built here
+        features = self.cache.get(key, lambda: self._features(run, scores, columns))
+        return scores.assign(**{c: features[c] for c in columns})
+
+    def _scores(self, run: RunInfo) -> pd.DataFrame:
+        with own_lists(self.path) as own:
+            frame = load_scores(raw(own.con), run)
+        frame["customer_id"] = frame["customer_id"].astype(str)
+        return frame.drop_duplicates("customer_id").reset_index(drop=True)
+
+    def _features(
+        self, run: RunInfo, scores: pd.DataFrame, columns: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """The feature ``columns`` as of now, aligned with ``scores``' rows."""
+        out: dict[str, np.ndarray] = {}
+        missing = []
+        for name in columns:
+            hit = self.cache.peek(("column", run.run_id, name))
+            if hit is None:
+                missing.append(name)
+            else:
+                out[name] = hit
+        if missing:
+            with own_lists(self.path) as own:
+                built = build(own.con, datetime.now(UTC), feature_subset(self.spec, missing))
+            built["customer_id"] = built["customer_id"].astype(str)
+            aligned = scores[["customer_id"]].merge(built, on="customer_id", how="left")
+            for name in missing:
+                out[name] = aligned[name].to_numpy()
+                self.cache.put(("column", run.run_id, name), out[name])
+        return out
 
     def suppressed(self) -> set[str]:
-        return self.cache.get(("suppressed",), super().suppressed)
+        def read() -> set[str]:
+            with own_lists(self.path) as own:
+                return own.suppressed()
+
+        return self.cache.get(("suppressed",), read)  # type: ignore[no-any-return]

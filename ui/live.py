@@ -12,8 +12,11 @@ of the page's process, so the first Customer page does not wait for them.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+import pandas as pd
 
 from features.online.materialize import META_SEGMENTS
 from features.online.record import evaluate
@@ -21,6 +24,7 @@ from features.online.store import open_store
 from features.segments import SegmentModel
 from features.spec import FeatureSpec
 from features.tables.control import read_control
+from models.reasons import common_reasons
 from models.results import CustomerScore
 from rapport.settings import Settings
 
@@ -38,6 +42,11 @@ class LiveScorer:
 
     def start(self) -> None:
         threading.Thread(target=self._load, name="ui-live-scorer", daemon=True).start()
+
+    @property
+    def ready(self) -> bool:
+        """The models have loaded (live scores can be made)."""
+        return self._loaded.is_set() and self._scorer is not None
 
     def _load(self) -> None:
         try:
@@ -83,3 +92,27 @@ class LiveScorer:
             return scorer.score_one(  # type: ignore[no-any-return]
                 {**features, "as_of": now}, {}, top_k=len(scorer.catalog.actions), explain=True
             )
+
+    def common_reasons(self, customer_ids: Sequence[str], top: int = 5) -> dict[str, Any] | None:
+        """The churn drivers most common among ``customer_ids`` (a segment's sample), each
+        customer explained now as on the Customer page: ``{"up": [...], "down": [...],
+        "customers": n}`` (:func:`models.reasons.common_reasons`); None when live scores are
+        unavailable (``problem`` says why) or no customer has an online record."""
+        if not self._loaded.wait(60.0) or self._scorer is None:
+            self.problem = self.problem or "live scores are still loading: reload in a moment"
+            return None
+        now = datetime.now(UTC)
+        store = open_store(self.settings.online_store_url)
+        try:
+            records = store.get_many(list(customer_ids))
+        finally:
+            store.close()
+        if not records:
+            return None
+        frame = pd.DataFrame([evaluate(r, now, self.spec) for r in records.values()])
+        with self._lock:
+            explanations = self._scorer.churn.explain(frame, top=3, spec=self.spec)
+        return {
+            "customers": len(explanations),
+            **{d: common_reasons(explanations, d, top, spec=self.spec) for d in ("up", "down")},
+        }

@@ -11,11 +11,16 @@ import pandas as pd
 import pytest
 
 from features.segments import (
+    FREQUENCY,
+    MONETARY,
     NO_PURCHASE,
+    RECENCY,
     SEGMENT_GRID,
+    _score_range,
     assign_segments,
     fit_segments,
     fit_version,
+    segment_rule,
 )
 from features.tables.segments import (
     SEGMENT_MODELS,
@@ -96,3 +101,36 @@ def test_the_current_version_is_the_one_stored_last() -> None:
     assert db.execute(f"SELECT count(*) FROM {SEGMENT_MODELS}").fetchone() == (2,)
     with pytest.raises(NoSegmentsError, match="'nope'"):
         load_version(db, "nope")
+
+
+def test_segment_rule_states_the_bounds_every_member_meets() -> None:
+    rng = np.random.default_rng(5)
+    features = pd.DataFrame(
+        {
+            RECENCY: rng.integers(0, 400, 3000).astype(float),
+            FREQUENCY: rng.poisson(3, 3000).astype(float),
+            MONETARY: rng.gamma(2, 100, 3000),
+        }
+    )
+    model = fit_segments(features)
+    segments = assign_segments(features, model)["rfm_segment"]
+    for r_set, f_set, name in SEGMENT_GRID:
+        members = features[segments == name]
+        assert len(members), name
+        r_low, r_high = _score_range(r_set, model.recency_edges, higher_is_more=False)
+        f_low, f_high = _score_range(f_set, model.frequency_edges, higher_is_more=True)
+        assert ((members[RECENCY] > r_low) & (members[RECENCY] <= r_high)).all(), name
+        assert ((members[FREQUENCY] >= f_low) & (members[FREQUENCY] < f_high)).all(), name
+        # and everyone inside the bounds is in the segment
+        inside = features[
+            (features[RECENCY] > r_low)
+            & (features[RECENCY] <= r_high)
+            & (features[FREQUENCY] >= f_low)
+            & (features[FREQUENCY] < f_high)
+        ]
+        assert len(inside) == len(members), name
+        rule = segment_rule(name, model)
+        assert f"recency score {'/'.join(r_set)}" in rule and "orders in 365 days" in rule
+    assert "no order" in segment_rule(NO_PURCHASE, model)
+    with pytest.raises(KeyError, match="unknown segment"):
+        segment_rule("vip", model)

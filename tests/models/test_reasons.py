@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from features.spec import default_spec
-from models.reasons import CHURN_WORDS, VALUE_WORDS, describe, top_reasons
+from models.reasons import CHURN_WORDS, VALUE_WORDS, common_reasons, describe, top_reasons
 
 
 def test_phrases_come_from_the_spec_templates() -> None:
@@ -70,3 +70,22 @@ def test_value_words_and_zero_contributions() -> None:
 def test_mismatched_lengths_are_rejected() -> None:
     with pytest.raises(ValueError, match="must match"):
         top_reasons(np.array([1.0]), [1.0, 2.0], ["a", "b"])
+
+
+def test_common_reasons_count_drivers_across_a_group_with_a_typical_value() -> None:
+    names = ["days_since_last_order", "orders_90d", "region"]
+    rows = [
+        (np.array([2.0, -1.0, 0.5]), [120.0, 0.0, "north"]),
+        (np.array([1.0, 0.1, 0.3]), [80.0, 1.0, "north"]),
+        (np.array([0.9, 0.0, 0.2]), [100.0, 2.0, "south"]),
+        (np.array([-0.5, 1.0, 0.0]), [5.0, None, "north"]),
+    ]
+    explanations = [top_reasons(c, v, names, top=2) for c, v in rows]
+    up = common_reasons(explanations, "up", top=2)
+    assert [r["feature"] for r in up] == ["days_since_last_order", "region"]
+    assert [r["customers"] for r in up] == [3, 3] and up[0]["share"] == 0.75
+    assert up[0]["text"] == "no order for 100 days (raises risk)"  # the median of 120, 80, 100
+    assert up[1]["phrase"] == "region north"
+    down = common_reasons(explanations, "down")
+    assert [r["feature"] for r in down] == ["days_since_last_order", "orders_90d"]
+    assert common_reasons([], "up") == []

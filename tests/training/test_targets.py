@@ -200,6 +200,31 @@ def test_consent_contact_policy_cooldown_and_suppression_always_apply() -> None:
     assert not set(best.members.customer_id) & suppressed
 
 
+def test_reach_counts_consent_per_channel_and_action_with_the_best_action() -> None:
+    frame = scores(60)
+    frame.loc[0:9, "email_opt_in"] = 0.0
+    frame.loc[10:14, "email_opt_in"] = np.nan  # unknown consent is no consent
+    frame.loc[0:29, "phone_opt_in"] = 0.0
+    frame.loc[15:19, "contacts_email_30d"] = 2.0
+    frame["churn_probability"] = 0.7  # every rule but loyalty_upgrade's holds
+    frame["complaints_90d"] = 1.0
+    frame["days_since_last_order"] = 90.0
+    frame.loc[40:59, "rfm_segment"] = "elsewhere"
+    sel = select_targets(frame, CATALOG, TargetDefinition(filter="rfm_segment != 'elsewhere'"))
+    assert sel.consent == {"call": 10, "email": 25}  # of the 40 past the filter
+    reach = {r["action"]: r for r in sel.reach}
+    assert set(reach) == set(CATALOG.ids[1:])
+    email = reach["winback_email"]
+    assert (email["channel"], email["eligible"], email["consented"]) == ("email", 40, 25)
+    assert email["allowed"] == 20  # 5 more at the contact limit
+    assert reach["service_callback"]["consented"] == reach["service_callback"]["allowed"] == 10
+    assert reach["loyalty_upgrade"]["eligible"] == 0
+    # chosen: each customer's best allowed action, adding up to the list before budget
+    assert sum(r["chosen"] for r in sel.reach) == sel.count
+    assert {a: reach[a]["chosen"] for a in sel.segment_mix("action")} == sel.segment_mix("action")
+    assert sel.stats()["consent"] == sel.consent
+
+
 def test_budget_on_lists_is_respected_and_optimal() -> None:
     frame = scores(300)
     d = TargetDefinition(budget=250.0)

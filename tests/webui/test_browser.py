@@ -135,6 +135,24 @@ def number(text: str) -> float:
     return float(text.replace(",", ""))
 
 
+def settled_preview(driver) -> dict:  # type: ignore[no-untyped-def]
+    """The preview's count, consent line and reach table, read in one go once two reads a
+    second apart agree (typing sends a preview per pause: an earlier one may still land)."""
+    read = """
+        const text = (css) => (document.querySelector(css) || {}).innerText || "";
+        const rows = [...document.querySelectorAll("#reach tbody tr")].map(
+            (r) => [...r.querySelectorAll("td.n")].map((c) => c.innerText));
+        return {count: text("#count"), consent: text("#consent"), reach: rows};
+    """
+
+    def settled():  # type: ignore[no-untyped-def]
+        first = driver.execute_script(read)
+        time.sleep(1.0)
+        return first if first["count"] and first == driver.execute_script(read) else None
+
+    return wait_for(settled, what="a settled preview")  # type: ignore[no-any-return]
+
+
 def sign_in(driver, url: str, key: str) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -202,6 +220,16 @@ def test_in_the_browser(
     segment = first.text
     first.click()
     wait_for(lambda: segment in text_of(driver, "#profile h2"), what="profile")
+    assert "recency score" in text_of(driver, "#segment-rule")
+    drivers = driver.find_elements(By.CSS_SELECTOR, "#drivers li")  # live churn drivers
+    assert drivers and all("the risk for" in d.text and "%" in d.text for d in drivers)
+    consent = text_of(driver, "#segment-consent")
+    assert "email" in consent and "call" in consent
+    rows = driver.find_elements(By.CSS_SELECTOR, "#segment-actions tbody tr")
+    for row in rows:  # nobody reachable beyond the action's customers
+        cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        if cells[1] != "none":  # no_action contacts nobody
+            assert 0 <= number(cells[3]) <= number(cells[2]), cells
     driver.save_screenshot(str(shots / "segment_profile.png"))
     driver.find_element(By.ID, "build-from-segment").click()
     wait_for(
@@ -221,7 +249,14 @@ def test_in_the_browser(
     assert "did you mean 'churn_probability'" in error
     box.clear()
     box.send_keys("churn_probability > 0.3")
-    everyone = wait_for(lambda: number(text_of(driver, "#count")), what="preview count")
+    shown = settled_preview(driver)
+    everyone = number(shown["count"])
+    # consent per channel and each action's reach; without a budget the best actions
+    # are the list
+    assert "email" in shown["consent"]
+    steps = [[number(c) for c in row] for row in shown["reach"]]
+    assert steps and all(e >= c >= a >= b for e, c, a, b in steps)
+    assert sum(row[3] for row in steps) == everyone
     cost_all = number(text_of(driver, "#cost"))
     assert cost_all > 60, "the budget below must bind"
     budget = driver.find_element(By.ID, "budget")
@@ -235,7 +270,7 @@ def test_in_the_browser(
     name = "browser_test_list"
     driver.find_element(By.ID, "name").send_keys(name)
     driver.find_element(By.ID, "save").send_keys(Keys.ENTER)
-    list_id = wait_for(lambda: text_of(driver, "#saved-list-id"), what="saved list")
+    list_id = wait_for(lambda: text_of(driver, "#saved-list-id"), 90, what="saved list")
     assert number(text_of(driver, "#count")) == within
     driver.save_screenshot(str(shots / "list_saved.png"))
     driver.find_element(By.ID, "download-csv").click()

@@ -50,3 +50,70 @@ def test_sign_in_needs_a_ui_or_targets_key(tmp_path: Path) -> None:
     assert sessions.get(session.sid) is None
     short = Sessions(None, tmp_path, seconds=-1)  # expired as soon as made
     assert short.get(short.sign_in(ui_key).sid) is None
+
+
+def test_preview_cache_serves_stale_values_while_one_read_renews_them() -> None:
+    import threading
+    import time
+
+    from ui.data import PreviewCache
+
+    cache = PreviewCache(ttl=0.2, max_age=5.0)
+    reads: list[int] = []
+    release = threading.Event()
+
+    def read() -> int:
+        reads.append(1)
+        if len(reads) > 1:
+            release.wait(5)  # the refresh is slow
+        return len(reads)
+
+    assert cache.get(("k",), read) == 1
+    assert cache.get(("k",), read) == 1 and len(reads) == 1  # fresh
+    time.sleep(0.3)
+    assert cache.get(("k",), read) == 1  # stale: served, one refresh started
+    assert cache.get(("k",), read) == 1 and len(reads) == 2  # no second refresh
+    release.set()
+    deadline = time.monotonic() + 5
+    while cache.peek(("k",)) != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cache.get(("k",), read) == 2 and len(reads) == 2
+
+
+def test_control_memo_gives_the_hash_s_answers() -> None:
+    from features.control import ControlGroup
+    from ui.data import ControlMemo, MemoControl
+
+    group = ControlGroup(0.2, "salt")
+    memo = ControlMemo()
+    ids = [f"C{i:05d}" for i in range(3000)]
+    first = MemoControl.of(group, memo).mask(ids)
+    assert (first == group.mask(ids)).all() and 0.1 < first.mean() < 0.3
+    again = MemoControl.of(group, memo).mask([*ids[::-1], "new"])  # known, and one new
+    assert (again == group.mask([*ids[::-1], "new"])).all()
+    other = ControlGroup(0.2, "other salt")  # another salt: hashed again
+    assert (MemoControl.of(other, memo).mask(ids) == other.mask(ids)).all()
+
+
+def test_a_writer_waits_for_the_readers_of_the_page() -> None:
+    import threading
+    import time
+
+    from ui.data import WarehouseLock
+
+    lock = WarehouseLock()
+    order: list[str] = []
+    with lock.read(), lock.read():  # readers together, even nested
+        writer = threading.Thread(target=lambda: _write(lock, order))
+        writer.start()
+        time.sleep(0.2)
+        order.append("read done")
+    writer.join(5)
+    assert order == ["read done", "wrote"]
+    with lock.read(), pytest.raises(Exception, match="still reading"), lock.write(timeout=0.1):
+        pass
+
+
+def _write(lock: object, order: list[str]) -> None:
+    with lock.write():  # type: ignore[attr-defined]
+        order.append("wrote")
