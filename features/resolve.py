@@ -8,9 +8,10 @@
 3. **Probabilistic matching** (Splink on DuckDB, a Fellegi-Sunter model): pairs blocked on
    parts of the e-mail or on the phone are compared on e-mail (exact, 1 or 2 edits,
    Jaro-Winkler of the part before the ``@``), phone, loyalty card and cookie; ``u`` is
-   estimated by random sampling and ``m`` by expectation maximisation. Pairs with a match
-   probability at or above the threshold are links (rule ``splink``) with their match
-   weight and the levels that decided it (``evidence``).
+   estimated by random sampling and ``m`` is set (:data:`M_EMAIL`, :data:`M_SAME`). Pairs
+   whose evidence (the partial match weights summed, in bits) reaches the threshold are
+   links (rule ``splink``) with Splink's match weight and probability and each
+   identifier's partial weight (``evidence``).
 4. Links are joined by union-find; a cluster's id is its smallest ``customer_id``, so an
    unchanged cluster keeps its id from run to run.
 
@@ -40,10 +41,11 @@ from features.warehouse import raw
 
 #: identifiers whose equality alone makes two records one person
 EXACT_KINDS = ("email", "phone", "loyalty_card")
-#: the default match probability from which a probabilistic pair is a link (chosen on the
-#: demo: one-edit e-mails with nothing else against them score about 0.4, two-edit ones
-#: between different persons below 0.15)
-DEFAULT_THRESHOLD = 0.2
+#: the default evidence (log2 of the Bayes factor: the sum of the identifiers' partial
+#: match weights, without the prior) from which a probabilistic pair is a link. Not the
+#: match probability: its prior (that two random records match) falls with the number of
+#: records, while the candidates come from blocks whose share of matches does not.
+DEFAULT_THRESHOLD = 13.0
 #: pairs sampled at random to estimate the u probabilities
 U_PAIRS = 2e5
 LINKS, CLUSTERS, CHANGES = "identity_links", "identity_clusters", "identity_changes"
@@ -68,7 +70,7 @@ class ResolveReport:
             f"customers {self.customers:,} -> persons (clusters) {self.clusters:,}; "
             f"{self.merged_customers:,} records in clusters of two or more",
             f"links: exact {self.exact_links:,}, probabilistic {self.probabilistic_links:,} "
-            f"(match probability >= {self.threshold})",
+            f"(evidence >= {self.threshold} bits)",
             f"changes recorded: {self.merges:,} merged, {self.splits:,} split",
             f"unusable identifiers set to null: {invalid}",
         ]
@@ -143,13 +145,22 @@ M_EMAIL = (0.55, 0.25, 0.05, 0.05, 0.10)  # exact, one edit, two edits, similar 
 M_SAME = {"phone": 0.8, "loyalty_card": 0.9, "cookie_id": 0.2}
 
 
-def _level(sql: str, label: str, m: float) -> dict[str, Any]:
-    return {
+#: u probabilities of the e-mail's agreement levels (the chance for two different persons),
+#: set: random pairs almost never show them, so sampling cannot estimate them at any
+#: affordable sample size (it would fall back to defaults on a large warehouse)
+U_EMAIL = (1e-7, 1e-5, 1e-4, 1e-3)  # exact, one edit, two edits, similar user
+
+
+def _level(sql: str, label: str, m: float, u: float | None = None) -> dict[str, Any]:
+    level: dict[str, Any] = {
         "sql_condition": sql,
         "label_for_charts": label,
         "m_probability": m,
         "fix_m_probability": True,
     }
+    if u is not None:
+        level.update(u_probability=u, fix_u_probability=True)
+    return level
 
 
 def _splink_settings() -> Any:
@@ -164,13 +175,24 @@ def _splink_settings() -> Any:
                 output_column_name="email",
                 comparison_levels=[
                     {"sql_condition": "email_l IS NULL OR email_r IS NULL", "is_null_level": True},
-                    _level("email_l = email_r", "exact", M_EMAIL[0]),
-                    _level("damerau_levenshtein(email_l, email_r) <= 1", "one edit", M_EMAIL[1]),
-                    _level("damerau_levenshtein(email_l, email_r) <= 2", "two edits", M_EMAIL[2]),
+                    _level("email_l = email_r", "exact", M_EMAIL[0], U_EMAIL[0]),
+                    _level(
+                        "damerau_levenshtein(email_l, email_r) <= 1",
+                        "one edit",
+                        M_EMAIL[1],
+                        U_EMAIL[1],
+                    ),
+                    _level(
+                        "damerau_levenshtein(email_l, email_r) <= 2",
+                        "two edits",
+                        M_EMAIL[2],
+                        U_EMAIL[2],
+                    ),
                     _level(
                         "jaro_winkler_similarity(email_user_l, email_user_r) >= 0.9",
                         "similar user name",
                         M_EMAIL[3],
+                        U_EMAIL[3],
                     ),
                     _level("ELSE", "different", M_EMAIL[4]),
                 ],
@@ -210,8 +232,9 @@ def _evidence(pairs: pd.DataFrame) -> list[str]:
 
 
 def probabilistic_links(ids: pd.DataFrame, threshold: float, seed: int = 42) -> pd.DataFrame:
-    """Pairs Splink scores at or above ``threshold`` (match probability), with their weight
-    and evidence. Splink runs in its own in-memory DuckDB; its logging is silenced (its
+    """Candidate pairs whose evidence (the sum of Splink's partial match weights, in bits)
+    is at least ``threshold``, with Splink's match weight and probability. Splink runs
+    in its own in-memory DuckDB; its logging is silenced (its
     messages may quote values)."""
     from splink import DuckDBAPI, Linker, block_on
 
@@ -243,13 +266,13 @@ def probabilistic_links(ids: pd.DataFrame, threshold: float, seed: int = 42) -> 
             [block_on("email"), block_on("phone"), block_on("loyalty_card")], recall=0.9
         )
         linker.training.estimate_u_using_random_sampling(max_pairs=U_PAIRS, seed=seed)
-        pairs = linker.inference.predict(
-            threshold_match_probability=threshold
-        ).as_pandas_dataframe()
+        pairs = linker.inference.predict().as_pandas_dataframe()
     finally:
         db.close()
     if pairs.empty:
         return empty
+    partial = pairs[[f"mw_{k}" for k in IDENTIFIERS]].to_numpy(dtype=float).sum(axis=1)
+    pairs = pairs[partial >= threshold]
     left, right = pairs["customer_id_l"].astype(str), pairs["customer_id_r"].astype(str)
     return pd.DataFrame(
         {
@@ -271,8 +294,8 @@ def resolve(
     threshold: float = DEFAULT_THRESHOLD,
 ) -> ResolveReport:
     """Resolve the warehouse's customers into persons and record the result (see module)."""
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+    if not threshold > 0.0:
+        raise ValueError(f"threshold must be a positive number of bits, got {threshold}")
     db = raw(con)
     customers = db.execute(
         "SELECT customer_id, " + ", ".join(f'"{k}"' for k in IDENTIFIERS) + " FROM customers"

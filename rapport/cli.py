@@ -1120,9 +1120,10 @@ def forget(customer_id: str, yes: bool) -> None:
 @main.command()
 @click.option(
     "--threshold",
-    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    type=click.FloatRange(0.0, min_open=True),
     default=None,
-    help="Match probability from which a probabilistic pair is one person (default 0.2).",
+    help="Evidence (bits: log2 of the Bayes factor of the identifiers compared) from which "
+    "a probabilistic pair is one person (default 13).",
 )
 @click.option(
     "--compare-truth",

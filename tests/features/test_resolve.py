@@ -67,7 +67,6 @@ def test_demo_has_identifiers_and_duplicates_with_their_truth(demo: tuple) -> No
     assert data.customers["email"].notna().mean() > 0.8
 
 
-@pytest.mark.slow
 def test_resolution_finds_the_persons_of_the_demo(demo: tuple) -> None:
     con, _ = demo
     report = resolve(con, END)
