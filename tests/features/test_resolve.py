@@ -106,3 +106,33 @@ def test_cli_resolve_reports_without_identifiers(workspace: Path, tmp_path: Path
     assert "precision" in result.output and "customers 300" in result.output
     for email in data.customers["email"].dropna():
         assert email.strip().lower() not in result.output.lower()
+
+
+def test_forget_erases_the_customer_from_the_identity_tables(
+    workspace: Path, tmp_path: Path
+) -> None:
+    data = generate(300, seed=5, end=END, years=0.5)
+    files = write(data, tmp_path / "files")["customers"].parent
+    con = connect(workspace / "warehouse.duckdb")
+    ingest_demo(con, files, now=END)
+    resolve(con, END)
+    db = raw(con)
+    (someone,) = db.execute(
+        "SELECT other_customer_id FROM identity_links ORDER BY other_customer_id LIMIT 1"
+    ).fetchone() or (None,)
+    assert someone is not None
+    con.disconnect()
+    result = CliRunner().invoke(main, ["forget", someone, "--yes"])
+    assert result.exit_code == 0, result.output
+    con = connect(workspace / "warehouse.duckdb")
+    for table, column in (
+        ("identity_links", "customer_id"),
+        ("identity_links", "other_customer_id"),
+        ("identity_clusters", "customer_id"),
+        ("identity_changes", "customer_id"),
+    ):
+        (n,) = raw(con).execute(
+            f"SELECT count(*) FROM {table} WHERE {column} = ?", [someone]
+        ).fetchone() or (0,)
+        assert n == 0, (table, column)
+    con.disconnect()
