@@ -7,8 +7,9 @@
    ``exact:email`` ...). Cookies never link by themselves: devices are shared.
 3. **Probabilistic matching** (Splink on DuckDB, a Fellegi-Sunter model): pairs blocked on
    parts of the e-mail or on the phone are compared on e-mail (exact, 1 or 2 edits,
-   Jaro-Winkler of the part before the ``@``), phone, loyalty card and cookie; ``u`` is
-   estimated by random sampling and ``m`` is set (:data:`M_EMAIL`, :data:`M_SAME`). Pairs
+   Jaro-Winkler of the part before the ``@``), phone, loyalty card and cookie; ``m`` is
+   set (:data:`M_EMAIL`, :data:`M_SAME`), so is ``u`` of the e-mail's agreement levels
+   (:data:`U_EMAIL`), the other ``u`` are estimated by random sampling. Pairs
    whose evidence (the partial match weights summed, in bits) reaches the threshold are
    links (rule ``splink``) with Splink's match weight and probability and each
    identifier's partial weight (``evidence``).
@@ -21,7 +22,7 @@ Tables (all with a ``customer_id`` column, so ``rapport forget`` reaches them):
 (``customer_id``, ``cluster_id``, ``resolved_at``; replaced) and ``identity_changes``
 (appended: every customer whose cluster changed, ``merge`` into a larger cluster or
 ``split`` out of one, with the time) -- nothing is merged silently. No identifier value is
-written to these tables or to any log: evidence names the rule and the comparison level.
+written to these tables or to any log: evidence is each identifier's partial match weight.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ LINKS, CLUSTERS, CHANGES = "identity_links", "identity_clusters", "identity_chan
 
 @dataclass
 class ResolveReport:
+    """What one resolution found and recorded (counts only: no identifier)."""
+
     customers: int
     exact_links: int
     probabilistic_links: int
