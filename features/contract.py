@@ -70,6 +70,9 @@ INTERACTION_KINDS = (
 CONTROL, TREATED, EXPLORE = "control", "treated", "explore"
 DECISION_GROUPS = (CONTROL, TREATED, EXPLORE)
 
+#: the identifier columns of ``customers`` (features/identity.py normalises them)
+IDENTIFIERS = ("email", "phone", "loyalty_card", "cookie_id")
+
 CUSTOMERS = Table(
     name="customers",
     id_column="customer_id",
@@ -83,6 +86,12 @@ CUSTOMERS = Table(
         Column("email_opt_in", "bool", required=False),
         Column("phone_opt_in", "bool", required=False),
         Column("sms_opt_in", "bool", required=False),
+        # identifiers (personal data, never logged), kept as they came; resolution reads
+        # them in normal form (features/identity.py) to find one person behind many records
+        Column("email", "string", required=False),
+        Column("phone", "string", required=False),
+        Column("loyalty_card", "string", required=False),
+        Column("cookie_id", "string", required=False),
     ),
 )
 
@@ -169,3 +178,9 @@ EVENT_TABLES: tuple[Table, ...] = (ORDERS, INTERACTIONS, CAMPAIGN_LOG)
 
 #: the control action that always exists in the campaign log and the action catalog
 NO_ACTION = "no_action"
+
+#: the customer columns the online store and features carry: every column but the
+#: identifiers (personal data stays in the warehouse, where ``rapport forget`` reaches it)
+CUSTOMER_ATTRIBUTES: tuple[str, ...] = tuple(
+    c for c in CUSTOMERS.column_names if c not in IDENTIFIERS
+)

@@ -133,6 +133,11 @@ def _erase_hashes(
     for table in by_customer:
         (n,) = db.execute(f"DELETE FROM {_quoted(table)} WHERE {mine}").fetchone() or (0,)
         deleted[table] = int(n)
+    # pair tables (identity_links) name the customer on either side
+    theirs = mine.replace("customer_id", "other_customer_id")
+    for table in _tables_with(db, "other_customer_id"):
+        (n,) = db.execute(f"DELETE FROM {_quoted(table)} WHERE {theirs}").fetchone() or (0,)
+        deleted[table] = deleted.get(table, 0) + int(n)
     deleted[_QUARANTINE] = _erase_quarantine(db, hashes, since)
     return deleted
 

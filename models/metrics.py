@@ -149,3 +149,31 @@ def interval_coverage(y: Any, low: Any, high: Any) -> float:
     """Share of realised values inside ``[low, high]`` (0.8 expected for p10..p90)."""
     y_arr = np.asarray(y, dtype="float64")
     return float(np.mean((y_arr >= np.asarray(low)) & (y_arr <= np.asarray(high))))
+
+
+def linkage_metrics(predicted: Any, actual: Any) -> dict[str, float]:
+    """Pairwise precision, recall and F1 of a record linkage: ``predicted`` and ``actual``
+    give each record's cluster (same index, any labels); a pair of records is linked when
+    they share a cluster. Counts the pairs per cluster, so it is linear in the records."""
+    pred = pd.Series(predicted)
+    true = pd.Series(actual).reindex(pred.index)
+    if true.isna().any():
+        raise ValueError(f"{int(true.isna().sum())} records have no actual cluster")
+
+    def pairs(sizes: pd.Series) -> int:
+        return int((sizes * (sizes - 1) // 2).sum())
+
+    both = pd.DataFrame({"p": pred.to_numpy(), "t": true.to_numpy()})
+    linked = pairs(both.groupby("p").size())
+    actual = pairs(both.groupby("t").size())
+    agreed = pairs(both.groupby(["p", "t"]).size())
+    precision = agreed / linked if linked else 1.0
+    recall = agreed / actual if actual else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "linked_pairs": float(linked),
+        "true_pairs": float(actual),
+    }

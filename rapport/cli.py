@@ -1117,6 +1117,56 @@ def forget(customer_id: str, yes: bool) -> None:
         sys.exit(EXIT_RETRY_FORGET)
 
 
+@main.command()
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0.0, min_open=True),
+    default=None,
+    help="Evidence (bits: log2 of the Bayes factor of the identifiers compared) from which "
+    "a probabilistic pair is one person (default 13).",
+)
+@click.option(
+    "--compare-truth",
+    is_flag=True,
+    help="Also print precision, recall and F1 against the demo's truth_identity.",
+)
+def resolve(threshold: float | None, compare_truth: bool) -> None:
+    """One person behind many customer records: exact rules on normalised e-mail, phone
+    and loyalty card, then Splink for the rest (identity_links, identity_clusters,
+    identity_changes). Phones without a country code are read in RAPPORT_PHONE_REGION."""
+    from features.resolve import DEFAULT_THRESHOLD
+    from features.resolve import resolve as run_resolve
+
+    settings = get_settings()
+    con = open_warehouse(settings)
+    try:
+        report = run_resolve(
+            con,
+            datetime.now(UTC),
+            region=settings.phone_region,
+            threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+        )
+        for line in report.lines():
+            say(line)
+        if compare_truth:
+            from rapport.truth import compare_identity
+
+            figures = compare_identity(con)
+            if figures is None:
+                say("no truth_identity in the warehouse (not a demo?)")
+            else:
+                say(
+                    f"linkage against the truth: precision {figures['precision']:.3f}, "
+                    f"recall {figures['recall']:.3f}, F1 {figures['f1']:.3f} "
+                    f"({figures['linked_pairs']:,.0f} pairs linked, "
+                    f"{figures['true_pairs']:,.0f} true)"
+                )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        con.disconnect()
+
+
 @main.group()
 def keys() -> None:
     """API keys of the scoring service (stored hashed in <home>/api_keys)."""

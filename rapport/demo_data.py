@@ -40,6 +40,7 @@ from features.contract import (
     Table,
 )
 from features.timeutil import as_utc
+from rapport.demo_identity import Identities, identities
 
 if TYPE_CHECKING:
     from rapport.scenarios import Scenario
@@ -256,6 +257,8 @@ class DemoData:
     campaign_log: pd.DataFrame
     truth_customers: pd.DataFrame
     truth_actions: pd.DataFrame
+    #: which customer records are one person (``customer_id``, ``person_id``, ``how``)
+    truth_identity: pd.DataFrame
     end: datetime
     truth_as_of: datetime
     horizon_days: int
@@ -270,6 +273,7 @@ class DemoData:
             "campaign_log": self.campaign_log,
             "truth_customers": self.truth_customers,
             "truth_actions": self.truth_actions,
+            "truth_identity": self.truth_identity,
         }
 
 
@@ -1139,7 +1143,7 @@ def _in_table_order(table: Table, columns: dict[str, object]) -> pd.DataFrame:
     return pd.DataFrame({name: columns[name] for name in table.column_names})
 
 
-def _customers_frame(pop: _Population, ids: pa.Array) -> pd.DataFrame:
+def _customers_frame(pop: _Population, ids: pa.Array, who: Identities) -> pd.DataFrame:
     return _in_table_order(
         CUSTOMERS,
         {
@@ -1151,6 +1155,10 @@ def _customers_frame(pop: _Population, ids: pa.Array) -> pd.DataFrame:
             "email_opt_in": pop.email_ok,
             "phone_opt_in": pop.phone_ok,
             "sms_opt_in": pop.sms_ok,
+            "email": pd.array(who.email, dtype="str"),
+            "phone": pd.array(who.phone, dtype="str"),
+            "loyalty_card": pd.array(who.loyalty_card, dtype="str"),
+            "cookie_id": pd.array(who.cookie_id, dtype="str"),
         },
     )
 
@@ -1265,8 +1273,8 @@ def generate(
     say = progress or (lambda _message: None)
     start, as_of, end = _resolve_times(end, truth_as_of, horizon_days, years)
     # spawned children depend only on their position: a third stream leaves the others as
-    # they were, so adding the wallets changed no other table
-    sim_seed, truth_seed, wallet_seed = np.random.SeedSequence(seed).spawn(3)
+    # they were, so adding the wallets changed no other table (nor did the identities')
+    sim_seed, truth_seed, wallet_seed, identity_seed = np.random.SeedSequence(seed).spawn(4)
     rng = np.random.default_rng(sim_seed)
     say(f"drawing {customers:,} customers")
     pop = _population(rng, customers, _micros(start), _micros(end), spend_sigma)
@@ -1286,7 +1294,8 @@ def generate(
     )
     truth_actions = _truth_actions(pop, snap, cal, as_of_us, truth_ids)
     say("building tables: customers, orders")
-    customers_frame = _customers_frame(pop, ids)
+    who = identities(np.random.default_rng(identity_seed), _strings(ids).tolist())
+    customers_frame = _customers_frame(pop, ids, who)
     orders = _orders_frame(sim.orders, ids)
     say("building tables: interactions, campaign_log")
     interactions = _interactions_frame(sim.contacts, ids)
@@ -1299,6 +1308,7 @@ def generate(
         campaign_log=_campaign_frame(sim.decisions, ids),
         truth_customers=truth_customers,
         truth_actions=truth_actions,
+        truth_identity=who.truth,
         end=end,
         truth_as_of=as_of,
         horizon_days=horizon_days,

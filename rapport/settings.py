@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     export_ttl_hours: float = Field(
         default=24.0, gt=0, description="How long target lists made over HTTP stay downloadable."
     )
+    phone_region: str = Field(
+        default="GB",
+        min_length=2,
+        max_length=2,
+        description="Region (ISO 3166 code) of phone numbers written without a country code; "
+        "identity resolution writes every number in E.164.",
+    )
 
     @field_validator("home", mode="after")
     @classmethod

@@ -36,7 +36,12 @@ import pandas as pd
 from features.contract import NO_ACTION
 from features.ingest import IngestReport, discover_files, ingest
 from features.timeutil import as_utc
-from models.metrics import classification_metrics, ranking_metrics, regression_metrics
+from models.metrics import (
+    classification_metrics,
+    linkage_metrics,
+    ranking_metrics,
+    regression_metrics,
+)
 from models.nba import NbaModel
 from models.ope import encode_actions
 from training.datasets import Progress
@@ -46,7 +51,7 @@ from training.nba_data import Enrich, NbaData, customer_frame
 from training.nba_evaluation import default_margin_rate
 
 #: the simulator's tables beside the contract ones (loaded as they are, replaced each time)
-TRUTH_TABLES = ("truth_customers", "truth_actions")
+TRUTH_TABLES = ("truth_customers", "truth_actions", "truth_identity")
 #: prefix of the truth metrics in MLflow (``truth_oracle_auc``, ...)
 KEY = "truth"
 
@@ -75,6 +80,18 @@ def load_truth_actions(con: Any) -> pd.DataFrame | None:
         return None
     frame = con.execute(con.table(TRUTH_TABLES[1]))
     return frame if len(frame) else None
+
+
+def compare_identity(con: Any) -> dict[str, float] | None:
+    """Pairwise precision, recall and F1 of ``identity_clusters`` (``rapport resolve``)
+    against ``truth_identity`` (which records are one person), or None when either is
+    missing."""
+    tables = set(con.list_tables())
+    if not {"identity_clusters", TRUTH_TABLES[2]} <= tables:
+        return None
+    clusters = con.execute(con.table("identity_clusters")).set_index("customer_id")
+    truth = con.execute(con.table(TRUTH_TABLES[2])).set_index("customer_id")
+    return linkage_metrics(clusters["cluster_id"], truth["person_id"])
 
 
 def simulated_truth_path(home: Path, start: datetime, end: datetime) -> Path:

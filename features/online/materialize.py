@@ -29,7 +29,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from features.contract import CUSTOMERS, TABLES
+from features.contract import CUSTOMER_ATTRIBUTES, CUSTOMERS, TABLES
 from features.online.events import replay_outbox
 from features.online.record import Record, record_columns
 from features.spec import FeatureSpec, default_spec
@@ -84,7 +84,7 @@ def records_sql(spec: FeatureSpec, parts: int = 1, part: int = 0) -> str:
         joins.append(f"LEFT JOIN {_ident('ev_' + table)} USING (customer_id)")
         selects.append(f"{_ident('ev_' + table)}.events AS {_ident(table)}")
     attrs = ", ".join(
-        _value_sql(CUSTOMERS.name, c) + f" AS {_ident(c)}" for c in CUSTOMERS.column_names
+        _value_sql(CUSTOMERS.name, c) + f" AS {_ident(c)}" for c in CUSTOMER_ATTRIBUTES
     )
     return (
         "WITH "
@@ -97,7 +97,7 @@ def records_sql(spec: FeatureSpec, parts: int = 1, part: int = 0) -> str:
 
 def _records_of_batch(batch: pa.RecordBatch, spec: FeatureSpec) -> Iterator[tuple[str, Record]]:
     """Arrow rows -> ``(customer_id, record)``; each event column is converted once."""
-    attrs = {c: batch.column(c).to_pylist() for c in CUSTOMERS.column_names}
+    attrs = {c: batch.column(c).to_pylist() for c in CUSTOMER_ATTRIBUTES}
     sources: dict[str, tuple[list[int], dict[str, list[Any]]]] = {}
     for table, columns in record_columns(spec).items():
         events = batch.column(table)

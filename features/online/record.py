@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from features.batch import MICROS_PER_DAY, TIME_AGGS, finish, micros, to_micros
-from features.contract import CUSTOMERS, EVENT_TABLES, TABLES
+from features.contract import CUSTOMER_ATTRIBUTES, EVENT_TABLES, TABLES
 from features.spec import Agg, Cond, FeatureSpec, default_spec
 
 Record = dict[str, Any]
@@ -45,7 +45,7 @@ def record_columns(spec: FeatureSpec) -> dict[str, tuple[str, ...]]:
 def empty_record(customer: Mapping[str, Any], spec: FeatureSpec | None = None) -> Record:
     """A record for a customer with no events yet (``signup_at`` as epoch µs)."""
     spec = spec or default_spec()
-    attrs = {c: customer.get(c) for c in CUSTOMERS.column_names}
+    attrs = {c: customer.get(c) for c in CUSTOMER_ATTRIBUTES}
     record: Record = {"customer": attrs}
     for source, cols in record_columns(spec).items():
         record[source] = {c: [] for c in cols}

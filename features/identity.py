@@ -1,0 +1,132 @@
+"""Customer identifiers, normalised: the one place that says what an e-mail or a phone is.
+
+Customers may carry ``email``, ``phone``, ``loyalty_card`` and ``cookie_id``
+(:data:`features.contract.IDENTIFIERS`). The warehouse keeps them as they came (raw data is
+immutable); resolution (:mod:`features.resolve`) compares them only in the form made here:
+
+* e-mail: trimmed and lower-cased; it must look like ``local@domain.tld`` (one ``@``, no
+  spaces, a dot in the domain), otherwise it is unusable;
+* phone: E.164 (``+447911123456``) through ``phonenumbers``, numbers without a country
+  code read in the default region (setting ``RAPPORT_PHONE_REGION``); a number that does
+  not parse or is not a valid number there is unusable;
+* loyalty card and cookie id: trimmed (case kept: card systems and cookies may be
+  case-sensitive).
+
+An unusable value becomes null and is counted under a reason (:class:`Normalised`), never
+an error: one bad cell must not stop a resolution. Identifiers are personal data: nothing
+here logs or quotes a value, and the reasons name only the identifier's kind.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import pandas as pd
+import phonenumbers
+
+from features.contract import IDENTIFIERS
+
+#: the default region for phone numbers without a country code (``RAPPORT_PHONE_REGION``)
+DEFAULT_PHONE_REGION = "GB"
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
+
+
+def check_region(region: str) -> str:
+    """``region`` as an ISO 3166 code ``phonenumbers`` knows (upper case), or ValueError."""
+    code = region.strip().upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"phone region {region!r} is not a region code phonenumbers knows")
+    return code
+
+
+def _text(value: object) -> str | None:
+    """The value as trimmed text, None when it is absent or blank."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):  # type: ignore[call-overload]
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def normalise_email(value: object) -> str | None:
+    """The e-mail trimmed and lower-cased, or None when absent or not an address."""
+    text = _text(value)
+    if text is None:
+        return None
+    text = text.lower()
+    return text if _EMAIL.fullmatch(text) else None
+
+
+def normalise_phone(value: object, region: str = DEFAULT_PHONE_REGION) -> str | None:
+    """The phone number in E.164, or None when absent, unparsable or not a valid number
+    (numbers without a country code are read in ``region``)."""
+    text = _text(value)
+    if text is None:
+        return None
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_token(value: object) -> str | None:
+    """A loyalty card number or a cookie id, trimmed (None when blank)."""
+    return _text(value)
+
+
+@dataclass
+class Normalised:
+    """Identifiers in normal form (one column per kind, null when unusable) and the count
+    of unusable values per reason (``"phone: not a valid number"``; blanks are not counted)."""
+
+    frame: pd.DataFrame
+    invalid: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        if not self.invalid:
+            return "no unusable identifiers"
+        parts = ", ".join(f"{reason} {n:,}" for reason, n in sorted(self.invalid.items()))
+        return f"unusable identifiers set to null: {parts}"
+
+
+_REASONS = {
+    "email": "email: not an e-mail address",
+    "phone": "phone: not a valid number",
+}
+
+
+def normalise(customers: pd.DataFrame, region: str = DEFAULT_PHONE_REGION) -> Normalised:
+    """``customer_id`` and every identifier of ``customers`` in normal form; columns the
+    frame lacks are null. Each distinct raw value is normalised once."""
+    region = check_region(region)
+    rules: dict[str, Callable[[object], str | None]] = {
+        "email": normalise_email,
+        "phone": lambda v: normalise_phone(v, region),
+        "loyalty_card": normalise_token,
+        "cookie_id": normalise_token,
+    }
+    out = pd.DataFrame({"customer_id": customers["customer_id"].astype("string").to_numpy()})
+    invalid: Counter[str] = Counter()
+    for kind in IDENTIFIERS:
+        if kind not in customers.columns:
+            out[kind] = pd.Series(pd.NA, index=out.index, dtype="string")
+            continue
+        raw = customers[kind]
+        mapping = {v: rules[kind](v) for v in _distinct(raw)}
+        values = raw.map(mapping).astype("string").to_numpy()
+        present = raw.map(lambda v: _text(v) is not None).to_numpy(dtype=bool)
+        bad = int((present & pd.isna(values)).sum())
+        if bad:
+            invalid[_REASONS.get(kind, f"{kind}: unusable")] += bad
+        out[kind] = values
+    return Normalised(out, dict(invalid))
+
+
+def _distinct(values: Iterable[object]) -> list[object]:
+    return list(pd.unique(pd.Series(list(values), dtype="object").dropna()))

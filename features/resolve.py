@@ -1,0 +1,394 @@
+"""``rapport resolve``: one person behind many customer records, with the evidence.
+
+1. The customers' identifiers in normal form (:mod:`features.identity`); unusable values
+   are null and counted.
+2. **Exact rules**: records with the same e-mail, the same phone or the same loyalty card
+   are one person (a link per record to the first record holding the value; rule
+   ``exact:email`` ...). Cookies never link by themselves: devices are shared.
+3. **Probabilistic matching** (Splink on DuckDB, a Fellegi-Sunter model): pairs blocked on
+   parts of the e-mail or on the phone are compared on e-mail (exact, 1 or 2 edits,
+   Jaro-Winkler of the part before the ``@``), phone, loyalty card and cookie; ``m`` is
+   set (:data:`M_EMAIL`, :data:`M_SAME`), so is ``u`` of the e-mail's agreement levels
+   (:data:`U_EMAIL`), the other ``u`` are estimated by random sampling. Pairs
+   whose evidence (the partial match weights summed, in bits) reaches the threshold are
+   links (rule ``splink``) with Splink's match weight and probability and each
+   identifier's partial weight (``evidence``).
+4. Links are joined by union-find; a cluster's id is its smallest ``customer_id``, so an
+   unchanged cluster keeps its id from run to run.
+
+Tables (all with a ``customer_id`` column, so ``rapport forget`` reaches them):
+``identity_links`` (``customer_id``, ``other_customer_id``, ``rule``, ``match_weight``,
+``match_probability``, ``evidence``, ``resolved_at``; replaced each run), ``identity_clusters``
+(``customer_id``, ``cluster_id``, ``resolved_at``; replaced) and ``identity_changes``
+(appended: every customer whose cluster changed, ``merge`` into a larger cluster or
+``split`` out of one, with the time) -- nothing is merged silently. No identifier value is
+written to these tables or to any log: evidence is each identifier's partial match weight.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from features.contract import IDENTIFIERS
+from features.identity import DEFAULT_PHONE_REGION, normalise
+from features.warehouse import raw
+
+#: identifiers whose equality alone makes two records one person
+EXACT_KINDS = ("email", "phone", "loyalty_card")
+#: the default evidence (log2 of the Bayes factor: the sum of the identifiers' partial
+#: match weights, without the prior) from which a probabilistic pair is a link. Not the
+#: match probability: its prior (that two random records match) falls with the number of
+#: records, while the candidates come from blocks whose share of matches does not.
+DEFAULT_THRESHOLD = 13.0
+#: pairs sampled at random to estimate the u probabilities
+U_PAIRS = 2e5
+LINKS, CLUSTERS, CHANGES = "identity_links", "identity_clusters", "identity_changes"
+
+
+@dataclass
+class ResolveReport:
+    """What one resolution found and recorded (counts only: no identifier)."""
+
+    customers: int
+    exact_links: int
+    probabilistic_links: int
+    clusters: int
+    #: customer records in clusters of two or more
+    merged_customers: int
+    merges: int
+    splits: int
+    threshold: float
+    invalid: dict[str, int] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        invalid = ", ".join(f"{k} {n:,}" for k, n in sorted(self.invalid.items())) or "none"
+        return [
+            f"customers {self.customers:,} -> persons (clusters) {self.clusters:,}; "
+            f"{self.merged_customers:,} records in clusters of two or more",
+            f"links: exact {self.exact_links:,}, probabilistic {self.probabilistic_links:,} "
+            f"(evidence >= {self.threshold} bits)",
+            f"changes recorded: {self.merges:,} merged, {self.splits:,} split",
+            f"unusable identifiers set to null: {invalid}",
+        ]
+
+
+# --------------------------------------------------------------------------- union-find
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = int(self.parent[root])
+        while self.parent[i] != root:  # path compression
+            self.parent[i], i = root, int(self.parent[i])
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def clusters_of(ids: pd.Series, links: pd.DataFrame) -> pd.Series:
+    """The cluster id of every customer (``ids`` sorted or not): the smallest customer id
+    among the records ``links`` (``customer_id``, ``other_customer_id``) join."""
+    order = pd.Index(ids.astype(str).sort_values().to_numpy())
+    uf = _UnionFind(len(order))
+    left = order.get_indexer(links["customer_id"].astype(str))
+    right = order.get_indexer(links["other_customer_id"].astype(str))
+    for a, b in zip(left, right, strict=True):
+        uf.union(int(a), int(b))
+    roots = np.array([uf.find(i) for i in range(len(order))])  # root = smallest position
+    return pd.Series(order.to_numpy()[roots], index=order, name="cluster_id")
+
+
+# --------------------------------------------------------------------------- exact
+def exact_links(ids: pd.DataFrame) -> pd.DataFrame:
+    """Links between records sharing a normalised e-mail, phone or loyalty card: each
+    record to the first (smallest id) record with the value, once per pair."""
+    parts = []
+    for kind in EXACT_KINDS:
+        held = ids[["customer_id", kind]].dropna().sort_values("customer_id")
+        first = held.groupby(kind)["customer_id"].transform("first")
+        pairs = held.assign(other_customer_id=first)
+        pairs = pairs[pairs["customer_id"] != pairs["other_customer_id"]]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "customer_id": pairs["other_customer_id"].to_numpy(),
+                    "other_customer_id": pairs["customer_id"].to_numpy(),
+                    "rule": f"exact:{kind}",
+                }
+            )
+        )
+    links = pd.concat(parts, ignore_index=True)
+    # one row per pair: the rules that joined it, together
+    return (
+        links.groupby(["customer_id", "other_customer_id"], as_index=False)["rule"]
+        .agg(lambda r: "+".join(sorted(r)))
+        .assign(match_weight=np.nan, match_probability=1.0, evidence="same normalised value")
+    )
+
+
+# --------------------------------------------------------------------------- probabilistic
+#: m probabilities (the chance of each level for two records of one person), set from how
+#: identifiers differ between one person's records rather than learned: a demo-sized
+#: warehouse has too few duplicates for expectation maximisation to see every level. The
+#: u probabilities (the same for two different persons) are estimated from the data.
+M_EMAIL = (0.55, 0.25, 0.05, 0.05, 0.10)  # exact, one edit, two edits, similar user, else
+M_SAME = {"phone": 0.8, "loyalty_card": 0.9, "cookie_id": 0.2}
+
+
+#: u probabilities of the e-mail's agreement levels (the chance for two different persons),
+#: set: random pairs almost never show them, so sampling cannot estimate them at any
+#: affordable sample size (it would fall back to defaults on a large warehouse)
+U_EMAIL = (1e-7, 1e-5, 1e-4, 1e-3)  # exact, one edit, two edits, similar user
+
+
+def _level(sql: str, label: str, m: float, u: float | None = None) -> dict[str, Any]:
+    level: dict[str, Any] = {
+        "sql_condition": sql,
+        "label_for_charts": label,
+        "m_probability": m,
+        "fix_m_probability": True,
+    }
+    if u is not None:
+        level.update(u_probability=u, fix_u_probability=True)
+    return level
+
+
+def _splink_settings() -> Any:
+    import splink.comparison_library as cl
+    from splink import SettingsCreator, block_on
+
+    return SettingsCreator(
+        link_type="dedupe_only",
+        unique_id_column_name="customer_id",
+        comparisons=[
+            cl.CustomComparison(
+                output_column_name="email",
+                comparison_levels=[
+                    {"sql_condition": "email_l IS NULL OR email_r IS NULL", "is_null_level": True},
+                    _level("email_l = email_r", "exact", M_EMAIL[0], U_EMAIL[0]),
+                    _level(
+                        "damerau_levenshtein(email_l, email_r) <= 1",
+                        "one edit",
+                        M_EMAIL[1],
+                        U_EMAIL[1],
+                    ),
+                    _level(
+                        "damerau_levenshtein(email_l, email_r) <= 2",
+                        "two edits",
+                        M_EMAIL[2],
+                        U_EMAIL[2],
+                    ),
+                    _level(
+                        "jaro_winkler_similarity(email_user_l, email_user_r) >= 0.9",
+                        "similar user name",
+                        M_EMAIL[3],
+                        U_EMAIL[3],
+                    ),
+                    _level("ELSE", "different", M_EMAIL[4]),
+                ],
+            ),
+            *(
+                cl.CustomComparison(
+                    output_column_name=kind,
+                    comparison_levels=[
+                        {
+                            "sql_condition": f"{kind}_l IS NULL OR {kind}_r IS NULL",
+                            "is_null_level": True,
+                        },
+                        _level(f"{kind}_l = {kind}_r", "same", m),
+                        _level("ELSE", "different", 1.0 - m),
+                    ],
+                )
+                for kind, m in M_SAME.items()
+            ),
+        ],
+        blocking_rules_to_generate_predictions=[
+            block_on("email_domain", "substr(email_user, 1, 4)"),
+            block_on("email_domain", "right(email_user, 4)"),
+            block_on("phone"),
+            block_on("loyalty_card"),
+        ],
+        retain_intermediate_calculation_columns=True,
+        retain_matching_columns=False,
+    )
+
+
+def _evidence(pairs: pd.DataFrame) -> list[str]:
+    """Each pair's partial match weight per compared identifier (``email +7.9, phone 0.0,
+    ...``: what decided it, without any value)."""
+    kinds = ("email", "phone", "loyalty_card", "cookie_id")
+    weights = pairs[[f"mw_{k}" for k in kinds]].to_numpy(dtype=float)
+    return [", ".join(f"{k} {w:+.1f}" for k, w in zip(kinds, row, strict=True)) for row in weights]
+
+
+def probabilistic_links(ids: pd.DataFrame, threshold: float, seed: int = 42) -> pd.DataFrame:
+    """Candidate pairs whose evidence (the sum of Splink's partial match weights, in bits)
+    is at least ``threshold``, with Splink's match weight and probability. Splink runs
+    in its own in-memory DuckDB; its logging is silenced (its
+    messages may quote values)."""
+    from splink import DuckDBAPI, Linker, block_on
+
+    frame = ids.copy()
+    user = frame["email"].str.split("@").str[0]
+    frame["email_user"] = user
+    frame["email_domain"] = frame["email"].str.split("@").str[1]
+    columns = ["customer_id", *IDENTIFIERS, "email_user", "email_domain"]
+    frame = frame[columns].astype(object).where(frame[columns].notna(), None)
+    empty = pd.DataFrame(
+        columns=[
+            "customer_id",
+            "other_customer_id",
+            "rule",
+            "match_weight",
+            "match_probability",
+            "evidence",
+        ]
+    )
+    if len(frame) < 2:
+        return empty
+    logging.getLogger("splink").setLevel(logging.ERROR)
+    db = duckdb.connect()
+    try:
+        api = DuckDBAPI(db)
+        df = api.register(frame)
+        linker = Linker(df, _splink_settings(), log_level=None)
+        linker.training.estimate_probability_two_random_records_match(
+            [block_on("email"), block_on("phone"), block_on("loyalty_card")], recall=0.9
+        )
+        linker.training.estimate_u_using_random_sampling(max_pairs=U_PAIRS, seed=seed)
+        pairs = linker.inference.predict().as_pandas_dataframe()
+    finally:
+        db.close()
+    if pairs.empty:
+        return empty
+    partial = pairs[[f"mw_{k}" for k in IDENTIFIERS]].to_numpy(dtype=float).sum(axis=1)
+    pairs = pairs[partial >= threshold]
+    left, right = pairs["customer_id_l"].astype(str), pairs["customer_id_r"].astype(str)
+    return pd.DataFrame(
+        {
+            "customer_id": np.where(left < right, left, right),
+            "other_customer_id": np.where(left < right, right, left),
+            "rule": "splink",
+            "match_weight": pairs["match_weight"].astype(float),
+            "match_probability": pairs["match_probability"].astype(float),
+            "evidence": _evidence(pairs),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- the job
+def resolve(
+    con: Any,
+    now: datetime,
+    region: str = DEFAULT_PHONE_REGION,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> ResolveReport:
+    """Resolve the warehouse's customers into persons and record the result (see module)."""
+    if not threshold > 0.0:
+        raise ValueError(f"threshold must be a positive number of bits, got {threshold}")
+    db = raw(con)
+    customers = db.execute(
+        "SELECT customer_id, " + ", ".join(f'"{k}"' for k in IDENTIFIERS) + " FROM customers"
+    ).df()
+    done = normalise(customers, region)
+    exact = exact_links(done.frame)
+    maybe = probabilistic_links(done.frame, threshold)
+    if len(maybe):  # a pair the exact rules joined already keeps its exact rule
+        known = set(zip(exact["customer_id"], exact["other_customer_id"], strict=True))
+        pairs = zip(maybe["customer_id"], maybe["other_customer_id"], strict=True)
+        maybe = maybe[[p not in known for p in pairs]]
+    links = pd.concat([exact, maybe], ignore_index=True).assign(resolved_at=now)
+    clusters = clusters_of(done.frame["customer_id"], links)
+    merges, splits = _record(db, links, clusters, now)
+    sizes = clusters.value_counts()
+    return ResolveReport(
+        customers=len(clusters),
+        exact_links=len(exact),
+        probabilistic_links=len(maybe),
+        clusters=len(sizes),
+        merged_customers=int(sizes[sizes > 1].sum()),
+        merges=merges,
+        splits=splits,
+        threshold=threshold,
+        invalid=done.invalid,
+    )
+
+
+def _record(
+    db: duckdb.DuckDBPyConnection, links: pd.DataFrame, clusters: pd.Series, now: datetime
+) -> tuple[int, int]:
+    """Replace links and clusters; append the customers whose cluster changed (a record
+    not clustered before counts as alone in its own cluster)."""
+    new = pd.DataFrame(
+        {"customer_id": clusters.index.to_numpy(), "cluster_id": clusters.to_numpy()}
+    )
+    new["size"] = new.groupby("cluster_id")["customer_id"].transform("size")
+    tables = {str(r[0]) for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if CLUSTERS in tables:
+        old = db.execute(f"SELECT customer_id, cluster_id FROM {CLUSTERS}").df()
+    else:
+        old = pd.DataFrame(
+            {"customer_id": pd.Series(dtype=str), "cluster_id": pd.Series(dtype=str)}
+        )
+    old["size"] = old.groupby("cluster_id")["customer_id"].transform("size")
+    both = new.merge(old, on="customer_id", how="left", suffixes=("", "_old"))
+    both["cluster_id_old"] = both["cluster_id_old"].fillna(both["customer_id"])
+    both["size_old"] = both["size_old"].fillna(1).astype("int64")
+    moved = both[
+        (both["cluster_id"] != both["cluster_id_old"]) | (both["size"] != both["size_old"])
+    ]
+    change = np.select(
+        [moved["size"] > moved["size_old"], moved["size"] < moved["size_old"]],
+        ["merge", "split"],
+        "renamed",
+    )
+    changes = pd.DataFrame(
+        {
+            "customer_id": moved["customer_id"].astype(str).to_numpy(),
+            "change": change,
+            "old_cluster_id": moved["cluster_id_old"].astype(str).to_numpy(),
+            "cluster_id": moved["cluster_id"].astype(str).to_numpy(),
+            "old_size": moved["size_old"].to_numpy(),
+            "size": moved["size"].to_numpy(),
+        }
+    ).assign(changed_at=now)
+    current = new[["customer_id", "cluster_id"]].astype(str).assign(resolved_at=now)
+    db.execute(
+        f"CREATE TABLE IF NOT EXISTS {CHANGES} (customer_id VARCHAR, change VARCHAR, "
+        "old_cluster_id VARCHAR, cluster_id VARCHAR, old_size BIGINT, size BIGINT, "
+        "changed_at TIMESTAMPTZ)"
+    )
+    db.register("_rapport_clusters", current)
+    db.register("_rapport_links", links)
+    db.register("_rapport_changes", changes)
+    try:
+        db.execute(f"INSERT INTO {CHANGES} SELECT * FROM _rapport_changes")
+        db.execute(
+            f"CREATE OR REPLACE TABLE {CLUSTERS} AS SELECT customer_id::VARCHAR AS customer_id, "
+            "cluster_id::VARCHAR AS cluster_id, resolved_at::TIMESTAMPTZ AS resolved_at "
+            "FROM _rapport_clusters"
+        )
+        db.execute(
+            f"CREATE OR REPLACE TABLE {LINKS} AS SELECT customer_id::VARCHAR AS customer_id, "
+            "other_customer_id::VARCHAR AS other_customer_id, rule::VARCHAR AS rule, "
+            "match_weight::DOUBLE AS match_weight, match_probability::DOUBLE AS "
+            "match_probability, evidence::VARCHAR AS evidence, resolved_at::TIMESTAMPTZ AS "
+            "resolved_at FROM _rapport_links"
+        )
+    finally:
+        for name in ("_rapport_clusters", "_rapport_links", "_rapport_changes"):
+            db.unregister(name)
+    return int((change == "merge").sum()), int((change == "split").sum())

@@ -1,0 +1,186 @@
+"""The simulator's identities: who the demo's customer records are, and which are one person.
+
+Part of the simulator (:mod:`rapport.demo_data` calls :func:`identities`). Every record gets
+identifiers as a company's systems would hold them: an e-mail made of a name, a number
+and a provider, a UK mobile number, a loyalty card, a web-shop cookie, each present with
+its own chance and written in the ways people type them (capitals, spaces, ``+44`` or a
+leading ``0``). A share of the records (:data:`DUPLICATE_SHARE`) are a *second record* of
+the person behind an earlier one, made one of these ways (``how`` in the truth):
+
+* ``typo``: the e-mail with one typing error (a letter dropped, doubled, swapped or
+  replaced), the same phone half of the time (else none), a new cookie;
+* ``changed_email``: an e-mail at another provider, the same phone, a new cookie, the
+  same loyalty card sometimes;
+* ``second_cookie``: the same e-mail written differently, no phone, a new cookie (the
+  person on another device);
+* ``card``: a store record with the same loyalty card and nothing else.
+
+The second record's events and behaviour are those of the simulated customer the record
+was drawn for: the truth says only which records belong to one person
+(``truth_identity``: ``customer_id``, ``person_id``, ``how``), which is what linkage is
+judged on (:func:`rapport.truth.compare_identity`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+#: the share of customer records that are a second record of another person
+DUPLICATE_SHARE = 0.06
+#: how second records are made, and their shares
+HOW = ("typo", "changed_email", "second_cookie", "card")
+HOW_P = (0.35, 0.3, 0.2, 0.15)
+#: chance that an original record holds each identifier
+P_EMAIL, P_PHONE, P_CARD, P_COOKIE = 0.9, 0.65, 0.45, 0.6
+
+_FIRST_NAMES = (
+    "amelia olivia isla ava mia ivy lily sophia grace freya emily ella poppy evie "
+    "chloe jack oliver harry george noah leo arthur oscar charlie jacob thomas james "
+    "william henry alfie muhammad joshua daniel samuel ethan lucas adam ryan aisha "
+    "priya sara fatima zara hannah lucy ruby anna"
+)
+FIRST = tuple(_FIRST_NAMES.split())
+_LAST_NAMES = (
+    "smith jones taylor brown williams wilson johnson davies patel wright robinson "
+    "wood thompson evans walker white roberts green hall thomas clarke jackson lewis "
+    "hill harris martin cooper king lee ward turner moore khan ali begum murphy kelly "
+    "scott baker mitchell carter phillips shaw"
+)
+LAST = tuple(_LAST_NAMES.split())
+PROVIDERS = (
+    "gmail.com",
+    "outlook.com",
+    "yahoo.co.uk",
+    "hotmail.co.uk",
+    "icloud.com",
+    "btinternet.com",
+)
+#: UK mobile prefixes (07xx) whose numbers phonenumbers accepts as valid
+MOBILE_PREFIXES = ("074", "075", "078", "079")
+
+
+@dataclass(frozen=True)
+class Identities:
+    """The identifier columns of the customer records (None: absent) and the truth."""
+
+    email: list[str | None]
+    phone: list[str | None]
+    loyalty_card: list[str | None]
+    cookie_id: list[str | None]
+    truth: pd.DataFrame
+
+
+def _typo(rng: np.random.Generator, text: str) -> str:
+    """One typing error in the part before the ``@``."""
+    local, _, domain = text.partition("@")
+    i = int(rng.integers(0, len(local)))
+    kind = int(rng.integers(0, 4))
+    if kind == 0 and len(local) > 3:  # dropped
+        local = local[:i] + local[i + 1 :]
+    elif kind == 1:  # doubled
+        local = local[:i] + local[i] + local[i:]
+    elif kind == 2 and i < len(local) - 1 and local[i] != local[i + 1]:  # swapped
+        local = local[:i] + local[i + 1] + local[i] + local[i + 2 :]
+    else:  # replaced by a neighbour on the keyboard row
+        row = "qwertyuiopasdfghjklzxcvbnm"
+        c = local[i]
+        j = row.find(c)
+        local = local[:i] + (row[(j + 1) % len(row)] if j >= 0 else "x") + local[i + 1 :]
+    return f"{local}@{domain}"
+
+
+def _written(choice: int, email: str) -> str:
+    """The same e-mail as a person might type it again (capitals, spaces; ``choice``: 0-2)."""
+    if choice == 0:
+        return email.upper()
+    if choice == 1:
+        return f" {email.capitalize()} "
+    return email
+
+
+def _phone_written(choice: int, national: str) -> str:
+    """A UK mobile (``07xxxxxxxxx``) as a system might store it (``choice``: 0-2)."""
+    if choice == 0:
+        return f"+44 {national[1:5]} {national[5:]}"
+    if choice == 1:
+        return f"{national[:5]} {national[5:]}"
+    return national
+
+
+def identities(rng: np.random.Generator, ids: list[str]) -> Identities:
+    """Identifiers for the records ``ids`` (in order) and which of them are one person.
+
+    The first record of every person comes before their second one (records are sorted by
+    signup); the same ``rng`` state gives the same identities.
+    """
+    n = len(ids)
+    person = np.arange(n)
+    how = np.full(n, "original", dtype=object)
+    second = np.flatnonzero(rng.random(n) < DUPLICATE_SHARE)
+    second = second[second > 0]
+    firsts = np.setdiff1d(np.arange(n), second)
+    # each second record: the same person as an original record drawn among the earlier ones
+    earlier = np.searchsorted(firsts, second)
+    drawn = (rng.random(len(second)) * earlier).astype(np.int64)
+    person[second] = np.where(earlier > 0, firsts[np.minimum(drawn, len(firsts) - 1)], second)
+    second = second[person[second] != second]
+    how[second] = rng.choice(HOW, size=len(second), p=HOW_P)
+
+    # every record's own identifiers, drawn at once (second records overwrite theirs)
+    first = np.asarray(FIRST)[rng.integers(0, len(FIRST), n)]
+    last = np.asarray(LAST)[rng.integers(0, len(LAST), n)]
+    provider = rng.integers(0, len(PROVIDERS), n)
+    base = [
+        f"{f}.{lname}{i + 1}@{PROVIDERS[p]}"
+        for i, (f, lname, p) in enumerate(zip(first, last, provider, strict=True))
+    ]
+    prefix = np.asarray(MOBILE_PREFIXES)[rng.integers(0, len(MOBILE_PREFIXES), n)]
+    digits = rng.integers(0, 10**8, n)
+    national = [f"{p}{d:08d}" for p, d in zip(prefix, digits, strict=True)]
+    cards = [f"LC{c}" for c in rng.integers(10**9, 10**10, n)]
+    cookies = [f"ck_{c:016x}" for c in rng.integers(0, 2**62, n)]
+    retyped = rng.random(n) < 0.2
+    style = rng.integers(0, 3, (2, n))  # how each record writes its e-mail and its phone
+    has = rng.random((4, n)) < np.array([P_EMAIL, P_PHONE, P_CARD, P_COOKIE])[:, None]
+    # a second record's evidence exists on the first: the e-mail it retypes, the phone
+    has[0, person[second[np.isin(how[second], ("typo", "second_cookie"))]]] = True
+    has[1, person[second[how[second] == "changed_email"]]] = True
+    has[2, person[second[how[second] == "card"]]] = True
+    email: list[str | None] = [
+        (_written(style[0, i], base[i]) if retyped[i] else base[i]) if has[0, i] else None
+        for i in range(n)
+    ]
+    phone: list[str | None] = [
+        _phone_written(style[1, i], national[i]) if has[1, i] else None for i in range(n)
+    ]
+    card: list[str | None] = [cards[i] if has[2, i] else None for i in range(n)]
+    cookie: list[str | None] = [cookies[i] if has[3, i] else None for i in range(n)]
+    for j in second:
+        i, kind = int(person[j]), str(how[j])
+        email[j] = phone[j] = card[j] = cookie[j] = None
+        if kind == "typo":
+            email[j] = _typo(rng, base[i])
+            phone[j] = _phone_written(style[1, j], national[i]) if rng.random() < 0.5 else None
+            cookie[j] = cookies[j]
+        elif kind == "changed_email":
+            others = [p for p in PROVIDERS if not base[i].endswith(p)]
+            email[j] = f"{first[i][0]}{last[i]}{j + 1}@{rng.choice(others)}"
+            phone[j] = _phone_written(style[1, j], national[i])
+            cookie[j] = cookies[j]
+            card[j] = card[i] if rng.random() < 0.3 else None
+        elif kind == "second_cookie":
+            email[j] = _written(style[0, j], base[i])
+            cookie[j] = cookies[j]
+        else:  # card: a store record
+            card[j] = card[i]
+    truth = pd.DataFrame(
+        {
+            "customer_id": pd.array(ids, dtype="string"),
+            "person_id": pd.array([f"P{p + 1:07d}" for p in person], dtype="string"),
+            "how": pd.array(how.tolist(), dtype="string"),
+        }
+    )
+    return Identities(email, phone, card, cookie, truth)

@@ -1,0 +1,74 @@
+"""Identifiers in normal form: e-mails trimmed and lower-cased, phones in E.164 in the
+configured default region, cards and cookies trimmed; unusable values null and counted."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from features.contract import CUSTOMER_ATTRIBUTES, CUSTOMERS, IDENTIFIERS
+from features.identity import (
+    check_region,
+    normalise,
+    normalise_email,
+    normalise_phone,
+    normalise_token,
+)
+
+
+def test_identifiers_are_optional_customer_columns_kept_out_of_the_online_attributes() -> None:
+    for name in IDENTIFIERS:
+        assert not CUSTOMERS.column(name).required
+        assert name not in CUSTOMER_ATTRIBUTES
+    assert "region" in CUSTOMER_ATTRIBUTES
+
+
+def test_email_is_trimmed_and_lower_cased_and_non_addresses_become_null() -> None:
+    assert normalise_email("  Ann.Lee@Example.COM ") == "ann.lee@example.com"
+    assert normalise_email("ann lee@example.com") is None
+    assert normalise_email("ann@example") is None
+    assert normalise_email("a@@b.com") is None
+    assert normalise_email("   ") is None
+    assert normalise_email(None) is None
+
+
+def test_phone_goes_to_e164_in_the_default_region() -> None:
+    assert normalise_phone("07911 123456", "GB") == "+447911123456"
+    assert normalise_phone("+44 (0)7911-123456", "GB") == "+447911123456"
+    assert normalise_phone("0044 7911 123456", "GB") == "+447911123456"
+    # the same digits mean another number in another region
+    assert normalise_phone("(201) 555-0123", "US") == "+12015550123"
+    assert normalise_phone("(201) 555-0123", "GB") == "+442015550123"
+    assert normalise_phone("12", "GB") is None
+    assert normalise_phone("call me", "GB") is None
+
+
+def test_tokens_are_trimmed_with_their_case_kept() -> None:
+    assert normalise_token("  LC-00Ab12 ") == "LC-00Ab12"
+    assert normalise_token("") is None
+
+
+def test_unknown_region_is_refused_with_the_value() -> None:
+    assert check_region("gb") == "GB"
+    with pytest.raises(ValueError, match="'XX'"):
+        check_region("XX")
+
+
+def test_normalise_counts_unusable_values_without_quoting_them() -> None:
+    customers = pd.DataFrame(
+        {
+            "customer_id": ["c1", "c2", "c3", "c4"],
+            "email": [" A@B.io", "not-an-email", None, ""],
+            "phone": ["07911 123456", "999", "+33 6 12 34 56 78", None],
+        }
+    )
+    done = normalise(customers, region="GB")
+    frame = done.frame.set_index("customer_id")
+    assert list(frame.columns) == list(IDENTIFIERS)
+    assert frame.loc["c1", "email"] == "a@b.io"
+    assert pd.isna(frame.loc["c2", "email"]) and pd.isna(frame.loc["c2", "phone"])
+    assert frame.loc["c3", "phone"] == "+33612345678"
+    assert frame["loyalty_card"].isna().all() and frame["cookie_id"].isna().all()
+    # blanks are absent, not invalid
+    assert done.invalid == {"email: not an e-mail address": 1, "phone: not a valid number": 1}
+    assert "not-an-email" not in done.line() and "999" not in done.line()

@@ -1,0 +1,138 @@
+"""``rapport resolve`` on a small demo: generate -> ingest -> resolve, the linkage judged
+against the simulator's truth (pairwise precision, recall, F1; target F1 >= 0.95), the
+result recorded (links with evidence, clusters, changes) and no identifier in the output."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from features.resolve import clusters_of, exact_links, resolve
+from features.warehouse import connect, raw
+from models.metrics import linkage_metrics
+from rapport.cli import main
+from rapport.demo_data import DemoData, generate, write
+from rapport.truth import compare_identity, ingest_demo
+
+END = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def test_linkage_metrics_count_pairs() -> None:
+    truth = pd.Series(["p1", "p1", "p1", "p2", "p3"], index=list("abcde"))
+    # a, b together (right), c alone (missed two pairs), d, e together (wrong)
+    pred = pd.Series(["a", "a", "c", "d", "d"], index=list("abcde"))
+    m = linkage_metrics(pred, truth)
+    assert (m["linked_pairs"], m["true_pairs"]) == (2, 3)
+    assert m["precision"] == pytest.approx(0.5) and m["recall"] == pytest.approx(1 / 3)
+    assert linkage_metrics(truth, truth)["f1"] == 1.0
+
+
+def test_exact_links_join_shared_values_transitively() -> None:
+    ids = pd.DataFrame(
+        {
+            "customer_id": ["c1", "c2", "c3", "c4"],
+            "email": ["a@x.io", "a@x.io", None, None],
+            "phone": [None, "+447911123456", "+447911123456", None],
+            "loyalty_card": [None, None, None, None],
+            "cookie_id": ["k", None, None, "k"],  # a shared cookie alone links nobody
+        }
+    )
+    links = exact_links(ids)
+    assert set(links["rule"]) == {"exact:email", "exact:phone"}
+    clusters = clusters_of(ids["customer_id"], links)
+    assert clusters.to_dict() == {"c1": "c1", "c2": "c1", "c3": "c1", "c4": "c4"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, DemoData]:
+    folder = tmp_path_factory.mktemp("identity")
+    data = generate(2500, seed=11, end=END, years=1.0)
+    files = write(data, folder / "files")["customers"].parent
+    con = connect(folder / "warehouse.duckdb")
+    ingest_demo(con, files, now=END)
+    return con, data
+
+
+def test_demo_has_identifiers_and_duplicates_with_their_truth(demo: tuple) -> None:
+    _, data = demo
+    truth = data.truth_identity
+    assert list(truth["customer_id"]) == list(data.customers["customer_id"])
+    seconds = truth[truth["how"] != "original"]
+    assert 0.03 < len(seconds) / len(truth) < 0.1
+    assert set(seconds["how"]) == {"typo", "changed_email", "second_cookie", "card"}
+    assert data.customers["email"].notna().mean() > 0.8
+
+
+def test_resolution_finds_the_persons_of_the_demo(demo: tuple) -> None:
+    con, _ = demo
+    report = resolve(con, END)
+    assert report.exact_links > 0 and report.probabilistic_links > 0
+    figures = compare_identity(con)
+    assert figures is not None
+    print(
+        f"\nlinkage on the demo (2,500 records, seed 11): precision {figures['precision']:.3f}, "
+        f"recall {figures['recall']:.3f}, F1 {figures['f1']:.3f} "
+        f"({figures['linked_pairs']:.0f} linked pairs, {figures['true_pairs']:.0f} true)"
+    )
+    assert figures["f1"] >= 0.95
+    assert figures["precision"] >= 0.9 and figures["recall"] >= 0.9
+    db = raw(con)
+    links = db.execute("SELECT * FROM identity_links").df()
+    assert links["resolved_at"].notna().all() and links["evidence"].notna().all()
+    assert set(links["rule"]) >= {"splink", "exact:email", "exact:phone"}
+    emails = set(db.execute("SELECT email FROM customers WHERE email IS NOT NULL").df()["email"])
+    assert not emails & set(links["evidence"])
+    (merged,) = db.execute(
+        "SELECT count(*) FROM identity_changes WHERE change = 'merge'"
+    ).fetchone() or (0,)
+    assert merged == report.merges > 0
+    # the same data again: nothing changes, so nothing new is recorded
+    again = resolve(con, END + timedelta(days=1))
+    assert (again.merges, again.splits) == (0, 0)
+
+
+def test_cli_resolve_reports_without_identifiers(workspace: Path, tmp_path: Path) -> None:
+    data = generate(300, seed=5, end=END, years=0.5)
+    files = write(data, tmp_path / "files")["customers"].parent
+    con = connect(workspace / "warehouse.duckdb")
+    ingest_demo(con, files, now=END)
+    con.disconnect()
+    result = CliRunner().invoke(main, ["resolve", "--compare-truth"])
+    assert result.exit_code == 0, result.output
+    assert "precision" in result.output and "customers 300" in result.output
+    for email in data.customers["email"].dropna():
+        assert email.strip().lower() not in result.output.lower()
+
+
+def test_forget_erases_the_customer_from_the_identity_tables(
+    workspace: Path, tmp_path: Path
+) -> None:
+    data = generate(300, seed=5, end=END, years=0.5)
+    files = write(data, tmp_path / "files")["customers"].parent
+    con = connect(workspace / "warehouse.duckdb")
+    ingest_demo(con, files, now=END)
+    resolve(con, END)
+    db = raw(con)
+    (someone,) = db.execute(
+        "SELECT other_customer_id FROM identity_links ORDER BY other_customer_id LIMIT 1"
+    ).fetchone() or (None,)
+    assert someone is not None
+    con.disconnect()
+    result = CliRunner().invoke(main, ["forget", someone, "--yes"])
+    assert result.exit_code == 0, result.output
+    con = connect(workspace / "warehouse.duckdb")
+    for table, column in (
+        ("identity_links", "customer_id"),
+        ("identity_links", "other_customer_id"),
+        ("identity_clusters", "customer_id"),
+        ("identity_changes", "customer_id"),
+    ):
+        (n,) = raw(con).execute(
+            f"SELECT count(*) FROM {table} WHERE {column} = ?", [someone]
+        ).fetchone() or (0,)
+        assert n == 0, (table, column)
+    con.disconnect()
