@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from typing import Literal
 
 from features.contract import INTERACTIONS, NO_ACTION, ORDERS, TABLES
@@ -129,9 +129,10 @@ class FeatureSpec:
     def aggs_for(self, source: str) -> list[Agg]:
         return [a for a in self.aggs if a.source == source]
 
-    @property
+    @cached_property
     def version(self) -> str:
-        """Hash of the canonical spec: changes whenever any definition changes."""
+        """Hash of the canonical spec: changes whenever any definition changes (computed
+        once per spec: the spec is frozen, and the service asks on every reload)."""
         payload = json.dumps(asdict(self), sort_keys=True, default=str)
         return "fs-" + hashlib.sha256(payload.encode()).hexdigest()[:12]
 
