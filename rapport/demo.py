@@ -107,7 +107,8 @@ def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) 
         play_periods(settings, data.end, options.periods, say, progress)
         con = connect(settings.warehouse_path)
     else:
-        say(f"\n== one simulated period: the policy's decisions, {PERIOD_DAYS} days of answers")
+        days = f"{PERIOD_DAYS} days of answers"
+        say(f"\n== one simulated period: the policy's decisions, {days}, impact")
         simulated_period(con, settings, data.end, say, progress)
     say(f"MLflow UI: uv run mlflow ui --backend-store-uri {settings.tracking_uri}")
     prepare_serving(options, settings, con, say, progress)
