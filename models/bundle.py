@@ -175,9 +175,16 @@ def champions_marker(settings: Settings | None = None) -> str:
     bundle's tag (a new one after every promotion and rollback), else the registry's
     ``@champion`` versions. The service reloads when it differs from :func:`marker_of`
     what it serves."""
+    return latest_marker(settings)[0]
+
+
+def latest_marker(settings: Settings | None = None) -> tuple[str, Any | None]:
+    """:func:`champions_marker` and the bundle it names (None without one), for
+    :func:`load_for_serving` to load that very bundle without looking it up again."""
     settings = settings or get_settings()
     model = bundled_champions(settings)
     if model is not None:
-        return f"bentoml:{model.tag}"
+        return f"bentoml:{model.tag}", model
     held = {kind: aliases(kind).get(CHAMPION) for kind in KINDS}
-    return "mlflow:" + ",".join(f"{k}={v}" for k, v in sorted(held.items()) if v is not None)
+    marker = ",".join(f"{k}={v}" for k, v in sorted(held.items()) if v is not None)
+    return "mlflow:" + marker, None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from functools import cached_property
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any, Literal
 
@@ -322,7 +322,9 @@ def parse_catalog(text: str, source: str = "<string>") -> Catalog:
         raise CatalogError("invalid action catalog\n  " + "\n  ".join(lines)) from None
 
 
+@cache
 def default_catalog() -> Catalog:
-    """The packaged demo catalog (``models/default_catalog.yaml``)."""
+    """The packaged demo catalog (``models/default_catalog.yaml``), parsed once (it is
+    frozen; the service builds a scorer over it on every reload)."""
     text = resources.files("models").joinpath("default_catalog.yaml").read_text("utf-8")
     return parse_catalog(text, source="models/default_catalog.yaml")

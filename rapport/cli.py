@@ -1249,7 +1249,15 @@ def simulate(days: int, seed: int, as_of: datetime | None) -> None:
 )
 @click.option("--port", default=3000, show_default=True, type=int, help="Port of the service.")
 @click.option("--ui-port", default=3001, show_default=True, type=int, help="Port of the web page.")
-def demo(customers: int, seed: int, serve: bool, port: int, ui_port: int) -> None:
+@click.option(
+    "--periods",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 24),
+    help="Simulated 30-day periods to play; with more than one, each ends with `rapport "
+    "cycle` and the demo prints the trajectory.",
+)
+def demo(customers: int, seed: int, serve: bool, port: int, ui_port: int, periods: int) -> None:
     """Run the whole loop on generated demo data (the README's first command).
 
     Data, ingest, features, training, promotion, the online store, then (unless
@@ -1259,7 +1267,14 @@ def demo(customers: int, seed: int, serve: bool, port: int, ui_port: int) -> Non
     from rapport.demo import DemoOptions, run_demo
 
     run_demo(
-        DemoOptions(customers=customers, seed=seed, serve=serve, port=port, ui_port=ui_port),
+        DemoOptions(
+            customers=customers,
+            seed=seed,
+            serve=serve,
+            port=port,
+            ui_port=ui_port,
+            periods=periods,
+        ),
         get_settings(),
         say,
         progress,

@@ -26,6 +26,9 @@ class DemoOptions:
     port: int = 3000
     #: the marketers' web page, started beside the service
     ui_port: int = 3001
+    #: simulated periods played after the batch part; with more than one, each period
+    #: ends with `rapport cycle` (see :func:`play_periods`)
+    periods: int = 1
 
 
 def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) -> None:
@@ -99,8 +102,14 @@ def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) 
     say(promote_nba(nba_result.version).summary())
     say("\n== batch scores for everyone and an example target list")
     example_list(con, settings, data.end, say, progress)
-    say(f"\n== one simulated period: the policy's decisions, {PERIOD_DAYS} days of answers, impact")
-    simulated_period(con, settings, data.end, say, progress)
+    if options.periods > 1:
+        con.disconnect()  # every cycle opens the warehouse itself
+        play_periods(settings, data.end, options.periods, say, progress)
+        con = connect(settings.warehouse_path)
+    else:
+        days = f"{PERIOD_DAYS} days of answers"
+        say(f"\n== one simulated period: the policy's decisions, {days}, impact")
+        simulated_period(con, settings, data.end, say, progress)
     say(f"MLflow UI: uv run mlflow ui --backend-store-uri {settings.tracking_uri}")
     prepare_serving(options, settings, con, say, progress)
 
@@ -264,6 +273,137 @@ def simulated_period(
         f"{time.perf_counter() - started:.1f}s (files: {played.folder})"
     )
     return result
+
+
+@dataclass
+class PeriodRow:
+    """One period of :func:`play_periods`' trajectory."""
+
+    period: str
+    #: realised incremental value per treated customer of the period's decisions, 95% interval
+    impact: str
+    #: the churn champion's AUC as the cycle's monitor step found it (realised when the
+    #: labels matured, else estimated before them), value interval coverage (realised only:
+    #: "not yet" until a scoring run's horizon has passed)
+    churn_auc: str
+    coverage: str
+    #: what the cycle did: retrained, promoted, rolled back; the champions after it
+    cycle: str
+    champions: str
+
+    @staticmethod
+    def header() -> str:
+        return f"{'period':<23} {'incr value/cust [95%]':<26} {'churn AUC':<15} {'coverage':<9} "
+
+    def line(self) -> str:
+        return (
+            f"{self.period:<23} {self.impact:<26} {self.churn_auc:<15} {self.coverage:<9} "
+            f"{self.champions}\n    {self.cycle}"
+        )
+
+
+def play_periods(
+    settings: Settings,
+    start: datetime,
+    periods: int,
+    say: Say,
+    progress: Say,
+    cycle: Any = None,
+) -> list[PeriodRow]:
+    """The loop turned ``periods`` times on simulated time: each period the policy decides
+    with the latest scores, the customers answer (:func:`simulated_period`, with its
+    impact), then ``rapport cycle`` runs on the period's clock (ingest, monitor, impact,
+    guard, retrain what changed, promote through the gate, re-score, refresh the store),
+    and the next period decides with what it left. Prints and returns the trajectory.
+
+    ``cycle``: the :class:`training.cycle.CycleOptions` (default: retrain whenever the data
+    changed, production training settings); its clock is each period's end."""
+    import dataclasses
+
+    from features.warehouse import connect
+    from training.cycle import CycleOptions, run_cycle
+
+    options = cycle or CycleOptions(retrain_after_days=0)
+    rows = []
+    for k in range(periods):
+        decided = start + timedelta(days=k * PERIOD_DAYS)
+        end = decided + timedelta(days=PERIOD_DAYS)
+        say(f"\n== period {k + 1} of {periods}: {decided:%Y-%m-%d} .. {end:%Y-%m-%d}")
+        con = connect(settings.warehouse_path)
+        try:
+            measured = simulated_period(con, settings, decided, say, progress)
+        finally:
+            con.disconnect()
+        say(f"-- rapport cycle as of {end:%Y-%m-%d}")
+        result = run_cycle(dataclasses.replace(options, now=end), progress)
+        say(result.summary())
+        rows.append(_period_row(settings, decided, end, measured, result))
+        if not result.ok:
+            say("the cycle failed: the trajectory stops here (the champions before it serve)")
+            break
+    say("\n== the trajectory, period by period")
+    say(PeriodRow.header() + "champions after the cycle")
+    for row in rows:
+        say(row.line())
+    return rows
+
+
+def _period_row(
+    settings: Settings, decided: datetime, end: datetime, measured: Any, result: Any
+) -> PeriodRow:
+    """The trajectory's row of one period: its impact, the cycle's monitoring and moves."""
+    from features.tables.monitoring import CHECKS
+    from features.warehouse import connect, raw
+    from models import registry
+
+    impact = "n/a"
+    if measured is not None:
+        row = measured.table[measured.table["period"] == "all"].iloc[0]
+        impact = (
+            f"{row['incremental_value']:,.2f} [{row['incremental_value_lo']:,.2f}, "
+            f"{row['incremental_value_hi']:,.2f}]"
+        )
+    auc, coverage = "n/a", "n/a"  # the monitor did not run
+    monitor = next((s for s in result.steps if s.name == "monitor"), None)
+    if monitor is not None and monitor.status == "done":
+        auc, coverage = "not yet", "not yet"  # no scores whose labels or estimate are due
+        run_id = monitor.detail.split(":")[0].removeprefix("run ")
+        con = connect(settings.warehouse_path, read_only=True)
+        try:
+            checks = (
+                raw(con)
+                .execute(
+                    f'SELECT kind, "check", value FROM {CHECKS} WHERE run_id = ? '
+                    "AND subject = 'all' AND \"check\" IN ('auc', 'estimated_auc', 'coverage')",
+                    [run_id],
+                )
+                .fetchall()
+            )
+        finally:
+            con.disconnect()
+        found = {(kind, check): value for kind, check, value in checks}
+        if ("churn", "auc") in found:
+            auc = f"{found['churn', 'auc']:.3f}"
+        elif ("churn", "estimated_auc") in found:
+            auc = f"{found['churn', 'estimated_auc']:.3f} (est.)"
+        if ("value", "coverage") in found:
+            coverage = f"{found['value', 'coverage']:.1%}"
+    moves = [
+        f"{s.name}: {s.detail}"
+        for s in result.steps
+        if s.name in ("guard", "retrain", "promote") and s.status == "done"
+        if s.detail != "champions hold"
+    ]
+    held = {kind: registry.aliases(kind).get(registry.CHAMPION) for kind in registry.KINDS}
+    champions = ", ".join(f"{kind} v{v}" for kind, v in held.items() if v)
+    return PeriodRow(
+        f"{decided:%Y-%m-%d} .. {end:%Y-%m-%d}",
+        impact,
+        auc,
+        coverage,
+        f"cycle {result.status}: " + ("; ".join(moves) or "nothing retrained or promoted"),
+        champions,
+    )
 
 
 def prepare_serving(

@@ -37,7 +37,7 @@ from features.segments import SegmentModel
 from features.spec import FeatureSpec
 from features.tables.control import ControlFileError, read_control
 from models import registry
-from models.bundle import champions_marker, load_for_serving, marker_of
+from models.bundle import latest_marker, load_for_serving, marker_of
 from models.registry import Champions
 from models.scorer import Scorer
 from rapport.settings import Settings
@@ -121,9 +121,9 @@ class Reloader:
         if store.problems:  # nothing to build new champions with: report, keep serving
             return None if store == live.store else replace(live, store=store)
         champions, problems = live.champions, live.problems
-        marker = self._marker(live.marker)
+        marker, bundled = self._marker(live.marker)
         if marker not in (live.marker, self._refused):
-            loaded = self._load(marker, live)
+            loaded = self._load(marker, live, bundled)
             if loaded is not None:
                 champions, problems = loaded, ()
         if champions is live.champions and store == live.store and self.control == live.control:
@@ -156,22 +156,25 @@ class Reloader:
         scorer.score_one({**features, "as_of": now}, {}, rng=np.random.default_rng(0))
 
     # ------------------------------------------------------------------ parts
-    def _marker(self, current: str) -> str:
+    def _marker(self, current: str) -> tuple[str, Any]:
+        """The champions marker now and the bundle it names (``current`` and None when the
+        registry cannot be asked)."""
         try:
-            marker = champions_marker(self.settings)
+            marker, bundled = latest_marker(self.settings)
         except Exception as exc:  # the registry is down: keep serving what we have
             reason = _first_line(exc)
             if reason != self._unchecked:
                 log.warning("cannot check for new champions: %s", reason)
                 self._unchecked = reason
-            return current
+            return current, None
         self._unchecked = ""
-        return marker
+        return marker, bundled
 
-    def _load(self, marker: str, live: Live) -> Champions | None:
-        """The new champions, or None (logged once) when they cannot replace the old."""
+    def _load(self, marker: str, live: Live, bundled: Any = None) -> Champions | None:
+        """The new champions (``bundled``: the bundle ``marker`` names, else looked up), or
+        None (logged once) when they cannot replace the old."""
         try:
-            champions = load_for_serving(self.settings)
+            champions = load_for_serving(self.settings, bundled)
             if problems := registry.check_compatible(champions, self.spec):
                 raise ValueError("; ".join(problems))
         except Exception as exc:

@@ -6,18 +6,23 @@ Steps, in order (:data:`STEPS`):
    target lists);
 2. ``monitor``: run the monitoring checks (:mod:`training.monitor` when installed; the
    step says so when it is not);
-3. ``guard``: roll a champion back by itself when ``@previous`` does better on labels that
+3. ``impact``: the policy's realised impact against the control group, as ``rapport
+   impact`` measures it (:func:`training.impact.run`, every decision with a group and a
+   known outcome, per month and overall), appended to the ``impact`` tables as run
+   ``im-<cycle run>``: each round records what the loop earned; skipped, and said, while
+   there are no treated and control decisions with outcomes;
+4. ``guard``: roll a champion back by itself when ``@previous`` does better on labels that
    matured after the champion was evaluated (churn, value: by more than
    ``settings.cycle_rollback_margin``), or when the policy's realised incremental value
-   against control has a 95% interval entirely below zero since the NBA champion was
-   crowned (the ``impact`` table);
-4. ``retrain``: the kinds that are due, i.e. whose champion was trained on other data than
+   against control, in the latest measured period that ended after the NBA champion was
+   crowned, has a 95% interval entirely below zero (the ``impact`` table);
+5. ``retrain``: the kinds that are due, i.e. whose champion was trained on other data than
    the warehouse holds now and is older than ``settings.cycle_retrain_days`` or has a
    monitoring alert (on its kind, or feature drift) since it was crowned;
-5. ``promote``: the new challengers through their gate (:func:`training.jobs.promote`,
+6. ``promote``: the new challengers through their gate (:func:`training.jobs.promote`,
    :func:`training.nba.promote_nba`); the service's bundle is refreshed;
-6. ``score``: batch scores of every customer with the champions;
-7. ``materialize``: the online store reloaded from the warehouse.
+7. ``score``: batch scores of every customer with the champions;
+8. ``materialize``: the online store reloaded from the warehouse.
 
 Safe to run every few minutes: a file lock (``<home>/cycle.lock``, released by the kernel
 when the process dies) keeps runs from overlapping; when neither the data nor the
@@ -56,7 +61,7 @@ from rapport.settings import get_settings
 from training import jobs, overrides, tracking
 from training.datasets import TrainingSet, build_training_set, default_as_of, fingerprint, lineage
 
-STEPS = ("ingest", "monitor", "guard", "retrain", "promote", "score", "materialize")
+STEPS = ("ingest", "monitor", "impact", "guard", "retrain", "promote", "score", "materialize")
 Progress = Callable[[str], None]
 NOTHING_TO_MONITOR = "no scoring run to monitor yet (this run's score step makes the first)"
 
@@ -97,6 +102,9 @@ class CycleOptions:
     params: Mapping[str, Any] | None = None
     train_cutoffs: int = 4
     nba_boot: int = 200
+    #: the run's clock (as-of of its scores, monitoring, impact; ``now`` of its ingest);
+    #: default the real one: the demo's simulated periods pass theirs
+    now: datetime | None = None
 
 
 @dataclass
@@ -171,7 +179,7 @@ class _Cycle:
             records.resume_run(self.db, self.run_id)
             say(f"resuming cycle {self.run_id} (its process died; attempt {found.attempts + 1})")
         else:
-            now = datetime.now(UTC)
+            now = options.now or datetime.now(UTC)
             self.run_id = now.strftime("cy-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
             self.as_of = now
             records.start_run(self.db, self.run_id, self.as_of)
@@ -230,7 +238,8 @@ class _Cycle:
 
     # ------------------------------------------------------------------ steps
     def _ingest(self) -> tuple[str, str]:
-        report = ingest_outbox(self.con, get_settings().outbox_dir, datetime.now(UTC))
+        now = self.options.now or datetime.now(UTC)
+        report = ingest_outbox(self.con, get_settings().outbox_dir, now)
         inserted = sum(t.inserted for t in report.tables.values())
         if not report.tables and report.lists is None:
             return "done", "outbox empty"
@@ -247,6 +256,30 @@ class _Cycle:
         # the cycle's own connection: a second read-write one to the file would conflict
         found = monitor.run(as_of=self.as_of, con=self.con, progress=self.say)
         return "done", f"run {found.run_id}: {len(found.checks)} checks, {len(found.alerts)} alerts"
+
+    def _impact(self) -> tuple[str, str]:
+        from features.tables.impact import IMPACT
+        from training import impact
+
+        run_id = f"im-{self.run_id}"
+        if _has_table(self.db, IMPACT):
+            found = self.db.execute(f"SELECT count(*) FROM {IMPACT} WHERE run_id = ?", [run_id])
+            if (found.fetchone() or (0,))[0]:
+                return "done", f"already measured as run {run_id}"
+        try:
+            result = impact.run(self.con, now=self.as_of, run_id=run_id)
+        except impact.NoImpactDataError as exc:
+            return "skipped", exc.headline
+        overall = result.table[result.table["period"] == "all"]
+        if overall.empty:
+            return "done", f"run {run_id}: no period with treated and control customers"
+        row = overall.iloc[0]
+        return "done", (
+            f"run {run_id}: incremental value per customer {row['incremental_value']:,.2f} "
+            f"[{row['incremental_value_lo']:,.2f}, {row['incremental_value_hi']:,.2f}] "
+            f"({int(row['treated_customers']):,} treated, "
+            f"{int(row['control_customers']):,} control customers)"
+        )
 
     def _alerts_since(self, kind: str, since: datetime) -> int:
         """Alerts on ``kind`` or on the features (every model reads them) since ``since``."""
@@ -308,21 +341,19 @@ class _Cycle:
 
     def _guard_policy(self) -> str:
         """Roll the NBA champion back when its realised incremental value is below zero."""
+        from training.impact import latest_period
+
         held = registry.aliases("nba")
-        if CHAMPION not in held or not _has_table(self.db, "impact"):
+        if CHAMPION not in held:
             return ""
         since = registry.crowned_at("nba", registry.get_version("nba", version=held[CHAMPION]))
-        row = self.db.execute(
-            "SELECT incremental_value, incremental_value_lo, incremental_value_hi, period "
-            "FROM impact WHERE \"by\" = 'all' AND period_start >= ? "
-            "ORDER BY measured_at DESC, period_start DESC LIMIT 1",
-            [since],
-        ).fetchone()
-        if row is None or row[2] is None or row[2] >= 0:
+        row = latest_period(self.db, since)
+        if row is None or not row["incremental_value_hi"] < 0:
             return ""
         reason = (
-            f"realised incremental value against control in {row[3]}: {row[0]:.2f} "
-            f"[{row[1]:.2f}, {row[2]:.2f}], entirely below zero"
+            f"realised incremental value against control in {row['period']}: "
+            f"{row['incremental_value']:.2f} [{row['incremental_value_lo']:.2f}, "
+            f"{row['incremental_value_hi']:.2f}], entirely below zero"
         )
         if PREVIOUS not in held:
             return f"nba v{held[CHAMPION]} should roll back ({reason}) but has no @previous"

@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import stats
 
 from features.contract import CONTROL
-from features.tables.impact import IMPACT, IMPACT_ACTIONS, append
+from features.tables.impact import IMPACT, IMPACT_ACTIONS, append, history
 from features.tables.outcomes import decision_outcomes
 from features.tables.scores import NoScoresError, latest_run
 from features.timeutil import as_utc
@@ -56,7 +56,12 @@ _BY_COLUMN = {"action": "action", "segment": "rfm_segment", "abc_tier": "abc_tie
 
 
 class NoImpactDataError(LookupError):
-    """Nothing to measure yet (the message says what to run first)."""
+    """Nothing to measure yet (the message says what to run first; ``headline``: the
+    first sentence alone, for one-line summaries)."""
+
+    def __init__(self, message: str, headline: str = "") -> None:
+        super().__init__(message)
+        self.headline = headline or message
 
 
 @dataclass
@@ -289,13 +294,16 @@ def run(
     decisions: pd.DataFrame | None = None,
     log_to_mlflow: bool = True,
     now: datetime | None = None,
+    run_id: str | None = None,
 ) -> ImpactRun:
     """Measure, append to the warehouse, log to MLflow (see the module doc).
 
     ``decisions`` (default: the warehouse's decisions joined to their current outcomes,
     :func:`features.tables.outcomes.decision_outcomes`) lets a caller pass
-    decisions joined to outcomes itself. Raises :class:`NoImpactDataError` when there is
-    nothing to compare yet, ValueError for a bad ``by``.
+    decisions joined to outcomes itself; ``run_id`` names the run (default: a new
+    ``im-<time>-<random>``; the cycle passes one derived from its own). Raises
+    :class:`NoImpactDataError` when there is nothing to compare yet, ValueError for a bad
+    ``by``.
     """
     if by is not None and by not in BY:
         raise ValueError(f"--by must be one of {', '.join(BY)}, got {by!r}")
@@ -315,13 +323,17 @@ def run(
     groups = set(measured["group"])
     if CONTROL not in groups or not groups - {CONTROL}:
         have = ", ".join(f"{g} {n:,}" for g, n in measured["group"].value_counts().items())
-        raise NoImpactDataError(
+        headline = (
             f"nothing to compare yet ({counts['decisions']:,} decisions, with a group and a "
-            f"known outcome: {have or 'none'}): impact needs decisions of treated *and* control "
+            f"known outcome: {have or 'none'})"
+        )
+        raise NoImpactDataError(
+            f"{headline}: impact needs decisions of treated *and* control "
             "customers with outcomes. Serve scores (`rapport serve`, POST /score), load what "
             "the service logged and the outcomes (`rapport ingest --outbox`, outcome files, "
             "orders for attribution) -- or play a period with `rapport simulate` -- then run "
-            "`rapport impact` again"
+            "`rapport impact` again",
+            headline,
         )
     if by in ("segment", "abc_tier") and "scores" not in _tables(db):
         raise NoScoresError(f"--by {by} reads the batch scores: run `rapport score` first")
@@ -360,7 +372,7 @@ def run(
     ope, more = ope_vs_realised(frame, costs, margin_rate)
     notes += more
     computed_at = as_utc(now) if now is not None else datetime.now(UTC)
-    run_id = computed_at.strftime("im-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
+    run_id = run_id or computed_at.strftime("im-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
     result = ImpactRun(run_id, computed_at, since, by, table, actions, ope, counts, notes)
     stamps = {"run_id": run_id, "computed_at": pd.Timestamp(computed_at), "since": since}
     stamps |= {"by": by or "", "period_kind": period}
@@ -404,3 +416,30 @@ def _log_mlflow(result: ImpactRun) -> str:
         mlflow.log_text(result.table.to_csv(index=False), "impact.csv")
         mlflow.log_text(result.actions.to_csv(index=False), "impact_actions.csv")
         return str(run.info.run_id)
+
+
+def period_end(label: str) -> datetime:
+    """The end (exclusive) of a ``2026-11`` (month) or ``2026-W47`` (week) period label."""
+    if "-W" in label:
+        monday = datetime.strptime(f"{label}-1", "%G-W%V-%u").replace(tzinfo=UTC)
+        return monday + timedelta(days=7)
+    return as_utc((pd.Period(label, "M") + 1).start_time.to_pydatetime())
+
+
+def latest_period(db: Any, since: datetime) -> dict[str, Any] | None:
+    """The overall row (``by`` '') of the latest impact run's latest period that ended
+    after ``since`` (``period``, ``incremental_value`` and its 95% ``_lo`` / ``_hi``), or
+    None when no run measured such a period."""
+    rows = history(db)
+    if rows.empty:
+        return None
+    rows = rows[(rows["by"] == "") & (rows["period"] != "all")]
+    if rows.empty:
+        return None
+    latest = rows[rows["computed_at"] == rows["computed_at"].max()]
+    latest = latest[[period_end(str(p)) > as_utc(since) for p in latest["period"]]]
+    if latest.empty:
+        return None
+    row = latest.sort_values("period").iloc[-1]
+    keys = ("period", "incremental_value", "incremental_value_lo", "incremental_value_hi")
+    return {k: row[k] for k in keys}

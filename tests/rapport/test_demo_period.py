@@ -103,3 +103,61 @@ def test_demo_prints_impact_beside_the_truth_and_replays_the_same(
     assert "logged by an earlier demo run: played again" in second
     assert "inserted 0," in second and "quarantined 0" in second
     assert HEADLINE.search(second)[0] == found[0]  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_several_periods_each_turn_the_cycle_and_print_the_trajectory(
+    scored: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rapport demo --periods 2`` on the small world: each period is decided, answered
+    and measured, then the cycle runs on the period's clock (retrains on the new data,
+    measures impact, re-scores); the next period decides with the cycle's scores."""
+    import shutil
+    from datetime import timedelta
+
+    from features.tables.cycle import RUNS
+    from features.tables.scores import latest_run
+    from features.warehouse import raw
+    from rapport.demo import PERIOD_DAYS, play_periods
+    from training.cycle import CycleOptions
+
+    home = tmp_path / "home"
+    shutil.copytree(scored, home)  # MLflow artifacts stay in `scored`
+    monkeypatch.setenv("RAPPORT_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    reset_settings()
+    said: list[str] = []
+    fast = CycleOptions(params=FAST_PARAMS, train_cutoffs=2, retrain_after_days=0, nba_boot=30)
+    rows = play_periods(get_settings(), END, 2, said.append, lambda _: None, cycle=fast)
+    text = "\n".join(said)
+    ends = [END + timedelta(days=PERIOD_DAYS * k) for k in (1, 2)]
+    assert [r.period for r in rows] == [
+        f"{END:%Y-%m-%d} .. {ends[0]:%Y-%m-%d}",
+        f"{ends[0]:%Y-%m-%d} .. {ends[1]:%Y-%m-%d}",
+    ]
+    assert len(HEADLINE.findall(text)) == 2, text  # each period measured beside the truth
+    for row in rows:
+        assert re.fullmatch(r"-?[\d,.]+ \[-?[\d,.]+, -?[\d,.]+\]", row.impact), row
+        assert row.cycle.startswith("cycle done: ") and "retrain: churn v" in row.cycle, row
+        assert re.fullmatch(r"0\.\d{3}( \(est\.\))?", row.churn_auc), row
+        # coverage is realised only: the first scores' 90-day horizon ends after 2 periods
+        assert row.coverage == "not yet", row
+        assert "churn v" in row.champions and "nba v" in row.champions
+    assert "== the trajectory, period by period" in text
+    con = connect(get_settings().warehouse_path, read_only=True)
+    try:
+        db = raw(con)
+        cycles = db.execute(f"SELECT status, as_of FROM {RUNS} ORDER BY as_of").fetchall()
+        assert [c[0] for c in cycles] == ["done", "done"]
+        assert [c[1] for c in cycles] == ends
+        assert latest_run(db).as_of == ends[1]  # the second cycle re-scored
+        measured = db.execute("SELECT DISTINCT run_id FROM impact").fetchall()
+        assert sum(r[0].startswith("im-cy-") for r in measured) == 2  # the cycles' own
+        decided = db.execute(
+            "SELECT count(*) FROM campaign_log WHERE starts_with(decision_id, ?)",
+            [f"demo-{ends[0]:%Y%m%d}-"],
+        ).fetchone()
+        assert decided and decided[0] > 1000  # period 2 decided with the first cycle's scores
+    finally:
+        con.disconnect()
+        reset_settings()

@@ -99,6 +99,38 @@ def add_outbox_orders(home: Path, n: int = 300, end: datetime | None = None) -> 
     (folder / "batch-1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
 
 
+def add_outbox_decisions(home: Path, effect: float, n: int = 1200) -> None:
+    """Decisions the service logged in the last days, with their group (about a tenth in
+    control, no action) and outcome; treated customers spend ``effect`` more on average."""
+    con = connect(home / "warehouse.duckdb", read_only=True)
+    ids = [
+        r[0] for r in raw(con).execute("SELECT customer_id FROM customers ORDER BY 1").fetchall()
+    ]
+    con.disconnect()
+    rng = np.random.default_rng(11)
+    now = datetime.now(UTC)
+    lines = []
+    for i, customer in enumerate(ids[:n]):
+        control = i % 10 == 0
+        revenue = float(rng.gamma(1.0, 40.0)) + (0.0 if control else float(rng.exponential(effect)))
+        lines.append(
+            {
+                "decision_id": f"live-d{i}",
+                "customer_id": customer,
+                "decided_at": (now - timedelta(days=3, hours=int(rng.integers(0, 48)))).isoformat(),
+                "action": "no_action" if control else "winback_email",
+                "channel": "none" if control else "email",
+                "propensity": 0.1 if control else 0.9,
+                "group": "control" if control else "treated",
+                "outcome": True,
+                "revenue": round(revenue, 2),
+            }
+        )
+    folder = home / "outbox" / "campaign_log"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "batch-1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+
+
 def end_state() -> dict[str, Any]:
     """What a finished cycle leaves: versions, aliases, scoring runs, records, the store."""
     runs = query(f"SELECT * FROM {records.RUNS}")
@@ -119,6 +151,8 @@ def test_an_unchanged_world_promotes_nothing_and_a_second_run_does_nothing(home:
     steps = {s.name: s for s in first.steps}
     assert steps["retrain"].detail == "no kind due" and steps["promote"].status == "skipped"
     assert steps["monitor"].detail == NOTHING_TO_MONITOR  # said, not silent
+    assert steps["impact"].status == "skipped"  # the history's decisions have no group
+    assert steps["impact"].detail.startswith("nothing to compare yet (")
     assert {k: registry.aliases(k) for k in registry.KINDS} == before
     assert [str(v.version) for v in registry.versions("churn")] == ["1"]
     assert steps["score"].detail.startswith("1,500 customers")
@@ -142,6 +176,30 @@ def test_an_unchanged_world_promotes_nothing_and_a_second_run_does_nothing(home:
         f"tags.`rapport.cycle_run` = '{second.run_id}'",
     )
     assert [r.data.tags["mlflow.note.content"] for r in found] == [second.line()]
+
+
+def test_each_round_measures_the_realised_impact_against_control(home: Path) -> None:
+    """Decisions with groups and outcomes arrive through the outbox: the cycle's impact
+    step measures treated against control (run ``im-<cycle run>`` in the ``impact``
+    table), the next round with new data measures again, a round with nothing new does not."""
+    add_outbox_decisions(home, effect=60.0)
+    first = run_cycle(FAST)
+    assert first.ok, first.summary()
+    step = {s.name: s for s in first.steps}["impact"]
+    assert step.status == "done" and step.detail.startswith(f"run im-{first.run_id}:"), step
+    rows = query("SELECT * FROM impact WHERE period = 'all' AND \"by\" = ''")
+    assert rows.run_id.tolist() == [f"im-{first.run_id}"]
+    overall = rows.iloc[0]
+    assert overall.treated_customers == 1080 and overall.control_customers == 120
+    assert overall.incremental_value_lo > 0  # the effect (60 revenue) is there and found
+    assert f"{overall.incremental_value:,.2f}" in step.detail
+
+    assert run_cycle(FAST).status == "nothing to do"
+    add_outbox_orders(home, n=50)
+    third = run_cycle(FAST)
+    assert {s.name: s for s in third.steps}["impact"].status == "done", third.summary()
+    runs = query("SELECT DISTINCT run_id FROM impact ORDER BY run_id").run_id.tolist()
+    assert runs == sorted([f"im-{first.run_id}", f"im-{third.run_id}"])
 
 
 def test_the_cli_exits_zero_and_a_held_lock_skips_the_run(home: Path) -> None:
