@@ -20,9 +20,11 @@ customer exactly as the batch did.
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,10 +34,12 @@ import pyarrow as pa
 from features.contract import CUSTOMERS, TABLES
 from features.online.events import replay_outbox
 from features.online.record import Record, record_columns
+from features.online.store import open_store, redact_url
 from features.spec import FeatureSpec, default_spec
 from features.tables.segments import load_version
 from features.timeutil import as_utc
 from features.warehouse import raw
+from rapport.settings import Settings, get_settings
 
 #: metadata keys the service reads
 META_FEATURE_SET = "feature_set_version"
@@ -198,6 +202,43 @@ def materialize(
     store.set_meta(META_MATERIALIZED_AT, datetime.now(UTC).isoformat())
     say(f"{written:,} records written (feature set {spec.version}, segments {stored.version})")
     return written
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What :func:`load_online_store` did."""
+
+    records: int
+    segments: str
+    seconds: float
+    store: str  # the store's address, without a password
+
+
+def load_online_store(
+    con: Any,
+    as_of: datetime | str | None = None,
+    segments: str | None = None,
+    progress: Progress | None = None,
+    settings: Settings | None = None,
+) -> Loaded:
+    """The one way the live service's store is loaded (``rapport materialize`` and the
+    cycle's ``materialize`` step): the configured store (``settings.online_store_url``)
+    replaced from the warehouse, then, when loading as of now, the service's outbox
+    replayed onto it (:func:`materialize` with ``settings.outbox_dir``), so the events
+    acknowledged since the last ``ingest --outbox`` (or while a cycle ran) stay in the
+    live view."""
+    settings = settings or get_settings()
+    store = open_store(settings.online_store_url)
+    start = time.perf_counter()
+    try:
+        written = materialize(
+            con, store, as_of, progress=progress, segments=segments, outbox=settings.outbox_dir
+        )
+        served = store.get_meta(META_SEGMENTS_VERSION) or ""
+    finally:
+        store.close()
+    seconds = time.perf_counter() - start
+    return Loaded(written, served, seconds, redact_url(settings.online_store_url))
 
 
 @contextmanager
