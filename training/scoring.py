@@ -16,7 +16,10 @@
    of the next best action), so memory beyond the feature frame stays bounded by one chunk;
 5. each chunk is appended to the warehouse table ``scores``; the run is recorded in
    ``score_runs`` (model versions, feature set, catalog, segments version, timings) in the same
-   transaction, so a failed run leaves nothing behind and history is never overwritten.
+   transaction, so a failed run leaves nothing behind and history is never overwritten;
+6. the committed run is published as immutable files (:func:`features.tables.snapshots.publish`:
+   scores, the features it scored, suppressions), which ``POST /targets`` reads while the
+   warehouse is locked by a writer.
 
 ``scores`` holds one row per customer and run: ``run_id``, ``as_of``, ``scored_at``, the
 score columns of :data:`models.scorer.SCORE_COLUMNS`, per action the uplift that made its
@@ -51,6 +54,7 @@ from features.spec import FeatureSpec, default_spec
 from features.tables.control import read_control
 from features.tables.scores import RUNS, RUNS_CONTROL, RUNS_DDL, RUNS_SEGMENTS_VERSION, SCORES
 from features.tables.segments import save_version
+from features.tables.snapshots import publish
 from features.timeutil import as_utc
 from features.warehouse import raw
 from models.registry import Champions, build_scorer, check_compatible, load_champions
@@ -246,6 +250,10 @@ def score_all(
     except BaseException:
         db.execute("ROLLBACK")
         raise
+    start = time.perf_counter()
+    published = publish(db, get_settings().score_snapshots_dir, run_id, features)
+    timings["publishing"] = time.perf_counter() - start
+    say(f"published as {published} (what the service reads while the warehouse is busy)")
     return ScoreRun(
         run_id,
         cutoff,
