@@ -107,16 +107,19 @@ def publish(db: Any, folder: Path, run_id: str, features: pd.DataFrame) -> Path:
 
 
 def _prune(folder: Path, current: str) -> None:
-    """Remove published runs but the current one and the :data:`KEEP` before it (and the
-    temporary folders of publishers that died)."""
+    """Remove published runs but the current one and the :data:`KEEP` before it (run ids
+    sort by time), and what publishers that died left half-written."""
     runs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     older = [p for p in runs if p.name != current]
     for path in older[: max(len(older) - KEEP, 0)]:
         shutil.rmtree(path, ignore_errors=True)
-    for path in folder.glob(".tmp-*"):
+    for path in folder.glob(".*-*"):  # .tmp-<run>-<pid>/ and .CURRENT-<pid>
         pid = path.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
