@@ -32,8 +32,8 @@ from typing import Any
 import pyarrow as pa
 
 from features.contract import CUSTOMERS, TABLES
-from features.online.events import replay_outbox
-from features.online.record import Record, record_columns
+from features.online.events import outbox_events, replay_outbox
+from features.online.record import Record, append_events, record_columns
 from features.online.store import open_store, redact_url
 from features.spec import FeatureSpec, default_spec
 from features.tables.segments import load_version
@@ -163,8 +163,10 @@ def materialize(
 
     ``outbox``: the service's outbox folder; when loading as of now, what it holds and
     the warehouse does not yet (events acknowledged since the last ``ingest --outbox``)
-    is replayed onto the new records (:func:`features.online.events.replay_outbox`),
-    after they are written, so the live view never goes back.
+    is merged into each record before it is written
+    (:func:`features.online.events.outbox_events`), and what was acknowledged during the
+    load is replayed after it (:func:`features.online.events.replay_outbox`), so the live
+    view never goes back, even when the load dies midway.
 
     ``con`` is the DuckDB warehouse (an Ibis backend; read-only is enough) and ``store``
     an :class:`features.online.store.OnlineStore`. ``segments``: the stored segment model
@@ -178,20 +180,25 @@ def materialize(
     stored = load_version(raw(con), segments)
     say(f"{stored.describe()} for the live service")
     say(f"loading customer records as of {cutoff:%Y-%m-%d %H:%M} UTC into the online store")
-    written = 0
+    written = replayed = 0
+    # acknowledged, not ingested yet: merged into each record before it is written, so a
+    # load killed midway leaves every record old or new, each with the live events
+    live = outbox_events(outbox, spec) if outbox is not None and as_of is None else {}
 
     def counted() -> Iterator[tuple[str, Record]]:
-        nonlocal written
-        for item in iter_records(con, cutoff, spec):
+        nonlocal written, replayed
+        for customer_id, record in iter_records(con, cutoff, spec):
+            for table, rows in live.get(customer_id, {}).items():
+                replayed += append_events(record, table, rows)
             written += 1
             if written % 100_000 == 0:
                 say(f"{written:,} records")
-            yield item
+            yield customer_id, record
 
     with _no_cyclic_gc():
         store.put_many(counted())
     if outbox is not None and as_of is None:
-        replayed = replay_outbox(store, outbox, spec)
+        replayed += replay_outbox(store, outbox, spec)  # acknowledged during the load
         say(f"{replayed:,} events acknowledged since the last ingest replayed from the outbox")
     store.set_meta(META_FEATURE_SET, spec.version)
     store.set_meta(META_AS_OF, cutoff.isoformat())
