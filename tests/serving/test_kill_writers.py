@@ -22,8 +22,8 @@ from serving_harness import Workspace, prepare_workspace
 
 pytestmark = pytest.mark.slow
 
-#: seconds after the start at which each writer is killed (its imports take a few)
-KILL_AFTER = (2.0, 4.5, 7.0)
+#: seconds after a writer opened its target at which it is killed
+KILL_AFTER = (0.0, 0.05, 0.2, 0.5)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,9 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return prepare_workspace(tmp_path_factory.mktemp("killwriters"), customers=600, seed=13)
 
 
-def run(home: Path, args: list[str], kill_after: float | None = None) -> int:
+def run(home: Path, args: list[str], kill: tuple[Path, float] | None = None) -> int:
+    """Run a CLI command; with ``kill`` (a file, seconds), SIGKILL it that long after it
+    opened the file (the warehouse it writes, the store it loads): mid-write."""
     env = {**os.environ, "RAPPORT_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen(
@@ -40,10 +42,27 @@ def run(home: Path, args: list[str], kill_after: float | None = None) -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    if kill_after is not None:
-        time.sleep(kill_after)
+    if kill is not None:
+        target, after = kill
+        while proc.poll() is None and not _holds(proc.pid, target):
+            time.sleep(0.005)
+        time.sleep(after)
         proc.send_signal(signal.SIGKILL)
     return proc.wait(timeout=600)
+
+
+def _holds(pid: int, path: Path) -> bool:
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if Path(os.readlink(fd)) == path:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def store_ids(home: Path, customers: list[str]) -> set[str]:
@@ -101,9 +120,10 @@ def test_killed_writers_leave_the_old_or_the_new_state(ws: Workspace) -> None:
     loads = {f"ack-{n}" for n in range(300)}
 
     outcomes = []
+    targets = {"ingest": settings.warehouse_path, "materialize": ws.home / "online.sqlite"}
     for delay in KILL_AFTER:
         for command in (["ingest", "--outbox"], ["materialize"]):
-            code = run(ws.home, command, kill_after=delay)
+            code = run(ws.home, command, kill=(targets[command[0]], delay))
             assert code in (-signal.SIGKILL, 0), (command, code)
             outcomes.append(f"{command[0]} at {delay} s: {'killed' if code else 'finished'}")
             missing = acked - store_ids(ws.home, customers)
