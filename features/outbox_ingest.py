@@ -39,6 +39,7 @@ from features.ingest import (
     duckdb_error,
     ingest_jsonl,
 )
+from features.online.events import recover_segments
 from features.outbox_pending import DECISIONS, hold_unknown
 from features.tables.feature_samples import FEATURE_SAMPLES, load_outbox_samples
 from features.tables.lists import OUTBOX_LISTS, read_outbox_lists, record_lists
@@ -98,8 +99,13 @@ def ingest_outbox(
     con: Any, outbox_dir: Path, now: datetime, attribution: Attribution | None = None
 ) -> OutboxReport:
     """Load the events, decisions and feedback, then record the target lists, found in
-    ``outbox_dir`` (``attribution``: the windows, see :func:`features.ingest.ingest`)."""
+    ``outbox_dir`` (``attribution``: the windows, see :func:`features.ingest.ingest`).
+    The open segments of dead writers of this host are sealed first
+    (:func:`features.online.events.recover_segments`)."""
     outbox_dir = Path(outbox_dir)
+    # a worker killed while the service runs on leaves its segment open: sealed here, or
+    # its acknowledged lines would wait for the whole service's next start
+    recover_segments(outbox_dir)
     batches = {
         name: sorted((outbox_dir / name).glob("*.jsonl"))
         for name in (*LOAD_ORDER, FEEDBACK)

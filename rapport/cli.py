@@ -1047,27 +1047,18 @@ def materialize(as_of: datetime | None, segments: str | None) -> None:
     redis://host:port/db. It also gets the warehouse's segment model (stored by `rapport
     score` or `rapport features`). A running service picks the new load up within seconds.
     """
-    from features.online.materialize import META_SEGMENTS_VERSION
-    from features.online.materialize import materialize as run_materialize
-    from features.online.store import open_store, redact_url
+    from features.online.materialize import load_online_store
 
     settings = get_settings()
     con = open_warehouse(settings, read_only=True)
-    store = open_store(settings.online_store_url)
-    start = time.perf_counter()
     try:
-        written = run_materialize(
-            con, store, as_of, progress=progress, segments=segments, outbox=settings.outbox_dir
-        )
-        served = store.get_meta(META_SEGMENTS_VERSION)
+        loaded = load_online_store(con, as_of, segments, progress=progress, settings=settings)
     finally:
-        store.close()
         con.disconnect()
-    seconds = time.perf_counter() - start
     say(
-        f"{written:,} customer records in {seconds:.1f}s "
-        f"({written / max(seconds, 1e-9):,.0f}/s) into {redact_url(settings.online_store_url)}, "
-        f"segments {served}"
+        f"{loaded.records:,} customer records in {loaded.seconds:.1f}s "
+        f"({loaded.records / max(loaded.seconds, 1e-9):,.0f}/s) into {loaded.store}, "
+        f"segments {loaded.segments}"
     )
 
 

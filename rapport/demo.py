@@ -411,25 +411,14 @@ def prepare_serving(
 ) -> None:
     """Online store, champions in the BentoML store, a local key; then (unless
     ``--no-serve``) the service itself, in place of this process."""
-    import time
-
     say("\n== 6. online feature store: every customer's record, for live scoring")
-    from features.online.materialize import materialize
-    from features.online.store import open_store, redact_url
+    from features.online.materialize import load_online_store
     from models.bundle import import_champions
     from serving.auth import add_key
     from serving.runtime import serve
 
-    store = open_store(settings.online_store_url)
-    start = time.perf_counter()
-    try:
-        written = materialize(con, store, progress=progress)
-    finally:
-        store.close()
-    say(
-        f"{written:,} records in {time.perf_counter() - start:.1f}s into "
-        f"{redact_url(settings.online_store_url)}"
-    )
+    loaded = load_online_store(con, progress=progress, settings=settings)
+    say(f"{loaded.records:,} records in {loaded.seconds:.1f}s into {loaded.store}")
     say(f"champions bundled for serving as {import_champions(settings)}")
     row = con.con.execute(
         "SELECT customer_id FROM orders GROUP BY customer_id ORDER BY count(*) DESC, "

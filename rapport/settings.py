@@ -147,6 +147,12 @@ class Settings(BaseSettings):
         return self.home / "exports"
 
     @property
+    def score_snapshots_dir(self) -> Path:
+        """Each finished scoring run, published as immutable files the service reads
+        while the warehouse is locked (:mod:`features.tables.snapshots`)."""
+        return self.home / "snapshots" / "scores"
+
+    @property
     def reports_dir(self) -> Path:
         """HTML reports written outside MLflow (customer-base analytics)."""
         return self.home / "reports"

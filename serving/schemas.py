@@ -325,6 +325,10 @@ class TargetsResponse(BaseModel):
     name: str | None
     run_id: str = Field(description="The scoring run the list was selected from.")
     scores_as_of: datetime
+    features_as_of: datetime = Field(
+        description="When the consent, contact history and suppressions the list applied "
+        "were read: now, or the scoring run's as_of while a batch job holds the warehouse."
+    )
     count: int
     total_expected_value: float
     total_cost: float

@@ -12,6 +12,11 @@ link, ``GET /targets/download?list_id=...&format=...`` (:func:`download_app`, mo
 the service; the same key scope ``targets``). The route serves nothing but files named
 after a list id (:data:`features.tables.lists.LIST_ID`), so no path can escape the folder.
 
+While a writer holds the warehouse (``rapport score``, ``ingest``, ``cycle``: DuckDB lets no
+other process read it meanwhile), the list is made from the last published scoring run
+instead (:class:`features.tables.snapshots.SnapshotLists`: one complete run, its features
+and suppressions as of that run; the response's ``features_as_of`` says so).
+
 The service does not write the warehouse (single writer): before answering, it appends
 the list's audit rows -- definition, totals and members, exactly what ``rapport targets``
 records -- to ``<home>/outbox/target_lists`` in one durable segment, sealed at once
@@ -50,10 +55,13 @@ from features.tables.lists import (
     write_members,
 )
 from features.tables.scores import NoScoresError
+from features.tables.snapshots import NoSnapshotError, SnapshotLists
 from models.expressions import ExpressionError
 from models.targeting import (
+    ListSource,
     TargetDefinition,
     TargetError,
+    TargetList,
     lookup,
     make_list,
     saved_definitions,
@@ -179,19 +187,26 @@ def build_targets(
     durably appended to it before this returns."""
     definition = definition_of(request, settings)
     sink = Downloads(settings, outbox, request.max_rows, request.format)
-    source = WarehouseLists(settings.warehouse_path)
     try:
-        target = make_list(
-            source,
-            definition,
-            spec,
-            datetime.now(UTC),
-            control=read_control(settings.home).group,
-            suppress=request.suppress,
-            sink=sink,
-        )
-    except (WarehouseUnavailableError, ControlFileError) as exc:
+        control = read_control(settings.home).group
+    except ControlFileError as exc:
         raise TargetsUnavailableError(str(exc)) from None
+
+    def make(source: ListSource, as_of: datetime) -> TargetList:
+        return make_list(
+            source, definition, spec, as_of, control=control, suppress=request.suppress, sink=sink
+        )
+
+    try:
+        target = make(WarehouseLists(settings.warehouse_path), datetime.now(UTC))
+    except WarehouseUnavailableError as exc:
+        # a writer holds the warehouse (rapport score, ingest, cycle): the last published
+        # scoring run, with the features and suppressions it was scored with
+        try:
+            snapshot = SnapshotLists.latest(settings.score_snapshots_dir)
+        except NoSnapshotError:
+            raise TargetsUnavailableError(str(exc)) from None
+        target = make(snapshot, snapshot.as_of)
     selection = target.selection
     members = None
     if selection.count <= request.max_rows:
@@ -205,6 +220,7 @@ def build_targets(
         "name": definition.name,
         "run_id": target.run.run_id,
         "scores_as_of": target.run.as_of,
+        "features_as_of": target.as_of,
         "count": selection.count,
         "total_expected_value": selection.total_expected_value,
         "total_cost": selection.total_cost,

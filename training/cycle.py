@@ -22,7 +22,9 @@ Steps, in order (:data:`STEPS`):
 6. ``promote``: the new challengers through their gate (:func:`training.jobs.promote`,
    :func:`training.nba.promote_nba`); the service's bundle is refreshed;
 7. ``score``: batch scores of every customer with the champions;
-8. ``materialize``: the online store reloaded from the warehouse.
+8. ``materialize``: the online store reloaded from the warehouse as of now, with the
+   events acknowledged since the ingest step replayed from the outbox
+   (:func:`features.online.materialize.load_online_store`, as ``rapport materialize``).
 
 Safe to run every few minutes: a file lock (``<home>/cycle.lock``, released by the kernel
 when the process dies) keeps runs from overlapping; when neither the data nor the
@@ -48,8 +50,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from features.online.materialize import META_AS_OF, materialize
-from features.online.store import open_store
+from features.online.materialize import load_online_store
 from features.outbox_ingest import ingest_outbox
 from features.tables import cycle as records
 from features.tables.scores import RUNS as SCORE_RUNS
@@ -459,14 +460,11 @@ class _Cycle:
         return "done", f"{run.rows:,} customers as run {run.run_id}"
 
     def _materialize(self) -> tuple[str, str]:
-        store = open_store(get_settings().online_store_url)
-        try:
-            if store.get_meta(META_AS_OF) == self.as_of.isoformat():
-                return "done", "online store already loaded as of this run"
-            written = materialize(self.con, store, self.as_of, progress=self.say)
-        finally:
-            store.close()
-        return "done", f"{written:,} customer records"
+        # as of now, not of the run's as-of: the live view holds everything acknowledged
+        # so far, the outbox's events since this run's ingest replayed (the same path as
+        # `rapport materialize`). Redone whole when a killed run resumes (idempotent).
+        loaded = load_online_store(self.con, progress=self.say)
+        return "done", f"{loaded.records:,} customer records"
 
 
 def latest_run_count(db: Any) -> int:

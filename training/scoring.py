@@ -19,6 +19,9 @@
    fixed sample of the features it scored (:data:`~features.tables.scores.FEATURE_SAMPLE_ROWS`
    customers) to ``score_features``, for ``rapport monitor``'s drift checks, in the same
    transaction, so a failed run leaves nothing behind and history is never overwritten.
+6. the committed run is published as immutable files (:func:`features.tables.snapshots.publish`:
+   scores, the features it scored, suppressions), which ``POST /targets`` reads while the
+   warehouse is locked by a writer.
 
 ``scores`` holds one row per customer and run: ``run_id``, ``as_of``, ``scored_at``, the
 score columns of :data:`models.scorer.SCORE_COLUMNS`, per action the uplift that made its
@@ -61,6 +64,7 @@ from features.tables.scores import (
     write_feature_sample,
 )
 from features.tables.segments import save_version
+from features.tables.snapshots import publish
 from features.timeutil import as_utc
 from features.warehouse import raw
 from models.registry import Champions, build_scorer, check_compatible, load_champions
@@ -250,6 +254,10 @@ def score_all(
     except BaseException:
         db.execute("ROLLBACK")
         raise
+    start = time.perf_counter()
+    published = publish(db, get_settings().score_snapshots_dir, run_id, features)
+    timings["publishing"] = time.perf_counter() - start
+    say(f"published as {published} (what the service reads while the warehouse is busy)")
     return ScoreRun(
         run_id,
         cutoff,

@@ -226,13 +226,18 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed but not yet reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (not Linux): the signal check is all there is
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _truncate_torn_line(path: Path) -> None:
@@ -390,13 +395,12 @@ def _parsed(table: str, row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def replay_outbox(store: Any, root: Path, spec: FeatureSpec | None = None) -> int:
-    """Apply what the outbox holds and the warehouse does not yet (every line not in a
-    ``done/`` folder) to the records of ``store``, skipping the ids a record already
-    holds. ``materialize`` calls it after replacing the records from the warehouse, so
-    events acknowledged since the warehouse was last loaded are never dropped from the
-    live view (issue 22). A torn last line of an open segment is skipped. Returns the
-    number of events newly applied."""
+def outbox_events(
+    root: Path, spec: FeatureSpec | None = None
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """What the outbox holds and the warehouse does not yet (every line not in a ``done/``
+    folder), as record rows per customer and table. A torn last line of an open segment
+    is skipped (its write never completed, so it was never acknowledged)."""
     spec = spec or default_spec()
     rows: dict[str, list[dict[str, Any]]] = {}
     for table in RECORD_TABLES:
@@ -409,7 +413,16 @@ def replay_outbox(store: Any, root: Path, spec: FeatureSpec | None = None) -> in
                     continue
                 if table != "campaign_log" or counted(table, row, spec):
                     rows.setdefault(table, []).append(row)
-    grouped = _by_customer(rows, spec)
+    return _by_customer(rows, spec)
+
+
+def replay_outbox(store: Any, root: Path, spec: FeatureSpec | None = None) -> int:
+    """Apply :func:`outbox_events` to the records of ``store``, skipping the ids a record
+    already holds. ``materialize`` merges them into each record it writes and calls this
+    after the load for the events acknowledged meanwhile, so events acknowledged since the
+    warehouse was last loaded are never dropped from the live view (issue 22). Returns
+    the number of events newly applied."""
+    grouped = outbox_events(root, spec)
     records = store.get_many(list(grouped))
     applied = 0
     for customer_id, tables in grouped.items():

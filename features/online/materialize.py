@@ -20,9 +20,11 @@ customer exactly as the batch did.
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,12 +32,14 @@ from typing import Any
 import pyarrow as pa
 
 from features.contract import CUSTOMER_ATTRIBUTES, CUSTOMERS, TABLES
-from features.online.events import replay_outbox
-from features.online.record import Record, record_columns
+from features.online.events import outbox_events, replay_outbox
+from features.online.record import Record, append_events, record_columns
+from features.online.store import open_store, redact_url
 from features.spec import FeatureSpec, default_spec
 from features.tables.segments import load_version
 from features.timeutil import as_utc
 from features.warehouse import raw
+from rapport.settings import Settings, get_settings
 
 #: metadata keys the service reads
 META_FEATURE_SET = "feature_set_version"
@@ -159,8 +163,10 @@ def materialize(
 
     ``outbox``: the service's outbox folder; when loading as of now, what it holds and
     the warehouse does not yet (events acknowledged since the last ``ingest --outbox``)
-    is replayed onto the new records (:func:`features.online.events.replay_outbox`),
-    after they are written, so the live view never goes back.
+    is merged into each record before it is written
+    (:func:`features.online.events.outbox_events`), and what was acknowledged during the
+    load is replayed after it (:func:`features.online.events.replay_outbox`), so the live
+    view never goes back, even when the load dies midway.
 
     ``con`` is the DuckDB warehouse (an Ibis backend; read-only is enough) and ``store``
     an :class:`features.online.store.OnlineStore`. ``segments``: the stored segment model
@@ -174,20 +180,25 @@ def materialize(
     stored = load_version(raw(con), segments)
     say(f"{stored.describe()} for the live service")
     say(f"loading customer records as of {cutoff:%Y-%m-%d %H:%M} UTC into the online store")
-    written = 0
+    written = replayed = 0
+    # acknowledged, not ingested yet: merged into each record before it is written, so a
+    # load killed midway leaves every record old or new, each with the live events
+    live = outbox_events(outbox, spec) if outbox is not None and as_of is None else {}
 
     def counted() -> Iterator[tuple[str, Record]]:
-        nonlocal written
-        for item in iter_records(con, cutoff, spec):
+        nonlocal written, replayed
+        for customer_id, record in iter_records(con, cutoff, spec):
+            for table, rows in live.get(customer_id, {}).items():
+                replayed += append_events(record, table, rows)
             written += 1
             if written % 100_000 == 0:
                 say(f"{written:,} records")
-            yield item
+            yield customer_id, record
 
     with _no_cyclic_gc():
         store.put_many(counted())
     if outbox is not None and as_of is None:
-        replayed = replay_outbox(store, outbox, spec)
+        replayed += replay_outbox(store, outbox, spec)  # acknowledged during the load
         say(f"{replayed:,} events acknowledged since the last ingest replayed from the outbox")
     store.set_meta(META_FEATURE_SET, spec.version)
     store.set_meta(META_AS_OF, cutoff.isoformat())
@@ -198,6 +209,43 @@ def materialize(
     store.set_meta(META_MATERIALIZED_AT, datetime.now(UTC).isoformat())
     say(f"{written:,} records written (feature set {spec.version}, segments {stored.version})")
     return written
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What :func:`load_online_store` did."""
+
+    records: int
+    segments: str
+    seconds: float
+    store: str  # the store's address, without a password
+
+
+def load_online_store(
+    con: Any,
+    as_of: datetime | str | None = None,
+    segments: str | None = None,
+    progress: Progress | None = None,
+    settings: Settings | None = None,
+) -> Loaded:
+    """The one way the live service's store is loaded (``rapport materialize`` and the
+    cycle's ``materialize`` step): the configured store (``settings.online_store_url``)
+    replaced from the warehouse, then, when loading as of now, the service's outbox
+    replayed onto it (:func:`materialize` with ``settings.outbox_dir``), so the events
+    acknowledged since the last ``ingest --outbox`` (or while a cycle ran) stay in the
+    live view."""
+    settings = settings or get_settings()
+    store = open_store(settings.online_store_url)
+    start = time.perf_counter()
+    try:
+        written = materialize(
+            con, store, as_of, progress=progress, segments=segments, outbox=settings.outbox_dir
+        )
+        served = store.get_meta(META_SEGMENTS_VERSION) or ""
+    finally:
+        store.close()
+    seconds = time.perf_counter() - start
+    return Loaded(written, served, seconds, redact_url(settings.online_store_url))
 
 
 @contextmanager

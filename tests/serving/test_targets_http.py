@@ -166,6 +166,83 @@ def test_lists_made_over_http_reach_the_audit_tables(server: Server, ws: Workspa
         con.disconnect()
 
 
+def published_run(ws: Workspace) -> str:
+    from features.tables.snapshots import current
+    from rapport.settings import Settings
+
+    return current(Settings(home=ws.home).score_snapshots_dir).name
+
+
+def test_while_a_writer_holds_the_warehouse_lists_come_from_the_published_run(
+    server: Server, ws: Workspace
+) -> None:
+    """A writer mid-transaction (a scoring run half written: scores rows, no run record)
+    holds the warehouse, which no other process may then read: POST /targets still
+    answers 200, from the last published run (its features and suppressions, as of that
+    run), never from the half-written one; once the writer is gone, from the warehouse."""
+    from features.warehouse import connect
+    from rapport.settings import Settings
+
+    body = {"action": "cross_sell", "max_rows": 10_000}
+    fresh = post(server, ws, body).json()
+    assert fresh["features_as_of"] > fresh["scores_as_of"]  # read now from the warehouse
+    con = connect(Settings(home=ws.home).warehouse_path)
+    try:
+        db = con.con
+        db.execute("BEGIN TRANSACTION")
+        db.execute(
+            "INSERT INTO scores BY NAME SELECT * REPLACE ('sr-half-written' AS run_id) "
+            "FROM scores WHERE run_id = ?",
+            [fresh["run_id"]],
+        )
+        held = post(server, ws, body)
+        db.execute("ROLLBACK")
+    finally:
+        con.disconnect()
+    assert held.status_code == 200, held.text
+    data = held.json()
+    assert data["run_id"] == fresh["run_id"] == published_run(ws)
+    assert data["features_as_of"] == data["scores_as_of"]  # the run's own features
+    assert [m["customer_id"] for m in data["members"]] == [
+        m["customer_id"] for m in fresh["members"]
+    ]
+    after = post(server, ws, body).json()
+    assert after["features_as_of"] > after["scores_as_of"]
+
+
+def test_lists_during_a_real_scoring_run_read_one_complete_run(
+    server: Server, ws: Workspace
+) -> None:
+    """`rapport score` in its own process while lists are asked for: every answer is a
+    200 naming the run published before or the one it publishes, never anything between,
+    and the first list after it ends is from the new run."""
+    import subprocess
+    import sys
+
+    before = published_run(ws)
+    env = {**os.environ, "RAPPORT_HOME": str(ws.home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "rapport.cli", "score"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    answers = []
+    while writer.poll() is None:
+        answers.append(post(server, ws, {"action": "cross_sell", "top": 20}))
+    output = writer.stdout.read() if writer.stdout else ""
+    assert writer.returncode == 0, output
+    after = published_run(ws)
+    assert after != before
+    assert answers and all(a.status_code == 200 for a in answers), [
+        a.text for a in answers if a.status_code != 200
+    ]
+    assert {a.json()["run_id"] for a in answers} <= {before, after}
+    assert post(server, ws, {"action": "cross_sell", "top": 20}).json()["run_id"] == after
+
+
 def test_expired_downloads_are_pruned_and_nothing_else(tmp_path: Path) -> None:
     from rapport.settings import Settings
     from serving.targets import prune_exports

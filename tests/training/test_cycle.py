@@ -202,6 +202,58 @@ def test_each_round_measures_the_realised_impact_against_control(home: Path) -> 
     assert runs == sorted([f"im-{first.run_id}", f"im-{third.run_id}"])
 
 
+def live_order(order_id: str, customer_id: str) -> dict[str, Any]:
+    """An order as ``/events`` accepts it (placed a day ago)."""
+    ordered_at = datetime.now(UTC) - timedelta(days=1)
+    row = {"order_id": order_id, "customer_id": customer_id, "ordered_at": ordered_at}
+    return row | {"amount": 20.0, "margin": None, "category": None, "channel": "web"}
+
+
+def test_events_acknowledged_before_and_during_a_cycle_are_in_the_store_after_it(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cycle's materialize replays the outbox as `rapport materialize` does (issue 22):
+    an event the service acknowledged in a segment it then sealed (the ingest step loads
+    it), one still in the service's open segment (ingest never reads those) and one
+    acknowledged while the cycle ran (after its ingest step) are all in the online store
+    after the cycle, which reloaded every record from the warehouse."""
+    from features.online.events import Outbox, apply_events
+    from features.online.store import open_store
+    from training import cycle
+
+    no_retrain = CycleOptions(params=FAST_PARAMS, train_cutoffs=2, retrain_after_days=3650)
+    assert run_cycle(no_retrain).ok  # a deployment: scores, segments, the loaded store
+    settings = get_settings()
+    con = connect(settings.warehouse_path, read_only=True)
+    ids = [r[0] for r in raw(con).execute("SELECT customer_id FROM customers LIMIT 3").fetchall()]
+    con.disconnect()
+    store = open_store(settings.online_store_url)
+    sealed, running = Outbox(settings.outbox_dir), Outbox(settings.outbox_dir)
+    apply_events(store, sealed, {"orders": [live_order("ack-sealed", ids[0])]})
+    sealed.close()
+    apply_events(store, running, {"orders": [live_order("ack-open", ids[1])]})
+    scored = cycle._Cycle._score
+
+    def acknowledged_while_scoring(self: Any) -> tuple[str, str]:
+        apply_events(store, running, {"orders": [live_order("ack-during", ids[2])]})
+        return scored(self)
+
+    monkeypatch.setattr(cycle._Cycle, "_score", acknowledged_while_scoring)
+    result = run_cycle(no_retrain)
+    assert result.status == "done", result.summary()
+    steps = {s.name: s for s in result.steps}
+    assert steps["ingest"].detail.startswith("1 new rows"), steps["ingest"].detail
+    assert steps["materialize"].status == "done"
+    held = store.get_many(ids)
+    store.close()
+    orders = {c: set(held[c]["orders"]["order_id"]) for c in ids}
+    assert "ack-sealed" in orders[ids[0]] and "ack-open" in orders[ids[1]]
+    assert "ack-during" in orders[ids[2]]
+    warehouse = query("SELECT order_id FROM orders WHERE order_id LIKE 'ack-%'")
+    assert warehouse.order_id.tolist() == ["ack-sealed"]  # the others wait in the outbox
+    running.close()
+
+
 def test_the_cli_exits_zero_and_a_held_lock_skips_the_run(home: Path) -> None:
     with cycle_lock(home / "cycle.lock"):
         with pytest.raises(CycleBusyError, match=f"another cycle is running \\(pid {os.getpid()}"):

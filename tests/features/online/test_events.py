@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -147,6 +148,22 @@ def test_recovery_seals_segments_of_dead_processes_only(tmp_path: Path) -> None:
     assert sealed.read_text() == '{"order_id": "X1"}\n'
     assert elsewhere.exists()
     assert len(list((tmp_path / "orders").glob(f"*-{os.getpid()}-*{OPEN_SUFFIX}"))) == 1
+
+
+def test_recovery_seals_the_segment_of_a_killed_process_not_yet_reaped(tmp_path: Path) -> None:
+    """A SIGKILLed worker is a zombie until its supervisor reaps it; signal 0 still finds
+    it, yet it will never write again (issue 22: a killed worker's segment waited)."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+        time.sleep(0.05)  # exited, not reaped: no wait() yet
+    mine = Outbox(tmp_path)
+    mine.append("orders", [order("L1", "C1")])
+    host = next((tmp_path / "orders").glob(f"*{OPEN_SUFFIX}")).name.split("-")[1]
+    path = tmp_path / "orders" / f"20250101T000000000000Z-{host}-{zombie.pid}-1{OPEN_SUFFIX}"
+    path.write_text('{"order_id": "Z1"}\n')
+    (sealed,) = recover_segments(tmp_path)
+    zombie.wait()
+    assert sealed.read_text() == '{"order_id": "Z1"}\n'
 
 
 # --------------------------------------------------------------------------- events

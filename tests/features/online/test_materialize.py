@@ -156,3 +156,50 @@ def test_events_acknowledged_since_the_last_ingest_survive_a_materialize(
     outbox.close()  # sealed now: still replayed, and only once
     mat.materialize(con, store, outbox=outbox.root)
     assert evaluate(store.get(customer), now)["orders_all"] == before + 1
+
+
+class DiesMidway:
+    """A store whose load dies (as a killed process would) after ``after`` records."""
+
+    def __init__(self, store: Any, after: int) -> None:
+        self.store, self.after = store, after
+
+    def put_many(self, items: Any) -> None:
+        def until_death() -> Any:
+            for n, item in enumerate(items):
+                if n == self.after:
+                    return
+                yield item
+
+        self.store.put_many(until_death())
+        raise SystemExit("killed")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_load_killed_midway_keeps_the_acknowledged_events_in_every_record(
+    con: Any, tmp_path: Path
+) -> None:
+    """Every record a dying materialize wrote already holds the events acknowledged since
+    the last ingest (merged before the write, not replayed after it); the ones it did not
+    reach are the old records, which hold them too."""
+    from features.online.events import Outbox, apply_events
+
+    store = open_store(f"sqlite:///{tmp_path / 'online.sqlite'}")
+    outbox = Outbox(tmp_path / "outbox")
+    mat.materialize(con, store, outbox=outbox.root)
+    customers = [r[0] for r in raw(con).execute("SELECT customer_id FROM customers").fetchall()]
+    now = datetime.now(UTC)
+    for n, customer in enumerate(customers):
+        order = {"order_id": f"live-{n}", "customer_id": customer}
+        order |= {"ordered_at": now - timedelta(1), "amount": 9.5, "channel": "web"}
+        order |= {"margin": None, "category": None}
+        apply_events(store, outbox, {"orders": [order]})
+    with pytest.raises(SystemExit):
+        mat.materialize(con, DiesMidway(store, len(customers) // 2), outbox=outbox.root)
+    held = store.get_many(customers)
+    missing = [
+        c for n, c in enumerate(customers) if f"live-{n}" not in held[c]["orders"]["order_id"]
+    ]
+    assert not missing
