@@ -337,6 +337,9 @@ def ingest(
 ) -> None:
     """Validate and load contract files into the warehouse (idempotent).
 
+    With RAPPORT_ENGINE=spark the validated tables and the quarantine are then written
+    to the lake (RAPPORT_LAKE_URI) as Parquet, where the Spark jobs read them.
+
     Bad rows go to the `quarantine` table with a reason; good rows always land. Exits 3
     when a source had more than --max-quarantined of its rows quarantined (or all), 2
     with --strict when any row was. Outcomes (an outcomes file, /feedback from the
@@ -344,7 +347,9 @@ def ingest(
     decisions' outcomes (table `outcomes`, every version in `outcome_history`).
     """
     from features.ingest import ingest as run_ingest
+    from features.lake import export_tables
     from features.outbox_ingest import ingest_outbox
+    from features.warehouse import raw
     from models.catalog import default_catalog, parse_catalog
 
     try:
@@ -369,8 +374,13 @@ def ingest(
         reports.append(
             ingest_outbox(con, settings.outbox_dir, now=datetime.now(UTC), attribution=windows)
         )
+    # the Spark engine reads the validated tables from the lake: mirror them there
+    written = export_tables(raw(con), settings.lake) if settings.engine == "spark" else None
     for report in reports:
         say(report.summary())
+    if written is not None:
+        rows = ", ".join(f"{name} {n:,}" for name, n in written.items())
+        say(f"lake (engine spark): {rows} rows, as Parquet under {settings.lake}/tables")
     share = settings.max_quarantine_share if max_quarantined is None else max_quarantined
     if over := [line for report in reports for line in report.over_quarantine(share)]:
         for line in over:
