@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from features.batch import finish, normalize_raw, raw_expression, to_frame
 from features.contract import TABLES
 from features.lake import LakeError, features_uri, table_uri
+from features.segments import FIT_COLUMNS
 from features.spec import FeatureSpec, default_spec
 from features.timeutil import as_utc
 from rapport.settings import Settings, get_settings
@@ -158,3 +160,25 @@ def read_parquet(spark: SparkSession, uri: str) -> DataFrame:
 def counts(frame: DataFrame, column: str) -> dict[str, int]:
     """Rows per value of one column (small results: a few categories)."""
     return {str(r[0]): int(r[1]) for r in frame.groupBy(column).count().collect()}
+
+
+@dataclass(frozen=True)
+class FeatureSnapshot:
+    """What ``rapport features`` on Spark wrote: where, how many customers, and the few
+    columns an exact segment fit needs (:data:`features.segments.FIT_COLUMNS`)."""
+
+    uri: str
+    rows: int
+    fit: pd.DataFrame
+
+
+def snapshot_features(
+    spark: SparkSession, lake: str, as_of: datetime | str, spec: FeatureSpec | None = None
+) -> FeatureSnapshot:
+    """Build the features of ``as_of`` on Spark, write them to the lake, and read back
+    what the segment fit needs (the written files, not a second build)."""
+    cutoff = as_utc(as_of)
+    uri = write_features(build_features(spark, lake, cutoff, spec), lake, cutoff)
+    written = spark.read.parquet(uri)
+    fit = collect(written, list(FIT_COLUMNS))
+    return FeatureSnapshot(uri, len(fit), fit)

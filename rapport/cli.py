@@ -445,7 +445,16 @@ def features(as_of: datetime | None, out: Path | None, segments: bool) -> None:
 
     cutoff = as_of or datetime.now(UTC)
     spec = default_spec()
-    con = open_warehouse(get_settings(), read_only=not segments)
+    settings = get_settings()
+    if settings.engine == "spark":
+        if out is not None:
+            raise click.UsageError(
+                "--out: with RAPPORT_ENGINE=spark the features are written to the lake "
+                f"({settings.lake}/features); read them there"
+            )
+        _features_on_spark(settings, cutoff, segments)
+        return
+    con = open_warehouse(settings, read_only=not segments)
     try:
         with step(f"building features as of {cutoff:%Y-%m-%d %H:%M} UTC"):
             frame = build(con, cutoff)
@@ -468,6 +477,30 @@ def features(as_of: datetime | None, out: Path | None, segments: bool) -> None:
         else:
             frame.to_parquet(out, index=False)
         say(f"written to {out}")
+
+
+def _features_on_spark(settings: Settings, cutoff: datetime, segments: bool) -> None:
+    """``rapport features`` with the Spark engine: lake in, lake out; the segment model
+    (fitted on the driver from the few columns it reads) stored in the warehouse."""
+    from features.spark import session, snapshot_features
+    from features.spec import default_spec
+    from features.tables.segments import snapshot_segments
+    from features.warehouse import raw
+
+    spec = default_spec()
+    with step(f"building features as of {cutoff:%Y-%m-%d %H:%M} UTC on Spark"):
+        snapshot = snapshot_features(session(settings), settings.lake, cutoff, spec)
+    say(f"{snapshot.rows:,} customers x {len(spec.names)} features, feature set {spec.version}")
+    say(f"written to {snapshot.uri}")
+    if segments:
+        con = open_warehouse(settings)
+        try:
+            fitted = snapshot_segments(
+                raw(con), snapshot.fit, cutoff, spec.version, datetime.now(UTC)
+            )
+        finally:
+            con.disconnect()
+        say(f"stored {fitted.describe()}")
 
 
 # --------------------------------------------------------------------------- models
