@@ -26,6 +26,15 @@ import pyarrow as pa
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.types import (
+    BooleanType,
+    DoubleType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 from features.batch import finish, normalize_raw, raw_expression, to_frame
 from features.contract import TABLES
@@ -143,14 +152,35 @@ def map_frames(
     frame: DataFrame, fn: Callable[[pd.DataFrame], pd.DataFrame], example: pd.DataFrame
 ) -> DataFrame:
     """``fn`` applied to every partition's pandas batches in the executors
-    (``mapInPandas``); ``example`` (``fn`` of a few rows, on the driver) gives the schema."""
-    schema = from_arrow_schema(pa.Schema.from_pandas(example, preserve_index=False))
+    (``mapInPandas``); ``example`` (``fn`` of a few rows, on the driver) gives the schema
+    (:func:`schema_of`)."""
+    schema = schema_of(example)
 
     def apply(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             yield fn(batch)
 
     return frame.mapInPandas(apply, schema)
+
+
+def schema_of(frame: pd.DataFrame) -> StructType:
+    """A Spark schema from a frame's dtypes (not its values, so a column that happens to
+    be all null in the example is still typed): timestamps, doubles, longs, booleans,
+    and strings for everything else."""
+    fields = []
+    for name, dtype in frame.dtypes.items():
+        if pd.api.types.is_datetime64_any_dtype(dtype):
+            kind: Any = TimestampType()
+        elif pd.api.types.is_bool_dtype(dtype):
+            kind = BooleanType()
+        elif pd.api.types.is_float_dtype(dtype):
+            kind = DoubleType()
+        elif pd.api.types.is_integer_dtype(dtype):
+            kind = LongType()
+        else:
+            kind = StringType()
+        fields.append(StructField(str(name), kind, nullable=True))
+    return StructType(fields)
 
 
 def read_parquet(spark: SparkSession, uri: str) -> DataFrame:

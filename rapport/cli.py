@@ -708,12 +708,23 @@ def score(as_of: datetime | None, chunk_rows: int) -> None:
 
     Churn probability, value with its interval, RFM segment, ABC tier and the best allowed
     action with its expected value, stamped with model versions, feature set and as-of.
+    With RAPPORT_ENGINE=spark: features from the lake, the champions applied in the
+    executors, scores to <lake>/scores/run_id=<run>/ as Parquet (--chunk-rows unused).
     """
-    from training.scoring import score_all
+    from training.scoring import score_all, score_on_spark
 
-    con = open_warehouse(get_settings())
+    settings = get_settings()
+    spark = None
+    if settings.engine == "spark":
+        from features.spark import session
+
+        spark = session(settings)  # before the warehouse: Spark takes a while to start
+    con = open_warehouse(settings)
     try:
-        run = score_all(con, as_of, chunk_rows=chunk_rows, progress=progress)
+        if spark is not None:
+            run = score_on_spark(con, spark, settings.lake, as_of, progress=progress)
+        else:
+            run = score_all(con, as_of, chunk_rows=chunk_rows, progress=progress)
     finally:
         con.disconnect()
     say(run.summary())
