@@ -120,10 +120,10 @@ def build_features(
 ) -> DataFrame:
     """Features of every customer who signed up before ``as_of`` (lazy Spark DataFrame),
     from the lake's tables: the same raw-aggregate query and the same :func:`finish`
-    as :func:`features.batch.build`, ordered by ``customer_id``."""
+    as :func:`features.batch.build`, in no particular order (no global sort)."""
     spec = spec or default_spec()
     cutoff = as_utc(as_of)
-    raw = to_spark(raw_expression(lake_tables(spark, lake), cutoff, spec))
+    raw = to_spark(raw_expression(lake_tables(spark, lake), cutoff, spec, ordered=False))
     schema = feature_schema(spec)
 
     def finish_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
