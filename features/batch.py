@@ -115,9 +115,14 @@ def source_aggregates(table: ir.Table, aggs: list[Agg], as_of: datetime) -> ir.T
 
 
 def raw_expression(
-    tables: Mapping[str, ir.Table], as_of: datetime, spec: FeatureSpec | None = None
+    tables: Mapping[str, ir.Table],
+    as_of: datetime,
+    spec: FeatureSpec | None = None,
+    ordered: bool = True,
 ) -> ir.Table:
-    """The whole raw-aggregate query for one cutoff, as an Ibis expression."""
+    """The whole raw-aggregate query for one cutoff, as an Ibis expression, ordered by
+    ``customer_id`` unless ``ordered`` is false (a distributed job writing files skips
+    the global sort)."""
     spec = spec or default_spec()
     as_of = as_utc(as_of)
     customers = tables[CUSTOMERS.name]
@@ -130,7 +135,7 @@ def raw_expression(
             continue
         part = source_aggregates(tables[source], aggs, as_of)
         result = result.left_join(part, "customer_id").drop("customer_id_right")
-    return result.order_by("customer_id")
+    return result.order_by("customer_id") if ordered else result
 
 
 TIME_AGGS = frozenset({"days_since_last", "days_since_first"})

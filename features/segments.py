@@ -22,6 +22,8 @@ from features.timeutil import as_utc
 
 RECENCY, FREQUENCY, MONETARY = "days_since_last_order", "orders_365d", "spend_365d"
 ABC_VALUE = "spend_365d"
+#: the only feature columns :func:`fit_segments` reads (what a distributed job collects)
+FIT_COLUMNS = tuple(dict.fromkeys((RECENCY, FREQUENCY, MONETARY, ABC_VALUE)))
 NO_PURCHASE = "prospect"
 
 #: (R scores, F scores) -> segment, first match wins (the classic RFM segment grid)

@@ -339,6 +339,9 @@ def ingest(
 ) -> None:
     """Validate and load contract files into the warehouse (idempotent).
 
+    With RAPPORT_ENGINE=spark the validated tables and the quarantine are then written
+    to the lake (RAPPORT_LAKE_URI) as Parquet, where the Spark jobs read them.
+
     Bad rows go to the `quarantine` table with a reason; good rows always land. Exits 3
     when a source had more than --max-quarantined of its rows quarantined (or all), 2
     with --strict when any row was. Outcomes (an outcomes file, /feedback from the
@@ -346,7 +349,9 @@ def ingest(
     decisions' outcomes (table `outcomes`, every version in `outcome_history`).
     """
     from features.ingest import ingest as run_ingest
+    from features.lake import export_tables
     from features.outbox_ingest import ingest_outbox
+    from features.warehouse import raw
     from models.catalog import default_catalog, parse_catalog
 
     try:
@@ -372,10 +377,15 @@ def ingest(
             reports.append(
                 ingest_outbox(con, settings.outbox_dir, now=datetime.now(UTC), attribution=windows)
             )
+        # the Spark engine reads the validated tables from the lake: mirror them there
+        written = export_tables(raw(con), settings.lake) if settings.engine == "spark" else None
     finally:
         con.disconnect()  # before any exit: in-process callers (tests, notebooks) reopen it
     for report in reports:
         say(report.summary())
+    if written is not None:
+        rows = ", ".join(f"{name} {n:,}" for name, n in written.items())
+        say(f"lake (engine spark): {rows} rows, as Parquet under {settings.lake}/tables")
     share = settings.max_quarantine_share if max_quarantined is None else max_quarantined
     if over := [line for report in reports for line in report.over_quarantine(share)]:
         for line in over:
@@ -440,7 +450,16 @@ def features(as_of: datetime | None, out: Path | None, segments: bool) -> None:
 
     cutoff = as_of or datetime.now(UTC)
     spec = default_spec()
-    con = open_warehouse(get_settings(), read_only=not segments)
+    settings = get_settings()
+    if settings.engine == "spark":
+        if out is not None:
+            raise click.UsageError(
+                "--out: with RAPPORT_ENGINE=spark the features are written to the lake "
+                f"({settings.lake}/features); read them there"
+            )
+        _features_on_spark(settings, cutoff, segments)
+        return
+    con = open_warehouse(settings, read_only=not segments)
     try:
         with step(f"building features as of {cutoff:%Y-%m-%d %H:%M} UTC"):
             frame = build(con, cutoff)
@@ -463,6 +482,30 @@ def features(as_of: datetime | None, out: Path | None, segments: bool) -> None:
         else:
             frame.to_parquet(out, index=False)
         say(f"written to {out}")
+
+
+def _features_on_spark(settings: Settings, cutoff: datetime, segments: bool) -> None:
+    """``rapport features`` with the Spark engine: lake in, lake out; the segment model
+    (fitted on the driver from the few columns it reads) stored in the warehouse."""
+    from features.spark import session, snapshot_features
+    from features.spec import default_spec
+    from features.tables.segments import snapshot_segments
+    from features.warehouse import raw
+
+    spec = default_spec()
+    with step(f"building features as of {cutoff:%Y-%m-%d %H:%M} UTC on Spark"):
+        snapshot = snapshot_features(session(settings), settings.lake, cutoff, spec)
+    say(f"{snapshot.rows:,} customers x {len(spec.names)} features, feature set {spec.version}")
+    say(f"written to {snapshot.uri}")
+    if segments:
+        con = open_warehouse(settings)
+        try:
+            fitted = snapshot_segments(
+                raw(con), snapshot.fit, cutoff, spec.version, datetime.now(UTC)
+            )
+        finally:
+            con.disconnect()
+        say(f"stored {fitted.describe()}")
 
 
 # --------------------------------------------------------------------------- models
@@ -670,12 +713,23 @@ def score(as_of: datetime | None, chunk_rows: int) -> None:
 
     Churn probability, value with its interval, RFM segment, ABC tier and the best allowed
     action with its expected value, stamped with model versions, feature set and as-of.
+    With RAPPORT_ENGINE=spark: features from the lake, the champions applied in the
+    executors, scores to <lake>/scores/run_id=<run>/ as Parquet (--chunk-rows unused).
     """
-    from training.scoring import score_all
+    from training.scoring import score_all, score_on_spark
 
-    con = open_warehouse(get_settings())
+    settings = get_settings()
+    spark = None
+    if settings.engine == "spark":
+        from features.spark import session
+
+        spark = session(settings)  # before the warehouse: Spark takes a while to start
+    con = open_warehouse(settings)
     try:
-        run = score_all(con, as_of, chunk_rows=chunk_rows, progress=progress)
+        if spark is not None:
+            run = score_on_spark(con, spark, settings.lake, as_of, progress=progress)
+        else:
+            run = score_all(con, as_of, chunk_rows=chunk_rows, progress=progress)
     finally:
         con.disconnect()
     say(run.summary())
@@ -1076,6 +1130,7 @@ def forget(customer_id: str, yes: bool) -> None:
     exported with --out elsewhere), MLflow run artifacts, and models already trained.
     """
     from features.forget import forget as run_forget
+    from features.lake import is_local, local_path
     from features.online.store import open_store
 
     if not customer_id.strip():
@@ -1088,6 +1143,7 @@ def forget(customer_id: str, yes: bool) -> None:
             err=True,
         )
     settings = get_settings()
+    lake_folder = [local_path(settings.lake)] if is_local(settings.lake) else []
     con = open_warehouse(settings)
     store = open_store(settings.online_store_url)
     try:
@@ -1097,7 +1153,7 @@ def forget(customer_id: str, yes: bool) -> None:
             customer_id,
             datetime.now(UTC),
             outbox=settings.outbox_dir,
-            files=[settings.exports_dir],
+            files=[settings.exports_dir, settings.score_snapshots_dir, *lake_folder],
         )
     finally:
         store.close()

@@ -7,8 +7,10 @@ not given explicitly are derived from the workspace folder ``RAPPORT_HOME``.
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +103,39 @@ class Settings(BaseSettings):
         "identity resolution writes every number in E.164.",
     )
 
+    engine: Literal["duckdb", "spark"] = Field(
+        default="duckdb",
+        description="Where `rapport ingest`, `features` and `score` run: `duckdb` (one machine) "
+        "or `spark` (over Parquet in the lake, RAPPORT_LAKE_URI).",
+    )
+    spark_master: str = Field(
+        default="local[*]",
+        min_length=1,
+        description="Spark master: `local[*]`, `local[2]`, `spark://host:7077`, `yarn`, ...",
+    )
+    spark_conf: str | None = Field(
+        default=None,
+        description="Extra Spark settings, `spark.k=v,spark.k2=v2` or a JSON object; every "
+        "key starts with `spark.`.",
+    )
+    lake_uri: str | None = Field(
+        default=None,
+        description="The lake (Parquet): a folder or an object-store URI such as "
+        "s3a://bucket/rapport (default: <home>/lake).",
+    )
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("spark_conf", mode="after")
+    @classmethod
+    def _spark_conf_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_spark_conf(value)
+        return value
+
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
@@ -157,11 +192,58 @@ class Settings(BaseSettings):
         """HTML reports written outside MLflow (customer-base analytics)."""
         return self.home / "reports"
 
+    @property
+    def lake(self) -> str:
+        """The lake's root: a URI (``s3a://...``, ``file:///...``) as given, else a local
+        absolute path (default ``<home>/lake``)."""
+        if not self.lake_uri:
+            return str(self.home / "lake")
+        if "://" in self.lake_uri:
+            return self.lake_uri.rstrip("/")
+        return str(Path(self.lake_uri).expanduser().absolute())
+
+    @property
+    def spark_options(self) -> dict[str, str]:
+        """RAPPORT_SPARK_CONF parsed (checked when the settings were read)."""
+        return parse_spark_conf(self.spark_conf) if self.spark_conf else {}
+
     def ensure_home(self) -> Path:
         """Create the workspace folders on first use (never at import time)."""
         for folder in (self.home, self.mlruns_dir, self.outbox_dir, self.exports_dir):
             folder.mkdir(parents=True, exist_ok=True)
         return self.home
+
+
+def parse_spark_conf(text: str) -> dict[str, str]:
+    """``spark.a=1,spark.b=x`` or ``{"spark.a": "1"}`` to a mapping; ValueError says which
+    entry is wrong (not ``k=v``, a key outside ``spark.*``, JSON that is not an object)."""
+    text = text.strip()
+    if not text:
+        return {}
+    pairs: dict[str, str] = {}
+    if text.startswith(("{", "[")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"RAPPORT_SPARK_CONF is not valid JSON: {exc.msg}") from None
+        if not isinstance(data, dict):
+            raise ValueError("RAPPORT_SPARK_CONF as JSON must be an object of spark.* keys")
+        pairs = {str(k).strip(): str(v) for k, v in data.items()}
+    else:
+        for entry in text.split(","):
+            key, sep, value = entry.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise ValueError(
+                    f"RAPPORT_SPARK_CONF entry {entry.strip()!r} is not key=value "
+                    "(expected spark.k=v,spark.k2=v2 or a JSON object)"
+                )
+            pairs[key.strip()] = value.strip()
+    wrong = [k for k in pairs if not k.startswith("spark.") or k == "spark."]
+    if wrong:
+        raise ValueError(
+            f"RAPPORT_SPARK_CONF keys must start with 'spark.': {', '.join(sorted(wrong))}"
+        )
+    return pairs
 
 
 @cache

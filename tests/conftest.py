@@ -31,3 +31,28 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     reset_settings()
     yield home
     reset_settings()
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One small local Spark session for the whole test process (tests marked ``spark``):
+    two cores, two shuffle partitions, no web UI; built by :func:`features.spark.session`
+    from settings, as the jobs build theirs."""
+    import shutil
+
+    if shutil.which("java") is None:
+        pytest.fail(
+            "Java is not installed: the Spark tests cannot run. "
+            "Install it with `apt-get install -y openjdk-17-jre-headless` (.ci/run does)."
+        )
+    from features.spark import session
+    from rapport.settings import Settings
+
+    settings = Settings(
+        spark_master="local[2]",
+        spark_conf="spark.sql.shuffle.partitions=2,spark.ui.enabled=false,"
+        "spark.default.parallelism=2",
+    )
+    active = session(settings, app="rapport-tests")
+    yield active
+    active.stop()

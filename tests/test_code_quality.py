@@ -25,11 +25,12 @@ ALLOWED = {
 }
 #: where the registry and serving frameworks may be imported (DESIGN.md): in ``models``
 #: only its adapters (the MLflow registry, the pyfunc wrapper, the BentoML bundle); MLflow
-#: also by training's run tracking, BentoML also by the service. A path ending in "/" is a
-#: whole package.
+#: also by training's run tracking, BentoML also by the service; PySpark only by the
+#: session and Spark executions module. A path ending in "/" is a whole package.
 FRAMEWORKS = {
     "mlflow": ("models/registry.py", "models/pyfunc.py", "training/"),
     "bentoml": ("models/bundle.py", "serving/"),
+    "pyspark": ("features/spark.py",),
 }
 
 

@@ -39,11 +39,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -76,12 +78,13 @@ NBA = "nba"
 CHUNK_ROWS = 250_000
 
 
-def _batch_threads(champions: Champions) -> None:
+def _batch_threads(champions: Champions, threads: int | None = None) -> None:
     """The registered uplift models predict on one thread (right for the live service, one
-    row at a time); a batch of 250,000 rows wants every core."""
+    row at a time); a batch of 250,000 rows wants every core (``threads``, default all;
+    one in a Spark task, where the executor's cores are Spark's to share)."""
     uplift = getattr(champions.nba, "uplift", None)
     if uplift is not None and isinstance(getattr(uplift, "params", None), dict):
-        uplift.params = {**uplift.params, "num_threads": os.cpu_count() or 1}
+        uplift.params = {**uplift.params, "num_threads": threads or os.cpu_count() or 1}
 
 
 @dataclass
@@ -99,6 +102,8 @@ class ScoreRun:
     #: customers of the control group (best action no_action) and the share that held them
     held_out: int = 0
     control_share: float = 0.0
+    #: where the scores went: None for the warehouse table, else the lake folder (Spark)
+    where: str | None = None
 
     @property
     def seconds(self) -> float:
@@ -123,9 +128,106 @@ class ScoreRun:
                 f"  ABC tier: {abc}",
                 f"  control group: {self.held_out:,} customers held out of every action "
                 f"(share {self.control_share:.1%}; `rapport control`)",
-                f"  appended to the warehouse table `{SCORES}` (history kept; runs in `{RUNS}`)",
+                f"  appended to the warehouse table `{SCORES}` (history kept; runs in `{RUNS}`)"
+                if self.where is None
+                else f"  written to {self.where} (runs in the warehouse table `{RUNS}`)",
             ]
         )
+
+
+def _ready(
+    champions: Champions | None, spec: FeatureSpec, say: Progress, threads: int | None = None
+) -> Champions:
+    """The champions (default: the registry's), refused when they do not fit ``spec``."""
+    if champions is None:
+        say("loading the champion models from the MLflow registry")
+        champions = load_champions()
+    problems = check_compatible(champions, spec)
+    if problems:
+        raise ValueError("; ".join(problems))
+    _batch_threads(champions, threads)
+    return champions
+
+
+@dataclass(frozen=True)
+class _Stamps:
+    """What every score row of one run carries besides its scores."""
+
+    run_id: str
+    as_of: datetime
+    scored_at: datetime
+    #: model versions, feature set and catalog: string columns after the scores
+    tail: dict[str, str | None]
+
+    @classmethod
+    def new(cls, as_of: datetime, champions: Champions, spec: FeatureSpec, catalog: Any) -> _Stamps:
+        run_id = datetime.now(UTC).strftime("sr-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
+        tail = {
+            "churn_version": champions.versions.get("churn"),
+            "value_version": champions.versions.get("value"),
+            "nba_version": champions.versions.get(NBA),
+            "feature_set": spec.version,
+            "catalog_version": catalog.version,
+        }
+        return cls(run_id, as_of, datetime.now(UTC), tail)
+
+    def apply(self, scored: pd.DataFrame) -> pd.DataFrame:
+        """``run_id``, ``as_of``, ``scored_at`` first, the tail last (in place)."""
+        head = {
+            "run_id": self.run_id,
+            "as_of": pd.Timestamp(self.as_of),
+            "scored_at": pd.Timestamp(self.scored_at),
+        }
+        for i, (name, value) in enumerate(head.items()):
+            scored.insert(i, name, value)
+        for name, tail_value in self.tail.items():
+            scored[name] = pd.Series([tail_value] * len(scored), dtype="string")
+        return scored
+
+
+def _score_batch(scorer: Any, stamps: _Stamps, features: pd.DataFrame) -> pd.DataFrame:
+    """One batch of features scored and stamped (a chunk on DuckDB, a Spark batch)."""
+    return stamps.apply(scorer.score_frame(features, stamps.as_of))
+
+
+def _record_run(
+    db: Any,
+    stamps: _Stamps,
+    rows: int,
+    seconds: float,
+    catalog: Any,
+    segments: Any,
+    control: ControlGroup,
+) -> None:
+    """The run in ``score_runs`` and its segment model in ``segment_models`` (the
+    caller's transaction)."""
+    db.execute(RUNS_DDL)
+    db.execute(RUNS_SEGMENTS_VERSION)
+    for alter in RUNS_CONTROL:
+        db.execute(alter)
+    save_version(db, segments, stamps.scored_at)
+    db.execute(
+        f"INSERT INTO {RUNS} (run_id, as_of, scored_at, rows, seconds, churn_version, "
+        "value_version, nba_version, feature_set, catalog_version, catalog_json, "
+        "segments_version, control_share, control_salt) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            stamps.run_id,
+            stamps.as_of,
+            stamps.scored_at,
+            rows,
+            seconds,
+            stamps.tail["churn_version"],
+            stamps.tail["value_version"],
+            stamps.tail["nba_version"],
+            stamps.tail["feature_set"],
+            catalog.version,
+            json.dumps(catalog.model_dump(mode="json")),
+            segments.version,
+            control.share,
+            control.salt,
+        ],
+    )
 
 
 def score_all(
@@ -149,13 +251,7 @@ def score_all(
     cutoff = as_utc(as_of) if as_of is not None else datetime.now(UTC)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    if champions is None:
-        say("loading the champion models from the MLflow registry")
-        champions = load_champions()
-    problems = check_compatible(champions, spec)
-    if problems:
-        raise ValueError("; ".join(problems))
-    _batch_threads(champions)
+    champions = _ready(champions, spec, say)
     timings["models"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -170,20 +266,7 @@ def score_all(
         control = read_control(get_settings().home).group
     scorer = build_scorer(champions, segments.model, spec, control=control)
     catalog = scorer.catalog
-    run_id = datetime.now(UTC).strftime("sr-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
-    scored_at = datetime.now(UTC)
-    stamps = {
-        "run_id": run_id,
-        "as_of": pd.Timestamp(cutoff),
-        "scored_at": pd.Timestamp(scored_at),
-    }
-    tail = {
-        "churn_version": champions.versions.get("churn"),
-        "value_version": champions.versions.get("value"),
-        "nba_version": champions.versions.get(NBA),
-        "feature_set": spec.version,
-        "catalog_version": catalog.version,
-    }
+    stamps = _Stamps.new(cutoff, champions, spec, catalog)
     db = raw(con)
     best: dict[str, int] = {}
     abc: dict[str, int] = {}
@@ -191,21 +274,12 @@ def score_all(
     score_s = write_s = 0.0
     db.execute("BEGIN TRANSACTION")
     try:
-        db.execute(RUNS_DDL)
-        db.execute(RUNS_SEGMENTS_VERSION)
-        for alter in RUNS_CONTROL:
-            db.execute(alter)
-        save_version(db, segments, scored_at)
         for offset in range(0, max(total, 1), chunk_rows):
             t0 = time.perf_counter()
             part = features.iloc[offset : offset + chunk_rows]
             if part.empty:
                 break
-            scored = scorer.score_frame(part, cutoff)
-            for name, value in stamps.items():
-                scored.insert(list(stamps).index(name), name, value)
-            for name, value in tail.items():
-                scored[name] = pd.Series([value] * len(scored), dtype="string")
+            scored = _score_batch(scorer, stamps, part)
             for key, n in scored["best_action"].value_counts().items():
                 best[str(key)] = best.get(str(key), 0) + int(n)
             held_out += int((scored["group"] == "control").sum())
@@ -224,42 +298,21 @@ def score_all(
             done = min(offset + chunk_rows, total)
             say(f"scored {done:,} / {total:,} ({done / max(score_s + write_s, 1e-9):,.0f} rows/s)")
         t0 = time.perf_counter()
-        write_feature_sample(db, run_id, features)
+        write_feature_sample(db, stamps.run_id, features)
         write_s += time.perf_counter() - t0
         timings["scoring"] = score_s
         timings["writing"] = write_s
-        db.execute(
-            f"INSERT INTO {RUNS} (run_id, as_of, scored_at, rows, seconds, churn_version, "
-            "value_version, nba_version, feature_set, catalog_version, catalog_json, "
-            "segments_version, control_share, control_salt) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                run_id,
-                cutoff,
-                scored_at,
-                total,
-                sum(timings.values()),
-                tail["churn_version"],
-                tail["value_version"],
-                tail["nba_version"],
-                spec.version,
-                catalog.version,
-                json.dumps(catalog.model_dump(mode="json")),
-                segments.version,
-                control.share,
-                control.salt,
-            ],
-        )
+        _record_run(db, stamps, total, sum(timings.values()), catalog, segments, control)
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
     start = time.perf_counter()
-    published = publish(db, get_settings().score_snapshots_dir, run_id, features)
+    published = publish(db, get_settings().score_snapshots_dir, stamps.run_id, features)
     timings["publishing"] = time.perf_counter() - start
     say(f"published as {published} (what the service reads while the warehouse is busy)")
     return ScoreRun(
-        run_id,
+        stamps.run_id,
         cutoff,
         total,
         dict(champions.versions),
@@ -271,4 +324,90 @@ def score_all(
         abc,
         held_out,
         control.share,
+    )
+
+
+def score_on_spark(
+    con: Any,
+    spark: Any,
+    lake: str,
+    as_of: datetime | str | None = None,
+    champions: Champions | None = None,
+    spec: FeatureSpec | None = None,
+    progress: Progress | None = None,
+    control: ControlGroup | None = None,
+) -> ScoreRun:
+    """:func:`score_all` on Spark: features from the lake's tables, the same ``Scorer``
+    applied inside the executors (``mapInPandas``), scores appended to
+    ``<lake>/scores/run_id=<run>/`` as Parquet.
+
+    The driver loads the champions, fits the segment model exactly on the few columns it
+    reads (collected), and records the run (``score_runs``) and its segment model in the
+    warehouse ``con``, as :func:`score_all` does, after the scores are written. A failed
+    write of a local lake removes the run's folder.
+    """
+    from features import spark as on_spark
+    from features.lake import is_local, local_path, scores_uri
+
+    say = progress or (lambda _: None)
+    spec = spec or default_spec()
+    cutoff = as_utc(as_of) if as_of is not None else datetime.now(UTC)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    champions = _ready(champions, spec, say, threads=1)
+    timings["models"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    say(f"building features as of {cutoff:%Y-%m-%d %H:%M} UTC on Spark")
+    snapshot = on_spark.snapshot_features(spark, lake, cutoff, spec)
+    segments = fit_version(snapshot.fit, cutoff, spec.version)
+    timings["features"] = time.perf_counter() - start
+    if not snapshot.rows:
+        raise ValueError(f"no customer signed up before {cutoff:%Y-%m-%d %H:%M} UTC in the lake")
+    say(f"{snapshot.rows:,} customers x {len(spec.names)} features; scoring in the executors")
+
+    if control is None:
+        control = read_control(get_settings().home).group
+    scorer = build_scorer(champions, segments.model, spec, control=control)
+    stamps = _Stamps.new(cutoff, champions, spec, scorer.catalog)
+    start = time.perf_counter()
+    features = on_spark.read_parquet(spark, snapshot.uri).drop("as_of")
+    score = partial(_score_batch, scorer, stamps)
+    scored = on_spark.map_frames(features, score, score(features.limit(1).toPandas()))
+    folder = f"{scores_uri(lake)}/run_id={stamps.run_id}"
+    try:
+        scored.write.mode("append").partitionBy("run_id").parquet(scores_uri(lake))
+    except BaseException:
+        if is_local(lake):
+            shutil.rmtree(local_path(folder), ignore_errors=True)
+        raise
+    timings["scoring"] = time.perf_counter() - start
+    written = on_spark.read_parquet(spark, folder)
+    best = on_spark.counts(written, "best_action")
+    abc = on_spark.counts(written, "abc_tier")
+    held_out = on_spark.counts(written, "group").get("control", 0)
+    db = raw(con)
+    db.execute("BEGIN TRANSACTION")
+    try:
+        _record_run(
+            db, stamps, snapshot.rows, sum(timings.values()), scorer.catalog, segments, control
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return ScoreRun(
+        stamps.run_id,
+        cutoff,
+        snapshot.rows,
+        dict(champions.versions),
+        spec.version,
+        scorer.catalog.version,
+        segments.version,
+        timings,
+        dict(sorted(best.items(), key=lambda kv: -kv[1])),
+        abc,
+        held_out,
+        control.share,
+        where=folder,
     )
