@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from features.durable import replace_durably
 from features.online.events import OPEN_SUFFIX, SEALED_SUFFIX
 from features.online.store import OnlineStore
 from features.tables.lists import write_members
@@ -203,22 +203,8 @@ def _rewrite_lines(path: Path, keep: Any) -> int:
     kept = [line for line in lines if keep(line)]
     if len(kept) == len(lines):
         return 0
-    _replace_durably(path, "".join(kept).encode("utf-8"))
+    replace_durably(path, "".join(kept).encode("utf-8"))
     return len(lines) - len(kept)
-
-
-def _replace_durably(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.forget")
-    with partial.open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    partial.replace(path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def _line_of(line: str, customer_id: str, decisions: set[str]) -> bool:
@@ -280,7 +266,7 @@ def _erase_parquet(path: Path, customer_id: str) -> int:
         kept = pq.read_table(path).filter(pc.invert(pc.fill_null(mine, False)))
         sink = pa.BufferOutputStream()
         pq.write_table(kept, sink)
-        _replace_durably(path, sink.getvalue().to_pybytes())
+        replace_durably(path, sink.getvalue().to_pybytes())
     return removed
 
 

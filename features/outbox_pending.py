@@ -13,11 +13,11 @@ step; ingest collapses identical rows), and the count is reported.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
 
+from features.durable import replace_durably
 from features.warehouse import raw
 
 #: the outbox table whose rows may name customers unknown to the warehouse
@@ -40,12 +40,7 @@ def _known(con: Any, ids: set[str]) -> set[str]:
 
 def _write(path: Path, lines: list[bytes]) -> None:
     """``lines`` as ``path``, complete or not at all (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.writelines(lines)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    replace_durably(path, b"".join(lines))
 
 
 def _customer(line: bytes) -> str:

@@ -53,6 +53,7 @@ from typing import Any
 
 from features.batch import micros
 from features.contract import TABLES
+from features.durable import fsync_paths
 from features.online.record import Record, append_events, counted, record_columns
 from features.spec import FeatureSpec, default_spec
 from features.tables.feature_samples import FEATURE_SAMPLES, encode
@@ -195,7 +196,7 @@ class Outbox:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         path = folder / f"{stamp}-{self._owner}-{self._count}{OPEN_SUFFIX}"
         handle = path.open("ab")
-        _fsync_dir(folder)  # the new file's name is durable too
+        fsync_paths(folder)  # the new file's name is durable too
         segment = _Segment(path, handle, time.monotonic())
         self._segments[table] = segment
         return segment
@@ -213,16 +214,8 @@ def _host() -> str:
 def _seal_file(path: Path) -> Path:
     sealed = path.with_name(path.name.removesuffix(OPEN_SUFFIX) + SEALED_SUFFIX)
     os.replace(path, sealed)
-    _fsync_dir(path.parent)
+    fsync_paths(path.parent)
     return sealed
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:

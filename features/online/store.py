@@ -38,6 +38,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from features.durable import fsync_paths
+
 log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
@@ -336,7 +338,7 @@ class SQLiteStore:
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute(f"PRAGMA cache_size={default_cache}")
         if not self._memory:
-            _fsync(self._path, self._path + "-wal")  # what synchronous=OFF skipped
+            fsync_paths(self._path, self._path + "-wal")  # what synchronous=OFF skipped
         return written
 
     def update(self, customer_id: str, fn: UpdateFn) -> Record:
@@ -519,17 +521,6 @@ class RedisStore:
     def close(self) -> None:
         self._closed = True
         self._client.close()
-
-
-def _fsync(*paths: str) -> None:
-    """Flush files to disk (fsync works on the file, whichever descriptor asks)."""
-    for path in paths:
-        if os.path.exists(path):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 def _text(value: Any) -> str:

@@ -17,7 +17,6 @@ and then written to the file, so the history of who was in control when is kept;
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from features.control import DEFAULT_SALT, DEFAULT_SHARE, ControlGroup, new_salt
+from features.durable import replace_durably
 from features.timeutil import as_utc
 
 CONTROL_GROUPS = "control_groups"
@@ -84,12 +84,7 @@ def _write_file(path: Path, setting: ControlSetting) -> None:
         "changed_at": setting.changed_at.isoformat(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(body, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    replace_durably(path, json.dumps(body).encode("utf-8"))
 
 
 def change_control(

@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.durable import fsync_paths
 from features.spec import FeatureSpec
 from features.tables.lists import suppressed_ids
 from features.tables.scores import SCORES, NoScoresError, RunInfo, latest_run
@@ -44,14 +45,6 @@ SUPPRESSIONS_FILE = "suppressions.parquet"
 
 class NoSnapshotError(LookupError):
     """No scoring run was published yet (or the published one was removed)."""
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _run_json(run: RunInfo) -> str:
@@ -93,15 +86,15 @@ def publish(db: Any, folder: Path, run_id: str, features: pd.DataFrame) -> Path:
         pq.write_table(pa.table({"customer_id": blocked}), work / SUPPRESSIONS_FILE)
         (work / RUN_FILE).write_text(_run_json(run))
         for path in work.iterdir():
-            _fsync(path)
-        _fsync(work)
+            fsync_paths(path)
+        fsync_paths(work)
         work.rename(final)
-        _fsync(folder)
+        fsync_paths(folder)
     pointer = folder / f".{CURRENT}-{os.getpid()}"
     pointer.write_text(run_id)
-    _fsync(pointer)
+    fsync_paths(pointer)
     pointer.replace(folder / CURRENT)
-    _fsync(folder)
+    fsync_paths(folder)
     _prune(folder, run_id)
     return final
 
