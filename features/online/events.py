@@ -53,7 +53,7 @@ from typing import Any
 
 from features.batch import micros
 from features.contract import TABLES
-from features.durable import fsync_paths
+from features.durable import fsync_paths, pid_alive
 from features.online.record import Record, append_events, counted, record_columns
 from features.spec import FeatureSpec, default_spec
 from features.tables.feature_samples import FEATURE_SAMPLES, encode
@@ -218,21 +218,6 @@ def _seal_file(path: Path) -> Path:
     return sealed
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, killed but not yet reaped by its parent, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # no /proc (not Linux): the signal check is all there is
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def _truncate_torn_line(path: Path) -> None:
     """Drop a last line without its newline: its write never completed, so never acked."""
     data = path.read_bytes()
@@ -253,7 +238,7 @@ def recover_segments(root: Path) -> list[Path]:
         parts = path.name.removesuffix(OPEN_SUFFIX).split("-")
         if len(parts) != 4 or parts[1] != host or not parts[2].isdigit():
             continue
-        if _pid_alive(int(parts[2])):
+        if pid_alive(int(parts[2])):
             continue
         _truncate_torn_line(path)
         sealed.append(_seal_file(path))

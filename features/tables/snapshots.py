@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.durable import fsync_paths
+from features.durable import fsync_paths, pid_alive
 from features.spec import FeatureSpec
 from features.tables.lists import suppressed_ids
 from features.tables.scores import SCORES, NoScoresError, RunInfo, latest_run
@@ -108,21 +108,11 @@ def _prune(folder: Path, current: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
     for path in folder.glob(".*-*"):  # .tmp-<run>-<pid>/ and .CURRENT-<pid>
         pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def current(folder: Path) -> Path:
