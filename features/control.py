@@ -86,10 +86,6 @@ class ControlGroup:
         buckets = np.frombuffer(digests, dtype=">u8").astype(np.float64) / _SCALE
         return buckets < self.share
 
-    def groups(self, customer_ids: Iterable[object]) -> np.ndarray:
-        """``control`` / ``treated`` per customer (object array)."""
-        return np.where(self.mask(customer_ids), CONTROL, TREATED).astype(object)
-
     def logging_probabilities(self, probs: np.ndarray, no_action: int = 0) -> np.ndarray:
         """``mu = share * [no_action] + (1 - share) * probs`` row-wise (see the module doc);
         ``probs`` is ``[n, K]`` or ``[K]``; rows still sum to 1."""

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.contract import CONTROL, TREATED
 from features.control import NO_CONTROL, ControlGroup, decision_group
 from features.segments import SegmentModel, assign_segments
 from features.spec import FeatureSpec, default_spec
@@ -140,7 +141,7 @@ class Scorer:
         out["expected_value"] = result.expected_value[rows, best]
         out["action_cost"] = result.cost[best]
         out["action_score"] = result.score[rows, best]
-        out["group"] = self.control.groups(ids)
+        out["group"] = np.where(held_out, CONTROL, TREATED).astype(object)
         missing = np.full(len(rows), np.nan)
         for j, action in enumerate(self.catalog.actions):
             if j == 0:
