@@ -53,7 +53,8 @@ class ForgetReport:
     """What one :func:`forget` erased, by place."""
 
     customer_hash: str
-    #: rows deleted per warehouse table (quarantine included)
+    #: rows deleted per warehouse table (quarantine included; in the identity tables also
+    #: the other records' rows naming the customer as their cluster, made to stand alone)
     warehouse: dict[str, int] = field(default_factory=dict)
     online_record: bool = False
     #: identifier hashes naming the customer removed from the online store's index
@@ -143,6 +144,16 @@ def _erase_hashes(
     for table in _tables_with(db, "other_customer_id"):
         (n,) = db.execute(f"DELETE FROM {_quoted(table)} WHERE {theirs}").fetchone() or (0,)
         deleted[table] = deleted.get(table, 0) + int(n)
+    # a forgotten customer whose id named a cluster (identity_clusters, identity_changes):
+    # the other records of the cluster stand alone until the next `rapport resolve`
+    by_record = set(by_customer)
+    for column in ("cluster_id", "old_cluster_id"):
+        named = f"sha256(CAST({column} AS VARCHAR)) IN (SELECT h FROM {hashes})"
+        for table in (t for t in _tables_with(db, column) if t in by_record):
+            (n,) = db.execute(
+                f"UPDATE {_quoted(table)} SET {column} = customer_id WHERE {named}"
+            ).fetchone() or (0,)
+            deleted[table] = deleted.get(table, 0) + int(n)
     deleted[_QUARANTINE] = _erase_quarantine(db, hashes, since)
     return deleted
 
