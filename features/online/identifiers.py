@@ -32,6 +32,7 @@ event with a known e-mail and a new phone does not index the phone): links are l
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -194,8 +195,8 @@ def route_events(
     """Give every event row its customer: its ``customer_id``, or the customer its
     identifiers name, or a provisional customer (created here: record and index claims;
     call :func:`undo` if writing the events then fails). Raises
-    :class:`AmbiguousIdentifierError` or :class:`UnusableIdentifierError` before
-    creating anything."""
+    :class:`AmbiguousIdentifierError` or :class:`UnusableIdentifierError` and leaves
+    nothing created."""
     spec = spec or default_spec()
     now = as_utc(now or datetime.now(UTC))
     hashed: dict[tuple[str, int], list[tuple[str, str]]] = {}
@@ -215,6 +216,26 @@ def route_events(
             first = pairs[0][1]
             first_seen[first] = min(first_seen.get(first, at), at)
     routed = Routed()
+    try:
+        _route(store, rows_by_table, hashed, first_seen, now, spec, routed)
+    except BaseException:
+        # identifiers made ambiguous by a customer created for an earlier event of the
+        # request (or the store failed): nothing of this call is left behind
+        with contextlib.suppress(Exception):
+            undo(store, routed)
+        raise
+    return routed
+
+
+def _route(
+    store: Any,
+    rows_by_table: Mapping[str, Sequence[Mapping[str, Any]]],
+    hashed: Mapping[tuple[str, int], list[tuple[str, str]]],
+    first_seen: Mapping[str, datetime],
+    now: datetime,
+    spec: FeatureSpec,
+    routed: Routed,
+) -> None:
     for table, rows in rows_by_table.items():
         out = routed.rows.setdefault(table, [])
         for i, row in enumerate(rows):
@@ -235,7 +256,6 @@ def route_events(
             clean["customer_id"] = customer
             out.append(clean)
             routed.routes.append(EventRoute(table, event_id, customer, how, provisional))
-    return routed
 
 
 def _provisional(
@@ -249,12 +269,18 @@ def _provisional(
     """Create (or find) the provisional customer of an event's identifiers."""
     customer = provisional_id(pairs[0][1])
     record = store.get(customer)
-    created = record is None
+    created = False
     if record is None:
-        attrs = {"customer_id": customer, "signup_at": int(micros(signup))}
-        record = empty_record(attrs, spec)
-        store.update(customer, lambda current: current if current is not None else record)
-        routed.created.append(customer)
+        fresh = empty_record({"customer_id": customer, "signup_at": int(micros(signup))}, spec)
+
+        def create(current: Record | None) -> Record:
+            nonlocal created
+            created = current is None  # else another request created it meanwhile
+            return fresh if current is None else current
+
+        record = store.update(customer, create)
+        if created:
+            routed.created.append(customer)
     store.put_identifiers([(h, customer) for _, h in pairs], replace=False)
     emitted = any(c["customer_id"] == customer for c in routed.customers)
     if not emitted and (created or not _has_events(record, spec)):  # row maybe not out yet
@@ -275,7 +301,8 @@ def _has_events(record: Record, spec: FeatureSpec) -> bool:
 
 def undo(store: Any, routed: Routed) -> None:
     """Remove the provisional customers :func:`route_events` created (their events were
-    refused): their records and index claims."""
+    refused and taken back from the outbox): their records and index claims, so that the
+    client's retry creates them again with their ``customers`` row."""
     for customer in routed.created:
         store.delete_identifiers(customer)
         store.delete(customer)

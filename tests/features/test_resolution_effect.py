@@ -23,13 +23,15 @@ from training.datasets import build_training_set
 from training.jobs import fit_model
 
 END = datetime(2025, 1, 1, tzinfo=UTC)
+#: the demo's seed and size (environment, for a figure over more seeds or customers)
+SEED = int(os.environ.get("RAPPORT_EFFECT_SEED", "5"))
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
     folder = tmp_path_factory.mktemp("resolution-effect")
     customers = int(os.environ.get("RAPPORT_EFFECT_CUSTOMERS", "3000"))
-    data = generate(customers, seed=5, end=END, years=2.0)
+    data = generate(customers, seed=SEED, end=END, years=2.0)
     files = write(data, folder / "files")["customers"].parent
     con = connect(folder / "warehouse.duckdb")
     ingest_demo(con, files, now=END)
@@ -101,7 +103,7 @@ def test_effect_of_resolution_on_churn_auc(demo: tuple[Path, Any, Any]) -> None:
             merged.disconnect()
     line = ", ".join(f"{k} {auc:.4f} ({n:,} active)" for k, (auc, n) in aucs.items())
     print(
-        f"\nchurn AUC on the demo ({len(data.customers):,} records, seed 5): {line}; "
+        f"\nchurn AUC on the demo ({len(data.customers):,} records, seed {SEED}): {line}; "
         f"resolved - records {aucs['resolved'][0] - aucs['records'][0]:+.4f}"
     )
     for auc, _ in aucs.values():

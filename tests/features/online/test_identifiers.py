@@ -231,3 +231,23 @@ def test_events_by_identifier_reach_the_customer_or_a_provisional_one(
     load_index(warehouse, store, index, END)
     assert lookup(store, index, {"email": new_email}) == "C9"
     assert lookup(store, index, {"cookie_id": "k9"}) == "C9"
+
+
+def test_identifiers_made_ambiguous_within_a_request_leave_nothing_behind(
+    warehouse: Any, index: IdentityIndex, store: OnlineStore
+) -> None:
+    load_index(warehouse, store, index, END)
+    at = END - timedelta(days=1)
+    # the first event makes a provisional customer of the new e-mail; the second names it
+    # with bob's phone too: two customers, refused, and the first one's creation undone
+    rows = {
+        "orders": [
+            _order("M1", at, email="new.one@example.org"),
+            _order("M2", at, email="new.one@example.org", phone=BOB_PHONE),
+        ]
+    }
+    with pytest.raises(AmbiguousIdentifierError, match="email, phone"):
+        route_events(store, index, rows, now=END)
+    pid = provisional_id(hash_identifier(index.key, "email", "new.one@example.org"))
+    assert store.get(pid) is None
+    assert lookup(store, index, {"email": "new.one@example.org"}) is None
