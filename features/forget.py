@@ -2,11 +2,12 @@
 
 A customer's data lives in the warehouse (every table with a ``customer_id`` column, the
 rows keyed by their decisions, quarantined rows that name them), the online store (their
-record), the outbox (sealed JSON-line segments not yet or already ingested, pending
-decisions) and target-list downloads still on disk. :func:`forget` removes all of it and
-records the erasure in ``forgotten`` under a SHA-256 of the id (never the id itself), so
-every later ingest erases the customer again (:func:`erase_forgotten`) when a stale export
-brings them back, and a second ``forget`` is a no-op that says so.
+record and the identifier hashes that name them), the outbox (sealed JSON-line segments
+not yet or already ingested, pending decisions) and target-list downloads still on disk.
+:func:`forget` removes all of it and records the erasure in ``forgotten`` under a SHA-256
+of the id (never the id itself), so every later ingest erases the customer again
+(:func:`erase_forgotten`) when a stale export brings them back, and a second ``forget`` is
+a no-op that says so.
 
 Not covered (said by ``rapport forget``): files outside the workspace (the sources a
 user ingests, lists exported with ``--out`` elsewhere), MLflow run artifacts, and models
@@ -52,9 +53,12 @@ class ForgetReport:
     """What one :func:`forget` erased, by place."""
 
     customer_hash: str
-    #: rows deleted per warehouse table (quarantine included)
+    #: rows deleted per warehouse table (quarantine included; in the identity tables also
+    #: the other records' rows naming the customer as their cluster, made to stand alone)
     warehouse: dict[str, int] = field(default_factory=dict)
     online_record: bool = False
+    #: identifier hashes naming the customer removed from the online store's index
+    online_identifiers: int = 0
     #: lines removed from sealed outbox segments, and the files rewritten
     outbox_lines: int = 0
     outbox_files: int = 0
@@ -71,6 +75,7 @@ class ForgetReport:
         return (
             sum(self.warehouse.values())
             + int(self.online_record)
+            + self.online_identifiers
             + self.outbox_lines
             + self.file_rows
         )
@@ -82,7 +87,8 @@ class ForgetReport:
             + ("(forgotten before) " if self.again else "")
             + f"erased: {self.erased:,} rows and lines in all",
             f"  warehouse: {tables or 'nothing'}",
-            f"  online store: {'record deleted' if self.online_record else 'no record'}",
+            f"  online store: {'record deleted' if self.online_record else 'no record'}, "
+            f"{self.online_identifiers:,} identifiers removed from the index",
             f"  outbox: {self.outbox_lines:,} lines from {self.outbox_files:,} sealed segments",
             f"  files (list downloads, snapshots, lake): {self.file_rows:,} rows from "
             f"{self.files:,} files",
@@ -138,6 +144,16 @@ def _erase_hashes(
     for table in _tables_with(db, "other_customer_id"):
         (n,) = db.execute(f"DELETE FROM {_quoted(table)} WHERE {theirs}").fetchone() or (0,)
         deleted[table] = deleted.get(table, 0) + int(n)
+    # a forgotten customer whose id named a cluster (identity_clusters, identity_changes):
+    # the other records of the cluster stand alone until the next `rapport resolve`
+    by_record = set(by_customer)
+    for column in ("cluster_id", "old_cluster_id"):
+        named = f"sha256(CAST({column} AS VARCHAR)) IN (SELECT h FROM {hashes})"
+        for table in (t for t in _tables_with(db, column) if t in by_record):
+            (n,) = db.execute(
+                f"UPDATE {_quoted(table)} SET {column} = customer_id WHERE {named}"
+            ).fetchone() or (0,)
+            deleted[table] = deleted.get(table, 0) + int(n)
     deleted[_QUARANTINE] = _erase_quarantine(db, hashes, since)
     return deleted
 
@@ -324,6 +340,7 @@ def forget(
         raise
     if store is not None:
         report.online_record = store.delete(customer_id)
+        report.online_identifiers = store.delete_identifiers(customer_id)
     _erase_outbox(outbox, customer_id, decisions, report)
     _erase_files(files, customer_id, report)
     return report

@@ -15,19 +15,32 @@ immutable); resolution (:mod:`features.resolve`) compares them only in the form 
 An unusable value becomes null and is counted under a reason (:class:`Normalised`), never
 an error: one bad cell must not stop a resolution. Identifiers are personal data: nothing
 here logs or quotes a value, and the reasons name only the identifier's kind.
+
+Outside the warehouse an identifier exists only as a *keyed hash* (:func:`hash_identifier`,
+HMAC-SHA256 of the kind and the normal form under the workspace's secret key,
+``<home>/identity.key``, :func:`identity_key`): the online store's identifier index and
+the ids of provisional customers (:func:`provisional_id`) are made of it, so neither can
+be reversed or matched against a list of e-mails without the key.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
+import os
 import re
+import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import phonenumbers
 
 from features.contract import IDENTIFIERS
+from features.durable import fsync_paths
 
 #: the default region for phone numbers without a country code (``RAPPORT_PHONE_REGION``)
 DEFAULT_PHONE_REGION = "GB"
@@ -78,6 +91,60 @@ def normalise_phone(value: object, region: str = DEFAULT_PHONE_REGION) -> str | 
 def normalise_token(value: object) -> str | None:
     """A loyalty card number or a cookie id, trimmed (None when blank)."""
     return _text(value)
+
+
+def normalise_one(kind: str, value: object, region: str = DEFAULT_PHONE_REGION) -> str | None:
+    """One identifier of ``kind`` (:data:`features.contract.IDENTIFIERS`) in normal form."""
+    if kind == "email":
+        return normalise_email(value)
+    if kind == "phone":
+        return normalise_phone(value, region)
+    if kind in IDENTIFIERS:
+        return normalise_token(value)
+    raise ValueError(f"unknown identifier kind {kind!r}; expected one of {', '.join(IDENTIFIERS)}")
+
+
+# --------------------------------------------------------------------------- keyed hashes
+#: the prefix of a provisional customer's id (an event's identifier nobody holds yet)
+PROVISIONAL_PREFIX = "anon-"
+KEY_BYTES = 32
+
+
+def identity_key(path: Path) -> bytes:
+    """The workspace's secret key for identifier hashes, created (random, mode 0600) on
+    first use. Several processes may ask at once: the key is written to a temporary file
+    and linked into place, so every process reads the one complete key that won."""
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(KEY_BYTES) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):  # another process linked its key first
+            os.link(partial, path)
+        fsync_paths(path.parent)
+    finally:
+        partial.unlink(missing_ok=True)
+    return bytes.fromhex(path.read_text().strip())
+
+
+def hash_identifier(key: bytes, kind: str, normal: str) -> str:
+    """The keyed hash (hex) of an identifier already in normal form; the kind is part of
+    it, so the same text as an e-mail and as a cookie never collide."""
+    return hmac.new(key, f"{kind}:{normal}".encode(), hashlib.sha256).hexdigest()
+
+
+def provisional_id(hashed: str) -> str:
+    """The id of the provisional customer an unmatched identifier creates: derived from
+    its keyed hash, so every event with that identifier (any worker, any retry) reaches
+    the same customer until ``rapport resolve`` merges it."""
+    return PROVISIONAL_PREFIX + hashed[:24]
 
 
 @dataclass

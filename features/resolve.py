@@ -392,3 +392,66 @@ def _record(
         for name in ("_rapport_clusters", "_rapport_links", "_rapport_changes"):
             db.unregister(name)
     return int((change == "merge").sum()), int((change == "split").sum())
+
+
+# --------------------------------------------------------------------------- persons
+def clusters_as_of(con: Any, as_of: datetime | None = None) -> pd.DataFrame:
+    """``customer_id`` -> ``cluster_id`` as resolution knew it at ``as_of``: each
+    customer's latest recorded change (``identity_changes``) at or before ``as_of``; a
+    customer without one was alone. Point in time: a merge learned at t changes nothing
+    as of an earlier instant. ``as_of=None``: the current ``identity_clusters``."""
+    db = raw(con)
+    tables = {str(r[0]) for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if as_of is None:
+        if CLUSTERS not in tables:
+            return pd.DataFrame({"customer_id": [], "cluster_id": []}, dtype="string")
+        return db.execute(f"SELECT customer_id, cluster_id FROM {CLUSTERS}").df()
+    if CHANGES not in tables:
+        return pd.DataFrame({"customer_id": [], "cluster_id": []}, dtype="string")
+    return db.execute(
+        f"SELECT customer_id, arg_max(cluster_id, changed_at) AS cluster_id FROM {CHANGES} "
+        "WHERE changed_at <= ? GROUP BY customer_id",
+        [as_of],
+    ).df()
+
+
+#: the tables a person's history is made of (customer_id rewritten to the person's)
+HISTORY_TABLES = ("orders", "interactions", "campaign_log")
+
+
+def merge_histories(con: Any, target: Any, clusters: pd.DataFrame) -> int:
+    """Write into the warehouse ``target`` (empty) the contract tables of ``con`` with one
+    customer per person: every event's ``customer_id`` replaced by its cluster's, and one
+    ``customers`` row per cluster (the cluster id's row, the earliest ``signup_at`` of its
+    records). ``clusters``: :func:`clusters_as_of` (customers absent from it stay alone).
+    What features and labels of resolved persons are computed from (the churn AUC with and
+    without resolution, ``tests/features/test_resolution_effect.py``). Returns the number
+    of persons."""
+    db, out = raw(con), raw(target)
+    mapping = clusters[["customer_id", "cluster_id"]].astype(str)
+    db.register("_rapport_persons", mapping)
+    try:
+        person = "coalesce(p.cluster_id, CAST(x.customer_id AS VARCHAR))"
+        customers = db.execute(
+            f"SELECT x.* REPLACE ({person} AS customer_id, "
+            f"min(x.signup_at) OVER (PARTITION BY {person}) AS signup_at) "
+            "FROM customers x LEFT JOIN _rapport_persons p ON p.customer_id = x.customer_id "
+            f"QUALIFY row_number() OVER (PARTITION BY {person} "
+            f"ORDER BY x.customer_id = {person} DESC, x.customer_id) = 1"
+        ).to_arrow_table()
+        events = {
+            table: db.execute(
+                f"SELECT x.* REPLACE ({person} AS customer_id) FROM {table} x "
+                "LEFT JOIN _rapport_persons p ON p.customer_id = x.customer_id"
+            ).to_arrow_table()
+            for table in HISTORY_TABLES
+        }
+    finally:
+        db.unregister("_rapport_persons")
+    for name, frame in {"customers": customers, **events}.items():
+        out.register("_rapport_frame", frame)
+        try:
+            out.execute(f"CREATE TABLE {name} AS SELECT * FROM _rapport_frame")
+        finally:
+            out.unregister("_rapport_frame")
+    return int(customers.num_rows)

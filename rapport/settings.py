@@ -182,6 +182,12 @@ class Settings(BaseSettings):
         return self.home / "exports"
 
     @property
+    def identity_key_path(self) -> Path:
+        """The secret key of the identifier hashes in the online store's index (created on
+        first use, :func:`features.identity.identity_key`); keep it with the store."""
+        return self.home / "identity.key"
+
+    @property
     def score_snapshots_dir(self) -> Path:
         """Each finished scoring run, published as immutable files the service reads
         while the warehouse is locked (:mod:`features.tables.snapshots`)."""

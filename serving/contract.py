@@ -46,8 +46,9 @@ STATUS_TEXT = {
     200: "Done; for writes: durable (see the README's Guarantees).",
     401: "No or unknown API key.",
     403: "The key lacks the route's scope (or as_of without the admin scope).",
-    404: "Unknown customer, list or scores.",
-    409: "An event id already recorded with different content; nothing was written.",
+    404: "Unknown customer (or no customer holds the identifiers), list or scores.",
+    409: "An event id already recorded with different content, or identifiers that name "
+    "more than one customer; nothing was written.",
     413: "Body larger than RAPPORT_MAX_BODY_BYTES or more items than RAPPORT_MAX_BATCH_SIZE.",
     422: "Invalid request (one entry per field in `fields`); nothing was written.",
     503: "A dependency (online store, warehouse, models) is unavailable or busy; nothing "
@@ -73,8 +74,9 @@ ROUTES = (
         ScoreRequest,
         ScoreResponse,
         "score",
-        (200, 404, *COMMON),
-        "Churn, value, segments and next best actions for one customer, now.",
+        (200, 404, 409, *COMMON),
+        "Churn, value, segments and next best actions for one customer (by id or by "
+        "identifier), now.",
     ),
     Route(
         "/score_batch",
@@ -90,7 +92,8 @@ ROUTES = (
         EventsResponse,
         "events",
         (200, 404, 409, *COMMON),
-        "Orders and interactions: durable (outbox and online record) before the 200.",
+        "Orders and interactions (by customer id or by identifier): durable (outbox and "
+        "online record) before the 200; the answer names each event's customer.",
     ),
     Route(
         "/feedback",

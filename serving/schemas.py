@@ -7,6 +7,10 @@ silently ignored option) and never echo their input in error messages
 The event models mirror the data contract (:mod:`features.contract`) column for column;
 a test holds them equal, so a contract change cannot leave the service behind.
 Timestamps without a time zone are read as UTC, as ingest does.
+
+Events and ``/score`` name their customer by ``customer_id`` *or* by identifiers
+(:class:`Identified`: ``email``, ``phone``, ``loyalty_card``, ``cookie_id``), which the
+service resolves against the online identifier index (:mod:`features.online.identifiers`).
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from pydantic import (
     model_validator,
 )
 
-from features.contract import INTERACTION_CHANNELS, MAX_OUTCOME_REVENUE
+from features.contract import IDENTIFIERS, INTERACTION_CHANNELS, MAX_OUTCOME_REVENUE
+from features.identity import normalise_email, normalise_phone
 from features.timeutil import as_utc
 from models.results import CustomerScore
+from rapport.settings import get_settings
 
 _REQUEST = ConfigDict(extra="forbid", hide_input_in_errors=True, frozen=True)
 _RESPONSE = ConfigDict(ser_json_inf_nan="null")
@@ -56,6 +62,51 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Instant = Annotated[datetime, AfterValidator(as_utc)]
 EventTime = Annotated[datetime, AfterValidator(_plausible)]
+
+
+def _email(value: str) -> str:
+    if normalise_email(value) is None:
+        raise ValueError("is not an e-mail address")
+    return value
+
+
+def _phone(value: str) -> str:
+    if normalise_phone(value, get_settings().phone_region) is None:
+        raise ValueError("is not a valid phone number (in RAPPORT_PHONE_REGION without +)")
+    return value
+
+
+_Token = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+Email = Annotated[str, StringConstraints(min_length=3, max_length=254), AfterValidator(_email)]
+Phone = Annotated[str, StringConstraints(min_length=3, max_length=64), AfterValidator(_phone)]
+
+
+class Identified(BaseModel):
+    """Who: ``customer_id``, or one or more identifiers in its place (personal data: never
+    logged or echoed). Identifiers that name two different customers are refused (409);
+    unknown ones create a provisional customer for an event, a 404 for a score."""
+
+    model_config = _REQUEST
+
+    email: Email | None = Field(default=None, description="In place of customer_id.")
+    phone: Phone | None = Field(
+        default=None, description="In place of customer_id; E.164 or in RAPPORT_PHONE_REGION."
+    )
+    loyalty_card: _Token | None = Field(default=None, description="In place of customer_id.")
+    cookie_id: _Token | None = Field(default=None, description="In place of customer_id.")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Identified:
+        given = [k for k in IDENTIFIERS if getattr(self, k) is not None]
+        if getattr(self, "customer_id", None) is None and not given:
+            raise ValueError("send customer_id or an identifier (" + ", ".join(IDENTIFIERS) + ")")
+        if getattr(self, "customer_id", None) is not None and given:
+            raise ValueError("send customer_id or identifiers, not both")
+        return self
+
+    def identifiers(self) -> dict[str, str]:
+        """The identifiers given, by kind."""
+        return {k: v for k in IDENTIFIERS if (v := getattr(self, k)) is not None}
 
 
 # --------------------------------------------------------------------------- scoring
@@ -105,8 +156,8 @@ class ScoreOptions(BaseModel):
     )
 
 
-class ScoreRequest(ScoreOptions):
-    customer_id: Id
+class ScoreRequest(ScoreOptions, Identified):
+    customer_id: Id | None = None
     context: ScoreContext = ScoreContext()
     cold_start: ColdStart | None = Field(
         default=None, description="Attributes to score from when the customer is unknown."
@@ -166,13 +217,14 @@ class ScoreBatchResponse(BaseModel):
 
 
 # --------------------------------------------------------------------------- events
-class OrderEvent(BaseModel):
-    """An order (negative amount: a return), as in the contract's ``orders`` table."""
+class OrderEvent(Identified):
+    """An order (negative amount: a return), as in the contract's ``orders`` table; the
+    customer by ``customer_id`` or by identifiers."""
 
     model_config = _REQUEST
 
     order_id: Id
-    customer_id: Id
+    customer_id: Id | None = None
     ordered_at: EventTime
     amount: Amount
     margin: Amount | None = None
@@ -180,13 +232,14 @@ class OrderEvent(BaseModel):
     channel: Text | None = None
 
 
-class InteractionEvent(BaseModel):
-    """A touchpoint, as in the contract's ``interactions`` table."""
+class InteractionEvent(Identified):
+    """A touchpoint, as in the contract's ``interactions`` table; the customer by
+    ``customer_id`` or by identifiers."""
 
     model_config = _REQUEST
 
     interaction_id: Id
-    customer_id: Id
+    customer_id: Id | None = None
     occurred_at: EventTime
     channel: Literal[INTERACTION_CHANNELS]  # type: ignore[valid-type]
     kind: Text
@@ -218,7 +271,9 @@ class EventsRequest(BaseModel):
         return self
 
     def rows(self) -> dict[str, list[dict[str, Any]]]:
-        """Contract rows per table (non-empty tables only)."""
+        """Contract rows per table (non-empty tables only), with the identifiers given in
+        place of ``customer_id`` (:func:`features.online.identifiers.route_events` takes
+        them out)."""
         out = {
             "orders": [e.model_dump() for e in self.orders],
             "interactions": [e.model_dump() for e in self.interactions],
@@ -226,11 +281,28 @@ class EventsRequest(BaseModel):
         return {table: rows for table, rows in out.items() if rows}
 
 
+class EventRoute(BaseModel):
+    """The customer one event went to."""
+
+    table: Literal["orders", "interactions"]
+    id: str = Field(description="The event's order_id or interaction_id.")
+    customer_id: str
+    matched_by: str = Field(
+        description="customer_id, the identifier kind that named the customer, or "
+        "'provisional': no customer held the identifiers, one was created."
+    )
+    provisional: bool = Field(
+        description="The customer is provisional (created from an identifier) until "
+        "`rapport resolve` merges it."
+    )
+
+
 class EventsResponse(BaseModel):
     accepted: int = Field(description="Events in the request, now durable.")
     new: int = Field(description="Events the customers' records did not hold yet.")
     duplicates: int = Field(description="Events already known (same id, same content).")
     customers: list[str]
+    routes: list[EventRoute] = Field(description="The customer each event went to.")
     meta: Meta
 
 

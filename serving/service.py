@@ -11,6 +11,8 @@ workspace environment, see :func:`serving.runtime.serve`). Endpoints (JSON, Open
   waits for it);
 * ``POST /score_batch`` -- up to ``RAPPORT_MAX_BATCH_SIZE`` customers;
 * ``POST /events`` -- orders and interactions, durable before 200, seen by the next score;
+  an event may name its customer by identifiers (e-mail, phone, card, cookie) instead of
+  ``customer_id`` (:mod:`features.online.identifiers`; ``/score`` too);
 * ``POST /feedback`` -- the outcome of a decision, for the next NBA training;
 * ``GET /livez``, ``GET /readyz`` -- liveness and readiness (models loaded, online store
   reachable and materialized with this feature set).
@@ -71,6 +73,14 @@ from features.online.events import (
     record_feedback,
     recover_segments,
 )
+from features.online.identifiers import (
+    AmbiguousIdentifierError,
+    IdentityIndex,
+    UnusableIdentifierError,
+    lookup,
+    route_events,
+    undo,
+)
 from features.online.record import Record, empty_record, evaluate
 from features.online.store import StoreUnavailableError, open_store, redact_url
 from features.spec import default_spec
@@ -86,6 +96,7 @@ from serving.reload import Live, Reloader
 from serving.schemas import (
     BatchError,
     ColdStart,
+    EventRoute,
     EventsRequest,
     EventsResponse,
     FeedbackRequest,
@@ -123,6 +134,7 @@ class Rapport:
         settings.ensure_home()
         self.spec = default_spec()
         self.store = open_store(settings.online_store_url)
+        self.identity = IdentityIndex.of(settings)  # identifiers -> customers, hashed
         #: champions, scorer, meta and version headers in use: one reference, swapped whole
         #: when new champions or a reloaded online store appear (serving/reload.py)
         self.outages = Outages()  # dependencies down now: 503s, one log line per change
@@ -266,18 +278,21 @@ class Rapport:
             return as_of
         if (unavailable := self._unavailable(ctx)) is not None:
             return unavailable
-        self._settle([request.customer_id])
-        record, cold = self._record(request.customer_id, request.cold_start, as_of)
+        customer_id = self._identify(ctx, request)
+        if isinstance(customer_id, JSONResponse):
+            return customer_id
+        self._settle([customer_id])
+        record, cold = self._record(customer_id, request.cold_start, as_of)
         if record is None:
             return _error(
                 ctx,
                 404,
-                f"unknown customer {request.customer_id!r}; send 'cold_start': "
+                f"unknown customer {customer_id!r}; send 'cold_start': "
                 "{'attributes': {...}} to score from attributes",
             )
         context = request.context.model_dump(exclude_none=True)
-        score = self._score(request.customer_id, record, context, request, as_of, cold)
-        self._log([score], now, set() if cold else {request.customer_id})
+        score = self._score(customer_id, record, context, request, as_of, cold)
+        self._log([score], now, set() if cold else {customer_id})
         return ScoreResponse(**dict(score), meta=self.meta)
 
     @bentoml.api(route="/score_batch", output_spec=ScoreBatchResponse)
@@ -312,6 +327,21 @@ class Rapport:
             results.append(self._score(item.customer_id, record, context, request, as_of, False))
         self._log(results, now, set(records))
         return ScoreBatchResponse(results=results, errors=errors, meta=self.meta)
+
+    def _identify(self, ctx: bentoml.Context, request: ScoreRequest) -> str | JSONResponse:
+        """The customer id given, or the one the identifiers name (404, 409 otherwise;
+        no identifier is quoted)."""
+        if request.customer_id is not None:
+            return request.customer_id
+        try:
+            found = lookup(self.store, self.identity, request.identifiers())
+        except AmbiguousIdentifierError as exc:
+            return _error(ctx, 409, str(exc))
+        except UnusableIdentifierError as exc:
+            return _error(ctx, 422, str(exc))
+        if found is None:
+            return _error(ctx, 404, "no customer holds these identifiers")
+        return found
 
     def _as_of(
         self, ctx: bentoml.Context, wanted: datetime | None, now: datetime
@@ -409,22 +439,36 @@ class Rapport:
         if count > limit:
             return _error(ctx, 413, f"{count} events exceed the batch limit of {limit}")
         try:
-            result = apply_events(self.store, self.outbox, request.rows(), self.spec)
-        except UnknownCustomerError as exc:
-            return _error(ctx, 404, str(exc))
-        except ConflictError as exc:
+            routed = route_events(self.store, self.identity, request.rows(), spec=self.spec)
+        except AmbiguousIdentifierError as exc:
             return _error(ctx, 409, str(exc))
+        except UnusableIdentifierError as exc:
+            return _error(ctx, 422, str(exc))
+        try:
+            result = apply_events(
+                self.store, self.outbox, routed.rows, self.spec, customers=routed.customers
+            )
+        except BaseException as exc:
+            with contextlib.suppress(Exception):  # refused: no provisional customer left
+                undo(self.store, routed)
+            if isinstance(exc, UnknownCustomerError):
+                return _error(ctx, 404, str(exc))
+            if isinstance(exc, ConflictError):
+                return _error(ctx, 409, str(exc))
+            raise
         log.info(
-            "events: %d accepted (%d new) for %d customers",
+            "events: %d accepted (%d new) for %d customers, %d provisional created",
             result.accepted,
             result.new,
             len(result.customers),
+            len(routed.created),
         )
         return EventsResponse(
             accepted=result.accepted,
             new=result.new,
             duplicates=result.duplicates,
             customers=result.customers,
+            routes=[EventRoute(**vars(route)) for route in routed.routes],
             meta=self.meta,
         )
 

@@ -64,12 +64,14 @@ def prepare_workspace(
     home: Path, customers: int = 3000, seed: int = 7, nba: bool = False
 ) -> Workspace:
     """Demo data up to today, ingested; churn and value trained and promoted; the online
-    store materialized; champions imported into BentoML's store; one key per scope.
+    store materialized (records and identifier index); champions imported into BentoML's
+    store; one key per scope.
 
     ``nba``: also fit a quick next-best-action model (:func:`add_demo_nba`) and bundle it
     with the champions, so the service ranks real actions."""
     from features.batch import build
     from features.ingest import discover_files, ingest
+    from features.online.identifiers import IdentityIndex
     from features.online.materialize import materialize
     from features.online.store import open_store
     from features.spec import default_spec
@@ -95,7 +97,7 @@ def prepare_workspace(
         now = datetime.now(UTC)  # the segment model of today's snapshot (`rapport features`)
         snapshot_segments(raw(con), build(con, now), now, default_spec().version, now)
         store = open_store(settings.online_store_url)
-        materialize(con, store)
+        materialize(con, store, identity=IdentityIndex.of(settings))
         store.close()
         import_champions(settings)
         if nba:

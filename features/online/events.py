@@ -314,10 +314,14 @@ def apply_events(
     outbox: Outbox,
     rows_by_table: Mapping[str, Sequence[Mapping[str, Any]]],
     spec: FeatureSpec | None = None,
+    customers: Sequence[Mapping[str, Any]] = (),
 ) -> WriteResult:
     """Validate against the store, append to the outbox (durable), then to the records.
 
-    Raises :class:`UnknownCustomerError` or :class:`ConflictError` before writing anything.
+    ``customers``: rows of customers created live (provisional ones,
+    :mod:`features.online.identifiers`), appended to the outbox before the events and
+    taken back with them. Raises :class:`UnknownCustomerError` or :class:`ConflictError`
+    before writing anything.
     """
     spec = spec or default_spec()
     grouped = _by_customer(rows_by_table, spec)
@@ -329,7 +333,7 @@ def apply_events(
     for customer_id, tables in grouped.items():
         for table, kept in tables.items():
             result.duplicates += check_conflicts(records[customer_id], table, kept)
-    marks = []
+    marks = [outbox.append("customers", customers, seal=False)]
     for table, rows in rows_by_table.items():
         marks.append(outbox.append(table, rows, seal=False))
         result.accepted += len(rows)

@@ -10,11 +10,12 @@ customers and streams the result as Arrow batches. Each batch is flattened colum
 column (a handful of ``to_pylist`` calls per batch, not per customer), cut into records by
 the list offsets and handed to ``store.put_many``.
 
-Besides the records, the store's metadata gets the feature-set version, the cutoff, the
-time of the load, the customer count and the warehouse's current segment model (the RFM /
-ABC cut points the latest ``rapport score`` or ``rapport features`` fitted and stored,
-:mod:`features.tables.segments`) with its version, which the service needs to segment one
-customer exactly as the batch did.
+Besides the records, the store's identifier index gets every customer's identifiers as
+keyed hashes (:func:`features.online.identifiers.load_index`), and its metadata gets the
+feature-set version, the cutoff, the time of the load, the customer count and the
+warehouse's current segment model (the RFM / ABC cut points the latest ``rapport score`` or
+``rapport features`` fitted and stored, :mod:`features.tables.segments`) with its
+version, which the service needs to segment one customer exactly as the batch did.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pyarrow as pa
 
 from features.contract import CUSTOMER_ATTRIBUTES, CUSTOMERS, TABLES
 from features.online.events import outbox_events, replay_outbox
+from features.online.identifiers import IdentityIndex, load_index
 from features.online.record import Record, append_events, record_columns
 from features.online.store import open_store, redact_url
 from features.spec import FeatureSpec, default_spec
@@ -158,6 +160,7 @@ def materialize(
     progress: Progress | None = None,
     segments: str | None = None,
     outbox: Path | None = None,
+    identity: IdentityIndex | None = None,
 ) -> int:
     """Replace the store's records by the warehouse's state at ``as_of`` (default: now).
 
@@ -172,7 +175,9 @@ def materialize(
     an :class:`features.online.store.OnlineStore`. ``segments``: the stored segment model
     version to serve (default: the current one; :class:`NoSegmentsError` when the
     warehouse holds none). Records of customers no longer in the warehouse are not
-    deleted. Returns the number of records written.
+    deleted. ``identity``: the workspace's key and phone region, to load the identifier
+    index (:func:`features.online.identifiers.load_index`; none without it). Returns the
+    number of records written.
     """
     spec = spec or default_spec()
     cutoff = as_utc(as_of) if as_of is not None else datetime.now(UTC)
@@ -200,6 +205,9 @@ def materialize(
     if outbox is not None and as_of is None:
         replayed += replay_outbox(store, outbox, spec)  # acknowledged during the load
         say(f"{replayed:,} events acknowledged since the last ingest replayed from the outbox")
+    if identity is not None:
+        indexed = load_index(con, store, identity, cutoff)
+        say(f"{indexed:,} identifiers indexed (keyed hashes)")
     store.set_meta(META_FEATURE_SET, spec.version)
     store.set_meta(META_AS_OF, cutoff.isoformat())
     store.set_meta(META_CUSTOMERS, str(written))
@@ -233,13 +241,19 @@ def load_online_store(
     replaced from the warehouse, then, when loading as of now, the service's outbox
     replayed onto it (:func:`materialize` with ``settings.outbox_dir``), so the events
     acknowledged since the last ``ingest --outbox`` (or while a cycle ran) stay in the
-    live view."""
+    live view; the identifier index loaded with the workspace's key."""
     settings = settings or get_settings()
     store = open_store(settings.online_store_url)
     start = time.perf_counter()
     try:
         written = materialize(
-            con, store, as_of, progress=progress, segments=segments, outbox=settings.outbox_dir
+            con,
+            store,
+            as_of,
+            progress=progress,
+            segments=segments,
+            outbox=settings.outbox_dir,
+            identity=IdentityIndex.of(settings),
         )
         served = store.get_meta(META_SEGMENTS_VERSION) or ""
     finally:

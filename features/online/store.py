@@ -12,9 +12,16 @@ Two backends behind one :class:`OnlineStore` protocol, chosen by URL in :func:`o
   once the call returns, ``BEGIN IMMEDIATE`` around each update so concurrent processes
   queue on the file lock instead of overwriting each other.
 * ``redis://host:port/db``: keys ``rapport:rec:<customer_id>``, metadata in the hash
-  ``rapport:meta``, updates with WATCH/MULTI/EXEC optimistic retries. Redis acknowledges a
-  write before it is on disk unless the server runs with ``appendonly yes`` and
-  ``appendfsync always``; :func:`open_store` warns when it can see that it does not.
+  ``rapport:meta``, the identifier index in ``rapport:idx:<hash>`` (with the set
+  ``rapport:idc:<customer_id>`` of each customer's hashes, for ``rapport forget``),
+  updates with WATCH/MULTI/EXEC optimistic retries. Redis acknowledges a write before it is
+  on disk unless the server runs with ``appendonly yes`` and ``appendfsync always``;
+  :func:`open_store` warns when it can see that it does not.
+
+Besides the records, the store keeps the **identifier index**: the keyed hash of a
+normalised identifier (:func:`features.identity.hash_identifier`, never the value) ->
+the customer it names, which lets ``/events`` and ``/score`` take an e-mail or a phone
+in place of a customer id (:mod:`features.online.identifiers`).
 
 Records are stored as compact ASCII JSON bytes (NaN allowed, as Python's json writes it).
 Measured: zlib halves the size but slows a bulk load by 40 %, so records are not compressed.
@@ -51,6 +58,8 @@ BUSY_TIMEOUT_MS = 30_000
 READ_CHUNK = 900
 REDIS_RECORD_PREFIX = "rapport:rec:"
 REDIS_META_KEY = "rapport:meta"
+REDIS_INDEX_PREFIX = "rapport:idx:"
+REDIS_INDEX_OWNER_PREFIX = "rapport:idc:"
 #: WATCH/MULTI/EXEC attempts before an update on a very hot key gives up
 REDIS_MAX_ATTEMPTS = 200
 #: seconds to connect to Redis / to wait for an answer before the store is "unavailable"
@@ -99,6 +108,19 @@ class OnlineStore(Protocol):
     def delete(self, customer_id: str) -> bool:
         """Remove the customer's record (``rapport forget``); durable once it returns.
         True when there was one."""
+        ...
+
+    def get_identifiers(self, keys: Sequence[str]) -> dict[str, str]:
+        """The customer each identifier hash names; unknown hashes are absent."""
+        ...
+
+    def put_identifiers(self, entries: Iterable[tuple[str, str]], replace: bool = True) -> int:
+        """Index ``(hash, customer_id)`` pairs, durably; ``replace=False`` keeps the
+        customer a hash already names (a live claim). Returns how many were written."""
+        ...
+
+    def delete_identifiers(self, customer_id: str) -> int:
+        """Remove every hash naming the customer (``rapport forget``); returns how many."""
         ...
 
     def set_meta(self, key: str, value: str) -> None:
@@ -212,6 +234,8 @@ def _apply(customer_id: str, fn: UpdateFn, current: Record | None) -> Record:
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (customer_id TEXT PRIMARY KEY, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS identifiers (key TEXT PRIMARY KEY, customer_id TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS identifiers_customer ON identifiers (customer_id);
 """
 
 
@@ -379,6 +403,34 @@ class SQLiteStore:
             gone = conn.execute("DELETE FROM records WHERE customer_id = ?", (customer_id,))
             return gone.rowcount > 0
 
+    def get_identifiers(self, keys: Sequence[str]) -> dict[str, str]:
+        rows: list[tuple[str, str]] = []
+        with self._connection() as conn:
+            for chunk in _chunks(keys):
+                marks = ",".join("?" * len(chunk))
+                rows += conn.execute(
+                    f"SELECT key, customer_id FROM identifiers WHERE key IN ({marks})", chunk
+                ).fetchall()
+        return dict(rows)
+
+    def put_identifiers(self, entries: Iterable[tuple[str, str]], replace: bool = True) -> int:
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        written = 0
+        with self._connection() as conn:
+            iterator = iter(entries)
+            while batch := list(islice(iterator, 10_000)):
+                with self._transaction(conn, "IMMEDIATE"):
+                    done = conn.executemany(
+                        f"{verb} INTO identifiers (key, customer_id) VALUES (?, ?)", batch
+                    )
+                written += max(done.rowcount, 0)
+        return written
+
+    def delete_identifiers(self, customer_id: str) -> int:
+        with self._connection() as conn, self._transaction(conn, "IMMEDIATE"):
+            gone = conn.execute("DELETE FROM identifiers WHERE customer_id = ?", (customer_id,))
+            return max(gone.rowcount, 0)
+
     def set_meta(self, key: str, value: str) -> None:
         with self._connection() as conn:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
@@ -502,6 +554,64 @@ class RedisStore:
     @_reachable
     def delete(self, customer_id: str) -> bool:
         return bool(self._client_or_raise().delete(REDIS_RECORD_PREFIX + customer_id))
+
+    @_reachable
+    def get_identifiers(self, keys: Sequence[str]) -> dict[str, str]:
+        client = self._client_or_raise()
+        out: dict[str, str] = {}
+        for chunk in _chunks(keys):
+            values = client.mget([REDIS_INDEX_PREFIX + key for key in chunk])
+            out.update(
+                (key, _text(value))
+                for key, value in zip(chunk, values, strict=True)
+                if value is not None
+            )
+        return out
+
+    @_reachable
+    def put_identifiers(self, entries: Iterable[tuple[str, str]], replace: bool = True) -> int:
+        """A pipeline of SETs (SET NX for a claim) and SADDs to each customer's set."""
+        client = self._client_or_raise()
+        written = 0
+        iterator = iter(entries)
+        while batch := list(islice(iterator, REDIS_MSET_SIZE)):
+            pipe = client.pipeline(transaction=False)
+            for key, customer_id in batch:
+                pipe.set(REDIS_INDEX_PREFIX + key, customer_id, nx=not replace)
+                pipe.sadd(REDIS_INDEX_OWNER_PREFIX + customer_id, key)
+            results = pipe.execute()
+            written += sum(1 for done in results[0::2] if done)
+        return written
+
+    @_reachable
+    def delete_identifiers(self, customer_id: str) -> int:
+        """The hashes in the customer's set that still name them (a later load may have
+        given one to another customer), deleted with the set in one transaction."""
+        client = self._client_or_raise()
+        owned = REDIS_INDEX_OWNER_PREFIX + customer_id
+        with client.pipeline(transaction=True) as pipe:
+            for attempt in range(REDIS_MAX_ATTEMPTS):
+                try:
+                    pipe.watch(owned)
+                    keys = [REDIS_INDEX_PREFIX + _text(k) for k in pipe.smembers(owned)]
+                    owners = pipe.mget(keys) if keys else []
+                    mine = [
+                        k
+                        for k, v in zip(keys, owners, strict=True)
+                        if v is not None and _text(v) == customer_id
+                    ]
+                    pipe.multi()
+                    if mine:
+                        pipe.delete(*mine)
+                    pipe.delete(owned)
+                    pipe.execute()
+                    return len(mine)
+                except redis.WatchError:
+                    time.sleep(min(0.001 * attempt, 0.05))
+        raise RuntimeError(
+            f"deleting the identifiers of a customer in {redact_url(self.url)} kept "
+            f"conflicting with other writers ({REDIS_MAX_ATTEMPTS} attempts)"
+        )
 
     @_reachable
     def set_meta(self, key: str, value: str) -> None:

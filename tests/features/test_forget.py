@@ -12,8 +12,11 @@ import pandas as pd
 from click.testing import CliRunner
 from sample_data import trained_home
 
+from features.contract import IDENTIFIERS
 from features.forget import customer_hash
+from features.identity import normalise_one
 from features.online.events import OPEN_SUFFIX
+from features.online.identifiers import IdentityIndex
 from features.online.store import open_store
 from features.warehouse import connect, raw
 from rapport.cli import EXIT_RETRY_FORGET, main
@@ -46,6 +49,19 @@ def _mentions(frame: pd.DataFrame, customer: str) -> int:
         hit |= text[column].str.contains(f'"{customer}"', regex=False)
         hit |= text[column].str.contains(f",{customer},", regex=False)
     return int(hit.sum())
+
+
+def _identifier_hashes(customers: pd.DataFrame, customer: str) -> list[str]:
+    """The index keys of a customer's usable identifiers (as ``rapport materialize``
+    hashes them with the workspace's key)."""
+    index = IdentityIndex.of(get_settings())
+    row = customers.loc[customers["customer_id"] == customer].iloc[0]
+    usable = {
+        kind: row[kind]
+        for kind in IDENTIFIERS
+        if normalise_one(kind, row[kind], index.region) is not None
+    }
+    return [h for _, h in index.hashes(usable)]
 
 
 def _prepare(home: Path) -> tuple[str, str]:
@@ -101,6 +117,9 @@ def test_forget_erases_everywhere_and_keeps_erasing(home: Path) -> None:
     outcomes_before = len(before["outcomes"])
     store = open_store(settings.online_store_url)
     assert store.get(customer) is not None and store.get(neighbour) is not None
+    hashes = {c: _identifier_hashes(before["customers"], c) for c in (customer, neighbour)}
+    indexed = {c: store.get_identifiers(h) for c, h in hashes.items()}
+    assert customer in indexed[customer].values() and neighbour in indexed[neighbour].values()
     store.close()
     # an open segment of a running service: counted, left for the next run (exit 4)
     (settings.outbox_dir / "orders" / f"seg-2{OPEN_SUFFIX}").write_text(
@@ -124,7 +143,11 @@ def test_forget_erases_everywhere_and_keeps_erasing(home: Path) -> None:
     assert list(after["forgotten"]["customer_hash"]) == [customer_hash(customer)]
     store = open_store(settings.online_store_url)
     assert store.get(customer) is None and store.get(neighbour) is not None
+    # the identifier index names them no more; the neighbour's entries are untouched
+    assert customer not in store.get_identifiers(hashes[customer]).values()
+    assert store.get_identifiers(hashes[neighbour]) == indexed[neighbour]
     store.close()
+    assert "identifiers removed from the index" in result.output
     sealed = (settings.outbox_dir / "orders" / "seg-1.jsonl").read_text()
     assert customer not in sealed and len(sealed.splitlines()) == 2  # the neighbour's
     assert (settings.outbox_dir / "feedback" / "seg-1.jsonl").read_text() == ""

@@ -120,19 +120,45 @@ def test_forget_erases_the_customer_from_the_identity_tables(
     (someone,) = db.execute(
         "SELECT other_customer_id FROM identity_links ORDER BY other_customer_id LIMIT 1"
     ).fetchone() or (None,)
-    assert someone is not None
+    # and a customer whose id names a cluster of several records
+    (named,) = db.execute(
+        "SELECT cluster_id FROM identity_clusters WHERE cluster_id != ? "
+        "GROUP BY cluster_id HAVING count(*) > 1 ORDER BY cluster_id LIMIT 1",
+        [someone],
+    ).fetchone() or (None,)
+    assert named is not None
+    members = db.execute(
+        "SELECT customer_id FROM identity_clusters WHERE cluster_id = ? AND customer_id != ?",
+        [named, named],
+    ).df()["customer_id"]
     con.disconnect()
-    result = CliRunner().invoke(main, ["forget", someone, "--yes"])
-    assert result.exit_code == 0, result.output
+    for customer in (someone, named):
+        result = CliRunner().invoke(main, ["forget", customer, "--yes"])
+        assert result.exit_code == 0, result.output
     con = connect(workspace / "warehouse.duckdb")
     for table, column in (
         ("identity_links", "customer_id"),
         ("identity_links", "other_customer_id"),
         ("identity_clusters", "customer_id"),
+        ("identity_clusters", "cluster_id"),
         ("identity_changes", "customer_id"),
+        ("identity_changes", "cluster_id"),
+        ("identity_changes", "old_cluster_id"),
     ):
-        (n,) = raw(con).execute(
-            f"SELECT count(*) FROM {table} WHERE {column} = ?", [someone]
-        ).fetchone() or (0,)
-        assert n == 0, (table, column)
+        for customer in (someone, named):
+            (n,) = raw(con).execute(
+                f"SELECT count(*) FROM {table} WHERE {column} = ?", [customer]
+            ).fetchone() or (0,)
+            assert n == 0, (table, column)
+    # the cluster's other records are still there, each standing alone until resolved again
+    after = (
+        raw(con)
+        .execute(
+            "SELECT customer_id, cluster_id FROM identity_clusters WHERE customer_id IN "
+            "(SELECT unnest(?))",
+            [list(members)],
+        )
+        .df()
+    )
+    assert len(after) == len(members) and (after["cluster_id"] == after["customer_id"]).all()
     con.disconnect()

@@ -220,7 +220,7 @@ def test_a_broken_key_file_keeps_the_previous_keys(
 
 
 def test_validation_logs_keep_one_line_without_values() -> None:
-    secret = "alice@example.com"
+    secret = "alice.martin@nowhere"  # an identifier the service takes, but not an address
     try:
         ScoreRequest.model_validate({"customer_id": "", "email": secret})
     except ValidationError:
@@ -232,5 +232,5 @@ def test_validation_logs_keep_one_line_without_values() -> None:
     line = record.getMessage()
     assert record.levelno == logging.INFO and record.exc_info is None
     assert line.startswith("invalid request on /score [id]: ")
-    assert "customer_id: string_too_short" in line and "email: extra_forbidden" in line
+    assert "customer_id: string_too_short" in line and "email: value_error" in line
     assert secret not in line

@@ -289,6 +289,111 @@ def test_events_for_unknown_customers_are_404(http: httpx.Client, ws: Workspace)
     assert "O-nobody" not in {r["order_id"] for r in outbox_rows(ws, "orders")}
 
 
+# --------------------------------------------------------------------------- identifiers
+def held_once(ws: Workspace, kind: str, skip: tuple[str, ...] = ()) -> tuple[str, str]:
+    """A customer and the identifier of ``kind`` (as stored) that only they hold."""
+    from features.identity import normalise
+    from features.warehouse import connect
+    from rapport.settings import Settings
+
+    con = connect(Settings(home=ws.home).warehouse_path, read_only=True)
+    try:
+        frame = con.con.execute(
+            "SELECT customer_id, email, phone, loyalty_card, cookie_id FROM customers "
+            "ORDER BY customer_id"
+        ).df()
+    finally:
+        con.disconnect()
+    normal = normalise(frame).frame[kind]
+    once = normal.map(normal.value_counts()).eq(1).to_numpy(dtype=bool)
+    free = ~frame["customer_id"].isin([*ws.customers[:10], *skip]).to_numpy()
+    row = frame[once & free].iloc[0]
+    return str(row["customer_id"]), str(row[kind])
+
+
+def test_events_by_email_or_phone_reach_the_customers_next_score(
+    http: httpx.Client, ws: Workspace, server: Server
+) -> None:
+    """Issue 20's done-when: events posted with only an e-mail or a phone reach the right
+    customer's next score; an unknown e-mail makes a provisional customer; /score takes
+    an identifier; no identifier reaches the log."""
+    ann, email = held_once(ws, "email")
+    bob, phone = held_once(ws, "phone", skip=(ann,))
+    before_ann, before_bob = features(http, ws, ann), features(http, ws, bob)
+    now = datetime.now(UTC)
+    body = {
+        "orders": [
+            {
+                "order_id": "O-by-email",
+                "email": f"  {email.upper()} ",  # normalised as the index was
+                "ordered_at": (now - timedelta(minutes=3)).isoformat(),
+                "amount": 42.0,
+            }
+        ],
+        "interactions": [
+            {
+                "interaction_id": "I-by-phone",
+                "phone": phone,
+                "occurred_at": (now - timedelta(minutes=2)).isoformat(),
+                "channel": "call",
+                "kind": "complaint",
+            }
+        ],
+    }
+    response = post(http, ws, "/events", body, "events")
+    assert response.status_code == 200, response.text
+    routes = {r["id"]: r for r in response.json()["routes"]}
+    assert routes["O-by-email"] == {
+        "table": "orders",
+        "id": "O-by-email",
+        "customer_id": ann,
+        "matched_by": "email",
+        "provisional": False,
+    }
+    assert (routes["I-by-phone"]["customer_id"], routes["I-by-phone"]["matched_by"]) == (
+        bob,
+        "phone",
+    )
+    after_ann, after_bob = features(http, ws, ann), features(http, ws, bob)
+    assert after_ann["orders_30d"] == before_ann["orders_30d"] + 1
+    assert after_ann["spend_30d"] == pytest.approx(before_ann["spend_30d"] + 42.0)
+    assert after_bob["complaints_30d"] == before_bob["complaints_30d"] + 1
+    # the outbox holds the customer, not the identifier
+    (line,) = [r for r in outbox_rows(ws, "orders") if r["order_id"] == "O-by-email"]
+    assert line["customer_id"] == ann and "email" not in line
+    by_phone = post(http, ws, "/score", {"phone": phone, "include_features": True}, "score")
+    assert by_phone.status_code == 200, by_phone.text
+    assert by_phone.json()["customer_id"] == bob
+    assert by_phone.json()["features"]["complaints_30d"] == after_bob["complaints_30d"]
+
+    # nobody holds this e-mail: a provisional customer, the same one for the next event
+    new = f"new.person.{now.timestamp():.0f}@example.org"
+    ids = []
+    for n in (1, 2):
+        order = {
+            "order_id": f"O-new-{n}",
+            "email": new,
+            "ordered_at": (now - timedelta(minutes=n)).isoformat(),
+            "amount": 10.0 * n,
+        }
+        answer = post(http, ws, "/events", {"orders": [order]}, "events")
+        assert answer.status_code == 200, answer.text
+        ids.append(answer.json()["routes"][0])
+    pid = ids[0]["customer_id"]
+    assert pid.startswith("anon-") and ids[0]["matched_by"] == "provisional"
+    assert ids[1]["customer_id"] == pid and ids[1]["matched_by"] == "email"
+    assert all(route["provisional"] for route in ids)
+    rows = [r for r in outbox_rows(ws, "customers") if r["customer_id"] == pid]
+    assert len(rows) == 1 and rows[0]["email"] == new  # for ingest, then rapport resolve
+    score = post(http, ws, "/score", {"email": new, "include_features": True}, "score").json()
+    assert score["customer_id"] == pid and score["features"]["orders_all"] == 2
+
+    missing = post(http, ws, "/score", {"email": "nobody.else@example.org"}, "score")
+    assert missing.status_code == 404 and "nobody" not in missing.json()["error"]
+    log = server.log_text()
+    assert all(value not in log for value in (email, phone, new, "nobody.else"))
+
+
 def test_decisions_feed_the_contact_policy(http: httpx.Client, ws: Workspace) -> None:
     customer = ws.customers[4]
     first = scored(http, ws, customer)

@@ -17,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 from sample_data import cutoff, load_tables, random_tables
 
-from features.contract import INTERACTIONS, ORDERS
+from features.contract import IDENTIFIERS, INTERACTIONS, ORDERS
 from features.online.events import (
     OPEN_SUFFIX,
     ConflictError,
@@ -307,8 +307,11 @@ def test_feedback_is_one_durable_line(tmp_path: Path) -> None:
 )
 def test_event_schemas_mirror_the_contract(model: Any, table: Any) -> None:
     fields = model.model_fields
-    assert list(fields) == table.column_names
-    assert {n for n, f in fields.items() if f.is_required()} == set(table.required)
+    assert [n for n in fields if n not in IDENTIFIERS] == table.column_names
+    # the customer by customer_id or by identifiers in its place (issue 20)
+    assert set(IDENTIFIERS) <= set(fields)
+    required = {n for n, f in fields.items() if f.is_required()}
+    assert required == set(table.required) - {"customer_id"}
     for column in table.columns:
         if column.choices:
             assert literal_values(fields[column.name].annotation) == set(column.choices)
@@ -333,7 +336,7 @@ def test_event_validation_names_fields_and_hides_values() -> None:
                 "channel": "pigeon",
                 "kind": "complaint",
                 "satisfaction": 9,
-                "email": "alice@example.com",
+                "email": "alice.martin@nowhere",
             }
         ],
     }
@@ -352,7 +355,23 @@ def test_event_validation_names_fields_and_hides_values() -> None:
         "interactions.0.satisfaction",
         "interactions.0.email",
     } <= locs
-    assert "alice@example.com" not in str(info.value) and "pigeon" not in str(info.value)
+    assert "alice.martin" not in str(info.value) and "pigeon" not in str(info.value)
+    assert ("interactions.0.email", "is not an e-mail address") in found
+
+
+def test_an_event_names_its_customer_by_id_or_by_identifiers_not_both() -> None:
+    at = "2024-05-01T10:00:00"
+    by_email = OrderEvent.model_validate(
+        {"order_id": "L1", "email": "Ann@Example.com", "ordered_at": at, "amount": 1}
+    )
+    assert by_email.customer_id is None and by_email.identifiers() == {"email": "Ann@Example.com"}
+    for who, message in (
+        ({}, "send customer_id or an identifier"),
+        ({"customer_id": "C1", "phone": "07911 123456"}, "not both"),
+    ):
+        with pytest.raises(ValidationError, match=message) as info:
+            OrderEvent.model_validate({"order_id": "L1", "ordered_at": at, "amount": 1, **who})
+        assert "07911" not in str(info.value)
 
 
 def test_naive_event_times_are_utc_and_empty_requests_refused() -> None:

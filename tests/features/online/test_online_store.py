@@ -126,6 +126,23 @@ def test_put_many_streams_batches_and_replaces(store: OnlineStore) -> None:
     assert store.get("C19") == _record(19)
 
 
+def test_identifier_index_puts_claims_reads_and_forgets(store: OnlineStore) -> None:
+    assert store.put_identifiers([("h1", "C1"), ("h2", "C1"), ("h3", "C2")]) == 3
+    assert store.get_identifiers(["h1", "h3", "h9"]) == {"h1": "C1", "h3": "C2"}
+    # a live claim keeps the customer a hash already names; a load replaces it
+    assert store.put_identifiers([("h3", "C9"), ("h4", "C9")], replace=False) == 1
+    assert store.get_identifiers(["h3", "h4"]) == {"h3": "C2", "h4": "C9"}
+    store.put_identifiers([("h2", "C2")])
+    assert store.get_identifiers(["h2"]) == {"h2": "C2"}
+    # forget: every hash naming C1 (h2 now names C2), nobody else's; the records untouched
+    store.put_many([("C1", {"a": 1})])
+    assert store.delete_identifiers("C1") == 1
+    assert store.get_identifiers(["h1", "h2", "h3", "h4"]) == {"h2": "C2", "h3": "C2", "h4": "C9"}
+    assert store.delete_identifiers("C1") == 0 and store.get("C1") == {"a": 1}
+    assert store.delete_identifiers("C2") == 2
+    assert store.get_identifiers(["h2", "h3", "h4"]) == {"h4": "C9"}
+
+
 def test_put_many_rejects_non_dict_naming_the_customer(store: OnlineStore) -> None:
     with pytest.raises(TypeError, match=r"'C7'.*list"):
         store.put_many([("C6", _record(6)), ("C7", [1, 2])])  # type: ignore[list-item]

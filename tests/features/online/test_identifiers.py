@@ -1,0 +1,253 @@
+"""The online identifier index (issue 20, item 3): identifiers -> customers by keyed hash,
+loaded from the warehouse and its clusters, events routed by e-mail or phone, provisional
+customers for unknown identifiers that ingest loads and ``rapport resolve`` merges."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from features.identity import hash_identifier, identity_key, provisional_id
+from features.ingest import discover_files, ingest
+from features.online.events import Outbox, apply_events
+from features.online.identifiers import (
+    AmbiguousIdentifierError,
+    IdentityIndex,
+    UnusableIdentifierError,
+    load_index,
+    lookup,
+    route_events,
+    undo,
+)
+from features.online.store import OnlineStore, open_store
+from features.outbox_ingest import ingest_outbox
+from features.resolve import resolve
+from features.warehouse import connect, raw
+
+END = datetime(2025, 1, 1, tzinfo=UTC)
+ANN, BOB = " Ann.Lee@Example.com ", "bob.stone@example.com"
+ANN_PHONE, BOB_PHONE = "07911 123456", "+44 7911 123457"
+
+CUSTOMERS = f"""customer_id,signup_at,email,phone,loyalty_card,cookie_id
+C1,2024-01-01T00:00:00Z,{ANN},{ANN_PHONE},,k1
+C2,2024-02-01T00:00:00Z,ann.lee@example.com,,,k1
+C3,2024-03-01T00:00:00Z,{BOB},{BOB_PHONE},,
+C4,2024-04-01T00:00:00Z,,,L-4,k2
+C5,2024-05-01T00:00:00Z,not an address,,,
+"""
+ORDERS = """order_id,customer_id,ordered_at,amount
+O1,C1,2024-06-01T00:00:00Z,10.0
+O3,C3,2024-06-02T00:00:00Z,20.0
+"""
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Any:
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "customers.csv").write_text(CUSTOMERS)
+    (files / "orders.csv").write_text(ORDERS)
+    con = connect(tmp_path / "warehouse.duckdb")
+    ingest(con, discover_files(files), now=END)
+    yield con
+    con.disconnect()
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> IdentityIndex:
+    return IdentityIndex(identity_key(tmp_path / "identity.key"), "GB")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    store = open_store(f"sqlite:///{tmp_path / 'online.sqlite'}")
+    yield store
+    store.close()
+
+
+def test_the_key_is_made_once_private_and_hashes_depend_on_kind_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "home" / "identity.key"
+    key = identity_key(path)
+    assert len(key) == 32 and identity_key(path) == key
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left
+    assert hash_identifier(key, "email", "a@b.io") != hash_identifier(key, "cookie_id", "a@b.io")
+    assert hash_identifier(key, "email", "a@b.io") != hash_identifier(b"x" * 32, "email", "a@b.io")
+    assert provisional_id("ab" * 32).startswith("anon-") and len(provisional_id("ab" * 32)) == 29
+
+
+def test_the_index_names_customers_by_keyed_hash_only(
+    warehouse: Any, index: IdentityIndex, store: OnlineStore, tmp_path: Path
+) -> None:
+    written = load_index(warehouse, store, index, END)
+    assert written == 7  # ann's e-mail (C1, C2), two phones, bob's e-mail, a card, two cookies
+    assert lookup(store, index, {"email": "ANN.LEE@example.com"}) == "C1"  # shared: smallest
+    assert lookup(store, index, {"phone": "+447911123456"}) == "C1"
+    assert lookup(store, index, {"email": BOB, "phone": "07911123457"}) == "C3"
+    assert lookup(store, index, {"loyalty_card": " L-4 "}) == "C4"
+    assert lookup(store, index, {"cookie_id": "k2"}) == "C4"
+    assert lookup(store, index, {"email": "nobody@example.com"}) is None
+    with pytest.raises(AmbiguousIdentifierError, match=r"cookie_id.*more than one customer"):
+        lookup(store, index, {"cookie_id": "k1"})  # a shared device names nobody
+    with pytest.raises(AmbiguousIdentifierError, match="email, phone"):
+        lookup(store, index, {"email": ANN, "phone": BOB_PHONE})
+    with pytest.raises(UnusableIdentifierError, match="phone") as info:
+        lookup(store, index, {"phone": "12"})
+    assert "12" not in str(info.value).replace("phone", "")
+    # another workspace's key reads nothing; the file holds no identifier
+    other = IdentityIndex(b"k" * 32, "GB")
+    assert lookup(store, other, {"email": BOB}) is None
+    store.close()
+    data = b"".join(p.read_bytes() for p in tmp_path.glob("online.sqlite*"))
+    for value in ("ann.lee", "bob.stone", "7911123456", "7911 123457", "L-4"):
+        assert value.encode() not in data
+
+
+def test_resolved_clusters_name_their_customer(
+    warehouse: Any, index: IdentityIndex, store: OnlineStore
+) -> None:
+    db = raw(warehouse)
+    db.execute(
+        "CREATE TABLE identity_clusters AS SELECT * FROM (VALUES "
+        "('C1', 'C1', now()), ('C3', 'C1', now()), ('C4', 'C0', now())) "
+        "t(customer_id, cluster_id, resolved_at)"
+    )
+    load_index(warehouse, store, index, END)
+    assert lookup(store, index, {"email": BOB}) == "C1"  # merged into C1's cluster
+    assert lookup(store, index, {"loyalty_card": "L-4"}) == "C4"  # C0 is nobody (forgotten)
+    # before C3 signed up, its identifiers name nobody
+    fresh = open_store("sqlite:///:memory:")
+    load_index(warehouse, fresh, index, datetime(2024, 2, 15, tzinfo=UTC))
+    assert lookup(fresh, index, {"email": BOB}) is None
+    assert lookup(fresh, index, {"email": ANN}) == "C1"
+    fresh.close()
+
+
+def _order(order_id: str, at: datetime, **who: Any) -> dict[str, Any]:
+    row = {
+        "order_id": order_id,
+        "customer_id": None,
+        "ordered_at": at,
+        "amount": 5.0,
+        "margin": None,
+        "category": None,
+        "channel": None,
+    }
+    return {**row, "email": None, "phone": None, "loyalty_card": None, "cookie_id": None, **who}
+
+
+def _lines(folder: Path) -> list[dict[str, Any]]:
+    paths = sorted(folder.glob("*.jsonl*"))
+    return [json.loads(line) for p in paths for line in p.read_text().splitlines()]
+
+
+def test_events_by_identifier_reach_the_customer_or_a_provisional_one(
+    warehouse: Any, index: IdentityIndex, store: OnlineStore, tmp_path: Path
+) -> None:
+    # the store as the service finds it: records and index (segments are needed to load)
+    from features.batch import build
+    from features.online.materialize import materialize
+    from features.spec import default_spec
+    from features.tables.segments import snapshot_segments
+
+    snapshot_segments(raw(warehouse), build(warehouse, END), END, default_spec().version, END)
+    materialize(warehouse, store, END, identity=index)
+    outbox = Outbox(tmp_path / "outbox")
+    at = END - timedelta(days=2)
+    new_email = "Chat.Person@Example.org"
+    rows = {
+        "orders": [
+            _order("L1", at, email="ann.lee@EXAMPLE.com"),
+            _order("L2", at, phone=BOB_PHONE),
+            _order("L3", at, email=new_email, cookie_id="k9"),
+            _order("L4", at - timedelta(days=1), email=new_email),
+            _order("L5", at, customer_id="C4"),
+        ]
+    }
+    routed = route_events(store, index, rows, now=END)
+    pid = provisional_id(hash_identifier(index.key, "email", "chat.person@example.org"))
+    assert [(r.id, r.customer_id, r.matched_by, r.provisional) for r in routed.routes] == [
+        ("L1", "C1", "email", False),
+        ("L2", "C3", "phone", False),
+        ("L3", pid, "provisional", True),
+        ("L4", pid, "email", True),
+        ("L5", "C4", "customer_id", False),
+    ]
+    assert routed.created == [pid]
+    assert all(set(r) & {"email", "phone", "cookie_id"} == set() for r in routed.rows["orders"])
+    (customer,) = routed.customers  # once, with the identifiers as sent, from its first event
+    assert customer == {
+        "customer_id": pid,
+        "signup_at": at - timedelta(days=1),
+        "email": new_email,
+        "cookie_id": "k9",
+    }
+    result = apply_events(store, outbox, routed.rows, customers=routed.customers)
+    assert result.new == 5 and store.get(pid)["orders"]["order_id"] == ["L3", "L4"]
+    assert lookup(store, index, {"cookie_id": "k9"}) == pid
+    # the same identifier later: the same customer, no second customers row
+    again = route_events(store, index, {"orders": [_order("L6", at, email=new_email)]}, now=END)
+    assert again.routes[0].customer_id == pid and not again.customers and not again.created
+
+    # identifiers naming two customers: refused before anything is created
+    count = store.count()
+    both = {
+        "orders": [
+            _order("L7", at, email="x.new@example.org"),
+            _order("L8", at, email=ANN, phone=BOB_PHONE),
+        ]
+    }
+    with pytest.raises(AmbiguousIdentifierError):
+        route_events(store, index, both, now=END)
+    assert store.count() == count
+    # a refused write takes the provisional customer back
+    lone = route_events(store, index, {"orders": [_order("L9", at, email="y.new@example.org")]})
+    undo(store, lone)
+    assert store.get(lone.created[0]) is None
+    assert lookup(store, index, {"email": "y.new@example.org"}) is None
+
+    # ingest loads the provisional customer with its identifiers; a customers export later
+    # brings a registered customer with that e-mail; resolve merges them, and after the
+    # next load the e-mail names the merged cluster
+    outbox.close()
+    report = ingest_outbox(warehouse, tmp_path / "outbox", END)
+    assert report.tables["customers"].inserted == 1 and report.tables["orders"].inserted == 5
+    late = tmp_path / "late"
+    late.mkdir()
+    (late / "customers.csv").write_text(
+        f"customer_id,signup_at,email\nC9,2024-12-30T00:00:00Z,{new_email.lower()}\n"
+    )
+    ingest(warehouse, discover_files(late), now=END)
+    resolve(warehouse, END)
+    clusters = dict(
+        raw(warehouse).execute("SELECT customer_id, cluster_id FROM identity_clusters").fetchall()
+    )
+    assert clusters[pid] == clusters["C9"] == "C9"
+    load_index(warehouse, store, index, END)
+    assert lookup(store, index, {"email": new_email}) == "C9"
+    assert lookup(store, index, {"cookie_id": "k9"}) == "C9"
+
+
+def test_identifiers_made_ambiguous_within_a_request_leave_nothing_behind(
+    warehouse: Any, index: IdentityIndex, store: OnlineStore
+) -> None:
+    load_index(warehouse, store, index, END)
+    at = END - timedelta(days=1)
+    # the first event makes a provisional customer of the new e-mail; the second names it
+    # with bob's phone too: two customers, refused, and the first one's creation undone
+    rows = {
+        "orders": [
+            _order("M1", at, email="new.one@example.org"),
+            _order("M2", at, email="new.one@example.org", phone=BOB_PHONE),
+        ]
+    }
+    with pytest.raises(AmbiguousIdentifierError, match="email, phone"):
+        route_events(store, index, rows, now=END)
+    pid = provisional_id(hash_identifier(index.key, "email", "new.one@example.org"))
+    assert store.get(pid) is None
+    assert lookup(store, index, {"email": "new.one@example.org"}) is None
