@@ -11,6 +11,10 @@ the new :class:`models.scorer.Scorer` there, off the request path. The service t
 one reference (:class:`Live`): a request sees the old models, segment thresholds, ``meta``
 and version headers or the new ones, never a mix, and never waits for a load.
 
+Each check also finishes a load of the online store killed before it replayed the events
+acknowledged during it (:func:`features.online.events.recover_loads`), so they are live
+again within one interval, not at the next load.
+
 A new champion that fails to load or does not fit the service's feature set leaves the old
 one serving; the reason is logged once per bad version (the next promotion is tried again).
 """

@@ -85,11 +85,12 @@ def test_a_locked_warehouse_waits_then_fails_in_one_line(workspace: Path) -> Non
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         runner = CliRunner()
-        refused = runner.invoke(main, ["--wait", "0.5", "ingest", "--outbox"])
-        assert refused.exit_code == 1, refused.output
-        assert "in use by another process" in refused.output and "--wait" in refused.output
-        assert "Traceback" not in refused.output and "IOException" not in refused.output
-        assert "PID" not in refused.output
+        for command in (["ingest", "--outbox"], ["score"]):  # the two the issue saw
+            refused = runner.invoke(main, ["--wait", "0.5", *command])
+            assert refused.exit_code == 1, (command, refused.output)
+            assert "in use by another process" in refused.output and "--wait" in refused.output
+            assert "Traceback" not in refused.output and "IOException" not in refused.output
+            assert "PID" not in refused.output
         started = time.monotonic()
         threading.Timer(2.0, holder.kill).start()  # the other job ends while this one waits
         waited = runner.invoke(main, ["--wait", "60", "ingest", "--outbox"])
