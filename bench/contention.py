@@ -1,15 +1,18 @@
 """``POST /targets`` and ``/score`` while ``rapport score`` holds the warehouse.
 
-    uv run python -m bench.contention [--customers 5000] [--seconds 30]
+    uv run python -m bench.contention [--customers 5000] [--seconds 30] [--unniced]
 
 Builds a demo workspace (the tests' harness) with one scoring run, starts the service
 (one worker) and runs two phases of ``--seconds`` each with the same load: ``/score`` at
 ``--score-rate`` requests/s and ``POST /targets`` at ``--targets-rate`` (each from its own
 thread, latency from the scheduled send time).
 Phase one is alone; in phase two ``rapport score`` runs in its own process, again and
-again, so a writer holds the warehouse most of the time. Prints p50 / p99 / max per
-route and phase, the statuses, and how many lists came from the published run (the
-warehouse locked) rather than the warehouse.
+again, so a writer holds the warehouse most of the time (at its default, lowered CPU
+priority, ``RAPPORT_BATCH_NICE``); with ``--unniced`` a third phase runs it at the
+service's priority (``RAPPORT_BATCH_NICE=0``, as before issue 22). Prints p50 / p99 / max
+per route and phase, the statuses, how many lists came from the published run (the
+warehouse locked) rather than the warehouse, and ``/score``'s p99 during each job phase
+against its p99 alone.
 """
 
 from __future__ import annotations
@@ -100,9 +103,12 @@ def phase(
     return routes
 
 
-def score_forever(home: Path, stop_at: float) -> int:
-    """Run ``rapport score`` back to back until ``stop_at``; returns the runs finished."""
+def score_forever(home: Path, stop_at: float, nice: str | None = None) -> int:
+    """Run ``rapport score`` back to back until ``stop_at``; returns the runs finished.
+    ``nice``: ``RAPPORT_BATCH_NICE`` for the job (default: the setting's)."""
     env = {**os.environ, "RAPPORT_HOME": str(home)}
+    if nice is not None:
+        env["RAPPORT_BATCH_NICE"] = nice
     runs = 0
     while time.perf_counter() < stop_at:
         done = subprocess.run(
@@ -120,6 +126,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--score-rate", type=float, default=50.0)
     parser.add_argument("--targets-rate", type=float, default=2.0)
+    parser.add_argument(
+        "--unniced",
+        action="store_true",
+        help="Also a phase with the job at the service's priority (RAPPORT_BATCH_NICE=0).",
+    )
     args = parser.parse_args()
     temp = tempfile.TemporaryDirectory(prefix="rapport-contention-")
     home = Path(temp.name) / "home"
@@ -132,26 +143,40 @@ def main() -> None:
         server = start_service(home, workers=1)
         try:
             wait_ready(server)
-            alone = phase(server.url, ws, customers, args)
-            stop_at = time.perf_counter() + args.seconds
-            runs: list[int] = []
-            writer = threading.Thread(target=lambda: runs.append(score_forever(home, stop_at)))
-            writer.start()
-            time.sleep(3)  # the writer's imports: it holds the warehouse from its first run on
-            during = phase(server.url, ws, customers, args)
-            writer.join()
-            print(f"{runs[0] if runs else 0} scoring runs during phase two")
+            phases = {"alone": phase(server.url, ws, customers, args)}
+            jobs = {"while rapport score runs (niced, the default)": None}
+            if args.unniced:
+                jobs["while rapport score runs at the service's priority"] = "0"
+            for title, nice in jobs.items():
+                phases[title] = during_job(server.url, ws, customers, args, nice)
         finally:
             stop(server)
-    for title, routes in (("alone", alone), ("while rapport score runs", during)):
+    for title, routes in phases.items():
         print(f"\n{title}:")
         for name, route in routes.items():
             print("  " + route.line(name))
-    ratio = np.percentile(during["/score"].latencies, 99) / np.percentile(
-        alone["/score"].latencies, 99
-    )
-    print(f"\n/score p99 during / alone: {ratio:.2f}x")
+    alone = np.percentile(phases["alone"]["/score"].latencies, 99)
+    print(f"\n/score p99 alone: {alone * 1000:.1f} ms")
+    for title in jobs:
+        during = np.percentile(phases[title]["/score"].latencies, 99)
+        print(f"/score p99 {title}: {during * 1000:.1f} ms, {during / alone:.2f}x alone")
+    print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     temp.cleanup()
+
+
+def during_job(
+    url: str, ws: Workspace, customers: list[str], args: argparse.Namespace, nice: str | None
+) -> dict[str, Route]:
+    """One phase while ``rapport score`` runs back to back (``nice``: its niceness)."""
+    stop_at = time.perf_counter() + args.seconds + 3
+    runs: list[int] = []
+    writer = threading.Thread(target=lambda: runs.append(score_forever(ws.home, stop_at, nice)))
+    writer.start()
+    time.sleep(3)  # the writer's imports: it holds the warehouse from its first run on
+    routes = phase(url, ws, customers, args)
+    writer.join()
+    print(f"{runs[0] if runs else 0} scoring runs during the phase", flush=True)
+    return routes
 
 
 if __name__ == "__main__":

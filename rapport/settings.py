@@ -78,6 +78,14 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a CLI command waits for the warehouse another process holds.",
     )
+    batch_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="CPU niceness the CLI's batch commands (score, ingest, features, train, "
+        "cycle, materialize, ...) add to their process, so a service on the same machine "
+        "keeps its latency while they run; 0 leaves their priority alone.",
+    )
     max_quarantine_share: float = Field(
         default=0.2,
         ge=0,

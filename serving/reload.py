@@ -11,6 +11,10 @@ the new :class:`models.scorer.Scorer` there, off the request path. The service t
 one reference (:class:`Live`): a request sees the old models, segment thresholds, ``meta``
 and version headers or the new ones, never a mix, and never waits for a load.
 
+Each check also finishes a load of the online store killed before it replayed the events
+acknowledged during it (:func:`features.online.events.recover_loads`), so they are live
+again within one interval, not at the next load.
+
 A new champion that fails to load or does not fit the service's feature set leaves the old
 one serving; the reason is logged once per bad version (the next promotion is tried again).
 """
@@ -25,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from features.control import ControlGroup
+from features.online.events import recover_loads
 from features.online.materialize import (
     META_FEATURE_SET,
     META_MATERIALIZED_AT,
@@ -105,6 +110,8 @@ class Reloader:
         self._store_logged: tuple[str, ...] = ()
         #: why the last marker check failed (logged once until it works again)
         self._unchecked = ""
+        #: why finishing a killed load failed (logged once until it works again)
+        self._unfinished = ""
 
     def start(self, bundled: Any = None) -> Live:
         """The champions at start (``bundled``: the Bento's own copy, else the store's
@@ -117,6 +124,7 @@ class Reloader:
     def check(self, live: Live) -> Live | None:
         """A new state when the champions or the online store changed, else None. Runs in
         a worker thread: loading models takes a while and must not hold up requests."""
+        self._finish_loads()
         store = self._read_state()
         if store.problems:  # nothing to build new champions with: report, keep serving
             return None if store == live.store else replace(live, store=store)
@@ -156,6 +164,29 @@ class Reloader:
         scorer.score_one({**features, "as_of": now}, {}, rng=np.random.default_rng(0))
 
     # ------------------------------------------------------------------ parts
+    def _finish_loads(self) -> None:
+        """A load of the online store killed before it replayed what was acknowledged
+        during it (``rapport materialize``, the cycle) left its outbox watermark: the
+        replay happens here, so the live view gets those events back now, not at the next
+        load (:func:`features.online.events.recover_loads`)."""
+        try:
+            finished = recover_loads(self.store, self.settings.outbox_dir, self.spec)
+        except StoreUnavailableError:  # reported by _read_store; tried again next time
+            return
+        except Exception as exc:
+            reason = _first_line(exc)
+            if reason != self._unfinished:
+                log.error("cannot finish a killed online-store load: %s", reason)
+                self._unfinished = reason
+            return
+        self._unfinished = ""
+        for applied in finished:
+            log.warning(
+                "an online-store load died before its end: %d event(s) acknowledged during "
+                "it replayed from the outbox",
+                applied,
+            )
+
     def _marker(self, current: str) -> tuple[str, Any]:
         """The champions marker now and the bundle it names (``current`` and None when the
         registry cannot be asked)."""

@@ -29,6 +29,14 @@ cost more than the whole score. A customer's next score waits for their pending 
 (read-your-writes of the contact policy holds); a crash can lose the decisions of the last
 few milliseconds, never an event.
 
+A load of the online store (``rapport materialize``, the cycle) replaces records from the
+warehouse while the service keeps acknowledging events. It first keeps the outbox's
+position (:func:`begin_load`: a :class:`Watermark` in ``outbox/loads/``), merges what the
+outbox holds into each record it writes, then replays what was acknowledged after the
+watermark (:func:`replay_since`) and drops it (:func:`end_load`). A load killed before
+that leaves its watermark, and :func:`recover_loads` (the service every few seconds, the
+next load at its end) replays from it, so the live view never goes back.
+
 Feedback goes to ``outbox/feedback/*.jsonl`` only: ``{decision_id, outcome, revenue,
 responded_at, recorded_at}``, rows of the outcomes contract
 (:data:`features.contract.OUTCOMES`) that ``rapport ingest --outbox`` turns into versions
@@ -53,8 +61,9 @@ from typing import Any
 
 from features.batch import micros
 from features.contract import TABLES
-from features.durable import fsync_paths, pid_alive
+from features.durable import fsync_paths, pid_alive, replace_durably
 from features.online.record import Record, append_events, counted, record_columns
+from features.online.store import redact_url
 from features.spec import FeatureSpec, default_spec
 from features.tables.feature_samples import FEATURE_SAMPLES, encode
 from features.tables.outcomes import FEEDBACK
@@ -377,40 +386,176 @@ def _parsed(table: str, row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _segment_paths(root: Path, table: str, done: bool = False) -> list[Path]:
+    folder = Path(root) / table / ("done" if done else "")
+    return sorted([*folder.glob(f"*{SEALED_SUFFIX}"), *folder.glob(f"*{OPEN_SUFFIX}")])
+
+
+def _stem(path: Path) -> str:
+    """A segment's name without its suffix: the same while open, sealed and done."""
+    return path.name.removesuffix(OPEN_SUFFIX).removesuffix(SEALED_SUFFIX)
+
+
+def _segment_bytes(path: Path) -> bytes:
+    """A segment's bytes, followed through its life (open, sealed, ingested into ``done/``)
+    when it moved since it was listed."""
+    sealed = _stem(path) + SEALED_SUFFIX
+    for candidate in (path, path.parent / sealed, path.parent / "done" / sealed):
+        try:
+            return candidate.read_bytes()
+        except FileNotFoundError:
+            continue
+    return b""
+
+
+def _read_events(
+    paths: Iterable[tuple[str, Path]], spec: FeatureSpec
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The record rows of outbox segments ``(table, path)``, per customer and table. A torn
+    last line of an open segment is skipped (its write never completed: never acknowledged)."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for table, path in paths:
+        for line in _segment_bytes(path).splitlines():
+            try:
+                row = _parsed(table, json.loads(line))
+            except ValueError:  # a line still being written: never acknowledged
+                continue
+            if table != "campaign_log" or counted(table, row, spec):
+                rows.setdefault(table, []).append(row)
+    return _by_customer(rows, spec)
+
+
 def outbox_events(
     root: Path, spec: FeatureSpec | None = None
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """What the outbox holds and the warehouse does not yet (every line not in a ``done/``
-    folder), as record rows per customer and table. A torn last line of an open segment
-    is skipped (its write never completed, so it was never acknowledged)."""
-    spec = spec or default_spec()
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for table in RECORD_TABLES:
-        folder = Path(root) / table
-        for path in sorted([*folder.glob("*.jsonl"), *folder.glob(f"*{OPEN_SUFFIX}")]):
-            for line in path.read_bytes().splitlines():
-                try:
-                    row = _parsed(table, json.loads(line))
-                except ValueError:  # a line still being written: never acknowledged
-                    continue
-                if table != "campaign_log" or counted(table, row, spec):
-                    rows.setdefault(table, []).append(row)
-    return _by_customer(rows, spec)
+    folder), as record rows per customer and table."""
+    paths = [(t, p) for t in RECORD_TABLES for p in _segment_paths(root, t)]
+    return _read_events(paths, spec or default_spec())
 
 
-def replay_outbox(store: Any, root: Path, spec: FeatureSpec | None = None) -> int:
-    """Apply :func:`outbox_events` to the records of ``store``, skipping the ids a record
-    already holds. ``materialize`` merges them into each record it writes and calls this
-    after the load for the events acknowledged meanwhile, so events acknowledged since the
-    warehouse was last loaded are never dropped from the live view (issue 22). Returns
-    the number of events newly applied."""
-    grouped = outbox_events(root, spec)
+def _apply_grouped(store: Any, grouped: Mapping[str, Mapping[str, list[dict]]]) -> int:
     records = store.get_many(list(grouped))
     applied = 0
     for customer_id, tables in grouped.items():
         if customer_id in records:  # cold-start decisions have no record to change
             applied += _append_to_record(store, customer_id, tables)
     return applied
+
+
+# --------------------------------------------------------------------------- loads
+#: folder of the outbox holding one watermark file per load of the online store under way
+LOADS = "loads"
+#: a segment named (opened) this long before a watermark may still be missing from its
+#: listing (its name is stamped just before the file is made): its lines count as after
+WATERMARK_SLACK_S = 60.0
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """Where the outbox stood when a load of the online store began (before it read the
+    warehouse): the segments not ingested then. Everything acknowledged after it is in
+    those segments (wherever ingest moved them since) or in segments opened later; the
+    load replays that onto the records once they are written. Kept durably in
+    ``<outbox>/loads/`` until the load ends, so a load killed midway is finished by whoever
+    finds its file with its process gone (:func:`recover_loads`)."""
+
+    path: Path
+    store: str
+    host: str
+    pid: int
+    taken_at: datetime
+    segments: frozenset[str]
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "store": self.store,
+                "host": self.host,
+                "pid": self.pid,
+                "taken_at": self.taken_at.isoformat(),
+                "segments": sorted(self.segments),
+            }
+        ).encode()
+
+    @classmethod
+    def read(cls, path: Path) -> Watermark:
+        data = json.loads(path.read_bytes())
+        return cls(
+            path,
+            data["store"],
+            data["host"],
+            int(data["pid"]),
+            datetime.fromisoformat(data["taken_at"]),
+            frozenset(data["segments"]),
+        )
+
+    def after(self, root: Path) -> list[tuple[str, Path]]:
+        """The segments that may hold lines acknowledged after the watermark: every one not
+        ingested yet, and those ingested since that were listed or opened after it."""
+        since = self.taken_at.timestamp() - WATERMARK_SLACK_S
+        found = []
+        for table in RECORD_TABLES:
+            found += [(table, p) for p in _segment_paths(root, table)]
+            for path in _segment_paths(root, table, done=True):
+                stem = _stem(path)
+                if stem in self.segments or _opened_at(stem) >= since:
+                    found.append((table, path))
+        return found
+
+
+def _opened_at(stem: str) -> float:
+    """When a segment was opened, from its name (``<time>-<host>-<pid>-<n>``)."""
+    try:
+        stamp = datetime.strptime(stem.split("-", 1)[0], "%Y%m%dT%H%M%S%fZ")
+    except ValueError:
+        return float("inf")  # not ours: read it, replays are idempotent
+    return stamp.replace(tzinfo=UTC).timestamp()
+
+
+def begin_load(root: Path, store_url: str) -> Watermark:
+    """Take the outbox's watermark and keep it durably before a load of ``store_url``."""
+    store_url = redact_url(store_url)
+    taken_at = datetime.now(UTC)
+    segments = frozenset(_stem(p) for t in RECORD_TABLES for p in _segment_paths(root, t))
+    folder = Path(root) / LOADS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{taken_at:%Y%m%dT%H%M%S%fZ}-{_host()}-{os.getpid()}.json"
+    mark = Watermark(path, store_url, _host(), os.getpid(), taken_at, segments)
+    replace_durably(path, mark.to_json())
+    return mark
+
+
+def replay_since(store: Any, root: Path, mark: Watermark, spec: FeatureSpec | None = None) -> int:
+    """Apply what was acknowledged after ``mark`` to the records of ``store`` (skipping ids
+    a record holds); returns the number of events newly applied."""
+    return _apply_grouped(store, _read_events(mark.after(root), spec or default_spec()))
+
+
+def end_load(mark: Watermark) -> None:
+    """The load is complete: its watermark goes."""
+    mark.path.unlink(missing_ok=True)
+    fsync_paths(mark.path.parent)
+
+
+def recover_loads(store: Any, root: Path, spec: FeatureSpec | None = None) -> list[int]:
+    """Finish the loads of ``store`` whose process died (this host's; another host's load
+    is finished by its rerun): replay what was acknowledged after each one's watermark,
+    then drop it. Run by the service every few seconds and by every load of the store.
+    Returns the events applied per load finished."""
+    finished = []
+    for path in sorted((Path(root) / LOADS).glob("*.json")):
+        try:
+            mark = Watermark.read(path)
+        except FileNotFoundError:  # another worker finished it
+            continue
+        except ValueError:  # never a torn file (written by rename): not ours, keep it
+            continue
+        if mark.store != redact_url(store.url) or mark.host != _host() or pid_alive(mark.pid):
+            continue
+        finished.append(replay_since(store, root, mark, spec))
+        end_load(mark)
+    return finished
 
 
 # --------------------------------------------------------------------------- decisions

@@ -33,7 +33,13 @@ from typing import Any
 import pyarrow as pa
 
 from features.contract import CUSTOMER_ATTRIBUTES, CUSTOMERS, TABLES
-from features.online.events import outbox_events, replay_outbox
+from features.online.events import (
+    begin_load,
+    end_load,
+    outbox_events,
+    recover_loads,
+    replay_since,
+)
 from features.online.identifiers import IdentityIndex, load_index
 from features.online.record import Record, append_events, record_columns
 from features.online.store import open_store, redact_url
@@ -164,12 +170,15 @@ def materialize(
 ) -> int:
     """Replace the store's records by the warehouse's state at ``as_of`` (default: now).
 
-    ``outbox``: the service's outbox folder; when loading as of now, what it holds and
+    ``outbox``: the service's outbox folder; when loading as of now, its position is
+    kept first (a watermark, :func:`features.online.events.begin_load`), what it holds and
     the warehouse does not yet (events acknowledged since the last ``ingest --outbox``)
     is merged into each record before it is written
-    (:func:`features.online.events.outbox_events`), and what was acknowledged during the
-    load is replayed after it (:func:`features.online.events.replay_outbox`), so the live
-    view never goes back, even when the load dies midway.
+    (:func:`features.online.events.outbox_events`), and what was acknowledged after the
+    watermark is replayed once the records are written
+    (:func:`features.online.events.replay_since`), so the live view never goes back. A
+    load killed before that leaves its watermark behind, and the running service (or the
+    next load) replays from it (:func:`features.online.events.recover_loads`).
 
     ``con`` is the DuckDB warehouse (an Ibis backend; read-only is enough) and ``store``
     an :class:`features.online.store.OnlineStore`. ``segments``: the stored segment model
@@ -186,9 +195,13 @@ def materialize(
     say(f"{stored.describe()} for the live service")
     say(f"loading customer records as of {cutoff:%Y-%m-%d %H:%M} UTC into the online store")
     written = replayed = 0
+    # the outbox's position, durable before the warehouse is read: what is acknowledged
+    # after it is replayed once the records are written, by this load or, when it dies
+    # first, by the service or the next load (recover_loads)
+    mark = begin_load(outbox, store.url) if outbox is not None and as_of is None else None
     # acknowledged, not ingested yet: merged into each record before it is written, so a
-    # load killed midway leaves every record old or new, each with the live events
-    live = outbox_events(outbox, spec) if outbox is not None and as_of is None else {}
+    # load killed midway leaves every record old or new, each with these events
+    live = outbox_events(outbox, spec) if outbox is not None and mark is not None else {}
 
     def counted() -> Iterator[tuple[str, Record]]:
         nonlocal written, replayed
@@ -202,8 +215,8 @@ def materialize(
 
     with _no_cyclic_gc():
         store.put_many(counted())
-    if outbox is not None and as_of is None:
-        replayed += replay_outbox(store, outbox, spec)  # acknowledged during the load
+    if outbox is not None and mark is not None:
+        replayed += replay_since(store, outbox, mark, spec)  # acknowledged during the load
         say(f"{replayed:,} events acknowledged since the last ingest replayed from the outbox")
     if identity is not None:
         indexed = load_index(con, store, identity, cutoff)
@@ -215,6 +228,9 @@ def materialize(
     store.set_meta(META_SEGMENTS_VERSION, stored.version)
     # written last: the service rebuilds its scorer when this stamp moves
     store.set_meta(META_MATERIALIZED_AT, datetime.now(UTC).isoformat())
+    if outbox is not None and mark is not None:
+        end_load(mark)
+        recover_loads(store, outbox, spec)  # earlier loads killed midway: covered by this one
     say(f"{written:,} records written (feature set {spec.version}, segments {stored.version})")
     return written
 

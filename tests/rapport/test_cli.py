@@ -85,11 +85,12 @@ def test_a_locked_warehouse_waits_then_fails_in_one_line(workspace: Path) -> Non
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         runner = CliRunner()
-        refused = runner.invoke(main, ["--wait", "0.5", "ingest", "--outbox"])
-        assert refused.exit_code == 1, refused.output
-        assert "in use by another process" in refused.output and "--wait" in refused.output
-        assert "Traceback" not in refused.output and "IOException" not in refused.output
-        assert "PID" not in refused.output
+        for command in (["ingest", "--outbox"], ["score"]):  # the two the issue saw
+            refused = runner.invoke(main, ["--wait", "0.5", *command])
+            assert refused.exit_code == 1, (command, refused.output)
+            assert "in use by another process" in refused.output and "--wait" in refused.output
+            assert "Traceback" not in refused.output and "IOException" not in refused.output
+            assert "PID" not in refused.output
         started = time.monotonic()
         threading.Timer(2.0, holder.kill).start()  # the other job ends while this one waits
         waited = runner.invoke(main, ["--wait", "60", "ingest", "--outbox"])
@@ -201,3 +202,44 @@ def test_file_options_read_a_european_export(tmp_path: Path) -> None:
     assert "read 3, inserted 2" in result.output and "invalid number 1" in result.output
     result = CliRunner().invoke(main, [*args, "--thousands", ","])
     assert result.exit_code == 2 and "thousands separator" in result.output
+
+
+#: runs the CLI on argv[1:] in this process and prints its niceness before and after
+NICENESS = """
+import os, sys
+from rapport.cli import main
+before = os.nice(0)
+try:
+    main(sys.argv[1:], standalone_mode=False)
+except BaseException:
+    pass
+print(before, os.nice(0))
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "setting", "lowered"),
+    [
+        (["validate", "--help"], "15", True),
+        (["score", "--help"], "15", True),
+        (["score", "--help"], "0", False),
+        (["serve", "--help"], "15", False),
+        (["ui", "--help"], "15", False),
+    ],
+)
+def test_batch_commands_run_at_a_lower_cpu_priority(
+    args: list[str], setting: str, lowered: bool
+) -> None:
+    """Issue 22: ``/score`` p99 grew 4.75x while ``rapport score`` ran at the service's
+    priority; batch commands lower theirs (RAPPORT_BATCH_NICE; 0 turns it off), the
+    service and the web page keep theirs."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAPPORT_BATCH_NICE": setting}
+    done = subprocess.run(
+        [sys.executable, "-c", NICENESS, *args], env=env, capture_output=True, text=True
+    )
+    before, after = map(int, done.stdout.split()[-2:])
+    assert after == (max(before, int(setting)) if lowered else before)

@@ -44,6 +44,17 @@ def test_the_served_document_is_valid_openapi() -> None:
     assert document["openapi"].startswith("3.")
 
 
+def test_the_readme_points_at_the_served_document() -> None:
+    """Issue 22: the README said the OpenAPI document was at ``/docs``, which is a 404."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    named = set(re.findall(r"(/docs[\w.]*)", readme))
+    assert named == {contract.DOC_ROUTE}, named
+    assert served(contract.DOC_ROUTE)[0] == 200
+
+
 def test_every_route_documents_what_it_returns() -> None:
     document = contract.document()
     paths = document["paths"]

@@ -3,7 +3,10 @@
 and checked in turn against the ids the service acknowledged. After every kill the
 online store holds every acknowledged event and the warehouse holds each at most once;
 after the commands are run again to the end, the warehouse holds each sealed one exactly
-once. (The cycle's kill tests are in ``tests/training/test_cycle.py``, a killed service
+once. Then ``rapport materialize`` under a running service, stopped after each step of
+the load while ``/events`` acknowledges events and killed at each step in turn: the
+service finishes the killed load, so its live view holds every acknowledged event.
+(The cycle's kill tests are in ``tests/training/test_cycle.py``, a killed service
 worker in ``test_worker_death.py``, a killed snapshot publisher in
 ``tests/features/test_snapshots.py``.)"""
 
@@ -17,8 +20,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
-from serving_harness import Workspace, prepare_workspace
+from serving_harness import Workspace, prepare_workspace, serving
 
 pytestmark = pytest.mark.slow
 
@@ -77,13 +81,13 @@ def store_ids(home: Path, customers: list[str]) -> set[str]:
     return {str(i) for r in records.values() for i in r["orders"]["order_id"]}
 
 
-def warehouse_ids(home: Path) -> list[str]:
+def warehouse_ids(home: Path, like: str = "ack-%") -> list[str]:
     from features.warehouse import connect
     from rapport.settings import Settings
 
     con = connect(Settings(home=home).warehouse_path)  # read-write: replays a killed WAL
     try:
-        rows = con.con.execute("SELECT order_id FROM orders WHERE order_id LIKE 'ack-%'")
+        rows = con.con.execute("SELECT order_id FROM orders WHERE order_id LIKE ?", [like])
         return [r[0] for r in rows.fetchall()]
     finally:
         con.disconnect()
@@ -137,3 +141,163 @@ def test_killed_writers_leave_the_old_or_the_new_state(ws: Workspace) -> None:
     assert acked <= store_ids(ws.home, customers)
     running.close()
     print("\n" + "; ".join(outcomes))
+
+
+# --------------------------------------------------------------------------- step by step
+#: the steps of a load of the online store, in order, after each of which the load below
+#: stops itself: its watermark kept, half the records written, all written, the events
+#: acknowledged meanwhile replayed, the store's metadata stamped
+STEPS = ("watermark", "half", "written", "replayed", "stamped")
+#: customers in the load's batches: "half" comes after three committed batches
+HALF = 300
+
+
+def stepped_materialize() -> None:
+    """``rapport materialize``, stopping itself (SIGSTOP, after printing the step's name)
+    after each of :data:`STEPS`, so the test acknowledges events and kills it at exact
+    points. Run in its own process by :func:`load_by_steps`."""
+    import features.online.materialize as load
+    from features.online.store import SQLiteStore
+    from rapport.cli import main
+
+    def pause(step: str) -> None:
+        print(step, flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    begin, replay, end, put_many = (
+        load.begin_load,
+        load.replay_since,
+        load.end_load,
+        SQLiteStore.put_many,
+    )
+
+    def begin_load(*args: object, **kwargs: object) -> object:
+        mark = begin(*args, **kwargs)  # type: ignore[arg-type]
+        pause("watermark")
+        return mark
+
+    def stepped_put_many(self: SQLiteStore, records: object, batch_size: int = 100) -> int:
+        def halted() -> object:
+            for n, item in enumerate(records):  # type: ignore[attr-defined]
+                if n == HALF:  # pulled between two batches: no transaction open
+                    pause("half")
+                yield item
+
+        return put_many(self, halted(), batch_size=100)  # type: ignore[arg-type]
+
+    def replay_since(*args: object, **kwargs: object) -> int:
+        pause("written")
+        applied = replay(*args, **kwargs)  # type: ignore[arg-type]
+        pause("replayed")
+        return applied
+
+    def end_load(*args: object, **kwargs: object) -> None:
+        pause("stamped")
+        end(*args, **kwargs)  # type: ignore[arg-type]
+
+    load.begin_load, load.replay_since, load.end_load = begin_load, replay_since, end_load  # type: ignore[assignment]
+    SQLiteStore.put_many = stepped_put_many  # type: ignore[assignment,method-assign]
+    main(["materialize"])
+
+
+def load_by_steps(home: Path, kill_at: str, at_step: object) -> str:
+    """Run :func:`stepped_materialize`; at each step call ``at_step(step)`` while the load
+    is stopped, then let it go on, or SIGKILL it at ``kill_at``. Returns how it ended."""
+    tests = Path(__file__).resolve().parents[1]
+    code = (
+        f"import sys; sys.path[:0] = [{str(tests)!r}, {str(tests / 'serving')!r}]; "
+        "import test_kill_writers; test_kill_writers.stepped_materialize()"
+    )
+    env = {**os.environ, "RAPPORT_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        for step in STEPS:
+            line = proc.stdout.readline().decode().strip()
+            assert line == step, (line, proc.stderr.read().decode()[-3000:] if not line else "")
+            while _state(proc.pid) != "T":  # stopped itself
+                time.sleep(0.005)
+            at_step(step)  # type: ignore[operator]
+            if step == kill_at:
+                proc.send_signal(signal.SIGKILL)
+                assert proc.wait(timeout=60) == -signal.SIGKILL
+                return f"killed after {step}"
+            proc.send_signal(signal.SIGCONT)
+        assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-3000:]
+        return "finished"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+
+
+def watermarks(home: Path) -> list[Path]:
+    """The watermarks of loads not finished (features.online.events.begin_load)."""
+    return list((home / "outbox" / "loads").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def ws_live(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return prepare_workspace(tmp_path_factory.mktemp("killload"), customers=600, seed=17)
+
+
+def test_a_load_killed_at_any_step_leaves_every_acknowledged_event_live(
+    ws_live: Workspace,
+) -> None:
+    """Found by issue 22: ``rapport materialize`` replaced the records of customers whose
+    events ``/events`` acknowledged during the load, and a load killed before its replay
+    lost those events from the live view until the next load."""
+    home = ws_live.home
+    customers = sorted(set(ws_live.customers))
+    acked: set[str] = set()
+    figures: list[str] = []
+    headers = {"Authorization": f"Bearer {ws_live.keys['events']}"}
+    env = {"RAPPORT_RELOAD_SECONDS": "0.3"}
+
+    with serving(home, env=env) as server, httpx.Client(base_url=server.url) as client:
+
+        def post_events(step: str) -> None:
+            # customers the load wrote already and customers it has still to write
+            for n in range(0, len(customers), 25):
+                order_id = f"live-{len(acked)}"
+                order = {
+                    "order_id": order_id,
+                    "customer_id": customers[n],
+                    "ordered_at": datetime.now(UTC).isoformat(),
+                    "amount": 7.5,
+                }
+                response = client.post(
+                    "/events", json={"orders": [order]}, headers=headers, timeout=60
+                )
+                assert response.status_code == 200, response.text
+                acked.add(order_id)
+
+        for kill_at in STEPS:
+            ended = load_by_steps(home, kill_at, post_events)
+            lost = first = len(acked - store_ids(home, customers))
+            deadline = time.monotonic() + 60  # the service finishes the killed load
+            while time.monotonic() < deadline and (watermarks(home) or lost):
+                time.sleep(0.2)
+                lost = len(acked - store_ids(home, customers))
+            missing = acked - store_ids(home, customers)
+            assert not missing, (kill_at, len(missing), sorted(missing)[:5])
+            assert not watermarks(home), kill_at
+            figures.append(f"{ended}: {first} of {len(acked)} missing, then 0")
+        # and a load to its end keeps them all, with no watermark left behind
+        assert load_by_steps(home, "", post_events) == "finished"
+        assert acked <= store_ids(home, customers)
+        assert not watermarks(home)
+        assert "online-store load died" in server.log_text()
+
+    # the service stopped (its segments sealed): the warehouse takes each exactly once
+    assert run(home, ["ingest", "--outbox"]) == 0
+    loaded = warehouse_ids(home, "live-%")
+    assert sorted(loaded) == sorted(acked)
+    print("\n" + "; ".join(figures))

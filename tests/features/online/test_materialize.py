@@ -203,3 +203,69 @@ def test_a_load_killed_midway_keeps_the_acknowledged_events_in_every_record(
         c for n, c in enumerate(customers) if f"live-{n}" not in held[c]["orders"]["order_id"]
     ]
     assert not missing
+
+
+class AcksThenDies:
+    """A store whose load sees ``/events`` acknowledge an event for each customer it has
+    not written yet (after the load's watermark), then dies before the replay."""
+
+    def __init__(self, store: Any, ack: Any) -> None:
+        self.store, self.ack = store, ack
+
+    def put_many(self, items: Any) -> None:
+        self.ack()
+        self.store.put_many(items)
+        raise SystemExit("killed")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_load_killed_before_its_replay_is_finished_from_its_watermark(
+    con: Any, tmp_path: Path
+) -> None:
+    """Events acknowledged after the load's watermark, before their records were written,
+    are overwritten by the load; killed before it replays them, the load leaves its
+    watermark, and `recover_loads` (the service, every few seconds, or the next load)
+    puts them back, also when `ingest --outbox` took their segment meanwhile."""
+    import json
+    import subprocess
+    import sys
+
+    from features.online.events import LOADS, Outbox, apply_events, recover_loads
+
+    store = open_store(f"sqlite:///{tmp_path / 'online.sqlite'}")
+    outbox = Outbox(tmp_path / "outbox")
+    mat.materialize(con, store, outbox=outbox.root)
+    customers = [r[0] for r in raw(con).execute("SELECT customer_id FROM customers").fetchall()]
+    now = datetime.now(UTC)
+
+    def ack() -> None:
+        for n, customer in enumerate(customers):
+            order = {"order_id": f"late-{n}", "customer_id": customer}
+            order |= {"ordered_at": now - timedelta(1), "amount": 9.5, "channel": "web"}
+            order |= {"margin": None, "category": None}
+            apply_events(store, outbox, {"orders": [order]})
+
+    def live_ids() -> set[str]:
+        held = store.get_many(customers)
+        return {i for r in held.values() for i in r["orders"]["order_id"] if i.startswith("late")}
+
+    with pytest.raises(SystemExit):
+        mat.materialize(con, AcksThenDies(store, ack), outbox=outbox.root)
+    acked = {f"late-{n}" for n in range(len(customers))}
+    lost = len(acked - live_ids())
+    assert lost == len(acked)  # every record overwritten: what the watermark is for
+    (marker,) = (outbox.root / LOADS).glob("*.json")
+    assert recover_loads(store, outbox.root) == []  # its process (this one) still runs
+    # the load's process is gone, and ingest moved the segment to done/ meanwhile
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "pid": gone.pid}))
+    outbox.close()
+    for path in (outbox.root / "orders").glob("*.jsonl"):
+        (path.parent / "done").mkdir(exist_ok=True)
+        path.replace(path.parent / "done" / path.name)
+    assert recover_loads(store, outbox.root) == [lost]
+    assert live_ids() == acked
+    assert not list((outbox.root / LOADS).glob("*.json"))
