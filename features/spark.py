@@ -102,12 +102,16 @@ def lake_tables(spark: SparkSession, lake: str) -> dict[str, Any]:
         try:
             tables[name] = con.read_parquet(uri, table_name=f"rapport_lake_{name}")
         except AnalysisException as exc:
-            condition = getattr(exc, "getCondition", exc.getErrorClass)() or "unreadable"
-            raise LakeError(
-                f"no table {name!r} in the lake at {uri} ({condition}); "
-                "run `RAPPORT_ENGINE=spark rapport ingest DIR` first"
-            ) from None
+            raise _no_table(name, uri, exc) from None
     return tables
+
+
+def _no_table(name: str, uri: str, exc: AnalysisException) -> LakeError:
+    condition = getattr(exc, "getCondition", exc.getErrorClass)() or "unreadable"
+    return LakeError(
+        f"no table {name!r} in the lake at {uri} ({condition}); "
+        "run `RAPPORT_ENGINE=spark rapport ingest DIR` first"
+    )
 
 
 def to_spark(expr: Any) -> DataFrame:
@@ -412,11 +416,8 @@ def read_lake_table(spark: SparkSession, lake: str, name: str) -> DataFrame:
     uri = table_uri(lake, name)
     try:
         return spark.read.parquet(uri)
-    except AnalysisException:
-        raise LakeError(
-            f"no table {name!r} in the lake at {uri}; run `RAPPORT_ENGINE=spark rapport "
-            "ingest DIR` first"
-        ) from None
+    except AnalysisException as exc:
+        raise _no_table(name, uri, exc) from None
 
 
 def record_loader(spark: SparkSession, lake: str, url: str) -> Loader:

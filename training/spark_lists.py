@@ -81,7 +81,7 @@ def select_on_spark(
             shortlist = members.toPandas()
     finally:
         mapped.close()
-    # the DuckDB path reads the run's customers in order: so does the knapsack's tie-break
+    # a fixed order for the knapsack's tie-break between equal values (by customer id)
     shortlist = shortlist.sort_values("customer_id", kind="stable", ignore_index=True)
     parts = [nobody.counts(), *mapped.summaries]
     total = Screened.combine(parts, shortlist.astype(nobody.members.dtypes.to_dict()))

@@ -100,9 +100,9 @@ def test_spark_scores_equal_duckdb_and_land_in_the_lake_by_run(
     assert len(runs_on_disk) == 2 and f"run_id={spark_run}" in runs_on_disk
 
 
-#: lists of every kind: a budget over the best actions (several costs), one action for
-#: a filter with top N, a saved list reading fresh features (filter, budget, profitable
-#: only), everyone past a filter on a fresh feature in a chosen order
+#: lists of every kind: a budget over the best actions (several costs; with opt-outs),
+#: one action for a filter with top N, a saved list reading fresh features (filter,
+#: budget, profitable only), everyone past a filter on a fresh feature in a chosen order
 LISTS = {
     "budget": ["--budget", "300"],
     "action_top": ["--filter", "churn_probability > 0.3", "--action", "cross_sell", "--top", "25"],
@@ -125,8 +125,12 @@ def test_spark_target_lists_equal_duckdb(
 ) -> None:
     duck_run, spark_run = scored
     runner = CliRunner()
+    ids = query(f"SELECT customer_id FROM {SCORES} WHERE run_id = ? ORDER BY 1", [duck_run])
+    opted_out = tmp_path / "opted_out.txt"
+    opted_out.write_text("\n".join(ids.customer_id[::7]))  # a seventh of the customers
     sizes = []
     for name, args in LISTS.items():
+        args = [*args, "--suppress", str(opted_out)] if name == "budget" else args
         monkeypatch.setenv("RAPPORT_ENGINE", "duckdb")
         reset_settings()
         expected, expected_stats = make_list(runner, args, duck_run, tmp_path / f"{name}-d.parquet")
@@ -141,6 +145,7 @@ def test_spark_target_lists_equal_duckdb(
         for key in ("count", "considered", "removed", "basis", "budget_method", "reach"):
             assert got_stats[key] == expected_stats[key], (name, key)
         assert got_stats["consent"] == expected_stats["consent"], name
+        assert name != "budget" or got_stats["removed"]["suppressed"] > 0
         sizes.append(len(got))
     assert min(sizes) > 0 and sizes[1] == 25, sizes  # every list chooses someone; top cut
     # a run scored on DuckDB has no scores in the lake: the Spark engine says so
