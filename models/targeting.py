@@ -521,24 +521,11 @@ def channel_consent(frame: pd.DataFrame, catalog: Catalog) -> dict[str, int]:
     }
 
 
-def select_targets(
-    frame: pd.DataFrame,
-    catalog: Catalog,
-    definition: TargetDefinition,
-    suppressed: Iterable[str] | None = None,
-    value_at_risk_fallback: bool = True,
-    control: ControlGroup | None = None,
-) -> Selection:
-    """The target list for ``definition`` from ``frame`` (scores + the needed features).
-
-    ``suppressed``: customer ids that must never be contacted (opt-outs, suppression
-    list). ``value_at_risk_fallback``: rank actions without any uplift estimate by the
-    value at risk (pass False when the scores came with an NBA model). ``control``: the
-    always-on control group, whose customers never enter a list (counted in ``removed``
-    as ``control group``; computed from the share and salt, not from the scores' stored
-    ``group``, so a reshuffle since scoring is honoured). Raises
-    :class:`TargetError` (or :class:`ExpressionError`) on a bad definition.
-    """
+def check_definition(
+    definition: TargetDefinition, catalog: Catalog, columns: Iterable[str]
+) -> None:
+    """A definition's action and sort column, against the catalog and the candidates'
+    ``columns`` (TargetError before anything is selected)."""
     if definition.action is not None:
         try:
             catalog.action(definition.action)
@@ -548,13 +535,86 @@ def select_targets(
             ) from None
         if definition.action == NO_ACTION:
             raise TargetError(f"{NO_ACTION} contacts nobody: choose an action of {catalog.ids[1:]}")
-    column, ascending = definition.sort_key()
-    if column not in LIST_COLUMNS and column not in frame.columns:
+    column, _ = definition.sort_key()
+    if column not in LIST_COLUMNS and column not in set(columns):
         raise TargetError(f"cannot sort by unknown column {column!r}")
+
+
+@dataclass
+class Screened:
+    """Steps 2 to 5 over some deduplicated candidates: the members that passed, with their
+    action, and the counts of what happened, which add up over parts (:meth:`combine`):
+    Spark screens each batch in its executors (:mod:`training.spark_lists`)."""
+
+    members: pd.DataFrame
+    removed: dict[str, int]
+    considered: int
+    basis: str
+    reach: list[dict[str, Any]]
+    consent: dict[str, int]
+    #: members before any shortlist, and those of them with an expected value > 0 (what
+    #: the budget step counts when ``members`` is a shortlist of them)
+    count: int
+    positive: int
+
+    def counts(self) -> dict[str, Any]:
+        """Everything but the members, as JSON-able values."""
+        names = ("removed", "considered", "basis", "reach", "consent", "count", "positive")
+        return {name: getattr(self, name) for name in names}
+
+    @classmethod
+    def combine(cls, parts: Sequence[Mapping[str, Any]], members: pd.DataFrame) -> Screened:
+        """The :meth:`counts` of several parts summed, with ``members`` (all of theirs, or
+        a shortlist). Parts agree on the basis: the value-at-risk fallback applies only to
+        runs without an NBA model, whose uplift columns are null in every row."""
+        if not parts:
+            raise ValueError("Screened.combine needs at least one part")
+        removed: dict[str, int] = {}
+        consent: dict[str, int] = {}
+        reach = [dict(row) for row in parts[0]["reach"]]
+        for part in parts:
+            for key, n in part["removed"].items():
+                removed[key] = removed.get(key, 0) + int(n)
+            for key, n in part["consent"].items():
+                consent[key] = consent.get(key, 0) + int(n)
+        for row in reach:
+            for key in ("eligible", "consented", "allowed", "chosen"):
+                row[key] = 0
+        for part in parts:
+            for total, row in zip(reach, part["reach"], strict=True):
+                for key in ("eligible", "consented", "allowed", "chosen"):
+                    total[key] += int(row[key])
+        basis = (
+            BASIS_VALUE_AT_RISK
+            if any(p["basis"] == BASIS_VALUE_AT_RISK for p in parts)
+            else (BASIS_UPLIFT)
+        )
+        return cls(
+            members,
+            removed,
+            sum(int(p["considered"]) for p in parts),
+            basis,
+            reach,
+            consent,
+            sum(int(p["count"]) for p in parts),
+            sum(int(p["positive"]) for p in parts),
+        )
+
+
+def screen(
+    rows: pd.DataFrame,
+    catalog: Catalog,
+    definition: TargetDefinition,
+    suppressed: Iterable[str] | None = None,
+    value_at_risk_fallback: bool = True,
+    control: ControlGroup | None = None,
+) -> Screened:
+    """Steps 2 to 5 (suppression, control group, filter, arbitration, profitability) over
+    ``rows``, deduplicated candidates; row by row, so any split of the rows gives parts
+    whose :meth:`Screened.combine` is the whole's. Arguments as :func:`select_targets`."""
+    column, _ = definition.sort_key()
     removed: dict[str, int] = {}
-    considered = len(frame)
-    rows = frame.drop_duplicates("customer_id", keep="first")
-    removed["duplicates"] = considered - len(rows)
+    considered = len(rows)
     # each step counts the customers the steps before it kept; the (wide) frame is cut
     # once, after the last (the filter reads row by row, so reading all rows is the same)
     keep = np.ones(len(rows), dtype=bool)
@@ -613,27 +673,97 @@ def select_targets(
         profitable = (members["expected_value"] > members["cost"]).to_numpy()
         removed["not profitable"] = int((~profitable).sum())
         members = members[profitable]
+    positive = int((np.nan_to_num(members["expected_value"].to_numpy()) > 0).sum())
+    return Screened(members, removed, considered, basis, reach, consent, len(members), positive)
+
+
+def budget_room(costs: Iterable[float], budget: float) -> dict[float, int | None]:
+    """Per distinct cost, the most customers of that cost ``budget`` can buy (None: it
+    costs nothing, no limit; at least 1, so every cost group stays in the knapsack's
+    cost unit). :func:`knapsack` only ever chooses among the most valuable that many of
+    each cost, so a shortlist of them (with expected value > 0) gives the same choice:
+    what Spark collects for the budget step."""
+    if budget < 0 or not math.isfinite(budget):
+        raise TargetError(f"the budget must be a non-negative amount, got {budget}")
+    budget_cents = math.floor(budget * 100 + 1e-6)
+    room: dict[float, int | None] = {}
+    for cost in costs:
+        cents = int(np.round(float(cost) * 100))
+        room[float(cost)] = None if cents <= 0 else max(1, budget_cents // cents)
+    return room
+
+
+def choose(screened: Screened, definition: TargetDefinition) -> Selection:
+    """Steps 6 and 7 (the budget, then sort and top N) on screened members: all of them,
+    or (on Spark) a shortlist holding every member the steps can keep -- the
+    :func:`budget_room` of each cost with a budget, else the first ``top`` in the list's
+    order -- with ``count`` and ``positive`` counting all of them."""
+    column, ascending = definition.sort_key()
+    removed = dict(screened.removed)
+    members = screened.members
+    available = screened.count
     method = bound = None
     if definition.budget is not None:
         choice = knapsack(
             members["expected_value"].to_numpy(), members["cost"].to_numpy(), definition.budget
         )
-        worthless = ~(np.nan_to_num(members["expected_value"].to_numpy()) > 0)
-        removed["no expected value"] = int(worthless.sum())
-        removed["budget"] = int((~choice.chosen & ~worthless).sum())
+        removed["no expected value"] = screened.count - screened.positive
+        removed["budget"] = screened.positive - int(choice.chosen.sum())
         members = members[choice.chosen]
+        available = len(members)
         method, bound = choice.method, choice.bound
     members = members.sort_values(
         [column, "customer_id"], ascending=[ascending, True], kind="stable"
     )
-    if definition.top is not None and len(members) > definition.top:
-        removed["top"] = len(members) - definition.top
+    if definition.top is not None and available > definition.top:
+        removed["top"] = available - definition.top
         members = members.head(definition.top)
     members = members.reset_index(drop=True)
     members.insert(0, "rank", np.arange(1, len(members) + 1))
     ordered = [c for c in LIST_COLUMNS if c in members.columns]
     members = members[ordered + [c for c in members.columns if c not in ordered]]
-    return Selection(members, definition, removed, considered, basis, method, bound, reach, consent)
+    return Selection(
+        members,
+        definition,
+        removed,
+        screened.considered,
+        screened.basis,
+        method,
+        bound,
+        screened.reach,
+        screened.consent,
+    )
+
+
+def select_targets(
+    frame: pd.DataFrame,
+    catalog: Catalog,
+    definition: TargetDefinition,
+    suppressed: Iterable[str] | None = None,
+    value_at_risk_fallback: bool = True,
+    control: ControlGroup | None = None,
+) -> Selection:
+    """The target list for ``definition`` from ``frame`` (scores + the needed features).
+
+    ``suppressed``: customer ids that must never be contacted (opt-outs, suppression
+    list). ``value_at_risk_fallback``: rank actions without any uplift estimate by the
+    value at risk (pass False when the scores came with an NBA model). ``control``: the
+    always-on control group, whose customers never enter a list (counted in ``removed``
+    as ``control group``; computed from the share and salt, not from the scores' stored
+    ``group``, so a reshuffle since scoring is honoured). Raises
+    :class:`TargetError` (or :class:`ExpressionError`) on a bad definition.
+
+    Deduplication here, then :func:`screen` and :func:`choose` (Spark runs the same two
+    over its batches and a shortlist, :func:`training.spark_lists.select_on_spark`).
+    """
+    check_definition(definition, catalog, frame.columns)
+    rows = frame.drop_duplicates("customer_id", keep="first")
+    screened = screen(
+        rows, catalog, definition, suppressed, value_at_risk_fallback, control=control
+    )
+    screened.removed = {"duplicates": len(frame) - len(rows), **screened.removed}
+    screened.considered = len(frame)
+    return choose(screened, definition)
 
 
 def _problems(exc: ValidationError) -> str:
@@ -690,6 +820,11 @@ def lookup(
 
 
 # --------------------------------------------------------------------------- the one path
+#: how a list is selected from the candidates (:func:`select_targets`, or Spark's):
+#: (candidates, catalog, definition, suppressed ids, value-at-risk fallback, control)
+Selector = Callable[[Any, Catalog, TargetDefinition, set[str], bool, ControlGroup], Selection]
+
+
 class ListSource(Protocol):
     """Where a list's inputs come from (:class:`features.tables.lists.WarehouseLists`).
     Entered for the reads only: a read-only warehouse is released before selection."""
@@ -705,7 +840,9 @@ class ListSource(Protocol):
     def candidates(
         self, run: RunInfo, spec: FeatureSpec, columns: Sequence[str], as_of: datetime
     ) -> pd.DataFrame:
-        """The run's scores joined with the feature ``columns`` (computed with ``spec``)."""
+        """The run's scores joined with the feature ``columns`` (computed with ``spec``);
+        on Spark (:class:`features.spark.LakeLists`) a lazy DataFrame that the list's
+        ``select`` reads."""
         ...
 
     def suppressed(self) -> set[str]:
@@ -766,6 +903,7 @@ def make_list(
     suppress: Iterable[str] = (),
     sink: ListSink | None = None,
     progress: Callable[[str], None] | None = None,
+    select: Selector | None = None,
 ) -> TargetList:
     """The target list for ``definition`` from the scores of the latest run (or
     ``run_id``), with consent and contact history as of ``as_of``.
@@ -777,6 +915,10 @@ def make_list(
     a file) and recorded for audit before this returns; without one nothing is written
     (a preview). Raises TargetError / ExpressionError for a bad definition and whatever
     the source raises when it cannot read (NoScoresError without scores).
+
+    ``select`` (default :func:`select_targets`) makes the selection from what the
+    source's ``candidates`` returned: on Spark a lazy DataFrame, selected in the
+    executors (:func:`training.spark_lists.select_on_spark`).
     """
     expression = definition.expression
     if expression is not None:
@@ -793,8 +935,8 @@ def make_list(
         names = needed_features(definition, catalog, spec)
         frame = source.candidates(run, feature_subset(spec, names), names, as_of)
         blocked = source.suppressed() | set(suppress)
-    selection = select_targets(
-        frame, catalog, definition, blocked, not run.has_uplift, control=control
+    selection = (select or select_targets)(
+        frame, catalog, definition, blocked, not run.has_uplift, control
     )
     target = TargetList(selection, run, as_of, new_list_id())
     if sink is not None:

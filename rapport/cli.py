@@ -945,6 +945,9 @@ def targets(
     Consent for the action's channel, the contact policy, cool-downs, the suppression list
     and deduplication are always applied. With --budget, the customers maximising the
     total expected incremental value within the budget are chosen.
+
+    With RAPPORT_ENGINE=spark: the latest run whose scores are in the lake, filter and
+    policy in the executors, the exact budget on the driver over a shortlist.
     """
     from features.spec import default_spec
     from features.tables.control import read_control
@@ -971,10 +974,19 @@ def targets(
     blocked = read_suppression_file(suppress) if suppress else set()
     if out is not None:
         check_export(out)
+    source: Any = None
+    select = None
+    if settings.engine == "spark":
+        from features.spark import LakeLists, session
+        from training.spark_lists import select_on_spark
+
+        spark = session(settings)  # before the warehouse: Spark takes a while to start
+        select = select_on_spark
     con = open_warehouse(settings)
     try:
+        source = WarehouseLists(con) if select is None else LakeLists(spark, settings.lake, con)
         target = make_list(
-            WarehouseLists(con),
+            source,
             definition,
             default_spec(),
             as_of or datetime.now(UTC),
@@ -983,6 +995,7 @@ def targets(
             suppress=blocked,
             sink=AuditTables(con, out),
             progress=progress,
+            select=select,
         )
     finally:
         con.disconnect()
@@ -1122,13 +1135,24 @@ def materialize(as_of: datetime | None, segments: str | None) -> None:
     The store is RAPPORT_ONLINE_STORE: a SQLite file in the workspace by default, or
     redis://host:port/db. It also gets the warehouse's segment model (stored by `rapport
     score` or `rapport features`). A running service picks the new load up within seconds.
+
+    With RAPPORT_ENGINE=spark the records are built from the lake and written to Redis by
+    the executors (RAPPORT_ONLINE_STORE must be redis://...); the outbox replay and the
+    store's metadata follow as on DuckDB.
     """
     from features.online.materialize import load_online_store
 
     settings = get_settings()
+    load = None
+    if settings.engine == "spark":
+        from features.spark import record_loader, session
+
+        load = record_loader(session(settings), settings.lake, settings.online_store_url)
     con = open_warehouse(settings, read_only=True)
     try:
-        loaded = load_online_store(con, as_of, segments, progress=progress, settings=settings)
+        loaded = load_online_store(
+            con, as_of, segments, progress=progress, settings=settings, load=load
+        )
     finally:
         con.disconnect()
     say(

@@ -197,3 +197,18 @@ def warehouse_query(sql: str, params: list | None = None) -> pd.DataFrame:
         return raw(con).execute(sql, params or []).to_arrow_table().to_pandas()
     finally:
         con.disconnect()
+
+
+def write_lake(tables: dict[str, pd.DataFrame], lake: Path) -> Any:
+    """The tables as the lake holds them, and a DuckDB connection reading the same files."""
+    import ibis
+
+    from features.lake import table_uri
+
+    duck = ibis.duckdb.connect()
+    for name, frame in tables.items():
+        folder = Path(table_uri(str(lake), name))
+        folder.mkdir(parents=True)
+        frame.to_parquet(folder / "part-0.parquet")
+        duck.read_parquet(folder / "part-0.parquet", table_name=name)
+    return duck

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,7 +107,7 @@ def records_sql(spec: FeatureSpec, parts: int = 1, part: int = 0) -> str:
     )
 
 
-def _records_of_batch(batch: pa.RecordBatch, spec: FeatureSpec) -> Iterator[tuple[str, Record]]:
+def records_of_batch(batch: pa.RecordBatch, spec: FeatureSpec) -> Iterator[tuple[str, Record]]:
     """Arrow rows -> ``(customer_id, record)``; each event column is converted once."""
     attrs = {c: batch.column(c).to_pylist() for c in CUSTOMER_ATTRIBUTES}
     sources: dict[str, tuple[list[int], dict[str, list[Any]]]] = {}
@@ -150,12 +150,37 @@ def iter_records(
             if part + 1 < parts:
                 pending = pool.submit(fetch, part + 1)
             for batch in table.to_batches(batch_rows):
-                yield from _records_of_batch(batch, spec)
+                yield from records_of_batch(batch, spec)
 
 
 def _count(db: Any, table: str) -> int:
     row = db.execute(f"SELECT count(*) FROM {_ident(table)}").fetchone()
     return int(row[0]) if row else 0
+
+
+@dataclass
+class Tally:
+    """Records written and acknowledged events merged into them (adds up over writers)."""
+
+    written: int = 0
+    replayed: int = 0
+
+
+def merge_live(
+    records: Iterable[tuple[str, Record]], live: Mapping[str, Mapping[str, Any]], tally: Tally
+) -> Iterator[tuple[str, Record]]:
+    """Each record with the acknowledged events of its customer that the warehouse does
+    not hold yet (``live``, from :func:`features.online.events.outbox_events`) appended,
+    counted in ``tally``."""
+    for customer_id, record in records:
+        for table, rows in live.get(customer_id, {}).items():
+            tally.replayed += append_events(record, table, rows)
+        tally.written += 1
+        yield customer_id, record
+
+
+#: builds and writes every record elsewhere (Spark): (cutoff, spec, live events) -> tally
+Loader = Callable[[datetime, FeatureSpec, Mapping[str, Any]], Tally]
 
 
 def materialize(
@@ -167,6 +192,7 @@ def materialize(
     segments: str | None = None,
     outbox: Path | None = None,
     identity: IdentityIndex | None = None,
+    load: Loader | None = None,
 ) -> int:
     """Replace the store's records by the warehouse's state at ``as_of`` (default: now).
 
@@ -187,6 +213,11 @@ def materialize(
     deleted. ``identity``: the workspace's key and phone region, to load the identifier
     index (:func:`features.online.identifiers.load_index`; none without it). Returns the
     number of records written.
+
+    ``load`` builds and writes the records instead of this process (Spark's executors,
+    :func:`features.spark.record_loader`), given the cutoff, the spec and the
+    acknowledged events to merge; the watermark, the outbox replay and the metadata stay
+    here.
     """
     spec = spec or default_spec()
     cutoff = as_utc(as_of) if as_of is not None else datetime.now(UTC)
@@ -194,7 +225,6 @@ def materialize(
     stored = load_version(raw(con), segments)
     say(f"{stored.describe()} for the live service")
     say(f"loading customer records as of {cutoff:%Y-%m-%d %H:%M} UTC into the online store")
-    written = replayed = 0
     # the outbox's position, durable before the warehouse is read: what is acknowledged
     # after it is replayed once the records are written, by this load or, when it dies
     # first, by the service or the next load (recover_loads)
@@ -203,18 +233,20 @@ def materialize(
     # load killed midway leaves every record old or new, each with these events
     live = outbox_events(outbox, spec) if outbox is not None and mark is not None else {}
 
-    def counted() -> Iterator[tuple[str, Record]]:
-        nonlocal written, replayed
-        for customer_id, record in iter_records(con, cutoff, spec):
-            for table, rows in live.get(customer_id, {}).items():
-                replayed += append_events(record, table, rows)
-            written += 1
-            if written % 100_000 == 0:
-                say(f"{written:,} records")
-            yield customer_id, record
+    if load is not None:
+        tally = load(cutoff, spec, live)
+    else:
+        tally = Tally()
 
-    with _no_cyclic_gc():
-        store.put_many(counted())
+        def counted() -> Iterator[tuple[str, Record]]:
+            for item in merge_live(iter_records(con, cutoff, spec), live, tally):
+                if tally.written % 100_000 == 0:
+                    say(f"{tally.written:,} records")
+                yield item
+
+        with _no_cyclic_gc():
+            store.put_many(counted())
+    written, replayed = tally.written, tally.replayed
     if outbox is not None and mark is not None:
         replayed += replay_since(store, outbox, mark, spec)  # acknowledged during the load
         say(f"{replayed:,} events acknowledged since the last ingest replayed from the outbox")
@@ -251,13 +283,16 @@ def load_online_store(
     segments: str | None = None,
     progress: Progress | None = None,
     settings: Settings | None = None,
+    load: Loader | None = None,
 ) -> Loaded:
     """The one way the live service's store is loaded (``rapport materialize`` and the
     cycle's ``materialize`` step): the configured store (``settings.online_store_url``)
     replaced from the warehouse, then, when loading as of now, the service's outbox
     replayed onto it (:func:`materialize` with ``settings.outbox_dir``), so the events
     acknowledged since the last ``ingest --outbox`` (or while a cycle ran) stay in the
-    live view; the identifier index loaded with the workspace's key."""
+    live view; the identifier index loaded with the workspace's key. ``load``: the records
+    built and written elsewhere (``rapport materialize`` with RAPPORT_ENGINE=spark:
+    :func:`features.spark.record_loader`)."""
     settings = settings or get_settings()
     store = open_store(settings.online_store_url)
     start = time.perf_counter()
@@ -270,6 +305,7 @@ def load_online_store(
             segments=segments,
             outbox=settings.outbox_dir,
             identity=IdentityIndex.of(settings),
+            load=load,
         )
         served = store.get_meta(META_SEGMENTS_VERSION) or ""
     finally:

@@ -9,23 +9,12 @@ from typing import Any
 import ibis
 import pandas as pd
 import pytest
-from sample_data import assert_features_equal, cutoff, random_tables
+from sample_data import assert_features_equal, cutoff, random_tables, write_lake
 
 from features.batch import build
 from features.lake import features_uri, table_uri
 
 pytestmark = pytest.mark.spark
-
-
-def write_lake(tables: dict[str, pd.DataFrame], lake: Path) -> Any:
-    """The tables as the lake holds them, and a DuckDB connection reading the same files."""
-    duck = ibis.duckdb.connect()
-    for name, frame in tables.items():
-        folder = Path(table_uri(str(lake), name))
-        folder.mkdir(parents=True)
-        frame.to_parquet(folder / "part-0.parquet")
-        duck.read_parquet(folder / "part-0.parquet", table_name=name)
-    return duck
 
 
 @pytest.mark.parametrize("seed", [11, 12])
