@@ -43,7 +43,6 @@ from features.tables.lists import (
     LIST_ID,
     AuditTables,
     TargetError,
-    WarehouseLists,
     WarehouseUnavailableError,
     save_definition,
     write_members,
@@ -54,6 +53,7 @@ from models.catalog import Catalog
 from models.expressions import ExpressionError
 from models.targeting import (
     TargetDefinition,
+    TargetList,
     definition_from,
     field_types,
     make_list,
@@ -149,21 +149,41 @@ class UiApp:
         self.sessions = Sessions(self.settings.api_keys, self.settings.home)
         self.templates = make_templates()
         self.cache = data.PreviewCache()
+        self.columns = data.FeatureColumns(self.spec, max_age=self.cache.max_age)
         self.control_memo = data.ControlMemo()
         self.live = LiveScorer(self.settings, self.spec)
+        self.stopping = threading.Event()
 
     def warm(self) -> None:
         """Read what the pages share in the background when the page starts: the
         preview's scores and catalog columns (consent, contacts, cool-downs) and the
-        control group, the monthly revenue, every segment's profile."""
+        control group, the monthly revenue, every segment's profile; then every feature
+        column, read again while the page is in use (:meth:`refresh_columns`)."""
 
         def run() -> None:
             self.preview_context({})  # returns the error the first preview shows, if any
             with contextlib.suppress(WarehouseUnavailableError):  # nothing to read yet
                 self.kept(("revenue",), data.monthly_revenue)
                 self.read(self.segment_profiles)
+            self.columns.keep_fresh(self.refresh_columns, stop=self.stopping)
 
         threading.Thread(target=run, name="ui-warm", daemon=True).start()
+
+    def source(self, fresh_suppressions: bool = False) -> data.CachedLists:
+        """The list builder's source: what the page keeps (scores, feature columns)."""
+        return data.CachedLists(
+            self.settings.warehouse_path, self.cache, self.columns, fresh_suppressions
+        )
+
+    def refresh_columns(self) -> None:
+        """Read every feature of the spec again for the latest run's customers, in one
+        pass per event table; a save interrupts it (it is read again later)."""
+        source = self.source()
+        with source:
+            run = source.run()
+        self.columns.read(
+            self.settings.warehouse_path, run, source.scores(run), self.spec.names, yielding=True
+        )
 
     # ----------------------------------------------------------------- rendering
 
@@ -310,6 +330,7 @@ class UiApp:
 
     async def preview(self, request: Request, session: Session) -> Response:
         form = _form_dict(await request.form())
+        self.columns.used()
         context = await run_in_threadpool(self.preview_context, form)
         return self.page(request, "_preview.html", session, preview=context)
 
@@ -317,25 +338,38 @@ class UiApp:
         """The preview's figures, or the error to show beside the form."""
         start = time.perf_counter()
         try:
-            definition = definition_of(form)
-            source = data.CachedLists(self.settings.warehouse_path, self.cache, self.spec)
-            control = data.MemoControl.of(self.control(), self.control_memo)
-            target = make_list(source, definition, self.spec, datetime.now(UTC), control=control)
+            target = self.target_list(definition_of(form))
         except ExpressionError as exc:
             return {"error": str(exc), "field": "filter"}
         except (TargetError, NoScoresError, WarehouseUnavailableError, ControlFileError) as exc:
             return {"error": str(exc)}
         return {**selection_view(target), "seconds": time.perf_counter() - start}
 
+    def target_list(
+        self, definition: TargetDefinition, fresh_suppressions: bool = False
+    ) -> TargetList:
+        """The list for ``definition`` through :func:`models.targeting.make_list` from
+        what the page keeps (nothing written); its ``as_of`` is when the oldest feature
+        column it read was computed."""
+        source = self.source(fresh_suppressions)
+        control = data.MemoControl.of(self.control(), self.control_memo)
+        target = make_list(source, definition, self.spec, datetime.now(UTC), control=control)
+        target.as_of = source.features_as_of or target.as_of
+        return target
+
     async def save(self, request: Request, session: Session) -> Response:
         form = _form_dict(await request.form())
+        self.columns.used()
         result = await run_in_threadpool(self.save_list, form)
         if "error" in result:  # shown in place of the preview (htmx swaps 2xx only)
             return self.page(request, "_preview.html", session, preview=result)
         return self.page(request, "_saved.html", session, saved=result)
 
     def save_list(self, form: Mapping[str, str]) -> dict[str, Any]:
-        """Save the definition under its name and make the list, recorded for audit."""
+        """Save the definition under its name and make the list from the preview's
+        candidates (the scores and feature columns the page keeps; the suppressions read
+        afresh), then export it and record it for audit: a save writes, it reads no
+        feature again."""
         name = form.get("name", "").strip()
         if not name:
             return {"error": "Give the list a name to save it."}
@@ -346,6 +380,7 @@ class UiApp:
                 name,
                 definition.model_dump(exclude_none=True, exclude={"name"}),
             )
+            target = self.target_list(definition, fresh_suppressions=True)
             with data.WAREHOUSE.write():  # no read-only connection of this process open
                 try:
                     con = connect(self.settings.warehouse_path)
@@ -354,15 +389,7 @@ class UiApp:
                         f"the warehouse is busy (another job writes it): try again ({exc})"
                     ) from None
                 try:
-                    sink = Exports(con, Path(self.settings.exports_dir))
-                    target = make_list(
-                        WarehouseLists(con),
-                        definition,
-                        self.spec,
-                        datetime.now(UTC),
-                        control=self.control(),
-                        sink=sink,
-                    )
+                    target.deliver(Exports(con, Path(self.settings.exports_dir)))
                 finally:
                     con.disconnect()
         except ExpressionError as exc:
