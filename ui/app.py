@@ -149,23 +149,20 @@ class UiApp:
         self.sessions = Sessions(self.settings.api_keys, self.settings.home)
         self.templates = make_templates()
         self.cache = data.PreviewCache()
-        self.columns = data.FeatureColumns(self.spec, max_age=self.cache.max_age)
+        self.columns = data.FeatureColumns(self.spec, self.cache.ttl, self.cache.max_age)
         self.control_memo = data.ControlMemo()
         self.live = LiveScorer(self.settings, self.spec)
-        self.stopping = threading.Event()
 
     def warm(self) -> None:
         """Read what the pages share in the background when the page starts: the
         preview's scores and catalog columns (consent, contacts, cool-downs) and the
-        control group, the monthly revenue, every segment's profile; then every feature
-        column, read again while the page is in use (:meth:`refresh_columns`)."""
+        control group, the monthly revenue, every segment's profile."""
 
         def run() -> None:
             self.preview_context({})  # returns the error the first preview shows, if any
             with contextlib.suppress(WarehouseUnavailableError):  # nothing to read yet
                 self.kept(("revenue",), data.monthly_revenue)
                 self.read(self.segment_profiles)
-            self.columns.keep_fresh(self.refresh_columns, stop=self.stopping)
 
         threading.Thread(target=run, name="ui-warm", daemon=True).start()
 
@@ -173,16 +170,6 @@ class UiApp:
         """The list builder's source: what the page keeps (scores, feature columns)."""
         return data.CachedLists(
             self.settings.warehouse_path, self.cache, self.columns, fresh_suppressions
-        )
-
-    def refresh_columns(self) -> None:
-        """Read every feature of the spec again for the latest run's customers, in one
-        pass per event table; a save interrupts it (it is read again later)."""
-        source = self.source()
-        with source:
-            run = source.run()
-        self.columns.read(
-            self.settings.warehouse_path, run, source.scores(run), self.spec.names, yielding=True
         )
 
     # ----------------------------------------------------------------- rendering
@@ -330,7 +317,6 @@ class UiApp:
 
     async def preview(self, request: Request, session: Session) -> Response:
         form = _form_dict(await request.form())
-        self.columns.used()
         context = await run_in_threadpool(self.preview_context, form)
         return self.page(request, "_preview.html", session, preview=context)
 
@@ -359,7 +345,6 @@ class UiApp:
 
     async def save(self, request: Request, session: Session) -> Response:
         form = _form_dict(await request.form())
-        self.columns.used()
         result = await run_in_threadpool(self.save_list, form)
         if "error" in result:  # shown in place of the preview (htmx swaps 2xx only)
             return self.page(request, "_preview.html", session, preview=result)

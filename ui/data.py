@@ -571,7 +571,8 @@ class PreviewCache:
 
 class ControlMemo:
     """Who is in the control group, per salt and share, for the customers seen so far:
-    hashing a million ids takes seconds, looking them up a fraction of one."""
+    hashing a million ids takes seconds, looking them up a fraction of one, and the same
+    ids in the same order (the candidates of every preview of a run) a comparison."""
 
     def __init__(self) -> None:
         self._known: dict[tuple[float, str], pd.Series] = {}
@@ -582,6 +583,8 @@ class ControlMemo:
         key = (group.share, group.salt)
         with self._lock:
             known = self._known.get(key)
+        if known is not None and known.index.equals(ids):  # the same customers in order
+            return known.to_numpy(dtype=bool)
         if known is not None:
             found = known.reindex(ids)
             if not found.isna().any():
@@ -630,56 +633,81 @@ class Column:
 
 class FeatureColumns:
     """Feature columns of the latest scoring run's customers, each computed as of its
-    read and kept up to ``max_age`` seconds; :meth:`keep_fresh` (a thread the page starts)
-    reads every feature of the spec again in one pass while the page is in use, so
-    previews find them all ready, and a column older than ``max_age`` (the page unused
-    for a while) is read again in the request that needs it."""
+    read: fresh for ``ttl`` seconds; then, up to ``max_age``, still served while one
+    background read (interrupted by a save, :meth:`WarehouseLock.yielding`) computes them
+    again; beyond ``max_age`` (or never read) read in the request that needs them. A
+    preview on features already read reads nothing."""
 
-    def __init__(self, spec: FeatureSpec, max_age: float = 600.0) -> None:
+    def __init__(self, spec: FeatureSpec, ttl: float = 120.0, max_age: float = 600.0) -> None:
         self.spec = spec
+        self.ttl = ttl
         self.max_age = max_age
         self._columns: dict[tuple[str, str], tuple[float, Column]] = {}
         self._lock = threading.Lock()
-        #: one read of a given set of missing columns at a time (others wait for it)
+        #: one read of a given set of columns at a time (others wait for it)
         self._reading: dict[tuple[str, tuple[str, ...]], threading.Event] = {}
-        self.last_used = -math.inf
-        self.last_read_seconds: float | None = None
 
-    def used(self) -> None:
-        """Note that a preview or a save ran (the columns are then kept fresh)."""
-        self.last_used = time.monotonic()
-
-    def get(self, run: RunInfo, name: str) -> Column | None:
-        """The column ``name`` of ``run`` while younger than ``max_age``, else None."""
+    def get(self, run: RunInfo, name: str, within: float | None = None) -> Column | None:
+        """The column ``name`` of ``run`` while younger than ``within`` seconds (default
+        ``max_age``), else None."""
         with self._lock:
             hit = self._columns.get((run.run_id, name))
-        if hit is None or time.monotonic() - hit[0] >= self.max_age:
+        limit = self.max_age if within is None else within
+        if hit is None or time.monotonic() - hit[0] >= limit:
             return None
         return hit[1]
 
     def columns(
         self, path: Path, run: RunInfo, scores: RunScores, names: Sequence[str]
     ) -> dict[str, Column]:
-        """The columns ``names``, reading those missing (one read per set at a time)."""
+        """The columns ``names``: read now those missing, renewed behind the request
+        those stale."""
         while True:
             out = {n: c for n in names if (c := self.get(run, n)) is not None}
             missing = tuple(sorted(set(names) - set(out)))
             if not missing:
+                stale = tuple(sorted(n for n in names if self.get(run, n, self.ttl) is None))
+                if stale and self._start((run.run_id, stale)):
+                    threading.Thread(
+                        target=self._renew,
+                        args=(path, run, scores, stale),
+                        daemon=True,
+                        name="ui-columns",
+                    ).start()
                 return out
             key = (run.run_id, missing)
-            with self._lock:
-                busy = self._reading.get(key)
-                if busy is None:
-                    self._reading[key] = threading.Event()
-            if busy is not None:
-                busy.wait()  # someone reads them now: take theirs
+            if not self._start(key):
+                self._wait(key)  # someone reads them now: take theirs
                 continue
             try:
                 out.update(self.read(path, run, scores, missing))
             finally:
-                with self._lock:
-                    self._reading.pop(key).set()
+                self._done(key)
             return out
+
+    def _start(self, key: tuple[str, tuple[str, ...]]) -> bool:
+        with self._lock:
+            if key in self._reading:
+                return False
+            self._reading[key] = threading.Event()
+            return True
+
+    def _wait(self, key: tuple[str, tuple[str, ...]]) -> None:
+        with self._lock:
+            busy = self._reading.get(key)
+        if busy is not None:
+            busy.wait()
+
+    def _done(self, key: tuple[str, tuple[str, ...]]) -> None:
+        with self._lock:
+            self._reading.pop(key).set()
+
+    def _renew(self, path: Path, run: RunInfo, scores: RunScores, names: tuple[str, ...]) -> None:
+        try:
+            with contextlib.suppress(Exception):  # interrupted by a save, a busy warehouse
+                self.read(path, run, scores, names, yielding=True)
+        finally:
+            self._done((run.run_id, names))
 
     def read(
         self,
@@ -694,7 +722,6 @@ class FeatureColumns:
         ``scores``' rows (customers without features get nulls, as in a left join).
         ``yielding``: a save that comes interrupts the read (it fails; a background
         refresh reads again later)."""
-        start = time.perf_counter()
         as_of = datetime.now(UTC)
         spec = feature_subset(self.spec, names, all_attributes=False)
         with own_lists(path) as own:
@@ -719,33 +746,7 @@ class FeatureColumns:
                 if k[0] == run.run_id and now - v[0] < self.max_age
             }
             self._columns.update({(run.run_id, n): (now, c) for n, c in out.items()})
-        self.last_read_seconds = time.perf_counter() - start
         return out
-
-    def keep_fresh(
-        self,
-        refresh: Callable[[], None],
-        active: float = 900.0,
-        duty: float = 0.25,
-        every: float = 60.0,
-        stop: threading.Event | None = None,
-    ) -> None:
-        """Call ``refresh`` (read every column again) now, then again while the page was
-        used in the last ``active`` seconds: every ``every`` seconds at least, and no more
-        than ``duty`` of the time (a read of every feature at a million customers takes
-        tens of seconds). Runs until ``stop`` is set; errors wait for the next round."""
-        stop = stop or threading.Event()
-        first = True
-        while not stop.is_set():
-            if first or time.monotonic() - self.last_used < active:
-                first = False
-                start = time.perf_counter()
-                with contextlib.suppress(Exception):  # nothing to read yet, a busy warehouse
-                    refresh()
-                spent = time.perf_counter() - start
-                stop.wait(max(every, spent / duty - spent))
-            else:
-                stop.wait(5.0)
 
 
 class CachedLists(WarehouseLists):

@@ -154,6 +154,7 @@ def test_a_writer_interrupts_a_yielding_read_and_later_ones_are_refused() -> Non
 def test_feature_columns_are_the_built_features_aligned_with_the_scores(tmp_path: Path) -> None:
     """The columns the page keeps equal a full build (every attribute, sorted) joined
     to the scores' rows, customers without features left null."""
+    import time
     from datetime import UTC, datetime
 
     import numpy as np
@@ -198,3 +199,12 @@ def test_feature_columns_are_the_built_features_aligned_with_the_scores(tmp_path
     assert pd.isna(got["spend_90d"].values[-1]) and expected["spend_90d"].notna().sum() > 40
     assert columns.get(run, "region") is got["region"]
     assert columns.columns(path, run, scores, ["region"])["region"] is got["region"]  # kept
+    columns.ttl = 0.0  # stale: served, and computed again behind the request
+    assert columns.columns(path, run, scores, ["region"])["region"] is got["region"]
+    deadline = time.monotonic() + 30
+    while columns.get(run, "region") is got["region"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    renewed = columns.get(run, "region")
+    assert renewed is not None and renewed is not got["region"]
+    assert renewed.as_of > got["region"].as_of
+    assert pd.Series(renewed.values).equals(pd.Series(got["region"].values))
