@@ -4,8 +4,9 @@ Pages (every one needs a session, :mod:`ui.session`): Overview, Segments, List b
 Lists, Customer, Results. The list builder previews through
 :func:`models.targeting.make_list` -- the one path ``rapport targets`` and ``POST
 /targets`` take -- with no sink (nothing written) on :class:`ui.data.CachedLists`, and saves
-through it again with fresh reads: the definition goes to the workspace's saved lists
-(``rapport targets --list NAME`` makes the same list), the list to
+through it again on the same kept candidates (suppressions read afresh), then delivers the
+list (:meth:`models.targeting.TargetList.deliver`): the definition goes to the workspace's
+saved lists (``rapport targets --list NAME`` makes the same list), the list to
 ``<home>/exports/<list_id>.csv|.parquet`` and the audit tables, like ``rapport targets``.
 
 Queries run in this process, on a read-only warehouse connection per request, never in

@@ -8,9 +8,10 @@ recent events).
 
 :class:`CachedLists` is the list builder's preview source: the
 :class:`models.targeting.ListSource` port over :class:`features.tables.lists.WarehouseLists`,
-keeping the candidates (scores joined with fresh features, the costly read) for a short
-while so a marketer typing a filter sees the preview change within a fraction of a second.
-Saving a list never uses it: a saved list reads afresh, exactly as ``rapport targets``.
+keeping the candidates (a run's scores, and each feature column computed as of its read
+in a :class:`FeatureColumns`) so a marketer typing a filter sees the preview change
+without a read. Saving a list uses the same candidates (what was previewed is what is
+saved; the suppressions are read afresh) and only writes.
 """
 
 from __future__ import annotations
