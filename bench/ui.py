@@ -3,7 +3,7 @@
 Starts ``rapport ui`` as the demo does (:func:`rapport.demo.start_ui`) on a workspace,
 signs in and requests every page ``--repeat`` times, then times the list builder: the
 first preview (reads the candidates), previews after it (cached candidates, a changed
-filter or budget), and a save (fresh reads, files, audit). Prints the median and the
+filter or budget), and a save (the kept candidates, files, audit). Prints the median and the
 worst per page, and each page's median against the overview's (the ratio is steadier
 than the times on a shared machine).
 
@@ -14,13 +14,14 @@ than the times on a shared machine).
 The page reads the scores and the catalog's columns (consent, contacts, cool-downs) when
 it starts and keeps them (``ui.data.CachedLists``): "preview, first", sent right after
 signing in and before the pages are timed, waits for that start-up read; "preview, new
-feature" reads two more feature columns; "cached" previews read nothing.
+feature" reads two more feature columns; "cached" previews read nothing; a save selects
+again from the kept candidates (suppressions read afresh) and writes.
 
 ``--with-score SECONDS`` also starts the scoring service (the tests' harness, one worker)
 and sends ``/score`` at 50 requests/s for that long three times: alone, while the page
 previews lists without pause (filters on other features each time, as a marketer
-typing), and while it saves lists without pause (each save reads every column afresh,
-selects, writes the files and the audit rows: the heaviest thing the page does). The
+typing), and while it saves lists without pause (each save selects from the kept
+candidates, writes the files and the audit rows). The
 heavy queries run in the page's process; the p99 of ``/score`` shows what they cost the
 service on shared cores.
 
@@ -166,7 +167,7 @@ def report(
     print(f"{'preview, first (start-up read)':<34} {first:8.3f}  (since signed in)")
     print(f"{'preview, cached candidates':<34} {statistics.median(warm):8.3f} {max(warm):8.3f}")
     print(f"{'preview, new feature (2 columns)':<34} {new_feature:8.3f}")
-    print(f"{'save (fresh reads, files, audit)':<34} {save:8.3f}", flush=True)
+    print(f"{'save (selection, files, audit)':<34} {save:8.3f}", flush=True)
 
 
 #: the tables whose rows are a customer's (the pages and lists read them)

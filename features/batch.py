@@ -208,15 +208,18 @@ def build(
     as_of: datetime | str,
     spec: FeatureSpec | None = None,
     tables: Mapping[str, ir.Table] | None = None,
+    ordered: bool = True,
 ) -> pd.DataFrame:
-    """Features of every customer who signed up before ``as_of``, from events before it.
+    """Features of every customer who signed up before ``as_of``, from events before it,
+    by ``customer_id`` (in no given order when ``ordered`` is false: a caller aligning
+    the rows itself skips the sort).
 
     ``con`` is any Ibis backend holding the contract tables (DuckDB by default, Spark too).
     """
     spec = spec or default_spec()
     as_of = as_utc(as_of)
     tables = tables or {name: con.table(name) for name in TABLES}
-    raw = normalize_raw(raw_expression(tables, as_of, spec).to_pyarrow(), spec)
+    raw = normalize_raw(raw_expression(tables, as_of, spec, ordered).to_pyarrow(), spec)
     return to_frame(raw["customer_id"], finish(raw, as_of, spec), spec)
 
 

@@ -178,9 +178,12 @@ def needed_features(definition: TargetDefinition, catalog: Catalog, spec: Featur
     return sorted(n for n in names if n in known and n not in SCORE_TYPES)
 
 
-def feature_subset(spec: FeatureSpec, names: Iterable[str]) -> FeatureSpec:
-    """A spec computing ``names`` (plus every customer attribute, which cost nothing):
-    the aggregations they are or derive from, and the derived ones asked for."""
+def feature_subset(
+    spec: FeatureSpec, names: Iterable[str], all_attributes: bool = True
+) -> FeatureSpec:
+    """A spec computing ``names`` (plus every customer attribute, which cost little, or
+    with ``all_attributes`` false only those named or derived from): the aggregations
+    they are or derive from, and the derived ones asked for."""
     by_name = spec.by_name()
     wanted = set(names)
     unknown = sorted(wanted - set(by_name))
@@ -197,10 +200,13 @@ def feature_subset(spec: FeatureSpec, names: Iterable[str]) -> FeatureSpec:
         inputs |= {i for d in more for i in d.inputs}
     aggs: list[Agg] = [a for a in spec.aggs if a.name in wanted | inputs]
     order = {d.name: i for i, d in enumerate(spec.derived)}
+    attributes = spec.attributes
+    if not all_attributes:
+        attributes = tuple(a for a in attributes if a.name in wanted | inputs)
     return FeatureSpec(
         aggs=tuple(aggs),
         derived=tuple(sorted(derived, key=lambda d: order[d.name])),
-        attributes=spec.attributes,
+        attributes=attributes,
         actions=spec.actions,
     )
 
@@ -881,6 +887,13 @@ class TargetList:
             self.list_id, self.run.run_id, self.run.as_of, self.as_of, output
         )
 
+    def deliver(self, sink: ListSink) -> None:
+        """Export the list (if ``sink`` wants a file) and record it for audit: what
+        :func:`make_list` does with its ``sink``; a caller that selected without one (a
+        preview it then saves) delivers the same list afterwards."""
+        self.output = sink.export(self.selection.members, self.list_id)
+        sink.record(*self.audit())
+
     def summary(self) -> str:
         head = (
             f"list {self.list_id} from scores {self.run.run_id} (as of "
@@ -940,6 +953,5 @@ def make_list(
     )
     target = TargetList(selection, run, as_of, new_list_id())
     if sink is not None:
-        target.output = sink.export(selection.members, target.list_id)
-        sink.record(*target.audit())
+        target.deliver(sink)
     return target

@@ -4,8 +4,9 @@ Pages (every one needs a session, :mod:`ui.session`): Overview, Segments, List b
 Lists, Customer, Results. The list builder previews through
 :func:`models.targeting.make_list` -- the one path ``rapport targets`` and ``POST
 /targets`` take -- with no sink (nothing written) on :class:`ui.data.CachedLists`, and saves
-through it again with fresh reads: the definition goes to the workspace's saved lists
-(``rapport targets --list NAME`` makes the same list), the list to
+through it again on the same kept candidates (suppressions read afresh), then delivers the
+list (:meth:`models.targeting.TargetList.deliver`): the definition goes to the workspace's
+saved lists (``rapport targets --list NAME`` makes the same list), the list to
 ``<home>/exports/<list_id>.csv|.parquet`` and the audit tables, like ``rapport targets``.
 
 Queries run in this process, on a read-only warehouse connection per request, never in
@@ -43,7 +44,6 @@ from features.tables.lists import (
     LIST_ID,
     AuditTables,
     TargetError,
-    WarehouseLists,
     WarehouseUnavailableError,
     save_definition,
     write_members,
@@ -54,6 +54,7 @@ from models.catalog import Catalog
 from models.expressions import ExpressionError
 from models.targeting import (
     TargetDefinition,
+    TargetList,
     definition_from,
     field_types,
     make_list,
@@ -149,6 +150,7 @@ class UiApp:
         self.sessions = Sessions(self.settings.api_keys, self.settings.home)
         self.templates = make_templates()
         self.cache = data.PreviewCache()
+        self.columns = data.FeatureColumns(self.spec, self.cache.ttl, self.cache.max_age)
         self.control_memo = data.ControlMemo()
         self.live = LiveScorer(self.settings, self.spec)
 
@@ -164,6 +166,12 @@ class UiApp:
                 self.read(self.segment_profiles)
 
         threading.Thread(target=run, name="ui-warm", daemon=True).start()
+
+    def source(self, fresh_suppressions: bool = False) -> data.CachedLists:
+        """The list builder's source: what the page keeps (scores, feature columns)."""
+        return data.CachedLists(
+            self.settings.warehouse_path, self.cache, self.columns, fresh_suppressions
+        )
 
     # ----------------------------------------------------------------- rendering
 
@@ -317,15 +325,24 @@ class UiApp:
         """The preview's figures, or the error to show beside the form."""
         start = time.perf_counter()
         try:
-            definition = definition_of(form)
-            source = data.CachedLists(self.settings.warehouse_path, self.cache, self.spec)
-            control = data.MemoControl.of(self.control(), self.control_memo)
-            target = make_list(source, definition, self.spec, datetime.now(UTC), control=control)
+            target = self.target_list(definition_of(form))
         except ExpressionError as exc:
             return {"error": str(exc), "field": "filter"}
         except (TargetError, NoScoresError, WarehouseUnavailableError, ControlFileError) as exc:
             return {"error": str(exc)}
         return {**selection_view(target), "seconds": time.perf_counter() - start}
+
+    def target_list(
+        self, definition: TargetDefinition, fresh_suppressions: bool = False
+    ) -> TargetList:
+        """The list for ``definition`` through :func:`models.targeting.make_list` from
+        what the page keeps (nothing written); its ``as_of`` is when the oldest feature
+        column it read was computed."""
+        source = self.source(fresh_suppressions)
+        control = data.MemoControl.of(self.control(), self.control_memo)
+        target = make_list(source, definition, self.spec, datetime.now(UTC), control=control)
+        target.as_of = source.features_as_of or target.as_of
+        return target
 
     async def save(self, request: Request, session: Session) -> Response:
         form = _form_dict(await request.form())
@@ -335,7 +352,10 @@ class UiApp:
         return self.page(request, "_saved.html", session, saved=result)
 
     def save_list(self, form: Mapping[str, str]) -> dict[str, Any]:
-        """Save the definition under its name and make the list, recorded for audit."""
+        """Save the definition under its name and make the list from the preview's
+        candidates (the scores and feature columns the page keeps; the suppressions read
+        afresh), then export it and record it for audit: a save writes, it reads no
+        feature again."""
         name = form.get("name", "").strip()
         if not name:
             return {"error": "Give the list a name to save it."}
@@ -346,6 +366,7 @@ class UiApp:
                 name,
                 definition.model_dump(exclude_none=True, exclude={"name"}),
             )
+            target = self.target_list(definition, fresh_suppressions=True)
             with data.WAREHOUSE.write():  # no read-only connection of this process open
                 try:
                     con = connect(self.settings.warehouse_path)
@@ -354,15 +375,7 @@ class UiApp:
                         f"the warehouse is busy (another job writes it): try again ({exc})"
                     ) from None
                 try:
-                    sink = Exports(con, Path(self.settings.exports_dir))
-                    target = make_list(
-                        WarehouseLists(con),
-                        definition,
-                        self.spec,
-                        datetime.now(UTC),
-                        control=self.control(),
-                        sink=sink,
-                    )
+                    target.deliver(Exports(con, Path(self.settings.exports_dir)))
                 finally:
                     con.disconnect()
         except ExpressionError as exc:

@@ -8,9 +8,10 @@ recent events).
 
 :class:`CachedLists` is the list builder's preview source: the
 :class:`models.targeting.ListSource` port over :class:`features.tables.lists.WarehouseLists`,
-keeping the candidates (scores joined with fresh features, the costly read) for a short
-while so a marketer typing a filter sees the preview change within a fraction of a second.
-Saving a list never uses it: a saved list reads afresh, exactly as ``rapport targets``.
+keeping the candidates (a run's scores, and each feature column computed as of its read
+in a :class:`FeatureColumns`) so a marketer typing a filter sees the preview change
+without a read. Saving a list uses the same candidates (what was previewed is what is
+saved; the suppressions are read afresh) and only writes.
 """
 
 from __future__ import annotations
@@ -82,12 +83,15 @@ class WarehouseLock:
     """Readers together, a writer alone, within the page's process: DuckDB refuses a
     read-write connection to a file this process has open read-only (a save beside a
     preview, or beside a background refresh). Readers do not wait for a waiting writer
-    (a read may open a second read inside the first)."""
+    (a read may open a second read inside the first); a background read that can be
+    done again later (:meth:`yielding`) is interrupted when a writer comes."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writing = False
+        self._waiting = 0
+        self._yielding: list[Callable[[], None]] = []
 
     @contextlib.contextmanager
     def read(self) -> Iterator[None]:
@@ -102,12 +106,36 @@ class WarehouseLock:
                 self._cond.notify_all()
 
     @contextlib.contextmanager
+    def yielding(self, interrupt: Callable[[], None]) -> Iterator[None]:
+        """Inside a :meth:`read`: a writer that comes calls ``interrupt`` (which makes the
+        read fail soon) rather than wait for the read; refused at once while a writer
+        waits."""
+        with self._cond:
+            if self._waiting:
+                raise WarehouseUnavailableError("a save is waiting: read later")
+            self._yielding.append(interrupt)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._yielding.remove(interrupt)
+
+    @contextlib.contextmanager
     def write(self, timeout: float = 120.0) -> Iterator[None]:
         with self._cond:
-            if not self._cond.wait_for(lambda: not self._writing and not self._readers, timeout):
-                raise WarehouseUnavailableError(
-                    "the page is still reading the warehouse: try again"
-                )
+            self._waiting += 1
+            try:
+                for interrupt in self._yielding:
+                    with contextlib.suppress(Exception):
+                        interrupt()
+                if not self._cond.wait_for(
+                    lambda: not self._writing and not self._readers, timeout
+                ):
+                    raise WarehouseUnavailableError(
+                        "the page is still reading the warehouse: try again"
+                    )
+            finally:
+                self._waiting -= 1
             self._writing = True
         try:
             yield
@@ -477,58 +505,65 @@ def model_health(db: Any) -> tuple[dict[str, Any] | None, pd.DataFrame]:
 
 # --------------------------------------------------------------------------- preview source
 class PreviewCache:
-    """Values kept per key for the preview requests of a process: fresh for ``ttl``
-    seconds; then, up to ``max_age``, still served while one background thread reads them
-    again (a marketer typing never waits for a re-read); beyond ``max_age``, read again
-    in the request. One read per key at a time: a request that finds a read under way
-    waits for it rather than starting another (typing sends a preview per pause)."""
+    """Values kept per key for the requests of a process: fresh for ``ttl`` seconds;
+    then, up to ``max_age``, still served while one background thread reads them again (a
+    marketer never waits for a re-read); beyond ``max_age``, read again in the request.
+    One read per key at a time: a request that finds a read under way waits for it rather
+    than starting another. A ``lasting`` value (a scoring run's scores: they never
+    change) is always fresh; it replaces the lasting values of the same kind (the key's
+    first part), so one run's scores are kept at a time."""
 
     def __init__(self, ttl: float = 120.0, max_age: float = 600.0) -> None:
         self.ttl = ttl
         self.max_age = max_age
-        self._items: dict[tuple[Any, ...], tuple[float, Any]] = {}
+        self._items: dict[tuple[Any, ...], tuple[float, Any, bool]] = {}
         self._lock = threading.Lock()
         self._reading: dict[tuple[Any, ...], threading.Event] = {}
 
-    def get(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+    def get(self, key: tuple[Any, ...], make: Callable[[], Any], lasting: bool = False) -> Any:
         while True:
             now = time.monotonic()
             with self._lock:
                 hit = self._items.get(key)
                 age = now - hit[0] if hit is not None else math.inf
                 busy = self._reading.get(key)
-                if hit is not None and age < self.ttl:
+                if hit is not None and (hit[2] or age < self.ttl):
                     return hit[1]
                 if hit is not None and age < self.max_age:
                     if busy is None:  # stale: serve it, refresh behind the request
                         self._reading[key] = threading.Event()
                         threading.Thread(
-                            target=self._read, args=(key, make), daemon=True, name="ui-refresh"
+                            target=self._read,
+                            args=(key, make, lasting),
+                            daemon=True,
+                            name="ui-refresh",
                         ).start()
                     return hit[1]
                 if busy is None:
                     self._reading[key] = threading.Event()
                     break
             busy.wait()  # someone reads it now: take theirs
-        return self._read(key, make)
+        return self._read(key, make, lasting)
 
     def peek(self, key: tuple[Any, ...]) -> Any:
         """The value under ``key`` while fresh, else None."""
         with self._lock:
             hit = self._items.get(key)
-        return hit[1] if hit is not None and time.monotonic() - hit[0] < self.ttl else None
+        if hit is None or not (hit[2] or time.monotonic() - hit[0] < self.ttl):
+            return None
+        return hit[1]
 
-    def put(self, key: tuple[Any, ...], value: Any) -> None:
-        with self._lock:
-            self._items[key] = (time.monotonic(), value)
-
-    def _read(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+    def _read(self, key: tuple[Any, ...], make: Callable[[], Any], lasting: bool) -> Any:
         try:
             value = make()
             now = time.monotonic()
             with self._lock:
-                self._items = {k: v for k, v in self._items.items() if now - v[0] < self.max_age}
-                self._items[key] = (now, value)
+                self._items = {
+                    k: v
+                    for k, v in self._items.items()
+                    if (v[2] and not (lasting and k[0] == key[0])) or now - v[0] < self.max_age
+                }
+                self._items[key] = (now, value, lasting)
             return value
         finally:
             with self._lock:
@@ -537,7 +572,8 @@ class PreviewCache:
 
 class ControlMemo:
     """Who is in the control group, per salt and share, for the customers seen so far:
-    hashing a million ids takes seconds, looking them up a fraction of one."""
+    hashing a million ids takes seconds, looking them up a fraction of one, and the same
+    ids in the same order (the candidates of every preview of a run) a comparison."""
 
     def __init__(self) -> None:
         self._known: dict[tuple[float, str], pd.Series] = {}
@@ -548,6 +584,8 @@ class ControlMemo:
         key = (group.share, group.salt)
         with self._lock:
             known = self._known.get(key)
+        if known is not None and known.index.equals(ids):  # the same customers in order
+            return known.to_numpy(dtype=bool)
         if known is not None:
             found = known.reindex(ids)
             if not found.isna().any():
@@ -577,19 +615,163 @@ class MemoControl(ControlGroup):
         return self.memo.mask(self, customer_ids)
 
 
-class CachedLists(WarehouseLists):
-    """:class:`WarehouseLists` whose candidates come from ``cache`` (the preview's source;
-    one per request): the run's scores once, and each feature column on its own, aligned
-    with the scores' rows, so a filter on a new feature reads that feature only and the
-    catalog's columns (consent, contacts, cool-downs), read when the process starts
-    (:meth:`warm`), are shared by every preview. Consent and contact history are then up
-    to ``cache.max_age`` old; a saved list reads them afresh."""
+@dataclass(frozen=True)
+class RunScores:
+    """One scoring run's scores (one row per customer) and their ids as an index (the
+    feature columns are aligned with its rows)."""
 
-    def __init__(self, warehouse: Path, cache: PreviewCache, spec: FeatureSpec) -> None:
+    frame: pd.DataFrame
+    index: pd.Index
+
+
+@dataclass(frozen=True)
+class Column:
+    """One feature column aligned with a run's scores, and when it was computed."""
+
+    as_of: datetime
+    values: np.ndarray
+
+
+class FeatureColumns:
+    """Feature columns of the latest scoring run's customers, each computed as of its
+    read: fresh for ``ttl`` seconds; then, up to ``max_age``, still served while one
+    background read (interrupted by a save, :meth:`WarehouseLock.yielding`) computes them
+    again; beyond ``max_age`` (or never read) read in the request that needs them. A
+    preview on features already read reads nothing."""
+
+    def __init__(self, spec: FeatureSpec, ttl: float = 120.0, max_age: float = 600.0) -> None:
+        self.spec = spec
+        self.ttl = ttl
+        self.max_age = max_age
+        self._columns: dict[tuple[str, str], tuple[float, Column]] = {}
+        self._lock = threading.Lock()
+        #: one read of a given set of columns at a time (others wait for it)
+        self._reading: dict[tuple[str, tuple[str, ...]], threading.Event] = {}
+
+    def get(self, run: RunInfo, name: str, within: float | None = None) -> Column | None:
+        """The column ``name`` of ``run`` while younger than ``within`` seconds (default
+        ``max_age``), else None."""
+        with self._lock:
+            hit = self._columns.get((run.run_id, name))
+        limit = self.max_age if within is None else within
+        if hit is None or time.monotonic() - hit[0] >= limit:
+            return None
+        return hit[1]
+
+    def columns(
+        self, path: Path, run: RunInfo, scores: RunScores, names: Sequence[str]
+    ) -> dict[str, Column]:
+        """The columns ``names``: read now those missing, renewed behind the request
+        those stale."""
+        while True:
+            out = {n: c for n in names if (c := self.get(run, n)) is not None}
+            missing = tuple(sorted(set(names) - set(out)))
+            if not missing:
+                stale = tuple(sorted(n for n in names if self.get(run, n, self.ttl) is None))
+                if stale and self._start((run.run_id, stale)):
+                    threading.Thread(
+                        target=self._renew,
+                        args=(path, run, scores, stale),
+                        daemon=True,
+                        name="ui-columns",
+                    ).start()
+                return out
+            key = (run.run_id, missing)
+            if not self._start(key):
+                self._wait(key)  # someone reads them now: take theirs
+                continue
+            try:
+                out.update(self.read(path, run, scores, missing))
+            finally:
+                self._done(key)
+            return out
+
+    def _start(self, key: tuple[str, tuple[str, ...]]) -> bool:
+        with self._lock:
+            if key in self._reading:
+                return False
+            self._reading[key] = threading.Event()
+            return True
+
+    def _wait(self, key: tuple[str, tuple[str, ...]]) -> None:
+        with self._lock:
+            busy = self._reading.get(key)
+        if busy is not None:
+            busy.wait()
+
+    def _done(self, key: tuple[str, tuple[str, ...]]) -> None:
+        with self._lock:
+            self._reading.pop(key).set()
+
+    def _renew(self, path: Path, run: RunInfo, scores: RunScores, names: tuple[str, ...]) -> None:
+        try:
+            with contextlib.suppress(Exception):  # interrupted by a save, a busy warehouse
+                self.read(path, run, scores, names, yielding=True)
+        finally:
+            self._done((run.run_id, names))
+
+    def read(
+        self,
+        path: Path,
+        run: RunInfo,
+        scores: RunScores,
+        names: Sequence[str],
+        yielding: bool = False,
+    ) -> dict[str, Column]:
+        """Compute the features ``names`` as of now for every customer (one pass per
+        event table, only the attributes named, no sort) and keep them aligned with
+        ``scores``' rows (customers without features get nulls, as in a left join).
+        ``yielding``: a save that comes interrupts the read (it fails; a background
+        refresh reads again later)."""
+        as_of = datetime.now(UTC)
+        spec = feature_subset(self.spec, names, all_attributes=False)
+        with own_lists(path) as own:
+            con = raw(own.con)
+            held = WAREHOUSE.yielding(con.interrupt) if yielding else contextlib.nullcontext()
+            with held:
+                built = build(own.con, as_of, spec, ordered=False)
+        at = scores.index.get_indexer(built["customer_id"].astype(str).to_numpy(dtype=object))
+        found = at >= 0
+        out: dict[str, Column] = {}
+        now = time.monotonic()
+        for name in names:
+            values = built[name].to_numpy()
+            kind = object if values.dtype == object else np.float64
+            aligned = np.full(len(scores.index), np.nan, dtype=kind)
+            aligned[at[found]] = values[found]
+            out[name] = Column(as_of, aligned)
+        with self._lock:
+            self._columns = {
+                k: v
+                for k, v in self._columns.items()
+                if k[0] == run.run_id and now - v[0] < self.max_age
+            }
+            self._columns.update({(run.run_id, n): (now, c) for n, c in out.items()})
+        return out
+
+
+class CachedLists(WarehouseLists):
+    """:class:`WarehouseLists` whose candidates come from what the page keeps (the
+    preview's source, and the save's: one per request): the run's scores, read once per
+    run (a run's scores never change), and each feature column aligned with their rows
+    (:class:`FeatureColumns`), so a filter on a feature already read reads nothing.
+    ``features_as_of`` is then when the oldest column served was computed (consent and
+    contacts up to ``columns.max_age`` old); the suppressions are the page's (up to
+    ``cache.max_age`` old) unless ``fresh_suppressions``."""
+
+    def __init__(
+        self,
+        warehouse: Path,
+        cache: PreviewCache,
+        columns: FeatureColumns,
+        fresh_suppressions: bool = False,
+    ) -> None:
         super().__init__(warehouse)
         self.path = warehouse
         self.cache = cache
-        self.spec = spec
+        self.columns = columns
+        self.fresh_suppressions = fresh_suppressions
+        self.features_as_of: datetime | None = None
 
     def __enter__(self) -> Self:
         self._held = WAREHOUSE.read()
@@ -606,47 +788,33 @@ class CachedLists(WarehouseLists):
         finally:
             self._held.__exit__(None, None, None)
 
+    def scores(self, run: RunInfo) -> RunScores:
+        """The run's scores, read once per run (on a connection of their own: a read
+        may outlive the request that started it)."""
+        return self.cache.get(  # type: ignore[no-any-return]
+            ("scores", run.run_id), lambda: self._scores(run), lasting=True
+        )
+
     def candidates(
         self, run: RunInfo, spec: FeatureSpec, columns: Sequence[str], as_of: datetime
     ) -> pd.DataFrame:
-        # reads made behind a request (a stale value's refresh) outlive its connection:
-        # every read opens its own
-        scores = self.cache.get(("scores", run.run_id), lambda: self._scores(run))
-        key = ("features", run.run_id, tuple(sorted(columns)))
-        # the columns of one request are cached together, built from the columns cached
-        # one by one: only the columns no earlier preview read are built here
-        features = self.cache.get(key, lambda: self._features(run, scores, columns))
-        return scores.assign(**{c: features[c] for c in columns})
+        scores = self.scores(run)
+        found = self.columns.columns(self.path, run, scores, columns)
+        stamps = [c.as_of for c in found.values()]
+        self.features_as_of = min(stamps) if stamps else as_of
+        return scores.frame.assign(**{c: found[c].values for c in columns})
 
-    def _scores(self, run: RunInfo) -> pd.DataFrame:
+    def _scores(self, run: RunInfo) -> RunScores:
         with own_lists(self.path) as own:
             frame = load_scores(raw(own.con), run)
         frame["customer_id"] = frame["customer_id"].astype(str)
-        return frame.drop_duplicates("customer_id").reset_index(drop=True)
-
-    def _features(
-        self, run: RunInfo, scores: pd.DataFrame, columns: Sequence[str]
-    ) -> dict[str, np.ndarray]:
-        """The feature ``columns`` as of now, aligned with ``scores``' rows."""
-        out: dict[str, np.ndarray] = {}
-        missing = []
-        for name in columns:
-            hit = self.cache.peek(("column", run.run_id, name))
-            if hit is None:
-                missing.append(name)
-            else:
-                out[name] = hit
-        if missing:
-            with own_lists(self.path) as own:
-                built = build(own.con, datetime.now(UTC), feature_subset(self.spec, missing))
-            built["customer_id"] = built["customer_id"].astype(str)
-            aligned = scores[["customer_id"]].merge(built, on="customer_id", how="left")
-            for name in missing:
-                out[name] = aligned[name].to_numpy()
-                self.cache.put(("column", run.run_id, name), out[name])
-        return out
+        frame = frame.drop_duplicates("customer_id").reset_index(drop=True)
+        return RunScores(frame, pd.Index(frame["customer_id"].to_numpy(dtype=object)))
 
     def suppressed(self) -> set[str]:
+        if self.fresh_suppressions:
+            return super().suppressed()
+
         def read() -> set[str]:
             with own_lists(self.path) as own:
                 return own.suppressed()

@@ -328,6 +328,10 @@ def test_needed_features_and_subset_spec() -> None:
     sub = feature_subset(spec, names)
     assert set(names) <= set(sub.names) and len(sub.aggs) < len(spec.aggs)
     assert {"emails_open_90d", "emails_sent_90d"} <= {a.name for a in sub.aggs}
+    assert {a.name for a in sub.attributes} == {a.name for a in spec.attributes}
+    narrow = feature_subset(spec, ["spend_90d", "email_opt_in"], all_attributes=False)
+    assert [a.name for a in narrow.attributes] == ["email_opt_in"]
+    assert set(narrow.names) == {"spend_90d", "email_opt_in"}
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

@@ -117,3 +117,94 @@ def test_a_writer_waits_for_the_readers_of_the_page() -> None:
 def _write(lock: object, order: list[str]) -> None:
     with lock.write():  # type: ignore[attr-defined]
         order.append("wrote")
+
+
+def test_a_writer_interrupts_a_yielding_read_and_later_ones_are_refused() -> None:
+    import threading
+    import time
+
+    from features.tables.lists import WarehouseUnavailableError
+    from ui.data import WarehouseLock
+
+    lock = WarehouseLock()
+    interrupted = threading.Event()
+    wrote = threading.Event()
+
+    def background_read() -> None:  # a refresh that stops when interrupted
+        with lock.read(), lock.yielding(interrupted.set):
+            interrupted.wait(5)
+
+    reader = threading.Thread(target=background_read)
+    reader.start()
+    time.sleep(0.1)
+    with lock.write(timeout=5):  # interrupts the read instead of waiting 5 s for it
+        assert interrupted.is_set()
+        wrote.set()
+    reader.join(5)
+    assert wrote.is_set()
+    with lock.read():  # a writer waits for this read: no background read may start
+        writer = threading.Thread(target=lambda: lock.write(timeout=5).__enter__())
+        writer.start()
+        time.sleep(0.1)
+        with pytest.raises(WarehouseUnavailableError, match="save is waiting"):
+            lock.yielding(lambda: None).__enter__()
+    writer.join(5)
+
+
+def test_feature_columns_are_the_built_features_aligned_with_the_scores(tmp_path: Path) -> None:
+    """The columns the page keeps equal a full build (every attribute, sorted) joined
+    to the scores' rows, customers without features left null."""
+    import time
+    from datetime import UTC, datetime
+
+    import numpy as np
+    import pandas as pd
+    from sample_data import load_tables, random_tables
+
+    from features.batch import build
+    from features.spec import default_spec
+    from features.tables.scores import RunInfo
+    from features.warehouse import connect
+    from models.targeting import feature_subset
+    from ui.data import FeatureColumns, RunScores
+
+    path = tmp_path / "warehouse.duckdb"
+    con = connect(path)
+    load_tables(con, random_tables(seed=3, customers=80, events=600))
+    con.disconnect()
+    spec = default_spec()
+    names = ["spend_90d", "orders_30d", "region", "avg_order_value_365d", "email_opt_in"]
+    ids = [f"C{i:04d}" for i in range(80)]
+    rng = np.random.default_rng(0)
+    order = [*rng.permutation(ids).tolist(), "nobody"]  # scores in their own order
+    frame = pd.DataFrame({"customer_id": order})
+    scores = RunScores(frame, pd.Index(frame["customer_id"].to_numpy(dtype=object)))
+    now = datetime.now(UTC)
+    run = RunInfo("sr-x", now, now, len(order), {}, "fs", {})
+    columns = FeatureColumns(spec)
+    got = columns.read(path, run, scores, names)
+    con = connect(path, read_only=True)
+    expected = frame.merge(
+        build(con, got["spend_90d"].as_of, feature_subset(spec, names)).astype(
+            {"customer_id": str}
+        ),
+        on="customer_id",
+        how="left",
+    )
+    con.disconnect()
+    for name in names:
+        pd.testing.assert_series_equal(
+            pd.Series(got[name].values, name=name), expected[name], check_dtype=False
+        )
+    assert pd.isna(got["spend_90d"].values[-1]) and expected["spend_90d"].notna().sum() > 40
+    assert columns.get(run, "region") is got["region"]
+    assert columns.columns(path, run, scores, ["region"])["region"] is got["region"]  # kept
+    columns.ttl = 0.0  # stale: served, and computed again behind the request
+    assert columns.columns(path, run, scores, ["region"])["region"] is got["region"]
+    deadline = time.monotonic() + 30
+    while columns.get(run, "region") is got["region"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    renewed = columns.get(run, "region")
+    assert renewed is not None and renewed is not got["region"]
+    assert renewed.as_of > got["region"].as_of
+    assert pd.Series(renewed.values).equals(pd.Series(got["region"].values))
