@@ -14,9 +14,10 @@ reasons look 5x cheaper than inside a score on this shared machine):
 * ``churn + reasons``: encode, the calibrated probability and the TreeSHAP reasons;
 * ``value``: encode, mean and interval;
 * ``segments``: RFM and ABC from the stored cut points;
-* ``NBA uplift``: :meth:`models.nba.NbaModel.predict` on the enriched row;
-* ``arbitration``: :func:`models.policy.arbitrate`, the policy's probabilities, the
-  control group, the draw and the exclusion reasons;
+* ``NBA uplift``: :meth:`models.nba.NbaModel.predict` on the enriched row, for the
+  actions the catalog's rules allow;
+* ``arbitration``: the rules (:func:`models.policy.screen`), :func:`models.policy.arbitrate`,
+  the policy's probabilities, the control group, the draw and the exclusion reasons;
 * ``decision log``: the decision row queued (:class:`DecisionBuffer.add`) and written
   (``flush`` every 16 decisions, into a scratch outbox and an in-memory store);
 * ``response``: the :class:`serving.schemas.ScoreResponse` and its JSON.
@@ -50,15 +51,23 @@ class Clock:
 
     def __init__(self) -> None:
         self.seconds: dict[str, list[float]] = {}
+        self._score: dict[str, float] = {}
         self._last = time.thread_time()
 
     def start(self) -> None:
         self._last = time.thread_time()
 
     def lap(self, step: str) -> None:
+        """Add the time since the last lap to ``step`` (a step may come in two parts)."""
         now = time.thread_time()
-        self.seconds.setdefault(step, []).append(now - self._last)
+        self._score[step] = self._score.get(step, 0.0) + now - self._last
         self._last = now
+
+    def end(self) -> None:
+        """One score done: its steps' times join the lists."""
+        for step, seconds in self._score.items():
+            self.seconds.setdefault(step, []).append(seconds)
+        self._score = {}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -81,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from features.segments import assign_segments
     from features.spec import default_spec
     from models.catalog import CHURN_FIELD
-    from models.policy import arbitrate
+    from models.policy import arbitrate, screen
     from models.value import OUTPUT_COLUMNS
     from rapport.settings import get_settings
     from serving.reload import Reloader
@@ -123,9 +132,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         row.update({name: values[0, j] for j, name in enumerate(OUTPUT_COLUMNS)})
         row.update({k: v[0] for k, v in assign_segments(row, scorer.segments).items()})
         clock.lap("segments")
-        uplift = scorer.nba.predict(row) if scorer.nba is not None else None
+        screened = screen(row, scorer.catalog)  # the rules first: uplift of allowed only
+        clock.lap("arbitration")
+        allowed = {
+            a.id for a, code in zip(scorer.catalog.actions, screened[0], strict=True) if not code
+        }
+        uplift = scorer.nba.predict(row, allowed) if scorer.nba is not None else None
         clock.lap("NBA uplift")
-        result = arbitrate(row, scorer.catalog, uplift)
+        result = arbitrate(row, scorer.catalog, uplift, screened)
         policy = scorer.policy.probabilities(result)[0]
         probs = scorer.control.logging_probabilities(policy)
         ranking = result.ranking()[0]
@@ -156,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         response = Score(**dict(score), customer_id=c, decision_id=decision_id, as_of=now)
         ScoreResponse(**dict(response), meta=live.meta).model_dump_json()
         clock.lap("response")
+        clock.end()
         del drivers, probs, ranking, held_out, chosen
 
     def service(c: str, clock: Clock) -> None:
@@ -165,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         features = evaluate(store.get(c), now, spec)
         scorer.score_one({**features, "as_of": now}, context, rng=rng)
         clock.lap("read + features + score_one")
+        clock.end()
 
     for c in ids[:50]:  # warm-up: lazily built prediction handles, caches
         pipeline(c, Clock(), 0)
