@@ -404,8 +404,8 @@ def table(
     apps = [name for name in APPS if name in results]
     head = "".join(f" {APPS[name]:>14} |" for name in apps)
     lines = [
-        f"| {'metric':<30} |{head} {'score/no-op':>11} |",
-        f"|{'-' * 32}|" + f"{'-' * 16}|" * len(apps) + f"{'-' * 13}|",
+        f"| {'metric':<34} |{head} {'score/no-op':>11} |",
+        f"|{'-' * 36}|" + f"{'-' * 16}|" * len(apps) + f"{'-' * 13}|",
     ]
     for label, scenario, key in labels:
         values = [results[name].get(scenario, {}).get(key, float("nan")) for name in apps]
@@ -413,7 +413,7 @@ def table(
         a = results.get("service", {}).get(scenario, {}).get(key)
         n = results.get("noop", {}).get(scenario, {}).get(key)
         ratio = f"{a / n:11.2f}" if a is not None and n else f"{'-':>11}"
-        lines.append(f"| {label:<30} |{cells} {ratio} |")
+        lines.append(f"| {label:<34} |{cells} {ratio} |")
     return "\n".join(lines)
 
 
