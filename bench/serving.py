@@ -18,7 +18,14 @@ client costs little of the two cores). Per app:
 a. sequential requests on one connection: p50 / p99;
 b. open loop at a fixed arrival rate (200 requests/s for 30 s): latency from the
    *scheduled* send time (no coordinated omission), p50 / p95 / p99 and errors;
-c. closed loop, 16 clients back to back: the maximum requests/s.
+c. closed loop, 16 clients back to back: the maximum requests/s;
+d. open loop at a rate relative to the no-op's capacity (``--relative-share`` of its
+   closed-loop requests/s, default 50%), so the tails are compared at the same share of
+   the framework's capacity on any machine (the no-op runs first to measure it).
+
+It ends with the ratios of issue 23 -- ``/score`` against the no-op: closed-loop
+requests/s at least 0.5x, sequential p50 at most 2.5x, open-loop p99 at the fixed rate at
+most 3x with no errors -- and says which hold.
 
 ``/score`` does everything a contact-center call needs: the online record, the features
 (as of now), churn + reasons, value, segments, arbitration and a logged decision, over a
@@ -310,19 +317,31 @@ async def closed_loop(
     return Result(latencies, failures, time.perf_counter() - start)
 
 
+#: the scenarios of one app, in the order they run
+SCENARIOS = ("sequential", "open", "closed", "relative")
+
+
 def load(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """All three scenarios against one app (runs in the load process)."""
+    """The scenarios ``spec["scenarios"]`` names against one app (runs in the load
+    process); ``relative`` is the open loop at ``spec["relative_rate"]``."""
     host, port = spec["host"], spec["port"]
     requests = [
         request_bytes(host, port, spec["path"], body, spec.get("key")) for body in spec["bodies"]
     ]
 
+    async def scenario(name: str) -> Result:
+        if name == "sequential":
+            return await sequential(host, port, requests, spec["sequential"])
+        if name == "open":
+            return await open_loop(host, port, requests, spec["rate"], spec["seconds"])
+        if name == "closed":
+            return await closed_loop(host, port, requests, spec["clients"], spec["closed_s"])
+        return await open_loop(
+            host, port, requests, spec["relative_rate"], spec["relative_seconds"]
+        )
+
     async def run() -> dict[str, Result]:
-        return {
-            "sequential": await sequential(host, port, requests, spec["sequential"]),
-            "open": await open_loop(host, port, requests, spec["rate"], spec["seconds"]),
-            "closed": await closed_loop(host, port, requests, spec["clients"], spec["closed_s"]),
-        }
+        return {name: await scenario(name) for name in spec["scenarios"]}
 
     results = asyncio.run(run())
     return {name: figures(r) for name, r in results.items()}
@@ -356,33 +375,72 @@ def run_load(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- report
-ROWS = (
-    ("sequential p50 (ms)", "sequential", "p50"),
-    ("sequential p99 (ms)", "sequential", "p99"),
-    ("open 200/s p50 (ms)", "open", "p50"),
-    ("open 200/s p95 (ms)", "open", "p95"),
-    ("open 200/s p99 (ms)", "open", "p99"),
-    ("open 200/s errors", "open", "errors"),
-    ("closed 16 clients req/s", "closed", "rps"),
-    ("closed 16 clients p99 (ms)", "closed", "p99"),
+def rows(rate: float, relative: str) -> list[tuple[str, str, str]]:
+    """(label, scenario, figure) of the table; ``relative`` labels the relative open loop."""
+    return [
+        ("sequential p50 (ms)", "sequential", "p50"),
+        ("sequential p99 (ms)", "sequential", "p99"),
+        (f"open {rate:.0f}/s p50 (ms)", "open", "p50"),
+        (f"open {rate:.0f}/s p95 (ms)", "open", "p95"),
+        (f"open {rate:.0f}/s p99 (ms)", "open", "p99"),
+        (f"open {rate:.0f}/s errors", "open", "errors"),
+        ("closed 16 clients req/s", "closed", "rps"),
+        ("closed 16 clients p99 (ms)", "closed", "p99"),
+        (f"open {relative} p50 (ms)", "relative", "p50"),
+        (f"open {relative} p99 (ms)", "relative", "p99"),
+        (f"open {relative} errors", "relative", "errors"),
+    ]
+
+
+#: display names of the apps, in the table's column order
+APPS = {"service": "rapport /score", "noop": "bentoml no-op", "baseline": "fastapi churn"}
+
+
+def table(
+    results: Mapping[str, Mapping[str, Mapping[str, float]]],
+    labels: Sequence[tuple[str, str, str]],
+) -> str:
+    """One row per figure: the apps measured, then /score over the no-op."""
+    apps = [name for name in APPS if name in results]
+    head = "".join(f" {APPS[name]:>14} |" for name in apps)
+    lines = [
+        f"| {'metric':<34} |{head} {'score/no-op':>11} |",
+        f"|{'-' * 36}|" + f"{'-' * 16}|" * len(apps) + f"{'-' * 13}|",
+    ]
+    for label, scenario, key in labels:
+        values = [results[name].get(scenario, {}).get(key, float("nan")) for name in apps]
+        cells = "".join(f" {v:>14.2f} |" for v in values)
+        a = results.get("service", {}).get(scenario, {}).get(key)
+        n = results.get("noop", {}).get(scenario, {}).get(key)
+        ratio = f"{a / n:11.2f}" if a is not None and n else f"{'-':>11}"
+        lines.append(f"| {label:<34} |{cells} {ratio} |")
+    return "\n".join(lines)
+
+
+#: issue 23's targets for /score against the no-op: (what, scenario, figure, limit, kind)
+TARGETS = (
+    ("closed-loop req/s", "closed", "rps", 0.5, "at least"),
+    ("sequential p50", "sequential", "p50", 2.5, "at most"),
+    ("open-loop p99 at the fixed rate", "open", "p99", 3.0, "at most"),
 )
 
 
-def table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
-    """One row per figure: the three apps, then /score and the no-op over the bare app."""
-    service, noop, bare = results["service"], results["noop"], results["baseline"]
-    lines = [
-        f"| {'metric':<28} | {'rapport /score':>14} | {'bentoml no-op':>13} "
-        f"| {'fastapi churn':>13} | {'score/fastapi':>13} | {'no-op/fastapi':>13} |",
-        f"|{'-' * 30}|{'-' * 16}|{'-' * 15}|{'-' * 15}|{'-' * 15}|{'-' * 15}|",
-    ]
-    for label, scenario, key in ROWS:
-        a, n, b = service[scenario][key], noop[scenario][key], bare[scenario][key]
-        ratios = [f"{x / b:13.2f}" if b else f"{'-':>13}" for x in (a, n)]
-        lines.append(
-            f"| {label:<28} | {a:>14.2f} | {n:>13.2f} | {b:>13.2f} | {ratios[0]} | {ratios[1]} |"
-        )
-    return "\n".join(lines)
+def verdicts(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
+    """One line per target: the ratio of /score to the no-op and whether it holds (the
+    open loop also needs 0 errors)."""
+    service, noop = results["service"], results["noop"]
+    lines = []
+    for what, scenario, key, limit, kind in TARGETS:
+        ratio = service[scenario][key] / noop[scenario][key]
+        holds = ratio >= limit if kind == "at least" else ratio <= limit
+        note = ""
+        if scenario == "open":
+            errors = int(service[scenario]["errors"])
+            holds = holds and errors == 0
+            note = f", {errors} errors"
+        verdict = "holds" if holds else "FAILS"
+        lines.append(f"{what}: /score / no-op = {ratio:.2f} ({kind} {limit:g}{note}): {verdict}")
+    return lines
 
 
 def score_bodies(customers: Sequence[str], seed: int = 0) -> list[dict[str, Any]]:
@@ -415,6 +473,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--closed-seconds", type=float, default=15.0)
     parser.add_argument("--sequential", type=int, default=2000)
+    parser.add_argument(
+        "--relative-share",
+        type=float,
+        default=0.5,
+        help="Rate of the relative open loop, as a share of the no-op's closed-loop req/s.",
+    )
+    parser.add_argument("--relative-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--apps",
+        default="service,noop,baseline",
+        help="Apps to measure (comma-separated; the no-op always runs, first).",
+    )
     parser.add_argument(
         "--sample",
         type=int,
@@ -458,10 +528,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             "clients": args.clients,
             "closed_s": args.closed_seconds,
             "sequential": args.sequential,
+            "relative_seconds": args.relative_seconds,
         }
-        results = {}
+        results: dict[str, dict[str, dict[str, Any]]] = {}
         loads: dict[str, float] = {}
-        for name in ("service", "noop", "baseline"):
+        wanted = {name.strip() for name in args.apps.split(",")} | {"noop"}
+        # the no-op first: its closed-loop capacity sets the relative open loop's rate
+        for name in [n for n in ("noop", "service", "baseline") if n in wanted]:
             if name == "service":
                 server = start_service(home, workers=args.workers)
             elif name == "noop":
@@ -483,14 +556,23 @@ def main(argv: Sequence[str] | None = None) -> None:
                     spec = {**common, "port": port, "path": "/predict", "bodies": [{}]}
                 print(f"loading {name} ({server.url}, {args.workers} workers)", file=sys.stderr)
                 loads[name] = os.getloadavg()[0]
-                results[name] = run_load(spec)
+                if name == "noop":
+                    results[name] = run_load({**spec, "scenarios": SCENARIOS[:3]})
+                    capacity = results[name]["closed"]["rps"]
+                    common["relative_rate"] = args.relative_share * capacity
+                    spec["relative_rate"] = common["relative_rate"]
+                    results[name].update(run_load({**spec, "scenarios": SCENARIOS[3:]}))
+                else:
+                    results[name] = run_load({**spec, "scenarios": SCENARIOS})
             finally:
                 stop(server)
-    print(table(results))
+    relative = f"{common['relative_rate']:.0f}/s ({100 * args.relative_share:.0f}% no-op)"
+    print(table(results, rows(args.rate, relative)))
     print(
         f"\nworkers per app: {args.workers}; open loop {args.rate:.0f}/s for {args.seconds:.0f}s; "
-        f"closed loop {args.clients} clients for {args.closed_seconds:.0f}s; "
-        "load from a separate process"
+        f"closed loop {args.clients} clients for {args.closed_seconds:.0f}s; relative open loop "
+        f"{common['relative_rate']:.0f}/s ({args.relative_share:g} x the no-op's closed-loop "
+        f"req/s) for {args.relative_seconds:.0f}s; load from a separate process"
     )
     print(
         "1-minute load average before each run: "
@@ -501,6 +583,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for scenario, figures in scenarios.items():
             if figures.get("failures"):
                 print(f"{name} {scenario} failures: {figures['failures']}")
+    if "service" in results:
+        print("\nissue 23's targets (/score against the no-op, this run):")
+        for line in verdicts(results):
+            print(f"  {line}")
 
 
 if __name__ == "__main__":

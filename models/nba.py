@@ -7,7 +7,7 @@ served with the rules it was trained for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,16 +36,19 @@ class NbaModel:
         """Columns the uplift models read (features, optionally churn/value scores)."""
         return list(self.uplift.feature_names_)
 
-    def predict(self, frame: pd.DataFrame | Mapping[str, Any]) -> UpliftPrediction:
+    def predict(
+        self, frame: pd.DataFrame | Mapping[str, Any], actions: Collection[str] | None = None
+    ) -> UpliftPrediction:
         """Incremental conversion and revenue per action for the rows of ``frame`` (or for
-        one customer's ``{column: value}`` dict: the live path, without pandas)."""
+        one customer's ``{column: value}`` dict: the live path, without pandas); with
+        ``actions``, only those (the others NaN, see :meth:`UpliftModel.predict`)."""
         columns = frame.columns if isinstance(frame, pd.DataFrame) else frame
         missing = [c for c in self.feature_names if c not in columns]
         if missing:
             raise KeyError(f"the NBA model needs columns the frame lacks: {missing[:5]}")
         if isinstance(frame, pd.DataFrame):
-            return self.uplift.predict(frame[self.feature_names])
-        return self.uplift.predict(frame)
+            return self.uplift.predict(frame[self.feature_names], actions)
+        return self.uplift.predict(frame, actions)
 
     def arbitrate(self, frame: pd.DataFrame) -> Arbitration:
         """Every catalog action scored and screened for every row (greedy ranking)."""

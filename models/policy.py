@@ -171,17 +171,23 @@ class Arbitration:
 
 # ---- arbitration ---------------------------------------------------------------------------
 def arbitrate(
-    frame: Customers, catalog: Catalog, uplift: UpliftPrediction | None = None
+    frame: Customers,
+    catalog: Catalog,
+    uplift: UpliftPrediction | None = None,
+    screened: np.ndarray | None = None,
 ) -> Arbitration:
     """Score and screen every catalog action for every customer of ``frame``.
 
     ``frame``: customers as rows, or one customer as a ``{column: value}`` mapping (the
     live path). ``uplift`` rows align with ``frame`` rows; without it the ``uplift_*``
-    columns are read.
+    columns are read. ``screened``: :func:`screen`'s codes when the caller has them
+    already (the live scorer screens first, to predict uplift for allowed actions only).
     """
     n, k = _size(frame), len(catalog.actions)
     if uplift is not None and len(uplift) != n:
         raise ValueError(f"uplift has {len(uplift)} rows, the frame {n}")
+    if screened is not None and screened.shape != (n, k):
+        raise ValueError(f"screened has shape {screened.shape}, expected {(n, k)}")
     up = np.zeros((n, k))
     value = np.zeros((n, k))
     reason = np.zeros((n, k), dtype=np.int8)
@@ -193,12 +199,26 @@ def arbitrate(
             reason[:, j] = Exclusion.NO_UPLIFT
             continue
         up[:, j], value[:, j] = _value_parts(frame, catalog, action, conversion, revenue)
-        reason[:, j] = _first_exclusion(frame, catalog, action)
+        if screened is not None:
+            reason[:, j] = screened[:, j]
+        else:
+            reason[:, j] = _first_exclusion(frame, catalog, action)
     expected = up * value
     weight = np.array([catalog.effective_weight(a) for a in catalog.actions])
     cost = np.array([a.cost for a in catalog.actions])
     score = weight * expected - cost
     return Arbitration(catalog, frame, up, value, expected, score, reason)
+
+
+def screen(frame: Customers, catalog: Catalog) -> np.ndarray:
+    """``[n, K]`` exclusion codes of the catalog's rules alone (eligibility, consent,
+    contact policy, cool-down; ``no_action`` always allowed), before any uplift: what
+    :func:`arbitrate` records for every action that has an uplift estimate."""
+    reason = np.zeros((_size(frame), len(catalog.actions)), dtype=np.int8)
+    for j, action in enumerate(catalog.actions):
+        if action.id != NO_ACTION:
+            reason[:, j] = _first_exclusion(frame, catalog, action)
+    return reason
 
 
 def arbitrate_one(

@@ -22,7 +22,7 @@ from features.spec import FeatureSpec, default_spec
 from models.catalog import CHURN_FIELD, Catalog
 from models.churn import ChurnModel
 from models.nba import NbaModel
-from models.policy import Arbitration, Exclusion, Policy, arbitrate
+from models.policy import Arbitration, Exclusion, Policy, arbitrate, screen
 from models.results import CustomerScore
 from models.value import OUTPUT_COLUMNS, ValueModel
 
@@ -103,8 +103,17 @@ class Scorer:
         ``enriched``: features plus the :meth:`scores` columns, as a frame or one
         customer's dict (the live path: the same code on one-element arrays, no pandas).
         """
-        uplift = self.nba.predict(enriched) if self.nba is not None else None
-        return arbitrate(enriched, self.catalog, uplift)
+        if self.nba is None:
+            return arbitrate(enriched, self.catalog, None)
+        if isinstance(enriched, pd.DataFrame):  # every uplift: target lists re-arbitrate
+            return arbitrate(enriched, self.catalog, self.nba.predict(enriched))
+        # one customer: the catalog's rules first, then uplift only for the actions they
+        # allow (an excluded action's uplift is in no answer; 2 boosters fewer each)
+        screened = screen(enriched, self.catalog)
+        allowed = {
+            a.id for a, code in zip(self.catalog.actions, screened[0], strict=True) if not code
+        }
+        return arbitrate(enriched, self.catalog, self.nba.predict(enriched, allowed), screened)
 
     # ---- batch -------------------------------------------------------------------------
     def enrich(self, features: pd.DataFrame, as_of: datetime | None = None) -> pd.DataFrame:

@@ -17,7 +17,7 @@ The module also holds the uplift evaluation metrics (uplift / Qini curves with I
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -340,9 +340,15 @@ class UpliftModel:
         threads = self.params["num_threads"]
         return {name: arm.predict(Xm, threads, self) for name, arm in self.arms_.items()}
 
-    def predict(self, X: pd.DataFrame | Mapping[str, Any]) -> UpliftPrediction:
+    def predict(
+        self, X: pd.DataFrame | Mapping[str, Any], actions: Collection[str] | None = None
+    ) -> UpliftPrediction:
         """Incremental conversion and revenue of every action against the control
-        (``X``: a feature frame, or one customer's ``{feature: value}`` dict)."""
+        (``X``: a feature frame, or one customer's ``{feature: value}`` dict).
+
+        ``actions``: predict only these (the live scorer passes the actions the catalog's
+        rules allow the customer: the others' uplift is never part of its answer); the
+        rest stay NaN. Each predicted value is the same as without ``actions``."""
         Xm = self.encoder_.transform(X)
         threads = self.params["num_threads"]
         base_y, base_r = self.arms_[self.control].predict(Xm, threads, self)
@@ -350,6 +356,9 @@ class UpliftModel:
         inc_y = np.zeros((len(Xm), k))
         inc_r = np.zeros((len(Xm), k))
         for j, name in enumerate(self.actions_):
+            if actions is not None and name not in actions:
+                inc_y[:, j] = inc_r[:, j] = np.nan
+                continue
             if self.method == "dr":
                 conv, rev = self.effects_[name]
                 inc_y[:, j] = _predict(conv, Xm, threads, self)

@@ -44,6 +44,7 @@ has a fast path on the encoded matrix (:meth:`ValueModel.predict_array`).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -112,11 +113,17 @@ class ConformalBands:
         )
         return cls(tuple(edges.tolist()), ratios)  # type: ignore[arg-type]
 
+    @functools.cached_property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The edges and ratios as arrays, made once (per live score they cost more than
+        the interval itself)."""
+        return np.asarray(self.edges), np.asarray(self.ratios)
+
     def __call__(self, predicted: np.ndarray) -> np.ndarray:
         """``[rows, 3]`` p10, p50, p90 for the given predicted means."""
-        which = np.searchsorted(np.asarray(self.edges), predicted, side="right")
-        scale = np.asarray(self.ratios)[which]
-        return np.sort(np.maximum(predicted, 0.0)[:, None] * scale, axis=1)
+        edges, ratios = self._arrays
+        which = np.searchsorted(edges, predicted, side="right")
+        return np.sort(np.maximum(predicted, 0.0)[:, None] * ratios[which], axis=1)
 
 
 def _months(as_of: Any, rows: int) -> np.ndarray | None:

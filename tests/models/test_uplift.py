@@ -261,3 +261,28 @@ def test_single_row_fast_path_matches_the_batch_path(
             np.testing.assert_allclose(
                 one.baseline_revenue, batch.baseline_revenue[i : i + 1], rtol=1e-12
             )
+
+
+def test_predicting_some_actions_gives_their_values_exactly_and_nan_for_the_rest(
+    fitted: dict[str, UpliftModel], test: Logged
+) -> None:
+    """``predict(actions=...)`` (the live scorer's screened path) changes no value it
+    computes, for one customer's dict and for a frame, and leaves the others NaN."""
+    for model in fitted.values():
+        wanted = set(model.actions_[::2])
+        kept = [j for j, a in enumerate(model.actions_) if a in wanted]
+        dropped = [j for j, a in enumerate(model.actions_) if a not in wanted]
+        assert kept and dropped
+        rows = [
+            {k: (None if pd.isna(v) else v) for k, v in r.items()}
+            for r in test.X.iloc[:20].to_dict("records")
+        ]
+        for data in [*rows, test.X.iloc[:20]]:
+            full, some = model.predict(data), model.predict(data, actions=wanted)
+            for name in ("incremental_conversion", "incremental_revenue"):
+                np.testing.assert_array_equal(
+                    getattr(some, name)[:, kept], getattr(full, name)[:, kept]
+                )
+                assert np.isnan(getattr(some, name)[:, dropped]).all()
+            np.testing.assert_array_equal(some.baseline_conversion, full.baseline_conversion)
+            np.testing.assert_array_equal(some.baseline_revenue, full.baseline_revenue)

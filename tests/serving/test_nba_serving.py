@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -30,6 +30,7 @@ from features.segments import SegmentModel
 from features.tables.control import change_control, control_path, read_control
 from features.warehouse import connect
 from models.bundle import load_for_serving
+from models.policy import arbitrate
 from models.registry import build_scorer
 from models.scorer import CONTROL_REASON, Scorer
 from models.targeting import TargetDefinition, select_targets
@@ -100,6 +101,87 @@ def test_score_one_equals_score_frame(
             assert reasons == {"no uplift estimate for this action"}
     if kind == "nba":
         assert offered > 0, "the fitted NBA model never beat doing nothing"
+
+
+@pytest.fixture(scope="module")
+def customers(ws: Workspace) -> list[tuple[dict[str, Any], datetime]]:
+    """Every customer of the workspace as of now and as of 45 days ago (~3,000 scores)."""
+    con = connect(Settings(home=ws.home).warehouse_path, read_only=True)
+    now = datetime.now(UTC)
+    out = []
+    try:
+        for as_of in (now, now - timedelta(days=45)):
+            for row in build(con, as_of).to_dict("records"):
+                row = {k: (None if v is pd.NA or v is pd.NaT else v) for k, v in row.items()}
+                out.append(({**row, "as_of": as_of}, as_of))
+    finally:
+        con.disconnect()
+    return out
+
+
+def test_live_scores_equal_the_unscreened_path_exactly(
+    scorers: dict[str, Scorer], customers: list[tuple[dict[str, Any], datetime]]
+) -> None:
+    """The live scorer predicts uplift only for the actions the catalog's rules allow;
+    its reasons, ranked actions (every figure), exclusions, chosen action and logged
+    propensity equal -- exactly -- those of the unoptimised path: every action's uplift
+    predicted, then :func:`models.policy.arbitrate` screening as the batch does, for
+    thousands of scores, with and without a control group."""
+    scorer = scorers["nba"]
+    catalog = scorer.catalog
+    compared = offered = screened_out = 0
+    for control in (NO_CONTROL, ControlGroup(0.2, "equality")):
+        scorer.control = control
+        try:
+            for i, (features, _) in enumerate(customers):
+                live = scorer.score_one(
+                    features, top_k=len(catalog.ids), rng=np.random.default_rng(i)
+                )
+                # the unoptimised path, from the same public pieces, all uplift predicted
+                columns, X = scorer.scores(features)
+                row = {**features, **{name: values[0] for name, values in columns.items()}}
+                drivers = scorer.churn.explain_array(X, spec=scorer.spec)[0]
+                assert scorer.nba is not None
+                result = arbitrate(row, catalog, scorer.nba.predict(row))
+                policy = scorer.policy.probabilities(result)[0]
+                probs = control.logging_probabilities(policy)
+                held = control.contains(str(features["customer_id"]))
+                chosen = 0 if held else int(np.random.default_rng(i).choice(len(policy), p=policy))
+                expected_actions = [
+                    {
+                        "action": result.actions[j],
+                        "channel": catalog.actions[j].channel,
+                        "expected_value": float(result.expected_value[0, j]),
+                        "propensity": float(probs[j]),
+                        "uplift": float(result.uplift[0, j]),
+                        "value": float(result.value[0, j]),
+                        "cost": float(result.cost[j]),
+                        "weight": float(result.weight[j]),
+                    }
+                    for j in result.ranking()[0]
+                    if result.allowed[0, j] and not held
+                ]
+                excluded = (
+                    {a: CONTROL_REASON for a in result.actions[1:]}
+                    if held
+                    else result.exclusions(0)
+                )
+                assert [r.model_dump() for r in live.churn.reasons] == drivers["up"] + drivers[
+                    "down"
+                ]
+                assert [a.model_dump() for a in live.actions] == expected_actions
+                assert {e.action: e.reason for e in live.excluded} == excluded
+                assert live.chosen.action == result.actions[chosen]
+                assert live.chosen.propensity == float(probs[chosen])
+                compared += 1
+                offered += live.chosen.action != "no_action"
+                screened_out += sum(
+                    r.reason.startswith(("not eligible", "no consent", "contact", "cool-down"))
+                    for r in live.excluded
+                )
+        finally:
+            scorer.control = NO_CONTROL
+    assert compared >= 2 * 2000 and offered > 0 and screened_out > 0
 
 
 @pytest.fixture(scope="module")
