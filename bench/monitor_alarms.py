@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
                 warns += int((level == "warn").sum())
                 for row in j[level == "alert"].itertuples():
                     fired[f"{row.kind}.{row.check} ({row.subject})"] += 1
+                    print(
+                        f"  seed {seed}: {row.kind}.{row.check} ({row.subject}) {row.value:.4f}: "
+                        f"{row.detail}",
+                        flush=True,
+                    )
             runs += len(timeline.checks)
             paging += s_paging
             judged += s_judged

@@ -225,3 +225,68 @@ def emptied(reference: Any, current: Any) -> float:
     informative in the reference gives 0."""
     ref = informative_share(reference)
     return 0.0 if ref == 0 else 1.0 - informative_share(current) / ref
+
+
+# --------------------------------------------------------------------------- noise
+#: a gap is judged beyond this many standard errors of its sampling noise (the two-sided
+#: 95% normal interval): a group of a few hundred customers must not page by chance
+NOISE_Z = 1.96
+#: the normal quantile of a two-sided 90% interval (the label-free estimates' level)
+Z90 = 1.6449
+
+
+def beyond_noise(gap: float, *variances: float, z: float = NOISE_Z) -> tuple[float, float]:
+    """``(|gap| beyond its interval, the interval's half-width)``: how far a gap between
+    two figures lies outside ``z`` standard errors of the noise their samples give (the
+    variances of the figures, independent samples); 0 when the interval holds it."""
+    finite = [v for v in variances if np.isfinite(v)]
+    half = z * float(np.sqrt(sum(finite))) if finite else 0.0
+    if not np.isfinite(gap):
+        return float("nan"), half
+    return max(abs(gap) - half, 0.0), half
+
+
+def grown(gap: float, accepted: float) -> float:
+    """How much a gap outgrew one the model already had when it was accepted (its
+    holdout's, for the same group): ``|gap| - |accepted|``, floored at 0; the gap itself
+    when ``accepted`` is unknown (NaN). The holdout is one season, so its gap's sign does
+    not carry over (a tier over-covered at the holdout may be under-covered a season
+    later on a stable world); its size is what the champion was promoted with."""
+    if not np.isfinite(accepted):
+        return abs(gap)
+    return max(abs(gap) - abs(accepted), 0.0)
+
+
+def rate_variance(p: Any) -> float:
+    """Variance of the realised share of positives when each row is positive with its
+    calibrated probability ``p`` (a sum of independent Bernoullis over n squared)."""
+    arr = np.asarray(p, dtype="float64")
+    return float(np.sum(arr * (1 - arr))) / max(len(arr), 1) ** 2
+
+
+def share_variance(share: float, n: float) -> float:
+    """Binomial variance of a share measured on ``n`` rows (NaN when unknown)."""
+    if not (np.isfinite(share) and np.isfinite(n)) or n <= 0:
+        return float("nan")
+    return share * (1 - share) / n
+
+
+def auc_variance(auc: float, positives: float, negatives: float) -> float:
+    """Hanley-McNeil (1982) variance of an AUC measured on ``positives`` and ``negatives``
+    (NaN when unknown): the interval the holdout and a realised AUC each carry."""
+    if (
+        not all(np.isfinite(v) for v in (auc, positives, negatives))
+        or min(positives, negatives) < 1
+    ):
+        return float("nan")
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    var = auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)
+    return float(max(var, 0.0) / (positives * negatives))
+
+
+def spearman_variance(rho: float, n: float) -> float:
+    """Approximate variance of a Spearman correlation on ``n`` rows (Fisher's z with the
+    Bonett-Wright factor, mapped back to the correlation's scale)."""
+    if not (np.isfinite(rho) and np.isfinite(n)) or n <= 3:
+        return float("nan")
+    return float((1 - rho**2) ** 2 * (1 + rho**2 / 2) / (n - 3))

@@ -276,23 +276,34 @@ def run_of(version: ModelVersion) -> Run:
 #: artifact of a training run: a sample of the feature snapshot the model was evaluated on,
 #: with its scores, that the monitor compares scoring runs against (drift)
 REFERENCE_ARTIFACT = "reference.parquet"
+#: artifact beside it: the model's own holdout figures for the whole base and per ABC tier
+#: and RFM segment (rows, realised and predicted rates, coverage, ...), which the monitor
+#: judges the realised ones against (:func:`training.monitor.group_figures`)
+GROUPS_ARTIFACT = "reference_groups.parquet"
 
 
-def log_reference(frame: pd.DataFrame) -> None:
-    """Store ``frame`` as the active run's monitoring reference (so it travels with the
-    model version the run registers)."""
+def log_reference(frame: pd.DataFrame, groups: pd.DataFrame | None = None) -> None:
+    """Store ``frame`` as the active run's monitoring reference, and ``groups`` (the
+    holdout's figures per group) beside it, so they travel with the model version the run
+    registers."""
     import mlflow
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / REFERENCE_ARTIFACT
-        frame.to_parquet(path, index=False)
-        with quiet():
-            mlflow.log_artifact(str(path))
+        for name, part in ((REFERENCE_ARTIFACT, frame), (GROUPS_ARTIFACT, groups)):
+            if part is None:
+                continue
+            path = Path(tmp) / name
+            part.to_parquet(path, index=False)
+            with quiet():
+                mlflow.log_artifact(str(path))
 
 
-def load_reference(kind: str, version: str | int) -> pd.DataFrame | None:
-    """The monitoring reference stored with ``kind`` version ``version``; None for a
-    version trained before references were stored."""
+def load_reference(
+    kind: str, version: str | int, artifact: str = REFERENCE_ARTIFACT
+) -> pd.DataFrame | None:
+    """The monitoring reference stored with ``kind`` version ``version`` (or its holdout
+    figures per group: ``artifact=GROUPS_ARTIFACT``); None for a version trained before
+    they were stored."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -301,7 +312,7 @@ def load_reference(kind: str, version: str | int) -> pd.DataFrame | None:
         try:
             path = mlflow.artifacts.download_artifacts(
                 run_id=run_id,
-                artifact_path=REFERENCE_ARTIFACT,
+                artifact_path=artifact,
                 dst_path=tmp,
                 tracking_uri=tracking_uri(),
             )

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         description="Share of live feature vectors the service samples to the outbox for the "
         "monitor's live/batch skew check (decided by a hash of the decision id; 0 disables).",
     )
+    score_feature_runs: int = Field(
+        default=12,
+        ge=1,
+        description="`rapport score` keeps the feature sample (`score_features`, what "
+        "`rapport monitor` checks for drift) of this many latest scoring runs and prunes "
+        "older ones as it writes a new run's.",
+    )
     warehouse_wait_seconds: float = Field(
         default=60.0,
         ge=0,

@@ -451,7 +451,7 @@ def _log_artifacts(
         if (other := evaluation.comparison) is not None:
             other.table().to_csv(folder / f"{other.key}_metrics.csv")
         model.feature_importance().to_csv(folder / "feature_importance.csv", header=["gain"])
-    registry.log_reference(reference_frame(kind, model, data))
+    registry.log_reference(reference_frame(kind, model, data), holdout_groups(kind, model, data))
 
 
 #: rows of the holdout snapshot kept as the monitoring reference (drift is measured
@@ -471,6 +471,30 @@ def reference_frame(kind: Kind, model: Model, data: TrainingSet) -> pd.DataFrame
     frame = rows[["customer_id", "as_of", *data.feature_names]].reset_index(drop=True)
     frame[SCORE_COLUMN[kind]] = predict(model, rows)
     return frame
+
+
+def holdout_groups(kind: Kind, model: Model, data: TrainingSet) -> pd.DataFrame:
+    """The model's own holdout figures for the whole base and per ABC tier and RFM
+    segment (segments fitted on the holdout snapshot, as a scoring run fits them on its
+    batch): what ``rapport monitor`` judges each group's realised figures against, so a
+    bias the champion had at training, measured, is no alarm later."""
+    from features.segments import assign_segments, fit_segments
+    from training.monitor import GROUPS, group_figures
+
+    test = data.part("test")
+    try:
+        segments = assign_segments(test, fit_segments(test))
+        test = test.assign(**{g: segments[g] for g in GROUPS})
+    except KeyError:  # a feature set without the RFM / ABC inputs: the base only
+        test = test.assign(**{g: None for g in GROUPS})
+    rows = _population(kind, test)
+    y = _target(kind, rows).to_numpy(dtype="float64")
+    if isinstance(model, ChurnModel):
+        return group_figures(kind, rows.assign(churned=y, churn_probability=predict(model, rows)))
+    band = model.predict(rows)
+    return group_figures(
+        kind, rows.assign(spend=y, **{c: band[c].to_numpy() for c in band.columns})
+    )
 
 
 def _figures(kind: Kind, model: Model, scored: _Scored) -> list[tuple[str, bytes]]:

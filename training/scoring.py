@@ -18,7 +18,9 @@
    ``score_runs`` (model versions, feature set, catalog, segments version, timings) and a
    fixed sample of the features it scored (:data:`~features.tables.scores.FEATURE_SAMPLE_ROWS`
    customers) to ``score_features``, for ``rapport monitor``'s drift checks, in the same
-   transaction, so a failed run leaves nothing behind and history is never overwritten.
+   transaction, so a failed run leaves nothing behind and history is never overwritten
+   (``score_features`` alone is pruned to the latest ``RAPPORT_SCORE_FEATURE_RUNS`` runs,
+   default 12: the monitor reads the latest run's sample only).
 6. the committed run is published as immutable files (:func:`features.tables.snapshots.publish`:
    scores, the features it scored, suppressions), which ``POST /targets`` reads while the
    warehouse is locked by a writer.
@@ -63,6 +65,7 @@ from features.tables.scores import (
     RUNS_SEGMENTS_VERSION,
     SCORES,
     add_missing_columns,
+    prune_feature_samples,
     write_feature_sample,
 )
 from features.tables.segments import save_version
@@ -303,6 +306,7 @@ def score_all(
         timings["scoring"] = score_s
         timings["writing"] = write_s
         _record_run(db, stamps, total, sum(timings.values()), catalog, segments, control)
+        prune_feature_samples(db, get_settings().score_feature_runs)
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")

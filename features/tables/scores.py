@@ -145,6 +145,29 @@ def write_feature_sample(
     return len(keep)
 
 
+def prune_feature_samples(db: Any, keep_runs: int) -> int:
+    """Delete the ``score_features`` rows of every scoring run but the ``keep_runs``
+    latest of ``score_runs`` (by when they were scored; rows of a run it does not record
+    go too); returns the rows deleted. ``rapport score`` calls it once a run is recorded,
+    so the table holds a bounded number of samples however often scoring runs."""
+    if keep_runs < 1:
+        raise ValueError(f"keep_runs must be at least 1, got {keep_runs}")
+    if not {FEATURES, RUNS} <= tables(db):
+        return 0
+    before = _count(db)
+    db.execute(
+        f"DELETE FROM {FEATURES} WHERE run_id IS NULL OR run_id NOT IN "
+        f"(SELECT run_id FROM {RUNS} ORDER BY scored_at DESC, run_id DESC LIMIT ?)",
+        [keep_runs],
+    )
+    return before - _count(db)
+
+
+def _count(db: Any) -> int:
+    row = db.execute(f"SELECT count(*) FROM {FEATURES}").fetchone()
+    return int(row[0]) if row else 0
+
+
 def load_feature_sample(db: Any, run_id: str, names: list[str]) -> pd.DataFrame | None:
     """The features ``names`` a scoring run kept (``customer_id`` first), or None when it
     kept none (scored before runs kept them) or lacks one of ``names``."""

@@ -79,3 +79,42 @@ def test_pit_histogram_and_emptied() -> None:
     assert stats.emptied(ref, ref) == pytest.approx(0.0)
     assert stats.emptied(ref, np.zeros(6)) == pytest.approx(1.0)
     assert stats.emptied(np.zeros(3), np.ones(3)) == 0.0
+
+
+def test_noise_intervals_match_the_spread_of_simulated_samples() -> None:
+    """The variances the monitor judges group gaps with, against the spread of many
+    simulated groups of the same size: calibrated churn rates, binomial coverage, AUC."""
+    rng = np.random.default_rng(0)
+    n, draws = 300, 2000
+    p = rng.beta(2, 8, n)
+    gaps = np.array([(rng.random(n) < p).mean() - p.mean() for _ in range(draws)])
+    assert np.sqrt(stats.rate_variance(p)) == pytest.approx(gaps.std(), rel=0.1)
+    shares = rng.binomial(n, 0.8, draws) / n
+    assert np.sqrt(stats.share_variance(0.8, n)) == pytest.approx(shares.std(), rel=0.1)
+    aucs, positives = [], []
+    for _ in range(500):
+        y = rng.random(n) < 0.2
+        score = rng.normal(y * 1.0, 1.0)
+        aucs.append(roc_auc_score(y, score))
+        positives.append(y.sum())
+    auc, pos = float(np.mean(aucs)), float(np.mean(positives))
+    assert np.sqrt(stats.auc_variance(auc, pos, n - pos)) == pytest.approx(np.std(aucs), rel=0.15)
+    assert np.isnan(stats.auc_variance(0.7, 0, 100)) and np.isnan(stats.share_variance(0.8, 0))
+    assert 0 < stats.spearman_variance(0.5, 300) < stats.spearman_variance(0.5, 100)
+
+
+def test_a_gap_counts_only_beyond_its_interval() -> None:
+    # a gap inside 1.96 standard errors is nothing; beyond it, only the excess counts
+    assert stats.beyond_noise(0.05, 0.03**2) == (0.0, pytest.approx(1.96 * 0.03))
+    excess, half = stats.beyond_noise(-0.2, 0.03**2, 0.04**2)
+    assert half == pytest.approx(1.96 * 0.05) and excess == pytest.approx(0.2 - 1.96 * 0.05)
+    # an unknown variance (a holdout figure not stored) adds nothing; no variance: exact
+    assert stats.beyond_noise(0.1, float("nan"), 0.03**2)[1] == pytest.approx(1.96 * 0.03)
+    assert stats.beyond_noise(0.1) == (pytest.approx(0.1), 0.0)
+    assert np.isnan(stats.beyond_noise(float("nan"), 0.01)[0])
+
+
+def test_a_gap_is_judged_by_how_much_it_outgrew_the_holdouts() -> None:
+    assert stats.grown(-0.12, 0.1) == pytest.approx(0.02)  # either sign: the size grew
+    assert stats.grown(0.05, -0.1) == 0.0  # smaller than accepted at promotion
+    assert stats.grown(-0.07, float("nan")) == pytest.approx(0.07)  # nothing stored
