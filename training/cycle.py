@@ -17,8 +17,9 @@ Steps, in order (:data:`STEPS`):
    against control over the decisions made since the NBA champion was crowned
    (:func:`training.impact.measure`) has a 95% interval entirely below zero;
 5. ``retrain``: the kinds that are due, i.e. whose champion was trained on other data than
-   the warehouse holds now and is older than ``settings.cycle_retrain_days`` or has a
-   monitoring alert (on its kind, or feature drift) since it was crowned;
+   the warehouse holds now and is older than ``settings.cycle_retrain_days`` (on the
+   run's clock) or has a monitoring alert (on its kind, or feature drift) since it was
+   crowned;
 6. ``promote``: the new challengers through their gate (:func:`training.jobs.promote`,
    :func:`training.nba.promote_nba`); the service's bundle is refreshed;
 7. ``score``: batch scores of every customer with the champions;
@@ -385,7 +386,9 @@ class _Cycle:
         alerts = self._alerts_since(kind, crowned)
         if alerts:
             return f"{alerts} monitoring alerts since v{champion.version} was crowned"
-        age = datetime.now(UTC) - crowned
+        # on the run's clock (the demo's periods pass theirs); never negative (a champion
+        # crowned after a resumed run's as-of)
+        age = max(self.as_of - crowned, timedelta(0))
         if age >= timedelta(days=self.retrain_days):
             return f"champion v{champion.version} is {age.days} days old and the data changed"
         return ""
