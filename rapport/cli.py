@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from rapport.demo import DEFAULT_PERIODS
 from rapport.settings import Settings, get_settings
 
 #: ``rapport ingest``: a source had more than the allowed share of its rows quarantined
@@ -1344,11 +1345,11 @@ def simulate(days: int, seed: int, as_of: datetime | None) -> None:
 @click.option("--ui-port", default=3001, show_default=True, type=int, help="Port of the web page.")
 @click.option(
     "--periods",
-    default=1,
+    default=DEFAULT_PERIODS,
     show_default=True,
     type=click.IntRange(1, 24),
-    help="Simulated 30-day periods to play; with more than one, each ends with `rapport "
-    "cycle` and the demo prints the trajectory.",
+    help="Simulated 30-day periods to play after the batch part; with more than one, each "
+    "ends with `rapport cycle` and the demo prints the trajectory (1: one period, no cycle).",
 )
 def demo(customers: int, seed: int, serve: bool, port: int, ui_port: int, periods: int) -> None:
     """Run the whole loop on generated demo data (the README's first command).

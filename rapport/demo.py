@@ -15,6 +15,9 @@ from rapport.settings import Settings
 
 Say = Callable[[str], None]
 
+#: simulated 30-day periods the demo plays after its batch part, each closed by the cycle
+DEFAULT_PERIODS = 3
+
 
 @dataclass
 class DemoOptions:
@@ -27,8 +30,8 @@ class DemoOptions:
     #: the marketers' web page, started beside the service
     ui_port: int = 3001
     #: simulated periods played after the batch part; with more than one, each period
-    #: ends with `rapport cycle` (see :func:`play_periods`)
-    periods: int = 1
+    #: ends with `rapport cycle` (see :func:`play_periods`); 1: one period, no cycle
+    periods: int = DEFAULT_PERIODS
 
 
 def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) -> None:
@@ -302,6 +305,28 @@ class PeriodRow:
         )
 
 
+#: LightGBM settings of the churn and value models the demo's cycles retrain: a faster
+#: learning rate, fewer rounds (the gate still decides whether they replace the champion)
+DEMO_CYCLE_PARAMS = {"learning_rate": 0.1, "num_boost_round": 150, "early_stopping_rounds": 20}
+
+
+def demo_cycle() -> Any:
+    """The cycle's options in the demo's periods: what is due is retrained as in
+    production (a champion older than ``RAPPORT_CYCLE_RETRAIN_DAYS`` on the period's
+    clock, or alerted, once the data changed), but cheaply enough to play a few periods at
+    20,000 customers in minutes: fast LightGBM settings, two training cutoffs instead of
+    four, 50 bootstrap draws for the NBA's off-policy interval, no comparison with other
+    uplift learners."""
+    from training.cycle import CycleOptions
+
+    return CycleOptions(
+        params=DEMO_CYCLE_PARAMS,
+        train_cutoffs=2,
+        nba_boot=50,
+        nba_compare_methods=False,
+    )
+
+
 def play_periods(
     settings: Settings,
     start: datetime,
@@ -316,14 +341,14 @@ def play_periods(
     guard, retrain what changed, promote through the gate, re-score, refresh the store),
     and the next period decides with what it left. Prints and returns the trajectory.
 
-    ``cycle``: the :class:`training.cycle.CycleOptions` (default: retrain whenever the data
-    changed, production training settings); its clock is each period's end."""
+    ``cycle``: the :class:`training.cycle.CycleOptions` (default :func:`demo_cycle`); its
+    clock is each period's end."""
     import dataclasses
 
     from features.warehouse import connect
-    from training.cycle import CycleOptions, run_cycle
+    from training.cycle import run_cycle
 
-    options = cycle or CycleOptions(retrain_after_days=0)
+    options = cycle or demo_cycle()
     rows = []
     for k in range(periods):
         decided = start + timedelta(days=k * PERIOD_DAYS)

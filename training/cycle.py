@@ -14,11 +14,12 @@ Steps, in order (:data:`STEPS`):
 4. ``guard``: roll a champion back by itself when ``@previous`` does better on labels that
    matured after the champion was evaluated (churn, value: by more than
    ``settings.cycle_rollback_margin``), or when the policy's realised incremental value
-   against control, in the latest measured period that ended after the NBA champion was
-   crowned, has a 95% interval entirely below zero (the ``impact`` table);
+   against control over the decisions made since the NBA champion was crowned
+   (:func:`training.impact.measure`) has a 95% interval entirely below zero;
 5. ``retrain``: the kinds that are due, i.e. whose champion was trained on other data than
-   the warehouse holds now and is older than ``settings.cycle_retrain_days`` or has a
-   monitoring alert (on its kind, or feature drift) since it was crowned;
+   the warehouse holds now and is older than ``settings.cycle_retrain_days`` (on the
+   run's clock) or has a monitoring alert (on its kind, or feature drift) since it was
+   crowned;
 6. ``promote``: the new challengers through their gate (:func:`training.jobs.promote`,
    :func:`training.nba.promote_nba`); the service's bundle is refreshed;
 7. ``score``: batch scores of every customer with the champions;
@@ -103,6 +104,9 @@ class CycleOptions:
     params: Mapping[str, Any] | None = None
     train_cutoffs: int = 4
     nba_boot: int = 200
+    #: also fit the T- and IPW-T-learners beside DR when retraining NBA (a diagnostic
+    #: logged to MLflow; the demo leaves it out)
+    nba_compare_methods: bool = True
     #: the run's clock (as-of of its scores, monitoring, impact; ``now`` of its ingest);
     #: default the real one: the demo's simulated periods pass theirs
     now: datetime | None = None
@@ -341,20 +345,29 @@ class _Cycle:
         return f"{kind} rolled back to v{held[PREVIOUS]}: {reason}"
 
     def _guard_policy(self) -> str:
-        """Roll the NBA champion back when its realised incremental value is below zero."""
-        from training.impact import latest_period
+        """Roll the NBA champion back when the decisions made since it was crowned earned
+        less than the control group's: the 95% interval of the realised incremental value
+        per customer entirely below zero. Only its own decisions: the decisions of a
+        champion it replaced (or that a rollback removed) never judge it."""
+        from training import impact
 
         held = registry.aliases("nba")
         if CHAMPION not in held:
             return ""
         since = registry.crowned_at("nba", registry.get_version("nba", version=held[CHAMPION]))
-        row = latest_period(self.db, since)
-        if row is None or not row["incremental_value_hi"] < 0:
+        try:
+            measured = impact.measure(self.con, since=since, now=self.as_of)
+        except impact.NoImpactDataError:
+            return ""  # no treated and control decisions with outcomes since its crowning
+        overall = measured.table[measured.table["period"] == "all"]
+        if overall.empty or not overall.iloc[0]["incremental_value_hi"] < 0:
             return ""
+        row = overall.iloc[0]
         reason = (
-            f"realised incremental value against control in {row['period']}: "
+            f"realised incremental value against control of the decisions since "
+            f"v{held[CHAMPION]} was crowned ({since:%Y-%m-%d %H:%M} UTC): "
             f"{row['incremental_value']:.2f} [{row['incremental_value_lo']:.2f}, "
-            f"{row['incremental_value_hi']:.2f}], entirely below zero"
+            f"{row['incremental_value_hi']:.2f}] per customer, entirely below zero"
         )
         if PREVIOUS not in held:
             return f"nba v{held[CHAMPION]} should roll back ({reason}) but has no @previous"
@@ -373,7 +386,9 @@ class _Cycle:
         alerts = self._alerts_since(kind, crowned)
         if alerts:
             return f"{alerts} monitoring alerts since v{champion.version} was crowned"
-        age = datetime.now(UTC) - crowned
+        # on the run's clock (the demo's periods pass theirs); never negative (a champion
+        # crowned after a resumed run's as-of)
+        age = max(self.as_of - crowned, timedelta(0))
         if age >= timedelta(days=self.retrain_days):
             return f"champion v{champion.version} is {age.days} days old and the data changed"
         return ""
@@ -406,7 +421,12 @@ class _Cycle:
             if kind == "nba":
                 from training.nba import train_nba
 
-                version = train_nba(self.con, n_boot=self.options.nba_boot, progress=self.say)
+                version = train_nba(
+                    self.con,
+                    n_boot=self.options.nba_boot,
+                    compare_methods=self.options.nba_compare_methods,
+                    progress=self.say,
+                )
                 done.append(f"{kind} v{version.version} ({why})")
                 continue
             if self.training is None:

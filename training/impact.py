@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import stats
 
 from features.contract import CONTROL
-from features.tables.impact import IMPACT, IMPACT_ACTIONS, append, history
+from features.tables.impact import IMPACT, IMPACT_ACTIONS, append
 from features.tables.outcomes import decision_outcomes
 from features.tables.scores import NoScoresError, latest_run
 from features.timeutil import as_utc
@@ -305,6 +305,34 @@ def run(
     :class:`NoImpactDataError` when there is nothing to compare yet, ValueError for a bad
     ``by``.
     """
+    result = measure(con, since, by, period, decisions, now, run_id)
+    stamps = {"run_id": result.run_id, "computed_at": pd.Timestamp(result.computed_at)}
+    stamps |= {"since": result.since, "by": by or "", "period_kind": period}
+    db = raw(con)
+    db.execute("BEGIN TRANSACTION")
+    try:
+        append(db, IMPACT, result.table.assign(**stamps))
+        append(db, IMPACT_ACTIONS, result.actions.assign(**stamps))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    if log_to_mlflow:
+        result.mlflow_run_id = _log_mlflow(result)
+    return result
+
+
+def measure(
+    con: Any,
+    since: datetime | None = None,
+    by: str | None = None,
+    period: str = "month",
+    decisions: pd.DataFrame | None = None,
+    now: datetime | None = None,
+    run_id: str | None = None,
+) -> ImpactRun:
+    """What :func:`run` measures, neither appended nor logged (the cycle's guard judges
+    the NBA champion on the decisions made since it was crowned with it)."""
     if by is not None and by not in BY:
         raise ValueError(f"--by must be one of {', '.join(BY)}, got {by!r}")
     db = raw(con)
@@ -373,20 +401,7 @@ def run(
     notes += more
     computed_at = as_utc(now) if now is not None else datetime.now(UTC)
     run_id = run_id or computed_at.strftime("im-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
-    result = ImpactRun(run_id, computed_at, since, by, table, actions, ope, counts, notes)
-    stamps = {"run_id": run_id, "computed_at": pd.Timestamp(computed_at), "since": since}
-    stamps |= {"by": by or "", "period_kind": period}
-    db.execute("BEGIN TRANSACTION")
-    try:
-        append(db, IMPACT, table.assign(**stamps))
-        append(db, IMPACT_ACTIONS, actions.assign(**stamps))
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    if log_to_mlflow:
-        result.mlflow_run_id = _log_mlflow(result)
-    return result
+    return ImpactRun(run_id, computed_at, since, by, table, actions, ope, counts, notes)
 
 
 def _log_mlflow(result: ImpactRun) -> str:
@@ -416,30 +431,3 @@ def _log_mlflow(result: ImpactRun) -> str:
         mlflow.log_text(result.table.to_csv(index=False), "impact.csv")
         mlflow.log_text(result.actions.to_csv(index=False), "impact_actions.csv")
         return str(run.info.run_id)
-
-
-def period_end(label: str) -> datetime:
-    """The end (exclusive) of a ``2026-11`` (month) or ``2026-W47`` (week) period label."""
-    if "-W" in label:
-        monday = datetime.strptime(f"{label}-1", "%G-W%V-%u").replace(tzinfo=UTC)
-        return monday + timedelta(days=7)
-    return as_utc((pd.Period(label, "M") + 1).start_time.to_pydatetime())
-
-
-def latest_period(db: Any, since: datetime) -> dict[str, Any] | None:
-    """The overall row (``by`` '') of the latest impact run's latest period that ended
-    after ``since`` (``period``, ``incremental_value`` and its 95% ``_lo`` / ``_hi``), or
-    None when no run measured such a period."""
-    rows = history(db)
-    if rows.empty:
-        return None
-    rows = rows[(rows["by"] == "") & (rows["period"] != "all")]
-    if rows.empty:
-        return None
-    latest = rows[rows["computed_at"] == rows["computed_at"].max()]
-    latest = latest[[period_end(str(p)) > as_utc(since) for p in latest["period"]]]
-    if latest.empty:
-        return None
-    row = latest.sort_values("period").iloc[-1]
-    keys = ("period", "incremental_value", "incremental_value_lo", "incremental_value_hi")
-    return {k: row[k] for k in keys}

@@ -99,9 +99,13 @@ def add_outbox_orders(home: Path, n: int = 300, end: datetime | None = None) -> 
     (folder / "batch-1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
 
 
-def add_outbox_decisions(home: Path, effect: float, n: int = 1200) -> None:
-    """Decisions the service logged in the last days, with their group (about a tenth in
-    control, no action) and outcome; treated customers spend ``effect`` more on average."""
+def add_outbox_decisions(
+    home: Path, effect: float, n: int = 1200, decided: datetime | None = None
+) -> None:
+    """Decisions the service logged in the last days (or all at ``decided``), with their
+    group (about a tenth in control, no action) and outcome; treated customers spend
+    ``effect`` more on average (a positive effect: an exponential draw of that mean; a
+    negative one: that much less, never below zero)."""
     con = connect(home / "warehouse.duckdb", read_only=True)
     ids = [
         r[0] for r in raw(con).execute("SELECT customer_id FROM customers ORDER BY 1").fetchall()
@@ -112,12 +116,15 @@ def add_outbox_decisions(home: Path, effect: float, n: int = 1200) -> None:
     lines = []
     for i, customer in enumerate(ids[:n]):
         control = i % 10 == 0
-        revenue = float(rng.gamma(1.0, 40.0)) + (0.0 if control else float(rng.exponential(effect)))
+        revenue = float(rng.gamma(1.0, 40.0))
+        if not control:
+            revenue = max(0.0, revenue + (float(rng.exponential(effect)) if effect > 0 else effect))
+        at = decided or now - timedelta(days=3, hours=int(rng.integers(0, 48)))
         lines.append(
             {
                 "decision_id": f"live-d{i}",
                 "customer_id": customer,
-                "decided_at": (now - timedelta(days=3, hours=int(rng.integers(0, 48)))).isoformat(),
+                "decided_at": at.isoformat(),
                 "action": "no_action" if control else "winback_email",
                 "channel": "none" if control else "email",
                 "propensity": 0.1 if control else 0.9,
@@ -447,3 +454,74 @@ def test_a_cycle_after_drift_retrains_and_without_it_does_not(
             assert "monitoring alerts since v1 was crowned" in retrain.detail, result.summary()
             assert [str(v.version) for v in registry.versions("churn")] == ["1", "2"]
             assert [str(v.version) for v in registry.versions("value")] == ["1", "2"]
+
+
+def test_a_policy_that_loses_against_control_is_rolled_back_by_rapport_cycle(home: Path) -> None:
+    """NBA v1 crowned, then v2 over it (v1 kept as @previous). The decisions made under v2
+    come back through the outbox with their groups and outcomes, and its treated customers
+    spend less than the control group: `rapport cycle` ingests them, measures the policy's
+    realised incremental value against control (impact step), finds its 95% interval
+    entirely below zero (guard step), restores exactly v1 (aliases, the service's bundle,
+    the cycle's own scores), records it as an automatic rollback and says so. A later
+    cycle with new data keeps v1: the loss was v2's, measured before v1 came back."""
+    from features.batch import build
+    from features.spec import default_spec
+    from features.tables.segments import snapshot_segments
+    from training.nba import train_nba
+    from training.overrides import force_promote
+
+    con = connect(get_settings().warehouse_path)
+    try:
+        now = datetime.now(UTC)  # the segments NBA training reads, as `rapport features` stores
+        snapshot_segments(raw(con), build(con, now), now, default_spec().version, now)
+        for version in ("1", "2"):
+            assert train_nba(con, compare_methods=False, n_boot=30).version == version
+            force_promote(con, "nba", version, "a test crowns it")
+    finally:
+        con.disconnect()
+    assert registry.aliases("nba") == {"champion": "2", "previous": "1"}
+    crowned = registry.crowned_at("nba", registry.get_version("nba", version="2"))
+    reign = crowned + (datetime.now(UTC) - crowned) / 2  # decided while v2 was the champion
+    add_outbox_decisions(home, effect=-30.0, decided=reign)
+
+    ran = CliRunner().invoke(main, ["cycle"])
+    assert ran.exit_code == 0, ran.output
+    run_id = query(f"SELECT run_id FROM {records.RUNS}").run_id[0]
+    measured = query(
+        "SELECT * FROM impact WHERE run_id = ? AND period = 'all' AND \"by\" = ''",
+        [f"im-{run_id}"],
+    ).iloc[0]
+    assert measured.treated_customers == 1080 and measured.control_customers == 120
+    assert measured.incremental_value_hi < 0  # the policy truly lost against control
+    impact_runs = query("SELECT DISTINCT run_id FROM impact").run_id.tolist()
+    assert impact_runs == [f"im-{run_id}"]  # the guard's own measure appends nothing
+    guard = query(
+        f"SELECT status, detail FROM {records.STEPS} WHERE run_id = ? AND step = 'guard'",
+        [run_id],
+    ).iloc[0]
+    assert guard.status == "done"
+    assert guard.detail.startswith("nba rolled back to v1: realised incremental value"), guard
+    assert guard.detail.endswith("entirely below zero")
+    assert f"{measured.incremental_value_hi:.2f}]" in guard.detail
+    assert f"guard        done     {guard.detail}" in ran.output  # and the command says so
+    assert registry.aliases("nba") == {"champion": "1", "previous": "2"}
+    assert registry.load_champions().versions["nba"] == "1"
+    assert bundled_champions().info.metadata["versions"]["nba"] == "1"  # type: ignore[union-attr]
+    scored = query(f"SELECT nba_version FROM {SCORE_RUNS}")
+    assert scored.nba_version.tolist() == ["1"]  # the cycle scored with v1 again
+    change = query(f"SELECT * FROM {records.CHANGES}").iloc[-1]
+    assert (change.kind, change.action, change.version, change.replaced) == (
+        "nba",
+        "auto_rollback",
+        "1",
+        "2",
+    )
+    assert change.cycle_run == run_id and change.reason in guard.detail
+    assert registry.get_version("nba", version="1").tags[ACTION_TAG].startswith("auto_rollback")
+
+    add_outbox_orders(home, n=50)  # the next round: new data, the same measured loss
+    again = run_cycle(CycleOptions(params=FAST_PARAMS, train_cutoffs=2, retrain_after_days=3650))
+    assert again.ok, again.summary()
+    assert {s.name: s for s in again.steps}["guard"].detail == "champions hold", again.summary()
+    changes = query(f"SELECT action FROM {records.CHANGES} WHERE kind = 'nba'")
+    assert changes.action.tolist() == ["force", "force", "auto_rollback"]

@@ -176,25 +176,3 @@ def test_rapport_control_shows_changes_and_records_them(home: Path) -> None:
     shown = runner.invoke(main, ["control", "--history"])
     assert "share 0.05 -> 0.2; reshuffle" in shown.output
     assert runner.invoke(main, ["control", "--share", "0.9"]).exit_code == 2
-
-
-def test_the_guard_reads_the_latest_runs_latest_period_after_the_champion(home: Path) -> None:
-    """What the cycle's guard judges the NBA champion on: the latest run's overall rows,
-    its latest period that ended after the champion was crowned."""
-    assert impact.period_end("2026-09") == datetime(2026, 10, 1, tzinfo=UTC)
-    assert impact.period_end("2026-W01") == datetime(2026, 1, 5, tzinfo=UTC)
-    decisions, orders = world(1)
-    con = _warehouse(home, orders)
-    try:
-        db = raw(con)
-        assert impact.latest_period(db, START) is None  # nothing measured yet
-        impact.run(con, decisions=decisions, log_to_mlflow=False, now=START + timedelta(days=70))
-        impact.run(con, decisions=decisions, by="action", log_to_mlflow=False)  # a breakdown
-        table = history(db)
-        latest = impact.latest_period(db, START)
-        assert latest is not None and latest["period"] == "2026-10"
-        row = table[(table["by"] == "") & (table["period"] == "2026-10")].iloc[0]
-        assert latest["incremental_value_hi"] == row["incremental_value_hi"]
-        assert impact.latest_period(db, datetime(2026, 11, 1, tzinfo=UTC)) is None
-    finally:
-        con.disconnect()
