@@ -33,8 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from features.contract import IDENTIFIERS
 from features.durable import replace_durably
 from features.online.events import OPEN_SUFFIX, SEALED_SUFFIX
+from features.online.identifiers import IdentityIndex, UnusableIdentifierError
 from features.online.store import OnlineStore
 from features.tables.lists import write_members
 from features.warehouse import raw
@@ -300,6 +302,31 @@ def _decisions_of(db: duckdb.DuckDBPyConnection, hashed: str) -> set[str]:
     return found
 
 
+def _identifier_keys(
+    db: duckdb.DuckDBPyConnection, customer_id: str, index: IdentityIndex | None
+) -> list[str]:
+    """The online index's hashes of the customer's own identifiers: when resolution merged
+    them into a cluster, those hashes name the cluster, not them, and must go too."""
+    if index is None:
+        return []
+    columns = {str(r[0]) for r in db.execute("DESCRIBE customers").fetchall()}
+    kinds = [k for k in IDENTIFIERS if k in columns]
+    if not kinds:
+        return []
+    rows = db.execute(
+        f"SELECT {', '.join(_quoted(k) for k in kinds)} FROM customers WHERE customer_id = ?",
+        [customer_id],
+    ).fetchall()
+    keys: set[str] = set()
+    for row in rows:
+        for kind, value in zip(kinds, row, strict=True):
+            try:
+                keys.update(h for _, h in index.hashes({kind: value}))
+            except UnusableIdentifierError:  # never indexed
+                continue
+    return sorted(keys)
+
+
 def forget(
     con: Any,
     store: OnlineStore | None,
@@ -307,6 +334,7 @@ def forget(
     now: datetime,
     outbox: Path,
     files: Sequence[Path],
+    index: IdentityIndex | None = None,
 ) -> ForgetReport:
     """Erase ``customer_id`` everywhere this workspace keeps it, and record it (see the
     module doc). The warehouse part is one transaction; files are rewritten one by one,
@@ -325,6 +353,7 @@ def forget(
     ).fetchone() or (0,)
     report.again = bool(before)
     decisions = _decisions_of(db, hashed)  # read before the rows that hold them go
+    keys = _identifier_keys(db, customer_id, index)  # likewise
     db.execute("BEGIN TRANSACTION")
     try:
         db.execute("CREATE OR REPLACE TEMP TABLE _rapport_forget AS SELECT ? AS h", [hashed])
@@ -340,7 +369,7 @@ def forget(
         raise
     if store is not None:
         report.online_record = store.delete(customer_id)
-        report.online_identifiers = store.delete_identifiers(customer_id)
+        report.online_identifiers = store.delete_identifiers(customer_id, keys)
     _erase_outbox(outbox, customer_id, decisions, report)
     _erase_files(files, customer_id, report)
     return report

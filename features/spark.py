@@ -420,6 +420,16 @@ def read_lake_table(spark: SparkSession, lake: str, name: str) -> DataFrame:
         raise _no_table(name, uri, exc) from None
 
 
+def check_shared_store(url: str) -> None:
+    """Refuse a store the executors cannot share (checked before Spark starts)."""
+    if not url.lower().startswith(("redis://", "rediss://")):
+        raise ValueError(
+            "with RAPPORT_ENGINE=spark, `rapport materialize` writes from the executors into "
+            "Redis: set RAPPORT_ONLINE_STORE=redis://host:port/db (a SQLite store is loaded "
+            "by RAPPORT_ENGINE=duckdb rapport materialize)"
+        )
+
+
 def record_loader(spark: SparkSession, lake: str, url: str) -> Loader:
     """What ``rapport materialize`` on Spark hands to
     :func:`features.online.materialize.materialize`: every customer's record built from
@@ -427,12 +437,7 @@ def record_loader(spark: SparkSession, lake: str, url: str) -> Loader:
     path's :func:`~features.online.materialize.records_of_batch`), merged with the
     acknowledged events, and written by the executors to the store at ``url`` (each task
     its own connection: parallel writers). Only a Redis store is shared by executors."""
-    if not url.lower().startswith(("redis://", "rediss://")):
-        raise ValueError(
-            "with RAPPORT_ENGINE=spark, `rapport materialize` writes from the executors into "
-            "Redis: set RAPPORT_ONLINE_STORE=redis://host:port/db (a SQLite store is loaded "
-            "by RAPPORT_ENGINE=duckdb rapport materialize)"
-        )
+    check_shared_store(url)
     schema = StructType(
         [StructField("written", LongType(), False), StructField("replayed", LongType(), False)]
     )

@@ -1146,8 +1146,9 @@ def materialize(as_of: datetime | None, segments: str | None) -> None:
     settings = get_settings()
     load = None
     if settings.engine == "spark":
-        from features.spark import record_loader, session
+        from features.spark import check_shared_store, record_loader, session
 
+        check_shared_store(settings.online_store_url)  # before Spark takes its time to start
         load = record_loader(session(settings), settings.lake, settings.online_store_url)
     con = open_warehouse(settings, read_only=True)
     try:
@@ -1178,6 +1179,7 @@ def forget(customer_id: str, yes: bool) -> None:
     """
     from features.forget import forget as run_forget
     from features.lake import is_local, local_path
+    from features.online.identifiers import IdentityIndex
     from features.online.store import open_store
 
     if not customer_id.strip():
@@ -1201,6 +1203,7 @@ def forget(customer_id: str, yes: bool) -> None:
             datetime.now(UTC),
             outbox=settings.outbox_dir,
             files=[settings.exports_dir, settings.score_snapshots_dir, *lake_folder],
+            index=IdentityIndex.of(settings),
         )
     finally:
         store.close()

@@ -450,7 +450,7 @@ class Rapport:
             )
         except BaseException as exc:
             with contextlib.suppress(Exception):  # refused: no provisional customer left
-                undo(self.store, routed)
+                undo(self.store, routed, self.spec)
             if isinstance(exc, UnknownCustomerError):
                 return _error(ctx, 404, str(exc))
             if isinstance(exc, ConflictError):

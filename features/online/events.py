@@ -71,6 +71,8 @@ from features.timeutil import as_utc
 
 OPEN_SUFFIX = ".jsonl.open"
 SEALED_SUFFIX = ".jsonl"
+#: the UTC time that starts the names of segments and load watermarks (they sort by it)
+STAMP = "%Y%m%dT%H%M%S%fZ"
 #: seal segments this old (seconds): how long an event may wait for ``rapport ingest``
 SEAL_AFTER_S = 30.0
 #: and this large (bytes)
@@ -202,7 +204,7 @@ class Outbox:
         folder = self.root / table
         folder.mkdir(parents=True, exist_ok=True)
         self._count += 1
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(UTC).strftime(STAMP)
         path = folder / f"{stamp}-{self._owner}-{self._count}{OPEN_SUFFIX}"
         handle = path.open("ab")
         fsync_paths(folder)  # the new file's name is durable too
@@ -507,7 +509,7 @@ class Watermark:
 def _opened_at(stem: str) -> float:
     """When a segment was opened, from its name (``<time>-<host>-<pid>-<n>``)."""
     try:
-        stamp = datetime.strptime(stem.split("-", 1)[0], "%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.strptime(stem.split("-", 1)[0], STAMP)
     except ValueError:
         return float("inf")  # not ours: read it, replays are idempotent
     return stamp.replace(tzinfo=UTC).timestamp()
@@ -520,7 +522,7 @@ def begin_load(root: Path, store_url: str) -> Watermark:
     segments = frozenset(_stem(p) for t in RECORD_TABLES for p in _segment_paths(root, t))
     folder = Path(root) / LOADS
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{taken_at:%Y%m%dT%H%M%S%fZ}-{_host()}-{os.getpid()}.json"
+    path = folder / f"{taken_at.strftime(STAMP)}-{_host()}-{os.getpid()}.json"
     mark = Watermark(path, store_url, _host(), os.getpid(), taken_at, segments)
     replace_durably(path, mark.to_json())
     return mark
@@ -549,7 +551,7 @@ def recover_loads(store: Any, root: Path, spec: FeatureSpec | None = None) -> li
             mark = Watermark.read(path)
         except FileNotFoundError:  # another worker finished it
             continue
-        except ValueError:  # never a torn file (written by rename): not ours, keep it
+        except (ValueError, KeyError, TypeError):  # never torn (written by rename): not ours
             continue
         if mark.store != redact_url(store.url) or mark.host != _host() or pid_alive(mark.pid):
             continue

@@ -75,7 +75,7 @@ class IdentityIndex:
     """What a process needs to hash identifiers as the index does: the workspace's key and
     the default phone region."""
 
-    key: bytes
+    key: bytes = field(repr=False)  # a secret: never in a traceback's locals
     region: str
 
     @classmethod
@@ -299,10 +299,15 @@ def _has_events(record: Record, spec: FeatureSpec) -> bool:
     return any(record[t][TABLES[t].id_column] for t in record_columns(spec) if t in record)
 
 
-def undo(store: Any, routed: Routed) -> None:
+def undo(store: Any, routed: Routed, spec: FeatureSpec | None = None) -> None:
     """Remove the provisional customers :func:`route_events` created (their events were
     refused and taken back from the outbox): their records and index claims, so that the
-    client's retry creates them again with their ``customers`` row."""
+    client's retry creates them again with their ``customers`` row. One that already holds
+    events (another request reused it and was acknowledged meanwhile) is kept."""
+    spec = spec or default_spec()
     for customer in routed.created:
+        record = store.get(customer)
+        if record is not None and _has_events(record, spec):
+            continue
         store.delete_identifiers(customer)
         store.delete(customer)

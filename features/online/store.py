@@ -119,8 +119,10 @@ class OnlineStore(Protocol):
         customer a hash already names (a live claim). Returns how many were written."""
         ...
 
-    def delete_identifiers(self, customer_id: str) -> int:
-        """Remove every hash naming the customer (``rapport forget``); returns how many."""
+    def delete_identifiers(self, customer_id: str, keys: Sequence[str] = ()) -> int:
+        """Remove every hash naming the customer and the hashes ``keys`` (the person's own
+        identifiers, which name their cluster when they were merged) for ``rapport
+        forget``; returns how many."""
         ...
 
     def set_meta(self, key: str, value: str) -> None:
@@ -426,10 +428,11 @@ class SQLiteStore:
                 written += max(done.rowcount, 0)
         return written
 
-    def delete_identifiers(self, customer_id: str) -> int:
+    def delete_identifiers(self, customer_id: str, keys: Sequence[str] = ()) -> int:
         with self._connection() as conn, self._transaction(conn, "IMMEDIATE"):
             gone = conn.execute("DELETE FROM identifiers WHERE customer_id = ?", (customer_id,))
-            return max(gone.rowcount, 0)
+            own = conn.executemany("DELETE FROM identifiers WHERE key = ?", [(k,) for k in keys])
+            return max(gone.rowcount, 0) + max(own.rowcount, 0)
 
     def set_meta(self, key: str, value: str) -> None:
         with self._connection() as conn:
@@ -584,11 +587,13 @@ class RedisStore:
         return written
 
     @_reachable
-    def delete_identifiers(self, customer_id: str) -> int:
+    def delete_identifiers(self, customer_id: str, keys: Sequence[str] = ()) -> int:
         """The hashes in the customer's set that still name them (a later load may have
-        given one to another customer), deleted with the set in one transaction."""
+        given one to another customer) and ``keys``, deleted with the set in one
+        transaction."""
         client = self._client_or_raise()
         owned = REDIS_INDEX_OWNER_PREFIX + customer_id
+        given = list(keys)
         with client.pipeline(transaction=True) as pipe:
             for attempt in range(REDIS_MAX_ATTEMPTS):
                 try:
@@ -600,6 +605,9 @@ class RedisStore:
                         for k, v in zip(keys, owners, strict=True)
                         if v is not None and _text(v) == customer_id
                     ]
+                    own = [REDIS_INDEX_PREFIX + k for k in given]
+                    held = [k for k, v in zip(own, pipe.mget(own) if own else [], strict=True) if v]
+                    mine = sorted({*mine, *held})
                     pipe.multi()
                     if mine:
                         pipe.delete(*mine)

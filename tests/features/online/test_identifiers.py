@@ -233,6 +233,20 @@ def test_events_by_identifier_reach_the_customer_or_a_provisional_one(
     assert lookup(store, index, {"cookie_id": "k9"}) == "C9"
 
 
+def test_undo_keeps_a_provisional_customer_another_request_wrote_to(
+    index: IdentityIndex, store: OnlineStore, tmp_path: Path
+) -> None:
+    at = END - timedelta(days=2)
+    first = route_events(store, index, {"orders": [_order("L10", at, email="z.new@example.org")]})
+    reused = route_events(store, index, {"orders": [_order("L11", at, email="z.new@example.org")]})
+    assert first.created and not reused.created  # the second request found it
+    apply_events(store, Outbox(tmp_path / "outbox"), reused.rows, customers=reused.customers)
+    undo(store, first)  # the first request's write was refused after the second's was acked
+    assert lookup(store, index, {"email": "z.new@example.org"}) == first.created[0]
+    assert store.get(first.created[0]) is not None
+    assert "secret" not in repr(IdentityIndex(b"secret", "GB"))  # the key never printed
+
+
 def test_identifiers_made_ambiguous_within_a_request_leave_nothing_behind(
     warehouse: Any, index: IdentityIndex, store: OnlineStore
 ) -> None:

@@ -258,6 +258,10 @@ def test_a_load_killed_before_its_replay_is_finished_from_its_watermark(
     assert lost == len(acked)  # every record overwritten: what the watermark is for
     (marker,) = (outbox.root / LOADS).glob("*.json")
     assert recover_loads(store, outbox.root) == []  # its process (this one) still runs
+    stray = outbox.root / LOADS / "0-not-a-watermark.json"
+    stray.write_text(json.dumps({"store": "x"}))  # parses, but is not one of ours
+    assert recover_loads(store, outbox.root) == [] and stray.exists()  # skipped, kept
+    stray.unlink()
     # the load's process is gone, and ingest moved the segment to done/ meanwhile
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

@@ -141,6 +141,10 @@ def test_identifier_index_puts_claims_reads_and_forgets(store: OnlineStore) -> N
     assert store.delete_identifiers("C1") == 0 and store.get("C1") == {"a": 1}
     assert store.delete_identifiers("C2") == 2
     assert store.get_identifiers(["h2", "h3", "h4"]) == {"h4": "C9"}
+    # a merged person's own hashes name their cluster: forgetting them names those too
+    store.put_identifiers([("h5", "K1"), ("h6", "K1"), ("h7", "C5")])
+    assert store.delete_identifiers("C5", ["h5", "h8"]) == 2
+    assert store.get_identifiers(["h4", "h5", "h6", "h7"]) == {"h4": "C9", "h6": "K1"}
 
 
 def test_put_many_rejects_non_dict_naming_the_customer(store: OnlineStore) -> None:
