@@ -452,6 +452,16 @@ def score_bodies(customers: Sequence[str], seed: int = 0) -> list[dict[str, Any]
     ]
 
 
+def new_home(stack: contextlib.ExitStack, keep: Path | None, prefix: str) -> Path:
+    """The folder of a workspace to prepare: ``--keep``'s, or a temporary one ``stack``
+    removes."""
+    if keep:
+        home = keep.expanduser().absolute()
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -508,12 +518,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             keys = {"admin": add_key(home, ["admin"])}
             customers = sample_customers(home, args.sample)
         else:
-            if args.keep:
-                home = args.keep.expanduser().absolute()
-                home.mkdir(parents=True, exist_ok=True)
-            else:
-                temp = tempfile.TemporaryDirectory(prefix="rapport-bench-")
-                home = Path(stack.enter_context(temp))
+            home = new_home(stack, args.keep, "rapport-bench-")
             print(
                 f"preparing a demo workspace ({args.customers:,} customers) in {home}",
                 file=sys.stderr,

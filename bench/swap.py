@@ -29,14 +29,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.serving import figures, open_loop, request_bytes, score_bodies
+from bench.serving import figures, new_home, open_loop, request_bytes, score_bodies
 from serving.auth import add_key
 from serving.runtime import ROOT
 from tests.serving_harness import (
@@ -184,12 +183,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.home:
             home = args.home.expanduser().absolute()
         else:
-            if args.keep:
-                home = args.keep.expanduser().absolute()
-                home.mkdir(parents=True, exist_ok=True)
-            else:
-                temp = tempfile.TemporaryDirectory(prefix="rapport-swap-")
-                home = Path(stack.enter_context(temp))
+            home = new_home(stack, args.keep, "rapport-swap-")
             print(f"preparing a demo workspace in {home}", file=sys.stderr)
             prepare_workspace(home, args.customers)
             add_churn_version(home)

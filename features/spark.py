@@ -19,8 +19,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import ibis
 import pandas as pd
@@ -48,7 +47,7 @@ from features.online.record import record_columns
 from features.online.store import open_store
 from features.segments import FIT_COLUMNS
 from features.spec import FeatureSpec, default_spec
-from features.tables.lists import suppressed_ids
+from features.tables.lists import HoldsNothing, suppressed_ids
 from features.tables.scores import RUNS, NoScoresError, RunInfo, latest_run, tables
 from features.timeutil import as_utc
 from features.warehouse import raw
@@ -242,7 +241,7 @@ def lake_runs(spark: SparkSession, lake: str) -> set[str]:
     return {n.removeprefix("run_id=") for n in names if n.startswith("run_id=")}
 
 
-class LakeLists:
+class LakeLists(HoldsNothing):
     """A list's inputs on Spark (:class:`models.targeting.ListSource`): the run from the
     warehouse's ``score_runs`` (the latest whose scores are in the lake, or ``run_id``),
     its scores from the lake joined with the features the list needs, built on Spark as
@@ -251,17 +250,6 @@ class LakeLists:
 
     def __init__(self, spark: SparkSession, lake: str, con: Any) -> None:
         self.spark, self.lake, self.con = spark, lake, con
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        return None
 
     def run(self, run_id: str | None = None) -> RunInfo:
         db = raw(self.con)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis_harness import RedisServer
 
 from rapport.settings import reset_settings
 
@@ -56,3 +57,14 @@ def spark() -> Iterator[object]:
     active = session(settings, app="rapport-tests")
     yield active
     active.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A ``redis-server`` per test module that asks for one: started once (a test may kill
+    and restart it), killed at the end."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.kill()

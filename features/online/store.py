@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
 UpdateFn = Callable[[Record | None], Record]
+_T = TypeVar("_T")
 
 #: how long a SQLite writer waits for another process's write lock before failing
 BUSY_TIMEOUT_MS = 30_000
@@ -334,15 +335,20 @@ class SQLiteStore:
             ).fetchone()
         return None if row is None else decode_record(row[0])
 
-    def get_many(self, customer_ids: Sequence[str]) -> dict[str, Record]:
-        rows: list[tuple[str, bytes]] = []
+    def _select_in(self, sql: str, keys: Sequence[str]) -> list[tuple[Any, Any]]:
+        """``sql`` run over ``keys`` in chunks, its ``{marks}`` the chunk's placeholders."""
+        rows: list[tuple[Any, Any]] = []
         with self._connection() as conn:
-            for chunk in _chunks(customer_ids):
+            for chunk in _chunks(keys):
                 marks = ",".join("?" * len(chunk))
-                rows += conn.execute(
-                    f"SELECT customer_id, record FROM records WHERE customer_id IN ({marks})",
-                    chunk,
-                ).fetchall()
+                rows += conn.execute(sql.format(marks=marks), chunk).fetchall()
+        return rows
+
+    def get_many(self, customer_ids: Sequence[str]) -> dict[str, Record]:
+        rows = self._select_in(
+            "SELECT customer_id, record FROM records WHERE customer_id IN ({marks})",
+            customer_ids,
+        )
         return {cid: decode_record(data) for cid, data in rows}
 
     def put_many(self, records: Iterable[tuple[str, Record]], batch_size: int = 10_000) -> int:
@@ -406,14 +412,9 @@ class SQLiteStore:
             return gone.rowcount > 0
 
     def get_identifiers(self, keys: Sequence[str]) -> dict[str, str]:
-        rows: list[tuple[str, str]] = []
-        with self._connection() as conn:
-            for chunk in _chunks(keys):
-                marks = ",".join("?" * len(chunk))
-                rows += conn.execute(
-                    f"SELECT key, customer_id FROM identifiers WHERE key IN ({marks})", chunk
-                ).fetchall()
-        return dict(rows)
+        return dict(
+            self._select_in("SELECT key, customer_id FROM identifiers WHERE key IN ({marks})", keys)
+        )
 
     def put_identifiers(self, entries: Iterable[tuple[str, str]], replace: bool = True) -> int:
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
@@ -506,18 +507,36 @@ class RedisStore:
         data = self._client_or_raise().get(REDIS_RECORD_PREFIX + customer_id)
         return None if data is None else decode_record(data)
 
-    @_reachable
-    def get_many(self, customer_ids: Sequence[str]) -> dict[str, Record]:
+    def _mget(self, prefix: str, keys: Sequence[str], decode: Callable[[Any], _T]) -> dict[str, _T]:
+        """MGETs of ``prefix + key`` in chunks: the keys found, with their values decoded."""
         client = self._client_or_raise()
-        out: dict[str, Record] = {}
-        for chunk in _chunks(customer_ids):
-            values = client.mget([REDIS_RECORD_PREFIX + cid for cid in chunk])
+        out: dict[str, _T] = {}
+        for chunk in _chunks(keys):
+            values = client.mget([prefix + key for key in chunk])
             out.update(
-                (cid, decode_record(data))
-                for cid, data in zip(chunk, values, strict=True)
-                if data is not None
+                (key, decode(value))
+                for key, value in zip(chunk, values, strict=True)
+                if value is not None
             )
         return out
+
+    def _watched(self, key: str, body: Callable[[Any], _T], what: str) -> _T:
+        """``body(pipe)`` with ``key`` WATCHed, run again while other writers change it."""
+        with self._client_or_raise().pipeline(transaction=True) as pipe:
+            for attempt in range(REDIS_MAX_ATTEMPTS):
+                try:
+                    pipe.watch(key)
+                    return body(pipe)
+                except redis.WatchError:
+                    time.sleep(min(0.001 * attempt, 0.05))  # back off on a hot key
+        raise RuntimeError(
+            f"{what} in {redact_url(self.url)} kept conflicting "
+            f"with other writers ({REDIS_MAX_ATTEMPTS} attempts)"
+        )
+
+    @_reachable
+    def get_many(self, customer_ids: Sequence[str]) -> dict[str, Record]:
+        return self._mget(REDIS_RECORD_PREFIX, customer_ids, decode_record)
 
     @_reachable
     def put_many(self, records: Iterable[tuple[str, Record]], batch_size: int = 10_000) -> int:
@@ -537,22 +556,16 @@ class RedisStore:
     @_reachable
     def update(self, customer_id: str, fn: UpdateFn) -> Record:
         key = REDIS_RECORD_PREFIX + customer_id
-        with self._client_or_raise().pipeline(transaction=True) as pipe:
-            for attempt in range(REDIS_MAX_ATTEMPTS):
-                try:
-                    pipe.watch(key)
-                    data = pipe.get(key)
-                    new = _apply(customer_id, fn, None if data is None else decode_record(data))
-                    pipe.multi()
-                    pipe.set(key, encode_record(customer_id, new))
-                    pipe.execute()
-                    return new
-                except redis.WatchError:
-                    time.sleep(min(0.001 * attempt, 0.05))  # back off on a hot key
-        raise RuntimeError(
-            f"update of customer {customer_id!r} in {redact_url(self.url)} kept conflicting "
-            f"with other writers ({REDIS_MAX_ATTEMPTS} attempts)"
-        )
+
+        def replace(pipe: Any) -> Record:
+            data = pipe.get(key)
+            new = _apply(customer_id, fn, None if data is None else decode_record(data))
+            pipe.multi()
+            pipe.set(key, encode_record(customer_id, new))
+            pipe.execute()
+            return new
+
+        return self._watched(key, replace, f"update of customer {customer_id!r}")
 
     @_reachable
     def delete(self, customer_id: str) -> bool:
@@ -560,16 +573,7 @@ class RedisStore:
 
     @_reachable
     def get_identifiers(self, keys: Sequence[str]) -> dict[str, str]:
-        client = self._client_or_raise()
-        out: dict[str, str] = {}
-        for chunk in _chunks(keys):
-            values = client.mget([REDIS_INDEX_PREFIX + key for key in chunk])
-            out.update(
-                (key, _text(value))
-                for key, value in zip(chunk, values, strict=True)
-                if value is not None
-            )
-        return out
+        return self._mget(REDIS_INDEX_PREFIX, keys, _text)
 
     @_reachable
     def put_identifiers(self, entries: Iterable[tuple[str, str]], replace: bool = True) -> int:
@@ -591,35 +595,27 @@ class RedisStore:
         """The hashes in the customer's set that still name them (a later load may have
         given one to another customer) and ``keys``, deleted with the set in one
         transaction."""
-        client = self._client_or_raise()
         owned = REDIS_INDEX_OWNER_PREFIX + customer_id
-        given = list(keys)
-        with client.pipeline(transaction=True) as pipe:
-            for attempt in range(REDIS_MAX_ATTEMPTS):
-                try:
-                    pipe.watch(owned)
-                    keys = [REDIS_INDEX_PREFIX + _text(k) for k in pipe.smembers(owned)]
-                    owners = pipe.mget(keys) if keys else []
-                    mine = [
-                        k
-                        for k, v in zip(keys, owners, strict=True)
-                        if v is not None and _text(v) == customer_id
-                    ]
-                    own = [REDIS_INDEX_PREFIX + k for k in given]
-                    held = [k for k, v in zip(own, pipe.mget(own) if own else [], strict=True) if v]
-                    mine = sorted({*mine, *held})
-                    pipe.multi()
-                    if mine:
-                        pipe.delete(*mine)
-                    pipe.delete(owned)
-                    pipe.execute()
-                    return len(mine)
-                except redis.WatchError:
-                    time.sleep(min(0.001 * attempt, 0.05))
-        raise RuntimeError(
-            f"deleting the identifiers of a customer in {redact_url(self.url)} kept "
-            f"conflicting with other writers ({REDIS_MAX_ATTEMPTS} attempts)"
-        )
+        given = [REDIS_INDEX_PREFIX + k for k in keys]
+
+        def delete_mine(pipe: Any) -> int:
+            listed = [REDIS_INDEX_PREFIX + _text(k) for k in pipe.smembers(owned)]
+            owners = pipe.mget(listed) if listed else []
+            mine = {
+                k
+                for k, v in zip(listed, owners, strict=True)
+                if v is not None and _text(v) == customer_id
+            }
+            held = pipe.mget(given) if given else []
+            mine |= {k for k, v in zip(given, held, strict=True) if v is not None}
+            pipe.multi()
+            if mine:
+                pipe.delete(*sorted(mine))
+            pipe.delete(owned)
+            pipe.execute()
+            return len(mine)
+
+        return self._watched(owned, delete_mine, "deleting the identifiers of a customer")
 
     @_reachable
     def set_meta(self, key: str, value: str) -> None:

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import pandas as pd
@@ -101,6 +100,16 @@ class WarehouseUnavailableError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- reads
+class HoldsNothing:
+    """A list source with nothing to open or close: ``with`` hands it back as it is."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 class WarehouseLists:
     """A list's inputs from the warehouse (:class:`models.targeting.ListSource`).
 
@@ -125,12 +134,7 @@ class WarehouseLists:
                 raise WarehouseUnavailableError(f"the warehouse is {why} now") from exc
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._path is not None and self._con is not None:
             self._con.disconnect()
             self._con = None

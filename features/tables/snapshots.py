@@ -20,8 +20,7 @@ import shutil
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -29,7 +28,7 @@ import pyarrow.parquet as pq
 
 from features.durable import fsync_paths, pid_alive
 from features.spec import FeatureSpec
-from features.tables.lists import suppressed_ids
+from features.tables.lists import HoldsNothing, suppressed_ids
 from features.tables.scores import SCORES, NoScoresError, RunInfo, latest_run
 from features.timeutil import as_utc
 
@@ -127,7 +126,7 @@ def current(folder: Path) -> Path:
     return path
 
 
-class SnapshotLists:
+class SnapshotLists(HoldsNothing):
     """A list's inputs from one published run (:class:`models.targeting.ListSource`): its
     scores, the features it scored (consent and contact history as of the run's
     ``as_of``, not the request's) and the suppressions when it was published.
@@ -145,17 +144,6 @@ class SnapshotLists:
     def as_of(self) -> datetime:
         """When the snapshot's features were computed (the run's ``as_of``)."""
         return self._run.as_of
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        return None
 
     def run(self, run_id: str | None = None) -> RunInfo:
         """The published run; NoScoresError when ``run_id`` names another one."""

@@ -4,7 +4,6 @@ metadata (events in any order, as on DuckDB)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,6 @@ from features.tables.segments import snapshot_segments
 from features.warehouse import connect, raw
 
 pytestmark = pytest.mark.spark
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
 
 
 def stored(server: RedisServer, db: int) -> tuple[dict[str, Any], dict[str, str]]:

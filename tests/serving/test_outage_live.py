@@ -30,15 +30,6 @@ OUTAGE_S = 6.0
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        server.kill()
-
-
-@pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Workspace:
     from features.online.materialize import materialize
     from features.online.store import open_store

@@ -158,7 +158,16 @@ def test_events_acknowledged_since_the_last_ingest_survive_a_materialize(
     assert evaluate(store.get(customer), now)["orders_all"] == before + 1
 
 
-class DiesMidway:
+class Wraps:
+    """A store whose ``put_many`` a subclass replaces; every other call goes to ``store``."""
+
+    store: Any
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+class DiesMidway(Wraps):
     """A store whose load dies (as a killed process would) after ``after`` records."""
 
     def __init__(self, store: Any, after: int) -> None:
@@ -173,9 +182,6 @@ class DiesMidway:
 
         self.store.put_many(until_death())
         raise SystemExit("killed")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
 
 
 def test_a_load_killed_midway_keeps_the_acknowledged_events_in_every_record(
@@ -205,7 +211,7 @@ def test_a_load_killed_midway_keeps_the_acknowledged_events_in_every_record(
     assert not missing
 
 
-class AcksThenDies:
+class AcksThenDies(Wraps):
     """A store whose load sees ``/events`` acknowledge an event for each customer it has
     not written yet (after the load's watermark), then dies before the replay."""
 
@@ -216,9 +222,6 @@ class AcksThenDies:
         self.ack()
         self.store.put_many(items)
         raise SystemExit("killed")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
 
 
 def test_a_load_killed_before_its_replay_is_finished_from_its_watermark(

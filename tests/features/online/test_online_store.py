@@ -35,14 +35,6 @@ FORK = mp.get_context("fork")
 WORKERS, INCREMENTS = 4, 50
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.kill()
-
-
 def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if kind == "sqlite-file":
         return f"sqlite:///{tmp_path / 'online.sqlite'}"
