@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -27,6 +27,9 @@ pytestmark = pytest.mark.slow
 HANG_S = 10.0
 #: how long the trickle goes on after the new worker process started
 AFTER_S = 15.0
+#: order n is placed at this time + n ms: a resend is the same event, as a client's is
+#: (the same id with other content is a conflict, quarantined by ingest)
+ORDERED_FROM = datetime.now(UTC) - timedelta(hours=1)
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +66,13 @@ def outbox_ids(home: Path) -> list[str]:
 
 
 def send(server: Server, ws: Workspace, n: int) -> tuple[float, str, str, float]:
-    """One ``/events`` order on a new connection: (sent at, order id, outcome, seconds)."""
+    """One ``/events`` order on a new connection: (sent at, order id, outcome, seconds).
+    The same ``n`` sends the same event."""
     order_id = f"kill-{n}"
     order = {
         "order_id": order_id,
         "customer_id": ws.customers[n % len(ws.customers)],
-        "ordered_at": datetime.now(UTC).isoformat(),
+        "ordered_at": (ORDERED_FROM + timedelta(milliseconds=n)).isoformat(),
         "amount": 5.0,
     }
     headers = {"Authorization": f"Bearer {ws.keys['events']}"}
