@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import numpy as np
 
@@ -185,24 +185,27 @@ def estimate(
     return OPEResult(method, float(num.sum() / den.sum()), lo, hi, len(num), kish_ess(w))
 
 
+class EstimateOptions(TypedDict, total=False):
+    """:func:`estimate`'s optional arguments, which :func:`evaluate_policy` passes on."""
+
+    k: int | None
+    n_boot: int
+    alpha: float
+    seed: int
+
+
 def evaluate_policy(
     pi: np.ndarray,
     logged_action: np.ndarray,
     logged_propensity: np.ndarray,
     reward: np.ndarray,
     q: np.ndarray | None = None,
-    k: int | None = None,
-    n_boot: int = 200,
-    alpha: float = 0.05,
-    seed: int = 0,
+    **options: Unpack[EstimateOptions],
 ) -> dict[str, OPEResult]:
     """IPS, SNIPS and (given a reward model ``q``) DR estimates of one policy."""
     methods: tuple[Method, ...] = ("ips", "snips") if q is None else ("ips", "snips", "dr")
     args = (pi, logged_action, logged_propensity, reward)
-    return {
-        m: estimate(m, *args, q if m == "dr" else None, k=k, n_boot=n_boot, alpha=alpha, seed=seed)
-        for m in methods
-    }
+    return {m: estimate(m, *args, q if m == "dr" else None, **options) for m in methods}
 
 
 def random_policy(eligible: np.ndarray) -> np.ndarray:
