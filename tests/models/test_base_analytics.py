@@ -25,7 +25,6 @@ from models.base_analytics import (
     wilson_interval,
 )
 
-
 # --------------------------------------------------------------------------- periods
 AS_OF = pd.Timestamp("2025-03-31", tz="UTC").to_pydatetime()
 
