@@ -13,9 +13,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.yamlconfig import Location, dotted, line_of, load_mapping, problems
+from models.yamlconfig import at_line, load_mapping, validate
 
 Level = Literal["ok", "warn", "alert"]
 LEVELS: tuple[Level, ...] = ("ok", "warn", "alert")
@@ -136,18 +136,14 @@ def parse_alerts(text: str, source: str = "<thresholds>") -> Alerts:
     """Validate thresholds YAML; :class:`AlertsError` names ``source``, the line and the
     field of every problem."""
     data, node = load_mapping(text, source, AlertsError, "a mapping of checks")
-    try:
-        return Alerts.model_validate(data)
-    except ValidationError as exc:
-
-        def where(loc: Location) -> str:
-            line = line_of(node, loc)
-            return f"{source}:{f'line {line}' if line else '?'}: {dotted(loc) or '(top)'}"
-
-        raise AlertsError(
-            "invalid monitoring thresholds\n  "
-            + "\n  ".join(problems(exc, where, "unknown check or key"))
-        ) from None
+    return validate(
+        Alerts,
+        data,
+        AlertsError,
+        "invalid monitoring thresholds",
+        at_line(source, node),
+        "unknown check or key",
+    )
 
 
 def load_alerts(path: Path | str | None = None) -> Alerts:

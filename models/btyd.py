@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -136,39 +136,54 @@ class _BGNBDData:
     def log_likelihood(self, params: FloatArray) -> tuple[float, FloatArray]:
         """Total log-likelihood (section 7 of Fader, Hardie & Lee 2005) and its gradient."""
         r, alpha, a, b = params
-        xv, counts = self.x_values, self.x_counts
-        n = counts.sum()
-        ll = n * r * np.log(alpha) + counts @ (
-            gammaln(r + xv)
-            - gammaln(r)
-            + gammaln(a + b)
-            + gammaln(b + xv)
-            - gammaln(b)
-            - gammaln(a + b + xv)
-        )
-        d_r = n * np.log(alpha) + counts @ (digamma(r + xv) - digamma(r))
-        d_alpha = n * r / alpha
-        d_a = counts @ (digamma(a + b) - digamma(a + b + xv))
-        d_b = counts @ (digamma(a + b) + digamma(b + xv) - digamma(b) - digamma(a + b + xv))
-
+        ll, grad = _frequency_terms(params, self.x_values, self.x_counts, 0.0)
         log_zero_T = np.log(alpha + self.zero_T)
         ll -= r * log_zero_T.sum()
-        d_r -= log_zero_T.sum()
-        d_alpha -= r * np.sum(1.0 / (alpha + self.zero_T))
+        grad[0] -= log_zero_T.sum()
+        grad[1] -= r * np.sum(1.0 / (alpha + self.zero_T))
 
-        repeat = _block_sums(partial(_repeat_terms, r, alpha, a, b), self.x, self.recency, self.T)
-        return float(ll + repeat[0]), np.array([d_r, d_alpha, d_a, d_b]) + repeat[1:]
+        repeat = _block_sums(
+            partial(_dropout_terms, -1.0, r, alpha, a, b), self.x, self.recency, self.T
+        )
+        return float(ll + repeat[0]), grad + repeat[1:]
 
 
-def _repeat_terms(
-    r: float, alpha: float, a: float, b: float, x: FloatArray, rec: FloatArray, T: FloatArray
+def _frequency_terms(
+    params: FloatArray, xv: FloatArray, counts: FloatArray, shift: float
+) -> tuple[float, FloatArray]:
+    """The log-likelihood terms that depend on the frequency alone, summed per distinct
+    frequency, and their gradient: BG/NBD's (``shift`` 0) and MBG/NBD's (``shift`` 1)."""
+    r, alpha, a, b = params
+    n = counts.sum()
+    b_x, ab_x = b + xv + shift, a + b + xv + shift
+    ll = n * r * np.log(alpha) + counts @ (
+        gammaln(r + xv) - gammaln(r) + gammaln(a + b) + gammaln(b_x) - gammaln(b) - gammaln(ab_x)
+    )
+    d_r = n * np.log(alpha) + counts @ (digamma(r + xv) - digamma(r))
+    d_alpha = n * r / alpha
+    d_a = counts @ (digamma(a + b) - digamma(ab_x))
+    d_b = counts @ (digamma(a + b) + digamma(b_x) - digamma(b) - digamma(ab_x))
+    return float(ll), np.array([d_r, d_alpha, d_a, d_b])
+
+
+def _dropout_terms(
+    shift: float,
+    r: float,
+    alpha: float,
+    a: float,
+    b: float,
+    x: FloatArray,
+    rec: FloatArray,
+    T: FloatArray,
 ) -> FloatArray:
-    """Repeaters' log(A3 + A4) = A3 + softplus(D), D = A4 - A3 the dropout log-odds: the sum
-    and its gradient in (r, alpha, a, b)."""
+    """log(A3 + A4) = A3 + softplus(D), D = log a - log(b + x + shift) + (r + x)
+    log((alpha + T) / (alpha + recency)) the dropout log-odds: the sum and its gradient in
+    (r, alpha, a, b). BG/NBD's repeaters have ``shift`` -1, MBG/NBD's customers 0."""
     c = r + x
+    b_x = b + x + shift
     log_T = np.log(alpha + T)
     gap = log_T - np.log(alpha + rec)
-    dropout = np.log(a) - np.log(b + x - 1.0) + c * gap
+    dropout = np.log(a) - np.log(b_x) + c * gap
     tail = np.exp(-np.abs(dropout))
     w = np.where(dropout >= 0.0, 1.0, tail) / (1.0 + tail)  # expit(D), sharing exp()
     inv_T = 1.0 / (alpha + T)
@@ -178,7 +193,7 @@ def _repeat_terms(
             np.sum(w * gap - log_T),
             np.sum(c * (w * (inv_T - 1.0 / (alpha + rec)) - inv_T)),
             w.sum() / a,
-            -np.sum(w / (b + x - 1.0)),
+            -np.sum(w / b_x),
         ]
     )
 
@@ -219,12 +234,15 @@ def _fit_four_parameters(
     return params, float(ll_scaled + x.sum() * np.log(scale))
 
 
-class BetaGeoFitter:
-    """BG/NBD: Poisson purchases while alive, a coin flip after each purchase to drop out.
+class _FourParameterFitter:
+    """What BG/NBD and MBG/NBD share: the fit, the fitted (r, alpha, a, b), the dropout odds.
 
     ``params_`` holds r, alpha (days), a and b; ``log_likelihood_`` is the total
     unpenalised log-likelihood of the fitted histories with time in days.
     """
+
+    _data: ClassVar[type[_BGNBDData] | type[_MBGNBDData]]
+    _name: ClassVar[str]
 
     def __init__(self, penalizer_coef: float = 0.0) -> None:
         self.penalizer_coef = penalizer_coef
@@ -232,21 +250,39 @@ class BetaGeoFitter:
     def fit(self, frequency: npt.ArrayLike, recency: npt.ArrayLike, T: npt.ArrayLike) -> Self:
         """Maximum likelihood on histories rescaled so the oldest age is 1 (as ``lifetimes``)."""
         self.params_, self.log_likelihood_ = _fit_four_parameters(
-            _BGNBDData, "BG/NBD", self.penalizer_coef, frequency, recency, T
+            self._data, self._name, self.penalizer_coef, frequency, recency, T
         )
         return self
 
     def _params(self) -> tuple[float, float, float, float]:
         if not hasattr(self, "params_"):
-            raise NotFittedError("BetaGeoFitter is not fitted: call fit() first")
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit() first")
         p = self.params_
         return p["r"], p["alpha"], p["a"], p["b"]
 
-    def _p_alive(self, x: FloatArray, rec: FloatArray, age: FloatArray) -> FloatArray:
+    def _b_x(self, b: float, x: FloatArray) -> FloatArray:
+        """The model's ``b + x`` (BG/NBD's minus one) in the dropout log-odds."""
+        raise NotImplementedError
+
+    def _dropout(self, x: FloatArray, rec: FloatArray, age: FloatArray) -> FloatArray:
+        """log(P(dropped out) / P(alive)) at age T given the history."""
         r, alpha, a, b = self._params()
-        dropout = np.log(a) - np.log(b + np.maximum(x, 1.0) - 1.0)
+        dropout = np.log(a) - np.log(self._b_x(b, x))
         dropout += (r + x) * (np.log(alpha + age) - np.log(alpha + rec))
-        return np.where(x == 0, 1.0, expit(-dropout))
+        return dropout
+
+
+class BetaGeoFitter(_FourParameterFitter):
+    """BG/NBD: Poisson purchases while alive, a coin flip after each purchase to drop out."""
+
+    _data = _BGNBDData
+    _name = "BG/NBD"
+
+    def _b_x(self, b: float, x: FloatArray) -> FloatArray:
+        return b + np.maximum(x, 1.0) - 1.0
+
+    def _p_alive(self, x: FloatArray, rec: FloatArray, age: FloatArray) -> FloatArray:
+        return np.where(x == 0, 1.0, expit(-self._dropout(x, rec, age)))
 
     def conditional_probability_alive(
         self, frequency: npt.ArrayLike, recency: npt.ArrayLike, T: npt.ArrayLike
@@ -297,50 +333,14 @@ class _MBGNBDData:
     def log_likelihood(self, params: FloatArray) -> tuple[float, FloatArray]:
         """Total log-likelihood (Batislam, Denizel & Filiztekin 2007) and its gradient."""
         r, alpha, a, b = params
-        xv, counts = self.x_values, self.x_counts
-        n = counts.sum()
-        ll = n * r * np.log(alpha) + counts @ (
-            gammaln(r + xv)
-            - gammaln(r)
-            + gammaln(a + b)
-            + gammaln(b + xv + 1.0)
-            - gammaln(b)
-            - gammaln(a + b + xv + 1.0)
+        ll, grad = _frequency_terms(params, self.x_values, self.x_counts, 1.0)
+        rest = _block_sums(
+            partial(_dropout_terms, 0.0, r, alpha, a, b), self.x, self.recency, self.T
         )
-        d_r = n * np.log(alpha) + counts @ (digamma(r + xv) - digamma(r))
-        d_alpha = n * r / alpha
-        d_a = counts @ (digamma(a + b) - digamma(a + b + xv + 1.0))
-        d_b = counts @ (
-            digamma(a + b) + digamma(b + xv + 1.0) - digamma(b) - digamma(a + b + xv + 1.0)
-        )
-        rest = _block_sums(partial(_mbg_terms, r, alpha, a, b), self.x, self.recency, self.T)
-        return float(ll + rest[0]), np.array([d_r, d_alpha, d_a, d_b]) + rest[1:]
+        return float(ll + rest[0]), grad + rest[1:]
 
 
-def _mbg_terms(
-    r: float, alpha: float, a: float, b: float, x: FloatArray, rec: FloatArray, T: FloatArray
-) -> FloatArray:
-    """Every customer's log(A3 + A4) = A3 + softplus(D), D = log a - log(b + x) + (r + x)
-    log((alpha + T) / (alpha + recency)): the sum and its gradient in (r, alpha, a, b)."""
-    c = r + x
-    log_T = np.log(alpha + T)
-    gap = log_T - np.log(alpha + rec)
-    dropout = np.log(a) - np.log(b + x) + c * gap
-    tail = np.exp(-np.abs(dropout))
-    w = np.where(dropout >= 0.0, 1.0, tail) / (1.0 + tail)
-    inv_T = 1.0 / (alpha + T)
-    return np.array(
-        [
-            np.sum(np.maximum(dropout, 0.0) + np.log1p(tail) - c * log_T),
-            np.sum(w * gap - log_T),
-            np.sum(c * (w * (inv_T - 1.0 / (alpha + rec)) - inv_T)),
-            w.sum() / a,
-            -np.sum(w / (b + x)),
-        ]
-    )
-
-
-class ModifiedBetaGeoFitter:
+class ModifiedBetaGeoFitter(_FourParameterFitter):
     """MBG/NBD: BG/NBD where a customer may also drop out right after the first purchase.
 
     BG/NBD calls every customer without a repeat purchase alive for sure, which is wrong
@@ -350,25 +350,18 @@ class ModifiedBetaGeoFitter:
     as :class:`BetaGeoFitter`; matches ``lifetimes.ModifiedBetaGeoFitter``.
     """
 
-    def __init__(self, penalizer_coef: float = 0.0) -> None:
-        self.penalizer_coef = penalizer_coef
+    _data = _MBGNBDData
+    _name = "MBG/NBD"
 
-    def fit(self, frequency: npt.ArrayLike, recency: npt.ArrayLike, T: npt.ArrayLike) -> Self:
-        self.params_, self.log_likelihood_ = _fit_four_parameters(
-            _MBGNBDData, "MBG/NBD", self.penalizer_coef, frequency, recency, T
-        )
-        return self
+    def _b_x(self, b: float, x: FloatArray) -> FloatArray:
+        return b + x
 
     def conditional_probability_alive(
         self, frequency: npt.ArrayLike, recency: npt.ArrayLike, T: npt.ArrayLike
     ) -> FloatArray:
         """P(still alive at age T | history), for customers with and without repeats."""
-        if not hasattr(self, "params_"):
-            raise NotFittedError("ModifiedBetaGeoFitter is not fitted: call fit() first")
-        x, rec, age = _histories(frequency, recency, T)
-        p = self.params_
-        dropout = np.log(p["a"]) - np.log(p["b"] + x)
-        dropout += (p["r"] + x) * (np.log(p["alpha"] + age) - np.log(p["alpha"] + rec))
+        self._params()  # an unfitted model is the first error, before the inputs
+        dropout = self._dropout(*_histories(frequency, recency, T))
         return np.asarray(expit(-dropout), dtype=np.float64)
 
 

@@ -21,7 +21,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -30,7 +29,7 @@ from features.contract import NO_ACTION
 from features.tables.outcomes import DEFAULT_ATTRIBUTION_DAYS, Attribution
 from models.expressions import Expression, parse
 from models.value import OUTPUT_COLUMNS as VALUE_FIELDS
-from models.yamlconfig import load_mapping, problems
+from models.yamlconfig import Location, load_mapping, validate
 
 #: channels that contact a person and therefore need their consent
 CONSENT_CHANNELS = frozenset({"email", "call", "sms"})
@@ -312,14 +311,14 @@ def _where(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
 def parse_catalog(text: str, source: str = "<string>") -> Catalog:
     """Parse and validate catalog YAML; errors name ``source``, the action and the field."""
     data, _ = load_mapping(text, source, CatalogError, "a mapping with an 'actions' list")
-    try:
-        return Catalog.model_validate(data)
-    except ValidationError as exc:
+
+    def where(loc: Location) -> str:
         actions = data.get("actions")
         if isinstance(actions, list):  # error locations count no_action first
-            data = {**data, "actions": _control_first(actions)}
-        lines = problems(exc, lambda loc: f"{source}: {_where(loc, data)}")
-        raise CatalogError("invalid action catalog\n  " + "\n  ".join(lines)) from None
+            return f"{source}: {_where(loc, {**data, 'actions': _control_first(actions)})}"
+        return f"{source}: {_where(loc, data)}"
+
+    return validate(Catalog, data, CatalogError, "invalid action catalog", where)
 
 
 @cache

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, TypedDict, Unpack
 
 import numpy as np
 
@@ -144,75 +145,12 @@ def _bootstrap(
     return float(lo), float(hi)
 
 
-def _result(
-    method: str,
-    num: np.ndarray,
-    den: np.ndarray,
-    w: np.ndarray,
-    n_boot: int,
-    alpha: float,
-    seed: int,
-) -> OPEResult:
-    estimate = float(num.sum() / den.sum())
-    lo, hi = _bootstrap(num, den, n_boot, alpha, seed)
-    return OPEResult(method, estimate, lo, hi, len(num), kish_ess(w))
+#: the estimators :func:`estimate` knows, by name
+Method = Literal["ips", "snips", "dr"]
 
 
-def ips(
-    pi: np.ndarray,
-    logged_action: np.ndarray,
-    logged_propensity: np.ndarray,
-    reward: np.ndarray,
-    k: int | None = None,
-    n_boot: int = 200,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> OPEResult:
-    """Inverse propensity scoring: ``mean(pi(a|x) / p * r)``."""
-    probs, a, p, r = _inputs(pi, logged_action, logged_propensity, reward, k)
-    w = _importance_weights(probs, a, p)
-    return _result("ips", w * r, np.ones_like(w), w, n_boot, alpha, seed)
-
-
-def snips(
-    pi: np.ndarray,
-    logged_action: np.ndarray,
-    logged_propensity: np.ndarray,
-    reward: np.ndarray,
-    k: int | None = None,
-    n_boot: int = 200,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> OPEResult:
-    """Self-normalised IPS: ``sum(w r) / sum(w)``."""
-    probs, a, p, r = _inputs(pi, logged_action, logged_propensity, reward, k)
-    w = _importance_weights(probs, a, p)
-    return _result("snips", w * r, w, w, n_boot, alpha, seed)
-
-
-def doubly_robust(
-    pi: np.ndarray,
-    logged_action: np.ndarray,
-    logged_propensity: np.ndarray,
-    reward: np.ndarray,
-    q: np.ndarray,
-    k: int | None = None,
-    n_boot: int = 200,
-    alpha: float = 0.05,
-    seed: int = 0,
-) -> OPEResult:
-    """``mean(sum_a pi(a|x) q(x, a) + pi(a_i|x) / p (r - q(x, a_i)))``."""
-    probs, a, p, r = _inputs(pi, logged_action, logged_propensity, reward, k)
-    q = np.asarray(q, dtype="float64")
-    if q.shape != probs.shape:
-        raise ValueError(f"reward model q has shape {q.shape}, expected {probs.shape}")
-    w = _importance_weights(probs, a, p)
-    rows = np.arange(len(a))
-    terms = (probs * q).sum(axis=1) + w * (r - q[rows, a])
-    return _result("dr", terms, np.ones_like(w), w, n_boot, alpha, seed)
-
-
-def evaluate_policy(
+def estimate(
+    method: Method,
     pi: np.ndarray,
     logged_action: np.ndarray,
     logged_propensity: np.ndarray,
@@ -222,16 +160,52 @@ def evaluate_policy(
     n_boot: int = 200,
     alpha: float = 0.05,
     seed: int = 0,
+) -> OPEResult:
+    """One estimate of ``pi``'s mean reward, as ``sum(num) / sum(den)`` of per-decision terms.
+
+    * ``ips``: ``mean(pi(a|x) / p * r)``;
+    * ``snips``: ``sum(w r) / sum(w)``;
+    * ``dr`` (needs the reward model ``q[n, K]``):
+      ``mean(sum_a pi(a|x) q(x, a) + pi(a_i|x) / p (r - q(x, a_i)))``.
+    """
+    probs, a, p, r = _inputs(pi, logged_action, logged_propensity, reward, k)
+    w = _importance_weights(probs, a, p)
+    if method == "dr":
+        if q is None:
+            raise ValueError("the doubly robust estimate needs a reward model q")
+        q = np.asarray(q, dtype="float64")
+        if q.shape != probs.shape:
+            raise ValueError(f"reward model q has shape {q.shape}, expected {probs.shape}")
+        num, den = (probs * q).sum(axis=1) + w * (r - q[np.arange(len(a)), a]), np.ones_like(w)
+    elif method not in ("ips", "snips") or q is not None:
+        raise ValueError(f"unknown estimator {method!r} or a reward model q it does not take")
+    else:
+        num, den = w * r, (w if method == "snips" else np.ones_like(w))
+    lo, hi = _bootstrap(num, den, n_boot, alpha, seed)
+    return OPEResult(method, float(num.sum() / den.sum()), lo, hi, len(num), kish_ess(w))
+
+
+class EstimateOptions(TypedDict, total=False):
+    """:func:`estimate`'s optional arguments, which :func:`evaluate_policy` passes on."""
+
+    k: int | None
+    n_boot: int
+    alpha: float
+    seed: int
+
+
+def evaluate_policy(
+    pi: np.ndarray,
+    logged_action: np.ndarray,
+    logged_propensity: np.ndarray,
+    reward: np.ndarray,
+    q: np.ndarray | None = None,
+    **options: Unpack[EstimateOptions],
 ) -> dict[str, OPEResult]:
     """IPS, SNIPS and (given a reward model ``q``) DR estimates of one policy."""
+    methods: tuple[Method, ...] = ("ips", "snips") if q is None else ("ips", "snips", "dr")
     args = (pi, logged_action, logged_propensity, reward)
-    results = {
-        "ips": ips(*args, k=k, n_boot=n_boot, alpha=alpha, seed=seed),
-        "snips": snips(*args, k=k, n_boot=n_boot, alpha=alpha, seed=seed),
-    }
-    if q is not None:
-        results["dr"] = doubly_robust(*args, q, k=k, n_boot=n_boot, alpha=alpha, seed=seed)
-    return results
+    return {m: estimate(m, *args, q if m == "dr" else None, **options) for m in methods}
 
 
 def random_policy(eligible: np.ndarray) -> np.ndarray:

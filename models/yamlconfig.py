@@ -7,12 +7,14 @@ file is reported: the source, where in it, and pydantic's message said for peopl
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 Location = tuple[int | str, ...]
+Where = Callable[[Location], str]
+M = TypeVar("M", bound=BaseModel)
 
 
 def load_mapping(
@@ -43,9 +45,7 @@ def message(err: Any, unknown: str = "unknown key (typo?)") -> str:
     return str(err["msg"]).removeprefix("Value error, ")
 
 
-def problems(
-    exc: ValidationError, where: Callable[[Location], str], unknown: str = "unknown key (typo?)"
-) -> list[str]:
+def problems(exc: ValidationError, where: Where, unknown: str = "unknown key (typo?)") -> list[str]:
     """``where(loc): message`` for every error of ``exc``."""
     return [f"{where(tuple(err['loc']))}: {message(err, unknown)}" for err in exc.errors()]
 
@@ -68,3 +68,29 @@ def line_of(node: yaml.Node | None, loc: Location) -> int | None:
         else:
             break
     return line
+
+
+def at_line(source: str, node: yaml.Node | None) -> Where:
+    """``source:line N: a.b`` for a location: where an operator finds it in the file."""
+
+    def where(loc: Location) -> str:
+        line = line_of(node, loc)
+        return f"{source}:{f'line {line}' if line else '?'}: {dotted(loc) or '(top)'}"
+
+    return where
+
+
+def validate(
+    model: type[M],
+    data: dict[str, Any],
+    error: type[Exception],
+    title: str,
+    where: Where,
+    unknown: str = "unknown key (typo?)",
+) -> M:
+    """``model`` from ``data``, or ``error``: ``title``, then one indented line per problem
+    (``where(loc): message``), so a file with several mistakes is fixed in one pass."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(f"{title}\n  " + "\n  ".join(problems(exc, where, unknown))) from None

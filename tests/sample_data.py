@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -170,14 +171,16 @@ def use_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     reset_settings()
 
 
-def trained_home(name: str, customers: int, seed: int) -> tuple[Any, Any]:
-    """A module's ``home`` (one trained workspace, built once) and its autouse fixture
-    that makes it every test's RAPPORT_HOME; assign both: ``home, _home = trained_home(...)``."""
+def module_home(name: str, build: Callable[[Path], None] | None = None) -> tuple[Any, Any]:
+    """A module's ``home`` (one workspace, built once by ``build``, else empty) and its
+    autouse fixture that makes it every test's RAPPORT_HOME; assign both:
+    ``home, shared_home = module_home(...)``."""
 
     @pytest.fixture(scope="module", name="home")
     def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path = tmp_path_factory.mktemp(name)
-        trained_workspace(path, customers=customers, seed=seed)
+        if build is not None:
+            build(path)
         return path
 
     @pytest.fixture(autouse=True, name="shared_home")
@@ -185,6 +188,11 @@ def trained_home(name: str, customers: int, seed: int) -> tuple[Any, Any]:
         yield from use_home(home, monkeypatch)
 
     return home, shared_home
+
+
+def trained_home(name: str, customers: int, seed: int) -> tuple[Any, Any]:
+    """:func:`module_home` with demo data ingested and churn and value trained."""
+    return module_home(name, partial(trained_workspace, customers=customers, seed=seed))
 
 
 def warehouse_query(sql: str, params: list | None = None) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from training.plots import axes, png
@@ -32,6 +33,19 @@ def _series(history: pd.DataFrame, kind: str, check: str, subject: str = "all") 
         (history["kind"] == kind) & (history["check"] == check) & (history["subject"] == subject)
     ]
     return f.groupby("checked_at")["value"].last().sort_index()
+
+
+def _run_ticks(ax: Axes, runs: pd.Index) -> None:
+    """Positions 0, 1, ... of the x axis labelled with the monitoring runs' times."""
+    ax.set_xticks(np.arange(len(runs)), [f"{t:%m-%d %H:%M}" for t in runs], rotation=45, fontsize=7)
+
+
+def _runs_figure(title: str, ylabel: str, runs: pd.Index) -> tuple[Figure, Axes, np.ndarray]:
+    """A figure over the monitoring ``runs`` (one x position each) and those positions."""
+    fig = axes(title, "monitoring run", ylabel, size=MONITOR_SIZE)
+    ax = fig.axes[0]
+    _run_ticks(ax, runs)
+    return fig, ax, np.arange(len(runs))
 
 
 def calibration_figure(curves: pd.DataFrame) -> Figure | None:
@@ -63,20 +77,14 @@ def auc_figure(history: pd.DataFrame) -> Figure | None:
     low = _series(history, "churn", "estimated_auc_low").reindex(est.index)
     high = _series(history, "churn", "estimated_auc_high").reindex(est.index)
     real = _series(history, "churn", "auc")
-    fig = axes(
-        "Churn AUC: label-free estimate (latest run) and realised",
-        "monitoring run",
-        "AUC",
-        size=MONITOR_SIZE,
+    fig, ax, x = _runs_figure(
+        "Churn AUC: label-free estimate (latest run) and realised", "AUC", est.index
     )
-    ax = fig.axes[0]
-    x = np.arange(len(est))
     ax.plot(x, est.to_numpy(), marker="o", label="estimated (CBPE)")
     ax.fill_between(x, low.to_numpy(), high.to_numpy(), alpha=0.2, label="90% interval")
     if not real.empty:
         rx = [list(est.index).index(t) for t in real.index if t in est.index]
         ax.plot(rx, real.reindex(est.index).dropna().to_numpy(), marker="s", label="realised")
-    ax.set_xticks(x, [f"{t:%m-%d %H:%M}" for t in est.index], rotation=45, fontsize=7)
     ax.legend(fontsize=8)
     return fig
 
@@ -85,13 +93,10 @@ def coverage_figure(history: pd.DataFrame) -> Figure | None:
     cov = _series(history, "value", "coverage")
     if cov.empty:
         return None
-    fig = axes("Value p10-p90 interval coverage", "monitoring run", "coverage", size=MONITOR_SIZE)
-    ax = fig.axes[0]
-    x = np.arange(len(cov))
+    fig, ax, x = _runs_figure("Value p10-p90 interval coverage", "coverage", cov.index)
     ax.axhspan(0.7, 0.9, color="green", alpha=0.1, label="70-90%")
     ax.axhline(0.8, color="k", lw=1, ls="--")
     ax.plot(x, cov.to_numpy(), marker="o", label="realised coverage")
-    ax.set_xticks(x, [f"{t:%m-%d %H:%M}" for t in cov.index], rotation=45, fontsize=7)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     return fig
@@ -129,12 +134,7 @@ def drift_heatmap(history: pd.DataFrame) -> Figure | None:
         vmax=max(0.4, float(np.nanmax(table.to_numpy()))),
     )
     ax.set_yticks(np.arange(len(table)), list(table.index), fontsize=7)
-    ax.set_xticks(
-        np.arange(table.shape[1]),
-        [f"{t:%m-%d %H:%M}" for t in table.columns],
-        rotation=45,
-        fontsize=7,
-    )
+    _run_ticks(ax, table.columns)
     ax.set_title("PSI per feature and monitoring run (most drifted first)")
     fig.colorbar(image, ax=ax, label="PSI")
     return fig

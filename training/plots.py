@@ -9,10 +9,12 @@ that MLflow logs as an artifact and the HTML report inlines.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
@@ -39,24 +41,39 @@ def axes(title: str, xlabel: str, ylabel: str, size: tuple[float, float] = (5.5,
     return fig
 
 
-def roc(y: np.ndarray, scores: Scores) -> Figure:
-    """ROC curves of the model and the baselines on the same rows."""
-    fig = axes("ROC (holdout)", "false positive rate", "true positive rate")
+def _score_curves(
+    title: str, xlabel: str, ylabel: str, scores: Scores, curve: Callable[[np.ndarray], Any]
+) -> tuple[Figure, Axes]:
+    """A figure with one line ``curve(score) -> (x, y)`` per score, by name."""
+    fig = axes(title, xlabel, ylabel)
     ax = fig.axes[0]
     for name, score in scores.items():
-        fpr, tpr, _ = roc_curve(y, score)
-        ax.plot(fpr, tpr, label=name)
+        ax.plot(*curve(score), label=name)
+    return fig, ax
+
+
+def roc(y: np.ndarray, scores: Scores) -> Figure:
+    """ROC curves of the model and the baselines on the same rows."""
+    fig, ax = _score_curves(
+        "ROC (holdout)",
+        "false positive rate",
+        "true positive rate",
+        scores,
+        lambda score: roc_curve(y, score)[:2],  # (fpr, tpr)
+    )
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="random")
     ax.legend(loc="lower right")
     return fig
 
 
 def precision_recall(y: np.ndarray, scores: Scores) -> Figure:
-    fig = axes("Precision-recall (holdout)", "recall", "precision")
-    ax = fig.axes[0]
-    for name, score in scores.items():
-        precision, recall, _ = precision_recall_curve(y, score)
-        ax.plot(recall, precision, label=name)
+    fig, ax = _score_curves(
+        "Precision-recall (holdout)",
+        "recall",
+        "precision",
+        scores,
+        lambda score: precision_recall_curve(y, score)[1::-1],  # (recall, precision)
+    )
     ax.axhline(float(np.mean(y)), color="grey", linestyle=":", label="base rate")
     ax.legend(loc="upper right")
     return fig

@@ -159,20 +159,55 @@ class _Stamps:
     run_id: str
     as_of: datetime
     scored_at: datetime
-    #: model versions, feature set and catalog: string columns after the scores
-    tail: dict[str, str | None]
+    feature_set: str
+    catalog_version: str
+    #: the champions' versions by kind
+    versions: dict[str, str]
 
     @classmethod
     def new(cls, as_of: datetime, champions: Champions, spec: FeatureSpec, catalog: Any) -> _Stamps:
         run_id = datetime.now(UTC).strftime("sr-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
-        tail = {
-            "churn_version": champions.versions.get("churn"),
-            "value_version": champions.versions.get("value"),
-            "nba_version": champions.versions.get(NBA),
-            "feature_set": spec.version,
-            "catalog_version": catalog.version,
+        versions = dict(champions.versions)
+        return cls(run_id, as_of, datetime.now(UTC), spec.version, catalog.version, versions)
+
+    @property
+    def tail(self) -> dict[str, str | None]:
+        """Model versions, feature set and catalog: string columns after the scores."""
+        return {
+            "churn_version": self.versions.get("churn"),
+            "value_version": self.versions.get("value"),
+            "nba_version": self.versions.get(NBA),
+            "feature_set": self.feature_set,
+            "catalog_version": self.catalog_version,
         }
-        return cls(run_id, as_of, datetime.now(UTC), tail)
+
+    def summary(
+        self,
+        rows: int,
+        segments_version: str,
+        timings: dict[str, float],
+        best: dict[str, int],
+        abc: dict[str, int],
+        held_out: int,
+        control_share: float,
+        where: str | None = None,
+    ) -> ScoreRun:
+        """The run's :class:`ScoreRun` (best actions most frequent first)."""
+        return ScoreRun(
+            self.run_id,
+            self.as_of,
+            rows,
+            dict(self.versions),
+            self.feature_set,
+            self.catalog_version,
+            segments_version,
+            timings,
+            dict(sorted(best.items(), key=lambda kv: -kv[1])),
+            abc,
+            held_out,
+            control_share,
+            where=where,
+        )
 
     def apply(self, scored: pd.DataFrame) -> pd.DataFrame:
         """``run_id``, ``as_of``, ``scored_at`` first, the tail last (in place)."""
@@ -315,20 +350,7 @@ def score_all(
     published = publish(db, get_settings().score_snapshots_dir, stamps.run_id, features)
     timings["publishing"] = time.perf_counter() - start
     say(f"published as {published} (what the service reads while the warehouse is busy)")
-    return ScoreRun(
-        stamps.run_id,
-        cutoff,
-        total,
-        dict(champions.versions),
-        spec.version,
-        catalog.version,
-        segments.version,
-        timings,
-        dict(sorted(best.items(), key=lambda kv: -kv[1])),
-        abc,
-        held_out,
-        control.share,
-    )
+    return stamps.summary(total, segments.version, timings, best, abc, held_out, control.share)
 
 
 def score_on_spark(
@@ -400,18 +422,6 @@ def score_on_spark(
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    return ScoreRun(
-        stamps.run_id,
-        cutoff,
-        snapshot.rows,
-        dict(champions.versions),
-        spec.version,
-        scorer.catalog.version,
-        segments.version,
-        timings,
-        dict(sorted(best.items(), key=lambda kv: -kv[1])),
-        abc,
-        held_out,
-        control.share,
-        where=folder,
+    return stamps.summary(
+        snapshot.rows, segments.version, timings, best, abc, held_out, control.share, folder
     )

@@ -25,30 +25,30 @@ from models.base_analytics import (
     wilson_interval,
 )
 
-
 # --------------------------------------------------------------------------- periods
-def test_period_boundaries_step_back_by_calendar_periods() -> None:
-    as_of = pd.Timestamp("2025-03-31", tz="UTC")
-    months = period_boundaries(as_of.to_pydatetime(), "month", 3)
-    assert [f"{b:%Y-%m-%d}" for b in months] == [
-        "2024-11-30",
-        "2024-12-31",
-        "2025-01-31",
-        "2025-02-28",
-        "2025-03-31",
-    ]
-    quarters = period_boundaries(as_of.to_pydatetime(), "quarter", 2)
-    assert [f"{b:%Y-%m-%d}" for b in quarters] == [
-        "2024-06-30",
-        "2024-09-30",
-        "2024-12-31",
-        "2025-03-31",
-    ]
-    assert all(str(b.tz) == "UTC" for b in quarters)
+AS_OF = pd.Timestamp("2025-03-31", tz="UTC").to_pydatetime()
+
+
+@pytest.mark.parametrize(
+    ("period", "periods", "ends"),
+    [
+        ("month", 3, "2024-11-30 2024-12-31 2025-01-31 2025-02-28 2025-03-31"),
+        ("quarter", 2, "2024-06-30 2024-09-30 2024-12-31 2025-03-31"),
+    ],
+)
+def test_period_boundaries_step_back_by_calendar_periods(
+    period: str, periods: int, ends: str
+) -> None:
+    boundaries = period_boundaries(AS_OF, period, periods)
+    assert [f"{b:%Y-%m-%d}" for b in boundaries] == ends.split()
+    assert all(str(b.tz) == "UTC" for b in boundaries)
+
+
+def test_period_boundaries_reject_an_unknown_period_or_count() -> None:
     with pytest.raises(ValueError, match="period must be one of"):
-        period_boundaries(as_of.to_pydatetime(), "week", 3)
+        period_boundaries(AS_OF, "week", 3)
     with pytest.raises(ValueError, match="periods must be >= 1"):
-        period_boundaries(as_of.to_pydatetime(), "month", 0)
+        period_boundaries(AS_OF, "month", 0)
 
 
 # --------------------------------------------------------------------------- rates

@@ -10,15 +10,13 @@ import pytest
 from features.control import ControlGroup
 from models.ope import (
     OPEResult,
-    doubly_robust,
     encode_actions,
+    estimate,
     evaluate_policy,
-    ips,
     promotion_gate,
     random_policy,
     reward_model_matrix,
     single_action_policy,
-    snips,
 )
 
 K = 4
@@ -99,12 +97,12 @@ def test_dr_has_lower_variance_than_ips(
 
 def test_logging_policy_and_effective_sample_size() -> None:
     b = make_bandit(2_000, seed=5)
-    on_policy = snips(b.logging, b.action, b.propensity, b.reward)
+    on_policy = estimate("snips", b.logging, b.action, b.propensity, b.reward)
     assert on_policy.estimate == pytest.approx(b.reward.mean())
     assert on_policy.effective_sample_size == pytest.approx(2_000)
     assert on_policy.n == 2_000
-    narrow = ips(
-        single_action_policy(3, np.ones((2_000, K), bool)), b.action, b.propensity, b.reward
+    narrow = estimate(
+        "ips", single_action_policy(3, np.ones((2_000, K), bool)), b.action, b.propensity, b.reward
     )
     assert narrow.effective_sample_size < 0.5 * 2_000
 
@@ -114,19 +112,19 @@ def test_deterministic_policy_equals_one_hot() -> None:
     chosen = b.mean_reward.argmax(axis=1)
     one_hot = np.eye(K)[chosen]
     q = biased_reward_model(b)
-    by_index = doubly_robust(chosen, b.action, b.propensity, b.reward, q, k=K)
-    by_matrix = doubly_robust(one_hot, b.action, b.propensity, b.reward, q)
+    by_index = estimate("dr", chosen, b.action, b.propensity, b.reward, q, k=K)
+    by_matrix = estimate("dr", one_hot, b.action, b.propensity, b.reward, q)
     assert by_index == by_matrix
     with pytest.raises(ValueError, match="needs the number of actions"):
-        ips(chosen, b.action, b.propensity, b.reward)
+        estimate("ips", chosen, b.action, b.propensity, b.reward)
 
 
 def test_bootstrap_is_seeded() -> None:
     b = make_bandit(1_000, seed=3)
     pi = target_policy(b)
-    first = ips(pi, b.action, b.propensity, b.reward, seed=1)
-    assert ips(pi, b.action, b.propensity, b.reward, seed=1) == first
-    other = ips(pi, b.action, b.propensity, b.reward, seed=2)
+    first = estimate("ips", pi, b.action, b.propensity, b.reward, seed=1)
+    assert estimate("ips", pi, b.action, b.propensity, b.reward, seed=1) == first
+    other = estimate("ips", pi, b.action, b.propensity, b.reward, seed=2)
     assert (other.lo, other.hi) != (first.lo, first.hi)
     assert other.estimate == first.estimate
     assert first.lo < first.estimate < first.hi
@@ -145,13 +143,17 @@ def test_policy_helpers_respect_eligibility() -> None:
 def test_input_validation() -> None:
     b = make_bandit(100, seed=4)
     with pytest.raises(ValueError, match="sum to 1"):
-        ips(b.logging * 0.5, b.action, b.propensity, b.reward)
+        estimate("ips", b.logging * 0.5, b.action, b.propensity, b.reward)
     with pytest.raises(ValueError, match=r"propensities must be in \(0, 1\]"):
-        snips(b.logging, b.action, b.propensity * 0, b.reward)
+        estimate("snips", b.logging, b.action, b.propensity * 0, b.reward)
     with pytest.raises(ValueError, match="reward model q has shape"):
-        doubly_robust(b.logging, b.action, b.propensity, b.reward, np.zeros((100, 2)))
+        estimate("dr", b.logging, b.action, b.propensity, b.reward, np.zeros((100, 2)))
     with pytest.raises(ValueError, match="reward has shape"):
-        ips(b.logging, b.action, b.propensity, b.reward[:-1])
+        estimate("ips", b.logging, b.action, b.propensity, b.reward[:-1])
+    with pytest.raises(ValueError, match="needs a reward model q"):
+        estimate("dr", b.logging, b.action, b.propensity, b.reward)
+    with pytest.raises(ValueError, match="it does not take"):
+        estimate("ips", b.logging, b.action, b.propensity, b.reward, np.zeros((100, K)))
 
 
 def test_action_encoding_and_reward_model_matrix() -> None:
@@ -182,8 +184,8 @@ def test_gate_on_estimates_promotes_the_better_policy_only() -> None:
     b = make_bandit(3_000, seed=8)
     q = biased_reward_model(b)
     champion = float(b.reward.mean())  # the logging policy's own value, on-policy
-    better = doubly_robust(target_policy(b), b.action, b.propensity, b.reward, q)
-    worse = doubly_robust(np.zeros(3_000, int), b.action, b.propensity, b.reward, q, k=K)
+    better = estimate("dr", target_policy(b), b.action, b.propensity, b.reward, q)
+    worse = estimate("dr", np.zeros(3_000, int), b.action, b.propensity, b.reward, q, k=K)
     assert promotion_gate(better, champion)[0]
     assert not promotion_gate(worse, champion)[0]
 
@@ -207,9 +209,9 @@ def test_the_control_groups_mixture_propensity_keeps_ips_unbiased() -> None:
         pi = 0.5 * target_policy(b)
         pi[:, 0] += 0.5  # a policy that often does nothing: where the rule matters
         truths.append(float((pi * b.mean_reward).sum(axis=1).mean()))
-        mixture.append(ips(pi, action, mixed[rows, action], reward, n_boot=10).estimate)
+        mixture.append(estimate("ips", pi, action, mixed[rows, action], reward, n_boot=10).estimate)
         naive = np.where(control, 1.0, (1 - share) * b.logging[rows, action])
-        conditional.append(ips(pi, action, naive, reward, n_boot=10).estimate)
+        conditional.append(estimate("ips", pi, action, naive, reward, n_boot=10).estimate)
     truth = float(np.mean(truths))
     se = float(np.std(mixture) / np.sqrt(len(mixture)))
     assert abs(np.mean(mixture) - truth) < 3 * se + 0.01

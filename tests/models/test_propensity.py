@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.ope import doubly_robust, encode_actions
+from models.ope import encode_actions, estimate
 from models.propensity import ESTIMATED, cross_fitted, fill_propensities, frame_overlap
 
 ACTIONS = ["call", "email", "no_action"]
@@ -75,8 +75,8 @@ def test_dr_on_estimated_propensities_covers_the_true_value(
     reward = frame["reward"].to_numpy()
     # a deliberately poor reward model (each action's mean reward): the weights must do the work
     q = np.tile([reward[logged == j].mean() for j in range(3)], (n, 1))
-    estimated = doubly_robust(pi, logged, frame["propensity"], reward, q, n_boot=300, seed=2)
-    known = doubly_robust(pi, logged, frame["true_propensity"], reward, q, n_boot=300, seed=2)
+    estimated = estimate("dr", pi, logged, frame["propensity"], reward, q, n_boot=300, seed=2)
+    known = estimate("dr", pi, logged, frame["true_propensity"], reward, q, n_boot=300, seed=2)
     naive = float(np.mean(reward[logged == chosen]))
     print(
         f"\n{policy}: truth {true_value:.3f}; DR estimated {estimated.estimate:.3f} "

@@ -7,13 +7,10 @@ One store serves the module (creating one costs seconds): the tests run in file 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-from sample_data import use_home
+from sample_data import module_home
 
 from features.spec import default_spec
 from models import registry
@@ -30,14 +27,8 @@ FAST = {"num_boost_round": 10, "num_threads": 1, "min_data_in_leaf": 20}
 SPEC = default_spec()
 
 
-@pytest.fixture(scope="module")
-def module_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("registry-home")
-
-
-@pytest.fixture(autouse=True)
-def shared_home(module_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    yield from use_home(module_home, monkeypatch)
+#: one workspace (and MLflow store) for every test of this module
+home, shared_home = module_home("registry-home")
 
 
 def frame(n: int, seed: int) -> pd.DataFrame:

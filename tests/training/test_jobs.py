@@ -6,14 +6,13 @@ in file order: train, serve from the registry, gate, evaluate, tune.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
-from sample_data import use_home
+from sample_data import module_home
 
 from features.warehouse import connect
 from models import registry
@@ -30,15 +29,8 @@ FAST = {"num_boost_round": 40, "num_threads": 1, "min_data_in_leaf": 40}
 WEAK = {"num_boost_round": 2, "num_leaves": 2, "num_threads": 1}
 
 
-@pytest.fixture(scope="module")
-def module_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("rapport-home")
-
-
-@pytest.fixture(autouse=True)
-def shared_home(module_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Every test of this module sees the same workspace (and MLflow store)."""
-    yield from use_home(module_home, monkeypatch)
+#: one workspace (and MLflow store) for every test of this module
+home, shared_home = module_home("rapport-home")
 
 
 @pytest.fixture(scope="module")
