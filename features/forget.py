@@ -39,7 +39,7 @@ from features.online.events import OPEN_SUFFIX, SEALED_SUFFIX
 from features.online.identifiers import IdentityIndex, UnusableIdentifierError
 from features.online.store import OnlineStore
 from features.tables.lists import write_members
-from features.warehouse import raw
+from features.warehouse import raw, transaction
 
 FORGOTTEN = "forgotten"
 _QUARANTINE = "quarantine"
@@ -354,8 +354,7 @@ def forget(
     report.again = bool(before)
     decisions = _decisions_of(db, hashed)  # read before the rows that hold them go
     keys = _identifier_keys(db, customer_id, index)  # likewise
-    db.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(db):
         db.execute("CREATE OR REPLACE TEMP TABLE _rapport_forget AS SELECT ? AS h", [hashed])
         report.warehouse = _erase_hashes(db, "_rapport_forget")
         db.execute("DROP TABLE _rapport_forget")
@@ -363,10 +362,6 @@ def forget(
             f"INSERT INTO {FORGOTTEN} VALUES (?, ?, ?)",
             [hashed, now, sum(report.warehouse.values())],
         )
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     if store is not None:
         report.online_record = store.delete(customer_id)
         report.online_identifiers = store.delete_identifiers(customer_id, keys)

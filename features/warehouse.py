@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -64,6 +65,19 @@ def connect(
 def raw(con: DuckDBBackend) -> duckdb.DuckDBPyConnection:
     """The underlying DuckDB connection, for bulk SQL (ingest, exports)."""
     return con.con
+
+
+@contextmanager
+def transaction(db: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Everything written inside commits together or not at all (rolled back on any
+    error, the error raised on)."""
+    db.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def ensure_contract_tables(con: DuckDBBackend) -> None:

@@ -43,7 +43,7 @@ from features.tables.impact import IMPACT, IMPACT_ACTIONS, append
 from features.tables.outcomes import decision_outcomes
 from features.tables.scores import NoScoresError, latest_run
 from features.timeutil import as_utc
-from features.warehouse import raw
+from features.warehouse import raw, transaction
 from models.catalog import Catalog, default_catalog
 from models.impact import impact_rows, per_action, per_customer
 from training.nba_evaluation import default_margin_rate
@@ -309,14 +309,9 @@ def run(
     stamps = {"run_id": result.run_id, "computed_at": pd.Timestamp(result.computed_at)}
     stamps |= {"since": result.since, "by": by or "", "period_kind": period}
     db = raw(con)
-    db.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(db):
         append(db, IMPACT, result.table.assign(**stamps))
         append(db, IMPACT_ACTIONS, result.actions.assign(**stamps))
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     if log_to_mlflow:
         result.mlflow_run_id = _log_mlflow(result)
     return result

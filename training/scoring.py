@@ -71,7 +71,7 @@ from features.tables.scores import (
 from features.tables.segments import save_version
 from features.tables.snapshots import publish
 from features.timeutil import as_utc
-from features.warehouse import raw
+from features.warehouse import raw, transaction
 from models.registry import Champions, build_scorer, check_compatible, load_champions
 from rapport.settings import get_settings
 
@@ -310,8 +310,7 @@ def score_all(
     abc: dict[str, int] = {}
     held_out = 0
     score_s = write_s = 0.0
-    db.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(db):
         for offset in range(0, max(total, 1), chunk_rows):
             t0 = time.perf_counter()
             part = features.iloc[offset : offset + chunk_rows]
@@ -342,10 +341,6 @@ def score_all(
         timings["writing"] = write_s
         _record_run(db, stamps, total, sum(timings.values()), catalog, segments, control)
         prune_feature_samples(db, get_settings().score_feature_runs)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     start = time.perf_counter()
     published = publish(db, get_settings().score_snapshots_dir, stamps.run_id, features)
     timings["publishing"] = time.perf_counter() - start
@@ -413,15 +408,10 @@ def score_on_spark(
     abc = on_spark.counts(written, "abc_tier")
     held_out = on_spark.counts(written, "group").get("control", 0)
     db = raw(con)
-    db.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(db):
         _record_run(
             db, stamps, snapshot.rows, sum(timings.values()), scorer.catalog, segments, control
         )
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     return stamps.summary(
         snapshot.rows, segments.version, timings, best, abc, held_out, control.share, folder
     )

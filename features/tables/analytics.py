@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from features.tables.scores import tables
 from features.timeutil import as_utc
+from features.warehouse import transaction
 
 RUNS = "analytics_runs"
 
@@ -230,8 +231,7 @@ def write_run(db: Any, run: Mapping[str, Any], results: Mapping[str, pd.DataFram
     missing = sorted(set(TABLES) - set(results))
     if unknown or missing:
         raise ValueError(f"analytics tables: unknown {unknown}, missing {missing}")
-    db.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(db):
         db.execute(ddl(RUNS, RUN_COLUMNS))
         _insert(db, RUNS, RUN_COLUMNS, pd.DataFrame([{c: run.get(c) for c in RUN_COLUMNS}]))
         for table, columns in TABLES.items():
@@ -242,10 +242,6 @@ def write_run(db: Any, run: Mapping[str, Any], results: Mapping[str, pd.DataFram
             frame = frame.assign(run_id=run["run_id"])
             db.execute(ddl(table, columns))
             _insert(db, table, columns, frame)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
 
 
 def _arrow(frame: pd.DataFrame) -> pa.Table:

@@ -20,6 +20,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from features.warehouse import transaction
+
 CHECKS = "monitor_checks"
 RUNS = "monitor_runs"
 CURVES = "monitor_curves"
@@ -80,8 +82,7 @@ def _append(db: Any, table: str, frame: pd.DataFrame, columns: tuple[str, ...]) 
 
 def record(db: Any, run: dict[str, Any], checks: pd.DataFrame, curves: pd.DataFrame) -> None:
     """Append one monitoring run (its row, checks and curves) in one transaction."""
-    db.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(db):
         for ddl in (CHECKS_DDL, RUNS_DDL, CURVES_DDL):
             db.execute(ddl)
         _append(db, CHECKS, checks, CHECK_COLUMNS)
@@ -101,10 +102,6 @@ def record(db: Any, run: dict[str, Any], checks: pd.DataFrame, curves: pd.DataFr
                 run["mlflow_run_id"],
             ],
         )
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
 
 
 def load_checks(db: Any, run_id: str | None = None) -> pd.DataFrame:
