@@ -110,6 +110,11 @@ class Scopes(click.ParamType):
 
 
 WHEN, DAYS = When(), Days()
+#: path options: a file or folder (it need not exist yet), or one that must exist
+FILE = click.Path(dir_okay=False, path_type=Path)
+FOLDER = click.Path(file_okay=False, path_type=Path)
+EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+EXISTING_FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 def open_warehouse(settings: Settings, read_only: bool = False) -> Any:
@@ -260,7 +265,7 @@ def _table_options(fn: Callable) -> Callable:
         fn = click.option(
             f"--{table.replace('_', '-')}",
             table,
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            type=EXISTING_FILE,
             help=f"Path of the {table} file"
             + (" (decision_id, outcome, revenue, responded_at)." if table == "outcomes" else "."),
         )(fn)
@@ -325,9 +330,7 @@ def _split_format(kwargs: dict[str, Any]) -> tuple[FileOptions, dict[str, Path |
 
 
 @main.command()
-@click.argument(
-    "directory", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
+@click.argument("directory", required=False, type=EXISTING_FOLDER)
 @_table_options
 @_file_format_options
 @click.option("--strict", is_flag=True, help="Exit 2 when any row is quarantined.")
@@ -347,7 +350,7 @@ def _split_format(kwargs: dict[str, Any]) -> tuple[FileOptions, dict[str, Path |
 )
 @click.option(
     "--catalog",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     default=None,
     help="Action catalog whose attribution_days windows attribute orders to decisions "
     "(default: the packaged models/default_catalog.yaml).",
@@ -419,9 +422,7 @@ def ingest(
 
 
 @main.command()
-@click.argument(
-    "directory", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
+@click.argument("directory", required=False, type=EXISTING_FOLDER)
 @_table_options
 @_file_format_options
 def validate(directory: Path | None, **kwargs: Any) -> None:
@@ -444,10 +445,7 @@ def validate(directory: Path | None, **kwargs: Any) -> None:
     "--as-of", type=WHEN, default=None, help="Cutoff (default: now). Events before it count."
 )
 @click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the features to a .parquet or .csv file.",
+    "--out", type=FILE, default=None, help="Write the features to a .parquet or .csv file."
 )
 @click.option(
     "--segments/--no-segments",
@@ -549,7 +547,7 @@ KIND = click.Choice(["churn", "value"])
 )
 @click.option(
     "--catalog",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     default=None,
     help="nba only: action catalog YAML (default: the packaged models/default_catalog.yaml).",
 )
@@ -856,13 +854,13 @@ def impact(since: datetime | None, by: str | None, period: str) -> None:
 @click.option("--as-of", default=None, help="Monitor as of this date (default: end of the data).")
 @click.option(
     "--thresholds",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     default=None,
     help="Thresholds YAML (default: the shipped models/default_alerts.yaml).",
 )
 @click.option(
     "--report-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FOLDER,
     default=None,
     help="Folder of the HTML report (default: <home>/monitoring).",
 )
@@ -902,24 +900,15 @@ def monitor(as_of: str | None, thresholds: Path | None, report_dir: Path | None)
     is_flag=True,
     help="Drop customers whose expected value <= the action's cost (before the budget).",
 )
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the list to a .csv or .parquet file.",
-)
+@click.option("--out", type=FILE, default=None, help="Write the list to a .csv or .parquet file.")
 @click.option(
     "--suppress",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     default=None,
     help="Extra opt-out ids (.csv/.parquet with customer_id, or one id per line).",
 )
 @click.option(
-    "--lists",
-    "lists_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Extra saved list definitions (YAML).",
+    "--lists", "lists_file", type=FILE, default=None, help="Extra saved list definitions (YAML)."
 )
 @click.option(
     "--as-of", type=WHEN, default=None, help="Consent and contact history as of (default: now)."
@@ -1354,7 +1343,7 @@ def simulate(days: int, seed: int, as_of: datetime | None) -> None:
     help="Simulated 30-day periods to play after the batch part; with more than one, each "
     "ends with `rapport cycle` and the demo prints the trajectory (1: one period, no cycle).",
 )
-def demo(customers: int, seed: int, serve: bool, port: int, ui_port: int, periods: int) -> None:
+def demo(**options: Any) -> None:
     """Run the whole loop on generated demo data (the README's first command).
 
     Data, ingest, features, training, promotion, the online store, then (unless
@@ -1363,19 +1352,8 @@ def demo(customers: int, seed: int, serve: bool, port: int, ui_port: int, period
     """
     from rapport.demo import DemoOptions, run_demo
 
-    run_demo(
-        DemoOptions(
-            customers=customers,
-            seed=seed,
-            serve=serve,
-            port=port,
-            ui_port=ui_port,
-            periods=periods,
-        ),
-        get_settings(),
-        say,
-        progress,
-    )
+    # the options are named as DemoOptions' fields: one list of what the demo takes
+    run_demo(DemoOptions(**options), get_settings(), say, progress)
 
 
 if __name__ == "__main__":

@@ -143,13 +143,7 @@ class Reloader:
             except Exception as exc:  # it would fail requests: keep the old models
                 if champions is live.champions:
                     raise
-                self._refused = marker
-                log.error(
-                    "new champions %s not loaded, still serving %s: scoring failed: %s",
-                    marker,
-                    versions_header(live.champions.versions),
-                    f"{type(exc).__name__}: {_first_line(exc)}",
-                )
+                self._refuse(marker, live, exc, "scoring failed: ")
                 return None
         return new
 
@@ -209,16 +203,22 @@ class Reloader:
             if problems := registry.check_compatible(champions, self.spec):
                 raise ValueError("; ".join(problems))
         except Exception as exc:
-            self._refused = marker
-            log.error(
-                "new champions %s not loaded, still serving %s: %s",
-                marker,
-                versions_header(live.champions.versions),
-                f"{type(exc).__name__}: {_first_line(exc)}",
-            )
+            self._refuse(marker, live, exc)
             return None
         self._refused = None
         return champions
+
+    def _refuse(self, marker: str, live: Live, exc: Exception, what: str = "") -> None:
+        """Never try ``marker`` again (until another comes) and say why once: the old
+        champions keep serving."""
+        self._refused = marker
+        log.error(
+            "new champions %s not loaded, still serving %s: %s%s",
+            marker,
+            versions_header(live.champions.versions),
+            what,
+            f"{type(exc).__name__}: {_first_line(exc)}",
+        )
 
     def _read_state(self) -> StoreState:
         """The store's state, made unservable by an unreadable control group file: scoring

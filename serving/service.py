@@ -276,8 +276,6 @@ class Rapport:
         as_of = self._as_of(ctx, request.as_of, now)
         if isinstance(as_of, JSONResponse):
             return as_of
-        if (unavailable := self._unavailable(ctx)) is not None:
-            return unavailable
         customer_id = self._identify(ctx, request)
         if isinstance(customer_id, JSONResponse):
             return customer_id
@@ -310,8 +308,6 @@ class Rapport:
         as_of = self._as_of(ctx, request.as_of, now)
         if isinstance(as_of, JSONResponse):
             return as_of
-        if (unavailable := self._unavailable(ctx)) is not None:
-            return unavailable
         ids = [item.customer_id for item in request.customers]
         self._settle(ids)
         records = self.store.get_many(ids)
@@ -346,12 +342,14 @@ class Rapport:
     def _as_of(
         self, ctx: bentoml.Context, wanted: datetime | None, now: datetime
     ) -> datetime | JSONResponse:
-        """Now, or the instant asked for when the key has the admin scope."""
+        """Now, or the instant asked for when the key has the admin scope; else a 403, or
+        a 503 while the service is not ready (what every scoring endpoint checks first)."""
         if wanted is None:
-            return now
-        if ADMIN not in ctx.request.scope.get("state", {}).get(GRANTED, frozenset()):
+            wanted = now
+        elif ADMIN not in ctx.request.scope.get("state", {}).get(GRANTED, frozenset()):
             return _error(ctx, 403, "as_of may only be set with the 'admin' scope")
-        return wanted
+        unavailable = self._unavailable(ctx)
+        return wanted if unavailable is None else unavailable
 
     def _settle(self, customer_ids: list[str]) -> None:
         """Write pending decisions of these customers first: their contact history counts."""

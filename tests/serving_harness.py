@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -43,21 +43,20 @@ class Workspace:
 def environment(**values: str | None) -> Iterator[None]:
     """Temporarily set (or, with None, unset) environment variables and reset settings."""
     before = {k: os.environ.get(k) for k in values}
+    _set_environment(values)
+    try:
+        yield
+    finally:
+        _set_environment(before)
+
+
+def _set_environment(values: Mapping[str, str | None]) -> None:
     for key, value in values.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
     reset_settings()
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        reset_settings()
 
 
 def prepare_workspace(
@@ -105,6 +104,25 @@ def prepare_workspace(
         con.disconnect()
     keys = {scope: add_key(home, [scope]) for scope in SCOPES}
     return Workspace(home, keys, sample_customers(home))
+
+
+def workspace_fixture(
+    folder: str,
+    customers: int,
+    seed: int,
+    nba: bool = False,
+    scope: Literal["module", "session"] = "module",
+) -> Any:
+    """A test module's workspace fixture (``ws = workspace_fixture(...)``): one
+    :func:`prepare_workspace` in a new temporary ``folder`` per ``scope``."""
+    import pytest
+
+    @pytest.fixture(scope=scope)
+    def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+        home = tmp_path_factory.mktemp(folder)
+        return prepare_workspace(home, customers=customers, seed=seed, nba=nba)
+
+    return workspace
 
 
 def fit_demo_nba(con: Any, scorer: Any, columns: int = 30) -> Any:

@@ -73,13 +73,22 @@ def test_imports_go_one_way() -> None:
     assert import_violations(ROOT) == []
 
 
-def test_import_rule_catches_a_wrong_edge(tmp_path: Path) -> None:
+def violations_in(root: Path, files: dict[str, str]) -> list[str]:
+    """:func:`import_violations` of a made-up tree: the package folders, ``files`` in them."""
     for package in PACKAGES:
-        (tmp_path / package).mkdir()
-    (tmp_path / "serving" / "bad.py").write_text("from training.jobs import train\n")
-    (tmp_path / "ui" / "bad.py").write_text("from training.scoring import score_all\n")
-    (tmp_path / "features" / "worse.py").write_text("import models.churn\n")
-    assert import_violations(tmp_path) == [
+        (root / package).mkdir()
+    for name, text in files.items():
+        (root / name).write_text(text)
+    return import_violations(root)
+
+
+def test_import_rule_catches_a_wrong_edge(tmp_path: Path) -> None:
+    files = {
+        "serving/bad.py": "from training.jobs import train\n",
+        "ui/bad.py": "from training.scoring import score_all\n",
+        "features/worse.py": "import models.churn\n",
+    }
+    assert violations_in(tmp_path, files) == [
         "features/worse.py:1 imports models",
         "serving/bad.py:1 imports training",
         "ui/bad.py:1 imports training",
@@ -87,17 +96,19 @@ def test_import_rule_catches_a_wrong_edge(tmp_path: Path) -> None:
 
 
 def test_import_rule_keeps_the_frameworks_in_their_adapters(tmp_path: Path) -> None:
-    for package in PACKAGES:
-        (tmp_path / package).mkdir()
-    (tmp_path / "models" / "registry.py").write_text("import mlflow\n")
-    (tmp_path / "models" / "bundle.py").write_text("import bentoml\n")
-    (tmp_path / "training" / "tracking.py").write_text("from mlflow import MlflowClient\n")
-    (tmp_path / "serving" / "service.py").write_text("import bentoml\n")
+    allowed = {
+        "models/registry.py": "import mlflow\n",
+        "models/bundle.py": "import bentoml\n",
+        "training/tracking.py": "from mlflow import MlflowClient\n",
+        "serving/service.py": "import bentoml\n",
+    }
     # the wrong edges: MLflow in a pure model module and in serving, BentoML in training
-    (tmp_path / "models" / "churn.py").write_text("x = 1\nimport mlflow.pyfunc\n")
-    (tmp_path / "serving" / "runtime.py").write_text("from mlflow.exceptions import E\n")
-    (tmp_path / "training" / "jobs.py").write_text("def f():\n    import bentoml\n")
-    assert import_violations(tmp_path) == [
+    wrong = {
+        "models/churn.py": "x = 1\nimport mlflow.pyfunc\n",
+        "serving/runtime.py": "from mlflow.exceptions import E\n",
+        "training/jobs.py": "def f():\n    import bentoml\n",
+    }
+    assert violations_in(tmp_path, allowed | wrong) == [
         "models/churn.py:2 imports mlflow",
         "serving/runtime.py:1 imports mlflow",
         "training/jobs.py:2 imports bentoml",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,11 +55,8 @@ class LiveScorer:
             from models.bundle import load_for_serving
 
             champions = load_for_serving(self.settings)
-            store = open_store(self.settings.online_store_url)
-            try:
+            with closing(open_store(self.settings.online_store_url)) as store:
                 segments = store.get_meta(META_SEGMENTS)
-            finally:
-                store.close()
             if segments is None:
                 raise LookupError("the online store is not materialized: run `rapport materialize`")
             self._scorer = registry.build_scorer(
@@ -79,11 +77,8 @@ class LiveScorer:
             self.problem = self.problem or "live scores are still loading: reload in a moment"
             return None
         now = datetime.now(UTC)
-        store = open_store(self.settings.online_store_url)
-        try:
+        with closing(open_store(self.settings.online_store_url)) as store:
             record = store.get(customer_id)
-        finally:
-            store.close()
         if record is None:
             return None
         features = evaluate(record, now, self.spec)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,23 +14,8 @@ from click.testing import CliRunner
 
 from rapport.cli import main
 
-COMMANDS = [
-    "demo-data",
-    "ingest",
-    "validate",
-    "features",
-    "train",
-    "evaluate",
-    "tune",
-    "promote",
-    "score",
-    "targets",
-    "analytics",
-    "demo",
-]
 
-
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", sorted(main.commands))
 def test_every_command_has_help(command: str) -> None:
     result = CliRunner().invoke(main, [command, "--help"])
     assert result.exit_code == 0
@@ -70,20 +59,10 @@ def test_a_mostly_quarantined_file_fails_the_ingest(tmp_path: Path) -> None:
 def test_a_locked_warehouse_waits_then_fails_in_one_line(workspace: Path) -> None:
     """Another process holds the warehouse: the command waits (``--wait``) and then says
     so in one line, exit 1, instead of DuckDB's IOException traceback (issue 22)."""
-    import subprocess
-    import sys
     import threading
     import time
 
-    from rapport.settings import get_settings
-
-    path = get_settings().warehouse_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(path), "120"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with holding_the_warehouse(120) as holder:
         runner = CliRunner()
         for command in (["ingest", "--outbox"], ["score"]):  # the two the issue saw
             refused = runner.invoke(main, ["--wait", "0.5", *command])
@@ -97,9 +76,6 @@ def test_a_locked_warehouse_waits_then_fails_in_one_line(workspace: Path) -> Non
         assert waited.exit_code == 0, waited.output
         assert "waiting up to 60 s for the warehouse" in waited.output
         assert time.monotonic() - started < 30  # it went on as soon as the lock was free
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_locked_warehouse_is_unavailable_to_the_service_without_paths(
@@ -107,27 +83,16 @@ def test_a_locked_warehouse_is_unavailable_to_the_service_without_paths(
 ) -> None:
     """What POST /targets answers (503) while a job holds the warehouse names no path,
     host or process id (issue 22: the body showed DuckDB's message with the PID)."""
-    import subprocess
-    import sys
-
     from features.tables.lists import WarehouseLists, WarehouseUnavailableError
     from rapport.settings import get_settings
 
     path = get_settings().warehouse_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(path), "30"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with holding_the_warehouse(30) as holder:
         with pytest.raises(WarehouseUnavailableError) as info, WarehouseLists(path):
             pass
         message = str(info.value)
         assert "locked" in message and str(path.parent) not in message
         assert "PID" not in message and str(holder.pid) not in message
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 #: a second process that opens the warehouse for writing and holds it for argv[2] seconds
@@ -138,6 +103,27 @@ print("locked", flush=True)
 time.sleep(float(sys.argv[2]))
 con.close()
 """
+
+
+@contextmanager
+def holding_the_warehouse(seconds: int) -> Iterator[subprocess.Popen[str]]:
+    """Another process (:data:`HOLD_LOCK`) holds the workspace's warehouse for at most
+    ``seconds``, until the block ends; yields it once it has the lock."""
+    from rapport.settings import get_settings
+
+    path = get_settings().warehouse_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_demo_data_ingest_and_features(tmp_path: Path) -> None:

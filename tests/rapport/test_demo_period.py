@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from sample_data import FAST_PARAMS
+from serving_harness import environment
 
 from features.warehouse import connect
 from rapport.demo import simulated_period
@@ -46,10 +47,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.scoring import score_all
 
     home = tmp_path_factory.mktemp("demo-period")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAPPORT_HOME", str(home))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        reset_settings()
+    with environment(RAPPORT_HOME=str(home), MLFLOW_TRACKING_URI=None):
         settings = get_settings()
         settings.ensure_home()
         data = write(generate(1500, seed=42, end=END), home / "demo-data", "parquet")
@@ -65,7 +63,6 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Path:
         promote_nba(nba.version)
         score_all(con, END)
         con.disconnect()
-    reset_settings()
     return home
 
 

@@ -8,12 +8,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from serving_harness import Server, Workspace, prepare_workspace
+from serving_harness import Server, workspace_fixture
 
-
-@pytest.fixture(scope="session")
-def nba_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return prepare_workspace(tmp_path_factory.mktemp("nba"), customers=1500, seed=5, nba=True)
+nba_ws = workspace_fixture("nba", customers=1500, seed=5, nba=True, scope="session")
 
 
 @pytest.fixture(scope="module")

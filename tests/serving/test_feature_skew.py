@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from serving_harness import Workspace, environment, prepare_workspace, serving
+from serving_harness import Workspace, environment, serving, workspace_fixture
 
 from features.online.events import OPEN_SUFFIX
 from features.outbox_ingest import ingest_outbox
@@ -23,9 +23,7 @@ from training.scoring import score_all
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return prepare_workspace(tmp_path_factory.mktemp("skew"), customers=1000, seed=13)
+ws = workspace_fixture("skew", customers=1000, seed=13)
 
 
 def _serve_and_sample(ws: Workspace) -> int:

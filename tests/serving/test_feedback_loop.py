@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from serving_harness import Workspace, environment, prepare_workspace, serving
+from serving_harness import Workspace, environment, serving, workspace_fixture
 
 from features.online.events import OPEN_SUFFIX
 from features.tables.outcomes import decision_outcomes, history
@@ -20,10 +20,7 @@ from rapport.cli import main
 from rapport.settings import get_settings
 from training.nba_data import build_nba_data, features_enricher, logged_decisions
 
-
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return prepare_workspace(tmp_path_factory.mktemp("loop"), customers=500, seed=11)
+ws = workspace_fixture("loop", customers=500, seed=11)
 
 
 def _post(http: httpx.Client, ws: Workspace, path: str, body: Any, scope: str) -> httpx.Response:

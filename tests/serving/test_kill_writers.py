@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving_harness import Workspace, prepare_workspace, serving
+from serving_harness import Workspace, serving, workspace_fixture
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +30,7 @@ pytestmark = pytest.mark.slow
 KILL_AFTER = (0.0, 0.05, 0.2, 0.5)
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return prepare_workspace(tmp_path_factory.mktemp("killwriters"), customers=600, seed=13)
+ws = workspace_fixture("killwriters", customers=600, seed=13)
 
 
 def run(home: Path, args: list[str], kill: tuple[Path, float] | None = None) -> int:
@@ -243,9 +241,7 @@ def watermarks(home: Path) -> list[Path]:
     return list((home / "outbox" / "loads").glob("*.json"))
 
 
-@pytest.fixture(scope="module")
-def ws_live(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return prepare_workspace(tmp_path_factory.mktemp("killload"), customers=600, seed=17)
+ws_live = workspace_fixture("killload", customers=600, seed=17)
 
 
 def test_a_load_killed_at_any_step_leaves_every_acknowledged_event_live(

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import redis
 from sample_data import assert_features_equal
-from serving_harness import Workspace, environment, free_port, prepare_workspace, serving
+from serving_harness import Workspace, environment, free_port, serving, workspace_fixture
 
 from features.batch import build
 from features.online.events import OPEN_SUFFIX
@@ -34,9 +34,7 @@ from features.warehouse import connect
 #: bentoml's own import warns (pathspec 1.x); nothing we can act on
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return prepare_workspace(tmp_path_factory.mktemp("parity"), customers=2000, seed=11)
+ws = workspace_fixture("parity", customers=2000, seed=11)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from openapi_spec_validator import validate
-from serving_harness import Server, Workspace, prepare_workspace, serving
+from serving_harness import Server, Workspace, serving, workspace_fixture
 
 from features.online.events import OPEN_SUFFIX
 from features.spec import default_spec
@@ -28,9 +28,7 @@ MAX_BATCH = 50
 #: bentoml's own import warns (pathspec 1.x); nothing we can act on
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return prepare_workspace(tmp_path_factory.mktemp("service"), customers=3000, seed=7)
+ws = workspace_fixture("service", customers=3000, seed=7)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from typing import Any
 import bentoml
 import numpy as np
 import pytest
-from serving_harness import Workspace, environment, prepare_workspace
+from serving_harness import Workspace, environment, workspace_fixture
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -51,9 +51,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return prepare_workspace(tmp_path_factory.mktemp("direct"), customers=1000, seed=3)
+ws = workspace_fixture("direct", customers=1000, seed=3)
 
 
 @pytest.fixture(scope="module")

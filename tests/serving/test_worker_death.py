@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from serving_harness import Server, Workspace, prepare_workspace, start_service, stop, wait_ready
+from serving_harness import Server, Workspace, start_service, stop, wait_ready, workspace_fixture
 
 from features.online.events import OPEN_SUFFIX
 
@@ -32,9 +32,7 @@ AFTER_S = 15.0
 ORDERED_FROM = datetime.now(UTC) - timedelta(hours=1)
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return prepare_workspace(tmp_path_factory.mktemp("workers"), customers=600, seed=9)
+ws = workspace_fixture("workers", customers=600, seed=9)
 
 
 @pytest.fixture(scope="module")
