@@ -28,6 +28,7 @@ written to these tables or to any log: evidence is each identifier's partial mat
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -37,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import IDENTIFIERS
-from features.identity import DEFAULT_PHONE_REGION, normalise
+from features.identity import DEFAULT_PHONE_REGION, links_alone, normalise
 from features.warehouse import raw
 
 #: identifiers whose equality alone makes two records one person
@@ -50,6 +51,13 @@ DEFAULT_THRESHOLD = 13.0
 #: pairs sampled at random to estimate the u probabilities
 U_PAIRS = 2e5
 LINKS, CLUSTERS, CHANGES = "identity_links", "identity_clusters", "identity_changes"
+#: who an identifier names when several persons hold it and no rule joins them: nobody
+AMBIGUOUS = ""
+
+
+class AmbiguousIdentifierError(LookupError):
+    """The identifiers name several customers (a shared cookie, or an e-mail and a phone
+    of two different customers); the message names the kinds, never a value."""
 
 
 @dataclass
@@ -392,6 +400,72 @@ def _record(
         for name in ("_rapport_clusters", "_rapport_links", "_rapport_changes"):
             db.unregister(name)
     return int((change == "merge").sum()), int((change == "split").sum())
+
+
+# --------------------------------------------------------------------------- owners
+def identifier_owners(
+    con: Any, region: str = DEFAULT_PHONE_REGION, as_of: datetime | None = None
+) -> dict[str, pd.Series]:
+    """Who each identifier names, per kind: normal form -> customer id, or
+    :data:`AMBIGUOUS`. The one answer the online index (by keyed hash) and ingest (event
+    files naming their customer by an identifier) both use.
+
+    Every customer's identifiers (those who signed up before ``as_of``; None: all) name
+    the customer's cluster (``identity_clusters``, the latest resolution: its id, unless
+    that record was forgotten) or, never resolved, the customer. A value held by several
+    clusters names the smallest when its kind links records by itself (an e-mail, a
+    loyalty card: the exact rules make them one person), and nobody (:data:`AMBIGUOUS`)
+    when it does not (a cookie, a shared phone: devices and households are shared).
+    ``con``: the warehouse, or its DuckDB connection (ingest's, inside its transaction)."""
+    db = con if isinstance(con, duckdb.DuckDBPyConnection) else raw(con)
+    tables = {str(r[0]) for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    owner, join = "c.customer_id", ""
+    if CLUSTERS in tables:  # a cluster id is a customer id; a forgotten one names nobody
+        join = (
+            f"LEFT JOIN {CLUSTERS} k ON k.customer_id = c.customer_id "
+            "LEFT JOIN customers o ON o.customer_id = k.cluster_id"
+        )
+        owner = "coalesce(o.customer_id, c.customer_id)"
+    columns = ", ".join(f'c."{kind}"' for kind in IDENTIFIERS)
+    where, params = "", {}
+    if as_of is not None:
+        where, params = "WHERE c.signup_at < $as_of", {"as_of": as_of}
+    frame = db.execute(
+        f"SELECT c.customer_id, {owner} AS owner, {columns} FROM customers c {join} {where}",
+        params,
+    ).df()
+    done = normalise(frame, region).frame
+    done["owner"] = frame["owner"].astype("string").to_numpy()
+    out: dict[str, pd.Series] = {}
+    for kind in IDENTIFIERS:
+        held = done[["owner", kind]].dropna().drop_duplicates()
+        owners = held.groupby(kind)["owner"].agg(["min", "nunique"])
+        shared = owners["nunique"] > 1
+        if kind not in EXACT_KINDS:  # a cookie shared by several persons names nobody
+            owners.loc[shared, "min"] = AMBIGUOUS
+        elif kind == "phone" and shared.any():  # a household's phone names nobody
+            linking = links_alone(kind, pd.Series(owners.index[shared], dtype="string"))
+            owners.loc[owners.index[shared][~linking], "min"] = AMBIGUOUS
+        out[kind] = owners["min"].astype("string")
+    return out
+
+
+def named_owner(kinds: Sequence[str], found: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The customer an event's identifiers name, and the kind that named them: ``kinds``
+    are the event's identifier kinds (in order), ``found`` the owners of those known
+    (:func:`identifier_owners`, :data:`AMBIGUOUS` included). None when none is known;
+    :class:`AmbiguousIdentifierError` when they name several customers or only nobody."""
+    named = {found[k]: k for k in reversed(kinds) if k in found}
+    known = {customer: kind for customer, kind in named.items() if customer != AMBIGUOUS}
+    if len(known) > 1 or (not known and AMBIGUOUS in named):
+        listed = ", ".join(k for k in kinds if k in found)
+        raise AmbiguousIdentifierError(
+            f"the identifiers ({listed}) name more than one customer; send customer_id"
+        )
+    if not known:
+        return None, None
+    ((customer, kind),) = known.items()
+    return customer, kind
 
 
 # --------------------------------------------------------------------------- persons
