@@ -2,14 +2,16 @@
 
 1. The customers' identifiers in normal form (:mod:`features.identity`); unusable values
    are null and counted.
-2. **Exact rules**: records with the same e-mail, the same phone or the same loyalty card
-   are one person (a link per record to the first record holding the value; rule
-   ``exact:email`` ...). Cookies never link by themselves: devices are shared.
+2. **Exact rules**: records with the same e-mail, the same personal phone (a mobile) or the
+   same loyalty card are one person (a link per record to the first record holding the
+   value; rule ``exact:email`` ...). Cookies never link by themselves (devices are
+   shared), nor do landlines (households are: :func:`features.identity.links_alone`).
 3. **Probabilistic matching** (Splink on DuckDB, a Fellegi-Sunter model): pairs blocked on
-   parts of the e-mail or on the phone are compared on e-mail (exact, 1 or 2 edits,
+   parts of the e-mail or on the personal phone are compared on e-mail (exact, 1 or 2 edits,
    Jaro-Winkler of the part before the ``@``), phone, loyalty card and cookie; ``m`` is
    set (:data:`M_EMAIL`, :data:`M_SAME`), so is ``u`` of the e-mail's agreement levels
-   (:data:`U_EMAIL`), the other ``u`` are estimated by random sampling. Pairs
+   (:data:`U_EMAIL`), the other ``u`` are estimated by random sampling. A landline is
+   not compared (null): a household shares it, so agreeing on it says little. Pairs
    whose evidence (the partial match weights summed, in bits) reaches the threshold are
    links (rule ``splink``) with Splink's match weight and probability and each
    identifier's partial weight (``evidence``).
@@ -121,11 +123,12 @@ def clusters_of(ids: pd.Series, links: pd.DataFrame) -> pd.Series:
 
 # --------------------------------------------------------------------------- exact
 def exact_links(ids: pd.DataFrame) -> pd.DataFrame:
-    """Links between records sharing a normalised e-mail, phone or loyalty card: each
-    record to the first (smallest id) record with the value, once per pair."""
+    """Links between records sharing a normalised e-mail, personal phone or loyalty card:
+    each record to the first (smallest id) record with the value, once per pair."""
     parts = []
     for kind in EXACT_KINDS:
         held = ids[["customer_id", kind]].dropna().sort_values("customer_id")
+        held = held[links_alone(kind, held[kind])]
         first = held.groupby(kind)["customer_id"].transform("first")
         pairs = held.assign(other_customer_id=first)
         pairs = pairs[pairs["customer_id"] != pairs["other_customer_id"]]
@@ -250,6 +253,8 @@ def probabilistic_links(ids: pd.DataFrame, threshold: float, seed: int = 42) -> 
     from splink import DuckDBAPI, Linker, block_on
 
     frame = ids.copy()
+    shared = frame["phone"].notna().to_numpy() & ~links_alone("phone", frame["phone"])
+    frame.loc[shared, "phone"] = pd.NA  # a household's landline is no evidence
     user = frame["email"].str.split("@").str[0]
     frame["email_user"] = user
     frame["email_domain"] = frame["email"].str.split("@").str[1]
