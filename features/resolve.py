@@ -465,7 +465,8 @@ def named_owner(kinds: Sequence[str], found: Mapping[str, str]) -> tuple[str | N
     if len(known) > 1 or (not known and AMBIGUOUS in named):
         listed = ", ".join(k for k in kinds if k in found)
         raise AmbiguousIdentifierError(
-            f"the identifiers ({listed}) name more than one customer; send customer_id"
+            f"ambiguous identifiers: the identifiers ({listed}) name more than one customer "
+            "(a shared device or household phone, or different persons'); send customer_id"
         )
     if not known:
         return None, None

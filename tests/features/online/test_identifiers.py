@@ -274,7 +274,10 @@ def test_a_household_phone_names_nobody_live(tmp_path: Path, index: IdentityInde
     assert clusters == {"H1": "H1", "H2": "H2", "H3": "H3", "H4": "H3"}
     store = open_store("sqlite:///:memory:")
     load_index(con, store, index, END)
-    with pytest.raises(AmbiguousIdentifierError, match=r"\(phone\) name more than one customer"):
+    with pytest.raises(
+        AmbiguousIdentifierError,
+        match=r"^ambiguous identifiers: the identifiers \(phone\) name more than one customer",
+    ):
         lookup(store, index, {"phone": "02079460123"})
     assert lookup(store, index, {"phone": "07911123458"}) == "H3"  # one person's mobile
     assert lookup(store, index, {"email": "sam.hill@example.com", "phone": "02079460123"}) == "H2"
