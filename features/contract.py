@@ -37,6 +37,9 @@ class Table:
     #: the event time (None for customers, whose reference time is signup_at)
     time_column: str
     columns: tuple[Column, ...]
+    #: identifier columns a file of this table may carry to name a row's customer in place
+    #: of ``customer_id`` (resolved at ingest, never stored with the event)
+    identifiers: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> list[str]:
@@ -108,6 +111,7 @@ ORDERS = Table(
         Column("category", "string", required=False),
         Column("channel", "string", required=False),
     ),
+    identifiers=IDENTIFIERS,
 )
 
 INTERACTIONS = Table(
@@ -125,6 +129,7 @@ INTERACTIONS = Table(
         Column("satisfaction", "int", required=False),
         Column("resolved", "bool", required=False),
     ),
+    identifiers=IDENTIFIERS,
 )
 
 CAMPAIGN_LOG = Table(

@@ -12,6 +12,11 @@ immutable); resolution (:mod:`features.resolve`) compares them only in the form 
 * loyalty card and cookie id: trimmed (case kept: card systems and cookies may be
   case-sensitive).
 
+Which identifiers link two records *by themselves* (:func:`links_alone`): an e-mail and a
+loyalty card; a phone only when it is a personal number (a mobile: a landline, a VoIP or a
+shared-cost number is a household's or an office's, held by several people); a cookie
+never (devices are shared).
+
 An unusable value becomes null and is counted under a reason (:class:`Normalised`), never
 an error: one bad cell must not stop a resolution. Identifiers are personal data: nothing
 here logs or quotes a value, and the reasons name only the identifier's kind.
@@ -36,6 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import phonenumbers
 
@@ -86,6 +92,44 @@ def normalise_phone(value: object, region: str = DEFAULT_PHONE_REGION) -> str | 
     if not phonenumbers.is_valid_number(number):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+#: phone number types several people share (a household's landline, an office's VoIP line,
+#: a company's service number): the same such number is no evidence of one person
+SHARED_PHONE_TYPES = frozenset(
+    {
+        phonenumbers.PhoneNumberType.FIXED_LINE,
+        phonenumbers.PhoneNumberType.VOIP,
+        phonenumbers.PhoneNumberType.TOLL_FREE,
+        phonenumbers.PhoneNumberType.SHARED_COST,
+        phonenumbers.PhoneNumberType.UAN,
+        phonenumbers.PhoneNumberType.PREMIUM_RATE,
+    }
+)
+
+
+def personal_phone(normal: str) -> bool:
+    """Whether a phone in E.164 is one person's (a mobile, or a number whose type the
+    numbering plan does not tell, like the US's ``FIXED_LINE_OR_MOBILE``), not a
+    household's landline or another shared line (:data:`SHARED_PHONE_TYPES`)."""
+    try:
+        number = phonenumbers.parse(normal, None)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.number_type(number) not in SHARED_PHONE_TYPES
+
+
+def links_alone(kind: str, values: pd.Series) -> np.ndarray:
+    """Per value in normal form of ``kind``: whether two records holding it are one person
+    by that alone (see the module doc). Each distinct phone is typed once."""
+    if kind in ("email", "loyalty_card"):
+        return np.ones(len(values), dtype=bool)
+    if kind == "phone":
+        typed = {v: personal_phone(str(v)) for v in _distinct(values)}
+        return values.map(typed).fillna(False).to_numpy(dtype=bool)
+    if kind in IDENTIFIERS:
+        return np.zeros(len(values), dtype=bool)
+    raise ValueError(f"unknown identifier kind {kind!r}; expected one of {', '.join(IDENTIFIERS)}")
 
 
 def normalise_token(value: object) -> str | None:

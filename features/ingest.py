@@ -10,6 +10,8 @@ the read) and every check is one vectorised SQL pass per table:
    timestamp / number / boolean, timestamp in the future or before 1990, value outside its
    range or choices, unknown customer (known = already stored, or valid in this batch's
    customers file, which is loaded first), id already stored with different content.
+   Orders and interactions may name their customer by an identifier (e-mail, phone,
+   loyalty card, cookie) in place of ``customer_id``: see :func:`_name_customers`.
 3. Rows that pass are grouped by id: identical copies collapse to one row, different
    copies of one id are all quarantined as a conflict (their ``row_json`` is the parsed
    row, timestamps in UTC, because the file row is no longer at hand at that point).
@@ -41,16 +43,19 @@ import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pandas as pd
 
 from features.contract import DUCKDB_TYPES, MAX_OUTCOME_REVENUE, OUTCOMES, TABLES, Column, Table
 from features.files import BadLine, FileError, FileOptions, read_csv
 from features.forget import erase_forgotten
+from features.identity import DEFAULT_PHONE_REGION, check_region, normalise_one
+from features.resolve import AmbiguousIdentifierError, identifier_owners, named_owner
 from features.tables import outcomes as outcome_tables
 from features.tables.outcomes import FEEDBACK, UNKNOWN_DECISION, Attribution
 from features.timeutil import as_utc
@@ -119,6 +124,8 @@ class TableReport:
     extra_columns: tuple[str, ...] = ()
     #: tables outside the contract (``as_is``) are replaced as they are, without checks
     replaced: bool = False
+    #: rows without ``customer_id`` whose identifiers named their customer
+    named_by_identifier: int = 0
 
     @property
     def quarantined(self) -> int:
@@ -132,6 +139,8 @@ class TableReport:
             f"already present {self.already_present:,}, duplicates {self.duplicates:,}, "
             f"quarantined {self.quarantined:,}"
         )
+        if self.named_by_identifier:
+            text += f"\n    customer named by an identifier: {self.named_by_identifier:,} rows"
         if self.quarantined_by_reason:
             kinds = sorted(self.quarantined_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
             text += "\n    quarantined: " + ", ".join(f"{k} {n:,}" for k, n in kinds)
@@ -224,6 +233,11 @@ class _Source:
     bad_lines: tuple[BadLine, ...] = ()
     #: outcome rows only: where they come from (``file`` or ``feedback``)
     outcome_source: str = "file"
+    #: events naming their customer by an identifier: the prefix of the two columns (reason,
+    #: kind of problem) :func:`_name_customers` adds, excluded from the row itself
+    identity_column: str | None = None
+    #: rows whose identifiers named their customer
+    named: int = 0
 
 
 # --------------------------------------------------------------------------- public API
@@ -255,10 +269,11 @@ def validate(
     as_is: Sequence[str] = (),
     options: FileOptions | None = None,
     attribution: Attribution | None = None,
+    region: str = DEFAULT_PHONE_REGION,
 ) -> IngestReport:
     """Run every check of :func:`ingest` and report, leaving the warehouse untouched."""
     return _run_files(
-        con, files, as_utc(now), as_is, options or FileOptions(), attribution, commit=False
+        con, files, as_utc(now), as_is, options or FileOptions(), attribution, False, region
     )
 
 
@@ -269,6 +284,7 @@ def ingest(
     as_is: Sequence[str] = (),
     options: FileOptions | None = None,
     attribution: Attribution | None = None,
+    region: str = DEFAULT_PHONE_REGION,
 ) -> IngestReport:
     """Check and load contract files (idempotent); bad rows go to quarantine with a reason.
 
@@ -281,10 +297,11 @@ def ingest(
     simulator writes some, see :mod:`rapport.truth`); they are loaded as they are, without
     checks, and replaced on every ingest. ``options`` say how CSV files are written
     (delimiter, encoding, decimal comma, thousands separator, date format); see
-    :class:`features.files.FileOptions`.
+    :class:`features.files.FileOptions`. ``region``: the phone region (setting
+    ``RAPPORT_PHONE_REGION``) of orders and interactions naming their customer by phone.
     """
     return _run_files(
-        con, files, as_utc(now), as_is, options or FileOptions(), attribution, commit=True
+        con, files, as_utc(now), as_is, options or FileOptions(), attribution, True, region
     )
 
 
@@ -296,10 +313,12 @@ def _run_files(
     options: FileOptions,
     attribution: Attribution | None,
     commit: bool,
+    region: str = DEFAULT_PHONE_REGION,
 ) -> IngestReport:
+    region = check_region(region)
     with tempfile.TemporaryDirectory(prefix="rapport-ingest-") as scratch:
         sources = _file_sources(con, files, as_is, options, Path(scratch))
-        return _run(con, sources, now, commit, attribution)
+        return _run(con, sources, now, commit, attribution, region)
 
 
 def ingest_jsonl(
@@ -443,7 +462,10 @@ def _refuse_ambiguous_dates(
 
 def _missing_columns(table: Table, columns: Mapping[str, str]) -> list[str]:
     present = {c.lower() for c in columns}
-    return [c for c in table.required if c.lower() not in present]
+    required = table.required
+    if any(kind in present for kind in table.identifiers):  # they may name the customer
+        required = [c for c in required if c != "customer_id"]
+    return [c for c in required if c.lower() not in present]
 
 
 def _jsonl_source(name: str, paths: Sequence[Path]) -> _Source:
@@ -463,6 +485,152 @@ def _jsonl_source(name: str, paths: Sequence[Path]) -> _Source:
         "_rapport_file",
         outcome_source="feedback" if name == FEEDBACK else "file",
     )
+
+
+# --------------------------------------------------------------------------- identifiers
+#: what a row without ``customer_id`` whose identifiers name no one customer is counted as
+UNKNOWN_IDENTIFIER = "unknown identifier"
+AMBIGUOUS_IDENTIFIER = "ambiguous identifier"
+UNUSABLE_IDENTIFIER = "unusable identifier"
+IDENTITY_PROBLEMS = (UNUSABLE_IDENTIFIER, AMBIGUOUS_IDENTIFIER, UNKNOWN_IDENTIFIER)
+
+
+def _named_view(table: str) -> str:
+    return _ident(f"_rapport_ingest_{table}_named")
+
+
+def _named_table(table: str) -> str:
+    """Each distinct combination of a table's identifiers -> customer, or reason and kind."""
+    return _ident(f"_rapport_ingest_{table}_identifiers")
+
+
+def _identity_columns(source: _Source) -> tuple[str, ...]:
+    """The reason and kind columns :func:`_name_customers` added (none if it did not)."""
+    if source.identity_column is None:
+        return ()
+    return (source.identity_column, f"{source.identity_column}_kind")
+
+
+def _name_customers(db: duckdb.DuckDBPyConnection, source: _Source, region: str) -> _Source:
+    """Orders and interactions carrying identifier columns (``email``, ``phone``,
+    ``loyalty_card``, ``cookie_id``): a row without ``customer_id`` gets the customer its
+    identifiers name, as the online index and ``/events`` would name it
+    (:func:`features.resolve.identifier_owners` over the warehouse's customers, this
+    batch's included, and their clusters; :func:`features.resolve.named_owner`), each
+    identifier in normal form (:func:`features.identity.normalise_one`). A row with
+    ``customer_id`` keeps it (its identifiers are not read).
+
+    A row whose identifiers name no one customer is quarantined, its reason naming the
+    identifier's kind, never its value: ``unusable identifier`` (not an e-mail, not a valid
+    phone number), ``ambiguous identifier`` (a shared cookie or household phone, or
+    identifiers naming different customers) or ``unknown identifier`` (nobody holds it:
+    the row waits in quarantine and lands when the file is ingested again after its
+    customer). No provisional customer is made for it, unlike live: a batch file can be
+    sent again, and a bulk export's typos must not become customers.
+
+    Each distinct combination of identifiers is looked up once; the source becomes a view
+    with ``customer_id`` filled in and the two columns of :func:`_identity_columns`.
+    """
+    table = TABLES[source.table]
+    by_lower = {c.lower(): c for c in source.columns if c != source.file_column}
+    kinds = [kind for kind in table.identifiers if kind in by_lower]
+    if not kinds:
+        return source
+    cid = by_lower.get("customer_id")
+    given = f"NULLIF(trim(CAST(r.{_ident(cid)} AS VARCHAR)), '')" if cid else "NULL::VARCHAR"
+    texts = [f"NULLIF(trim(CAST(r.{_ident(by_lower[k])} AS VARCHAR)), '')" for k in kinds]
+    names = [f"_k{i}" for i in range(len(kinds))]
+    combos = db.execute(
+        f"SELECT {', '.join(f'{t} AS {n}' for t, n in zip(texts, names, strict=True))}, "
+        f"count(*) FROM {source.relation} r WHERE {given} IS NULL GROUP BY ALL"
+    ).fetchall()
+    if not combos:  # every row names its customer_id
+        return source
+    owners: dict[str, dict[str, str]] = {}
+    if any(any(v is not None for v in row[:-1]) for row in combos):
+        owners = {k: v.to_dict() for k, v in identifier_owners(db, region).items()}
+    normal: dict[tuple[str, str], str | None] = {}
+    decided, named = [], 0
+    for *values, count in combos:
+        held = {k: str(v) for k, v in zip(kinds, values, strict=True) if v is not None}
+        for kind, value in held.items():
+            if (kind, value) not in normal:
+                normal[(kind, value)] = normalise_one(kind, value, region)
+        customer, why, problem = _named_customer(held, normal, owners)
+        named += int(count) if customer is not None else 0
+        decided.append((*values, customer, why, problem))
+    frame = pd.DataFrame(decided, columns=[*names, "_customer", "_reason", "_kind"], dtype=object)
+    ids = _named_table(source.table)
+    db.register("_rapport_named_frame", frame)
+    try:
+        typed = ", ".join(f"{c}::VARCHAR AS {c}" for c in frame.columns)
+        db.execute(
+            f"CREATE OR REPLACE TEMP TABLE {ids} AS SELECT {typed} FROM _rapport_named_frame"
+        )
+    finally:
+        db.unregister("_rapport_named_frame")
+    reason = "_rapport_identity"
+    while reason in source.columns:
+        reason = "_" + reason
+    match = " AND ".join(
+        f"{t} IS NOT DISTINCT FROM n.{n}" for t, n in zip(texts, names, strict=True)
+    )
+    filled = f"coalesce({given}, n._customer)"
+    select = f"r.* REPLACE ({filled} AS {_ident(cid)})" if cid else f"r.*, {filled} AS customer_id"
+    db.execute(
+        f"CREATE OR REPLACE TEMP VIEW {_named_view(source.table)} AS SELECT {select}, "
+        f"CASE WHEN {given} IS NULL THEN n._reason END AS {_ident(reason)}, "
+        f"CASE WHEN {given} IS NULL THEN n._kind END AS {_ident(reason + '_kind')} "
+        f"FROM {source.relation} r LEFT JOIN {ids} n ON {given} IS NULL AND {match}"
+    )
+    columns = dict(source.columns)
+    columns[cid or "customer_id"] = "VARCHAR"
+    columns[reason] = columns[reason + "_kind"] = "VARCHAR"
+    return replace(
+        source,
+        relation=_named_view(source.table),
+        columns=columns,
+        identity_column=reason,
+        named=named,
+    )
+
+
+def _named_customer(
+    held: Mapping[str, str],
+    normal: Mapping[tuple[str, str], str | None],
+    owners: Mapping[str, Mapping[str, str]],
+) -> tuple[str | None, str | None, str | None]:
+    """(customer, reason, kind of problem) of one row's identifiers (kind -> value as sent)."""
+    if not held:
+        return None, None, None  # neither customer_id nor an identifier: "missing"
+    unusable = [k for k in held if normal[(k, held[k])] is None]
+    if unusable:
+        what = " and ".join(f"{k} is not a usable {k.replace('_', ' ')}" for k in unusable)
+        return None, f"customer_id is missing and its {what}", UNUSABLE_IDENTIFIER
+    found = {}
+    for kind, value in held.items():
+        owner = owners.get(kind, {}).get(str(normal[(kind, value)]))
+        if owner is not None:
+            found[kind] = owner
+    listed = ", ".join(held)
+    try:
+        customer, _ = named_owner(list(held), found)
+    except AmbiguousIdentifierError:
+        return (
+            None,
+            f"customer_id is missing and its identifiers ({', '.join(found)}) name more than "
+            "one customer (a shared cookie or household phone, or different persons' "
+            "identifiers): give customer_id",
+            AMBIGUOUS_IDENTIFIER,
+        )
+    if customer is None:
+        return (
+            None,
+            f"customer_id is missing and no customer holds its {listed} (ingest the file "
+            "again once the customer is loaded)",
+            UNKNOWN_IDENTIFIER,
+        )
+    return customer, None, None
 
 
 # --------------------------------------------------------------------------- run
@@ -496,6 +664,7 @@ def _run(
     now: datetime,
     commit: bool,
     attribution: Attribution | None = None,
+    region: str = DEFAULT_PHONE_REGION,
 ) -> IngestReport:
     db = raw(con)
     report = IngestReport(written=commit)
@@ -510,7 +679,7 @@ def _run(
                 if source.table == OUTCOMES.name:
                     result = _load_outcomes(db, source, now)
                 elif source.table in TABLES:
-                    result = _load_table(db, source, now)
+                    result = _load_table(db, _name_customers(db, source, region), now)
                 else:
                     result = _replace_as_is(db, source)
             except duckdb.Error as exc:
@@ -523,6 +692,10 @@ def _run(
             raise IngestError(f"outcomes: {duckdb_error(exc)}") from exc
         for temp in (_EXCEPTIONS, _STAGE, _MULTI):
             db.execute(f"DROP TABLE IF EXISTS {temp}")
+        for name, table in TABLES.items():
+            if table.identifiers:
+                db.execute(f"DROP VIEW IF EXISTS {_named_view(name)}")
+                db.execute(f"DROP TABLE IF EXISTS {_named_table(name)}")
     return report
 
 
@@ -563,6 +736,7 @@ def _load_table(db: duckdb.DuckDBPyConnection, source: _Source, now: datetime) -
     _mark_conflicts_in_batch(db, table)
     inserted = _insert_new(db, table)
     report = _count(db, table, source, int(clean), int(same), inserted)
+    report.named_by_identifier = source.named
     report.newly_quarantined = _quarantine(db, table, source, now)
     if source.bad_lines:
         report.read += len(source.bad_lines)
@@ -682,9 +856,10 @@ class _Query:
 
     def __init__(self, table: Table, source: _Source, now: datetime) -> None:
         self.table, self.source, self.now = table, source, now
-        self.originals = [c for c in source.columns if c != source.file_column]
+        hidden = {source.file_column, *_identity_columns(source)}
+        self.originals = [c for c in source.columns if c not in hidden]
         self.fields = _fields(table, self.originals, source)
-        self.checks = _checks(table, self.fields, now)
+        self.checks = _checks(table, self.fields, now, source.identity_column is not None)
         self.cols = ", ".join(_ident(c) for c in table.column_names)
         self.key = _ident(table.id_column)
         self.name = _ident(table.name)
@@ -694,12 +869,15 @@ class _Query:
         fields = self.fields
         passthrough = ", ".join(f"{_ident(c)} AS _o{i}" for i, c in enumerate(self.originals))
         file_sql = _ident(self.source.file_column) if self.source.file_column else "NULL::VARCHAR"
+        hidden = _identity_columns(self.source)
+        why, kind = (_ident(hidden[0]), _ident(hidden[1])) if hidden else ("NULL", "NULL")
         options = self.source.options
         parsed = ", ".join(f"{_parse(f, options)} AS {f.parsed}" for f in fields)
         blanks = ", ".join(f"{_blank(f)} AS {f.blank}" for f in fields)
         typed = ", ".join(f"{_typed(f)} AS {f.value}" for f in fields)
         return f"""
-            p AS (SELECT {passthrough}, {file_sql} AS _source_file FROM {self.source.relation}),
+            p AS (SELECT {passthrough}, {file_sql} AS _source_file, {why}::VARCHAR AS _identity,
+                         {kind}::VARCHAR AS _identity_kind FROM {self.source.relation}),
             q AS (SELECT *, {parsed} FROM p),
             m AS (SELECT *, {blanks} FROM q),
             t AS (SELECT *, {typed} FROM m)"""
@@ -879,14 +1057,23 @@ def _typed(f: _Field) -> str:
     return f"CASE WHEN NOT {f.blank} THEN {value} END"
 
 
-def _checks(table: Table, fields: list[_Field], now: datetime) -> list[tuple[str, str, str]]:
-    """(kind, SQL condition, SQL reason) per check, in the order a row's problems are listed."""
+def _checks(
+    table: Table, fields: list[_Field], now: datetime, named: bool = False
+) -> list[tuple[str, str, str]]:
+    """(kind, SQL condition, SQL reason) per check, in the order a row's problems are listed;
+    ``named``: the rows may name their customer by identifiers (:func:`_name_customers`)."""
     missing, invalid, timing, domain = [], [], [], []
+    if named:  # a row without customer_id whose identifiers named nobody: that one reason
+        missing = [
+            (kind, f"_identity_kind = {_lit(kind)}", "_identity") for kind in IDENTITY_PROBLEMS
+        ]
     now_sql = f"TIMESTAMPTZ {_lit(now.isoformat())}"
     for f in (f for f in fields if f.ref is not None):
         col, ref, value = f.col, f.ref or "", f.value
         if col.required:
-            missing.append(("missing value", f.blank, _lit(f"{col.name} is missing")))
+            by_identifier = named and col.name == "customer_id"
+            blank = f"{f.blank} AND _identity IS NULL" if by_identifier else f.blank
+            missing.append(("missing value", blank, _lit(f"{col.name} is missing")))
         if col.type != "string":
             invalid.append(
                 (
@@ -1042,7 +1229,8 @@ def _count(
     by_kind = {str(k): int(n) for k, n in kinds}
     bad_distinct = sum(by_kind.values())
     distinct_valid = valid - int(collapsed)
-    contract = {c.lower() for c in table.column_names}
+    contract = {c.lower() for c in (*table.column_names, *table.identifiers)}
+    contract |= {c.lower() for c in _identity_columns(source)}
     return TableReport(
         table=table.name,
         source=source.label,

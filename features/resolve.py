@@ -2,14 +2,16 @@
 
 1. The customers' identifiers in normal form (:mod:`features.identity`); unusable values
    are null and counted.
-2. **Exact rules**: records with the same e-mail, the same phone or the same loyalty card
-   are one person (a link per record to the first record holding the value; rule
-   ``exact:email`` ...). Cookies never link by themselves: devices are shared.
+2. **Exact rules**: records with the same e-mail, the same personal phone (a mobile) or the
+   same loyalty card are one person (a link per record to the first record holding the
+   value; rule ``exact:email`` ...). Cookies never link by themselves (devices are
+   shared), nor do landlines (households are: :func:`features.identity.links_alone`).
 3. **Probabilistic matching** (Splink on DuckDB, a Fellegi-Sunter model): pairs blocked on
-   parts of the e-mail or on the phone are compared on e-mail (exact, 1 or 2 edits,
+   parts of the e-mail or on the personal phone are compared on e-mail (exact, 1 or 2 edits,
    Jaro-Winkler of the part before the ``@``), phone, loyalty card and cookie; ``m`` is
    set (:data:`M_EMAIL`, :data:`M_SAME`), so is ``u`` of the e-mail's agreement levels
-   (:data:`U_EMAIL`), the other ``u`` are estimated by random sampling. Pairs
+   (:data:`U_EMAIL`), the other ``u`` are estimated by random sampling. A landline is
+   not compared (null): a household shares it, so agreeing on it says little. Pairs
    whose evidence (the partial match weights summed, in bits) reaches the threshold are
    links (rule ``splink``) with Splink's match weight and probability and each
    identifier's partial weight (``evidence``).
@@ -28,6 +30,7 @@ written to these tables or to any log: evidence is each identifier's partial mat
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -37,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import IDENTIFIERS
-from features.identity import DEFAULT_PHONE_REGION, normalise
+from features.identity import DEFAULT_PHONE_REGION, links_alone, normalise
 from features.warehouse import raw
 
 #: identifiers whose equality alone makes two records one person
@@ -50,6 +53,13 @@ DEFAULT_THRESHOLD = 13.0
 #: pairs sampled at random to estimate the u probabilities
 U_PAIRS = 2e5
 LINKS, CLUSTERS, CHANGES = "identity_links", "identity_clusters", "identity_changes"
+#: who an identifier names when several persons hold it and no rule joins them: nobody
+AMBIGUOUS = ""
+
+
+class AmbiguousIdentifierError(LookupError):
+    """The identifiers name several customers (a shared cookie, or an e-mail and a phone
+    of two different customers); the message names the kinds, never a value."""
 
 
 @dataclass
@@ -113,11 +123,12 @@ def clusters_of(ids: pd.Series, links: pd.DataFrame) -> pd.Series:
 
 # --------------------------------------------------------------------------- exact
 def exact_links(ids: pd.DataFrame) -> pd.DataFrame:
-    """Links between records sharing a normalised e-mail, phone or loyalty card: each
-    record to the first (smallest id) record with the value, once per pair."""
+    """Links between records sharing a normalised e-mail, personal phone or loyalty card:
+    each record to the first (smallest id) record with the value, once per pair."""
     parts = []
     for kind in EXACT_KINDS:
         held = ids[["customer_id", kind]].dropna().sort_values("customer_id")
+        held = held[links_alone(kind, held[kind])]
         first = held.groupby(kind)["customer_id"].transform("first")
         pairs = held.assign(other_customer_id=first)
         pairs = pairs[pairs["customer_id"] != pairs["other_customer_id"]]
@@ -242,6 +253,8 @@ def probabilistic_links(ids: pd.DataFrame, threshold: float, seed: int = 42) -> 
     from splink import DuckDBAPI, Linker, block_on
 
     frame = ids.copy()
+    shared = frame["phone"].notna().to_numpy() & ~links_alone("phone", frame["phone"])
+    frame.loc[shared, "phone"] = pd.NA  # a household's landline is no evidence
     user = frame["email"].str.split("@").str[0]
     frame["email_user"] = user
     frame["email_domain"] = frame["email"].str.split("@").str[1]
@@ -392,6 +405,73 @@ def _record(
         for name in ("_rapport_clusters", "_rapport_links", "_rapport_changes"):
             db.unregister(name)
     return int((change == "merge").sum()), int((change == "split").sum())
+
+
+# --------------------------------------------------------------------------- owners
+def identifier_owners(
+    con: Any, region: str = DEFAULT_PHONE_REGION, as_of: datetime | None = None
+) -> dict[str, pd.Series]:
+    """Who each identifier names, per kind: normal form -> customer id, or
+    :data:`AMBIGUOUS`. The one answer the online index (by keyed hash) and ingest (event
+    files naming their customer by an identifier) both use.
+
+    Every customer's identifiers (those who signed up before ``as_of``; None: all) name
+    the customer's cluster (``identity_clusters``, the latest resolution: its id, unless
+    that record was forgotten) or, never resolved, the customer. A value held by several
+    clusters names the smallest when its kind links records by itself (an e-mail, a
+    loyalty card: the exact rules make them one person), and nobody (:data:`AMBIGUOUS`)
+    when it does not (a cookie, a shared phone: devices and households are shared).
+    ``con``: the warehouse, or its DuckDB connection (ingest's, inside its transaction)."""
+    db = con if isinstance(con, duckdb.DuckDBPyConnection) else raw(con)
+    tables = {str(r[0]) for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    owner, join = "c.customer_id", ""
+    if CLUSTERS in tables:  # a cluster id is a customer id; a forgotten one names nobody
+        join = (
+            f"LEFT JOIN {CLUSTERS} k ON k.customer_id = c.customer_id "
+            "LEFT JOIN customers o ON o.customer_id = k.cluster_id"
+        )
+        owner = "coalesce(o.customer_id, c.customer_id)"
+    columns = ", ".join(f'c."{kind}"' for kind in IDENTIFIERS)
+    where, params = "", {}
+    if as_of is not None:
+        where, params = "WHERE c.signup_at < $as_of", {"as_of": as_of}
+    frame = db.execute(
+        f"SELECT c.customer_id, {owner} AS owner, {columns} FROM customers c {join} {where}",
+        params,
+    ).df()
+    done = normalise(frame, region).frame
+    done["owner"] = frame["owner"].astype("string").to_numpy()
+    out: dict[str, pd.Series] = {}
+    for kind in IDENTIFIERS:
+        held = done[["owner", kind]].dropna().drop_duplicates()
+        owners = held.groupby(kind)["owner"].agg(["min", "nunique"])
+        shared = owners["nunique"] > 1
+        if kind not in EXACT_KINDS:  # a cookie shared by several persons names nobody
+            owners.loc[shared, "min"] = AMBIGUOUS
+        elif kind == "phone" and shared.any():  # a household's phone names nobody
+            linking = links_alone(kind, pd.Series(owners.index[shared], dtype="string"))
+            owners.loc[owners.index[shared][~linking], "min"] = AMBIGUOUS
+        out[kind] = owners["min"].astype("string")
+    return out
+
+
+def named_owner(kinds: Sequence[str], found: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The customer an event's identifiers name, and the kind that named them: ``kinds``
+    are the event's identifier kinds (in order), ``found`` the owners of those known
+    (:func:`identifier_owners`, :data:`AMBIGUOUS` included). None when none is known;
+    :class:`AmbiguousIdentifierError` when they name several customers or only nobody."""
+    named = {found[k]: k for k in reversed(kinds) if k in found}
+    known = {customer: kind for customer, kind in named.items() if customer != AMBIGUOUS}
+    if len(known) > 1 or (not known and AMBIGUOUS in named):
+        listed = ", ".join(k for k in kinds if k in found)
+        raise AmbiguousIdentifierError(
+            f"ambiguous identifiers: the identifiers ({listed}) name more than one customer "
+            "(a shared device or household phone, or different persons'); send customer_id"
+        )
+    if not known:
+        return None, None
+    ((customer, kind),) = known.items()
+    return customer, kind
 
 
 # --------------------------------------------------------------------------- persons

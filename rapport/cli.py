@@ -397,7 +397,14 @@ def ingest(
     try:
         if files:
             reports.append(
-                run_ingest(con, files, now=datetime.now(UTC), options=options, attribution=windows)
+                run_ingest(
+                    con,
+                    files,
+                    now=datetime.now(UTC),
+                    options=options,
+                    attribution=windows,
+                    region=settings.phone_region,
+                )
             )
         if outbox:
             reports.append(
@@ -431,8 +438,13 @@ def validate(directory: Path | None, **kwargs: Any) -> None:
 
     options, tables = _split_format(kwargs)
     files = _files(directory, tables)
+    settings = get_settings()
     report = run_validate(
-        open_warehouse(get_settings()), files, now=datetime.now(UTC), options=options
+        open_warehouse(settings),
+        files,
+        now=datetime.now(UTC),
+        options=options,
+        region=settings.phone_region,
     )
     say(report.summary())
     if report.quarantined:

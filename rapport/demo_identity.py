@@ -15,6 +15,12 @@ the person behind an earlier one, made one of these ways (``how`` in the truth):
   person on another device);
 * ``card``: a store record with the same loyalty card and nothing else.
 
+**Households** (:data:`HOUSEHOLD_SHARE` of the persons, two or three each) share a
+landline: every member's records give the household's number as their phone (written in
+their own style), so two *different* persons hold the same phone. The truth says they
+are different persons (``person_id``), which is what keeps resolution from merging them
+on the phone alone (:func:`features.identity.links_alone`: a landline is no evidence).
+
 The second record's events and behaviour are those of the simulated customer the record
 was drawn for: the truth says only which records belong to one person
 (``truth_identity``: ``customer_id``, ``person_id``, ``how``), which is what linkage is
@@ -60,6 +66,11 @@ PROVIDERS = (
 )
 #: UK mobile prefixes (07xx) whose numbers phonenumbers accepts as valid
 MOBILE_PREFIXES = ("074", "075", "078", "079")
+#: the share of persons living in a household of two or three that shares a landline
+HOUSEHOLD_SHARE = 0.12
+#: UK geographic area codes (London, Manchester, Glasgow, Liverpool) followed by seven
+#: digits: numbers phonenumbers accepts as valid fixed lines
+LANDLINE_PREFIXES = ("0207", "0208", "0161", "0141", "0151")
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,44 @@ def _phone_written(choice: int, national: str) -> str:
         return f"+44 {national[1:5]} {national[5:]}"
     if choice == 1:
         return f"{national[:5]} {national[5:]}"
+    return national
+
+
+def _households(
+    rng: np.random.Generator,
+    person: np.ndarray,
+    how: np.ndarray,
+    phone: list[str | None],
+    style: np.ndarray,
+) -> None:
+    """Group :data:`HOUSEHOLD_SHARE` of the persons into households of two or three sharing
+    a landline: each member's original record, and those of their second records that
+    carry a phone, give the household's number instead (``phone`` changed in place).
+    Drawn after every other identity, so the rest of the identities stay as they were."""
+    persons = np.flatnonzero(how == "original")
+    members = rng.permutation(persons)[: int(HOUSEHOLD_SHARE * len(persons))]
+    sizes = rng.choice((2, 3), size=len(members), p=(0.6, 0.4))
+    ends = np.cumsum(sizes)
+    ends = ends[ends <= len(members)]
+    starts = ends - sizes[: len(ends)]
+    prefix = np.asarray(LANDLINE_PREFIXES)[rng.integers(0, len(LANDLINE_PREFIXES), len(ends))]
+    digits = rng.integers(0, 10**7, len(ends))
+    line_of: dict[int, str] = {}
+    for a, b, pre, d in zip(starts, ends, prefix, digits, strict=True):
+        for p in members[a:b]:
+            line_of[int(p)] = f"{pre}{d:07d}"
+    for j, p in enumerate(person):
+        line = line_of.get(int(p))
+        if line is not None and (j == p or phone[j] is not None):
+            phone[j] = _landline_written(int(style[j]), line)
+
+
+def _landline_written(choice: int, national: str) -> str:
+    """A UK landline (``0207xxxxxxx``) as a system might store it (``choice``: 0-2)."""
+    if choice == 0:
+        return f"+44 {national[1:4]} {national[4:]}"
+    if choice == 1:
+        return f"{national[:4]} {national[4:7]} {national[7:]}"
     return national
 
 
@@ -176,6 +225,7 @@ def identities(rng: np.random.Generator, ids: list[str]) -> Identities:
             cookie[j] = cookies[j]
         else:  # card: a store record
             card[j] = card[i]
+    _households(rng, person, how, phone, style[1])
     truth = pd.DataFrame(
         {
             "customer_id": pd.array(ids, dtype="string"),

@@ -164,10 +164,12 @@ class ScoreRequest(ScoreOptions, Identified):
     )
 
 
-class BatchItem(BaseModel):
+class BatchItem(Identified):
+    """One customer of a batch: ``customer_id`` or identifiers, as ``/score`` takes them."""
+
     model_config = _REQUEST
 
-    customer_id: Id
+    customer_id: Id | None = None
     context: ScoreContext = ScoreContext()
 
 
@@ -205,9 +207,13 @@ class ScoreResponse(Score):
 
 
 class BatchError(BaseModel):
-    customer_id: str
+    #: None for an item named by identifiers that named no one customer (never echoed)
+    customer_id: str | None
     status: int
     error: str
+    item: int | None = Field(
+        default=None, description="The item's position in `customers` (from 0)."
+    )
 
 
 class ScoreBatchResponse(BaseModel):

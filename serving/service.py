@@ -9,7 +9,8 @@ workspace environment, see :func:`serving.runtime.serve`). Endpoints (JSON, Open
   decision is logged (outbox campaign log + the customer's online record) right behind the
   answer, in groups (:class:`features.online.events.DecisionBuffer`; the customer's next score
   waits for it);
-* ``POST /score_batch`` -- up to ``RAPPORT_MAX_BATCH_SIZE`` customers;
+* ``POST /score_batch`` -- up to ``RAPPORT_MAX_BATCH_SIZE`` customers, each by
+  ``customer_id`` or identifiers as ``/score``;
 * ``POST /events`` -- orders and interactions, durable before 200, seen by the next score;
   an event may name its customer by identifiers (e-mail, phone, card, cookie) instead of
   ``customer_id`` (:mod:`features.online.identifiers`; ``/score`` too);
@@ -95,6 +96,7 @@ from serving.outages import ONLINE_STORE, Outages, answers_503
 from serving.reload import Live, Reloader
 from serving.schemas import (
     BatchError,
+    BatchItem,
     ColdStart,
     EventRoute,
     EventsRequest,
@@ -118,6 +120,8 @@ log = logging.getLogger("bentoml.rapport")  # under bentoml: its handlers and wo
 
 #: seconds between outbox sealing / expired download checks
 TICK_S = 5.0
+#: the 404 of identifiers nobody holds (``/score``, an item of ``/score_batch``)
+NO_HOLDER = "no customer holds these identifiers"
 
 
 @bentoml.service(name="rapport", **runtime.SERVICE_OPTIONS)
@@ -298,7 +302,9 @@ class Rapport:
     async def score_batch(
         self, request: ScoreBatchRequest, /, ctx: bentoml.Context
     ) -> ScoreBatchResponse | JSONResponse:
-        """Up to RAPPORT_MAX_BATCH_SIZE customers; unknown ones are listed in ``errors``."""
+        """Up to RAPPORT_MAX_BATCH_SIZE customers, each by ``customer_id`` or identifiers;
+        unknown, ambiguous (409) or unusable (422) ones are listed in ``errors`` with their
+        position (``item``), never an identifier."""
         limit = self.settings.max_batch_size
         if len(request.customers) > limit:
             return _error(
@@ -308,19 +314,27 @@ class Rapport:
         as_of = self._as_of(ctx, request.as_of, now)
         if isinstance(as_of, JSONResponse):
             return as_of
-        ids = [item.customer_id for item in request.customers]
+        errors, named = [], []  # (customer, item, position) of the items naming one
+        for i, item in enumerate(request.customers):
+            found = self._identify_one(item)
+            if isinstance(found, BatchError):
+                errors.append(found.model_copy(update={"item": i}))
+            else:
+                named.append((found, item, i))
+        ids = [customer for customer, _, _ in named]
         self._settle(ids)
         records = self.store.get_many(ids)
-        results, errors = [], []
-        for item in request.customers:
-            record = records.get(item.customer_id)
+        results = []
+        for customer, item, i in named:
+            record = records.get(customer)
             if record is None:
                 errors.append(
-                    BatchError(customer_id=item.customer_id, status=404, error="unknown customer")
+                    BatchError(customer_id=customer, status=404, error="unknown customer", item=i)
                 )
                 continue
             context = item.context.model_dump(exclude_none=True)
-            results.append(self._score(item.customer_id, record, context, request, as_of, False))
+            results.append(self._score(customer, record, context, request, as_of, False))
+        errors.sort(key=lambda e: e.item if e.item is not None else -1)
         self._log(results, now, set(records))
         return ScoreBatchResponse(results=results, errors=errors, meta=self.meta)
 
@@ -336,7 +350,21 @@ class Rapport:
         except UnusableIdentifierError as exc:
             return _error(ctx, 422, str(exc))
         if found is None:
-            return _error(ctx, 404, "no customer holds these identifiers")
+            return _error(ctx, 404, NO_HOLDER)
+        return found
+
+    def _identify_one(self, item: BatchItem) -> str | BatchError:
+        """A batch item's customer id, or its error (as :meth:`_identify` answers)."""
+        if item.customer_id is not None:
+            return item.customer_id
+        try:
+            found = lookup(self.store, self.identity, item.identifiers())
+        except AmbiguousIdentifierError as exc:
+            return BatchError(customer_id=None, status=409, error=str(exc))
+        except UnusableIdentifierError as exc:
+            return BatchError(customer_id=None, status=422, error=str(exc))
+        if found is None:
+            return BatchError(customer_id=None, status=404, error=NO_HOLDER)
         return found
 
     def _as_of(

@@ -9,13 +9,14 @@ from the index the online store keeps (:meth:`features.online.store.OnlineStore.
   with the workspace's secret key (:func:`features.identity.hash_identifier`); the store
   never holds a value, and nothing here logs or quotes one;
 * **loaded by materialize** (:func:`load_index`, called by
-  :func:`features.online.materialize.materialize`): every customer's identifiers name the
-  customer's cluster (``identity_clusters``, the latest ``rapport resolve``: the cluster id,
-  its smallest customer id) or, never resolved, the customer. An e-mail, phone or card
-  held by several clusters names the smallest (the exact rules of :mod:`features.resolve`
-  make them one person); a cookie held by several is *ambiguous* (devices are shared)
-  and answers 409. A load adds and replaces entries; it does not remove the entries of
-  identifiers no longer in the warehouse (``rapport forget`` removes a person's,
+  :func:`features.online.materialize.materialize`): who an identifier names is
+  :func:`features.resolve.identifier_owners`'s answer (the one ingest uses for event files
+  too): the customer's cluster (``identity_clusters``, the latest ``rapport resolve``) or,
+  never resolved, the customer. An e-mail, a card or a mobile held by several clusters
+  names the smallest (the exact rules of :mod:`features.resolve` make them one person); a
+  cookie or a landline held by several is *ambiguous* (devices and household phones are
+  shared) and answers 409. A load adds and replaces entries; it does not remove the
+  entries of identifiers no longer in the warehouse (``rapport forget`` removes a person's,
   :meth:`OnlineStore.delete_identifiers`);
 * **provisional customers** (:func:`route_events`): an event whose identifiers nobody holds
   creates a customer whose id derives from the first identifier's hash
@@ -45,24 +46,18 @@ from features.identity import (
     check_region,
     hash_identifier,
     identity_key,
-    normalise,
     normalise_one,
     provisional_id,
 )
 from features.online.record import Record, empty_record, record_columns
-from features.resolve import CLUSTERS, EXACT_KINDS
+from features.resolve import (  # noqa: F401  (the error: part of this API)
+    AmbiguousIdentifierError,
+    identifier_owners,
+    named_owner,
+)
 from features.spec import FeatureSpec, default_spec
 from features.timeutil import as_utc
-from features.warehouse import raw
 from rapport.settings import Settings
-
-#: what the index holds for an identifier several customers share and no rule joins
-AMBIGUOUS = ""
-
-
-class AmbiguousIdentifierError(LookupError):
-    """The identifiers name several customers (a shared cookie, or an e-mail and a phone
-    of two different customers); the message names the kinds, never a value."""
 
 
 class UnusableIdentifierError(ValueError):
@@ -101,33 +96,10 @@ class IdentityIndex:
 # --------------------------------------------------------------------------- load
 def index_entries(con: Any, index: IdentityIndex, as_of: datetime) -> Iterator[tuple[str, str]]:
     """``(hash, customer_id)`` for every identifier of the customers who signed up before
-    ``as_of`` (see the module doc for who an identifier names)."""
-    db = raw(con)
-    tables = {str(r[0]) for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    owner = "c.customer_id"
-    join = ""
-    if CLUSTERS in tables:  # a cluster id is a customer id; a forgotten one names nobody
-        join = (
-            f"LEFT JOIN {CLUSTERS} k ON k.customer_id = c.customer_id "
-            "LEFT JOIN customers o ON o.customer_id = k.cluster_id"
-        )
-        owner = "coalesce(o.customer_id, c.customer_id)"
-    columns = ", ".join(f'c."{kind}"' for kind in IDENTIFIERS)
-    frame = db.execute(
-        f"SELECT c.customer_id, {owner} AS owner, {columns} FROM customers c {join} "
-        "WHERE c.signup_at < $as_of",
-        {"as_of": as_utc(as_of)},
-    ).df()
-    done = normalise(frame, index.region).frame
-    done["owner"] = frame["owner"].astype("string").to_numpy()
-    for kind in IDENTIFIERS:
-        held = done[["owner", kind]].dropna().drop_duplicates()
-        if held.empty:
-            continue
-        owners = held.groupby(kind)["owner"].agg(["min", "nunique"])
-        if kind not in EXACT_KINDS:  # a cookie shared by several persons names nobody
-            owners.loc[owners["nunique"] > 1, "min"] = AMBIGUOUS
-        for value, customer in zip(owners.index, owners["min"], strict=True):
+    ``as_of``: who it names is :func:`features.resolve.identifier_owners`'s answer."""
+    owners = identifier_owners(con, index.region, as_utc(as_of))
+    for kind, named in owners.items():
+        for value, customer in zip(named.index, named, strict=True):
             yield hash_identifier(index.key, kind, str(value)), str(customer)
 
 
@@ -146,17 +118,7 @@ def lookup(store: Any, index: IdentityIndex, identifiers: Mapping[str, Any]) -> 
 def _owner(store: Any, hashed: Sequence[tuple[str, str]]) -> tuple[str | None, str | None]:
     """(customer, the kind that named them) of already hashed identifiers."""
     found = store.get_identifiers([h for _, h in hashed])
-    named = {found[h]: kind for kind, h in reversed(hashed) if h in found}
-    known = {customer: kind for customer, kind in named.items() if customer != AMBIGUOUS}
-    kinds = ", ".join(kind for kind, h in hashed if h in found)
-    if len(known) > 1 or (not known and AMBIGUOUS in named):
-        raise AmbiguousIdentifierError(
-            f"the identifiers ({kinds}) name more than one customer; send customer_id"
-        )
-    if not known:
-        return None, None
-    ((customer, kind),) = known.items()
-    return customer, kind
+    return named_owner([k for k, _ in hashed], {k: found[h] for k, h in hashed if h in found})
 
 
 # --------------------------------------------------------------------------- events

@@ -9,10 +9,12 @@ import pytest
 from features.contract import CUSTOMER_ATTRIBUTES, CUSTOMERS, IDENTIFIERS
 from features.identity import (
     check_region,
+    links_alone,
     normalise,
     normalise_email,
     normalise_phone,
     normalise_token,
+    personal_phone,
 )
 
 
@@ -72,3 +74,14 @@ def test_normalise_counts_unusable_values_without_quoting_them() -> None:
     # blanks are absent, not invalid
     assert done.invalid == {"email: not an e-mail address": 1, "phone: not a valid number": 1}
     assert "not-an-email" not in done.line() and "999" not in done.line()
+
+
+def test_only_personal_phones_link_records_by_themselves() -> None:
+    assert personal_phone("+447911123456")  # a UK mobile
+    assert not personal_phone("+442079460123")  # a London landline: a household's
+    assert personal_phone("+12125550199")  # the US plan cannot tell: counted personal
+    phones = pd.Series(["+447911123456", "+442079460123", "+447911123456"])
+    assert links_alone("phone", phones).tolist() == [True, False, True]
+    assert links_alone("email", phones).all() and not links_alone("cookie_id", phones).any()
+    with pytest.raises(ValueError, match="unknown identifier kind"):
+        links_alone("name", phones)

@@ -682,3 +682,140 @@ def test_campaign_log_without_propensities_loads_them_as_unknown(tmp_path: Path,
         assert report.tables["campaign_log"].quarantined == 0, name
     stored = raw(con).execute("SELECT count(*), count(propensity) FROM campaign_log").fetchone()
     assert stored == (len(GOOD["campaign_log"]), 0)
+
+
+# --------------------------------------------------------------------------- identifiers
+# orders and interactions naming their customer by e-mail, phone, card or cookie (issue 20)
+ID_CUSTOMERS = """customer_id,signup_at,email,phone,loyalty_card,cookie_id
+C1,2023-01-01,Ann.Lee@Example.com,07911 123456,,k1
+C2,2023-02-01,bob.stone@example.com,+44 7911 123457,L-2,k1
+C3,2023-03-01,carl@example.com,020 7946 0123,,
+C4,2023-04-01,dana@example.com,020 7946 0123,,
+"""
+ID_ORDERS = """order_id,customer_id,ordered_at,amount,email,phone
+O1,,2024-01-05,10.0, ANN.LEE@example.com ,
+O2,,2024-01-06,11.0,,+447911123457
+O3,C3,2024-01-07,12.0,bob.stone@example.com,
+O4,,2024-01-08,13.0,nobody@example.com,
+O5,,2024-01-09,14.0,,020 7946 0123
+O6,,2024-01-10,15.0,not an address,
+O7,,2024-01-11,16.0,ann.lee@example.com,07911123457
+O8,,2024-01-12,17.0,,
+"""
+ID_INTERACTIONS = """interaction_id,occurred_at,channel,kind,loyalty_card,cookie_id
+I1,2024-02-01,store,visit, L-2 ,
+I2,2024-02-02,web,visit,,k1
+"""
+
+
+def _id_files(folder: Path, orders: str = ID_ORDERS) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "customers.csv").write_text(ID_CUSTOMERS)
+    (folder / "orders.csv").write_text(orders)
+    (folder / "interactions.csv").write_text(ID_INTERACTIONS)
+    return discover_files(folder)
+
+
+def test_events_named_by_an_identifier_reach_their_customer(tmp_path: Path) -> None:
+    con = connect(tmp_path / "warehouse.duckdb")
+    report = ingest(con, _id_files(tmp_path / "files"), now=NOW)
+    db = raw(con)
+    orders = dict(db.execute("SELECT order_id, customer_id FROM orders").fetchall())
+    # e-mail in another case and with spaces, phone in another format; customer_id wins
+    assert orders == {"O1": "C1", "O2": "C2", "O3": "C3"}
+    assert dict(db.execute("SELECT interaction_id, customer_id FROM interactions").fetchall()) == {
+        "I1": "C2"  # the card, trimmed; I2's cookie k1 is shared by C1 and C2
+    }
+    # the identifiers are not stored with the events
+    assert "email" not in {c for (c, *_) in db.execute("DESCRIBE orders").fetchall()}
+    o = report.tables["orders"]
+    assert o.named_by_identifier == 2 and o.inserted == 3 and o.read == 8
+    assert o.quarantined_by_reason == {
+        "unknown identifier": 1,  # O4
+        "ambiguous identifier": 2,  # O5 a household's landline, O7 two persons' identifiers
+        "unusable identifier": 1,  # O6
+        "missing value": 1,  # O8: neither customer_id nor an identifier
+    }
+    assert "customer named by an identifier: 2 rows" in o.line()
+    assert "ignored extra columns" not in o.line()
+    assert report.tables["interactions"].quarantined_by_reason == {"ambiguous identifier": 1}
+    reasons = dict(
+        db.execute(
+            "SELECT json_extract_string(row_json, '$.order_id'), reason FROM quarantine "
+            "WHERE table_name = 'orders'"
+        ).fetchall()
+    )
+    assert reasons["O4"].startswith("customer_id is missing and no customer holds its email")
+    assert "more than one customer" in reasons["O5"] and "phone" in reasons["O5"]
+    assert "email is not a usable email" in reasons["O6"]
+    assert reasons["O8"] == "customer_id is missing"
+    # no reason quotes an identifier; the row itself is kept as it came
+    for reason in reasons.values():
+        for value in ("nobody", "7946", "not an address", "ann.lee", "7911"):
+            assert value not in reason.lower()
+    (row,) = db.execute(
+        "SELECT row_json FROM quarantine WHERE reason LIKE '%no customer holds%'"
+    ).fetchone() or ("",)
+    assert json.loads(row)["email"] == "nobody@example.com"
+    # idempotent: the same files again change nothing
+    again = ingest(con, _id_files(tmp_path / "files"), now=NOW)
+    assert again.tables["orders"].inserted == 0 and again.newly_quarantined == 0
+    con.disconnect()
+
+
+def test_an_unknown_identifier_lands_once_its_customer_arrives(tmp_path: Path) -> None:
+    con = connect(tmp_path / "warehouse.duckdb")
+    orders = "order_id,ordered_at,amount,email\nO9,2024-03-01,9.0,Eve@Example.com\n"
+    first = ingest(con, _id_files(tmp_path / "a", orders), now=NOW)
+    assert first.tables["orders"].quarantined_by_reason == {"unknown identifier": 1}
+    later = tmp_path / "b"
+    later.mkdir()
+    (later / "customers.csv").write_text(
+        "customer_id,signup_at,email\nC9,2023-05-01,eve@example.com\n"
+    )
+    (later / "orders.csv").write_text(orders)
+    report = ingest(con, discover_files(later), now=NOW)
+    assert report.tables["orders"].inserted == 1
+    assert raw(con).execute("SELECT customer_id FROM orders WHERE order_id = 'O9'").fetchone() == (
+        "C9",
+    )
+    con.disconnect()
+
+
+def test_identifiers_name_the_resolved_cluster(tmp_path: Path) -> None:
+    con = connect(tmp_path / "warehouse.duckdb")
+    ingest(con, _id_files(tmp_path / "files"), now=NOW)
+    db = raw(con)
+    # a resolution made C2 part of C1's cluster: C2's phone names C1
+    db.execute(
+        "CREATE TABLE identity_clusters AS SELECT * FROM (VALUES "
+        "('C1', 'C1', now()), ('C2', 'C1', now())) t(customer_id, cluster_id, resolved_at)"
+    )
+    files = tmp_path / "more"
+    files.mkdir()
+    (files / "orders.parquet").parent.mkdir(exist_ok=True)
+    pd.DataFrame(
+        {
+            "order_id": ["P1", "P2"],
+            "ordered_at": pd.to_datetime(["2024-04-01", "2024-04-02"], utc=True),
+            "amount": [1.0, 2.0],
+            "phone": ["07911 123457", "07911 123456"],
+        }
+    ).to_parquet(files / "orders.parquet")
+    report = ingest(con, discover_files(files), now=NOW)
+    assert report.tables["orders"].inserted == 2
+    rows = db.execute("SELECT customer_id FROM orders WHERE order_id LIKE 'P%'").fetchall()
+    assert {r[0] for r in rows} == {"C1"}
+    con.disconnect()
+
+
+def test_validate_reports_identifier_rows_and_writes_nothing(tmp_path: Path) -> None:
+    con = connect(tmp_path / "warehouse.duckdb")
+    report = validate(con, _id_files(tmp_path / "files"), now=NOW)
+    assert report.tables["orders"].named_by_identifier == 2
+    assert report.tables["orders"].quarantined == 5
+    db = raw(con)
+    tables = {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    assert "orders" not in tables or db.execute("SELECT count(*) FROM orders").fetchone() == (0,)
+    assert not {t for t in tables if t.startswith("_rapport")}
+    con.disconnect()

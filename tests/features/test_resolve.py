@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from features.identity import normalise
 from features.resolve import clusters_of, exact_links, resolve
 from features.warehouse import connect, raw
 from models.metrics import linkage_metrics
@@ -47,6 +48,22 @@ def test_exact_links_join_shared_values_transitively() -> None:
     assert clusters.to_dict() == {"c1": "c1", "c2": "c1", "c3": "c1", "c4": "c4"}
 
 
+def test_a_shared_landline_links_nobody() -> None:
+    ids = pd.DataFrame(
+        {
+            "customer_id": ["h1", "h2", "m1", "m2"],
+            "email": ["jo@x.io", "sam@x.io", None, None],
+            "phone": ["+442079460123", "+442079460123", "+447911123456", "+447911123456"],
+            "loyalty_card": [None] * 4,
+            "cookie_id": [None] * 4,
+        }
+    )
+    links = exact_links(ids)
+    assert list(zip(links["customer_id"], links["other_customer_id"], strict=True)) == [
+        ("m1", "m2")
+    ]
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, DemoData]:
     folder = tmp_path_factory.mktemp("identity")
@@ -65,6 +82,22 @@ def test_demo_has_identifiers_and_duplicates_with_their_truth(demo: tuple) -> No
     assert 0.03 < len(seconds) / len(truth) < 0.1
     assert set(seconds["how"]) == {"typo", "changed_email", "second_cookie", "card"}
     assert data.customers["email"].notna().mean() > 0.8
+    # households: different persons giving the same (landline) phone
+    shared = _household_pairs(data)
+    assert len(shared) > 50
+
+
+def _household_pairs(data: DemoData) -> pd.DataFrame:
+    """Pairs of records of different persons holding the same normalised phone."""
+    phones = normalise(data.customers).frame[["customer_id", "phone"]].dropna()
+    phones["person"] = phones["customer_id"].map(
+        data.truth_identity.set_index("customer_id")["person_id"]
+    )
+    pairs = phones.merge(phones, on="phone", suffixes=("", "_other"))
+    return pairs[
+        (pairs["customer_id"] < pairs["customer_id_other"])
+        & (pairs["person"] != pairs["person_other"])
+    ]
 
 
 def test_resolution_finds_the_persons_of_the_demo(demo: tuple) -> None:
@@ -79,7 +112,19 @@ def test_resolution_finds_the_persons_of_the_demo(demo: tuple) -> None:
         f"({figures['linked_pairs']:.0f} linked pairs, {figures['true_pairs']:.0f} true)"
     )
     assert figures["f1"] >= 0.95
-    assert figures["precision"] >= 0.9 and figures["recall"] >= 0.9
+    assert figures["precision"] >= 0.95 and figures["recall"] >= 0.9
+    # no two persons of a household merged because they share its phone
+    clusters = (
+        raw(con)
+        .execute("SELECT customer_id, cluster_id FROM identity_clusters")
+        .df()
+        .set_index("customer_id")["cluster_id"]
+    )
+    shared = _household_pairs(demo[1])
+    together = clusters[shared["customer_id"]].to_numpy() == (
+        clusters[shared["customer_id_other"]].to_numpy()
+    )
+    assert len(shared) > 50 and not together.any()
     db = raw(con)
     links = db.execute("SELECT * FROM identity_links").df()
     assert links["resolved_at"].notna().all() and links["evidence"].notna().all()

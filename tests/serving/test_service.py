@@ -216,7 +216,9 @@ def test_score_batch(http: httpx.Client, ws: Workspace) -> None:
     assert response.status_code == 200, response.text
     data = response.json()
     assert [r["customer_id"] for r in data["results"]] == ws.customers[:3]
-    assert data["errors"] == [{"customer_id": "NEW-2", "status": 404, "error": "unknown customer"}]
+    assert data["errors"] == [
+        {"customer_id": "NEW-2", "status": 404, "error": "unknown customer", "item": 3}
+    ]
     assert all(r["churn"]["reasons"] == [] for r in data["results"])  # explain is off by default
 
 

@@ -229,3 +229,41 @@ def test_champions_of_another_feature_set_leave_the_old_ones_serving(
     service._refresh()
     assert service.live.champions.source == f"bentoml:{again}"
     assert service.meta.models == before.models and service.ready
+
+
+def test_batch_items_by_identifier(service: Any, ws: Workspace) -> None:
+    """/score_batch takes identifiers as /score does; a household's shared phone is a 409
+    for its item (never one of the persons), and no error quotes an identifier."""
+    from features.identity import normalise
+    from features.warehouse import connect
+    from rapport.settings import Settings
+
+    con = connect(Settings(home=ws.home).warehouse_path, read_only=True)
+    try:
+        frame = con.con.execute("SELECT customer_id, email, phone FROM customers ORDER BY 1").df()
+    finally:
+        con.disconnect()
+    normal = normalise(frame).frame
+    once = normal["email"].map(normal["email"].value_counts()).eq(1).to_numpy(dtype=bool)
+    someone, email = frame[once].iloc[0][["customer_id", "email"]]
+    shared = normal["phone"].dropna().value_counts()
+    landline = next(p for p in shared[shared > 1].index if p.startswith("+442"))
+    raw_phone = frame.loc[normal["phone"] == landline, "phone"].iloc[0]
+    batch = ScoreBatchRequest(
+        customers=[
+            BatchItem(email=f" {str(email).upper()} "),
+            BatchItem(phone=raw_phone),
+            BatchItem(customer_id=ws.customers[2]),
+            BatchItem(email="nobody.at.all@example.org"),
+        ]
+    )
+    result, status = call(service.score_batch, batch)
+    assert status == 200 and isinstance(result, ScoreBatchResponse)
+    assert [s.customer_id for s in result.results] == [someone, ws.customers[2]]
+    assert [(e.item, e.customer_id, e.status) for e in result.errors] == [
+        (1, None, 409),
+        (3, None, 404),
+    ]
+    assert "more than one customer" in result.errors[0].error
+    for e in result.errors:
+        assert "nobody" not in e.error and landline[3:] not in e.error.replace(" ", "")

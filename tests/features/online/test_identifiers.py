@@ -265,3 +265,39 @@ def test_identifiers_made_ambiguous_within_a_request_leave_nothing_behind(
     pid = provisional_id(hash_identifier(index.key, "email", "new.one@example.org"))
     assert store.get(pid) is None
     assert lookup(store, index, {"email": "new.one@example.org"}) is None
+
+
+def test_a_household_phone_names_nobody_live(tmp_path: Path, index: IdentityIndex) -> None:
+    """Two persons sharing a landline (issue 20, item 4): resolution keeps them apart, and
+    /score or /events by that phone is refused as ambiguous instead of picking one."""
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "customers.csv").write_text(
+        "customer_id,signup_at,email,phone\n"
+        "H1,2024-01-01T00:00:00Z,jo.hill@example.com,020 7946 0123\n"
+        "H2,2024-01-02T00:00:00Z,sam.hill@example.com,+44 20 7946 0123\n"
+        "H3,2024-01-03T00:00:00Z,kim.reed@example.com,07911 123458\n"
+        "H4,2024-01-04T00:00:00Z,kim.reed@example.com,07911 123458\n"
+    )
+    con = connect(tmp_path / "warehouse.duckdb")
+    ingest(con, discover_files(files), now=END)
+    resolve(con, END)
+    clusters = dict(
+        raw(con).execute("SELECT customer_id, cluster_id FROM identity_clusters").fetchall()
+    )
+    assert clusters == {"H1": "H1", "H2": "H2", "H3": "H3", "H4": "H3"}
+    store = open_store("sqlite:///:memory:")
+    load_index(con, store, index, END)
+    with pytest.raises(
+        AmbiguousIdentifierError,
+        match=r"^ambiguous identifiers: the identifiers \(phone\) name more than one customer",
+    ):
+        lookup(store, index, {"phone": "02079460123"})
+    assert lookup(store, index, {"phone": "07911123458"}) == "H3"  # one person's mobile
+    assert lookup(store, index, {"email": "sam.hill@example.com", "phone": "02079460123"}) == "H2"
+    count = store.count()
+    with pytest.raises(AmbiguousIdentifierError):
+        route_events(store, index, {"orders": [_order("S1", END, phone="020 7946 0123")]}, now=END)
+    assert store.count() == count  # no provisional customer either
+    store.close()
+    con.disconnect()
