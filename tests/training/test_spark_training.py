@@ -21,7 +21,7 @@ from rapport.cli import main
 from rapport.settings import get_settings, reset_settings
 from training.datasets import LABEL_COLUMNS, TrainingSet, build_training_set
 from training.jobs import fit_model, predict
-from training.spark_datasets import allocate, build_on_spark
+from training.spark_datasets import build_on_spark
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]  # Spark builds 4 cutoffs: ~1 min a set
 
@@ -179,17 +179,6 @@ def test_value_sample_weights_and_metrics_estimate_the_full_set(
         se = stratified_se(test_sample, ["stratum"], lambda rows, m=metric: weighted(rows)[m])
         print(f"value {metric}: full {full[metric]:.4f}, sample {estimate[metric]:.4f} +- {se:.4f}")
         assert abs(estimate[metric] - full[metric]) <= 3 * se + 1e-9, metric
-
-
-def test_allocation_keeps_the_positives_up_to_their_share() -> None:
-    sizes = pd.DataFrame(
-        {"_cut": [1, 1, 2, 2], "_stratum": [0, 1, 0, 1], "rows": [9000, 500, 9000, 1500]}
-    )
-    out = allocate(sizes, limit=4000)
-    assert out["keep"].tolist() == [1000, 500, 1000, 1500]  # every churner, the rest shared
-    out = allocate(sizes, limit=2000)  # positives over half the limit: 1000 for them
-    assert out["keep"].tolist() == [500, 250, 500, 750]
-    assert (out["share"] == out["keep"] / out["rows"]).all()
 
 
 def test_rapport_train_churn_on_spark_registers_a_model_as_good_as_duckdb(
