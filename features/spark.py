@@ -114,8 +114,10 @@ def _no_table(name: str, uri: str, exc: AnalysisException) -> LakeError:
 
 
 def to_spark(expr: Any) -> DataFrame:
-    """An Ibis expression on the PySpark backend as a Spark DataFrame (lazy)."""
+    """An Ibis expression on the PySpark backend as a Spark DataFrame (lazy); its
+    in-memory tables (``ibis.memtable``) registered first."""
     con = expr._find_backend()
+    con._run_pre_execute_hooks(expr)
     return con._session.sql(con.compile(expr))
 
 

@@ -192,26 +192,39 @@ def fit_booster(
     X: np.ndarray,
     y: np.ndarray,
     categorical: list[int],
-    valid: tuple[np.ndarray, ...] | None = None,
+    valid: tuple[Any, ...] | None = None,
     callbacks: Sequence[Any] = (),
     init_score: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
 ) -> lgb.Booster:
     """Train with early stopping on ``valid`` and return a booster trimmed to its best round.
 
     Trimming means the raw ``Booster.predict`` (serving, benchmarks) needs no
     ``num_iteration`` to match what was evaluated. ``init_score``: a per-row starting raw
     score (the booster learns what to add to it); ``valid`` then carries its own as a third
-    element. The booster's own predictions exclude it.
+    element. The booster's own predictions exclude it. ``weight``: per-row sample weights
+    (a sampled training set's inverse inclusion probabilities); ``valid`` then carries its
+    own as a fourth element.
     """
     booster_params = {k: v for k, v in params.items() if k not in LOOP_KEYS}
     train_set = lgb.Dataset(
-        X, y, init_score=init_score, categorical_feature=categorical or "auto", free_raw_data=True
+        X,
+        y,
+        weight=weight,
+        init_score=init_score,
+        categorical_feature=categorical or "auto",
+        free_raw_data=True,
     )
     cbs = list(callbacks)
     valid_sets = []
     if valid is not None:
         valid_init = valid[2] if len(valid) > 2 else None
-        valid_sets = [lgb.Dataset(valid[0], valid[1], init_score=valid_init, reference=train_set)]
+        valid_weight = valid[3] if len(valid) > 3 else None
+        valid_sets = [
+            lgb.Dataset(
+                valid[0], valid[1], weight=valid_weight, init_score=valid_init, reference=train_set
+            )
+        ]
         patience = int(params.get("early_stopping_rounds", 40))
         cbs.append(lgb.early_stopping(patience, verbose=False))
     booster = lgb.train(
@@ -246,12 +259,15 @@ class Calibrator:
     knots_y: tuple[float, ...] = ()
 
     @classmethod
-    def fit(cls, method: Calibration, raw: np.ndarray, y: np.ndarray) -> Calibrator:
+    def fit(
+        cls, method: Calibration, raw: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None
+    ) -> Calibrator:
         if method == "platt":
-            lr = LogisticRegression(C=1e6).fit(raw.reshape(-1, 1), y)
+            lr = LogisticRegression(C=1e6).fit(raw.reshape(-1, 1), y, sample_weight=weight)
             return cls("platt", float(lr.coef_[0, 0]), float(lr.intercept_[0]))
         if method == "isotonic":
-            iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, y)
+            iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+            iso = iso.fit(raw, y, sample_weight=weight)
             return cls(
                 "isotonic",
                 knots_x=tuple(iso.X_thresholds_.tolist()),
@@ -291,27 +307,38 @@ class ChurnModel:
         X_valid: pd.DataFrame | None = None,
         y_valid: Any = None,
         callbacks: Sequence[Any] = (),
+        *,
+        sample_weight: Any = None,
+        valid_weight: Any = None,
     ) -> ChurnModel:
         """Fit on ``X``; early-stop and calibrate on the later ``X_valid`` when given.
 
         ``X`` holds features only: every column but ``customer_id`` / ``as_of`` is one (a
         label left in would be learnt). ``callbacks`` go to ``lightgbm.train`` (pruning).
+        ``sample_weight`` / ``valid_weight``: the rows' sampling weights (a sampled
+        training set), used by LightGBM, early stopping and the calibration.
         """
         y_arr = _binary(y, "y")
         self.encoder_ = FeatureEncoder.fit(X)
         X_arr = self.encoder_.transform(X)
-        valid = None
+        weight = None if sample_weight is None else np.asarray(sample_weight, dtype="float64")
+        w_valid = None if valid_weight is None else np.asarray(valid_weight, dtype="float64")
+        valid: tuple[Any, ...] | None = None
         if X_valid is not None:
             valid = (self.encoder_.transform(X_valid), _binary(y_valid, "y_valid"))
+            if w_valid is not None:
+                valid = (*valid, None, w_valid)
         params = {**self.params, "seed": self.random_state}
         self.booster_ = fit_booster(
-            params, X_arr, y_arr, self.encoder_.categorical_indices, valid, callbacks
+            params, X_arr, y_arr, self.encoder_.categorical_indices, valid, callbacks, None, weight
         )
         method: Calibration = self.calibration if valid is not None else "none"
         raw_valid = (
             booster_predict(self.booster_, valid[0], raw_score=True) if valid else np.empty(0)
         )
-        self.calibrator_ = Calibrator.fit(method, raw_valid, valid[1] if valid else np.empty(0))
+        self.calibrator_ = Calibrator.fit(
+            method, raw_valid, valid[1] if valid else np.empty(0), w_valid if valid else None
+        )
         return self
 
     @property

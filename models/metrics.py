@@ -30,47 +30,67 @@ def _arrays(y: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
     return y_arr, s_arr
 
 
-def _top_mask(score: np.ndarray, share: float) -> np.ndarray:
-    """The ``share`` of rows with the highest score (ties broken by position, stably)."""
-    k = max(1, round(len(score) * share))
+def _weights(weight: Any, rows: int) -> np.ndarray | None:
+    """Sampling weights (inverse inclusion probabilities) as an array, or None."""
+    if weight is None:
+        return None
+    w = np.asarray(weight, dtype="float64")
+    if w.shape != (rows,) or not np.isfinite(w).all() or (w <= 0).any():
+        raise ValueError(f"weights must be {rows} finite positive numbers")
+    return w
+
+
+def _top_mask(score: np.ndarray, share: float, weight: np.ndarray | None = None) -> np.ndarray:
+    """The ``share`` of rows with the highest score (ties broken by position, stably);
+    with ``weight``, the share of the weight (of the population the rows stand for)."""
     order = np.argsort(-score, kind="stable")
+    if weight is None:
+        k = max(1, round(len(score) * share))
+    else:
+        k = max(1, int(np.searchsorted(np.cumsum(weight[order]), share * weight.sum())) + 1)
     mask = np.zeros(len(score), dtype=bool)
     mask[order[:k]] = True
     return mask
 
 
-def ranking_metrics(y: Any, score: Any, top: float = 0.1) -> dict[str, float]:
+def ranking_metrics(y: Any, score: Any, top: float = 0.1, weight: Any = None) -> dict[str, float]:
     """Metrics that only need an ordering: AUC, PR-AUC and top-``top`` lift and capture.
 
     Baselines that are scores rather than probabilities (days since the last order) are
-    compared with these.
+    compared with these. ``weight``: each row's sampling weight (a sample's metrics then
+    estimate the population's).
     """
     y_arr, s_arr = _arrays(y, score)
+    w = _weights(weight, len(y_arr))
     if np.unique(y_arr).size < 2:
         raise ValueError("AUC needs both classes among the labels")
-    mask = _top_mask(s_arr, top)
-    base_rate = float(y_arr.mean())
-    top_rate = float(y_arr[mask].mean())
+    mask = _top_mask(s_arr, top, w)
+    base_rate = float(np.average(y_arr, weights=w))
+    top_rate = float(np.average(y_arr[mask], weights=None if w is None else w[mask]))
+    wy = y_arr if w is None else y_arr * w
     return {
-        "auc": float(roc_auc_score(y_arr, s_arr)),
-        "pr_auc": float(average_precision_score(y_arr, s_arr)),
+        "auc": float(roc_auc_score(y_arr, s_arr, sample_weight=w)),
+        "pr_auc": float(average_precision_score(y_arr, s_arr, sample_weight=w)),
         "base_rate": base_rate,
         "top_decile_lift": top_rate / base_rate,
-        "top_decile_capture": float(y_arr[mask].sum() / y_arr.sum()),
+        "top_decile_capture": float(wy[mask].sum() / wy.sum()),
     }
 
 
-def classification_metrics(y: Any, p: Any, top: float = 0.1) -> dict[str, float]:
+def classification_metrics(
+    y: Any, p: Any, top: float = 0.1, weight: Any = None
+) -> dict[str, float]:
     """Ranking metrics plus the probability metrics: Brier score and log loss."""
     y_arr, p_arr = _arrays(y, p)
+    w = _weights(weight, len(y_arr))
     if (p_arr < 0).any() or (p_arr > 1).any():
         raise ValueError("probabilities must lie in [0, 1]")
     clipped = np.clip(p_arr, EPS, 1 - EPS)
-    log_loss = -np.mean(y_arr * np.log(clipped) + (1 - y_arr) * np.log(1 - clipped))
+    losses = y_arr * np.log(clipped) + (1 - y_arr) * np.log(1 - clipped)
     return {
-        **ranking_metrics(y_arr, p_arr, top),
-        "brier": float(np.mean((p_arr - y_arr) ** 2)),
-        "log_loss": float(log_loss),
+        **ranking_metrics(y_arr, p_arr, top, w),
+        "brier": float(np.average((p_arr - y_arr) ** 2, weights=w)),
+        "log_loss": float(-np.average(losses, weights=w)),
     }
 
 
@@ -108,26 +128,43 @@ def gains_curve(y: Any, score: Any, points: int = 100) -> pd.DataFrame:
     return pd.DataFrame({"targeted": share, "captured": captured, "lift": captured / share})
 
 
-def regression_metrics(y: Any, pred: Any, top: float = 0.1) -> dict[str, float]:
+def regression_metrics(y: Any, pred: Any, top: float = 0.1, weight: Any = None) -> dict[str, float]:
     """Value metrics: MAE, RMSE, Spearman, top-decile capture and error of the total.
 
     ``top_decile_capture``: share of the realised (positive) value held by the customers
     ranked in the top ``top`` by the prediction -- what a target list would reach.
     ``total_error``: (sum predicted - sum realised) / sum realised, the error a finance
-    forecast of the whole base would make.
+    forecast of the whole base would make. ``weight``: as for :func:`ranking_metrics`
+    (Spearman then correlates weighted mid-ranks).
     """
     y_arr, p_arr = _arrays(y, pred)
-    positive = np.clip(y_arr, 0.0, None)
-    mask = _top_mask(p_arr, top)
-    total = float(y_arr.sum())
-    rho = spearmanr(y_arr, p_arr).statistic if np.ptp(p_arr) > 0 else 0.0
+    w = _weights(weight, len(y_arr))
+    ones = np.ones(len(y_arr)) if w is None else w
+    positive = np.clip(y_arr, 0.0, None) * ones
+    mask = _top_mask(p_arr, top, w)
+    total = float((y_arr * ones).sum())
+    if np.ptp(p_arr) == 0:
+        rho = 0.0
+    elif w is None:
+        rho = spearmanr(y_arr, p_arr).statistic
+    else:
+        rho = np.cov(_ranks(y_arr, w), _ranks(p_arr, w), aweights=w)[0, 1] / np.sqrt(
+            np.cov(_ranks(y_arr, w), aweights=w) * np.cov(_ranks(p_arr, w), aweights=w)
+        )
     return {
-        "mae": float(np.mean(np.abs(p_arr - y_arr))),
-        "rmse": float(np.sqrt(np.mean((p_arr - y_arr) ** 2))),
+        "mae": float(np.average(np.abs(p_arr - y_arr), weights=w)),
+        "rmse": float(np.sqrt(np.average((p_arr - y_arr) ** 2, weights=w))),
         "spearman": float(rho),
         "top_decile_capture": float(positive[mask].sum() / max(positive.sum(), EPS)),
-        "total_error": (float(p_arr.sum()) - total) / total if total else float("nan"),
+        "total_error": (float((p_arr * ones).sum()) - total) / total if total else float("nan"),
     }
+
+
+def _ranks(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Weighted mid-ranks: the weight below a value plus half the weight of its ties."""
+    values, inverse = np.unique(x, return_inverse=True)
+    tied = np.bincount(inverse, weights=weight, minlength=len(values))
+    return (np.cumsum(tied) - tied / 2)[inverse]
 
 
 def value_deciles(y: Any, pred: Any, bins: int = 10) -> pd.DataFrame:

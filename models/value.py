@@ -98,15 +98,20 @@ class ConformalBands:
 
     @classmethod
     def fit(
-        cls, predicted: np.ndarray, realised: np.ndarray, min_rows: int = 200
+        cls,
+        predicted: np.ndarray,
+        realised: np.ndarray,
+        min_rows: int = 200,
+        weight: np.ndarray | None = None,
     ) -> ConformalBands:
-        """Equal-count bins of at least ``min_rows`` validation rows each."""
+        """Equal-count bins of at least ``min_rows`` validation rows each (``weight``: the
+        rows' sampling weights, for the ratio quantiles)."""
         bins = max(1, min(20, len(predicted) // min_rows))
         edges = np.unique(np.quantile(predicted, np.linspace(0, 1, bins + 1)[1:-1]))
         which = np.searchsorted(edges, predicted, side="right")
         ratio = realised / np.maximum(predicted, 1e-9)
         ratios = tuple(
-            tuple(float(q) for q in np.quantile(ratio[which == b], QUANTILES))
+            tuple(float(q) for q in _quantiles(ratio, which == b, weight))
             if (which == b).any()
             else (0.0, 1.0, 1.0)
             for b in range(len(edges) + 1)
@@ -238,20 +243,28 @@ class ValueModel:
         X_valid: pd.DataFrame | None = None,
         y_valid: Any = None,
         callbacks: Sequence[Any] = (),
+        *,
+        sample_weight: Any = None,
+        valid_weight: Any = None,
     ) -> ValueModel:
         """``X`` holds features only (plus optional ``customer_id`` / ``as_of``);
-        ``callbacks`` go to ``lightgbm.train`` (pruning)."""
+        ``callbacks`` go to ``lightgbm.train`` (pruning). ``sample_weight`` /
+        ``valid_weight``: the rows' sampling weights (a sampled training set), used by
+        LightGBM, the starting level, the seasonal factors, the prior's weight and the
+        interval (the BG/NBD prior itself is fitted unweighted)."""
         y_arr = np.maximum(_amounts(y, "y"), 0.0)
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype="float64")
+        w_v = None if valid_weight is None else np.asarray(valid_weight, dtype="float64")
         if (y_arr > 0).sum() < 2 or (y_arr > 0).all():
             raise ValueError("y needs both customers with and without spend in the horizon")
         self.encoder_ = FeatureEncoder.fit(X)
         X_arr = self.encoder_.transform(X)
         self.prior_ = self._fit_prior(X_arr)
-        self.base_score_ = float(np.log(y_arr.mean()))  # the start without a prior
+        self.base_score_ = float(np.log(np.average(y_arr, weights=w)))  # without a prior
         valid = None
         if X_valid is not None:
             X_v = self.encoder_.transform(X_valid)
-            valid = (X_v, np.maximum(_amounts(y_valid, "y_valid"), 0.0), self._offset(X_v))
+            valid = (X_v, np.maximum(_amounts(y_valid, "y_valid"), 0.0), self._offset(X_v), w_v)
         offset = self._offset(X_arr)
         self.booster_ = fit_booster(
             {**self.params, "seed": self.random_state},
@@ -261,23 +274,25 @@ class ValueModel:
             valid,
             callbacks,
             init_score=offset,
+            weight=w,
         )
-        train = (booster_predict(self.booster_, X_arr, raw_score=True), offset, y_arr)
+        train = (booster_predict(self.booster_, X_arr, raw_score=True), offset, y_arr, w)
         months = _months(_cutoffs(X), len(X))
         prior = "BG/NBD + Gamma-Gamma" if self.prior_ is not None else "the training mean"
         if valid is None or X_valid is None:
             self.shrinkage_ = 1.0
             self.choice_ = PriorChoice.without_validation(prior)
         else:
-            X_v, y_v, offset_v = valid
-            held = (booster_predict(self.booster_, X_v, raw_score=True), offset_v, y_v)
+            X_v, y_v, offset_v, _ = valid
+            held = (booster_predict(self.booster_, X_v, raw_score=True), offset_v, y_v, w_v)
             held_months = _months(_cutoffs(X_valid), len(X_v))
             self.choice_ = self._choose(train, months, held, held_months, prior)
             self.shrinkage_ = self.choice_.shrinkage
         self.season_ = self._fit_season(*train, months, self.shrinkage_)
-        X_cal, y_cal = (valid[0], valid[1]) if valid else (X_arr, y_arr)
+        X_cal, y_cal, w_cal = (valid[0], valid[1], w_v) if valid else (X_arr, y_arr, w)
         cal_frame = X_valid if X_valid is not None else X
-        self.bands_ = ConformalBands.fit(self.predict_mean_array(X_cal, _cutoffs(cal_frame)), y_cal)
+        predicted = self.predict_mean_array(X_cal, _cutoffs(cal_frame))
+        self.bands_ = ConformalBands.fit(predicted, y_cal, weight=w_cal)
         return self
 
     def _fit_prior(self, X: np.ndarray) -> SpendPrior | None:
@@ -299,20 +314,20 @@ class ValueModel:
 
     def _choose(
         self,
-        train: tuple[np.ndarray, np.ndarray, np.ndarray],
+        train: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
         months: np.ndarray | None,
-        valid: tuple[np.ndarray, np.ndarray, np.ndarray],
+        valid: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
         valid_months: np.ndarray | None,
         prior: str,
     ) -> PriorChoice:
         """The correction weight with the lowest validation RMSE (seasonal factors refitted
         on the training rows for each weight, as the final model does)."""
-        raw_v, offset_v, y_v = valid
+        raw_v, offset_v, y_v, weight_v = valid
         rmse = {}
         for w in SHRINKAGE_GRID:
             season = self._fit_season(*train, months, w)
             pred = _level(raw_v, offset_v, w, valid_months, season)
-            rmse[w] = float(np.sqrt(np.mean((pred - y_v) ** 2)))
+            rmse[w] = float(np.sqrt(np.average((pred - y_v) ** 2, weights=weight_v)))
         best = min(SHRINKAGE_GRID, key=lambda w: (rmse[w], -w))
         kind = "boosted" if best == 1.0 else "prior" if best == 0.0 else "blend"
         scores = {"boosted": rmse[1.0], "prior": rmse[0.0], "chosen": rmse[best]}
@@ -323,6 +338,7 @@ class ValueModel:
         raw: np.ndarray,
         offset: np.ndarray,
         y: np.ndarray,
+        weight: np.ndarray | None,
         months: np.ndarray | None,
         shrinkage: float,
     ) -> dict[int, float]:
@@ -330,11 +346,12 @@ class ValueModel:
         if months is None:
             return {}
         pred = _level(raw, offset, shrinkage, None, {})
+        w = np.ones(len(y)) if weight is None else weight
         season: dict[int, float] = {}
         for month in np.unique(months):
             rows = months == month
             if rows.sum() >= MIN_SEASON_ROWS and pred[rows].sum() > 0:
-                season[int(month)] = float(y[rows].sum() / pred[rows].sum())
+                season[int(month)] = float((w * y)[rows].sum() / (w * pred)[rows].sum())
         return season
 
     def _mean(self, X: np.ndarray, months: np.ndarray | None) -> np.ndarray:
@@ -405,3 +422,10 @@ def _amounts(y: Any, name: str) -> np.ndarray:
     if arr.ndim != 1 or not np.isfinite(arr).all():
         raise ValueError(f"{name} must be a 1-d array of finite amounts")
     return arr
+
+
+def _quantiles(values: np.ndarray, rows: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
+    """:data:`QUANTILES` of ``values[rows]``, weighted when ``weight`` is given."""
+    if weight is None:
+        return np.quantile(values[rows], QUANTILES)
+    return np.quantile(values[rows], QUANTILES, weights=weight[rows], method="inverted_cdf")

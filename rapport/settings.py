@@ -133,6 +133,12 @@ class Settings(BaseSettings):
         description="Extra Spark settings, `spark.k=v,spark.k2=v2` or a JSON object; every "
         "key starts with `spark.`.",
     )
+    train_max_rows: int = Field(
+        default=2_000_000,
+        ge=1_000,
+        description="With the Spark engine, training sets of more rows are sampled down to "
+        "about this many (stratified, each row weighted by its inverse inclusion probability).",
+    )
     lake_uri: str | None = Field(
         default=None,
         description="The lake (Parquet): a folder or an object-store URI such as "

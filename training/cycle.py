@@ -61,7 +61,7 @@ from models import registry
 from models.registry import CHAMPION, KINDS, PREVIOUS
 from rapport.settings import get_settings
 from training import jobs, overrides, tracking
-from training.datasets import TrainingSet, build_training_set, default_as_of, fingerprint, lineage
+from training.datasets import TrainingSet, default_as_of, fingerprint, lineage
 
 STEPS = ("ingest", "monitor", "impact", "guard", "retrain", "promote", "score", "materialize")
 Progress = Callable[[str], None]
@@ -429,8 +429,9 @@ class _Cycle:
                 )
                 done.append(f"{kind} v{version.version} ({why})")
                 continue
-            if self.training is None:
-                self.training = build_training_set(
+            if self.training is None or not self.training.serves(kind):
+                self.training = jobs.training_set(
+                    kind,
                     self.con,
                     horizon_days=get_settings().horizon_days,
                     train_cutoffs=self.options.train_cutoffs,

@@ -134,6 +134,17 @@ def labels(con: Any, cutoffs: Sequence[datetime | str], horizon_days: int) -> pd
     Columns: ``customer_id``, ``as_of`` and :data:`LABEL_COLUMNS` (definitions in the
     module docstring).
     """
+    result = label_expression(con, cutoffs, horizon_days).order_by(["as_of", "customer_id"])
+    frame = con.execute(result)
+    frame["customer_id"] = frame["customer_id"].astype("string")
+    frame["as_of"] = pd.to_datetime(frame["as_of"], utc=True).astype("datetime64[us, UTC]")
+    return frame
+
+
+def label_expression(con: Any, cutoffs: Sequence[datetime | str], horizon_days: int) -> Any:
+    """The labels of :func:`labels` as one unordered Ibis expression over ``con``'s
+    ``customers`` and ``orders`` (``con``: anything with ``table(name)``: the DuckDB
+    warehouse, or the lake's tables on Spark, :class:`training.spark_datasets.Lake`)."""
     stamps = pa.array([as_utc(c) for c in cutoffs], pa.timestamp("us", tz="UTC"))
     cuts = ibis.memtable(pa.table({"as_of": stamps}))
     customers = con.table(CUSTOMERS.name)
@@ -158,7 +169,7 @@ def labels(con: Any, cutoffs: Sequence[datetime | str], horizon_days: int) -> pd
     joined = base.left_join(per_customer, ["customer_id", "as_of"])
     active = joined.past_orders.fill_null(0) > 0
     horizon_orders = joined.orders_in_horizon.fill_null(0)
-    result = joined.select(
+    return joined.select(
         "customer_id",
         "as_of",
         active=active,
@@ -166,22 +177,59 @@ def labels(con: Any, cutoffs: Sequence[datetime | str], horizon_days: int) -> pd
         orders_in_horizon=horizon_orders,
         spend=joined.spend.fill_null(0.0),
         margin=joined.margin,
-    ).order_by(["as_of", "customer_id"])
-    frame = con.execute(result)
-    frame["customer_id"] = frame["customer_id"].astype("string")
-    frame["as_of"] = pd.to_datetime(frame["as_of"], utc=True).astype("datetime64[us, UTC]")
-    return frame
+    )
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a training set built on Spark was sampled down (:mod:`training.spark_datasets`):
+    for which kind, the rows of its population and of the sample, and the seed. Each
+    row's ``weight`` column is its stratum's population over its sample rows."""
+
+    kind: str
+    rows_before: int
+    rows_after: int
+    max_rows: int
+    seed: int
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "rapport.sampled_for": self.kind,
+            "rapport.rows_before_sampling": str(self.rows_before),
+            "rapport.rows_after_sampling": str(self.rows_after),
+            "rapport.train_max_rows": str(self.max_rows),
+        }
 
 
 @dataclass
 class TrainingSet:
-    """Features and labels per (customer, cutoff), with the time split they belong to."""
+    """Features and labels per (customer, cutoff), with the time split they belong to.
+
+    ``engine``: where it was built. A set sampled on Spark (``sampling``) has a ``weight``
+    column (inverse inclusion probability) and serves only the kind it was sampled for.
+    """
 
     frame: pd.DataFrame
     plan: CutoffPlan
     horizon_days: int
     feature_names: list[str]
     spec_version: str
+    engine: str = "duckdb"
+    sampling: Sampling | None = None
+
+    def serves(self, kind: str) -> bool:
+        """Can ``kind`` be trained on it (an unsampled set serves every kind)?"""
+        return self.sampling is None or self.sampling.kind == kind
+
+    def weights(self, name: Part, active_only: bool = False) -> Any:
+        """The sampling weights of one split's rows (None: not sampled, every row counts 1)."""
+        if "weight" not in self.frame.columns:
+            return None
+        return self.part(name, active_only)["weight"].to_numpy(dtype="float64")
+
+    def tags(self) -> dict[str, str]:
+        """MLflow tags saying where and how the set was built."""
+        return {"rapport.engine": self.engine, **(self.sampling.tags() if self.sampling else {})}
 
     def part(self, name: Part, active_only: bool = False) -> pd.DataFrame:
         """Rows of one split; ``active_only`` keeps the churn population."""
@@ -223,6 +271,22 @@ def build_training_set(
     """
     say = silent(progress)
     spec = spec or default_spec()
+    plan = plan_training(con, as_of, horizon_days, train_cutoffs, step_months, say)
+    say(f"features and labels for {len(plan.all)} cutoffs")
+    frame = labelled_features(con, plan.all, horizon_days, spec)
+    return TrainingSet(frame, plan, horizon_days, list(spec.names), spec.version)
+
+
+def plan_training(
+    con: Any,
+    as_of: datetime | str | None,
+    horizon_days: int,
+    train_cutoffs: int,
+    step_months: int,
+    say: Progress,
+) -> CutoffPlan:
+    """The cutoffs of :func:`build_training_set` (checked against the data's end, training
+    cutoffs before the first order dropped); ``con`` as for :func:`label_expression`."""
     test = as_utc(as_of) if as_of is not None else default_as_of(con, horizon_days)
     end = data_end(con)
     if test + timedelta(days=horizon_days) > end:
@@ -236,9 +300,7 @@ def build_training_set(
         f"cutoffs: train {plan.describe()['train_cutoffs']}, valid {plan.valid:%Y-%m-%d}, "
         f"test {plan.test:%Y-%m-%d}"
     )
-    say(f"features and labels for {len(plan.all)} cutoffs")
-    frame = labelled_features(con, plan.all, horizon_days, spec)
-    return TrainingSet(frame, plan, horizon_days, list(spec.names), spec.version)
+    return plan
 
 
 def labelled_features(

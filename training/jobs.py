@@ -90,7 +90,8 @@ def fit_model(
     seed: int = 0,
     callbacks: Sequence[Any] = (),
 ) -> Model:
-    """Fit on the training cutoffs, early-stop / calibrate on the validation cutoff."""
+    """Fit on the training cutoffs, early-stop / calibrate on the validation cutoff (a
+    sampled set's rows weighted by their sampling weights)."""
     churn = kind == "churn"
     model: Model = (
         ChurnModel(params, seed) if churn else ValueModel(params, seed, data.horizon_days)
@@ -101,7 +102,14 @@ def fit_model(
         data.features("valid", active_only=churn),
         _target(kind, data.part("valid", active_only=churn)),
         callbacks,
+        sample_weight=data.weights("train", active_only=churn),
+        valid_weight=data.weights("valid", active_only=churn),
     )
+
+
+def _weight(rows: pd.DataFrame) -> np.ndarray | None:
+    """The rows' sampling weights (a training set sampled on Spark), else None."""
+    return rows["weight"].to_numpy(dtype="float64") if "weight" in rows.columns else None
 
 
 def predict(model: Model, frame: pd.DataFrame) -> np.ndarray:
@@ -221,17 +229,23 @@ def evaluate_holdout(
     rows = _population(kind, holdout)
     as_of = as_utc(rows["as_of"].iloc[0])
     y = _target(kind, rows).to_numpy()
+    w = _weight(rows)
     scores = {name: predict(model, rows) for name, model in models.items()}
     notes: list[str] = []
+    if w is not None:
+        notes.append(
+            f"a stratified sample: {len(rows):,} rows weighted to the {w.sum():,.0f} "
+            "customers they stand for (metrics weighted)"
+        )
     if baselines:
         scores.update(_baseline_scores(kind, rows, con, as_of, horizon_days, notes))
     if kind == "churn":
         metrics = {
-            name: (classification_metrics if name in models else ranking_metrics)(y, s)
+            name: (classification_metrics if name in models else ranking_metrics)(y, s, weight=w)
             for name, s in scores.items()
         }
     else:
-        metrics = {name: regression_metrics(y, s) for name, s in scores.items()}
+        metrics = {name: regression_metrics(y, s, weight=w) for name, s in scores.items()}
     evaluation = HoldoutEvaluation(kind, as_of, horizon_days, len(rows), metrics, notes=notes)
     if compare is not None:
         evaluation.comparison = compare(con, kind, as_of, rows, y, scores)
@@ -291,8 +305,10 @@ class TrainResult:
 
 def _valid_metrics(kind: Kind, model: Model, data: TrainingSet) -> dict[str, float]:
     rows = _population(kind, data.part("valid"))
-    y, s = _target(kind, rows).to_numpy(), predict(model, rows)
-    return classification_metrics(y, s) if kind == "churn" else regression_metrics(y, s)
+    y, s, w = _target(kind, rows).to_numpy(), predict(model, rows), _weight(rows)
+    if kind == "churn":
+        return classification_metrics(y, s, weight=w)
+    return regression_metrics(y, s, weight=w)
 
 
 def _training_data(
@@ -303,13 +319,50 @@ def _training_data(
     train_cutoffs: int,
     step_months: int,
     say: Progress,
+    kind: Kind,
 ) -> TrainingSet:
     """``data`` when given (its own horizon), else the time-split set built for
     :func:`train` and :func:`tune` (the settings' horizon unless ``horizon_days``)."""
     if data is not None:
+        if not data.serves(kind):
+            raise ValueError(f"this training set was sampled for another kind than {kind}")
         return data
-    horizon = horizon_days or get_settings().horizon_days
-    return build_training_set(con, as_of, horizon, train_cutoffs, step_months, progress=say)
+    return training_set(kind, con, as_of, horizon_days, train_cutoffs, step_months, say)
+
+
+def training_set(
+    kind: Kind,
+    con: Any,
+    as_of: datetime | str | None = None,
+    horizon_days: int | None = None,
+    train_cutoffs: int = 4,
+    step_months: int = 3,
+    progress: Progress | None = None,
+) -> TrainingSet:
+    """The time-split training set of the settings' engine: built by DuckDB from the
+    warehouse ``con``, or (``RAPPORT_ENGINE=spark``) on Spark from the lake and sampled
+    for ``kind`` to ``RAPPORT_TRAIN_MAX_ROWS`` (:mod:`training.spark_datasets`)."""
+    settings = get_settings()
+    horizon = horizon_days or settings.horizon_days
+    if settings.engine != "spark":
+        return build_training_set(
+            con, as_of, horizon, train_cutoffs, step_months, progress=progress
+        )
+    from features.spark import session
+    from training.spark_datasets import build_on_spark
+
+    spark = session(settings)
+    return build_on_spark(
+        kind,
+        spark,
+        settings.lake,
+        as_of,
+        horizon,
+        train_cutoffs,
+        step_months,
+        seed=settings.seed,
+        progress=progress,
+    )
 
 
 def train(
@@ -336,7 +389,7 @@ def train(
     import mlflow
 
     kind, settings, say = _check_kind(kind), get_settings(), silent(progress)
-    data = _training_data(con, data, as_of, horizon_days, train_cutoffs, step_months, say)
+    data = _training_data(con, data, as_of, horizon_days, train_cutoffs, step_months, say, kind)
     horizon = data.horizon_days
     say(f"fitting {kind} on {len(data.plan.train)} training cutoffs")
     model = fit_model(kind, data, params, settings.seed)
@@ -378,7 +431,11 @@ def _boosters(model: Model) -> dict[str, Any]:
 
 
 def _holdout_key(data: TrainingSet, info: Mapping[str, Any]) -> str:
-    return f"{data.plan.test:%Y-%m-%d}|h{data.horizon_days}|{fingerprint(dict(info))}"
+    """Equal keys: the same holdout rows (a sampled holdout: the same sample too)."""
+    key = f"{data.plan.test:%Y-%m-%d}|h{data.horizon_days}|{fingerprint(dict(info))}"
+    if (s := data.sampling) is not None:
+        key += f"|sample-{s.kind}-{s.max_rows}-{s.seed}"
+    return key
 
 
 def _flat(prefix: str, metrics: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
@@ -408,6 +465,7 @@ def _log_run(
             "rapport.test_cutoff": f"{data.plan.test:%Y-%m-%d}",
             "rapport.warehouse": str(info["warehouse"]),
             HOLDOUT_TAG: _holdout_key(data, info),
+            **data.tags(),
         }
     )
     model_metrics = evaluation.metrics["model"]
@@ -466,8 +524,10 @@ def reference_frame(kind: Kind, model: Model, data: TrainingSet) -> pd.DataFrame
     set (training, validation and holdout snapshots): the seasons and campaign phases the
     model was built on, which the monitor compares each scoring run with."""
     rows = data.frame
-    if len(rows) > REFERENCE_ROWS:
-        rows = rows.sample(REFERENCE_ROWS, random_state=0)
+    weights = rows["weight"] if "weight" in rows.columns else None  # a sample: as the base
+    if len(rows) > REFERENCE_ROWS or weights is not None:
+        size, again = min(len(rows), REFERENCE_ROWS), weights is not None
+        rows = rows.sample(size, replace=again, random_state=0, weights=weights)
     frame = rows[["customer_id", "as_of", *data.feature_names]].reset_index(drop=True)
     frame[SCORE_COLUMN[kind]] = predict(model, rows)
     return frame
@@ -482,6 +542,9 @@ def holdout_groups(kind: Kind, model: Model, data: TrainingSet) -> pd.DataFrame:
     from training.monitor import GROUPS, group_figures
 
     test = data.part("test")
+    if "weight" in test.columns:  # a sample: resampled by weight, to stand for the base
+        test = test.sample(len(test), replace=True, weights="weight", random_state=0)
+        test = test.reset_index(drop=True)
     try:
         segments = assign_segments(test, fit_segments(test))
         test = test.assign(**{g: segments[g] for g in GROUPS})
@@ -771,7 +834,7 @@ def tune(
     import mlflow
 
     kind, settings, say = _check_kind(kind), get_settings(), silent(progress)
-    data = _training_data(con, data, as_of, horizon_days, train_cutoffs, step_months, say)
+    data = _training_data(con, data, as_of, horizon_days, train_cutoffs, step_months, say, kind)
     horizon = data.horizon_days
     name = study_name or f"{kind}-{data.plan.test:%Y%m%d}-h{horizon}-{data.spec_version}"
     experiment = tracking.configure()

@@ -1,0 +1,66 @@
+"""Sampling weights (training sets sampled on Spark): a weighted metric equals the metric
+of the rows repeated as often as their weight, and the allocation's shares."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.metrics import classification_metrics, regression_metrics
+from training.spark_datasets import allocate
+
+
+@pytest.fixture
+def rows() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    n = 400
+    y = (rng.random(n) < 0.3).astype(float)
+    p = np.clip(0.3 * y + 0.6 * rng.random(n), 0, 1)
+    spend = rng.gamma(1.0, 50.0, n) * (rng.random(n) < 0.4)
+    weight = rng.integers(1, 5, n).astype(float)
+    return y, p, spend, weight
+
+
+def test_weighted_metrics_equal_the_rows_repeated(
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    y, p, spend, weight = rows
+    times = weight.astype(int)
+    weighted = classification_metrics(y, p, weight=weight)
+    repeated = classification_metrics(np.repeat(y, times), np.repeat(p, times))
+    for metric in ("auc", "pr_auc", "base_rate", "brier", "log_loss"):
+        assert weighted[metric] == pytest.approx(repeated[metric], rel=1e-9), metric
+    guess = spend * 0.8 + 10.0 * p
+    weighted = regression_metrics(spend, guess, weight=weight)
+    repeated = regression_metrics(np.repeat(spend, times), np.repeat(guess, times))
+    for metric in ("mae", "rmse", "spearman", "total_error"):
+        assert weighted[metric] == pytest.approx(repeated[metric], rel=1e-9), metric
+
+
+def test_unit_weights_change_nothing(
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    y, p, spend, _ = rows
+    ones = np.ones(len(y))
+    assert classification_metrics(y, p, weight=ones) == pytest.approx(classification_metrics(y, p))
+    guess = spend + p
+    assert regression_metrics(spend, guess, weight=ones) == pytest.approx(
+        regression_metrics(spend, guess)
+    )
+
+
+def test_weights_must_be_positive_and_finite() -> None:
+    with pytest.raises(ValueError, match="weights"):
+        classification_metrics([0, 1], [0.2, 0.7], weight=[1.0, 0.0])
+
+
+def test_allocation_keeps_the_positives_up_to_their_share() -> None:
+    sizes = pd.DataFrame(
+        {"_cut": [1, 1, 2, 2], "_stratum": [0, 1, 0, 1], "rows": [9000, 500, 9000, 1500]}
+    )
+    out = allocate(sizes, limit=4000)
+    assert out["keep"].tolist() == [1000, 500, 1000, 1500]  # every churner, the rest shared
+    out = allocate(sizes, limit=2000)  # positives over half the limit: 1000 for them
+    assert out["keep"].tolist() == [500, 250, 500, 750]
+    assert (out["share"] == out["keep"] / out["rows"]).all()
