@@ -58,6 +58,9 @@ class ChurnThresholds(BaseModel):
     estimated_auc_drop: Threshold
     calibration_error: Threshold
     rate_gap: Threshold
+    #: partly matured run: (holdout's - run's) share of the expected buyers who bought in
+    #: the elapsed days, beyond noise, over the holdout's (see ``partial_days``)
+    active_shortfall: Threshold = Threshold(warn=0.05, alert=0.10)
 
 
 class ValueThresholds(BaseModel):
@@ -65,6 +68,9 @@ class ValueThresholds(BaseModel):
     coverage_gap: Threshold
     total_error: Threshold
     spearman_drop: Threshold
+    #: partly matured run: (holdout's - run's) revenue in the elapsed days per unit of
+    #: predicted horizon value, beyond noise, over the holdout's
+    revenue_shortfall: Threshold = Threshold(warn=0.05, alert=0.10)
 
 
 class FeatureThresholds(BaseModel):
@@ -117,6 +123,9 @@ class Alerts(BaseModel):
     model_config = _STRICT
 
     min_rows: int = Field(default=200, ge=1)
+    #: a scoring run whose horizon has not matured is judged on its elapsed days once
+    #: this many have passed (one scoring period)
+    partial_days: int = Field(default=28, ge=1)
     churn: ChurnThresholds
     value: ValueThresholds
     features: FeatureThresholds

@@ -290,3 +290,19 @@ def spearman_variance(rho: float, n: float) -> float:
     if not (np.isfinite(rho) and np.isfinite(n)) or n <= 3:
         return float("nan")
     return float((1 - rho**2) ** 2 * (1 + rho**2 / 2) / (n - 3))
+
+
+def ratio_variance(y: Any, x: Any) -> tuple[float, float]:
+    """``sum(y) / sum(x)`` over independent rows, with its linearised (delta-method)
+    variance ``sum((y - R x)^2) / sum(x)^2``: what customers did against what was
+    predicted for them, and the noise of that ratio from the rows alone (NaN when
+    ``x`` sums to 0)."""
+    y_arr = np.asarray(y, dtype="float64")
+    x_arr = np.asarray(x, dtype="float64")
+    known = np.isfinite(y_arr) & np.isfinite(x_arr)
+    y_arr, x_arr = y_arr[known], x_arr[known]
+    total = float(x_arr.sum())
+    if not len(x_arr) or total <= 0:
+        return float("nan"), float("nan")
+    ratio = float(y_arr.sum()) / total
+    return ratio, float(np.sum((y_arr - ratio * x_arr) ** 2)) / total**2

@@ -12,6 +12,12 @@ as of a date (default: the end of the data) and checks:
   with a 90% interval; the matured run gets the estimate too, next to its realised AUC;
 * **value**, on the matured run: MAE, RMSE, Spearman, top-decile capture, total error and
   the coverage of the p10-p90 interval (about 80% when calibrated) with a PIT histogram;
+* **partly matured**, on the latest scoring run whose horizon has elapsed by at least
+  ``partial_days`` (one scoring period) but not fully: what its customers did in the
+  elapsed days (bought at least once, revenue) per unit of what the churn and value
+  champions predicted for the horizon, against the same ratio over the same first days
+  of the champion's holdout (``active_shortfall``, ``revenue_shortfall``: a change in
+  behaviour caught a period after it, before the horizon matures), also per region;
 * both also per ABC tier and RFM segment (a group below ``min_rows`` never alerts);
   gaps and drops are judged as a change, beyond noise: a group's rate gap or coverage
   gap by how much it outgrew the champion's own gap for that group on its holdout
@@ -55,7 +61,7 @@ import pandas as pd
 import pyarrow as pa
 
 from features.batch import build
-from features.contract import CAMPAIGN_LOG, TABLES
+from features.contract import CAMPAIGN_LOG, CUSTOMERS, TABLES
 from features.spec import FeatureSpec, default_spec
 from features.tables import monitoring as tables
 from features.tables.feature_samples import mismatches, read_samples
@@ -81,7 +87,7 @@ from training.datasets import data_end, labels
 Progress = Callable[[str], None]
 EXPERIMENT = "rapport-monitoring"
 GROUPS = ("abc_tier", "rfm_segment")
-GROUP_LABEL = {"abc_tier": "tier", "rfm_segment": "segment"}
+GROUP_LABEL = {"abc_tier": "tier", "rfm_segment": "segment", "region": "region"}
 SCORES = ("churn_probability", "value_mean")
 #: the columns of ``scores`` the checks read
 SCORE_COLUMNS = ("customer_id", *SCORES, "value_p10", "value_p50", "value_p90", *GROUPS)
@@ -104,7 +110,7 @@ class MonitorRun:
     checked_at: datetime
     frame: pd.DataFrame
     curves: pd.DataFrame
-    #: role ("latest", "matured") -> scoring run id
+    #: role ("latest", "matured", "partial") -> scoring run id
     scoring_runs: dict[str, str]
     seconds: float = 0.0
     report: Path | None = None
@@ -282,13 +288,16 @@ def _churn_estimate(c: _Checks, run: RunInfo, active: pd.DataFrame, ref_auc: flo
     )
 
 
-def _subjects(frame: pd.DataFrame, columns: list[str]) -> list[tuple[str, pd.DataFrame]]:
-    """The whole base, then each ABC tier and RFM segment: what realised checks report on,
-    each named for people ("all", "tier A", "segment Champions", ...); only ``columns``
-    are carried (splitting every column of a million rows costs seconds)."""
-    frame = frame[[*columns, *(g for g in GROUPS if g not in columns)]]
+def _subjects(
+    frame: pd.DataFrame, columns: list[str], groups: tuple[str, ...] = GROUPS
+) -> list[tuple[str, pd.DataFrame]]:
+    """The whole base, then each ABC tier and RFM segment (and any other of ``groups``):
+    what realised checks report on, each named for people ("all", "tier A", "segment
+    Champions", ...); only ``columns`` are carried (splitting every column of a million
+    rows costs seconds)."""
+    frame = frame[[*columns, *(g for g in groups if g not in columns)]]
     subjects: list[tuple[str, pd.DataFrame]] = [("all", frame)]
-    for group in GROUPS:
+    for group in groups:
         for name, part in frame.groupby(group, observed=True):
             subjects.append((f"{GROUP_LABEL[group]} {name}", part))
     return subjects
@@ -484,6 +493,111 @@ def _value_realised(c: _Checks, run: RunInfo, scored: pd.DataFrame, ref_rho: flo
             c.curve("pit", subject, run.run_id, pit.drop(columns="bin"))
 
 
+# --------------------------------------------------------------------------- partly matured
+#: check -> (kind, what customers did in the elapsed days, what was predicted for the
+#: horizon): bought at least once against 1 - churn probability (the churn model's
+#: expected buyers), revenue against the value model's mean
+EARLY: dict[str, tuple[str, str, str]] = {
+    "active_shortfall": ("churn", "bought", "expected_buyer"),
+    "revenue_shortfall": ("value", "spend", "value_mean"),
+}
+#: a customer attribute the elapsed-days checks also split by (a change often hits one
+#: region first)
+ATTRIBUTE = "region"
+
+
+def _elapsed(con: Any, lab: pd.DataFrame, cut: datetime, scored: pd.DataFrame) -> pd.DataFrame:
+    """``scored`` customers active at ``cut`` with what they did in its first days
+    (``bought``, ``spend``: ``lab``, :func:`~training.datasets.labels` over those days)
+    and their ``region`` (from ``customers``, when it has one)."""
+    lab = lab[(lab["as_of"] == pd.Timestamp(cut)) & lab["active"]]
+    frame = scored.merge(lab[["customer_id", "orders_in_horizon", "spend"]], on="customer_id")
+    frame = frame.assign(
+        bought=(frame["orders_in_horizon"] > 0).astype("float64"),
+        expected_buyer=1.0 - frame["churn_probability"].astype("float64"),
+    )
+    customers = con.table(CUSTOMERS.name)
+    if ATTRIBUTE in customers.columns:
+        attr = con.execute(customers.select("customer_id", ATTRIBUTE))
+        attr["customer_id"] = attr["customer_id"].astype("string")
+        frame = frame.drop(columns=ATTRIBUTE, errors="ignore").merge(
+            attr, on="customer_id", how="left"
+        )
+    return frame
+
+
+def _holdout_scored(reference: pd.DataFrame) -> tuple[datetime, pd.DataFrame]:
+    """The champion's holdout snapshot within its reference (the latest cutoff), with its
+    scores and segments fitted on it as a scoring run fits them on its batch."""
+    from features.segments import assign_segments, fit_segments
+
+    cut = pd.Timestamp(reference["as_of"].max())
+    rows = reference[reference["as_of"] == cut].reset_index(drop=True)
+    rows["customer_id"] = rows["customer_id"].astype("string")
+    try:
+        segments = assign_segments(rows, fit_segments(rows))
+        rows = rows.assign(**{g: segments[g] for g in GROUPS})
+    except KeyError:  # a feature set without the RFM / ABC inputs: the base only
+        rows = rows.assign(**{g: None for g in GROUPS})
+    if "value_mean" not in rows.columns:  # no value champion: its check is skipped
+        rows = rows.assign(value_mean=NAN)
+    return cut.to_pydatetime(), rows
+
+
+def _partial(
+    c: _Checks,
+    con: Any,
+    run: RunInfo,
+    scored: pd.DataFrame,
+    days: int,
+    reference: pd.DataFrame,
+    horizon: int,
+) -> None:
+    """A scoring run whose horizon has elapsed by ``days`` (at least ``partial_days``, not
+    all of it): what its active customers did in those days (bought, revenue) per unit of
+    what the champions predicted for the whole horizon, against the same ratio over the
+    same first days of the champion's holdout, per group its own (purchases do not spread
+    evenly over a horizon: recency, season; so the expected share of the first days is
+    measured, not a pro rata). A shortfall counts only beyond the 95% interval of both
+    ratios (delta method over customers), as a share of the holdout's ratio; over the
+    base, per ABC tier, RFM segment and region (a group the holdout has fewer than
+    ``min_rows`` of is compared with the holdout's whole base)."""
+    h_cut, h_rows = _holdout_scored(reference)
+    early = labels(con, sorted({run.as_of, h_cut}), days)
+    now = _elapsed(con, early, run.as_of, scored)
+    then = _elapsed(con, early, h_cut, h_rows)
+    groups = (*GROUPS, ATTRIBUTE) if ATTRIBUTE in now.columns else GROUPS
+    columns = ["bought", "expected_buyer", "spend", "value_mean"]
+    base = dict(_subjects(then, columns, groups))
+    tag = (
+        f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d}), {days} of {horizon} days elapsed; "
+        f"holdout {h_cut:%Y-%m-%d}"
+    )
+    for subject, part in _subjects(now, columns, groups):
+        if not len(part):
+            continue
+        own = base.get(subject)
+        fallback = own is None or len(own) < c.alerts.min_rows
+        past = base["all"] if own is None or fallback else own
+        for check, (kind, done, predicted) in EARLY.items():
+            if part[predicted].isna().all():
+                continue
+            ratio, var = stats.ratio_variance(part[done], part[predicted])
+            h_ratio, h_var = stats.ratio_variance(past[done], past[predicted])
+            excess, half = stats.beyond_noise(max(h_ratio - ratio, 0.0), var, h_var)
+            c.add(
+                kind,
+                check,
+                subject,
+                excess / h_ratio if h_ratio > 0 else NAN,
+                f"{tag}; {done} {part[done].sum():,.1f} per predicted {predicted} "
+                f"{part[predicted].sum():,.1f} = {ratio:.3f}, holdout "
+                + ("(whole base) " if fallback else "")
+                + f"{h_ratio:.3f} ({len(past)} rows); beyond the 95% interval +-{half:.3f}",
+                len(part),
+            )
+
+
 # --------------------------------------------------------------------------- drift
 def _drift(
     c: _Checks,
@@ -538,6 +652,18 @@ def _drift(
             cap: Level | None = "warn" if name in policy else None
             value = stats.emptied(ref, cur)
             c.add("features", "emptied", subject, value, note, len(cur), not rare, cap)
+
+
+def _reference(versions: dict[str, str]) -> pd.DataFrame | None:
+    """The reference stored with the churn champion ``versions`` name, with the value
+    champion's scores of the same rows (``value_mean``) when it has one; None when the
+    churn version has none."""
+    churn, value = versions.get("churn"), versions.get("value")
+    reference = registry.load_reference("churn", churn) if churn else None
+    value_ref = registry.load_reference("value", value) if value else None
+    if reference is not None and value_ref is not None:
+        reference = reference.assign(value_mean=value_ref["value_mean"].reindex(reference.index))
+    return reference
 
 
 def _run_features(
@@ -787,10 +913,30 @@ def _run(
             "churn shows its label-free estimate only, value nothing realised yet"
         )
 
+    reference = _reference(latest.versions)
+    partial = [
+        r
+        for r in runs
+        if r.as_of + timedelta(days=horizon) > cutoff
+        and (cutoff - r.as_of).days >= alerts.partial_days
+    ]
+    if partial:
+        part = partial[-1]
+        roles["partial"] = part.run_id
+        days = (cutoff - part.as_of).days
+        same = part.versions == latest.versions
+        holdout = reference if same else _reference(part.versions)
+        if holdout is None:
+            notes.append(
+                f"scoring run {part.run_id}: no stored reference to judge its "
+                f"{days} elapsed days against (retrain the champions)"
+            )
+        else:
+            say(f"the {days} elapsed days of scoring run {part.run_id} against the holdout's")
+            now = scored if part.run_id == latest.run_id else load_scores(db, part, SCORE_COLUMNS)
+            _partial(c, con, part, now, days, holdout, horizon)
+
     say("drift against the champions' references")
-    reference = registry.load_reference("churn", churn_version) if churn_version else None
-    value_version = latest.versions.get("value")
-    value_ref = registry.load_reference("value", value_version) if value_version else None
     if reference is None:
         notes.append(
             f"churn v{churn_version} has no stored reference (trained before references were "
@@ -799,10 +945,6 @@ def _run(
     else:
         features = _run_features(con, latest, scored, spec, say)
         current = features.merge(scored[["customer_id", *SCORES]], on="customer_id", how="left")
-        if value_ref is not None:
-            reference = reference.assign(
-                value_mean=value_ref["value_mean"].reindex(reference.index)
-            )
         importance = _importance(latest.versions)
         ordered = {n: importance.get(n, 0.0) for n in spec.names}
         _drift(

@@ -207,7 +207,7 @@ def render(result: MonitorRun, history: pd.DataFrame, curves: pd.DataFrame) -> s
             wide = part.pivot_table(
                 index="subject", columns="check", values="value", aggfunc="last"
             )
-            report.tables.append((f"{kind} by ABC tier and RFM segment", wide))
+            report.tables.append((f"{kind} by ABC tier, RFM segment and region", wide))
     drift = frame[frame["kind"] == "features"]
     if len(drift):
         wide = drift.pivot_table(index="subject", columns="check", values="value", aggfunc="last")

@@ -17,6 +17,10 @@ def test_shipped_thresholds_parse_and_judge() -> None:
     psi = alerts.threshold("features", "psi")
     assert (psi.level(0.1), psi.level(0.25), psi.level(0.36)) == ("ok", "warn", "alert")
     assert alerts.threshold("churn", "auc_drop").alert == pytest.approx(0.03)
+    # the partly matured run's checks and the days it needs
+    assert alerts.threshold("churn", "active_shortfall").level(0.2) == "alert"
+    assert alerts.threshold("value", "revenue_shortfall").level(0.07) == "warn"
+    assert alerts.partial_days == 28
     assert Threshold(alert=0.1).level(float("nan")) == "ok"
     assert Threshold(alert=0.1).level(0.2) == "alert"
     with pytest.raises(KeyError, match=r"no threshold churn\.nope"):
@@ -70,3 +74,10 @@ def test_policy_thresholds_are_validated_like_the_others() -> None:
     text = SHIPPED.replace("min_control: 50", "min_control: 1")
     with pytest.raises(AlertsError, match=rf"line {_line_of(text, 'min_control: 1')}: policy"):
         parse_alerts(text, "mine.yaml")
+
+
+def test_partial_days_is_validated_like_the_rest() -> None:
+    text = SHIPPED.replace("partial_days: 28", "partial_days: 0", 1)
+    with pytest.raises(AlertsError) as err:
+        parse_alerts(text, "mine.yaml")
+    assert f"mine.yaml:line {_line_of(text, 'partial_days')}: partial_days" in str(err.value)

@@ -118,3 +118,23 @@ def test_a_gap_is_judged_by_how_much_it_outgrew_the_holdouts() -> None:
     assert stats.grown(-0.12, 0.1) == pytest.approx(0.02)  # either sign: the size grew
     assert stats.grown(0.05, -0.1) == 0.0  # smaller than accepted at promotion
     assert stats.grown(-0.07, float("nan")) == pytest.approx(0.07)  # nothing stored
+
+
+def test_ratio_variance_matches_the_spread_of_simulated_ratios() -> None:
+    """What customers did against what was predicted for them (revenue per predicted
+    value): the delta-method variance against the spread of many simulated bases."""
+    rng = np.random.default_rng(1)
+    n, draws = 400, 2000
+    predicted = rng.gamma(2.0, 50.0, n)
+    # each customer spends a heavy-tailed amount around a third of the prediction
+    ratios = [
+        (rng.poisson(predicted / 30) * rng.gamma(2.0, 5.0, n)).sum() / predicted.sum()
+        for _ in range(draws)
+    ]
+    y = rng.poisson(predicted / 30) * rng.gamma(2.0, 5.0, n)
+    ratio, var = stats.ratio_variance(y, predicted)
+    assert ratio == pytest.approx(np.mean(ratios), rel=0.1)
+    assert np.sqrt(var) == pytest.approx(np.std(ratios), rel=0.2)
+    # rows with a missing side are left out; nothing predicted: unknown
+    assert stats.ratio_variance([1.0, np.nan], [2.0, 5.0])[0] == pytest.approx(0.5)
+    assert all(np.isnan(v) for v in stats.ratio_variance([1.0], [0.0]))
