@@ -96,8 +96,9 @@ def top_reasons(
         )
     features = _by_name(spec or default_spec())
     order = np.argsort(-contributions, kind="stable")
-    ups = [j for j in order[:top] if contributions[j] > 0]
-    downs = [j for j in order[::-1][:top] if contributions[j] < 0]
+    pushes = contributions.tolist()  # plain floats: per live score, numpy scalars cost more
+    ups = [j for j in order[:top].tolist() if pushes[j] > 0]
+    downs = [j for j in order[::-1][:top].tolist() if pushes[j] < 0]
     out: dict[str, list[dict[str, Any]]] = {}
     for direction, picks in (("up", ups), ("down", downs)):
         reasons = []
@@ -110,7 +111,7 @@ def top_reasons(
                     "value": value,
                     "phrase": phrase,
                     "direction": direction,
-                    "contribution": float(contributions[j]),
+                    "contribution": pushes[j],
                     "text": f"{phrase} ({words[direction]})",  # type: ignore[index]
                 }
             )

@@ -77,11 +77,11 @@ class Scorer:
         self.control = control or NO_CONTROL
         self.policy = Policy(catalog, epsilon=nba.epsilon if nba is not None else 0.0)
         self._channels = np.array([a.channel for a in catalog.actions], dtype=object)
-        # churn and value read the same encoding when their encoders agree (the demo's
-        # champions, trained on one feature set): one encoding per score, not two
+        #: churn and value read one encoding when their encoders agree (the demo's
+        #: champions, trained on one feature set): one encoding per score, not two
         churn_encoder = getattr(churn, "encoder_", None)
         value_encoder = getattr(value, "encoder_", None)
-        self._shared_encoding = (
+        self.shares_encoding = (
             isinstance(churn_encoder, FeatureEncoder)
             and isinstance(value_encoder, FeatureEncoder)
             and churn_encoder.columns == value_encoder.columns
@@ -101,7 +101,7 @@ class Scorer:
             cutoffs = features["as_of"] if "as_of" in features.columns else None
         else:
             cutoffs = features.get("as_of")
-        X_value = X if self._shared_encoding else self.value.encode(features)
+        X_value = X if self.shares_encoding else self.value.encode(features)
         values = self.value.predict_array(X_value, cutoffs)
         for j, name in enumerate(OUTPUT_COLUMNS):
             columns[name] = values[:, j]
