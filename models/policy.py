@@ -116,7 +116,9 @@ class Arbitration:
     @functools.cached_property
     def _ranking(self) -> np.ndarray:
         masked = np.where(self.allowed, self.score, -np.inf)
-        return np.argsort(-masked, axis=1, kind="stable")
+        order = np.argsort(-masked, axis=1, kind="stable")
+        order.flags.writeable = False  # kept: a caller's change would show in later calls
+        return order
 
     def ranking(self) -> np.ndarray:
         """``[n, K]`` action indices, allowed by score (ties: catalog order), then the rest
@@ -284,12 +286,10 @@ def _constants(catalog: Catalog) -> _Constants:
         values.append(
             (j, action.id, action.value_kind != "incremental_revenue", action.margin_rate)
         )
-    constants = _Constants(
-        np.array([a.cost for a in actions]),
-        np.array([catalog.effective_weight(a) for a in actions]),
-        tuple(checks),
-        tuple(values),
-    )
+    cost = np.array([a.cost for a in actions])
+    weight = np.array([catalog.effective_weight(a) for a in actions])
+    cost.flags.writeable = weight.flags.writeable = False  # shared by every result
+    constants = _Constants(cost, weight, tuple(checks), tuple(values))
     if len(_CONSTANTS) > 16:  # catalogs replaced by reloads
         _CONSTANTS.clear()
     _CONSTANTS[id(catalog)] = (catalog, constants)
