@@ -188,7 +188,6 @@ class _TablePlan:
             if column is not None:
                 kinds[column] = table.column(column).type
         self.kinds = kinds
-        self.groups = [(kind, col, np.array(rows)) for (kind, col), rows in groups.items()]
         rows_of = {
             kind: np.array(r, dtype=np.intp) for (kind, col), r in groups.items() if col is None
         }
