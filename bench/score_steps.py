@@ -12,7 +12,8 @@ reasons look 5x cheaper than inside a score on this shared machine):
 * ``read record``: :meth:`OnlineStore.get` (SQLite by default);
 * ``features``: :func:`features.online.record.evaluate`, as of now;
 * ``churn + reasons``: encode, the calibrated probability and the TreeSHAP reasons;
-* ``value``: encode, mean and interval;
+* ``value``: encode (unless it reads churn's encoding, :attr:`Scorer.shares_encoding`),
+  mean and interval;
 * ``segments``: RFM and ABC from the stored cut points;
 * ``NBA uplift``: :meth:`models.nba.NbaModel.predict` on the enriched row, for the
   actions the catalog's rules allow;
@@ -126,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         churn = scorer.churn.predict_proba_array(X)
         drivers = scorer.churn.explain_array(X, spec=scorer.spec)[0]
         clock.lap("churn + reasons")
-        values = scorer.value.predict_array(scorer.value.encode(features), now)
+        X_value = X if scorer.shares_encoding else scorer.value.encode(features)
+        values = scorer.value.predict_array(X_value, now)
         clock.lap("value")
         row = {**features, CHURN_FIELD: churn[0]}
         row.update({name: values[0, j] for j, name in enumerate(OUTPUT_COLUMNS)})

@@ -140,19 +140,23 @@ class FeatureEncoder:
         return out
 
     def _transform_mapping(self, row: Mapping[str, Any]) -> np.ndarray:
-        out = np.empty((1, len(self.columns)), dtype="float64")
-        for j, col in enumerate(self.columns):
+        codes = self._codes
+        values: list[float] = []
+        append = values.append
+        for col in self.columns:  # plain floats, one array at the end (the live path)
             if col not in row:
                 raise ValueError(f"feature {col!r} is missing from the input")
             value = row[col]
-            if col in self.categories:
-                out[0, j] = np.nan if value is None else self._codes[col].get(str(value), np.nan)
+            if value is None:
+                append(np.nan)
+            elif col in codes:
+                append(codes[col].get(str(value), np.nan))
             else:
                 try:
-                    out[0, j] = np.nan if value is None else float(value)
+                    append(float(value))
                 except (TypeError, ValueError):
                     raise ValueError(f"feature {col!r} must be numeric, got {value!r}") from None
-        return out
+        return np.array([values], dtype="float64")
 
     def decode(self, row: np.ndarray) -> list[Any]:
         """One encoded row back to readable values (category codes to their text)."""

@@ -7,6 +7,7 @@ served with the rules it was trained for.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,9 @@ import pandas as pd
 from models.catalog import Catalog
 from models.policy import Arbitration, Policy, arbitrate
 from models.uplift import UpliftModel, UpliftPrediction
+
+#: uplift model -> the columns it reads, as a set (the live path checks one customer's)
+_NEEDED: weakref.WeakKeyDictionary[UpliftModel, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -42,13 +46,24 @@ class NbaModel:
         """Incremental conversion and revenue per action for the rows of ``frame`` (or for
         one customer's ``{column: value}`` dict: the live path, without pandas); with
         ``actions``, only those (the others NaN, see :meth:`UpliftModel.predict`)."""
-        columns = frame.columns if isinstance(frame, pd.DataFrame) else frame
+        if isinstance(frame, pd.DataFrame):
+            self._check_columns(frame.columns)
+            return self.uplift.predict(frame[self.feature_names], actions)
+        if not self._needed() <= frame.keys():  # one customer: one set comparison
+            self._check_columns(frame)
+        return self.uplift.predict(frame, actions)
+
+    def _needed(self) -> frozenset[str]:
+        """The uplift models' columns as a set, kept beside (not in) the pickled model."""
+        needed = _NEEDED.get(self.uplift)
+        if needed is None:
+            needed = _NEEDED[self.uplift] = frozenset(self.uplift.feature_names_)
+        return needed
+
+    def _check_columns(self, columns: Any) -> None:
         missing = [c for c in self.feature_names if c not in columns]
         if missing:
             raise KeyError(f"the NBA model needs columns the frame lacks: {missing[:5]}")
-        if isinstance(frame, pd.DataFrame):
-            return self.uplift.predict(frame[self.feature_names], actions)
-        return self.uplift.predict(frame, actions)
 
     def arbitrate(self, frame: pd.DataFrame) -> Arbitration:
         """Every catalog action scored and screened for every row (greedy ranking)."""

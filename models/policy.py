@@ -27,6 +27,8 @@ ranked above doing nothing only when it pays for itself.
 
 from __future__ import annotations
 
+import functools
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,6 +55,10 @@ class Exclusion(IntEnum):
     CONTACT_POLICY = 3
     COOLDOWN = 4
     NO_UPLIFT = 5
+
+
+#: the exclusions by code (``Exclusion(code)`` without the enum's lookup)
+_EXCLUSIONS = {int(e): e for e in Exclusion}
 
 
 @dataclass(frozen=True)
@@ -94,22 +100,30 @@ class Arbitration:
     def actions(self) -> list[str]:
         return self.catalog.ids
 
-    @property
+    # computed once per result (a live score reads each several times per action)
+    @functools.cached_property
     def cost(self) -> np.ndarray:
-        return np.array([a.cost for a in self.catalog.actions])
+        return _constants(self.catalog).cost
 
-    @property
+    @functools.cached_property
     def weight(self) -> np.ndarray:
-        return np.array([self.catalog.effective_weight(a) for a in self.catalog.actions])
+        return _constants(self.catalog).weight
 
-    @property
+    @functools.cached_property
     def allowed(self) -> np.ndarray:
         return self.reason == Exclusion.NONE
 
-    def ranking(self) -> np.ndarray:
-        """``[n, K]`` action indices, allowed by score (ties: catalog order), then the rest."""
+    @functools.cached_property
+    def _ranking(self) -> np.ndarray:
         masked = np.where(self.allowed, self.score, -np.inf)
-        return np.argsort(-masked, axis=1, kind="stable")
+        order = np.argsort(-masked, axis=1, kind="stable")
+        order.flags.writeable = False  # kept: a caller's change would show in later calls
+        return order
+
+    def ranking(self) -> np.ndarray:
+        """``[n, K]`` action indices, allowed by score (ties: catalog order), then the rest
+        (computed once per result: do not modify it)."""
+        return self._ranking
 
     def best(self) -> np.ndarray:
         """The greedy choice per customer (action ids)."""
@@ -162,10 +176,11 @@ class Arbitration:
     def exclusions(self, i: int) -> dict[str, str]:
         """Plain-language reason for every excluded action of the ``i``-th customer."""
         row = self.frame.iloc[i] if isinstance(self.frame, pd.DataFrame) else self.frame
+        codes = self.reason[i].tolist()
         return {
-            action.id: _reason_text(Exclusion(int(self.reason[i, j])), action, row, self.catalog)
-            for j, action in enumerate(self.catalog.actions)
-            if self.reason[i, j] != Exclusion.NONE
+            action.id: _reason_text(_EXCLUSIONS[code], action, row, self.catalog)
+            for action, code in zip(self.catalog.actions, codes, strict=True)
+            if code != Exclusion.NONE
         }
 
 
@@ -188,6 +203,8 @@ def arbitrate(
         raise ValueError(f"uplift has {len(uplift)} rows, the frame {n}")
     if screened is not None and screened.shape != (n, k):
         raise ValueError(f"screened has shape {screened.shape}, expected {(n, k)}")
+    if not isinstance(frame, pd.DataFrame):
+        return _arbitrate_one(frame, catalog, uplift, screened)
     up = np.zeros((n, k))
     value = np.zeros((n, k))
     reason = np.zeros((n, k), dtype=np.int8)
@@ -214,11 +231,175 @@ def screen(frame: Customers, catalog: Catalog) -> np.ndarray:
     """``[n, K]`` exclusion codes of the catalog's rules alone (eligibility, consent,
     contact policy, cool-down; ``no_action`` always allowed), before any uplift: what
     :func:`arbitrate` records for every action that has an uplift estimate."""
+    if not isinstance(frame, pd.DataFrame):
+        return np.array([_screen_one(frame, _constants(catalog))], dtype=np.int8)
     reason = np.zeros((_size(frame), len(catalog.actions)), dtype=np.int8)
     for j, action in enumerate(catalog.actions):
         if action.id != NO_ACTION:
             reason[:, j] = _first_exclusion(frame, catalog, action)
     return reason
+
+
+# ---- one customer --------------------------------------------------------------------------
+# The live service arbitrates one customer (a ``{column: value}`` mapping) per request. The
+# frame path's numpy calls on one-element arrays cost ~10 us per action and check; this path
+# runs the same checks on plain values and the value arithmetic as numpy calls over the
+# actions (the same ufuncs element by element, so the same numbers:
+# tests/models/test_policy.py holds it equal to the frame path).
+
+
+@dataclass(frozen=True)
+class _Constants:
+    """One catalog's per-action constants and checks, arranged once."""
+
+    cost: np.ndarray  # [K]
+    weight: np.ndarray  # [K]
+    #: per action but no_action: (position, rule, consent field, contact rules as
+    #: (field, max), cool-down field or None, cool-down days)
+    checks: tuple[tuple[int, Any, str | None, tuple[tuple[str, int], ...], str | None, int], ...]
+    #: per action but no_action: (position, id, retained value?, margin rate)
+    values: tuple[tuple[int, str, bool, float], ...]
+
+
+_CONSTANTS: dict[int, tuple[Catalog, _Constants]] = {}
+
+
+def _constants(catalog: Catalog) -> _Constants:
+    """The catalog's :class:`_Constants` (a catalog is immutable; a few are ever live)."""
+    cached = _CONSTANTS.get(id(catalog))
+    if cached is not None and cached[0] is catalog:
+        return cached[1]
+    actions = catalog.actions
+    checks = []
+    values = []
+    for j, action in enumerate(actions):
+        if action.id == NO_ACTION:
+            continue
+        contacts = tuple(
+            (rule.field, rule.max_contacts)
+            for rule in catalog.contact_policy.for_channel(action.channel)
+        )
+        cooldown = action.cooldown_field if action.cooldown_days else None
+        checks.append(
+            (j, action.rule, action.consent_field, contacts, cooldown, action.cooldown_days)
+        )
+        values.append(
+            (j, action.id, action.value_kind != "incremental_revenue", action.margin_rate)
+        )
+    cost = np.array([a.cost for a in actions])
+    weight = np.array([catalog.effective_weight(a) for a in actions])
+    cost.flags.writeable = weight.flags.writeable = False  # shared by every result
+    constants = _Constants(cost, weight, tuple(checks), tuple(values))
+    if len(_CONSTANTS) > 16:  # catalogs replaced by reloads
+        _CONSTANTS.clear()
+    _CONSTANTS[id(catalog)] = (catalog, constants)
+    return constants
+
+
+def _number(row: Mapping[str, Any], column: str) -> float:
+    """:func:`_numeric` of one customer as a plain float (NaN for null)."""
+    try:
+        value = row[column]
+    except KeyError:
+        raise KeyError(
+            f"arbitration needs column {column!r}, which the customer frame lacks"
+        ) from None
+    if value is None:
+        return np.nan
+    if isinstance(value, float | int):  # NaN stays NaN; bool and numpy floats included
+        return float(value)
+    return np.nan if pd.isna(value) else float(value)
+
+
+def _screen_one(row: Mapping[str, Any], constants: _Constants) -> list[int]:
+    """:func:`screen`'s codes of one customer: every check is run (as the frame path does),
+    the first failing one is the code."""
+    reason = [0] * len(constants.cost)
+    for j, rule, consent, contacts, cooldown, cooldown_days in constants.checks:
+        eligible = True if rule is None else bool(rule.evaluate_row(row))
+        consented = True if consent is None else _number(row, consent) > 0
+        under = True
+        for field, most in contacts:  # no count: no contacts
+            under = not (_number(row, field) >= most) and under  # every field read
+        if cooldown is None:
+            rested = True
+        else:
+            days = _number(row, cooldown)
+            rested = math.isnan(days) or days >= cooldown_days
+        if not eligible:
+            reason[j] = Exclusion.NOT_ELIGIBLE
+        elif not consented:
+            reason[j] = Exclusion.NO_CONSENT
+        elif not under:
+            reason[j] = Exclusion.CONTACT_POLICY
+        elif not rested:
+            reason[j] = Exclusion.COOLDOWN
+    return reason
+
+
+def _arbitrate_one(
+    row: Mapping[str, Any],
+    catalog: Catalog,
+    uplift: UpliftPrediction | None,
+    screened: np.ndarray | None,
+) -> Arbitration:
+    """:func:`arbitrate` for one customer given as a mapping."""
+    constants = _constants(catalog)
+    k = len(constants.cost)
+    codes = screened[0].tolist() if screened is not None else None
+    reason = [0] * k
+    known: list[int] = []  # actions with an uplift estimate
+    conversions: list[float] = []
+    revenues: list[float] = []
+    kinds: list[bool] = []
+    margins: list[float] = []
+    for j, action_id, retains, margin_rate in constants.values:
+        if uplift is not None:
+            if action_id not in uplift.actions:
+                reason[j] = Exclusion.NO_UPLIFT
+                continue
+            at = uplift.index(action_id)
+            conversion = uplift.incremental_conversion[0, at]
+            revenue = uplift.incremental_revenue[0, at]
+        else:
+            conv, rev = f"uplift_conversion_{action_id}", f"uplift_revenue_{action_id}"
+            if conv not in row or rev not in row:
+                reason[j] = Exclusion.NO_UPLIFT
+                continue
+            conversion, revenue = _number(row, conv), _number(row, rev)
+        known.append(j)
+        conversions.append(conversion)
+        revenues.append(revenue)
+        kinds.append(retains)
+        margins.append(margin_rate)
+    if codes is None:
+        screened_codes = _screen_one(row, constants)
+        for j in known:
+            reason[j] = screened_codes[j]
+    else:
+        for j in known:
+            reason[j] = codes[j]
+    up = np.zeros((1, k))
+    value = np.zeros((1, k))
+    if known:
+        where = np.array(known, dtype=np.intp)
+        retained = np.array(kinds)
+        margin = np.array(margins)
+        conversion_of = np.array(conversions, dtype=np.float64)
+        revenue_of = np.array(revenues, dtype=np.float64)
+        if retained.any():  # the churn reduction, capped at the churn probability
+            churn = np.array([_number(row, CHURN_FIELD)])
+            worth = _zero_nan(np.array([_number(row, catalog.value_field)])) * margin
+            reduction = _zero_nan(np.minimum(conversion_of, churn))
+            up[0, where] = np.where(retained, reduction, _zero_nan(revenue_of))
+            value[0, where] = np.where(retained, worth, margin)
+        else:
+            up[0, where] = _zero_nan(revenue_of)
+            value[0, where] = margin
+    expected = up * value
+    score = constants.weight * expected - constants.cost
+    codes_array = np.array([reason], dtype=np.int8)
+    return Arbitration(catalog, row, up, value, expected, score, codes_array)
 
 
 def arbitrate_one(
@@ -410,6 +591,14 @@ class Policy:
             logits = (masked - masked.max(axis=1, keepdims=True)) / self.temperature
             weights = np.exp(logits)
             return weights / weights.sum(axis=1, keepdims=True)
+        if len(allowed) == 1:  # one customer (the live path): plain floats, same numbers
+            flags = allowed[0].tolist()
+            count = sum(flags)
+            if count:
+                share = self.epsilon / count
+                row = [share if flag else 0.0 for flag in flags]
+                row[int(result.ranking()[0, 0])] += 1.0 - self.epsilon
+                return np.array([row])
         n_allowed = allowed.sum(axis=1, keepdims=True)
         probs = np.where(allowed, self.epsilon / n_allowed, 0.0)
         probs[np.arange(len(probs)), result.ranking()[:, 0]] += 1.0 - self.epsilon

@@ -23,6 +23,20 @@ CHURN_WORDS: dict[Direction, str] = {"up": "raises risk", "down": "lowers risk"}
 VALUE_WORDS: dict[Direction, str] = {"up": "raises value", "down": "lowers value"}
 
 
+_BY_NAME: dict[int, tuple[FeatureSpec, dict[str, Feature]]] = {}
+
+
+def _by_name(spec: FeatureSpec) -> dict[str, Feature]:
+    """``spec.by_name()``, built once per spec (a frozen spec; per live score it cost
+    more than the reasons' wording)."""
+    cached = _BY_NAME.get(id(spec))
+    if cached is None or cached[0] is not spec:
+        if len(_BY_NAME) > 16:
+            _BY_NAME.clear()
+        cached = _BY_NAME[id(spec)] = (spec, spec.by_name())
+    return cached[1]
+
+
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -80,10 +94,11 @@ def top_reasons(
             f"{len(contributions)} contributions, {len(values)} values and {len(names)} "
             "feature names must match"
         )
-    features = (spec or default_spec()).by_name()
+    features = _by_name(spec or default_spec())
     order = np.argsort(-contributions, kind="stable")
-    ups = [j for j in order[:top] if contributions[j] > 0]
-    downs = [j for j in order[::-1][:top] if contributions[j] < 0]
+    pushes = contributions.tolist()  # plain floats: per live score, numpy scalars cost more
+    ups = [j for j in order[:top].tolist() if pushes[j] > 0]
+    downs = [j for j in order[::-1][:top].tolist() if pushes[j] < 0]
     out: dict[str, list[dict[str, Any]]] = {}
     for direction, picks in (("up", ups), ("down", downs)):
         reasons = []
@@ -96,7 +111,7 @@ def top_reasons(
                     "value": value,
                     "phrase": phrase,
                     "direction": direction,
-                    "contribution": float(contributions[j]),
+                    "contribution": pushes[j],
                     "text": f"{phrase} ({words[direction]})",  # type: ignore[index]
                 }
             )

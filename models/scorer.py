@@ -20,7 +20,7 @@ from features.control import NO_CONTROL, ControlGroup, decision_group
 from features.segments import SegmentModel, assign_segments
 from features.spec import FeatureSpec, default_spec
 from models.catalog import CHURN_FIELD, Catalog
-from models.churn import ChurnModel
+from models.churn import ChurnModel, FeatureEncoder
 from models.nba import NbaModel
 from models.policy import Arbitration, Exclusion, Policy, arbitrate, screen
 from models.results import CustomerScore
@@ -77,6 +77,16 @@ class Scorer:
         self.control = control or NO_CONTROL
         self.policy = Policy(catalog, epsilon=nba.epsilon if nba is not None else 0.0)
         self._channels = np.array([a.channel for a in catalog.actions], dtype=object)
+        #: churn and value read one encoding when their encoders agree (the demo's
+        #: champions, trained on one feature set): one encoding per score, not two
+        churn_encoder = getattr(churn, "encoder_", None)
+        value_encoder = getattr(value, "encoder_", None)
+        self.shares_encoding = (
+            isinstance(churn_encoder, FeatureEncoder)
+            and isinstance(value_encoder, FeatureEncoder)
+            and churn_encoder.columns == value_encoder.columns
+            and churn_encoder.categories == value_encoder.categories
+        )
 
     # ---- shared by batch and live -------------------------------------------------------
     def scores(
@@ -91,7 +101,8 @@ class Scorer:
             cutoffs = features["as_of"] if "as_of" in features.columns else None
         else:
             cutoffs = features.get("as_of")
-        values = self.value.predict_array(self.value.encode(features), cutoffs)
+        X_value = X if self.shares_encoding else self.value.encode(features)
+        values = self.value.predict_array(X_value, cutoffs)
         for j, name in enumerate(OUTPUT_COLUMNS):
             columns[name] = values[:, j]
         columns.update(assign_segments(features, self.segments))  # type: ignore[arg-type]

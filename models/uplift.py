@@ -106,19 +106,23 @@ class _Encoder:
     def _transform_row(self, row: Mapping[str, Any]) -> np.ndarray:
         """One customer's ``{feature: value}`` -> a ``[1, features]`` matrix, no pandas
         (the live service's path; same codes as the frame path: unseen / null -> missing)."""
-        missing = [c for c in self.columns if c not in row]
-        if missing:
-            raise ValueError(f"uplift features missing columns {missing}")
         if not hasattr(self, "_codes"):
             self._codes = {c: {v: i for i, v in enumerate(cs)} for c, cs in self.categories.items()}
-        out = np.empty((1, len(self.columns)), dtype="float64")
-        for j, col in enumerate(self.columns):
-            value = row[col]
-            if col in self.categories:
-                out[0, j] = np.nan if value is None else self._codes[col].get(str(value), np.nan)
-            else:
-                out[0, j] = np.nan if value is None else float(value)
-        return out
+        codes = self._codes
+        values = []
+        try:
+            for col in self.columns:
+                value = row[col]
+                if value is None:
+                    values.append(np.nan)
+                elif col in codes:
+                    values.append(codes[col].get(str(value), np.nan))
+                else:
+                    values.append(float(value))
+        except KeyError:
+            missing = [c for c in self.columns if c not in row]
+            raise ValueError(f"uplift features missing columns {missing}") from None
+        return np.array([values], dtype="float64")
 
 
 def _is_categorical(series: pd.Series) -> bool:

@@ -383,7 +383,10 @@ class ValueModel:
     ) -> np.ndarray:
         """``[rows, 4]``: mean, p10, p50, p90 (the order of :data:`OUTPUT_COLUMNS`)."""
         mean = self.predict_mean_array(X, as_of)
-        return np.column_stack([mean, self.bands_(mean)])
+        out = np.empty((len(mean), 1 + len(QUANTILES)))  # column_stack's numbers, cheaper
+        out[:, 0] = mean
+        out[:, 1:] = self.bands_(mean)
+        return out
 
     def predict(self, frame: pd.DataFrame | Mapping[str, Any]) -> pd.DataFrame:
         """``value_mean, value_p10, value_p50, value_p90`` per row (index kept for frames);

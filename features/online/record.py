@@ -8,8 +8,12 @@ A *record* is what the online store keeps per customer::
 
 Event columns are lists (timestamps as integer epoch microseconds, booleans as
 true/false/null). The evaluator computes the same raw aggregates as the batch query with
-numpy, then calls :func:`features.batch.finish`, so every derived value is computed by one
-piece of code in both paths.
+numpy (a few matrix operations per event table, arranged once per spec), then
+:func:`features.batch.finish`'s steps: :func:`evaluate` runs them on one customer's plain
+floats (its numpy calls on one-element arrays cost more than the aggregation), the same
+operations in the same order, so the values are ``finish``'s bit for bit
+(tests/features/online/test_record.py holds both equal, and the parity tests hold the
+evaluator equal to the batch build).
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from features.batch import MICROS_PER_DAY, TIME_AGGS, finish, micros, to_micros
+from features.batch import MICROS_PER_DAY, TIME_AGGS, ZERO_WHEN_EMPTY, micros, to_micros
 from features.contract import CUSTOMER_ATTRIBUTES, EVENT_TABLES, TABLES
 from features.spec import Agg, Cond, FeatureSpec, default_spec
 
 Record = dict[str, Any]
+#: record column kinds held as float64 arrays (the others as object arrays)
+_NUMERIC = ("float", "int", "bool", "timestamp")
 
 
 @cache
@@ -69,15 +75,18 @@ def append_events(record: Record, source: str, rows: Iterable[Mapping[str, Any]]
 
 
 def _as_array(values: list[Any], kind: str) -> np.ndarray:
-    if kind in ("float", "int", "bool", "timestamp"):
-        return np.array([np.nan if v is None else v for v in values], dtype="float64")
+    if kind in _NUMERIC:
+        return np.array(values, dtype=np.float64)  # None -> NaN
     return np.array(values, dtype=object)
 
 
+def _compared(value: Any) -> Any:
+    """A condition's value as the evaluator compares it (booleans as 0 / 1)."""
+    return float(value) if isinstance(value, bool) else value
+
+
 def _cond_mask(col: np.ndarray, cond: Cond) -> np.ndarray:
-    value: Any = cond.value
-    if isinstance(value, bool):
-        value = float(value)
+    value: Any = _compared(cond.value)
     if cond.op == "in":
         assert isinstance(value, tuple)
         hit = np.isin(col, list(value))
@@ -123,67 +132,205 @@ class _TablePlan:
     """One event table's aggregations, arranged so a customer's events are aggregated
     with a few matrix operations (one row per aggregation) instead of a numpy call per
     aggregation and step: a live score evaluates ~70 aggregations over tiny arrays, where
-    the per-call overhead is the whole cost."""
+    the per-call overhead is the whole cost.
 
-    def __init__(self, aggs: list[Agg]) -> None:
+    Every reduction is computed once over all the aggregations of its column (``rows``)
+    and the rows of each kind picked from it: each row is reduced on its own, so a row's
+    result is the one a reduction of that row alone gives (sums keep numpy's pairwise
+    order over the whole events axis, masked events counting 0)."""
+
+    def __init__(self, table: Any, aggs: list[Agg]) -> None:
         self.aggs = aggs
+        self.time_column: str = table.time_column
         days = np.array([np.inf if a.days is None else a.days + a.offset for a in aggs])
         self.lower_days = days  # window start, days before as_of
         self.upper_days = np.array([float(a.offset) for a in aggs])
         wheres = list(dict.fromkeys(a.where for a in aggs))
         self.wheres = wheres
-        self.where_of = np.array([wheres.index(a.where) for a in aggs], dtype=np.intp)
-        #: (kind, column) -> rows of the aggregations of that kind over that column
+        #: the distinct conditions; per position k of a where, each aggregation's condition
+        #: as a row of the condition matrix (row 0: all true, for shorter wheres)
+        self.conds = list(dict.fromkeys(c for a in aggs for c in a.where))
+        width = max((len(a.where) for a in aggs), default=0)
+        self.cond_rows = [
+            np.array(
+                [self.conds.index(a.where[k]) + 1 if k < len(a.where) else 0 for a in aggs],
+                dtype=np.intp,
+            )
+            for k in range(width)
+        ]
+        kinds: dict[str, str] = {}  # column -> its record kind (text or numeric)
+        for c in self.conds:
+            kinds[c.column] = table.column(c.column).type
+        #: ``column == value`` conditions compared in one broadcast per column: (column,
+        #: their rows in the condition matrix, their values); the others one by one
+        equal: dict[str, list[int]] = {}
+        self.other_conds: list[tuple[int, Cond]] = []
+        for i, c in enumerate(self.conds, start=1):
+            if c.op == "==":
+                equal.setdefault(c.column, []).append(i)
+            else:
+                self.other_conds.append((i, c))
+        self.equal_conds = [
+            (
+                column,
+                np.array(rows, dtype=np.intp),
+                _as_array([_compared(self.conds[i - 1].value) for i in rows], kinds[column])[
+                    :, None
+                ],
+            )
+            for column, rows in equal.items()
+        ]
+        #: (kind, column) -> rows; columns None: counts and the event times themselves
         groups: dict[tuple[str, str | None], list[int]] = {}
         for i, agg in enumerate(aggs):
             column = None if agg.agg == "count" or agg.agg in TIME_AGGS else agg.column
             groups.setdefault((agg.agg, column), []).append(i)
-        self.groups = [(kind, col, np.array(rows)) for (kind, col), rows in groups.items()]
+            if column is not None:
+                kinds[column] = table.column(column).type
+        self.kinds = kinds
+        rows_of = {
+            kind: np.array(r, dtype=np.intp) for (kind, col), r in groups.items() if col is None
+        }
+        empty = np.array(
+            [0.0 if kind in ZERO_WHEN_EMPTY else np.nan for kind in (a.agg for a in aggs)]
+        )
+        self.empty = empty  # every aggregation over no events at all
+        self.count_rows = rows_of.get("count", np.empty(0, dtype=np.intp))
+        self.last_rows = rows_of.get("days_since_last", np.empty(0, dtype=np.intp))
+        self.first_rows = rows_of.get("days_since_first", np.empty(0, dtype=np.intp))
+        #: per value column: all its rows, and per kind the rows and their positions there
+        by_column: dict[str, list[tuple[str, list[int]]]] = {}
+        for (kind, col), r in groups.items():
+            if col is not None:
+                by_column.setdefault(col, []).append((kind, r))
+        self.columns: list[tuple[str, bool, np.ndarray, list[tuple[str, np.ndarray, np.ndarray]]]]
+        self.columns = []
+        for col, parts in by_column.items():
+            rows = [i for _, r in parts for i in r]
+            where = {i: p for p, i in enumerate(rows)}
+            text = kinds[col] not in _NUMERIC
+            if text and any(kind != "nunique" for kind, _ in parts):
+                bad = next(kind for kind, _ in parts if kind != "nunique")
+                raise ValueError(f"aggregation {bad} over the text column {col}")
+            self.columns.append(
+                (
+                    col,
+                    text,
+                    np.array(rows, dtype=np.intp),
+                    [
+                        (kind, np.array(r, dtype=np.intp), np.array([where[i] for i in r]))
+                        for kind, r in parts
+                    ],
+                )
+            )
+
+    def aggregate(self, columns: Mapping[str, list[Any]], as_of_us: float) -> np.ndarray:
+        """The raw aggregates of one customer's events (``columns``: the record's lists),
+        one value per aggregation in :attr:`aggs` order."""
+        listed = columns.get(self.time_column) or []
+        if not listed:
+            return self.empty.copy()
+        times = np.array(listed, dtype=np.float64)  # None -> NaN: never in a window
+        arrays = {
+            c: _as_array(columns.get(c) or [None] * len(listed), k) for c, k in self.kinds.items()
+        }
+        # [aggregations, events]: inside the window, before as_of, meeting the conditions
+        lower = as_of_us - self.lower_days * MICROS_PER_DAY
+        upper = as_of_us - self.upper_days * MICROS_PER_DAY
+        mask = (times >= lower[:, None]) & (times < upper[:, None])
+        if self.cond_rows:
+            hits = np.empty((len(self.conds) + 1, times.size), dtype=bool)
+            hits[0] = True
+            for column, rows, values in self.equal_conds:  # None / NaN never equal
+                hits[rows] = arrays[column][None, :] == values
+            for i, cond in self.other_conds:
+                hits[i] = _cond_mask(arrays[cond.column], cond)
+            for rows in self.cond_rows:
+                mask &= hits[rows]
+        out = np.empty(len(self.aggs))
+        counts = np.count_nonzero(mask, axis=1)
+        found = counts > 0
+        if self.count_rows.size:
+            out[self.count_rows] = counts[self.count_rows]
+        if self.last_rows.size:
+            sub = mask[self.last_rows]
+            latest = np.where(sub, times, -np.inf).max(axis=1)
+            out[self.last_rows] = np.where(found[self.last_rows], latest, np.nan)
+        if self.first_rows.size:
+            sub = mask[self.first_rows]
+            first = np.where(sub, times, np.inf).min(axis=1)
+            out[self.first_rows] = np.where(found[self.first_rows], first, np.nan)
+        for column, text, rows, parts in self.columns:
+            values = arrays[column]
+            sub = mask[rows]
+            if text:
+                out[rows] = _nunique_text(values, sub)
+                continue
+            valid = sub & ~np.isnan(values)
+            any_valid = valid.any(axis=1)
+            total = None
+            for kind, targets, at in parts:
+                if kind in ("sum", "mean"):
+                    if total is None:
+                        total = np.where(valid, values, 0.0).sum(axis=1)
+                    if kind == "sum":
+                        out[targets] = total[at]
+                    else:
+                        n_valid = valid[at].sum(axis=1)
+                        mean = total[at] / np.maximum(n_valid, 1)
+                        out[targets] = np.where(any_valid[at], mean, np.nan)
+                elif kind == "max":
+                    top = np.where(valid[at], values, -np.inf).max(axis=1)
+                    out[targets] = np.where(any_valid[at], top, np.nan)
+                elif kind == "min":
+                    low = np.where(valid[at], values, np.inf).min(axis=1)
+                    out[targets] = np.where(any_valid[at], low, np.nan)
+                elif kind == "last":  # the value of the latest event (the first of equal times)
+                    latest = np.argmax(np.where(valid[at], times, -np.inf), axis=1)
+                    out[targets] = np.where(any_valid[at], values[latest], np.nan)
+                elif kind == "nunique":
+                    out[targets] = [float(np.unique(values[row]).size) for row in valid[at]]
+                else:
+                    raise ValueError(f"unknown aggregation {kind!r}")
+        return out
 
 
-_PLANS: dict[int, tuple[FeatureSpec, dict[str, _TablePlan]]] = {}
+class _Plan:
+    """The whole spec's evaluation, arranged once per spec: the tables' plans, then
+    :func:`features.batch.finish`'s steps on one customer's plain values."""
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.tables: list[tuple[str, _TablePlan, np.ndarray]] = []
+        position = {a.name: i for i, a in enumerate(spec.aggs)}
+        for table in EVENT_TABLES:
+            aggs = spec.aggs_for(table.name)
+            if aggs:
+                rows = np.array([position[a.name] for a in aggs], dtype=np.intp)
+                self.tables.append((table.name, _TablePlan(table, aggs), rows))
+        self.by_table = {name: plan for name, plan, _ in self.tables}
+        self.agg_names = [a.name for a in spec.aggs]
+        self.time_rows = np.array(
+            [i for i, a in enumerate(spec.aggs) if a.agg in TIME_AGGS], dtype=np.intp
+        )
+        self.zero_rows = np.array(
+            [i for i, a in enumerate(spec.aggs) if a.agg in ZERO_WHEN_EMPTY], dtype=np.intp
+        )
+        self.attributes = [(a.name, a.column, a.kind) for a in spec.attributes]
+        self.derived = [(d.name, d.numerator, d.denominator, d.constant) for d in spec.derived]
 
 
-def _plans(spec: FeatureSpec) -> dict[str, _TablePlan]:
+_PLANS: dict[int, tuple[FeatureSpec, _Plan]] = {}
+
+
+def _plan(spec: FeatureSpec) -> _Plan:
     cached = _PLANS.get(id(spec))
     if cached is None or cached[0] is not spec:
-        plans = {t.name: _TablePlan(spec.aggs_for(t.name)) for t in EVENT_TABLES}
-        cached = _PLANS[id(spec)] = (spec, {k: v for k, v in plans.items() if v.aggs})
+        cached = _PLANS[id(spec)] = (spec, _Plan(spec))
     return cached[1]
 
 
-def _masked_reduce(kind: str, values: np.ndarray, times: np.ndarray, mask: np.ndarray) -> Any:
-    """``kind`` over the masked values, one result per mask row; NaN where nothing counts
-    (0 for sums); ``mask`` rows are aggregations, columns events."""
-    if kind == "count":
-        return mask.sum(axis=1).astype(np.float64)
-    if not mask.shape[1]:  # no events at all
-        return np.full(mask.shape[0], 0.0 if kind in ("sum", "nunique") else np.nan)
-    if kind in TIME_AGGS:  # over the event times themselves
-        found = mask.any(axis=1)
-        if kind == "days_since_last":
-            out = np.max(np.where(mask, times, -np.inf), axis=1)
-        else:
-            out = np.min(np.where(mask, times, np.inf), axis=1)
-        return np.where(found, out, np.nan)
-    valid = mask & ~np.isnan(values)
-    found = valid.any(axis=1)
-    if kind == "sum":
-        return np.where(valid, values, 0.0).sum(axis=1)
-    if kind == "mean":
-        counts = valid.sum(axis=1)
-        total = np.where(valid, values, 0.0).sum(axis=1)
-        return np.where(found, total / np.maximum(counts, 1), np.nan)
-    if kind == "max":
-        return np.where(found, np.max(np.where(valid, values, -np.inf), axis=1), np.nan)
-    if kind == "min":
-        return np.where(found, np.min(np.where(valid, values, np.inf), axis=1), np.nan)
-    if kind == "last":  # the value of the latest event (the first of equal times)
-        latest = np.argmax(np.where(valid, times, -np.inf), axis=1)
-        return np.where(found, values[latest], np.nan)
-    if kind == "nunique":
-        return np.array([float(np.unique(values[row]).size) for row in valid])
-    raise ValueError(f"unknown aggregation {kind!r}")
+def _plans(spec: FeatureSpec) -> dict[str, _TablePlan]:
+    return _plan(spec).by_table
 
 
 def _flag(value: Any) -> float:
@@ -194,9 +341,17 @@ def _nunique_text(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.array([float(len({v for v in values[row] if v is not None})) for row in mask])
 
 
+def _aggregates(record: Record, as_of_us: float, plan: _Plan) -> np.ndarray:
+    """Every aggregation's raw value (spec order): the event tables' plans."""
+    raw = np.empty(len(plan.agg_names))
+    for name, table_plan, rows in plan.tables:
+        raw[rows] = table_plan.aggregate(record.get(name) or {}, as_of_us)
+    return raw
+
+
 def raw_aggregates(record: Record, as_of: datetime, spec: FeatureSpec) -> dict[str, np.ndarray]:
-    """One customer's raw aggregates, as :func:`features.batch.normalize_raw` shapes them."""
-    as_of_us = micros(as_of)
+    """One customer's raw aggregates, as :func:`features.batch.normalize_raw` shapes them
+    (what :func:`features.batch.finish` takes; :func:`evaluate` gives its result)."""
     customer = record["customer"]
     raw: dict[str, np.ndarray] = {}
     for attr in spec.attributes:
@@ -205,47 +360,48 @@ def raw_aggregates(record: Record, as_of: datetime, spec: FeatureSpec) -> dict[s
             raw[attr.column] = np.array([value], dtype=object)
         else:
             raw[attr.column] = np.array([_flag(value)])
-    for table in EVENT_TABLES:
-        plan = _plans(spec).get(table.name)
-        if plan is None:
-            continue
-        columns = record.get(table.name) or {}
-        times = _as_array(columns.get(table.time_column, []), "timestamp")
-        arrays = {c: _as_array(v, table.column(c).type) for c, v in columns.items()}
-        # [aggregations, events]: inside the window, before as_of, meeting the conditions
-        lower = as_of_us - plan.lower_days * MICROS_PER_DAY
-        upper = as_of_us - plan.upper_days * MICROS_PER_DAY
-        window = (times >= lower[:, None]) & (times < upper[:, None])
-        cond_cache: dict[Cond, np.ndarray] = {}
-        where_masks = np.ones((len(plan.wheres), times.size), dtype=bool)
-        for w, where in enumerate(plan.wheres):
-            for cond in where:
-                if cond not in cond_cache:
-                    cond_cache[cond] = _cond_mask(arrays[cond.column], cond)
-                where_masks[w] &= cond_cache[cond]
-        mask = window & where_masks[plan.where_of]
-        out = np.empty(len(plan.aggs))
-        for kind, column, rows in plan.groups:
-            values = times if column is None else arrays[column]
-            if values.dtype == object:
-                if kind != "nunique":
-                    raise ValueError(f"aggregation {kind} over the text column {column}")
-                out[rows] = _nunique_text(values, mask[rows])
-            else:
-                out[rows] = _masked_reduce(kind, values, times, mask[rows])
-        for i, agg in enumerate(plan.aggs):
-            raw[agg.name] = out[i : i + 1]
+    values = _aggregates(record, micros(as_of), _plan(spec))
+    for i, agg in enumerate(spec.aggs):
+        raw[agg.name] = values[i : i + 1]
     return raw
 
 
 def evaluate(record: Record, as_of: datetime, spec: FeatureSpec | None = None) -> dict[str, Any]:
-    """The customer's features at ``as_of`` (events strictly before it), as a flat dict."""
+    """The customer's features at ``as_of`` (events strictly before it), as a flat dict.
+
+    The same values as ``features.batch.finish(raw_aggregates(...))`` (a test holds them
+    equal bit for bit): :func:`features.batch.finish`'s steps on plain floats, because on
+    one customer its numpy calls on one-element arrays cost more than the aggregation.
+    """
     spec = spec or default_spec()
-    values = finish(raw_aggregates(record, as_of, spec), as_of, spec)
-    out: dict[str, Any] = {"customer_id": record["customer"].get("customer_id")}
-    for name in spec.names:
-        value = values[name][0]
-        out[name] = value.item() if isinstance(value, np.generic) else value
+    plan = _plan(spec)
+    as_of_us = micros(as_of)
+    raw = _aggregates(record, as_of_us, plan)
+    time_rows, zero_rows = plan.time_rows, plan.zero_rows
+    raw[time_rows] = (as_of_us - raw[time_rows]) / MICROS_PER_DAY
+    zeros = raw[zero_rows]
+    raw[zero_rows] = np.where(np.isnan(zeros), 0.0, zeros)
+    customer = record["customer"]
+    out: dict[str, Any] = {"customer_id": customer.get("customer_id")}
+    for name, column, kind in plan.attributes:
+        value = customer.get(column)
+        if kind == "category":
+            out[name] = value
+        elif kind == "tenure_days":
+            out[name] = (as_of_us - _flag(value)) / MICROS_PER_DAY
+        else:
+            out[name] = _flag(value)
+    out.update(zip(plan.agg_names, raw.tolist(), strict=True))
+    for name, numerator, denominator, constant in plan.derived:
+        # finish's sum(w * x) over one-element arrays: 0 + w1 x1 + w2 x2 ..., in that order
+        num: float = 0
+        for n, w in numerator:
+            num = num + w * out[n]
+        den: float = 0
+        for n, w in denominator:
+            den = den + w * out[n]
+        den = den + constant
+        out[name] = num / den if den > 0 else np.nan
     return out
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from features.contract import NO_ACTION
 from models.catalog import Catalog, parse_catalog
-from models.policy import Exclusion, Policy, arbitrate, arbitrate_one
+from models.policy import Exclusion, Policy, arbitrate, arbitrate_one, screen
 from models.uplift import UpliftPrediction
 
 CATALOG = """
@@ -248,3 +248,65 @@ def test_policy_rejects_bad_settings(catalog: Catalog) -> None:
         Policy(catalog, temperature=0.0)
     with pytest.raises(ValueError, match="not both"):
         Policy(catalog, epsilon=0.1, temperature=1.0)
+
+
+def _random_customers(n: int, seed: int) -> pd.DataFrame:
+    """Customers with every kind of value the checks meet: nulls, zeros, ties, negatives."""
+    rng = np.random.default_rng(seed)
+
+    def pick(*choices: object) -> list[object]:
+        return [choices[i] for i in rng.integers(0, len(choices), size=n)]
+
+    frame = customers(n)
+    frame["churn_probability"] = pick(0.0, 0.1, 0.25, 0.4, 0.9, np.nan)
+    frame["value_p50"] = pick(0.0, 37.5, 200.0, -1.0, np.nan)
+    frame["orders_365d"] = pick(0, 1, 3, np.nan)
+    frame["email_opt_in"] = pick(0.0, 1.0, np.nan)
+    frame["phone_opt_in"] = pick(0.0, 1.0, np.nan)
+    frame["contacts_email_30d"] = pick(0.0, 1.0, 2.0, 5.0, np.nan)
+    frame["contacts_call_30d"] = pick(0.0, 1.0, np.nan)
+    frame["days_since_action_cross_sell"] = pick(3.0, 14.0, 40.0, np.nan)
+    for action in IDS[1:]:
+        frame[f"uplift_conversion_{action}"] = rng.choice([-0.2, 0.0, 0.05, 0.3, 0.6, np.nan], n)
+        frame[f"uplift_revenue_{action}"] = rng.choice([-5.0, 0.0, 1.0, 10.0, 80.0, np.nan], n)
+    return frame
+
+
+@pytest.mark.parametrize("with_uplift", [False, True])
+def test_one_customer_path_equals_the_frame_path_exactly(
+    catalog: Catalog, with_uplift: bool
+) -> None:
+    """A customer given as a mapping (the live path: plain values) gets the frame path's
+    codes, figures, ranking, probabilities and exclusion texts, bit for bit."""
+    frame = _random_customers(600, seed=3 + with_uplift)
+    policy = Policy(catalog, epsilon=0.1)
+    actions = IDS[1:3]  # with_uplift: a prediction object, one action without an estimate
+    uplift = UpliftPrediction(
+        actions,
+        frame[[f"uplift_conversion_{a}" for a in actions]].to_numpy(),
+        frame[[f"uplift_revenue_{a}" for a in actions]].to_numpy(),
+        np.zeros(len(frame)),
+        np.zeros(len(frame)),
+    )
+    expected = arbitrate(frame, catalog, uplift if with_uplift else None)
+    expected_probs = policy.probabilities(expected)
+    for i, row in enumerate(frame.to_dict("records")):
+        one = None
+        if with_uplift:
+            one = UpliftPrediction(
+                actions,
+                uplift.incremental_conversion[[i]],
+                uplift.incremental_revenue[[i]],
+                np.zeros(1),
+                np.zeros(1),
+            )
+        for result in (
+            arbitrate(row, catalog, one),
+            arbitrate(row, catalog, one, screen(row, catalog)),
+        ):
+            for name in ("uplift", "value", "expected_value", "score", "reason"):
+                got, want = getattr(result, name)[0], getattr(expected, name)[i]
+                assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), name
+            assert result.ranking()[0].tolist() == expected.ranking()[i].tolist()
+            assert policy.probabilities(result)[0].tobytes() == expected_probs[i].tobytes()
+            assert result.exclusions(0) == expected.exclusions(i)
