@@ -2,10 +2,11 @@
 
 Arbitration is vectorised over customers (batch scoring a million customers is a handful
 of numpy operations per action); :func:`arbitrate_one` and :meth:`Policy.decide` are thin
-single-customer wrappers for the live service, so both paths share one implementation.
-:func:`arbitrate` also takes one customer as a plain ``{column: value}`` mapping instead of
-a frame: the same code then runs on one-element arrays (rules through the expressions' row
-evaluator), without the per-column pandas overhead that dominated a live score.
+single-customer wrappers for the live service. :func:`arbitrate` also takes one customer
+as a plain ``{column: value}`` mapping instead of a frame: the same checks and arithmetic
+then run on plain values (rules through the expressions' row evaluator), without the
+per-call numpy and pandas overhead that dominated a live score; a test holds the two
+paths bit-identical (codes, figures, ranking, probabilities, exclusion texts).
 
 Columns the customer frame must hold (``Catalog.required_fields`` lists them exactly):
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeAlias
@@ -311,11 +312,16 @@ def _number(row: Mapping[str, Any], column: str) -> float:
     return np.nan if pd.isna(value) else float(value)
 
 
-def _screen_one(row: Mapping[str, Any], constants: _Constants) -> list[int]:
+def _screen_one(
+    row: Mapping[str, Any], constants: _Constants, only: Container[int] | None = None
+) -> list[int]:
     """:func:`screen`'s codes of one customer: every check is run (as the frame path does),
-    the first failing one is the code."""
+    the first failing one is the code. ``only``: the actions to screen (the others' code
+    stays 0; :func:`arbitrate` screens only actions with an uplift estimate)."""
     reason = [0] * len(constants.cost)
     for j, rule, consent, contacts, cooldown, cooldown_days in constants.checks:
+        if only is not None and j not in only:
+            continue
         eligible = True if rule is None else bool(rule.evaluate_row(row))
         consented = True if consent is None else _number(row, consent) > 0
         under = True
@@ -373,7 +379,7 @@ def _arbitrate_one(
         kinds.append(retains)
         margins.append(margin_rate)
     if codes is None:
-        screened_codes = _screen_one(row, constants)
+        screened_codes = _screen_one(row, constants, set(known)) if known else reason
         for j in known:
             reason[j] = screened_codes[j]
     else:

@@ -1,8 +1,10 @@
 """Scores for customers: churn with reasons, value with interval, segments, next best action.
 
-One implementation for the live service (:meth:`Scorer.score_one`, one customer's feature
-dict) and batch scoring (:meth:`Scorer.score_frame`, a feature frame of any size), so a
-customer scored live and in the nightly batch gets the same numbers from the same code.
+One scorer for the live service (:meth:`Scorer.score_one`, one customer's feature dict)
+and batch scoring (:meth:`Scorer.score_frame`, a feature frame of any size). The live path
+runs the batch arithmetic on plain values where numpy's per-call cost would dominate one
+customer (encodings, arbitration); tests hold both paths bit-identical, so a customer
+scored live and in the nightly batch gets the same numbers.
 No I/O: the caller loads the models and supplies features as of the scoring instant.
 """
 
@@ -112,7 +114,8 @@ class Scorer:
         """All actions scored and screened; without an NBA model only ``no_action`` is allowed.
 
         ``enriched``: features plus the :meth:`scores` columns, as a frame or one
-        customer's dict (the live path: the same code on one-element arrays, no pandas).
+        customer's dict (the live path: the batch arithmetic on plain values, tested
+        bit-identical to the frame path).
         """
         if self.nba is None:
             return arbitrate(enriched, self.catalog, None)

@@ -310,3 +310,26 @@ def test_one_customer_path_equals_the_frame_path_exactly(
             assert result.ranking()[0].tolist() == expected.ranking()[i].tolist()
             assert policy.probabilities(result)[0].tobytes() == expected_probs[i].tobytes()
             assert result.exclusions(0) == expected.exclusions(i)
+
+
+def test_an_action_without_uplift_is_not_screened_on_either_path(catalog: Catalog) -> None:
+    """Only actions with an uplift estimate are screened: a field that only such an
+    action's rules read may be missing (no NBA model: no uplift at all), on both paths."""
+    frame = customers().drop(
+        columns=[
+            "phone_opt_in",
+            "uplift_conversion_service_callback",
+            "uplift_revenue_service_callback",
+        ]
+    )
+    expected = arbitrate(frame, catalog)
+    got = arbitrate(frame.iloc[0].to_dict(), catalog)
+    assert got.reason[0].tobytes() == expected.reason[0].tobytes()
+    assert got.exclusions(0) == expected.exclusions(0)
+    assert expected.exclusions(0)["service_callback"] == "no uplift estimate for this action"
+    bare = customers()
+    bare = bare.drop(columns=[c for c in bare.columns if c.startswith("uplift_")])
+    bare = bare.drop(columns=["phone_opt_in", "email_opt_in"])
+    assert arbitrate(bare.iloc[0].to_dict(), catalog).ranking()[0].tolist() == (
+        arbitrate(bare, catalog).ranking()[0].tolist()
+    )
