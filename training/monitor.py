@@ -582,8 +582,11 @@ def _partial(
         for check, (kind, done, predicted) in EARLY.items():
             if part[predicted].isna().all():
                 continue
+            held = past[past[predicted].notna()]  # holdout rows the champion scored
+            if not len(held):
+                continue
             ratio, var = stats.ratio_variance(part[done], part[predicted])
-            h_ratio, h_var = stats.ratio_variance(past[done], past[predicted])
+            h_ratio, h_var = stats.ratio_variance(held[done], held[predicted])
             excess, half = stats.beyond_noise(max(h_ratio - ratio, 0.0), var, h_var)
             c.add(
                 kind,
@@ -593,7 +596,7 @@ def _partial(
                 f"{tag}; {done} {part[done].sum():,.1f} per predicted {predicted} "
                 f"{part[predicted].sum():,.1f} = {ratio:.3f}, holdout "
                 + ("(whole base) " if fallback else "")
-                + f"{h_ratio:.3f} ({len(past)} rows); beyond the 95% interval +-{half:.3f}",
+                + f"{h_ratio:.3f} ({len(held)} rows); beyond the 95% interval +-{half:.3f}",
                 len(part),
             )
 
@@ -662,8 +665,17 @@ def _reference(versions: dict[str, str]) -> pd.DataFrame | None:
     reference = registry.load_reference("churn", churn) if churn else None
     value_ref = registry.load_reference("value", value) if value else None
     if reference is not None and value_ref is not None:
-        reference = reference.assign(value_mean=value_ref["value_mean"].reindex(reference.index))
+        reference = with_value(reference, value_ref)
     return reference
+
+
+def with_value(reference: pd.DataFrame, value_ref: pd.DataFrame) -> pd.DataFrame:
+    """``reference`` with the value reference's ``value_mean`` of the same customer and
+    cutoff (NaN where it has none): the two references are sampled apart (champions from
+    different training runs, or sampled sets), so rows are matched, never aligned."""
+    keys = ["customer_id", "as_of"]
+    values = value_ref[[*keys, "value_mean"]].drop_duplicates(keys)
+    return reference.drop(columns="value_mean", errors="ignore").merge(values, on=keys, how="left")
 
 
 def _run_features(

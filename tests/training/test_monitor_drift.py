@@ -40,3 +40,20 @@ def test_tenure_drift_warns_at_most_while_other_drift_alerts() -> None:
     assert levels[("psi", "orders_90d")] == "alert"
     # without the calendar cap the same tenure shift alerts
     assert _levels(set())[("psi", "tenure_days")] == "alert"
+
+
+def test_value_scores_join_the_churn_reference_by_customer_and_cutoff() -> None:
+    """The churn and value references are sampled apart: rows are matched, not aligned."""
+    at = [pd.Timestamp("2026-01-01", tz="UTC"), pd.Timestamp("2026-02-01", tz="UTC")]
+    churn = pd.DataFrame({"customer_id": ["a", "b", "c"], "as_of": [at[0], at[0], at[1]]})
+    value = pd.DataFrame(
+        {
+            "customer_id": ["c", "a", "a", "z"],
+            "as_of": [at[1], at[0], at[0], at[0]],  # "a" twice: sampled with replacement
+            "value_mean": [30.0, 10.0, 10.0, 99.0],
+        }
+    )
+    joined = monitor.with_value(churn, value)
+    assert joined["customer_id"].tolist() == ["a", "b", "c"]
+    assert joined["value_mean"].tolist()[0] == 10.0 and joined["value_mean"].tolist()[2] == 30.0
+    assert np.isnan(joined["value_mean"].tolist()[1])  # "b" has no value score
