@@ -38,6 +38,7 @@ from features.durable import replace_durably
 from features.online.events import OPEN_SUFFIX, SEALED_SUFFIX
 from features.online.identifiers import IdentityIndex, UnusableIdentifierError
 from features.online.store import OnlineStore
+from features.resolve import CLUSTERS
 from features.tables.lists import write_members
 from features.warehouse import raw, transaction
 
@@ -327,6 +328,22 @@ def _identifier_keys(
     return sorted(keys)
 
 
+def _own_keys(
+    db: duckdb.DuckDBPyConnection, store: OnlineStore, customer_id: str, keys: list[str]
+) -> list[str]:
+    """Of ``keys``, those the index has naming the customer or their cluster: a key that
+    names another person (a shared landline, a cookie several use) stays theirs."""
+    owners = {customer_id}
+    have = {str(r[0]) for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if CLUSTERS in have:
+        rows = db.execute(
+            f"SELECT cluster_id FROM {CLUSTERS} WHERE customer_id = ?", [customer_id]
+        ).fetchall()
+        owners |= {str(r[0]) for r in rows}
+    named = store.get_identifiers(keys) if keys else {}
+    return [k for k in keys if named.get(k) in owners]
+
+
 def forget(
     con: Any,
     store: OnlineStore | None,
@@ -354,6 +371,8 @@ def forget(
     report.again = bool(before)
     decisions = _decisions_of(db, hashed)  # read before the rows that hold them go
     keys = _identifier_keys(db, customer_id, index)  # likewise
+    if store is not None:
+        keys = _own_keys(db, store, customer_id, keys)
     with transaction(db):
         db.execute("CREATE OR REPLACE TEMP TABLE _rapport_forget AS SELECT ? AS h", [hashed])
         report.warehouse = _erase_hashes(db, "_rapport_forget")

@@ -187,3 +187,23 @@ def test_forget_asks_first_and_refuses_an_empty_id() -> None:
     assert customer_hash("C-anyone") not in set(recorded["customer_hash"])
     empty = CliRunner().invoke(main, ["forget", " ", "--yes"])
     assert empty.exit_code == 2 and "empty customer id" in empty.output
+
+
+def test_forget_removes_only_the_index_keys_naming_the_person_or_their_cluster(
+    tmp_path: Path,
+) -> None:
+    import duckdb
+
+    from features.forget import _own_keys
+
+    db = duckdb.connect()
+    db.execute("CREATE TABLE identity_clusters (customer_id VARCHAR, cluster_id VARCHAR)")
+    db.execute("INSERT INTO identity_clusters VALUES ('C5', 'K1'), ('C6', 'K1')")
+    store = open_store(f"sqlite:///{tmp_path / 'online.sqlite'}")
+    try:
+        # h5: their e-mail, naming their cluster; h6: a landline another person holds;
+        # h7: indexed under their own id; h9: never indexed
+        store.put_identifiers([("h5", "K1"), ("h6", "C8"), ("h7", "C5")])
+        assert _own_keys(db, store, "C5", ["h5", "h6", "h7", "h9"]) == ["h5", "h7"]
+    finally:
+        store.close()
