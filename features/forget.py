@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from features.contract import IDENTIFIERS
 from features.durable import replace_durably
+from features.identity import DEFAULT_PHONE_REGION, normalise_one
 from features.online.events import OPEN_SUFFIX, SEALED_SUFFIX
 from features.online.identifiers import IdentityIndex, UnusableIdentifierError
 from features.online.store import OnlineStore
@@ -43,6 +44,9 @@ from features.tables.lists import write_members
 from features.warehouse import raw, transaction
 
 FORGOTTEN = "forgotten"
+#: hashes of a forgotten person's identifiers (:func:`identifier_mark`): rows quarantined
+#: by identifier alone name no customer id
+FORGOTTEN_IDENTIFIERS = "forgotten_identifiers"
 _QUARANTINE = "quarantine"
 
 
@@ -119,7 +123,10 @@ def _quoted(name: str) -> str:
 
 
 def _erase_hashes(
-    db: duckdb.DuckDBPyConnection, hashes: str, since: datetime | None = None
+    db: duckdb.DuckDBPyConnection,
+    hashes: str,
+    since: datetime | None = None,
+    region: str = DEFAULT_PHONE_REGION,
 ) -> dict[str, int]:
     """Delete the rows of the customers whose hashes the relation ``hashes`` (one column
     ``h``) holds, in every table; quarantined rows only from ``since`` on when given (the
@@ -157,11 +164,16 @@ def _erase_hashes(
                 f"UPDATE {_quoted(table)} SET {column} = customer_id WHERE {named}"
             ).fetchone() or (0,)
             deleted[table] = deleted.get(table, 0) + int(n)
-    deleted[_QUARANTINE] = _erase_quarantine(db, hashes, since)
+    deleted[_QUARANTINE] = _erase_quarantine(db, hashes, since, region)
     return deleted
 
 
-def _erase_quarantine(db: duckdb.DuckDBPyConnection, hashes: str, since: datetime | None) -> int:
+def _erase_quarantine(
+    db: duckdb.DuckDBPyConnection,
+    hashes: str,
+    since: datetime | None,
+    region: str = DEFAULT_PHONE_REGION,
+) -> int:
     """Delete the quarantined rows (from ``since`` on when given) naming the customers."""
     if _QUARANTINE not in _tables_with(db, "row_json"):
         return 0
@@ -171,7 +183,7 @@ def _erase_quarantine(db: duckdb.DuckDBPyConnection, hashes: str, since: datetim
         [] if since is None else [since],
     ).fetchall()
     targets = {str(r[0]) for r in db.execute(f"SELECT h FROM {hashes}").fetchall()}
-    gone = [rowid for rowid, text in quarantined if _names_any(str(text), targets)]
+    gone = [rowid for rowid, text in quarantined if _names_any(str(text), targets, region)]
     if gone:
         db.execute(f"DELETE FROM {_QUARANTINE} WHERE rowid IN (SELECT unnest(?))", [gone])
     return len(gone)
@@ -180,20 +192,38 @@ def _erase_quarantine(db: duckdb.DuckDBPyConnection, hashes: str, since: datetim
 _TOKEN = re.compile(r"[^\s,;|\t\"']+")
 
 
-def _names_any(text: str, hashes: set[str]) -> bool:
-    """A quarantined row names one of the customers: its ``customer_id`` field (JSON), or,
-    for a line that could not be parsed, any of its tokens (erring towards erasing)."""
+def identifier_mark(kind: str, value: Any, region: str) -> str | None:
+    """What ``forgotten_identifiers`` keeps of a forgotten person's identifier: a hash of
+    its normal form (None when it has none), so a quarantined row holding it in any
+    spelling is found, and the identifier itself is kept nowhere."""
+    normal = normalise_one(kind, value, region)
+    return None if normal is None else customer_hash(f"{kind}:{normal}")
+
+
+def _names_any(text: str, hashes: set[str], region: str = DEFAULT_PHONE_REGION) -> bool:
+    """A quarantined row names one of the customers: its ``customer_id`` field (JSON) or
+    one of its identifiers (a row quarantined as unknown or ambiguous identifier has no
+    customer id), or, for a line that could not be parsed, any of its tokens (erring
+    towards erasing)."""
     try:
         row = json.loads(text)
     except ValueError:
         row = None
     if isinstance(row, dict):
         value = row.get("customer_id")
-        return value is not None and customer_hash(str(value)) in hashes
+        if value is not None and customer_hash(str(value)) in hashes:
+            return True
+        return any(
+            identifier_mark(kind, row[kind], region) in hashes
+            for kind in IDENTIFIERS
+            if row.get(kind) not in (None, "")
+        )
     return any(customer_hash(token) in hashes for token in _TOKEN.findall(text))
 
 
-def erase_forgotten(db: duckdb.DuckDBPyConnection, since: datetime) -> int:
+def erase_forgotten(
+    db: duckdb.DuckDBPyConnection, since: datetime, region: str = DEFAULT_PHONE_REGION
+) -> int:
     """Erase again every customer in ``forgotten`` (an ingest at ``since`` calls this before
     it commits, so a stale export cannot bring a forgotten person back); returns the rows
     deleted. Without erasures recorded it costs one catalog query."""
@@ -203,6 +233,11 @@ def erase_forgotten(db: duckdb.DuckDBPyConnection, since: datetime) -> int:
     if not any_:
         return 0
     hashes = f"(SELECT DISTINCT customer_hash AS h FROM {FORGOTTEN})"
+    if FORGOTTEN_IDENTIFIERS in _tables_with(db, "mark"):
+        hashes = (
+            f"(SELECT DISTINCT customer_hash AS h FROM {FORGOTTEN} "
+            f"UNION SELECT mark AS h FROM {FORGOTTEN_IDENTIFIERS})"
+        )
     # rows of an unknown customer are quarantined, and derived tables start from
     # `customers`: when none of them is back there, only new quarantine rows can name them
     (back,) = db.execute(
@@ -210,8 +245,8 @@ def erase_forgotten(db: duckdb.DuckDBPyConnection, since: datetime) -> int:
         f"(SELECT h FROM {hashes})"
     ).fetchone() or (0,)
     if not back:
-        return _erase_quarantine(db, hashes, since)
-    return sum(_erase_hashes(db, hashes, since).values())
+        return _erase_quarantine(db, hashes, since, region)
+    return sum(_erase_hashes(db, hashes, since, region).values())
 
 
 # --------------------------------------------------------------------------- files
@@ -303,13 +338,9 @@ def _decisions_of(db: duckdb.DuckDBPyConnection, hashed: str) -> set[str]:
     return found
 
 
-def _identifier_keys(
-    db: duckdb.DuckDBPyConnection, customer_id: str, index: IdentityIndex | None
-) -> list[str]:
-    """The online index's hashes of the customer's own identifiers: when resolution merged
-    them into a cluster, those hashes name the cluster, not them, and must go too."""
-    if index is None:
-        return []
+def _identifiers_of(db: duckdb.DuckDBPyConnection, customer_id: str) -> list[tuple[str, Any]]:
+    """``(kind, value)`` of the customer's identifiers in ``customers`` (read before the
+    rows go)."""
     columns = {str(r[0]) for r in db.execute("DESCRIBE customers").fetchall()}
     kinds = [k for k in IDENTIFIERS if k in columns]
     if not kinds:
@@ -318,14 +349,27 @@ def _identifier_keys(
         f"SELECT {', '.join(_quoted(k) for k in kinds)} FROM customers WHERE customer_id = ?",
         [customer_id],
     ).fetchall()
+    return [(k, v) for row in rows for k, v in zip(kinds, row, strict=True) if v is not None]
+
+
+def _identifier_keys(held: list[tuple[str, Any]], index: IdentityIndex | None) -> list[str]:
+    """The online index's hashes of the customer's own identifiers: when resolution merged
+    them into a cluster, those hashes name the cluster, not them, and must go too."""
+    if index is None:
+        return []
     keys: set[str] = set()
-    for row in rows:
-        for kind, value in zip(kinds, row, strict=True):
-            try:
-                keys.update(h for _, h in index.hashes({kind: value}))
-            except UnusableIdentifierError:  # never indexed
-                continue
+    for kind, value in held:
+        try:
+            keys.update(h for _, h in index.hashes({kind: value}))
+        except UnusableIdentifierError:  # never indexed
+            continue
     return sorted(keys)
+
+
+def _identifier_marks(held: list[tuple[str, Any]], region: str) -> list[str]:
+    """:func:`identifier_mark` of each of the customer's identifiers."""
+    marks = {identifier_mark(kind, value, region) for kind, value in held}
+    return sorted(m for m in marks if m is not None)
 
 
 def _own_keys(
@@ -370,13 +414,25 @@ def forget(
     ).fetchone() or (0,)
     report.again = bool(before)
     decisions = _decisions_of(db, hashed)  # read before the rows that hold them go
-    keys = _identifier_keys(db, customer_id, index)  # likewise
+    held = _identifiers_of(db, customer_id)  # likewise
+    keys = _identifier_keys(held, index)
+    region = index.region if index is not None else DEFAULT_PHONE_REGION
+    marks = _identifier_marks(held, region)
     if store is not None:
         keys = _own_keys(db, store, customer_id, keys)
     with transaction(db):
-        db.execute("CREATE OR REPLACE TEMP TABLE _rapport_forget AS SELECT ? AS h", [hashed])
-        report.warehouse = _erase_hashes(db, "_rapport_forget")
+        db.execute(
+            "CREATE OR REPLACE TEMP TABLE _rapport_forget AS SELECT unnest(?) AS h",
+            [[hashed, *marks]],
+        )
+        report.warehouse = _erase_hashes(db, "_rapport_forget", region=region)
         db.execute("DROP TABLE _rapport_forget")
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {FORGOTTEN_IDENTIFIERS} (mark VARCHAR, "
+            "forgotten_at TIMESTAMPTZ)"
+        )
+        for mark in marks:
+            db.execute(f"INSERT INTO {FORGOTTEN_IDENTIFIERS} VALUES (?, ?)", [mark, now])
         db.execute(
             f"INSERT INTO {FORGOTTEN} VALUES (?, ?, ?)",
             [hashed, now, sum(report.warehouse.values())],

@@ -687,7 +687,7 @@ def _run(
             report.tables[result.table] = result
         try:
             report.outcomes = _settle_outcomes(db, now, attribution)
-            report.forgotten_rows = erase_forgotten(db, now)
+            report.forgotten_rows = erase_forgotten(db, now, region)
         except duckdb.Error as exc:
             raise IngestError(f"outcomes: {duckdb_error(exc)}") from exc
         for temp in (_EXCEPTIONS, _STAGE, _MULTI):

@@ -173,7 +173,6 @@ def test_forget_erases_everywhere_and_keeps_erasing(home: Path) -> None:
     )
     CliRunner().invoke(main, ["ingest", str(late)])  # exit 3: all quarantined
     assert _mentions(_tables()["quarantine"], customer) == 0
-
     # a stale export brings the customer back: the ingest erases them again and says so
     report = _run("ingest", str(home / "data"))
     assert "rows of forgotten customers" in report
@@ -207,3 +206,52 @@ def test_forget_removes_only_the_index_keys_naming_the_person_or_their_cluster(
         assert _own_keys(db, store, "C5", ["h5", "h6", "h7", "h9"]) == ["h5", "h7"]
     finally:
         store.close()
+
+
+def test_quarantined_rows_naming_a_forgotten_person_by_identifier_go_too(
+    tmp_path: Path,
+) -> None:
+    """A row quarantined by identifier alone (unknown or ambiguous) has no customer id:
+    forget finds it by the person's identifiers in any spelling, now and in later ingests
+    (which read the identifiers' hashes, never the identifiers, from
+    ``forgotten_identifiers``)."""
+    from datetime import UTC, datetime
+
+    from features.forget import FORGOTTEN_IDENTIFIERS, erase_forgotten, forget
+    from features.warehouse import ensure_contract_tables
+
+    con = connect(tmp_path / "w.duckdb")
+    ensure_contract_tables(con)
+    db = raw(con)
+    db.execute(
+        "INSERT INTO customers (customer_id, signup_at, email, phone) VALUES "
+        "('C1', '2024-01-01', 'Ann.Lee@Example.com', NULL), "
+        "('C2', '2024-01-01', 'bob@example.com', NULL)"
+    )
+    db.execute(
+        "CREATE TABLE quarantine (table_name VARCHAR, source_file VARCHAR, row_json VARCHAR, "
+        "reason VARCHAR, ingested_at TIMESTAMPTZ)"
+    )
+
+    def quarantine(email: str, at: str) -> None:
+        row = json.dumps({"order_id": f"o-{email}", "email": email})
+        db.execute(
+            "INSERT INTO quarantine VALUES ('orders', 'f.csv', ?, 'unknown identifier', ?)",
+            [row, at],
+        )
+
+    quarantine(" ann.lee@EXAMPLE.com ", "2024-05-01")
+    quarantine("bob@example.com", "2024-05-01")
+    now = datetime(2024, 6, 1, tzinfo=UTC)
+    forget(con, None, "C1", now, outbox=tmp_path / "outbox", files=[])
+    left = [
+        json.loads(r[0])["email"] for r in db.execute("SELECT row_json FROM quarantine").fetchall()
+    ]
+    assert left == ["bob@example.com"]
+    stored = {r[0] for r in db.execute(f"SELECT mark FROM {FORGOTTEN_IDENTIFIERS}").fetchall()}
+    assert len(stored) == 1 and not any("ann" in m for m in stored)  # a hash only
+    # a stale export later: its quarantined row goes at the ingest's end
+    quarantine("ANN.LEE@example.com", "2024-07-01")
+    assert erase_forgotten(db, datetime(2024, 7, 1, tzinfo=UTC)) == 1
+    assert db.execute("SELECT count(*) FROM quarantine").fetchone() == (1,)
+    con.disconnect()
