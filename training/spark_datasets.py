@@ -52,6 +52,9 @@ from training.datasets import (
 POSITIVE_SHARE = 0.5
 #: a stratum keeps at least this many rows (or all of its rows): its weight stays measured
 MIN_STRATUM_ROWS = 100
+#: the least floor per stratum the limit must allow (a Bernoulli draw expecting 20 rows
+#: comes back empty once in e^20)
+MIN_FLOOR_ROWS = 20
 #: value strata: deciles of the positive spend
 VALUE_BINS = 10
 
@@ -198,6 +201,12 @@ def allocate(
         rows * (neg_room / max(neg_rows, 1.0)),
     )
     floor = min(min_rows, limit // (2 * max(len(out), 1)))  # floors take at most half
+    if floor < MIN_FLOOR_ROWS:  # a stratum drawn empty would drop its population's weight
+        raise ValueError(
+            f"a training-set limit of {limit:,} rows is too small for {len(out)} strata "
+            f"(cutoffs x label strata): raise RAPPORT_TRAIN_MAX_ROWS to at least "
+            f"{2 * MIN_FLOOR_ROWS * len(out):,}"
+        )
     keep = np.minimum(rows, np.maximum(np.round(keep), np.minimum(rows, floor)))
     out["keep"] = keep.astype("int64")
     out["share"] = keep / np.maximum(rows, 1.0)
@@ -206,9 +215,18 @@ def allocate(
 
 def weigh(sample: pd.DataFrame, shares: pd.DataFrame) -> pd.DataFrame:
     """Each sampled row's weight: its stratum's rows over the rows kept of it (so the
-    weights of a stratum sum to its population)."""
+    weights of a stratum sum to its population). A stratum with rows but none drawn is
+    an error: its population would silently leave the weights (:func:`allocate`'s floor
+    of at least :data:`MIN_FLOOR_ROWS` expected rows makes it a 1-in-e^20 event)."""
     kept = sample.groupby(["_cut", "_stratum"]).size().rename("kept").reset_index()
-    strata = shares[["_cut", "_stratum", "rows"]].merge(kept, on=["_cut", "_stratum"])
+    strata = shares[["_cut", "_stratum", "rows"]].merge(kept, on=["_cut", "_stratum"], how="left")
+    empty = strata[(strata["rows"] > 0) & strata["kept"].isna()]
+    if len(empty):
+        raise ValueError(
+            f"{len(empty)} sampling strata drew no row (cutoff, stratum: "
+            f"{list(zip(empty['_cut'], empty['_stratum'], strict=True))[:5]}); "
+            "raise RAPPORT_TRAIN_MAX_ROWS or change the seed"
+        )
     strata["weight"] = strata["rows"] / strata["kept"]
     return sample.merge(strata[["_cut", "_stratum", "weight"]], on=["_cut", "_stratum"])
 

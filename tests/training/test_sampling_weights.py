@@ -64,3 +64,19 @@ def test_allocation_keeps_the_positives_up_to_their_share() -> None:
     out = allocate(sizes, limit=2000)  # positives over half the limit: 1000 for them
     assert out["keep"].tolist() == [500, 250, 500, 750]
     assert (out["share"] == out["keep"] / out["rows"]).all()
+
+
+def test_no_stratum_can_leave_the_weights() -> None:
+    """A limit too small to give every stratum a floor is refused, naming the setting; a
+    stratum drawn empty is an error, never a population silently dropped."""
+    from training.spark_datasets import weigh
+
+    sizes = pd.DataFrame({"_cut": [1] * 11, "_stratum": list(range(11)), "rows": [1000] * 11})
+    with pytest.raises(ValueError, match="RAPPORT_TRAIN_MAX_ROWS"):
+        allocate(sizes, limit=300)
+    shares = allocate(sizes, limit=5000)
+    drawn = pd.DataFrame({"_cut": [1] * 10, "_stratum": list(range(10)), "x": range(10)})
+    with pytest.raises(ValueError, match="drew no row"):
+        weigh(drawn, shares)
+    full = pd.concat([drawn, pd.DataFrame({"_cut": [1], "_stratum": [10], "x": [10]})])
+    assert weigh(full, shares)["weight"].sum() == sizes["rows"].sum()
