@@ -52,6 +52,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -212,19 +213,47 @@ def replicate(home: Path, times: int) -> Path:
                 )
             db.execute("DROP TABLE base")
         db.execute(f"UPDATE score_runs SET rows = rows * {times}")
+        control_of_copies(db)
         customers = db.execute("SELECT count(*) FROM customers").fetchone()[0]  # type: ignore[index]
         db.execute("CHECKPOINT")
+        replicate_snapshots(copy, times, db)
     finally:
         db.close()
-    replicate_snapshots(copy, times)
     print(f"{customers:,} customers in {copy} ({time.perf_counter() - start:.0f} s)")
     return copy
 
 
-def replicate_snapshots(home: Path, times: int) -> None:
+def control_of_copies(db: Any) -> None:
+    """The scores' ``group`` of the copied customers as the run's control group (its
+    share and salt) puts them: the hash of their own ids, not of the originals'."""
+    import pyarrow as pa
+
+    from features.control import ControlGroup
+
+    runs = db.execute(
+        "SELECT run_id, control_share, control_salt FROM score_runs "
+        "WHERE control_share IS NOT NULL AND control_salt IS NOT NULL"
+    ).fetchall()
+    for run_id, share, salt in runs:
+        ids = db.execute(
+            "SELECT customer_id FROM scores WHERE run_id = ? AND customer_id LIKE '%-%'", [run_id]
+        ).to_arrow_table()["customer_id"]
+        held = ControlGroup(float(share), str(salt)).mask(ids.to_numpy(zero_copy_only=False))
+        groups = pa.array(["control" if h else "treated" for h in held], pa.string())
+        db.register("copied", pa.table({"customer_id": ids, "grp": groups}))
+        db.execute(
+            'UPDATE scores SET "group" = copied.grp FROM copied '
+            "WHERE scores.run_id = ? AND scores.customer_id = copied.customer_id",
+            [run_id],
+        )
+        db.unregister("copied")
+
+
+def replicate_snapshots(home: Path, times: int, db: Any) -> None:
     """The published scoring runs (``features.tables.snapshots``) of the copy ``home``
-    with every customer ``times`` times, in the warehouse's order (the rows of a run,
-    then their copies ``-1``, ``-2`` ...), and their ``rows`` to match ``score_runs``."""
+    with every customer ``times`` times: their features in the warehouse's order (the
+    rows of a run, then their copies ``-1``, ``-2`` ...), their scores as the copied
+    warehouse holds them, and their ``rows`` to match ``score_runs``."""
     import json
 
     import pyarrow as pa
@@ -235,7 +264,9 @@ def replicate_snapshots(home: Path, times: int) -> None:
 
     folder = home / "snapshots" / "scores"
     for run in folder.glob(f"*/{RUN_FILE}") if folder.is_dir() else []:
-        for name in (SCORES_FILE, FEATURES_FILE):
+        scores = db.execute("SELECT * FROM scores WHERE run_id = ?", [run.parent.name])
+        pq.write_table(scores.to_arrow_table(), run.parent / SCORES_FILE)
+        for name in (FEATURES_FILE,):
             table = pq.read_table(run.parent / name)
             at = table.schema.get_field_index("customer_id")
             ids = pc.cast(table.column(at), pa.string())

@@ -162,11 +162,14 @@ class UiApp:
     def warm(self) -> None:
         """Read what the pages share in the background when the page starts: the
         preview's scores and catalog columns (consent, contacts, cool-downs: the scoring
-        run's snapshot at once, the fresh ones behind it) and the control group, the
-        monthly revenue, every segment's profile."""
+        run's snapshot at once, the fresh ones behind it) and the control group, then
+        the live scorer's models, the monthly revenue, every segment's profile."""
 
         def run() -> None:
-            self.preview_context({})  # returns the error the first preview shows, if any
+            try:
+                self.preview_context({})  # returns the error the first preview shows, if any
+            finally:  # the live models load after: both at once slow the first preview
+                self.live.start()
             with contextlib.suppress(WarehouseUnavailableError):  # nothing to read yet
                 self.kept(("revenue",), data.monthly_revenue)
                 self.read(self.segment_profiles)
@@ -178,7 +181,12 @@ class UiApp:
         ``fresh`` (a save): suppressions read now and fresh feature columns only (never
         the scoring run's snapshot), as ``rapport targets`` reads them."""
         return data.CachedLists(
-            self.settings.warehouse_path, self.cache, self.columns, fresh, fresh
+            self.settings.warehouse_path,
+            self.cache,
+            self.columns,
+            fresh,
+            fresh,
+            memo=self.control_memo,
         )
 
     # ----------------------------------------------------------------- rendering
@@ -333,7 +341,8 @@ class UiApp:
         """The preview's figures, or the error to show beside the form."""
         start = time.perf_counter()
         try:
-            target, source = self.target_list(definition_of(form))
+            with self.columns.previewing():
+                target, source = self.target_list(definition_of(form))
         except ExpressionError as exc:
             return {"error": str(exc), "field": "filter"}
         except (TargetError, NoScoresError, WarehouseUnavailableError, ControlFileError) as exc:
@@ -695,6 +704,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(routes=routes)
     app.add_middleware(SecurityHeaders)
     app.state.ui = ui
-    ui.live.start()
-    ui.warm()
+    ui.warm()  # then the live scorer's models (ui.live.start)
     return app

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.batch import build
+from features.contract import CONTROL
 from features.control import ControlGroup
 from features.segments import SegmentModel, segment_rule
 from features.spec import FeatureSpec
@@ -179,6 +180,18 @@ def reading(path: Path) -> Iterator[Any]:
 
 def _frame(db: Any, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
     return db.execute(sql, list(params)).to_arrow_table().to_pandas()
+
+
+def run_control(db: Any, run: RunInfo) -> ControlGroup | None:
+    """The control group (share, salt) the scoring run held out, None if it recorded
+    none (runs before the control group)."""
+    with contextlib.suppress(Exception):  # no such columns yet
+        row = db.execute(
+            f"SELECT control_share, control_salt FROM {RUNS} WHERE run_id = ?", [run.run_id]
+        ).fetchone()
+        if row is not None and row[0] is not None and row[1] is not None:
+            return ControlGroup(float(row[0]), str(row[1]))
+    return None
 
 
 def score_run(db: Any) -> RunInfo | None:
@@ -604,6 +617,19 @@ class ControlMemo:
                 self._known = {key: fresh}  # one salt and share at a time
         return computed
 
+    def seed(self, group: ControlGroup, ids: pd.Index, members: np.ndarray) -> None:
+        """Remember ``members`` (which of ``ids`` are in ``group``, as the hash says:
+        a scoring run's ``group`` column) unless the memo already holds these ids."""
+        key = (group.share, group.salt)
+        with self._lock:
+            known = self._known.get(key)
+            if known is not None and known.index is ids:
+                return
+            fresh = pd.Series(np.asarray(members, dtype=bool), index=ids)
+            if not ids.is_unique:
+                fresh = fresh[~fresh.index.duplicated()]
+            self._known = {key: fresh}
+
     def _lookup(self, key: tuple[float, str], ids: pd.Index) -> np.ndarray | None:
         with self._lock:
             known = self._known.get(key)
@@ -639,6 +665,11 @@ class RunScores:
 
     frame: pd.DataFrame
     index: pd.Index
+    #: the control group the run held out (its share and salt) and who was in it (the
+    #: scores' ``group``: the same hash, so the same answers while the salt and share
+    #: stay those of the run); None when the run recorded none
+    control: ControlGroup | None = None
+    held_out: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -662,6 +693,10 @@ def _aligned(index: pd.Index, ids: Any, values: np.ndarray, at: np.ndarray | Non
     out = np.full(len(index), np.nan, dtype=kind)
     out[at[found]] = values[found]
     return out
+
+
+#: how long the background reader waits for the previews under way before it reads
+READER_PATIENCE = 10.0
 
 
 class FeatureColumns:
@@ -698,11 +733,36 @@ class FeatureColumns:
         self._published: dict[tuple[str, str], Column] = {}
         self._rows: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
+        self._publishing = threading.Lock()
         #: columns being read now (by a request or the background reader), one read each
         self._reading: dict[tuple[str, str], threading.Event] = {}
         #: what the background reader reads next: (path, run, scores) and the names
         self._queued: dict[str, tuple[tuple[Path, RunInfo, RunScores], set[str]]] = {}
         self._reader: threading.Thread | None = None
+        #: previews under way: the background reader starts a read between them
+        self._previews = 0
+
+    @contextlib.contextmanager
+    def previewing(self) -> Iterator[None]:
+        """Around a preview: the background reader waits for it (up to
+        :data:`READER_PATIENCE` seconds) before it starts a read, so a read over the
+        events (both cores for seconds) does not start beside a preview a marketer
+        waits for."""
+        with self._lock:
+            self._previews += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._previews -= 1
+
+    def _quiet(self) -> None:
+        deadline = time.monotonic() + READER_PATIENCE
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._previews:
+                    return
+            time.sleep(0.05)
 
     def get(self, run: RunInfo, name: str, within: float | None = None) -> Column | None:
         """The fresh column ``name`` of ``run`` while younger than ``within`` seconds
@@ -758,13 +818,19 @@ class FeatureColumns:
         (None without one: a run scored on Spark, or pruned)."""
         if self.snapshots is None:
             return None
+        with self._publishing:  # one read at a time: a second request takes the first's
+            return self._published_columns(run, scores, names, self.snapshots)
+
+    def _published_columns(
+        self, run: RunInfo, scores: RunScores, names: Sequence[str], snapshots: Path
+    ) -> dict[str, Column] | None:
         with self._lock:
             out = {n: c for n in names if (c := self._published.get((run.run_id, n)))}
             rows = self._rows.get(run.run_id)
         wanted = [n for n in names if n not in out]
         if not wanted:
             return out
-        folder = published_run(self.snapshots, run.run_id)
+        folder = published_run(snapshots, run.run_id)
         if folder is None:
             return None
         try:
@@ -775,8 +841,11 @@ class FeatureColumns:
         except (OSError, pa.ArrowException):  # pruned meanwhile
             return None
         if rows is None:
-            ids = table.column("customer_id").to_pandas()
-            rows = scores.index.get_indexer(ids.astype(str).to_numpy(dtype=object))
+            ids = table.column("customer_id").to_pandas().astype(str).to_numpy(dtype=object)
+            if len(ids) == len(scores.index) and np.array_equal(ids, scores.index.to_numpy()):
+                rows = np.arange(len(ids))  # the scores' order (a run's usual case)
+            else:
+                rows = scores.index.get_indexer(ids)
         as_of = as_utc(run.as_of)
         frame = table.select(wanted).to_pandas()
         for name in wanted:
@@ -838,6 +907,7 @@ class FeatureColumns:
                     return
                 (path, run, scores), names = job[1]
                 del self._queued[job[0]]
+            self._quiet()
             mine = self._claim(run, sorted(names))
             try:
                 with contextlib.suppress(Exception):  # interrupted by a save, a busy warehouse
@@ -900,8 +970,10 @@ class CachedLists(WarehouseLists):
         columns: FeatureColumns,
         fresh_suppressions: bool = False,
         fresh_features: bool = False,
+        memo: ControlMemo | None = None,
     ) -> None:
         super().__init__(warehouse)
+        self.memo = memo
         self.path = warehouse
         self.cache = cache
         self.columns = columns
@@ -936,6 +1008,9 @@ class CachedLists(WarehouseLists):
         self, run: RunInfo, spec: FeatureSpec, columns: Sequence[str], as_of: datetime
     ) -> pd.DataFrame:
         scores = self.scores(run)
+        if self.memo is not None and scores.control is not None:
+            # the run's members of its control group: no hashing while the group is the run's
+            self.memo.seed(scores.control, scores.index, scores.held_out)  # type: ignore[arg-type]
         found = self.columns.columns(self.path, run, scores, columns, self.fresh_features)
         stamps = [c.as_of for c in found.values()]
         self.features_as_of = min(stamps) if stamps else as_of
@@ -945,9 +1020,14 @@ class CachedLists(WarehouseLists):
     def _scores(self, run: RunInfo) -> RunScores:
         with own_lists(self.path) as own:
             frame = load_scores(raw(own.con), run)
+            control = run_control(raw(own.con), run)
         frame["customer_id"] = frame["customer_id"].astype(str)
         frame = frame.drop_duplicates("customer_id").reset_index(drop=True)
-        return RunScores(frame, pd.Index(frame["customer_id"].to_numpy(dtype=object)))
+        index = pd.Index(frame["customer_id"].to_numpy(dtype=object))
+        if control is None or "group" not in frame.columns:
+            return RunScores(frame, index)
+        held_out = (frame["group"] == CONTROL).to_numpy(dtype=bool)
+        return RunScores(frame, index, control, held_out)
 
     def suppressed(self) -> set[str]:
         if self.fresh_suppressions:

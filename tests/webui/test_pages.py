@@ -258,3 +258,24 @@ def test_a_preview_takes_a_column_not_read_yet_from_the_run_s_snapshot(tmp_path:
     saved = columns.columns(path, run, scores, ["orders_30d"], fresh=True)["orders_30d"]
     assert not saved.snapshot
     assert columns.published(run, scores, ["orders_30d"]) is None
+
+
+def test_the_control_memo_takes_a_run_s_members_instead_of_hashing() -> None:
+    """Seeded with who a run held out (its ``group``), the memo answers for those ids
+    without hashing; a new salt hashes again."""
+    import numpy as np
+    import pandas as pd
+
+    from features.control import ControlGroup
+    from ui.data import ControlMemo
+
+    ids = pd.Index([f"C{i:05d}" for i in range(2000)], dtype=object)
+    group = ControlGroup(0.2, "salt-a")
+    memo = ControlMemo()
+    memo.seed(group, ids, group.mask(ids))
+    assert (memo.mask(group, ids) == group.mask(ids)).all()
+    fake = np.zeros(len(ids), dtype=bool)
+    memo.seed(group, ids, fake)  # the same index object: kept, not replaced
+    assert memo.mask(group, ids).sum() == group.mask(ids).sum() > 0
+    other = ControlGroup(0.2, "salt-b")
+    assert (memo.mask(other, ids) == other.mask(ids)).all()
