@@ -56,8 +56,10 @@ from models.targeting import (
     TargetDefinition,
     TargetList,
     definition_from,
+    feature_subset,
     field_types,
     make_list,
+    needed_features,
 )
 from rapport.settings import Settings, get_settings
 from ui import data
@@ -167,14 +169,33 @@ class UiApp:
 
         def run() -> None:
             try:
-                self.preview_context({})  # returns the error the first preview shows, if any
-            finally:  # the live models load after: both at once slow the first preview
+                with contextlib.suppress(Exception):  # the first preview shows the error
+                    self.prepare()
+            finally:  # the live models load after, between previews: both at once
+                self.columns.wait_quiet()  # slowed the first preview
                 self.live.start()
             with contextlib.suppress(WarehouseUnavailableError):  # nothing to read yet
                 self.kept(("revenue",), data.monthly_revenue)
                 self.read(self.segment_profiles)
 
         threading.Thread(target=run, name="ui-warm", daemon=True).start()
+
+    def prepare(self) -> None:
+        """What every preview needs, read without selecting (a selection here would
+        only compete with the first preview's for the cores): the run's scores, the
+        catalog's columns (the snapshot's; the fresh ones asked of the background
+        reader), who is in the control group, the suppressions."""
+        with self.columns.previewing():
+            source = self.source()
+            with source:
+                run = source.run()
+                names = needed_features(
+                    definition_from({}), Catalog.model_validate(run.catalog), self.spec
+                )
+                now = datetime.now(UTC)
+                frame = source.candidates(run, feature_subset(self.spec, names), names, now)
+                source.suppressed()
+            data.MemoControl.of(self.control(), self.control_memo).mask(frame["customer_id"])
 
     def source(self, fresh: bool = False) -> data.CachedLists:
         """The list builder's source: what the page keeps (scores, feature columns);

@@ -756,7 +756,8 @@ class FeatureColumns:
             with self._lock:
                 self._previews -= 1
 
-    def _quiet(self) -> None:
+    def wait_quiet(self) -> None:
+        """Wait until no preview is under way (at most :data:`READER_PATIENCE` s)."""
         deadline = time.monotonic() + READER_PATIENCE
         while time.monotonic() < deadline:
             with self._lock:
@@ -907,7 +908,7 @@ class FeatureColumns:
                     return
                 (path, run, scores), names = job[1]
                 del self._queued[job[0]]
-            self._quiet()
+            self.wait_quiet()
             mine = self._claim(run, sorted(names))
             try:
                 with contextlib.suppress(Exception):  # interrupted by a save, a busy warehouse
