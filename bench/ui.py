@@ -13,9 +13,13 @@ than the times on a shared machine).
 
 The page reads the scores and the catalog's columns (consent, contacts, cool-downs) when
 it starts and keeps them (``ui.data.CachedLists``): "preview, first", sent right after
-signing in and before the pages are timed, waits for that start-up read; "preview, new
-feature" reads two more feature columns; "cached" previews read nothing; a save selects
-again from the kept candidates (suppressions read afresh) and writes.
+signing in and before the pages are timed, waits for the scores and the control group's
+hashes and takes the columns from the scoring run's published snapshot while the fresh
+ones are read behind it; "preview, new feature" takes two more columns (from the
+snapshot, or computed over the events without one); "cached" previews read nothing; a
+save selects again from the kept candidates with fresh columns only (it waits for those
+still being read; suppressions read afresh) and writes. The bench says which previews
+were served on snapshot columns and when every preview had fresh ones.
 
 ``--with-score SECONDS`` also starts the scoring service (the tests' harness, one worker)
 and sends ``/score`` at 50 requests/s for that long three times: alone, while the page
@@ -48,10 +52,17 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+#: whether the latest preview timed said "features as of the scoring run" (it took
+#: columns from the run's published snapshot while the fresh ones were read)
+LATEST = {"snapshot": False}
+SNAPSHOT_NOTE = 'class="note" id="features-as-of"'
 
 
 def timed(client: httpx.Client, method: str, url: str, **kwargs: object) -> float:
@@ -60,6 +71,7 @@ def timed(client: httpx.Client, method: str, url: str, **kwargs: object) -> floa
     seconds = time.perf_counter() - start
     if response.status_code != 200:
         raise SystemExit(f"{method} {url}: {response.status_code} {response.text[:300]}")
+    LATEST["snapshot"] = SNAPSHOT_NOTE in response.text
     return seconds
 
 
@@ -119,7 +131,9 @@ def main() -> None:
             headers = {"X-CSRF-Token": csrf}
             body = {"filter": "churn_probability > 0.5", "budget": "500"}
             # first, so the pages are not timed beside the start-up read
+            started = time.perf_counter()
             first = timed(client, "POST", "/builder/preview", data=body, headers=headers)
+            snapshot = {"first": LATEST["snapshot"]}
             times = {p: [timed(client, "GET", p) for _ in range(args.repeat)] for p in pages}
             warm = []
             for i in range(1, args.repeat + 1):
@@ -127,13 +141,10 @@ def main() -> None:
                 warm.append(
                     timed(client, "POST", "/builder/preview", data=changed, headers=headers)
                 )
-            new_feature = timed(
-                client,
-                "POST",
-                "/builder/preview",
-                data={"filter": "spend_90d > 100 and orders_30d >= 1", "budget": "500"},
-                headers=headers,
-            )
+                snapshot["cached"] = snapshot.get("cached", False) or LATEST["snapshot"]
+            other = {"filter": "spend_90d > 100 and orders_30d >= 1", "budget": "500"}
+            new_feature = timed(client, "POST", "/builder/preview", data=other, headers=headers)
+            snapshot["new feature"] = LATEST["snapshot"]
             save = timed(
                 client,
                 "POST",
@@ -142,6 +153,14 @@ def main() -> None:
                 data={**body, "name": "bench_ui_list"},
             )
             report(home, args.repeat, times, first, warm, new_feature, save)
+            used = [k for k, v in snapshot.items() if v]
+            print(f"previews on the scoring run's snapshot columns: {', '.join(used) or 'none'}")
+            # when the fresh columns of the new feature's preview replaced the snapshot's
+            while LATEST["snapshot"] and time.perf_counter() - started < 600:
+                time.sleep(1)
+                timed(client, "POST", "/builder/preview", data=other, headers=headers)
+            fresh = time.perf_counter() - started
+            print(f"{'every preview on fresh columns':<34} {fresh:8.1f}  (since the first preview)")
             if args.with_score:
                 score_under_previews(home, client, headers, args.with_score)
     finally:
@@ -194,12 +213,71 @@ def replicate(home: Path, times: int) -> Path:
                 )
             db.execute("DROP TABLE base")
         db.execute(f"UPDATE score_runs SET rows = rows * {times}")
+        control_of_copies(db)
         customers = db.execute("SELECT count(*) FROM customers").fetchone()[0]  # type: ignore[index]
         db.execute("CHECKPOINT")
+        replicate_snapshots(copy, times, db)
     finally:
         db.close()
     print(f"{customers:,} customers in {copy} ({time.perf_counter() - start:.0f} s)")
     return copy
+
+
+def control_of_copies(db: Any) -> None:
+    """The scores' ``group`` of the copied customers as the run's control group (its
+    share and salt) puts them: the hash of their own ids, not of the originals'."""
+    import pyarrow as pa
+
+    from features.control import ControlGroup
+
+    runs = db.execute(
+        "SELECT run_id, control_share, control_salt FROM score_runs "
+        "WHERE control_share IS NOT NULL AND control_salt IS NOT NULL"
+    ).fetchall()
+    for run_id, share, salt in runs:
+        ids = db.execute(
+            "SELECT customer_id FROM scores WHERE run_id = ? AND customer_id LIKE '%-%'", [run_id]
+        ).to_arrow_table()["customer_id"]
+        held = ControlGroup(float(share), str(salt)).mask(ids.to_numpy(zero_copy_only=False))
+        groups = pa.array(["control" if h else "treated" for h in held], pa.string())
+        db.register("copied", pa.table({"customer_id": ids, "grp": groups}))
+        db.execute(
+            'UPDATE scores SET "group" = copied.grp FROM copied '
+            "WHERE scores.run_id = ? AND scores.customer_id = copied.customer_id",
+            [run_id],
+        )
+        db.unregister("copied")
+
+
+def replicate_snapshots(home: Path, times: int, db: Any) -> None:
+    """The published scoring runs (``features.tables.snapshots``) of the copy ``home``
+    with every customer ``times`` times: their features in the warehouse's order (the
+    rows of a run, then their copies ``-1``, ``-2`` ...), their scores as the copied
+    warehouse holds them, and their ``rows`` to match ``score_runs``."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from features.tables.snapshots import FEATURES_FILE, RUN_FILE, SCORES_FILE
+
+    folder = home / "snapshots" / "scores"
+    for run in folder.glob(f"*/{RUN_FILE}") if folder.is_dir() else []:
+        scores = db.execute("SELECT * FROM scores WHERE run_id = ?", [run.parent.name])
+        pq.write_table(scores.to_arrow_table(), run.parent / SCORES_FILE)
+        for name in (FEATURES_FILE,):
+            table = pq.read_table(run.parent / name)
+            at = table.schema.get_field_index("customer_id")
+            ids = pc.cast(table.column(at), pa.string())
+            copies = [table.set_column(at, "customer_id", ids)]
+            for k in range(1, times):
+                suffixed = pc.binary_join_element_wise(ids, pa.scalar(f"-{k}"), "")
+                copies.append(table.set_column(at, "customer_id", suffixed))
+            pq.write_table(pa.concat_tables(copies), run.parent / name)
+        record = json.loads(run.read_text())
+        record["rows"] *= times
+        run.write_text(json.dumps(record))
 
 
 def score_under_previews(

@@ -56,8 +56,10 @@ from models.targeting import (
     TargetDefinition,
     TargetList,
     definition_from,
+    feature_subset,
     field_types,
     make_list,
+    needed_features,
 )
 from rapport.settings import Settings, get_settings
 from ui import data
@@ -150,27 +152,62 @@ class UiApp:
         self.sessions = Sessions(self.settings.api_keys, self.settings.home)
         self.templates = make_templates()
         self.cache = data.PreviewCache()
-        self.columns = data.FeatureColumns(self.spec, self.cache.ttl, self.cache.max_age)
+        self.columns = data.FeatureColumns(
+            self.spec,
+            self.cache.ttl,
+            self.cache.max_age,
+            snapshots=self.settings.score_snapshots_dir,
+        )
         self.control_memo = data.ControlMemo()
         self.live = LiveScorer(self.settings, self.spec)
 
     def warm(self) -> None:
         """Read what the pages share in the background when the page starts: the
-        preview's scores and catalog columns (consent, contacts, cool-downs) and the
-        control group, the monthly revenue, every segment's profile."""
+        preview's scores and catalog columns (consent, contacts, cool-downs: the scoring
+        run's snapshot at once, the fresh ones behind it) and the control group, then
+        the live scorer's models, the monthly revenue, every segment's profile."""
 
         def run() -> None:
-            self.preview_context({})  # returns the error the first preview shows, if any
+            try:
+                with contextlib.suppress(Exception):  # the first preview shows the error
+                    self.prepare()
+            finally:  # the live models load after, between previews: both at once
+                self.columns.wait_quiet()  # slowed the first preview
+                self.live.start()
             with contextlib.suppress(WarehouseUnavailableError):  # nothing to read yet
                 self.kept(("revenue",), data.monthly_revenue)
                 self.read(self.segment_profiles)
 
         threading.Thread(target=run, name="ui-warm", daemon=True).start()
 
-    def source(self, fresh_suppressions: bool = False) -> data.CachedLists:
-        """The list builder's source: what the page keeps (scores, feature columns)."""
+    def prepare(self) -> None:
+        """What every preview needs, read without selecting (a selection here would
+        only compete with the first preview's for the cores): the run's scores, the
+        catalog's columns (the snapshot's; the fresh ones asked of the background
+        reader), who is in the control group, the suppressions."""
+        with self.columns.previewing():
+            source = self.source()
+            with source:
+                run = source.run()
+                names = needed_features(
+                    definition_from({}), Catalog.model_validate(run.catalog), self.spec
+                )
+                now = datetime.now(UTC)
+                frame = source.candidates(run, feature_subset(self.spec, names), names, now)
+                source.suppressed()
+            data.MemoControl.of(self.control(), self.control_memo).mask(frame["customer_id"])
+
+    def source(self, fresh: bool = False) -> data.CachedLists:
+        """The list builder's source: what the page keeps (scores, feature columns);
+        ``fresh`` (a save): suppressions read now and fresh feature columns only (never
+        the scoring run's snapshot), as ``rapport targets`` reads them."""
         return data.CachedLists(
-            self.settings.warehouse_path, self.cache, self.columns, fresh_suppressions
+            self.settings.warehouse_path,
+            self.cache,
+            self.columns,
+            fresh,
+            fresh,
+            memo=self.control_memo,
         )
 
     # ----------------------------------------------------------------- rendering
@@ -325,24 +362,31 @@ class UiApp:
         """The preview's figures, or the error to show beside the form."""
         start = time.perf_counter()
         try:
-            target = self.target_list(definition_of(form))
+            with self.columns.previewing():
+                target, source = self.target_list(definition_of(form))
         except ExpressionError as exc:
             return {"error": str(exc), "field": "filter"}
         except (TargetError, NoScoresError, WarehouseUnavailableError, ControlFileError) as exc:
             return {"error": str(exc)}
-        return {**selection_view(target), "seconds": time.perf_counter() - start}
+        return {
+            **selection_view(target),
+            "from_snapshot": source.from_snapshot,
+            "seconds": time.perf_counter() - start,
+        }
 
     def target_list(
-        self, definition: TargetDefinition, fresh_suppressions: bool = False
-    ) -> TargetList:
+        self, definition: TargetDefinition, fresh: bool = False
+    ) -> tuple[TargetList, data.CachedLists]:
         """The list for ``definition`` through :func:`models.targeting.make_list` from
-        what the page keeps (nothing written); its ``as_of`` is when the oldest feature
-        column it read was computed."""
-        source = self.source(fresh_suppressions)
+        what the page keeps (nothing written), and the source it came from; its
+        ``as_of`` is when the oldest feature column it read was computed (the scoring
+        run's ``as_of`` for a column from its snapshot: ``source.from_snapshot``).
+        ``fresh`` (a save): fresh columns only, see :meth:`source`."""
+        source = self.source(fresh)
         control = data.MemoControl.of(self.control(), self.control_memo)
         target = make_list(source, definition, self.spec, datetime.now(UTC), control=control)
         target.as_of = source.features_as_of or target.as_of
-        return target
+        return target, source
 
     async def save(self, request: Request, session: Session) -> Response:
         form = _form_dict(await request.form())
@@ -353,9 +397,11 @@ class UiApp:
 
     def save_list(self, form: Mapping[str, str]) -> dict[str, Any]:
         """Save the definition under its name and make the list from the preview's
-        candidates (the scores and feature columns the page keeps; the suppressions read
-        afresh), then export it and record it for audit: a save writes, it reads no
-        feature again."""
+        candidates (the scores and the fresh feature columns the page keeps; the
+        suppressions read afresh), then export it and record it for audit. A column the
+        preview took from the scoring run's snapshot is not used: the save waits for its
+        fresh read (under way since the preview) so that the list is the one ``rapport
+        targets --list NAME`` makes, with consent and contacts as of now."""
         name = form.get("name", "").strip()
         if not name:
             return {"error": "Give the list a name to save it."}
@@ -366,7 +412,9 @@ class UiApp:
                 name,
                 definition.model_dump(exclude_none=True, exclude={"name"}),
             )
-            target = self.target_list(definition, fresh_suppressions=True)
+            # fresh columns (waits for the background read of those the preview took
+            # from the scoring run's snapshot): the list `rapport targets --list` makes
+            target, _ = self.target_list(definition, fresh=True)
             with data.WAREHOUSE.write():  # no read-only connection of this process open
                 try:
                     con = connect(self.settings.warehouse_path)
@@ -523,6 +571,7 @@ def selection_view(target: Any) -> dict[str, Any]:
         },
         "rows": members.head(PREVIEW_ROWS).to_dict(orient="records"),
         "run": target.run,
+        "features_as_of": target.as_of,
     }
 
 
@@ -676,6 +725,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(routes=routes)
     app.add_middleware(SecurityHeaders)
     app.state.ui = ui
-    ui.live.start()
-    ui.warm()
+    ui.warm()  # then the live scorer's models (ui.live.start)
     return app

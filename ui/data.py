@@ -28,8 +28,11 @@ from typing import Any, Self
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features.batch import build
+from features.contract import CONTROL
 from features.control import ControlGroup
 from features.segments import SegmentModel, segment_rule
 from features.spec import FeatureSpec
@@ -54,6 +57,9 @@ from features.tables.scores import (
     tables,
 )
 from features.tables.segments import NoSegmentsError, load_version
+from features.tables.snapshots import FEATURES_FILE
+from features.tables.snapshots import published as published_run
+from features.timeutil import as_utc
 from features.warehouse import connect, raw
 from models.catalog import Catalog
 from models.targeting import feature_subset
@@ -174,6 +180,18 @@ def reading(path: Path) -> Iterator[Any]:
 
 def _frame(db: Any, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
     return db.execute(sql, list(params)).to_arrow_table().to_pandas()
+
+
+def run_control(db: Any, run: RunInfo) -> ControlGroup | None:
+    """The control group (share, salt) the scoring run held out, None if it recorded
+    none (runs before the control group)."""
+    with contextlib.suppress(Exception):  # no such columns yet
+        row = db.execute(
+            f"SELECT control_share, control_salt FROM {RUNS} WHERE run_id = ?", [run.run_id]
+        ).fetchone()
+        if row is not None and row[0] is not None and row[1] is not None:
+            return ControlGroup(float(row[0]), str(row[1]))
+    return None
 
 
 def score_run(db: Any) -> RunInfo | None:
@@ -578,24 +596,49 @@ class ControlMemo:
     def __init__(self) -> None:
         self._known: dict[tuple[float, str], pd.Series] = {}
         self._lock = threading.Lock()
+        #: one hashing at a time: a preview that comes while the page's start-up hashes
+        #: the run's customers waits for it rather than hashing them beside it
+        self._hashing = threading.Lock()
 
     def mask(self, group: ControlGroup, customer_ids: Any) -> np.ndarray:
         ids = pd.Index(pd.Series(customer_ids).astype(str).to_numpy(dtype=object))
         key = (group.share, group.salt)
+        found = self._lookup(key, ids)
+        if found is not None:
+            return found
+        with self._hashing:
+            found = self._lookup(key, ids)  # hashed while this one waited
+            if found is not None:
+                return found
+            computed = ControlGroup(group.share, group.salt).mask(ids)
+            fresh = pd.Series(computed, index=ids)
+            fresh = fresh[~fresh.index.duplicated()]
+            with self._lock:
+                self._known = {key: fresh}  # one salt and share at a time
+        return computed
+
+    def seed(self, group: ControlGroup, ids: pd.Index, members: np.ndarray) -> None:
+        """Remember ``members`` (which of ``ids`` are in ``group``, as the hash says:
+        a scoring run's ``group`` column) unless the memo already holds these ids."""
+        key = (group.share, group.salt)
         with self._lock:
             known = self._known.get(key)
-        if known is not None and known.index.equals(ids):  # the same customers in order
-            return known.to_numpy(dtype=bool)
-        if known is not None:
-            found = known.reindex(ids)
-            if not found.isna().any():
-                return found.to_numpy(dtype=bool)
-        computed = ControlGroup(group.share, group.salt).mask(ids)
-        fresh = pd.Series(computed, index=ids)
-        fresh = fresh[~fresh.index.duplicated()]
+            if known is not None and known.index is ids:
+                return
+            fresh = pd.Series(np.asarray(members, dtype=bool), index=ids)
+            if not ids.is_unique:
+                fresh = fresh[~fresh.index.duplicated()]
+            self._known = {key: fresh}
+
+    def _lookup(self, key: tuple[float, str], ids: pd.Index) -> np.ndarray | None:
         with self._lock:
-            self._known = {key: fresh}  # one salt and share at a time
-        return computed
+            known = self._known.get(key)
+        if known is None:
+            return None
+        if known.index.equals(ids):  # the same customers in order
+            return known.to_numpy(dtype=bool)
+        found = known.reindex(ids)
+        return None if found.isna().any() else found.to_numpy(dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -622,35 +665,109 @@ class RunScores:
 
     frame: pd.DataFrame
     index: pd.Index
+    #: the control group the run held out (its share and salt) and who was in it (the
+    #: scores' ``group``: the same hash, so the same answers while the salt and share
+    #: stay those of the run); None when the run recorded none
+    control: ControlGroup | None = None
+    held_out: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class Column:
-    """One feature column aligned with a run's scores, and when it was computed."""
+    """One feature column aligned with a run's scores, and when it was computed;
+    ``snapshot``: the scoring run's own (computed as of the run, published with it), served
+    until the fresh one is read."""
 
     as_of: datetime
     values: np.ndarray
+    snapshot: bool = False
+
+
+def _aligned(index: pd.Index, ids: Any, values: np.ndarray, at: np.ndarray | None = None) -> Any:
+    """``values`` (one per id of ``ids``) placed on the rows of ``index`` (nulls where a
+    customer has none, as in a left join); ``at``: the rows, when already known."""
+    if at is None:
+        at = index.get_indexer(pd.Series(ids).astype(str).to_numpy(dtype=object))
+    found = at >= 0
+    kind = object if values.dtype == object else np.float64
+    out = np.full(len(index), np.nan, dtype=kind)
+    out[at[found]] = values[found]
+    return out
+
+
+#: how long the background reader waits for the previews under way before it reads
+READER_PATIENCE = 10.0
 
 
 class FeatureColumns:
     """Feature columns of the latest scoring run's customers, each computed as of its
-    read: fresh for ``ttl`` seconds; then, up to ``max_age``, still served while one
-    background read (interrupted by a save, :meth:`WarehouseLock.yielding`) computes them
-    again; beyond ``max_age`` (or never read) read in the request that needs them. A
-    preview on features already read reads nothing."""
+    read (one pass per event table, only the features named): fresh for ``ttl`` seconds;
+    then, up to ``max_age``, still served while the background reader computes them
+    again; beyond ``max_age`` (or never read) read before they are served. A preview on
+    features already read reads nothing.
 
-    def __init__(self, spec: FeatureSpec, ttl: float = 120.0, max_age: float = 600.0) -> None:
+    With the run's published snapshot (``snapshots``, :mod:`features.tables.snapshots`),
+    a preview never waits for a read over the events: a column not read yet is taken from
+    the snapshot's features (one Parquet column, computed as of the scoring run, marked
+    ``snapshot``) while the background reader computes the fresh one, which then replaces
+    it. A save asks for ``fresh`` columns only (what ``rapport targets`` computes): it
+    waits for a read under way and reads the rest itself.
+
+    One background reader at a time (a thread that reads, in one pass, every column
+    asked for since its last read; interrupted by a save, :meth:`WarehouseLock.yielding`,
+    then asked again by the next request that finds the column missing or stale)."""
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        ttl: float = 120.0,
+        max_age: float = 600.0,
+        snapshots: Path | None = None,
+    ) -> None:
         self.spec = spec
         self.ttl = ttl
         self.max_age = max_age
+        self.snapshots = snapshots
         self._columns: dict[tuple[str, str], tuple[float, Column]] = {}
+        #: the snapshot's columns of a run (they never change) and its rows in the scores'
+        self._published: dict[tuple[str, str], Column] = {}
+        self._rows: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
-        #: one read of a given set of columns at a time (others wait for it)
-        self._reading: dict[tuple[str, tuple[str, ...]], threading.Event] = {}
+        self._publishing = threading.Lock()
+        #: columns being read now (by a request or the background reader), one read each
+        self._reading: dict[tuple[str, str], threading.Event] = {}
+        #: what the background reader reads next: (path, run, scores) and the names
+        self._queued: dict[str, tuple[tuple[Path, RunInfo, RunScores], set[str]]] = {}
+        self._reader: threading.Thread | None = None
+        #: previews under way: the background reader starts a read between them
+        self._previews = 0
+
+    @contextlib.contextmanager
+    def previewing(self) -> Iterator[None]:
+        """Around a preview: the background reader waits for it (up to
+        :data:`READER_PATIENCE` seconds) before it starts a read, so a read over the
+        events (both cores for seconds) does not start beside a preview a marketer
+        waits for."""
+        with self._lock:
+            self._previews += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._previews -= 1
+
+    def wait_quiet(self) -> None:
+        """Wait until no preview is under way (at most :data:`READER_PATIENCE` s)."""
+        deadline = time.monotonic() + READER_PATIENCE
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._previews:
+                    return
+            time.sleep(0.05)
 
     def get(self, run: RunInfo, name: str, within: float | None = None) -> Column | None:
-        """The column ``name`` of ``run`` while younger than ``within`` seconds (default
-        ``max_age``), else None."""
+        """The fresh column ``name`` of ``run`` while younger than ``within`` seconds
+        (default ``max_age``), else None."""
         with self._lock:
             hit = self._columns.get((run.run_id, name))
         limit = self.max_age if within is None else within
@@ -659,56 +776,146 @@ class FeatureColumns:
         return hit[1]
 
     def columns(
-        self, path: Path, run: RunInfo, scores: RunScores, names: Sequence[str]
+        self,
+        path: Path,
+        run: RunInfo,
+        scores: RunScores,
+        names: Sequence[str],
+        fresh: bool = False,
     ) -> dict[str, Column]:
-        """The columns ``names``: read now those missing, renewed behind the request
-        those stale."""
-        while True:
-            out = {n: c for n in names if (c := self.get(run, n)) is not None}
-            missing = tuple(sorted(set(names) - set(out)))
-            if not missing:
-                stale = tuple(sorted(n for n in names if self.get(run, n, self.ttl) is None))
-                if stale and self._start((run.run_id, stale)):
-                    threading.Thread(
-                        target=self._renew,
-                        args=(path, run, scores, stale),
-                        daemon=True,
-                        name="ui-columns",
-                    ).start()
-                return out
-            key = (run.run_id, missing)
-            if not self._start(key):
-                self._wait(key)  # someone reads them now: take theirs
-                continue
+        """The columns ``names``: those missing from the snapshot (else read now, or with
+        ``fresh`` always read now), renewed behind the request those stale."""
+        out = {n: c for n in names if (c := self.get(run, n)) is not None}
+        stale = {n for n in out if self.get(run, n, self.ttl) is None}
+        missing = [n for n in names if n not in out]
+        if missing and not fresh:
+            published = self.published(run, scores, missing)
+            if published is not None:
+                out.update(published)
+                stale |= set(missing)
+                missing = []
+        if stale:
+            self.queue(path, run, scores, stale)
+        while missing:
+            mine = self._claim(run, missing)
             try:
-                out.update(self.read(path, run, scores, missing))
+                if mine:
+                    out.update(self.read(path, run, scores, mine))
             finally:
-                self._done(key)
-            return out
+                self._release(run, mine)
+            for name in missing:
+                if name not in out:
+                    self._wait((run.run_id, name))
+                    if (column := self.get(run, name)) is not None:
+                        out[name] = column
+            missing = [n for n in missing if n not in out]  # a read that failed: again
+        return out
 
-    def _start(self, key: tuple[str, tuple[str, ...]]) -> bool:
+    # ---------------------------------------------------------------- the snapshot
+    def published(
+        self, run: RunInfo, scores: RunScores, names: Sequence[str]
+    ) -> dict[str, Column] | None:
+        """The columns ``names`` of the run's published snapshot, aligned with ``scores``
+        (None without one: a run scored on Spark, or pruned)."""
+        if self.snapshots is None:
+            return None
+        with self._publishing:  # one read at a time: a second request takes the first's
+            return self._published_columns(run, scores, names, self.snapshots)
+
+    def _published_columns(
+        self, run: RunInfo, scores: RunScores, names: Sequence[str], snapshots: Path
+    ) -> dict[str, Column] | None:
         with self._lock:
-            if key in self._reading:
-                return False
-            self._reading[key] = threading.Event()
-            return True
+            out = {n: c for n in names if (c := self._published.get((run.run_id, n)))}
+            rows = self._rows.get(run.run_id)
+        wanted = [n for n in names if n not in out]
+        if not wanted:
+            return out
+        folder = published_run(snapshots, run.run_id)
+        if folder is None:
+            return None
+        try:
+            file = pq.ParquetFile(folder / FEATURES_FILE)
+            if not set(wanted) <= set(file.schema_arrow.names):
+                return None  # published by another spec
+            table = file.read(columns=wanted if rows is not None else ["customer_id", *wanted])
+        except (OSError, pa.ArrowException):  # pruned meanwhile
+            return None
+        if rows is None:
+            ids = table.column("customer_id").to_pandas().astype(str).to_numpy(dtype=object)
+            if len(ids) == len(scores.index) and np.array_equal(ids, scores.index.to_numpy()):
+                rows = np.arange(len(ids))  # the scores' order (a run's usual case)
+            else:
+                rows = scores.index.get_indexer(ids)
+        as_of = as_utc(run.as_of)
+        frame = table.select(wanted).to_pandas()
+        for name in wanted:
+            values = frame[name].to_numpy()
+            out[name] = Column(as_of, _aligned(scores.index, None, values, rows), snapshot=True)
+        with self._lock:
+            self._published = {k: v for k, v in self._published.items() if k[0] == run.run_id}
+            self._published.update({(run.run_id, n): out[n] for n in wanted})
+            self._rows = {run.run_id: rows}
+        return out
 
-    def _wait(self, key: tuple[str, tuple[str, ...]]) -> None:
+    # ---------------------------------------------------------------- reads
+    def _claim(self, run: RunInfo, names: Sequence[str]) -> list[str]:
+        """Of ``names``, those nobody reads now, marked as read by the caller."""
+        with self._lock:
+            mine = [n for n in names if (run.run_id, n) not in self._reading]
+            for name in mine:
+                self._reading[(run.run_id, name)] = threading.Event()
+            queued = self._queued.get(run.run_id)
+            if queued is not None:
+                queued[1].difference_update(mine)
+        return mine
+
+    def _release(self, run: RunInfo, names: Sequence[str]) -> None:
+        with self._lock:
+            for name in names:
+                self._reading.pop((run.run_id, name)).set()
+
+    def _wait(self, key: tuple[str, str]) -> None:
         with self._lock:
             busy = self._reading.get(key)
         if busy is not None:
             busy.wait()
 
-    def _done(self, key: tuple[str, tuple[str, ...]]) -> None:
+    def queue(self, path: Path, run: RunInfo, scores: RunScores, names: Iterable[str]) -> None:
+        """Have the background reader compute ``names`` as of now (with what else it was
+        asked for, in one pass)."""
         with self._lock:
-            self._reading.pop(key).set()
+            self._queued = {k: v for k, v in self._queued.items() if k == run.run_id}
+            entry = self._queued.setdefault(run.run_id, ((path, run, scores), set()))
+            entry[1].update(n for n in names if (run.run_id, n) not in self._reading)
+            if self._reader is None and entry[1]:
+                self._reader = threading.Thread(
+                    target=self._read_queued, daemon=True, name="ui-columns"
+                )
+                self._reader.start()
 
-    def _renew(self, path: Path, run: RunInfo, scores: RunScores, names: tuple[str, ...]) -> None:
-        try:
-            with contextlib.suppress(Exception):  # interrupted by a save, a busy warehouse
-                self.read(path, run, scores, names, yielding=True)
-        finally:
-            self._done((run.run_id, names))
+    def reading(self) -> bool:
+        """Is the background reader at work (or asked to)?"""
+        with self._lock:
+            return self._reader is not None
+
+    def _read_queued(self) -> None:
+        while True:
+            with self._lock:
+                job = next(((k, v) for k, v in self._queued.items() if v[1]), None)
+                if job is None:
+                    self._reader = None
+                    return
+                (path, run, scores), names = job[1]
+                del self._queued[job[0]]
+            self.wait_quiet()
+            mine = self._claim(run, sorted(names))
+            try:
+                with contextlib.suppress(Exception):  # interrupted by a save, a busy warehouse
+                    if mine:
+                        self.read(path, run, scores, mine, yielding=True)
+            finally:
+                self._release(run, mine)
 
     def read(
         self,
@@ -731,15 +938,10 @@ class FeatureColumns:
             with held:
                 built = build(own.con, as_of, spec, ordered=False)
         at = scores.index.get_indexer(built["customer_id"].astype(str).to_numpy(dtype=object))
-        found = at >= 0
-        out: dict[str, Column] = {}
+        out = {
+            n: Column(as_of, _aligned(scores.index, None, built[n].to_numpy(), at)) for n in names
+        }
         now = time.monotonic()
-        for name in names:
-            values = built[name].to_numpy()
-            kind = object if values.dtype == object else np.float64
-            aligned = np.full(len(scores.index), np.nan, dtype=kind)
-            aligned[at[found]] = values[found]
-            out[name] = Column(as_of, aligned)
         with self._lock:
             self._columns = {
                 k: v
@@ -756,8 +958,11 @@ class CachedLists(WarehouseLists):
     run (a run's scores never change), and each feature column aligned with their rows
     (:class:`FeatureColumns`), so a filter on a feature already read reads nothing.
     ``features_as_of`` is then when the oldest column served was computed (consent and
-    contacts up to ``columns.max_age`` old); the suppressions are the page's (up to
-    ``cache.max_age`` old) unless ``fresh_suppressions``."""
+    contacts up to ``columns.max_age`` old, or the scoring run's ``as_of`` when a column
+    came from its snapshot: ``from_snapshot``); ``fresh_features`` (a save) takes fresh
+    columns only, computed over the events as ``rapport targets`` computes them. The
+    suppressions are the page's (up to ``cache.max_age`` old) unless
+    ``fresh_suppressions``."""
 
     def __init__(
         self,
@@ -765,13 +970,18 @@ class CachedLists(WarehouseLists):
         cache: PreviewCache,
         columns: FeatureColumns,
         fresh_suppressions: bool = False,
+        fresh_features: bool = False,
+        memo: ControlMemo | None = None,
     ) -> None:
         super().__init__(warehouse)
+        self.memo = memo
         self.path = warehouse
         self.cache = cache
         self.columns = columns
         self.fresh_suppressions = fresh_suppressions
+        self.fresh_features = fresh_features
         self.features_as_of: datetime | None = None
+        self.from_snapshot = False
 
     def __enter__(self) -> Self:
         self._held = WAREHOUSE.read()
@@ -799,17 +1009,26 @@ class CachedLists(WarehouseLists):
         self, run: RunInfo, spec: FeatureSpec, columns: Sequence[str], as_of: datetime
     ) -> pd.DataFrame:
         scores = self.scores(run)
-        found = self.columns.columns(self.path, run, scores, columns)
+        if self.memo is not None and scores.control is not None:
+            # the run's members of its control group: no hashing while the group is the run's
+            self.memo.seed(scores.control, scores.index, scores.held_out)  # type: ignore[arg-type]
+        found = self.columns.columns(self.path, run, scores, columns, self.fresh_features)
         stamps = [c.as_of for c in found.values()]
         self.features_as_of = min(stamps) if stamps else as_of
+        self.from_snapshot = any(c.snapshot for c in found.values())
         return scores.frame.assign(**{c: found[c].values for c in columns})
 
     def _scores(self, run: RunInfo) -> RunScores:
         with own_lists(self.path) as own:
             frame = load_scores(raw(own.con), run)
+            control = run_control(raw(own.con), run)
         frame["customer_id"] = frame["customer_id"].astype(str)
         frame = frame.drop_duplicates("customer_id").reset_index(drop=True)
-        return RunScores(frame, pd.Index(frame["customer_id"].to_numpy(dtype=object)))
+        index = pd.Index(frame["customer_id"].to_numpy(dtype=object))
+        if control is None or "group" not in frame.columns:
+            return RunScores(frame, index)
+        held_out = (frame["group"] == CONTROL).to_numpy(dtype=bool)
+        return RunScores(frame, index, control, held_out)
 
     def suppressed(self) -> set[str]:
         if self.fresh_suppressions:

@@ -126,6 +126,14 @@ def current(folder: Path) -> Path:
     return path
 
 
+def published(folder: Path, run_id: str) -> Path | None:
+    """The folder of the published run ``run_id`` while it is kept (:data:`KEEP`), else
+    None (never published: a Spark run, or pruned). Its files are immutable: a reader may
+    take its scores and features column by column (``SCORES_FILE``, ``FEATURES_FILE``)."""
+    path = Path(folder) / run_id
+    return path if (path / RUN_FILE).is_file() else None
+
+
 class SnapshotLists(HoldsNothing):
     """A list's inputs from one published run (:class:`models.targeting.ListSource`): its
     scores, the features it scored (consent and contact history as of the run's

@@ -241,6 +241,23 @@ def test_in_the_browser(
     )
     wait_for(lambda: text_of(driver, "#count"), what="segment preview")
 
+    # a filter on a feature no preview has read yet: at once from the scoring run's
+    # published features, labelled so (the fresh column is read behind it)
+    driver.get(f"{ui_url}/builder")
+    driver.execute_script(  # one preview (typing would send one per pause)
+        "const box = document.getElementById('filter'); box.value = 'spend_365d > 0';"
+        "box.dispatchEvent(new Event('input', {bubbles: true}));"
+    )
+    label = wait_for(
+        lambda: (
+            "scoring run" in text_of(driver, "#features-as-of")
+            and text_of(driver, "#features-as-of")
+        ),
+        what="the snapshot's label",
+    )
+    assert "Features as of the scoring run" in label and "Saving waits" in label
+    driver.save_screenshot(str(shots / "list_builder_snapshot.png"))
+
     # the list builder: a filter, then a budget, the preview follows
     driver.get(f"{ui_url}/builder")
     box = driver.find_element(By.ID, "filter")

@@ -208,3 +208,74 @@ def test_feature_columns_are_the_built_features_aligned_with_the_scores(tmp_path
     assert renewed is not None and renewed is not got["region"]
     assert renewed.as_of > got["region"].as_of
     assert pd.Series(renewed.values).equals(pd.Series(got["region"].values))
+
+
+def test_a_preview_takes_a_column_not_read_yet_from_the_run_s_snapshot(tmp_path: Path) -> None:
+    """A column never read comes from the scoring run's published features at once
+    (marked, as of the run) while the background reader computes the fresh one, which
+    then replaces it; a save (``fresh``) never gets the snapshot's."""
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sample_data import load_tables, random_tables
+
+    from features.spec import default_spec
+    from features.tables.scores import RunInfo
+    from features.tables.snapshots import FEATURES_FILE, RUN_FILE, _run_json
+    from features.warehouse import connect
+    from ui.data import FeatureColumns, RunScores
+
+    path = tmp_path / "warehouse.duckdb"
+    con = connect(path)
+    load_tables(con, random_tables(seed=3, customers=80, events=600))
+    con.disconnect()
+    ids = [f"C{i:04d}" for i in range(80)]
+    frame = pd.DataFrame({"customer_id": [*ids[::-1], "nobody"]})
+    scores = RunScores(frame, pd.Index(frame["customer_id"].to_numpy(dtype=object)))
+    then = datetime.now(UTC) - timedelta(days=1)
+    run = RunInfo("sr-snap", then, then, len(frame), {}, "fs", {})
+    folder = tmp_path / "snapshots"
+    (folder / run.run_id).mkdir(parents=True)
+    (folder / run.run_id / RUN_FILE).write_text(_run_json(run))
+    published = pd.DataFrame({"customer_id": ids, "spend_90d": -np.arange(80.0)})
+    pq.write_table(pa.Table.from_pandas(published), folder / run.run_id / FEATURES_FILE)
+
+    columns = FeatureColumns(default_spec(), snapshots=folder)
+    got = columns.columns(path, run, scores, ["spend_90d"])["spend_90d"]
+    assert got.snapshot and got.as_of == then
+    assert got.values[0] == -79.0 and got.values[79] == 0.0 and np.isnan(got.values[80])
+    deadline = time.monotonic() + 60
+    while columns.reading() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fresh = columns.columns(path, run, scores, ["spend_90d"])["spend_90d"]
+    assert not fresh.snapshot and fresh.as_of > then
+    assert np.nanmin(fresh.values) >= 0  # computed over the orders, not the snapshot's
+    # a column the snapshot lacks (another spec) is read at once; a save reads fresh ones
+    saved = columns.columns(path, run, scores, ["orders_30d"], fresh=True)["orders_30d"]
+    assert not saved.snapshot
+    assert columns.published(run, scores, ["orders_30d"]) is None
+
+
+def test_the_control_memo_takes_a_run_s_members_instead_of_hashing() -> None:
+    """Seeded with who a run held out (its ``group``), the memo answers for those ids
+    without hashing; a new salt hashes again."""
+    import numpy as np
+    import pandas as pd
+
+    from features.control import ControlGroup
+    from ui.data import ControlMemo
+
+    ids = pd.Index([f"C{i:05d}" for i in range(2000)], dtype=object)
+    group = ControlGroup(0.2, "salt-a")
+    memo = ControlMemo()
+    memo.seed(group, ids, group.mask(ids))
+    assert (memo.mask(group, ids) == group.mask(ids)).all()
+    fake = np.zeros(len(ids), dtype=bool)
+    memo.seed(group, ids, fake)  # the same index object: kept, not replaced
+    assert memo.mask(group, ids).sum() == group.mask(ids).sum() > 0
+    other = ControlGroup(0.2, "salt-b")
+    assert (memo.mask(other, ids) == other.mask(ids)).all()
