@@ -194,6 +194,16 @@ class _Scored:
     y: np.ndarray
     scores: dict[str, np.ndarray]
 
+    @classmethod
+    def of(cls, y: np.ndarray, scores: dict[str, np.ndarray], weight: np.ndarray | None) -> _Scored:
+        """The rows as the plots draw them: a weighted (sampled) holdout resampled by its
+        weights (fixed seed, as many rows), so the curves stand for the base as the
+        weighted metrics beside them do."""
+        if weight is None:
+            return cls(y, scores)
+        rows = np.random.default_rng(0).choice(len(y), len(y), p=weight / weight.sum())
+        return cls(y[rows], {name: s[rows] for name, s in scores.items()})
+
 
 def _btyd(con: Any, as_of: datetime, horizon_days: int) -> pd.DataFrame:
     """BG/NBD + Gamma-Gamma fitted on every customer known at ``as_of`` (their history
@@ -251,7 +261,7 @@ def evaluate_holdout(
         evaluation.comparison = compare(con, kind, as_of, rows, y, scores)
         if evaluation.comparison is not None:
             notes.extend(evaluation.comparison.notes)
-    return evaluation, _Scored(y, scores)
+    return evaluation, _Scored.of(y, scores, w)
 
 
 def _baseline_scores(

@@ -80,3 +80,18 @@ def test_no_stratum_can_leave_the_weights() -> None:
         weigh(drawn, shares)
     full = pd.concat([drawn, pd.DataFrame({"_cut": [1], "_stratum": [10], "x": [10]})])
     assert weigh(full, shares)["weight"].sum() == sizes["rows"].sum()
+
+
+def test_the_report_plots_a_sampled_holdout_as_the_base() -> None:
+    """The plots beside weighted metrics draw the rows resampled by weight: a stratum
+    kept at a tenth (weight 10) weighs in the curves as in the base."""
+    from training.jobs import _Scored
+
+    y = np.r_[np.ones(100), np.zeros(100)]  # 100 churners kept whole, 100 of 1,000 others
+    weight = np.r_[np.ones(100), np.full(100, 10.0)]
+    scores = {"model": np.linspace(0, 1, 200)}
+    drawn = _Scored.of(y, scores, weight)
+    assert len(drawn.y) == 200 and abs(drawn.y.mean() - 100 / 1100) < 0.06
+    assert set(drawn.scores["model"]) <= set(scores["model"])
+    plain = _Scored.of(y, scores, None)
+    assert plain.y is y and plain.scores is scores
