@@ -360,6 +360,17 @@ class UpliftCurve:
     fraction: np.ndarray
     gain: np.ndarray
 
+    @property
+    def auuc(self) -> float:
+        """Area under the uplift curve (trapezoid over the population fraction)."""
+        return float(np.trapezoid(self.gain, self.fraction))
+
+    @property
+    def qini(self) -> float:
+        """Area between the curve and random targeting: > 0 means better than random."""
+        random = self.fraction * self.gain[-1]
+        return float(np.trapezoid(self.gain - random, self.fraction))
+
 
 def uplift_curve(
     uplift_score: np.ndarray,
@@ -388,26 +399,3 @@ def uplift_curve(
     share = (wt[cuts] + wc[cuts]) / (wt[-1] + wc[-1])
     gain = (mean_t - mean_c) * share
     return UpliftCurve(np.concatenate([[0.0], share]), np.concatenate([[0.0], gain]))
-
-
-def auuc(
-    uplift_score: np.ndarray,
-    treated: np.ndarray,
-    outcome: np.ndarray,
-    propensity: np.ndarray | None = None,
-) -> float:
-    """Area under the uplift curve (trapezoid over the population fraction)."""
-    curve = uplift_curve(uplift_score, treated, outcome, propensity)
-    return float(np.trapezoid(curve.gain, curve.fraction))
-
-
-def qini_auc(
-    uplift_score: np.ndarray,
-    treated: np.ndarray,
-    outcome: np.ndarray,
-    propensity: np.ndarray | None = None,
-) -> float:
-    """Area between the uplift curve and random targeting: > 0 means better than random."""
-    curve = uplift_curve(uplift_score, treated, outcome, propensity)
-    random = curve.fraction * curve.gain[-1]
-    return float(np.trapezoid(curve.gain - random, curve.fraction))
