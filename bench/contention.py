@@ -36,9 +36,7 @@ from tests.serving_harness import (
     environment,
     prepare_workspace,
     sample_customers,
-    start_service,
-    stop,
-    wait_ready,
+    serving,
 )
 
 
@@ -140,17 +138,13 @@ def main() -> None:
         # one run first: scores and a published snapshot
         subprocess.run([sys.executable, "-m", "rapport.cli", "score"], check=True)
         customers = sample_customers(home, 200)
-        server = start_service(home, workers=1)
-        try:
-            wait_ready(server)
+        with serving(home) as server:
             phases = {"alone": phase(server.url, ws, customers, args)}
             jobs = {"while rapport score runs (niced, the default)": None}
             if args.unniced:
                 jobs["while rapport score runs at the service's priority"] = "0"
             for title, nice in jobs.items():
                 phases[title] = during_job(server.url, ws, customers, args, nice)
-        finally:
-            stop(server)
     for title, routes in phases.items():
         print(f"\n{title}:")
         for name, route in routes.items():

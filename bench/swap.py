@@ -43,9 +43,7 @@ from tests.serving_harness import (
     environment,
     prepare_workspace,
     sample_customers,
-    start_service,
-    stop,
-    wait_ready,
+    serving,
 )
 
 
@@ -189,11 +187,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             add_churn_version(home)
         key = add_key(home, ["score"])
         warm_up(home)
-        server = start_service(
-            home, workers=args.workers, env={"RAPPORT_RELOAD_SECONDS": str(args.reload)}
-        )
-        stack.callback(stop, server)
-        wait_ready(server)
+        reload = {"RAPPORT_RELOAD_SECONDS": str(args.reload)}
+        server = stack.enter_context(serving(home, env=reload, workers=args.workers))
         spec = {
             "host": "127.0.0.1",
             "port": int(server.url.rsplit(":", 1)[1]),

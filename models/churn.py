@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from typing import Any, ClassVar, Literal, Self, overload
 
 import lightgbm as lgb
 import numpy as np
@@ -285,24 +285,29 @@ class Calibrator:
         return 1.0 / (1.0 + np.exp(-(self.slope * raw + self.intercept)))
 
 
-class ChurnModel:
-    """P(no order in the horizon) for a customer, with the reasons behind it.
+@dataclass(frozen=True)
+class FitRows:
+    """Rows to fit on: the feature frame, its encoded matrix, the labels checked, and the
+    rows' sampling weights (None: unweighted)."""
 
-    ``params``: LightGBM parameters merged over :data:`DEFAULT_PARAMS` (plus
-    ``num_boost_round`` / ``early_stopping_rounds``). ``calibration``: ``"platt"``
-    (default, keeps the ranking), ``"isotonic"`` or ``"none"``; calibration needs the
-    validation rows passed to :meth:`fit`, otherwise the raw LightGBM probability is used.
-    """
+    frame: pd.DataFrame
+    X: np.ndarray
+    y: np.ndarray
+    weight: np.ndarray | None
 
-    def __init__(
-        self,
-        params: Mapping[str, Any] | None = None,
-        random_state: int = 0,
-        calibration: Calibration = "platt",
-    ) -> None:
-        self.params = {**DEFAULT_PARAMS, **(params or {})}
+
+class BoostedModel:
+    """What the churn and value models share: LightGBM parameters merged over the kind's
+    :attr:`DEFAULTS`, a seed, and one way to fit -- labels checked, the feature encoder fitted
+    on ``X``, the rows encoded, then the kind's :meth:`_fit_rows`."""
+
+    DEFAULTS: ClassVar[Mapping[str, Any]]
+    encoder_: FeatureEncoder
+    booster_: lgb.Booster
+
+    def __init__(self, params: Mapping[str, Any] | None = None, random_state: int = 0) -> None:
+        self.params = {**self.DEFAULTS, **(params or {})}
         self.random_state = random_state
-        self.calibration = calibration
 
     def fit(
         self,
@@ -314,36 +319,29 @@ class ChurnModel:
         *,
         sample_weight: Any = None,
         valid_weight: Any = None,
-    ) -> ChurnModel:
-        """Fit on ``X``; early-stop and calibrate on the later ``X_valid`` when given.
+    ) -> Self:
+        """Fit on ``X``; early-stop (and what else the kind does) on the later ``X_valid``.
 
-        ``X`` holds features only: every column but ``customer_id`` / ``as_of`` is one (a
-        label left in would be learnt). ``callbacks`` go to ``lightgbm.train`` (pruning).
-        ``sample_weight`` / ``valid_weight``: the rows' sampling weights (a sampled
-        training set), used by LightGBM, early stopping and the calibration.
+        ``callbacks`` go to ``lightgbm.train`` (pruning). ``sample_weight`` /
+        ``valid_weight``: the rows' sampling weights (a sampled training set).
         """
-        y_arr = _binary(y, "y")
+        y_arr = self._labels(y, "y", train=True)
         self.encoder_ = FeatureEncoder.fit(X)
-        X_arr = self.encoder_.transform(X)
-        weight = None if sample_weight is None else np.asarray(sample_weight, dtype="float64")
-        w_valid = None if valid_weight is None else np.asarray(valid_weight, dtype="float64")
-        valid: tuple[Any, ...] | None = None
+        train = FitRows(X, self.encoder_.transform(X), y_arr, _weights(sample_weight))
+        valid = None
         if X_valid is not None:
-            valid = (self.encoder_.transform(X_valid), _binary(y_valid, "y_valid"))
-            if w_valid is not None:
-                valid = (*valid, None, w_valid)
-        params = {**self.params, "seed": self.random_state}
-        self.booster_ = fit_booster(
-            params, X_arr, y_arr, self.encoder_.categorical_indices, valid, callbacks, None, weight
-        )
-        method: Calibration = self.calibration if valid is not None else "none"
-        raw_valid = (
-            booster_predict(self.booster_, valid[0], raw_score=True) if valid else np.empty(0)
-        )
-        self.calibrator_ = Calibrator.fit(
-            method, raw_valid, valid[1] if valid else np.empty(0), w_valid if valid else None
-        )
+            X_v = self.encoder_.transform(X_valid)
+            y_v = self._labels(y_valid, "y_valid", train=False)
+            valid = FitRows(X_valid, X_v, y_v, _weights(valid_weight))
+        self._fit_rows(train, valid, callbacks)
         return self
+
+    def _labels(self, y: Any, name: str, train: bool) -> np.ndarray:
+        """``y`` checked (``name``: for the error) as the kind's labels."""
+        raise NotImplementedError
+
+    def _fit_rows(self, train: FitRows, valid: FitRows | None, callbacks: Sequence[Any]) -> None:
+        raise NotImplementedError
 
     @property
     def feature_names(self) -> list[str]:
@@ -352,6 +350,55 @@ class ChurnModel:
     def encode(self, data: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
         """Feature frame or one ``{feature: value}`` dict -> the matrix the booster reads."""
         return self.encoder_.transform(data)
+
+
+def _weights(weight: Any) -> np.ndarray | None:
+    return None if weight is None else np.asarray(weight, dtype="float64")
+
+
+class ChurnModel(BoostedModel):
+    """P(no order in the horizon) for a customer, with the reasons behind it.
+
+    ``params``: LightGBM parameters merged over :data:`DEFAULT_PARAMS` (plus
+    ``num_boost_round`` / ``early_stopping_rounds``). ``calibration``: ``"platt"``
+    (default, keeps the ranking), ``"isotonic"`` or ``"none"``; calibration needs the
+    validation rows passed to :meth:`fit`, otherwise the raw LightGBM probability is used.
+    ``X`` holds features only: every column but ``customer_id`` / ``as_of`` is one (a label
+    left in would be learnt); the sampling weights serve LightGBM, early stopping and the
+    calibration.
+    """
+
+    DEFAULTS = DEFAULT_PARAMS
+
+    def __init__(
+        self,
+        params: Mapping[str, Any] | None = None,
+        random_state: int = 0,
+        calibration: Calibration = "platt",
+    ) -> None:
+        super().__init__(params, random_state)
+        self.calibration = calibration
+
+    def _labels(self, y: Any, name: str, train: bool) -> np.ndarray:
+        return _binary(y, name)
+
+    def _fit_rows(self, train: FitRows, valid: FitRows | None, callbacks: Sequence[Any]) -> None:
+        """The booster, then the calibration on the validation rows (none without them)."""
+        valid_set: tuple[Any, ...] | None = None
+        if valid is not None:
+            valid_set = (valid.X, valid.y)
+            if valid.weight is not None:
+                valid_set = (*valid_set, None, valid.weight)
+        params = {**self.params, "seed": self.random_state}
+        categorical = self.encoder_.categorical_indices
+        self.booster_ = fit_booster(
+            params, train.X, train.y, categorical, valid_set, callbacks, None, train.weight
+        )
+        if valid is None:
+            self.calibrator_ = Calibrator.fit("none", np.empty(0), np.empty(0), None)
+            return
+        raw_valid = booster_predict(self.booster_, valid.X, raw_score=True)
+        self.calibrator_ = Calibrator.fit(self.calibration, raw_valid, valid.y, valid.weight)
 
     def predict_proba_array(self, X: np.ndarray) -> np.ndarray:
         """Calibrated churn probabilities from an encoded matrix (the fast path)."""

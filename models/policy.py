@@ -154,6 +154,26 @@ class Arbitration:
             }
         )
 
+    def offers(self, propensity: np.ndarray, top_k: int | None = None) -> list[dict[str, Any]]:
+        """One customer's (the first row's) allowed actions, best first (the first ``top_k``),
+        each with its figures and ``propensity[j]``, the probability the logging policy gave
+        it: a live score's ranked actions, as plain values (the response validates them)."""
+        ids, actions = self.actions, self.catalog.actions
+        return [
+            {
+                "action": ids[j],
+                "channel": str(actions[j].channel),
+                "expected_value": float(self.expected_value[0, j]),
+                "propensity": float(propensity[j]),
+                "uplift": float(self.uplift[0, j]),
+                "value": float(self.value[0, j]),
+                "cost": float(self.cost[j]),
+                "weight": float(self.weight[j]),
+            }
+            for j in self.ranking()[0][:top_k]
+            if self.allowed[0, j]
+        ]
+
     def customer(self, i: int, k: int = 3, exclusions: bool = False) -> CustomerArbitration:
         """The ``i``-th customer's (positional) ranking and exclusion reasons."""
         ranked = [

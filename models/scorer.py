@@ -207,20 +207,7 @@ class Scorer:
         probs = self.control.logging_probabilities(policy)
         ranking = result.ranking()[0]
         held_out = self.control.contains(str(features.get("customer_id")))
-        actions = [
-            {
-                "action": result.actions[j],
-                "channel": str(self._channels[j]),
-                "expected_value": float(result.expected_value[0, j]),
-                "propensity": float(probs[j]),
-                "uplift": float(result.uplift[0, j]),
-                "value": float(result.value[0, j]),
-                "cost": float(result.cost[j]),
-                "weight": float(result.weight[j]),
-            }
-            for j in ranking[:top_k]
-            if result.allowed[0, j] and not held_out
-        ]
+        actions = [] if held_out else result.offers(probs, top_k)
         if held_out:
             chosen = 0  # no_action
             excluded = {a: CONTROL_REASON for a in result.actions[1:]}

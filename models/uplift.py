@@ -18,7 +18,7 @@ The module also holds the uplift evaluation metrics (uplift / Qini curves with I
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightgbm as lgb
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import NO_ACTION
+from models.churn import FeatureEncoder
 from models.fastpredict import fast_predictor
 
 Method = Literal["dr", "t", "ipw-t"]
@@ -63,74 +64,8 @@ DEFAULT_EFFECT_PARAMS: dict[str, Any] = {
 _DATASET_KEYS = frozenset({"max_bin", "min_data_in_bin", "bin_construct_sample_cnt"})
 
 
-@dataclass
-class _Encoder:
-    """Turns a feature frame into a float matrix; categories are frozen at fit time."""
-
-    columns: list[str] = field(default_factory=list)
-    categories: dict[str, list[str]] = field(default_factory=dict)
-
-    def fit(self, X: pd.DataFrame) -> _Encoder:
-        self.columns = [str(c) for c in X.columns]
-        self.categories = {}
-        for col in X.columns:
-            series = X[col]
-            if _is_categorical(series):
-                values = series.dropna().astype(str).unique().tolist()
-                self.categories[str(col)] = sorted(values)
-        return self
-
-    @property
-    def categorical_indices(self) -> list[int]:
-        return [i for i, c in enumerate(self.columns) if c in self.categories]
-
-    def transform(self, X: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
-        if not isinstance(X, pd.DataFrame):
-            return self._transform_row(X)
-        missing = [c for c in self.columns if c not in X.columns]
-        if missing:
-            raise ValueError(f"uplift features missing columns {missing}")
-        out = np.empty((len(X), len(self.columns)), dtype="float64")
-        for j, col in enumerate(self.columns):
-            series = X[col]
-            if col in self.categories:
-                values = series.astype("string").to_numpy(dtype=object, na_value=None)
-                codes = pd.Index(self.categories[col]).get_indexer(values)
-                out[:, j] = np.where(codes < 0, np.nan, codes)  # unseen / null -> missing
-            else:
-                out[:, j] = pd.to_numeric(series, errors="raise").to_numpy(
-                    "float64", na_value=np.nan
-                )
-        return out
-
-    def _transform_row(self, row: Mapping[str, Any]) -> np.ndarray:
-        """One customer's ``{feature: value}`` -> a ``[1, features]`` matrix, no pandas
-        (the live service's path; same codes as the frame path: unseen / null -> missing)."""
-        if not hasattr(self, "_codes"):
-            self._codes = {c: {v: i for i, v in enumerate(cs)} for c, cs in self.categories.items()}
-        codes = self._codes
-        values = []
-        try:
-            for col in self.columns:
-                value = row[col]
-                if value is None:
-                    values.append(np.nan)
-                elif col in codes:
-                    values.append(codes[col].get(str(value), np.nan))
-                else:
-                    values.append(float(value))
-        except KeyError:
-            missing = [c for c in self.columns if c not in row]
-            raise ValueError(f"uplift features missing columns {missing}") from None
-        return np.array([values], dtype="float64")
-
-
-def _is_categorical(series: pd.Series) -> bool:
-    return (
-        isinstance(series.dtype, pd.CategoricalDtype)
-        or pd.api.types.is_object_dtype(series.dtype)
-        or pd.api.types.is_string_dtype(series.dtype)
-    )
+#: models pickled before the encoder was shared name it by this old name
+_Encoder = FeatureEncoder
 
 
 @dataclass(frozen=True)
@@ -269,7 +204,7 @@ class UpliftModel:
         """Learn outcome models per action and (for DR) the second-stage effect models."""
         a, p, y, r = _check_inputs(X, action, propensity, outcome, revenue, self.control)
         p = np.clip(p, self.min_propensity, 1.0)
-        self.encoder_ = _Encoder().fit(X)
+        self.encoder_ = FeatureEncoder.fit(X)
         Xm = self.encoder_.transform(X)
         self.actions_ = sorted(set(a.tolist()) - {self.control})
         self.feature_names_ = list(self.encoder_.columns)
@@ -425,6 +360,17 @@ class UpliftCurve:
     fraction: np.ndarray
     gain: np.ndarray
 
+    @property
+    def auuc(self) -> float:
+        """Area under the uplift curve (trapezoid over the population fraction)."""
+        return float(np.trapezoid(self.gain, self.fraction))
+
+    @property
+    def qini(self) -> float:
+        """Area between the curve and random targeting: > 0 means better than random."""
+        random = self.fraction * self.gain[-1]
+        return float(np.trapezoid(self.gain - random, self.fraction))
+
 
 def uplift_curve(
     uplift_score: np.ndarray,
@@ -453,26 +399,3 @@ def uplift_curve(
     share = (wt[cuts] + wc[cuts]) / (wt[-1] + wc[-1])
     gain = (mean_t - mean_c) * share
     return UpliftCurve(np.concatenate([[0.0], share]), np.concatenate([[0.0], gain]))
-
-
-def auuc(
-    uplift_score: np.ndarray,
-    treated: np.ndarray,
-    outcome: np.ndarray,
-    propensity: np.ndarray | None = None,
-) -> float:
-    """Area under the uplift curve (trapezoid over the population fraction)."""
-    curve = uplift_curve(uplift_score, treated, outcome, propensity)
-    return float(np.trapezoid(curve.gain, curve.fraction))
-
-
-def qini_auc(
-    uplift_score: np.ndarray,
-    treated: np.ndarray,
-    outcome: np.ndarray,
-    propensity: np.ndarray | None = None,
-) -> float:
-    """Area between the uplift curve and random targeting: > 0 means better than random."""
-    curve = uplift_curve(uplift_score, treated, outcome, propensity)
-    random = curve.fraction * curve.gain[-1]
-    return float(np.trapezoid(curve.gain - random, curve.fraction))

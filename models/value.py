@@ -58,7 +58,7 @@ import pandas as pd
 from features.timeutil import as_utc
 from models.btyd import BTYDValueBaseline
 from models.churn import DEFAULT_PARAMS as CHURN_DEFAULTS
-from models.churn import FeatureEncoder, booster_predict, fit_booster
+from models.churn import BoostedModel, FitRows, booster_predict, fit_booster
 from models.fastpredict import PREDICT_RAW_SCORE, fast_predictor
 
 OUTPUT_COLUMNS = ("value_mean", "value_p10", "value_p50", "value_p90")
@@ -212,16 +212,20 @@ class SpendPrior:
         return np.log(np.maximum(spend, PRIOR_FLOOR))
 
 
-class ValueModel:
+class ValueModel(BoostedModel):
     """Expected net spend in the horizon per customer, with a conformal p10..p90 interval.
 
     Fit on a feature frame and the realised spend of each row; ``X_valid`` / ``y_valid``
     (a later cutoff) serve early stopping and the interval. Without them the interval is
     fitted on the training rows, which makes it too narrow. An ``as_of`` column in the
     frames turns on the seasonal factors; the spec's lifetime order columns turn on the
-    BG/NBD prior (module docstring). ``horizon_days`` is the labels' horizon.
+    BG/NBD prior (module docstring). ``horizon_days`` is the labels' horizon. ``X`` holds
+    features only (plus optional ``customer_id`` / ``as_of``); the sampling weights serve
+    LightGBM, the starting level, the seasonal factors, the prior's weight and the interval
+    (the BG/NBD prior itself is fitted unweighted).
     """
 
+    DEFAULTS = DEFAULT_PARAMS
     #: weight of the booster's correction, chosen in :meth:`fit`; models pickled before the
     #: choice existed (registered champions) load as the boosted model they were
     shrinkage_: float = 1.0
@@ -232,68 +236,50 @@ class ValueModel:
         random_state: int = 0,
         horizon_days: float = DEFAULT_HORIZON_DAYS,
     ) -> None:
-        self.params = {**DEFAULT_PARAMS, **(params or {})}
-        self.random_state = random_state
+        super().__init__(params, random_state)
         self.horizon_days = horizon_days
 
-    def fit(
-        self,
-        X: pd.DataFrame,
-        y: Any,
-        X_valid: pd.DataFrame | None = None,
-        y_valid: Any = None,
-        callbacks: Sequence[Any] = (),
-        *,
-        sample_weight: Any = None,
-        valid_weight: Any = None,
-    ) -> ValueModel:
-        """``X`` holds features only (plus optional ``customer_id`` / ``as_of``);
-        ``callbacks`` go to ``lightgbm.train`` (pruning). ``sample_weight`` /
-        ``valid_weight``: the rows' sampling weights (a sampled training set), used by
-        LightGBM, the starting level, the seasonal factors, the prior's weight and the
-        interval (the BG/NBD prior itself is fitted unweighted)."""
-        y_arr = np.maximum(_amounts(y, "y"), 0.0)
-        w = None if sample_weight is None else np.asarray(sample_weight, dtype="float64")
-        w_v = None if valid_weight is None else np.asarray(valid_weight, dtype="float64")
-        if (y_arr > 0).sum() < 2 or (y_arr > 0).all():
+    def _labels(self, y: Any, name: str, train: bool) -> np.ndarray:
+        y_arr = np.maximum(_amounts(y, name), 0.0)
+        if train and ((y_arr > 0).sum() < 2 or (y_arr > 0).all()):
             raise ValueError("y needs both customers with and without spend in the horizon")
-        self.encoder_ = FeatureEncoder.fit(X)
-        X_arr = self.encoder_.transform(X)
+        return y_arr
+
+    def _fit_rows(self, train: FitRows, valid: FitRows | None, callbacks: Sequence[Any]) -> None:
+        """The prior, the booster from it, the correction's weight, seasons and interval."""
+        X_arr, y_arr, w = train.X, train.y, train.weight
         self.prior_ = self._fit_prior(X_arr)
         self.base_score_ = float(np.log(np.average(y_arr, weights=w)))  # without a prior
-        valid = None
-        if X_valid is not None:
-            X_v = self.encoder_.transform(X_valid)
-            valid = (X_v, np.maximum(_amounts(y_valid, "y_valid"), 0.0), self._offset(X_v), w_v)
         offset = self._offset(X_arr)
+        valid_set = None
+        if valid is not None:
+            valid_set = (valid.X, valid.y, self._offset(valid.X), valid.weight)
         self.booster_ = fit_booster(
             {**self.params, "seed": self.random_state},
             X_arr,
             y_arr,
             self.encoder_.categorical_indices,
-            valid,
+            valid_set,
             callbacks,
             init_score=offset,
             weight=w,
         )
-        train = (booster_predict(self.booster_, X_arr, raw_score=True), offset, y_arr, w)
-        months = _months(_cutoffs(X), len(X))
+        fitted = (booster_predict(self.booster_, X_arr, raw_score=True), offset, y_arr, w)
+        months = _months(_cutoffs(train.frame), len(X_arr))
         prior = "BG/NBD + Gamma-Gamma" if self.prior_ is not None else "the training mean"
-        if valid is None or X_valid is None:
+        if valid is None or valid_set is None:
             self.shrinkage_ = 1.0
             self.choice_ = PriorChoice.without_validation(prior)
         else:
-            X_v, y_v, offset_v, _ = valid
-            held = (booster_predict(self.booster_, X_v, raw_score=True), offset_v, y_v, w_v)
-            held_months = _months(_cutoffs(X_valid), len(X_v))
-            self.choice_ = self._choose(train, months, held, held_months, prior)
+            raw_v = booster_predict(self.booster_, valid.X, raw_score=True)
+            held = (raw_v, valid_set[2], valid.y, valid.weight)
+            held_months = _months(_cutoffs(valid.frame), len(valid.X))
+            self.choice_ = self._choose(fitted, months, held, held_months, prior)
             self.shrinkage_ = self.choice_.shrinkage
-        self.season_ = self._fit_season(*train, months, self.shrinkage_)
-        X_cal, y_cal, w_cal = (valid[0], valid[1], w_v) if valid else (X_arr, y_arr, w)
-        cal_frame = X_valid if X_valid is not None else X
-        predicted = self.predict_mean_array(X_cal, _cutoffs(cal_frame))
-        self.bands_ = ConformalBands.fit(predicted, y_cal, weight=w_cal)
-        return self
+        self.season_ = self._fit_season(*fitted, months, self.shrinkage_)
+        cal = valid if valid is not None else train
+        predicted = self.predict_mean_array(cal.X, _cutoffs(cal.frame))
+        self.bands_ = ConformalBands.fit(predicted, cal.y, weight=cal.weight)
 
     def _fit_prior(self, X: np.ndarray) -> SpendPrior | None:
         columns = self.encoder_.columns
@@ -360,14 +346,6 @@ class ValueModel:
         else:
             raw = booster_predict(self.booster_, X, raw_score=True)
         return _level(raw, self._offset(X), self.shrinkage_, months, self.season_)
-
-    @property
-    def feature_names(self) -> list[str]:
-        return list(self.encoder_.columns)
-
-    def encode(self, data: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
-        """Feature frame or one ``{feature: value}`` dict -> the matrix the boosters read."""
-        return self.encoder_.transform(data)
 
     def predict_mean_array(
         self, X: np.ndarray, as_of: datetime | Sequence[Any] | None = None

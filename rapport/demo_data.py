@@ -1170,14 +1170,24 @@ def _by_time(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return columns
 
 
+def _event_keys(
+    table: Table, prefix: str, rows: dict[str, np.ndarray], ids: pa.Array
+) -> dict[str, object]:
+    """The columns every event table leads with, for ``rows`` in time order: its own ids
+    (``prefix`` + number), the customer's id and the time."""
+    return {
+        table.id_column: _strings(_ids(prefix, len(rows["at"]))),
+        "customer_id": _strings(pc.take(ids, rows["cust"])),
+        table.time_column: _timestamps(rows["at"]),
+    }
+
+
 def _orders_frame(events: _Events, ids: pa.Array) -> pd.DataFrame:
     o = _by_time(events.join(ORDER_COLUMNS, ORDER_DTYPES))
     return _in_table_order(
         ORDERS,
         {
-            "order_id": _strings(_ids("O", len(o["at"]))),
-            "customer_id": _strings(pc.take(ids, o["cust"])),
-            "ordered_at": _timestamps(o["at"]),
+            **_event_keys(ORDERS, "O", o, ids),
             "amount": o["amount"],
             "margin": o["margin"],
             "category": _labels(o["category"], CATEGORIES),
@@ -1192,9 +1202,7 @@ def _interactions_frame(events: _Events, ids: pa.Array) -> pd.DataFrame:
     return _in_table_order(
         INTERACTIONS,
         {
-            "interaction_id": _strings(_ids("I", len(c["at"]))),
-            "customer_id": _strings(pc.take(ids, c["cust"])),
-            "occurred_at": _timestamps(c["at"]),
+            **_event_keys(INTERACTIONS, "I", c, ids),
             "channel": _labels(c["channel"], INTERACTION_CHANNELS),
             "kind": _labels(c["kind"], INTERACTION_KINDS),
             "direction": _labels(c["direction"], DIRECTIONS),
@@ -1210,9 +1218,7 @@ def _campaign_frame(events: _Events, ids: pa.Array) -> pd.DataFrame:
     return _in_table_order(
         CAMPAIGN_LOG,
         {
-            "decision_id": _strings(_ids("D", len(d["at"]))),
-            "customer_id": _strings(pc.take(ids, d["cust"])),
-            "decided_at": _timestamps(d["at"]),
+            **_event_keys(CAMPAIGN_LOG, "D", d, ids),
             "action": _labels(d["action"], ACTIONS),
             "channel": _labels(d["action"], ACTION_CHANNELS),
             "propensity": d["propensity"],

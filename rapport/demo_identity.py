@@ -29,6 +29,7 @@ judged on (:func:`rapport.truth.compare_identity`).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,12 +113,18 @@ def _written(choice: int, email: str) -> str:
     return email
 
 
-def _phone_written(choice: int, national: str) -> str:
-    """A UK mobile (``07xxxxxxxxx``) as a system might store it (``choice``: 0-2)."""
+#: where the digits of a UK number are grouped as it is dialled (the area code first)
+MOBILE_GROUPS, LANDLINE_GROUPS = (5,), (4, 7)
+
+
+def _phone_written(choice: int, national: str, groups: tuple[int, ...] = MOBILE_GROUPS) -> str:
+    """A UK number (mobile ``07xxxxxxxxx``, landline ``0207xxxxxxx``) as a system might
+    store it (``choice``: 0-2): international, grouped at ``groups`` as dialled, or bare."""
+    area = groups[0]
     if choice == 0:
-        return f"+44 {national[1:5]} {national[5:]}"
+        return f"+44 {national[1:area]} {national[area:]}"
     if choice == 1:
-        return f"{national[:5]} {national[5:]}"
+        return " ".join(national[a:b] for a, b in itertools.pairwise((0, *groups, None)))
     return national
 
 
@@ -147,16 +154,7 @@ def _households(
     for j, p in enumerate(person):
         line = line_of.get(int(p))
         if line is not None and (j == p or phone[j] is not None):
-            phone[j] = _landline_written(int(style[j]), line)
-
-
-def _landline_written(choice: int, national: str) -> str:
-    """A UK landline (``0207xxxxxxx``) as a system might store it (``choice``: 0-2)."""
-    if choice == 0:
-        return f"+44 {national[1:4]} {national[4:]}"
-    if choice == 1:
-        return f"{national[:4]} {national[4:7]} {national[7:]}"
-    return national
+            phone[j] = _phone_written(int(style[j]), line, LANDLINE_GROUPS)
 
 
 def identities(rng: np.random.Generator, ids: list[str]) -> Identities:

@@ -269,12 +269,12 @@ def stop(server: Server, timeout: float = 30.0) -> int:
 
 @contextlib.contextmanager
 def serving(
-    home: Path, env: Mapping[str, str] | None = None, port: int | None = None
+    home: Path, env: Mapping[str, str] | None = None, port: int | None = None, workers: int = 1
 ) -> Iterator[Server]:
     """The service of ``home`` started, ready, and stopped on the way out (also when it
     never became ready or the body failed), which must be graceful (SIGTERM: the outbox
-    sealed): one home for the tests' start/wait/stop."""
-    server = start_service(home, port=port, env=env)
+    sealed): one home for the tests' and the benches' start/wait/stop."""
+    server = start_service(home, port=port, workers=workers, env=env)
     try:
         wait_ready(server)
         yield server

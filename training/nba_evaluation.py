@@ -37,7 +37,7 @@ from models.ope import (
 )
 from models.policy import Arbitration
 from models.propensity import Overlap, frame_overlap
-from models.uplift import auuc, qini_auc, uplift_curve
+from models.uplift import uplift_curve
 
 
 # --------------------------------------------------------------------------- OPE
@@ -191,11 +191,13 @@ def uplift_metrics(model: NbaModel, frame: pd.DataFrame) -> pd.DataFrame:
         if t.all() or not t.any():
             continue
         conv, revenue = pred.incremental_conversion[sel, j], pred.incremental_revenue[sel, j]
+        curve = uplift_curve(conv, t, y[sel], p[sel])
+        revenue_curve = uplift_curve(revenue, t, rev[sel], p[sel])
         rows[action] = {
-            "qini": qini_auc(conv, t, y[sel], p[sel]),
-            "auuc": auuc(conv, t, y[sel], p[sel]),
-            "qini_revenue": qini_auc(revenue, t, rev[sel], p[sel]),
-            "auuc_revenue": auuc(revenue, t, rev[sel], p[sel]),
+            "qini": curve.qini,
+            "auuc": curve.auuc,
+            "qini_revenue": revenue_curve.qini,
+            "auuc_revenue": revenue_curve.auuc,
             "rows": float(sel.sum()),
         }
     return pd.DataFrame(rows).T

@@ -229,6 +229,7 @@ class UiApp:
             path=request.url.path,
             csrf=session.csrf if session else "",
             signed_in=session is not None,
+            live_problem=self.live.problem,  # why live scores are missing, where a page shows them
             **ctx,
         )
         return HTMLResponse(html, status_code=status)
@@ -317,7 +318,6 @@ class UiApp:
             chosen=chosen,
             chart=chart,
             reasons=reasons,
-            live_problem=self.live.problem,
         )
 
     def segment_profiles(self, db: Any) -> dict[str, dict[str, Any]]:
@@ -478,7 +478,6 @@ class UiApp:
             problem=problem,
             actions=actions,
             live=live,
-            live_problem=self.live.problem,
         )
 
     async def results(self, request: Request, session: Session) -> Response:

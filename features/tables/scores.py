@@ -65,17 +65,27 @@ def tables(db: Any) -> set[str]:
     return {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
 
 
+def latest_row(
+    db: Any, table: str, columns: str, order: str, key: str, value: str | None
+) -> tuple[Any, ...] | None:
+    """``columns`` of the row of ``table`` whose ``key`` is ``value``, or with no ``value``
+    the first by ``order`` (the latest); None when there is no such row."""
+    where, params = (f"WHERE {key} = ?", [value]) if value else ("", [])
+    query = f"SELECT {columns} FROM {table} {where} ORDER BY {order} LIMIT 1"
+    row: tuple[Any, ...] | None = db.execute(query, params).fetchone()
+    return row
+
+
 def latest_run(db: Any, run_id: str | None = None) -> RunInfo:
     """The latest scoring run (or ``run_id``) of a raw DuckDB connection; NoScoresError
     when there is none."""
     if RUNS not in tables(db):
         raise NoScoresError("no scores in the warehouse yet: run `rapport score`")
-    where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
-    row = db.execute(
-        "SELECT run_id, as_of, scored_at, rows, churn_version, value_version, nba_version, "
-        f"feature_set, catalog_json FROM {RUNS} {where} ORDER BY scored_at DESC LIMIT 1",
-        params,
-    ).fetchone()
+    columns = (
+        "run_id, as_of, scored_at, rows, churn_version, value_version, nba_version, "
+        "feature_set, catalog_json"
+    )
+    row = latest_row(db, RUNS, columns, "scored_at DESC", "run_id", run_id)
     if row is None:
         raise NoScoresError(
             f"no scoring run {run_id!r}" if run_id else "no scores yet: run `rapport score`"

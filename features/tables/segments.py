@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from features.segments import SegmentModel, SegmentVersion, fit_version
+from features.tables.scores import latest_row, tables
 from features.timeutil import as_utc
 
 SEGMENT_MODELS = "segment_models"
@@ -66,17 +67,11 @@ def snapshot_segments(
 
 def load_version(db: Any, version: str | None = None) -> SegmentVersion:
     """A stored version (default: the current one, stored last); NoSegmentsError if none."""
-    exists = db.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [SEGMENT_MODELS]
-    ).fetchone()
     row = None
-    if exists and exists[0]:
-        where, params = ("WHERE version = ?", [version]) if version else ("", [])
-        row = db.execute(
-            "SELECT version, as_of, feature_set, customers, model_json FROM "
-            f"{SEGMENT_MODELS} {where} ORDER BY fitted_at DESC, version DESC LIMIT 1",
-            params,
-        ).fetchone()
+    if SEGMENT_MODELS in tables(db):
+        columns = "version, as_of, feature_set, customers, model_json"
+        order = "fitted_at DESC, version DESC"
+        row = latest_row(db, SEGMENT_MODELS, columns, order, "version", version)
     if row is None:
         what = f"segment model {version!r}" if version else "segment model"
         raise NoSegmentsError(f"no {what} in the warehouse; {HINT}")

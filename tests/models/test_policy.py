@@ -181,6 +181,22 @@ def test_top_k_frame(catalog: Catalog) -> None:
     assert set(top.columns) >= {"score", "expected_value", "uplift", "value", "cost", "weight"}
 
 
+def test_offers_are_the_ranked_actions_with_their_logging_propensities(catalog: Catalog) -> None:
+    """The live score's plain-value actions carry the same figures as the typed ranking."""
+    blocked = customers(contacts_call_30d=1.0)  # the callback is screened out
+    result = arbitrate(blocked, catalog)
+    propensity = np.array([0.1, 0.6, 0.2, 0.1])
+    ranked = result.customer(0, k=4).ranked
+    expected = [
+        {**{k: v for k, v in vars(r).items() if k not in ("rank", "score")}, "propensity": p}
+        for r, p in zip(ranked, propensity[[IDS.index(r.action) for r in ranked]], strict=True)
+    ]
+    offers = result.offers(propensity)
+    assert [o["action"] for o in offers] == ["cross_sell", "retention_discount", NO_ACTION]
+    assert offers == expected
+    assert result.offers(propensity, top_k=1) == expected[:1]
+
+
 def test_epsilon_greedy_probabilities(catalog: Catalog) -> None:
     frame = pd.concat([customers(), customers(orders_365d=0, email_opt_in=0.0)])
     probs = Policy(catalog, epsilon=0.2).action_probabilities(frame)

@@ -15,9 +15,7 @@ from features.contract import NO_ACTION
 from models.uplift import (
     UpliftModel,
     UpliftPrediction,
-    auuc,
     dr_pseudo_outcome,
-    qini_auc,
     uplift_curve,
 )
 
@@ -133,9 +131,9 @@ def test_qini_of_dr_beats_random(fitted: dict[str, UpliftModel], test: Logged) -
     rows = np.isin(test.action, ["strong", NO_ACTION])
     treated = test.action[rows] == "strong"
     args = (treated, test.outcome[rows], test.propensity[rows])
-    model_qini = qini_auc(pred.incremental_conversion[rows, pred.index("strong")], *args)
-    random_qini = qini_auc(np.random.default_rng(3).random(rows.sum()), *args)
-    oracle_qini = qini_auc(test.true_conversion["strong"][rows], *args)
+    model_qini = uplift_curve(pred.incremental_conversion[rows, pred.index("strong")], *args).qini
+    random_qini = uplift_curve(np.random.default_rng(3).random(rows.sum()), *args).qini
+    oracle_qini = uplift_curve(test.true_conversion["strong"][rows], *args).qini
     print(f"qini strong: dr {model_qini:.4f}, random {random_qini:.4f}, oracle {oracle_qini:.4f}")
     assert model_qini > 0.005
     assert model_qini > random_qini + 0.005
@@ -238,10 +236,10 @@ def test_uplift_curve_ipw_corrects_selection() -> None:
     # a score that knows who responds more ranks above random
     effect = np.where(rng.random(n) < 0.5, 0.1, 0.0)
     outcome2 = (rng.random(n) < 0.2 + effect * treated).astype(float)
-    good = qini_auc(effect + rng.normal(0, 0.01, n), treated, outcome2, propensity)
-    bad = qini_auc(score, treated, outcome2, propensity)
-    assert good > 0.01 > abs(bad)
-    assert auuc(effect, treated, outcome2, propensity) > auuc(score, treated, outcome2, propensity)
+    good = uplift_curve(effect + rng.normal(0, 0.01, n), treated, outcome2, propensity)
+    bad = uplift_curve(score, treated, outcome2, propensity)
+    assert good.qini > 0.01 > abs(bad.qini)
+    assert uplift_curve(effect, treated, outcome2, propensity).auuc > bad.auuc
 
 
 def test_single_row_fast_path_matches_the_batch_path(

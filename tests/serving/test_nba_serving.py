@@ -147,20 +147,7 @@ def test_live_scores_equal_the_unscreened_path_exactly(
                 probs = control.logging_probabilities(policy)
                 held = control.contains(str(features["customer_id"]))
                 chosen = 0 if held else int(np.random.default_rng(i).choice(len(policy), p=policy))
-                expected_actions = [
-                    {
-                        "action": result.actions[j],
-                        "channel": catalog.actions[j].channel,
-                        "expected_value": float(result.expected_value[0, j]),
-                        "propensity": float(probs[j]),
-                        "uplift": float(result.uplift[0, j]),
-                        "value": float(result.value[0, j]),
-                        "cost": float(result.cost[j]),
-                        "weight": float(result.weight[j]),
-                    }
-                    for j in result.ranking()[0]
-                    if result.allowed[0, j] and not held
-                ]
+                expected_actions = [] if held else result.offers(probs)
                 excluded = (
                     {a: CONTROL_REASON for a in result.actions[1:]}
                     if held
