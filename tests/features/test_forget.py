@@ -12,9 +12,9 @@ import pandas as pd
 from click.testing import CliRunner
 from sample_data import trained_home
 
-from features.contract import IDENTIFIERS
+from features.contract import IDENTIFIER_FIELDS
 from features.forget import customer_hash
-from features.identity import normalise_one
+from features.identity import identifier_values, normalise_one
 from features.online.events import OPEN_SUFFIX
 from features.online.identifiers import IdentityIndex
 from features.online.store import open_store
@@ -56,12 +56,12 @@ def _identifier_hashes(customers: pd.DataFrame, customer: str) -> list[str]:
     hashes them with the workspace's key)."""
     index = IdentityIndex.of(get_settings())
     row = customers.loc[customers["customer_id"] == customer].iloc[0]
-    usable = {
-        kind: row[kind]
-        for kind in IDENTIFIERS
-        if normalise_one(kind, row[kind], index.region) is not None
-    }
-    return [h for _, h in index.hashes(usable)]
+    given = {c: row[c] for c in IDENTIFIER_FIELDS if c in row.index and pd.notna(row[c])}
+    return [
+        index.hash_one(kind, value)
+        for kind, value in identifier_values(given).items()
+        if normalise_one(kind, value, index.region) is not None
+    ]
 
 
 def _prepare(home: Path) -> tuple[str, str]:
