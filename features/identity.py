@@ -137,7 +137,7 @@ def links_alone(kind: str, values: pd.Series) -> np.ndarray:
         return np.ones(len(values), dtype=bool)
     if kind == "phone":
         typed = {v: personal_phone(str(v)) for v in _distinct(values)}
-        return values.map(typed).fillna(False).to_numpy(dtype=bool)
+        return np.array([typed.get(v, False) for v in values], dtype=bool)
     if kind in IDENTIFIERS:
         return np.zeros(len(values), dtype=bool)
     raise ValueError(f"unknown identifier kind {kind!r}; expected one of {', '.join(IDENTIFIERS)}")

@@ -38,6 +38,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features.contract import IDENTIFIER_FIELDS, IDENTIFIERS
 from features.identity import DEFAULT_PHONE_REGION, links_alone, normalise, split_name_postcode
@@ -359,7 +360,11 @@ def probabilistic_links(ids: pd.DataFrame, threshold: float, seed: int = 42) -> 
     db = duckdb.connect()
     try:
         api = DuckDBAPI(db)
-        df = api.register(frame)
+        # text columns whatever they hold (all null, DuckDB would read integers)
+        typed = pa.Table.from_pandas(
+            frame, schema=pa.schema([(c, pa.string()) for c in columns]), preserve_index=False
+        )
+        df = api.register(typed)
         linker = Linker(df, _splink_settings(), log_level=None)
         linker.training.estimate_probability_two_random_records_match(
             [block_on("email"), block_on("phone"), block_on("loyalty_card")], recall=0.9
@@ -573,11 +578,17 @@ def clusters_as_of(con: Any, as_of: datetime | None = None) -> pd.DataFrame:
         return db.execute(f"SELECT customer_id, cluster_id FROM {CLUSTERS}").df()
     if CHANGES not in tables:
         return pd.DataFrame({"customer_id": [], "cluster_id": []}, dtype="string")
-    return db.execute(
+    return db.execute(clusters_as_of_sql("$as_of"), {"as_of": as_of}).df()
+
+
+def clusters_as_of_sql(as_of: str) -> str:
+    """The query of :func:`clusters_as_of` (needs ``identity_changes``), the instant given
+    as SQL (a parameter such as ``$as_of``), for callers that read it inside their own
+    query (the online records of merged persons, :mod:`features.online.materialize`)."""
+    return (
         f"SELECT customer_id, arg_max(cluster_id, changed_at) AS cluster_id FROM {CHANGES} "
-        "WHERE changed_at <= ? GROUP BY customer_id",
-        [as_of],
-    ).df()
+        f"WHERE changed_at <= {as_of} GROUP BY customer_id"
+    )
 
 
 #: the tables a person's history is made of (customer_id rewritten to the person's)

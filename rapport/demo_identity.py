@@ -23,7 +23,8 @@ neighbours share one), written in the record's own style (capitals, a title, ext
 spaces, an accent kept or dropped; the postcode with or without its space). A second
 record's name has one typing error with chance :data:`NAME_TYPO`, and its postcode is a
 new one with chance :data:`MOVED` (the person moved house). Household members share the
-postcode, each with their own first name, and most share the family name (in the name
+postcode, each with a first name of their own (not one letter from another member's),
+and most share the family name (in the name
 column; their e-mails keep the name they were made with).
 
 **Households** (:data:`HOUSEHOLD_SHARE` of the persons, two or three each) share a
@@ -205,6 +206,22 @@ def _name_written(rng: np.random.Generator, first: str, last: str) -> str:
     return f"{NAME_TITLES[int(rng.integers(0, len(NAME_TITLES)))]} {first.title()} {last.title()}"
 
 
+def _near(a: str, b: str) -> bool:
+    """Whether two names are the same or one edit apart (``sara``, ``zara``): a family
+    does not give two members such names, and the simulator's short list of first names
+    would make it fifty times likelier than it is."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        swapped = len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+        return len(diff) == 1 or (swapped and a[diff[1]] == b[diff[0]])
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
 def _addresses(
     rng: np.random.Generator,
     person: np.ndarray,
@@ -230,7 +247,7 @@ def _addresses(
             home[p] = home[head]
             if rng.random() < SAME_FAMILY_NAME:
                 family[p] = family[head]
-            while given[p] in taken:
+            while any(_near(str(given[p]), t) for t in taken):
                 given[p] = FIRST[int(rng.integers(0, len(FIRST)))]
             taken.add(given[p])
     has = rng.random(n) < P_ADDRESS

@@ -64,6 +64,34 @@ def test_a_shared_landline_links_nobody() -> None:
     ]
 
 
+def test_a_name_with_postcode_links_unless_its_records_disagree() -> None:
+    landline = "+442079460123"
+    ids = pd.DataFrame(
+        {
+            # p1, p2: one person who changed e-mail, only the household's landline shared
+            # f1, f2: a father and son of one name at one address (two mobiles)
+            # h1, h2: a household: one postcode, one family name, two first names
+            "customer_id": ["p1", "p2", "f1", "f2", "h1", "h2"],
+            "email": ["jo@x.io", "jl@y.io", None, None, "a@x.io", "b@x.io"],
+            "phone": [landline, landline, "+447911123456", "+447911654321", None, None],
+            "loyalty_card": [None] * 6,
+            "cookie_id": [None] * 6,
+            "name_postcode": [
+                "jo lee|SW1A1AA",
+                "jo lee|SW1A1AA",
+                "sam hill|N19GU",
+                "sam hill|N19GU",
+                "ann ward|E16AN",
+                "tom ward|E16AN",
+            ],
+        }
+    )
+    links = exact_links(ids)
+    assert links[["customer_id", "other_customer_id", "rule"]].values.tolist() == [
+        ["p1", "p2", "exact:name_postcode"]
+    ]
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, DemoData]:
     folder = tmp_path_factory.mktemp("identity")
