@@ -369,6 +369,12 @@ def probabilistic_links(ids: pd.DataFrame, threshold: float, seed: int = 42) -> 
         linker.training.estimate_probability_two_random_records_match(
             [block_on("email"), block_on("phone"), block_on("loyalty_card")], recall=0.9
         )
+        # no record shares one of those (no duplicates, or only households): Splink's
+        # estimate is 0, whose log it cannot take; one pair in all is the floor (the prior
+        # moves the reported match weight and probability only, never a link's evidence)
+        settings = linker._settings_obj
+        if not settings._probability_two_random_records_match > 0:
+            settings._probability_two_random_records_match = 2 / (len(frame) * (len(frame) - 1))
         linker.training.estimate_u_using_random_sampling(max_pairs=U_PAIRS, seed=seed)
         pairs = linker.inference.predict().as_pandas_dataframe()
     finally:
