@@ -18,9 +18,10 @@ the person behind an earlier one, made one of these ways (``how`` in the truth):
 
 **Names and addresses** (drawn after everything else, :func:`_addresses`, so the other
 identifiers stay as they were): :data:`P_ADDRESS` of the records hold the person's full
-name and postcode (a UK postcode drawn from a pool as large as the population, so some
-neighbours share one), written in the record's own style (capitals, a title, extra
-spaces, an accent kept or dropped; the postcode with or without its space). A second
+name and postcode (a UK postcode drawn from a pool :data:`POSTCODES_PER_RECORD` times
+as large as the population, so some neighbours share one), written in the record's own
+style (capitals, a title, extra spaces, an accent kept or dropped; the postcode with or
+without its space). A second
 record's name has one typing error with chance :data:`NAME_TYPO`, and its postcode is a
 new one with chance :data:`MOVED` (the person moved house). Household members share the
 postcode, each with a first name of their own (not one letter from another member's),
@@ -88,6 +89,11 @@ LANDLINE_PREFIXES = ("0207", "0208", "0161", "0141", "0151")
 #: that a second record's postcode is another (moved house); that a household member
 #: takes the household's family name
 P_ADDRESS, NAME_TYPO, MOVED, SAME_FAMILY_NAME = 0.9, 0.1, 0.1, 0.7
+#: postcodes in the pool per record: the simulator has 2,250 full names where a real
+#: population has far more, so a pool as large as the population (one person a postcode)
+#: made two unrelated persons of one name at one postcode about a thousand times likelier
+#: than they are (a UK postcode holds some 40 people among 1.7 million postcodes)
+POSTCODES_PER_RECORD = 10
 #: UK postcode areas (outward code: area, district; inward: sector digit, two unit letters)
 POSTCODE_AREAS = ("SW", "SE", "N", "E", "W", "NW", "M", "G", "L", "B", "LS", "BS", "CF")
 POSTCODE_UNIT_LETTERS = "ABDEFGHJLNPQRSTUWXYZ"
@@ -236,7 +242,7 @@ def _addresses(
     second record with a typo in the name (:data:`NAME_TYPO`) or at a new postcode
     (:data:`MOVED`)."""
     n = len(person)
-    pool = _postcodes(rng, max(n, 1))
+    pool = _postcodes(rng, max(n, 1) * POSTCODES_PER_RECORD)
     home = pool[rng.integers(0, len(pool), n)]  # indexed by person (an original's record)
     given, family = first.astype(object).copy(), last.astype(object).copy()
     for members in homes:
