@@ -4,13 +4,18 @@
    are null and counted.
 2. **Exact rules**: records with the same e-mail, the same personal phone (a mobile) or the
    same loyalty card are one person (a link per record to the first record holding the
-   value; rule ``exact:email`` ...). Cookies never link by themselves (devices are
+   value; rule ``exact:email`` ...), and so are records with the same name with
+   postcode unless two of them hold different mobiles or cards (then it is several
+   people's, :func:`_unconflicted`). Cookies never link by themselves (devices are
    shared), nor do landlines (households are: :func:`features.identity.links_alone`).
 3. **Probabilistic matching** (Splink on DuckDB, a Fellegi-Sunter model): pairs blocked on
-   parts of the e-mail or on the personal phone are compared on e-mail (exact, 1 or 2 edits,
-   Jaro-Winkler of the part before the ``@``), phone, loyalty card and cookie; ``m`` is
-   set (:data:`M_EMAIL`, :data:`M_SAME`), so is ``u`` of the e-mail's agreement levels
-   (:data:`U_EMAIL`), the other ``u`` are estimated by random sampling. A landline is
+   parts of the e-mail, on the personal phone, the card or the postcode are compared on
+   e-mail (exact, 1 or 2 edits, Jaro-Winkler of the part before the ``@``), phone,
+   loyalty card, cookie, name (exact, one edit) and postcode -- name and postcode only
+   where the e-mails do not already agree (:data:`_EMAILS_ALIKE`); ``m`` is set
+   (:data:`M_EMAIL`, :data:`M_SAME`, :data:`M_NAME`, :data:`M_POSTCODE`), so is ``u`` of
+   the e-mail's agreement levels and of a name one edit away (:data:`U_EMAIL`,
+   :data:`U_NAME_EDIT`), the other ``u`` are estimated by random sampling. A landline is
    not compared (null): a household shares it, so agreeing on it says little. Pairs
    whose evidence (the partial match weights summed, in bits) reaches the threshold are
    links (rule ``splink``) with Splink's match weight and probability and each
