@@ -21,12 +21,12 @@ identifiers stay as they were): :data:`P_ADDRESS` of the records hold the person
 name and postcode (a UK postcode drawn from a pool :data:`POSTCODES_PER_RECORD` times
 as large as the population, so some neighbours share one), written in the record's own
 style (capitals, a title, extra spaces, an accent kept or dropped; the postcode with or
-without its space). A second
-record's name has one typing error with chance :data:`NAME_TYPO`, and its postcode is a
-new one with chance :data:`MOVED` (the person moved house). Household members share the
-postcode, each with a first name of their own (not one letter from another member's),
-and most share the family name (in the name
-column; their e-mails keep the name they were made with).
+without its space). A second record's name has one typing error with chance
+:data:`NAME_TYPO`, and its postcode is a new one with chance :data:`MOVED` (the person
+moved house). Household members share the postcode, each with a first name of their own
+(not one letter from another member's), and most share the family name (in the name
+column; their e-mails keep the name they were made with). Which records are one person
+stays the truth's ``person_id``, whatever the noise.
 
 **Households** (:data:`HOUSEHOLD_SHARE` of the persons, two or three each) share a
 landline: every member's records give the household's number as their phone (written in
@@ -99,7 +99,7 @@ POSTCODE_AREAS = ("SW", "SE", "N", "E", "W", "NW", "M", "G", "L", "B", "LS", "BS
 POSTCODE_UNIT_LETTERS = "ABDEFGHJLNPQRSTUWXYZ"
 NAME_TITLES = ("Mr", "Mrs", "Ms", "Dr")
 #: how some first names are written with their accent
-ACCENTED = {"chloe": "chloé", "zara": "zára", "lucas": "lúcas"}
+ACCENTED = {"chloe": "chloé", "aisha": "aïsha", "fatima": "fátima"}
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def _name_written(rng: np.random.Generator, first: str, last: str) -> str:
 def _near(a: str, b: str) -> bool:
     """Whether two names are the same or one edit apart (``sara``, ``zara``): a family
     does not give two members such names, and the simulator's short list of first names
-    would make it fifty times likelier than it is."""
+    would make it far likelier than it is."""
     if a == b:
         return True
     if abs(len(a) - len(b)) > 1:
