@@ -73,8 +73,19 @@ INTERACTION_KINDS = (
 CONTROL, TREATED, EXPLORE = "control", "treated", "explore"
 DECISION_GROUPS = (CONTROL, TREATED, EXPLORE)
 
-#: the identifier columns of ``customers`` (features/identity.py normalises them)
-IDENTIFIERS = ("email", "phone", "loyalty_card", "cookie_id")
+#: the identifier kinds and the columns each is given in (features/identity.py normalises
+#: them): a name is an identifier only with its postcode, two columns making one kind
+IDENTIFIER_COLUMNS: dict[str, tuple[str, ...]] = {
+    "email": ("email",),
+    "phone": ("phone",),
+    "loyalty_card": ("loyalty_card",),
+    "cookie_id": ("cookie_id",),
+    "name_postcode": ("name", "postcode"),
+}
+#: the identifier kinds (what is normalised, hashed, resolved and indexed)
+IDENTIFIERS = tuple(IDENTIFIER_COLUMNS)
+#: the identifier columns (of ``customers``, and optional on orders and interactions)
+IDENTIFIER_FIELDS = tuple(c for columns in IDENTIFIER_COLUMNS.values() for c in columns)
 
 CUSTOMERS = Table(
     name="customers",
@@ -95,6 +106,8 @@ CUSTOMERS = Table(
         Column("phone", "string", required=False),
         Column("loyalty_card", "string", required=False),
         Column("cookie_id", "string", required=False),
+        Column("name", "string", required=False),  # full name: with postcode, one identifier
+        Column("postcode", "string", required=False),
     ),
 )
 
@@ -111,7 +124,7 @@ ORDERS = Table(
         Column("category", "string", required=False),
         Column("channel", "string", required=False),
     ),
-    identifiers=IDENTIFIERS,
+    identifiers=IDENTIFIER_FIELDS,
 )
 
 INTERACTIONS = Table(
@@ -129,7 +142,7 @@ INTERACTIONS = Table(
         Column("satisfaction", "int", required=False),
         Column("resolved", "bool", required=False),
     ),
-    identifiers=IDENTIFIERS,
+    identifiers=IDENTIFIER_FIELDS,
 )
 
 CAMPAIGN_LOG = Table(
@@ -187,5 +200,5 @@ NO_ACTION = "no_action"
 #: the customer columns the online store and features carry: every column but the
 #: identifiers (personal data stays in the warehouse, where ``rapport forget`` reaches it)
 CUSTOMER_ATTRIBUTES: tuple[str, ...] = tuple(
-    c for c in CUSTOMERS.column_names if c not in IDENTIFIERS
+    c for c in CUSTOMERS.column_names if c not in IDENTIFIER_FIELDS
 )

@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.contract import IDENTIFIERS
+from features.contract import IDENTIFIER_FIELDS
 from features.durable import replace_durably
-from features.identity import DEFAULT_PHONE_REGION, normalise_one
+from features.identity import DEFAULT_PHONE_REGION, identifier_values, normalise_one
 from features.online.events import OPEN_SUFFIX, SEALED_SUFFIX
 from features.online.identifiers import IdentityIndex, UnusableIdentifierError
 from features.online.store import OnlineStore
@@ -213,10 +213,10 @@ def _names_any(text: str, hashes: set[str], region: str = DEFAULT_PHONE_REGION) 
         value = row.get("customer_id")
         if value is not None and customer_hash(str(value)) in hashes:
             return True
+        given = {k: v for k, v in row.items() if k in IDENTIFIER_FIELDS and v not in (None, "")}
         return any(
-            identifier_mark(kind, row[kind], region) in hashes
-            for kind in IDENTIFIERS
-            if row.get(kind) not in (None, "")
+            identifier_mark(kind, value, region) in hashes
+            for kind, value in identifier_values(given).items()
         )
     return any(customer_hash(token) in hashes for token in _TOKEN.findall(text))
 
@@ -340,16 +340,20 @@ def _decisions_of(db: duckdb.DuckDBPyConnection, hashed: str) -> set[str]:
 
 def _identifiers_of(db: duckdb.DuckDBPyConnection, customer_id: str) -> list[tuple[str, Any]]:
     """``(kind, value)`` of the customer's identifiers in ``customers`` (read before the
-    rows go)."""
+    rows go; a name with postcode as the pair)."""
     columns = {str(r[0]) for r in db.execute("DESCRIBE customers").fetchall()}
-    kinds = [k for k in IDENTIFIERS if k in columns]
-    if not kinds:
+    fields = [c for c in IDENTIFIER_FIELDS if c in columns]
+    if not fields:
         return []
     rows = db.execute(
-        f"SELECT {', '.join(_quoted(k) for k in kinds)} FROM customers WHERE customer_id = ?",
+        f"SELECT {', '.join(_quoted(c) for c in fields)} FROM customers WHERE customer_id = ?",
         [customer_id],
     ).fetchall()
-    return [(k, v) for row in rows for k, v in zip(kinds, row, strict=True) if v is not None]
+    return [
+        pair
+        for row in rows
+        for pair in identifier_values(dict(zip(fields, row, strict=True))).items()
+    ]
 
 
 def _identifier_keys(held: list[tuple[str, Any]], index: IdentityIndex | None) -> list[str]:
@@ -360,7 +364,7 @@ def _identifier_keys(held: list[tuple[str, Any]], index: IdentityIndex | None) -
     keys: set[str] = set()
     for kind, value in held:
         try:
-            keys.update(h for _, h in index.hashes({kind: value}))
+            keys.add(index.hash_one(kind, value))
         except UnusableIdentifierError:  # never indexed
             continue
     return sorted(keys)

@@ -1,8 +1,10 @@
 """Customer identifiers, normalised: the one place that says what an e-mail or a phone is.
 
-Customers may carry ``email``, ``phone``, ``loyalty_card`` and ``cookie_id``
-(:data:`features.contract.IDENTIFIERS`). The warehouse keeps them as they came (raw data is
-immutable); resolution (:mod:`features.resolve`) compares them only in the form made here:
+Customers may carry ``email``, ``phone``, ``loyalty_card``, ``cookie_id`` and ``name``
+with ``postcode`` (:data:`features.contract.IDENTIFIERS`, the kinds;
+:data:`~features.contract.IDENTIFIER_COLUMNS`, the columns each is given in). The
+warehouse keeps them as they came (raw data is immutable); resolution
+(:mod:`features.resolve`) compares them only in the form made here:
 
 * e-mail: trimmed and lower-cased; it must look like ``local@domain.tld`` (one ``@``, no
   spaces, a dot in the domain), otherwise it is unusable;
@@ -10,12 +12,20 @@ immutable); resolution (:mod:`features.resolve`) compares them only in the form 
   code read in the default region (setting ``RAPPORT_PHONE_REGION``); a number that does
   not parse or is not a valid number there is unusable;
 * loyalty card and cookie id: trimmed (case kept: card systems and cookies may be
-  case-sensitive).
+  case-sensitive);
+* name with postcode (one identifier, ``name|POSTCODE``; unusable unless both are): the
+  name without accents, case folded, titles (``Mr``, ``Dr`` ...) dropped, apostrophes
+  removed, hyphens, dots and commas read as spaces, whitespace collapsed, at least two
+  words of letters (a given and a family name); the postcode upper-cased without spaces
+  or hyphens, 3 to 10 letters and digits with at least one digit (the rule holds for UK,
+  US, Canadian, Dutch, German ... postcodes alike, so it needs no region).
 
 Which identifiers link two records *by themselves* (:func:`links_alone`): an e-mail and a
 loyalty card; a phone only when it is a personal number (a mobile: a landline, a VoIP or a
 shared-cost number is a household's or an office's, held by several people); a cookie
-never (devices are shared).
+never (devices are shared); a name with postcode only where its records do not disagree on
+a mobile or a card (a father and son of one name at one address are two people: the rule
+needs the group, :func:`features.resolve.exact_links`).
 
 An unusable value becomes null and is counted under a reason (:class:`Normalised`), never
 an error: one bad cell must not stop a resolution. Identifiers are personal data: nothing
@@ -36,8 +46,9 @@ import hmac
 import os
 import re
 import secrets
+import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +56,7 @@ import numpy as np
 import pandas as pd
 import phonenumbers
 
-from features.contract import IDENTIFIERS
+from features.contract import IDENTIFIER_COLUMNS, IDENTIFIERS
 from features.durable import fsync_paths
 
 #: the default region for phone numbers without a country code (``RAPPORT_PHONE_REGION``)
@@ -126,7 +137,7 @@ def links_alone(kind: str, values: pd.Series) -> np.ndarray:
         return np.ones(len(values), dtype=bool)
     if kind == "phone":
         typed = {v: personal_phone(str(v)) for v in _distinct(values)}
-        return values.map(typed).fillna(False).to_numpy(dtype=bool)
+        return np.array([typed.get(v, False) for v in values], dtype=bool)
     if kind in IDENTIFIERS:
         return np.zeros(len(values), dtype=bool)
     raise ValueError(f"unknown identifier kind {kind!r}; expected one of {', '.join(IDENTIFIERS)}")
@@ -137,12 +148,90 @@ def normalise_token(value: object) -> str | None:
     return _text(value)
 
 
+#: titles written before a name, dropped (they change, and say nothing of the person)
+NAME_TITLES = frozenset(
+    ["mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir", "dame", "lady", "lord", "rev"]
+)
+_APOSTROPHES = str.maketrans("", "", "'\u2019`")
+_SEPARATORS = re.compile(r"[\s\-\u2010-\u2014.,]+")
+_POSTCODE = re.compile(r"(?=.*[0-9])[A-Z0-9]{3,10}")
+
+
+def normalise_name(value: object) -> str | None:
+    """A person's full name without accents, case or title, words separated by one space;
+    None unless it is two or more words of letters (see the module doc)."""
+    text = _text(value)
+    if text is None:
+        return None
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    words = _SEPARATORS.sub(" ", plain.casefold().translate(_APOSTROPHES)).split()
+    while words and words[0] in NAME_TITLES:
+        words = words[1:]
+    if len(words) < 2 or not all(w.isalpha() for w in words):
+        return None
+    return " ".join(words)
+
+
+def normalise_postcode(value: object) -> str | None:
+    """A postcode upper-cased without spaces or hyphens (``sw1a 1aa`` -> ``SW1A1AA``);
+    None unless 3 to 10 letters and digits with at least one digit."""
+    text = _text(value)
+    if text is None:
+        return None
+    code = re.sub(r"[\s\-]+", "", text).upper()
+    return code if _POSTCODE.fullmatch(code) else None
+
+
+#: what joins a name and its postcode in the normal form of a ``name_postcode``
+NAME_POSTCODE_SEP = "|"
+
+
+def normalise_name_postcode(value: object) -> str | None:
+    """A ``(name, postcode)`` pair as one identifier, ``name|POSTCODE``; None unless both
+    are usable."""
+    if not isinstance(value, tuple) or len(value) != 2:
+        return None
+    name, postcode = normalise_name(value[0]), normalise_postcode(value[1])
+    if name is None or postcode is None:
+        return None
+    return f"{name}{NAME_POSTCODE_SEP}{postcode}"
+
+
+def split_name_postcode(normal: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """The name and the postcode of ``name_postcode`` values in normal form."""
+    parts = normal.str.split(NAME_POSTCODE_SEP, n=1, regex=False)
+    return parts.str[0], parts.str[1]
+
+
+def identifier_values(fields: Mapping[str, object]) -> dict[str, object]:
+    """The identifiers among ``fields`` (column -> value as given: an event, a request, a
+    row), by kind in the order of :data:`features.contract.IDENTIFIERS`, absent ones
+    left out; a name with postcode is the pair ``(name, postcode)``, given when either
+    is (alone it is unusable, never silently dropped)."""
+    out: dict[str, object] = {}
+    for kind, columns in IDENTIFIER_COLUMNS.items():
+        values = tuple(fields.get(c) for c in columns)
+        if all(v is None for v in values):
+            continue
+        out[kind] = values if len(values) > 1 else values[0]
+    return out
+
+
+def describe(kind: str) -> str:
+    """An identifier kind in words, for messages (``name_postcode`` -> ``name with
+    postcode``)."""
+    return "name with postcode" if kind == "name_postcode" else kind.replace("_", " ")
+
+
 def normalise_one(kind: str, value: object, region: str = DEFAULT_PHONE_REGION) -> str | None:
-    """One identifier of ``kind`` (:data:`features.contract.IDENTIFIERS`) in normal form."""
+    """One identifier of ``kind`` (:data:`features.contract.IDENTIFIERS`) in normal form
+    (a name with postcode: the pair, :func:`identifier_values`)."""
     if kind == "email":
         return normalise_email(value)
     if kind == "phone":
         return normalise_phone(value, region)
+    if kind == "name_postcode":
+        return normalise_name_postcode(value)
     if kind in IDENTIFIERS:
         return normalise_token(value)
     raise ValueError(f"unknown identifier kind {kind!r}; expected one of {', '.join(IDENTIFIERS)}")
@@ -209,29 +298,36 @@ class Normalised:
 _REASONS = {
     "email": "email: not an e-mail address",
     "phone": "phone: not a valid number",
+    "name_postcode": "name_postcode: not a full name with a postcode",
 }
 
 
 def normalise(customers: pd.DataFrame, region: str = DEFAULT_PHONE_REGION) -> Normalised:
-    """``customer_id`` and every identifier of ``customers`` in normal form; columns the
-    frame lacks are null. Each distinct raw value is normalised once."""
+    """``customer_id`` and every identifier kind of ``customers`` in normal form (one
+    column per kind); columns the frame lacks are null. Each distinct raw value is
+    normalised once."""
     region = check_region(region)
     rules: dict[str, Callable[[object], str | None]] = {
         "email": normalise_email,
         "phone": lambda v: normalise_phone(v, region),
         "loyalty_card": normalise_token,
         "cookie_id": normalise_token,
+        "name_postcode": normalise_name_postcode,
     }
     out = pd.DataFrame({"customer_id": customers["customer_id"].astype("string").to_numpy()})
     invalid: Counter[str] = Counter()
-    for kind in IDENTIFIERS:
-        if kind not in customers.columns:
+    for kind, columns in IDENTIFIER_COLUMNS.items():
+        given = [c for c in columns if c in customers.columns]
+        if not given:
             out[kind] = pd.Series(pd.NA, index=out.index, dtype="string")
             continue
-        raw = customers[kind]
-        mapping = {v: rules[kind](v) for v in _distinct(raw)}
-        values = raw.map(mapping).astype("string").to_numpy()
-        present = raw.map(lambda v: _text(v) is not None).to_numpy(dtype=bool)
+        absent = pd.Series(None, index=customers.index, dtype=object)
+        texts = [customers[c].map(_text) if c in given else absent for c in columns]
+        raw = texts[0] if len(texts) == 1 else pd.Series(list(zip(*texts, strict=True)))
+        mapping = {v: rules[kind](v) for v in dict.fromkeys(raw.dropna().tolist())}
+        values = pd.array([mapping.get(v) for v in raw], dtype="string").to_numpy()
+        # present when its first column is (a postcode alone is an address, no identifier)
+        present = texts[0].notna().to_numpy()
         bad = int((present & pd.isna(values)).sum())
         if bad:
             invalid[_REASONS.get(kind, f"{kind}: unusable")] += bad

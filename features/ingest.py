@@ -54,7 +54,13 @@ import pandas as pd
 from features.contract import DUCKDB_TYPES, MAX_OUTCOME_REVENUE, OUTCOMES, TABLES, Column, Table
 from features.files import BadLine, FileError, FileOptions, read_csv
 from features.forget import erase_forgotten
-from features.identity import DEFAULT_PHONE_REGION, check_region, normalise_one
+from features.identity import (
+    DEFAULT_PHONE_REGION,
+    check_region,
+    describe,
+    identifier_values,
+    normalise_one,
+)
 from features.resolve import AmbiguousIdentifierError, identifier_owners, named_owner
 from features.tables import outcomes as outcome_tables
 from features.tables.outcomes import FEEDBACK, UNKNOWN_DECISION, Attribution
@@ -513,12 +519,13 @@ def _identity_columns(source: _Source) -> tuple[str, ...]:
 
 def _name_customers(db: duckdb.DuckDBPyConnection, source: _Source, region: str) -> _Source:
     """Orders and interactions carrying identifier columns (``email``, ``phone``,
-    ``loyalty_card``, ``cookie_id``): a row without ``customer_id`` gets the customer its
-    identifiers name, as the online index and ``/events`` would name it
-    (:func:`features.resolve.identifier_owners` over the warehouse's customers, this
-    batch's included, and their clusters; :func:`features.resolve.named_owner`), each
-    identifier in normal form (:func:`features.identity.normalise_one`). A row with
-    ``customer_id`` keeps it (its identifiers are not read).
+    ``loyalty_card``, ``cookie_id``, ``name`` with ``postcode``): a row without
+    ``customer_id`` gets the customer its identifiers name, as the online index and
+    ``/events`` would name it (:func:`features.resolve.identifier_owners` over the
+    warehouse's customers, this batch's included, and their clusters;
+    :func:`features.resolve.named_owner`), each identifier in normal form
+    (:func:`features.identity.normalise_one`; a name with postcode is one identifier). A
+    row with ``customer_id`` keeps it (its identifiers are not read).
 
     A row whose identifiers name no one customer is quarantined, its reason naming the
     identifier's kind, never its value: ``unusable identifier`` (not an e-mail, not a valid
@@ -549,10 +556,11 @@ def _name_customers(db: duckdb.DuckDBPyConnection, source: _Source, region: str)
     owners: dict[str, dict[str, str]] = {}
     if any(any(v is not None for v in row[:-1]) for row in combos):
         owners = {k: v.to_dict() for k, v in identifier_owners(db, region).items()}
-    normal: dict[tuple[str, str], str | None] = {}
+    normal: dict[tuple[str, object], str | None] = {}
     decided, named = [], 0
     for *values, count in combos:
-        held = {k: str(v) for k, v in zip(kinds, values, strict=True) if v is not None}
+        sent = {k: str(v) for k, v in zip(kinds, values, strict=True) if v is not None}
+        held = identifier_values(sent)  # by kind: name and postcode make one
         for kind, value in held.items():
             if (kind, value) not in normal:
                 normal[(kind, value)] = normalise_one(kind, value, region)
@@ -596,8 +604,8 @@ def _name_customers(db: duckdb.DuckDBPyConnection, source: _Source, region: str)
 
 
 def _named_customer(
-    held: Mapping[str, str],
-    normal: Mapping[tuple[str, str], str | None],
+    held: Mapping[str, object],
+    normal: Mapping[tuple[str, object], str | None],
     owners: Mapping[str, Mapping[str, str]],
 ) -> tuple[str | None, str | None, str | None]:
     """(customer, reason, kind of problem) of one row's identifiers (kind -> value as sent)."""
@@ -605,7 +613,7 @@ def _named_customer(
         return None, None, None  # neither customer_id nor an identifier: "missing"
     unusable = [k for k in held if normal[(k, held[k])] is None]
     if unusable:
-        what = " and ".join(f"{k} is not a usable {k.replace('_', ' ')}" for k in unusable)
+        what = " and ".join(f"{k} is not a usable {describe(k)}" for k in unusable)
         return None, f"customer_id is missing and its {what}", UNUSABLE_IDENTIFIER
     found = {}
     for kind, value in held.items():

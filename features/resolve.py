@@ -4,13 +4,18 @@
    are null and counted.
 2. **Exact rules**: records with the same e-mail, the same personal phone (a mobile) or the
    same loyalty card are one person (a link per record to the first record holding the
-   value; rule ``exact:email`` ...). Cookies never link by themselves (devices are
+   value; rule ``exact:email`` ...), and so are records with the same name with
+   postcode unless two of them hold different mobiles or cards (then it is several
+   people's, :func:`_unconflicted`). Cookies never link by themselves (devices are
    shared), nor do landlines (households are: :func:`features.identity.links_alone`).
 3. **Probabilistic matching** (Splink on DuckDB, a Fellegi-Sunter model): pairs blocked on
-   parts of the e-mail or on the personal phone are compared on e-mail (exact, 1 or 2 edits,
-   Jaro-Winkler of the part before the ``@``), phone, loyalty card and cookie; ``m`` is
-   set (:data:`M_EMAIL`, :data:`M_SAME`), so is ``u`` of the e-mail's agreement levels
-   (:data:`U_EMAIL`), the other ``u`` are estimated by random sampling. A landline is
+   parts of the e-mail, on the personal phone, the card or the postcode are compared on
+   e-mail (exact, 1 or 2 edits, Jaro-Winkler of the part before the ``@``), phone,
+   loyalty card, cookie, name (exact, one edit) and postcode -- name and postcode only
+   where the e-mails do not already agree (:data:`_EMAILS_ALIKE`); ``m`` is set
+   (:data:`M_EMAIL`, :data:`M_SAME`, :data:`M_NAME`, :data:`M_POSTCODE`), so is ``u`` of
+   the e-mail's agreement levels and of a name one edit away (:data:`U_EMAIL`,
+   :data:`U_NAME_EDIT`), the other ``u`` are estimated by random sampling. A landline is
    not compared (null): a household shares it, so agreeing on it says little. Pairs
    whose evidence (the partial match weights summed, in bits) reaches the threshold are
    links (rule ``splink``) with Splink's match weight and probability and each
@@ -38,13 +43,16 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from features.contract import IDENTIFIERS
-from features.identity import DEFAULT_PHONE_REGION, links_alone, normalise
+from features.contract import IDENTIFIER_FIELDS, IDENTIFIERS
+from features.identity import DEFAULT_PHONE_REGION, links_alone, normalise, split_name_postcode
 from features.warehouse import raw
 
-#: identifiers whose equality alone makes two records one person
+#: identifiers whose equality alone makes two records one person (a phone when personal)
 EXACT_KINDS = ("email", "phone", "loyalty_card")
+#: the name with postcode: links by itself only where its records do not disagree
+NAME_POSTCODE = "name_postcode"
 #: the default evidence (log2 of the Bayes factor: the sum of the identifiers' partial
 #: match weights, without the prior) from which a probabilistic pair is a link. Not the
 #: match probability: its prior (that two random records match) falls with the number of
@@ -123,12 +131,19 @@ def clusters_of(ids: pd.Series, links: pd.DataFrame) -> pd.Series:
 
 # --------------------------------------------------------------------------- exact
 def exact_links(ids: pd.DataFrame) -> pd.DataFrame:
-    """Links between records sharing a normalised e-mail, personal phone or loyalty card:
-    each record to the first (smallest id) record with the value, once per pair."""
+    """Links between records sharing a normalised e-mail, personal phone or loyalty card,
+    or a name with postcode whose records hold no two different mobiles or cards
+    (:func:`_unconflicted`): each record to the first (smallest id) record with the
+    value, once per pair."""
     parts = []
-    for kind in EXACT_KINDS:
+    for kind in (*EXACT_KINDS, NAME_POSTCODE):
+        if kind not in ids.columns:
+            continue
         held = ids[["customer_id", kind]].dropna().sort_values("customer_id")
-        held = held[links_alone(kind, held[kind])]
+        if kind == NAME_POSTCODE:
+            held = held[_unconflicted(ids, held)]
+        else:
+            held = held[links_alone(kind, held[kind])]
         first = held.groupby(kind)["customer_id"].transform("first")
         pairs = held.assign(other_customer_id=first)
         pairs = pairs[pairs["customer_id"] != pairs["other_customer_id"]]
@@ -150,6 +165,28 @@ def exact_links(ids: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _unconflicted(ids: pd.DataFrame, held: pd.DataFrame) -> np.ndarray:
+    """Per row of ``held`` (records holding a name with postcode): whether the records
+    holding its value are safely one person, no two of them holding different mobiles
+    (personal phones) or different loyalty cards. A value they disagree on is several
+    people's (a father and son of one name at one address) and, like a shared landline,
+    links nobody by itself: Splink weighs it with the rest. A different e-mail is no
+    disagreement (people change e-mail: that is the case this rule is for)."""
+    rows = ids.set_index("customer_id").loc[held["customer_id"]]
+    phone = rows["phone"].astype("string")
+    mobile = phone.where(pd.Series(links_alone("phone", phone), index=phone.index))
+    facts = pd.DataFrame(
+        {
+            "value": held[NAME_POSTCODE].to_numpy(),
+            "mobile": mobile.to_numpy(),
+            "card": rows["loyalty_card"].astype("string").to_numpy(),
+        }
+    )
+    groups = facts.groupby("value").agg(mobiles=("mobile", "nunique"), cards=("card", "nunique"))
+    safe = groups.index[(groups["mobiles"] <= 1) & (groups["cards"] <= 1)]
+    return facts["value"].isin(safe).to_numpy()
+
+
 # --------------------------------------------------------------------------- probabilistic
 #: m probabilities (the chance of each level for two records of one person), set from how
 #: identifiers differ between one person's records rather than learned: a demo-sized
@@ -157,12 +194,32 @@ def exact_links(ids: pd.DataFrame) -> pd.DataFrame:
 #: u probabilities (the same for two different persons) are estimated from the data.
 M_EMAIL = (0.55, 0.25, 0.05, 0.05, 0.10)  # exact, one edit, two edits, similar user, else
 M_SAME = {"phone": 0.8, "loyalty_card": 0.9, "cookie_id": 0.2}
+#: m of the name (exact, one edit: a typo, different) and of the postcode (exact,
+#: different: moved house, or a typo)
+M_NAME = (0.88, 0.08, 0.04)
+M_POSTCODE = 0.85
+#: u of a name one edit away (the chance for two different persons): set like
+#: :data:`U_EMAIL`; exact names and postcodes are common enough for sampling to estimate
+U_NAME_EDIT = 1e-4
+#: what Splink compares (its partial match weights ``mw_<name>``; the evidence's parts)
+COMPARED = ("email", "phone", "loyalty_card", "cookie_id", "name", "postcode")
 
 
 #: u probabilities of the e-mail's agreement levels (the chance for two different persons),
 #: set: random pairs almost never show them, so sampling cannot estimate them at any
 #: affordable sample size (it would fall back to defaults on a large warehouse)
 U_EMAIL = (1e-7, 1e-5, 1e-4, 1e-3)  # exact, one edit, two edits, similar user
+
+
+#: two records' e-mails agree at one of the e-mail's levels above "different". E-mails are
+#: made of names, so two persons of one name often have such e-mails (``jo.lee12@...``,
+#: ``jo.lee21@...``): then the name with postcode is not compared (null: no evidence
+#: either way), only where the e-mails do not already say the name (a changed e-mail, no
+#: e-mail), so one agreement is not counted twice
+_EMAILS_ALIKE = (
+    "(damerau_levenshtein(email_l, email_r) <= 2 "
+    "OR jaro_winkler_similarity(email_user_l, email_user_r) >= 0.9)"
+)
 
 
 def _level(sql: str, label: str, m: float, u: float | None = None) -> dict[str, Any]:
@@ -225,12 +282,42 @@ def _splink_settings() -> Any:
                 )
                 for kind, m in M_SAME.items()
             ),
+            cl.CustomComparison(
+                output_column_name="name",
+                comparison_levels=[
+                    {  # e-mails alike already say the name: not counted twice
+                        "sql_condition": f"name_l IS NULL OR name_r IS NULL OR {_EMAILS_ALIKE}",
+                        "is_null_level": True,
+                    },
+                    _level("name_l = name_r", "exact", M_NAME[0]),
+                    _level(
+                        "damerau_levenshtein(name_l, name_r) <= 1",
+                        "one edit",
+                        M_NAME[1],
+                        U_NAME_EDIT,
+                    ),
+                    _level("ELSE", "different", M_NAME[2]),
+                ],
+            ),
+            cl.CustomComparison(
+                output_column_name="postcode",
+                comparison_levels=[
+                    {
+                        "sql_condition": "postcode_l IS NULL OR postcode_r IS NULL OR "
+                        f"{_EMAILS_ALIKE}",
+                        "is_null_level": True,
+                    },
+                    _level("postcode_l = postcode_r", "same", M_POSTCODE),
+                    _level("ELSE", "different", 1.0 - M_POSTCODE),
+                ],
+            ),
         ],
         blocking_rules_to_generate_predictions=[
             block_on("email_domain", "substr(email_user, 1, 4)"),
             block_on("email_domain", "right(email_user, 4)"),
             block_on("phone"),
             block_on("loyalty_card"),
+            block_on("postcode"),
         ],
         retain_intermediate_calculation_columns=True,
         retain_matching_columns=False,
@@ -240,9 +327,10 @@ def _splink_settings() -> Any:
 def _evidence(pairs: pd.DataFrame) -> list[str]:
     """Each pair's partial match weight per compared identifier (``email +7.9, phone 0.0,
     ...``: what decided it, without any value)."""
-    kinds = ("email", "phone", "loyalty_card", "cookie_id")
-    weights = pairs[[f"mw_{k}" for k in kinds]].to_numpy(dtype=float)
-    return [", ".join(f"{k} {w:+.1f}" for k, w in zip(kinds, row, strict=True)) for row in weights]
+    weights = pairs[[f"mw_{k}" for k in COMPARED]].to_numpy(dtype=float)
+    return [
+        ", ".join(f"{k} {w:+.1f}" for k, w in zip(COMPARED, row, strict=True)) for row in weights
+    ]
 
 
 def probabilistic_links(ids: pd.DataFrame, threshold: float, seed: int = 42) -> pd.DataFrame:
@@ -258,7 +346,8 @@ def probabilistic_links(ids: pd.DataFrame, threshold: float, seed: int = 42) -> 
     user = frame["email"].str.split("@").str[0]
     frame["email_user"] = user
     frame["email_domain"] = frame["email"].str.split("@").str[1]
-    columns = ["customer_id", *IDENTIFIERS, "email_user", "email_domain"]
+    frame["name"], frame["postcode"] = split_name_postcode(frame[NAME_POSTCODE].astype("string"))
+    columns = ["customer_id", *COMPARED, "email_user", "email_domain"]
     frame = frame[columns].astype(object).where(frame[columns].notna(), None)
     empty = pd.DataFrame(
         columns=[
@@ -276,18 +365,28 @@ def probabilistic_links(ids: pd.DataFrame, threshold: float, seed: int = 42) -> 
     db = duckdb.connect()
     try:
         api = DuckDBAPI(db)
-        df = api.register(frame)
+        # text columns whatever they hold (all null, DuckDB would read integers)
+        typed = pa.Table.from_pandas(
+            frame, schema=pa.schema([(c, pa.string()) for c in columns]), preserve_index=False
+        )
+        df = api.register(typed)
         linker = Linker(df, _splink_settings(), log_level=None)
         linker.training.estimate_probability_two_random_records_match(
             [block_on("email"), block_on("phone"), block_on("loyalty_card")], recall=0.9
         )
+        # no record shares one of those (no duplicates, or only households): Splink's
+        # estimate is 0, whose log it cannot take; one pair in all is the floor (the prior
+        # moves the reported match weight and probability only, never a link's evidence)
+        settings = linker._settings_obj
+        if not settings._probability_two_random_records_match > 0:
+            settings._probability_two_random_records_match = 2 / (len(frame) * (len(frame) - 1))
         linker.training.estimate_u_using_random_sampling(max_pairs=U_PAIRS, seed=seed)
         pairs = linker.inference.predict().as_pandas_dataframe()
     finally:
         db.close()
     if pairs.empty:
         return empty
-    partial = pairs[[f"mw_{k}" for k in IDENTIFIERS]].to_numpy(dtype=float).sum(axis=1)
+    partial = pairs[[f"mw_{k}" for k in COMPARED]].to_numpy(dtype=float).sum(axis=1)
     pairs = pairs[partial >= threshold]
     left, right = pairs["customer_id_l"].astype(str), pairs["customer_id_r"].astype(str)
     return pd.DataFrame(
@@ -314,7 +413,7 @@ def resolve(
         raise ValueError(f"threshold must be a positive number of bits, got {threshold}")
     db = raw(con)
     customers = db.execute(
-        "SELECT customer_id, " + ", ".join(f'"{k}"' for k in IDENTIFIERS) + " FROM customers"
+        "SELECT customer_id, " + ", ".join(f'"{c}"' for c in IDENTIFIER_FIELDS) + " FROM customers"
     ).df()
     done = normalise(customers, region)
     exact = exact_links(done.frame)
@@ -420,7 +519,9 @@ def identifier_owners(
     that record was forgotten) or, never resolved, the customer. A value held by several
     clusters names the smallest when its kind links records by itself (an e-mail, a
     loyalty card: the exact rules make them one person), and nobody (:data:`AMBIGUOUS`)
-    when it does not (a cookie, a shared phone: devices and households are shared).
+    when it does not (a cookie, a shared phone, a name with postcode: devices and
+    households are shared, and a name with postcode several persons hold -- resolution
+    did not join them -- is a father and son of one name at one address).
     ``con``: the warehouse, or its DuckDB connection (ingest's, inside its transaction)."""
     db = con if isinstance(con, duckdb.DuckDBPyConnection) else raw(con)
     tables = {str(r[0]) for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
@@ -431,7 +532,7 @@ def identifier_owners(
             "LEFT JOIN customers o ON o.customer_id = k.cluster_id"
         )
         owner = "coalesce(o.customer_id, c.customer_id)"
-    columns = ", ".join(f'c."{kind}"' for kind in IDENTIFIERS)
+    columns = ", ".join(f'c."{column}"' for column in IDENTIFIER_FIELDS)
     where, params = "", {}
     if as_of is not None:
         where, params = "WHERE c.signup_at < $as_of", {"as_of": as_of}
@@ -446,7 +547,7 @@ def identifier_owners(
         held = done[["owner", kind]].dropna().drop_duplicates()
         owners = held.groupby(kind)["owner"].agg(["min", "nunique"])
         shared = owners["nunique"] > 1
-        if kind not in EXACT_KINDS:  # a cookie shared by several persons names nobody
+        if kind not in EXACT_KINDS:  # a shared cookie, name with postcode: nobody
             owners.loc[shared, "min"] = AMBIGUOUS
         elif kind == "phone" and shared.any():  # a household's phone names nobody
             linking = links_alone(kind, pd.Series(owners.index[shared], dtype="string"))
@@ -488,11 +589,17 @@ def clusters_as_of(con: Any, as_of: datetime | None = None) -> pd.DataFrame:
         return db.execute(f"SELECT customer_id, cluster_id FROM {CLUSTERS}").df()
     if CHANGES not in tables:
         return pd.DataFrame({"customer_id": [], "cluster_id": []}, dtype="string")
-    return db.execute(
+    return db.execute(clusters_as_of_sql("$as_of"), {"as_of": as_of}).df()
+
+
+def clusters_as_of_sql(as_of: str) -> str:
+    """The query of :func:`clusters_as_of` (needs ``identity_changes``), the instant given
+    as SQL (a parameter such as ``$as_of``), for callers that read it inside their own
+    query (the online records of merged persons, :mod:`features.online.materialize`)."""
+    return (
         f"SELECT customer_id, arg_max(cluster_id, changed_at) AS cluster_id FROM {CHANGES} "
-        "WHERE changed_at <= ? GROUP BY customer_id",
-        [as_of],
-    ).df()
+        f"WHERE changed_at <= {as_of} GROUP BY customer_id"
+    )
 
 
 #: the tables a person's history is made of (customer_id rewritten to the person's)

@@ -1159,6 +1159,8 @@ def _customers_frame(pop: _Population, ids: pa.Array, who: Identities) -> pd.Dat
             "phone": pd.array(who.phone, dtype="str"),
             "loyalty_card": pd.array(who.loyalty_card, dtype="str"),
             "cookie_id": pd.array(who.cookie_id, dtype="str"),
+            "name": pd.array(who.name, dtype="str"),
+            "postcode": pd.array(who.postcode, dtype="str"),
         },
     )
 

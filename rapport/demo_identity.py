@@ -13,13 +13,27 @@ the person behind an earlier one, made one of these ways (``how`` in the truth):
   same loyalty card sometimes;
 * ``second_cookie``: the same e-mail written differently, no phone, a new cookie (the
   person on another device);
-* ``card``: a store record with the same loyalty card and nothing else.
+* ``card``: a store record with the same loyalty card and no other identifier but
+  the name with postcode.
+
+**Names and addresses** (drawn after everything else, :func:`_addresses`, so the other
+identifiers stay as they were): :data:`P_ADDRESS` of the records hold the person's full
+name and postcode (a UK postcode drawn from a pool :data:`POSTCODES_PER_RECORD` times
+as large as the population, so some neighbours share one), written in the record's own
+style (capitals, a title, extra spaces, an accent kept or dropped; the postcode with or
+without its space). A second record's name has one typing error with chance
+:data:`NAME_TYPO`, and its postcode is a new one with chance :data:`MOVED` (the person
+moved house). Household members share the postcode, each with a first name of their own
+(not one letter from another member's), and most share the family name (in the name
+column; their e-mails keep the name they were made with). Which records are one person
+stays the truth's ``person_id``, whatever the noise.
 
 **Households** (:data:`HOUSEHOLD_SHARE` of the persons, two or three each) share a
 landline: every member's records give the household's number as their phone (written in
 their own style), so two *different* persons hold the same phone. The truth says they
 are different persons (``person_id``), which is what keeps resolution from merging them
-on the phone alone (:func:`features.identity.links_alone`: a landline is no evidence).
+on the phone alone (:func:`features.identity.links_alone`: a landline is no evidence),
+nor on the postcode (a name with postcode is a person's only with the first name).
 
 The second record's events and behaviour are those of the simulated customer the record
 was drawn for: the truth says only which records belong to one person
@@ -72,6 +86,21 @@ HOUSEHOLD_SHARE = 0.12
 #: UK geographic area codes (London, Manchester, Glasgow, Liverpool) followed by seven
 #: digits: numbers phonenumbers accepts as valid fixed lines
 LANDLINE_PREFIXES = ("0207", "0208", "0161", "0141", "0151")
+#: chance that a record holds a name with postcode; that a second record's name has a typo;
+#: that a second record's postcode is another (moved house); that a household member
+#: takes the household's family name
+P_ADDRESS, NAME_TYPO, MOVED, SAME_FAMILY_NAME = 0.9, 0.1, 0.1, 0.7
+#: postcodes in the pool per record: the simulator has 2,250 full names where a real
+#: population has far more, so a pool as large as the population (one person a postcode)
+#: made two unrelated persons of one name at one postcode about a thousand times likelier
+#: than they are (a UK postcode holds some 40 people among 1.7 million postcodes)
+POSTCODES_PER_RECORD = 10
+#: UK postcode areas (outward code: area, district; inward: sector digit, two unit letters)
+POSTCODE_AREAS = ("SW", "SE", "N", "E", "W", "NW", "M", "G", "L", "B", "LS", "BS", "CF")
+POSTCODE_UNIT_LETTERS = "ABDEFGHJLNPQRSTUWXYZ"
+NAME_TITLES = ("Mr", "Mrs", "Ms", "Dr")
+#: how some first names are written with their accent
+ACCENTED = {"chloe": "chloé", "aisha": "aïsha", "fatima": "fátima"}
 
 
 @dataclass(frozen=True)
@@ -83,11 +112,18 @@ class Identities:
     loyalty_card: list[str | None]
     cookie_id: list[str | None]
     truth: pd.DataFrame
+    name: list[str | None]
+    postcode: list[str | None]
 
 
 def _typo(rng: np.random.Generator, text: str) -> str:
     """One typing error in the part before the ``@``."""
     local, _, domain = text.partition("@")
+    return f"{_one_edit(rng, local)}@{domain}"
+
+
+def _one_edit(rng: np.random.Generator, local: str) -> str:
+    """A letter of ``local`` dropped, doubled, swapped or replaced by a keyboard neighbour."""
     i = int(rng.integers(0, len(local)))
     kind = int(rng.integers(0, 4))
     if kind == 0 and len(local) > 3:  # dropped
@@ -101,7 +137,7 @@ def _typo(rng: np.random.Generator, text: str) -> str:
         c = local[i]
         j = row.find(c)
         local = local[:i] + (row[(j + 1) % len(row)] if j >= 0 else "x") + local[i + 1 :]
-    return f"{local}@{domain}"
+    return local
 
 
 def _written(choice: int, email: str) -> str:
@@ -134,11 +170,12 @@ def _households(
     how: np.ndarray,
     phone: list[str | None],
     style: np.ndarray,
-) -> None:
+) -> list[np.ndarray]:
     """Group :data:`HOUSEHOLD_SHARE` of the persons into households of two or three sharing
     a landline: each member's original record, and those of their second records that
     carry a phone, give the household's number instead (``phone`` changed in place).
-    Drawn after every other identity, so the rest of the identities stay as they were."""
+    Drawn after every other identity, so the rest of the identities stay as they were.
+    Returns the households (their persons)."""
     persons = np.flatnonzero(how == "original")
     members = rng.permutation(persons)[: int(HOUSEHOLD_SHARE * len(persons))]
     sizes = rng.choice((2, 3), size=len(members), p=(0.6, 0.4))
@@ -155,6 +192,96 @@ def _households(
         line = line_of.get(int(p))
         if line is not None and (j == p or phone[j] is not None):
             phone[j] = _phone_written(int(style[j]), line, LANDLINE_GROUPS)
+    return [members[a:b] for a, b in zip(starts, ends, strict=True)]
+
+
+def _postcodes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` UK-style postcodes (``SW12 3AB``), drawn independently (some repeat)."""
+    area = np.asarray(POSTCODE_AREAS)[rng.integers(0, len(POSTCODE_AREAS), n)]
+    district = rng.integers(1, 21, n)
+    sector = rng.integers(0, 10, n)
+    units = np.asarray(list(POSTCODE_UNIT_LETTERS))[rng.integers(0, 20, (2, n))]
+    return np.array(
+        [f"{a}{d} {s}{u}{v}" for a, d, s, u, v in zip(area, district, sector, *units, strict=True)]
+    )
+
+
+def _name_written(rng: np.random.Generator, first: str, last: str) -> str:
+    """A full name as one record writes it (case, a title, spaces, the accent)."""
+    first = ACCENTED.get(first, first) if rng.random() < 0.5 else first
+    choice = int(rng.integers(0, 4))
+    if choice == 0:
+        return f"{first.title()} {last.title()}"
+    if choice == 1:
+        return f"{first} {last}".upper()
+    if choice == 2:
+        return f" {first}  {last} "
+    return f"{NAME_TITLES[int(rng.integers(0, len(NAME_TITLES)))]} {first.title()} {last.title()}"
+
+
+def _near(a: str, b: str) -> bool:
+    """Whether two names are the same or one edit apart (``sara``, ``zara``): a family
+    does not give two members such names, and the simulator's short list of first names
+    would make it far likelier than it is."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        swapped = len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+        return len(diff) == 1 or (swapped and a[diff[1]] == b[diff[0]])
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
+def _addresses(
+    rng: np.random.Generator,
+    person: np.ndarray,
+    how: np.ndarray,
+    first: np.ndarray,
+    last: np.ndarray,
+    homes: list[np.ndarray],
+) -> tuple[list[str | None], list[str | None]]:
+    """Every record's name and postcode as written (None: absent; see the module doc):
+    the person's (first and last drawn for their original record), household members at
+    the household's postcode with first names of their own and mostly its family name; a
+    second record with a typo in the name (:data:`NAME_TYPO`) or at a new postcode
+    (:data:`MOVED`)."""
+    n = len(person)
+    pool = _postcodes(rng, max(n, 1) * POSTCODES_PER_RECORD)
+    home = pool[rng.integers(0, len(pool), n)]  # indexed by person (an original's record)
+    given, family = first.astype(object).copy(), last.astype(object).copy()
+    for members in homes:
+        head = int(members[0])
+        taken = {given[head]}
+        for p in members[1:]:
+            p = int(p)
+            home[p] = home[head]
+            if rng.random() < SAME_FAMILY_NAME:
+                family[p] = family[head]
+            while any(_near(str(given[p]), t) for t in taken):
+                given[p] = FIRST[int(rng.integers(0, len(FIRST)))]
+            taken.add(given[p])
+    has = rng.random(n) < P_ADDRESS
+    typo = rng.random(n) < NAME_TYPO
+    moved = rng.random(n) < MOVED
+    name: list[str | None] = [None] * n
+    postcode: list[str | None] = [None] * n
+    for j in range(n):
+        if not has[j]:
+            continue
+        p, second = int(person[j]), how[j] != "original"
+        given_j, family_j = str(given[p]), str(family[p])
+        if second and typo[j]:
+            family_j = _one_edit(rng, family_j)
+        name[j] = _name_written(rng, given_j, family_j)
+        code = str(pool[int(rng.integers(0, len(pool)))]) if second and moved[j] else str(home[p])
+        written = int(rng.integers(0, 3))
+        postcode[j] = (
+            code if written == 0 else code.replace(" ", "").lower() if written == 1 else f" {code} "
+        )
+    return name, postcode
 
 
 def identities(rng: np.random.Generator, ids: list[str]) -> Identities:
@@ -223,7 +350,8 @@ def identities(rng: np.random.Generator, ids: list[str]) -> Identities:
             cookie[j] = cookies[j]
         else:  # card: a store record
             card[j] = card[i]
-    _households(rng, person, how, phone, style[1])
+    homes = _households(rng, person, how, phone, style[1])
+    name, postcode = _addresses(rng, person, how, first, last, homes)
     truth = pd.DataFrame(
         {
             "customer_id": pd.array(ids, dtype="string"),
@@ -231,4 +359,4 @@ def identities(rng: np.random.Generator, ids: list[str]) -> Identities:
             "how": pd.array(how.tolist(), dtype="string"),
         }
     )
-    return Identities(email, phone, card, cookie, truth)
+    return Identities(email, phone, card, cookie, truth, name, postcode)

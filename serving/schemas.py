@@ -9,7 +9,8 @@ a test holds them equal, so a contract change cannot leave the service behind.
 Timestamps without a time zone are read as UTC, as ingest does.
 
 Events and ``/score`` name their customer by ``customer_id`` *or* by identifiers
-(:class:`Identified`: ``email``, ``phone``, ``loyalty_card``, ``cookie_id``), which the
+(:class:`Identified`: ``email``, ``phone``, ``loyalty_card``, ``cookie_id``, ``name`` with
+``postcode``), which the
 service resolves against the online identifier index (:mod:`features.online.identifiers`).
 """
 
@@ -28,8 +29,13 @@ from pydantic import (
     model_validator,
 )
 
-from features.contract import IDENTIFIERS, INTERACTION_CHANNELS, MAX_OUTCOME_REVENUE
-from features.identity import normalise_email, normalise_phone
+from features.contract import IDENTIFIER_FIELDS, INTERACTION_CHANNELS, MAX_OUTCOME_REVENUE
+from features.identity import (
+    normalise_email,
+    normalise_name,
+    normalise_phone,
+    normalise_postcode,
+)
 from features.timeutil import as_utc
 from models.results import CustomerScore
 from rapport.settings import get_settings
@@ -76,7 +82,23 @@ def _phone(value: str) -> str:
     return value
 
 
+def _name(value: str) -> str:
+    if normalise_name(value) is None:
+        raise ValueError("is not a full name (a given and a family name, letters only)")
+    return value
+
+
+def _postcode(value: str) -> str:
+    if normalise_postcode(value) is None:
+        raise ValueError("is not a postcode (3 to 10 letters and digits, with a digit)")
+    return value
+
+
 _Token = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+_Name = Annotated[str, StringConstraints(min_length=3, max_length=200), AfterValidator(_name)]
+_Postcode = Annotated[
+    str, StringConstraints(min_length=3, max_length=16), AfterValidator(_postcode)
+]
 Email = Annotated[str, StringConstraints(min_length=3, max_length=254), AfterValidator(_email)]
 Phone = Annotated[str, StringConstraints(min_length=3, max_length=64), AfterValidator(_phone)]
 
@@ -94,19 +116,29 @@ class Identified(BaseModel):
     )
     loyalty_card: _Token | None = Field(default=None, description="In place of customer_id.")
     cookie_id: _Token | None = Field(default=None, description="In place of customer_id.")
+    name: _Name | None = Field(
+        default=None, description="With postcode, in place of customer_id: a full name."
+    )
+    postcode: _Postcode | None = Field(default=None, description="With name.")
 
     @model_validator(mode="after")
     def _one_way(self) -> Identified:
-        given = [k for k in IDENTIFIERS if getattr(self, k) is not None]
+        given = [k for k in IDENTIFIER_FIELDS if getattr(self, k) is not None]
         if getattr(self, "customer_id", None) is None and not given:
-            raise ValueError("send customer_id or an identifier (" + ", ".join(IDENTIFIERS) + ")")
+            raise ValueError(
+                "send customer_id or an identifier ("
+                + ", ".join(IDENTIFIER_FIELDS[:-2])
+                + ", or name with postcode)"
+            )
+        if (self.name is None) != (self.postcode is None):
+            raise ValueError("name and postcode go together: send both, or neither")
         if getattr(self, "customer_id", None) is not None and given:
             raise ValueError("send customer_id or identifiers, not both")
         return self
 
     def identifiers(self) -> dict[str, str]:
         """The identifiers given, by kind."""
-        return {k: v for k in IDENTIFIERS if (v := getattr(self, k)) is not None}
+        return {k: v for k in IDENTIFIER_FIELDS if (v := getattr(self, k)) is not None}
 
 
 # --------------------------------------------------------------------------- scoring

@@ -1,4 +1,5 @@
-"""The online identifier index: an e-mail, a phone, a card or a cookie -> one customer, live.
+"""The online identifier index: an e-mail, a phone, a card, a cookie or a name with postcode
+-> one customer, live.
 
 Events rarely carry the company's customer id (a chat has the e-mail the person typed, the
 call center a phone number). ``POST /events`` and ``POST /score`` therefore take an
@@ -14,8 +15,9 @@ from the index the online store keeps (:meth:`features.online.store.OnlineStore.
   too): the customer's cluster (``identity_clusters``, the latest ``rapport resolve``) or,
   never resolved, the customer. An e-mail, a card or a mobile held by several clusters
   names the smallest (the exact rules of :mod:`features.resolve` make them one person); a
-  cookie or a landline held by several is *ambiguous* (devices and household phones are
-  shared) and answers 409. A load adds and replaces entries; it does not remove the
+  cookie, a landline or a name with postcode held by several is *ambiguous* (devices and
+  household phones are shared; a father and son may share a name and an address) and
+  answers 409. A load adds and replaces entries; it does not remove the
   entries of identifiers no longer in the warehouse (``rapport forget`` removes a person's,
   :meth:`OnlineStore.delete_identifiers`);
 * **provisional customers** (:func:`route_events`): an event whose identifiers nobody holds
@@ -40,11 +42,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from features.batch import micros
-from features.contract import IDENTIFIERS, TABLES
+from features.contract import IDENTIFIER_FIELDS, TABLES
 from features.identity import (
     PROVISIONAL_PREFIX,
     check_region,
+    describe,
     hash_identifier,
+    identifier_values,
     identity_key,
     normalise_one,
     provisional_id,
@@ -79,18 +83,21 @@ class IdentityIndex:
         return cls(identity_key(settings.identity_key_path), check_region(settings.phone_region))
 
     def hashes(self, identifiers: Mapping[str, Any]) -> list[tuple[str, str]]:
-        """``(kind, hash)`` of the identifiers given (not None), in the order of
-        :data:`features.contract.IDENTIFIERS`; raises :class:`UnusableIdentifierError`."""
-        out = []
-        for kind in IDENTIFIERS:
-            value = identifiers.get(kind)
-            if value is None:
-                continue
-            normal = normalise_one(kind, value, self.region)
-            if normal is None:
-                raise UnusableIdentifierError(f"{kind}: not a usable {kind.replace('_', ' ')}")
-            out.append((kind, hash_identifier(self.key, kind, normal)))
-        return out
+        """``(kind, hash)`` of the identifiers given (column -> value, not None: ``name``
+        and ``postcode`` make one), in the order of :data:`features.contract.IDENTIFIERS`;
+        raises :class:`UnusableIdentifierError`."""
+        return [
+            (kind, self.hash_one(kind, value))
+            for kind, value in identifier_values(identifiers).items()
+        ]
+
+    def hash_one(self, kind: str, value: Any) -> str:
+        """The keyed hash of one identifier of ``kind`` as given (a name with postcode:
+        the pair); :class:`UnusableIdentifierError` when it has no normal form."""
+        normal = normalise_one(kind, value, self.region)
+        if normal is None:
+            raise UnusableIdentifierError(f"{kind}: not a usable {describe(kind)}")
+        return hash_identifier(self.key, kind, normal)
 
 
 # --------------------------------------------------------------------------- load
@@ -201,7 +208,7 @@ def _route(
     for table, rows in rows_by_table.items():
         out = routed.rows.setdefault(table, [])
         for i, row in enumerate(rows):
-            clean = {k: v for k, v in row.items() if k not in IDENTIFIERS}
+            clean = {k: v for k, v in row.items() if k not in IDENTIFIER_FIELDS}
             event_id = str(row[TABLES[table].id_column])
             if (table, i) not in hashed:
                 customer, how, provisional = str(row["customer_id"]), "customer_id", False
@@ -251,7 +258,7 @@ def _provisional(
             {
                 "customer_id": customer,
                 "signup_at": signup_at,
-                **{kind: row[kind] for kind in IDENTIFIERS if row.get(kind) is not None},
+                **{c: row[c] for c in IDENTIFIER_FIELDS if row.get(c) is not None},
             }
         )
     return customer

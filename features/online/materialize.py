@@ -43,6 +43,7 @@ from features.online.events import (
 from features.online.identifiers import IdentityIndex, load_index
 from features.online.record import Record, append_events, record_columns
 from features.online.store import open_store, redact_url
+from features.resolve import CHANGES, clusters_as_of_sql
 from features.spec import FeatureSpec, default_spec
 from features.tables.segments import load_version
 from features.timeutil import as_utc
@@ -65,6 +66,10 @@ EVENTS_PER_PARTITION = 2_000_000
 Progress = Callable[[str], None]
 
 
+#: the query's names for the merged persons' members and their first signup
+_PERSONS, _FIRST = "_rapport_persons", "_rapport_first_signup"
+
+
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -76,34 +81,64 @@ def _value_sql(table: str, column: str) -> str:
     return _ident(column)
 
 
-def records_sql(spec: FeatureSpec, parts: int = 1, part: int = 0) -> str:
+def records_sql(spec: FeatureSpec, parts: int = 1, part: int = 0, persons: bool = False) -> str:
     """One row per customer known before ``$as_of``, with one ``list(struct)`` per source,
     for the customers with ``hash(customer_id) % parts = part``.
+
+    ``persons`` (the warehouse holds ``identity_changes``): a merged person's record, the
+    one of their cluster id, holds the events of every record of the cluster and the
+    earliest signup, as :func:`features.resolve.merge_histories` builds them for the
+    batch -- with the clusters resolution knew at ``$as_of``
+    (:func:`features.resolve.clusters_as_of`: a merge learned later changes nothing).
+    The other records of the cluster keep their own record and events.
 
     The partition is written as literals: as parameters, DuckDB does not push the filter
     into the scans and each partition costs a full pass (10x slower).
     """
     mine = f"hash(customer_id) % {int(parts)} = {int(part)}"
     ctes, joins, selects = [], [], []
+    if persons:  # members whose cluster id names another customer, as of the cutoff
+        ctes.append(
+            f"{_PERSONS} AS (SELECT k.customer_id, k.cluster_id FROM "
+            f"({clusters_as_of_sql('$as_of')}) k JOIN customers c ON c.customer_id = "
+            "k.cluster_id WHERE k.cluster_id <> k.customer_id)"
+        )
     for table, columns in record_columns(spec).items():
         time_col = TABLES[table].time_column
         fields = ", ".join(f"{_ident(c)}: {_value_sql(table, c)}" for c in columns)
+        source = _ident(table)
+        if persons:  # each event also under its record's cluster id
+            source = (
+                f"(SELECT * FROM {source} UNION ALL BY NAME SELECT e.* REPLACE "
+                f"(p.cluster_id AS customer_id) FROM {source} e JOIN {_PERSONS} p "
+                "ON p.customer_id = e.customer_id)"
+            )
         ctes.append(
             f"{_ident('ev_' + table)} AS (SELECT customer_id, list({{{fields}}}) "
-            f"AS events FROM {_ident(table)} WHERE {_ident(time_col)} < $as_of AND {mine} "
+            f"AS events FROM {source} WHERE {_ident(time_col)} < $as_of AND {mine} "
             "GROUP BY customer_id)"
         )
         joins.append(f"LEFT JOIN {_ident('ev_' + table)} USING (customer_id)")
         selects.append(f"{_ident('ev_' + table)}.events AS {_ident(table)}")
+    signup = "signup_at"
+    if persons:  # a person signed up with their first record
+        ctes.append(
+            f"{_FIRST} AS (SELECT p.cluster_id AS customer_id, min(c.signup_at) AS first "
+            f"FROM {_PERSONS} p JOIN customers c ON c.customer_id = p.customer_id GROUP BY 1)"
+        )
+        joins.append(f"LEFT JOIN {_FIRST} USING (customer_id)")
+        signup = f"least(signup_at, {_FIRST}.first)"
     attrs = ", ".join(
-        _value_sql(CUSTOMERS.name, c) + f" AS {_ident(c)}" for c in CUSTOMER_ATTRIBUTES
+        (f"epoch_us({signup})" if c == "signup_at" else _value_sql(CUSTOMERS.name, c))
+        + f" AS {_ident(c)}"
+        for c in CUSTOMER_ATTRIBUTES
     )
     return (
         "WITH "
         + ", ".join(ctes)
         + f" SELECT {attrs}, {', '.join(selects)} FROM customers "
         + " ".join(joins)
-        + f" WHERE signup_at < $as_of AND {mine}"
+        + f" WHERE {signup} < $as_of AND {mine}"
     )
 
 
@@ -139,9 +174,12 @@ def iter_records(
     events = sum(_count(db, table) for table in record_columns(spec))
     parts = max(1, -(-events // EVENTS_PER_PARTITION))
     params = {"as_of": as_utc(as_of)}
+    tables = {str(r[0]) for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    persons = CHANGES in tables  # resolution has run: merged persons' records
 
     def fetch(part: int) -> pa.Table:
-        return db.cursor().execute(records_sql(spec, parts, part), params).to_arrow_table()
+        sql = records_sql(spec, parts, part, persons)
+        return db.cursor().execute(sql, params).to_arrow_table()
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(fetch, 0)

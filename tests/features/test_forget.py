@@ -12,9 +12,9 @@ import pandas as pd
 from click.testing import CliRunner
 from sample_data import trained_home
 
-from features.contract import IDENTIFIERS
+from features.contract import IDENTIFIER_FIELDS
 from features.forget import customer_hash
-from features.identity import normalise_one
+from features.identity import identifier_values, normalise_one
 from features.online.events import OPEN_SUFFIX
 from features.online.identifiers import IdentityIndex
 from features.online.store import open_store
@@ -56,12 +56,12 @@ def _identifier_hashes(customers: pd.DataFrame, customer: str) -> list[str]:
     hashes them with the workspace's key)."""
     index = IdentityIndex.of(get_settings())
     row = customers.loc[customers["customer_id"] == customer].iloc[0]
-    usable = {
-        kind: row[kind]
-        for kind in IDENTIFIERS
-        if normalise_one(kind, row[kind], index.region) is not None
-    }
-    return [h for _, h in index.hashes(usable)]
+    given = {c: row[c] for c in IDENTIFIER_FIELDS if c in row.index and pd.notna(row[c])}
+    return [
+        index.hash_one(kind, value)
+        for kind, value in identifier_values(given).items()
+        if normalise_one(kind, value, index.region) is not None
+    ]
 
 
 def _prepare(home: Path) -> tuple[str, str]:
@@ -224,9 +224,9 @@ def test_quarantined_rows_naming_a_forgotten_person_by_identifier_go_too(
     ensure_contract_tables(con)
     db = raw(con)
     db.execute(
-        "INSERT INTO customers (customer_id, signup_at, email, phone) VALUES "
-        "('C1', '2024-01-01', 'Ann.Lee@Example.com', NULL), "
-        "('C2', '2024-01-01', 'bob@example.com', NULL)"
+        "INSERT INTO customers (customer_id, signup_at, email, phone, name, postcode) VALUES "
+        "('C1', '2024-01-01', 'Ann.Lee@Example.com', NULL, 'Ann Lee', 'SW1A 1AA'), "
+        "('C2', '2024-01-01', 'bob@example.com', NULL, 'Bob Lee', 'SW1A 1AA')"
     )
     db.execute(
         "CREATE TABLE quarantine (table_name VARCHAR, source_file VARCHAR, row_json VARCHAR, "
@@ -242,16 +242,25 @@ def test_quarantined_rows_naming_a_forgotten_person_by_identifier_go_too(
 
     quarantine(" ann.lee@EXAMPLE.com ", "2024-05-01")
     quarantine("bob@example.com", "2024-05-01")
+    # a row naming her by name with postcode only (any spelling), and one naming Bob so
+    by_name = [("Ms ANN  LEE", "sw1a1aa"), ("Bob Lee", "SW1A 1AA")]
+    for name, postcode in by_name:
+        row = json.dumps({"order_id": f"o-{name}", "name": name, "postcode": postcode})
+        db.execute(
+            "INSERT INTO quarantine VALUES ('orders', 'f.csv', ?, 'unknown identifier', ?)",
+            [row, "2024-05-01"],
+        )
     now = datetime(2024, 6, 1, tzinfo=UTC)
     forget(con, None, "C1", now, outbox=tmp_path / "outbox", files=[])
     left = [
-        json.loads(r[0])["email"] for r in db.execute("SELECT row_json FROM quarantine").fetchall()
+        json.loads(r[0]).get("email") or json.loads(r[0])["name"]
+        for r in db.execute("SELECT row_json FROM quarantine").fetchall()
     ]
-    assert left == ["bob@example.com"]
+    assert sorted(left) == ["Bob Lee", "bob@example.com"]
     stored = {r[0] for r in db.execute(f"SELECT mark FROM {FORGOTTEN_IDENTIFIERS}").fetchall()}
-    assert len(stored) == 1 and not any("ann" in m for m in stored)  # a hash only
+    assert len(stored) == 2 and not any("ann" in m or "lee" in m for m in stored)  # hashes
     # a stale export later: its quarantined row goes at the ingest's end
     quarantine("ANN.LEE@example.com", "2024-07-01")
     assert erase_forgotten(db, datetime(2024, 7, 1, tzinfo=UTC)) == 1
-    assert db.execute("SELECT count(*) FROM quarantine").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM quarantine").fetchone() == (2,)
     con.disconnect()

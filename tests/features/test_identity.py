@@ -6,20 +6,25 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from features.contract import CUSTOMER_ATTRIBUTES, CUSTOMERS, IDENTIFIERS
+from features.contract import CUSTOMER_ATTRIBUTES, CUSTOMERS, IDENTIFIER_FIELDS, IDENTIFIERS
 from features.identity import (
     check_region,
+    identifier_values,
     links_alone,
     normalise,
     normalise_email,
+    normalise_name,
+    normalise_name_postcode,
+    normalise_one,
     normalise_phone,
+    normalise_postcode,
     normalise_token,
     personal_phone,
 )
 
 
 def test_identifiers_are_optional_customer_columns_kept_out_of_the_online_attributes() -> None:
-    for name in IDENTIFIERS:
+    for name in IDENTIFIER_FIELDS:
         assert not CUSTOMERS.column(name).required
         assert name not in CUSTOMER_ATTRIBUTES
     assert "region" in CUSTOMER_ATTRIBUTES
@@ -50,6 +55,36 @@ def test_tokens_are_trimmed_with_their_case_kept() -> None:
     assert normalise_token("") is None
 
 
+def test_names_lose_case_accents_titles_and_spacing() -> None:
+    assert normalise_name("  Mr  Seán   O'Brien-Smith ") == "sean obrien smith"
+    assert normalise_name("ZOË LEE") == normalise_name("zoe lee") == "zoe lee"
+    assert normalise_name("Dr. Ann  Lee") == "ann lee"
+    # a given name alone, digits or a title alone: not a full name
+    for bad in ("Ann", "Mrs Lee", "Ann Lee 2", "  ", None):
+        assert normalise_name(bad) is None
+
+
+def test_postcodes_are_upper_cased_without_spaces() -> None:
+    assert normalise_postcode(" sw1a 1aa ") == "SW1A1AA"
+    assert normalise_postcode("12345-6789") == "123456789"
+    assert normalise_postcode("K1A 0B6") == "K1A0B6"
+    for bad in ("N/A", "none", "12", "ABCDEFGHIJK1", ""):
+        assert normalise_postcode(bad) is None
+
+
+def test_a_name_is_an_identifier_only_with_its_postcode() -> None:
+    assert normalise_name_postcode(("Ann Lee", "sw1a 1aa")) == "ann lee|SW1A1AA"
+    assert normalise_one("name_postcode", ("ANN  LEE", "SW1A1AA")) == "ann lee|SW1A1AA"
+    assert normalise_name_postcode(("Ann Lee", None)) is None
+    assert normalise_name_postcode(("Ann", "SW1A 1AA")) is None
+    # by kind, from the columns: a name without its postcode is given (and unusable)
+    got = identifier_values({"email": "a@b.io", "name": "Ann Lee", "postcode": None})
+    assert got == {"email": "a@b.io", "name_postcode": ("Ann Lee", None)}
+    assert identifier_values({"cookie_id": "k"}) == {"cookie_id": "k"}
+    # name with postcode never links two records by itself (the group decides: resolve)
+    assert not links_alone("name_postcode", pd.Series(["ann lee|SW1A1AA"])).any()
+
+
 def test_unknown_region_is_refused_with_the_value() -> None:
     assert check_region("gb") == "GB"
     with pytest.raises(ValueError, match="'XX'"):
@@ -74,6 +109,23 @@ def test_normalise_counts_unusable_values_without_quoting_them() -> None:
     # blanks are absent, not invalid
     assert done.invalid == {"email: not an e-mail address": 1, "phone: not a valid number": 1}
     assert "not-an-email" not in done.line() and "999" not in done.line()
+
+
+def test_normalise_makes_one_column_of_name_and_postcode() -> None:
+    customers = pd.DataFrame(
+        {
+            "customer_id": ["c1", "c2", "c3", "c4"],
+            "name": [" Ann  LÉE", "Bob", None, "Cy Young"],
+            "postcode": ["sw1a 1aa", "N1 9GU", "E1 6AN", None],
+        }
+    )
+    done = normalise(customers)
+    frame = done.frame.set_index("customer_id")
+    assert frame.loc["c1", "name_postcode"] == "ann lee|SW1A1AA"
+    assert frame[["name_postcode"]].iloc[1:].isna().all().all()
+    # a postcode alone is an address, not an unusable identifier; a name without one is
+    assert done.invalid == {"name_postcode: not a full name with a postcode": 2}
+    assert "Bob" not in done.line() and "Cy Young" not in done.line()
 
 
 def test_only_personal_phones_link_records_by_themselves() -> None:

@@ -267,3 +267,29 @@ def test_batch_items_by_identifier(service: Any, ws: Workspace) -> None:
     assert "more than one customer" in result.errors[0].error
     for e in result.errors:
         assert "nobody" not in e.error and landline[3:] not in e.error.replace(" ", "")
+
+
+def test_score_by_name_with_postcode(service: Any, ws: Workspace) -> None:
+    """/score takes a name with postcode, written any way, as one identifier (issue 20);
+    a name without its postcode is refused without quoting it."""
+    from pydantic import ValidationError
+
+    from features.identity import normalise
+    from features.warehouse import connect
+    from rapport.settings import Settings
+
+    con = connect(Settings(home=ws.home).warehouse_path, read_only=True)
+    try:
+        frame = con.con.execute("SELECT customer_id, name, postcode FROM customers ORDER BY 1").df()
+    finally:
+        con.disconnect()
+    normal = normalise(frame).frame["name_postcode"]
+    once = normal.map(normal.value_counts()).eq(1).to_numpy(dtype=bool)
+    row = frame[once].iloc[0]
+    name, postcode = f"  {str(row['name']).upper()} ", str(row["postcode"]).replace(" ", "")
+    result, status = call(service.score, ScoreRequest(name=name, postcode=postcode))
+    assert status == 200 and isinstance(result, CustomerScore), result
+    assert result.customer_id == row["customer_id"]
+    with pytest.raises(ValidationError, match="name and postcode go together") as info:
+        ScoreRequest(name=name)
+    assert name.strip().lower() not in str(info.value).lower()

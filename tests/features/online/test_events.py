@@ -17,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 from sample_data import cutoff, load_tables, random_tables
 
-from features.contract import IDENTIFIERS, INTERACTIONS, ORDERS
+from features.contract import IDENTIFIER_FIELDS, INTERACTIONS, ORDERS
 from features.online.events import (
     OPEN_SUFFIX,
     ConflictError,
@@ -307,9 +307,9 @@ def test_feedback_is_one_durable_line(tmp_path: Path) -> None:
 )
 def test_event_schemas_mirror_the_contract(model: Any, table: Any) -> None:
     fields = model.model_fields
-    assert [n for n in fields if n not in IDENTIFIERS] == table.column_names
+    assert [n for n in fields if n not in IDENTIFIER_FIELDS] == table.column_names
     # the customer by customer_id or by identifiers in its place (issue 20)
-    assert set(IDENTIFIERS) <= set(fields)
+    assert set(IDENTIFIER_FIELDS) <= set(fields)
     required = {n for n, f in fields.items() if f.is_required()}
     assert required == set(table.required) - {"customer_id"}
     for column in table.columns:

@@ -301,3 +301,62 @@ def test_a_household_phone_names_nobody_live(tmp_path: Path, index: IdentityInde
     assert store.count() == count  # no provisional customer either
     store.close()
     con.disconnect()
+
+
+def test_a_name_with_postcode_names_its_person_unless_several_share_it(
+    tmp_path: Path, index: IdentityIndex
+) -> None:
+    """Issue 20, item 1: a name with postcode in any spelling names its person live and in
+    event files; one several persons hold (a father and son) names nobody; a name
+    without its postcode is unusable, and the name is never quoted or stored."""
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "customers.csv").write_text(
+        "customer_id,signup_at,email,phone,name,postcode\n"
+        "N1,2024-01-01T00:00:00Z,jo.lee@example.com,020 7946 0123,Jo Lée,SW1A 1AA\n"
+        "N2,2024-01-02T00:00:00Z,jl99@example.org,020 7946 0123,MS JO LEE,sw1a1aa\n"
+        "F1,2024-01-03T00:00:00Z,,07911 123458,Sam Hill,N1 9GU\n"
+        "F2,2024-01-04T00:00:00Z,,07911 123459,Sam Hill,N1 9GU\n"
+    )
+    con = connect(tmp_path / "warehouse.duckdb")
+    ingest(con, discover_files(files), now=END)
+    resolve(con, END)
+    clusters = dict(
+        raw(con).execute("SELECT customer_id, cluster_id FROM identity_clusters").fetchall()
+    )
+    assert clusters == {"N1": "N1", "N2": "N1", "F1": "F1", "F2": "F2"}
+    store = open_store(f"sqlite:///{tmp_path / 'online.sqlite'}")
+    load_index(con, store, index, END)
+    assert lookup(store, index, {"name": " jo  LEE ", "postcode": "SW1A1AA"}) == "N1"
+    with pytest.raises(AmbiguousIdentifierError, match=r"\(name_postcode\)"):
+        lookup(store, index, {"name": "Sam Hill", "postcode": "n19gu"})
+    # the mobile decides between the two of one name
+    assert (
+        lookup(store, index, {"name": "Sam Hill", "postcode": "N1 9GU", "phone": "07911123459"})
+        == "F2"
+    )
+    with pytest.raises(UnusableIdentifierError, match="name with postcode") as info:
+        lookup(store, index, {"name": "Jo Lee"})
+    assert "jo" not in str(info.value).lower().replace("postcode", "")
+    routed = route_events(
+        store, index, {"orders": [_order("NP1", END, name="Jo Lee", postcode="SW1A 1AA")]}, now=END
+    )
+    assert (routed.routes[0].customer_id, routed.routes[0].matched_by) == ("N1", "name_postcode")
+    assert "name" not in routed.rows["orders"][0] and "postcode" not in routed.rows["orders"][0]
+    store.close()
+    data = b"".join(p.read_bytes() for p in tmp_path.glob("online.sqlite*"))
+    assert b"jo lee" not in data.lower() and b"sam hill" not in data.lower()
+    # an order file naming its customer by name and postcode
+    (files / "orders.csv").write_text(
+        "order_id,customer_id,ordered_at,amount,name,postcode\n"
+        "NO1,,2024-06-01T00:00:00Z,10.0,JO LEE,SW1A 1AA\n"
+        "NO2,,2024-06-01T00:00:00Z,11.0,Sam Hill,N1 9GU\n"
+    )
+    report = ingest(con, discover_files(files), now=END + timedelta(days=1))
+    landed = dict(raw(con).execute("SELECT order_id, customer_id FROM orders").fetchall())
+    assert landed == {"NO1": "N1"}
+    reasons = raw(con).execute("SELECT reason FROM quarantine").fetchall()
+    assert any("name_postcode" in str(r[0]) for r in reasons)
+    assert all("sam" not in str(r[0]).lower() for r in reasons)
+    assert report is not None
+    con.disconnect()

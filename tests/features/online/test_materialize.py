@@ -276,3 +276,50 @@ def test_a_load_killed_before_its_replay_is_finished_from_its_watermark(
     assert recover_loads(store, outbox.root) == [lost]
     assert live_ids() == acked
     assert not list((outbox.root / LOADS).glob("*.json"))
+
+
+def test_a_merged_persons_record_holds_every_member_history(tmp_path: Path) -> None:
+    """Issue 20: after ``rapport resolve`` merged two records with split histories, the
+    cluster id's online record gives the batch features of the merged customer
+    (:func:`features.resolve.merge_histories`); a merge learned after the cutoff of a load
+    changes nothing; the other member keeps its own record."""
+    from features.resolve import clusters_as_of, merge_histories, resolve
+
+    con = connect(tmp_path / "warehouse.duckdb")
+    load_tables(con, random_tables(seed=11, customers=60, events=600))
+    db = raw(con)
+    snapshot_segments(db, build(con, AS_OF), AS_OF, default_spec().version, AS_OF)
+    counts = db.execute(
+        "SELECT customer_id FROM orders WHERE ordered_at < $t GROUP BY 1 HAVING count(*) >= 2 "
+        "INTERSECT SELECT customer_id FROM interactions WHERE occurred_at < $t GROUP BY 1 "
+        "ORDER BY 1",
+        {"t": AS_OF},
+    ).fetchall()
+    first, second = str(counts[0][0]), str(counts[-1][0])
+    db.execute(
+        "UPDATE customers SET email = 'one.person@example.com' WHERE customer_id IN (?, ?)",
+        [first, second],
+    )
+    learned = AS_OF - timedelta(days=30)
+    assert resolve(con, learned).merges == 2
+    merged = connect(tmp_path / "merged.duckdb")
+    merge_histories(con, merged, clusters_as_of(con, AS_OF))
+    expected = build(merged, AS_OF).set_index("customer_id")
+    alone = build(con, AS_OF).set_index("customer_id")
+    store = open_store("sqlite:///:memory:")
+    mat.materialize(con, store, AS_OF)
+    person = online_frame(store, [first], AS_OF)
+    assert_features_equal(person, expected.loc[[first]].reset_index(), "the merged person")
+    assert person.loc[0, "orders_all"] == alone.loc[[first, second], "orders_all"].sum()
+    assert_features_equal(
+        online_frame(store, [second], AS_OF), alone.loc[[second]].reset_index(), "the member"
+    )
+    # loaded as of a cutoff before the merge was learned: the records as they were
+    before = learned - timedelta(days=1)
+    earlier = open_store("sqlite:///:memory:")
+    mat.materialize(con, earlier, before)
+    own = build(con, before).set_index("customer_id")
+    assert_features_equal(
+        online_frame(earlier, [first], before), own.loc[[first]].reset_index(), "before"
+    )
+    merged.disconnect()
