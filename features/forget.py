@@ -41,7 +41,7 @@ from features.online.identifiers import IdentityIndex, UnusableIdentifierError
 from features.online.store import OnlineStore
 from features.resolve import CLUSTERS
 from features.tables.lists import write_members
-from features.warehouse import raw, transaction
+from features.warehouse import raw, table_names, transaction
 
 FORGOTTEN = "forgotten"
 #: hashes of a forgotten person's identifiers (:func:`identifier_mark`): rows quarantined
@@ -382,7 +382,7 @@ def _own_keys(
     """Of ``keys``, those the index has naming the customer or their cluster: a key that
     names another person (a shared landline, a cookie several use) stays theirs."""
     owners = {customer_id}
-    have = {str(r[0]) for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    have = table_names(db)
     if CLUSTERS in have:
         rows = db.execute(
             f"SELECT cluster_id FROM {CLUSTERS} WHERE customer_id = ?", [customer_id]

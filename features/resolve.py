@@ -47,7 +47,7 @@ import pyarrow as pa
 
 from features.contract import IDENTIFIER_FIELDS, IDENTIFIERS
 from features.identity import DEFAULT_PHONE_REGION, links_alone, normalise, split_name_postcode
-from features.warehouse import raw
+from features.warehouse import raw, table_names
 
 #: identifiers whose equality alone makes two records one person (a phone when personal)
 EXACT_KINDS = ("email", "phone", "loyalty_card")
@@ -448,7 +448,7 @@ def _record(
         {"customer_id": clusters.index.to_numpy(), "cluster_id": clusters.to_numpy()}
     )
     new["size"] = new.groupby("cluster_id")["customer_id"].transform("size")
-    tables = {str(r[0]) for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    tables = table_names(db)
     if CLUSTERS in tables:
         old = db.execute(f"SELECT customer_id, cluster_id FROM {CLUSTERS}").df()
     else:
@@ -524,7 +524,7 @@ def identifier_owners(
     did not join them -- is a father and son of one name at one address).
     ``con``: the warehouse, or its DuckDB connection (ingest's, inside its transaction)."""
     db = con if isinstance(con, duckdb.DuckDBPyConnection) else raw(con)
-    tables = {str(r[0]) for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    tables = table_names(db)
     owner, join = "c.customer_id", ""
     if CLUSTERS in tables:  # a cluster id is a customer id; a forgotten one names nobody
         join = (
@@ -582,7 +582,7 @@ def clusters_as_of(con: Any, as_of: datetime | None = None) -> pd.DataFrame:
     customer without one was alone. Point in time: a merge learned at t changes nothing
     as of an earlier instant. ``as_of=None``: the current ``identity_clusters``."""
     db = raw(con)
-    tables = {str(r[0]) for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    tables = table_names(db)
     if as_of is None:
         if CLUSTERS not in tables:
             return pd.DataFrame({"customer_id": [], "cluster_id": []}, dtype="string")

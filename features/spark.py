@@ -48,9 +48,9 @@ from features.online.store import open_store
 from features.segments import FIT_COLUMNS
 from features.spec import FeatureSpec, default_spec
 from features.tables.lists import HoldsNothing, suppressed_ids
-from features.tables.scores import RUNS, NoScoresError, RunInfo, latest_run, tables
+from features.tables.scores import RUNS, NoScoresError, RunInfo, latest_run
 from features.timeutil import as_utc
-from features.warehouse import raw
+from features.warehouse import raw, table_names
 from rapport.settings import Settings, get_settings
 
 #: settings a user may override (RAPPORT_SPARK_CONF)
@@ -256,7 +256,7 @@ class LakeLists(HoldsNothing):
     def run(self, run_id: str | None = None) -> RunInfo:
         db = raw(self.con)
         in_lake = lake_runs(self.spark, self.lake)
-        if run_id is None and RUNS in tables(db):
+        if run_id is None and RUNS in table_names(db):
             ordered = db.execute(f"SELECT run_id FROM {RUNS} ORDER BY scored_at DESC").fetchall()
             run_id = next((r[0] for r in ordered if r[0] in in_lake), None)
             if run_id is None:

@@ -67,6 +67,12 @@ def raw(con: DuckDBBackend) -> duckdb.DuckDBPyConnection:
     return con.con
 
 
+def table_names(db: duckdb.DuckDBPyConnection) -> set[str]:
+    """The warehouse's table names: jobs reading an optional table (runs, outcomes,
+    clusters, ...) ask before they query it."""
+    return {str(r[0]) for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+
+
 @contextmanager
 def transaction(db: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """Everything written inside commits together or not at all (rolled back on any

@@ -43,7 +43,7 @@ import pandas as pd
 
 from features.contract import NO_ACTION
 from features.timeutil import as_utc
-from features.warehouse import raw
+from features.warehouse import raw, table_names
 from rapport.demo_data import RESPONSE_WINDOW_DAYS
 from rapport.truth import load_truth_actions, simulated_truth_path
 
@@ -90,7 +90,7 @@ def _outbox_decisions(outbox: Path) -> pd.DataFrame:
 
 
 def _list_decisions(db: Any) -> pd.DataFrame:
-    tables = {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    tables = table_names(db)
     if not {"target_lists", "target_list_members"} <= tables:
         return pd.DataFrame()
     return db.execute("""

@@ -51,9 +51,8 @@ from features.spec import default_spec
 from features.tables import analytics as tables
 from features.tables.scores import RUNS as SCORE_RUNS
 from features.tables.scores import SCORES, NoScoresError
-from features.tables.scores import tables as table_names
 from features.timeutil import as_utc
-from features.warehouse import raw
+from features.warehouse import raw, table_names
 from models.base_analytics import (
     PERIOD_MONTHS,
     Equity,

@@ -43,7 +43,7 @@ from features.tables.impact import IMPACT, IMPACT_ACTIONS, append
 from features.tables.outcomes import decision_outcomes
 from features.tables.scores import NoScoresError, latest_run
 from features.timeutil import as_utc
-from features.warehouse import raw, transaction
+from features.warehouse import raw, table_names, transaction
 from models.catalog import Catalog, default_catalog
 from models.impact import impact_rows, per_action, per_customer
 from training.nba_evaluation import default_margin_rate
@@ -137,10 +137,6 @@ class ImpactRun:
         return "\n".join(lines)
 
 
-def _tables(db: Any) -> set[str]:
-    return {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-
-
 def catalog_of(db: Any) -> Catalog:
     """The catalog of the latest scoring run (what the policy arbitrated with), else the
     default one."""
@@ -156,7 +152,7 @@ def with_scores(db: Any, decisions: pd.DataFrame, catalog: Catalog) -> pd.DataFr
     out = decisions.copy()
     out["rfm_segment"] = out["abc_tier"] = None
     out["predicted_conversion"] = out["predicted_revenue"] = np.nan
-    if "scores" not in _tables(db) or out.empty:
+    if "scores" not in table_names(db) or out.empty:
         return out
     have = {r[0] for r in db.execute("DESCRIBE scores").fetchall()}
     uplift = [c for c in have if c.startswith(("uplift_conversion_", "uplift_revenue_"))]
@@ -193,7 +189,7 @@ def _with_lists(db: Any, decisions: pd.DataFrame) -> pd.DataFrame:
     before it (null: none)."""
     out = decisions.copy()
     out["list"] = None
-    if not {"target_lists", "target_list_members"} <= _tables(db) or out.empty:
+    if not {"target_lists", "target_list_members"} <= table_names(db) or out.empty:
         return out
     db.register("_rapport_d", out[["decision_id", "customer_id", "decided_at"]])
     try:
@@ -218,7 +214,7 @@ def _with_lists(db: Any, decisions: pd.DataFrame) -> pd.DataFrame:
 def pre_revenue(db: Any, decisions: pd.DataFrame) -> pd.Series | None:
     """Revenue per customer in the PRE_DAYS before the first grouped decision (before any
     policy decision with a control group could move it), None without orders."""
-    if "orders" not in _tables(db):
+    if "orders" not in table_names(db):
         return None
     grouped = decisions[decisions["group"].notna()]
     if grouped.empty:
@@ -358,7 +354,7 @@ def measure(
             "`rapport impact` again",
             headline,
         )
-    if by in ("segment", "abc_tier") and "scores" not in _tables(db):
+    if by in ("segment", "abc_tier") and "scores" not in table_names(db):
         raise NoScoresError(f"--by {by} reads the batch scores: run `rapport score` first")
     catalog = catalog_of(db)
     costs = {a.id: a.cost for a in catalog.actions}

@@ -75,7 +75,7 @@ from features.tables.scores import (
     sample_ids,
 )
 from features.timeutil import as_utc
-from features.warehouse import connect, raw
+from features.warehouse import connect, raw, table_names
 from models import monitoring as stats
 from models import registry
 from models.alerts import LEVELS, Alerts, Level, load_alerts
@@ -218,9 +218,7 @@ class _Checks:
 # --------------------------------------------------------------------------- scoring runs
 def _scoring_runs(db: Any, as_of: datetime) -> list[RunInfo]:
     """Scoring runs with a cutoff at or before ``as_of``, oldest first."""
-    if SCORE_RUNS not in {
-        r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()
-    }:
+    if SCORE_RUNS not in table_names(db):
         raise NoScoresError("no scores in the warehouse yet: run `rapport score`")
     ids = db.execute(
         f"SELECT run_id FROM {SCORE_RUNS} WHERE as_of <= ? ORDER BY as_of, scored_at", [as_of]
@@ -1018,7 +1016,7 @@ def _run(
 
 
 def _curve_history(db: Any, current: pd.DataFrame) -> pd.DataFrame:
-    have = {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    have = table_names(db)
     if tables.CURVES not in have:
         return current
     past = db.execute(f"SELECT * FROM {tables.CURVES}").to_arrow_table().to_pandas()

@@ -54,13 +54,12 @@ from features.tables.scores import (
     RunInfo,
     latest_run,
     load_scores,
-    tables,
 )
 from features.tables.segments import NoSegmentsError, load_version
 from features.tables.snapshots import FEATURES_FILE
 from features.tables.snapshots import published as published_run
 from features.timeutil import as_utc
-from features.warehouse import connect, raw
+from features.warehouse import connect, raw, table_names
 from models.catalog import Catalog
 from models.targeting import feature_subset
 
@@ -205,7 +204,7 @@ def score_run(db: Any) -> RunInfo | None:
 def overview(db: Any) -> dict[str, Any]:
     """KPIs with their trend and the latest scoring, analytics, monitoring and cycle runs
     (the monthly revenue apart: :func:`monthly_revenue`)."""
-    have = tables(db)
+    have = table_names(db)
     out: dict[str, Any] = {"scores": score_run(db), "analytics": None, "trend": []}
     out["customers"] = (
         db.execute("SELECT count(*) FROM customers").fetchone()[0] if "customers" in have else 0
@@ -244,7 +243,7 @@ def overview(db: Any) -> dict[str, Any]:
 def monthly_revenue(db: Any) -> list[dict[str, Any]]:
     """Revenue of the last 13 full calendar months (UTC), oldest first; empty without
     orders."""
-    if "orders" not in tables(db):
+    if "orders" not in table_names(db):
         return []
     revenue = _frame(
         db,
@@ -258,7 +257,7 @@ def monthly_revenue(db: Any) -> list[dict[str, Any]]:
 
 def monitor_status(db: Any) -> dict[str, Any] | None:
     """The latest monitoring run's row (checks, warnings, alerts), or None."""
-    if monitoring_tables.RUNS not in tables(db):
+    if monitoring_tables.RUNS not in table_names(db):
         return None
     rows = _frame(db, f"SELECT * FROM {monitoring_tables.RUNS} ORDER BY checked_at DESC LIMIT 1")
     return rows.iloc[0].to_dict() if len(rows) else None
@@ -266,7 +265,7 @@ def monitor_status(db: Any) -> dict[str, Any] | None:
 
 def cycle_status(db: Any) -> dict[str, Any] | None:
     """The latest cycle run with its steps and the latest champion change, or None."""
-    have = tables(db)
+    have = table_names(db)
     if CYCLE_RUNS not in have:
         return None
     runs = _frame(db, f"SELECT * FROM {CYCLE_RUNS} ORDER BY started_at DESC LIMIT 1")
@@ -424,7 +423,7 @@ def _columns(db: Any, table: str) -> set[str]:
 # --------------------------------------------------------------------------- lists
 def list_history(db: Any, limit: int = 200) -> pd.DataFrame:
     """The audit record of the lists made, newest first (empty before the first)."""
-    if TARGET_LISTS not in tables(db):
+    if TARGET_LISTS not in table_names(db):
         return pd.DataFrame()
     return _frame(
         db,
@@ -435,7 +434,7 @@ def list_history(db: Any, limit: int = 200) -> pd.DataFrame:
 
 
 def list_row(db: Any, list_id: str) -> dict[str, Any] | None:
-    if TARGET_LISTS not in tables(db):
+    if TARGET_LISTS not in table_names(db):
         return None
     rows = _frame(db, f"SELECT * FROM {TARGET_LISTS} WHERE list_id = ?", [list_id])
     return rows.iloc[0].to_dict() if len(rows) else None
@@ -453,7 +452,7 @@ def list_members(db: Any, list_id: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------- customer
 def customer(db: Any, customer_id: str) -> dict[str, Any] | None:
     """One customer: attributes, latest scores, analytics, recent orders / contacts."""
-    have = tables(db)
+    have = table_names(db)
     if "customers" not in have:
         return None
     rows = _frame(db, "SELECT * FROM customers WHERE customer_id = ?", [customer_id])
@@ -501,7 +500,7 @@ def some_customers(db: Any, n: int = 5) -> list[str]:
 def impact(db: Any) -> pd.DataFrame | None:
     """The impact table (`rapport impact`: realised incremental value vs control), or None
     when it does not exist yet."""
-    if IMPACT not in tables(db):
+    if IMPACT not in table_names(db):
         return None
     latest = _frame(
         db, f"SELECT * FROM {IMPACT} WHERE computed_at = (SELECT max(computed_at) FROM {IMPACT})"

@@ -47,7 +47,7 @@ from features.resolve import CHANGES, clusters_as_of_sql
 from features.spec import FeatureSpec, default_spec
 from features.tables.segments import load_version
 from features.timeutil import as_utc
-from features.warehouse import raw
+from features.warehouse import raw, table_names
 from rapport.settings import Settings, get_settings
 
 #: metadata keys the service reads
@@ -174,7 +174,7 @@ def iter_records(
     events = sum(_count(db, table) for table in record_columns(spec))
     parts = max(1, -(-events // EVENTS_PER_PARTITION))
     params = {"as_of": as_utc(as_of)}
-    tables = {str(r[0]) for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    tables = table_names(db)
     persons = CHANGES in tables  # resolution has run: merged persons' records
 
     def fetch(part: int) -> pa.Table:

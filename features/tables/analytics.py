@@ -22,9 +22,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from features.tables.scores import tables
 from features.timeutil import as_utc
-from features.warehouse import transaction
+from features.warehouse import table_names, transaction
 
 RUNS = "analytics_runs"
 
@@ -288,7 +287,7 @@ def latest_run(
 ) -> AnalyticsRunInfo:
     """The analytics run ``run_id``, else the latest one (by as-of, then creation) with an
     as-of strictly before ``before`` when given; NoAnalyticsError when there is none."""
-    if RUNS not in tables(db):
+    if RUNS not in table_names(db):
         raise NoAnalyticsError("no analytics in the warehouse yet: run `rapport analytics`")
     params: list[Any] = []
     if run_id is not None:

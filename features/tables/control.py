@@ -27,6 +27,7 @@ import pandas as pd
 from features.control import DEFAULT_SALT, DEFAULT_SHARE, ControlGroup, new_salt
 from features.durable import replace_durably
 from features.timeutil import as_utc
+from features.warehouse import table_names
 
 CONTROL_GROUPS = "control_groups"
 CONTROL_FILE = "control.json"
@@ -121,7 +122,7 @@ def change_control(
 
 def control_history(db: Any) -> pd.DataFrame:
     """Every recorded change, oldest first (empty before the first)."""
-    have = {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    have = table_names(db)
     if CONTROL_GROUPS not in have:
         return pd.DataFrame(
             columns=["changed_at", "share", "salt", "change", "previous_share", "previous_salt"]
@@ -135,7 +136,7 @@ def control_history(db: Any) -> pd.DataFrame:
 
 def count_members(db: Any, group: ControlGroup) -> tuple[int, int]:
     """(customers in the control group, customers in the warehouse)."""
-    have = {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    have = table_names(db)
     if "customers" not in have:
         return 0, 0
     ids = [r[0] for r in db.execute("SELECT customer_id FROM customers").fetchall()]

@@ -30,6 +30,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from features.warehouse import table_names
+
 #: the outbox folder and the warehouse table
 FEATURE_SAMPLES = "feature_samples"
 #: numbers agree within this relative tolerance (and this absolute one near zero)
@@ -130,7 +132,7 @@ def read_samples(
 ) -> pd.DataFrame:
     """The latest ``limit`` samples computed at or before ``until`` (all when None),
     features parsed into dicts; empty when the service never sampled."""
-    have = {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    have = table_names(db)
     columns = ["sample_id", "customer_id", "computed_at", "feature_set", "features"]
     if FEATURE_SAMPLES not in have:
         return pd.DataFrame(columns=columns)

@@ -14,6 +14,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from features.warehouse import table_names
+
 IMPACT, IMPACT_ACTIONS = "impact", "impact_actions"
 
 
@@ -38,7 +40,7 @@ def append(db: Any, table: str, frame: pd.DataFrame) -> int:
 
 def history(db: Any, table: str = IMPACT) -> pd.DataFrame:
     """Every appended row, oldest run first (empty before the first run)."""
-    have = {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    have = table_names(db)
     if table not in have:
         return pd.DataFrame()
     return db.execute(f"SELECT * FROM {table} ORDER BY computed_at").to_arrow_table().to_pandas()

@@ -28,8 +28,8 @@ import pandas as pd
 
 from features.batch import build
 from features.spec import FeatureSpec
-from features.tables.scores import RunInfo, latest_run, load_scores, tables
-from features.warehouse import connect, raw
+from features.tables.scores import RunInfo, latest_run, load_scores
+from features.warehouse import connect, raw, table_names
 
 SUPPRESSIONS = "suppressions"
 TARGET_LISTS = "target_lists"
@@ -168,7 +168,7 @@ class WarehouseLists:
 
 def suppressed_ids(db: Any) -> set[str]:
     """Customer ids in the warehouse's ``suppressions`` table (empty without one)."""
-    if SUPPRESSIONS not in tables(db):
+    if SUPPRESSIONS not in table_names(db):
         return set()
     rows = db.execute(f"SELECT DISTINCT customer_id FROM {SUPPRESSIONS}").fetchall()
     return {str(r[0]) for r in rows if r[0] is not None}

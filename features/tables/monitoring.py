@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from features.warehouse import transaction
+from features.warehouse import table_names, transaction
 
 CHECKS = "monitor_checks"
 RUNS = "monitor_runs"
@@ -106,7 +106,7 @@ def record(db: Any, run: dict[str, Any], checks: pd.DataFrame, curves: pd.DataFr
 
 def load_checks(db: Any, run_id: str | None = None) -> pd.DataFrame:
     """Every recorded check (or one run's), oldest first; empty before the first run."""
-    have = {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    have = table_names(db)
     if CHECKS not in have:
         return pd.DataFrame(columns=list(CHECK_COLUMNS))
     where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])

@@ -54,7 +54,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from features.warehouse import raw
+from features.warehouse import raw, table_names
 
 HISTORY, CURRENT, PENDING = "outcome_history", "outcomes", "outcome_pending"
 #: the outbox folder ``POST /feedback`` appends to (outcome rows, see features.contract)
@@ -102,7 +102,7 @@ class Versions:
         return self
 
 
-def ensure_tables(db: duckdb.DuckDBPyConnection) -> None:
+def ensuretable_names(db: duckdb.DuckDBPyConnection) -> None:
     """Create the outcome tables (empty) if they do not exist yet."""
     typed = (
         "decision_id VARCHAR, outcome BOOLEAN, revenue DOUBLE, responded_at TIMESTAMPTZ, "
@@ -126,7 +126,7 @@ def _ts(now: datetime) -> str:
 def record(db: duckdb.DuckDBPyConnection, rows_sql: str, now: datetime) -> Versions:
     """Add the outcome rows ``rows_sql`` selects (columns :data:`_COLS`, decisions known)
     as versions, by the rules of the module docstring, and refresh the current outcomes."""
-    ensure_tables(db)
+    ensuretable_names(db)
     (read,) = _one(db, f"SELECT count(*) FROM ({rows_sql})")
     if not read:
         return Versions()
@@ -202,7 +202,7 @@ def _refresh_current(db: duckdb.DuckDBPyConnection) -> None:
 def hold(db: duckdb.DuckDBPyConnection, rows_sql: str, now: datetime) -> None:
     """Keep outcome rows of unknown decisions (``rows_sql``: :data:`_COLS`, ``row_json``,
     ``reason``) for :func:`retry_pending`, once each."""
-    ensure_tables(db)
+    ensuretable_names(db)
     db.execute(f"""
         INSERT INTO {PENDING}
         SELECT DISTINCT {_COLS}, row_json, reason, {_ts(now)} FROM ({rows_sql}) s
@@ -214,7 +214,7 @@ def hold(db: duckdb.DuckDBPyConnection, rows_sql: str, now: datetime) -> None:
 def retry_pending(db: duckdb.DuckDBPyConnection, now: datetime, quarantine: str) -> Versions:
     """Land the pending outcomes whose decision has arrived; take them out of
     ``quarantine`` and of :data:`PENDING`."""
-    ensure_tables(db)
+    ensuretable_names(db)
     arrived = f"{PENDING} WHERE decision_id IN (SELECT decision_id FROM campaign_log)"
     (count,) = _one(db, f"SELECT count(*) FROM {arrived}")
     if not count:
@@ -231,7 +231,7 @@ def retry_pending(db: duckdb.DuckDBPyConnection, now: datetime, quarantine: str)
 def record_inline(db: duckdb.DuckDBPyConnection, now: datetime) -> Versions:
     """Campaign-log rows written with their outcome become ``campaign_log`` versions
     (recorded at their response time, else their decision time)."""
-    ensure_tables(db)
+    ensuretable_names(db)
     rows = f"""
         SELECT decision_id, outcome, revenue, responded_at, 'campaign_log' AS source,
                coalesce(responded_at, decided_at) AS recorded_at
@@ -246,7 +246,7 @@ def attribute(
     db: duckdb.DuckDBPyConnection, now: datetime, windows: Attribution | None = None
 ) -> Versions:
     """Outcomes from orders by last touch within each action's window (module docstring)."""
-    ensure_tables(db)
+    ensuretable_names(db)
     windows = windows or Attribution()
     db.execute("CREATE OR REPLACE TEMP TABLE _rapport_windows (action VARCHAR, days INTEGER)")
     if windows.days:
@@ -295,10 +295,6 @@ def _group_sql(db: duckdb.DuckDBPyConnection, alias: str) -> str:
     return f'{alias}."group"' if "group" in cols else "NULL::VARCHAR"
 
 
-def _tables(db: duckdb.DuckDBPyConnection) -> set[str]:
-    return {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-
-
 def _db(con: Any) -> duckdb.DuckDBPyConnection:
     return con if isinstance(con, duckdb.DuckDBPyConnection) else raw(con)
 
@@ -320,7 +316,7 @@ def decision_outcomes(
     :func:`record_inline` has not run (a warehouse written by other means).
     """
     db = _db(con)
-    tables = _tables(db)
+    tables = table_names(db)
     if "campaign_log" not in tables:
         raise LookupError("the warehouse has no campaign_log: run `rapport ingest` first")
     group = _group_sql(db, "c")
@@ -359,7 +355,7 @@ def decision_outcomes(
 def history(con: Any, decision_id: str | None = None) -> pd.DataFrame:
     """Every version (optionally of one decision), oldest first."""
     db = _db(con)
-    tables = _tables(db)
+    tables = table_names(db)
     if HISTORY not in tables:
         return pd.DataFrame(columns=[*_COLS.split(", "), "version", "correction", "ingested_at"])
     where, params = ("WHERE decision_id = ?", [decision_id]) if decision_id else ("", [])

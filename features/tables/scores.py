@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from features.timeutil import as_utc
+from features.warehouse import table_names
 
 SCORES = "scores"
 RUNS = "score_runs"
@@ -61,10 +62,6 @@ class RunInfo:
         return "nba" in self.versions
 
 
-def tables(db: Any) -> set[str]:
-    return {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-
-
 def latest_row(
     db: Any, table: str, columns: str, order: str, key: str, value: str | None
 ) -> tuple[Any, ...] | None:
@@ -79,7 +76,7 @@ def latest_row(
 def latest_run(db: Any, run_id: str | None = None) -> RunInfo:
     """The latest scoring run (or ``run_id``) of a raw DuckDB connection; NoScoresError
     when there is none."""
-    if RUNS not in tables(db):
+    if RUNS not in table_names(db):
         raise NoScoresError("no scores in the warehouse yet: run `rapport score`")
     columns = (
         "run_id, as_of, scored_at, rows, churn_version, value_version, nba_version, "
@@ -162,7 +159,7 @@ def prune_feature_samples(db: Any, keep_runs: int) -> int:
     so the table holds a bounded number of samples however often scoring runs."""
     if keep_runs < 1:
         raise ValueError(f"keep_runs must be at least 1, got {keep_runs}")
-    if not {FEATURES, RUNS} <= tables(db):
+    if not {FEATURES, RUNS} <= table_names(db):
         return 0
     before = _count(db)
     db.execute(
@@ -181,7 +178,7 @@ def _count(db: Any) -> int:
 def load_feature_sample(db: Any, run_id: str, names: list[str]) -> pd.DataFrame | None:
     """The features ``names`` a scoring run kept (``customer_id`` first), or None when it
     kept none (scored before runs kept them) or lacks one of ``names``."""
-    if FEATURES not in tables(db):
+    if FEATURES not in table_names(db):
         return None
     have = {r[0] for r in db.execute(f"DESCRIBE {FEATURES}").fetchall()}
     if not set(names) <= have:

@@ -23,8 +23,9 @@ from typing import Any
 import pandas as pd
 
 from features.segments import SegmentModel, SegmentVersion, fit_version
-from features.tables.scores import latest_row, tables
+from features.tables.scores import latest_row
 from features.timeutil import as_utc
+from features.warehouse import table_names
 
 SEGMENT_MODELS = "segment_models"
 SEGMENT_MODELS_DDL = f"""CREATE TABLE IF NOT EXISTS {SEGMENT_MODELS} (
@@ -68,7 +69,7 @@ def snapshot_segments(
 def load_version(db: Any, version: str | None = None) -> SegmentVersion:
     """A stored version (default: the current one, stored last); NoSegmentsError if none."""
     row = None
-    if SEGMENT_MODELS in tables(db):
+    if SEGMENT_MODELS in table_names(db):
         columns = "version, as_of, feature_set, customers, model_json"
         order = "fitted_at DESC, version DESC"
         row = latest_row(db, SEGMENT_MODELS, columns, order, "version", version)

@@ -20,7 +20,7 @@ from features.ingest import (
     validate,
 )
 from features.outbox_ingest import ingest_outbox
-from features.warehouse import connect, raw
+from features.warehouse import connect, raw, table_names
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -806,7 +806,7 @@ def test_validate_reports_identifier_rows_and_writes_nothing(tmp_path: Path) -> 
     assert report.tables["orders"].named_by_identifier == 2
     assert report.tables["orders"].quarantined == 5
     db = raw(con)
-    tables = {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    tables = table_names(db)
     assert "orders" not in tables or db.execute("SELECT count(*) FROM orders").fetchone() == (0,)
     assert not {t for t in tables if t.startswith("_rapport")}
     con.disconnect()
