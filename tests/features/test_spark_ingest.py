@@ -84,8 +84,8 @@ class Engines:
             on_spark = rows(db, f"read_parquet('{lake}/*.parquet')", cols)
             assert on_spark == rows(db, f"w.{QUARANTINE}", cols)
             # the Spark run's warehouse is kept level with its lake
-            db.execute(f"ATTACH '{self.root / 'spark.duckdb'}' AS s (READ_ONLY)")
             self.spark_con.disconnect()
+            db.execute(f"ATTACH '{self.root / 'spark.duckdb'}' AS s (READ_ONLY)")
             for name in (*TABLES, QUARANTINE):
                 assert rows(db, f's."{name}"', "count(*)") == rows(db, f'w."{name}"', "count(*)")
         finally:
