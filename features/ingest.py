@@ -1089,11 +1089,13 @@ class Dialect:
     ident: Callable[[str], str]
     #: a UTC instant literal from its ISO text
     instant: Callable[[str], str]
-    #: the text type of ``CAST``
-    text: str
+    #: a file's value as text, as a reason quotes it
+    text: Callable[[str], str]
 
 
-DUCKDB = Dialect(_lit, _ident, lambda iso: f"TIMESTAMPTZ {_lit(iso)}", "VARCHAR")
+DUCKDB = Dialect(
+    _lit, _ident, lambda iso: f"TIMESTAMPTZ {_lit(iso)}", lambda ref: f"CAST({ref} AS VARCHAR)"
+)
 
 
 def reasons_sql(
@@ -1210,7 +1212,7 @@ def checks_sql(
 
 def message_sql(column: str, ref: str, tail: str, dialect: Dialect = DUCKDB) -> str:
     """SQL for "<column> '<value>' <tail>", the value quoted as it was in the file."""
-    value = f"left(CAST({ref} AS {dialect.text}), {QUOTE_CHARS})"
+    value = f"left({dialect.text(ref)}, {QUOTE_CHARS})"
     quote = dialect.lit("'")
     return f"concat({dialect.lit(column + ' ')}, {quote}, {value}, {quote}, {dialect.lit(tail)})"
 

@@ -106,6 +106,21 @@ def export_tables(db: object, lake: str) -> dict[str, int]:
     return written
 
 
+def table_rows(lake: str) -> dict[str, int]:
+    """The rows of each contract table and the quarantine in a local lake, from the
+    Parquet footers (nothing is read but the metadata)."""
+    import pyarrow.parquet as pq
+
+    root = local_path(lake) / TABLES_DIR
+    rows = {}
+    for name in [*TABLES, QUARANTINE]:
+        folder = root / name
+        if folder.is_dir():
+            parts = sorted(folder.glob("*.parquet"))
+            rows[name] = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    return rows
+
+
 def fresh_folder(root: Path, name: str) -> Path:
     """A new hidden folder beside ``root/name`` to write a table into before the swap."""
     return root / f".{name}.{uuid.uuid4().hex[:8]}"

@@ -28,7 +28,7 @@ import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,9 @@ def _ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-SPARK = Dialect(_lit, _ident, lambda iso: f"TIMESTAMP {_lit(iso)}", "STRING")
+SPARK = Dialect(
+    _lit, _ident, lambda iso: f"TIMESTAMP {_lit(iso)}", lambda ref: f"CAST({ref} AS STRING)"
+)
 
 #: text Spark may read as a timestamp: a date first (Spark alone also takes ``2024``,
 #: ``2024-01`` and words like ``yesterday``, which DuckDB refuses)
@@ -324,8 +326,14 @@ def _verdicts(
         kinds[col.name] = "text" if pos is None else _kind(types[originals[pos]])
         fields.append(_Field(col, ref, kinds[col.name], f"_p{i}", f"_m{i}"))
     named = source.identity_column is not None
-    checks = checks_sql(table, fields, now, named, SPARK)
-    why, first = reasons_sql(checks, SPARK)
+    instants = {f.ref for f in fields if f.ref is not None and kinds[f.col.name] == "timestamp"}
+
+    def text(ref: str) -> str:  # a typed instant quoted as DuckDB writes it
+        return _json_value(ref, "timestamp") if ref in instants else f"CAST({ref} AS STRING)"
+
+    dialect = replace(SPARK, text=text)
+    checks = checks_sql(table, fields, now, named, dialect)
+    why, first = reasons_sql(checks, dialect)
     view = f"_rapport_src_{table.name}"
     frame.createOrReplaceTempView(view)
     passthrough = ", ".join(f"{_ident(c)} AS _o{i}" for i, c in enumerate(originals))
@@ -414,8 +422,6 @@ def _resolved(spark: Any, table: Table, source: _Source, frame: Any, db: Any, re
     columns = dict(source.columns)
     columns[cid or "customer_id"] = "VARCHAR"
     columns[reason] = columns[reason + "_kind"] = "VARCHAR"
-    from dataclasses import replace
-
     return out, replace(source, columns=columns, identity_column=reason, named=named)
 
 

@@ -376,7 +376,7 @@ def ingest(
     decisions' outcomes (table `outcomes`, every version in `outcome_history`).
     """
     from features.ingest import ingest as run_ingest
-    from features.lake import export_tables
+    from features.lake import export_tables, table_rows
     from features.outbox_ingest import ingest_outbox
     from features.warehouse import raw
     from models.catalog import default_catalog, parse_catalog
@@ -400,7 +400,9 @@ def ingest(
         if files and spark_engine:  # checked on Spark, written to the lake
             from features.spark import session
             from features.spark_ingest import ingest as spark_ingest
+            from features.spark_ingest import lake_root
 
+            lake_root(settings.lake)  # an object-store lake is refused before Spark starts
             reports.append(
                 spark_ingest(
                     session(settings),
@@ -435,7 +437,8 @@ def ingest(
     for report in reports:
         say(report.summary())
     if spark_engine and (files or written is not None):
-        say(f"lake (engine spark): validated tables and quarantine under {settings.lake}/tables")
+        rows = ", ".join(f"{name} {n:,}" for name, n in table_rows(settings.lake).items())
+        say(f"lake (engine spark): {rows} rows, as Parquet under {settings.lake}/tables")
     share = settings.max_quarantine_share if max_quarantined is None else max_quarantined
     if over := [line for report in reports for line in report.over_quarantine(share)]:
         for line in over:
