@@ -127,7 +127,7 @@ class SparkResult:
 
 @dataclass
 class SparkIngest:
-    """What :func:`validate_tables` wrote: per table its report and fresh folder (swapped
+    """What :func:`ingest` wrote: per table its report and fresh folder (swapped
     in by :meth:`publish`), and the quarantine's fresh folder."""
 
     lake: Path
