@@ -110,6 +110,9 @@ class CsvRead:
     relation: str
     bad_lines: list[BadLine] = field(default_factory=list)
     delimiter: str = ","
+    #: the file the relation reads: ``path`` itself (split by ``delimiter``), or its clean
+    #: copy (comma-separated UTF-8)
+    path: Path | None = None
 
 
 def lit(text: str) -> str:
@@ -130,11 +133,11 @@ def read_csv(
         except duckdb.Error:
             pass  # not clean: the Python reader says exactly where and why
         else:
-            return CsvRead(relation, delimiter=delimiter)
+            return CsvRead(relation, delimiter=delimiter, path=path)
     scratch.mkdir(parents=True, exist_ok=True)
     clean = scratch / f"{len(list(scratch.iterdir()))}-{path.name.removesuffix('.gz')}"
     bad = _rewrite(path, clean, delimiter, options.encoding)
-    return CsvRead(_duckdb_relation(clean, ","), bad, delimiter)
+    return CsvRead(_duckdb_relation(clean, ","), bad, delimiter, clean)
 
 
 def _duckdb_relation(path: Path, delimiter: str) -> str:

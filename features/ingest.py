@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -244,6 +244,10 @@ class _Source:
     identity_column: str | None = None
     #: rows whose identifiers named their customer
     named: int = 0
+    #: the file another engine reads (the clean copy of a CSV that needed one) and its
+    #: delimiter
+    file: Path | None = None
+    delimiter: str = ","
 
 
 # --------------------------------------------------------------------------- public API
@@ -323,7 +327,7 @@ def _run_files(
 ) -> IngestReport:
     region = check_region(region)
     with tempfile.TemporaryDirectory(prefix="rapport-ingest-") as scratch:
-        sources = _file_sources(con, files, as_is, options, Path(scratch))
+        sources = file_sources(con, files, as_is, options, Path(scratch))
         return _run(con, sources, now, commit, attribution, region)
 
 
@@ -376,7 +380,7 @@ def duckdb_error(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in lines[:3] if line.strip())
 
 
-def _file_sources(
+def file_sources(
     con: Any,
     files: Mapping[str, Path],
     as_is: Sequence[str],
@@ -401,12 +405,15 @@ def _file_sources(
         if not path.is_file():
             raise IngestError(f"{path}: file not found")
         bad_lines: list[BadLine] = []
+        readable, delimiter = path, ","
         if name in INPUTS and _is_csv(path):
             try:
                 read = read_csv(db, path, options, scratch)
             except FileError as exc:
                 raise IngestError(str(exc)) from exc
             relation, bad_lines = read.relation, read.bad_lines
+            readable = read.path or path
+            delimiter = read.delimiter if readable == path else ","
         else:
             relation = _relation(path)
         columns = _describe(db, relation, str(path))
@@ -425,7 +432,19 @@ def _file_sources(
                 continue
             if options.date_format is None:
                 _refuse_ambiguous_dates(db, INPUTS[name], relation, columns, path)
-        sources.append(_Source(name, str(path), relation, columns, None, options, tuple(bad_lines)))
+        sources.append(
+            _Source(
+                name,
+                str(path),
+                relation,
+                columns,
+                None,
+                options,
+                tuple(bad_lines),
+                file=readable,
+                delimiter=delimiter,
+            )
+        )
     if problems:
         raise IngestError("\n".join(problems))
     return sources
@@ -553,20 +572,7 @@ def _name_customers(db: duckdb.DuckDBPyConnection, source: _Source, region: str)
     ).fetchall()
     if not combos:  # every row names its customer_id
         return source
-    owners: dict[str, dict[str, str]] = {}
-    if any(any(v is not None for v in row[:-1]) for row in combos):
-        owners = {k: v.to_dict() for k, v in identifier_owners(db, region).items()}
-    normal: dict[tuple[str, object], str | None] = {}
-    decided, named = [], 0
-    for *values, count in combos:
-        sent = {k: str(v) for k, v in zip(kinds, values, strict=True) if v is not None}
-        held = identifier_values(sent)  # by kind: name and postcode make one
-        for kind, value in held.items():
-            if (kind, value) not in normal:
-                normal[(kind, value)] = normalise_one(kind, value, region)
-        customer, why, problem = _named_customer(held, normal, owners)
-        named += int(count) if customer is not None else 0
-        decided.append((*values, customer, why, problem))
+    decided, named = decide_identifiers(db, kinds, combos, region)
     frame = pd.DataFrame(decided, columns=[*names, "_customer", "_reason", "_kind"], dtype=object)
     ids = _named_table(source.table)
     db.register("_rapport_named_frame", frame)
@@ -601,6 +607,32 @@ def _name_customers(db: duckdb.DuckDBPyConnection, source: _Source, region: str)
         identity_column=reason,
         named=named,
     )
+
+
+def decide_identifiers(
+    db: duckdb.DuckDBPyConnection,
+    kinds: Sequence[str],
+    combos: Sequence[Sequence[Any]],
+    region: str,
+) -> tuple[list[tuple[Any, ...]], int]:
+    """Each distinct combination of identifier values (``kinds`` order, then its row count)
+    -> (values..., customer, reason, kind of problem), and the rows named; both engines
+    decide here, over the warehouse's customers (this batch's included) and clusters."""
+    owners: dict[str, dict[str, str]] = {}
+    if any(any(v is not None for v in row[:-1]) for row in combos):
+        owners = {k: v.to_dict() for k, v in identifier_owners(db, region).items()}
+    normal: dict[tuple[str, object], str | None] = {}
+    decided, named = [], 0
+    for *values, count in combos:
+        sent = {k: str(v) for k, v in zip(kinds, values, strict=True) if v is not None}
+        held = identifier_values(sent)  # by kind: name and postcode make one
+        for kind, value in held.items():
+            if (kind, value) not in normal:
+                normal[(kind, value)] = normalise_one(kind, value, region)
+        customer, why, problem = _named_customer(held, normal, owners)
+        named += int(count) if customer is not None else 0
+        decided.append((*values, customer, why, problem))
+    return decided, named
 
 
 def _named_customer(
@@ -867,7 +899,7 @@ class _Query:
         hidden = {source.file_column, *_identity_columns(source)}
         self.originals = [c for c in source.columns if c not in hidden]
         self.fields = _fields(table, self.originals, source)
-        self.checks = _checks(table, self.fields, now, source.identity_column is not None)
+        self.checks = checks_sql(table, self.fields, now, source.identity_column is not None)
         self.cols = ", ".join(_ident(c) for c in table.column_names)
         self.key = _ident(table.id_column)
         self.name = _ident(table.name)
@@ -950,17 +982,7 @@ class _Query:
 
     def _words(self) -> tuple[str, str, str]:
         """SQL: a bad row's reasons, its first problem's kind, the row as JSON."""
-        checks = self.checks
-        why = (
-            "NULLIF(concat_ws('; ', "
-            + ", ".join(f"CASE WHEN {cond} THEN {msg} END" for _, cond, msg in checks)
-            + "), '')"
-        )
-        first = (
-            "CASE "
-            + " ".join(f"WHEN {cond} THEN {_lit(kind)}" for kind, cond, _ in checks)
-            + " END"
-        )
+        why, first = reasons_sql(self.checks)
         row = (
             "to_json(struct_pack("
             + ", ".join(f"{_ident(c)} := _o{i}" for i, c in enumerate(self.originals))
@@ -973,7 +995,7 @@ class _Query:
         key, cols = self.key, self.cols
         why, first, row = self._words()
         stored_conflict = "(_stored IS NOT NULL AND _stored <> _key)"
-        conflict_msg = _message(
+        conflict_msg = message_sql(
             self.table.id_column,
             key,
             " already exists in the warehouse with different content (conflict; stored row kept)",
@@ -1065,23 +1087,72 @@ def _typed(f: _Field) -> str:
     return f"CASE WHEN NOT {f.blank} THEN {value} END"
 
 
-def _checks(
-    table: Table, fields: list[_Field], now: datetime, named: bool = False
+@dataclass(frozen=True)
+class Dialect:
+    """How one engine spells the few SQL pieces the checks are written with, so that each
+    check is defined once (:func:`_checks`) and run by DuckDB here and by Spark
+    (:mod:`features.spark_ingest`) alike."""
+
+    lit: Callable[[str], str]
+    ident: Callable[[str], str]
+    #: a UTC instant literal from its ISO text
+    instant: Callable[[str], str]
+    #: a file's value as text, as a reason quotes it
+    text: Callable[[str], str]
+
+
+DUCKDB = Dialect(
+    _lit, _ident, lambda iso: f"TIMESTAMPTZ {_lit(iso)}", lambda ref: f"CAST({ref} AS VARCHAR)"
+)
+
+
+def reasons_sql(
+    checks: Sequence[tuple[str, str, str]], dialect: Dialect = DUCKDB
+) -> tuple[str, str]:
+    """SQL over :func:`checks_sql`: a bad row's reasons joined by ``"; "`` (NULL when it
+    has none), and its first problem's kind."""
+    why = (
+        "NULLIF(concat_ws('; ', "
+        + ", ".join(f"CASE WHEN {cond} THEN {msg} END" for _, cond, msg in checks)
+        + "), '')"
+    )
+    first = (
+        "CASE "
+        + " ".join(f"WHEN {cond} THEN {dialect.lit(kind)}" for kind, cond, _ in checks)
+        + " END"
+    )
+    return why, first
+
+
+def checks_sql(
+    table: Table,
+    fields: list[_Field],
+    now: datetime,
+    named: bool = False,
+    dialect: Dialect = DUCKDB,
 ) -> list[tuple[str, str, str]]:
     """(kind, SQL condition, SQL reason) per check, in the order a row's problems are listed;
-    ``named``: the rows may name their customer by identifiers (:func:`_name_customers`)."""
+    ``named``: the rows may name their customer by identifiers (:func:`_name_customers`).
+    The one definition of the row checks for both engines: the conditions read the typed
+    columns (named as the contract's), each field's blank flag, ``_known`` and
+    ``_identity[_kind]``, spelled by ``dialect``."""
+    lit = dialect.lit
     missing, invalid, timing, domain = [], [], [], []
     if named:  # a row without customer_id whose identifiers named nobody: that one reason
         missing = [
-            (kind, f"_identity_kind = {_lit(kind)}", "_identity") for kind in IDENTITY_PROBLEMS
+            (kind, f"_identity_kind = {lit(kind)}", "_identity") for kind in IDENTITY_PROBLEMS
         ]
-    now_sql = f"TIMESTAMPTZ {_lit(now.isoformat())}"
+    now_sql = dialect.instant(now.isoformat())
+
+    def _message(column: str, ref: str, tail: str) -> str:
+        return message_sql(column, ref, tail, dialect)
+
     for f in (f for f in fields if f.ref is not None):
-        col, ref, value = f.col, f.ref or "", f.value
+        col, ref, value = f.col, f.ref or "", dialect.ident(f.col.name)
         if col.required:
             by_identifier = named and col.name == "customer_id"
             blank = f"{f.blank} AND _identity IS NULL" if by_identifier else f.blank
-            missing.append(("missing value", blank, _lit(f"{col.name} is missing")))
+            missing.append(("missing value", blank, lit(f"{col.name} is missing")))
         if col.type != "string":
             invalid.append(
                 (
@@ -1101,12 +1172,12 @@ def _checks(
             timing.append(
                 (
                     "timestamp before 1990",
-                    f"{value} < TIMESTAMPTZ '{EARLIEST}'",
+                    f"{value} < {dialect.instant(EARLIEST)}",
                     _message(col.name, ref, f" is before {EARLIEST} (implausible)"),
                 )
             )
         if col.choices:
-            allowed = ", ".join(_lit(c) for c in col.choices)
+            allowed = ", ".join(lit(c) for c in col.choices)
             domain.append(
                 (
                     "not an allowed value",
@@ -1147,10 +1218,11 @@ def _checks(
     return [*missing, *invalid, *timing, *domain]
 
 
-def _message(column: str, ref: str, tail: str) -> str:
+def message_sql(column: str, ref: str, tail: str, dialect: Dialect = DUCKDB) -> str:
     """SQL for "<column> '<value>' <tail>", the value quoted as it was in the file."""
-    value = f"left(CAST({ref} AS VARCHAR), {QUOTE_CHARS})"
-    return f"concat({_lit(column + ' ')}, '''', {value}, '''', {_lit(tail)})"
+    value = f"left({dialect.text(ref)}, {QUOTE_CHARS})"
+    quote = dialect.lit("'")
+    return f"concat({dialect.lit(column + ' ')}, {quote}, {value}, {quote}, {dialect.lit(tail)})"
 
 
 def _mark_conflicts_in_batch(db: duckdb.DuckDBPyConnection, table: Table) -> None:

@@ -9,11 +9,12 @@ reads a folder of Parquet files as one table)::
     <lake>/features/as_of=<YYYYmmddTHHMMSSZ>/                       one snapshot per cutoff
     <lake>/scores/run_id=<run>/                                    one folder per score run
 
-Validation stays the DuckDB ingest (:mod:`features.ingest`: the same checks, the same
-quarantine reasons, ids deduplicated against what is stored); :func:`export_tables` then
-mirrors the validated tables and the quarantine into the lake. Each table is written to
-a fresh folder that replaces the old one by a rename, so a reader never sees half a
-table. This module does not import Spark (DuckDB writes the files).
+With the Spark engine, ``rapport ingest`` validates on Spark and writes these tables
+itself (:mod:`features.spark_ingest`, the checks of :mod:`features.ingest`);
+:func:`export_tables` mirrors the warehouse's validated tables and quarantine into the
+lake (after an outbox ingest, or to start a lake from an existing warehouse). Each table
+is written to a fresh folder that replaces the old one by a rename, so a reader never
+sees half a table. This module does not import Spark.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from features.contract import TABLES
 from features.ingest import QUARANTINE
 from features.timeutil import as_utc
+from features.warehouse import table_names
 
 TABLES_DIR, FEATURES_DIR, SCORES_DIR = "tables", "features", "scores"
 #: what every contract table is ordered by in the lake (a stable file for the same rows)
@@ -86,13 +88,13 @@ def export_tables(db: object, lake: str) -> dict[str, int]:
         )
     root = local_path(lake) / TABLES_DIR
     root.mkdir(parents=True, exist_ok=True)
-    present = {r[0] for r in db.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    present = table_names(db)
     written: dict[str, int] = {}
     for name in [*TABLES, QUARANTINE]:
         if name not in present:
             continue
         order = _ORDER.get(name, "table_name, ingested_at, reason, row_json")
-        fresh = root / f".{name}.{uuid.uuid4().hex[:8]}"
+        fresh = fresh_folder(root, name)
         fresh.mkdir()
         target = fresh / "part-0.parquet"
         db.execute(
@@ -100,12 +102,32 @@ def export_tables(db: object, lake: str) -> dict[str, int]:
             "(FORMAT parquet, COMPRESSION zstd)"
         )
         (rows,) = db.execute(f'SELECT count(*) FROM "{name}"').fetchone() or (0,)
-        _replace(fresh, root / name)
+        replace_folder(fresh, root / name)
         written[name] = int(rows)
     return written
 
 
-def _replace(fresh: Path, final: Path) -> None:
+def table_rows(lake: str) -> dict[str, int]:
+    """The rows of each contract table and the quarantine in a local lake, from the
+    Parquet footers (nothing is read but the metadata)."""
+    import pyarrow.parquet as pq
+
+    root = local_path(lake) / TABLES_DIR
+    rows = {}
+    for name in [*TABLES, QUARANTINE]:
+        folder = root / name
+        if folder.is_dir():
+            parts = sorted(folder.glob("*.parquet"))
+            rows[name] = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    return rows
+
+
+def fresh_folder(root: Path, name: str) -> Path:
+    """A new hidden folder beside ``root/name`` to write a table into before the swap."""
+    return root / f".{name}.{uuid.uuid4().hex[:8]}"
+
+
+def replace_folder(fresh: Path, final: Path) -> None:
     """Swap ``fresh`` in for ``final`` (two renames; the old copy is then removed)."""
     old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
     if final.exists():

@@ -365,8 +365,9 @@ def ingest(
 ) -> None:
     """Validate and load contract files into the warehouse (idempotent).
 
-    With RAPPORT_ENGINE=spark the validated tables and the quarantine are then written
-    to the lake (RAPPORT_LAKE_URI) as Parquet, where the Spark jobs read them.
+    With RAPPORT_ENGINE=spark the files are checked on Spark (the same checks and
+    reasons) and the validated tables and the quarantine written to the lake
+    (RAPPORT_LAKE_URI) as Parquet, where the Spark jobs read them.
 
     Bad rows go to the `quarantine` table with a reason; good rows always land. Exits 3
     when a source had more than --max-quarantined of its rows quarantined (or all), 2
@@ -375,7 +376,7 @@ def ingest(
     decisions' outcomes (table `outcomes`, every version in `outcome_history`).
     """
     from features.ingest import ingest as run_ingest
-    from features.lake import export_tables
+    from features.lake import export_tables, table_rows
     from features.outbox_ingest import ingest_outbox
     from features.warehouse import raw
     from models.catalog import default_catalog, parse_catalog
@@ -393,9 +394,28 @@ def ingest(
     settings = get_settings()
     reports = []
     files = _files(directory, tables) if directory or any(tables.values()) or not outbox else {}
+    spark_engine = settings.engine == "spark"
     con = open_warehouse(settings)
     try:
-        if files:
+        if files and spark_engine:  # checked on Spark, written to the lake
+            from features.spark import session
+            from features.spark_ingest import ingest as spark_ingest
+            from features.spark_ingest import lake_root
+
+            lake_root(settings.lake)  # an object-store lake is refused before Spark starts
+            reports.append(
+                spark_ingest(
+                    session(settings),
+                    con,
+                    files,
+                    now=datetime.now(UTC),
+                    lake=settings.lake,
+                    options=options,
+                    attribution=windows,
+                    region=settings.phone_region,
+                )
+            )
+        elif files:
             reports.append(
                 run_ingest(
                     con,
@@ -410,14 +430,14 @@ def ingest(
             reports.append(
                 ingest_outbox(con, settings.outbox_dir, now=datetime.now(UTC), attribution=windows)
             )
-        # the Spark engine reads the validated tables from the lake: mirror them there
-        written = export_tables(raw(con), settings.lake) if settings.engine == "spark" else None
+        # the outbox is loaded by DuckDB: mirror the warehouse into the lake after it
+        written = export_tables(raw(con), settings.lake) if spark_engine and outbox else None
     finally:
         con.disconnect()  # before any exit: in-process callers (tests, notebooks) reopen it
     for report in reports:
         say(report.summary())
-    if written is not None:
-        rows = ", ".join(f"{name} {n:,}" for name, n in written.items())
+    if spark_engine and (files or written is not None):
+        rows = ", ".join(f"{name} {n:,}" for name, n in table_rows(settings.lake).items())
         say(f"lake (engine spark): {rows} rows, as Parquet under {settings.lake}/tables")
     share = settings.max_quarantine_share if max_quarantined is None else max_quarantined
     if over := [line for report in reports for line in report.over_quarantine(share)]:

@@ -1,5 +1,6 @@
-"""``rapport ingest`` with the Spark engine: the validated tables and the quarantine,
-the very rows and reasons of the DuckDB warehouse, mirrored into the lake as Parquet."""
+"""``rapport ingest`` with the Spark engine: the validated tables and the quarantine
+written to the lake as Parquet, the very rows and reasons of the warehouse it keeps level
+(``tests/features/test_spark_ingest.py`` compares them with a DuckDB-only ingest)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ def same_rows(left: pd.DataFrame, right: pd.DataFrame, key: list[str]) -> None:
     pd.testing.assert_frame_equal(left, right, check_dtype=False)
 
 
-def test_spark_ingest_mirrors_tables_and_quarantine_into_the_lake(
+@pytest.mark.spark
+@pytest.mark.slow  # Spark checks four tables, twice: ~1-2 min on two shared cores
+def test_spark_ingest_writes_tables_and_quarantine_into_the_lake(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workspace: Path
 ) -> None:
     monkeypatch.setenv("RAPPORT_ENGINE", "spark")
