@@ -128,7 +128,8 @@ def test_bad_rows_duplicates_and_conflicts_give_the_same_lake_as_duckdb(
     # every bad-row class of the DuckDB tests in one batch, with collapsing copies, a
     # conflict in the batch, a row with several problems and a line that does not fit
     tables = {name: list(rows) for name, rows in GOOD.items()}
-    for table, row, _, _ in BAD_CASES:
+    for table, changes, _, _ in BAD_CASES:
+        row = bad(table, **changes)
         tables[table].append({**row, TABLES[table].id_column: f"BAD-{len(tables[table])}"})
     o1, o2 = GOOD["orders"]
     tables["orders"] += [
