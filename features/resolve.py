@@ -577,11 +577,17 @@ def named_owner(kinds: Sequence[str], found: Mapping[str, str]) -> tuple[str | N
 
 
 # --------------------------------------------------------------------------- persons
-def clusters_as_of(con: Any, as_of: datetime | None = None) -> pd.DataFrame:
+def clusters_as_of(
+    con: Any, as_of: datetime | None = None, of: Sequence[str] | None = None
+) -> pd.DataFrame:
     """``customer_id`` -> ``cluster_id`` as resolution knew it at ``as_of``: each
     customer's latest recorded change (``identity_changes``) at or before ``as_of``; a
     customer without one was alone. Point in time: a merge learned at t changes nothing
-    as of an earlier instant. ``as_of=None``: the current ``identity_clusters``."""
+    as of an earlier instant. ``as_of=None``: the current ``identity_clusters``.
+
+    ``of``: only the records ever placed in these clusters (all of the clusters' records
+    at ``as_of`` among them), without grouping every change: the monitor asks for a few
+    sampled persons per instant (5 clusters of 110,000 changes: 11 ms, all: 92 ms)."""
     db = raw(con)
     tables = table_names(db)
     if as_of is None:
@@ -590,16 +596,21 @@ def clusters_as_of(con: Any, as_of: datetime | None = None) -> pd.DataFrame:
         return db.execute(f"SELECT customer_id, cluster_id FROM {CLUSTERS}").df()
     if CHANGES not in tables:
         return pd.DataFrame({"customer_id": [], "cluster_id": []}, dtype="string")
-    return db.execute(clusters_as_of_sql("$as_of"), {"as_of": as_of}).df()
+    if of is None:
+        return db.execute(clusters_as_of_sql("$as_of"), {"as_of": as_of}).df()
+    ever = f"SELECT customer_id FROM {CHANGES} WHERE cluster_id IN (SELECT unnest($of))"
+    sql = clusters_as_of_sql("$as_of", f"customer_id IN ({ever})")
+    return db.execute(sql, {"as_of": as_of, "of": [str(i) for i in of]}).df()
 
 
-def clusters_as_of_sql(as_of: str) -> str:
+def clusters_as_of_sql(as_of: str, only: str = "TRUE") -> str:
     """The query of :func:`clusters_as_of` (needs ``identity_changes``), the instant given
     as SQL (a parameter such as ``$as_of``), for callers that read it inside their own
-    query (the online records of merged persons, :mod:`features.online.materialize`)."""
+    query (the online records of merged persons, :mod:`features.online.materialize`);
+    ``only``: a condition on the changes read (SQL)."""
     return (
         f"SELECT customer_id, arg_max(cluster_id, changed_at) AS cluster_id FROM {CHANGES} "
-        f"WHERE changed_at <= {as_of} GROUP BY customer_id"
+        f"WHERE changed_at <= {as_of} AND ({only}) GROUP BY customer_id"
     )
 
 

@@ -785,7 +785,7 @@ def _persons_of(con: Any, ids: list[str], when: datetime) -> dict[str, Any]:
     source = {name: con.table(name) for name in TABLES}
     if CHANGES not in table_names(raw(con)):
         return {name: t.filter(t.customer_id.isin(ids)) for name, t in source.items()}
-    return person_tables(source, clusters_as_of(con, when), ids, keep_members=True)
+    return person_tables(source, clusters_as_of(con, when, ids), ids, keep_members=True)
 
 
 def check_skew(
