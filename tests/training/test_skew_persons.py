@@ -16,7 +16,7 @@ from features.batch import build
 from features.online import materialize as mat
 from features.online.record import evaluate
 from features.online.store import open_store
-from features.resolve import resolve
+from features.resolve import clusters_as_of, resolve
 from features.spec import default_spec
 from features.tables.feature_samples import encode, load_outbox_samples, sample_row
 from features.tables.segments import snapshot_segments
@@ -51,6 +51,14 @@ def test_a_merged_persons_live_vector_agrees_with_its_batch_rebuild(tmp_path: Pa
         [person, member],
     )
     assert resolve(con, AS_OF - timedelta(days=30)).merges == 2
+    # the sampled persons' clusters alone, as the monitor reads them per instant
+    everyone = clusters_as_of(con, AS_OF)
+    theirs = clusters_as_of(con, AS_OF, [person])
+    assert (
+        set(map(tuple, theirs.to_numpy()))
+        == set(map(tuple, everyone[everyone["cluster_id"] == person].to_numpy()))
+        == {(person, person), (member, person)}
+    )
     alone = build(con, AS_OF).set_index("customer_id")
     plain = next(c for c in alone.index if c not in (person, member))
     store = open_store("sqlite:///:memory:")
