@@ -62,6 +62,7 @@ import pyarrow as pa
 
 from features.batch import build
 from features.contract import CAMPAIGN_LOG, CUSTOMERS, TABLES
+from features.resolve import CHANGES, clusters_as_of, person_tables
 from features.spec import FeatureSpec, default_spec
 from features.tables import monitoring as tables
 from features.tables.feature_samples import mismatches, read_samples
@@ -746,9 +747,8 @@ def _skew(c: _Checks, con: Any, spec: FeatureSpec, until: datetime | None) -> No
     bad, missing = 0, 0
     for instant, group in current.groupby("computed_at", sort=True):
         ids = [str(i) for i in group["customer_id"].unique()]
-        only = {name: con.table(name) for name in TABLES}
-        only = {name: t.filter(t.customer_id.isin(ids)) for name, t in only.items()}
         when = pd.Timestamp(instant).to_pydatetime()
+        only = _persons_of(con, ids, when)
         batch = build(con, when, spec, only).set_index("customer_id")
         for row in group.itertuples():
             if row.customer_id not in batch.index:
@@ -775,6 +775,17 @@ def _skew(c: _Checks, con: Any, spec: FeatureSpec, until: datetime | None) -> No
     c.add("skew", "mismatches", "all", bad, detail)
     for name, count in sorted(counts.items(), key=lambda kv: -kv[1]):
         c.add("skew", "mismatches", name, count, f"of {len(current)} samples; {example[name]}")
+
+
+def _persons_of(con: Any, ids: list[str], when: datetime) -> dict[str, Any]:
+    """The contract tables of the sampled customers as their live records hold them at
+    ``when``: once ``rapport resolve`` has run, a cluster id's record holds every member's
+    events and the earliest signup (:func:`features.resolve.person_tables`, the clusters
+    known at ``when``), so the rebuild merges them too."""
+    source = {name: con.table(name) for name in TABLES}
+    if CHANGES not in table_names(raw(con)):
+        return {name: t.filter(t.customer_id.isin(ids)) for name, t in source.items()}
+    return person_tables(source, clusters_as_of(con, when, ids), ids, keep_members=True)
 
 
 def check_skew(

@@ -87,8 +87,8 @@ def records_sql(spec: FeatureSpec, parts: int = 1, part: int = 0, persons: bool 
 
     ``persons`` (the warehouse holds ``identity_changes``): a merged person's record, the
     one of their cluster id, holds the events of every record of the cluster and the
-    earliest signup, as :func:`features.resolve.merge_histories` builds them for the
-    batch -- with the clusters resolution knew at ``$as_of``
+    earliest signup, as :func:`features.resolve.person_tables` (``keep_members``) builds
+    them for the batch -- with the clusters resolution knew at ``$as_of``
     (:func:`features.resolve.clusters_as_of`: a merge learned later changes nothing).
     The other records of the cluster keep their own record and events.
 
