@@ -733,9 +733,12 @@ class FeatureColumns:
     it. A save asks for ``fresh`` columns only (what ``rapport targets`` computes): it
     waits for a read under way and reads the rest itself.
 
-    One background reader at a time (a thread that reads, in one pass, every column
-    asked for since its last read; interrupted by a save, :meth:`WarehouseLock.yielding`,
-    then asked again by the next request that finds the column missing or stale)."""
+    One background reader at a time (a thread that reads every column asked for since
+    its last read, one query per table (:func:`read_parts`), each part kept as soon as it
+    is read; it starts a read, and each part of one, when no preview is under way and no
+    list was saved for :data:`WRITE_QUIET` seconds; a save interrupts the part under way,
+    :meth:`WarehouseLock.yielding`, which the next request that finds those columns
+    missing or stale asks for again, the finished parts kept)."""
 
     def __init__(
         self,
