@@ -12,12 +12,13 @@ than the times on a shared machine).
     uv run python -m bench.ui --home .rapport --with-score 20   # + /score p99 under previews
 
 The page reads the scores and the catalog's columns (consent, contacts, cool-downs) when
-it starts and keeps them (``ui.data.CachedLists``): "preview, first", sent right after
-signing in and before the pages are timed, waits for the scores and the control group's
-hashes and takes the columns from the scoring run's published snapshot while the fresh
-ones are read behind it; "preview, new feature" takes two more columns (from the
-snapshot, or computed over the events without one); "cached" previews read nothing; a
-save selects again from the kept candidates with fresh columns only (it waits for those
+it starts and keeps them (``ui.data.CachedLists``); sign-ins wait for that start-up read
+("page ready", ``/readyz``; the code before it had no such route and signed in at once).
+"preview, first", sent right after signing in and before the pages are timed, takes the
+columns from the scoring run's published snapshot while the fresh ones are read behind
+it; "save, right after the first preview" waits for those fresh ones; "preview, new
+feature" takes two more columns (from the snapshot, or computed over the events without
+one); "cached" previews read nothing; a save selects again from the kept candidates with fresh columns only (it waits for those
 still being read; suppressions read afresh) and writes. The bench says which previews
 were served on snapshot columns and when every preview had fresh ones.
 
