@@ -18,8 +18,9 @@ it starts and keeps them (``ui.data.CachedLists``); sign-ins wait for that start
 columns from the scoring run's published snapshot while the fresh ones are read behind
 it; "save, right after the first preview" waits for those fresh ones; "preview, new
 feature" takes two more columns (from the snapshot, or computed over the events without
-one); "cached" previews read nothing; a save selects again from the kept candidates with fresh columns only (it waits for those
-still being read; suppressions read afresh) and writes. The bench says which previews
+one); "cached" previews read nothing; a save selects again from the kept candidates
+with fresh columns only (it waits for those still being read; suppressions read
+afresh) and writes. The bench says which previews
 were served on snapshot columns and when every preview had fresh ones.
 
 ``--with-score SECONDS`` also starts the scoring service (the tests' harness, one worker)
