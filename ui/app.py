@@ -87,7 +87,7 @@ READY_WAIT = 120.0
 
 #: what the sign-in page says while the start-up read runs, and to a sign-in that waited
 #: :data:`READY_WAIT` for it in vain
-LOADING = "Reading the latest scores: signing in waits until they are read (seconds)."
+LOADING = "Reading the latest scores: signing in waits until they are read (up to a minute)."
 NOT_READY = "The page is still reading the latest scores: sign in again in a moment."
 
 
@@ -177,36 +177,38 @@ class UiApp:
         self.ready_after: float | None = None
 
     def warm(self) -> None:
-        """Read what the pages share in the background when the page starts: the
-        preview's scores and catalog columns (consent, contacts, cool-downs: the scoring
-        run's snapshot at once, the fresh ones behind it) and the control group -- the
-        page is ready then (:attr:`ready`: sign-ins wait for it) -- then the live
-        scorer's models, the monthly revenue, every segment's profile."""
+        """Read what the pages share when the page starts, before it accepts sign-ins
+        (:attr:`ready`): what every list needs (:meth:`prepare`), the live scorer's models
+        (loading beside the monthly revenue and every segment's profile). Nothing heavy
+        is left to run beside a marketer's first requests; only stale columns are read
+        again later, behind the previews (:class:`ui.data.FeatureColumns`)."""
 
         def run() -> None:
             try:
                 with contextlib.suppress(Exception):  # the first preview shows the error
                     self.prepare()
-            finally:  # the live models load after, between previews: both at once
+                self.live.start()
+                with contextlib.suppress(WarehouseUnavailableError):  # nothing to read yet
+                    self.kept(("revenue",), data.monthly_revenue)
+                    self.read(self.segment_profiles)
+                self.live.wait(READY_WAIT)
+            finally:
                 self.ready_after = time.monotonic() - self._started
                 self.ready.set()
-                self.columns.wait_quiet()  # slowed the first preview
-                self.live.start()
-            with contextlib.suppress(WarehouseUnavailableError):  # nothing to read yet
-                self.kept(("revenue",), data.monthly_revenue)
-                self.read(self.segment_profiles)
 
         threading.Thread(target=run, name="ui-warm", daemon=True).start()
 
     def prepare(self) -> None:
-        """What every preview needs, read before the page accepts sign-ins: the run's
-        scores, the catalog's columns (the snapshot's; the fresh ones asked of the
-        background reader), who is in the control group, the suppressions -- through one
-        preview of every customer's best action, whose selection also warms what the
-        first preview's would otherwise pay for (a first selection over a million rows
-        takes about a second longer than the next)."""
+        """What every list needs, read before the page accepts sign-ins: the run's
+        scores, the catalog's columns (consent, contacts, cool-downs) computed fresh as a
+        save needs them, who is in the control group, the suppressions -- through one
+        list of every customer's best action (as a save makes it, nothing written), whose
+        selection also warms what the first preview's would otherwise pay for (a first
+        selection over a million rows takes about a second longer than the next)."""
         with self.columns.previewing():
-            self.target_list(definition_from({}))
+            self.target_list(definition_from({}), fresh=True)
+            with self.source() as source:  # the previews' (kept) suppressions
+                source.suppressed()
 
     def source(self, fresh: bool = False) -> data.CachedLists:
         """The list builder's source: what the page keeps (scores, feature columns);
