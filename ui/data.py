@@ -737,9 +737,8 @@ class FeatureColumns:
 
     One background reader at a time (a thread that reads every column asked for since
     its last read, one query per table (:func:`read_parts`), each part kept as soon as it
-    is read; it starts a read, and each part of one, when no preview is under way or ended
-    in the last :data:`PREVIEW_QUIET` seconds and no list was saved in the last
-    :data:`WRITE_QUIET`; a save interrupts the part under way,
+    is read; it starts a read, and each part of one, when no preview is under way and no
+    list was saved for :data:`WRITE_QUIET` seconds; a save interrupts the part under way,
     :meth:`WarehouseLock.yielding`, which the next request that finds those columns
     missing or stale asks for again, the finished parts kept)."""
 
