@@ -715,10 +715,8 @@ def _aligned(index: pd.Index, ids: Any, values: np.ndarray, at: np.ndarray | Non
 
 #: how long the background reader waits for the previews under way before it reads
 READER_PATIENCE = 10.0
-#: seconds after a save, and after a preview, before the background reader starts a
-#: read (or a part of one)
+#: seconds after a save before the background reader starts a read (or a part of one)
 WRITE_QUIET = 3.0
-PREVIEW_QUIET = 2.0
 
 
 class FeatureColumns:
@@ -764,10 +762,8 @@ class FeatureColumns:
         #: what the background reader reads next: (path, run, scores) and the names
         self._queued: dict[str, tuple[tuple[Path, RunInfo, RunScores], set[str]]] = {}
         self._reader: threading.Thread | None = None
-        #: previews under way, and when the latest ended: the background reader starts a
-        #: read between them
+        #: previews under way: the background reader starts a read between them
         self._previews = 0
-        self._previewed = -math.inf
 
     @contextlib.contextmanager
     def previewing(self) -> Iterator[None]:
@@ -782,19 +778,16 @@ class FeatureColumns:
         finally:
             with self._lock:
                 self._previews -= 1
-                self._previewed = time.monotonic()
 
     def wait_quiet(self) -> None:
-        """Wait until no preview is under way or ended in the last :data:`PREVIEW_QUIET`
-        seconds (what a marketer does next -- another preview, a save -- comes soon
-        after one) and no list was saved in the last :data:`WRITE_QUIET` seconds (a save
-        interrupts a background read, and saves in a row would interrupt it again); at
-        most :data:`READER_PATIENCE` s."""
+        """Wait until no preview is under way and no list was saved in the last
+        :data:`WRITE_QUIET` seconds (at most :data:`READER_PATIENCE` s): a save
+        interrupts a background read, and saves in a row would interrupt it again."""
         deadline = time.monotonic() + READER_PATIENCE
         while time.monotonic() < deadline:
             with self._lock:
-                busy = self._previews or time.monotonic() - self._previewed < PREVIEW_QUIET
-            if not busy and WAREHOUSE.unwritten_for(WRITE_QUIET):
+                previews = self._previews
+            if not previews and WAREHOUSE.unwritten_for(WRITE_QUIET):
                 return
             time.sleep(0.05)
 
