@@ -12,13 +12,15 @@ than the times on a shared machine).
     uv run python -m bench.ui --home .rapport --with-score 20   # + /score p99 under previews
 
 The page reads the scores and the catalog's columns (consent, contacts, cool-downs) when
-it starts and keeps them (``ui.data.CachedLists``): "preview, first", sent right after
-signing in and before the pages are timed, waits for the scores and the control group's
-hashes and takes the columns from the scoring run's published snapshot while the fresh
-ones are read behind it; "preview, new feature" takes two more columns (from the
-snapshot, or computed over the events without one); "cached" previews read nothing; a
-save selects again from the kept candidates with fresh columns only (it waits for those
-still being read; suppressions read afresh) and writes. The bench says which previews
+it starts and keeps them (``ui.data.CachedLists``); sign-ins wait for that start-up read
+("page ready", ``/readyz``; the code before it had no such route and signed in at once).
+"preview, first", sent right after signing in and before the pages are timed, takes the
+columns from the scoring run's published snapshot while the fresh ones are read behind
+it; "save, right after the first preview" waits for those fresh ones; "preview, new
+feature" takes two more columns (from the snapshot, or computed over the events without
+one); "cached" previews read nothing; a save selects again from the kept candidates
+with fresh columns only (it waits for those still being read; suppressions read
+afresh) and writes. The bench says which previews
 were served on snapshot columns and when every preview had fresh ones.
 
 ``--with-score SECONDS`` also starts the scoring service (the tests' harness, one worker)
@@ -102,6 +104,7 @@ def main() -> None:
     if args.replicate > 1:
         home = replicate(home, args.replicate)
     key = add_key(home, ["ui"], name="bench ui")
+    launched = time.perf_counter()
     process = start_ui(DemoOptions(ui_port=args.port), Settings(home=home))
     url = f"http://127.0.0.1:{args.port}"
     try:
@@ -112,9 +115,13 @@ def main() -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.2)
+            serving = time.perf_counter() - launched
+            ready = wait_ready(client) and time.perf_counter() - launched
             form = client.get("/signin").text
             token = re.search(r'name="csrf" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+            signing_in = time.perf_counter()
             client.post("/signin", data={"key": key, "csrf": token})
+            signed_in = time.perf_counter() - signing_in
             page = client.get("/builder").text
             csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
             customer = re.search(r'/customer\?id=([^"]+)"', client.get("/customer").text)
@@ -134,6 +141,9 @@ def main() -> None:
             started = time.perf_counter()
             first = timed(client, "POST", "/builder/preview", data=body, headers=headers)
             snapshot = {"first": LATEST["snapshot"]}
+            # a save at once: it waits for the fresh columns the start asked for
+            saved = {**body, "name": "bench_ui_first"}
+            first_save = timed(client, "POST", "/builder/save", data=saved, headers=headers)
             times = {p: [timed(client, "GET", p) for _ in range(args.repeat)] for p in pages}
             warm = []
             for i in range(1, args.repeat + 1):
@@ -152,7 +162,12 @@ def main() -> None:
                 headers=headers,
                 data={**body, "name": "bench_ui_list"},
             )
+            print(f"\n{'page answers (/healthz)':<34} {serving:8.1f}  (since started)")
+            if ready:
+                print(f"{'page ready (/readyz: start-up read)':<34} {ready:8.1f}  (since started)")
+            print(f"{'sign-in':<34} {signed_in:8.3f}")
             report(home, args.repeat, times, first, warm, new_feature, save)
+            print(f"{'save, right after the first preview':<34} {first_save:8.3f}")
             used = [k for k, v in snapshot.items() if v]
             print(f"previews on the scoring run's snapshot columns: {', '.join(used) or 'none'}")
             # when the fresh columns of the new feature's preview replaced the snapshot's
@@ -166,6 +181,18 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def wait_ready(client: httpx.Client) -> bool:
+    """Wait until the page says it is ready (``/readyz``: its start-up read is done);
+    False when it has no such route (the code before it)."""
+    while True:
+        answer = client.get("/readyz")
+        if answer.status_code == 404:
+            return False
+        if answer.status_code == 200:
+            return True
+        time.sleep(0.1)
 
 
 def report(

@@ -748,6 +748,7 @@ def select_targets(
     suppressed: Iterable[str] | None = None,
     value_at_risk_fallback: bool = True,
     control: ControlGroup | None = None,
+    unique: bool = False,
 ) -> Selection:
     """The target list for ``definition`` from ``frame`` (scores + the needed features).
 
@@ -759,11 +760,13 @@ def select_targets(
     ``group``, so a reshuffle since scoring is honoured). Raises
     :class:`TargetError` (or :class:`ExpressionError`) on a bad definition.
 
-    Deduplication here, then :func:`screen` and :func:`choose` (Spark runs the same two
-    over its batches and a shortlist, :func:`training.spark_lists.select_on_spark`).
+    Deduplication here (``unique``: the caller's frame is one row per customer already,
+    e.g. the web page's scores, deduplicated once per run: a second pass over a million
+    ids costs half a second), then :func:`screen` and :func:`choose` (Spark runs the same
+    two over its batches and a shortlist, :func:`training.spark_lists.select_on_spark`).
     """
     check_definition(definition, catalog, frame.columns)
-    rows = frame.drop_duplicates("customer_id", keep="first")
+    rows = frame if unique else frame.drop_duplicates("customer_id", keep="first")
     screened = screen(
         rows, catalog, definition, suppressed, value_at_risk_fallback, control=control
     )

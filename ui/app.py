@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,9 @@ from models.targeting import (
     TargetDefinition,
     TargetList,
     definition_from,
-    feature_subset,
     field_types,
     make_list,
-    needed_features,
+    select_targets,
 )
 from rapport.settings import Settings, get_settings
 from ui import data
@@ -80,6 +80,15 @@ HERE = Path(str(resources.files("ui")))
 FORMATS = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 #: rows of a preview shown on the page
 PREVIEW_ROWS = 20
+#: how long a sign-in waits for the page's start-up read (:meth:`UiApp.prepare`) before
+#: it asks the marketer to sign in again in a moment
+READY_WAIT = 120.0
+
+
+#: what the sign-in page says while the start-up read runs, and to a sign-in that waited
+#: :data:`READY_WAIT` for it in vain
+LOADING = "Reading the latest scores: signing in waits until they are read (up to a minute)."
+NOT_READY = "The page is still reading the latest scores: sign in again in a moment."
 
 
 # --------------------------------------------------------------------------- formatting
@@ -160,42 +169,46 @@ class UiApp:
         )
         self.control_memo = data.ControlMemo()
         self.live = LiveScorer(self.settings, self.spec)
+        #: set when the start-up read (:meth:`prepare`) is done: sign-ins wait for it, so
+        #: the first preview finds the run's scores and columns read
+        self.ready = threading.Event()
+        self._started = time.monotonic()
+        #: seconds the start-up read took (None before it ends)
+        self.ready_after: float | None = None
 
     def warm(self) -> None:
-        """Read what the pages share in the background when the page starts: the
-        preview's scores and catalog columns (consent, contacts, cool-downs: the scoring
-        run's snapshot at once, the fresh ones behind it) and the control group, then
-        the live scorer's models, the monthly revenue, every segment's profile."""
+        """Read what the pages share when the page starts, before it accepts sign-ins
+        (:attr:`ready`): what every list needs (:meth:`prepare`), the live scorer's models
+        (loading beside the monthly revenue and every segment's profile). Nothing heavy
+        is left to run beside a marketer's first requests; only stale columns are read
+        again later, behind the previews (:class:`ui.data.FeatureColumns`)."""
 
         def run() -> None:
             try:
                 with contextlib.suppress(Exception):  # the first preview shows the error
                     self.prepare()
-            finally:  # the live models load after, between previews: both at once
-                self.columns.wait_quiet()  # slowed the first preview
                 self.live.start()
-            with contextlib.suppress(WarehouseUnavailableError):  # nothing to read yet
-                self.kept(("revenue",), data.monthly_revenue)
-                self.read(self.segment_profiles)
+                with contextlib.suppress(WarehouseUnavailableError):  # nothing to read yet
+                    self.kept(("revenue",), data.monthly_revenue)
+                    self.read(self.segment_profiles)
+                self.live.wait(READY_WAIT)
+            finally:
+                self.ready_after = time.monotonic() - self._started
+                self.ready.set()
 
         threading.Thread(target=run, name="ui-warm", daemon=True).start()
 
     def prepare(self) -> None:
-        """What every preview needs, read without selecting (a selection here would
-        only compete with the first preview's for the cores): the run's scores, the
-        catalog's columns (the snapshot's; the fresh ones asked of the background
-        reader), who is in the control group, the suppressions."""
+        """What every list needs, read before the page accepts sign-ins: the run's
+        scores, the catalog's columns (consent, contacts, cool-downs) computed fresh as a
+        save needs them, who is in the control group, the suppressions -- through one
+        list of every customer's best action (as a save makes it, nothing written), whose
+        selection also warms what the first preview's would otherwise pay for (a first
+        selection over a million rows takes about a second longer than the next)."""
         with self.columns.previewing():
-            source = self.source()
-            with source:
-                run = source.run()
-                names = needed_features(
-                    definition_from({}), Catalog.model_validate(run.catalog), self.spec
-                )
-                now = datetime.now(UTC)
-                frame = source.candidates(run, feature_subset(self.spec, names), names, now)
+            self.target_list(definition_from({}), fresh=True)
+            with self.source() as source:  # the previews' (kept) suppressions
                 source.suppressed()
-            data.MemoControl.of(self.control(), self.control_memo).mask(frame["customer_id"])
 
     def source(self, fresh: bool = False) -> data.CachedLists:
         """The list builder's source: what the page keeps (scores, feature columns);
@@ -247,7 +260,15 @@ class UiApp:
 
     def signin_page(self, request: Request, error: str, status: int = 200) -> Response:
         token = request.cookies.get(SIGNIN_COOKIE) or _token()
-        response = self.page(request, "signin.html", None, status, error=error, signin_token=token)
+        response = self.page(
+            request,
+            "signin.html",
+            None,
+            status,
+            error=error,
+            signin_token=token,
+            loading="" if self.ready.is_set() else LOADING,
+        )
         response.set_cookie(
             SIGNIN_COOKIE, token, httponly=True, samesite="strict", max_age=3600, path="/signin"
         )
@@ -261,6 +282,9 @@ class UiApp:
             session = self.sessions.sign_in(str(form.get("key") or ""))
         except SignInError as exc:
             return self.signin_page(request, str(exc), status=401)
+        if not await run_in_threadpool(self.ready.wait, READY_WAIT):
+            self.sessions.sign_out(session.sid)
+            return self.signin_page(request, NOT_READY, status=503)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
@@ -281,6 +305,13 @@ class UiApp:
 
     def session(self, request: Request) -> Session | None:
         return self.sessions.get(request.cookies.get(SESSION_COOKIE))
+
+    async def readiness(self, request: Request) -> Response:
+        """``/readyz``: 200 once the start-up read is done (sign-ins no longer wait),
+        else 503; ``/healthz`` answers as soon as the process serves."""
+        if self.ready.is_set():
+            return Response(f"ready after {self.ready_after or 0.0:.1f} s", media_type="text/plain")
+        return Response(LOADING, status_code=503, media_type="text/plain")
 
     # ----------------------------------------------------------------- pages
     async def overview(self, request: Request, session: Session) -> Response:
@@ -384,7 +415,14 @@ class UiApp:
         ``fresh`` (a save): fresh columns only, see :meth:`source`."""
         source = self.source(fresh)
         control = data.MemoControl.of(self.control(), self.control_memo)
-        target = make_list(source, definition, self.spec, datetime.now(UTC), control=control)
+        target = make_list(
+            source,
+            definition,
+            self.spec,
+            datetime.now(UTC),
+            control=control,
+            select=partial(select_targets, unique=True),  # the kept scores: one row each
+        )
         target.as_of = source.features_as_of or target.as_of
         return target, source
 
@@ -719,6 +757,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/signin", ui.signin_form, methods=["GET"]),
         Route("/signin", ui.signin, methods=["POST"]),
         Route("/healthz", lambda request: Response("ok"), methods=["GET"]),
+        Route("/readyz", ui.readiness, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(routes=routes)

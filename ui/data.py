@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Self
 
@@ -31,11 +32,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.batch import build
-from features.contract import CONTROL
+from features.batch import finish, normalize_raw, raw_expression
+from features.contract import CONTROL, TABLES
 from features.control import ControlGroup
 from features.segments import SegmentModel, segment_rule
-from features.spec import FeatureSpec
+from features.spec import Agg, Derived, FeatureSpec
 from features.tables import analytics as analytics_tables
 from features.tables import monitoring as monitoring_tables
 from features.tables.cycle import CHANGES as CYCLE_CHANGES
@@ -97,6 +98,8 @@ class WarehouseLock:
         self._writing = False
         self._waiting = 0
         self._yielding: list[Callable[[], None]] = []
+        #: when the latest write ended (monotonic seconds)
+        self._written = -math.inf
 
     @contextlib.contextmanager
     def read(self) -> Iterator[None]:
@@ -147,7 +150,15 @@ class WarehouseLock:
         finally:
             with self._cond:
                 self._writing = False
+                self._written = time.monotonic()
                 self._cond.notify_all()
+
+    def unwritten_for(self, seconds: float) -> bool:
+        """No writer now, none waiting, and none in the last ``seconds``: a background
+        read started now is unlikely to be interrupted by the next save of a series."""
+        with self._cond:
+            busy = self._writing or self._waiting
+            return not busy and time.monotonic() - self._written >= seconds
 
 
 #: the page's one lock on its warehouse connections
@@ -600,7 +611,7 @@ class ControlMemo:
         self._hashing = threading.Lock()
 
     def mask(self, group: ControlGroup, customer_ids: Any) -> np.ndarray:
-        ids = pd.Index(pd.Series(customer_ids).astype(str).to_numpy(dtype=object))
+        ids = pd.Index(pd.Series(customer_ids).astype(str))  # no copy of str ids
         key = (group.share, group.salt)
         found = self._lookup(key, ids)
         if found is not None:
@@ -670,6 +681,13 @@ class RunScores:
     control: ControlGroup | None = None
     held_out: np.ndarray | None = None
 
+    @cached_property
+    def rows(self) -> pa.Table:
+        """The customers and their row numbers, for a join in DuckDB (the feature
+        column reads place what they compute by it)."""
+        ids = pa.array(self.index.to_numpy(dtype=object), pa.string())
+        return pa.table({"customer_id": ids, ROW: pa.array(np.arange(len(ids)), pa.int64())})
+
 
 @dataclass(frozen=True)
 class Column:
@@ -696,6 +714,8 @@ def _aligned(index: pd.Index, ids: Any, values: np.ndarray, at: np.ndarray | Non
 
 #: how long the background reader waits for the previews under way before it reads
 READER_PATIENCE = 10.0
+#: seconds after a save before the background reader starts a read (or a part of one)
+WRITE_QUIET = 3.0
 
 
 class FeatureColumns:
@@ -712,9 +732,12 @@ class FeatureColumns:
     it. A save asks for ``fresh`` columns only (what ``rapport targets`` computes): it
     waits for a read under way and reads the rest itself.
 
-    One background reader at a time (a thread that reads, in one pass, every column
-    asked for since its last read; interrupted by a save, :meth:`WarehouseLock.yielding`,
-    then asked again by the next request that finds the column missing or stale)."""
+    One background reader at a time (a thread that reads every column asked for since
+    its last read, one query per table (:func:`read_parts`), each part kept as soon as it
+    is read; it starts a read, and each part of one, when no preview is under way and no
+    list was saved for :data:`WRITE_QUIET` seconds; a save interrupts the part under way,
+    :meth:`WarehouseLock.yielding`, which the next request that finds those columns
+    missing or stale asks for again, the finished parts kept)."""
 
     def __init__(
         self,
@@ -756,12 +779,15 @@ class FeatureColumns:
                 self._previews -= 1
 
     def wait_quiet(self) -> None:
-        """Wait until no preview is under way (at most :data:`READER_PATIENCE` s)."""
+        """Wait until no preview is under way and no list was saved in the last
+        :data:`WRITE_QUIET` seconds (at most :data:`READER_PATIENCE` s): a save
+        interrupts a background read, and saves in a row would interrupt it again."""
         deadline = time.monotonic() + READER_PATIENCE
         while time.monotonic() < deadline:
             with self._lock:
-                if not self._previews:
-                    return
+                previews = self._previews
+            if not previews and WAREHOUSE.unwritten_for(WRITE_QUIET):
+                return
             time.sleep(0.05)
 
     def get(self, run: RunInfo, name: str, within: float | None = None) -> Column | None:
@@ -924,22 +950,52 @@ class FeatureColumns:
         names: Sequence[str],
         yielding: bool = False,
     ) -> dict[str, Column]:
-        """Compute the features ``names`` as of now for every customer (one pass per
-        event table, only the attributes named, no sort) and keep them aligned with
-        ``scores``' rows (customers without features get nulls, as in a left join).
-        ``yielding``: a save that comes interrupts the read (it fails; a background
-        refresh reads again later)."""
+        """Compute the features ``names`` as of now for every customer and keep them
+        aligned with ``scores``' rows (customers without features get nulls, as in a left
+        join): one query per part (:func:`read_parts`: the features of one event table,
+        the customers' attributes), each kept as soon as it is read, so a read that fails
+        half-way (``yielding``: interrupted by a save) keeps the parts it finished and the
+        next read computes only the rest."""
+        out: dict[str, Column] = {}
+        for i, part in enumerate(read_parts(self.spec, names)):
+            if yielding and i:  # in the background: not beside a preview, nor a save
+                self.wait_quiet()
+            out.update(self._read_part(path, run, scores, part, yielding))
+        return out
+
+    def _read_part(
+        self, path: Path, run: RunInfo, scores: RunScores, names: Sequence[str], yielding: bool
+    ) -> dict[str, Column]:
+        """One part of :meth:`read`: the raw aggregates joined to the scores' rows in
+        DuckDB (only the attributes named, no sort, no customer ids back), then
+        :func:`features.batch.finish` as :func:`features.batch.build` does."""
         as_of = datetime.now(UTC)
         spec = feature_subset(self.spec, names, all_attributes=False)
         with own_lists(path) as own:
             con = raw(own.con)
             held = WAREHOUSE.yielding(con.interrupt) if yielding else contextlib.nullcontext()
             with held:
-                built = build(own.con, as_of, spec, ordered=False)
-        at = scores.index.get_indexer(built["customer_id"].astype(str).to_numpy(dtype=object))
-        out = {
-            n: Column(as_of, _aligned(scores.index, None, built[n].to_numpy(), at)) for n in names
-        }
+                expression = raw_expression(
+                    {n: own.con.table(n) for n in TABLES}, as_of, spec, ordered=False
+                )
+                con.register(ROWS_VIEW, scores.rows)
+                try:
+                    table = con.execute(
+                        f"SELECT r.{ROW}, f.* EXCLUDE (customer_id) FROM {ROWS_VIEW} r "
+                        f"JOIN ({own.con.compile(expression)}) f "
+                        "ON f.customer_id = r.customer_id"
+                    ).to_arrow_table()
+                finally:
+                    con.unregister(ROWS_VIEW)
+        values = normalize_raw(table, spec)
+        at = values.pop(ROW).astype(np.int64)
+        features = finish(values, as_of, spec)
+        out = {}
+        for n in names:
+            column = features[n]
+            if column.dtype == object:  # as build's frame holds them (nulls as NaN)
+                column = pd.Series(column).to_numpy()
+            out[n] = Column(as_of, _aligned(scores.index, None, column, at))
         now = time.monotonic()
         with self._lock:
             self._columns = {
@@ -949,6 +1005,31 @@ class FeatureColumns:
             }
             self._columns.update({(run.run_id, n): (now, c) for n, c in out.items()})
         return out
+
+
+#: the scores' customers and their rows, as the column reads see them in DuckDB
+ROWS_VIEW = "ui_score_rows"
+ROW = "ui_row"
+
+
+def read_parts(spec: FeatureSpec, names: Sequence[str]) -> list[list[str]]:
+    """``names`` grouped by the tables they are computed from (an aggregate's event
+    table, an attribute's ``customers``, a derived feature's inputs' tables), the cheapest
+    part (attributes) first: each part is one query of :meth:`FeatureColumns.read`."""
+    by_name = spec.by_name()
+
+    def sources(name: str) -> frozenset[str]:
+        feature = by_name[name]
+        if isinstance(feature, Agg):
+            return frozenset({feature.source})
+        if isinstance(feature, Derived):
+            return frozenset().union(*(sources(i) for i in feature.inputs))
+        return frozenset()  # an attribute: the customers table every part reads
+
+    parts: dict[frozenset[str], list[str]] = {}
+    for name in names:
+        parts.setdefault(sources(name), []).append(name)
+    return [parts[k] for k in sorted(parts, key=lambda k: (len(k), sorted(k)))]
 
 
 class CachedLists(WarehouseLists):

@@ -44,6 +44,10 @@ class LiveScorer:
     def start(self) -> None:
         threading.Thread(target=self._load, name="ui-live-scorer", daemon=True).start()
 
+    def wait(self, timeout: float) -> bool:
+        """Wait until the models have loaded or failed to (False after ``timeout``)."""
+        return self._loaded.wait(timeout)
+
     @property
     def ready(self) -> bool:
         """The models have loaded (live scores can be made)."""

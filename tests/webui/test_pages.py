@@ -279,3 +279,93 @@ def test_the_control_memo_takes_a_run_s_members_instead_of_hashing() -> None:
     assert memo.mask(group, ids).sum() == group.mask(ids).sum() > 0
     other = ControlGroup(0.2, "salt-b")
     assert (memo.mask(other, ids) == other.mask(ids)).all()
+
+
+def test_column_reads_go_by_table_and_keep_the_parts_they_finished(tmp_path: Path) -> None:
+    """A read is one query per table (attributes first, a derived feature with its
+    inputs' table); a read that fails half-way (a save interrupting it) keeps the parts it
+    finished, so the next read computes only the rest."""
+    from datetime import UTC, datetime
+
+    import pandas as pd
+    from sample_data import load_tables, random_tables
+
+    from features.spec import default_spec
+    from features.tables.scores import RunInfo
+    from features.warehouse import connect
+    from ui.data import FeatureColumns, RunScores, read_parts
+
+    spec = default_spec()
+    names = ["spend_90d", "email_opt_in", "complaints_90d", "avg_order_value_365d", "region"]
+    parts = read_parts(spec, names)
+    assert parts[0] == ["email_opt_in", "region"]
+    assert ["spend_90d", "avg_order_value_365d"] in parts and ["complaints_90d"] in parts
+
+    path = tmp_path / "warehouse.duckdb"
+    con = connect(path)
+    load_tables(con, random_tables(seed=4, customers=60, events=400))
+    con.disconnect()
+    frame = pd.DataFrame({"customer_id": [f"C{i:04d}" for i in range(60)]})
+    scores = RunScores(frame, pd.Index(frame["customer_id"].to_numpy(dtype=object)))
+    now = datetime.now(UTC)
+    run = RunInfo("sr-parts", now, now, len(frame), {}, "fs", {})
+
+    class Interrupted(FeatureColumns):
+        """Its read of the orders' part fails, as one a save interrupts."""
+
+        def _read_part(self, path, run, scores, names, yielding):  # type: ignore[no-untyped-def]
+            if "spend_90d" in names:
+                raise RuntimeError("INTERRUPT: a save came")
+            return super()._read_part(path, run, scores, names, yielding)
+
+    columns = Interrupted(spec)
+    with pytest.raises(RuntimeError, match="INTERRUPT"):
+        columns.read(path, run, scores, names)
+    kept = {n for n in names if columns.get(run, n) is not None}
+    assert {"email_opt_in", "region"} <= kept and "spend_90d" not in kept
+    assert "avg_order_value_365d" not in kept
+    whole = FeatureColumns(spec).read(path, run, scores, names)
+    for name in kept:  # the parts kept are what a whole read computes
+        assert pd.Series(columns.get(run, name).values).equals(pd.Series(whole[name].values))  # type: ignore[union-attr]
+
+
+def test_sign_ins_wait_for_the_start_up_read(tmp_path: Path) -> None:
+    """Until the page has read what every preview needs, ``/readyz`` says 503 and the
+    sign-in page says it is loading; a sign-in with a good key waits for the read (a bad
+    key is refused at once) and then gets its session."""
+    import re
+    import threading
+
+    from starlette.testclient import TestClient
+
+    from rapport.settings import Settings
+    from ui.app import create_app
+
+    key = add_key(tmp_path, ["ui"])
+    app = create_app(Settings(home=tmp_path))
+    ui = app.state.ui
+    assert ui.ready.wait(30)  # no warehouse here: ready at once, the pages say what to run
+    ui.ready.clear()  # as while a million scores are read
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 503
+        form = client.get("/signin")
+        assert 'id="loading"' in form.text
+        token = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+        wrong = client.post("/signin", data={"key": "rk_nope", "csrf": token})
+        assert wrong.status_code == 401
+        answers: list[int] = []
+        signing_in = threading.Thread(
+            target=lambda: answers.append(
+                client.post(
+                    "/signin", data={"key": key, "csrf": token}, follow_redirects=False
+                ).status_code
+            )
+        )
+        signing_in.start()
+        signing_in.join(1.0)
+        assert signing_in.is_alive() and not answers  # waits for the start-up read
+        ui.ready.set()
+        signing_in.join(30)
+        assert answers == [303]
+        assert client.get("/readyz").status_code == 200
