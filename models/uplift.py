@@ -17,7 +17,7 @@ The module also holds the uplift evaluation metrics (uplift / Qini curves with I
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import NO_ACTION
-from models.fastpredict import fast_predictor
+from models.fastpredict import FAST_ROWS, fast_predictor
 
 Method = Literal["dr", "t", "ipw-t"]
 METHODS: tuple[str, ...] = ("dr", "t", "ipw-t")
@@ -84,9 +84,14 @@ class _Encoder:
     def categorical_indices(self) -> list[int]:
         return [i for i, c in enumerate(self.columns) if c in self.categories]
 
-    def transform(self, X: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
-        if not isinstance(X, pd.DataFrame):
-            return self._transform_row(X)
+    def transform(
+        self, X: pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> np.ndarray:
+        if isinstance(X, Mapping):
+            return np.array([self._row_values(X)], dtype="float64")
+        if not isinstance(X, pd.DataFrame):  # customers as dicts: the live micro-batch
+            rows = [self._row_values(row) for row in X]
+            return np.array(rows, dtype="float64").reshape(len(rows), len(self.columns))
         missing = [c for c in self.columns if c not in X.columns]
         if missing:
             raise ValueError(f"uplift features missing columns {missing}")
@@ -103,13 +108,13 @@ class _Encoder:
                 )
         return out
 
-    def _transform_row(self, row: Mapping[str, Any]) -> np.ndarray:
-        """One customer's ``{feature: value}`` -> a ``[1, features]`` matrix, no pandas
-        (the live service's path; same codes as the frame path: unseen / null -> missing)."""
+    def _row_values(self, row: Mapping[str, Any]) -> list[float]:
+        """One customer's ``{feature: value}`` -> its encoded values, no pandas (the live
+        service's path; same codes as the frame path: unseen / null -> missing)."""
         if not hasattr(self, "_codes"):
             self._codes = {c: {v: i for i, v in enumerate(cs)} for c, cs in self.categories.items()}
         codes = self._codes
-        values = []
+        values: list[float] = []
         try:
             for col in self.columns:
                 value = row[col]
@@ -122,7 +127,7 @@ class _Encoder:
         except KeyError:
             missing = [c for c in self.columns if c not in row]
             raise ValueError(f"uplift features missing columns {missing}") from None
-        return np.array([values], dtype="float64")
+        return values
 
 
 def _is_categorical(series: pd.Series) -> bool:
@@ -151,6 +156,17 @@ class UpliftPrediction:
             return self.actions.index(action)
         except ValueError:
             raise KeyError(f"no uplift estimate for action {action!r}") from None
+
+    def row(self, i: int) -> UpliftPrediction:
+        """The ``i``-th customer's prediction alone (one row of each array, as views)."""
+        at = slice(i, i + 1)
+        return UpliftPrediction(
+            self.actions,
+            self.incremental_conversion[at],
+            self.incremental_revenue[at],
+            self.baseline_conversion[at],
+            self.baseline_revenue[at],
+        )
 
     def to_frame(self, index: pd.Index | None = None) -> pd.DataFrame:
         """Columns ``uplift_conversion_<action>`` / ``uplift_revenue_<action>``."""
@@ -205,8 +221,8 @@ def _predict(model: Model, X: np.ndarray, threads: int, owner: Any = None) -> np
     holding the booster) takes the fast single-row path."""
     if isinstance(model, float):
         return np.full(len(X), model)
-    if owner is not None and len(X) == 1:
-        return fast_predictor(owner, model).predict_row(X[0])
+    if owner is not None and 0 < len(X) <= FAST_ROWS:
+        return fast_predictor(owner, model).predict_rows(X)[:, 0]
     return np.asarray(model.predict(X, num_threads=threads), dtype="float64")
 
 
@@ -345,10 +361,12 @@ class UpliftModel:
         return {name: arm.predict(Xm, threads, self) for name, arm in self.arms_.items()}
 
     def predict(
-        self, X: pd.DataFrame | Mapping[str, Any], actions: Collection[str] | None = None
+        self,
+        X: pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        actions: Collection[str] | None = None,
     ) -> UpliftPrediction:
         """Incremental conversion and revenue of every action against the control
-        (``X``: a feature frame, or one customer's ``{feature: value}`` dict).
+        (``X``: a feature frame, one customer's ``{feature: value}`` dict or a list of them).
 
         ``actions``: predict only these (the live scorer passes the actions the catalog's
         rules allow the customer: the others' uplift is never part of its answer); the
