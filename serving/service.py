@@ -271,6 +271,13 @@ class Rapport:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.batcher.batches:
+            log.info(
+                "scored %d /score requests in %d batches (%.2f per batch)",
+                self.batcher.scored,
+                self.batcher.batches,
+                self.batcher.scored / self.batcher.batches,
+            )
         try:
             self.decisions.flush()
         except Exception:
