@@ -18,12 +18,14 @@ Why the service's own batcher and not BentoML's adaptive batching
 (``@bentoml.api(batchable=True)``, its ``CorkDispatcher``): that one batches the endpoint
 itself, so the endpoint would take a list of requests and lose its per-request context
 (the caller's scopes for ``as_of``, the status of each answer: 403, 404, 409, 503), and it
-dispatches through a polling controller task (1 ms ticks, a latency model trained on the
-first requests), cancelling requests it predicts to be late (503 "process is overloaded")
-instead of queueing them; measured in this process, one awaited call alone cost ~20x this
-batcher's (README, "Cost per score"). And why not a thread running the batches: the work
-is Python holding the GIL, so a thread adds two wake-ups per batch and contention with the
-loop for nothing (the service's notes: a thread hop per request cost more than the work).
+dispatches through a controller task woken by a condition and polling in 1 ms ticks (with
+a latency model trained on the first requests), cancelling requests it predicts to be late
+(503 "process is overloaded") instead of queueing them. Measured in one process, one
+awaited call at a time: 20 us CPU and ~90 us wall per call through the dispatcher, 8 us
+and ~35-50 us through this batcher's queued path, nothing through its alone path (README,
+"Cost per score"). And why not a thread running the batches: the work is Python holding
+the GIL, so a thread adds two wake-ups per batch and contention with the loop for nothing
+(the service's notes: a thread hop per request cost more than the work).
 """
 
 from __future__ import annotations

@@ -42,7 +42,10 @@ loading keeps the large heap of the mlflow / bentoml imports out of every full
 collection, workers take new connections in turns (:mod:`serving.accept`), OpenMP runs
 one thread per worker (one-row LightGBM predictions, 40 us instead of milliseconds of
 thread wake-ups on a busy machine), and a live score takes the pandas-free one-customer
-path of the same :class:`models.scorer.Scorer` functions the batch uses.
+path of the same :class:`models.scorer.Scorer` functions the batch uses. Concurrent
+``/score`` requests of a worker share one pass of the models (:mod:`serving.batching`:
+each booster predicts their rows in one call; a request alone is scored at once), every
+answer the one it gets alone.
 """
 
 from __future__ import annotations
