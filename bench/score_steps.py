@@ -23,9 +23,12 @@ reasons look 5x cheaper than inside a score on this shared machine):
   (``flush`` every 16 decisions, into a scratch outbox and an in-memory store);
 * ``response``: the :class:`serving.schemas.ScoreResponse` and its JSON.
 
-``read + features + score_one`` is what the service's ``_score`` runs, end to end (the
-typed result included). Prints microseconds per customer (mean and median) and, with
-``--profile``, cProfile's top functions of that end-to-end path. Never fails on timing.
+``read + features + score_one`` is what the service runs for a request alone, end to end
+(the typed result included); ``read + features + score_many (batches of K)`` what it runs
+per request when K requests are in flight in a worker (``--batch``, default 8: the
+micro-batch of ``serving/batching.py``, :meth:`models.scorer.Scorer.score_many`). Prints
+microseconds per customer (mean and median) and, with ``--profile``, cProfile's top
+functions of the one-customer path. Never fails on timing.
 """
 
 from __future__ import annotations
@@ -64,6 +67,13 @@ class Clock:
         self._score[step] = self._score.get(step, 0.0) + now - self._last
         self._last = now
 
+    def split(self, step: str, count: int) -> None:
+        """The time since the last lap, shared by ``count`` scores run together (a batch):
+        ``count`` entries of ``step``."""
+        now = time.thread_time()
+        self.seconds.setdefault(step, []).extend([(now - self._last) / count] * count)
+        self._last = now
+
     def end(self) -> None:
         """One score done: its steps' times join the lists."""
         for step, seconds in self._score.items():
@@ -79,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--customers", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="Passes; each item keeps its best.")
     parser.add_argument("--profile", action="store_true", help="cProfile of score_one.")
+    parser.add_argument("--batch", type=int, default=8, help="Rows per score_many batch.")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     home = args.home.expanduser().absolute()
@@ -184,6 +195,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         clock.lap("read + features + score_one")
         clock.end()
 
+    batched = f"read + features + score_many ({args.batch})"
+
+    def service_batch(chunk: list[str], clock: Clock) -> None:
+        """What the service runs for ``chunk``'s requests in flight together, per request."""
+        clock.start()
+        now = datetime.now(UTC)
+        rows = [{**evaluate(store.get(c), now, spec), "as_of": now} for c in chunk]
+        scorer.score_many(rows, [3] * len(rows), [True] * len(rows), rng=rng)
+        clock.split(batched, len(chunk))
+
     for c in ids[:50]:  # warm-up: lazily built prediction handles, caches
         pipeline(c, Clock(), 0)
     steps, total = Clock(), Clock()
@@ -191,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for i, c in enumerate(ids):
             pipeline(c, steps, i)
             service(c, total)
+        for start in range(0, len(ids), args.batch):
+            service_batch(ids[start : start + args.batch], total)
     buffer.flush()
     print(
         f"{len(ids)} customers of {home.name} x {rounds} passes, each step timed inside "
@@ -198,12 +221,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{'yes' if scorer.nba is not None else 'no'}; load average "
         f"{os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)"
     )
-    print(f"| {'step':<28} | {'mean CPU us':>11} | {'median CPU us':>13} |")
-    print(f"|{'-' * 30}|{'-' * 13}|{'-' * 15}|")
+    print(f"| {'step':<36} | {'mean CPU us':>11} | {'median CPU us':>13} |")
+    print(f"|{'-' * 38}|{'-' * 13}|{'-' * 15}|")
     for name, seconds in [*steps.seconds.items(), *total.seconds.items()]:
         mean = 1e6 * statistics.fmean(seconds)
         median = 1e6 * statistics.median(seconds)
-        print(f"| {name:<28} | {mean:>11.1f} | {median:>13.1f} |")
+        print(f"| {name:<36} | {mean:>11.1f} | {median:>13.1f} |")
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()

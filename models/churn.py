@@ -27,7 +27,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from features.spec import FeatureSpec
-from models.fastpredict import PREDICT_CONTRIB, PREDICT_RAW_SCORE, fast_predictor
+from models.fastpredict import FAST_ROWS, PREDICT_CONTRIB, PREDICT_RAW_SCORE, fast_predictor
 from models.reasons import CHURN_WORDS, top_reasons
 
 #: columns of a feature frame that identify a row and are never features
@@ -114,11 +114,18 @@ class FeatureEncoder:
     def categorical_indices(self) -> list[int]:
         return [j for j, col in enumerate(self.columns) if col in self.categories]
 
-    def transform(self, data: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
-        """A ``[rows, features]`` float64 matrix in the fitted column order."""
+    def transform(
+        self, data: pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> np.ndarray:
+        """A ``[rows, features]`` float64 matrix in the fitted column order, from a frame,
+        one customer's ``{feature: value}`` dict or a list of them (the live micro-batch)."""
         if isinstance(data, pd.DataFrame):
             return self._transform_frame(data)
-        return self._transform_mapping(data)
+        if isinstance(data, Mapping):
+            return np.array([self._values(data)], dtype="float64")
+        return np.array([self._values(row) for row in data], dtype="float64").reshape(
+            len(data), len(self.columns)
+        )
 
     def _transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.columns if c not in frame.columns]
@@ -139,7 +146,8 @@ class FeatureEncoder:
                 out[:, j] = numeric.to_numpy("float64", na_value=np.nan)
         return out
 
-    def _transform_mapping(self, row: Mapping[str, Any]) -> np.ndarray:
+    def _values(self, row: Mapping[str, Any]) -> list[float]:
+        """One customer's encoded row as plain floats (the live path)."""
         codes = self._codes
         values: list[float] = []
         append = values.append
@@ -156,7 +164,7 @@ class FeatureEncoder:
                     append(float(value))
                 except (TypeError, ValueError):
                     raise ValueError(f"feature {col!r} must be numeric, got {value!r}") from None
-        return np.array([values], dtype="float64")
+        return values
 
     def decode(self, row: np.ndarray) -> list[Any]:
         """One encoded row back to readable values (category codes to their text)."""
@@ -347,8 +355,11 @@ class BoostedModel:
     def feature_names(self) -> list[str]:
         return list(self.encoder_.columns)
 
-    def encode(self, data: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
-        """Feature frame or one ``{feature: value}`` dict -> the matrix the booster reads."""
+    def encode(
+        self, data: pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> np.ndarray:
+        """Feature frame, one ``{feature: value}`` dict or a list of them -> the matrix the
+        booster reads."""
         return self.encoder_.transform(data)
 
 
@@ -402,9 +413,9 @@ class ChurnModel(BoostedModel):
 
     def predict_proba_array(self, X: np.ndarray) -> np.ndarray:
         """Calibrated churn probabilities from an encoded matrix (the fast path)."""
-        if len(X) == 1:  # the live path: one customer
-            raw = fast_predictor(self, self.booster_).predict_row(X[0], PREDICT_RAW_SCORE)
-            return self.calibrator_(raw)
+        if 0 < len(X) <= FAST_ROWS:  # the live path: one customer or a micro-batch
+            raw = fast_predictor(self, self.booster_).predict_rows(X, PREDICT_RAW_SCORE)
+            return self.calibrator_(raw[:, 0])
         return self.calibrator_(booster_predict(self.booster_, X, raw_score=True))
 
     def predict_proba(self, frame: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
@@ -415,9 +426,8 @@ class ChurnModel(BoostedModel):
         self, X: np.ndarray, top: int = 3, spec: FeatureSpec | None = None
     ) -> list[dict[str, list[dict[str, Any]]]]:
         """Top ``top`` drivers up and down per encoded row (see :func:`top_reasons`)."""
-        if len(X) == 1:  # the live path: one customer
-            row = fast_predictor(self, self.booster_).predict_row(X[0], PREDICT_CONTRIB)
-            contrib = row[None, :-1]
+        if 0 < len(X) <= FAST_ROWS:  # the live path: one customer or a micro-batch
+            contrib = fast_predictor(self, self.booster_).predict_rows(X, PREDICT_CONTRIB)[:, :-1]
         else:
             contrib = booster_predict(self.booster_, X, pred_contrib=True)[:, :-1]
         names = self.encoder_.columns

@@ -8,7 +8,7 @@ served with the rules it was trained for.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,30 @@ class NbaModel:
         if not self._needed() <= frame.keys():  # one customer: one set comparison
             self._check_columns(frame)
         return self.uplift.predict(frame, actions)
+
+    def predict_rows(
+        self, rows: Sequence[Mapping[str, Any]], allowed: Sequence[Collection[str]]
+    ) -> UpliftPrediction:
+        """:meth:`predict` for several customers' dicts at once (the live micro-batch: each
+        booster predicts all rows in one call), each row with its own ``allowed`` actions:
+        the union is predicted, then a row's other actions are NaN, so row ``i`` equals
+        ``predict(rows[i], allowed[i])`` exactly."""
+        if len(allowed) != len(rows):
+            raise ValueError(f"{len(allowed)} sets of allowed actions for {len(rows)} rows")
+        needed = self._needed()
+        for row in rows:
+            if not needed <= row.keys():
+                self._check_columns(row)
+        wanted = set().union(*allowed) if allowed else set()
+        prediction = self.uplift.predict(rows, wanted)
+        for j, action in enumerate(prediction.actions):
+            if action not in wanted:
+                continue  # NaN for every row already
+            for i, row_allowed in enumerate(allowed):
+                if action not in row_allowed:
+                    prediction.incremental_conversion[i, j] = np.nan
+                    prediction.incremental_revenue[i, j] = np.nan
+        return prediction
 
     def _needed(self) -> frozenset[str]:
         """The uplift models' columns as a set, kept beside (not in) the pickled model."""

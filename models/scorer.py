@@ -10,7 +10,7 @@ No I/O: the caller loads the models and supplies features as of the scoring inst
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -92,22 +92,28 @@ class Scorer:
 
     # ---- shared by batch and live -------------------------------------------------------
     def scores(
-        self, features: pd.DataFrame | Mapping[str, Any]
+        self, features: pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]]
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Churn, value and segment columns for a feature frame *or* one customer's
-        ``{feature: value}`` dict (the live path: no pandas), plus the encoded churn matrix
-        (for reasons). An ``as_of`` column / key gives the value model its season."""
+        """Churn, value and segment columns for a feature frame, one customer's
+        ``{feature: value}`` dict or a list of them (the live paths: no pandas; a list is
+        a micro-batch, each booster predicting all its rows in one call), plus the encoded
+        churn matrix (for reasons). An ``as_of`` column / key gives the value model its
+        season (in a list: every row's, or none)."""
         X = self.churn.encode(features)
         columns = {CHURN_FIELD: self.churn.predict_proba_array(X)}
+        segment_input: Any = features
         if isinstance(features, pd.DataFrame):
             cutoffs = features["as_of"] if "as_of" in features.columns else None
-        else:
+        elif isinstance(features, Mapping):
             cutoffs = features.get("as_of")
+        else:
+            cutoffs = _row_cutoffs(features)
+            segment_input = _Columns(features)
         X_value = X if self.shares_encoding else self.value.encode(features)
         values = self.value.predict_array(X_value, cutoffs)
         for j, name in enumerate(OUTPUT_COLUMNS):
             columns[name] = values[:, j]
-        columns.update(assign_segments(features, self.segments))  # type: ignore[arg-type]
+        columns.update(assign_segments(segment_input, self.segments))
         return columns, X
 
     def arbitrate(self, enriched: pd.DataFrame | Mapping[str, Any]) -> Arbitration:
@@ -117,17 +123,28 @@ class Scorer:
         customer's dict (the live path: the batch arithmetic on plain values, tested
         bit-identical to the frame path).
         """
-        if self.nba is None:
-            return arbitrate(enriched, self.catalog, None)
         if isinstance(enriched, pd.DataFrame):  # every uplift: target lists re-arbitrate
-            return arbitrate(enriched, self.catalog, self.nba.predict(enriched))
-        # one customer: the catalog's rules first, then uplift only for the actions they
-        # allow (an excluded action's uplift is in no answer; 2 boosters fewer each)
-        screened = screen(enriched, self.catalog)
-        allowed = {
-            a.id for a, code in zip(self.catalog.actions, screened[0], strict=True) if not code
-        }
-        return arbitrate(enriched, self.catalog, self.nba.predict(enriched, allowed), screened)
+            uplift = self.nba.predict(enriched) if self.nba is not None else None
+            return arbitrate(enriched, self.catalog, uplift)
+        return self.arbitrate_rows([enriched])[0]
+
+    def arbitrate_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[Arbitration]:
+        """:meth:`arbitrate` for each of several customers' dicts (the live path). The
+        catalog's rules come first, then uplift only for the actions they allow (an
+        excluded action's uplift is in no answer; 2 boosters fewer each), predicted for
+        all rows at once (:meth:`models.nba.NbaModel.predict_rows`)."""
+        if self.nba is None:
+            return [arbitrate(row, self.catalog, None) for row in rows]
+        screened = [screen(row, self.catalog) for row in rows]
+        actions = self.catalog.actions
+        allowed = [
+            {a.id for a, code in zip(actions, codes[0].tolist(), strict=True) if not code}
+            for codes in screened
+        ]
+        uplift = self.nba.predict_rows(rows, allowed)
+        return [
+            arbitrate(row, self.catalog, uplift.row(i), screened[i]) for i, row in enumerate(rows)
+        ]
 
     # ---- batch -------------------------------------------------------------------------
     def enrich(self, features: pd.DataFrame, as_of: datetime | None = None) -> pd.DataFrame:
@@ -176,7 +193,7 @@ class Scorer:
             out[f"uplift_revenue_{action.id}"] = missing if retained else up
         return pd.DataFrame(out)
 
-    # ---- one customer --------------------------------------------------------------------
+    # ---- live: one customer, or a micro-batch of them ------------------------------------
     def score_one(
         self,
         features: Mapping[str, Any],
@@ -196,24 +213,69 @@ class Scorer:
         actions and ``group`` ``control``; propensities follow
         :meth:`features.control.ControlGroup.logging_probabilities` (the module doc says why).
         """
+        return self.score_many([features], [top_k], [explain], rng)[0]
+
+    def score_many(
+        self,
+        features: Sequence[Mapping[str, Any]],
+        top_k: Sequence[int],
+        explain: Sequence[bool],
+        rng: np.random.Generator | None = None,
+    ) -> list[CustomerScore]:
+        """:meth:`score_one` for several customers at once, row ``i`` with ``top_k[i]`` and
+        ``explain[i]`` (the live service's micro-batch of concurrent requests): each
+        booster predicts all rows in one call, the arithmetic runs over all rows, and
+        every result is the one :meth:`score_one` gives for that row -- the chosen actions
+        drawn from ``rng`` in row order, as one score after another would
+        (``tests/serving/test_batching.py`` holds them equal)."""
+        if not len(top_k) == len(explain) == len(features):
+            raise ValueError(
+                f"{len(features)} customers need as many top_k ({len(top_k)}) and explain "
+                f"({len(explain)}) values"
+            )
+        if not features:
+            return []
         columns, X = self.scores(features)
-        row = {**features, **{name: values[0] for name, values in columns.items()}}
-        reasons = []
-        if explain:
-            drivers = self.churn.explain_array(X, spec=self.spec)[0]
-            reasons = drivers["up"] + drivers["down"]
-        result = self.arbitrate(row)
+        rows = [
+            {**row, **{name: values[i] for name, values in columns.items()}}
+            for i, row in enumerate(features)
+        ]
+        explained = [i for i, wanted in enumerate(explain) if wanted]
+        drivers: dict[int, dict[str, list[dict[str, Any]]]] = {}
+        if explained:
+            wanted_rows = X if len(explained) == len(rows) else X[explained]
+            found = self.churn.explain_array(wanted_rows, spec=self.spec)
+            drivers = dict(zip(explained, found, strict=True))
+        generator = rng
+        out = []
+        for i, (row, result) in enumerate(zip(rows, self.arbitrate_rows(rows), strict=True)):
+            reasons = drivers[i]["up"] + drivers[i]["down"] if i in drivers else []
+            if generator is None and not self.control.contains(str(row.get("customer_id"))):
+                generator = np.random.default_rng()
+            out.append(self._result(row, result, reasons, top_k[i], generator))
+        return out
+
+    def _result(
+        self,
+        row: Mapping[str, Any],
+        result: Arbitration,
+        reasons: list[dict[str, Any]],
+        top_k: int,
+        rng: np.random.Generator | None,
+    ) -> CustomerScore:
+        """One customer's typed score from its enriched row and arbitration: the policy's
+        probabilities, the control group, the draw (from ``rng``) and the answer."""
         policy = self.policy.probabilities(result)[0]
         probs = self.control.logging_probabilities(policy)
         ranking = result.ranking()[0]
-        held_out = self.control.contains(str(features.get("customer_id")))
+        held_out = self.control.contains(str(row.get("customer_id")))
         actions = [] if held_out else result.offers(probs, top_k)
         if held_out:
             chosen = 0  # no_action
             excluded = {a: CONTROL_REASON for a in result.actions[1:]}
         else:
-            generator = rng if rng is not None else np.random.default_rng()
-            chosen = int(generator.choice(len(policy), p=policy))
+            assert rng is not None
+            chosen = int(rng.choice(len(policy), p=policy))
             excluded = result.exclusions(0)
         # validated in one pass from plain values: constructing its ~25 nested models one
         # by one cost ~30 us more per live score (1.13 instead of 1.10 ms for the scoring)
@@ -240,3 +302,31 @@ class Scorer:
                 "group": decision_group(held_out, chosen != int(ranking[0])),
             }
         )
+
+
+def _row_cutoffs(rows: Sequence[Mapping[str, Any]]) -> list[Any] | None:
+    """The rows' ``as_of`` (the value model's season): every row's, or None for none."""
+    cutoffs = [row.get("as_of") for row in rows]
+    given = sum(cutoff is not None for cutoff in cutoffs)
+    if given == 0:
+        return None
+    if given < len(cutoffs):
+        raise ValueError("as_of must be given for every customer of a batch or for none")
+    return cutoffs
+
+
+class _Columns(Mapping[str, list[Any]]):
+    """Customers' dicts seen as columns (``view[name]``: every row's value), what
+    :func:`features.segments.assign_segments` reads from a frame."""
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self._rows = rows
+
+    def __getitem__(self, name: str) -> list[Any]:
+        return [row[name] for row in self._rows]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows[0] if self._rows else ())
+
+    def __len__(self) -> int:
+        return len(self._rows[0]) if self._rows else 0

@@ -17,7 +17,7 @@ The module also holds the uplift evaluation metrics (uplift / Qini curves with I
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,7 +27,7 @@ import pandas as pd
 
 from features.contract import NO_ACTION
 from models.churn import FeatureEncoder
-from models.fastpredict import fast_predictor
+from models.fastpredict import FAST_ROWS, fast_predictor
 
 Method = Literal["dr", "t", "ipw-t"]
 METHODS: tuple[str, ...] = ("dr", "t", "ipw-t")
@@ -87,6 +87,17 @@ class UpliftPrediction:
         except ValueError:
             raise KeyError(f"no uplift estimate for action {action!r}") from None
 
+    def row(self, i: int) -> UpliftPrediction:
+        """The ``i``-th customer's prediction alone (one row of each array, as views)."""
+        at = slice(i, i + 1)
+        return UpliftPrediction(
+            self.actions,
+            self.incremental_conversion[at],
+            self.incremental_revenue[at],
+            self.baseline_conversion[at],
+            self.baseline_revenue[at],
+        )
+
     def to_frame(self, index: pd.Index | None = None) -> pd.DataFrame:
         """Columns ``uplift_conversion_<action>`` / ``uplift_revenue_<action>``."""
         data: dict[str, np.ndarray] = {}
@@ -140,8 +151,8 @@ def _predict(model: Model, X: np.ndarray, threads: int, owner: Any = None) -> np
     holding the booster) takes the fast single-row path."""
     if isinstance(model, float):
         return np.full(len(X), model)
-    if owner is not None and len(X) == 1:
-        return fast_predictor(owner, model).predict_row(X[0])
+    if owner is not None and 0 < len(X) <= FAST_ROWS:
+        return fast_predictor(owner, model).predict_rows(X)[:, 0]
     return np.asarray(model.predict(X, num_threads=threads), dtype="float64")
 
 
@@ -280,10 +291,12 @@ class UpliftModel:
         return {name: arm.predict(Xm, threads, self) for name, arm in self.arms_.items()}
 
     def predict(
-        self, X: pd.DataFrame | Mapping[str, Any], actions: Collection[str] | None = None
+        self,
+        X: pd.DataFrame | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        actions: Collection[str] | None = None,
     ) -> UpliftPrediction:
         """Incremental conversion and revenue of every action against the control
-        (``X``: a feature frame, or one customer's ``{feature: value}`` dict).
+        (``X``: a feature frame, one customer's ``{feature: value}`` dict or a list of them).
 
         ``actions``: predict only these (the live scorer passes the actions the catalog's
         rules allow the customer: the others' uplift is never part of its answer); the

@@ -59,7 +59,7 @@ from features.timeutil import as_utc
 from models.btyd import BTYDValueBaseline
 from models.churn import DEFAULT_PARAMS as CHURN_DEFAULTS
 from models.churn import BoostedModel, FitRows, booster_predict, fit_booster
-from models.fastpredict import PREDICT_RAW_SCORE, fast_predictor
+from models.fastpredict import FAST_ROWS, PREDICT_RAW_SCORE, fast_predictor
 
 OUTPUT_COLUMNS = ("value_mean", "value_p10", "value_p50", "value_p90")
 QUANTILES = (0.1, 0.5, 0.9)
@@ -137,6 +137,9 @@ def _months(as_of: Any, rows: int) -> np.ndarray | None:
         return None
     if np.ndim(as_of) == 0:  # one instant for all rows (the live service's "now")
         return np.full(rows, as_utc(as_of).month)
+    if isinstance(as_of, list) and all(type(t) is datetime for t in as_of):
+        # one instant per row of a live micro-batch: pandas would cost more than the rows
+        return np.array([as_utc(t).month for t in as_of])
     return pd.to_datetime(pd.Series(as_of), utc=True).dt.month.to_numpy()
 
 
@@ -341,8 +344,8 @@ class ValueModel(BoostedModel):
         return season
 
     def _mean(self, X: np.ndarray, months: np.ndarray | None) -> np.ndarray:
-        if len(X) == 1:  # the live path: one customer
-            raw = fast_predictor(self, self.booster_).predict_row(X[0], PREDICT_RAW_SCORE)
+        if 0 < len(X) <= FAST_ROWS:  # the live path: one customer or a micro-batch
+            raw = fast_predictor(self, self.booster_).predict_rows(X, PREDICT_RAW_SCORE)[:, 0]
         else:
             raw = booster_predict(self.booster_, X, raw_score=True)
         return _level(raw, self._offset(X), self.shrinkage_, months, self.season_)

@@ -46,6 +46,13 @@ class Settings(BaseSettings):
         description="Comma-separated 'sha256hex:scope1+scope2' entries for the HTTP service.",
     )
     max_batch_size: int = Field(default=500, ge=1)
+    score_microbatch: int = Field(
+        default=16,
+        ge=1,
+        le=64,
+        description="Most concurrent /score requests of a worker scored together (one "
+        "prediction per booster for all of them); 1 scores each request alone.",
+    )
     max_body_bytes: int = Field(default=1_000_000, ge=1_000)
     promotion_margin: float = Field(default=0.0, ge=0.0)
     cycle_retrain_days: float = Field(

@@ -42,7 +42,10 @@ loading keeps the large heap of the mlflow / bentoml imports out of every full
 collection, workers take new connections in turns (:mod:`serving.accept`), OpenMP runs
 one thread per worker (one-row LightGBM predictions, 40 us instead of milliseconds of
 thread wake-ups on a busy machine), and a live score takes the pandas-free one-customer
-path of the same :class:`models.scorer.Scorer` functions the batch uses.
+path of the same :class:`models.scorer.Scorer` functions the batch uses. Concurrent
+``/score`` requests of a worker share one pass of the models (:mod:`serving.batching`:
+each booster predicts their rows in one call; a request alone is scored at once), every
+answer the one it gets alone.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import contextlib
 import gc
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,10 +91,12 @@ from features.online.store import StoreUnavailableError, open_store, redact_url
 from features.spec import default_spec
 from features.tables.feature_samples import sample_row, sampled
 from models.bundle import bundled_ref
+from models.results import CustomerScore
 from models.scorer import Scorer
 from rapport.settings import get_settings
 from serving import accept, runtime
 from serving.auth import ADMIN
+from serving.batching import Batcher
 from serving.middleware import GRANTED, Guard, HeaderList, QuietValidation
 from serving.outages import ONLINE_STORE, Outages, answers_503
 from serving.reload import Live, Reloader
@@ -156,6 +162,12 @@ class Rapport:
         self._ticker: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.rng = np.random.default_rng()
+        #: concurrent /score requests scored together (serving/batching.py)
+        self.batcher: Batcher[tuple[CustomerScore, Live]] = Batcher(
+            self._score_many, settings.score_microbatch
+        )
+        #: customer -> set once its /score in flight has queued its decision
+        self._scoring: dict[str, asyncio.Event] = {}
         log.info("online store %s", redact_url(self.store.url))
         for problem in self.live.problems:
             log.error("not ready: %s", problem)
@@ -262,6 +274,13 @@ class Rapport:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.batcher.batches:
+            log.info(
+                "scored %d /score requests in %d batches (%.2f per batch)",
+                self.batcher.scored,
+                self.batcher.batches,
+                self.batcher.scored / self.batcher.batches,
+            )
         try:
             self.decisions.flush()
         except Exception:
@@ -283,6 +302,7 @@ class Rapport:
         customer_id = self._identify(ctx, request)
         if isinstance(customer_id, JSONResponse):
             return customer_id
+        await self._after_scores([customer_id])
         self._settle([customer_id])
         record, cold = self._record(customer_id, request.cold_start, as_of)
         if record is None:
@@ -292,10 +312,19 @@ class Rapport:
                 f"unknown customer {customer_id!r}; send 'cold_start': "
                 "{'attributes': {...}} to score from attributes",
             )
-        context = request.context.model_dump(exclude_none=True)
-        score = self._score(customer_id, record, context, request, as_of, cold)
-        self._log([score], now, set() if cold else {customer_id})
-        return ScoreResponse(**dict(score), meta=self.meta)
+        done = self._scoring[customer_id] = asyncio.Event()
+        try:
+            features = evaluate(record, as_of, self.spec)
+            # the models run once for the requests in flight (serving/batching.py)
+            result, live = await self.batcher.score(
+                {**features, "as_of": as_of}, request.top_k, request.explain
+            )
+            score = self._answer(customer_id, features, result, request, as_of, cold, live)
+            self._log([score], now, set() if cold else {customer_id})
+        finally:
+            del self._scoring[customer_id]
+            done.set()
+        return ScoreResponse(**dict(score), meta=live.meta)
 
     @bentoml.api(route="/score_batch", output_spec=ScoreBatchResponse)
     @answers_503
@@ -322,21 +351,31 @@ class Rapport:
             else:
                 named.append((found, item, i))
         ids = [customer for customer, _, _ in named]
+        await self._after_scores(ids)
         self._settle(ids)
         records = self.store.get_many(ids)
-        results = []
-        for customer, item, i in named:
+        scored = []  # (customer, features)
+        for customer, _, i in named:
             record = records.get(customer)
             if record is None:
                 errors.append(
                     BatchError(customer_id=customer, status=404, error="unknown customer", item=i)
                 )
                 continue
-            context = item.context.model_dump(exclude_none=True)
-            results.append(self._score(customer, record, context, request, as_of, False))
+            scored.append((customer, evaluate(record, as_of, self.spec)))
+        live = self.live
+        scores = self._score_many(
+            [{**features, "as_of": as_of} for _, features in scored],
+            [request.top_k] * len(scored),
+            [request.explain] * len(scored),
+        )
+        results = [
+            self._answer(customer, features, result, request, as_of, False, live)
+            for (customer, features), (result, _) in zip(scored, scores, strict=True)
+        ]
         errors.sort(key=lambda e: e.item if e.item is not None else -1)
         self._log(results, now, set(records))
-        return ScoreBatchResponse(results=results, errors=errors, meta=self.meta)
+        return ScoreBatchResponse(results=results, errors=errors, meta=live.meta)
 
     def _identify(self, ctx: bentoml.Context, request: ScoreRequest) -> str | JSONResponse:
         """The customer id given, or the one the identifiers name (404, 409 otherwise;
@@ -379,6 +418,14 @@ class Rapport:
         unavailable = self._unavailable(ctx)
         return wanted if unavailable is None else unavailable
 
+    async def _after_scores(self, customer_ids: list[str]) -> None:
+        """Wait for the scores of these customers still in flight (in a batch) to queue
+        their decisions: a score reads the contact history the one before it logged, as
+        when each request ran alone."""
+        for customer in customer_ids:
+            while (busy := self._scoring.get(customer)) is not None:
+                await busy.wait()
+
     def _settle(self, customer_ids: list[str]) -> None:
         """Write pending decisions of these customers first: their contact history counts."""
         if any(self.decisions.pending(c) for c in customer_ids):
@@ -395,29 +442,36 @@ class Rapport:
         attributes["signup_at"] = int(micros(attributes["signup_at"] or as_of))
         return empty_record({**attributes, "customer_id": customer_id}, self.spec), True
 
-    def _score(
+    def _score_many(
+        self,
+        features: Sequence[Mapping[str, Any]],
+        top_k: Sequence[int],
+        explain: Sequence[bool],
+    ) -> list[tuple[CustomerScore, Live]]:
+        """Several customers' scores by the models in use (one :class:`Live`: the answers
+        carry its versions), the chosen actions drawn in order."""
+        live = self.live
+        assert live.scorer is not None  # callers check readiness first; never unset again
+        results = live.scorer.score_many(features, top_k, explain, rng=self.rng)
+        return [(result, live) for result in results]
+
+    def _answer(
         self,
         customer_id: str,
-        record: Record,
-        context: dict[str, Any],
+        features: dict[str, Any],
+        result: CustomerScore,
         options: ScoreOptions,
         as_of: datetime,
         cold: bool,
+        live: Live,
     ) -> Score:
-        assert self.scorer is not None  # callers check readiness first
-        features = evaluate(record, as_of, self.spec)
-        result = self.scorer.score_one(
-            {**features, "as_of": as_of},
-            context,
-            top_k=options.top_k,
-            explain=options.explain,
-            rng=self.rng,
-        )
+        """One customer's answer from its score: the decision id, the sampled feature
+        vector (behind the answer) and the features when asked for."""
         decision_id = new_decision_id()
         if not cold and sampled(decision_id, self.settings.feature_sample_share):
             # for the monitor's live/batch skew check; written behind the answer
             self.decisions.sample(
-                sample_row(decision_id, customer_id, as_of, self.meta.feature_set, features)
+                sample_row(decision_id, customer_id, as_of, live.meta.feature_set, features)
             )
         shown = None
         if options.include_features:

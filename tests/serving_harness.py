@@ -125,6 +125,57 @@ def workspace_fixture(
     return workspace
 
 
+@contextlib.contextmanager
+def direct_service(home: Path) -> Iterator[Any]:
+    """A ``Rapport`` instance over the workspace in ``home``, in this process (BentoML's
+    advice: unit-test the service class), stopped after (decisions flushed, files closed)."""
+    import asyncio
+    import gc
+
+    import pytest
+
+    from serving import accept
+
+    with environment(RAPPORT_HOME=str(home), RAPPORT_ONLINE_STORE=None):
+        from serving.service import Rapport
+
+        with pytest.MonkeyPatch.context() as patch:
+            # the workspace's own BentoML store, which a server finds through BENTOML_HOME
+            patch.setattr(Rapport.inner, "bundle", None)
+            instance = Rapport()
+    try:
+        yield instance
+    finally:
+        asyncio.run(instance._stop())
+        # undo what a worker process does for its whole life
+        instance._threads.restore_original_limits()
+        accept.uninstall()
+        gc.unfreeze()
+
+
+def granted(scopes: frozenset[str]) -> Any:
+    """A BentoML request context whose caller holds ``scopes`` (the guard's grant), to
+    call an endpoint directly: ``with ctx.in_request(granted(scopes))``."""
+    from starlette.requests import Request
+
+    from serving.middleware import GRANTED
+
+    return Request(
+        {"type": "http", "method": "POST", "path": "/", "headers": [], "state": {GRANTED: scopes}}
+    )
+
+
+def outbox_rows(home: Path, table: str) -> list[dict[str, Any]]:
+    """Every row of an outbox table the service wrote (sealed and open segments)."""
+    import json
+
+    from features.online.events import OPEN_SUFFIX
+
+    folder = home / "outbox" / table
+    paths = [*folder.glob(f"*{OPEN_SUFFIX}"), *folder.glob("*.jsonl")]
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
+
+
 def fit_demo_nba(con: Any, scorer: Any, columns: int = 30) -> Any:
     """A quick :class:`models.nba.NbaModel` from the workspace's campaign log: uplift on
     the churn / value scores and the first ``columns`` features *as of now* (leaky, so

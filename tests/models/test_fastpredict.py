@@ -117,3 +117,32 @@ def test_equals_booster_predict_bit_for_bit_over_thousands_of_rows(objective: st
         assert got.tobytes() == expected.tobytes(), kind
         if kind == PREDICT_NORMAL:  # the batch path's default threads too
             assert got.ravel().tobytes() == np.asarray(booster.predict(rows)).tobytes()
+
+
+@pytest.mark.parametrize("objective", ["binary", "tweedie"])
+def test_predict_rows_equals_booster_predict_bit_for_bit(objective: str) -> None:
+    """The micro-batch path (several rows in one C call) gives ``Booster.predict``'s numbers
+    exactly, for batches of 1 to 64 rows and every prediction type."""
+    rng = np.random.default_rng(12)
+    X, y_bin, y_reg = _data(seed=6)
+    booster = _booster(X, y_bin if objective == "binary" else np.maximum(y_reg, 0.0), objective)
+    rows = rng.normal(size=(400, 6)) * 2
+    rows[:, 2] = rng.integers(-1, 9, size=400)
+    rows[rng.random(rows.shape) < 0.15] = np.nan
+    fast = FastPredictor(booster)
+    for kind, kwargs in [
+        (PREDICT_NORMAL, {}),
+        (PREDICT_RAW_SCORE, {"raw_score": True}),
+        (PREDICT_CONTRIB, {"pred_contrib": True}),
+    ]:
+        expected = np.asarray(booster.predict(rows, num_threads=1, **kwargs)).reshape(400, -1)
+        start = 0
+        for size in [1, 2, 3, 8, 16, 64, 5] * 10:
+            if start >= len(rows):
+                break
+            got = fast.predict_rows(rows[start : start + size], kind)
+            want = expected[start : start + size]
+            assert got.shape == want.shape and got.tobytes() == want.tobytes(), (kind, size)
+            start += size
+    with pytest.raises(ValueError):
+        fast.predict_rows(rows[:4, :3])

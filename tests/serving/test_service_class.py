@@ -8,7 +8,6 @@ with its request model and a BentoML request context, as BentoML calls it.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 from collections.abc import Iterator
@@ -18,17 +17,13 @@ from typing import Any
 import bentoml
 import numpy as np
 import pytest
-from serving_harness import Workspace, environment, workspace_fixture
-from starlette.requests import Request
+from serving_harness import Workspace, direct_service, granted, outbox_rows, workspace_fixture
 from starlette.responses import JSONResponse
 
-from features.online.events import OPEN_SUFFIX
 from features.online.materialize import META_FEATURE_SET
 from features.online.record import evaluate
 from features.spec import default_spec
 from models.results import CustomerScore
-from serving import accept
-from serving.middleware import GRANTED
 from serving.schemas import (
     BatchItem,
     ColdStart,
@@ -57,28 +52,15 @@ ws = workspace_fixture("direct", customers=1000, seed=3)
 @pytest.fixture(scope="module")
 def service(ws: Workspace) -> Iterator[Any]:
     """A ``Rapport`` over the workspace, stopped (decisions flushed, files closed) after."""
-    with environment(RAPPORT_HOME=str(ws.home), RAPPORT_ONLINE_STORE=None):
-        from serving.service import Rapport
-
-        with pytest.MonkeyPatch.context() as patch:
-            # the workspace's own BentoML store, which a server finds through BENTOML_HOME
-            patch.setattr(Rapport.inner, "bundle", None)
-            instance = Rapport()
-    yield instance
-    asyncio.run(instance._stop())
-    # undo what a worker process does for its whole life
-    instance._threads.restore_original_limits()
-    accept.uninstall()
-    gc.unfreeze()
+    with direct_service(ws.home) as instance:
+        yield instance
 
 
 def call(endpoint: Any, request: Any, scopes: frozenset[str] = frozenset({"score"})) -> Any:
     """``endpoint(request, ctx=...)`` inside a request context granting ``scopes``; returns
     the result and the status code the endpoint set."""
-    scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
-    scope["state"] = {GRANTED: scopes}
     ctx = bentoml.Context()
-    with ctx.in_request(Request(scope)):
+    with ctx.in_request(granted(scopes)):
         result = asyncio.run(endpoint(request, ctx=ctx))
         status = ctx.response.status_code
     if isinstance(result, JSONResponse):
@@ -89,12 +71,6 @@ def call(endpoint: Any, request: Any, scopes: frozenset[str] = frozenset({"score
 def error(result: Any) -> str:
     assert isinstance(result, JSONResponse)
     return str(json.loads(result.body)["error"])
-
-
-def outbox_rows(ws: Workspace, table: str) -> list[dict[str, Any]]:
-    folder = ws.home / "outbox" / table
-    paths = [*folder.glob(f"*{OPEN_SUFFIX}"), *folder.glob("*.jsonl")]
-    return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
 
 
 def test_loaded_ready_and_stamped(service: Any) -> None:
@@ -125,7 +101,9 @@ def test_score_is_the_scorers_result_plus_identity_and_a_logged_decision(
     assert result.actions == expected.actions and result.excluded == expected.excluded
     assert result.features is not None and result.features["orders_all"] == features["orders_all"]
     assert result.meta == service.meta
-    (row,) = [r for r in outbox_rows(ws, "campaign_log") if r["decision_id"] == result.decision_id]
+    (row,) = [
+        r for r in outbox_rows(ws.home, "campaign_log") if r["decision_id"] == result.decision_id
+    ]
     assert row["customer_id"] == customer and row["action"] == result.chosen.action
     assert row["propensity"] == result.chosen.propensity
 
@@ -190,7 +168,7 @@ def test_events_and_feedback(service: Any, ws: Workspace) -> None:
     result, status = call(service.events, EventsRequest(orders=[order]), frozenset({"events"}))
     assert status == 200 and isinstance(result, EventsResponse)
     assert (result.accepted, result.new, result.customers) == (1, 1, [customer])
-    assert "O-direct-1" in {r["order_id"] for r in outbox_rows(ws, "orders")}
+    assert "O-direct-1" in {r["order_id"] for r in outbox_rows(ws.home, "orders")}
     stranger = order.model_copy(update={"order_id": "O-direct-2", "customer_id": "NOBODY"})
     result, status = call(service.events, EventsRequest(orders=[stranger]))
     assert status == 404 and "NOBODY" in error(result)
@@ -200,7 +178,7 @@ def test_events_and_feedback(service: Any, ws: Workspace) -> None:
     feedback = FeedbackRequest(decision_id="d-direct", outcome=True, revenue=3.0)
     result, status = call(service.feedback, feedback, frozenset({"feedback"}))
     assert status == 200 and isinstance(result, FeedbackResponse)
-    (row,) = [r for r in outbox_rows(ws, "feedback") if r["decision_id"] == "d-direct"]
+    (row,) = [r for r in outbox_rows(ws.home, "feedback") if r["decision_id"] == "d-direct"]
     assert row["outcome"] is True and row["revenue"] == 3.0
 
 
