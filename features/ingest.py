@@ -597,16 +597,22 @@ def _name_customers(db: duckdb.DuckDBPyConnection, source: _Source, region: str)
         f"CASE WHEN {given} IS NULL THEN n._kind END AS {_ident(reason + '_kind')} "
         f"FROM {source.relation} r LEFT JOIN {ids} n ON {given} IS NULL AND {match}"
     )
-    columns = dict(source.columns)
-    columns[cid or "customer_id"] = "VARCHAR"
-    columns[reason] = columns[reason + "_kind"] = "VARCHAR"
     return replace(
         source,
         relation=_named_view(source.table),
-        columns=columns,
+        columns=named_columns(source, cid, reason),
         identity_column=reason,
         named=named,
     )
+
+
+def named_columns(source: _Source, cid: str | None, reason: str) -> dict[str, str]:
+    """The columns of ``source`` once identifiers have named its rows' customers (both
+    engines): the customer id and the reason (and its kind) a row was not named, as text."""
+    columns = dict(source.columns)
+    columns[cid or "customer_id"] = "VARCHAR"
+    columns[reason] = columns[reason + "_kind"] = "VARCHAR"
+    return columns
 
 
 def decide_identifiers(

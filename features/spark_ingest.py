@@ -57,6 +57,7 @@ from features.ingest import (
     duckdb_error,
     file_sources,
     message_sql,
+    named_columns,
     reasons_sql,
 )
 from features.lake import TABLES_DIR as LAKE_TABLES
@@ -419,9 +420,7 @@ def _resolved(spark: Any, table: Table, source: _Source, frame: Any, db: Any, re
         f"CASE WHEN {given} IS NULL THEN n._kind END AS {_ident(reason + '_kind')} "
         f"FROM {view} r LEFT JOIN _rapport_named_ids n ON {given} IS NULL AND {match}"
     )
-    columns = dict(source.columns)
-    columns[cid or "customer_id"] = "VARCHAR"
-    columns[reason] = columns[reason + "_kind"] = "VARCHAR"
+    columns = named_columns(source, cid, reason)
     return out, replace(source, columns=columns, identity_column=reason, named=named)
 
 

@@ -36,7 +36,7 @@ def _sibling(name: str) -> Any:
 
 
 _INGEST, _PATHS = _sibling("test_ingest"), _sibling("test_ingest_paths")
-BAD_CASES, GOOD, bad = _INGEST.BAD_CASES, _INGEST.GOOD, _INGEST.bad
+BAD_CASES, GOOD, bad, write = _INGEST.BAD_CASES, _INGEST.GOOD, _INGEST.bad, _INGEST.write
 ID_CUSTOMERS, ID_ORDERS, ID_INTERACTIONS = (
     _INGEST.ID_CUSTOMERS,
     _INGEST.ID_ORDERS,
@@ -108,17 +108,6 @@ def rows(db: duckdb.DuckDBPyConnection, source: str, cols: str = "COLUMNS(*)::VA
 
 def summary(report: IngestReport) -> list[dict[str, Any]]:
     return [asdict(t) for t in report.tables.values()]
-
-
-def write(folder: Path, name: str, rows: list[dict[str, Any]], fmt: str = "csv") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(rows)
-    path = folder / f"{name}.{fmt}"
-    if fmt == "parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False)
-    return path
 
 
 def test_bad_rows_duplicates_and_conflicts_give_the_same_lake_as_duckdb(

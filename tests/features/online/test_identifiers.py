@@ -224,9 +224,7 @@ def test_events_by_identifier_reach_the_customer_or_a_provisional_one(
     )
     ingest(warehouse, discover_files(late), now=END)
     resolve(warehouse, END)
-    clusters = dict(
-        raw(warehouse).execute("SELECT customer_id, cluster_id FROM identity_clusters").fetchall()
-    )
+    clusters = _clusters(warehouse)
     assert clusters[pid] == clusters["C9"] == "C9"
     load_index(warehouse, store, index, END)
     assert lookup(store, index, {"email": new_email}) == "C9"
@@ -267,23 +265,34 @@ def test_identifiers_made_ambiguous_within_a_request_leave_nothing_behind(
     assert lookup(store, index, {"email": "new.one@example.org"}) is None
 
 
+def _resolved(tmp_path: Path, customers_csv: str) -> tuple[Any, Path, dict[str, str]]:
+    """A warehouse holding ``customers_csv`` (files under ``tmp_path/files``), resolved at
+    END: the connection, the files' folder and each customer's cluster."""
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "customers.csv").write_text(customers_csv)
+    con = connect(tmp_path / "warehouse.duckdb")
+    ingest(con, discover_files(files), now=END)
+    resolve(con, END)
+    return con, files, _clusters(con)
+
+
+def _clusters(con: Any) -> dict[str, str]:
+    return dict(
+        raw(con).execute("SELECT customer_id, cluster_id FROM identity_clusters").fetchall()
+    )
+
+
 def test_a_household_phone_names_nobody_live(tmp_path: Path, index: IdentityIndex) -> None:
     """Two persons sharing a landline (issue 20, item 4): resolution keeps them apart, and
     /score or /events by that phone is refused as ambiguous instead of picking one."""
-    files = tmp_path / "files"
-    files.mkdir()
-    (files / "customers.csv").write_text(
+    con, _, clusters = _resolved(
+        tmp_path,
         "customer_id,signup_at,email,phone\n"
         "H1,2024-01-01T00:00:00Z,jo.hill@example.com,020 7946 0123\n"
         "H2,2024-01-02T00:00:00Z,sam.hill@example.com,+44 20 7946 0123\n"
         "H3,2024-01-03T00:00:00Z,kim.reed@example.com,07911 123458\n"
-        "H4,2024-01-04T00:00:00Z,kim.reed@example.com,07911 123458\n"
-    )
-    con = connect(tmp_path / "warehouse.duckdb")
-    ingest(con, discover_files(files), now=END)
-    resolve(con, END)
-    clusters = dict(
-        raw(con).execute("SELECT customer_id, cluster_id FROM identity_clusters").fetchall()
+        "H4,2024-01-04T00:00:00Z,kim.reed@example.com,07911 123458\n",
     )
     assert clusters == {"H1": "H1", "H2": "H2", "H3": "H3", "H4": "H3"}
     store = open_store("sqlite:///:memory:")
@@ -309,20 +318,13 @@ def test_a_name_with_postcode_names_its_person_unless_several_share_it(
     """Issue 20, item 1: a name with postcode in any spelling names its person live and in
     event files; one several persons hold (a father and son) names nobody; a name
     without its postcode is unusable, and the name is never quoted or stored."""
-    files = tmp_path / "files"
-    files.mkdir()
-    (files / "customers.csv").write_text(
+    con, files, clusters = _resolved(
+        tmp_path,
         "customer_id,signup_at,email,phone,name,postcode\n"
         "N1,2024-01-01T00:00:00Z,jo.lee@example.com,020 7946 0123,Jo Lée,SW1A 1AA\n"
         "N2,2024-01-02T00:00:00Z,jl99@example.org,020 7946 0123,MS JO LEE,sw1a1aa\n"
         "F1,2024-01-03T00:00:00Z,,07911 123458,Sam Hill,N1 9GU\n"
-        "F2,2024-01-04T00:00:00Z,,07911 123459,Sam Hill,N1 9GU\n"
-    )
-    con = connect(tmp_path / "warehouse.duckdb")
-    ingest(con, discover_files(files), now=END)
-    resolve(con, END)
-    clusters = dict(
-        raw(con).execute("SELECT customer_id, cluster_id FROM identity_clusters").fetchall()
+        "F2,2024-01-04T00:00:00Z,,07911 123459,Sam Hill,N1 9GU\n",
     )
     assert clusters == {"N1": "N1", "N2": "N1", "F1": "F1", "F2": "F2"}
     store = open_store(f"sqlite:///{tmp_path / 'online.sqlite'}")
