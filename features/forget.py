@@ -210,6 +210,7 @@ def _names_any(text: str, hashes: set[str], region: str = DEFAULT_PHONE_REGION) 
     except ValueError:
         row = None
     if isinstance(row, dict):
+        row = {str(k).lower(): v for k, v in row.items()}  # headers as the file had them
         value = row.get("customer_id")
         if value is not None and customer_hash(str(value)) in hashes:
             return True

@@ -632,6 +632,9 @@ def decide_identifiers(
     for *values, count in combos:
         sent = {k: str(v) for k, v in zip(kinds, values, strict=True) if v is not None}
         held = identifier_values(sent)  # by kind: name and postcode make one
+        pair = held.get("name_postcode")
+        if isinstance(pair, tuple) and None in pair and len(held) > 1:
+            del held["name_postcode"]  # half a pair (a delivery postcode) beside an e-mail
         for kind, value in held.items():
             if (kind, value) not in normal:
                 normal[(kind, value)] = normalise_one(kind, value, region)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from features.durable import replace_durably
-from features.warehouse import raw
+from features.warehouse import raw, table_names
 
 #: the outbox table whose rows may name customers unknown to the warehouse
 DECISIONS = "campaign_log"
@@ -27,10 +27,7 @@ PENDING_PREFIX = "pending-"
 
 def _known(con: Any, ids: set[str]) -> set[str]:
     db = raw(con)
-    exists = db.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'customers'"
-    ).fetchone()
-    if not ids or not exists or not exists[0]:
+    if not ids or "customers" not in table_names(db):
         return set()
     rows = db.execute(
         "SELECT customer_id FROM customers WHERE customer_id IN (SELECT unnest(?))", [list(ids)]

@@ -599,7 +599,12 @@ def ingest(
                 report.forgotten_rows = erase_forgotten(db, now, region)
                 for temp in (_STAGE,):
                     db.execute(f"DROP TABLE IF EXISTS {temp}")
+            # the warehouse has committed: only now may the lake show the batch
+            try:
                 done.publish()
+            except BaseException:
+                export_tables(db, lake)  # the lake made level with the committed warehouse
+                raise
         except BaseException:
             done.discard()
             raise

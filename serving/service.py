@@ -422,9 +422,11 @@ class Rapport:
         """Wait for the scores of these customers still in flight (in a batch) to queue
         their decisions: a score reads the contact history the one before it logged, as
         when each request ran alone."""
-        for customer in customer_ids:
-            while (busy := self._scoring.get(customer)) is not None:
-                await busy.wait()
+        # until one pass finds none busy: while it waits on one, another may start again
+        while (
+            busy := next((self._scoring[c] for c in customer_ids if c in self._scoring), None)
+        ) is not None:
+            await busy.wait()
 
     def _settle(self, customer_ids: list[str]) -> None:
         """Write pending decisions of these customers first: their contact history counts."""
@@ -452,7 +454,12 @@ class Rapport:
         carry its versions), the chosen actions drawn in order."""
         live = self.live
         assert live.scorer is not None  # callers check readiness first; never unset again
-        results = live.scorer.score_many(features, top_k, explain, rng=self.rng)
+        state = self.rng.bit_generator.state
+        try:
+            results = live.scorer.score_many(features, top_k, explain, rng=self.rng)
+        except Exception:  # the batch is scored again one by one: the same draws, in order
+            self.rng.bit_generator.state = state
+            raise
         return [(result, live) for result in results]
 
     def _answer(

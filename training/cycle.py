@@ -56,7 +56,7 @@ from features.outbox_ingest import ingest_outbox
 from features.tables import cycle as records
 from features.tables.scores import RUNS as SCORE_RUNS
 from features.tables.scores import latest_run
-from features.warehouse import connect, raw
+from features.warehouse import connect, raw, table_names
 from models import registry
 from models.registry import CHAMPION, KINDS, PREVIOUS
 from rapport.settings import get_settings
@@ -499,10 +499,7 @@ def _first_line(exc: Exception) -> str:
 
 
 def _has_table(db: Any, name: str) -> bool:
-    row = db.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-    ).fetchone()
-    return bool(row and row[0])
+    return name in table_names(db)
 
 
 def _log_mlflow(result: CycleResult) -> None:

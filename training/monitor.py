@@ -781,9 +781,10 @@ def _persons_of(con: Any, ids: list[str], when: datetime) -> dict[str, Any]:
     """The contract tables of the sampled customers as their live records hold them at
     ``when``: once ``rapport resolve`` has run, a cluster id's record holds every member's
     events and the earliest signup (:func:`features.resolve.person_tables`, the clusters
-    known at ``when``), so the rebuild merges them too."""
+    known at ``when``), so the rebuild merges them too. The Spark loader writes records per
+    customer id (no merge yet): with that engine the rebuild does not merge either."""
     source = {name: con.table(name) for name in TABLES}
-    if CHANGES not in table_names(raw(con)):
+    if CHANGES not in table_names(raw(con)) or get_settings().engine == "spark":
         return {name: t.filter(t.customer_id.isin(ids)) for name, t in source.items()}
     return person_tables(source, clusters_as_of(con, when, ids), ids, keep_members=True)
 

@@ -16,6 +16,7 @@ package: the page needs no internet.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import math
@@ -274,6 +275,16 @@ class UiApp:
         )
         return response
 
+    async def _until_ready(self) -> bool:
+        """Wait (up to :data:`READY_WAIT`) for the start-up read on the event loop: a
+        thread per waiting sign-in would starve the page reads of the thread pool."""
+        deadline = time.monotonic() + READY_WAIT
+        while not self.ready.is_set():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
     async def signin(self, request: Request) -> Response:
         form = await request.form()
         if not same_token(request.cookies.get(SIGNIN_COOKIE), str(form.get(CSRF_FIELD) or "")):
@@ -282,7 +293,7 @@ class UiApp:
             session = self.sessions.sign_in(str(form.get("key") or ""))
         except SignInError as exc:
             return self.signin_page(request, str(exc), status=401)
-        if not await run_in_threadpool(self.ready.wait, READY_WAIT):
+        if not await self._until_ready():
             self.sessions.sign_out(session.sid)
             return self.signin_page(request, NOT_READY, status=503)
         response = RedirectResponse("/", status_code=303)

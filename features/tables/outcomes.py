@@ -102,7 +102,7 @@ class Versions:
         return self
 
 
-def ensuretable_names(db: duckdb.DuckDBPyConnection) -> None:
+def ensure_tables(db: duckdb.DuckDBPyConnection) -> None:
     """Create the outcome tables (empty) if they do not exist yet."""
     typed = (
         "decision_id VARCHAR, outcome BOOLEAN, revenue DOUBLE, responded_at TIMESTAMPTZ, "
@@ -126,7 +126,7 @@ def _ts(now: datetime) -> str:
 def record(db: duckdb.DuckDBPyConnection, rows_sql: str, now: datetime) -> Versions:
     """Add the outcome rows ``rows_sql`` selects (columns :data:`_COLS`, decisions known)
     as versions, by the rules of the module docstring, and refresh the current outcomes."""
-    ensuretable_names(db)
+    ensure_tables(db)
     (read,) = _one(db, f"SELECT count(*) FROM ({rows_sql})")
     if not read:
         return Versions()
@@ -202,7 +202,7 @@ def _refresh_current(db: duckdb.DuckDBPyConnection) -> None:
 def hold(db: duckdb.DuckDBPyConnection, rows_sql: str, now: datetime) -> None:
     """Keep outcome rows of unknown decisions (``rows_sql``: :data:`_COLS`, ``row_json``,
     ``reason``) for :func:`retry_pending`, once each."""
-    ensuretable_names(db)
+    ensure_tables(db)
     db.execute(f"""
         INSERT INTO {PENDING}
         SELECT DISTINCT {_COLS}, row_json, reason, {_ts(now)} FROM ({rows_sql}) s
@@ -214,7 +214,7 @@ def hold(db: duckdb.DuckDBPyConnection, rows_sql: str, now: datetime) -> None:
 def retry_pending(db: duckdb.DuckDBPyConnection, now: datetime, quarantine: str) -> Versions:
     """Land the pending outcomes whose decision has arrived; take them out of
     ``quarantine`` and of :data:`PENDING`."""
-    ensuretable_names(db)
+    ensure_tables(db)
     arrived = f"{PENDING} WHERE decision_id IN (SELECT decision_id FROM campaign_log)"
     (count,) = _one(db, f"SELECT count(*) FROM {arrived}")
     if not count:
@@ -231,7 +231,7 @@ def retry_pending(db: duckdb.DuckDBPyConnection, now: datetime, quarantine: str)
 def record_inline(db: duckdb.DuckDBPyConnection, now: datetime) -> Versions:
     """Campaign-log rows written with their outcome become ``campaign_log`` versions
     (recorded at their response time, else their decision time)."""
-    ensuretable_names(db)
+    ensure_tables(db)
     rows = f"""
         SELECT decision_id, outcome, revenue, responded_at, 'campaign_log' AS source,
                coalesce(responded_at, decided_at) AS recorded_at
@@ -246,7 +246,7 @@ def attribute(
     db: duckdb.DuckDBPyConnection, now: datetime, windows: Attribution | None = None
 ) -> Versions:
     """Outcomes from orders by last touch within each action's window (module docstring)."""
-    ensuretable_names(db)
+    ensure_tables(db)
     windows = windows or Attribution()
     db.execute("CREATE OR REPLACE TEMP TABLE _rapport_windows (action VARCHAR, days INTEGER)")
     if windows.days:

@@ -243,9 +243,13 @@ def test_quarantined_rows_naming_a_forgotten_person_by_identifier_go_too(
     quarantine(" ann.lee@EXAMPLE.com ", "2024-05-01")
     quarantine("bob@example.com", "2024-05-01")
     # a row naming her by name with postcode only (any spelling), and one naming Bob so
-    by_name = [("Ms ANN  LEE", "sw1a1aa"), ("Bob Lee", "SW1A 1AA")]
-    for name, postcode in by_name:
-        row = json.dumps({"order_id": f"o-{name}", "name": name, "postcode": postcode})
+    # (hers with the headers as her file wrote them: ingest matches them in any case)
+    by_name = [
+        ("Ms ANN  LEE", "sw1a1aa", "Name", "Postcode"),
+        ("Bob Lee", "SW1A 1AA", "name", "postcode"),
+    ]
+    for name, postcode, name_header, postcode_header in by_name:
+        row = json.dumps({"order_id": f"o-{name}", name_header: name, postcode_header: postcode})
         db.execute(
             "INSERT INTO quarantine VALUES ('orders', 'f.csv', ?, 'unknown identifier', ?)",
             [row, "2024-05-01"],

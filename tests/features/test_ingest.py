@@ -810,3 +810,19 @@ def test_validate_reports_identifier_rows_and_writes_nothing(tmp_path: Path) -> 
     assert "orders" not in tables or db.execute("SELECT count(*) FROM orders").fetchone() == (0,)
     assert not {t for t in tables if t.startswith("_rapport")}
     con.disconnect()
+
+
+def test_a_delivery_postcode_beside_an_email_does_not_stop_the_row(tmp_path: Path) -> None:
+    """Half a name-with-postcode pair (an export's delivery postcode) is no identifier when
+    another one names the customer; alone it is unusable, as before."""
+    con = connect(tmp_path / "warehouse.duckdb")
+    orders = (
+        "order_id,ordered_at,amount,email,postcode\n"
+        "P1,2024-03-01,9.0,ann.lee@example.com,SW1A 1AA\n"
+        "P2,2024-03-02,9.0,,SW1A 1AA\n"
+    )
+    report = ingest(con, _id_files(tmp_path / "files", orders), now=NOW)
+    landed = dict(raw(con).execute("SELECT order_id, customer_id FROM orders").fetchall())
+    assert landed == {"P1": "C1"}
+    assert report.tables["orders"].quarantined_by_reason == {"unusable identifier": 1}
+    con.disconnect()
