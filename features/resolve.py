@@ -311,8 +311,7 @@ def _splink_settings(jaro_winkler: str = "jaro_winkler_similarity") -> Any:
                 output_column_name="postcode",
                 comparison_levels=[
                     {
-                        "sql_condition": "postcode_l IS NULL OR postcode_r IS NULL OR "
-                        f"{alike}",
+                        "sql_condition": f"postcode_l IS NULL OR postcode_r IS NULL OR {alike}",
                         "is_null_level": True,
                     },
                     _level("postcode_l = postcode_r", "same", M_POSTCODE),
@@ -373,9 +372,11 @@ def probabilistic_links(
     if len(frame) < 2:
         return empty
     logging.getLogger("splink").setLevel(logging.ERROR)
-    db = duckdb.connect() if api is None else None
+    db = None
+    if api is None:
+        db = duckdb.connect()
+        api = DuckDBAPI(db)
     try:
-        api = DuckDBAPI(db) if api is None else api
         # text columns whatever they hold (all null, DuckDB would read integers)
         typed = pa.Table.from_pandas(
             frame, schema=pa.schema([(c, pa.string()) for c in columns]), preserve_index=False
