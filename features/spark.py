@@ -79,14 +79,20 @@ def session(settings: Settings | None = None, app: str = "rapport") -> SparkSess
             "`apt-get install -y openjdk-17-jre-headless`, or set JAVA_HOME"
         )
     builder = SparkSession.builder.master(settings.spark_master).appName(app)
-    conf = {**DEFAULTS, **settings.spark_options, **FIXED}
-    jars = [j for j in conf.get("spark.jars", "").split(",") if j.strip()]
-    conf["spark.jars"] = ",".join([*jars, splink_jar()])
-    for key, value in conf.items():
+    for key, value in session_conf(settings).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def session_conf(settings: Settings) -> dict[str, str]:
+    """What :func:`session` sets: :data:`DEFAULTS`, ``RAPPORT_SPARK_CONF``, :data:`FIXED`,
+    and ``spark.jars``: the user's jars, then :func:`splink_jar`."""
+    conf = {**DEFAULTS, **settings.spark_options, **FIXED}
+    jars = [j.strip() for j in conf.get("spark.jars", "").split(",") if j.strip()]
+    conf["spark.jars"] = ",".join([*jars, splink_jar()])
+    return conf
 
 
 def splink_jar() -> str:

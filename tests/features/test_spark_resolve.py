@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -17,10 +18,8 @@ from features.resolve import resolve
 from features.warehouse import connect, raw
 from rapport.cli import main
 from rapport.demo_data import generate, write
-from rapport.settings import reset_settings
+from rapport.settings import Settings, reset_settings
 from rapport.truth import compare_identity, ingest_demo
-
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 END = datetime(2025, 1, 1, tzinfo=UTC)
 #: records: at most 632, so that Splink's u sampling (2e5 pairs) takes every record on
@@ -46,6 +45,20 @@ def _clusters(con: object) -> pd.Series:
     return frame.set_index("customer_id")["cluster_id"].sort_index()
 
 
+@pytest.mark.spark
+def test_every_session_carries_splink_jar_after_the_users(spark: Any) -> None:
+    from features.spark import session_conf, splink_jar
+
+    jar = Path(splink_jar())
+    assert jar.is_file() and jar.name.endswith("_spark4.x.jar")
+    conf = session_conf(Settings(spark_conf='{"spark.jars": "/opt/a.jar, /opt/b.jar"}'))
+    assert conf["spark.jars"] == f"/opt/a.jar,/opt/b.jar,{jar}"
+    assert session_conf(Settings())["spark.jars"] == str(jar)
+    assert str(jar) in spark.conf.get("spark.jars")  # type: ignore[attr-defined]
+
+
+@pytest.mark.spark
+@pytest.mark.slow
 def test_splink_on_spark_links_as_on_duckdb(spark: object, tmp_path: Path) -> None:
     from features.spark import splink_api
 
@@ -90,6 +103,8 @@ def test_splink_on_spark_links_as_on_duckdb(spark: object, tmp_path: Path) -> No
     assert figures["precision"] >= 0.97 and figures["recall"] >= 0.96
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_cli_resolve_on_the_spark_engine(
     spark: object, workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
