@@ -8,11 +8,12 @@
    postcode unless two of them hold different mobiles or cards (then it is several
    people's, :func:`_unconflicted`). Cookies never link by themselves (devices are
    shared), nor do landlines (households are: :func:`features.identity.links_alone`).
-3. **Probabilistic matching** (Splink on DuckDB, a Fellegi-Sunter model): pairs blocked on
+3. **Probabilistic matching** (Splink, a Fellegi-Sunter model, on DuckDB, or on Spark
+   with the Spark engine): pairs blocked on
    parts of the e-mail, on the personal phone, the card or the postcode are compared on
    e-mail (exact, 1 or 2 edits, Jaro-Winkler of the part before the ``@``), phone,
    loyalty card, cookie, name (exact, one edit) and postcode -- name and postcode only
-   where the e-mails do not already agree (:data:`_EMAILS_ALIKE`); ``m`` is set
+   where the e-mails do not already agree (:func:`_emails_alike`); ``m`` is set
    (:data:`M_EMAIL`, :data:`M_SAME`, :data:`M_NAME`, :data:`M_POSTCODE`), so is ``u`` of
    the e-mail's agreement levels and of a name one edit away (:data:`U_EMAIL`,
    :data:`U_NAME_EDIT`), the other ``u`` are estimated by random sampling. A landline is
@@ -212,15 +213,17 @@ COMPARED = ("email", "phone", "loyalty_card", "cookie_id", "name", "postcode")
 U_EMAIL = (1e-7, 1e-5, 1e-4, 1e-3)  # exact, one edit, two edits, similar user
 
 
-#: two records' e-mails agree at one of the e-mail's levels above "different". E-mails are
-#: made of names, so two persons of one name often have such e-mails (``jo.lee12@...``,
-#: ``jo.lee21@...``): then the name with postcode is not compared (null: no evidence
-#: either way), only where the e-mails do not already say the name (a changed e-mail, no
-#: e-mail), so one agreement is not counted twice
-_EMAILS_ALIKE = (
-    "(damerau_levenshtein(email_l, email_r) <= 2 "
-    "OR jaro_winkler_similarity(email_user_l, email_user_r) >= 0.9)"
-)
+def _emails_alike(jaro_winkler: str) -> str:
+    """SQL: two records' e-mails agree at one of the e-mail's levels above "different"
+    (``jaro_winkler``: the backend's name of the function). E-mails are made of names, so
+    two persons of one name often have such e-mails (``jo.lee12@...``,
+    ``jo.lee21@...``): then the name with postcode is not compared (null: no evidence
+    either way), only where the e-mails do not already say the name (a changed e-mail, no
+    e-mail), so one agreement is not counted twice."""
+    return (
+        "(damerau_levenshtein(email_l, email_r) <= 2 "
+        f"OR {jaro_winkler}(email_user_l, email_user_r) >= 0.9)"
+    )
 
 
 def _level(sql: str, label: str, m: float, u: float | None = None) -> dict[str, Any]:
@@ -235,10 +238,14 @@ def _level(sql: str, label: str, m: float, u: float | None = None) -> dict[str, 
     return level
 
 
-def _splink_settings() -> Any:
+def _splink_settings(jaro_winkler: str = "jaro_winkler_similarity") -> Any:
+    """The model, the same on every backend: ``jaro_winkler`` is the backend's name of
+    the Jaro-Winkler similarity (DuckDB's ``jaro_winkler_similarity``, Splink's Spark
+    UDF ``jaro_winkler``); ``damerau_levenshtein`` is called so on both."""
     import splink.comparison_library as cl
     from splink import SettingsCreator, block_on
 
+    alike = _emails_alike(jaro_winkler)
     return SettingsCreator(
         link_type="dedupe_only",
         unique_id_column_name="customer_id",
@@ -261,7 +268,7 @@ def _splink_settings() -> Any:
                         U_EMAIL[2],
                     ),
                     _level(
-                        "jaro_winkler_similarity(email_user_l, email_user_r) >= 0.9",
+                        f"{jaro_winkler}(email_user_l, email_user_r) >= 0.9",
                         "similar user name",
                         M_EMAIL[3],
                         U_EMAIL[3],
@@ -287,7 +294,7 @@ def _splink_settings() -> Any:
                 output_column_name="name",
                 comparison_levels=[
                     {  # e-mails alike already say the name: not counted twice
-                        "sql_condition": f"name_l IS NULL OR name_r IS NULL OR {_EMAILS_ALIKE}",
+                        "sql_condition": f"name_l IS NULL OR name_r IS NULL OR {alike}",
                         "is_null_level": True,
                     },
                     _level("name_l = name_r", "exact", M_NAME[0]),
@@ -304,8 +311,7 @@ def _splink_settings() -> Any:
                 output_column_name="postcode",
                 comparison_levels=[
                     {
-                        "sql_condition": "postcode_l IS NULL OR postcode_r IS NULL OR "
-                        f"{_EMAILS_ALIKE}",
+                        "sql_condition": f"postcode_l IS NULL OR postcode_r IS NULL OR {alike}",
                         "is_null_level": True,
                     },
                     _level("postcode_l = postcode_r", "same", M_POSTCODE),
@@ -334,11 +340,14 @@ def _evidence(pairs: pd.DataFrame) -> list[str]:
     ]
 
 
-def probabilistic_links(ids: pd.DataFrame, threshold: float, seed: int = 42) -> pd.DataFrame:
+def probabilistic_links(
+    ids: pd.DataFrame, threshold: float, seed: int = 42, api: Any = None
+) -> pd.DataFrame:
     """Candidate pairs whose evidence (the sum of Splink's partial match weights, in bits)
     is at least ``threshold``, with Splink's match weight and probability. Splink runs
-    in its own in-memory DuckDB; its logging is silenced (its
-    messages may quote values)."""
+    on ``api``, a Splink database API (:func:`features.spark.splink_api`: Spark's), or
+    None: its own in-memory DuckDB; the same model, training and threshold on both. Its
+    logging is silenced (its messages may quote values)."""
     from splink import DuckDBAPI, Linker, block_on
 
     frame = ids.copy()
@@ -363,28 +372,32 @@ def probabilistic_links(ids: pd.DataFrame, threshold: float, seed: int = 42) -> 
     if len(frame) < 2:
         return empty
     logging.getLogger("splink").setLevel(logging.ERROR)
-    db = duckdb.connect()
-    try:
+    db = None
+    if api is None:
+        db = duckdb.connect()
         api = DuckDBAPI(db)
+    try:
         # text columns whatever they hold (all null, DuckDB would read integers)
         typed = pa.Table.from_pandas(
             frame, schema=pa.schema([(c, pa.string()) for c in columns]), preserve_index=False
         )
         df = api.register(typed)
-        linker = Linker(df, _splink_settings(), log_level=None)
+        settings = _splink_settings(api.sql_dialect.jaro_winkler_function_name)
+        linker = Linker(df, settings, log_level=None)
         linker.training.estimate_probability_two_random_records_match(
             [block_on("email"), block_on("phone"), block_on("loyalty_card")], recall=0.9
         )
         # no record shares one of those (no duplicates, or only households): Splink's
         # estimate is 0, whose log it cannot take; one pair in all is the floor (the prior
         # moves the reported match weight and probability only, never a link's evidence)
-        settings = linker._settings_obj
-        if not settings._probability_two_random_records_match > 0:
-            settings._probability_two_random_records_match = 2 / (len(frame) * (len(frame) - 1))
+        model = linker._settings_obj
+        if not model._probability_two_random_records_match > 0:
+            model._probability_two_random_records_match = 2 / (len(frame) * (len(frame) - 1))
         linker.training.estimate_u_using_random_sampling(max_pairs=U_PAIRS, seed=seed)
         pairs = linker.inference.predict().as_pandas_dataframe()
     finally:
-        db.close()
+        if db is not None:
+            db.close()
     if pairs.empty:
         return empty
     partial = pairs[[f"mw_{k}" for k in COMPARED]].to_numpy(dtype=float).sum(axis=1)
@@ -408,8 +421,10 @@ def resolve(
     now: datetime,
     region: str = DEFAULT_PHONE_REGION,
     threshold: float = DEFAULT_THRESHOLD,
+    splink_api: Any = None,
 ) -> ResolveReport:
-    """Resolve the warehouse's customers into persons and record the result (see module)."""
+    """Resolve the warehouse's customers into persons and record the result (see module).
+    ``splink_api``: where Splink runs (:func:`probabilistic_links`; None: DuckDB)."""
     if not threshold > 0.0:
         raise ValueError(f"threshold must be a positive number of bits, got {threshold}")
     db = raw(con)
@@ -418,7 +433,7 @@ def resolve(
     ).df()
     done = normalise(customers, region)
     exact = exact_links(done.frame)
-    maybe = probabilistic_links(done.frame, threshold)
+    maybe = probabilistic_links(done.frame, threshold, api=splink_api)
     if len(maybe):  # a pair the exact rules joined already keeps its exact rule
         known = set(zip(exact["customer_id"], exact["other_customer_id"], strict=True))
         pairs = zip(maybe["customer_id"], maybe["other_customer_id"], strict=True)

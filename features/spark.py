@@ -69,8 +69,9 @@ class SparkUnavailableError(RuntimeError):
 
 def session(settings: Settings | None = None, app: str = "rapport") -> SparkSession:
     """The Spark session of the settings: ``RAPPORT_SPARK_MASTER``, :data:`DEFAULTS`
-    overridden by ``RAPPORT_SPARK_CONF``, then :data:`FIXED`. An active session with
-    another master is reused as it is (Spark allows one per process)."""
+    overridden by ``RAPPORT_SPARK_CONF``, then :data:`FIXED`, with Splink's similarity
+    jar added to ``spark.jars`` (:func:`splink_jar`). An active session with another
+    master is reused as it is (Spark allows one per process)."""
     settings = settings or get_settings()
     if shutil.which("java") is None and not _java_home():
         raise SparkUnavailableError(
@@ -78,11 +79,39 @@ def session(settings: Settings | None = None, app: str = "rapport") -> SparkSess
             "`apt-get install -y openjdk-17-jre-headless`, or set JAVA_HOME"
         )
     builder = SparkSession.builder.master(settings.spark_master).appName(app)
-    for key, value in {**DEFAULTS, **settings.spark_options, **FIXED}.items():
+    for key, value in session_conf(settings).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def session_conf(settings: Settings) -> dict[str, str]:
+    """What :func:`session` sets: :data:`DEFAULTS`, ``RAPPORT_SPARK_CONF``, :data:`FIXED`,
+    and ``spark.jars``: the user's jars, then :func:`splink_jar`."""
+    conf = {**DEFAULTS, **settings.spark_options, **FIXED}
+    jars = [j.strip() for j in conf.get("spark.jars", "").split(",") if j.strip()]
+    conf["spark.jars"] = ",".join([*jars, splink_jar()])
+    return conf
+
+
+def splink_jar() -> str:
+    """The jar of the similarity functions Splink's Spark backend calls (Jaro-Winkler,
+    Damerau-Levenshtein, as Scala UDFs), shipped inside the splink package (no
+    download); Spark sends it to the executors."""
+    from splink.backends.spark import similarity_jar_location
+
+    return str(similarity_jar_location())
+
+
+def splink_api(spark: SparkSession) -> Any:
+    """Splink's Spark backend on ``spark`` (a session of :func:`session`, which carries
+    :func:`splink_jar`), for :func:`features.resolve.probabilistic_links`. Intermediate
+    tables are persisted (memory, then local disk of the executors): no checkpoint
+    folder to configure or clean."""
+    from splink.backends.spark import SparkAPI
+
+    return SparkAPI(spark_session=spark, break_lineage_method="persist")
 
 
 def _java_home() -> bool:

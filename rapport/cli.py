@@ -1251,11 +1251,17 @@ def forget(customer_id: str, yes: bool) -> None:
 def resolve(threshold: float | None, compare_truth: bool) -> None:
     """One person behind many customer records: exact rules on normalised e-mail, phone
     and loyalty card, then Splink for the rest (identity_links, identity_clusters,
-    identity_changes). Phones without a country code are read in RAPPORT_PHONE_REGION."""
+    identity_changes). Phones without a country code are read in RAPPORT_PHONE_REGION.
+    With RAPPORT_ENGINE=spark, Splink runs on Spark (the rest on the driver)."""
     from features.resolve import DEFAULT_THRESHOLD
     from features.resolve import resolve as run_resolve
 
     settings = get_settings()
+    api = None
+    if settings.engine == "spark":
+        from features.spark import session, splink_api
+
+        api = splink_api(session(settings))  # before the warehouse: Spark takes a while
     con = open_warehouse(settings)
     try:
         report = run_resolve(
@@ -1263,6 +1269,7 @@ def resolve(threshold: float | None, compare_truth: bool) -> None:
             datetime.now(UTC),
             region=settings.phone_region,
             threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+            splink_api=api,
         )
         for line in report.lines():
             say(line)
