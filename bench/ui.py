@@ -52,7 +52,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -231,14 +231,7 @@ def replicate(home: Path, times: int) -> Path:
     start = time.perf_counter()
     db = duckdb.connect(str(copy / "warehouse.duckdb"))
     try:
-        for table in CUSTOMER_TABLES:
-            db.execute(f"CREATE TEMP TABLE base AS SELECT * FROM {table}")
-            for k in range(1, times):
-                db.execute(
-                    f"INSERT INTO {table} SELECT * REPLACE (customer_id || '-{k}' AS "
-                    "customer_id) FROM base"
-                )
-            db.execute("DROP TABLE base")
+        copy_customers(db, CUSTOMER_TABLES, times)
         db.execute(f"UPDATE score_runs SET rows = rows * {times}")
         control_of_copies(db)
         customers = db.execute("SELECT count(*) FROM customers").fetchone()[0]  # type: ignore[index]
@@ -248,6 +241,20 @@ def replicate(home: Path, times: int) -> Path:
         db.close()
     print(f"{customers:,} customers in {copy} ({time.perf_counter() - start:.0f} s)")
     return copy
+
+
+def copy_customers(db: Any, tables: Sequence[str], times: int) -> None:
+    """Every customer's rows of ``tables`` ``times`` times in the DuckDB ``db``, the
+    copies' ids suffixed ``-1`` ... ``-{times-1}``: a large base with the demo's shape
+    (each copy has its original's history, so scores and lists scale row for row)."""
+    for table in tables:
+        db.execute(f"CREATE TEMP TABLE base AS SELECT * FROM {table}")
+        for k in range(1, times):
+            db.execute(
+                f"INSERT INTO {table} SELECT * REPLACE (customer_id || '-{k}' AS "
+                "customer_id) FROM base"
+            )
+        db.execute("DROP TABLE base")
 
 
 def control_of_copies(db: Any) -> None:

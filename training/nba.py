@@ -49,7 +49,7 @@ from models.propensity import fill_propensities, frame_overlap
 from models.registry import CHALLENGER, CHAMPION
 from models.uplift import METHODS, Method, UpliftModel
 from models.value import OUTPUT_COLUMNS
-from rapport.settings import get_settings
+from rapport.settings import Settings, get_settings
 from training import plots, tracking
 from training.datasets import Progress, data_end, fingerprint, lineage, silent
 from training.jobs import PromotionResult, promote_through
@@ -248,8 +248,12 @@ def train_nba(
         enrich, versions = enricher_for(con, cat, say, as_utc(as_of) if as_of else None)
         if "churn" not in versions:
             say("no churn / value champions: training from features and segments alone")
-    seed = get_settings().seed
-    data = build_nba_data(con, as_of, enrich, holdout_fraction, progress=say, seed=seed)
+    settings = get_settings()
+    seed = settings.seed
+    on_engine = _on_engine(settings)
+    data = build_nba_data(
+        con, as_of, enrich, holdout_fraction, progress=say, seed=seed, **on_engine
+    )
     train, test = data.part("train"), data.part("test")
     cat.check_fields([*data.frame.columns])
     say(f"fitting the DR uplift learner on {len(train):,} decisions")
@@ -301,6 +305,8 @@ def train_nba(
                     "confounding T/IPW-T leave (see method_comparison.csv)"
                 ),
                 "rapport.propensities": frame_overlap(data.frame).summary(),
+                "rapport.engine": settings.engine,
+                **({"rapport.train_max_rows": str(settings.train_max_rows)} if on_engine else {}),
                 **{f"rapport.{k}_version": v for k, v in versions.items()},
                 HOLDOUT_TAG: f"{data.holdout_from:%Y-%m-%d}|nba|{fingerprint(dict(info))}",
             }
@@ -340,6 +346,20 @@ def train_nba(
         model,
         notes,
     )
+
+
+def _on_engine(settings: Settings) -> dict[str, Any]:
+    """What the settings' engine changes in the NBA training set: with Spark each decision
+    week's features are built from the lake (:func:`training.spark_datasets.week_features`)
+    and the decisions sampled uniformly to ``RAPPORT_TRAIN_MAX_ROWS``; with DuckDB
+    nothing (the warehouse's build, every decision)."""
+    if settings.engine != "spark":
+        return {}
+    from features.spark import session
+    from training.spark_datasets import week_features
+
+    features = week_features(session(settings), settings.lake)
+    return {"features": features, "max_rows": settings.train_max_rows}
 
 
 def _catalog(catalog: Catalog | str | Path | None) -> Catalog:

@@ -57,6 +57,9 @@ from training.datasets import Progress, data_end, silent
 SCORE_FEATURES = (CHURN_FIELD, "value_mean")
 
 Enrich = Callable[[pd.DataFrame, datetime], pd.DataFrame]
+#: the features as of a cutoff of (at least) some customers: the DuckDB build
+#: (:func:`warehouse_features`) or Spark's (:func:`training.spark_datasets.week_features`)
+WeekFeatures = Callable[[datetime, Sequence[str]], pd.DataFrame]
 
 
 def week_start(values: pd.Series) -> pd.Series:
@@ -66,11 +69,18 @@ def week_start(values: pd.Series) -> pd.Series:
     return (day - pd.to_timedelta(day.dt.day_of_week, unit="D")).astype("datetime64[us, UTC]")
 
 
-def logged_decisions(con: Any, as_of: datetime | None = None) -> pd.DataFrame:
+def logged_decisions(
+    con: Any, as_of: datetime | None = None, max_rows: int | None = None, seed: int = 0
+) -> pd.DataFrame:
     """Decisions with a known outcome decided before ``as_of`` (default: all), each with its
     current outcome (:func:`features.tables.outcomes.decision_outcomes`: feedback, outcome
-    files, inline campaign-log outcomes, attribution from orders)."""
-    frame = decision_outcomes(con)
+    files, inline campaign-log outcomes, attribution from orders).
+
+    ``max_rows``: when the log holds more decisions than that before ``as_of``, a uniform
+    sample of about ``max_rows`` of them (by a hash of the decision id and ``seed``, drawn
+    in the warehouse). Uniform, so the sample needs no weights: every estimate the NBA job
+    makes (uplift, propensities, off-policy values) is a mean over decisions."""
+    frame = decision_outcomes(con, share=_share(con, as_of, max_rows), seed=seed)
     frame = frame[frame["outcome"].notna()]
     if as_of is not None:
         decided = pd.to_datetime(frame["decided_at"], utc=True)
@@ -91,6 +101,17 @@ def logged_decisions(con: Any, as_of: datetime | None = None) -> pd.DataFrame:
     frame["revenue"] = frame["revenue"].astype("float64").fillna(0.0)
     frame["as_of"] = week_start(frame["decided_at"])
     return frame.sort_values(["decided_at", "decision_id"]).reset_index(drop=True)
+
+
+def _share(con: Any, as_of: datetime | None, max_rows: int | None) -> float:
+    """The share of the log's decisions before ``as_of`` that keeps about ``max_rows``."""
+    if max_rows is None:
+        return 1.0
+    before = "" if as_of is None else "WHERE decided_at < ?"
+    params = [] if as_of is None else [as_utc(as_of)]
+    logged = raw(con).execute(f"SELECT count(*) FROM campaign_log {before}", params).fetchone()
+    total = int(logged[0]) if logged else 0
+    return 1.0 if total <= max_rows else max_rows / total
 
 
 def score_enricher(churn: Any, value: Any, segments: SegmentModel) -> Enrich:
@@ -197,15 +218,27 @@ def enricher_for(
     return features_enricher(con, as_of, progress)
 
 
+def warehouse_features(con: Any, spec: FeatureSpec | None = None) -> WeekFeatures:
+    """The DuckDB feature build of the warehouse ``con`` as a :data:`WeekFeatures` (every
+    customer known at the cutoff; the join keeps the ones asked for)."""
+
+    def features(as_of: datetime, customer_ids: Sequence[str]) -> pd.DataFrame:
+        return build(con, as_of, spec)
+
+    return features
+
+
 def customer_frame(
     con: Any,
     as_of: datetime,
     enrich: Enrich,
     customer_ids: Sequence[str] | None = None,
     spec: FeatureSpec | None = None,
+    features: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Features, scores and segments of the customers known at ``as_of`` (optionally some)."""
-    features = build(con, as_of, spec)
+    """Features, scores and segments of the customers known at ``as_of`` (optionally some);
+    ``features``: that cutoff's features when already built (else the DuckDB build)."""
+    features = build(con, as_of, spec) if features is None else features
     features["as_of"] = pd.Timestamp(as_utc(as_of))
     enriched = enrich(features, as_utc(as_of))
     if customer_ids is not None:
@@ -282,10 +315,14 @@ def build_nba_data(
     spec: FeatureSpec | None = None,
     progress: Progress | None = None,
     seed: int = 0,
+    features: WeekFeatures | None = None,
+    max_rows: int | None = None,
 ) -> NbaData:
     """The NBA training set (see the module docstring); ``enrich`` defaults to the
     churn / value champions (:func:`champion_enricher`); ``seed`` drives the propensity
-    model's folds."""
+    model's folds and the sample; ``features`` builds each week's features (default: the
+    DuckDB build); ``max_rows``: a uniform sample of the decisions when the log holds more
+    (:func:`logged_decisions`)."""
     if not 0.0 < holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
     say = silent(progress)
@@ -293,13 +330,15 @@ def build_nba_data(
     if enrich is None:
         enrich = champion_enricher(con, say)[0]
     cutoff = as_utc(as_of) if as_of is not None else data_end(con)
-    decisions = logged_decisions(con, cutoff)
+    features = features or warehouse_features(con, spec)
+    decisions = logged_decisions(con, cutoff, max_rows, seed)
     weeks = sorted(decisions["as_of"].unique())
     say(f"{len(decisions):,} decisions with outcomes in {len(weeks)} weeks: features per week")
     parts = []
     for week in weeks:
         rows = decisions[decisions["as_of"] == week]
-        snapshot = customer_frame(con, as_utc(week), enrich, spec=spec)
+        built = features(as_utc(week), rows["customer_id"].unique().tolist())
+        snapshot = customer_frame(con, as_utc(week), enrich, spec=spec, features=built)
         snapshot = snapshot.drop(columns="as_of")
         parts.append(rows.merge(snapshot, on="customer_id", how="inner"))
     frame = pd.concat(parts, ignore_index=True)

@@ -81,13 +81,21 @@ NBA = "nba"
 CHUNK_ROWS = 250_000
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, e.g. a pinned container), not the
+    machine's: more threads than that only take turns."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def _batch_threads(champions: Champions, threads: int | None = None) -> None:
     """The registered uplift models predict on one thread (right for the live service, one
     row at a time); a batch of 250,000 rows wants every core (``threads``, default all;
     one in a Spark task, where the executor's cores are Spark's to share)."""
     uplift = getattr(champions.nba, "uplift", None)
     if uplift is not None and isinstance(getattr(uplift, "params", None), dict):
-        uplift.params = {**uplift.params, "num_threads": threads or os.cpu_count() or 1}
+        uplift.params = {**uplift.params, "num_threads": threads or _usable_cpus()}
 
 
 @dataclass

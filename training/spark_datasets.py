@@ -47,6 +47,7 @@ from training.datasets import (
     plan_training,
     silent,
 )
+from training.nba_data import WeekFeatures
 
 #: the share of the row limit kept for the positives (churners; customers who spent)
 POSITIVE_SHARE = 0.5
@@ -151,6 +152,24 @@ def labelled_frame(
         stacked = stacked.unionByName(more)
     labels = on_spark.to_spark(label_expression(tables, cutoffs, horizon_days))
     return stacked.join(labels, ["customer_id", "as_of"])
+
+
+def week_features(spark: Any, lake: str, spec: FeatureSpec | None = None) -> WeekFeatures:
+    """The NBA training set's features (:data:`training.nba_data.WeekFeatures`) built on
+    Spark from the lake: a cutoff's features of every customer (:func:`features.spark.
+    build_features`), joined in Spark with the customers asked for, so only their rows
+    reach the driver, in the DuckDB build's dtypes and order."""
+    from features import spark as on_spark
+
+    spec = spec or default_spec()
+
+    def features(as_of: datetime, customer_ids: Sequence[str]) -> pd.DataFrame:
+        wanted = spark.createDataFrame(pd.DataFrame({"customer_id": list(customer_ids)}))
+        built = on_spark.build_features(spark, lake, as_of, spec)
+        frame = _local(built.join(wanted.hint("broadcast"), "customer_id").toPandas())
+        return frame.drop(columns="as_of")[["customer_id", *spec.names]]
+
+    return features
 
 
 def _positive(stratum: int) -> bool:

@@ -305,10 +305,15 @@ def decision_outcomes(
     until: datetime | None = None,
     *,
     known: bool = False,
+    share: float = 1.0,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Every logged decision (decided at or after ``since`` and at or before ``until``)
     with its current outcome; ``known``: only those with a group and a known outcome
-    (filtered in the warehouse, not after reading every decision).
+    (filtered in the warehouse, not after reading every decision); ``share`` below 1: a
+    uniform sample of the decisions, each kept when a hash of its id and ``seed`` falls
+    under the share (the same log and seed keep the same decisions), drawn in the
+    warehouse so only the sample is read.
 
     Columns: decision_id, customer_id, decided_at, action, channel, propensity, group
     (null when the campaign log has no such column), outcome, revenue, responded_at,
@@ -338,6 +343,7 @@ def decision_outcomes(
         *([] if since is None else [f"c.decided_at >= {_ts(since)}"]),
         *([] if until is None else [f"c.decided_at <= {_ts(until)}"]),
         *([] if not known else [f"({group}) IS NOT NULL AND ({outcome}) IS NOT NULL"]),
+        *([] if share >= 1.0 else [_sampled("c.decision_id", share, seed)]),
     ]
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     return db.execute(f"""
@@ -350,6 +356,13 @@ def decision_outcomes(
         FROM campaign_log c {joined} {where}
         ORDER BY c.decided_at, c.decision_id
     """).df()
+
+
+def _sampled(column: str, share: float, seed: int) -> str:
+    """SQL keeping a uniform ``share`` of the rows by a hash of ``column`` and ``seed``."""
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"a sample's share must be in (0, 1], got {share}")
+    return f"hash({column}, {int(seed)}) % 1000000 < {round(share * 1_000_000)}"
 
 
 def history(con: Any, decision_id: str | None = None) -> pd.DataFrame:

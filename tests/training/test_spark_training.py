@@ -213,3 +213,155 @@ def test_rapport_train_churn_on_spark_registers_a_model_as_good_as_duckdb(
     duck_auc, spark_auc = runs["1"].metrics["test_auc"], runs["2"].metrics["test_auc"]
     print(f"holdout AUC: duckdb {duck_auc:.4f}, spark (sampled {after}/{before}) {spark_auc:.4f}")
     assert spark_auc >= duck_auc - 0.03
+
+
+@pytest.fixture(scope="module")
+def nba_weeks(home: Path) -> pd.Series:
+    """The decisions with outcomes per week of the demo log (oldest first)."""
+    from features.warehouse import connect
+    from training.nba_data import logged_decisions
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAPPORT_HOME", str(home))
+        reset_settings()
+        con = connect(get_settings().warehouse_path, read_only=True)
+        try:
+            return logged_decisions(con)["as_of"].value_counts().sort_index()
+        finally:
+            con.disconnect()
+            reset_settings()
+
+
+@pytest.fixture(scope="module")
+def nba_cutoff(nba_weeks: pd.Series) -> Any:
+    """The start of the log's fourth decision week: three weeks of decisions before it (a
+    time split, and three Spark feature builds rather than one per week of the log)."""
+    assert len(nba_weeks) > 4
+    return nba_weeks.index[3]
+
+
+def test_nba_training_set_on_spark_equals_duckdb(
+    spark: Any, home: Path, nba_cutoff: Any, nba_weeks: pd.Series
+) -> None:
+    """Each decision week's features built on Spark from the lake give the DuckDB set:
+    the same decisions, features to 1e-9 relative, the same segments and propensities."""
+    from features.warehouse import connect
+    from training.nba_data import build_nba_data, features_enricher
+    from training.spark_datasets import week_features
+
+    con = connect(get_settings().warehouse_path, read_only=True)
+    try:
+        enrich, _ = features_enricher(con)
+        on_duckdb = build_nba_data(con, nba_cutoff, enrich, seed=3)
+        features = week_features(spark, str(home / "lake"))
+        on_spark = build_nba_data(con, nba_cutoff, enrich, seed=3, features=features)
+    finally:
+        con.disconnect()
+    left, right = on_spark.frame, on_duckdb.frame
+    assert list(left.columns) == list(right.columns)
+    assert len(left) == len(right) == nba_weeks.iloc[:3].sum() > 400
+    assert left["as_of"].nunique() == 3
+    numeric = [c for c in left.columns if pd.api.types.is_numeric_dtype(left[c])]
+    others = [c for c in left.columns if c not in numeric]
+    assert_features_equal(left[["customer_id", *numeric]], right[["customer_id", *numeric]])
+    for column in others:
+        assert left[column].astype(str).tolist() == right[column].astype(str).tolist(), column
+    assert on_spark.holdout_from == on_duckdb.holdout_from
+    assert on_spark.counts() == on_duckdb.counts()
+
+
+def test_nba_decisions_are_sampled_uniformly_and_reproducibly(home: Path) -> None:
+    """Beyond ``max_rows`` a uniform share of the decisions, drawn in the warehouse: a
+    subset of the full log of about that size (within 5 binomial standard errors), the
+    same for the same seed, another for another seed, with the actions' mix kept."""
+    from features.warehouse import connect, raw
+    from training.nba_data import logged_decisions
+
+    con = connect(get_settings().warehouse_path, read_only=True)
+    try:
+        full = logged_decisions(con)
+        logged = raw(con).execute("SELECT count(*) FROM campaign_log").fetchone()[0]
+        limit = logged // 4
+        sample = logged_decisions(con, max_rows=limit, seed=1)
+        again = logged_decisions(con, max_rows=limit, seed=1)
+        other = logged_decisions(con, max_rows=limit, seed=2)
+        everything = logged_decisions(con, max_rows=logged, seed=1)
+    finally:
+        con.disconnect()
+    share = limit / logged
+    expected, se = share * len(full), np.sqrt(len(full) * share * (1 - share))
+    assert abs(len(sample) - expected) < 5 * se, (len(sample), expected, se)
+    assert set(sample["decision_id"]) <= set(full["decision_id"])
+    pd.testing.assert_frame_equal(sample, again)
+    assert set(sample["decision_id"]) != set(other["decision_id"])
+    pd.testing.assert_frame_equal(everything, full)
+    mix_full = full["action"].value_counts(normalize=True)
+    mix_sample = sample["action"].value_counts(normalize=True).reindex(mix_full.index)
+    assert np.abs(mix_sample - mix_full).max() < 0.03, (mix_sample, mix_full)
+
+
+def test_train_nba_on_spark_samples_and_tags_the_engine(
+    spark: Any, home: Path, nba_weeks: pd.Series, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train_nba`` with the Spark engine builds the weeks' features on Spark, samples
+    the decisions to ``RAPPORT_TRAIN_MAX_ROWS`` (at least 1,000: the first weeks holding
+    2,400 decisions, half of them kept) and says so in the MLflow run."""
+    reached = int(np.searchsorted(nba_weeks.cumsum().to_numpy(), 2400))
+    assert reached + 1 < len(nba_weeks)
+    cutoff = nba_weeks.index[reached + 1]
+    import mlflow
+
+    from features.warehouse import connect, raw
+    from training.nba import train_nba
+    from training.nba_data import features_enricher, logged_decisions
+
+    monkeypatch.setenv("RAPPORT_ENGINE", "spark")
+    monkeypatch.setenv("RAPPORT_SPARK_MASTER", "local[2]")
+    con = connect(get_settings().warehouse_path, read_only=True)
+    try:
+        before = (
+            raw(con)
+            .execute("SELECT count(*) FROM campaign_log WHERE decided_at < ?", [cutoff])
+            .fetchone()[0]
+        )
+        known = len(logged_decisions(con, cutoff))
+        monkeypatch.setenv("RAPPORT_TRAIN_MAX_ROWS", str(before // 2))
+        reset_settings()
+        enrich, _ = features_enricher(con)
+        result = train_nba(
+            con,
+            cutoff,
+            catalog=_catalog_without_scores(),
+            enrich=enrich,
+            compare_methods=False,
+            register=False,
+            n_boot=20,
+        )
+    finally:
+        con.disconnect()
+    rows = result.counts["decisions_train"] + result.counts["decisions_test"]
+    share = (before // 2) / before
+    se = np.sqrt(known * share * (1 - share))
+    assert abs(rows - share * known) < 5 * se, (rows, share * known)
+    tags = mlflow.get_run(result.run_id).data.tags
+    assert tags["rapport.engine"] == "spark"
+    assert tags["rapport.train_max_rows"] == str(before // 2)
+
+
+def _catalog_without_scores() -> Any:
+    """The packaged catalog's actions valued as incremental revenue, without rules: it
+    reads no churn or value score (the module's workspace trains no champions)."""
+    from importlib import resources
+
+    import yaml
+
+    from models.catalog import parse_catalog
+
+    raw = yaml.safe_load(resources.files("models").joinpath("default_catalog.yaml").read_text())
+    raw.pop("value_field", None)
+    for action in raw["actions"]:
+        action["value_kind"] = "incremental_revenue"
+        action.pop("eligibility", None)
+    catalog = parse_catalog(yaml.safe_dump(raw), source="test catalog without scores")
+    assert not catalog.score_needs()
+    return catalog
