@@ -164,6 +164,7 @@ class UiApp:
         self.cache = data.PreviewCache()
         self.columns = data.FeatureColumns(
             self.spec,
+            self.settings.warehouse_path,
             self.cache.ttl,
             self.cache.max_age,
             snapshots=self.settings.score_snapshots_dir,

@@ -742,11 +742,14 @@ class FeatureColumns:
     def __init__(
         self,
         spec: FeatureSpec,
+        warehouse: Path,
         ttl: float = 120.0,
         max_age: float = 600.0,
         snapshots: Path | None = None,
     ) -> None:
         self.spec = spec
+        #: the one warehouse every column is read from (the columns are kept by run id)
+        self.warehouse = warehouse
         self.ttl = ttl
         self.max_age = max_age
         self.snapshots = snapshots
@@ -758,8 +761,8 @@ class FeatureColumns:
         self._publishing = threading.Lock()
         #: columns being read now (by a request or the background reader), one read each
         self._reading: dict[tuple[str, str], threading.Event] = {}
-        #: what the background reader reads next: (path, run, scores) and the names
-        self._queued: dict[str, tuple[tuple[Path, RunInfo, RunScores], set[str]]] = {}
+        #: what the background reader reads next: (run, scores) and the names
+        self._queued: dict[str, tuple[tuple[RunInfo, RunScores], set[str]]] = {}
         self._reader: threading.Thread | None = None
         #: previews under way: the background reader starts a read between them
         self._previews = 0
@@ -801,12 +804,7 @@ class FeatureColumns:
         return hit[1]
 
     def columns(
-        self,
-        path: Path,
-        run: RunInfo,
-        scores: RunScores,
-        names: Sequence[str],
-        fresh: bool = False,
+        self, run: RunInfo, scores: RunScores, names: Sequence[str], fresh: bool = False
     ) -> dict[str, Column]:
         """The columns ``names``: those missing from the snapshot (else read now, or with
         ``fresh`` always read now), renewed behind the request those stale."""
@@ -820,12 +818,12 @@ class FeatureColumns:
                 stale |= set(missing)
                 missing = []
         if stale:
-            self.queue(path, run, scores, stale)
+            self.queue(run, scores, stale)
         while missing:
             mine = self._claim(run, missing)
             try:
                 if mine:
-                    out.update(self.read(path, run, scores, mine))
+                    out.update(self.read(run, scores, mine))
             finally:
                 self._release(run, mine)
             for name in missing:
@@ -906,12 +904,12 @@ class FeatureColumns:
         if busy is not None:
             busy.wait()
 
-    def queue(self, path: Path, run: RunInfo, scores: RunScores, names: Iterable[str]) -> None:
+    def queue(self, run: RunInfo, scores: RunScores, names: Iterable[str]) -> None:
         """Have the background reader compute ``names`` as of now (with what else it was
         asked for, in one pass)."""
         with self._lock:
             self._queued = {k: v for k, v in self._queued.items() if k == run.run_id}
-            entry = self._queued.setdefault(run.run_id, ((path, run, scores), set()))
+            entry = self._queued.setdefault(run.run_id, ((run, scores), set()))
             entry[1].update(n for n in names if (run.run_id, n) not in self._reading)
             if self._reader is None and entry[1]:
                 self._reader = threading.Thread(
@@ -931,24 +929,19 @@ class FeatureColumns:
                 if job is None:
                     self._reader = None
                     return
-                (path, run, scores), names = job[1]
+                (run, scores), names = job[1]
                 del self._queued[job[0]]
             self.wait_quiet()
             mine = self._claim(run, sorted(names))
             try:
                 with contextlib.suppress(Exception):  # interrupted by a save, a busy warehouse
                     if mine:
-                        self.read(path, run, scores, mine, yielding=True)
+                        self.read(run, scores, mine, yielding=True)
             finally:
                 self._release(run, mine)
 
     def read(
-        self,
-        path: Path,
-        run: RunInfo,
-        scores: RunScores,
-        names: Sequence[str],
-        yielding: bool = False,
+        self, run: RunInfo, scores: RunScores, names: Sequence[str], yielding: bool = False
     ) -> dict[str, Column]:
         """Compute the features ``names`` as of now for every customer and keep them
         aligned with ``scores``' rows (customers without features get nulls, as in a left
@@ -960,18 +953,18 @@ class FeatureColumns:
         for i, part in enumerate(read_parts(self.spec, names)):
             if yielding and i:  # in the background: not beside a preview, nor a save
                 self.wait_quiet()
-            out.update(self._read_part(path, run, scores, part, yielding))
+            out.update(self._read_part(run, scores, part, yielding))
         return out
 
     def _read_part(
-        self, path: Path, run: RunInfo, scores: RunScores, names: Sequence[str], yielding: bool
+        self, run: RunInfo, scores: RunScores, names: Sequence[str], yielding: bool
     ) -> dict[str, Column]:
         """One part of :meth:`read`: the raw aggregates joined to the scores' rows in
         DuckDB (only the attributes named, no sort, no customer ids back), then
         :func:`features.batch.finish` as :func:`features.batch.build` does."""
         as_of = datetime.now(UTC)
         spec = feature_subset(self.spec, names, all_attributes=False)
-        with own_lists(path) as own:
+        with own_lists(self.warehouse) as own:
             con = raw(own.con)
             held = WAREHOUSE.yielding(con.interrupt) if yielding else contextlib.nullcontext()
             with held:
@@ -1092,7 +1085,7 @@ class CachedLists(WarehouseLists):
         if self.memo is not None and scores.control is not None:
             # the run's members of its control group: no hashing while the group is the run's
             self.memo.seed(scores.control, scores.index, scores.held_out)  # type: ignore[arg-type]
-        found = self.columns.columns(self.path, run, scores, columns, self.fresh_features)
+        found = self.columns.columns(run, scores, columns, self.fresh_features)
         stamps = [c.as_of for c in found.values()]
         self.features_as_of = min(stamps) if stamps else as_of
         self.from_snapshot = any(c.snapshot for c in found.values())

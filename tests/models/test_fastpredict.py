@@ -29,6 +29,24 @@ def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return X, y_bin, y_reg
 
 
+#: the fast path's prediction types with the ``Booster.predict`` keywords of each (spelled
+#: out here, not read from ``models.fastpredict``, so a wrong mapping there fails)
+KINDS: list[tuple[int, dict[str, bool]]] = [
+    (PREDICT_NORMAL, {}),
+    (PREDICT_RAW_SCORE, {"raw_score": True}),
+    (PREDICT_CONTRIB, {"pred_contrib": True}),
+]
+
+
+def _hard_rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` rows wider-spread than the training data, with missing values and categories
+    seen, unseen and negative (what the fast path must still get exactly right)."""
+    rows = rng.normal(size=(n, 6)) * 2
+    rows[:, 2] = rng.integers(-1, 9, size=n)
+    rows[rng.random(rows.shape) < 0.15] = np.nan
+    return rows
+
+
 def _booster(X: np.ndarray, y: np.ndarray, objective: str) -> lgb.Booster:
     data = lgb.Dataset(X, y, categorical_feature=[2], params={"verbose": -1})
     params = {"objective": objective, "verbose": -1, "num_leaves": 7, "min_data_in_leaf": 10}
@@ -41,11 +59,7 @@ def test_matches_booster_predict(objective: str) -> None:
     booster = _booster(X, y_bin if objective == "binary" else y_reg, objective)
     fast = FastPredictor(booster)
     rows = np.vstack([X[:40], np.full((1, 6), np.nan), [[0.0, 0.0, 7.0, 0.0, 0.0, 0.0]]])
-    for kind, kwargs in [
-        (PREDICT_NORMAL, {}),
-        (PREDICT_RAW_SCORE, {"raw_score": True}),
-        (PREDICT_CONTRIB, {"pred_contrib": True}),
-    ]:
+    for kind, kwargs in KINDS:
         expected = np.asarray(booster.predict(rows, **kwargs)).reshape(len(rows), -1)
         got = np.vstack([fast.predict_row(row, kind) for row in rows])
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
@@ -101,16 +115,10 @@ def test_equals_booster_predict_bit_for_bit_over_thousands_of_rows(objective: st
     X, y_bin, y_reg = _data(seed=5)
     y = {"binary": y_bin, "regression": y_reg, "tweedie": np.maximum(y_reg, 0.0)}[objective]
     booster = _booster(X, y, objective)
-    rows = rng.normal(size=(3000, 6)) * 2
-    rows[:, 2] = rng.integers(-1, 9, size=3000)  # categories seen, unseen and negative
-    rows[rng.random(rows.shape) < 0.15] = np.nan
+    rows = _hard_rows(rng, 3000)
     rows[:50] = np.nan
     fast = FastPredictor(booster)
-    for kind, kwargs in [
-        (PREDICT_NORMAL, {}),
-        (PREDICT_RAW_SCORE, {"raw_score": True}),
-        (PREDICT_CONTRIB, {"pred_contrib": True}),
-    ]:
+    for kind, kwargs in KINDS:
         expected = np.asarray(booster.predict(rows, num_threads=1, **kwargs)).reshape(3000, -1)
         got = np.vstack([fast.predict_row(row, kind) for row in rows])
         assert got.shape == expected.shape
@@ -126,15 +134,9 @@ def test_predict_rows_equals_booster_predict_bit_for_bit(objective: str) -> None
     rng = np.random.default_rng(12)
     X, y_bin, y_reg = _data(seed=6)
     booster = _booster(X, y_bin if objective == "binary" else np.maximum(y_reg, 0.0), objective)
-    rows = rng.normal(size=(400, 6)) * 2
-    rows[:, 2] = rng.integers(-1, 9, size=400)
-    rows[rng.random(rows.shape) < 0.15] = np.nan
+    rows = _hard_rows(rng, 400)
     fast = FastPredictor(booster)
-    for kind, kwargs in [
-        (PREDICT_NORMAL, {}),
-        (PREDICT_RAW_SCORE, {"raw_score": True}),
-        (PREDICT_CONTRIB, {"pred_contrib": True}),
-    ]:
+    for kind, kwargs in KINDS:
         expected = np.asarray(booster.predict(rows, num_threads=1, **kwargs)).reshape(400, -1)
         start = 0
         for size in [1, 2, 3, 8, 16, 64, 5] * 10:

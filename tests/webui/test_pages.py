@@ -181,8 +181,8 @@ def test_feature_columns_are_the_built_features_aligned_with_the_scores(tmp_path
     scores = RunScores(frame, pd.Index(frame["customer_id"].to_numpy(dtype=object)))
     now = datetime.now(UTC)
     run = RunInfo("sr-x", now, now, len(order), {}, "fs", {})
-    columns = FeatureColumns(spec)
-    got = columns.read(path, run, scores, names)
+    columns = FeatureColumns(spec, path)
+    got = columns.read(run, scores, names)
     con = connect(path, read_only=True)
     expected = frame.merge(
         build(con, got["spend_90d"].as_of, feature_subset(spec, names)).astype(
@@ -198,9 +198,9 @@ def test_feature_columns_are_the_built_features_aligned_with_the_scores(tmp_path
         )
     assert pd.isna(got["spend_90d"].values[-1]) and expected["spend_90d"].notna().sum() > 40
     assert columns.get(run, "region") is got["region"]
-    assert columns.columns(path, run, scores, ["region"])["region"] is got["region"]  # kept
+    assert columns.columns(run, scores, ["region"])["region"] is got["region"]  # kept
     columns.ttl = 0.0  # stale: served, and computed again behind the request
-    assert columns.columns(path, run, scores, ["region"])["region"] is got["region"]
+    assert columns.columns(run, scores, ["region"])["region"] is got["region"]
     deadline = time.monotonic() + 30
     while columns.get(run, "region") is got["region"] and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -244,18 +244,18 @@ def test_a_preview_takes_a_column_not_read_yet_from_the_run_s_snapshot(tmp_path:
     published = pd.DataFrame({"customer_id": ids, "spend_90d": -np.arange(80.0)})
     pq.write_table(pa.Table.from_pandas(published), folder / run.run_id / FEATURES_FILE)
 
-    columns = FeatureColumns(default_spec(), snapshots=folder)
-    got = columns.columns(path, run, scores, ["spend_90d"])["spend_90d"]
+    columns = FeatureColumns(default_spec(), path, snapshots=folder)
+    got = columns.columns(run, scores, ["spend_90d"])["spend_90d"]
     assert got.snapshot and got.as_of == then
     assert got.values[0] == -79.0 and got.values[79] == 0.0 and np.isnan(got.values[80])
     deadline = time.monotonic() + 60
     while columns.reading() and time.monotonic() < deadline:
         time.sleep(0.05)
-    fresh = columns.columns(path, run, scores, ["spend_90d"])["spend_90d"]
+    fresh = columns.columns(run, scores, ["spend_90d"])["spend_90d"]
     assert not fresh.snapshot and fresh.as_of > then
     assert np.nanmin(fresh.values) >= 0  # computed over the orders, not the snapshot's
     # a column the snapshot lacks (another spec) is read at once; a save reads fresh ones
-    saved = columns.columns(path, run, scores, ["orders_30d"], fresh=True)["orders_30d"]
+    saved = columns.columns(run, scores, ["orders_30d"], fresh=True)["orders_30d"]
     assert not saved.snapshot
     assert columns.published(run, scores, ["orders_30d"]) is None
 
@@ -313,18 +313,18 @@ def test_column_reads_go_by_table_and_keep_the_parts_they_finished(tmp_path: Pat
     class Interrupted(FeatureColumns):
         """Its read of the orders' part fails, as one a save interrupts."""
 
-        def _read_part(self, path, run, scores, names, yielding):  # type: ignore[no-untyped-def]
+        def _read_part(self, run, scores, names, yielding):  # type: ignore[no-untyped-def]
             if "spend_90d" in names:
                 raise RuntimeError("INTERRUPT: a save came")
-            return super()._read_part(path, run, scores, names, yielding)
+            return super()._read_part(run, scores, names, yielding)
 
-    columns = Interrupted(spec)
+    columns = Interrupted(spec, path)
     with pytest.raises(RuntimeError, match="INTERRUPT"):
-        columns.read(path, run, scores, names)
+        columns.read(run, scores, names)
     kept = {n for n in names if columns.get(run, n) is not None}
     assert {"email_opt_in", "region"} <= kept and "spend_90d" not in kept
     assert "avg_order_value_365d" not in kept
-    whole = FeatureColumns(spec).read(path, run, scores, names)
+    whole = FeatureColumns(spec, path).read(run, scores, names)
     for name in kept:  # the parts kept are what a whole read computes
         assert pd.Series(columns.get(run, name).values).equals(pd.Series(whole[name].values))  # type: ignore[union-attr]
 
