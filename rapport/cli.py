@@ -193,6 +193,8 @@ def main(ctx: click.Context, wait: float | None) -> None:
 
     The workspace (warehouse, online store, MLflow store) is RAPPORT_HOME, default ./.rapport.
     Batch commands run at a lower CPU priority (RAPPORT_BATCH_NICE, default 10; 0: off).
+    RAPPORT_ENGINE=spark runs ingest, resolve, features, train, score, targets and
+    materialize on Spark over the lake (RAPPORT_LAKE_URI); see the README's "Spark".
     """
     if ctx.invoked_subcommand not in SERVING_COMMANDS and not ctx.resilient_parsing:
         lower_priority(get_settings().batch_nice)
@@ -491,7 +493,8 @@ def features(as_of: datetime | None, out: Path | None, segments: bool) -> None:
     With segments, the RFM / ABC cut points fitted on this snapshot are stored in the
     warehouse as the current segment model (what `rapport materialize` serves). The file
     holds ``customer_id``, ``as_of`` (the cutoff) and the features: what the registered
-    models' pyfuncs take as they are.
+    models' pyfuncs take as they are. With RAPPORT_ENGINE=spark: built on Spark from the
+    lake and written to <lake>/features/as_of=<cutoff>/ (--out is refused).
     """
     import pandas as pd
 
@@ -589,6 +592,9 @@ def train(kind: str, as_of: datetime | None, horizon: int | None, catalog: Path 
     churn/value: time-split cutoffs. nba: uplift per action (DR learner) from the campaign
     log joined with features and the churn/value champions' scores at each decision's week;
     the latest weeks are held out for off-policy evaluation. New versions are @challenger.
+    With RAPPORT_ENGINE=spark: churn/value's training set is built on Spark from the lake
+    (sampled to RAPPORT_TRAIN_MAX_ROWS), nba's weekly features too (decisions from the
+    warehouse); the run is tagged rapport.engine.
     """
     from training import jobs
 

@@ -127,8 +127,9 @@ class Settings(BaseSettings):
 
     engine: Literal["duckdb", "spark"] = Field(
         default="duckdb",
-        description="Where `rapport ingest`, `features` and `score` run: `duckdb` (one machine) "
-        "or `spark` (over Parquet in the lake, RAPPORT_LAKE_URI).",
+        description="Where `rapport ingest`, `resolve` (Splink), `features`, `train`, `score`, "
+        "`targets` and `materialize` run: `duckdb` (one machine) or `spark` (over Parquet in "
+        "the lake, RAPPORT_LAKE_URI).",
     )
     spark_master: str = Field(
         default="local[*]",
