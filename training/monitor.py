@@ -18,6 +18,10 @@ as of a date (default: the end of the data) and checks:
   champions predicted for the horizon, against the same ratio over the same first days
   of the champion's holdout (``active_shortfall``, ``revenue_shortfall``: a change in
   behaviour caught a period after it, before the horizon matures), also per region;
+  and each region against the other regions' customers of the same prediction in the
+  same run (``active_vs_peers``: who bought, a one-sided test, Holm-adjusted
+  over the regions, :func:`models.monitoring.peer_shortfall`), which finds a change in one
+  region that the base dilutes and the holdout's capped sample cannot resolve;
 * both also per ABC tier and RFM segment (a group below ``min_rows`` never alerts);
   gaps and drops are judged as a change, beyond noise: a group's rate gap or coverage
   gap by how much it outgrew the champion's own gap for that group on its holdout
@@ -503,6 +507,12 @@ EARLY: dict[str, tuple[str, str, str]] = {
 #: a customer attribute the elapsed-days checks also split by (a change often hits one
 #: region first)
 ATTRIBUTE = "region"
+#: check -> (kind, done, predicted) compared per value of ATTRIBUTE with its peers (see
+#: :func:`_peers`); revenue is left out: heavy-tailed, its normal z is not to be trusted
+#: on a few hundred customers, and each family judged adds its false alarms
+PEERS: dict[str, tuple[str, str, str]] = {
+    "active_vs_peers": ("churn", "bought", "expected_buyer"),
+}
 
 
 def _elapsed(con: Any, lab: pd.DataFrame, cut: datetime, scored: pd.DataFrame) -> pd.DataFrame:
@@ -597,6 +607,39 @@ def _partial(
                 + ("(whole base) " if fallback else "")
                 + f"{h_ratio:.3f} ({len(held)} rows); beyond the 95% interval +-{half:.3f}",
                 len(part),
+            )
+    if ATTRIBUTE in now.columns:
+        _peers(c, now, tag)
+
+
+def _peers(c: _Checks, now: pd.DataFrame, tag: str) -> None:
+    """Each region's elapsed days against the other regions' customers of the same
+    prediction in the same run (:func:`models.monitoring.peer_shortfall`): a change in one
+    region, diluted in the base and too small for the holdout's capped sample to show,
+    stands out against its peers, while season, campaigns and a base-wide bias cancel.
+    The value is -log10 of the one-sided p-value, Holm-adjusted over the regions judged
+    (those with ``min_rows``), so the shipped 2.0 pages at a family-wise 1%."""
+    label = GROUP_LABEL[ATTRIBUTE]
+    for name, (kind, done, predicted) in PEERS.items():
+        rows = now[now[predicted].notna()]
+        if not len(rows) or rows[ATTRIBUTE].nunique() < 2:
+            continue
+        found = stats.peer_shortfall(rows[done], rows[predicted], rows[ATTRIBUTE])
+        judged = found["rows"] >= c.alerts.min_rows
+        found["p_holm"] = stats.holm(found["p"].where(judged))
+        for r in found.itertuples():
+            # -log10(1) is -0.0: + 0.0 makes it print as 0
+            surprise = -np.log10(max(r.p_holm, 1e-300)) + 0.0 if np.isfinite(r.p_holm) else 0.0
+            c.add(
+                kind,
+                name,
+                f"{label} {r.group}",
+                surprise,
+                f"{tag}; {done} {r.observed:,.1f} against {r.expected:,.1f} from customers "
+                f"of the same predicted {predicted} in the other {label}s "
+                f"({-r.shortfall:+.1%}); z {r.z:.2f}, one-sided p {r.p:.2g}, Holm over "
+                f"{int(judged.sum())} {label}s {r.p_holm:.2g}",
+                int(r.rows),
             )
 
 

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from features.tables.monitoring import CHECK_COLUMNS, CHECKS, CURVES, RUNS
 from features.warehouse import connect, raw
 from rapport.cli import main
+from rapport.demo_data import REGIONS
 from rapport.settings import get_settings
 
 CUSTOMERS = 1500
@@ -57,6 +58,9 @@ def test_stable_world_raises_no_alert_over_its_runs(stable: mw.Timeline) -> None
         early = early[early["check"].isin(["active_shortfall", "revenue_shortfall"])]
         assert {"all", "tier A", "region north"} <= set(early["subject"]), when
         assert early["threshold"].notna().all() and (early["level"] == "ok").all()
+        peers = stable.checks[when]
+        peers = peers[peers["check"] == "active_vs_peers"]
+        assert set(peers["subject"]) == {f"region {r}" for r in REGIONS}, when
     first = stable.checks[mw.MONITOR_AT[0]]
     assert "revenue_shortfall" not in set(first["check"])  # nothing has elapsed yet
 
@@ -143,7 +147,9 @@ def test_cli_exits_2_on_alert_and_rejects_bad_thresholds(worlds: Path, tmp_path:
 #: A tripled churn hazard cannot show in one period: over 26 days it takes ~4% of the
 #: expected buyers (the buyers of the first month of the hazard world equal the stable
 #: world's within noise, +-10% at 1,500 customers), so it is caught once a horizon
-#: reaching past the change has matured (realised churn)
+#: reaching past the change has matured (realised churn). The issue's example, a hazard
+#: doubling in one region, is caught within one period by the region peer check on a
+#: world large enough for it (the slow test after this one)
 EXPECTED: dict[str, tuple[str, str | None, int]] = {
     "channel": ("features", "emptied", mw.PERIOD),
     "spend": ("value", "revenue_shortfall", mw.PERIOD),
@@ -167,6 +173,41 @@ def test_each_scenario_raises_its_alert_in_time(worlds: Path, scenario: str) -> 
     assert delay <= days, delay
     # nothing before the change
     assert all(not len(a) for d, a in timeline.alerts.items() if d < mw.change_date())
+
+
+#: the region-hazard world: customers (see the power statement in the README's Monitoring
+#: section: a doubled hazard takes ~1.5% of a region's buyers in 26 days, so one region
+#: needs tens of thousands of active customers; 1,500 would leave it at +-10%)
+REGION_CUSTOMERS = 200_000
+
+
+@pytest.mark.slow
+def test_a_region_hazard_is_caught_within_one_period_and_the_stable_world_stays_quiet(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The issue's example: the dropout hazard doubles in one region (north) on 2025-09-10.
+    Monitored on 2025-10-06 (26 days later, the 09-06 run's 30 elapsed days), north alone
+    raises ``churn.active_vs_peers``; the stable world of the same seed raises no alert at
+    all that day. Champions trained on a 20,000-customer world (``mw.train_world``)."""
+    base = tmp_path_factory.mktemp("region-hazard")
+    mw.train_world(base / "train", SEED)
+    dates = mw.MONITOR_AT[:2]  # 09-06 scored (before the change), 10-06 scored and monitored
+    end = dates[-1] + pd.Timedelta(days=1)
+    found = {}
+    for scenario in (None, "region_hazard"):
+        home = base / str(scenario)
+        with mw.world_home(home, base / "train"):
+            mw.load_world(home, REGION_CUSTOMERS, SEED, scenario, end=end)
+            found[scenario] = mw.monitor_monthly(scenario, dates, score_only=1)
+    stable = found[None].checks[dates[1]]
+    assert not (stable["level"] == "alert").any(), stable[stable["level"] == "alert"]
+    peers = stable[stable["check"] == "active_vs_peers"]
+    assert len(peers) == 5 and peers["threshold"].notna().all()  # every region judged
+    hit = found["region_hazard"]
+    first = hit.first_alert("churn", "active_vs_peers")
+    assert first is not None and (first - mw.change_date()).days <= mw.PERIOD
+    alerts = hit.alerts[first]
+    assert set(alerts[alerts["check"] == "active_vs_peers"]["subject"]) == {"region north"}
 
 
 def test_policy_health_runs_inside_the_monitor(
