@@ -1,26 +1,27 @@
-"""Power of ``rapport monitor``'s region peer check (``churn.active_vs_peers``): is a
-dropout hazard that changes in one region caught within one scoring period, and from what
-size of world?
+"""Power of ``rapport monitor``'s region peer checks (``churn.active_vs_peers``,
+``churn.complaints_vs_peers``): is a dropout hazard that changes in one region caught
+within one scoring period, and from what size of world?
 
-    uv run python -m bench.monitor_power --seeds 1 2 3 --customers 200000
-    uv run python -m bench.monitor_power --seeds 1 --customers 200000 --hazard 3 --stable-runs 0
+    uv run python -m bench.monitor_power --seeds 1 2 3 --customers 40000 --train-customers 40000
+    uv run python -m bench.monitor_power --seeds 3 --customers 300000 --stable-runs 0
 
-Per seed: churn and value trained on a 20,000-customer stable world before the change
-(``tests/monitor_worlds.py``; a model trained on a sample scores any size), then a stable
-world and a world whose ``--region`` (north, a quarter of the customers) has its dropout
-hazard multiplied by ``--hazard`` from 2025-09-10, both of ``--customers`` and the same
-seed. Both are scored on 2025-09-06 (four days before the change) and 2025-10-06 and
-monitored as of 2025-10-06: 26 days after the change, the 09-06 run has 30 elapsed days
-(its partly matured checks). The stable world is also scored and monitored on the next
-``--stable-runs`` months (false alarms). Prints per world the peer check of every region
-(shortfall against same-risk customers of the other regions, z, Holm p, level) and every
-alert of any check; then, from the hit region's measured shortfall and per-customer
-variance (mean over seeds), the active customers a region needs for 80% power at the
-shipped threshold (Holm 1% over the regions, :func:`models.monitoring.customers_for_power`),
-the power predicted at this size and the seeds that detected it. Never fails on what it
-measures. 1,500 customers (the tests' worlds) are far too few: a doubled hazard takes about
-1.5% of a region's buyers in 26 days, while one region of 1,500 customers (~230 active)
-is noisy by +-10%.
+Per seed: churn and value trained on a stable world of ``--train-customers`` before the
+change (``tests/monitor_worlds.py``; when it has ``--customers`` it is the stable world
+itself, as in the tests; a smaller one serves a larger world as a sample would, but then
+the checks against the holdout read another world's customers and page), and a world
+whose ``--region`` (north, a quarter of the customers) has its dropout hazard multiplied
+by ``--hazard`` from 2025-09-10, of ``--customers`` and the same seed (identical before
+the change). Both are scored on 2025-09-06 (four days before the change) and 2025-10-06
+and monitored as of 2025-10-06: 26 days after the change, the 09-06 run has 30 elapsed
+days (its partly matured checks). The stable world is also scored and monitored on the
+next ``--stable-runs`` months (false alarms). Prints per world both peer checks of every
+region and every alert of any check; per seed the hit region's effect against its peers
+(buyers, and for comparison order counts against the prediction and against the
+customer's own year; complaints) with z and per-customer variance; then, from their
+means over seeds, the active customers a region needs for 80% power at the shipped
+threshold (Holm 1% over the regions, :func:`models.monitoring.customers_for_power`), the
+power predicted at this size and the seeds that detected it. Never fails on what it
+measures.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from models import monitoring as stats
 CHECK = "active_vs_peers"
 
 
-def _peer_rows(checks: pd.DataFrame) -> pd.DataFrame:
-    rows = checks[(checks["check"] == CHECK)].copy()
+def _peer_rows(checks: pd.DataFrame, check: str = CHECK) -> pd.DataFrame:
+    rows = checks[(checks["check"] == check)].copy()
     rows["region"] = rows["subject"].str.removeprefix("region ")
     return rows.set_index("region")
 
@@ -65,6 +66,7 @@ def _measure(home: Path, when: datetime, region: str) -> dict[str, float]:
         now = monitor._elapsed(con, labels(con, [part.as_of], days), part.as_of, scored)
         year = part.as_of - timedelta(days=365)
         past = labels(con, [year], 365)[["customer_id", "orders_in_horizon"]]
+        complaints = monitor._complaints(con, part.as_of, days)
     finally:
         con.disconnect()
     past = past.rename(columns={"orders_in_horizon": "past"})
@@ -86,8 +88,19 @@ def _measure(home: Path, when: datetime, region: str) -> dict[str, float]:
             f"{prefix}shortfall": float(row["shortfall"]),
             f"{prefix}variance": float(row["variance"] * row["rows"] / row["expected"] ** 2),
             f"{prefix}z": float(row["z"]),
-            "regions": float(found["group"].nunique()),
         }
+    # the complaints check: an excess, per customer, within strata of churn risk
+    now = now.merge(complaints, on="customer_id", how="left").fillna({"complaints": 0.0})
+    found = stats.peer_shortfall(
+        -now["complaints"], np.ones(len(now)), now["region"], by=now["churn_probability"]
+    )
+    row = found.set_index("group").loc[region]
+    out |= {
+        "complaints_excess": float(row["observed"] / row["expected"] - 1),
+        "complaints_variance": float(row["variance"] * row["rows"] / row["expected"] ** 2),
+        "complaints_z": float(row["z"]),
+        "regions": float(found["group"].nunique()),
+    }
     return out
 
 
@@ -110,10 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     mw = _worlds()
     first = mw.MONITOR_AT[1]  # 2025-10-06, 26 days after the change
     stable_dates = [mw.MONITOR_AT[0], *mw.MONITOR_AT[1 : 2 + args.stable_runs]]
-    end = stable_dates[-1] + pd.Timedelta(days=1)
     scenario = Scenario("bench", mw.change_date(), hazard_factor=args.hazard, region=args.region)
     found: list[dict[str, float]] = []
-    detected = stable_runs = stable_paging = stable_peer = 0
+    stable_runs = stable_paging = stable_peer = 0
+    detected = {"active_vs_peers": 0, "complaints_vs_peers": 0}
     for seed in args.seeds:
         start = time.perf_counter()
         tmp = tempfile.TemporaryDirectory(prefix="rapport-bench-power-")
@@ -128,9 +141,11 @@ def main(argv: list[str] | None = None) -> None:
         }
         for name, (chosen, dates) in worlds.items():
             home = root / f"{name.replace(' ', '-')}-{seed}-{args.customers}"
+            if chosen is None and args.customers == args.train_customers:
+                home = train  # the stable world is the one the champions were trained on
             with mw.world_home(home, train):
                 if not (home / "ready").exists():
-                    mw.load_world(home, args.customers, seed, chosen, end=end)
+                    mw.load_world(home, args.customers, seed, chosen)
                     (home / "ready").touch()
                 timeline = mw.monitor_monthly(name, dates, score_only=1)
                 measured = _measure(home, first, args.region)
@@ -141,14 +156,23 @@ def main(argv: list[str] | None = None) -> None:
                     f"{r}: {peers.loc[r, 'value']:.2f} {peers.loc[r, 'level']}" for r in peers.index
                 )
                 print(f"seed {seed} {name} {when:%Y-%m-%d}: -log10 Holm p per region {line}")
+                complaints = _peer_rows(checks, "complaints_vs_peers")
+                line = ", ".join(
+                    f"{r}: {complaints.loc[r, 'value']:.2f} {complaints.loc[r, 'level']}"
+                    for r in complaints.index
+                )
+                print(f"    complaints: {line}")
                 for a in alerts.itertuples():
                     print(f"    alert {a.kind}.{a.check} ({a.subject}) {a.value:.3f}: {a.detail}")
                 if chosen is None:
                     stable_runs += 1
                     stable_paging += bool(len(alerts))
                     stable_peer += int((peers["level"] == "alert").sum())
+                    stable_peer += int(
+                        (_peer_rows(checks, "complaints_vs_peers")["level"] == "alert").sum()
+                    )
             hit = timeline.checks[first]
-            hit = hit[(hit["check"] == CHECK) & (hit["level"] == "alert")]
+            hit = hit[hit["level"] == "alert"]
             print(
                 f"seed {seed} {name}: {args.region} {measured['rows']:,.0f} active of "
                 f"{measured['world_active']:,.0f}, shortfall vs peers "
@@ -157,43 +181,48 @@ def main(argv: list[str] | None = None) -> None:
                 f"{measured['orders_shortfall']:+.2%}, z {measured['orders_z']:.2f}, "
                 f"variance {measured['orders_variance']:.3f}; orders against their own "
                 f"year: {measured['own_shortfall']:+.2%}, z {measured['own_z']:.2f}, "
-                f"variance {measured['own_variance']:.3f})",
+                f"variance {measured['own_variance']:.3f}); complaints "
+                f"{measured['complaints_excess']:+.1%} vs peers, z "
+                f"{measured['complaints_z']:.2f}, per-customer variance "
+                f"{measured['complaints_variance']:.2f}",
                 flush=True,
             )
             if chosen is not None:
                 found.append(measured)
-                detected += bool(len(hit) and set(hit["subject"]) == {f"region {args.region}"})
+                for check in detected:
+                    one = hit[hit["check"] == check]
+                    detected[check] += set(one["subject"]) == {f"region {args.region}"}
         tmp.cleanup()
         print(f"seed {seed}: {time.perf_counter() - start:.0f}s", flush=True)
-    shortfall = float(np.mean([f["shortfall"] for f in found]))
-    variance = float(np.mean([f["variance"] for f in found]))
     rows = float(np.mean([f["rows"] for f in found]))
     share = rows / float(np.mean([f["world_active"] for f in found]))
     regions = int(found[0]["regions"])
-    need = stats.customers_for_power(shortfall, variance, regions, alpha=0.01, power=0.8)
-    power = stats.peer_power(shortfall, variance, rows, regions, alpha=0.01)
     print(
         f"hazard x{args.hazard:g} in {args.region} over {len(args.seeds)} seeds x "
-        f"{args.customers:,} customers: shortfall vs peers {shortfall:.2%} in 26 days, "
-        f"per-customer variance {variance:.3f}; detected (alert on {args.region} alone, "
-        f"2025-10-06) {detected}/{len(found)}; predicted power at {rows:,.0f} active in "
-        f"{args.region}: {power:.0%}"
+        f"{args.customers:,} customers ({rows:,.0f} active in {args.region}, {share:.0%} of "
+        f"the active), 2025-10-06 (26 days after the change):"
     )
-    print(
-        f"80% power at Holm 1% over {regions} regions needs {need:,.0f} active customers in "
-        f"the region (~{need / rows * args.customers:,.0f} customers in a world like these, "
-        f"where {args.region} holds {share:.0%} of the active ones)"
-    )
-    for factor in (1.5, 2.0, 3.0, 4.0):
-        scaled = shortfall * (factor - 1) / (args.hazard - 1)  # first order in the excess
-        n = stats.customers_for_power(scaled, variance, regions, alpha=0.01, power=0.8)
-        print(
-            f"  hazard x{factor:g}: shortfall ~{scaled:.2%}, 80% power from ~{n:,.0f} active "
-            f"in the region (~{n / rows * args.customers:,.0f} customers in the world)"
+    for check, key in (("active_vs_peers", "shortfall"), ("complaints_vs_peers", "excess")):
+        prefix = "" if key == "shortfall" else "complaints_"
+        effect = float(np.mean([f[prefix + key] for f in found]))
+        variance = float(np.mean([f[prefix + "variance"] for f in found]))
+        line = (
+            f"  {check}: {key} {effect:+.2%} (mean over seeds), per-customer variance "
+            f"{variance:.3f}; detected (alert on {args.region} alone) {detected[check]}/"
+            f"{len(found)}"
         )
+        if effect > 0:  # the direction the check tests
+            need = stats.customers_for_power(effect, variance, regions, alpha=0.01, power=0.8)
+            power = stats.peer_power(effect, variance, rows, regions, alpha=0.01)
+            line += (
+                f"; predicted power here {power:.0%}; 80% power at Holm 1% over {regions} "
+                f"regions from {need:,.0f} active in the region (~"
+                f"{need / rows * args.customers:,.0f} customers in a world like these)"
+            )
+        print(line)
     print(
         f"stable world: {stable_paging}/{stable_runs} monitoring runs page (any check); "
-        f"{stable_peer} {CHECK} alerts"
+        f"{stable_peer} region peer alerts (active_vs_peers, complaints_vs_peers)"
     )
 
 

@@ -64,6 +64,8 @@ class ChurnThresholds(BaseModel):
     #: partly matured run, per region: -log10 of the Holm-adjusted one-sided p-value that
     #: its customers bought less in the elapsed days than same-risk customers elsewhere
     active_vs_peers: Threshold = Threshold(warn=1.3, alert=2.0)
+    #: partly matured run, per region: the same for complaints per customer (an excess)
+    complaints_vs_peers: Threshold = Threshold(warn=1.3, alert=2.0)
 
 
 class ValueThresholds(BaseModel):

@@ -325,7 +325,9 @@ def holm(p: Any) -> np.ndarray:
     return out
 
 
-def peer_shortfall(y: Any, x: Any, group: Any, strata: int = PEER_STRATA) -> pd.DataFrame:
+def peer_shortfall(
+    y: Any, x: Any, group: Any, strata: int = PEER_STRATA, by: Any = None
+) -> pd.DataFrame:
     """Each group's total of ``y`` (what customers did) against what the **other** groups'
     customers of the same prediction did: indirect standardisation over deciles of ``x``
     (the prediction), so expected = sum over strata of the group's ``x`` times the rest's
@@ -334,20 +336,26 @@ def peer_shortfall(y: Any, x: Any, group: Any, strata: int = PEER_STRATA) -> pd.
     by the strata. The variance adds the group's residuals ``(y - R x)^2`` and the noise
     of the rest's ratios (delta method). One-sided (only a shortfall counts): ``z`` =
     (expected - observed) / its standard error, ``p`` its normal tail, ``p_holm`` Holm's
-    adjustment over the groups. Columns: ``group, rows, observed, expected, shortfall``
-    (1 - observed / expected), ``variance`` (of observed - expected), ``z, p, p_holm``."""
+    adjustment over the groups. ``by``: strata from the deciles of another prediction
+    (``x`` = 1 counts per customer, e.g. complaints among customers of the same churn
+    risk); an excess instead of a shortfall is tested by passing ``-y``. Columns:
+    ``group, rows, observed, expected, shortfall`` (1 - observed / expected),
+    ``variance`` (of observed - expected), ``z, p, p_holm``."""
+    x_arr = np.asarray(x, dtype="float64")
     frame = pd.DataFrame(
         {
             "y": np.asarray(y, dtype="float64"),
-            "x": np.asarray(x, dtype="float64"),
+            "x": x_arr,
+            "by": x_arr if by is None else np.asarray(by, dtype="float64"),
             "group": np.asarray(group, dtype="object"),
         }
     )
-    frame = frame[np.isfinite(frame["y"]) & np.isfinite(frame["x"]) & frame["group"].notna()]
+    known = np.isfinite(frame["y"]) & np.isfinite(frame["x"]) & np.isfinite(frame["by"])
+    frame = frame[known & frame["group"].notna()]
     columns = ["group", "rows", "observed", "expected", "shortfall", "variance", "z", "p"]
     if frame.empty:
         return pd.DataFrame(columns=[*columns, "p_holm"])
-    ranks = frame["x"].rank(method="first")
+    ranks = frame["by"].rank(method="first")
     frame["stratum"] = np.minimum((strata * (ranks - 1) / len(frame)).astype(int), strata - 1)
     frame = frame.assign(yy=frame["y"] ** 2, xy=frame["x"] * frame["y"], xx=frame["x"] ** 2)
     sums = ["y", "x", "yy", "xy", "xx"]

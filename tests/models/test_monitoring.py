@@ -193,3 +193,26 @@ def test_customers_for_power_matches_simulated_detection() -> None:
         for _ in range(200)
     ]
     assert np.mean(hits) == pytest.approx(0.8, abs=0.08)
+
+
+def test_peer_excess_of_counts_within_strata_of_another_prediction() -> None:
+    """Complaints per customer, strata by churn risk (``by``), an excess tested as the
+    shortfall of ``-y``: a group with a riskier mix is no alarm, one complaining 1.8x is."""
+    rng = np.random.default_rng(11)
+
+    def world(per_group: int, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        groups = np.repeat(np.array(list("abcde")), per_group)
+        risk = rng.beta(np.where(groups == "c", 3.0, 2.0), 3.0)  # group c: riskier
+        rate = 0.02 * (1 + 4 * risk) * np.where(groups == "a", factor, 1.0)
+        return rng.poisson(rate).astype(float), risk, groups
+
+    zs = []
+    for _ in range(200):
+        y, risk, groups = world(3000, 1.0)
+        zs.extend(stats.peer_shortfall(-y, np.ones(len(y)), groups, by=risk)["z"])
+    assert np.mean(zs) == pytest.approx(0.0, abs=0.1) and np.std(zs) == pytest.approx(1, abs=0.1)
+    y, risk, groups = world(3000, 1.8)
+    found = stats.peer_shortfall(-y, np.ones(len(y)), groups, by=risk).set_index("group")
+    assert found.loc["a", "p_holm"] < 1e-3 and (found.drop("a")["p_holm"] > 0.05).all()
+    excess = found.loc["a", "observed"] / found.loc["a", "expected"] - 1
+    assert excess == pytest.approx(0.8, abs=0.2)
