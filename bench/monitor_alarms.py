@@ -28,7 +28,7 @@ import pandas as pd
 
 from bench.monitoring import _worlds
 
-SCENARIOS = ("channel", "hazard", "spend")
+SCENARIOS = ("channel", "hazard", "region_hazard", "spend")
 
 
 def _judged(checks: pd.DataFrame) -> pd.DataFrame:

@@ -82,8 +82,6 @@ def synthetic(rows: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.
     return scored, current, reference
 
 
-#: customers of the world the champions are trained on (``--world``)
-TRAIN_CUSTOMERS = 20_000
 WORLD_SEED = 3
 
 
@@ -104,15 +102,15 @@ def world(customers: int, root: Path, log_to_mlflow: bool) -> None:
     from training.scoring import score_all
 
     mw = _worlds()
-    small, big = root / f"train-{TRAIN_CUSTOMERS}", root / f"world-{customers}"
+    small, big = root / f"train-{mw.TRAIN_CUSTOMERS}", root / f"world-{customers}"
     matured, latest = mw.MONITOR_AT[1], mw.MONITOR_AT[4]
     if not (small / "ready").exists():
         start = time.perf_counter()
-        with mw.world_home(small):
-            mw.load_world(small, TRAIN_CUSTOMERS, WORLD_SEED, None)
-            mw.train_before_change()
+        mw.train_world(small, WORLD_SEED)
         (small / "ready").touch()
-        print(f"trained churn and value on {TRAIN_CUSTOMERS:,}: {time.perf_counter() - start:.0f}s")
+        print(
+            f"trained churn and value on {mw.TRAIN_CUSTOMERS:,}: {time.perf_counter() - start:.0f}s"
+        )
     if not (big / "ready").exists():
         start = time.perf_counter()
         with mw.world_home(big, small):

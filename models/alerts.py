@@ -61,6 +61,11 @@ class ChurnThresholds(BaseModel):
     #: partly matured run: (holdout's - run's) share of the expected buyers who bought in
     #: the elapsed days, beyond noise, over the holdout's (see ``partial_days``)
     active_shortfall: Threshold = Threshold(warn=0.05, alert=0.10)
+    #: partly matured run, per region: -log10 of the Holm-adjusted one-sided p-value that
+    #: its customers bought less in the elapsed days than same-risk customers elsewhere
+    active_vs_peers: Threshold = Threshold(warn=1.3, alert=2.0)
+    #: partly matured run, per region: the same for complaints per customer (an excess)
+    complaints_vs_peers: Threshold = Threshold(warn=1.3, alert=2.0)
 
 
 class ValueThresholds(BaseModel):

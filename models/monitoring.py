@@ -306,3 +306,111 @@ def ratio_variance(y: Any, x: Any) -> tuple[float, float]:
         return float("nan"), float("nan")
     ratio = float(y_arr.sum()) / total
     return ratio, float(np.sum((y_arr - ratio * x_arr) ** 2)) / total**2
+
+
+# --------------------------------------------------------------------------- peers
+#: strata of the prediction a group is compared with its peers within (deciles)
+PEER_STRATA = 10
+
+
+def holm(p: Any) -> np.ndarray:
+    """Holm's step-down adjustment of one-sided p-values over a family (NaN stays NaN and
+    is not counted): the family-wise error stays at most the level whichever are true."""
+    arr = np.asarray(p, dtype="float64")
+    out = np.full(arr.shape, np.nan)
+    known = np.flatnonzero(np.isfinite(arr))
+    order = known[np.argsort(arr[known], kind="stable")]
+    factors = len(order) - np.arange(len(order))
+    out[order] = np.minimum(np.maximum.accumulate(arr[order] * factors), 1.0)
+    return out
+
+
+def peer_shortfall(
+    y: Any, x: Any, group: Any, strata: int = PEER_STRATA, by: Any = None
+) -> pd.DataFrame:
+    """Each group's total of ``y`` (what customers did) against what the **other** groups'
+    customers of the same prediction did: indirect standardisation over deciles of ``x``
+    (the prediction), so expected = sum over strata of the group's ``x`` times the rest's
+    ``y`` per unit of ``x``. Season, campaigns and a base-wide miscalibration move every
+    group alike and cancel; a mix of predictions that differs between groups is matched
+    by the strata. The variance adds the group's residuals ``(y - R x)^2`` and the noise
+    of the rest's ratios (delta method). One-sided (only a shortfall counts): ``z`` =
+    (expected - observed) / its standard error, ``p`` its normal tail, ``p_holm`` Holm's
+    adjustment over the groups. ``by``: strata from the deciles of another prediction
+    (``x`` = 1 counts per customer, e.g. complaints among customers of the same churn
+    risk); an excess instead of a shortfall is tested by passing ``-y``. Columns:
+    ``group, rows, observed, expected, shortfall`` (1 - observed / expected),
+    ``variance`` (of observed - expected), ``z, p, p_holm``."""
+    x_arr = np.asarray(x, dtype="float64")
+    frame = pd.DataFrame(
+        {
+            "y": np.asarray(y, dtype="float64"),
+            "x": x_arr,
+            "by": x_arr if by is None else np.asarray(by, dtype="float64"),
+            "group": np.asarray(group, dtype="object"),
+        }
+    )
+    known = np.isfinite(frame["y"]) & np.isfinite(frame["x"]) & np.isfinite(frame["by"])
+    frame = frame[known & frame["group"].notna()]
+    columns = ["group", "rows", "observed", "expected", "shortfall", "variance", "z", "p"]
+    if frame.empty:
+        return pd.DataFrame(columns=[*columns, "p_holm"])
+    ranks = frame["by"].rank(method="first")
+    frame["stratum"] = np.minimum((strata * (ranks - 1) / len(frame)).astype(int), strata - 1)
+    frame = frame.assign(yy=frame["y"] ** 2, xy=frame["x"] * frame["y"], xx=frame["x"] ** 2)
+    sums = ["y", "x", "yy", "xy", "xx"]
+    cell = frame.groupby(["group", "stratum"], observed=True)[sums].sum()
+    cell["n"] = frame.groupby(["group", "stratum"], observed=True).size()
+    total = cell.groupby(level="stratum").sum()
+    rest = total.reindex(cell.index.get_level_values("stratum")).set_axis(cell.index) - cell
+    ratio = (rest["y"] / rest["x"]).where(rest["x"] > 0)
+    own = cell["yy"] - 2 * ratio * cell["xy"] + ratio**2 * cell["xx"]
+    rest_var = (rest["yy"] - 2 * ratio * rest["xy"] + ratio**2 * rest["xx"]) / rest["x"] ** 2
+    parts = pd.DataFrame(
+        {
+            "rows": cell["n"],
+            "observed": cell["y"],
+            "expected": ratio * cell["x"],
+            "variance": own + cell["x"] ** 2 * rest_var,
+        }
+    )
+    # a stratum no other group has rows in says nothing about this one
+    parts = parts[ratio.notna()]
+    out = parts.groupby(level="group").sum().reset_index()
+    missing = frame.groupby("group").size().index.difference(out["group"])
+    if len(missing):
+        empty = pd.DataFrame({"group": missing, "rows": 0, "observed": 0.0, "expected": 0.0})
+        out = pd.concat([out, empty.assign(variance=0.0)], ignore_index=True)
+    from scipy.stats import norm
+
+    sd = np.sqrt(out["variance"].clip(lower=0))
+    out["shortfall"] = np.where(out["expected"] > 0, 1 - out["observed"] / out["expected"], np.nan)
+    out["z"] = np.where(sd > 0, (out["expected"] - out["observed"]) / sd, np.nan)
+    out["p"] = norm.sf(out["z"])
+    out["p_holm"] = holm(out["p"])
+    return out[[*columns, "p_holm"]].sort_values("group").reset_index(drop=True)
+
+
+def customers_for_power(
+    shortfall: float, variance: float, groups: int, alpha: float = 0.01, power: float = 0.8
+) -> float:
+    """Customers a group needs for :func:`peer_shortfall` to flag a relative
+    ``shortfall`` at Holm level ``alpha`` over ``groups`` with probability ``power``:
+    ``variance`` is the per-customer variance of (observed - expected) / expected (the
+    check's variance times its rows over expected squared, measured on a world). Holm's
+    first rejection is Bonferroni's, so z = the one-sided ``alpha / groups`` quantile plus
+    the ``power`` quantile, and rows = variance * (z / shortfall)^2."""
+    from scipy.stats import norm
+
+    z = float(norm.isf(alpha / groups) + norm.isf(1 - power))
+    return float(variance * (z / shortfall) ** 2)
+
+
+def peer_power(
+    shortfall: float, variance: float, rows: float, groups: int, alpha: float = 0.01
+) -> float:
+    """The probability that :func:`peer_shortfall` flags a group of ``rows`` customers
+    with a true relative ``shortfall`` (the inverse of :func:`customers_for_power`)."""
+    from scipy.stats import norm
+
+    return float(norm.sf(norm.isf(alpha / groups) - shortfall * np.sqrt(rows / variance)))

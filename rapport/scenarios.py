@@ -5,8 +5,10 @@ customers' behaviour from ``start`` on (the data before it is the unchanged worl
 for draw), so the monitor's quality tests can ask whether, and how fast, each change is
 caught:
 
-* ``hazard``: the dropout hazard of one region's customers is multiplied (churn rises
-  there; a churn model trained before it under-predicts);
+* ``hazard``: every customer's dropout hazard is tripled (churn rises everywhere; a
+  churn model trained before it under-predicts);
+* ``region_hazard``: the dropout hazard doubles in one region (north, the largest: a
+  quarter of the customers), the issue's worded example;
 * ``spend``: every order's expected amount is multiplied (value models over-predict);
 * ``channel``: a data pipeline breaks and the interactions of one channel stop arriving
   (the features counting them collapse to zero: feature drift, not a change in people).
@@ -74,6 +76,7 @@ def scenarios(start: datetime) -> dict[str, Scenario]:
     """The shipped scenarios, all starting at ``start``."""
     return {
         "hazard": Scenario("hazard", start, hazard_factor=3.0),
+        "region_hazard": Scenario("region_hazard", start, hazard_factor=2.0, region="north"),
         "spend": Scenario("spend", start, spend_factor=0.6),
         "channel": Scenario("channel", start, lost_channel="web"),
     }

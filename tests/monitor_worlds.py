@@ -12,10 +12,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
 from sample_data import FAST_PARAMS
+
+if TYPE_CHECKING:
+    from rapport.scenarios import Scenario
 
 #: the world ends here; the champions' holdout cutoff is TEST_CUTOFF (their labels end 90
 #: days later) and the world changes at CHANGE
@@ -27,6 +31,17 @@ HORIZON = 90
 #: demo's campaign waves are monthly: another day would see another phase of them)
 MONITOR_AT = [(TEST_CUTOFF + pd.DateOffset(months=k)).to_pydatetime() for k in range(3, 9)]
 PERIOD = 31
+#: customers of the world the champions of a large world are trained on (a model trained
+#: on a sample scores any size; training on the large world itself would take long)
+TRAIN_CUSTOMERS = 20_000
+
+
+def train_world(home: Path, seed: int, customers: int = TRAIN_CUSTOMERS) -> None:
+    """A stable world in ``home`` with churn and value trained before the change: its
+    MLflow store serves a large world (``world_home(big, home)``)."""
+    with world_home(home):
+        load_world(home, customers, seed, None)
+        train_before_change()
 
 
 @contextmanager
@@ -53,22 +68,29 @@ def change_date() -> datetime:
     return CHANGE
 
 
-def load_world(home: Path, customers: int, seed: int, scenario: str | None) -> None:
-    """Simulate the world (with ``scenario`` from :func:`change_date`) into ``home``."""
+def load_world(
+    home: Path,
+    customers: int,
+    seed: int,
+    scenario: str | Scenario | None,
+    end: datetime = END,
+) -> None:
+    """Simulate the world (with ``scenario``, a shipped one by name or any, from
+    :func:`change_date`) up to ``end`` into ``home``."""
     from features.ingest import discover_files, ingest
     from features.warehouse import connect
     from rapport.demo_data import generate, write
     from rapport.scenarios import scenarios
     from rapport.settings import get_settings
 
-    chosen = None if scenario is None else scenarios(change_date())[scenario]
+    chosen = scenarios(change_date())[scenario] if isinstance(scenario, str) else scenario
     settings = get_settings()
     settings.ensure_home()
-    data = generate(customers, seed=seed, end=END, horizon_days=HORIZON, scenario=chosen)
+    data = generate(customers, seed=seed, end=end, horizon_days=HORIZON, scenario=chosen)
     folder = write(data, home / "data", "parquet")
     con = connect(settings.warehouse_path)
     try:
-        ingest(con, discover_files(folder["customers"].parent), now=END)
+        ingest(con, discover_files(folder["customers"].parent), now=end)
     finally:
         con.disconnect()
 
@@ -110,9 +132,12 @@ class Timeline:
         return None
 
 
-def monitor_monthly(scenario: str | None, dates: list[datetime] = MONITOR_AT) -> Timeline:
+def monitor_monthly(
+    scenario: str | None, dates: list[datetime] = MONITOR_AT, score_only: int = 0
+) -> Timeline:
     """Score as of each date, then monitor as of it (so the run of ``HORIZON`` days ago
-    has just matured)."""
+    has just matured); the first ``score_only`` dates are scored, not monitored (a large
+    world's runs before the change only serve as the partly matured run of the next)."""
     from features.warehouse import connect
     from rapport.settings import get_settings
     from training import monitor
@@ -121,8 +146,10 @@ def monitor_monthly(scenario: str | None, dates: list[datetime] = MONITOR_AT) ->
     timeline = Timeline(scenario)
     con = connect(get_settings().warehouse_path)
     try:
-        for when in dates:
+        for k, when in enumerate(dates):
             score_all(con, when)
+            if k < score_only:
+                continue
             result = monitor.run(when, con=con, log_to_mlflow=False)
             timeline.alerts[when] = result.alerts
             timeline.checks[when] = result.checks

@@ -18,6 +18,11 @@ as of a date (default: the end of the data) and checks:
   champions predicted for the horizon, against the same ratio over the same first days
   of the champion's holdout (``active_shortfall``, ``revenue_shortfall``: a change in
   behaviour caught a period after it, before the horizon matures), also per region;
+  and each region against the other regions' customers of the same prediction in the
+  same run (``active_vs_peers``: fewer buyers; ``complaints_vs_peers``: more complaints;
+  one-sided tests, Holm-adjusted over the regions, :func:`models.monitoring.peer_shortfall`),
+  which find a change in one region that the base dilutes and the holdout's capped sample
+  cannot resolve;
 * both also per ABC tier and RFM segment (a group below ``min_rows`` never alerts);
   gaps and drops are judged as a change, beyond noise: a group's rate gap or coverage
   gap by how much it outgrew the champion's own gap for that group on its holdout
@@ -61,7 +66,7 @@ import pandas as pd
 import pyarrow as pa
 
 from features.batch import build
-from features.contract import CAMPAIGN_LOG, CUSTOMERS, TABLES
+from features.contract import CAMPAIGN_LOG, CUSTOMERS, INTERACTIONS, TABLES
 from features.resolve import CHANGES, clusters_as_of, person_tables
 from features.spec import FeatureSpec, default_spec
 from features.tables import monitoring as tables
@@ -503,6 +508,18 @@ EARLY: dict[str, tuple[str, str, str]] = {
 #: a customer attribute the elapsed-days checks also split by (a change often hits one
 #: region first)
 ATTRIBUTE = "region"
+#: check -> (kind, what customers did, per what, excess or shortfall) compared per value of
+#: ATTRIBUTE with the other values' customers of the same churn risk (see :func:`_peers`):
+#: fewer buyers per expected buyer, more complaints per customer (a rising dropout hazard
+#: is dissatisfaction, which complains long before the missing purchases add up). Revenue
+#: is left out: heavy-tailed, its normal z is not to be trusted on a few hundred
+#: customers, and each family judged adds its false alarms
+PEERS: dict[str, tuple[str, str, str, bool]] = {
+    "active_vs_peers": ("churn", "bought", "expected_buyer", False),
+    "complaints_vs_peers": ("churn", "complaints", "customer", True),
+}
+#: the interactions counted as ``complaints`` in a run's elapsed days
+COMPLAINT = "complaint"
 
 
 def _elapsed(con: Any, lab: pd.DataFrame, cut: datetime, scored: pd.DataFrame) -> pd.DataFrame:
@@ -523,6 +540,20 @@ def _elapsed(con: Any, lab: pd.DataFrame, cut: datetime, scored: pd.DataFrame) -
             attr, on="customer_id", how="left"
         )
     return frame
+
+
+def _complaints(con: Any, cut: datetime, days: int) -> pd.DataFrame:
+    """``customer_id, complaints``: complaint interactions in the ``days`` from ``cut``."""
+    table = con.table(INTERACTIONS.name)
+    start = pd.Timestamp(as_utc(cut))
+    window = table.filter(
+        (table.kind == COMPLAINT)
+        & (table.occurred_at >= start)
+        & (table.occurred_at < start + pd.Timedelta(days=days))
+    )
+    frame = con.execute(window.group_by("customer_id").aggregate(complaints=window.count()))
+    frame["customer_id"] = frame["customer_id"].astype("string")
+    return frame.astype({"complaints": "float64"})
 
 
 def _holdout_scored(reference: pd.DataFrame) -> tuple[datetime, pd.DataFrame]:
@@ -564,6 +595,8 @@ def _partial(
     h_cut, h_rows = _holdout_scored(reference)
     early = labels(con, sorted({run.as_of, h_cut}), days)
     now = _elapsed(con, early, run.as_of, scored)
+    now = now.merge(_complaints(con, run.as_of, days), on="customer_id", how="left")
+    now = now.assign(complaints=now["complaints"].fillna(0.0), customer=1.0)
     then = _elapsed(con, early, h_cut, h_rows)
     groups = (*GROUPS, ATTRIBUTE) if ATTRIBUTE in now.columns else GROUPS
     columns = ["bought", "expected_buyer", "spend", "value_mean"]
@@ -597,6 +630,44 @@ def _partial(
                 + ("(whole base) " if fallback else "")
                 + f"{h_ratio:.3f} ({len(held)} rows); beyond the 95% interval +-{half:.3f}",
                 len(part),
+            )
+    if ATTRIBUTE in now.columns:
+        _peers(c, now, tag)
+
+
+def _peers(c: _Checks, now: pd.DataFrame, tag: str) -> None:
+    """Each region's elapsed days against the other regions' customers of the same churn
+    risk in the same run (:func:`models.monitoring.peer_shortfall`, strata = deciles of
+    the churn probability; each check of :data:`PEERS`): a change in one region, diluted
+    in the base and too small for the holdout's capped sample to show, stands out against
+    its peers, while season, campaigns and a base-wide bias cancel.
+    The value is -log10 of the one-sided p-value, Holm-adjusted over the regions judged
+    (those with ``min_rows``), so the shipped 2.0 pages at a family-wise 1%."""
+    label = GROUP_LABEL[ATTRIBUTE]
+    for name, (kind, done, predicted, excess) in PEERS.items():
+        rows = now[now[predicted].notna()]
+        if done not in rows.columns or not len(rows) or rows[ATTRIBUTE].nunique() < 2:
+            continue
+        y = -rows[done] if excess else rows[done]
+        risk = rows["churn_probability"]
+        found = stats.peer_shortfall(y, rows[predicted], rows[ATTRIBUTE], by=risk)
+        found[["observed", "expected"]] = found[["observed", "expected"]].abs()
+        judged = found["rows"] >= c.alerts.min_rows
+        found["p_holm"] = stats.holm(found["p"].where(judged))
+        for r in found.itertuples():
+            # -log10(1) is -0.0: + 0.0 makes it print as 0
+            surprise = -np.log10(max(r.p_holm, 1e-300)) + 0.0 if np.isfinite(r.p_holm) else 0.0
+            c.add(
+                kind,
+                name,
+                f"{label} {r.group}",
+                surprise,
+                f"{tag}; {done} {r.observed:,.1f} against {r.expected:,.1f} from customers "
+                f"of the same churn risk in the other {label}s "
+                f"({r.observed / r.expected - 1 if r.expected else NAN:+.1%}); z {r.z:.2f}, "
+                f"one-sided p {r.p:.2g}, Holm over "
+                f"{int(judged.sum())} {label}s {r.p_holm:.2g}",
+                int(r.rows),
             )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models.alerts import AlertsError, Threshold, load_alerts, parse_alerts
@@ -81,3 +82,17 @@ def test_partial_days_is_validated_like_the_rest() -> None:
     with pytest.raises(AlertsError) as err:
         parse_alerts(text, "mine.yaml")
     assert f"mine.yaml:line {_line_of(text, 'partial_days')}: partial_days" in str(err.value)
+
+
+def test_region_peer_check_is_shipped_and_validated_like_the_others() -> None:
+    peers = load_alerts().threshold("churn", "active_vs_peers")
+    # -log10 of a Holm-adjusted p: 0.005 over the regions alerts, 0.03 warns, 0.2 is ok
+    assert [peers.level(-np.log10(p)) for p in (0.005, 0.03, 0.2)] == ["alert", "warn", "ok"]
+    text = SHIPPED.replace(
+        "active_vs_peers: {warn: 1.3, alert: 2.0}", "active_vs_peers: {warn: 3, alert: 2.0}"
+    )
+    with pytest.raises(AlertsError) as err:
+        parse_alerts(text, "mine.yaml")
+    line = _line_of(text, "active_vs_peers")
+    assert f"line {line}: churn.active_vs_peers" in str(err.value)
+    assert "must not exceed alert" in str(err.value)

@@ -138,3 +138,81 @@ def test_ratio_variance_matches_the_spread_of_simulated_ratios() -> None:
     # rows with a missing side are left out; nothing predicted: unknown
     assert stats.ratio_variance([1.0, np.nan], [2.0, 5.0])[0] == pytest.approx(0.5)
     assert all(np.isnan(v) for v in stats.ratio_variance([1.0], [0.0]))
+
+
+def _peer_world(
+    rng: np.random.Generator, per_group: int, shortfall: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Five groups of customers who buy with a probability their prediction sets (the
+    groups' mixes of predictions differ, as regions' do); group ``a`` buys ``shortfall``
+    less than its prediction says."""
+    groups = np.repeat(np.array(list("abcde")), per_group)
+    x = rng.beta(np.where(groups == "b", 4.0, 2.0), 2.0)  # group b: more likely buyers
+    p = 0.6 * x * np.where(groups == "a", 1 - shortfall, 1.0)  # 60% buy early, everywhere
+    return (rng.random(len(x)) < p).astype(float), x, groups
+
+
+def test_peer_shortfall_holds_its_level_and_finds_a_shortfalling_group() -> None:
+    """Under no change the one-sided z of each group is standard normal (the variance is
+    right) and Holm keeps the family-wise error at its level, even though group b's
+    predictions are higher (the strata match it); a group that buys 6% less is found."""
+    rng = np.random.default_rng(7)
+    zs, flagged = [], 0
+    for _ in range(400):
+        found = stats.peer_shortfall(*_peer_world(rng, 2000))
+        zs.extend(found["z"])
+        flagged += bool((found["p_holm"] < 0.05).any())
+    assert np.mean(zs) == pytest.approx(0.0, abs=0.06)
+    assert np.std(zs) == pytest.approx(1.0, abs=0.06)
+    assert flagged / 400 < 0.08  # family-wise 5% (+ sampling error of 400 draws)
+    found = stats.peer_shortfall(*_peer_world(rng, 20_000, shortfall=0.06)).set_index("group")
+    assert found.loc["a", "p_holm"] < 1e-3 and (found.drop("a")["p_holm"] > 0.05).all()
+    assert found.loc["a", "shortfall"] == pytest.approx(0.06, abs=0.01)
+
+
+def test_holm_adjusts_step_down_and_keeps_order() -> None:
+    adjusted = stats.holm([0.01, 0.04, 0.03, float("nan"), 0.5])
+    # sorted 0.01, 0.03, 0.04, 0.5 over 4 known: 0.04, 0.09, 0.09 (monotone), 0.5
+    assert adjusted[[0, 2, 1, 4]] == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert np.isnan(adjusted[3])
+
+
+def test_customers_for_power_matches_simulated_detection() -> None:
+    """The rows the power formula asks for flag a 5% shortfall in about 80% of worlds."""
+    rng = np.random.default_rng(3)
+    probe = stats.peer_shortfall(*_peer_world(rng, 20_000, shortfall=0.05)).set_index("group")
+    a = probe.loc["a"]
+    variance = a["variance"] * a["rows"] / a["expected"] ** 2
+    rows = stats.customers_for_power(0.05, variance, groups=5, alpha=0.01, power=0.8)
+    assert stats.peer_power(0.05, variance, rows, groups=5) == pytest.approx(0.8)
+    hits = [
+        stats.peer_shortfall(*_peer_world(rng, int(rows), 0.05))
+        .set_index("group")
+        .loc["a", "p_holm"]
+        < 0.01
+        for _ in range(200)
+    ]
+    assert np.mean(hits) == pytest.approx(0.8, abs=0.08)
+
+
+def test_peer_excess_of_counts_within_strata_of_another_prediction() -> None:
+    """Complaints per customer, strata by churn risk (``by``), an excess tested as the
+    shortfall of ``-y``: a group with a riskier mix is no alarm, one complaining 1.8x is."""
+    rng = np.random.default_rng(11)
+
+    def world(per_group: int, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        groups = np.repeat(np.array(list("abcde")), per_group)
+        risk = rng.beta(np.where(groups == "c", 3.0, 2.0), 3.0)  # group c: riskier
+        rate = 0.02 * (1 + 4 * risk) * np.where(groups == "a", factor, 1.0)
+        return rng.poisson(rate).astype(float), risk, groups
+
+    zs = []
+    for _ in range(200):
+        y, risk, groups = world(3000, 1.0)
+        zs.extend(stats.peer_shortfall(-y, np.ones(len(y)), groups, by=risk)["z"])
+    assert np.mean(zs) == pytest.approx(0.0, abs=0.1) and np.std(zs) == pytest.approx(1, abs=0.1)
+    y, risk, groups = world(3000, 1.8)
+    found = stats.peer_shortfall(-y, np.ones(len(y)), groups, by=risk).set_index("group")
+    assert found.loc["a", "p_holm"] < 1e-3 and (found.drop("a")["p_holm"] > 0.05).all()
+    excess = found.loc["a", "observed"] / found.loc["a", "expected"] - 1
+    assert excess == pytest.approx(0.8, abs=0.2)
