@@ -58,9 +58,10 @@ class Agg:
             return f"the {self.days} days before the last {self.offset}"
         return f"the last {self.days} days"
 
-    @property
+    @cached_property
     def phrase(self) -> str:
-        """Template for an agent-readable reason; ``{value}`` is the feature value."""
+        """Template for an agent-readable reason; ``{value}`` is the feature value (made
+        once per feature: every live score words its reasons with it)."""
         templates = {
             "count": "{value:.0f} " + self.label + " in " + self.window_text,
             "sum": self.label + " of {value:,.0f} in " + self.window_text,

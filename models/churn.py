@@ -16,6 +16,7 @@ The encoder and :func:`fit_booster` are shared with :mod:`models.value`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self, overload
@@ -27,7 +28,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from features.spec import FeatureSpec
-from models.fastpredict import FAST_ROWS, PREDICT_CONTRIB, PREDICT_RAW_SCORE, fast_predictor
+from models.fastpredict import FAST_ROWS, PREDICT_RAW_SCORE, fast_predictor
 from models.reasons import CHURN_WORDS, top_reasons
 
 #: columns of a feature frame that identify a row and are never features
@@ -80,6 +81,7 @@ class FeatureEncoder:
     categories: dict[str, list[str]]
     _codes: dict[str, dict[str, float]] = field(init=False, repr=False)
     _index: dict[str, pd.Index] = field(init=False, repr=False)
+    _coded: list[tuple[int, dict[str, float]]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._codes = {
@@ -87,6 +89,10 @@ class FeatureEncoder:
             for col, cats in self.categories.items()
         }
         self._index = {col: pd.Index(cats, dtype=object) for col, cats in self.categories.items()}
+        #: (position, codes) of the categorical columns
+        self._coded = [
+            (j, self._codes[col]) for j, col in enumerate(self.columns) if col in self._codes
+        ]
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the fitted state only; the lookup tables are rebuilt on load."""
@@ -121,11 +127,12 @@ class FeatureEncoder:
         one customer's ``{feature: value}`` dict or a list of them (the live micro-batch)."""
         if isinstance(data, pd.DataFrame):
             return self._transform_frame(data)
-        if isinstance(data, Mapping):
-            return np.array([self._values(data)], dtype="float64")
-        return np.array([self._values(row) for row in data], dtype="float64").reshape(
-            len(data), len(self.columns)
-        )
+        rows = [data] if isinstance(data, Mapping) else data
+        values = [self._picked(row) for row in rows]
+        try:  # numpy's conversion of each value is float()'s (None: NaN)
+            return np.array(values, dtype="float64").reshape(len(rows), len(self.columns))
+        except (TypeError, ValueError):  # say which feature is not a number
+            return np.array([self._values(row) for row in rows], dtype="float64")
 
     def _transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.columns if c not in frame.columns]
@@ -146,12 +153,25 @@ class FeatureEncoder:
                 out[:, j] = numeric.to_numpy("float64", na_value=np.nan)
         return out
 
+    def _picked(self, row: Mapping[str, Any]) -> list[Any]:
+        """One customer's values in column order, categories as their codes (the live
+        path: one list comprehension, the numbers converted by numpy for all rows)."""
+        try:
+            values = [row[col] for col in self.columns]
+        except KeyError as exc:
+            raise ValueError(f"feature {exc.args[0]!r} is missing from the input") from None
+        for j, codes in self._coded:
+            value = values[j]
+            values[j] = np.nan if value is None else codes.get(str(value), np.nan)
+        return values
+
     def _values(self, row: Mapping[str, Any]) -> list[float]:
-        """One customer's encoded row as plain floats (the live path)."""
+        """One customer's encoded row as plain floats, each checked (a value that is not a
+        number is named in the error)."""
         codes = self._codes
         values: list[float] = []
         append = values.append
-        for col in self.columns:  # plain floats, one array at the end (the live path)
+        for col in self.columns:
             if col not in row:
                 raise ValueError(f"feature {col!r} is missing from the input")
             value = row[col]
@@ -172,7 +192,7 @@ class FeatureEncoder:
 
     def decode_value(self, j: int, value: float) -> Any:
         col = self.columns[j]
-        if np.isnan(value):
+        if math.isnan(value):
             return None
         if col in self.categories:
             return self.categories[col][int(value)]
@@ -427,7 +447,8 @@ class ChurnModel(BoostedModel):
     ) -> list[dict[str, list[dict[str, Any]]]]:
         """Top ``top`` drivers up and down per encoded row (see :func:`top_reasons`)."""
         if 0 < len(X) <= FAST_ROWS:  # the live path: one customer or a micro-batch
-            contrib = fast_predictor(self, self.booster_).predict_rows(X, PREDICT_CONTRIB)[:, :-1]
+            # kept per path through the trees: a repeat score reads them back (fastpredict)
+            contrib = fast_predictor(self, self.booster_).contributions(X)[:, :-1]
         else:
             contrib = booster_predict(self.booster_, X, pred_contrib=True)[:, :-1]
         names = self.encoder_.columns

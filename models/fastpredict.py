@@ -11,6 +11,13 @@ lazily and :func:`fast_predictor` keeps them outside the model objects, keyed we
 object that owns the booster. A handle is used by one thread at a time; a thread that finds
 it busy falls back to ``Booster.predict`` (same numbers, just slower). Batch paths keep
 using ``Booster.predict``.
+
+:meth:`FastPredictor.contributions` (the live churn reasons, TreeSHAP: the costliest
+prediction of a score) keeps each row's contributions under its :class:`SplitKeys` key,
+the side of every split of the booster the row falls on. TreeSHAP reads a row only through
+those decisions, so two rows with one key have the same contributions, bit for bit: a
+repeat score of a customer whose features moved inside the same splits (the recency
+features move with the clock) reads them back instead of walking the trees again.
 """
 
 from __future__ import annotations
@@ -23,6 +30,12 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 from lightgbm import basic as _lgb_basic
+
+#: rows of contributions a booster keeps (:meth:`FastPredictor.contributions`; ~1 KB each)
+CONTRIB_CACHE_ROWS = 16_384
+#: LightGBM reads a value this close to 0 as 0 (``kZeroThreshold``: a dense row keeps only
+#: the values beyond it, the others are the zeros of its buffer)
+ZERO_THRESHOLD = 1.0000000180025095e-35
 
 #: up to this many rows a prediction takes the fast path (one C call with the prediction
 #: set up once; the live service's customer or micro-batch); larger matrices (batch
@@ -113,6 +126,13 @@ class FastPredictor:
         self._num_class = max(1, num_class.value)
         # what Booster.predict(num_iteration=None) uses (<= 0: all iterations)
         self._num_iteration = booster.best_iteration
+        #: the booster's split keys (False: not read yet; None: it cannot have them) and
+        #: the contributions kept per key (:meth:`contributions`)
+        self._split_keys: SplitKeys | bool | None = False
+        self._contrib: dict[bytes, np.ndarray] = {}
+        self._cache_lock = threading.Lock()
+        #: rows whose contributions :meth:`contributions` computed (the others were kept)
+        self.contrib_computed = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {"booster": self.booster}
@@ -198,6 +218,123 @@ class FastPredictor:
             )
         )
         return out[: int(out_len[0])].reshape(rows, -1)
+
+    def forget(self) -> None:
+        """Drop the contributions kept (a bench timing the computed path)."""
+        with self._cache_lock:
+            self._contrib.clear()
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """``predict_rows(X, PREDICT_CONTRIB)``, each row read from the contributions kept
+        under its :class:`SplitKeys` key when a row with that key was predicted before
+        (the same numbers, bit for bit: see the module doc); the others predicted in one
+        call and kept, the least recently used dropped beyond :data:`CONTRIB_CACHE_ROWS`."""
+        data = np.ascontiguousarray(X, dtype=np.float64)
+        if data.ndim != 2 or data.shape[1] != self._num_feature:
+            raise ValueError(f"expected rows of {self._num_feature} features, got {X.shape}")
+        if self._split_keys is False:
+            self._split_keys = SplitKeys.of(self.booster)
+        splits = self._split_keys
+        if not isinstance(splits, SplitKeys) or not len(data):
+            return self.predict_rows(data, PREDICT_CONTRIB)
+        keys = splits.keys(data)
+        cache = self._contrib
+        with self._cache_lock:
+            found = [cache.pop(key, None) for key in keys]
+            for key, row in zip(keys, found, strict=True):
+                if row is not None:
+                    cache[key] = row  # most recently used last
+        missing = [i for i, row in enumerate(found) if row is None]
+        if missing:
+            fresh = self.predict_rows(data[missing], PREDICT_CONTRIB)
+            with self._cache_lock:
+                for i, row in zip(missing, fresh, strict=True):
+                    found[i] = cache[keys[i]] = row.copy()
+                while len(cache) > CONTRIB_CACHE_ROWS:
+                    del cache[next(iter(cache))]
+            self.contrib_computed += len(missing)
+        return np.stack(found)  # type: ignore[arg-type]
+
+
+class SplitKeys:
+    """A row's side of every split of one booster, as a hashable key per row.
+
+    Per feature the row's value is reduced to what any split on that feature can tell:
+    for a numerical feature, how many of the booster's thresholds on it lie below the
+    value (``value <= threshold`` decides each split), with a class of its own for a
+    missing value and one for a value LightGBM reads as 0 (within ``ZERO_THRESHOLD``,
+    missing for a zero-as-missing split); for a categorical feature the value itself. Two
+    rows with one key take the same direction at every node of every tree, so TreeSHAP
+    (which reads the row only through those directions) gives them the same contributions.
+    Features no split reads are left out of the key. ``None`` from :meth:`of` for a
+    booster whose trees read more than directions (linear trees).
+    """
+
+    def __init__(
+        self, numerical: dict[int, list[float]], categorical: list[int], num_feature: int
+    ) -> None:
+        self._numerical = sorted(numerical)
+        self._categorical = sorted(categorical)
+        # every numerical threshold as (feature position, threshold): one sorted complex
+        # array (numpy orders complex numbers by real part, then imaginary part), so one
+        # searchsorted finds every feature's count of thresholds below its value
+        parts = [(k, t) for k, f in enumerate(self._numerical) for t in sorted(numerical[f])]
+        self._thresholds = np.empty(len(parts), dtype=np.complex128)
+        self._thresholds.real = [k for k, _ in parts]
+        self._thresholds.imag = [t for _, t in parts]
+        before = np.cumsum([0] + [len(numerical[f]) for f in self._numerical])[:-1]
+        self._before = before.astype(np.int64)  # thresholds of the features before each
+        self._position = np.arange(len(self._numerical), dtype=np.float64)
+        self.num_feature = num_feature
+
+    @classmethod
+    def of(cls, booster: lgb.Booster) -> SplitKeys | None:
+        """The keys of ``booster``'s splits, read from its model text (the thresholds as
+        LightGBM parsed them, printed with full precision)."""
+        text = booster.model_to_string()
+        trees = text.split("end of trees", 1)[0].split("\nTree=")[1:]
+        numerical: dict[int, set[float]] = {}
+        categorical: set[int] = set()
+        for tree in trees:
+            fields = dict(line.split("=", 1) for line in tree.splitlines()[1:] if "=" in line)
+            if fields.get("is_linear", "0") != "0":
+                return None
+            if "split_feature" not in fields:  # a single leaf
+                continue
+            features = [int(v) for v in fields["split_feature"].split()]
+            thresholds = [float(v) for v in fields["threshold"].split()]
+            kinds = [int(v) for v in fields["decision_type"].split()]
+            for feature, threshold, kind in zip(features, thresholds, kinds, strict=True):
+                if kind & 1:  # categorical split
+                    categorical.add(feature)
+                else:
+                    numerical.setdefault(feature, set()).add(threshold)
+        for feature in categorical:  # its value is the key: finer than any threshold
+            numerical.pop(feature, None)
+        return cls(
+            {f: sorted(ts) for f, ts in numerical.items()},
+            sorted(categorical),
+            booster.num_feature(),
+        )
+
+    def keys(self, X: np.ndarray) -> list[bytes]:
+        """One key per row of ``X`` (``[rows, num_feature]``)."""
+        rows = X.shape[0]
+        values = X[:, self._numerical]
+        query = np.empty(values.shape, dtype=np.complex128)
+        query.real = self._position
+        query.imag = values
+        below = np.searchsorted(self._thresholds, query.ravel()).reshape(values.shape)
+        below -= self._before
+        below[np.abs(values) <= ZERO_THRESHOLD] = -2  # read as 0 by LightGBM
+        below[np.isnan(values)] = -1
+        numbers = below.astype(np.int32)
+        if self._categorical:
+            cats = X[:, self._categorical].copy()
+            cats[np.abs(cats) <= ZERO_THRESHOLD] = 0.0
+            cats[np.isnan(cats)] = -np.inf  # one missing class whatever the NaN's bits
+            return [numbers[i].tobytes() + cats[i].tobytes() for i in range(rows)]
+        return [numbers[i].tobytes() for i in range(rows)]
 
 
 # owner object (a model) -> {id(booster): FastPredictor}; outside the owner so pickling

@@ -45,7 +45,12 @@ thread wake-ups on a busy machine), and a live score takes the pandas-free one-c
 path of the same :class:`models.scorer.Scorer` functions the batch uses. Concurrent
 ``/score`` requests of a worker share one pass of the models (:mod:`serving.batching`:
 each booster predicts their rows in one call; a request alone is scored at once), every
-answer the one it gets alone.
+answer the one it gets alone. A repeat score of a customer reuses what cannot have changed
+since the last one, with the same answer bit for bit: the record's raw aggregates while no
+event crossed a window's edge (:mod:`features.online.kept`, keyed by the record's stored
+bytes, so a posted event or a counted decision is a new key) and the churn reasons'
+TreeSHAP contributions while the features stay inside the model's splits
+(:meth:`models.fastpredict.FastPredictor.contributions`).
 """
 
 from __future__ import annotations
@@ -86,7 +91,8 @@ from features.online.identifiers import (
     route_events,
     undo,
 )
-from features.online.record import Record, empty_record, evaluate
+from features.online.kept import KeptAggregates
+from features.online.record import empty_record, evaluate
 from features.online.store import StoreUnavailableError, open_store, redact_url
 from features.spec import default_spec
 from features.tables.feature_samples import sample_row, sampled
@@ -145,6 +151,8 @@ class Rapport:
         self.spec = default_spec()
         self.store = open_store(settings.online_store_url)
         self.identity = IdentityIndex.of(settings)  # identifiers -> customers, hashed
+        #: each record's raw aggregates, kept between its scores while they hold
+        self.kept = KeptAggregates(self.spec)
         #: champions, scorer, meta and version headers in use: one reference, swapped whole
         #: when new champions or a reloaded online store appear (serving/reload.py)
         self.outages = Outages()  # dependencies down now: 503s, one log line per change
@@ -304,8 +312,8 @@ class Rapport:
             return customer_id
         await self._after_scores([customer_id])
         self._settle([customer_id])
-        record, cold = self._record(customer_id, request.cold_start, as_of)
-        if record is None:
+        features, cold = self._features(customer_id, request.cold_start, as_of)
+        if features is None:
             return _error(
                 ctx,
                 404,
@@ -314,17 +322,19 @@ class Rapport:
             )
         done = self._scoring[customer_id] = asyncio.Event()
         try:
-            features = evaluate(record, as_of, self.spec)
             # the models run once for the requests in flight (serving/batching.py)
             result, live = await self.batcher.score(
                 {**features, "as_of": as_of}, request.top_k, request.explain
             )
-            score = self._answer(customer_id, features, result, request, as_of, cold, live)
+            score = self._answer(
+                customer_id, features, result, request, as_of, cold, live, live.meta
+            )
             self._log([score], now, set() if cold else {customer_id})
         finally:
             del self._scoring[customer_id]
             done.set()
-        return ScoreResponse(**dict(score), meta=live.meta)
+        assert isinstance(score, ScoreResponse)
+        return score
 
     @bentoml.api(route="/score_batch", output_spec=ScoreBatchResponse)
     @answers_503
@@ -433,16 +443,21 @@ class Rapport:
         if any(self.decisions.pending(c) for c in customer_ids):
             self.decisions.flush()
 
-    def _record(
+    def _features(
         self, customer_id: str, cold_start: ColdStart | None, as_of: datetime
-    ) -> tuple[Record | None, bool]:
-        """The customer's online record, or an empty one from the cold-start attributes."""
-        record = self.store.get(customer_id)
-        if record is not None or cold_start is None:
-            return record, False
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """The customer's features as of ``as_of`` from the online record (its raw
+        aggregates kept between scores while they hold: :mod:`features.online.kept`), or
+        from an empty record with the cold-start attributes (True); None when neither."""
+        encoded = self.store.get_encoded(customer_id)
+        if encoded is not None:
+            return self.kept.evaluate(encoded, as_of), False
+        if cold_start is None:
+            return None, False
         attributes = cold_start.attributes.model_dump()
         attributes["signup_at"] = int(micros(attributes["signup_at"] or as_of))
-        return empty_record({**attributes, "customer_id": customer_id}, self.spec), True
+        record = empty_record({**attributes, "customer_id": customer_id}, self.spec)
+        return evaluate(record, as_of, self.spec), True
 
     def _score_many(
         self,
@@ -471,9 +486,12 @@ class Rapport:
         as_of: datetime,
         cold: bool,
         live: Live,
+        meta: Meta | None = None,
     ) -> Score:
         """One customer's answer from its score: the decision id, the sampled feature
-        vector (behind the answer) and the features when asked for."""
+        vector (behind the answer) and the features when asked for; with ``meta``, the
+        whole ``/score`` response (built at once: one validation, not a score and then
+        a response)."""
         decision_id = new_decision_id()
         if not cold and sampled(decision_id, self.settings.feature_sample_share):
             # for the monitor's live/batch skew check; written behind the answer
@@ -483,8 +501,19 @@ class Rapport:
         shown = None
         if options.include_features:
             shown = {k: _plain(v) for k, v in features.items() if k != "customer_id"}
+        fields = dict(result)
+        if meta is not None:
+            return ScoreResponse(
+                **fields,
+                customer_id=customer_id,
+                decision_id=decision_id,
+                as_of=as_of,
+                cold_start=cold,
+                features=shown,
+                meta=meta,
+            )
         return Score(
-            **dict(result),
+            **fields,
             customer_id=customer_id,
             decision_id=decision_id,
             as_of=as_of,

@@ -195,6 +195,7 @@ class _TablePlan:
             [0.0 if kind in ZERO_WHEN_EMPTY else np.nan for kind in (a.agg for a in aggs)]
         )
         self.empty = empty  # every aggregation over no events at all
+        self.never = np.full(len(aggs), np.inf)  # the bounds of no events
         self.count_rows = rows_of.get("count", np.empty(0, dtype=np.intp))
         self.last_rows = rows_of.get("days_since_last", np.empty(0, dtype=np.intp))
         self.first_rows = rows_of.get("days_since_first", np.empty(0, dtype=np.intp))
@@ -224,11 +225,23 @@ class _TablePlan:
                 )
             )
 
-    def aggregate(self, columns: Mapping[str, list[Any]], as_of_us: float) -> np.ndarray:
+    def aggregate(
+        self,
+        columns: Mapping[str, list[Any]],
+        as_of_us: float,
+        bounds: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> np.ndarray:
         """The raw aggregates of one customer's events (``columns``: the record's lists),
-        one value per aggregation in :attr:`aggs` order."""
+        one value per aggregation in :attr:`aggs` order.
+
+        ``bounds``: a list to append, per aggregation, the earliest event time inside its
+        window's start and the earliest at or after its end (infinite when none): while a
+        later instant's window bounds stay at or below them, every event stays on its side
+        of both, so the aggregates are these (:class:`features.online.kept.KeptAggregates`)."""
         listed = columns.get(self.time_column) or []
         if not listed:
+            if bounds is not None:
+                bounds.append((self.never, self.never))
             return self.empty.copy()
         times = np.array(listed, dtype=np.float64)  # None -> NaN: never in a window
         arrays = {
@@ -237,7 +250,15 @@ class _TablePlan:
         # [aggregations, events]: inside the window, before as_of, meeting the conditions
         lower = as_of_us - self.lower_days * MICROS_PER_DAY
         upper = as_of_us - self.upper_days * MICROS_PER_DAY
-        mask = (times >= lower[:, None]) & (times < upper[:, None])
+        started = times >= lower[:, None]
+        mask = started & (times < upper[:, None])
+        if bounds is not None:  # NaN times are in no window whatever the instant
+            bounds.append(
+                (
+                    np.where(started, times, np.inf).min(axis=1),
+                    np.where(times >= upper[:, None], times, np.inf).min(axis=1),
+                )
+            )
         if self.cond_rows:
             hits = np.empty((len(self.conds) + 1, times.size), dtype=bool)
             hits[0] = True
@@ -308,6 +329,10 @@ class _Plan:
                 rows = np.array([position[a.name] for a in aggs], dtype=np.intp)
                 self.tables.append((table.name, _TablePlan(table, aggs), rows))
         self.by_table = {name: plan for name, plan, _ in self.tables}
+        #: every table's window bounds in days, in the order :func:`_aggregates` gives
+        #: their bounds (each table's aggregations in turn)
+        self.lower_days = np.concatenate([plan.lower_days for _, plan, _ in self.tables])
+        self.upper_days = np.concatenate([plan.upper_days for _, plan, _ in self.tables])
         self.agg_names = [a.name for a in spec.aggs]
         self.time_rows = np.array(
             [i for i, a in enumerate(spec.aggs) if a.agg in TIME_AGGS], dtype=np.intp
@@ -341,11 +366,17 @@ def _nunique_text(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.array([float(len({v for v in values[row] if v is not None})) for row in mask])
 
 
-def _aggregates(record: Record, as_of_us: float, plan: _Plan) -> np.ndarray:
-    """Every aggregation's raw value (spec order): the event tables' plans."""
+def _aggregates(
+    record: Record,
+    as_of_us: float,
+    plan: _Plan,
+    bounds: list[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> np.ndarray:
+    """Every aggregation's raw value (spec order): the event tables' plans (``bounds``:
+    see :meth:`_TablePlan.aggregate`, appended table by table)."""
     raw = np.empty(len(plan.agg_names))
     for name, table_plan, rows in plan.tables:
-        raw[rows] = table_plan.aggregate(record.get(name) or {}, as_of_us)
+        raw[rows] = table_plan.aggregate(record.get(name) or {}, as_of_us, bounds)
     return raw
 
 
@@ -376,12 +407,18 @@ def evaluate(record: Record, as_of: datetime, spec: FeatureSpec | None = None) -
     spec = spec or default_spec()
     plan = _plan(spec)
     as_of_us = micros(as_of)
-    raw = _aggregates(record, as_of_us, plan)
+    return _finished(record["customer"], _aggregates(record, as_of_us, plan), as_of_us, plan)
+
+
+def _finished(
+    customer: Mapping[str, Any], raw: np.ndarray, as_of_us: float, plan: _Plan
+) -> dict[str, Any]:
+    """:func:`evaluate`'s features from the raw aggregates (changed in place) and the
+    customer's attributes: :func:`features.batch.finish`'s steps on plain floats."""
     time_rows, zero_rows = plan.time_rows, plan.zero_rows
     raw[time_rows] = (as_of_us - raw[time_rows]) / MICROS_PER_DAY
     zeros = raw[zero_rows]
     raw[zero_rows] = np.where(np.isnan(zeros), 0.0, zeros)
-    customer = record["customer"]
     out: dict[str, Any] = {"customer_id": customer.get("customer_id")}
     for name, column, kind in plan.attributes:
         value = customer.get(column)

@@ -87,6 +87,12 @@ class OnlineStore(Protocol):
         """The customer's record, or None when the store has none."""
         ...
 
+    def get_encoded(self, customer_id: str) -> bytes | None:
+        """The customer's record as stored (:func:`encode_record`'s bytes, which
+        :func:`decode_record` reads), or None: the live scorer keeps what it computed from a
+        record under these bytes (:class:`features.online.kept.KeptAggregates`)."""
+        ...
+
     def get_many(self, customer_ids: Sequence[str]) -> dict[str, Record]:
         """Records of the ids the store has; missing ids are absent from the result."""
         ...
@@ -329,11 +335,15 @@ class SQLiteStore:
         conn.execute("COMMIT")
 
     def get(self, customer_id: str) -> Record | None:
+        data = self.get_encoded(customer_id)
+        return None if data is None else decode_record(data)
+
+    def get_encoded(self, customer_id: str) -> bytes | None:
         with self._connection() as conn:
             row = conn.execute(
                 "SELECT record FROM records WHERE customer_id = ?", (customer_id,)
             ).fetchone()
-        return None if row is None else decode_record(row[0])
+        return None if row is None else bytes(row[0])
 
     def _select_in(self, sql: str, keys: Sequence[str]) -> list[tuple[Any, Any]]:
         """``sql`` run over ``keys`` in chunks, its ``{marks}`` the chunk's placeholders."""
@@ -504,8 +514,13 @@ class RedisStore:
 
     @_reachable
     def get(self, customer_id: str) -> Record | None:
-        data = self._client_or_raise().get(REDIS_RECORD_PREFIX + customer_id)
+        data = self.get_encoded(customer_id)
         return None if data is None else decode_record(data)
+
+    @_reachable
+    def get_encoded(self, customer_id: str) -> bytes | None:
+        data = self._client_or_raise().get(REDIS_RECORD_PREFIX + customer_id)
+        return None if data is None else bytes(data)
 
     def _mget(self, prefix: str, keys: Sequence[str], decode: Callable[[Any], _T]) -> dict[str, _T]:
         """MGETs of ``prefix + key`` in chunks: the keys found, with their values decoded."""

@@ -9,11 +9,13 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from models import fastpredict
 from models.fastpredict import (
     PREDICT_CONTRIB,
     PREDICT_NORMAL,
     PREDICT_RAW_SCORE,
     FastPredictor,
+    SplitKeys,
     fast_predictor,
 )
 
@@ -148,3 +150,64 @@ def test_predict_rows_equals_booster_predict_bit_for_bit(objective: str) -> None
             start += size
     with pytest.raises(ValueError):
         fast.predict_rows(rows[:4, :3])
+
+
+@pytest.mark.parametrize("missing", ["nan", "zero", "none"])
+def test_kept_contributions_equal_fresh_ones_bit_for_bit(missing: str) -> None:
+    """:meth:`FastPredictor.contributions` gives ``Booster.predict(pred_contrib=True)``'s
+    bytes for every row, whether computed or read back from a row with the same split
+    key. Each base row comes in variants that differ in one feature only, set to every
+    value that could part two rows: on, just below and just above each threshold, zeros
+    LightGBM reads as 0 (``-0.0``, ``1e-300``; missing for zero-as-missing splits), tiny
+    values it does not, missing and infinite values, categories seen, unseen and negative.
+    A key too coarse to tell two of them apart would hand one the other's contributions.
+    The rows read back are counted, so the cache is shown to serve."""
+    rng = np.random.default_rng(21)
+    X, y_bin, _ = _data(seed=8)
+    X[rng.random(X.shape) < 0.1] = 0.0
+    options = {"zero_as_missing": missing == "zero", "use_missing": missing != "none"}
+    data = lgb.Dataset(X, y_bin, categorical_feature=[2], params={"verbose": -1, **options})
+    params = {"objective": "binary", "verbose": -1, "num_leaves": 7, "min_data_in_leaf": 10}
+    booster = lgb.train({**params, **options}, data, num_boost_round=40)
+    splits = SplitKeys.of(booster)
+    assert splits is not None
+    thresholds = sorted({t.imag for t in splits._thresholds.tolist()})
+    edges = [v for t in thresholds for v in (t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf))]
+    edges += [0.0, -0.0, 1e-300, -1e-300, 1e-30, -1e-30, 0.3, -0.3, np.nan, np.inf, -np.inf]
+    categories = [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 7.0, np.nan, 1e-300]
+    variants = []
+    for base in X[:12]:
+        for j in range(6):
+            for value in categories if j == 2 else edges:
+                row = base.copy()
+                row[j] = value
+                variants.append(row)
+    rows = np.array(variants)[rng.permutation(len(variants))]
+    fast = FastPredictor(booster)
+    expected = np.asarray(booster.predict(rows, num_threads=1, pred_contrib=True))
+    got, start = [], 0
+    while start < len(rows):
+        size = int(rng.choice([1, 2, 5, 8, 16]))
+        got.append(fast.contributions(rows[start : start + size]))
+        start += size
+    result = np.vstack(got)
+    assert result.shape == expected.shape
+    assert result.tobytes() == expected.tobytes()
+    assert fast.contrib_computed < len(rows) // 2  # most variants share a key with another
+    again = fast.contributions(rows[:16])  # every row kept: read back, the same bytes
+    assert again.tobytes() == expected[:16].tobytes()
+
+
+def test_contributions_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond ``CONTRIB_CACHE_ROWS`` the least recently used rows go; what stays is exact."""
+    monkeypatch.setattr(fastpredict, "CONTRIB_CACHE_ROWS", 50)
+    X, y_bin, _ = _data(seed=9)
+    booster = _booster(X, y_bin, "binary")
+    fast = FastPredictor(booster)
+    for start in range(0, 600, 8):
+        fast.contributions(X[start : start + 8])
+    assert len(fast._contrib) <= 50
+    expected = np.asarray(booster.predict(X[-40:], num_threads=1, pred_contrib=True))
+    computed = fast.contrib_computed
+    assert fast.contributions(X[-40:]).tobytes() == expected.tobytes()
+    assert fast.contrib_computed == computed  # the latest rows were kept

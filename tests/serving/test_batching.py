@@ -10,6 +10,8 @@ included.
 from __future__ import annotations
 
 import asyncio
+import json
+import struct
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,10 +23,11 @@ from serving_harness import Workspace, direct_service, granted, outbox_rows, sam
 
 from features.control import NO_CONTROL, ControlGroup
 from features.online.record import evaluate
+from models.fastpredict import fast_predictor
 from models.results import CustomerScore
 from serving import service as service_module
 from serving.batching import Batcher
-from serving.schemas import ScoreRequest
+from serving.schemas import EventsRequest, OrderEvent, ScoreRequest
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The `__get_pydantic_core_schema__`:DeprecationWarning"),
@@ -184,3 +187,84 @@ def test_batcher_isolates_a_failing_request_and_bounds_batches() -> None:
     assert asyncio.run(alone()) == 80 and sizes == [1]
     with pytest.raises(ValueError, match="at least one"):
         Batcher(score, max_size=0)
+
+
+# --------------------------------------------------------------------------- kept reasons
+def _bits(value: Any) -> Any:
+    return struct.pack("<d", value) if isinstance(value, float) else value
+
+
+def test_kept_reasons_equal_fresh_ones_and_a_posted_event_renews_them(
+    service: Any, nba_ws: Workspace
+) -> None:
+    """What a repeat score reuses -- the record's raw aggregates
+    (:mod:`features.online.kept`) and the churn reasons' contributions, kept per split key
+    (:meth:`models.fastpredict.FastPredictor.contributions`) -- is read back a second
+    later, and every feature and answer equals the one computed with nothing kept; an
+    order posted through ``/events`` in between changes the record and moves the
+    customer's features across the model's splits, so the next score computes both again
+    -- and its answer is again the fresh one, never the kept answer of the record before."""
+    scorer = service.scorer
+    churn = scorer.churn
+    kept = fast_predictor(churn, churn.booster_)
+    customers = nba_ws.customers[-70:-40]  # none of the burst test's
+    as_of = datetime.now(UTC) + timedelta(minutes=20)
+
+    def rows(at: datetime) -> list[dict[str, Any]]:
+        """The customers' features as the service computes them (aggregates kept), each
+        checked bit for bit against the evaluator over the record as stored now."""
+        records = service.store.get_many(customers)
+        out = []
+        for c in customers:
+            served, cold = service._features(c, None, at)
+            fresh = evaluate(records[c], at, service.spec)
+            assert not cold and list(served) == list(fresh)
+            assert all(_bits(served[k]) == _bits(fresh[k]) for k in fresh), c
+            out.append({**served, "as_of": at})
+        return out
+
+    def scores(batch: list[dict[str, Any]]) -> list[str]:
+        generator = np.random.default_rng(9)
+        return [scorer.score_one(row, rng=generator).model_dump_json() for row in batch]
+
+    def fresh(batch: list[dict[str, Any]]) -> list[str]:
+        kept.forget()  # nothing kept: every contribution computed
+        return scores(batch)
+
+    first = rows(as_of)
+    before = fresh(first)
+    computed, aggregated = kept.contrib_computed, service.kept.computed
+    later = rows(as_of + timedelta(seconds=1))
+    assert service.kept.computed - aggregated < len(customers) // 2  # most aggregates kept
+    repeat = scores(later)
+    read_back = len(customers) - (kept.contrib_computed - computed)
+    assert read_back >= len(customers) // 2, "a repeat score should read its reasons back"
+    assert repeat == fresh(later)
+    assert scores(first) == before  # kept again by fresh(): read back, the same answers
+
+    orders = [
+        OrderEvent(
+            order_id=f"O-kept-{i}",
+            customer_id=c,
+            ordered_at=datetime.now(UTC) - timedelta(minutes=1),
+            amount=40.0 + i,
+        )
+        for i, c in enumerate(customers)
+    ]
+    ctx = bentoml.Context()
+    with ctx.in_request(granted(frozenset({"events"}))):
+        asyncio.run(service.events(EventsRequest(orders=orders), ctx=ctx))
+        assert ctx.response.status_code == 200
+    scores(later)  # every reason of the records before the order kept
+    computed, aggregated = kept.contrib_computed, service.kept.computed
+    after = rows(as_of + timedelta(seconds=2))
+    assert service.kept.computed - aggregated == len(customers)  # every record changed
+    answered = scores(after)
+    renewed = kept.contrib_computed - computed
+    assert renewed >= len(customers) // 2, "an order should change most customers' keys"
+    assert answered == fresh(after)
+    changed = sum(
+        json.loads(a)["churn"]["reasons"] != json.loads(b)["churn"]["reasons"]
+        for a, b in zip(answered, repeat, strict=True)
+    )
+    assert changed >= len(customers) // 2

@@ -28,6 +28,7 @@ from features.online.store import (
     OnlineStore,
     SQLiteStore,
     StoreClosedError,
+    decode_record,
     open_store,
 )
 
@@ -99,6 +100,12 @@ def test_round_trip(store: OnlineStore) -> None:
     assert store.get("C1") == _record(1)
     assert store.get("C2") == _record(2)
     assert store.count() == 2
+    # the stored bytes: what the live scorer keeps aggregates under (features.online.kept)
+    assert store.get_encoded("C3") is None
+    encoded = store.get_encoded("C1")
+    assert isinstance(encoded, bytes) and decode_record(encoded) == _record(1)
+    store.update("C1", lambda record: {**(record or {}), "orders": {}})
+    assert store.get_encoded("C1") != encoded  # changed record, other bytes
 
 
 def test_delete_removes_one_record_and_says_whether_it_was_there(store: OnlineStore) -> None:
