@@ -13,7 +13,10 @@ Not covered (said by ``rapport forget``): files outside the workspace (the sourc
 user ingests, lists exported with ``--out`` elsewhere), MLflow run artifacts, and models
 already trained on the person (a retrain without them is the next cycle's). Open outbox
 segments belong to a running service: their lines are counted, not rewritten; the service
-seals them within seconds, and running ``forget`` again then erases them.
+seals them within seconds, and running ``forget`` again then erases them. A running
+service's workers may still hold the person's kept aggregates and attributes in memory
+(:mod:`features.online.kept`, never served again): dropped on the next request naming
+them, else when they age out of the bound or the service restarts.
 """
 
 from __future__ import annotations

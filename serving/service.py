@@ -451,7 +451,8 @@ class Rapport:
         from an empty record with the cold-start attributes (True); None when neither."""
         encoded = self.store.get_encoded(customer_id)
         if encoded is not None:
-            return self.kept.evaluate(encoded, as_of), False
+            return self.kept.evaluate(customer_id, encoded, as_of), False
+        self.kept.drop(customer_id)  # no record (any more): nothing of it stays kept
         if cold_start is None:
             return None, False
         attributes = cold_start.attributes.model_dump()

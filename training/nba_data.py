@@ -43,7 +43,7 @@ import pandas as pd
 from features.batch import build
 from features.segments import SegmentModel, assign_segments, fit_version
 from features.spec import FeatureSpec, default_spec
-from features.tables.outcomes import decision_outcomes
+from features.tables.outcomes import decision_outcomes, decisions_with_outcome
 from features.tables.segments import NoSegmentsError, load_version
 from features.timeutil import as_utc
 from features.warehouse import raw
@@ -76,15 +76,14 @@ def logged_decisions(
     current outcome (:func:`features.tables.outcomes.decision_outcomes`: feedback, outcome
     files, inline campaign-log outcomes, attribution from orders).
 
-    ``max_rows``: when the log holds more decisions than that before ``as_of``, a uniform
-    sample of about ``max_rows`` of them (by a hash of the decision id and ``seed``, drawn
-    in the warehouse). Uniform, so the sample needs no weights: every estimate the NBA job
-    makes (uplift, propensities, off-policy values) is a mean over decisions."""
-    frame = decision_outcomes(con, share=_share(con, as_of, max_rows), seed=seed)
-    frame = frame[frame["outcome"].notna()]
-    if as_of is not None:
-        decided = pd.to_datetime(frame["decided_at"], utc=True)
-        frame = frame[decided < pd.Timestamp(as_utc(as_of))]
+    ``max_rows``: when more decisions than that have an outcome before ``as_of``, a
+    uniform sample of about ``max_rows`` of them (by a hash of the decision id and
+    ``seed``, drawn in the warehouse, so only the sample is read). Uniform, so the sample
+    needs no weights: every estimate the NBA job makes (uplift, propensities, off-policy
+    values) is a mean over decisions."""
+    before = as_utc(as_of) if as_of is not None else None
+    share = _share(decisions_with_outcome(con, before), max_rows)
+    frame = decision_outcomes(con, with_outcome=True, before=before, share=share, seed=seed)
     frame = frame[
         ["decision_id", "customer_id", "decided_at", "action", "propensity", "outcome", "revenue"]
     ].reset_index(drop=True)
@@ -103,15 +102,11 @@ def logged_decisions(
     return frame.sort_values(["decided_at", "decision_id"]).reset_index(drop=True)
 
 
-def _share(con: Any, as_of: datetime | None, max_rows: int | None) -> float:
-    """The share of the log's decisions before ``as_of`` that keeps about ``max_rows``."""
-    if max_rows is None:
+def _share(decisions: int, max_rows: int | None) -> float:
+    """The share of ``decisions`` that keeps about ``max_rows`` (1: all of them)."""
+    if max_rows is None or decisions <= max_rows:
         return 1.0
-    before = "" if as_of is None else "WHERE decided_at < ?"
-    params = [] if as_of is None else [as_utc(as_of)]
-    logged = raw(con).execute(f"SELECT count(*) FROM campaign_log {before}", params).fetchone()
-    total = int(logged[0]) if logged else 0
-    return 1.0 if total <= max_rows else max_rows / total
+    return max_rows / decisions
 
 
 def score_enricher(churn: Any, value: Any, segments: SegmentModel) -> Enrich:

@@ -305,12 +305,15 @@ def decision_outcomes(
     until: datetime | None = None,
     *,
     known: bool = False,
+    with_outcome: bool = False,
+    before: datetime | None = None,
     share: float = 1.0,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Every logged decision (decided at or after ``since`` and at or before ``until``)
-    with its current outcome; ``known``: only those with a group and a known outcome
-    (filtered in the warehouse, not after reading every decision); ``share`` below 1: a
+    """Every logged decision (decided at or after ``since``, at or before ``until`` and
+    strictly before ``before``) with its current outcome; ``known``: only those with a
+    group and a known outcome, ``with_outcome``: only those with a known outcome (both
+    filtered in the warehouse, not after reading every decision); ``share`` below 1: a
     uniform sample of the decisions, each kept when a hash of its id and ``seed`` falls
     under the share (the same log and seed keep the same decisions), drawn in the
     warehouse so only the sample is read.
@@ -321,28 +324,13 @@ def decision_outcomes(
     :func:`record_inline` has not run (a warehouse written by other means).
     """
     db = _db(con)
-    tables = table_names(db)
-    if "campaign_log" not in tables:
-        raise LookupError("the warehouse has no campaign_log: run `rapport ingest` first")
-    group = _group_sql(db, "c")
-    if CURRENT in tables:
-        joined = f"LEFT JOIN {CURRENT} o ON o.decision_id = c.decision_id"
-    else:
-        joined = (
-            "LEFT JOIN (SELECT NULL::VARCHAR AS decision_id, NULL::BOOLEAN AS outcome, "
-            "NULL::DOUBLE AS revenue, NULL::TIMESTAMPTZ AS responded_at, "
-            "NULL::VARCHAR AS source) o ON false"
-        )
-    # explicit current outcome, else the inline one, else attribution
-    inline = (
-        "(o.source IS DISTINCT FROM 'feedback' AND o.source IS DISTINCT FROM 'file' "
-        "AND c.outcome IS NOT NULL)"
-    )
-    outcome = f"CASE WHEN {inline} THEN c.outcome ELSE o.outcome END"
+    joined, group, inline, outcome = _current(db)
     conditions = [
         *([] if since is None else [f"c.decided_at >= {_ts(since)}"]),
         *([] if until is None else [f"c.decided_at <= {_ts(until)}"]),
+        *([] if before is None else [f"c.decided_at < {_ts(before)}"]),
         *([] if not known else [f"({group}) IS NOT NULL AND ({outcome}) IS NOT NULL"]),
+        *([] if not with_outcome else [f"({outcome}) IS NOT NULL"]),
         *([] if share >= 1.0 else [_sampled("c.decision_id", share, seed)]),
     ]
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
@@ -356,6 +344,42 @@ def decision_outcomes(
         FROM campaign_log c {joined} {where}
         ORDER BY c.decided_at, c.decision_id
     """).df()
+
+
+def decisions_with_outcome(con: Any, before: datetime | None = None) -> int:
+    """How many logged decisions (strictly before ``before``) have a known current
+    outcome: what :func:`decision_outcomes` with ``with_outcome`` reads, counted in the
+    warehouse (a sample's share is taken of these)."""
+    db = _db(con)
+    joined, _, _, outcome = _current(db)
+    where = f"WHERE ({outcome}) IS NOT NULL"
+    if before is not None:
+        where += f" AND c.decided_at < {_ts(before)}"
+    found = db.execute(f"SELECT count(*) FROM campaign_log c {joined} {where}").fetchone()
+    return int(found[0]) if found else 0
+
+
+def _current(db: duckdb.DuckDBPyConnection) -> tuple[str, str, str, str]:
+    """SQL of a decision's current outcome over ``campaign_log c``: the join to the current
+    outcomes, the group, when the inline outcome counts, and the outcome (explicit current
+    outcome, else the inline one, else attribution)."""
+    tables = table_names(db)
+    if "campaign_log" not in tables:
+        raise LookupError("the warehouse has no campaign_log: run `rapport ingest` first")
+    group = _group_sql(db, "c")
+    if CURRENT in tables:
+        joined = f"LEFT JOIN {CURRENT} o ON o.decision_id = c.decision_id"
+    else:
+        joined = (
+            "LEFT JOIN (SELECT NULL::VARCHAR AS decision_id, NULL::BOOLEAN AS outcome, "
+            "NULL::DOUBLE AS revenue, NULL::TIMESTAMPTZ AS responded_at, "
+            "NULL::VARCHAR AS source) o ON false"
+        )
+    inline = (
+        "(o.source IS DISTINCT FROM 'feedback' AND o.source IS DISTINCT FROM 'file' "
+        "AND c.outcome IS NOT NULL)"
+    )
+    return joined, group, inline, f"CASE WHEN {inline} THEN c.outcome ELSE o.outcome END"
 
 
 def _sampled(column: str, share: float, seed: int) -> str:

@@ -270,27 +270,31 @@ def test_nba_training_set_on_spark_equals_duckdb(
     assert on_spark.counts() == on_duckdb.counts()
 
 
-def test_nba_decisions_are_sampled_uniformly_and_reproducibly(home: Path) -> None:
-    """Beyond ``max_rows`` a uniform share of the decisions, drawn in the warehouse: a
-    subset of the full log of about that size (within 5 binomial standard errors), the
-    same for the same seed, another for another seed, with the actions' mix kept."""
-    from features.warehouse import connect, raw
+def test_nba_decisions_are_sampled_uniformly_and_reproducibly(home: Path, nba_cutoff: Any) -> None:
+    """Beyond ``max_rows`` a uniform share of the decisions with an outcome, drawn in the
+    warehouse: a subset of the full set of about ``max_rows`` (within 5 binomial standard
+    errors), the same for the same seed, another for another seed, with the actions' mix
+    kept; the count the share is taken of is the decisions with an outcome, exactly."""
+    from features.tables.outcomes import decisions_with_outcome
+    from features.warehouse import connect
     from training.nba_data import logged_decisions
 
     con = connect(get_settings().warehouse_path, read_only=True)
     try:
         full = logged_decisions(con)
-        logged = raw(con).execute("SELECT count(*) FROM campaign_log").fetchone()[0]
-        limit = logged // 4
+        known = decisions_with_outcome(con)
+        early = (decisions_with_outcome(con, nba_cutoff), len(logged_decisions(con, nba_cutoff)))
+        limit = known // 4
         sample = logged_decisions(con, max_rows=limit, seed=1)
         again = logged_decisions(con, max_rows=limit, seed=1)
         other = logged_decisions(con, max_rows=limit, seed=2)
-        everything = logged_decisions(con, max_rows=logged, seed=1)
+        everything = logged_decisions(con, max_rows=known, seed=1)
     finally:
         con.disconnect()
-    share = limit / logged
-    expected, se = share * len(full), np.sqrt(len(full) * share * (1 - share))
-    assert abs(len(sample) - expected) < 5 * se, (len(sample), expected, se)
+    assert known == len(full) and early[0] == early[1] < known
+    share = limit / known
+    se = np.sqrt(known * share * (1 - share))
+    assert abs(len(sample) - limit) < 5 * se, (len(sample), limit, se)
     assert set(sample["decision_id"]) <= set(full["decision_id"])
     pd.testing.assert_frame_equal(sample, again)
     assert set(sample["decision_id"]) != set(other["decision_id"])
@@ -305,13 +309,13 @@ def test_train_nba_on_spark_samples_and_tags_the_engine(
 ) -> None:
     """``train_nba`` with the Spark engine builds the weeks' features on Spark, samples
     the decisions to ``RAPPORT_TRAIN_MAX_ROWS`` (at least 1,000: the first weeks holding
-    2,400 decisions, half of them kept) and says so in the MLflow run."""
+    2,400 decisions with an outcome, half of them kept) and says so in the MLflow run."""
     reached = int(np.searchsorted(nba_weeks.cumsum().to_numpy(), 2400))
     assert reached + 1 < len(nba_weeks)
     cutoff = nba_weeks.index[reached + 1]
     import mlflow
 
-    from features.warehouse import connect, raw
+    from features.warehouse import connect
     from training.nba import train_nba
     from training.nba_data import features_enricher, logged_decisions
 
@@ -319,13 +323,9 @@ def test_train_nba_on_spark_samples_and_tags_the_engine(
     monkeypatch.setenv("RAPPORT_SPARK_MASTER", "local[2]")
     con = connect(get_settings().warehouse_path, read_only=True)
     try:
-        before = (
-            raw(con)
-            .execute("SELECT count(*) FROM campaign_log WHERE decided_at < ?", [cutoff])
-            .fetchone()[0]
-        )
         known = len(logged_decisions(con, cutoff))
-        monkeypatch.setenv("RAPPORT_TRAIN_MAX_ROWS", str(before // 2))
+        limit = known // 2
+        monkeypatch.setenv("RAPPORT_TRAIN_MAX_ROWS", str(limit))
         reset_settings()
         enrich, _ = features_enricher(con)
         result = train_nba(
@@ -340,12 +340,12 @@ def test_train_nba_on_spark_samples_and_tags_the_engine(
     finally:
         con.disconnect()
     rows = result.counts["decisions_train"] + result.counts["decisions_test"]
-    share = (before // 2) / before
+    share = limit / known
     se = np.sqrt(known * share * (1 - share))
-    assert abs(rows - share * known) < 5 * se, (rows, share * known)
+    assert abs(rows - limit) < 5 * se, (rows, limit)
     tags = mlflow.get_run(result.run_id).data.tags
     assert tags["rapport.engine"] == "spark"
-    assert tags["rapport.train_max_rows"] == str(before // 2)
+    assert tags["rapport.train_max_rows"] == str(limit)
 
 
 def _catalog_without_scores() -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,7 +83,7 @@ def test_kept_features_equal_the_evaluators_bit_for_bit(seed: int) -> None:
         encoded = encode_record(customer_id, record)
         instants = _instants(record, start, rng)
         for as_of in [*instants, instants[len(instants) // 2], start]:  # then back in time
-            got = kept.evaluate(encoded, as_of)
+            got = kept.evaluate(customer_id, encoded, as_of)
             assert _same(got, evaluate(decode_record(encoded), as_of, spec)), (customer_id, as_of)
             evaluations += 1
     assert kept.computed > 2 * len(records)  # computed again past the edges
@@ -100,7 +101,7 @@ def test_a_changed_record_is_evaluated_anew() -> None:
     customer_id, record = next(iter(records.items()))
     as_of = datetime(2030, 1, 1, tzinfo=UTC)
     kept = KeptAggregates(spec)
-    before = kept.evaluate(encode_record(customer_id, record), as_of)
+    before = kept.evaluate(customer_id, encode_record(customer_id, record), as_of)
     order = {
         "order_id": "O-new",
         "customer_id": customer_id,
@@ -113,7 +114,7 @@ def test_a_changed_record_is_evaluated_anew() -> None:
     append_events(record, "orders", [order])
     encoded = encode_record(customer_id, record)
     computed = kept.computed
-    after = kept.evaluate(encoded, as_of + timedelta(seconds=1))
+    after = kept.evaluate(customer_id, encoded, as_of + timedelta(seconds=1))
     assert kept.computed == computed + 1
     assert _same(after, evaluate(record, as_of + timedelta(seconds=1), spec))
     assert not _same(after, before)
@@ -129,5 +130,11 @@ def test_kept_records_are_bounded() -> None:
     kept = KeptAggregates(spec, size=5)
     as_of = datetime(2030, 1, 1, tzinfo=UTC)
     for customer_id, record in records.items():
-        kept.evaluate(encode_record(customer_id, record), as_of)
+        kept.evaluate(customer_id, encode_record(customer_id, record), as_of)
     assert len(kept._kept) == 5
+    assert list(kept._kept) == list(records)[-5:]  # the least recently used went first
+    kept.drop(list(records)[-1])  # erased: the service drops the entry when no record is found
+    assert list(records)[-1] not in kept._kept and len(kept._kept) == 4
+    for entry in kept._kept.values():  # the aggregates and a digest, never the record
+        held = [getattr(entry, f.name) for f in fields(entry) if f.name != "digest"]
+        assert not any(isinstance(v, bytes) for v in held) and len(entry.digest) == 16
