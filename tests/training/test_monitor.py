@@ -57,13 +57,71 @@ def test_stable_world_raises_no_alert_over_its_runs(stable: mw.Timeline) -> None
         early = stable.checks[when]
         early = early[early["check"].isin(["active_shortfall", "revenue_shortfall"])]
         assert {"all", "tier A", "region north"} <= set(early["subject"]), when
-        assert early["threshold"].notna().all() and (early["level"] == "ok").all()
+        assert (early["level"] == "ok").all()
+        # judged where the holdout measured the group's own first-days share, else shown
+        # as not enough data (never against another population's share)
+        unjudged = early[early["threshold"].isna()]
+        assert "all" not in set(unjudged["subject"])
+        assert unjudged["detail"].str.contains("not enough data to judge").all()
         peers = stable.checks[when]
         for check in ("active_vs_peers", "complaints_vs_peers"):
             regions = set(peers[peers["check"] == check]["subject"])
             assert regions == {f"region {r}" for r in REGIONS}, (when, check)
     first = stable.checks[mw.MONITOR_AT[0]]
     assert "revenue_shortfall" not in set(first["check"])  # nothing has elapsed yet
+
+
+#: a stable world large enough for the older checks' false alarms: its holdout has fewer
+#: than ``min_rows`` of the dormant segment ``cannot_lose_them`` (judged against the whole
+#: base's first-days share, it paged on most runs), ``call_contacts_30d`` loses the
+#: campaign's callbacks whenever a month's wave falls after the cutoff, and
+#: ``days_since_first_order`` ages with the base (bench.monitor_alarms: 4-5 of 6 runs paged
+#: per seed before)
+LARGE_CUSTOMERS = 20_000
+
+
+@pytest.mark.slow
+def test_a_large_stable_world_raises_no_alert(tmp_path_factory: pytest.TempPathFactory) -> None:
+    home = tmp_path_factory.mktemp("large-stable")
+    with mw.world_home(home):
+        mw.load_world(home, LARGE_CUSTOMERS, 1, None)
+        mw.train_before_change()
+        timeline = mw.monitor_monthly(None)
+    raised = {
+        when.date(): found[["kind", "check", "subject", "detail"]].to_dict("records")
+        for when, found in timeline.alerts.items()
+        if len(found)
+    }
+    assert not raised, raised
+    # what paged before is still there, shown (not enough data) or judged with a warn cap
+    checks = pd.concat(timeline.checks.values())
+    segment = checks[
+        (checks["check"] == "active_shortfall") & (checks["subject"] == "segment cannot_lose_them")
+    ]
+    assert len(segment) and segment["threshold"].isna().all()
+    assert segment["detail"].str.contains("not enough data to judge").all()
+    calls = checks[(checks["check"] == "emptied") & (checks["subject"] == "call_contacts_30d")]
+    assert len(calls) == len(mw.MONITOR_AT) and calls["threshold"].notna().all()
+    assert calls["detail"].str.contains("company's own").all()
+    assert (calls["value"] > 0.5).any()  # the callbacks do go missing: warned, not paged
+
+
+def test_calendar_and_outbound_features_of_the_default_spec() -> None:
+    """Which features the drift checks cap at warn for a reason other than importance:
+    the ones that age with the base, and the counts of the channels the company itself
+    contacts customers on (not the inbound-only ones, nor the channels it never uses, so
+    a broken web feed still alerts: the ``channel`` scenario)."""
+    from features.spec import default_spec
+    from models.catalog import default_catalog
+    from training.monitor import calendar_features, outbound_features
+
+    spec = default_spec()
+    assert calendar_features(spec) == {"tenure_days", "days_since_first_order"}
+    channels = {a.channel for a in default_catalog().actions}
+    found = outbound_features(spec, channels)
+    assert {"call_contacts_30d", "call_contacts_90d", "emails_sent_90d"} <= found
+    assert not {"web_contacts_30d", "inbound_contacts_90d", "contacts_30d"} & found
+    assert outbound_features(spec, {"none"}) == set()
 
 
 def test_cbpe_interval_holds_the_realised_auc(stable: mw.Timeline) -> None:
@@ -191,10 +249,8 @@ def test_a_region_hazard_is_caught_within_one_period_and_the_stable_world_stays_
     """The issue's example: the dropout hazard doubles in one region (north) on 2025-09-10.
     Monitored on 2025-10-06 (26 days later, the 09-06 run's 30 elapsed days), north alone
     raises the region peer check (``churn.complaints_vs_peers``); the stable world of the
-    same seed, on which the champions were trained, raises no region peer alert that day.
-    (Not "no alert at all": at 20,000 customers the stable world's tenure feature
-    ``days_since_first_order`` drifts past the PSI alert, 0.38 > 0.35, with a gain share
-    just over ``min_importance``; that check is not the subject here.)"""
+    same seed, on which the champions were trained, raises no region peer alert that day
+    (the stable world's other checks: :func:`test_a_large_stable_world_raises_no_alert`)."""
     base = tmp_path_factory.mktemp("region-hazard")
     dates = mw.MONITOR_AT[:2]  # 09-06 scored (before the change), 10-06 scored and monitored
     train = base / "stable"
