@@ -34,7 +34,7 @@ def _levels(calendar: set[str]) -> dict[tuple[str, str], str]:
 
 
 def test_tenure_drift_warns_at_most_while_other_drift_alerts() -> None:
-    assert monitor.calendar_features(default_spec()) == {"tenure_days"}
+    assert monitor.calendar_features(default_spec()) == {"tenure_days", "days_since_first_order"}
     levels = _levels({"tenure_days"})
     assert levels[("psi", "tenure_days")] == "warn"
     assert levels[("psi", "orders_90d")] == "alert"
