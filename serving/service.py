@@ -47,8 +47,9 @@ path of the same :class:`models.scorer.Scorer` functions the batch uses. Concurr
 each booster predicts their rows in one call; a request alone is scored at once), every
 answer the one it gets alone. A repeat score of a customer reuses what cannot have changed
 since the last one, with the same answer bit for bit: the record's raw aggregates while no
-event crossed a window's edge (:mod:`features.online.kept`, keyed by the record's stored
-bytes, so a posted event or a counted decision is a new key) and the churn reasons'
+event crossed a window's edge (:mod:`features.online.kept`, kept per customer with a
+digest of the stored record, so a posted event or a counted decision is recomputed) and
+the churn reasons'
 TreeSHAP contributions while the features stay inside the model's splits
 (:meth:`models.fastpredict.FastPredictor.contributions`).
 """
