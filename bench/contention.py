@@ -25,8 +25,10 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -57,9 +59,16 @@ class Route:
         )
 
 
-def drive(url: str, key: str, body_of: object, rate: float, until: float, out: Route) -> None:
+def drive(
+    url: str,
+    key: str,
+    body_of: tuple[str, Callable[[int], dict[str, Any]]],
+    rate: float,
+    until: float,
+    out: Route,
+) -> None:
     """Send at ``rate`` per second until ``until``; latency from the scheduled time."""
-    path, make = body_of  # type: ignore[misc]
+    path, make = body_of
     interval, n = 1.0 / rate, 0
     start = time.perf_counter()
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
@@ -140,7 +149,7 @@ def main() -> None:
         customers = sample_customers(home, 200)
         with serving(home) as server:
             phases = {"alone": phase(server.url, ws, customers, args)}
-            jobs = {"while rapport score runs (niced, the default)": None}
+            jobs: dict[str, str | None] = {"while rapport score runs (niced, the default)": None}
             if args.unniced:
                 jobs["while rapport score runs at the service's priority"] = "0"
             for title, nice in jobs.items():

@@ -135,10 +135,12 @@ def world(customers: int, root: Path, log_to_mlflow: bool) -> None:
         con = connect(get_settings().warehouse_path)
         try:
             db = raw(con)
-            (run_id,) = db.execute(
+            found = db.execute(
                 "SELECT run_id FROM score_runs WHERE as_of = ? ORDER BY scored_at DESC LIMIT 1",
                 [latest],
             ).fetchone()
+            assert found is not None, f"no scoring run as of {latest}"
+            (run_id,) = found
             t0 = time.perf_counter()
             rows = len(load_scores(db, latest_run(db, run_id)))
             baseline = time.perf_counter() - t0

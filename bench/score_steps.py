@@ -135,16 +135,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         aggregates = KeptAggregates(spec)
 
         def features_of(c: str, now: datetime) -> dict[str, Any]:
-            return aggregates.evaluate(store.get_encoded(c), now)
+            encoded = store.get_encoded(c)
+            assert encoded is not None, c  # the sample holds stored customers only
+            return aggregates.evaluate(c, encoded, now)
 
         forget_aggregates = aggregates.forget
     except ImportError:  # the code before kept aggregates: read and evaluate every time
 
         def features_of(c: str, now: datetime) -> dict[str, Any]:
-            return evaluate(store.get(c), now, spec)
+            return evaluate(stored(c), now, spec)
 
         def forget_aggregates() -> None:
             pass
+
+    def stored(c: str) -> dict[str, Any]:
+        record = store.get(c)
+        assert record is not None, c  # the sample holds stored customers only
+        return record
 
     def forget() -> None:
         """Nothing kept: the next score of any customer computes everything."""
@@ -165,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         """One /score as the service runs it, the steps of Scorer.score_one spelled out."""
         forget()
         clock.start()
-        record = store.get(c)
+        record = stored(c)
         clock.lap("read record")
         now = datetime.now(UTC)
         features = {**evaluate(record, now, spec), "as_of": now}

@@ -92,7 +92,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     import optuna
 
     from features.warehouse import connect
-    from models.churn import booster_predict
+    from models.churn import ChurnModel, booster_predict
+    from models.value import ValueModel
     from rapport.demo_data import generate, write
     from rapport.settings import get_settings, reset_settings
     from rapport.truth import compare_holdout, ingest_demo
@@ -155,6 +156,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     frame = pd.concat([test] * repeat, ignore_index=True)
     n = len(frame)
     cm, vm = churn.model, value.model
+    assert isinstance(cm, ChurnModel) and isinstance(vm, ValueModel)
     xc, xv = cm.encode(frame), vm.encode(frame)
     as_of = frame["as_of"].to_numpy()
     figures = {

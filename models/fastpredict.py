@@ -142,8 +142,9 @@ class FastPredictor:
 
     def __del__(self) -> None:
         handles = getattr(self, "_handles", None)
-        while handles:
-            _FAST_FREE(handles.popitem()[1].address)
+        free = _FAST_FREE  # None at interpreter exit (module globals cleared): the OS frees
+        while handles and free is not None:
+            free(handles.popitem()[1].address)
 
     def _init(self, predict_type: int) -> _Handle:
         out = ctypes.c_void_p()
