@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from contract_rows import live_order
 from sample_data import FAST_PARAMS, trained_workspace, use_home
 from sample_data import warehouse_query as query
 
@@ -207,13 +208,6 @@ def test_each_round_measures_the_realised_impact_against_control(home: Path) -> 
     assert {s.name: s for s in third.steps}["impact"].status == "done", third.summary()
     runs = query("SELECT DISTINCT run_id FROM impact ORDER BY run_id").run_id.tolist()
     assert runs == sorted([f"im-{first.run_id}", f"im-{third.run_id}"])
-
-
-def live_order(order_id: str, customer_id: str) -> dict[str, Any]:
-    """An order as ``/events`` accepts it (placed a day ago)."""
-    ordered_at = datetime.now(UTC) - timedelta(days=1)
-    row = {"order_id": order_id, "customer_id": customer_id, "ordered_at": ordered_at}
-    return row | {"amount": 20.0, "margin": None, "category": None, "channel": "web"}
 
 
 def test_events_acknowledged_before_and_during_a_cycle_are_in_the_store_after_it(
