@@ -882,7 +882,7 @@ def impact(since: datetime | None, by: str | None, period: str) -> None:
     open_warehouse(settings, read_only=True).disconnect()  # none yet: say what to run
     con = open_warehouse(settings)
     try:
-        result = job.run(con, since, by, period)
+        result = job.measure(con, since, by, period).record(con)
     finally:
         con.disconnect()
     say(result.summary())

@@ -244,7 +244,7 @@ def simulated_period(
     decisions = decision_outcomes(con, since=decided)
     ours = decisions[decisions["decision_id"].astype(str).str.startswith(prefix)]
     try:
-        result = impact.run(con, since=decided, decisions=ours, now=end)
+        result = impact.measure(con, since=decided, decisions=ours, now=end).record(con)
     except impact.NoImpactDataError as exc:
         say(f"no impact measured: {exc}")
         return None

@@ -7,7 +7,7 @@ Steps, in order (:data:`STEPS`):
 2. ``monitor``: run the monitoring checks (:mod:`training.monitor` when installed; the
    step says so when it is not);
 3. ``impact``: the policy's realised impact against the control group, as ``rapport
-   impact`` measures it (:func:`training.impact.run`, every decision with a group and a
+   impact`` measures it (:func:`training.impact.measure`, every decision with a group and a
    known outcome, per month and overall), appended to the ``impact`` tables as run
    ``im-<cycle run>``: each round records what the loop earned; skipped, and said, while
    there are no treated and control decisions with outcomes;
@@ -272,7 +272,7 @@ class _Cycle:
             if (found.fetchone() or (0,))[0]:
                 return "done", f"already measured as run {run_id}"
         try:
-            result = impact.run(self.con, now=self.as_of, run_id=run_id)
+            result = impact.measure(self.con, now=self.as_of, run_id=run_id).record(self.con)
         except impact.NoImpactDataError as exc:
             return "skipped", exc.headline
         overall = result.table[result.table["period"] == "all"]
