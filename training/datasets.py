@@ -292,8 +292,7 @@ def build_training_set(
 def plan_training(con: Any, window: Window, say: Progress) -> CutoffPlan:
     """The cutoffs of :func:`build_training_set` (checked against the data's end, training
     cutoffs before the first order dropped); ``con`` as for :func:`label_expression`."""
-    horizon_days = window.horizon_days
-    as_of = window.as_of
+    as_of, horizon_days = window.as_of, window.horizon_days
     test = as_utc(as_of) if as_of is not None else default_as_of(con, horizon_days)
     end = data_end(con)
     if test + timedelta(days=horizon_days) > end:

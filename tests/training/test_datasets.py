@@ -121,7 +121,7 @@ def test_default_holdout_is_the_latest_complete_horizon(demo: tuple) -> None:
 
 def test_training_set_splits_by_time(demo: tuple) -> None:
     con, data = demo
-    ts = build_training_set(con, Window(train_cutoffs=2))
+    ts = build_training_set(con, Window(horizon_days=90, train_cutoffs=2))
     assert ts.plan.test == data.truth_as_of
     train, valid, test = ts.part("train"), ts.part("valid"), ts.part("test")
     assert set(train["as_of"]) == {pd.Timestamp(c) for c in ts.plan.train}
@@ -141,9 +141,9 @@ def test_training_set_splits_by_time(demo: tuple) -> None:
 def test_cutoffs_outside_the_data_are_refused(demo: tuple) -> None:
     con, _ = demo
     with pytest.raises(ValueError, match="past the end of the data"):
-        build_training_set(con, Window(END - timedelta(days=30)))
+        build_training_set(con, Window(END - timedelta(days=30), horizon_days=90))
     with pytest.raises(ValueError, match="not enough history"):
-        build_training_set(con, Window("2022-06-01"))
+        build_training_set(con, Window("2022-06-01", horizon_days=90))
 
 
 def test_lineage_describes_the_data_and_its_fingerprint_follows_it(random_con: tuple) -> None:
