@@ -91,7 +91,7 @@ def one_seed(
         ingest(con, {"campaign_log": home / "log" / "campaign_log.csv"}, now=DECIDED)
         played = simulate(con, home, home / "outbox", RESPONSE_WINDOW_DAYS + 2, AS_OF, seed)
         ingest(con, discover_files(played.folder), now=AS_OF)
-        result = impact.run(con, since=DECIDED, log_to_mlflow=False, now=AS_OF)
+        result = impact.measure(con, since=DECIDED, now=AS_OF).record(con, log_to_mlflow=False)
     finally:
         con.disconnect()
     truth = load_simulated_truth(home)

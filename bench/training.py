@@ -98,7 +98,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     from rapport.settings import get_settings, reset_settings
     from rapport.truth import compare_holdout, ingest_demo
     from training import jobs
-    from training.datasets import build_training_set
+    from training.datasets import Window, build_training_set
 
     reset_settings()
     settings = get_settings()
@@ -117,12 +117,12 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     print(f"data: {source}")
 
     with step("dataset build", lambda: f"{len(ds.frame):,} rows x {len(ds.feature_names)}"):
-        ds = build_training_set(
-            con,
+        window = Window(
             horizon_days=args.horizon,
             train_cutoffs=args.train_cutoffs,
             step_months=args.step_months,
         )
+        ds = build_training_set(con, window)
     counts = ds.counts()
     active = f"{counts['active_train']:,} train / {counts['active_valid']:,} valid rows"
     everyone = f"{counts['rows_train']:,} train / {counts['rows_valid']:,} valid rows"

@@ -31,7 +31,7 @@ Timestamps are converted to UTC; naive ones are read as UTC. For every table
 counts identical copies collapsed within the batch (a bad row repeated verbatim is
 quarantined once). Everything runs in one transaction per call, so a failure (say a broken
 CSV line found mid-load, reported as :class:`IngestError` with the line) leaves the
-warehouse as it was; :func:`validate` runs the same work and rolls it back. Quarantine rows
+warehouse as it was; ``commit=False`` runs the same work and rolls it back. Quarantine rows
 are deduplicated on (table_name, row_json, reason), so re-ingesting the same files changes
 nothing.
 """
@@ -157,10 +157,10 @@ class TableReport:
 
 @dataclass
 class IngestReport:
-    """Per-table counts of one ingest (or validate) call."""
+    """Per-table counts of one ingest call (or check: ``commit=False``)."""
 
     tables: dict[str, TableReport] = field(default_factory=dict)
-    #: False for :func:`validate`, which rolls everything back
+    #: False for ``ingest(commit=False)``, which rolls everything back
     written: bool = True
     #: outcome versions settled after the tables: pending ones landed, inline, attributed
     outcomes: dict[str, outcome_tables.Versions] = field(default_factory=dict)
@@ -272,21 +272,6 @@ def discover_files(directory: Path, as_is: Sequence[str] = ()) -> dict[str, Path
     return found
 
 
-def validate(
-    con: Any,
-    files: Mapping[str, Path],
-    now: datetime,
-    as_is: Sequence[str] = (),
-    options: FileOptions | None = None,
-    attribution: Attribution | None = None,
-    region: str = DEFAULT_PHONE_REGION,
-) -> IngestReport:
-    """Run every check of :func:`ingest` and report, leaving the warehouse untouched."""
-    return _run_files(
-        con, files, as_utc(now), as_is, options or FileOptions(), attribution, False, region
-    )
-
-
 def ingest(
     con: Any,
     files: Mapping[str, Path],
@@ -295,8 +280,12 @@ def ingest(
     options: FileOptions | None = None,
     attribution: Attribution | None = None,
     region: str = DEFAULT_PHONE_REGION,
+    *,
+    commit: bool = True,
 ) -> IngestReport:
     """Check and load contract files (idempotent); bad rows go to quarantine with a reason.
+    ``commit=False`` runs every check and reports, and leaves the warehouse untouched
+    (``rapport validate``).
 
     An ``outcomes`` file adds outcome versions of logged decisions, and every ingest then
     lands pending outcomes whose decision arrived and attributes orders to decisions
@@ -310,25 +299,10 @@ def ingest(
     :class:`features.files.FileOptions`. ``region``: the phone region (setting
     ``RAPPORT_PHONE_REGION``) of orders and interactions naming their customer by phone.
     """
-    return _run_files(
-        con, files, as_utc(now), as_is, options or FileOptions(), attribution, True, region
-    )
-
-
-def _run_files(
-    con: Any,
-    files: Mapping[str, Path],
-    now: datetime,
-    as_is: Sequence[str],
-    options: FileOptions,
-    attribution: Attribution | None,
-    commit: bool,
-    region: str = DEFAULT_PHONE_REGION,
-) -> IngestReport:
     region = check_region(region)
     with tempfile.TemporaryDirectory(prefix="rapport-ingest-") as scratch:
-        sources = file_sources(con, files, as_is, options, Path(scratch))
-        return _run(con, sources, now, commit, attribution, region)
+        sources = file_sources(con, files, as_is, options or FileOptions(), Path(scratch))
+        return _run(con, sources, as_utc(now), commit, attribution, region)
 
 
 def ingest_jsonl(

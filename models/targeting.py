@@ -611,13 +611,15 @@ def screen(
     rows: pd.DataFrame,
     catalog: Catalog,
     definition: TargetDefinition,
-    suppressed: Iterable[str] | None = None,
-    value_at_risk_fallback: bool = True,
-    control: ControlGroup | None = None,
+    suppressed: Iterable[str] | None,
+    value_at_risk_fallback: bool,
+    control: ControlGroup | None,
 ) -> Screened:
     """Steps 2 to 5 (suppression, control group, filter, arbitration, profitability) over
     ``rows``, deduplicated candidates; row by row, so any split of the rows gives parts
-    whose :meth:`Screened.combine` is the whole's. Arguments as :func:`select_targets`."""
+    whose :meth:`Screened.combine` is the whole's. Arguments as :func:`select_targets`,
+    without defaults: a caller of this step says which suppressions and control group
+    apply (None: none), it never leaves them out by omission."""
     column, _ = definition.sort_key()
     removed: dict[str, int] = {}
     considered = len(rows)
@@ -767,9 +769,7 @@ def select_targets(
     """
     check_definition(definition, catalog, frame.columns)
     rows = frame if unique else frame.drop_duplicates("customer_id", keep="first")
-    screened = screen(
-        rows, catalog, definition, suppressed, value_at_risk_fallback, control=control
-    )
+    screened = screen(rows, catalog, definition, suppressed, value_at_risk_fallback, control)
     screened.removed = {"duplicates": len(frame) - len(rows), **screened.removed}
     screened.considered = len(frame)
     return choose(screened, definition)

@@ -456,17 +456,18 @@ def ingest(
 @_file_format_options
 def validate(directory: Path | None, **kwargs: Any) -> None:
     """Check contract files and report bad rows per reason, without loading anything."""
-    from features.ingest import validate as run_validate
+    from features.ingest import ingest
 
     options, tables = _split_format(kwargs)
     files = _files(directory, tables)
     settings = get_settings()
-    report = run_validate(
+    report = ingest(
         open_warehouse(settings),
         files,
         now=datetime.now(UTC),
         options=options,
         region=settings.phone_region,
+        commit=False,
     )
     say(report.summary())
     if report.quarantined:
@@ -881,7 +882,7 @@ def impact(since: datetime | None, by: str | None, period: str) -> None:
     open_warehouse(settings, read_only=True).disconnect()  # none yet: say what to run
     con = open_warehouse(settings)
     try:
-        result = job.run(con, since, by, period)
+        result = job.measure(con, since, by, period).record(con)
     finally:
         con.disconnect()
     say(result.summary())

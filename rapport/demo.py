@@ -75,9 +75,11 @@ def run_demo(options: DemoOptions, settings: Settings, say: Say, progress: Say) 
 
     say("\n== 4. train, tune, register and promote the churn and value models")
     from training import jobs
-    from training.datasets import build_training_set
+    from training.datasets import Window, build_training_set
 
-    data_set = build_training_set(con, horizon_days=settings.horizon_days, progress=progress)
+    data_set = build_training_set(
+        con, Window(horizon_days=settings.horizon_days), progress=progress
+    )
     for kind in ("churn", "value"):
         trained = jobs.train(kind, con, data=data_set, progress=progress, compare=compare_holdout)
         say(trained.summary())
@@ -244,7 +246,7 @@ def simulated_period(
     decisions = decision_outcomes(con, since=decided)
     ours = decisions[decisions["decision_id"].astype(str).str.startswith(prefix)]
     try:
-        result = impact.run(con, since=decided, decisions=ours, now=end)
+        result = impact.measure(con, since=decided, decisions=ours, now=end).record(con)
     except impact.NoImpactDataError as exc:
         say(f"no impact measured: {exc}")
         return None

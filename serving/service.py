@@ -503,25 +503,14 @@ class Rapport:
         shown = None
         if options.include_features:
             shown = {k: _plain(v) for k, v in features.items() if k != "customer_id"}
-        fields = dict(result)
-        if meta is not None:
-            return ScoreResponse(
-                **fields,
-                customer_id=customer_id,
-                decision_id=decision_id,
-                as_of=as_of,
-                cold_start=cold,
-                features=shown,
-                meta=meta,
-            )
-        return Score(
-            **fields,
-            customer_id=customer_id,
-            decision_id=decision_id,
-            as_of=as_of,
-            cold_start=cold,
-            features=shown,
-        )
+        fields = dict(result) | {
+            "customer_id": customer_id,
+            "decision_id": decision_id,
+            "as_of": as_of,
+            "cold_start": cold,
+            "features": shown,
+        }
+        return Score(**fields) if meta is None else ScoreResponse(**fields, meta=meta)
 
     def _log(self, scores: list[Score], decided_at: datetime, with_record: set[str]) -> None:
         """Queue the decisions; they are written behind the answer (:meth:`_write_decisions`)."""

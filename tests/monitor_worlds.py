@@ -100,11 +100,11 @@ def train_before_change() -> None:
     from features.warehouse import connect
     from rapport.settings import get_settings
     from training import jobs
-    from training.datasets import build_training_set
+    from training.datasets import Window, build_training_set
 
     con = connect(get_settings().warehouse_path)
     try:
-        data = build_training_set(con, TEST_CUTOFF, HORIZON, train_cutoffs=2, step_months=3)
+        data = build_training_set(con, Window(TEST_CUTOFF, HORIZON, train_cutoffs=2))
         for kind in ("churn", "value"):
             jobs.train(kind, con, params=FAST_PARAMS, data=data)
             jobs.promote(kind)

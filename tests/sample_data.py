@@ -142,7 +142,7 @@ def trained_workspace(home: Path, customers: int, seed: int, end: datetime | Non
     from rapport.demo_data import generate, write
     from rapport.settings import get_settings, reset_settings
     from training import jobs
-    from training.datasets import build_training_set
+    from training.datasets import Window, build_training_set
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAPPORT_HOME", str(home))
@@ -153,7 +153,7 @@ def trained_workspace(home: Path, customers: int, seed: int, end: datetime | Non
         folder = write(generate(customers, seed=seed, end=end), home / "data", "parquet")
         con = connect(settings.warehouse_path)
         ingest(con, discover_files(folder["customers"].parent), now=datetime.now(UTC))
-        training = build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)
+        training = build_training_set(con, Window(train_cutoffs=2))
         for kind in ("churn", "value"):
             jobs.train(kind, con, params=FAST_PARAMS, data=training)
             jobs.promote(kind)

@@ -80,7 +80,7 @@ def prepare_workspace(
     from rapport.demo_data import generate, write
     from rapport.settings import get_settings
     from training import jobs
-    from training.datasets import build_training_set
+    from training.datasets import Window, build_training_set
 
     with environment(RAPPORT_HOME=str(home), RAPPORT_ONLINE_STORE=None, MLFLOW_TRACKING_URI=None):
         settings = get_settings()
@@ -89,7 +89,7 @@ def prepare_workspace(
         folder = write(data, home / "demo-data", "parquet")["customers"].parent
         con = connect(settings.warehouse_path)
         ingest(con, discover_files(folder), now=datetime.now(UTC))
-        training = build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)
+        training = build_training_set(con, Window(train_cutoffs=2))
         for kind in ("churn", "value"):
             jobs.train(kind, con, params=FAST_PARAMS, data=training)
             jobs.promote(kind)
@@ -228,12 +228,12 @@ def add_churn_version(home: Path) -> str:
     from features.warehouse import connect
     from rapport.settings import get_settings
     from training import jobs
-    from training.datasets import build_training_set
+    from training.datasets import Window, build_training_set
 
     with environment(RAPPORT_HOME=str(home), RAPPORT_ONLINE_STORE=None, MLFLOW_TRACKING_URI=None):
         con = connect(get_settings().warehouse_path)
         try:
-            training = build_training_set(con, horizon_days=90, train_cutoffs=1, step_months=3)
+            training = build_training_set(con, Window(train_cutoffs=1))
             params = {**FAST_PARAMS, "num_boost_round": 30}
             return str(jobs.train("churn", con, params=params, data=training).version)
         finally:

@@ -13,7 +13,7 @@ from features.warehouse import connect
 from models.value import PriorChoice, ValueModel
 from rapport.demo_data import generate, write
 from rapport.truth import TRUTH_TABLES, compare_holdout
-from training.datasets import build_training_set
+from training.datasets import Window, build_training_set
 from training.jobs import evaluate_holdout, fit_model
 
 END = datetime(2025, 1, 1, tzinfo=UTC)
@@ -40,7 +40,7 @@ def transaction_world(folder: Path, seed: int, customers: int) -> WorldResult:
         files.pop(name)
     con = connect(folder / "warehouse.duckdb")
     ingest(con, files, now=END, as_is=TRUTH_TABLES)
-    ts = build_training_set(con, horizon_days=data.horizon_days)
+    ts = build_training_set(con, Window(horizon_days=data.horizon_days))
     model = fit_model("value", ts, {"num_threads": 1}, seed=0)
     assert isinstance(model, ValueModel)
     evaluation = evaluate_holdout(

@@ -7,7 +7,7 @@ Steps, in order (:data:`STEPS`):
 2. ``monitor``: run the monitoring checks (:mod:`training.monitor` when installed; the
    step says so when it is not);
 3. ``impact``: the policy's realised impact against the control group, as ``rapport
-   impact`` measures it (:func:`training.impact.run`, every decision with a group and a
+   impact`` measures it (:func:`training.impact.measure`, every decision with a group and a
    known outcome, per month and overall), appended to the ``impact`` tables as run
    ``im-<cycle run>``: each round records what the loop earned; skipped, and said, while
    there are no treated and control decisions with outcomes;
@@ -61,7 +61,7 @@ from models import registry
 from models.registry import CHAMPION, KINDS, PREVIOUS
 from rapport.settings import get_settings
 from training import jobs, overrides, tracking
-from training.datasets import TrainingSet, default_as_of, fingerprint, lineage
+from training.datasets import TrainingSet, Window, default_as_of, fingerprint, lineage
 
 STEPS = ("ingest", "monitor", "impact", "guard", "retrain", "promote", "score", "materialize")
 Progress = Callable[[str], None]
@@ -102,7 +102,7 @@ class CycleOptions:
     rollback_margin: float | None = None
     #: LightGBM settings for churn/value retraining (default: the models' own)
     params: Mapping[str, Any] | None = None
-    train_cutoffs: int = 4
+    train_cutoffs: int = Window.train_cutoffs
     nba_boot: int = 200
     #: also fit the T- and IPW-T-learners beside DR when retraining NBA (a diagnostic
     #: logged to MLflow; the demo leaves it out)
@@ -272,7 +272,7 @@ class _Cycle:
             if (found.fetchone() or (0,))[0]:
                 return "done", f"already measured as run {run_id}"
         try:
-            result = impact.run(self.con, now=self.as_of, run_id=run_id)
+            result = impact.measure(self.con, now=self.as_of, run_id=run_id).record(self.con)
         except impact.NoImpactDataError as exc:
             return "skipped", exc.headline
         overall = result.table[result.table["period"] == "all"]
@@ -430,13 +430,11 @@ class _Cycle:
                 done.append(f"{kind} v{version.version} ({why})")
                 continue
             if self.training is None or not self.training.serves(kind):
-                self.training = jobs.training_set(
-                    kind,
-                    self.con,
+                window = Window(
                     horizon_days=get_settings().horizon_days,
                     train_cutoffs=self.options.train_cutoffs,
-                    progress=self.say,
                 )
+                self.training = jobs.training_set(kind, self.con, window, self.say)
             trained = jobs.train(
                 kind,
                 self.con,

@@ -91,6 +91,19 @@ def _latest_month_step(anchor: datetime, deadline: datetime, horizon_days: int) 
 
 
 @dataclass(frozen=True)
+class Window:
+    """Which cutoffs a training set has (:func:`plan_training` makes them a
+    :class:`CutoffPlan`): the holdout cutoff ``as_of`` (None: :func:`default_as_of`), the
+    label horizon, and ``train_cutoffs`` training cutoffs ``step_months`` apart before the
+    validation cutoff."""
+
+    as_of: datetime | str | None = None
+    horizon_days: int = 90
+    train_cutoffs: int = 4
+    step_months: int = 3
+
+
+@dataclass(frozen=True)
 class CutoffPlan:
     """The cutoffs of one training set: train (oldest first), validation, test."""
 
@@ -112,7 +125,10 @@ class CutoffPlan:
 
 
 def plan_cutoffs(
-    as_of: datetime | str, horizon_days: int, train_cutoffs: int = 4, step_months: int = 3
+    as_of: datetime | str,
+    horizon_days: int,
+    train_cutoffs: int = Window.train_cutoffs,
+    step_months: int = Window.step_months,
 ) -> CutoffPlan:
     """Test at ``as_of``, validation and ``train_cutoffs`` training cutoffs before it,
     ``step_months`` apart."""
@@ -257,36 +273,26 @@ class TrainingSet:
 
 def build_training_set(
     con: Any,
-    as_of: datetime | str | None = None,
-    horizon_days: int = 90,
-    train_cutoffs: int = 4,
-    step_months: int = 3,
+    window: Window = Window(),
     spec: FeatureSpec | None = None,
     progress: Progress | None = None,
 ) -> TrainingSet:
-    """Features (``features.batch.build_many``) joined to labels for every planned cutoff.
-
-    ``as_of`` is the holdout cutoff (default :func:`default_as_of`). Training cutoffs that
-    fall before the first order are dropped; none left is an error naming the dates.
+    """Features (``features.batch.build_many``) joined to labels for every cutoff of
+    ``window``. Training cutoffs that fall before the first order are dropped; none left
+    is an error naming the dates.
     """
     say = silent(progress)
     spec = spec or default_spec()
-    plan = plan_training(con, as_of, horizon_days, train_cutoffs, step_months, say)
+    plan = plan_training(con, window, say)
     say(f"features and labels for {len(plan.all)} cutoffs")
-    frame = labelled_features(con, plan.all, horizon_days, spec)
-    return TrainingSet(frame, plan, horizon_days, list(spec.names), spec.version)
+    frame = labelled_features(con, plan.all, window.horizon_days, spec)
+    return TrainingSet(frame, plan, window.horizon_days, list(spec.names), spec.version)
 
 
-def plan_training(
-    con: Any,
-    as_of: datetime | str | None,
-    horizon_days: int,
-    train_cutoffs: int,
-    step_months: int,
-    say: Progress,
-) -> CutoffPlan:
+def plan_training(con: Any, window: Window, say: Progress) -> CutoffPlan:
     """The cutoffs of :func:`build_training_set` (checked against the data's end, training
     cutoffs before the first order dropped); ``con`` as for :func:`label_expression`."""
+    as_of, horizon_days = window.as_of, window.horizon_days
     test = as_utc(as_of) if as_of is not None else default_as_of(con, horizon_days)
     end = data_end(con)
     if test + timedelta(days=horizon_days) > end:
@@ -295,7 +301,8 @@ def plan_training(
             f"({end:%Y-%m-%d}); use --as-of {end - timedelta(days=horizon_days):%Y-%m-%d} "
             "or earlier"
         )
-    plan = _drop_empty_train(con, plan_cutoffs(test, horizon_days, train_cutoffs, step_months))
+    plan = plan_cutoffs(test, horizon_days, window.train_cutoffs, window.step_months)
+    plan = _drop_empty_train(con, plan)
     say(
         f"cutoffs: train {plan.describe()['train_cutoffs']}, valid {plan.valid:%Y-%m-%d}, "
         f"test {plan.test:%Y-%m-%d}"

@@ -1,6 +1,6 @@
 """``rapport impact``: what the policy earned, treated against the always-on control group.
 
-:func:`run` reads every logged decision with its outcome (the warehouse's decisions joined
+:func:`measure` reads every logged decision with its outcome (the warehouse's decisions joined
 to their outcomes), keeps those with a group (``control``, ``treated``, ``explore``:
 logged since the control group exists) and a known outcome, and computes with
 :mod:`models.impact`:
@@ -18,8 +18,9 @@ logged since the control group exists) and a known outcome, and computes with
 * the off-policy estimate logged when the NBA champion was trained (``ope_candidate_dr``)
   against the realised value per treated decision since its promotion.
 
-The rows are appended to ``impact`` / ``impact_actions`` (:mod:`features.tables.impact`)
-and logged as one MLflow run in the ``rapport-impact`` experiment.
+:meth:`ImpactRun.record` appends the rows to ``impact`` / ``impact_actions``
+(:mod:`features.tables.impact`) and logs them as one MLflow run in the ``rapport-impact``
+experiment.
 
 For ``--by list`` and ``--by action`` the control side is the whole control group (control
 customers are in no list and get no action): the difference is then the list's or
@@ -70,6 +71,7 @@ class ImpactRun:
     computed_at: datetime
     since: datetime | None
     by: str | None
+    period: str
     table: pd.DataFrame
     actions: pd.DataFrame
     ope: dict[str, float]
@@ -135,6 +137,20 @@ class ImpactRun:
         lines.extend(f"  note: {n}" for n in self.notes)
         lines.append(f"  appended to `{IMPACT}` and `{IMPACT_ACTIONS}` (run {self.run_id})")
         return "\n".join(lines)
+
+    def record(self, con: Any, log_to_mlflow: bool = True) -> ImpactRun:
+        """Append the rows to ``impact`` / ``impact_actions`` (one transaction) and log
+        them as one MLflow run; returns itself (``measure(con, ...).record(con)`` is
+        ``rapport impact``)."""
+        stamps = {"run_id": self.run_id, "computed_at": pd.Timestamp(self.computed_at)}
+        stamps |= {"since": self.since, "by": self.by or "", "period_kind": self.period}
+        db = raw(con)
+        with transaction(db):
+            append(db, IMPACT, self.table.assign(**stamps))
+            append(db, IMPACT_ACTIONS, self.actions.assign(**stamps))
+        if log_to_mlflow:
+            self.mlflow_run_id = _log_mlflow(self)
+        return self
 
 
 def catalog_of(db: Any) -> Catalog:
@@ -282,37 +298,6 @@ def ope_vs_realised(
     return ope, []
 
 
-def run(
-    con: Any,
-    since: datetime | None = None,
-    by: str | None = None,
-    period: str = "month",
-    decisions: pd.DataFrame | None = None,
-    log_to_mlflow: bool = True,
-    now: datetime | None = None,
-    run_id: str | None = None,
-) -> ImpactRun:
-    """Measure, append to the warehouse, log to MLflow (see the module doc).
-
-    ``decisions`` (default: the warehouse's decisions joined to their current outcomes,
-    :func:`features.tables.outcomes.decision_outcomes`) lets a caller pass
-    decisions joined to outcomes itself; ``run_id`` names the run (default: a new
-    ``im-<time>-<random>``; the cycle passes one derived from its own). Raises
-    :class:`NoImpactDataError` when there is nothing to compare yet, ValueError for a bad
-    ``by``.
-    """
-    result = measure(con, since, by, period, decisions, now, run_id)
-    stamps = {"run_id": result.run_id, "computed_at": pd.Timestamp(result.computed_at)}
-    stamps |= {"since": result.since, "by": by or "", "period_kind": period}
-    db = raw(con)
-    with transaction(db):
-        append(db, IMPACT, result.table.assign(**stamps))
-        append(db, IMPACT_ACTIONS, result.actions.assign(**stamps))
-    if log_to_mlflow:
-        result.mlflow_run_id = _log_mlflow(result)
-    return result
-
-
 def measure(
     con: Any,
     since: datetime | None = None,
@@ -322,8 +307,17 @@ def measure(
     now: datetime | None = None,
     run_id: str | None = None,
 ) -> ImpactRun:
-    """What :func:`run` measures, neither appended nor logged (the cycle's guard judges
-    the NBA champion on the decisions made since it was crowned with it)."""
+    """Measure what the policy earned (see the module doc), appending and logging nothing:
+    :meth:`ImpactRun.record` does (the cycle's guard only reads it, to judge the NBA
+    champion on the decisions made since it was crowned).
+
+    ``decisions`` (default: the warehouse's decisions joined to their current outcomes,
+    :func:`features.tables.outcomes.decision_outcomes`) lets a caller pass
+    decisions joined to outcomes itself; ``run_id`` names the run (default: a new
+    ``im-<time>-<random>``; the cycle passes one derived from its own). Raises
+    :class:`NoImpactDataError` when there is nothing to compare yet, ValueError for a bad
+    ``by``.
+    """
     if by is not None and by not in BY:
         raise ValueError(f"--by must be one of {', '.join(BY)}, got {by!r}")
     db = raw(con)
@@ -392,7 +386,7 @@ def measure(
     notes += more
     computed_at = as_utc(now) if now is not None else datetime.now(UTC)
     run_id = run_id or computed_at.strftime("im-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
-    return ImpactRun(run_id, computed_at, since, by, table, actions, ope, counts, notes)
+    return ImpactRun(run_id, computed_at, since, by, period, table, actions, ope, counts, notes)
 
 
 def _log_mlflow(result: ImpactRun) -> str:

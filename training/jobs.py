@@ -43,6 +43,7 @@ from training import plots, tracking
 from training.datasets import (
     Progress,
     TrainingSet,
+    Window,
     build_training_set,
     fingerprint,
     labelled_features,
@@ -322,57 +323,30 @@ def _valid_metrics(kind: Kind, model: Model, data: TrainingSet) -> dict[str, flo
 
 
 def _training_data(
-    con: Any,
-    data: TrainingSet | None,
-    as_of: datetime | str | None,
-    horizon_days: int | None,
-    train_cutoffs: int,
-    step_months: int,
-    say: Progress,
-    kind: Kind,
+    con: Any, data: TrainingSet | None, window: Window, say: Progress, kind: Kind
 ) -> TrainingSet:
-    """``data`` when given (its own horizon), else the time-split set built for
-    :func:`train` and :func:`tune` (the settings' horizon unless ``horizon_days``)."""
+    """``data`` when given (its own horizon), else the time-split set of ``window``."""
     if data is not None:
         if not data.serves(kind):
             raise ValueError(f"this training set was sampled for another kind than {kind}")
         return data
-    return training_set(kind, con, as_of, horizon_days, train_cutoffs, step_months, say)
+    return training_set(kind, con, window, say)
 
 
 def training_set(
-    kind: Kind,
-    con: Any,
-    as_of: datetime | str | None = None,
-    horizon_days: int | None = None,
-    train_cutoffs: int = 4,
-    step_months: int = 3,
-    progress: Progress | None = None,
+    kind: Kind, con: Any, window: Window, progress: Progress | None = None
 ) -> TrainingSet:
     """The time-split training set of the settings' engine: built by DuckDB from the
     warehouse ``con``, or (``RAPPORT_ENGINE=spark``) on Spark from the lake and sampled
     for ``kind`` to ``RAPPORT_TRAIN_MAX_ROWS`` (:mod:`training.spark_datasets`)."""
     settings = get_settings()
-    horizon = horizon_days or settings.horizon_days
     if settings.engine != "spark":
-        return build_training_set(
-            con, as_of, horizon, train_cutoffs, step_months, progress=progress
-        )
+        return build_training_set(con, window, progress=progress)
     from features.spark import session
     from training.spark_datasets import build_on_spark
 
     spark = session(settings)
-    return build_on_spark(
-        kind,
-        spark,
-        settings.lake,
-        as_of,
-        horizon,
-        train_cutoffs,
-        step_months,
-        seed=settings.seed,
-        progress=progress,
-    )
+    return build_on_spark(kind, spark, settings.lake, window, seed=settings.seed, progress=progress)
 
 
 def train(
@@ -384,8 +358,8 @@ def train(
     progress: Progress | None = None,
     *,
     data: TrainingSet | None = None,
-    train_cutoffs: int = 4,
-    step_months: int = 3,
+    train_cutoffs: int = Window.train_cutoffs,
+    step_months: int = Window.step_months,
     register: bool = True,
     run_name: str | None = None,
     compare: Compare | None = None,
@@ -399,7 +373,8 @@ def train(
     import mlflow
 
     kind, settings, say = _check_kind(kind), get_settings(), silent(progress)
-    data = _training_data(con, data, as_of, horizon_days, train_cutoffs, step_months, say, kind)
+    window = Window(as_of, horizon_days or settings.horizon_days, train_cutoffs, step_months)
+    data = _training_data(con, data, window, say, kind)
     horizon = data.horizon_days
     say(f"fitting {kind} on {len(data.plan.train)} training cutoffs")
     model = fit_model(kind, data, params, settings.seed)
@@ -830,8 +805,8 @@ def tune(
     timeout: float | None = None,
     study_name: str | None = None,
     data: TrainingSet | None = None,
-    train_cutoffs: int = 4,
-    step_months: int = 3,
+    train_cutoffs: int = Window.train_cutoffs,
+    step_months: int = Window.step_months,
     compare: Compare | None = None,
 ) -> TuneResult:
     """Optuna search on the validation cutoff, then a normal :func:`train` run with the
@@ -844,7 +819,8 @@ def tune(
     import mlflow
 
     kind, settings, say = _check_kind(kind), get_settings(), silent(progress)
-    data = _training_data(con, data, as_of, horizon_days, train_cutoffs, step_months, say, kind)
+    window = Window(as_of, horizon_days or settings.horizon_days, train_cutoffs, step_months)
+    data = _training_data(con, data, window, say, kind)
     horizon = data.horizon_days
     name = study_name or f"{kind}-{data.plan.test:%Y%m%d}-h{horizon}-{data.spec_version}"
     experiment = tracking.configure()

@@ -43,6 +43,7 @@ from training.datasets import (
     Progress,
     Sampling,
     TrainingSet,
+    Window,
     label_expression,
     plan_training,
     silent,
@@ -83,10 +84,7 @@ def build_on_spark(
     kind: str,
     spark: Any,
     lake: str,
-    as_of: datetime | str | None = None,
-    horizon_days: int = 90,
-    train_cutoffs: int = 4,
-    step_months: int = 3,
+    window: Window,
     spec: FeatureSpec | None = None,
     max_rows: int | None = None,
     seed: int = 0,
@@ -101,7 +99,8 @@ def build_on_spark(
     spec = spec or default_spec()
     limit = max_rows or get_settings().train_max_rows
     tables = Lake(on_spark.lake_tables(spark, lake))
-    plan = plan_training(tables, as_of, horizon_days, train_cutoffs, step_months, say)
+    plan = plan_training(tables, window, say)
+    horizon_days = window.horizon_days
     say(f"features and labels for {len(plan.all)} cutoffs on Spark")
     frame = labelled_frame(spark, lake, tables, plan.all, horizon_days, spec).persist()
     try:

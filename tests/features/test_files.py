@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from features.files import FileError, FileOptions
-from features.ingest import BAD_LINE, IngestError, ingest, validate
+from features.ingest import BAD_LINE, IngestError, ingest
 from features.warehouse import connect, raw
 
 CORPUS = Path(__file__).parent / "files"
@@ -152,8 +152,8 @@ def test_bytes_not_in_the_encoding_stop_with_the_line_and_the_option(
 def test_a_delimiter_given_by_option_is_used_and_named_when_wrong(tmp_path: Path, con: Any) -> None:
     path = CORPUS / "tab_separated.csv"
     with pytest.raises(IngestError, match="reads as one column with --delimiter ';'"):
-        validate(con, {"orders": path}, NOW, options=FileOptions(delimiter=";"))
-    report = validate(con, {"orders": path}, NOW, options=FileOptions(delimiter="\t"))
+        ingest(con, {"orders": path}, NOW, options=FileOptions(delimiter=";"), commit=False)
+    report = ingest(con, {"orders": path}, NOW, options=FileOptions(delimiter="\t"), commit=False)
     assert report.tables["orders"].read == 2  # split right: only the customers are unknown
     assert report.tables["orders"].quarantined_by_reason == {"unknown customer": 2}
 

@@ -17,7 +17,6 @@ from features.ingest import (
     IngestReport,
     discover_files,
     ingest,
-    validate,
 )
 from features.outbox_ingest import ingest_outbox
 from features.warehouse import connect, raw, table_names
@@ -572,7 +571,7 @@ def test_validate_reports_like_ingest_but_writes_nothing(tmp_path: Path, con: An
     before = counts(con)
     tables = {**GOOD, "orders": [*GOOD["orders"], bad("orders", customer_id="C999")]}
     files = write_all(tmp_path / "b", tables)
-    checked = validate(con, files, NOW)
+    checked = ingest(con, files, NOW, commit=False)
     assert counts(con) == before
     assert not checked.written and "nothing was written" in checked.summary()
     loaded = ingest(con, files, NOW)
@@ -802,7 +801,7 @@ def test_identifiers_name_the_resolved_cluster(tmp_path: Path) -> None:
 
 def test_validate_reports_identifier_rows_and_writes_nothing(tmp_path: Path) -> None:
     con = connect(tmp_path / "warehouse.duckdb")
-    report = validate(con, _id_files(tmp_path / "files"), now=NOW)
+    report = ingest(con, _id_files(tmp_path / "files"), now=NOW, commit=False)
     assert report.tables["orders"].named_by_identifier == 2
     assert report.tables["orders"].quarantined == 5
     db = raw(con)

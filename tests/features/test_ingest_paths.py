@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from contract_rows import order as contract_order
 
 import features.ingest as ingest_module
 from features.contract import TABLES
@@ -24,30 +26,25 @@ CUSTOMERS = [
 ]
 
 
-def order(order_id: str | None, amount: str = "10", customer: str = "C1") -> dict[str, Any]:
-    return {
-        "order_id": order_id,
-        "customer_id": customer,
-        "ordered_at": "2024-01-05 10:00:00",
-        "amount": amount,
-    }
+#: the batches' orders as their CSV holds them: one time, customer C1 and amount 10 unless
+#: an order says otherwise
+order = partial(contract_order, customer_id="C1", ordered_at="2024-01-05 10:00:00", amount="10")
 
-
-FIRST = [order("S1"), order("S2"), order("S3"), order("S4"), order("S5", "5")]
+FIRST = [order("S1"), order("S2"), order("S3"), order("S4"), order("S5", amount="5")]
 SECOND = [
     order("S1"),  # stored, identical, once: already present
     order("S2"),  # stored, identical, twice: already present + 1 duplicate
     order("S2"),
-    order("S3", "99"),  # stored, different content: conflict
-    order("S4", "x"),  # stored, but now a bad row: quarantined
+    order("S3", amount="99"),  # stored, different content: conflict
+    order("S4", amount="x"),  # stored, but now a bad row: quarantined
     order("N1"),  # new, once: inserted
     order("N2"),  # new, identical twice: inserted + 1 duplicate
     order("N2"),
-    order("N3", "1"),  # new, two versions: both quarantined as a conflict
-    order("N3", "2"),
-    order("N4", customer="C9"),  # new, unknown customer
+    order("N3", amount="1"),  # new, two versions: both quarantined as a conflict
+    order("N3", amount="2"),
+    order("N4", customer_id="C9"),  # new, unknown customer
     order(None),  # no id
-    order("N5", "7", customer="C2"),  # new, once: inserted
+    order("N5", amount="7", customer_id="C2"),  # new, once: inserted
 ]
 
 

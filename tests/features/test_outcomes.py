@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from contract_rows import order
 
 from features.ingest import ingest
 from features.outbox_ingest import ingest_outbox
@@ -181,22 +182,18 @@ def test_unknown_decision_is_quarantined_then_lands_when_it_arrives(tmp_path: Pa
     assert raw(con).execute("SELECT count(*) FROM outcome_pending").fetchone() == (0,)
 
 
-def _order(order_id: str, customer: str, at: str, amount: float) -> dict[str, Any]:
-    return {"order_id": order_id, "customer_id": customer, "ordered_at": at, "amount": amount}
-
-
 def test_attribution_last_touch_within_the_window(tmp_path: Path) -> None:
     con = _base(
         tmp_path,
         [
             # C1 orders on 01-03: D1 (email, 14 days) is the only decision before it
-            _order("O1", "C1", "2025-01-03", 30.0),
+            order("O1", "C1", "2025-01-03", 30.0),
             # 01-08: both D1 and D2 are open; last touch: D2 (no_action, same 14-day rule)
-            _order("O2", "C1", "2025-01-08", 20.0),
+            order("O2", "C1", "2025-01-08", 20.0),
             # C2 orders 01-10: outside D3's 7-day call window
-            _order("O3", "C2", "2025-01-10", 99.0),
+            order("O3", "C2", "2025-01-10", 99.0),
             # the latest order: every window ending before it has closed
-            _order("O4", "C2", "2025-02-20", 1.0),
+            order("O4", "C2", "2025-02-20", 1.0),
         ],
     )
     current = _current(con)
@@ -223,7 +220,7 @@ def test_attribution_last_touch_within_the_window(tmp_path: Path) -> None:
 
 
 def test_open_window_stays_unknown(tmp_path: Path) -> None:
-    con = _base(tmp_path, [_order("O1", "C2", "2025-01-05", 3.0)])
+    con = _base(tmp_path, [order("O1", "C2", "2025-01-05", 3.0)])
     current = _current(con)
     # D3 (call, 7 days from 01-01) won O1; D1's 14-day window is still open on 01-05
     assert bool(current.loc["D3", "outcome"])

@@ -19,7 +19,7 @@ from features.resolve import clusters_as_of, merge_histories, resolve
 from features.warehouse import connect, raw
 from rapport.demo_data import generate, write
 from rapport.truth import ingest_demo
-from training.datasets import build_training_set
+from training.datasets import Window, build_training_set
 from training.jobs import fit_model
 
 END = datetime(2025, 1, 1, tzinfo=UTC)
@@ -77,7 +77,7 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _churn_auc(con: Any) -> tuple[float, int]:
-    data = build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)
+    data = build_training_set(con, Window(train_cutoffs=2))
     model = fit_model("churn", data, params=FAST_PARAMS)
     test = data.part("test", active_only=True)
     scores = model.predict_proba(data.features("test", active_only=True))

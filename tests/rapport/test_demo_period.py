@@ -42,7 +42,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from features.tables.segments import snapshot_segments
     from features.warehouse import raw
     from training import jobs
-    from training.datasets import build_training_set
+    from training.datasets import Window, build_training_set
     from training.nba import promote_nba, train_nba
     from training.scoring import score_all
 
@@ -55,7 +55,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ingest_demo(con, data["customers"].parent, now=END)
         spec = default_spec()  # the demo's step 3: segments as of the end of history
         snapshot_segments(raw(con), build(con, END), END, spec.version, END)
-        training = build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)
+        training = build_training_set(con, Window(train_cutoffs=2))
         for kind in ("churn", "value"):
             jobs.train(kind, con, params=FAST_PARAMS, data=training)
             jobs.promote(kind)

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from contract_rows import interaction, order
 from openapi_spec_validator import validate
 from serving_harness import Server, Workspace, serving, workspace_fixture
 
@@ -167,8 +168,8 @@ def test_invalid_payload_is_422_per_field(http: httpx.Client, ws: Workspace) -> 
     huge = post(http, ws, "/targets", {"budget": 1e307, "top": 10**12}, "targets")
     assert huge.status_code == 422, huge.text
     assert {f["field"] for f in huge.json()["fields"]} == {"budget", "top"}
-    order = {"order_id": "X", "customer_id": "C", "ordered_at": "2024-01-01", "amount": 1e300}
-    assert post(http, ws, "/events", {"orders": [order]}, "events").status_code == 422
+    too_much = order("X", "C", "2024-01-01", 1e300)
+    assert post(http, ws, "/events", {"orders": [too_much]}, "events").status_code == 422
 
 
 def test_limits(http: httpx.Client, ws: Workspace) -> None:
@@ -184,8 +185,8 @@ def test_no_personal_data_in_logs(http: httpx.Client, ws: Workspace, server: Ser
     email, phone = "alice.martin@example.com", "+33 6 12 34 56 78"
     body = {"customer_id": ws.customers[0], "context": {"email": email}, "phone": phone}
     assert post(http, ws, "/score", body, "score").status_code == 422
-    order = {"order_id": "O-pii", "customer_id": email, "ordered_at": phone, "amount": 1.0}
-    assert post(http, ws, "/events", {"orders": [order]}, "events").status_code == 422
+    leaky = order("O-pii", email, phone, 1.0)  # personal data where ids and times go
+    assert post(http, ws, "/events", {"orders": [leaky]}, "events").status_code == 422
     log = server.log_text()
     assert "invalid request on /score" in log  # the failure is logged, one line
     assert email not in log and phone not in log
@@ -236,27 +237,12 @@ def test_events_change_the_next_score(http: httpx.Client, ws: Workspace) -> None
     customer = ws.customers[3]
     before = features(http, ws, customer)
     now = datetime.now(UTC)
+    ordered_at, occurred_at = [(now - timedelta(minutes=n)).isoformat() for n in (5, 1)]
+    complaint = interaction("I-live-1", customer, occurred_at, "call", "complaint")
+    complaint |= {"direction": "inbound", "satisfaction": 1, "resolved": False}
     body = {
-        "orders": [
-            {
-                "order_id": "O-live-1",
-                "customer_id": customer,
-                "ordered_at": (now - timedelta(minutes=5)).isoformat(),
-                "amount": 80.0,
-            }
-        ],
-        "interactions": [
-            {
-                "interaction_id": "I-live-1",
-                "customer_id": customer,
-                "occurred_at": (now - timedelta(minutes=1)).isoformat(),
-                "channel": "call",
-                "kind": "complaint",
-                "direction": "inbound",
-                "satisfaction": 1,
-                "resolved": False,
-            }
-        ],
+        "orders": [order("O-live-1", customer, ordered_at, 80.0)],
+        "interactions": [complaint],
     }
     response = post(http, ws, "/events", body, "events")
     assert response.status_code == 200, response.text
@@ -278,13 +264,8 @@ def test_events_change_the_next_score(http: httpx.Client, ws: Workspace) -> None
 
 
 def test_events_for_unknown_customers_are_404(http: httpx.Client, ws: Workspace) -> None:
-    order = {
-        "order_id": "O-nobody",
-        "customer_id": "NOBODY",
-        "ordered_at": "2024-01-01",
-        "amount": 1,
-    }
-    response = post(http, ws, "/events", {"orders": [order]}, "events")
+    nobodys = order("O-nobody", "NOBODY", "2024-01-01", 1)
+    response = post(http, ws, "/events", {"orders": [nobodys]}, "events")
     assert response.status_code == 404 and "NOBODY" in response.json()["error"]
     assert "O-nobody" not in {r["order_id"] for r in outbox_rows(ws, "orders")}
 
@@ -321,23 +302,12 @@ def test_events_by_email_or_phone_reach_the_customers_next_score(
     bob, phone = held_once(ws, "phone", skip=(ann,))
     before_ann, before_bob = features(http, ws, ann), features(http, ws, bob)
     now = datetime.now(UTC)
-    body = {
-        "orders": [
-            {
-                "order_id": "O-by-email",
-                "email": f"  {email.upper()} ",  # normalised as the index was
-                "ordered_at": (now - timedelta(minutes=3)).isoformat(),
-                "amount": 42.0,
-            }
-        ],
+    ordered_at, occurred_at = [(now - timedelta(minutes=n)).isoformat() for n in (3, 2)]
+    by_email = order("O-by-email", None, ordered_at, 42.0, email=f"  {email.upper()} ")
+    body = {  # the e-mail is normalised as the index was
+        "orders": [by_email],
         "interactions": [
-            {
-                "interaction_id": "I-by-phone",
-                "phone": phone,
-                "occurred_at": (now - timedelta(minutes=2)).isoformat(),
-                "channel": "call",
-                "kind": "complaint",
-            }
+            interaction("I-by-phone", None, occurred_at, "call", "complaint", phone=phone)
         ],
     }
     response = post(http, ws, "/events", body, "events")
@@ -370,13 +340,9 @@ def test_events_by_email_or_phone_reach_the_customers_next_score(
     new = f"new.person.{now.timestamp():.0f}@example.org"
     ids = []
     for n in (1, 2):
-        order = {
-            "order_id": f"O-new-{n}",
-            "email": new,
-            "ordered_at": (now - timedelta(minutes=n)).isoformat(),
-            "amount": 10.0 * n,
-        }
-        answer = post(http, ws, "/events", {"orders": [order]}, "events")
+        at = (now - timedelta(minutes=n)).isoformat()
+        event = order(f"O-new-{n}", None, at, 10.0 * n, email=new)
+        answer = post(http, ws, "/events", {"orders": [event]}, "events")
         assert answer.status_code == 200, answer.text
         ids.append(answer.json()["routes"][0])
     pid = ids[0]["customer_id"]

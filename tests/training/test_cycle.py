@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from contract_rows import live_order
 from sample_data import FAST_PARAMS, trained_workspace, use_home
 from sample_data import warehouse_query as query
 
@@ -209,13 +210,6 @@ def test_each_round_measures_the_realised_impact_against_control(home: Path) -> 
     assert runs == sorted([f"im-{first.run_id}", f"im-{third.run_id}"])
 
 
-def live_order(order_id: str, customer_id: str) -> dict[str, Any]:
-    """An order as ``/events`` accepts it (placed a day ago)."""
-    ordered_at = datetime.now(UTC) - timedelta(days=1)
-    row = {"order_id": order_id, "customer_id": customer_id, "ordered_at": ordered_at}
-    return row | {"amount": 20.0, "margin": None, "category": None, "channel": "web"}
-
-
 def test_events_acknowledged_before_and_during_a_cycle_are_in_the_store_after_it(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -351,10 +345,10 @@ def test_a_cycle_killed_in_a_step_then_rerun_ends_as_an_uninterrupted_one(
 def test_force_promote_and_rollback_are_recorded_and_restore_exactly(home: Path) -> None:
     runner = CliRunner()
     con = connect(get_settings().warehouse_path, read_only=True)
-    from training.datasets import build_training_set
+    from training.datasets import Window, build_training_set
     from training.jobs import train
 
-    data = build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)
+    data = build_training_set(con, Window(train_cutoffs=2))
     train("churn", con, params={**FAST_PARAMS, "num_boost_round": 5}, data=data)  # v2
     con.disconnect()
     refused = runner.invoke(main, ["promote", "churn", "--force"])
@@ -394,12 +388,12 @@ def test_a_champion_worse_than_its_predecessor_on_newer_labels_is_rolled_back(
     """A churn v2 evaluated three months before the latest matured labels, and poor (one
     two-leaf tree), forced over v1: the cycle's guard scores both on the newer labels,
     finds v2 worse beyond the margin and restores v1, recorded as an automatic rollback."""
-    from training.datasets import build_training_set, default_as_of
+    from training.datasets import Window, build_training_set, default_as_of
     from training.jobs import train
 
     con = connect(get_settings().warehouse_path, read_only=True)
     earlier = default_as_of(con, 90) - timedelta(days=91)
-    data = build_training_set(con, earlier, horizon_days=90, train_cutoffs=2, step_months=3)
+    data = build_training_set(con, Window(earlier, train_cutoffs=2))
     poor = {**FAST_PARAMS, "num_boost_round": 1, "num_leaves": 2}
     assert train("churn", con, params=poor, data=data).version == "2"
     con.disconnect()

@@ -14,6 +14,7 @@ from features.ingest import discover_files, ingest
 from features.warehouse import connect
 from rapport.demo_data import generate, write
 from training.datasets import (
+    Window,
     build_training_set,
     data_end,
     default_as_of,
@@ -120,7 +121,7 @@ def test_default_holdout_is_the_latest_complete_horizon(demo: tuple) -> None:
 
 def test_training_set_splits_by_time(demo: tuple) -> None:
     con, data = demo
-    ts = build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)
+    ts = build_training_set(con, Window(horizon_days=90, train_cutoffs=2))
     assert ts.plan.test == data.truth_as_of
     train, valid, test = ts.part("train"), ts.part("valid"), ts.part("test")
     assert set(train["as_of"]) == {pd.Timestamp(c) for c in ts.plan.train}
@@ -140,9 +141,9 @@ def test_training_set_splits_by_time(demo: tuple) -> None:
 def test_cutoffs_outside_the_data_are_refused(demo: tuple) -> None:
     con, _ = demo
     with pytest.raises(ValueError, match="past the end of the data"):
-        build_training_set(con, as_of=END - timedelta(days=30), horizon_days=90)
+        build_training_set(con, Window(END - timedelta(days=30), horizon_days=90))
     with pytest.raises(ValueError, match="not enough history"):
-        build_training_set(con, as_of="2022-06-01", horizon_days=90)
+        build_training_set(con, Window("2022-06-01", horizon_days=90))
 
 
 def test_lineage_describes_the_data_and_its_fingerprint_follows_it(random_con: tuple) -> None:

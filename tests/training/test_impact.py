@@ -86,7 +86,8 @@ def test_impact_measures_the_known_value_appends_and_logs(home: Path) -> None:
     decisions, orders = world(0)
     con = _warehouse(home, orders)
     try:
-        result = impact.run(con, decisions=decisions, now=datetime(2026, 11, 20, tzinfo=UTC))
+        now = datetime(2026, 11, 20, tzinfo=UTC)
+        result = impact.measure(con, decisions=decisions, now=now).record(con)
         table = result.table.set_index("period")
         assert list(table.index) == ["2026-09", "2026-10", "all"]
         truth = 20.0 * default_margin_rate(CATALOG)  # margin on the revenue effect ...
@@ -100,7 +101,8 @@ def test_impact_measures_the_known_value_appends_and_logs(home: Path) -> None:
         assert set(result.actions.action) == set(treated.action)
         assert "no nba champion" in " ".join(result.notes)
         assert result.mlflow_run_id
-        again = impact.run(con, decisions=decisions, by="action", log_to_mlflow=False)
+        again = impact.measure(con, decisions=decisions, by="action")
+        again.record(con, log_to_mlflow=False)
         assert len(again.table) > 3 and "not a randomised comparison" in " ".join(again.notes)
         runs = history(raw(con))
         assert runs.run_id.nunique() == 2 and set(runs["by"]) == {"", "action"}
@@ -117,9 +119,9 @@ def test_without_control_decisions_impact_says_what_to_run(home: Path) -> None:
     con = _warehouse(home, orders)
     try:
         with pytest.raises(impact.NoImpactDataError, match="rapport ingest --outbox"):
-            impact.run(con, decisions=decisions[decisions.group == "treated"])
+            impact.measure(con, decisions=decisions[decisions.group == "treated"])
         with pytest.raises(ValueError, match="--by must be one of"):
-            impact.run(con, decisions=decisions, by="weather")
+            impact.measure(con, decisions=decisions, by="weather")
     finally:
         con.disconnect()
     result = CliRunner().invoke(main, ["impact"])
@@ -132,7 +134,7 @@ def test_by_tier_reads_the_latest_scores_before_each_decision(home: Path) -> Non
     con = _warehouse(home, orders)
     try:
         with pytest.raises(LookupError, match="rapport score"):
-            impact.run(con, decisions=decisions, by="abc_tier", log_to_mlflow=False)
+            impact.measure(con, decisions=decisions, by="abc_tier")
         ids = decisions.customer_id.unique()
         old = pd.DataFrame(
             {
@@ -154,7 +156,7 @@ def test_by_tier_reads_the_latest_scores_before_each_decision(home: Path) -> Non
         db.register("s", pd.concat([old, new]))
         db.execute("CREATE TABLE scores AS SELECT * FROM s")
         db.unregister("s")
-        result = impact.run(con, decisions=decisions, by="abc_tier", log_to_mlflow=False)
+        result = impact.measure(con, decisions=decisions, by="abc_tier")
         assert set(result.table.key) == {"A", "B"}  # the newer scores, never the old "C"
         actions = result.actions.set_index("action")
         assert actions.loc["retention_discount", "predicted_conversion"] == pytest.approx(0.1)

@@ -22,7 +22,7 @@ from rapport.demo_data import generate, write
 from rapport.settings import get_settings
 from rapport.truth import compare_holdout, ingest_demo
 from training import jobs, tracking
-from training.datasets import TrainingSet, build_training_set
+from training.datasets import TrainingSet, Window, build_training_set
 
 END = datetime(2025, 1, 1, tzinfo=UTC)
 FAST = {"num_boost_round": 40, "num_threads": 1, "min_data_in_leaf": 40}
@@ -39,7 +39,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, TrainingSet]
     data = generate(2500, seed=5, end=END)
     con = connect(folder / "warehouse.duckdb")
     ingest_demo(con, write(data, folder / "files")["customers"].parent, now=END)
-    return con, build_training_set(con, horizon_days=90, train_cutoffs=2, step_months=3)
+    return con, build_training_set(con, Window(train_cutoffs=2))
 
 
 def test_train_logs_a_complete_run(demo: tuple) -> None:

@@ -41,7 +41,7 @@ from models.ope import encode_actions, evaluate_policy
 from models.propensity import fill_propensities, frame_overlap
 from rapport.demo_data import generate, write
 from rapport.truth import truth_matrices, truth_policy_values
-from training.datasets import build_training_set
+from training.datasets import Window, build_training_set
 from training.jobs import fit_model
 from training.nba import fit_nba, train_nba_from_table
 from training.nba_data import NbaData, build_nba_data, customer_frame, score_enricher
@@ -77,7 +77,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     demo = generate(CUSTOMERS, seed=SEED, end=END)
     con = connect(folder / "warehouse.duckdb")
     ingest(con, discover_files(write(demo, folder / "files")["customers"].parent), now=END)
-    ts = build_training_set(con, horizon_days=demo.horizon_days)
+    ts = build_training_set(con, Window(horizon_days=demo.horizon_days))
     # the segment model of the snapshot at the truth cutoff, where the policy is judged
     snapshot = build(con, demo.truth_as_of)
     segments = fit_version(snapshot, demo.truth_as_of, default_spec().version).model

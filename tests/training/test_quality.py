@@ -19,7 +19,7 @@ import pytest
 from features.warehouse import connect
 from rapport.demo_data import generate, write
 from rapport.truth import compare_holdout, ingest_demo
-from training.datasets import build_training_set
+from training.datasets import Window, build_training_set
 from training.jobs import HoldoutEvaluation, evaluate_holdout, fit_model
 
 END = datetime(2025, 1, 1, tzinfo=UTC)  # the holdout horizon is October to December
@@ -35,7 +35,7 @@ def _evaluate(folder: Path, end: datetime, kinds: tuple[str, ...]) -> dict[str, 
     data = generate(CUSTOMERS, seed=SEED, end=end)
     con = connect(folder / "warehouse.duckdb")
     ingest_demo(con, write(data, folder / "files")["customers"].parent, now=end)
-    ts = build_training_set(con, horizon_days=data.horizon_days)
+    ts = build_training_set(con, Window(horizon_days=data.horizon_days))
     assert ts.plan.test == data.truth_as_of
     out = {}
     for kind in kinds:

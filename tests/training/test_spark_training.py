@@ -19,7 +19,7 @@ from features.spec import default_spec
 from models.metrics import classification_metrics, regression_metrics
 from rapport.cli import main
 from rapport.settings import get_settings, reset_settings
-from training.datasets import LABEL_COLUMNS, TrainingSet, build_training_set
+from training.datasets import LABEL_COLUMNS, TrainingSet, Window, build_training_set
 from training.jobs import fit_model, predict
 from training.spark_datasets import build_on_spark
 
@@ -66,7 +66,7 @@ def on_duckdb(home: Path) -> TrainingSet:
         reset_settings()
         con = connect(get_settings().warehouse_path, read_only=True)
         try:
-            return build_training_set(con, horizon_days=HORIZON, train_cutoffs=CUTOFFS)
+            return build_training_set(con, Window(horizon_days=HORIZON, train_cutoffs=CUTOFFS))
         finally:
             con.disconnect()
             reset_settings()
@@ -74,7 +74,7 @@ def on_duckdb(home: Path) -> TrainingSet:
 
 def spark_set(spark: Any, home: Path, kind: str, max_rows: int) -> TrainingSet:
     return build_on_spark(
-        kind, spark, str(home / "lake"), None, HORIZON, CUTOFFS, max_rows=max_rows, seed=3
+        kind, spark, str(home / "lake"), Window(None, HORIZON, CUTOFFS), max_rows=max_rows, seed=3
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import pytest
+from contract_rows import live_interaction, live_order
 from pydantic import ValidationError
 from sample_data import cutoff, load_tables, random_tables
 
@@ -37,6 +38,7 @@ from features.warehouse import connect, raw
 from serving.schemas import EventsRequest, InteractionEvent, OrderEvent
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+AT = cutoff(700) + timedelta(microseconds=123_457)  # the live orders' time
 
 
 def lines(folder: Path) -> list[dict[str, Any]]:
@@ -57,23 +59,10 @@ def store(tables: dict) -> OnlineStore:
     return store
 
 
-def order(order_id: str, customer_id: str, amount: float = 12.5, **extra: Any) -> dict:
-    row = {
-        "order_id": order_id,
-        "customer_id": customer_id,
-        "ordered_at": cutoff(700) + timedelta(microseconds=123_457),
-        "amount": amount,
-        "margin": None,
-        "category": "a",
-        "channel": "web",
-    }
-    return row | extra
-
-
 # --------------------------------------------------------------------------- outbox
 def test_append_is_on_disk_in_an_open_segment(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path)
-    outbox.append("orders", [order("L1", "C0001", margin=math.nan)])
+    outbox.append("orders", [live_order("L1", "C0001", AT, 12.5, margin=math.nan)])
     (segment,) = (tmp_path / "orders").glob(f"*{OPEN_SUFFIX}")
     assert f"-{os.getpid()}-" in segment.name
     (row,) = lines(tmp_path / "orders")
@@ -84,16 +73,16 @@ def test_append_is_on_disk_in_an_open_segment(tmp_path: Path) -> None:
 
 def test_segments_are_sealed_when_old_large_or_closed(tmp_path: Path) -> None:
     by_age = Outbox(tmp_path / "age", seal_after=0.0)
-    by_age.append("orders", [order("L1", "C1")])
+    by_age.append("orders", [live_order("L1", "C1", AT)])
     assert len(list((tmp_path / "age" / "orders").glob("*.jsonl"))) == 1
 
     by_size = Outbox(tmp_path / "size", max_bytes=1)
-    by_size.append("orders", [order("L1", "C1")])
-    by_size.append("orders", [order("L2", "C1")])
+    by_size.append("orders", [live_order("L1", "C1", AT)])
+    by_size.append("orders", [live_order("L2", "C1", AT)])
     assert len(list((tmp_path / "size" / "orders").glob("*.jsonl"))) == 2
 
     kept = Outbox(tmp_path / "kept")
-    kept.append("orders", [order("L1", "C1")])
+    kept.append("orders", [live_order("L1", "C1", AT)])
     assert kept.seal() == 0
     kept.close()
     folder = tmp_path / "kept" / "orders"
@@ -105,7 +94,9 @@ def test_sealed_segments_are_ingested_exactly(tmp_path: Path, tables: dict) -> N
     con = connect(tmp_path / "warehouse.duckdb")
     load_tables(con, {"customers": tables["customers"]})
     outbox = Outbox(tmp_path / "outbox")
-    outbox.append("orders", [order("L1", "C0001", amount=0.1 + 0.2), order("L2", "C0002")])
+    outbox.append(
+        "orders", [live_order("L1", "C0001", AT, 0.1 + 0.2), live_order("L2", "C0002", AT)]
+    )
     decision = decision_row("d-1", "C0003", cutoff(650), "cross_sell", "email", 0.25)
     outbox.append("campaign_log", [decision])
     outbox.close()
@@ -115,10 +106,7 @@ def test_sealed_segments_are_ingested_exactly(tmp_path: Path, tables: dict) -> N
         "SELECT amount, epoch_us(ordered_at) FROM orders WHERE order_id = 'L1'"
     ).fetchone() or (None, None)
     assert amount == 0.1 + 0.2  # the exact double, not a rounded text
-    assert when == int(
-        (order("L1", "C1")["ordered_at"] - datetime(1970, 1, 1, tzinfo=UTC))
-        / timedelta(microseconds=1)
-    )
+    assert when == int((AT - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
     assert raw(con).execute("SELECT action, propensity, outcome FROM campaign_log").fetchall() == [
         ("cross_sell", 0.25, None)
     ]
@@ -136,7 +124,7 @@ def dead_pid() -> int:
 
 def test_recovery_seals_segments_of_dead_processes_only(tmp_path: Path) -> None:
     mine = Outbox(tmp_path)
-    mine.append("orders", [order("L1", "C1")])
+    mine.append("orders", [live_order("L1", "C1", AT)])
     host = next((tmp_path / "orders").glob(f"*{OPEN_SUFFIX}")).name.split("-")[1]
     dead = tmp_path / "orders" / f"20250101T000000000000Z-{host}-{dead_pid()}-1{OPEN_SUFFIX}"
     dead.write_text('{"order_id": "X1"}\n{"order_id": "X2", "amou')  # torn last write
@@ -157,7 +145,7 @@ def test_recovery_seals_the_segment_of_a_killed_process_not_yet_reaped(tmp_path:
     while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
         time.sleep(0.05)  # exited, not reaped: no wait() yet
     mine = Outbox(tmp_path)
-    mine.append("orders", [order("L1", "C1")])
+    mine.append("orders", [live_order("L1", "C1", AT)])
     host = next((tmp_path / "orders").glob(f"*{OPEN_SUFFIX}")).name.split("-")[1]
     path = tmp_path / "orders" / f"20250101T000000000000Z-{host}-{zombie.pid}-1{OPEN_SUFFIX}"
     path.write_text('{"order_id": "Z1"}\n')
@@ -170,18 +158,9 @@ def test_recovery_seals_the_segment_of_a_killed_process_not_yet_reaped(tmp_path:
 def test_events_reach_outbox_and_record(tmp_path: Path, store: OnlineStore) -> None:
     outbox = Outbox(tmp_path)
     before = evaluate(store.get("C0001") or {}, NOW)
-    complaint = {
-        "interaction_id": "LI1",
-        "customer_id": "C0001",
-        "occurred_at": cutoff(700),
-        "channel": "chat",
-        "kind": "complaint",
-        "direction": "inbound",
-        "duration_s": None,
-        "satisfaction": 1,
-        "resolved": False,
-    }
-    rows = {"orders": [order("L1", "C0001", 40.0)], "interactions": [complaint]}
+    complaint = live_interaction("LI1", "C0001", cutoff(700), "chat", "complaint")
+    complaint |= {"direction": "inbound", "satisfaction": 1, "resolved": False}
+    rows = {"orders": [live_order("L1", "C0001", AT, 40.0)], "interactions": [complaint]}
     result = apply_events(store, outbox, rows)
     assert (result.accepted, result.new, result.duplicates) == (2, 2, 0)
     record = store.get("C0001") or {}
@@ -198,7 +177,13 @@ def test_events_reach_outbox_and_record(tmp_path: Path, store: OnlineStore) -> N
 def test_unknown_customer_writes_nothing(tmp_path: Path, store: OnlineStore) -> None:
     outbox = Outbox(tmp_path)
     before = store.get("C0001")
-    rows = {"orders": [order("L1", "C0001"), order("L2", "C9999"), order("L3", "C8888")]}
+    rows = {
+        "orders": [
+            live_order("L1", "C0001", AT),
+            live_order("L2", "C9999", AT),
+            live_order("L3", "C8888", AT),
+        ]
+    }
     with pytest.raises(UnknownCustomerError, match="'C9999', 'C8888'") as info:
         apply_events(store, outbox, rows)
     assert info.value.customer_ids == ["C9999", "C8888"]
@@ -207,12 +192,12 @@ def test_unknown_customer_writes_nothing(tmp_path: Path, store: OnlineStore) -> 
 
 def test_conflicting_copy_of_a_known_event_is_refused(tmp_path: Path, store: OnlineStore) -> None:
     outbox = Outbox(tmp_path)
-    apply_events(store, outbox, {"orders": [order("L1", "C0001", 10.0)]})
+    apply_events(store, outbox, {"orders": [live_order("L1", "C0001", AT, 10.0)]})
     before = store.get("C0001")
     with pytest.raises(
         ConflictError, match="order_id 'L1' is already recorded with different amount"
     ):
-        apply_events(store, outbox, {"orders": [order("L1", "C0001", 11.0)]})
+        apply_events(store, outbox, {"orders": [live_order("L1", "C0001", AT, 11.0)]})
     assert store.get("C0001") == before
     assert len(lines(tmp_path / "orders")) == 1
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from contract_rows import live_order
 
 from features.identity import hash_identifier, identity_key, provisional_id
 from features.ingest import discover_files, ingest
@@ -128,19 +129,6 @@ def test_resolved_clusters_name_their_customer(
     fresh.close()
 
 
-def _order(order_id: str, at: datetime, **who: Any) -> dict[str, Any]:
-    row = {
-        "order_id": order_id,
-        "customer_id": None,
-        "ordered_at": at,
-        "amount": 5.0,
-        "margin": None,
-        "category": None,
-        "channel": None,
-    }
-    return {**row, "email": None, "phone": None, "loyalty_card": None, "cookie_id": None, **who}
-
-
 def _lines(folder: Path) -> list[dict[str, Any]]:
     paths = sorted(folder.glob("*.jsonl*"))
     return [json.loads(line) for p in paths for line in p.read_text().splitlines()]
@@ -162,11 +150,11 @@ def test_events_by_identifier_reach_the_customer_or_a_provisional_one(
     new_email = "Chat.Person@Example.org"
     rows = {
         "orders": [
-            _order("L1", at, email="ann.lee@EXAMPLE.com"),
-            _order("L2", at, phone=BOB_PHONE),
-            _order("L3", at, email=new_email, cookie_id="k9"),
-            _order("L4", at - timedelta(days=1), email=new_email),
-            _order("L5", at, customer_id="C4"),
+            live_order("L1", None, at, email="ann.lee@EXAMPLE.com"),
+            live_order("L2", None, at, phone=BOB_PHONE),
+            live_order("L3", None, at, email=new_email, cookie_id="k9"),
+            live_order("L4", None, at - timedelta(days=1), email=new_email),
+            live_order("L5", "C4", at),
         ]
     }
     routed = route_events(store, index, rows, now=END)
@@ -191,22 +179,26 @@ def test_events_by_identifier_reach_the_customer_or_a_provisional_one(
     assert result.new == 5 and store.get(pid)["orders"]["order_id"] == ["L3", "L4"]
     assert lookup(store, index, {"cookie_id": "k9"}) == pid
     # the same identifier later: the same customer, no second customers row
-    again = route_events(store, index, {"orders": [_order("L6", at, email=new_email)]}, now=END)
+    again = route_events(
+        store, index, {"orders": [live_order("L6", None, at, email=new_email)]}, now=END
+    )
     assert again.routes[0].customer_id == pid and not again.customers and not again.created
 
     # identifiers naming two customers: refused before anything is created
     count = store.count()
     both = {
         "orders": [
-            _order("L7", at, email="x.new@example.org"),
-            _order("L8", at, email=ANN, phone=BOB_PHONE),
+            live_order("L7", None, at, email="x.new@example.org"),
+            live_order("L8", None, at, email=ANN, phone=BOB_PHONE),
         ]
     }
     with pytest.raises(AmbiguousIdentifierError):
         route_events(store, index, both, now=END)
     assert store.count() == count
     # a refused write takes the provisional customer back
-    lone = route_events(store, index, {"orders": [_order("L9", at, email="y.new@example.org")]})
+    lone = route_events(
+        store, index, {"orders": [live_order("L9", None, at, email="y.new@example.org")]}
+    )
     undo(store, lone)
     assert store.get(lone.created[0]) is None
     assert lookup(store, index, {"email": "y.new@example.org"}) is None
@@ -235,8 +227,12 @@ def test_undo_keeps_a_provisional_customer_another_request_wrote_to(
     index: IdentityIndex, store: OnlineStore, tmp_path: Path
 ) -> None:
     at = END - timedelta(days=2)
-    first = route_events(store, index, {"orders": [_order("L10", at, email="z.new@example.org")]})
-    reused = route_events(store, index, {"orders": [_order("L11", at, email="z.new@example.org")]})
+    first = route_events(
+        store, index, {"orders": [live_order("L10", None, at, email="z.new@example.org")]}
+    )
+    reused = route_events(
+        store, index, {"orders": [live_order("L11", None, at, email="z.new@example.org")]}
+    )
     assert first.created and not reused.created  # the second request found it
     apply_events(store, Outbox(tmp_path / "outbox"), reused.rows, customers=reused.customers)
     undo(store, first)  # the first request's write was refused after the second's was acked
@@ -254,8 +250,8 @@ def test_identifiers_made_ambiguous_within_a_request_leave_nothing_behind(
     # with bob's phone too: two customers, refused, and the first one's creation undone
     rows = {
         "orders": [
-            _order("M1", at, email="new.one@example.org"),
-            _order("M2", at, email="new.one@example.org", phone=BOB_PHONE),
+            live_order("M1", None, at, email="new.one@example.org"),
+            live_order("M2", None, at, email="new.one@example.org", phone=BOB_PHONE),
         ]
     }
     with pytest.raises(AmbiguousIdentifierError, match="email, phone"):
@@ -306,7 +302,9 @@ def test_a_household_phone_names_nobody_live(tmp_path: Path, index: IdentityInde
     assert lookup(store, index, {"email": "sam.hill@example.com", "phone": "02079460123"}) == "H2"
     count = store.count()
     with pytest.raises(AmbiguousIdentifierError):
-        route_events(store, index, {"orders": [_order("S1", END, phone="020 7946 0123")]}, now=END)
+        route_events(
+            store, index, {"orders": [live_order("S1", None, END, phone="020 7946 0123")]}, now=END
+        )
     assert store.count() == count  # no provisional customer either
     store.close()
     con.disconnect()
@@ -341,7 +339,10 @@ def test_a_name_with_postcode_names_its_person_unless_several_share_it(
         lookup(store, index, {"name": "Jo Lee"})
     assert "jo" not in str(info.value).lower().replace("postcode", "")
     routed = route_events(
-        store, index, {"orders": [_order("NP1", END, name="Jo Lee", postcode="SW1A 1AA")]}, now=END
+        store,
+        index,
+        {"orders": [live_order("NP1", None, END, name="Jo Lee", postcode="SW1A 1AA")]},
+        now=END,
     )
     assert (routed.routes[0].customer_id, routed.routes[0].matched_by) == ("N1", "name_postcode")
     assert "name" not in routed.rows["orders"][0] and "postcode" not in routed.rows["orders"][0]

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from contract_rows import live_order
 from redis_harness import RedisServer
-from sample_data import cutoff, random_tables
+from sample_data import random_tables
 
 from features.online.events import OPEN_SUFFIX, Outbox, apply_events
 from features.online.record import records_from_frames
@@ -38,18 +38,6 @@ def loaded(url: str) -> RedisStore:
     store.put_many(records_from_frames(tables["customers"], events).items())
     assert isinstance(store, RedisStore)
     return store
-
-
-def order(order_id: str, customer_id: str = "C0001") -> dict[str, Any]:
-    return {
-        "order_id": order_id,
-        "customer_id": customer_id,
-        "ordered_at": cutoff(700) + timedelta(seconds=1),
-        "amount": 10.0,
-        "margin": None,
-        "category": "a",
-        "channel": "web",
-    }
 
 
 def outbox_orders(root: Path) -> list[str]:
@@ -78,10 +66,10 @@ def test_events_refused_while_redis_is_down_leave_no_trace(
     outbox = Outbox(tmp_path / "outbox")
     redis_server.stop()
     with pytest.raises(StoreUnavailableError):
-        apply_events(store, outbox, {"orders": [order("down-1")]})
+        apply_events(store, outbox, {"orders": [live_order("down-1", "C0001")]})
     assert outbox_orders(outbox.root) == []
     redis_server.start()
-    apply_events(store, outbox, {"orders": [order("up-1")]})
+    apply_events(store, outbox, {"orders": [live_order("up-1", "C0001")]})
     assert outbox_orders(outbox.root) == ["up-1"]
     store.close()
 
@@ -106,7 +94,7 @@ def test_an_event_whose_record_update_fails_is_taken_back_out_of_the_outbox(
     store.server = redis_server
     outbox = Outbox(tmp_path / "outbox", seal_after=0.0)  # due at once: must stay open
     with pytest.raises(StoreUnavailableError):
-        apply_events(store, outbox, {"orders": [order("refused-1")]})
+        apply_events(store, outbox, {"orders": [live_order("refused-1", "C0001")]})
     outbox.seal()
     assert outbox_orders(outbox.root) == []  # refused: not kept, so never ingested
     redis_server.start()
@@ -115,13 +103,13 @@ def test_an_event_whose_record_update_fails_is_taken_back_out_of_the_outbox(
 
 def test_retract_takes_back_only_the_last_append_of_an_open_segment(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path)
-    first = outbox.append("orders", [order("a")])
-    second = outbox.append("orders", [order("b")])
+    first = outbox.append("orders", [live_order("a", "C0001")])
+    second = outbox.append("orders", [live_order("b", "C0001")])
     assert outbox.retract(first) is False  # not the last lines: left alone
     assert outbox.retract(second) is True
     assert outbox_orders(tmp_path) == ["a"]
     outbox.seal(force=True)
-    third = outbox.append("orders", [order("c")])
+    third = outbox.append("orders", [live_order("c", "C0001")])
     outbox.seal(force=True)
     assert outbox.retract(third) is False  # sealed: ingest may have read it
     assert sorted(outbox_orders(tmp_path)) == ["a", "c"]
