@@ -271,6 +271,55 @@ def test_a_region_hazard_is_caught_within_one_period_and_the_stable_world_stays_
     assert set(alerts[alerts["check"] == "complaints_vs_peers"]["subject"]) == {"region north"}
 
 
+#: the standing-complaints world: 1.5x complaints in north at the same risk are ~+50% over
+#: ~30-60 complaints a month per 20,000 customers (+-30% at 20,000, z ~1.7: no page), so
+#: the peers of one run page on it only from a few times that (z grows with the root of
+#: the size)
+STANDING_CUSTOMERS = 60_000
+
+
+@pytest.mark.slow
+def test_a_region_that_always_complains_more_pages_only_without_its_own_history(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """North's complaints are recorded 1.5x as often from the start of the data (nothing
+    changes; :func:`rapport.scenarios.standing_complaints`), the champions trained on that
+    world. Judged against the peers of each run alone (``peer_history: 0``), north pages
+    on ``complaints_vs_peers``; judged against its own gap in earlier runs (the shipped
+    default), no run with history pages on it, and each says which it used."""
+    from models.alerts import load_alerts
+    from rapport.scenarios import standing_complaints
+
+    home = tmp_path_factory.mktemp("standing-complaints")
+    mw.train_world(home, SEED, STANDING_CUSTOMERS, standing_complaints())
+    shipped = load_alerts()
+    assert shipped.peer_history >= 1
+    peers_only = shipped.model_copy(update={"peer_history": 0})
+    with mw.world_home(home):
+        timeline = mw.monitor_monthly(None, compare=peers_only)
+
+    def complaints(checks: pd.DataFrame) -> pd.DataFrame:
+        return checks[checks["check"] == "complaints_vs_peers"].set_index("subject")
+
+    paged_peers_only = [
+        when
+        for when, checks in timeline.compared.items()
+        if "region north" in complaints(checks)[complaints(checks)["level"] == "alert"].index
+    ]
+    assert paged_peers_only, {
+        w.date(): complaints(c)["value"] for w, c in timeline.compared.items()
+    }
+    judged = [when for when, c in timeline.checks.items() if len(complaints(c))]
+    assert len(judged) == len(mw.MONITOR_AT) - 1  # every run after the first
+    first, later = judged[0], judged[1:]
+    assert complaints(timeline.checks[first])["detail"].str.contains("peers of this run only").all()
+    for when in later:
+        found = complaints(timeline.checks[when])
+        assert found["detail"].str.contains("against its own gap in").all(), when
+        assert not (found["level"] == "alert").any(), (when, found[["value", "detail"]])
+    assert any(w in paged_peers_only for w in later)  # the history is what quiets them
+
+
 def test_policy_health_runs_inside_the_monitor(
     worlds: Path, stable: mw.Timeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
