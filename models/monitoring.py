@@ -457,6 +457,24 @@ def customers_for_power(
     return float(variance * (z / shortfall) ** 2)
 
 
+def customers_for_excess(
+    effect: float, variance: float, alert: float, z: float = NOISE_Z, power: float = 0.8
+) -> float:
+    """Rows a rate check valued as its relative rise beyond the ``z`` noise interval
+    (``complaints_vs_past``: (now - past - z * sd) / past) needs to pass ``alert`` with
+    probability ``power`` when the true relative rise is ``effect``: ``variance`` is the
+    per-row variance of (now - past) / past (the squared interval's sd times the rows,
+    measured on a world). The value passes ``alert`` when the estimated rise minus ``z``
+    sd does, so sd must be below (effect - alert) / (z + the ``power`` quantile); rows =
+    variance / sd^2. Infinite when ``effect`` does not exceed ``alert``."""
+    from scipy.stats import norm
+
+    if effect <= alert:
+        return float("inf")
+    sd = (effect - alert) / (z + float(norm.isf(1 - power)))
+    return float(variance / sd**2)
+
+
 def peer_power(
     shortfall: float, variance: float, rows: float, groups: int, alpha: float = 0.01
 ) -> float:

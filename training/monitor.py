@@ -22,7 +22,12 @@ as of a date (default: the end of the data) and checks:
   same run (``active_vs_peers``: fewer buyers; ``complaints_vs_peers``: more complaints;
   one-sided tests, Holm-adjusted over the regions, :func:`models.monitoring.peer_shortfall`),
   which find a change in one region that the base dilutes and the holdout's capped sample
-  cannot resolve;
+  cannot resolve; once earlier runs' figures of a region are recorded (``monitor_peers``)
+  its gap is judged against its own pooled gap then (a difference in differences,
+  :func:`models.monitoring.gap_vs_past`), so a region that always differs does not page;
+  and the whole base's complaints per active customer against the windows of as many
+  days before the run's cutoff (``complaints_vs_past``: a change everywhere, which the
+  peers cancel);
 * both also per ABC tier and RFM segment (a group below ``min_rows`` never alerts);
   gaps and drops are judged as a change, beyond noise: a group's rate gap or coverage
   gap by how much it outgrew the champion's own gap for that group on its holdout
@@ -44,9 +49,10 @@ as of a date (default: the end of the data) and checks:
   feature and in all (any alerts by default: the two executions must agree).
 
 Each check is ``ok``, ``warn`` or ``alert`` by the thresholds (:mod:`models.alerts`).
-Results are appended to ``monitor_checks`` / ``monitor_runs`` / ``monitor_curves``
-(:mod:`features.tables.monitoring`), logged as one MLflow run in the ``rapport-monitoring``
-experiment, and written as a self-contained HTML report (:mod:`training.monitor_report`).
+Results are appended to ``monitor_checks`` / ``monitor_runs`` / ``monitor_curves`` /
+``monitor_peers`` (:mod:`features.tables.monitoring`), logged as one MLflow run in the
+``rapport-monitoring`` experiment, and written as a self-contained HTML report
+(:mod:`training.monitor_report`).
 """
 
 from __future__ import annotations

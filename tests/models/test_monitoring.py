@@ -263,3 +263,24 @@ def test_gap_vs_past_learns_a_standing_gap_and_finds_one_that_grew() -> None:
     before = buyers.assign(observed=1000.0)
     z = stats.gap_vs_past(buyers, before)["z"].iloc[0]
     assert z == pytest.approx(0.1 / np.sqrt(2 * 400 / 1000**2))
+
+
+def test_customers_for_excess_matches_simulated_detection() -> None:
+    """A complaint rate that rises 150% against three earlier windows, judged as the rise
+    beyond its 95% interval over the past rate (``complaints_vs_past``) at an alert of
+    0.5: the rows the formula asks for pass it in about 80% of worlds."""
+    rng = np.random.default_rng(13)
+
+    def value(rows: int, effect: float) -> tuple[float, float]:
+        now = rng.poisson(0.012 * (1 + effect), rows).astype(float)
+        past = rng.poisson(0.012, 3 * rows).astype(float)
+        rate, var = stats.ratio_variance(now, np.ones(rows))
+        p_rate, p_var = stats.ratio_variance(past, np.ones(3 * rows))
+        excess, half = stats.beyond_noise(max(rate - p_rate, 0.0), var, p_var)
+        return excess / p_rate, (half / stats.NOISE_Z / p_rate) ** 2 * rows
+
+    _, variance = value(200_000, 1.5)
+    rows = stats.customers_for_excess(1.5, variance, alert=0.5)
+    hits = [value(int(rows), 1.5)[0] > 0.5 for _ in range(400)]
+    assert np.mean(hits) == pytest.approx(0.8, abs=0.07)
+    assert stats.customers_for_excess(0.4, variance, alert=0.5) == float("inf")
