@@ -144,12 +144,14 @@ def monitor_monthly(
     dates: list[datetime] = MONITOR_AT,
     score_only: int = 0,
     compare: Alerts | None = None,
+    thresholds: Alerts | None = None,
 ) -> Timeline:
     """Score as of each date, then monitor as of it (so the run of ``HORIZON`` days ago
     has just matured); the first ``score_only`` dates are scored, not monitored (a large
     world's runs before the change only serve as the partly matured run of the next).
     ``compare``: other thresholds each date is also monitored with, first (the same
-    scoring runs; ``Timeline.compared``)."""
+    scoring runs; ``Timeline.compared``); ``thresholds``: the ones judged with (default:
+    the shipped ones)."""
     from features.warehouse import connect
     from rapport.settings import get_settings
     from training import monitor
@@ -165,7 +167,7 @@ def monitor_monthly(
             if compare is not None:
                 other = monitor.run(when, con=con, thresholds=compare, log_to_mlflow=False)
                 timeline.compared[when] = other.checks
-            result = monitor.run(when, con=con, log_to_mlflow=False)
+            result = monitor.run(when, con=con, thresholds=thresholds, log_to_mlflow=False)
             timeline.alerts[when] = result.alerts
             timeline.checks[when] = result.checks
     finally:

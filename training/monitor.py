@@ -604,7 +604,8 @@ def _partial(
     population's share is no expectation for it: a dormant segment buys a smaller share
     of its horizon in the first days than the whole base, and paged on every stable run)."""
     h_cut, h_rows = _holdout_scored(reference)
-    early = labels(con, sorted({run.as_of, h_cut}), days)
+    starts = _past_windows(run.as_of, days, c.alerts.past_windows)
+    early = labels(con, sorted({run.as_of, h_cut, *starts}), days)  # one pass over orders
     now = _elapsed(con, early, run.as_of, scored)
     now = now.merge(_complaints(con, run.as_of, days), on="customer_id", how="left")
     now = now.assign(complaints=now["complaints"].fillna(0.0), customer=1.0)
@@ -652,29 +653,39 @@ def _partial(
                 f"({len(held)} rows); beyond the 95% interval +-{half:.3f}",
                 len(part),
             )
-    _complaints_vs_past(c, con, run.as_of, days, now, tag)
+    _complaints_vs_past(c, con, early, starts, days, now, tag)
     if ATTRIBUTE in now.columns:
         _peers(c, raw(con), run, days, now, tag)
 
 
+def _past_windows(cut: datetime, days: int, windows: int) -> list[datetime]:
+    """The starts of the ``windows`` windows of ``days`` just before ``cut``."""
+    return [cut - timedelta(days=days * k) for k in range(1, windows + 1)]
+
+
 def _complaints_vs_past(
-    c: _Checks, con: Any, cut: datetime, days: int, now: pd.DataFrame, tag: str
+    c: _Checks,
+    con: Any,
+    lab: pd.DataFrame,
+    starts: list[datetime],
+    days: int,
+    now: pd.DataFrame,
+    tag: str,
 ) -> None:
     """The whole base's complaints per active customer in the elapsed days against the
-    same figure over the ``past_windows`` windows of as many days just before the cutoff
-    (each window's active customers at its start, their complaints in it; pooled). A
-    change everywhere (a tripled dropout hazard: dissatisfaction complains long before
-    the missing purchases add up) cancels between regions, and a first-days ratio
-    against a holdout of another season cannot see the ~0.1% fewer buyers of one period;
-    the base's own recent past can see its complaints. The value is the rise beyond the
-    95% interval of both rates (delta method over customers; windows counted as
-    independent, which overstates the noise: the same customers recur) as a share of the
-    past rate; only a rise counts."""
-    windows = c.alerts.past_windows
-    if windows < 1:
+    same figure over the windows of as many days just before the cutoff (``starts``; each
+    window's active customers at its start in ``lab``, :func:`~training.datasets.labels`,
+    their complaints in it; pooled). A change everywhere (a tripled dropout hazard:
+    dissatisfaction complains long before the missing purchases add up) cancels between
+    regions, and a first-days ratio against a holdout of another season cannot see the
+    ~2% fewer buyers of one period (the season moves it more); the base's own recent past
+    can see its complaints. The value is the rise beyond the 95% interval of both rates
+    (delta method over customer-windows, taken as independent: approximate, since the
+    same customers recur, so the stable worlds of bench.monitor_alarms are its test) as a
+    share of the past rate; only a rise counts."""
+    if not starts:
         return
-    starts = [cut - timedelta(days=days * k) for k in range(1, windows + 1)]
-    lab = labels(con, starts, days)
+    windows = len(starts)
     lab = lab[lab["active"]]
     past: list[pd.Series] = []
     for start in starts:
