@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--thresholds", type=Path, help="a thresholds YAML (default: shipped)")
     args = parser.parse_args(argv)
     mw = _worlds()
-    alerts = load_alerts(args.thresholds)
+    thresholds = load_alerts(args.thresholds)
     runs = paging = judged = alerts = warns = 0
     fired: Counter[str] = Counter()
     delays: dict[str, list[str]] = {s: [] for s in SCENARIOS}
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             with mw.world_home(stable):
                 mw.load_world(stable, args.customers, seed, None)
                 mw.train_before_change()
-                timeline = mw.monitor_monthly(None, thresholds=alerts)
+                timeline = mw.monitor_monthly(None, thresholds=thresholds)
             s_paging = s_alerts = s_judged = 0
             for checks in timeline.checks.values():
                 j = _judged(checks)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                     home = Path(tmp) / name
                     with mw.world_home(home, stable):
                         mw.load_world(home, args.customers, seed, name)
-                        found = mw.monitor_monthly(name, thresholds=alerts)
+                        found = mw.monitor_monthly(name, thresholds=thresholds)
                     first = min(
                         (d for d, a in found.alerts.items() if len(a) and d >= mw.change_date()),
                         default=None,

@@ -775,8 +775,8 @@ def _peers(c: _Checks, db: Any, run: RunInfo, days: int, now: pd.DataFrame, tag:
                 sign = 1.0 if excess else -1.0
                 detail += (
                     f"; against its own gap in {int(d['past_runs'])} earlier run(s) ({dates}): "
-                    f"{sign * d['past_gap']:+.1%} +-{d['past_sd']:.1%} then, "
-                    f"{sign * d['gap']:+.1%} +-{d['gap_sd']:.1%} now (difference in "
+                    f"{sign * d['past_gap']:+.1%} (sd {d['past_sd']:.1%}) then, "
+                    f"{sign * d['gap']:+.1%} (sd {d['gap_sd']:.1%}) now (difference in "
                     f"differences); z {d['z']:.2f}, one-sided p {d['p']:.2g}"
                 )
             else:

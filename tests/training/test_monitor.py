@@ -207,7 +207,7 @@ def test_cli_exits_2_on_alert_and_rejects_bad_thresholds(worlds: Path, tmp_path:
 #: over 30 days at 20,000 customers (1,500: none measurable), against an interval of
 #: +-10% at 1,500 and a first-days ratio 8% above the June holdout's in October; its
 #: complaints rise ~150% at once (``complaints_vs_past``), which at 1,500 customers warns
-#: (seeds 1, 2) or alerts (seed 3) at 26 days but has ~40% power: caught within one
+#: (seeds 1, 2) or alerts (seed 3) at 26 days but has ~35% power: caught within one
 #: period at a size with power is the slow test below; here any churn alert counts by the
 #: time a horizon reaching past the change has matured. The issue's example, a hazard
 #: doubling in one region, is caught within one period by the region peer check on a
