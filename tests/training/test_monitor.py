@@ -67,6 +67,14 @@ def test_stable_world_raises_no_alert_over_its_runs(stable: mw.Timeline) -> None
         for check in ("active_vs_peers", "complaints_vs_peers"):
             regions = set(peers[peers["check"] == check]["subject"])
             assert regions == {f"region {r}" for r in REGIONS}, (when, check)
+            # the first run with elapsed days has no earlier figures of a region; the
+            # later ones are judged against its own earlier gaps (up to peer_history)
+            details = peers[peers["check"] == check]["detail"]
+            earlier = min(mw.MONITOR_AT.index(when) - 1, 3)
+            said = "peers of this run only" if not earlier else f"own gap in {earlier} earlier"
+            assert details.str.contains(said).all(), (when, check, details.iloc[0])
+        rise = peers[peers["check"] == "complaints_vs_past"]
+        assert rise["subject"].tolist() == ["all"] and rise["threshold"].notna().all()
     first = stable.checks[mw.MONITOR_AT[0]]
     assert "revenue_shortfall" not in set(first["check"])  # nothing has elapsed yet
 
