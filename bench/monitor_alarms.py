@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.monitoring import _worlds
+from models.alerts import load_alerts
 
 SCENARIOS = ("channel", "hazard", "region_hazard", "spend")
 
@@ -40,8 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--customers", type=int, default=1500)
     parser.add_argument("--scenarios", action="store_true", help="also time each scenario")
+    parser.add_argument("--thresholds", type=Path, help="a thresholds YAML (default: shipped)")
     args = parser.parse_args(argv)
     mw = _worlds()
+    thresholds = load_alerts(args.thresholds)
     runs = paging = judged = alerts = warns = 0
     fired: Counter[str] = Counter()
     delays: dict[str, list[str]] = {s: [] for s in SCENARIOS}
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             with mw.world_home(stable):
                 mw.load_world(stable, args.customers, seed, None)
                 mw.train_before_change()
-                timeline = mw.monitor_monthly(None)
+                timeline = mw.monitor_monthly(None, thresholds=thresholds)
             s_paging = s_alerts = s_judged = 0
             for checks in timeline.checks.values():
                 j = _judged(checks)
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                     home = Path(tmp) / name
                     with mw.world_home(home, stable):
                         mw.load_world(home, args.customers, seed, name)
-                        found = mw.monitor_monthly(name)
+                        found = mw.monitor_monthly(name, thresholds=thresholds)
                     first = min(
                         (d for d, a in found.alerts.items() if len(a) and d >= mw.change_date()),
                         default=None,

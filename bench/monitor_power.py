@@ -14,7 +14,10 @@ by ``--hazard`` from 2025-09-10, of ``--customers`` and the same seed (identical
 the change). Both are scored on 2025-09-06 (four days before the change) and 2025-10-06
 and monitored as of 2025-10-06: 26 days after the change, the 09-06 run has 30 elapsed
 days (its partly matured checks). The stable world is also scored and monitored on the
-next ``--stable-runs`` months (false alarms). Prints per world both peer checks of every
+next ``--stable-runs`` months (false alarms). ``--history K`` also scores and monitors
+both worlds monthly for K months before 2025-09-06, so the 10-06 peer checks judge each
+region against its own gap in up to ``peer_history`` earlier runs (the difference in
+differences) instead of the peers of one run. Prints per world both peer checks of every
 region and every alert of any check; per seed the hit region's effect against its peers
 (buyers, and for comparison order counts against the prediction and against the
 customer's own year; complaints) with z and per-customer variance; then, from their
@@ -50,8 +53,10 @@ def _peer_rows(checks: pd.DataFrame, check: str = CHECK) -> pd.DataFrame:
 def _measure(home: Path, when: datetime, region: str) -> dict[str, float]:
     """The hit region's figures recomputed from the warehouse as the monitor does
     (``peer_shortfall`` over the partly matured run's elapsed days)."""
+    from features.tables import monitoring as tables
     from features.tables.scores import load_scores
     from features.warehouse import connect, raw
+    from models.alerts import load_alerts
     from rapport.settings import get_settings
     from training import monitor
     from training.datasets import labels
@@ -101,6 +106,22 @@ def _measure(home: Path, when: datetime, region: str) -> dict[str, float]:
         "complaints_z": float(row["z"]),
         "regions": float(found["group"].nunique()),
     }
+    # against the region's own earlier gaps, as the monitor judged it (monitor_peers)
+    found[["observed", "expected"]] = found[["observed", "expected"]].abs()
+    con = connect(get_settings().warehouse_path, read_only=True)
+    try:
+        past = tables.load_peer_history(
+            raw(con), "complaints_vs_peers", part.as_of, load_alerts().peer_history
+        )
+    finally:
+        con.disconnect()
+    did = stats.gap_vs_past(found, past, excess=True).set_index("group").loc[region]
+    out |= {
+        "did_runs": float(did["past_runs"]),
+        "did_z": float(did["z"]),
+        # the variance the history adds, as a share of this run's own
+        "did_extra": float(did["past_sd"] ** 2 / did["gap_sd"] ** 2) if did["past_runs"] else 0.0,
+    }
     return out
 
 
@@ -119,10 +140,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stable-runs", type=int, default=1, help="later stable months")
     parser.add_argument("--keep", type=Path, help="build the worlds here (reused)")
     parser.add_argument("--train-customers", type=int, default=mw_train_customers())
+    parser.add_argument("--history", type=int, default=0, help="months monitored before 2025-09-06")
     args = parser.parse_args(argv)
     mw = _worlds()
     first = mw.MONITOR_AT[1]  # 2025-10-06, 26 days after the change
-    stable_dates = [mw.MONITOR_AT[0], *mw.MONITOR_AT[1 : 2 + args.stable_runs]]
+    earlier = [
+        (pd.Timestamp(mw.MONITOR_AT[0]) - pd.DateOffset(months=k)).to_pydatetime()
+        for k in range(args.history, 0, -1)
+    ]
+    stable_dates = [*earlier, mw.MONITOR_AT[0], *mw.MONITOR_AT[1 : 2 + args.stable_runs]]
     scenario = Scenario("bench", mw.change_date(), hazard_factor=args.hazard, region=args.region)
     found: list[dict[str, float]] = []
     stable_runs = stable_paging = stable_peer = 0
@@ -137,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             (train / "ready").touch()
         worlds = {
             "stable": (None, stable_dates),
-            f"hazard x{args.hazard:g} {args.region}": (scenario, stable_dates[:2]),
+            f"hazard x{args.hazard:g} {args.region}": (scenario, stable_dates[: 2 + args.history]),
         }
         for name, (chosen, dates) in worlds.items():
             home = root / f"{name.replace(' ', '-')}-{seed}-{args.customers}"
@@ -184,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"variance {measured['own_variance']:.3f}); complaints "
                 f"{measured['complaints_excess']:+.1%} vs peers, z "
                 f"{measured['complaints_z']:.2f}, per-customer variance "
-                f"{measured['complaints_variance']:.2f}",
+                f"{measured['complaints_variance']:.2f}; against its own "
+                f"{measured['did_runs']:.0f} earlier gap(s): z {measured['did_z']:.2f}, variance x"
+                f"{1 + measured['did_extra']:.2f}",
                 flush=True,
             )
             if chosen is not None:
@@ -219,6 +247,17 @@ def main(argv: list[str] | None = None) -> None:
                 f"regions from {need:,.0f} active in the region (~"
                 f"{need / rows * args.customers:,.0f} customers in a world like these)"
             )
+            extra = float(np.mean([f["did_extra"] for f in found]))
+            if check == "complaints_vs_peers" and extra > 0:
+                runs = float(np.mean([f["did_runs"] for f in found]))
+                did = variance * (1 + extra)
+                need = stats.customers_for_power(effect, did, regions, alpha=0.01, power=0.8)
+                power = stats.peer_power(effect, did, rows, regions, alpha=0.01)
+                line += (
+                    f"; against the region's own past ({runs:.1f} earlier runs, variance "
+                    f"x{1 + extra:.2f}): predicted power here {power:.0%}, 80% from "
+                    f"{need:,.0f} active (~{need / rows * args.customers:,.0f} customers)"
+                )
         print(line)
     print(
         f"stable world: {stable_paging}/{stable_runs} monitoring runs page (any check); "

@@ -66,6 +66,9 @@ class ChurnThresholds(BaseModel):
     active_vs_peers: Threshold = Threshold(warn=1.3, alert=2.0)
     #: partly matured run, per region: the same for complaints per customer (an excess)
     complaints_vs_peers: Threshold = Threshold(warn=1.3, alert=2.0)
+    #: partly matured run, whole base: complaints per active customer in the elapsed days
+    #: over the same in the ``past_windows`` windows before, beyond noise, as a share
+    complaints_vs_past: Threshold = Threshold(warn=0.25, alert=0.5)
 
 
 class ValueThresholds(BaseModel):
@@ -131,6 +134,13 @@ class Alerts(BaseModel):
     #: a scoring run whose horizon has not matured is judged on its elapsed days once
     #: this many have passed (one scoring period)
     partial_days: int = Field(default=28, ge=1)
+    #: the region peer checks judge a region's gap to its peers against its own gap in up
+    #: to this many earlier scoring runs (pooled) when any was monitored; 0 = against the
+    #: peers of the same run only
+    peer_history: int = Field(default=3, ge=0, le=24)
+    #: the base's complaints in a partly matured run's elapsed days are compared with this
+    #: many windows of as many days just before its cutoff; 0 = not checked
+    past_windows: int = Field(default=3, ge=0, le=24)
     churn: ChurnThresholds
     value: ValueThresholds
     features: FeatureThresholds

@@ -391,6 +391,57 @@ def peer_shortfall(
     return out[[*columns, "p_holm"]].sort_values("group").reset_index(drop=True)
 
 
+def gap_vs_past(now: pd.DataFrame, past: pd.DataFrame, excess: bool = False) -> pd.DataFrame:
+    """Each group's gap to its peers now against its own gap in earlier runs (a difference
+    in differences): a group that always differs from its peers (a region that complains
+    more at the same risk: a service centre of its own) keeps its gap and is not flagged;
+    a group whose gap grew is.
+
+    ``now``: one row per group of :func:`peer_shortfall` (``group, observed, expected,
+    variance``; counts as positive sizes); ``past``: the same columns, one row per group and
+    earlier run. The gap is the relative shortfall ``(expected - observed) / expected``
+    (an ``excess`` when ``excess``: ``(observed - expected) / expected``), its variance
+    ``variance / expected^2`` (delta method); the earlier runs are pooled (their observed
+    and expected summed, their variances too). ``z`` = (gap now - pooled gap) / the square
+    root of both variances, ``p`` its one-sided normal tail (only a gap that grew in the
+    tested direction counts). Columns: ``group, gap, gap_sd, past_gap, past_sd,
+    past_runs, z, p``; a group without an earlier run has ``past_runs`` 0 and NaN after."""
+    from scipy.stats import norm
+
+    sign = -1.0 if excess else 1.0
+    cols = ["observed", "expected", "variance"]
+    cur = now.set_index("group")[cols].astype("float64")
+    before = past[past["expected"].abs() > 0] if len(past) else past
+    pooled = (
+        before.groupby("group")[cols].sum().astype("float64")
+        if len(before)
+        else pd.DataFrame(columns=cols, dtype="float64")
+    )
+    runs = before.groupby("group").size() if len(before) else pd.Series(dtype="int64")
+    pooled = pooled.reindex(cur.index)
+
+    def gap(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+        e = frame["expected"].where(frame["expected"] > 0)
+        return sign * (e - frame["observed"]) / e, np.sqrt(frame["variance"].clip(lower=0)) / e
+
+    g_now, sd_now = gap(cur)
+    g_past, sd_past = gap(pooled)
+    sd = np.sqrt(sd_now**2 + sd_past**2)
+    z = ((g_now - g_past) / sd).where(sd > 0)
+    out = pd.DataFrame(
+        {
+            "gap": g_now,
+            "gap_sd": sd_now,
+            "past_gap": g_past,
+            "past_sd": sd_past,
+            "past_runs": runs.reindex(cur.index).fillna(0).astype("int64"),
+            "z": z,
+            "p": norm.sf(z),
+        }
+    )
+    return out.rename_axis("group").reset_index()
+
+
 def customers_for_power(
     shortfall: float, variance: float, groups: int, alpha: float = 0.01, power: float = 0.8
 ) -> float:
@@ -404,6 +455,24 @@ def customers_for_power(
 
     z = float(norm.isf(alpha / groups) + norm.isf(1 - power))
     return float(variance * (z / shortfall) ** 2)
+
+
+def customers_for_excess(
+    effect: float, variance: float, alert: float, z: float = NOISE_Z, power: float = 0.8
+) -> float:
+    """Rows a rate check valued as its relative rise beyond the ``z`` noise interval
+    (``complaints_vs_past``: (now - past - z * sd) / past) needs to pass ``alert`` with
+    probability ``power`` when the true relative rise is ``effect``: ``variance`` is the
+    per-row variance of (now - past) / past (the squared interval's sd times the rows,
+    measured on a world). The value passes ``alert`` when the estimated rise minus ``z``
+    sd does, so sd must be below (effect - alert) / (z + the ``power`` quantile); rows =
+    variance / sd^2. Infinite when ``effect`` does not exceed ``alert``."""
+    from scipy.stats import norm
+
+    if effect <= alert:
+        return float("inf")
+    sd = (effect - alert) / (z + float(norm.isf(1 - power)))
+    return float(variance / sd**2)
 
 
 def peer_power(

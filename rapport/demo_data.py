@@ -1308,7 +1308,7 @@ def generate(
     say("building tables: interactions, campaign_log")
     interactions = _interactions_frame(sim.contacts, ids)
     if scenario is not None:
-        interactions = scenario.lose(interactions)
+        interactions = scenario.recorded(interactions, customers_frame)
     return DemoData(
         customers=customers_frame,
         orders=orders,

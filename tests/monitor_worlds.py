@@ -19,6 +19,7 @@ import pytest
 from sample_data import FAST_PARAMS
 
 if TYPE_CHECKING:
+    from models.alerts import Alerts
     from rapport.scenarios import Scenario
 
 #: the world ends here; the champions' holdout cutoff is TEST_CUTOFF (their labels end 90
@@ -36,11 +37,14 @@ PERIOD = 31
 TRAIN_CUSTOMERS = 20_000
 
 
-def train_world(home: Path, seed: int, customers: int = TRAIN_CUSTOMERS) -> None:
-    """A stable world in ``home`` with churn and value trained before the change: its
-    MLflow store serves a large world (``world_home(big, home)``)."""
+def train_world(
+    home: Path, seed: int, customers: int = TRAIN_CUSTOMERS, scenario: Scenario | None = None
+) -> None:
+    """A stable world in ``home`` (or one with a ``scenario`` from the start, such as
+    :func:`rapport.scenarios.standing_complaints`) with churn and value trained before the
+    change: its MLflow store serves a large world (``world_home(big, home)``)."""
     with world_home(home):
-        load_world(home, customers, seed, None)
+        load_world(home, customers, seed, scenario)
         train_before_change()
 
 
@@ -121,6 +125,9 @@ class Timeline:
     alerts: dict[datetime, pd.DataFrame] = field(default_factory=dict)
     #: monitoring date -> every check
     checks: dict[datetime, pd.DataFrame] = field(default_factory=dict)
+    #: monitoring date -> every check of the same run judged with ``monitor_monthly``'s
+    #: ``compare`` thresholds (empty without them)
+    compared: dict[datetime, pd.DataFrame] = field(default_factory=dict)
 
     def first_alert(self, kind: str, check: str | None = None) -> datetime | None:
         for when, found in sorted(self.alerts.items()):
@@ -133,11 +140,18 @@ class Timeline:
 
 
 def monitor_monthly(
-    scenario: str | None, dates: list[datetime] = MONITOR_AT, score_only: int = 0
+    scenario: str | None,
+    dates: list[datetime] = MONITOR_AT,
+    score_only: int = 0,
+    compare: Alerts | None = None,
+    thresholds: Alerts | None = None,
 ) -> Timeline:
     """Score as of each date, then monitor as of it (so the run of ``HORIZON`` days ago
     has just matured); the first ``score_only`` dates are scored, not monitored (a large
-    world's runs before the change only serve as the partly matured run of the next)."""
+    world's runs before the change only serve as the partly matured run of the next).
+    ``compare``: other thresholds each date is also monitored with, first (the same
+    scoring runs; ``Timeline.compared``); ``thresholds``: the ones judged with (default:
+    the shipped ones)."""
     from features.warehouse import connect
     from rapport.settings import get_settings
     from training import monitor
@@ -150,7 +164,10 @@ def monitor_monthly(
             score_all(con, when)
             if k < score_only:
                 continue
-            result = monitor.run(when, con=con, log_to_mlflow=False)
+            if compare is not None:
+                other = monitor.run(when, con=con, thresholds=compare, log_to_mlflow=False)
+                timeline.compared[when] = other.checks
+            result = monitor.run(when, con=con, thresholds=thresholds, log_to_mlflow=False)
             timeline.alerts[when] = result.alerts
             timeline.checks[when] = result.checks
     finally:

@@ -22,7 +22,12 @@ as of a date (default: the end of the data) and checks:
   same run (``active_vs_peers``: fewer buyers; ``complaints_vs_peers``: more complaints;
   one-sided tests, Holm-adjusted over the regions, :func:`models.monitoring.peer_shortfall`),
   which find a change in one region that the base dilutes and the holdout's capped sample
-  cannot resolve;
+  cannot resolve; once earlier runs' figures of a region are recorded (``monitor_peers``)
+  its gap is judged against its own pooled gap then (a difference in differences,
+  :func:`models.monitoring.gap_vs_past`), so a region that always differs does not page;
+  and the whole base's complaints per active customer against the windows of as many
+  days before the run's cutoff (``complaints_vs_past``: a change everywhere, which the
+  peers cancel);
 * both also per ABC tier and RFM segment (a group below ``min_rows`` never alerts);
   gaps and drops are judged as a change, beyond noise: a group's rate gap or coverage
   gap by how much it outgrew the champion's own gap for that group on its holdout
@@ -44,9 +49,10 @@ as of a date (default: the end of the data) and checks:
   feature and in all (any alerts by default: the two executions must agree).
 
 Each check is ``ok``, ``warn`` or ``alert`` by the thresholds (:mod:`models.alerts`).
-Results are appended to ``monitor_checks`` / ``monitor_runs`` / ``monitor_curves``
-(:mod:`features.tables.monitoring`), logged as one MLflow run in the ``rapport-monitoring``
-experiment, and written as a self-contained HTML report (:mod:`training.monitor_report`).
+Results are appended to ``monitor_checks`` / ``monitor_runs`` / ``monitor_curves`` /
+``monitor_peers`` (:mod:`features.tables.monitoring`), logged as one MLflow run in the
+``rapport-monitoring`` experiment, and written as a self-contained HTML report
+(:mod:`training.monitor_report`).
 """
 
 from __future__ import annotations
@@ -179,6 +185,8 @@ class _Checks:
         self.alerts = alerts
         self.rows: list[dict[str, Any]] = []
         self.curves: list[pd.DataFrame] = []
+        #: the region peer checks' figures per region (``monitor_peers`` rows)
+        self.peers: list[pd.DataFrame] = []
 
     def add(
         self,
@@ -596,7 +604,8 @@ def _partial(
     population's share is no expectation for it: a dormant segment buys a smaller share
     of its horizon in the first days than the whole base, and paged on every stable run)."""
     h_cut, h_rows = _holdout_scored(reference)
-    early = labels(con, sorted({run.as_of, h_cut}), days)
+    starts = _past_windows(run.as_of, days, c.alerts.past_windows)
+    early = labels(con, sorted({run.as_of, h_cut, *starts}), days)  # one pass over orders
     now = _elapsed(con, early, run.as_of, scored)
     now = now.merge(_complaints(con, run.as_of, days), on="customer_id", how="left")
     now = now.assign(complaints=now["complaints"].fillna(0.0), customer=1.0)
@@ -644,19 +653,91 @@ def _partial(
                 f"({len(held)} rows); beyond the 95% interval +-{half:.3f}",
                 len(part),
             )
+    _complaints_vs_past(c, con, early, starts, days, now, tag)
     if ATTRIBUTE in now.columns:
-        _peers(c, now, tag)
+        _peers(c, raw(con), run, days, now, tag)
 
 
-def _peers(c: _Checks, now: pd.DataFrame, tag: str) -> None:
+def _past_windows(cut: datetime, days: int, windows: int) -> list[datetime]:
+    """The starts of the ``windows`` windows of ``days`` just before ``cut``."""
+    return [cut - timedelta(days=days * k) for k in range(1, windows + 1)]
+
+
+def _complaints_vs_past(
+    c: _Checks,
+    con: Any,
+    lab: pd.DataFrame,
+    starts: list[datetime],
+    days: int,
+    now: pd.DataFrame,
+    tag: str,
+) -> None:
+    """The whole base's complaints per active customer in the elapsed days against the
+    same figure over the windows of as many days just before the cutoff (``starts``; each
+    window's active customers at its start in ``lab``, :func:`~training.datasets.labels`,
+    their complaints in it; pooled). A change everywhere (a tripled dropout hazard:
+    dissatisfaction complains long before the missing purchases add up) cancels between
+    regions, and a first-days ratio against a holdout of another season cannot see the
+    ~2% fewer buyers of one period (the season moves it more); the base's own recent past
+    can see its complaints. The value is the rise beyond the 95% interval of both rates
+    (delta method over customer-windows, taken as independent: approximate, since the
+    same customers recur, so the stable worlds of bench.monitor_alarms are its test) as a
+    share of the past rate; only a rise counts."""
+    if not starts:
+        return
+    windows = len(starts)
+    lab = lab[lab["active"]]
+    past: list[pd.Series] = []
+    for start in starts:
+        ids = lab[lab["as_of"] == pd.Timestamp(as_utc(start))][["customer_id"]]
+        if len(ids):
+            found = ids.merge(_complaints(con, start, days), on="customer_id", how="left")
+            past.append(found["complaints"].fillna(0.0))
+    counts = pd.concat(past, ignore_index=True) if past else pd.Series(dtype="float64")
+    if len(counts) < c.alerts.min_rows:
+        c.add(
+            "churn",
+            "complaints_vs_past",
+            "all",
+            NAN,
+            f"{tag}; {len(counts)} active customer-windows in the {windows} windows of "
+            f"{days} days before: not enough data to judge",
+            len(now),
+            judged=False,
+        )
+        return
+    rate, var = stats.ratio_variance(now["complaints"], np.ones(len(now)))
+    p_rate, p_var = stats.ratio_variance(counts, np.ones(len(counts)))
+    excess, half = stats.beyond_noise(max(rate - p_rate, 0.0), var, p_var)
+    c.add(
+        "churn",
+        "complaints_vs_past",
+        "all",
+        excess / p_rate if p_rate > 0 else NAN,
+        f"{tag}; complaints per active customer {rate:.4f} ({now['complaints'].sum():,.0f} "
+        f"complaints), {p_rate:.4f} in the {len(past)} windows of {days} days before "
+        f"({counts.sum():,.0f} over {len(counts):,} active customer-windows, from "
+        f"{min(starts):%Y-%m-%d}); {rate / p_rate - 1 if p_rate > 0 else NAN:+.1%}; beyond "
+        f"the 95% interval +-{half:.4f}",
+        len(now),
+    )
+
+
+def _peers(c: _Checks, db: Any, run: RunInfo, days: int, now: pd.DataFrame, tag: str) -> None:
     """Each region's elapsed days against the other regions' customers of the same churn
     risk in the same run (:func:`models.monitoring.peer_shortfall`, strata = deciles of
     the churn probability; each check of :data:`PEERS`): a change in one region, diluted
     in the base and too small for the holdout's capped sample to show, stands out against
     its peers, while season, campaigns and a base-wide bias cancel.
+    When earlier scoring runs' figures of the region were recorded (``monitor_peers``, up
+    to ``peer_history`` runs), the gap is judged against the region's own pooled gap then
+    (:func:`models.monitoring.gap_vs_past`, a difference in differences), so a region that
+    always differs from its peers does not page every run; else against the peers alone.
     The value is -log10 of the one-sided p-value, Holm-adjusted over the regions judged
-    (those with ``min_rows``), so the shipped 2.0 pages at a family-wise 1%."""
+    (those with ``min_rows``), so the shipped 2.0 pages at a family-wise 1%. The figures
+    are kept (:attr:`_Checks.peers`) for the next runs."""
     label = GROUP_LABEL[ATTRIBUTE]
+    keep = c.alerts.peer_history
     for name, (kind, done, predicted, excess) in PEERS.items():
         rows = now[now[predicted].notna()]
         if done not in rows.columns or not len(rows) or rows[ATTRIBUTE].nunique() < 2:
@@ -666,22 +747,45 @@ def _peers(c: _Checks, now: pd.DataFrame, tag: str) -> None:
         found = stats.peer_shortfall(y, rows[predicted], rows[ATTRIBUTE], by=risk)
         found[["observed", "expected"]] = found[["observed", "expected"]].abs()
         judged = found["rows"] >= c.alerts.min_rows
-        found["p_holm"] = stats.holm(found["p"].where(judged))
-        for r in found.itertuples():
+        c.peers.append(
+            found[["group", "rows", "observed", "expected", "variance"]].assign(
+                scoring_run=run.run_id,
+                scoring_as_of=pd.Timestamp(as_utc(run.as_of)),
+                days=days,
+                check=name,
+            )
+        )
+        past = tables.load_peer_history(db, name, run.as_of, keep)
+        did = stats.gap_vs_past(found, past, excess).set_index("group")
+        own = did["past_runs"].reindex(found["group"]).fillna(0).to_numpy() > 0
+        p = found["p"].where(~own, did["p"].reindex(found["group"]).to_numpy())
+        found["p_holm"] = stats.holm(p.where(judged))
+        when = past.groupby("group")["scoring_as_of"].agg(list).to_dict() if len(past) else {}
+        for r, mine in zip(found.itertuples(), own, strict=True):
             # -log10(1) is -0.0: + 0.0 makes it print as 0
             surprise = -np.log10(max(r.p_holm, 1e-300)) + 0.0 if np.isfinite(r.p_holm) else 0.0
-            c.add(
-                kind,
-                name,
-                f"{label} {r.group}",
-                surprise,
+            relative = r.observed / r.expected - 1 if r.expected else NAN
+            detail = (
                 f"{tag}; {done} {r.observed:,.1f} against {r.expected:,.1f} from customers "
-                f"of the same churn risk in the other {label}s "
-                f"({r.observed / r.expected - 1 if r.expected else NAN:+.1%}); z {r.z:.2f}, "
-                f"one-sided p {r.p:.2g}, Holm over "
-                f"{int(judged.sum())} {label}s {r.p_holm:.2g}",
-                int(r.rows),
+                f"of the same churn risk in the other {label}s ({relative:+.1%})"
             )
+            if mine:
+                d = did.loc[r.group]
+                dates = ", ".join(f"{pd.Timestamp(t):%Y-%m-%d}" for t in when[r.group])
+                sign = 1.0 if excess else -1.0
+                detail += (
+                    f"; against its own gap in {int(d['past_runs'])} earlier run(s) ({dates}): "
+                    f"{sign * d['past_gap']:+.1%} (sd {d['past_sd']:.1%}) then, "
+                    f"{sign * d['gap']:+.1%} (sd {d['gap_sd']:.1%}) now (difference in "
+                    f"differences); z {d['z']:.2f}, one-sided p {d['p']:.2g}"
+                )
+            else:
+                detail += (
+                    f"; against the peers of this run only (no earlier run of the {label} "
+                    f"recorded); z {r.z:.2f}, one-sided p {r.p:.2g}"
+                )
+            detail += f", Holm over {int(judged.sum())} {label}s {r.p_holm:.2g}"
+            c.add(kind, name, f"{label} {r.group}", surprise, detail, int(r.rows))
 
 
 # --------------------------------------------------------------------------- drift
@@ -1136,6 +1240,11 @@ def _run(
         },
         frame,
         curves,
+        pd.concat(c.peers, ignore_index=True).assign(
+            run_id=run_id, checked_at=pd.Timestamp(checked_at)
+        )
+        if c.peers
+        else None,
     )
     return result
 

@@ -8,7 +8,11 @@
   ``value``, ``threshold`` (the alert bound, null for figures shown without one),
   ``level`` (ok, warn, alert) and ``detail`` (the scoring run and context, plain text);
 * ``monitor_runs``: one row per monitoring run (as of, scoring runs read, counts, report);
-* ``monitor_curves``: the points of calibration curves, PIT histograms and drift bins.
+* ``monitor_curves``: the points of calibration curves, PIT histograms and drift bins;
+* ``monitor_peers``: per region peer check of a partly matured scoring run, what its
+  customers did and what same-risk peers predicted (``observed``, ``expected`` and the
+  ``variance`` of their difference, counts as positive sizes): the region's own history
+  that the next runs' peer checks judge their gap against (:func:`load_peer_history`).
 
 History is never overwritten. Reading needs only a read-only connection.
 """
@@ -25,6 +29,7 @@ from features.warehouse import table_names, transaction
 CHECKS = "monitor_checks"
 RUNS = "monitor_runs"
 CURVES = "monitor_curves"
+PEERS = "monitor_peers"
 
 CHECKS_DDL = f"""CREATE TABLE IF NOT EXISTS {CHECKS} (
     run_id VARCHAR, checked_at TIMESTAMPTZ, kind VARCHAR, "check" VARCHAR, subject VARCHAR,
@@ -39,6 +44,24 @@ CURVES_DDL = f"""CREATE TABLE IF NOT EXISTS {CURVES} (
     run_id VARCHAR, checked_at TIMESTAMPTZ, curve VARCHAR, subject VARCHAR,
     scoring_run VARCHAR, x DOUBLE, y DOUBLE, expected DOUBLE, n BIGINT
 )"""
+PEERS_DDL = f"""CREATE TABLE IF NOT EXISTS {PEERS} (
+    run_id VARCHAR, checked_at TIMESTAMPTZ, scoring_run VARCHAR, scoring_as_of TIMESTAMPTZ,
+    days BIGINT, "check" VARCHAR, "group" VARCHAR, rows BIGINT, observed DOUBLE,
+    expected DOUBLE, variance DOUBLE
+)"""
+PEER_COLUMNS = (
+    "run_id",
+    "checked_at",
+    "scoring_run",
+    "scoring_as_of",
+    "days",
+    "check",
+    "group",
+    "rows",
+    "observed",
+    "expected",
+    "variance",
+)
 CHECK_COLUMNS = (
     "run_id",
     "checked_at",
@@ -80,13 +103,22 @@ def _append(db: Any, table: str, frame: pd.DataFrame, columns: tuple[str, ...]) 
         db.unregister("monitor_rows")
 
 
-def record(db: Any, run: dict[str, Any], checks: pd.DataFrame, curves: pd.DataFrame) -> None:
-    """Append one monitoring run (its row, checks and curves) in one transaction."""
+def record(
+    db: Any,
+    run: dict[str, Any],
+    checks: pd.DataFrame,
+    curves: pd.DataFrame,
+    peers: pd.DataFrame | None = None,
+) -> None:
+    """Append one monitoring run (its row, checks, curves and peer figures) in one
+    transaction."""
     with transaction(db):
-        for ddl in (CHECKS_DDL, RUNS_DDL, CURVES_DDL):
+        for ddl in (CHECKS_DDL, RUNS_DDL, CURVES_DDL, PEERS_DDL):
             db.execute(ddl)
         _append(db, CHECKS, checks, CHECK_COLUMNS)
         _append(db, CURVES, curves, CURVE_COLUMNS)
+        if peers is not None:
+            _append(db, PEERS, peers, PEER_COLUMNS)
         db.execute(
             f"INSERT INTO {RUNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -112,3 +144,26 @@ def load_checks(db: Any, run_id: str | None = None) -> pd.DataFrame:
     where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
     query = db.execute(f"SELECT * FROM {CHECKS} {where} ORDER BY checked_at", params)
     return query.to_arrow_table().to_pandas()
+
+
+def load_peer_history(db: Any, check: str, before: Any, runs: int) -> pd.DataFrame:
+    """The figures of ``check`` (``group, scoring_run, scoring_as_of, days, observed,
+    expected, variance``) for the latest ``runs`` scoring runs with a cutoff before
+    ``before`` (a scoring run judged by several monitoring runs counts once, as last
+    judged); empty when none was recorded."""
+    columns = ["group", "scoring_run", "scoring_as_of", "days", "observed", "expected", "variance"]
+    if runs < 1 or PEERS not in table_names(db):
+        return pd.DataFrame(columns=columns)
+    query = f"""
+        WITH last AS (
+            SELECT *, row_number() OVER (
+                PARTITION BY scoring_run, "group" ORDER BY checked_at DESC) AS k
+            FROM {PEERS} WHERE "check" = ? AND scoring_as_of < ?
+        ), kept AS (
+            SELECT DISTINCT scoring_run, scoring_as_of FROM last
+            ORDER BY scoring_as_of DESC LIMIT ?
+        )
+        SELECT {", ".join(f'last."{c}"' for c in columns)} FROM last
+        JOIN kept USING (scoring_run) WHERE k = 1 ORDER BY scoring_as_of, "group"
+    """
+    return db.execute(query, [check, before, runs]).to_arrow_table().to_pandas()

@@ -96,3 +96,21 @@ def test_region_peer_check_is_shipped_and_validated_like_the_others() -> None:
     line = _line_of(text, "active_vs_peers")
     assert f"line {line}: churn.active_vs_peers" in str(err.value)
     assert "must not exceed alert" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "shipped", "bad"),
+    [("peer_history", 3, "-1"), ("peer_history", 3, "two"), ("past_windows", 3, "25")],
+)
+def test_history_lengths_are_shipped_and_validated(key: str, shipped: int, bad: str) -> None:
+    """How many earlier runs the region peer checks pool (0 = the peers of one run only)
+    and how many earlier windows ``complaints_vs_past`` compares with: whole numbers in
+    0..24, a bad one names its line."""
+    assert getattr(load_alerts(), key) == shipped
+    assert getattr(parse_alerts(SHIPPED.replace(f"{key}: 3", f"{key}: 0", 1)), key) == 0
+    text = SHIPPED.replace(f"{key}: 3", f"{key}: {bad}", 1)
+    with pytest.raises(AlertsError) as err:
+        parse_alerts(text, "mine.yaml")
+    assert f"mine.yaml:line {_line_of(text, f'{key}: {bad}')}: {key}" in str(err.value)
+    rise = load_alerts().threshold("churn", "complaints_vs_past")
+    assert (rise.level(0.1), rise.level(0.3), rise.level(0.6)) == ("ok", "warn", "alert")

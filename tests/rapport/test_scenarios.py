@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import numpy as np
+import pytest
 
 from rapport.demo_data import REGIONS, _Population
 from rapport.scenarios import scenarios
@@ -46,3 +47,31 @@ def test_region_hazard_doubles_the_hazard_of_north_only() -> None:
     h0 = everyone.h0.copy()
     scenarios(start)["hazard"].change(everyone)
     assert np.allclose(everyone.h0, 3 * h0)
+
+
+def test_standing_complaints_repeat_one_regions_complaints_from_the_start() -> None:
+    """North's complaints recorded ~1.5x as often over the whole history, nothing else:
+    the other regions' interactions, north's other kinds, orders and customers are the
+    unchanged world's; every interaction keeps a unique id."""
+    from rapport.demo_data import DemoData, generate
+    from rapport.scenarios import standing_complaints
+
+    end = datetime(2026, 6, 1, tzinfo=UTC)
+    same = generate(4000, seed=2, end=end)
+    more = generate(4000, seed=2, end=end, scenario=standing_complaints(1.5))
+
+    def per_region(data: DemoData) -> dict[tuple[str, str], int]:
+        i = data.interactions.merge(data.customers[["customer_id", "region"]], on="customer_id")
+        return i.groupby(["region", "kind"]).size().to_dict()
+
+    before, after = per_region(same), per_region(more)
+    for (region, kind), count in before.items():
+        if (region, kind) == ("north", "complaint"):
+            assert after[(region, kind)] == pytest.approx(1.5 * count, rel=0.15)
+        else:
+            assert after[(region, kind)] == count
+    assert more.interactions["interaction_id"].is_unique
+    assert more.orders.equals(same.orders) and more.customers.equals(same.customers)
+    assert more.interactions["occurred_at"].is_monotonic_increasing
+    with pytest.raises(ValueError, match="complaint_factor"):
+        generate(100, seed=2, end=end, scenario=standing_complaints(0.5))
