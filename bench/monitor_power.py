@@ -240,29 +240,38 @@ def main(argv: list[str] | None = None) -> None:
             f"{len(found)}"
         )
         if effect > 0:  # the direction the check tests
-            need = stats.customers_for_power(effect, variance, regions, alpha=0.01, power=0.8)
-            power = stats.peer_power(effect, variance, rows, regions, alpha=0.01)
+            here, need, world = _power(effect, variance, rows, regions, args.customers)
             line += (
-                f"; predicted power here {power:.0%}; 80% power at Holm 1% over {regions} "
-                f"regions from {need:,.0f} active in the region (~"
-                f"{need / rows * args.customers:,.0f} customers in a world like these)"
+                f"; predicted power here {here:.0%}; 80% power at Holm 1% over {regions} "
+                f"regions from {need:,.0f} active in the region (~{world:,.0f} customers in a "
+                "world like these)"
             )
             extra = float(np.mean([f["did_extra"] for f in found]))
             if check == "complaints_vs_peers" and extra > 0:
                 runs = float(np.mean([f["did_runs"] for f in found]))
                 did = variance * (1 + extra)
-                need = stats.customers_for_power(effect, did, regions, alpha=0.01, power=0.8)
-                power = stats.peer_power(effect, did, rows, regions, alpha=0.01)
+                here, need, world = _power(effect, did, rows, regions, args.customers)
                 line += (
                     f"; against the region's own past ({runs:.1f} earlier runs, variance "
-                    f"x{1 + extra:.2f}): predicted power here {power:.0%}, 80% from "
-                    f"{need:,.0f} active (~{need / rows * args.customers:,.0f} customers)"
+                    f"x{1 + extra:.2f}): predicted power here {here:.0%}, 80% from "
+                    f"{need:,.0f} active (~{world:,.0f} customers)"
                 )
         print(line)
     print(
         f"stable world: {stable_paging}/{stable_runs} monitoring runs page (any check); "
         f"{stable_peer} region peer alerts (active_vs_peers, complaints_vs_peers)"
     )
+
+
+def _power(
+    effect: float, variance: float, rows: float, regions: int, customers: int
+) -> tuple[float, float, float]:
+    """The peer check's predicted power with ``rows`` active customers in the region, the
+    active customers 80% power needs (Holm 1% over ``regions``), and the world's customers
+    that many active ones take (in proportion to these worlds of ``customers``)."""
+    need = stats.customers_for_power(effect, variance, regions, alpha=0.01, power=0.8)
+    here = stats.peer_power(effect, variance, rows, regions, alpha=0.01)
+    return here, need, need / rows * customers
 
 
 if __name__ == "__main__":
