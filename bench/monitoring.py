@@ -95,14 +95,10 @@ def _worlds() -> Any:
     return monitor_worlds
 
 
-def _utc(when: Any) -> pd.Timestamp:
-    stamp = pd.Timestamp(when)
-    return stamp.tz_convert("UTC") if stamp.tzinfo else stamp.tz_localize("UTC")
-
-
 def world(customers: int, root: Path, log_to_mlflow: bool) -> None:
     """Build (or reuse) the worlds under ``root`` and time one ``monitor.run``."""
     from features.tables.scores import latest_run, load_scores
+    from features.timeutil import as_utc
     from features.warehouse import connect, raw, table_names
     from rapport.settings import get_settings
     from training.scoring import score_all
@@ -132,8 +128,8 @@ def world(customers: int, root: Path, log_to_mlflow: bool) -> None:
                 if "score_runs" in (table_names(db))
                 else []
             )
-            scored = {_utc(t) for (t,) in runs}
-            missing = [w for w in (matured, partial, latest) if _utc(w) not in scored]
+            scored = {as_utc(t) for (t,) in runs}
+            missing = [w for w in (matured, partial, latest) if as_utc(w) not in scored]
             for when in missing:
                 score_all(con, when)
         finally:

@@ -78,6 +78,8 @@ class ImpactRun:
     counts: dict[str, int]
     notes: list[str] = field(default_factory=list)
     mlflow_run_id: str | None = None
+    #: appended to the warehouse (:meth:`record`); a measure alone writes nothing
+    recorded: bool = False
 
     def summary(self) -> str:
         c = self.counts
@@ -135,7 +137,8 @@ class ImpactRun:
                 f"{o['decisions']:,.0f} treated decisions"
             )
         lines.extend(f"  note: {n}" for n in self.notes)
-        lines.append(f"  appended to `{IMPACT}` and `{IMPACT_ACTIONS}` (run {self.run_id})")
+        if self.recorded:
+            lines.append(f"  appended to `{IMPACT}` and `{IMPACT_ACTIONS}` (run {self.run_id})")
         return "\n".join(lines)
 
     def record(self, con: Any, log_to_mlflow: bool = True) -> ImpactRun:
@@ -148,6 +151,7 @@ class ImpactRun:
         with transaction(db):
             append(db, IMPACT, self.table.assign(**stamps))
             append(db, IMPACT_ACTIONS, self.actions.assign(**stamps))
+        self.recorded = True
         if log_to_mlflow:
             self.mlflow_run_id = _log_mlflow(self)
         return self

@@ -102,7 +102,12 @@ def test_impact_measures_the_known_value_appends_and_logs(home: Path) -> None:
         assert "no nba champion" in " ".join(result.notes)
         assert result.mlflow_run_id
         again = impact.measure(con, decisions=decisions, by="action")
+        assert "appended" not in again.summary()  # measured only: nothing written yet
+        assert history(raw(con)).run_id.nunique() == 1
         again.record(con, log_to_mlflow=False)
+        assert f"appended to `impact` and `impact_actions` (run {again.run_id})" in (
+            again.summary()
+        )
         assert len(again.table) > 3 and "not a randomised comparison" in " ".join(again.notes)
         runs = history(raw(con))
         assert runs.run_id.nunique() == 2 and set(runs["by"]) == {"", "action"}
