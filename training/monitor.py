@@ -685,6 +685,13 @@ def _complaints_vs_past(
     share of the past rate; only a rise counts."""
     if not starts:
         return
+    # an export whose interactions begin later has no complaints before: such windows
+    # would read as quiet ones and make any complaints now look like a rise
+    table = con.table(INTERACTIONS.name)
+    first = con.execute(table.occurred_at.min())
+    recorded = [s for s in starts if first is not None and pd.Timestamp(as_utc(s)) >= first]
+    skipped = len(starts) - len(recorded)
+    starts = recorded
     windows = len(starts)
     lab = lab[lab["active"]]
     past: list[pd.Series] = []
@@ -694,16 +701,18 @@ def _complaints_vs_past(
             found = ids.merge(_complaints(con, start, days), on="customer_id", how="left")
             past.append(found["complaints"].fillna(0.0))
     counts = pd.concat(past, ignore_index=True) if past else pd.Series(dtype="float64")
+    before = f" ({skipped} window(s) before the first recorded interaction left out)"
+    unjudged = None
     if len(counts) < c.alerts.min_rows:
+        unjudged = (
+            f"{len(counts)} active customer-windows in the {windows} windows of {days} days "
+            f"before{before if skipped else ''}: not enough data to judge"
+        )
+    elif counts.sum() + now["complaints"].sum() == 0:
+        unjudged = "no complaints recorded, now or before: nothing to judge"
+    if unjudged is not None:
         c.add(
-            "churn",
-            "complaints_vs_past",
-            "all",
-            NAN,
-            f"{tag}; {len(counts)} active customer-windows in the {windows} windows of "
-            f"{days} days before: not enough data to judge",
-            len(now),
-            judged=False,
+            "churn", "complaints_vs_past", "all", NAN, f"{tag}; {unjudged}", len(now), judged=False
         )
         return
     rate, var = stats.ratio_variance(now["complaints"], np.ones(len(now)))
@@ -717,8 +726,9 @@ def _complaints_vs_past(
         f"{tag}; complaints per active customer {rate:.4f} ({now['complaints'].sum():,.0f} "
         f"complaints), {p_rate:.4f} in the {len(past)} windows of {days} days before "
         f"({counts.sum():,.0f} over {len(counts):,} active customer-windows, from "
-        f"{min(starts):%Y-%m-%d}); {rate / p_rate - 1 if p_rate > 0 else NAN:+.1%}; beyond "
-        f"the 95% interval +-{half:.4f}",
+        f"{min(starts):%Y-%m-%d}{before if skipped else ''}); "
+        f"{rate / p_rate - 1 if p_rate > 0 else NAN:+.1%}; beyond the 95% interval "
+        f"+-{half:.4f}",
         len(now),
     )
 
