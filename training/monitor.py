@@ -617,12 +617,57 @@ def _partial(
         f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d}), {days} of {horizon} days elapsed; "
         f"holdout {h_cut:%Y-%m-%d}"
     )
+    history = {check: _own_history(c, raw(con), run, check, days) for check in EARLY}
     for subject, part in _subjects(now, columns, groups):
         if not len(part):
             continue
         past = base.get(subject)
         for check, (kind, done, predicted) in EARLY.items():
             if part[predicted].isna().all():
+                continue
+            ratio, var = stats.ratio_variance(part[done], part[predicted])
+            known = part[done].notna() & part[predicted].notna()
+            total = float(part.loc[known, predicted].sum())
+            mine = pd.DataFrame(
+                {
+                    "group": [subject],
+                    "rows": [int(known.sum())],
+                    "observed": [ratio * total],
+                    "expected": [total],
+                    "variance": [var * total**2],
+                }
+            )
+            c.peers.append(
+                mine.assign(
+                    scoring_run=run.run_id,
+                    scoring_as_of=pd.Timestamp(as_utc(run.as_of)),
+                    days=days,
+                    check=check,
+                )
+            )
+            figures = (
+                f"{tag}; {done} {part[done].sum():,.1f} per predicted {predicted} "
+                f"{total:,.1f} = {ratio:.3f}"
+            )
+            own = history[check]
+            own = own[own["group"] == subject]
+            if own["rows"].sum() >= c.alerts.min_rows:
+                d = stats.gap_vs_past(mine, own).iloc[0]
+                then = 1.0 - d["past_gap"]
+                excess, half = stats.beyond_noise(
+                    max(d["gap"] - d["past_gap"], 0.0), d["gap_sd"] ** 2, d["past_sd"] ** 2
+                )
+                dates = ", ".join(f"{pd.Timestamp(t):%Y-%m-%d}" for t in own["scoring_as_of"])
+                c.add(
+                    kind,
+                    check,
+                    subject,
+                    excess / then if then > 0 else NAN,
+                    f"{figures}, against its own {then:.3f} over the first days of "
+                    f"{len(own)} earlier run(s) of the same champion ({dates}; "
+                    f"scaled pro rata to {days} days); beyond the 95% interval +-{half:.3f}",
+                    len(part),
+                )
                 continue
             held = (  # holdout rows of the group the champion scored
                 past[past[predicted].notna()] if past is not None else past
@@ -633,29 +678,57 @@ def _partial(
                     check,
                     subject,
                     NAN,
-                    f"{tag}; holdout has {0 if held is None else len(held)} rows of it "
-                    f"< min_rows {c.alerts.min_rows}: its first-days share is not measured, "
+                    f"{tag}; no earlier run of it recorded, and the holdout has "
+                    f"{0 if held is None else len(held)} rows of it < min_rows "
+                    f"{c.alerts.min_rows}: its first-days share is not measured, "
                     "not enough data to judge",
                     len(part),
                     judged=False,
                 )
                 continue
-            ratio, var = stats.ratio_variance(part[done], part[predicted])
             h_ratio, h_var = stats.ratio_variance(held[done], held[predicted])
             excess, half = stats.beyond_noise(max(h_ratio - ratio, 0.0), var, h_var)
+            whole = subject == "all"
             c.add(
                 kind,
                 check,
                 subject,
                 excess / h_ratio if h_ratio > 0 else NAN,
-                f"{tag}; {done} {part[done].sum():,.1f} per predicted {predicted} "
-                f"{part[predicted].sum():,.1f} = {ratio:.3f}, holdout {h_ratio:.3f} "
-                f"({len(held)} rows); beyond the 95% interval +-{half:.3f}",
+                f"{figures}, holdout {h_ratio:.3f} ({len(held)} rows); beyond the 95% "
+                f"interval +-{half:.3f}"
+                + (
+                    ""
+                    if whole
+                    else "; no earlier run of it recorded: against the holdout (another "
+                    "season, campaign phase and segment fit), warns at most"
+                ),
                 len(part),
+                cap=None if whole else "warn",
             )
     _complaints_vs_past(c, con, early, starts, days, now, tag)
     if ATTRIBUTE in now.columns:
         _peers(c, raw(con), run, days, now, tag)
+
+
+def _own_history(c: _Checks, db: Any, run: RunInfo, check: str, days: int) -> pd.DataFrame:
+    """The figures of ``check`` (:data:`EARLY`) recorded for up to ``peer_history`` earlier
+    partly matured scoring runs (``monitor_peers``, :func:`~features.tables.monitoring.
+    load_peer_history`) scored by the same champion as ``run`` (another model's
+    predictions make another ratio), scaled pro rata to ``days`` elapsed days (monthly
+    runs are judged after 28 to 31 days: exact for the expected spend and for rare
+    buyers, within ``days / their days`` for frequent ones; ~3% between months)."""
+    past = tables.load_peer_history(db, check, run.as_of, c.alerts.peer_history)
+    if not len(past):
+        return past
+    kind = EARLY[check][0]
+    same = {
+        s
+        for s in past["scoring_run"].unique()
+        if latest_run(db, s).versions.get(kind) == run.versions.get(kind)
+    }
+    past = past[past["scoring_run"].isin(same)]
+    scale = days / past["days"].astype("float64")
+    return past.assign(observed=past["observed"] * scale, variance=past["variance"] * scale**2)
 
 
 def _past_windows(cut: datetime, days: int, windows: int) -> list[datetime]:

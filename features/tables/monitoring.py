@@ -147,11 +147,20 @@ def load_checks(db: Any, run_id: str | None = None) -> pd.DataFrame:
 
 
 def load_peer_history(db: Any, check: str, before: Any, runs: int) -> pd.DataFrame:
-    """The figures of ``check`` (``group, scoring_run, scoring_as_of, days, observed,
-    expected, variance``) for the latest ``runs`` scoring runs with a cutoff before
+    """The figures of ``check`` (``group, scoring_run, scoring_as_of, days, rows,
+    observed, expected, variance``) for the latest ``runs`` scoring runs with a cutoff before
     ``before`` (a scoring run judged by several monitoring runs counts once, as last
     judged); empty when none was recorded."""
-    columns = ["group", "scoring_run", "scoring_as_of", "days", "observed", "expected", "variance"]
+    columns = [
+        "group",
+        "scoring_run",
+        "scoring_as_of",
+        "days",
+        "rows",
+        "observed",
+        "expected",
+        "variance",
+    ]
     if runs < 1 or PEERS not in table_names(db):
         return pd.DataFrame(columns=columns)
     query = f"""
