@@ -59,7 +59,8 @@ class ChurnThresholds(BaseModel):
     calibration_error: Threshold
     rate_gap: Threshold
     #: partly matured run: (holdout's - run's) share of the expected buyers who bought in
-    #: the elapsed days, beyond noise, over the holdout's (see ``partial_days``)
+    #: the elapsed days, beyond noise, over the holdout's (see ``partial_days``); a group
+    #: other than the base warns at most, against its own earlier runs once recorded
     active_shortfall: Threshold = Threshold(warn=0.05, alert=0.10)
     #: partly matured run, per region: -log10 of the Holm-adjusted one-sided p-value that
     #: its customers bought less in the elapsed days than same-risk customers elsewhere
@@ -77,7 +78,7 @@ class ValueThresholds(BaseModel):
     total_error: Threshold
     spearman_drop: Threshold
     #: partly matured run: (holdout's - run's) revenue in the elapsed days per unit of
-    #: predicted horizon value, beyond noise, over the holdout's
+    #: predicted horizon value, beyond noise, over the holdout's (a group: as above)
     revenue_shortfall: Threshold = Threshold(warn=0.05, alert=0.10)
 
 
@@ -136,7 +137,8 @@ class Alerts(BaseModel):
     partial_days: int = Field(default=28, ge=1)
     #: the region peer checks judge a region's gap to its peers against its own gap in up
     #: to this many earlier scoring runs (pooled) when any was monitored; 0 = against the
-    #: peers of the same run only
+    #: peers of the same run only. A group's first-days ratio (``*_shortfall``) likewise
+    #: against its own in up to this many earlier runs (0 = the holdout's only)
     peer_history: int = Field(default=3, ge=0, le=24)
     #: the base's complaints in a partly matured run's elapsed days are compared with this
     #: many windows of as many days just before its cutoff; 0 = not checked

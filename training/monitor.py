@@ -28,6 +28,9 @@ as of a date (default: the end of the data) and checks:
   and the whole base's complaints per active customer against the windows of as many
   days before the run's cutoff (``complaints_vs_past``: a change everywhere, which the
   peers cancel);
+  a tier, segment or region's first-days ratio warns at most (it moves with the season,
+  between monthly runs too), judged against its own ratio in earlier partly matured runs
+  of the same champion once recorded (``monitor_peers``), else against the holdout's;
 * both also per ABC tier and RFM segment (a group below ``min_rows`` never alerts);
   gaps and drops are judged as a change, beyond noise: a group's rate gap or coverage
   gap by how much it outgrew the champion's own gap for that group on its holdout
@@ -527,6 +530,11 @@ PEERS: dict[str, tuple[str, str, str, bool]] = {
     "active_vs_peers": ("churn", "bought", "expected_buyer", False),
     "complaints_vs_peers": ("churn", "complaints", "customer", True),
 }
+#: why a group's first-days ratio (a tier, segment or region; not the base) warns at most
+GROUP_WARNS = (
+    "a group's first-days ratio warns at most (it moves with the season, between runs "
+    "too; a region's own change pages in active_vs_peers / complaints_vs_peers)"
+)
 #: the interactions counted as ``complaints`` in a run's elapsed days
 COMPLAINT = "complaint"
 
@@ -602,7 +610,14 @@ def _partial(
     base, per ABC tier, RFM segment and region. A group the holdout has fewer than
     ``min_rows`` of has no measured first-days share: it is shown, not judged (another
     population's share is no expectation for it: a dormant segment buys a smaller share
-    of its horizon in the first days than the whole base, and paged on every stable run)."""
+    of its horizon in the first days than the whole base, and paged on every stable run).
+
+    Only the base pages. A group's figures are kept (``monitor_peers``) and, once earlier
+    runs of it are recorded (:func:`_own_history`), it is judged against its own pooled
+    first days then (:func:`models.monitoring.gap_vs_past`), else against the holdout;
+    either way it warns at most (:data:`GROUP_WARNS`): on the million-customer stable
+    world a segment's ratio differs several-fold from the holdout's and moves 10-50%
+    between monthly runs against a sampling interval of +-1-3%."""
     h_cut, h_rows = _holdout_scored(reference)
     starts = _past_windows(run.as_of, days, c.alerts.past_windows)
     early = labels(con, sorted({run.as_of, h_cut, *starts}), days)  # one pass over orders
@@ -617,12 +632,65 @@ def _partial(
         f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d}), {days} of {horizon} days elapsed; "
         f"holdout {h_cut:%Y-%m-%d}"
     )
+    history = {check: _own_history(c, raw(con), run, check, days) for check in EARLY}
     for subject, part in _subjects(now, columns, groups):
         if not len(part):
             continue
         past = base.get(subject)
         for check, (kind, done, predicted) in EARLY.items():
             if part[predicted].isna().all():
+                continue
+            ratio, var = stats.ratio_variance(part[done], part[predicted])
+            known = part[done].notna() & part[predicted].notna()
+            total = float(part.loc[known, predicted].sum())
+            mine = pd.DataFrame(
+                {
+                    "group": [subject],
+                    "rows": [int(known.sum())],
+                    "observed": [ratio * total],
+                    "expected": [total],
+                    "variance": [var * total**2],
+                }
+            )
+            c.peers.append(
+                mine.assign(
+                    scoring_run=run.run_id,
+                    scoring_as_of=pd.Timestamp(as_utc(run.as_of)),
+                    days=days,
+                    check=check,
+                )
+            )
+            figures = (
+                f"{tag}; {done} {part[done].sum():,.1f} per predicted {predicted} "
+                f"{total:,.1f} = {ratio:.3f}"
+            )
+            whole = subject == "all"
+            # a group other than the base warns at most: on a stable world of a million its
+            # first-days ratio moves 10-50% between monthly runs (season, campaign phase,
+            # the segments refitted on each batch) against a sampling interval of +-1-3%,
+            # as it differs from the holdout's of another season (bench.monitoring)
+            cap: Level | None = None if whole else "warn"
+            own = history[check]
+            own = own[own["group"] == subject]
+            if not whole and own["rows"].sum() >= c.alerts.min_rows:
+                d = stats.gap_vs_past(mine, own).iloc[0]
+                then = 1.0 - d["past_gap"]
+                excess, half = stats.beyond_noise(
+                    max(d["gap"] - d["past_gap"], 0.0), d["gap_sd"] ** 2, d["past_sd"] ** 2
+                )
+                dates = ", ".join(f"{pd.Timestamp(t):%Y-%m-%d}" for t in own["scoring_as_of"])
+                c.add(
+                    kind,
+                    check,
+                    subject,
+                    excess / then if then > 0 else NAN,
+                    f"{figures}, against its own {then:.3f} over the first days of "
+                    f"{len(own)} earlier run(s) of the same champion ({dates}; "
+                    f"scaled pro rata to {days} days); beyond the 95% interval +-{half:.3f}; "
+                    f"{GROUP_WARNS}",
+                    len(part),
+                    cap=cap,
+                )
                 continue
             held = (  # holdout rows of the group the champion scored
                 past[past[predicted].notna()] if past is not None else past
@@ -633,14 +701,14 @@ def _partial(
                     check,
                     subject,
                     NAN,
-                    f"{tag}; holdout has {0 if held is None else len(held)} rows of it "
-                    f"< min_rows {c.alerts.min_rows}: its first-days share is not measured, "
+                    f"{tag}; no earlier run of it recorded, and the holdout has "
+                    f"{0 if held is None else len(held)} rows of it < min_rows "
+                    f"{c.alerts.min_rows}: its first-days share is not measured, "
                     "not enough data to judge",
                     len(part),
                     judged=False,
                 )
                 continue
-            ratio, var = stats.ratio_variance(part[done], part[predicted])
             h_ratio, h_var = stats.ratio_variance(held[done], held[predicted])
             excess, half = stats.beyond_noise(max(h_ratio - ratio, 0.0), var, h_var)
             c.add(
@@ -648,14 +716,36 @@ def _partial(
                 check,
                 subject,
                 excess / h_ratio if h_ratio > 0 else NAN,
-                f"{tag}; {done} {part[done].sum():,.1f} per predicted {predicted} "
-                f"{part[predicted].sum():,.1f} = {ratio:.3f}, holdout {h_ratio:.3f} "
-                f"({len(held)} rows); beyond the 95% interval +-{half:.3f}",
+                f"{figures}, holdout {h_ratio:.3f} ({len(held)} rows); beyond the 95% "
+                f"interval +-{half:.3f}"
+                + ("" if whole else f"; no earlier run of it recorded; {GROUP_WARNS}"),
                 len(part),
+                cap=cap,
             )
     _complaints_vs_past(c, con, early, starts, days, now, tag)
     if ATTRIBUTE in now.columns:
         _peers(c, raw(con), run, days, now, tag)
+
+
+def _own_history(c: _Checks, db: Any, run: RunInfo, check: str, days: int) -> pd.DataFrame:
+    """The figures of ``check`` (:data:`EARLY`) recorded for up to ``peer_history`` earlier
+    partly matured scoring runs (``monitor_peers``, :func:`~features.tables.monitoring.
+    load_peer_history`) scored by the same champion as ``run`` (another model's
+    predictions make another ratio), scaled pro rata to ``days`` elapsed days (monthly
+    runs are judged after 28 to 31 days: exact for the expected spend and for rare
+    buyers, within ``days / their days`` for frequent ones; ~3% between months)."""
+    past = tables.load_peer_history(db, check, run.as_of, c.alerts.peer_history)
+    if not len(past):
+        return past
+    kind = EARLY[check][0]
+    same = {
+        s
+        for s in past["scoring_run"].unique()
+        if latest_run(db, s).versions.get(kind) == run.versions.get(kind)
+    }
+    past = past[past["scoring_run"].isin(same)]
+    scale = days / past["days"].astype("float64")
+    return past.assign(observed=past["observed"] * scale, variance=past["variance"] * scale**2)
 
 
 def _past_windows(cut: datetime, days: int, windows: int) -> list[datetime]:

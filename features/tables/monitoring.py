@@ -12,7 +12,11 @@
 * ``monitor_peers``: per region peer check of a partly matured scoring run, what its
   customers did and what same-risk peers predicted (``observed``, ``expected`` and the
   ``variance`` of their difference, counts as positive sizes): the region's own history
-  that the next runs' peer checks judge their gap against (:func:`load_peer_history`).
+  that the next runs' peer checks judge their gap against (:func:`load_peer_history`);
+  likewise per first-days check (``active_shortfall``, ``revenue_shortfall``) and subject
+  (``group`` = ``all``, ``tier A``, ``segment lost``, ``region north``), what its
+  customers did in the elapsed days against what the champion predicted for the horizon,
+  which the next runs judge a group's first-days ratio against.
 
 History is never overwritten. Reading needs only a read-only connection.
 """
@@ -147,11 +151,20 @@ def load_checks(db: Any, run_id: str | None = None) -> pd.DataFrame:
 
 
 def load_peer_history(db: Any, check: str, before: Any, runs: int) -> pd.DataFrame:
-    """The figures of ``check`` (``group, scoring_run, scoring_as_of, days, observed,
-    expected, variance``) for the latest ``runs`` scoring runs with a cutoff before
+    """The figures of ``check`` (``group, scoring_run, scoring_as_of, days, rows,
+    observed, expected, variance``) for the latest ``runs`` scoring runs with a cutoff before
     ``before`` (a scoring run judged by several monitoring runs counts once, as last
     judged); empty when none was recorded."""
-    columns = ["group", "scoring_run", "scoring_as_of", "days", "observed", "expected", "variance"]
+    columns = [
+        "group",
+        "scoring_run",
+        "scoring_as_of",
+        "days",
+        "rows",
+        "observed",
+        "expected",
+        "variance",
+    ]
     if runs < 1 or PEERS not in table_names(db):
         return pd.DataFrame(columns=columns)
     query = f"""
