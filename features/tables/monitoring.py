@@ -154,7 +154,10 @@ def load_peer_history(db: Any, check: str, before: Any, runs: int) -> pd.DataFra
     """The figures of ``check`` (``group, scoring_run, scoring_as_of, days, rows,
     observed, expected, variance``) for the latest ``runs`` scoring runs with a cutoff before
     ``before`` (a scoring run judged by several monitoring runs counts once, as last
-    judged); empty when none was recorded."""
+    judged); empty when none was recorded. Only figures whose elapsed days ended by
+    ``before`` count: a monitor run more often than scoring judges an earlier run over
+    days that reach into the judged run's own, which would put today's change into the
+    history it is compared with."""
     columns = [
         "group",
         "scoring_run",
@@ -172,6 +175,7 @@ def load_peer_history(db: Any, check: str, before: Any, runs: int) -> pd.DataFra
             SELECT *, row_number() OVER (
                 PARTITION BY scoring_run, "group" ORDER BY checked_at DESC) AS k
             FROM {PEERS} WHERE "check" = ? AND scoring_as_of < ?
+                AND scoring_as_of + to_days(CAST(days AS INTEGER)) <= ?
         ), kept AS (
             SELECT DISTINCT scoring_run, scoring_as_of FROM last
             ORDER BY scoring_as_of DESC LIMIT ?
@@ -179,4 +183,4 @@ def load_peer_history(db: Any, check: str, before: Any, runs: int) -> pd.DataFra
         SELECT {", ".join(f'last."{c}"' for c in columns)} FROM last
         JOIN kept USING (scoring_run) WHERE k = 1 ORDER BY scoring_as_of, "group"
     """
-    return db.execute(query, [check, before, runs]).to_arrow_table().to_pandas()
+    return db.execute(query, [check, before, before, runs]).to_arrow_table().to_pandas()

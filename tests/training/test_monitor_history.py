@@ -74,3 +74,47 @@ def test_own_history_keeps_the_same_champion_and_scales_to_the_elapsed_days() ->
     assert (found["expected"] == 600.0).all() and (found["rows"] == 500).all()
     # the value champion did not change: its history keeps every run (none recorded here)
     assert monitor._own_history(c, db, now, "revenue_shortfall", 31).empty
+
+
+def test_history_holds_only_days_that_ended_before_the_judged_run() -> None:
+    """Monitored daily, the 10-06 run is judged over 31 days on 11-06 and over 58 on 12-03;
+    judging the 11-06 run, only the 31-day figure is history: the 58 days reach into the
+    judged run's own days (its change would be in its history too)."""
+    db = duckdb.connect()
+    figures = {11: 31, 12: 58}  # checked in month -> elapsed days of the 10-06 run
+    for month, days in figures.items():
+        checked = datetime(2025, month, 3 if month == 12 else 6, tzinfo=UTC)
+        peers = pd.DataFrame(
+            [
+                {
+                    "scoring_run": "sr-10",
+                    "scoring_as_of": pd.Timestamp(datetime(2025, 10, 6, tzinfo=UTC)),
+                    "days": days,
+                    "check": "complaints_vs_peers",
+                    "group": "north",
+                    "rows": 500,
+                    "observed": float(days),
+                    "expected": 10.0,
+                    "variance": 1.0,
+                }
+            ]
+        ).assign(run_id=f"mr-{month}", checked_at=pd.Timestamp(checked))
+        run = {
+            "run_id": f"mr-{month}",
+            "checked_at": checked,
+            "as_of": checked,
+            "scoring_runs": "",
+            "checks": 0,
+            "warnings": 0,
+            "alerts": 0,
+            "seconds": 0.0,
+            "report": "",
+            "mlflow_run_id": None,
+        }
+        tables.record(db, run, pd.DataFrame(), pd.DataFrame(), peers)
+    judged = datetime(2025, 11, 6, tzinfo=UTC)
+    found = tables.load_peer_history(db, "complaints_vs_peers", judged, 3)
+    assert list(found["days"]) == [31] and list(found["observed"]) == [31.0]
+    # judging a later run, the latest figure of the 10-06 run is the one kept
+    later = tables.load_peer_history(db, "complaints_vs_peers", datetime(2026, 1, 6, tzinfo=UTC), 3)
+    assert list(later["days"]) == [58]
