@@ -276,6 +276,24 @@ def test_each_scenario_raises_its_alert_in_time(worlds: Path, scenario: str) -> 
 REGION_CUSTOMERS = 40_000
 
 
+#: 09-06 scored (before the change on 09-10), 10-06 scored and monitored (26 days after)
+ONE_PERIOD = mw.MONITOR_AT[:2]
+
+
+def _one_period(base: Path, customers: int, scenario: str) -> tuple[pd.DataFrame, mw.Timeline]:
+    """The stable world of :data:`SEED` with ``customers`` (the champions are trained on
+    it) and ``scenario``'s world of the same seed, each scored and monitored on
+    :data:`ONE_PERIOD`: the stable world's checks on 10-06 and the scenario's timeline."""
+    train = base / "stable"
+    mw.train_world(train, SEED, customers)
+    with mw.world_home(train):
+        stable = mw.monitor_monthly(None, ONE_PERIOD, score_only=1).checks[ONE_PERIOD[1]]
+    home = base / scenario
+    with mw.world_home(home, train):
+        mw.load_world(home, customers, SEED, scenario)
+        return stable, mw.monitor_monthly(scenario, ONE_PERIOD, score_only=1)
+
+
 @pytest.mark.slow
 def test_a_region_hazard_is_caught_within_one_period_and_the_stable_world_stays_quiet(
     tmp_path_factory: pytest.TempPathFactory,
@@ -286,18 +304,10 @@ def test_a_region_hazard_is_caught_within_one_period_and_the_stable_world_stays_
     same seed, on which the champions were trained, raises no region peer alert that day
     (the stable world's other checks: :func:`test_a_large_stable_world_raises_no_alert`)."""
     base = tmp_path_factory.mktemp("region-hazard")
-    dates = mw.MONITOR_AT[:2]  # 09-06 scored (before the change), 10-06 scored and monitored
-    train = base / "stable"
-    mw.train_world(train, SEED, REGION_CUSTOMERS)
-    with mw.world_home(train):
-        stable = mw.monitor_monthly(None, dates, score_only=1).checks[dates[1]]
+    stable, hit = _one_period(base, REGION_CUSTOMERS, "region_hazard")
     peers = stable[stable["check"].isin(["active_vs_peers", "complaints_vs_peers"])]
     assert len(peers) == 2 * len(REGIONS) and peers["threshold"].notna().all()
     assert not (peers["level"] == "alert").any(), peers[["check", "subject", "detail"]]
-    home = base / "region_hazard"
-    with mw.world_home(home, train):
-        mw.load_world(home, REGION_CUSTOMERS, SEED, "region_hazard")
-        hit = mw.monitor_monthly("region_hazard", dates, score_only=1)
     first = hit.first_alert("churn", "complaints_vs_peers")
     assert first is not None, hit.alerts
     assert (first - mw.change_date()).days <= mw.PERIOD
@@ -372,21 +382,12 @@ def test_a_base_wide_hazard_is_caught_within_one_period(
     holdout cannot see the ~2% fewer buyers; the base's complaints against its own three
     months before do: ``complaints_vs_past`` alerts on 2025-10-06 (26 days later), while
     the stable world of the same seed (the champions' own) stays below warn."""
-    base = tmp_path_factory.mktemp("hazard")
-    dates = mw.MONITOR_AT[:2]  # 09-06 scored (before the change), 10-06 scored and monitored
-    train = base / "stable"
-    mw.train_world(train, SEED, HAZARD_CUSTOMERS)
-    with mw.world_home(train):
-        stable = mw.monitor_monthly(None, dates, score_only=1).checks[dates[1]]
+    stable, hit = _one_period(tmp_path_factory.mktemp("hazard"), HAZARD_CUSTOMERS, "hazard")
     quiet = stable[stable["check"] == "complaints_vs_past"]
     assert len(quiet) == 1 and quiet["threshold"].notna().all()
     assert (quiet["level"] == "ok").all(), quiet["detail"].tolist()
-    home = base / "hazard"
-    with mw.world_home(home, train):
-        mw.load_world(home, HAZARD_CUSTOMERS, SEED, "hazard")
-        hit = mw.monitor_monthly("hazard", dates, score_only=1)
     first = hit.first_alert("churn", "complaints_vs_past")
-    assert first is not None, hit.checks[dates[1]].query("check == 'complaints_vs_past'")
+    assert first is not None, hit.checks[ONE_PERIOD[1]].query("check == 'complaints_vs_past'")
     assert (first - mw.change_date()).days <= mw.PERIOD
     peers = hit.checks[first]
     peers = peers[peers["check"].isin(["active_vs_peers", "complaints_vs_peers"])]

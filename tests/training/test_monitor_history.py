@@ -21,6 +21,26 @@ def _scoring_run(db: duckdb.DuckDBPyConnection, run_id: str, as_of: datetime, ch
     )
 
 
+def _monitored(
+    db: duckdb.DuckDBPyConnection, run_id: str, checked: datetime, peers: pd.DataFrame
+) -> None:
+    """A monitoring run checked at ``checked`` that recorded ``peers`` (and nothing else)."""
+    run = {
+        "run_id": run_id,
+        "checked_at": checked,
+        "as_of": checked,
+        "scoring_runs": "",
+        "checks": 0,
+        "warnings": 0,
+        "alerts": 0,
+        "seconds": 0.0,
+        "report": "",
+        "mlflow_run_id": None,
+    }
+    peers = peers.assign(run_id=run_id, checked_at=pd.Timestamp(checked))
+    tables.record(db, run, pd.DataFrame(), pd.DataFrame(), peers)
+
+
 def test_own_history_keeps_the_same_champion_and_scales_to_the_elapsed_days() -> None:
     db = duckdb.connect()
     db.execute(RUNS_DDL)
@@ -46,20 +66,8 @@ def test_own_history_keeps_the_same_champion_and_scales_to_the_elapsed_days() ->
             }
             for run_id, (as_of, _, days) in runs.items()
         ]
-    ).assign(run_id="mr-1", checked_at=pd.Timestamp(datetime(2025, 12, 1, tzinfo=UTC)))
-    run = {
-        "run_id": "mr-1",
-        "checked_at": datetime(2025, 12, 1, tzinfo=UTC),
-        "as_of": datetime(2025, 12, 1, tzinfo=UTC),
-        "scoring_runs": "",
-        "checks": 0,
-        "warnings": 0,
-        "alerts": 0,
-        "seconds": 0.0,
-        "report": "",
-        "mlflow_run_id": None,
-    }
-    tables.record(db, run, pd.DataFrame(), pd.DataFrame(), peers)
+    )
+    _monitored(db, "mr-1", datetime(2025, 12, 1, tzinfo=UTC), peers)
     now = RunInfo(
         "sr-4", datetime(2025, 12, 6, tzinfo=UTC), datetime.now(UTC), 1000,
         {"churn": "2", "value": "1"}, "fs", {},
@@ -98,20 +106,8 @@ def test_history_holds_only_days_that_ended_before_the_judged_run() -> None:
                     "variance": 1.0,
                 }
             ]
-        ).assign(run_id=f"mr-{month}", checked_at=pd.Timestamp(checked))
-        run = {
-            "run_id": f"mr-{month}",
-            "checked_at": checked,
-            "as_of": checked,
-            "scoring_runs": "",
-            "checks": 0,
-            "warnings": 0,
-            "alerts": 0,
-            "seconds": 0.0,
-            "report": "",
-            "mlflow_run_id": None,
-        }
-        tables.record(db, run, pd.DataFrame(), pd.DataFrame(), peers)
+        )
+        _monitored(db, f"mr-{month}", checked, peers)
     judged = datetime(2025, 11, 6, tzinfo=UTC)
     found = tables.load_peer_history(db, "complaints_vs_peers", judged, 3)
     assert list(found["days"]) == [31] and list(found["observed"]) == [31.0]
