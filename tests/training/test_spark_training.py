@@ -6,6 +6,7 @@ on Spark registers a model as good as the DuckDB-trained one."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ from training.spark_datasets import build_on_spark
 pytestmark = [pytest.mark.spark, pytest.mark.slow]  # Spark builds 4 cutoffs: ~1 min a set
 
 CUSTOMERS = 2000
+#: the demo world ends here, not today: the decision weeks (and so the NBA set's size
+#: asserted below) move with the day of the week the simulation ends on
+END = datetime(2026, 12, 4, tzinfo=UTC)
 HORIZON = 90
 CUTOFFS = 2  # training cutoffs (+ validation + holdout)
 
@@ -36,7 +40,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     from rapport.demo_data import generate, write
 
     path = tmp_path_factory.mktemp("spark-training")
-    folder = write(generate(CUSTOMERS, seed=21), path / "data", "parquet")
+    folder = write(generate(CUSTOMERS, seed=21, end=END), path / "data", "parquet")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAPPORT_HOME", str(path / "home"))
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
