@@ -125,7 +125,7 @@ def world(customers: int, root: Path, log_to_mlflow: bool) -> None:
             db = raw(con)
             runs = (
                 db.execute("SELECT as_of FROM score_runs").fetchall()
-                if "score_runs" in (table_names(db))
+                if "score_runs" in table_names(db)
                 else []
             )
             scored = {as_utc(t) for (t,) in runs}
