@@ -58,7 +58,7 @@ def _measure(home: Path, when: datetime, region: str) -> dict[str, float]:
     from features.warehouse import connect, raw
     from models.alerts import load_alerts
     from rapport.settings import get_settings
-    from training import monitor
+    from training import monitor, monitor_partial
     from training.datasets import labels
 
     con = connect(get_settings().warehouse_path, read_only=True)
@@ -68,10 +68,10 @@ def _measure(home: Path, when: datetime, region: str) -> dict[str, float]:
         part = [r for r in runs if (when - r.as_of).days >= 28][-1]
         days = (when - part.as_of).days
         scored = load_scores(db, part, monitor.SCORE_COLUMNS)
-        now = monitor._elapsed(con, labels(con, [part.as_of], days), part.as_of, scored)
+        now = monitor_partial._elapsed(con, labels(con, [part.as_of], days), part.as_of, scored)
         year = part.as_of - timedelta(days=365)
         past = labels(con, [year], 365)[["customer_id", "orders_in_horizon"]]
-        complaints = monitor._complaints(con, part.as_of, days)
+        complaints = monitor_partial._complaints(con, part.as_of, days)
     finally:
         con.disconnect()
     past = past.rename(columns={"orders_in_horizon": "past"})

@@ -43,6 +43,8 @@ from features.spec import default_spec
 from features.tables.scores import RunInfo
 from models.alerts import load_alerts
 from training import monitor
+from training.monitor_checks import Checks
+from training.monitor_drift import check_drift
 
 
 def synthetic(rows: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -219,13 +221,13 @@ def main() -> None:
         spec.version,
         {},
     )
-    checks = monitor._Checks(load_alerts())
+    checks = Checks(load_alerts())
     importance = {name: 0.05 for name in spec.names}
     stages = {
         "churn estimate (CBPE)": lambda: monitor._churn_estimate(checks, run, scored, 0.9),
         "churn realised": lambda: monitor._churn_realised(checks, run, scored, 0.9),
         "value realised": lambda: monitor._value_realised(checks, run, scored, 0.6),
-        "drift": lambda: monitor._drift(
+        "drift": lambda: check_drift(
             checks, run, current, reference, set(spec.categorical), importance
         ),
     }

@@ -46,7 +46,7 @@ from training.impact import catalog_of, ope_vs_realised, pre_revenue, with_score
 from training.nba_evaluation import default_margin_rate
 
 if TYPE_CHECKING:
-    from training.monitor import _Checks
+    from training.monitor_checks import Checks
 
 NAN = float("nan")
 KIND = "policy"
@@ -67,7 +67,7 @@ def _shortfall(diff: float, hi: float) -> float:
     return -diff / half if np.isfinite(half) and half > 0 else NAN
 
 
-def _value(c: _Checks, customers: pd.DataFrame) -> None:
+def _value(c: Checks, customers: pd.DataFrame) -> None:
     table = impact_rows(customers)
     if table.empty:
         c.add(
@@ -110,7 +110,7 @@ def _value(c: _Checks, customers: pd.DataFrame) -> None:
         )
 
 
-def _uplift(c: _Checks, actions: pd.DataFrame) -> None:
+def _uplift(c: Checks, actions: pd.DataFrame) -> None:
     for row in actions.itertuples():
         for kind in ("conversion", "revenue"):
             realised = getattr(row, f"realised_uplift_{kind}")
@@ -126,7 +126,7 @@ def _uplift(c: _Checks, actions: pd.DataFrame) -> None:
             c.add(KIND, "uplift_gap", f"{row.action} {kind}", gap, detail, row.decisions)
 
 
-def _exploration(c: _Checks, decisions: pd.DataFrame) -> None:
+def _exploration(c: Checks, decisions: pd.DataFrame) -> None:
     treated = decisions[decisions["group"] != CONTROL]
     if treated.empty:
         return
@@ -179,7 +179,7 @@ def _exploration(c: _Checks, decisions: pd.DataFrame) -> None:
         )
 
 
-def _ope(c: _Checks, decisions: pd.DataFrame, costs: dict[str, float], rate: float) -> None:
+def _ope(c: Checks, decisions: pd.DataFrame, costs: dict[str, float], rate: float) -> None:
     ope, notes = ope_vs_realised(decisions, costs, rate)
     if not ope:
         c.add(KIND, "ope_shortfall", "nba champion", NAN, "; ".join(notes), judged=False)
@@ -200,7 +200,7 @@ def _ope(c: _Checks, decisions: pd.DataFrame, costs: dict[str, float], rate: flo
     c.add(KIND, "ope_realised", "nba champion", float(ope["realised"]), "", judged=False)
 
 
-def check(c: _Checks, db: Any, as_of: datetime) -> None:
+def check(c: Checks, db: Any, as_of: datetime) -> None:
     """Add the policy health checks of the decisions up to ``as_of`` to ``c`` (``db``: the
     raw DuckDB connection of the warehouse)."""
     decisions = _decisions(db, as_of)

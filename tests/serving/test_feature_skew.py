@@ -17,7 +17,7 @@ from features.spec import default_spec
 from features.tables.feature_samples import FEATURE_SAMPLES, sampled
 from features.warehouse import connect, raw
 from training import monitor
-from training.monitor import check_skew
+from training.monitor_drift import check_skew
 from training.scoring import score_all
 
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")

@@ -143,7 +143,7 @@ def test_calendar_and_outbound_features_of_the_default_spec() -> None:
     a broken web feed still alerts: the ``channel`` scenario)."""
     from features.spec import default_spec
     from models.catalog import default_catalog
-    from training.monitor import calendar_features, outbound_features
+    from training.monitor_drift import calendar_features, outbound_features
 
     spec = default_spec()
     assert calendar_features(spec) == {"tenure_days", "days_since_first_order"}

@@ -10,7 +10,8 @@ import pandas as pd
 from features.spec import default_spec
 from features.tables.scores import RunInfo
 from models.alerts import load_alerts
-from training import monitor
+from training import monitor_drift
+from training.monitor_checks import Checks
 
 
 def _levels(calendar: set[str]) -> dict[tuple[str, str], str]:
@@ -27,14 +28,15 @@ def _levels(calendar: set[str]) -> dict[tuple[str, str], str]:
         }
     )
     run = RunInfo("sr-test", datetime(2026, 1, 1, tzinfo=UTC), datetime.now(UTC), n, {}, "", {})
-    c = monitor._Checks(load_alerts())
+    c = Checks(load_alerts())
     importance = {"tenure_days": 0.2, "orders_90d": 0.2}
-    monitor._drift(c, run, current, reference, set(), importance, (), calendar)
+    monitor_drift.check_drift(c, run, current, reference, set(), importance, (), calendar)
     return {(r["check"], r["subject"]): r["level"] for r in c.rows}
 
 
 def test_tenure_drift_warns_at_most_while_other_drift_alerts() -> None:
-    assert monitor.calendar_features(default_spec()) == {"tenure_days", "days_since_first_order"}
+    calendar = monitor_drift.calendar_features(default_spec())
+    assert calendar == {"tenure_days", "days_since_first_order"}
     levels = _levels({"tenure_days"})
     assert levels[("psi", "tenure_days")] == "warn"
     assert levels[("psi", "orders_90d")] == "alert"
@@ -53,7 +55,7 @@ def test_value_scores_join_the_churn_reference_by_customer_and_cutoff() -> None:
             "value_mean": [30.0, 10.0, 10.0, 99.0],
         }
     )
-    joined = monitor.with_value(churn, value)
+    joined = monitor_drift.with_value(churn, value)
     assert joined["customer_id"].tolist() == ["a", "b", "c"]
     assert joined["value_mean"].tolist()[0] == 10.0 and joined["value_mean"].tolist()[2] == 30.0
     assert np.isnan(joined["value_mean"].tolist()[1])  # "b" has no value score

@@ -14,7 +14,8 @@ from contract_rows import interaction
 from sample_data import load_tables
 
 from models.alerts import load_alerts
-from training.monitor import _Checks, _complaints_vs_past
+from training.monitor_checks import Checks
+from training.monitor_partial import _complaints_vs_past
 
 CUT = datetime(2025, 10, 6, tzinfo=UTC)
 DAYS = 30
@@ -65,7 +66,7 @@ def _check(con: object, interactions: pd.DataFrame) -> dict[str, object]:
             ],
         }
     )
-    checks = _Checks(load_alerts())
+    checks = Checks(load_alerts())
     _complaints_vs_past(checks, con, lab, STARTS, DAYS, now, "run")
     (row,) = checks.rows
     return row

@@ -10,7 +10,8 @@ import pandas as pd
 from features.tables import monitoring as tables
 from features.tables.scores import RUNS, RUNS_DDL, RunInfo
 from models.alerts import load_alerts
-from training import monitor
+from training import monitor_partial
+from training.monitor_checks import Checks
 
 
 def _scoring_run(db: duckdb.DuckDBPyConnection, run_id: str, as_of: datetime, churn: str) -> None:
@@ -72,8 +73,9 @@ def test_own_history_keeps_the_same_champion_and_scales_to_the_elapsed_days() ->
         "sr-4", datetime(2025, 12, 6, tzinfo=UTC), datetime.now(UTC), 1000,
         {"churn": "2", "value": "1"}, "fs", {},
     )  # fmt: skip
-    c = monitor._Checks(load_alerts())
-    found = monitor._own_history(c, db, now, "active_shortfall", 31).set_index("scoring_run")
+    c = Checks(load_alerts())
+    found = monitor_partial._own_history(c, db, now, "active_shortfall", 31)
+    found = found.set_index("scoring_run")
     # the run of the other churn champion is left out; the 30-day run scaled to 31 days
     assert list(found.index) == ["sr-2", "sr-3"]
     assert found.loc["sr-2", "observed"] == 300.0
@@ -81,7 +83,7 @@ def test_own_history_keeps_the_same_champion_and_scales_to_the_elapsed_days() ->
     assert abs(found.loc["sr-3", "variance"] - 90.0 * (31 / 30) ** 2) < 1e-9
     assert (found["expected"] == 600.0).all() and (found["rows"] == 500).all()
     # the value champion did not change: its history keeps every run (none recorded here)
-    assert monitor._own_history(c, db, now, "revenue_shortfall", 31).empty
+    assert monitor_partial._own_history(c, db, now, "revenue_shortfall", 31).empty
 
 
 def test_history_holds_only_days_that_ended_before_the_judged_run() -> None:

@@ -16,7 +16,7 @@ from sample_data import use_home
 from features.warehouse import connect, ensure_contract_tables, raw
 from models.alerts import load_alerts
 from training import policy_health
-from training.monitor import _Checks
+from training.monitor_checks import Checks
 from training.monitor_report import policy_value_figure
 
 AS_OF = datetime(2026, 11, 15, tzinfo=UTC)
@@ -38,7 +38,7 @@ def checks(home: Path, frame: pd.DataFrame | None) -> pd.DataFrame:
             db.register("d", frame)
             db.execute("INSERT INTO campaign_log BY NAME SELECT * FROM d")
             db.unregister("d")
-        c = _Checks(load_alerts())
+        c = Checks(load_alerts())
         policy_health.check(c, db, AS_OF)
     finally:
         con.disconnect()

@@ -21,7 +21,7 @@ from features.spec import default_spec
 from features.tables.feature_samples import encode, load_outbox_samples, sample_row
 from features.tables.segments import snapshot_segments
 from features.warehouse import connect, raw
-from training.monitor import check_skew
+from training.monitor_drift import check_skew
 
 AS_OF = cutoff(400)
 
