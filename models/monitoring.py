@@ -2,9 +2,13 @@
 performance (CBPE) and the calibration / interval diagnostics the monitor compares.
 
 Plain functions on numpy arrays (no I/O), so the monitoring job, its tests and the bench
-compute them the same way. Written over scipy rather than taken from Evidently or NannyML:
-neither installs beside the project's pins (Evidently 0.7 and NannyML 0.13 cap pandas
-below 3 / numpy below 2), and what we need is a few dozen lines each.
+compute them the same way. Written over scipy rather than taken from Evidently or NannyML
+(checked 2026-12 in a scratch environment with pandas 3.1 / numpy 2.4): Evidently 0.7.23
+resolves but fails at import (``pandas.core.dtypes.common.infer_dtype_from_object`` is gone
+in pandas 3); NannyML 0.13.1 runs CBPE but caps LightGBM below 4.6 (the lock has 4.7),
+adds 35 packages to ours (s3fs, gcsfs and the Google Cloud clients, kaleido, FLAML with
+XGBoost and NCCL) and sends usage telemetry unless told not to. What we need is a few
+dozen lines each, tested against the simulator's ground truth.
 """
 
 from __future__ import annotations
