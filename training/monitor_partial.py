@@ -347,6 +347,9 @@ def _peers(c: Checks, db: Any, run: RunInfo, days: int, now: pd.DataFrame, tag: 
     to ``peer_history`` runs), the gap is judged against the region's own pooled gap then
     (:func:`models.monitoring.gap_vs_past`, a difference in differences), so a region that
     always differs from its peers does not page every run; else against the peers alone.
+    Those runs count whichever champion scored them (unlike :func:`_own_history`): the gap
+    is against same-risk customers of the same run, so a new model moves both sides alike,
+    and a monthly retrain would otherwise erase the history.
     The value is -log10 of the one-sided p-value, Holm-adjusted over the regions judged
     (those with ``min_rows``), so the shipped 2.0 pages at a family-wise 1%. The figures
     are kept (:attr:`Checks.peers`) for the next runs."""
