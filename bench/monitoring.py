@@ -43,7 +43,7 @@ from features.spec import default_spec
 from features.tables.scores import RunInfo
 from models.alerts import load_alerts
 from training import monitor
-from training.monitor_checks import Checks
+from training.monitor_checks import SCORES, Checks
 from training.monitor_drift import check_drift
 
 
@@ -78,7 +78,7 @@ def synthetic(rows: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.
                 cols[name] = rng.gamma(1.5, 10 + shift, n)
         return pd.DataFrame(cols)
 
-    current = pd.concat([scored[["customer_id", *monitor.SCORES]], features(rows, 0.5)], axis=1)
+    current = pd.concat([scored[["customer_id", *SCORES]], features(rows, 0.5)], axis=1)
     reference = features(20_000, 0.0)
     reference["churn_probability"] = rng.beta(1.2, 2.5, len(reference))
     reference["value_mean"] = rng.lognormal(4, 1, len(reference))

@@ -524,7 +524,8 @@ def holdout_groups(kind: Kind, model: Model, data: TrainingSet) -> pd.DataFrame:
     batch): what ``rapport monitor`` judges each group's realised figures against, so a
     bias the champion had at training, measured, is no alarm later."""
     from features.segments import assign_segments, fit_segments
-    from training.monitor import GROUPS, group_figures
+    from training.monitor import group_figures
+    from training.monitor_checks import GROUPS
 
     test = data.part("test")
     if "weight" in test.columns:  # a sample: resampled by weight, to stand for the base

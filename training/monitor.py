@@ -30,7 +30,8 @@ as of a date (default: the end of the data) and checks:
   peers cancel);
   a tier, segment or region's first-days ratio warns at most (it moves with the season,
   between monthly runs too), judged against its own ratio in earlier partly matured runs
-  of the same champion once recorded (``monitor_peers``), else against the holdout's;
+  of the same champion once recorded (``monitor_peers``), else against the holdout's
+  (all in :mod:`training.monitor_partial`);
 * both also per ABC tier and RFM segment (a group below ``min_rows`` never alerts);
   gaps and drops are judged as a change, beyond noise: a group's rate gap or coverage
   gap by how much it outgrew the champion's own gap for that group on its holdout
@@ -41,16 +42,19 @@ as of a date (default: the end of the data) and checks:
 * **features**: per feature PSI and a two-sample statistic (KS D for numbers,
   Jensen-Shannon distance for categories, the chi-square p-value in the detail) between
   the reference stored with the churn champion (its holdout snapshot, see
-  :func:`models.registry.load_reference`) and the latest scoring run's features rebuilt
-  as of its cutoff; the churn and value scores likewise against their references;
+  :func:`models.registry.load_reference`) and the latest scoring run's features (the
+  sample it kept, else rebuilt as of its cutoff), and the share of each feature's
+  information gone (``emptied``); the churn and value scores likewise against their
+  references (:mod:`training.monitor_drift`, as is the skew below);
 * **policy** (:mod:`training.policy_health`): the realised incremental value against the
   control group with its interval per period, per action realised against predicted
   uplift, exploration health and the NBA champion's off-policy estimate against what it
   realised (``no_data`` when no decision has a group and a known outcome yet).
-* **skew**, live against batch: the latest :data:`SKEW_SAMPLES` feature vectors the service
-  sampled (:mod:`features.tables.feature_samples`) rebuilt by the batch build for the same
-  customers at the same instants; every mismatch beyond float tolerance counts, per
-  feature and in all (any alerts by default: the two executions must agree).
+* **skew**, live against batch: the latest :data:`~training.monitor_drift.SKEW_SAMPLES`
+  feature vectors the service sampled (:mod:`features.tables.feature_samples`) rebuilt by
+  the batch build for the same customers at the same instants; every mismatch beyond
+  float tolerance counts, per feature and in all (any alerts by default: the two
+  executions must agree).
 
 Each check is ``ok``, ``warn`` or ``alert`` by the thresholds (:mod:`models.alerts`).
 Results are appended to ``monitor_checks`` / ``monitor_runs`` / ``monitor_curves`` /
@@ -283,8 +287,9 @@ def group_figures(kind: str, frame: pd.DataFrame) -> pd.DataFrame:
 def _churn_realised(c: Checks, run: RunInfo, active: pd.DataFrame, ref_auc: float) -> None:
     """Realised churn figures per subject. A subject's rate gap is judged by how much it
     outgrew the champion's own holdout gap for it (:func:`models.monitoring.grown`),
-    beyond the sampling interval of both (the Bernoulli noise of its size); the AUC drop
-    over the base is judged as it is, its interval shown."""
+    beyond the sampling interval of both (the Bernoulli noise of its size); a tier or
+    segment's warns at most (:data:`GROUP_GAP_WARNS`). The AUC drop over the base is
+    judged as it is, its interval shown."""
     tag = f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d})"
     holdout = Holdout("churn", run.versions.get("churn"))
     for subject, part in subjects(active, ["churned", "churn_probability"]):
@@ -367,7 +372,8 @@ VALUE_COLUMNS = ("spend", "value_mean", "value_p10", "value_p50", "value_p90")
 def _value_realised(c: Checks, run: RunInfo, scored: pd.DataFrame, ref_rho: float) -> None:
     """Realised value figures per subject. A subject's p10-p90 coverage gap to 0.80 is
     judged by how much it outgrew the champion's own holdout gap for it, beyond the
-    binomial interval of both; the Spearman drop beyond the interval of both."""
+    binomial interval of both (a tier or segment's warns at most, :data:`GROUP_GAP_WARNS`);
+    the Spearman drop over the base beyond the interval of both."""
     tag = f"scoring run {run.run_id} ({run.as_of:%Y-%m-%d})"
     holdout = Holdout("value", run.versions.get("value"))
     for subject, part in subjects(scored, list(VALUE_COLUMNS)):

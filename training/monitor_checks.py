@@ -88,8 +88,9 @@ def subjects(
 
 
 class Holdout:
-    """The champion's holdout figures per subject (:func:`group_figures`); a subject or a
-    figure it lacks (a version trained before they were stored) reads as unknown."""
+    """The champion's holdout figures per subject (:func:`training.monitor.group_figures`,
+    stored with the model version by ``rapport train``); a subject or a figure it lacks
+    (a version trained before they were stored) reads as unknown."""
 
     def __init__(self, kind: str, version: str | None) -> None:
         frame = None

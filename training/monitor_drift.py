@@ -257,7 +257,7 @@ def check_skew(
     until: datetime | None = None,
 ) -> pd.DataFrame:
     """The skew checks alone (``kind``, ``check``, ``subject``, ``value``, ``level``, ...),
-    as :func:`run` records them."""
+    as :func:`training.monitor.run` records them."""
     c = Checks(alerts or load_alerts())
     check_skew_into(c, con, spec or default_spec(), until)
     return pd.DataFrame(c.rows)

@@ -32,7 +32,7 @@ row at ok: nothing is wrong with a policy that has not been measured yet.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,10 +43,8 @@ from models.impact import impact_rows, per_action, per_customer
 from models.monitoring import js_distance
 from models.ope import kish_ess
 from training.impact import catalog_of, ope_vs_realised, pre_revenue, with_scores
+from training.monitor_checks import Checks
 from training.nba_evaluation import default_margin_rate
-
-if TYPE_CHECKING:
-    from training.monitor_checks import Checks
 
 NAN = float("nan")
 KIND = "policy"
