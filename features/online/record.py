@@ -18,6 +18,7 @@ evaluator equal to the batch build).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from functools import cache
@@ -30,6 +31,9 @@ from features.contract import CUSTOMER_ATTRIBUTES, EVENT_TABLES, TABLES
 from features.spec import Agg, Cond, FeatureSpec, default_spec
 
 Record = dict[str, Any]
+#: :func:`counted`'s answers kept per event table (per distinct values of the columns its
+#: conditions read; beyond, answered afresh)
+COUNTED_KEYS = 4096
 #: record column kinds held as float64 arrays (the others as object arrays)
 _NUMERIC = ("float", "int", "bool", "timestamp")
 
@@ -116,6 +120,13 @@ def counted(source: str, row: Mapping[str, Any], spec: FeatureSpec | None = None
     plan = _plans(spec or default_spec()).get(source)
     if plan is None:
         return False
+    # the answer depends on the columns the conditions read only: kept per their values
+    # (a logged decision's action and channel: a handful of pairs, asked at every score)
+    key = tuple(row.get(column) for column in plan.cond_columns)
+    try:
+        return plan.counted[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable value, judged every time
+        pass
     table = TABLES[source]
     hits: dict[Cond, bool] = {}
 
@@ -125,7 +136,11 @@ def counted(source: str, row: Mapping[str, Any], spec: FeatureSpec | None = None
             hits[cond] = bool(_cond_mask(column, cond)[0])
         return hits[cond]
 
-    return any(all(meets(c) for c in where) for where in plan.wheres)
+    found = any(all(meets(c) for c in where) for where in plan.wheres)
+    with contextlib.suppress(TypeError):
+        if len(plan.counted) < COUNTED_KEYS:
+            plan.counted[key] = found
+    return found
 
 
 class _TablePlan:
@@ -165,6 +180,9 @@ class _TablePlan:
         kinds: dict[str, str] = {}  # column -> its record kind (text or numeric)
         for c in self.conds:
             kinds[c.column] = table.column(c.column).type
+        #: the columns the conditions read, and :func:`counted`'s answers per their values
+        self.cond_columns = tuple(kinds)
+        self.counted: dict[tuple[Any, ...], bool] = {}
         #: ``column == value`` conditions compared in one broadcast per column: (column,
         #: their rows in the condition matrix, their values); the others one by one
         equal: dict[str, list[int]] = {}
