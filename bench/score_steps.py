@@ -10,10 +10,13 @@ as a real score leaves them (timing one step over all customers at once made the
 reasons look 5x cheaper than inside a score on this shared machine):
 
 * ``read record``: :meth:`OnlineStore.get` (SQLite by default);
-* ``features``: :func:`features.online.record.evaluate`, as of now; ``read + features,
-  repeat``: the service's path for a customer scored a moment before, its record's raw
-  aggregates kept (:class:`features.online.kept.KeptAggregates`: the stored bytes read,
-  the kept aggregates checked and finished);
+* ``features``: :func:`features.online.record.evaluate`, as of now (the events
+  aggregated); ``read + features, new``: the service's path
+  (:class:`features.online.kept.KeptAggregates`) for a customer this worker has not
+  scored: the stored bytes read, the aggregates the record's writer stamped checked and
+  finished (computed when the stamp no longer holds, or the record has none);
+  ``read + features, repeat``: the same for a customer scored a moment before, its
+  record's raw aggregates kept in the worker;
 * ``churn + reasons``: encode, the calibrated probability and the TreeSHAP reasons,
   computed (nothing kept); ``reasons read back``: the reasons again, their contributions
   read back from the ones kept per split key (:meth:`FastPredictor.contributions`: a
@@ -177,8 +180,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         now = datetime.now(UTC)
         features = {**evaluate(record, now, spec), "as_of": now}
         clock.lap("features")
-        features_of(c, now)  # kept for the repeat: not timed
         clock.start()
+        features_of(c, now)  # the service's path, nothing kept in this worker
+        clock.lap("read + features, new")
         features_of(c, datetime.now(UTC))
         clock.lap("read + features, repeat")
         X = scorer.churn.encode(features)

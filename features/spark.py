@@ -467,7 +467,9 @@ def record_loader(spark: SparkSession, lake: str, url: str) -> Loader:
             try:
                 for batch in batches:
                     tally = Tally()
-                    store.put_many(merge_live(records_of_batch(batch, spec), live, tally))
+                    store.put_many(
+                        merge_live(records_of_batch(batch, spec), live, tally, as_of, spec)
+                    )
                     yield pa.record_batch(
                         [pa.array([tally.written]), pa.array([tally.replayed])],
                         names=["written", "replayed"],

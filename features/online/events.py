@@ -62,6 +62,7 @@ from typing import Any
 from features.batch import micros
 from features.contract import TABLES
 from features.durable import fsync_paths, pid_alive, replace_durably
+from features.online.kept import stamp
 from features.online.record import Record, append_events, counted, record_columns
 from features.online.store import redact_url
 from features.spec import FeatureSpec, default_spec
@@ -350,7 +351,7 @@ def apply_events(
         result.accepted += len(rows)
     try:
         for customer_id, tables in grouped.items():
-            result.new += _append_to_record(store, customer_id, tables)
+            result.new += _append_to_record(store, customer_id, tables, spec)
     except Exception:
         # refused means not kept: the lines leave the outbox again (records already
         # changed keep the events; the client's retry with the same ids finds them there)
@@ -360,7 +361,11 @@ def apply_events(
     return result
 
 
-def _append_to_record(store: Any, customer_id: str, tables: Mapping[str, list[dict]]) -> int:
+def _append_to_record(
+    store: Any, customer_id: str, tables: Mapping[str, list[dict]], spec: FeatureSpec
+) -> int:
+    """Add events to the customer's record, stamped with its aggregates as of now (the
+    next score reads them: :func:`features.online.kept.stamp`); returns how many were new."""
     added = 0
 
     def change(current: Record | None) -> Record:
@@ -368,7 +373,7 @@ def _append_to_record(store: Any, customer_id: str, tables: Mapping[str, list[di
         if current is None:  # deleted since the check: the outbox still has the events
             raise UnknownCustomerError([customer_id])
         added = sum(append_events(current, table, rows) for table, rows in tables.items())
-        return current
+        return stamp(current, datetime.now(UTC), spec)
 
     store.update(customer_id, change)
     return added
@@ -436,12 +441,14 @@ def outbox_events(
     return _read_events(paths, spec or default_spec())
 
 
-def _apply_grouped(store: Any, grouped: Mapping[str, Mapping[str, list[dict]]]) -> int:
+def _apply_grouped(
+    store: Any, grouped: Mapping[str, Mapping[str, list[dict]]], spec: FeatureSpec
+) -> int:
     records = store.get_many(list(grouped))
     applied = 0
     for customer_id, tables in grouped.items():
         if customer_id in records:  # cold-start decisions have no record to change
-            applied += _append_to_record(store, customer_id, tables)
+            applied += _append_to_record(store, customer_id, tables, spec)
     return applied
 
 
@@ -531,7 +538,8 @@ def begin_load(root: Path, store_url: str) -> Watermark:
 def replay_since(store: Any, root: Path, mark: Watermark, spec: FeatureSpec | None = None) -> int:
     """Apply what was acknowledged after ``mark`` to the records of ``store`` (skipping ids
     a record holds); returns the number of events newly applied."""
-    return _apply_grouped(store, _read_events(mark.after(root), spec or default_spec()))
+    spec = spec or default_spec()
+    return _apply_grouped(store, _read_events(mark.after(root), spec), spec)
 
 
 def end_load(mark: Watermark) -> None:
@@ -619,7 +627,7 @@ def log_decisions(
     batch = getattr(store, "batch", None)
     with batch() if batch is not None else contextlib.nullcontext():
         for customer_id, tables in grouped.items():
-            _append_to_record(store, customer_id, tables)
+            _append_to_record(store, customer_id, tables, spec)
 
 
 class DecisionBuffer:

@@ -7,17 +7,31 @@ The raw aggregates depend on the instant only through which events lie inside ea
 window. So :class:`KeptAggregates` keeps them per customer, with a 128-bit digest of the
 record's stored bytes (:meth:`features.online.store.OnlineStore.get_encoded`): a posted
 event, a logged decision that counts or a reload of the store gives other bytes, so the
-entry is computed again -- with,
-per aggregation, the earliest event inside its window's start and the earliest at or
-after its end. A later instant whose window bounds, computed exactly as the evaluator
-computes them, stay at or below those events leaves every event on its side of both
-bounds: every mask, so every raw aggregate, is the same, and the features are computed
+entry is computed again -- with, per distinct window start and end, the earliest event
+at or after it. A later instant whose window edges, computed exactly as the evaluator
+computes them, stay at or below those events leaves every event on its side of every
+edge: every mask, so every raw aggregate, is the same, and the features are computed
 from the kept ones with the evaluator's own finishing steps -- bit for bit its values
 (``tests/features/online/test_kept.py``). An earlier instant or one past a bound is
 evaluated afresh (and kept).
 
 A repeat score of a customer (the same call, a transfer, a second contact the same day)
 then skips decoding the record and aggregating its events.
+
+**Stamped records.** So that a customer's *first* score in a worker does not aggregate
+their events either, the writers store the same entry with the record, computed as they
+write it (:func:`stamp`: the raw aggregates as of the write, their bounds, the
+customer's attributes and the digest of the record's bytes, under the record's
+:data:`features.online.store.STAMP`): a load of
+the store (:func:`features.online.materialize.merge_live`, as of the load's cutoff), a
+posted event, a logged decision that counts and a replay of the outbox
+(:func:`features.online.events.apply_events` and the others through one record update).
+:meth:`KeptAggregates.evaluate` takes a stamp made from exactly the stored bytes (the
+digest, checked by :func:`features.online.store.stamp_of`, which reads the stamp
+without decoding the record) with the spec in use, and only
+while it holds at the instant scored, as a kept entry; otherwise it computes as before.
+A record written without a stamp (the store drops a stamp on any other write) is computed
+at its first score, as before.
 
 Memory and erasure: an entry holds the aggregates, the window bounds and the customer's
 attributes, never the record (so a long history costs no more); at most
@@ -30,6 +44,7 @@ can match no stored record.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import threading
 from collections.abc import Mapping
@@ -40,8 +55,8 @@ from typing import Any
 import numpy as np
 
 from features.batch import MICROS_PER_DAY, micros
-from features.online.record import _aggregates, _finished, _plan
-from features.online.store import decode_record
+from features.online.record import Record, _aggregates, _finished, _plan
+from features.online.store import STAMP, decode_record, record_digest, stamp_of
 from features.spec import FeatureSpec, default_spec
 
 #: customers whose aggregates a worker keeps (~1.5 KB each; least recently used dropped
@@ -54,8 +69,8 @@ class _Kept:
     digest: bytes
     as_of_us: float
     raw: np.ndarray
-    #: per aggregation (the plan's tables in turn): earliest event inside the window's
-    #: start, earliest at or after its end
+    #: per distinct window start, then per distinct window end (the plan's tables in
+    #: turn): the earliest event at or after it
     started: np.ndarray
     ended: np.ndarray
     customer: Mapping[str, Any]
@@ -71,8 +86,10 @@ class KeptAggregates:
         self._plan = _plan(self.spec)
         self._kept: dict[str, _Kept] = {}
         self._lock = threading.Lock()
-        #: evaluations that aggregated the events (the others read kept aggregates)
+        #: evaluations that aggregated the events, and those that read the aggregates the
+        #: record's writer stamped (the others read the ones kept in this worker)
         self.computed = 0
+        self.read_stamps = 0
 
     def evaluate(self, customer_id: str, encoded: bytes, as_of: datetime) -> dict[str, Any]:
         """``evaluate(decode_record(encoded), as_of, spec)`` of the customer's stored record
@@ -86,20 +103,35 @@ class KeptAggregates:
                 self._kept[customer_id] = kept  # most recently used last
         if kept is not None and kept.digest == digest and self._holds(kept, as_of_us):
             return _finished(kept.customer, kept.raw.copy(), as_of_us, plan)
-        record = decode_record(encoded)
-        bounds: list[tuple[np.ndarray, np.ndarray]] = []
-        raw = _aggregates(record, as_of_us, plan, bounds)
-        started = np.concatenate([b[0] for b in bounds])
-        ended = np.concatenate([b[1] for b in bounds])
-        customer = record["customer"]
-        fresh = _Kept(digest, as_of_us, raw.copy(), started, ended, customer)
+        fresh = self._unstamp(stamp_of(encoded), digest)
+        if fresh is not None and self._holds(fresh, as_of_us):
+            self.read_stamps += 1
+        else:
+            record = decode_record(encoded)
+            bounds: list[tuple[np.ndarray, np.ndarray]] = []
+            raw = _aggregates(record, as_of_us, plan, bounds)
+            started = np.concatenate([b[0] for b in bounds])
+            ended = np.concatenate([b[1] for b in bounds])
+            fresh = _Kept(digest, as_of_us, raw, started, ended, record["customer"])
+            self.computed += 1
         with self._lock:
             self._kept.pop(customer_id, None)
             self._kept[customer_id] = fresh
             while len(self._kept) > self.size:
                 del self._kept[next(iter(self._kept))]
-        self.computed += 1
-        return _finished(customer, raw, as_of_us, plan)
+        return _finished(fresh.customer, fresh.raw.copy(), as_of_us, plan)
+
+    def _unstamp(self, stamp: Mapping[str, Any] | None, digest: bytes) -> _Kept | None:
+        """The kept entry a record's stamp holds (:func:`stamp`), if made with this spec."""
+        if stamp is None or stamp.get("spec") != self.spec.version:
+            return None
+        values = np.frombuffer(base64.b64decode(stamp["values"]), dtype="<f8")
+        plan = self._plan
+        cuts = np.cumsum([len(plan.agg_names), plan.start_days.size])
+        if values.size != cuts[-1] + plan.end_days.size:
+            return None
+        raw, started, ended = np.split(values, cuts)
+        return _Kept(digest, float(stamp["as_of"]), raw, started, ended, stamp["customer"])
 
     def drop(self, customer_id: str) -> None:
         """Forget the customer's entry (their record is gone from the store: erased)."""
@@ -114,11 +146,33 @@ class KeptAggregates:
         if as_of_us < kept.as_of_us:
             return False
         plan = self._plan
-        lower = as_of_us - plan.lower_days * MICROS_PER_DAY
-        upper = as_of_us - plan.upper_days * MICROS_PER_DAY
+        lower = as_of_us - plan.start_days * MICROS_PER_DAY
+        upper = as_of_us - plan.end_days * MICROS_PER_DAY
         return bool((kept.started >= lower).all() and (kept.ended >= upper).all())
 
     def forget(self) -> None:
         """Drop every kept aggregate (a bench timing the computed path)."""
         with self._lock:
             self._kept.clear()
+
+
+def stamp(record: Record, as_of: datetime, spec: FeatureSpec | None = None) -> Record:
+    """Store with ``record`` (in place; returned) its raw aggregates as of ``as_of``, what
+    :meth:`KeptAggregates.evaluate` would keep for it, under the record's
+    :data:`~features.online.store.STAMP` with the digest of its bytes: the writers call it
+    last, on the record they write (the module doc)."""
+    spec = spec or default_spec()
+    plan = _plan(spec)
+    record.pop(STAMP, None)
+    bounds: list[tuple[np.ndarray, np.ndarray]] = []
+    as_of_us = micros(as_of)
+    raw = _aggregates(record, as_of_us, plan, bounds)
+    values = np.concatenate([raw, *(b[0] for b in bounds), *(b[1] for b in bounds)])
+    record[STAMP] = {
+        "digest": record_digest(record),
+        "spec": spec.version,
+        "as_of": as_of_us,
+        "values": base64.b64encode(values.astype("<f8").tobytes()).decode("ascii"),
+        "customer": record["customer"],  # what finishing the features reads besides
+    }
+    return record

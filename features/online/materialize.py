@@ -41,6 +41,7 @@ from features.online.events import (
     replay_since,
 )
 from features.online.identifiers import IdentityIndex, load_index
+from features.online.kept import stamp
 from features.online.record import Record, append_events, record_columns
 from features.online.store import open_store, redact_url
 from features.resolve import CHANGES, clusters_as_of_sql
@@ -205,16 +206,21 @@ class Tally:
 
 
 def merge_live(
-    records: Iterable[tuple[str, Record]], live: Mapping[str, Mapping[str, Any]], tally: Tally
+    records: Iterable[tuple[str, Record]],
+    live: Mapping[str, Mapping[str, Any]],
+    tally: Tally,
+    as_of: datetime,
+    spec: FeatureSpec,
 ) -> Iterator[tuple[str, Record]]:
     """Each record with the acknowledged events of its customer that the warehouse does
     not hold yet (``live``, from :func:`features.online.events.outbox_events`) appended,
-    counted in ``tally``."""
+    counted in ``tally``, and stamped with its aggregates as of the load's cutoff
+    ``as_of`` (:func:`features.online.kept.stamp`: a customer's first score reads them)."""
     for customer_id, record in records:
         for table, rows in live.get(customer_id, {}).items():
             tally.replayed += append_events(record, table, rows)
         tally.written += 1
-        yield customer_id, record
+        yield customer_id, stamp(record, as_of, spec)
 
 
 #: builds and writes every record elsewhere (Spark): (cutoff, spec, live events) -> tally
@@ -277,7 +283,7 @@ def materialize(
         tally = Tally()
 
         def counted() -> Iterator[tuple[str, Record]]:
-            for item in merge_live(iter_records(con, cutoff, spec), live, tally):
+            for item in merge_live(iter_records(con, cutoff, spec), live, tally, cutoff, spec):
                 if tally.written % 100_000 == 0:
                     say(f"{tally.written:,} records")
                 yield item

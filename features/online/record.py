@@ -18,6 +18,7 @@ evaluator equal to the batch build).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from functools import cache
@@ -30,6 +31,9 @@ from features.contract import CUSTOMER_ATTRIBUTES, EVENT_TABLES, TABLES
 from features.spec import Agg, Cond, FeatureSpec, default_spec
 
 Record = dict[str, Any]
+#: :func:`counted`'s answers kept per event table (per distinct values of the columns its
+#: conditions read; beyond, answered afresh)
+COUNTED_KEYS = 4096
 #: record column kinds held as float64 arrays (the others as object arrays)
 _NUMERIC = ("float", "int", "bool", "timestamp")
 
@@ -116,6 +120,13 @@ def counted(source: str, row: Mapping[str, Any], spec: FeatureSpec | None = None
     plan = _plans(spec or default_spec()).get(source)
     if plan is None:
         return False
+    # the answer depends on the columns the conditions read only: kept per their values
+    # (a logged decision's action and channel: a handful of pairs, asked at every score)
+    key = tuple(row.get(column) for column in plan.cond_columns)
+    try:
+        return plan.counted[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable value, judged every time
+        pass
     table = TABLES[source]
     hits: dict[Cond, bool] = {}
 
@@ -125,7 +136,11 @@ def counted(source: str, row: Mapping[str, Any], spec: FeatureSpec | None = None
             hits[cond] = bool(_cond_mask(column, cond)[0])
         return hits[cond]
 
-    return any(all(meets(c) for c in where) for where in plan.wheres)
+    found = any(all(meets(c) for c in where) for where in plan.wheres)
+    with contextlib.suppress(TypeError):
+        if len(plan.counted) < COUNTED_KEYS:
+            plan.counted[key] = found
+    return found
 
 
 class _TablePlan:
@@ -145,6 +160,10 @@ class _TablePlan:
         days = np.array([np.inf if a.days is None else a.days + a.offset for a in aggs])
         self.lower_days = days  # window start, days before as_of
         self.upper_days = np.array([float(a.offset) for a in aggs])
+        #: the distinct window starts and ends (days before as_of), for :meth:`aggregate`'s
+        #: bounds: an event's side of a window's edge depends on the edge alone
+        self.start_days = np.unique(self.lower_days)
+        self.end_days = np.unique(self.upper_days)
         wheres = list(dict.fromkeys(a.where for a in aggs))
         self.wheres = wheres
         #: the distinct conditions; per position k of a where, each aggregation's condition
@@ -161,6 +180,9 @@ class _TablePlan:
         kinds: dict[str, str] = {}  # column -> its record kind (text or numeric)
         for c in self.conds:
             kinds[c.column] = table.column(c.column).type
+        #: the columns the conditions read, and :func:`counted`'s answers per their values
+        self.cond_columns = tuple(kinds)
+        self.counted: dict[tuple[Any, ...], bool] = {}
         #: ``column == value`` conditions compared in one broadcast per column: (column,
         #: their rows in the condition matrix, their values); the others one by one
         equal: dict[str, list[int]] = {}
@@ -195,7 +217,8 @@ class _TablePlan:
             [0.0 if kind in ZERO_WHEN_EMPTY else np.nan for kind in (a.agg for a in aggs)]
         )
         self.empty = empty  # every aggregation over no events at all
-        self.never = np.full(len(aggs), np.inf)  # the bounds of no events
+        #: the bounds of no events
+        self.never = (np.full(self.start_days.size, np.inf), np.full(self.end_days.size, np.inf))
         self.count_rows = rows_of.get("count", np.empty(0, dtype=np.intp))
         self.last_rows = rows_of.get("days_since_last", np.empty(0, dtype=np.intp))
         self.first_rows = rows_of.get("days_since_first", np.empty(0, dtype=np.intp))
@@ -234,14 +257,15 @@ class _TablePlan:
         """The raw aggregates of one customer's events (``columns``: the record's lists),
         one value per aggregation in :attr:`aggs` order.
 
-        ``bounds``: a list to append, per aggregation, the earliest event time inside its
-        window's start and the earliest at or after its end (infinite when none): while a
-        later instant's window bounds stay at or below them, every event stays on its side
-        of both, so the aggregates are these (:class:`features.online.kept.KeptAggregates`)."""
+        ``bounds``: a list to append, per distinct window start (:attr:`start_days`), the
+        earliest event time at or after it, and per distinct window end (:attr:`end_days`)
+        the earliest at or after that (infinite when none): while a later instant's window
+        edges stay at or below them, every event stays on its side of each, so the
+        aggregates are these (:class:`features.online.kept.KeptAggregates`)."""
         listed = columns.get(self.time_column) or []
         if not listed:
             if bounds is not None:
-                bounds.append((self.never, self.never))
+                bounds.append(self.never)
             return self.empty.copy()
         times = np.array(listed, dtype=np.float64)  # None -> NaN: never in a window
         arrays = {
@@ -253,12 +277,9 @@ class _TablePlan:
         started = times >= lower[:, None]
         mask = started & (times < upper[:, None])
         if bounds is not None:  # NaN times are in no window whatever the instant
-            bounds.append(
-                (
-                    np.where(started, times, np.inf).min(axis=1),
-                    np.where(times >= upper[:, None], times, np.inf).min(axis=1),
-                )
-            )
+            edges = as_of_us - np.concatenate([self.start_days, self.end_days]) * MICROS_PER_DAY
+            earliest = np.where(times >= edges[:, None], times, np.inf).min(axis=1)
+            bounds.append((earliest[: self.start_days.size], earliest[self.start_days.size :]))
         if self.cond_rows:
             hits = np.empty((len(self.conds) + 1, times.size), dtype=bool)
             hits[0] = True
@@ -329,10 +350,10 @@ class _Plan:
                 rows = np.array([position[a.name] for a in aggs], dtype=np.intp)
                 self.tables.append((table.name, _TablePlan(table, aggs), rows))
         self.by_table = {name: plan for name, plan, _ in self.tables}
-        #: every table's window bounds in days, in the order :func:`_aggregates` gives
-        #: their bounds (each table's aggregations in turn)
-        self.lower_days = np.concatenate([plan.lower_days for _, plan, _ in self.tables])
-        self.upper_days = np.concatenate([plan.upper_days for _, plan, _ in self.tables])
+        #: every table's distinct window starts and ends in days, in the order
+        #: :func:`_aggregates` gives their bounds (each table's in turn)
+        self.start_days = np.concatenate([plan.start_days for _, plan, _ in self.tables])
+        self.end_days = np.concatenate([plan.end_days for _, plan, _ in self.tables])
         self.agg_names = [a.name for a in spec.aggs]
         self.time_rows = np.array(
             [i for i, a in enumerate(spec.aggs) if a.agg in TIME_AGGS], dtype=np.intp

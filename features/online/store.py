@@ -25,11 +25,20 @@ in place of a customer id (:mod:`features.online.identifiers`).
 
 Records are stored as compact ASCII JSON bytes (NaN allowed, as Python's json writes it).
 Measured: zlib halves the size but slows a bulk load by 40 %, so records are not compressed.
+
+A record may carry a **stamp** (key :data:`STAMP`, written last): values a writer derived
+from the record (:func:`features.online.kept.stamp`: its raw aggregates as of the write),
+with the digest of the record's bytes they were derived from (:func:`record_digest`).
+:func:`decode_record` drops it, so a writer that changes a record and does not stamp it
+again writes it without; :func:`stamp_of` reads it (without decoding the record) only
+while the digest matches the bytes stored before it, so a stamp never outlives the record
+it was made from.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -75,6 +84,11 @@ BULK_CACHE_KIB = 256 * 1024
 
 # no circular-reference check: records are trees by contract, and the check costs ~30 %
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+#: the key of a record's stamp (see the module doc): no event table or attribute is named so
+STAMP = "~stamp"
+#: where the stamp starts in the stored bytes (a quote inside a JSON string is escaped, so
+#: these bytes appear only as the top-level key, the last one)
+_STAMP_MARK = b',"~stamp":'
 
 
 @runtime_checkable
@@ -196,20 +210,56 @@ def redact_url(url: str) -> str:
 
 
 def encode_record(customer_id: str, record: Record) -> bytes:
-    """Compact JSON bytes; rejects non-dict records and non-str ids with the id in the message."""
+    """Compact JSON bytes, the stamp (if any) last; rejects non-dict records and non-str ids
+    with the id in the message."""
     if not isinstance(customer_id, str):
         raise TypeError(f"customer_id must be a str, got {type(customer_id).__name__}")
     if not isinstance(record, dict):
         raise TypeError(
             f"record for customer {customer_id!r} must be a dict, got {type(record).__name__}"
         )
+    if STAMP in record and next(reversed(record)) != STAMP:
+        record = {**_unstamped(record), STAMP: record[STAMP]}
     return _ENCODER.encode(record).encode()
 
 
 def decode_record(data: bytes) -> Record:
-    """Inverse of :func:`encode_record`."""
+    """Inverse of :func:`encode_record`, without the stamp."""
     record: Record = json.loads(data)
+    record.pop(STAMP, None)
     return record
+
+
+def _unstamped(record: Record) -> Record:
+    return {k: v for k, v in record.items() if k != STAMP} if STAMP in record else record
+
+
+def _digest(*parts: bytes | memoryview) -> str:
+    found = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        found.update(part)
+    return found.hexdigest()
+
+
+def record_digest(record: Record) -> str:
+    """The digest of the record's stored bytes, its stamp aside: what a stamp made from
+    this record carries (``"digest"``) for :func:`stamp_of` to check."""
+    return _digest(_ENCODER.encode(_unstamped(record)).encode())
+
+
+def stamp_of(data: bytes) -> dict[str, Any] | None:
+    """The stamp of the record stored in ``data``, read without decoding the record, or
+    None when it has none or one made from other bytes (changed after it was stamped)."""
+    cut = data.rfind(_STAMP_MARK)  # the bytes before it, closed, are the record unstamped
+    if cut < 0:
+        return None
+    try:
+        stamp = json.loads(data[cut + len(_STAMP_MARK) : -1])
+    except ValueError:  # not a stamp this module wrote
+        return None
+    if not isinstance(stamp, dict) or stamp.get("digest") != _digest(memoryview(data)[:cut], b"}"):
+        return None
+    return stamp
 
 
 def _batches(items: Iterable[tuple[str, Record]], size: int) -> Iterator[list[tuple[str, bytes]]]:

@@ -4,6 +4,7 @@ points are versioned per snapshot and stored in the warehouse."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from features.segments import (
+    ABC_VALUE,
     FREQUENCY,
     MONETARY,
     NO_PURCHASE,
@@ -67,15 +69,32 @@ def test_every_score_pair_gets_the_first_matching_grid_segment() -> None:
 
 
 def test_one_customer_gets_the_batch_segment() -> None:
+    """The live paths (one customer's dict, a few customers' column lists: plain floats)
+    give the frame path's scores, names and tiers, of the same types, on customers with
+    missing values and values on the very cut points."""
     frame = customers(500, 2)
     model = fit_segments(frame)
+    cuts = [*model.recency_edges, *model.frequency_edges, *model.monetary_edges]
+    for i, column in enumerate(("days_since_last_order", "orders_365d", "spend_365d")):
+        frame.loc[i * 20 : i * 20 + 9, column] = cuts[i * 4 : i * 4 + 4] * 2 + [np.nan] * 2
+    frame.loc[60:69, ABC_VALUE] = [model.abc_a_min, model.abc_b_min, np.nan, 0.0, -1.0] * 2
     batch = assign_segments(frame, model)
+
+    def same(got: Any, want: Any) -> bool:
+        if isinstance(want, float) and np.isnan(want):
+            return isinstance(got, float) and np.isnan(got)
+        return bool(got == want) and type(got) is type(want)
+
     for i in range(0, 500, 7):
         one = assign_segments(frame.iloc[i].to_dict(), model)
         for column, values in batch.items():
-            assert one[column][0] == values[i] or (
-                isinstance(values[i], float) and np.isnan(values[i]) and np.isnan(one[column][0])
-            )
+            assert same(one[column][0], values[i]), (i, column)
+    rows = frame.iloc[:80].to_dict("records")
+    lists = {name: [row[name] for row in rows] for name in rows[0]}
+    several = assign_segments(lists, model)
+    for column, values in batch.items():
+        assert several[column].dtype == values.dtype
+        assert all(same(several[column][i], values[i]) for i in range(80)), column
 
 
 def test_a_snapshot_has_one_version() -> None:

@@ -6,6 +6,7 @@ import math
 import struct
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,14 +14,15 @@ import pytest
 from sample_data import random_tables
 
 from features.batch import MICROS_PER_DAY, micros
-from features.online.kept import KeptAggregates
+from features.online.events import Outbox, apply_events, decision_row, log_decisions
+from features.online.kept import KeptAggregates, stamp
 from features.online.record import (
     append_events,
     empty_record,
     evaluate,
     records_from_frames,
 )
-from features.online.store import decode_record, encode_record
+from features.online.store import STAMP, decode_record, encode_record, open_store, stamp_of
 from features.spec import default_spec
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -138,3 +140,96 @@ def test_kept_records_are_bounded() -> None:
     for entry in kept._kept.values():  # the aggregates and a digest, never the record
         held = [getattr(entry, f.name) for f in fields(entry) if f.name != "digest"]
         assert not any(isinstance(v, bytes) for v in held) and len(entry.digest) == 16
+
+
+@pytest.mark.parametrize("seed", [5, 8])
+def test_a_stamped_record_is_read_not_aggregated(seed: int) -> None:
+    """A record stamped by its writer (:func:`stamp`) gives a worker that never saw the
+    customer the evaluator's features bit for bit without aggregating its events, at the
+    stamp's instant and after while no event crossed a window's edge; past an edge, or
+    before the stamp, they are computed -- and equal -- as without a stamp."""
+    spec = default_spec()
+    rng = np.random.default_rng(seed)
+    tables = random_tables(seed, customers=25, events=700)
+    records = records_from_frames(
+        tables["customers"], {k: v for k, v in tables.items() if k != "customers"}
+    )
+    records["NONE"] = empty_record({"customer_id": "NONE", "signup_at": None}, spec)
+    latest = max(tables["orders"]["ordered_at"].max(), tables["interactions"]["occurred_at"].max())
+    start = latest.to_pydatetime() - timedelta(days=120)
+    read = computed = 0
+    for customer_id, record in records.items():
+        plain = encode_record(customer_id, record)
+        encoded = encode_record(customer_id, stamp(record, start, spec))
+        assert decode_record(encoded) == decode_record(plain)  # the stamp is not the record
+        instants = _instants(record, start, rng)
+        for as_of in [*instants, start - timedelta(microseconds=1)]:
+            fresh = KeptAggregates(spec)  # a worker that never scored the customer
+            got = fresh.evaluate(customer_id, encoded, as_of)
+            assert _same(got, evaluate(decode_record(encoded), as_of, spec)), (customer_id, as_of)
+            assert fresh.computed + fresh.read_stamps == 1
+            if as_of == start:
+                assert fresh.read_stamps == 1, customer_id  # at its own instant it holds
+            read += fresh.read_stamps
+            computed += fresh.computed
+    assert computed > len(records)  # past the edges and before the stamp
+    assert read > 2 * len(records)  # at the stamp's instant and the small steps after
+
+
+def test_a_stamp_of_other_events_or_another_spec_is_not_read() -> None:
+    """A stamp is read only with the bytes it was made from and the spec it was made with:
+    events added after it (a writer that did not stamp again) or another feature set give
+    the features computed from the record."""
+    spec = default_spec()
+    tables = random_tables(3, customers=4, events=120)
+    records = records_from_frames(
+        tables["customers"], {k: v for k, v in tables.items() if k != "customers"}
+    )
+    customer_id, record = next(iter(records.items()))
+    as_of = datetime(2030, 1, 1, tzinfo=UTC)
+    stamp(record, as_of, spec)
+    assert stamp_of(encode_record(customer_id, record)) is not None
+    order = {"order_id": "O-late", "ordered_at": micros(as_of) - 1, "amount": 5.0}
+    append_events(record, "orders", [order])  # the stamp stays, made from the record before
+    encoded = encode_record(customer_id, record)
+    assert stamp_of(encoded) is None
+    kept = KeptAggregates(spec)
+    got = kept.evaluate(customer_id, encoded, as_of)
+    assert kept.computed == 1 and _same(got, evaluate(decode_record(encoded), as_of, spec))
+    stamp(record, as_of, spec)["spec"] = "fs-another"
+    kept = KeptAggregates(spec)
+    kept.evaluate(customer_id, encode_record(customer_id, record), as_of)
+    assert kept.computed == 1
+    # a value spelling the stamp's key is a JSON string (its quotes escaped): never a stamp
+    record = decode_record(encode_record(customer_id, record))
+    record["customer"]["region"] = ',"~stamp":{"digest":"x"}}'
+    assert stamp_of(encode_record(customer_id, record)) is None
+    assert stamp_of(encode_record(customer_id, stamp(record, as_of, spec))) is not None
+
+
+def test_writers_stamp_the_records_they_write(tmp_path: Path) -> None:
+    """A posted event and a logged decision that counts leave the record stamped as of the
+    write (so the next score reads its aggregates); another update drops the stamp."""
+    tables = random_tables(3, customers=4, events=120)
+    records = records_from_frames(
+        tables["customers"], {k: v for k, v in tables.items() if k != "customers"}
+    )
+    store = open_store("sqlite:///:memory:")
+    store.put_many(records.items())
+    first, second = list(records)[:2]
+    assert stamp_of(store.get_encoded(first) or b"") is None  # loaded unstamped
+    before = datetime.now(UTC)
+    order = {"order_id": "O-live", "customer_id": first, "ordered_at": before, "amount": 5.0}
+    apply_events(store, Outbox(tmp_path), {"orders": [order]})
+    decision = decision_row("d-1", second, before, "cross_sell", "email", 0.5)
+    log_decisions(store, Outbox(tmp_path), [decision], with_record={second})
+    for customer_id in (first, second):
+        encoded = store.get_encoded(customer_id) or b""
+        found = stamp_of(encoded)
+        assert found is not None and found["as_of"] >= micros(before)
+        kept = KeptAggregates()
+        got = kept.evaluate(customer_id, encoded, datetime.now(UTC) + timedelta(seconds=1))
+        assert kept.computed == 0 and got["orders_all" if customer_id == first else "offers_30d"]
+    store.update(first, lambda record: record)
+    assert stamp_of(store.get_encoded(first) or b"") is None
+    assert STAMP not in (store.get(second) or {})

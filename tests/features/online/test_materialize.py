@@ -4,6 +4,7 @@ partitions."""
 
 from __future__ import annotations
 
+import struct
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ from sample_data import assert_features_equal, cutoff, load_tables, random_table
 
 from features.batch import build, micros
 from features.online import materialize as mat
+from features.online.kept import KeptAggregates
 from features.online.record import evaluate
-from features.online.store import open_store
+from features.online.store import open_store, stamp_of
 from features.segments import SegmentModel, fit_segments
 from features.spec import default_spec
 from features.tables.segments import NoSegmentsError, snapshot_segments
@@ -64,6 +66,31 @@ def test_records_give_the_batch_features(con: Any) -> None:
             expected.set_index("customer_id").loc[ids].reset_index(),
             f"as of {as_of:%Y-%m-%d}",
         )
+
+
+def _bits(value: Any) -> Any:
+    return struct.pack("<d", value) if isinstance(value, float) else value
+
+
+def test_records_are_stamped_with_their_aggregates_as_of_the_cutoff(con: Any) -> None:
+    """A load stamps every record (:func:`features.online.kept.stamp`): a worker's first
+    score of a customer reads the aggregates instead of computing them, and gets the
+    evaluator's features."""
+    store = open_store("sqlite:///:memory:")
+    mat.materialize(con, store, AS_OF)
+    ids = list(store.get_many(list(build(con, AS_OF)["customer_id"])))
+    kept = KeptAggregates()
+    for customer_id in ids:
+        encoded = store.get_encoded(customer_id) or b""
+        assert (stamp_of(encoded) or {}).get("as_of") == micros(AS_OF)
+        later = AS_OF + timedelta(minutes=5)
+        got, want = (
+            kept.evaluate(customer_id, encoded, later),
+            evaluate(store.get(customer_id), later),
+        )
+        assert list(got) == list(want)
+        assert all(_bits(got[k]) == _bits(want[k]) for k in want), customer_id
+    assert kept.computed == 0 and ids
 
 
 def test_only_the_past_is_loaded(con: Any) -> None:

@@ -14,6 +14,7 @@ from sample_data import random_tables
 from features.batch import MICROS_PER_DAY, finish, micros
 from features.contract import TABLES
 from features.online.record import (
+    _plan,
     append_events,
     counted,
     empty_record,
@@ -60,6 +61,23 @@ def test_an_event_no_feature_counts_changes_no_feature(source: str) -> None:
             assert not _changes_a_feature(source, row), row
     if source == "campaign_log":  # the random log has no_action rows on channel "none"
         assert left_out > 0
+
+
+@pytest.mark.parametrize("source", ["orders", "interactions", "campaign_log"])
+def test_counted_answers_kept_per_condition_values_are_the_judged_ones(source: str) -> None:
+    """:func:`counted` keeps its answer per values of the columns its conditions read: a
+    second pass over the events (every answer read back) gives the first pass's answers,
+    each judged with nothing kept."""
+    plans = _plan(default_spec()).by_table
+    frame = random_tables(4, events=300)[source]
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    judged = []
+    for row in rows:
+        plans[source].counted.clear()
+        judged.append(counted(source, row))
+    assert [counted(source, row) for row in rows] == judged  # kept from the 2nd row on
+    assert [counted(source, row) for row in rows] == judged
+    assert 0 < len(plans[source].counted) <= len(rows)
 
 
 def test_no_action_decisions_count_toward_no_feature_and_offers_do() -> None:
