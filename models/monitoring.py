@@ -8,7 +8,7 @@ resolves but fails at import (``pandas.core.dtypes.common.infer_dtype_from_objec
 in pandas 3); NannyML 0.13.1 runs CBPE but caps LightGBM below 4.6 (the lock has 4.7),
 adds 35 packages to ours (s3fs, gcsfs and the Google Cloud clients, kaleido, FLAML with
 XGBoost and NCCL) and sends usage telemetry unless told not to. What we need is a few
-dozen lines each, tested against the simulator's ground truth.
+dozen lines each, tested against what the simulated worlds realise.
 """
 
 from __future__ import annotations
