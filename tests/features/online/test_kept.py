@@ -17,13 +17,14 @@ from features.batch import MICROS_PER_DAY, micros
 from features.online.events import Outbox, apply_events, decision_row, log_decisions
 from features.online.kept import KeptAggregates, stamp
 from features.online.record import (
+    Record,
     append_events,
     empty_record,
     evaluate,
     records_from_frames,
 )
 from features.online.store import STAMP, decode_record, encode_record, open_store, stamp_of
-from features.spec import default_spec
+from features.spec import FeatureSpec, default_spec
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -64,6 +65,24 @@ def _instants(record: dict[str, Any], start: datetime, rng: np.random.Generator)
     return [_instant(us) for us in sorted(u for u in instants if u >= start_us)]
 
 
+def _records(seed: int, customers: int, events: int) -> tuple[dict[str, Record], datetime]:
+    """Records of random customers (:func:`random_tables`) and the latest event's instant."""
+    tables = random_tables(seed, customers=customers, events=events)
+    latest = max(tables["orders"]["ordered_at"].max(), tables["interactions"]["occurred_at"].max())
+    records = records_from_frames(
+        tables["customers"], {k: v for k, v in tables.items() if k != "customers"}
+    )
+    return records, latest.to_pydatetime()
+
+
+def _customers(seed: int, spec: FeatureSpec) -> tuple[dict[str, Record], datetime]:
+    """Records of 25 random customers with many, few and no events, and one with none at
+    all, and an instant 120 days before the latest event."""
+    records, latest = _records(seed, 25, 700)
+    records["NONE"] = empty_record({"customer_id": "NONE", "signup_at": None}, spec)
+    return records, latest - timedelta(days=120)
+
+
 @pytest.mark.parametrize("seed", [5, 8])
 def test_kept_features_equal_the_evaluators_bit_for_bit(seed: int) -> None:
     """Customers with many, few and no events, scored at instants moving forward in small
@@ -72,13 +91,7 @@ def test_kept_features_equal_the_evaluators_bit_for_bit(seed: int) -> None:
     aggregates are kept across most small steps and computed again across the edges."""
     spec = default_spec()
     rng = np.random.default_rng(seed)
-    tables = random_tables(seed, customers=25, events=700)
-    records = records_from_frames(
-        tables["customers"], {k: v for k, v in tables.items() if k != "customers"}
-    )
-    records["NONE"] = empty_record({"customer_id": "NONE", "signup_at": None}, spec)
-    latest = max(tables["orders"]["ordered_at"].max(), tables["interactions"]["occurred_at"].max())
-    start = latest.to_pydatetime() - timedelta(days=120)
+    records, start = _customers(seed, spec)
     kept = KeptAggregates(spec)
     evaluations = 0
     for customer_id, record in records.items():
@@ -96,11 +109,7 @@ def test_a_changed_record_is_evaluated_anew() -> None:
     """An event added to a record (as a posted event does) gives other bytes: its features
     are computed from the new record, never the kept aggregates of the old one."""
     spec = default_spec()
-    tables = random_tables(3, customers=4, events=120)
-    records = records_from_frames(
-        tables["customers"], {k: v for k, v in tables.items() if k != "customers"}
-    )
-    customer_id, record = next(iter(records.items()))
+    customer_id, record = next(iter(_records(3, 4, 120)[0].items()))
     as_of = datetime(2030, 1, 1, tzinfo=UTC)
     kept = KeptAggregates(spec)
     before = kept.evaluate(customer_id, encode_record(customer_id, record), as_of)
@@ -150,13 +159,7 @@ def test_a_stamped_record_is_read_not_aggregated(seed: int) -> None:
     before the stamp, they are computed -- and equal -- as without a stamp."""
     spec = default_spec()
     rng = np.random.default_rng(seed)
-    tables = random_tables(seed, customers=25, events=700)
-    records = records_from_frames(
-        tables["customers"], {k: v for k, v in tables.items() if k != "customers"}
-    )
-    records["NONE"] = empty_record({"customer_id": "NONE", "signup_at": None}, spec)
-    latest = max(tables["orders"]["ordered_at"].max(), tables["interactions"]["occurred_at"].max())
-    start = latest.to_pydatetime() - timedelta(days=120)
+    records, start = _customers(seed, spec)
     read = computed = 0
     for customer_id, record in records.items():
         plain = encode_record(customer_id, record)
@@ -181,11 +184,7 @@ def test_a_stamp_of_other_events_or_another_spec_is_not_read() -> None:
     events added after it (a writer that did not stamp again) or another feature set give
     the features computed from the record."""
     spec = default_spec()
-    tables = random_tables(3, customers=4, events=120)
-    records = records_from_frames(
-        tables["customers"], {k: v for k, v in tables.items() if k != "customers"}
-    )
-    customer_id, record = next(iter(records.items()))
+    customer_id, record = next(iter(_records(3, 4, 120)[0].items()))
     as_of = datetime(2030, 1, 1, tzinfo=UTC)
     stamp(record, as_of, spec)
     assert stamp_of(encode_record(customer_id, record)) is not None
