@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,10 +74,9 @@ from models.targeting import feature_subset
 from models.value import PRIOR_INPUTS, SpendPrior
 from rapport.settings import get_settings
 from training.analytics_report import build_report
-from training.datasets import lineage
+from training.datasets import Progress, lineage
 from training.report import Report
 
-Progress = Callable[[str], None]
 #: periods of history measured when the caller does not say
 DEFAULT_PERIODS = {"month": 12, "quarter": 8}
 #: order features each snapshot needs (segments, activity, P(alive)); tenure comes along

@@ -45,7 +45,7 @@ import fcntl
 import importlib
 import os
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,10 +61,9 @@ from models import registry
 from models.registry import CHAMPION, KINDS, PREVIOUS
 from rapport.settings import get_settings
 from training import jobs, overrides, tracking
-from training.datasets import TrainingSet, Window, default_as_of, fingerprint, lineage
+from training.datasets import Progress, TrainingSet, Window, default_as_of, fingerprint, lineage
 
 STEPS = ("ingest", "monitor", "impact", "guard", "retrain", "promote", "score", "materialize")
-Progress = Callable[[str], None]
 NOTHING_TO_MONITOR = "no scoring run to monitor yet (this run's score step makes the first)"
 
 

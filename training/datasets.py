@@ -44,6 +44,7 @@ from features.contract import CUSTOMERS, EVENT_TABLES, ORDERS, TABLES
 from features.spec import FeatureSpec, default_spec
 from features.timeutil import as_utc
 
+#: a long job's progress callback, one line per step (the training jobs' one home of it)
 Progress = Callable[[str], None]
 Part = Literal["train", "valid", "test"]
 ACTIVE_DAYS = 365

@@ -68,7 +68,6 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -94,7 +93,7 @@ from models.alerts import Alerts, load_alerts
 from models.metrics import calibration_curve, classification_metrics, regression_metrics
 from rapport.settings import get_settings
 from training import policy_health
-from training.datasets import data_end, labels
+from training.datasets import Progress, data_end, labels
 from training.impact import catalog_of
 from training.monitor_checks import GROUPS, NAN, SCORES, Checks, Holdout, subjects
 from training.monitor_drift import (
@@ -109,7 +108,6 @@ from training.monitor_drift import (
 )
 from training.monitor_partial import check_partial
 
-Progress = Callable[[str], None]
 EXPERIMENT = "rapport-monitoring"
 #: the columns of ``scores`` the checks read
 SCORE_COLUMNS = ("customer_id", *SCORES, "value_p10", "value_p50", "value_p90", *GROUPS)

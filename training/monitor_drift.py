@@ -5,7 +5,7 @@ vectors the service sampled (:func:`check_skew_into`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -25,9 +25,8 @@ from models import monitoring as stats
 from models import registry
 from models.alerts import Alerts, Level, load_alerts
 from rapport.settings import get_settings
+from training.datasets import Progress
 from training.monitor_checks import SCORES, Checks
-
-Progress = Callable[[str], None]
 
 #: ``emptied`` is judged only when the reference's informative share would give this many
 #: informative rows in the run (below it, a rare feature empties by chance)

@@ -44,7 +44,6 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -74,8 +73,8 @@ from features.timeutil import as_utc
 from features.warehouse import raw, transaction
 from models.registry import Champions, build_scorer, check_compatible, load_champions
 from rapport.settings import get_settings
+from training.datasets import Progress
 
-Progress = Callable[[str], None]
 NBA = "nba"
 #: customers per scoring chunk: large enough for LightGBM's batch speed, small in memory
 CHUNK_ROWS = 250_000
