@@ -9,10 +9,8 @@ everyone else reads a stored version.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -157,8 +155,6 @@ def _segment_names(r: np.ndarray, f: np.ndarray) -> np.ndarray:
 def assign_segments(features: pd.DataFrame | Mapping[str, Any], model: SegmentModel) -> dict:
     """Segment columns for a frame (or a one-customer dict, or a mapping of column lists:
     the live scorer's micro-batch) of features."""
-    if not isinstance(features, pd.DataFrame):
-        return _assign_rows(features, model)
 
     def column(name: str) -> np.ndarray:
         return np.atleast_1d(np.asarray(features[name], dtype="float64"))
@@ -179,52 +175,6 @@ def assign_segments(features: pd.DataFrame | Mapping[str, Any], model: SegmentMo
         "m_score": m,
         "rfm_segment": _segment_names(r, f),
         "abc_tier": tier,
-    }
-
-
-def _floats(features: Mapping[str, Any], name: str) -> list[float]:
-    """A column of a dict (one value) or of a mapping of lists, as plain floats (NaN for
-    null, as ``np.asarray(..., dtype="float64")`` reads None)."""
-    values = features[name]
-    if not isinstance(values, list | tuple | np.ndarray):
-        values = [values]
-    return [np.nan if v is None else float(v) for v in values]
-
-
-def _assign_rows(features: Mapping[str, Any], model: SegmentModel) -> dict:
-    """:func:`assign_segments` of a few customers on plain floats (the live path: its
-    numpy calls on one-element arrays cost more than the arithmetic), the same numbers
-    and names as the frame path (``searchsorted``'s sides are ``bisect``'s; a NaN value
-    sorts last in both for the right side, and a missing recency scores nothing)."""
-    r_scores, f_scores, m_scores, names, tiers = [], [], [], [], []
-    rows = zip(
-        _floats(features, RECENCY),
-        _floats(features, FREQUENCY),
-        _floats(features, MONETARY),
-        _floats(features, ABC_VALUE),
-        strict=True,
-    )
-    for recency, frequency, monetary, value in rows:
-        if math.isnan(recency):  # no order yet: no scores
-            r = f = m = np.nan
-            name = _SEGMENT_TABLE[0, 0]
-        else:
-            r = 5.0 - bisect.bisect_left(model.recency_edges, recency)
-            f = 1.0 + bisect.bisect_right(model.frequency_edges, frequency)
-            m = 1.0 + bisect.bisect_right(model.monetary_edges, monetary)
-            name = _SEGMENT_TABLE[int(r), int(f)]
-        r_scores.append(r)
-        f_scores.append(f)
-        m_scores.append(m)
-        names.append(name)
-        tier = "A" if value >= model.abc_a_min else "B" if value >= model.abc_b_min else "C"
-        tiers.append(tier if value > 0 else "C")
-    return {
-        "r_score": np.array(r_scores, dtype=np.float64),
-        "f_score": np.array(f_scores, dtype=np.float64),
-        "m_score": np.array(m_scores, dtype=np.float64),
-        "rfm_segment": np.array(names, dtype=object),
-        "abc_tier": np.array(tiers, dtype=object),
     }
 
 

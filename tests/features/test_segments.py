@@ -69,8 +69,8 @@ def test_every_score_pair_gets_the_first_matching_grid_segment() -> None:
 
 
 def test_one_customer_gets_the_batch_segment() -> None:
-    """The live paths (one customer's dict, a few customers' column lists: plain floats)
-    give the frame path's scores, names and tiers, of the same types, on customers with
+    """The live paths (one customer's dict, a few customers' column lists) give the frame
+    path's scores, names and tiers, of the same types, on customers with
     missing values and values on the very cut points."""
     frame = customers(500, 2)
     model = fit_segments(frame)
