@@ -64,6 +64,7 @@ from features.contract import TABLES
 from features.durable import fsync_paths, pid_alive, replace_durably
 from features.online.kept import stamp
 from features.online.record import Record, append_events, counted, record_columns
+from features.online.store import STAMP as RECORD_STAMP
 from features.online.store import redact_url
 from features.spec import FeatureSpec, default_spec
 from features.tables.feature_samples import FEATURE_SAMPLES, encode
@@ -372,8 +373,10 @@ def _append_to_record(
         nonlocal added
         if current is None:  # deleted since the check: the outbox still has the events
             raise UnknownCustomerError([customer_id])
+        # the stamp it was stored with: the tables no event joins keep their aggregates
+        previous = current.pop(RECORD_STAMP, None)
         added = sum(append_events(current, table, rows) for table, rows in tables.items())
-        return stamp(current, datetime.now(UTC), spec)
+        return stamp(current, datetime.now(UTC), spec, previous, tables.keys())
 
     store.update(customer_id, change)
     return added

@@ -47,7 +47,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -103,7 +103,7 @@ class KeptAggregates:
                 self._kept[customer_id] = kept  # most recently used last
         if kept is not None and kept.digest == digest and self._holds(kept, as_of_us):
             return _finished(kept.customer, kept.raw.copy(), as_of_us, plan)
-        fresh = self._unstamp(stamp_of(encoded), digest)
+        fresh = _entry(stamp_of(encoded), self.spec, digest)
         if fresh is not None and self._holds(fresh, as_of_us):
             self.read_stamps += 1
         else:
@@ -120,18 +120,6 @@ class KeptAggregates:
             while len(self._kept) > self.size:
                 del self._kept[next(iter(self._kept))]
         return _finished(fresh.customer, fresh.raw.copy(), as_of_us, plan)
-
-    def _unstamp(self, stamp: Mapping[str, Any] | None, digest: bytes) -> _Kept | None:
-        """The kept entry a record's stamp holds (:func:`stamp`), if made with this spec."""
-        if stamp is None or stamp.get("spec") != self.spec.version:
-            return None
-        values = np.frombuffer(base64.b64decode(stamp["values"]), dtype="<f8")
-        plan = self._plan
-        cuts = np.cumsum([len(plan.agg_names), plan.start_days.size])
-        if values.size != cuts[-1] + plan.end_days.size:
-            return None
-        raw, started, ended = np.split(values, cuts)
-        return _Kept(digest, float(stamp["as_of"]), raw, started, ended, stamp["customer"])
 
     def drop(self, customer_id: str) -> None:
         """Forget the customer's entry (their record is gone from the store: erased)."""
@@ -156,17 +144,52 @@ class KeptAggregates:
             self._kept.clear()
 
 
-def stamp(record: Record, as_of: datetime, spec: FeatureSpec | None = None) -> Record:
+def stamp(
+    record: Record,
+    as_of: datetime,
+    spec: FeatureSpec | None = None,
+    previous: Mapping[str, Any] | None = None,
+    changed: Collection[str] = (),
+) -> Record:
     """Store with ``record`` (in place; returned) its raw aggregates as of ``as_of``, what
     :meth:`KeptAggregates.evaluate` would keep for it, under the record's
     :data:`~features.online.store.STAMP` with the digest of its bytes: the writers call it
-    last, on the record they write (the module doc)."""
+    last, on the record they write (the module doc).
+
+    ``previous``: the stamp of this record before the writer appended events to the tables
+    ``changed`` only (made from exactly the bytes the writer read: the store's update gives
+    it, :meth:`features.online.store.OnlineStore.update`). Each other table's aggregates
+    and window bounds are taken from it while they hold at ``as_of``
+    (:meth:`KeptAggregates._holds`' test, table by table: no event crossed one of its
+    window edges since), so a logged decision aggregates the campaign log alone; the
+    stamp is the same, bit for bit, as one computed from every event
+    (``tests/features/online/test_kept.py``)."""
     spec = spec or default_spec()
     plan = _plan(spec)
     record.pop(STAMP, None)
-    bounds: list[tuple[np.ndarray, np.ndarray]] = []
     as_of_us = micros(as_of)
-    raw = _aggregates(record, as_of_us, plan, bounds)
+    earlier = _entry(previous, spec, b"") if previous is not None else None
+    if earlier is not None and as_of_us < earlier.as_of_us:
+        earlier = None  # bounds only rise with the instant: an earlier stamp tells nothing
+    raw = np.empty(len(plan.agg_names))
+    bounds: list[tuple[np.ndarray, np.ndarray]] = []
+    starts = ends = 0
+    for name, table_plan, rows in plan.tables:
+        n_start, n_end = table_plan.start_days.size, table_plan.end_days.size
+        started = ended = None
+        if earlier is not None and name not in changed:
+            started = earlier.started[starts : starts + n_start]
+            ended = earlier.ended[ends : ends + n_end]
+            lower = as_of_us - table_plan.start_days * MICROS_PER_DAY
+            upper = as_of_us - table_plan.end_days * MICROS_PER_DAY
+            if not ((started >= lower).all() and (ended >= upper).all()):
+                started = ended = None
+        if started is not None and ended is not None and earlier is not None:
+            raw[rows] = earlier.raw[rows]
+            bounds.append((started, ended))
+        else:
+            raw[rows] = table_plan.aggregate(record.get(name) or {}, as_of_us, bounds)
+        starts, ends = starts + n_start, ends + n_end
     values = np.concatenate([raw, *(b[0] for b in bounds), *(b[1] for b in bounds)])
     record[STAMP] = {
         "digest": record_digest(record),
@@ -176,3 +199,16 @@ def stamp(record: Record, as_of: datetime, spec: FeatureSpec | None = None) -> R
         "customer": record["customer"],  # what finishing the features reads besides
     }
     return record
+
+
+def _entry(stamp: Mapping[str, Any] | None, spec: FeatureSpec, digest: bytes) -> _Kept | None:
+    """The kept entry a record's stamp holds (:func:`stamp`), if made with this spec."""
+    if stamp is None or stamp.get("spec") != spec.version:
+        return None
+    values = np.frombuffer(base64.b64decode(stamp["values"]), dtype="<f8")
+    plan = _plan(spec)
+    cuts = np.cumsum([len(plan.agg_names), plan.start_days.size])
+    if values.size != cuts[-1] + plan.end_days.size:
+        return None
+    raw, started, ended = np.split(values, cuts)
+    return _Kept(digest, float(stamp["as_of"]), raw, started, ended, stamp["customer"])

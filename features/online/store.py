@@ -29,10 +29,11 @@ Measured: zlib halves the size but slows a bulk load by 40 %, so records are not
 A record may carry a **stamp** (key :data:`STAMP`, written last): values a writer derived
 from the record (:func:`features.online.kept.stamp`: its raw aggregates as of the write),
 with the digest of the record's bytes they were derived from (:func:`record_digest`).
-:func:`decode_record` drops it, so a writer that changes a record and does not stamp it
-again writes it without; :func:`stamp_of` reads it (without decoding the record) only
-while the digest matches the bytes stored before it, so a stamp never outlives the record
-it was made from.
+:func:`decode_record` drops it, except for an update function (:meth:`OnlineStore.update`),
+which gets it when it was made from exactly the bytes read, so a writer stamping the record
+again reuses what its change leaves as it was; :func:`stamp_of` reads it (without decoding
+the record) only while the digest matches the bytes stored before it, so a stamp never
+outlives the record it was made from.
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ class OnlineStore(Protocol):
 
         ``fn`` may be called more than once (Redis retries on conflict), so it must only
         compute the new record. An exception in ``fn`` leaves the record unchanged.
+        ``current`` carries the stamp it was stored with (:data:`STAMP`), when made from
+        exactly its bytes: ``fn`` stamps the record it returns again
+        (:func:`features.online.kept.stamp`, which reuses it) or returns it unchanged; a
+        stale stamp is never read (:func:`stamp_of` checks its digest).
         """
         ...
 
@@ -223,10 +228,15 @@ def encode_record(customer_id: str, record: Record) -> bytes:
     return _ENCODER.encode(record).encode()
 
 
-def decode_record(data: bytes) -> Record:
-    """Inverse of :func:`encode_record`, without the stamp."""
+def decode_record(data: bytes, stamped: bool = False) -> Record:
+    """Inverse of :func:`encode_record`, without the stamp; with ``stamped``, the stamp
+    kept under :data:`STAMP` when it was made from exactly these bytes (what an update
+    function gets: a writer stamping the record again reuses it,
+    :func:`features.online.kept.stamp`)."""
     record: Record = json.loads(data)
-    record.pop(STAMP, None)
+    found = record.pop(STAMP, None)
+    if stamped and found is not None and _made_from(data, found):
+        record[STAMP] = found
     return record
 
 
@@ -257,9 +267,17 @@ def stamp_of(data: bytes) -> dict[str, Any] | None:
         stamp = json.loads(data[cut + len(_STAMP_MARK) : -1])
     except ValueError:  # not a stamp this module wrote
         return None
-    if not isinstance(stamp, dict) or stamp.get("digest") != _digest(memoryview(data)[:cut], b"}"):
-        return None
-    return stamp
+    return stamp if _made_from(data, stamp, cut) else None
+
+
+def _made_from(data: bytes, stamp: Any, cut: int | None = None) -> bool:
+    """Was ``stamp`` (read from ``data``, its mark at ``cut``) made from these bytes?"""
+    cut = data.rfind(_STAMP_MARK) if cut is None else cut
+    return (
+        cut >= 0
+        and isinstance(stamp, dict)
+        and stamp.get("digest") == _digest(memoryview(data)[:cut], b"}")
+    )
 
 
 def _batches(items: Iterable[tuple[str, Record]], size: int) -> Iterator[list[tuple[str, bytes]]]:
@@ -445,7 +463,7 @@ class SQLiteStore:
         row = conn.execute(
             "SELECT record FROM records WHERE customer_id = ?", (customer_id,)
         ).fetchone()
-        new = _apply(customer_id, fn, None if row is None else decode_record(row[0]))
+        new = _apply(customer_id, fn, None if row is None else decode_record(row[0], True))
         conn.execute(
             "INSERT OR REPLACE INTO records (customer_id, record) VALUES (?, ?)",
             (customer_id, encode_record(customer_id, new)),
@@ -624,7 +642,7 @@ class RedisStore:
 
         def replace(pipe: Any) -> Record:
             data = pipe.get(key)
-            new = _apply(customer_id, fn, None if data is None else decode_record(data))
+            new = _apply(customer_id, fn, None if data is None else decode_record(data, True))
             pipe.multi()
             pipe.set(key, encode_record(customer_id, new))
             pipe.execute()

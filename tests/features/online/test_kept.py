@@ -18,6 +18,7 @@ from features.online.events import Outbox, apply_events, decision_row, log_decis
 from features.online.kept import KeptAggregates, stamp
 from features.online.record import (
     Record,
+    _plan,
     append_events,
     empty_record,
     evaluate,
@@ -179,6 +180,63 @@ def test_a_stamped_record_is_read_not_aggregated(seed: int) -> None:
     assert read > 2 * len(records)  # at the stamp's instant and the small steps after
 
 
+@pytest.mark.parametrize("seed", [3, 9])
+def test_a_writer_restamps_only_the_tables_it_changed(seed: int) -> None:
+    """A writer appending events to one table reuses the other tables' aggregates from the
+    stamp the record had (:func:`stamp`'s ``previous``) while they hold: the new stamp is
+    the one computed from every event, byte for byte, at instants after the old stamp,
+    with the other tables' events crossing window edges or not, and before it."""
+    spec = default_spec()
+    rng = np.random.default_rng(seed)
+    records, start = _customers(seed, spec)
+    reused = recomputed = 0
+    plan_tables = [name for name, _, _ in _plan(spec).tables]
+    for customer_id, record in records.items():
+        old = decode_record(encode_record(customer_id, stamp(record, start, spec)), True)
+        for as_of in [*_instants(record, start, rng)[:12], start - timedelta(days=1)]:
+            decision = decision_row("d-x", customer_id, as_of, "cross_sell", "email", 0.5)
+            decision = {**decision, "decided_at": micros(as_of) - 1}
+            del decision["customer_id"]
+            for table, row in (
+                ("campaign_log", decision),
+                ("orders", {"order_id": "O-x", "ordered_at": micros(as_of) - 1, "amount": 7.5}),
+            ):
+                changed = decode_record(encode_record(customer_id, old), True)
+                previous = changed.pop(STAMP)
+                append_events(changed, table, [row])
+                full = decode_record(encode_record(customer_id, changed))
+                counts = _aggregations(spec)
+                want = encode_record(customer_id, stamp(full, as_of, spec))
+                computed = _aggregations(spec) - counts
+                got = encode_record(customer_id, stamp(changed, as_of, spec, previous, [table]))
+                assert got == want, (customer_id, as_of, table)
+                again = _aggregations(spec) - counts - computed
+                assert computed == len(plan_tables)
+                reused += computed - again
+                recomputed += again - 1
+    assert reused > 20 * len(records)  # the other tables taken from the stamp
+    assert recomputed > len(records)  # past an edge, or before the old stamp: aggregated
+
+
+_AGGREGATED = {"count": 0}
+
+
+def _aggregations(spec: FeatureSpec) -> int:
+    """How many table aggregations ran so far (counted by a wrapper the first call puts
+    on the plan's tables)."""
+    for _, table_plan, _ in _plan(spec).tables:
+        if not getattr(table_plan.aggregate, "counted", False):
+            inner = table_plan.aggregate
+
+            def counted(*args: Any, _inner: Any = inner, **kwargs: Any) -> Any:
+                _AGGREGATED["count"] += 1
+                return _inner(*args, **kwargs)
+
+            counted.counted = True  # type: ignore[attr-defined]
+            table_plan.aggregate = counted  # type: ignore[method-assign]
+    return _AGGREGATED["count"]
+
+
 def test_a_stamp_of_other_events_or_another_spec_is_not_read() -> None:
     """A stamp is read only with the bytes it was made from and the spec it was made with:
     events added after it (a writer that did not stamp again) or another feature set give
@@ -208,7 +266,8 @@ def test_a_stamp_of_other_events_or_another_spec_is_not_read() -> None:
 
 def test_writers_stamp_the_records_they_write(tmp_path: Path) -> None:
     """A posted event and a logged decision that counts leave the record stamped as of the
-    write (so the next score reads its aggregates); another update drops the stamp."""
+    write (so the next score reads its aggregates); an update leaving the record as it was
+    keeps its stamp, one changing it without stamping it again leaves none that is read."""
     tables = random_tables(3, customers=4, events=120)
     records = records_from_frames(
         tables["customers"], {k: v for k, v in tables.items() if k != "customers"}
@@ -229,6 +288,13 @@ def test_writers_stamp_the_records_they_write(tmp_path: Path) -> None:
         kept = KeptAggregates()
         got = kept.evaluate(customer_id, encoded, datetime.now(UTC) + timedelta(seconds=1))
         assert kept.computed == 0 and got["orders_all" if customer_id == first else "offers_30d"]
-    store.update(first, lambda record: record)
-    assert stamp_of(store.get_encoded(first) or b"") is None
+    store.update(first, lambda record: record)  # unchanged: the stamp still holds
+    assert stamp_of(store.get_encoded(first) or b"") is not None
+
+    def unstamped(record: Record) -> Record:
+        record["customer"]["region"] = "elsewhere"  # changed, not stamped again
+        return record
+
+    store.update(first, unstamped)
+    assert stamp_of(store.get_encoded(first) or b"") is None  # made from other bytes
     assert STAMP not in (store.get(second) or {})
