@@ -8,13 +8,12 @@ BentoML's HTTP stack and how much is scoring.
 
 from __future__ import annotations
 
-import gc
 from typing import Any
 
 import bentoml
 
 from serving import accept
-from serving.runtime import SERVICE_OPTIONS
+from serving.runtime import SERVICE_OPTIONS, settle_heap
 from serving.schemas import ScoreRequest
 
 
@@ -22,8 +21,7 @@ from serving.schemas import ScoreRequest
 class Noop:
     def __init__(self) -> None:
         accept.install()
-        gc.collect()
-        gc.freeze()
+        settle_heap()
 
     @bentoml.api(route="/score")
     async def score(self, request: ScoreRequest, /) -> dict[str, Any]:

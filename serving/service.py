@@ -39,8 +39,9 @@ Performance notes (bench/serving.py measures them): endpoints are ``async`` and 
 short blocking work inline (a thread hop per request cost more than the work), the
 access log and BentoML's per-request Prometheus metrics are off, ``gc.freeze()`` after
 loading keeps the large heap of the mlflow / bentoml imports out of every full
-collection, workers take new connections in turns (:mod:`serving.accept`), OpenMP runs
-one thread per worker (one-row LightGBM predictions, 40 us instead of milliseconds of
+collection and full collections run a tenth as often (:func:`serving.runtime.settle_heap`),
+workers take new connections in turns (:mod:`serving.accept`), OpenMP runs one thread per
+worker (one-row LightGBM predictions, 40 us instead of milliseconds of
 thread wake-ups on a busy machine), and a live score takes the pandas-free one-customer
 path of the same :class:`models.scorer.Scorer` functions the batch uses. Concurrent
 ``/score`` requests of a worker share one pass of the models (:mod:`serving.batching`:
@@ -180,8 +181,7 @@ class Rapport:
         log.info("online store %s", redact_url(self.store.url))
         for problem in self.live.problems:
             log.error("not ready: %s", problem)
-        gc.collect()
-        gc.freeze()  # the imports' heap never changes: keep it out of full collections
+        runtime.settle_heap()  # the imports' heap out of full collections, and fewer of them
 
     # ----------------------------------------------------------------- what is served
     @property
