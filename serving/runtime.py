@@ -41,8 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: generations, a full collection at most every 100 middle ones (default 10). A worker's
 #: long-lived heap grows with what it keeps (customers' aggregates, reasons' contributions),
 #: so under load the default ran a full collection every ~1 s per worker at ~95 ms each
-#: (~8% of its CPU, and the closed loop's p99); bench/serving.py's closed loop measured
-#: 1,671-1,672 req/s against 1,395-1,475 with the default, p99 21 ms against 55-59 ms
+#: (~8% of its CPU, and the closed loop's p99); bench/serving.py's closed loop (2 workers,
+#: 16 clients) measured 1,671-1,672 req/s against 1,395-1,475 with the default, p99 21
+#: ms against 55-59 ms (README, Cost per score)
 GC_THRESHOLDS = (700, 10, 100)
 
 

@@ -64,8 +64,7 @@ from features.contract import TABLES
 from features.durable import fsync_paths, pid_alive, replace_durably
 from features.online.kept import stamp
 from features.online.record import Record, append_events, counted, record_columns
-from features.online.store import STAMP as RECORD_STAMP
-from features.online.store import redact_url
+from features.online.store import STAMP, redact_url
 from features.spec import FeatureSpec, default_spec
 from features.tables.feature_samples import FEATURE_SAMPLES, encode
 from features.tables.outcomes import FEEDBACK
@@ -74,7 +73,7 @@ from features.timeutil import as_utc
 OPEN_SUFFIX = ".jsonl.open"
 SEALED_SUFFIX = ".jsonl"
 #: the UTC time that starts the names of segments and load watermarks (they sort by it)
-STAMP = "%Y%m%dT%H%M%S%fZ"
+TIME_FORMAT = "%Y%m%dT%H%M%S%fZ"
 #: seal segments this old (seconds): how long an event may wait for ``rapport ingest``
 SEAL_AFTER_S = 30.0
 #: and this large (bytes)
@@ -206,7 +205,7 @@ class Outbox:
         folder = self.root / table
         folder.mkdir(parents=True, exist_ok=True)
         self._count += 1
-        stamp = datetime.now(UTC).strftime(STAMP)
+        stamp = datetime.now(UTC).strftime(TIME_FORMAT)
         path = folder / f"{stamp}-{self._owner}-{self._count}{OPEN_SUFFIX}"
         handle = path.open("ab")
         fsync_paths(folder)  # the new file's name is durable too
@@ -374,7 +373,7 @@ def _append_to_record(
         if current is None:  # deleted since the check: the outbox still has the events
             raise UnknownCustomerError([customer_id])
         # the stamp it was stored with: the tables no event joins keep their aggregates
-        previous = current.pop(RECORD_STAMP, None)
+        previous = current.pop(STAMP, None)
         added = sum(append_events(current, table, rows) for table, rows in tables.items())
         return stamp(current, datetime.now(UTC), spec, previous, tables.keys())
 
@@ -519,7 +518,7 @@ class Watermark:
 def _opened_at(stem: str) -> float:
     """When a segment was opened, from its name (``<time>-<host>-<pid>-<n>``)."""
     try:
-        stamp = datetime.strptime(stem.split("-", 1)[0], STAMP)
+        stamp = datetime.strptime(stem.split("-", 1)[0], TIME_FORMAT)
     except ValueError:
         return float("inf")  # not ours: read it, replays are idempotent
     return stamp.replace(tzinfo=UTC).timestamp()
@@ -532,7 +531,7 @@ def begin_load(root: Path, store_url: str) -> Watermark:
     segments = frozenset(_stem(p) for t in RECORD_TABLES for p in _segment_paths(root, t))
     folder = Path(root) / LOADS
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{taken_at.strftime(STAMP)}-{_host()}-{os.getpid()}.json"
+    path = folder / f"{taken_at.strftime(TIME_FORMAT)}-{_host()}-{os.getpid()}.json"
     mark = Watermark(path, store_url, _host(), os.getpid(), taken_at, segments)
     replace_durably(path, mark.to_json())
     return mark

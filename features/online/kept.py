@@ -30,8 +30,10 @@ posted event, a logged decision that counts and a replay of the outbox
 digest, checked by :func:`features.online.store.stamp_of`, which reads the stamp
 without decoding the record) with the spec in use, and only
 while it holds at the instant scored, as a kept entry; otherwise it computes as before.
-A record written without a stamp (the store drops a stamp on any other write) is computed
-at its first score, as before.
+A record written without a stamp, or changed after it (its stamp's digest no longer
+matches), is computed at its first score, as before. A writer stamping a record again
+takes the tables it did not change from the stamp the store's update hands it, while
+they hold (:func:`stamp`'s ``previous``).
 
 Memory and erasure: an entry holds the aggregates, the window bounds and the customer's
 attributes, never the record (so a long history costs no more); at most
@@ -134,9 +136,7 @@ class KeptAggregates:
         if as_of_us < kept.as_of_us:
             return False
         plan = self._plan
-        lower = as_of_us - plan.start_days * MICROS_PER_DAY
-        upper = as_of_us - plan.end_days * MICROS_PER_DAY
-        return bool((kept.started >= lower).all() and (kept.ended >= upper).all())
+        return _edges_hold(kept.started, kept.ended, plan.start_days, plan.end_days, as_of_us)
 
     def forget(self) -> None:
         """Drop every kept aggregate (a bench timing the computed path)."""
@@ -175,21 +175,18 @@ def stamp(
     bounds: list[tuple[np.ndarray, np.ndarray]] = []
     starts = ends = 0
     for name, table_plan, rows in plan.tables:
-        n_start, n_end = table_plan.start_days.size, table_plan.end_days.size
-        started = ended = None
+        start_days, end_days = table_plan.start_days, table_plan.end_days
         if earlier is not None and name not in changed:
-            started = earlier.started[starts : starts + n_start]
-            ended = earlier.ended[ends : ends + n_end]
-            lower = as_of_us - table_plan.start_days * MICROS_PER_DAY
-            upper = as_of_us - table_plan.end_days * MICROS_PER_DAY
-            if not ((started >= lower).all() and (ended >= upper).all()):
-                started = ended = None
-        if started is not None and ended is not None and earlier is not None:
-            raw[rows] = earlier.raw[rows]
-            bounds.append((started, ended))
+            started = earlier.started[starts : starts + start_days.size]
+            ended = earlier.ended[ends : ends + end_days.size]
+            if _edges_hold(started, ended, start_days, end_days, as_of_us):
+                raw[rows] = earlier.raw[rows]
+                bounds.append((started, ended))
+            else:
+                raw[rows] = table_plan.aggregate(record.get(name) or {}, as_of_us, bounds)
         else:
             raw[rows] = table_plan.aggregate(record.get(name) or {}, as_of_us, bounds)
-        starts, ends = starts + n_start, ends + n_end
+        starts, ends = starts + start_days.size, ends + end_days.size
     values = np.concatenate([raw, *(b[0] for b in bounds), *(b[1] for b in bounds)])
     record[STAMP] = {
         "digest": record_digest(record),
@@ -199,6 +196,21 @@ def stamp(
         "customer": record["customer"],  # what finishing the features reads besides
     }
     return record
+
+
+def _edges_hold(
+    started: np.ndarray,
+    ended: np.ndarray,
+    start_days: np.ndarray,
+    end_days: np.ndarray,
+    as_of_us: float,
+) -> bool:
+    """Do the earliest events at or after each window start and end (kept at an earlier
+    instant) stay at or above the edges at ``as_of_us``? The edges are the evaluator's
+    expressions (``as_of - days * MICROS_PER_DAY``, the same floats)."""
+    lower = as_of_us - start_days * MICROS_PER_DAY
+    upper = as_of_us - end_days * MICROS_PER_DAY
+    return bool((started >= lower).all() and (ended >= upper).all())
 
 
 def _entry(stamp: Mapping[str, Any] | None, spec: FeatureSpec, digest: bytes) -> _Kept | None:

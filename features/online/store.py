@@ -463,7 +463,7 @@ class SQLiteStore:
         row = conn.execute(
             "SELECT record FROM records WHERE customer_id = ?", (customer_id,)
         ).fetchone()
-        new = _apply(customer_id, fn, None if row is None else decode_record(row[0], True))
+        new = _apply(customer_id, fn, None if row is None else decode_record(row[0], stamped=True))
         conn.execute(
             "INSERT OR REPLACE INTO records (customer_id, record) VALUES (?, ?)",
             (customer_id, encode_record(customer_id, new)),
@@ -642,7 +642,9 @@ class RedisStore:
 
         def replace(pipe: Any) -> Record:
             data = pipe.get(key)
-            new = _apply(customer_id, fn, None if data is None else decode_record(data, True))
+            new = _apply(
+                customer_id, fn, None if data is None else decode_record(data, stamped=True)
+            )
             pipe.multi()
             pipe.set(key, encode_record(customer_id, new))
             pipe.execute()
