@@ -219,8 +219,8 @@ def _entry(stamp: Mapping[str, Any] | None, spec: FeatureSpec, digest: bytes) ->
         return None
     values = np.frombuffer(base64.b64decode(stamp["values"]), dtype="<f8")
     plan = _plan(spec)
-    cuts = np.cumsum([len(plan.agg_names), plan.start_days.size])
-    if values.size != cuts[-1] + plan.end_days.size:
+    aggs, starts = len(plan.agg_names), plan.start_days.size
+    if values.size != aggs + starts + plan.end_days.size:
         return None
-    raw, started, ended = np.split(values, cuts)
+    raw, started, ended = values[:aggs], values[aggs : aggs + starts], values[aggs + starts :]
     return _Kept(digest, float(stamp["as_of"]), raw, started, ended, stamp["customer"])
