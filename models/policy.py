@@ -198,10 +198,12 @@ class Arbitration:
         """Plain-language reason for every excluded action of the ``i``-th customer."""
         row = self.frame.iloc[i] if isinstance(self.frame, pd.DataFrame) else self.frame
         codes = self.reason[i].tolist()
+        fixed = _constants(self.catalog).texts
         return {
-            action.id: _reason_text(_EXCLUSIONS[code], action, row, self.catalog)
-            for action, code in zip(self.catalog.actions, codes, strict=True)
-            if code != Exclusion.NONE
+            action.id: fixed.get((j, code))
+            or _reason_text(_EXCLUSIONS[code], action, row, self.catalog)
+            for j, (action, code) in enumerate(zip(self.catalog.actions, codes, strict=True))
+            if code
         }
 
 
@@ -280,6 +282,10 @@ class _Constants:
     checks: tuple[tuple[int, Any, str | None, tuple[tuple[str, int], ...], str | None, int], ...]
     #: per action but no_action: (position, id, retained value?, margin rate)
     values: tuple[tuple[int, str, bool, float], ...]
+    #: (position, exclusion code) -> :func:`_reason_text`'s words, for the codes whose
+    #: words read nothing of the customer (not eligible, no uplift): per live score, the
+    #: enum and the action's private rule cost more than the wording
+    texts: dict[tuple[int, int], str]
 
 
 _CONSTANTS: dict[int, tuple[Catalog, _Constants]] = {}
@@ -310,7 +316,12 @@ def _constants(catalog: Catalog) -> _Constants:
     cost = np.array([a.cost for a in actions])
     weight = np.array([catalog.effective_weight(a) for a in actions])
     cost.flags.writeable = weight.flags.writeable = False  # shared by every result
-    constants = _Constants(cost, weight, tuple(checks), tuple(values))
+    texts = {
+        (j, int(code)): _reason_text(code, action, {}, catalog)
+        for j, action in enumerate(actions)
+        for code in (Exclusion.NOT_ELIGIBLE, Exclusion.NO_UPLIFT)
+    }
+    constants = _Constants(cost, weight, tuple(checks), tuple(values), texts)
     if len(_CONSTANTS) > 16:  # catalogs replaced by reloads
         _CONSTANTS.clear()
     _CONSTANTS[id(catalog)] = (catalog, constants)
