@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pytest
 from scipy.integrate import quad
@@ -22,6 +24,9 @@ from models.btyd import (
     _BGNBDData,
     _GammaGammaData,
     _MBGNBDData,
+    clip,
+    maximum,
+    minimum,
     rfm_from_orders,
 )
 
@@ -377,6 +382,74 @@ def test_baseline_spend_is_purchases_times_spend_per_purchase(data: Simulated) -
     )
     np.testing.assert_allclose(spend, purchases * per_purchase, rtol=1e-12)
     np.testing.assert_allclose(model.predict_p_alive(x, rec, T)[0], 1.0)
+
+
+# --- the one-customer path -------------------------------------------------------------
+#: floats where numpy's and plain Python's rules could part: signed zeros, NaN, infinities
+SPECIAL = [0.0, -0.0, np.nan, np.inf, -np.inf, 1.0, -1.0, 0.5, 1e-300, 1e300, 5e-324]
+
+
+def _bits(values: npt.ArrayLike) -> np.ndarray:
+    """Float64 bit patterns, so 0.0 / -0.0 and NaN payloads count as different."""
+    return np.asarray(values, dtype=np.float64).view(np.int64)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 100])
+def test_float_maximum_and_clip_are_numpys_bit_for_bit(rows: int) -> None:
+    """Every ordered pair / triple of special floats, through one-element and SIMD-sized
+    arrays alike, in the calls the value model's prior makes (a scalar second operand of
+    ``np.maximum``; ``np.clip`` with a scalar lower and an array upper bound)."""
+    pairs = [(a, b) for a in SPECIAL for b in SPECIAL]
+    for a, b in pairs:
+        for second in (b, np.full(rows, b)):
+            expected = np.maximum(np.full(rows, a), second)
+            assert _bits(maximum(a, b)) == _bits(expected[0]), (a, b)
+            expected = np.minimum(np.full(rows, a), second)
+            assert _bits(minimum(a, b)) == _bits(expected[0]), (a, b)
+    for x, low, high in [(x, lo, hi) for x in SPECIAL for lo, hi in pairs]:
+        with np.errstate(invalid="ignore"):
+            expected = np.clip(np.full(rows, x), low, np.full(rows, high))
+        assert _bits(clip(x, low, high)) == _bits(expected[0]), (x, low, high)
+
+
+def _histories_with_edges(n: int, seed: int) -> np.ndarray:
+    """``[n, 4]`` frequency, recency, T, monetary value: plausible histories, a quarter of
+    the cells replaced by edge values (no repeat, recency 0, huge T, NaN, negatives...)."""
+    rng = np.random.default_rng(seed)
+    x = rng.choice([0.0, 0.0, 1.0, 2.0, 3.0, 7.0, 40.0, 1e6], n)
+    T = rng.uniform(0.0, 3000.0, n)
+    rec = np.where(x > 0, T * rng.uniform(0.0, 1.0, n), 0.0)
+    m = rng.lognormal(3.5, 1.0, n) * (rng.random(n) < 0.9)
+    rows = np.column_stack([x, rec, T, m])
+    edges = np.array([0.0, -0.0, 1e-9, 1.0, 1e6, 1e9, 1e300, np.nan, -3.0, np.inf])
+    hit = rng.random(rows.shape) < 0.25
+    rows[hit] = rng.choice(edges, int(hit.sum()))
+    return rows
+
+
+def test_one_customer_spend_is_the_vectorised_spend_bit_for_bit(data: Simulated) -> None:
+    model = BTYDValueBaseline().fit(data.frequency, data.recency, data.T, data.monetary_value)
+    one = model.one_customer
+    assert one is not None
+    rows = _histories_with_edges(5000, 3)
+    with np.errstate(all="ignore"):  # the edge rows warn in the vectorised method only
+        for horizon in (HORIZON, 0.0, 1e6):
+            expected = model.expected_spend_unchecked(horizon, *rows.T)
+            got = [one(horizon, *row) for row in rows.tolist()]
+            np.testing.assert_array_equal(_bits(got), _bits(expected))
+            assert np.isfinite(expected).mean() > 0.5  # the edges did not take over
+
+
+def test_one_customer_spend_is_not_pickled_and_follows_a_refit(data: Simulated) -> None:
+    model = BTYDValueBaseline().fit(data.frequency, data.recency, data.T, data.monetary_value)
+    first = model.one_customer
+    assert "one_customer" not in pickle.loads(pickle.dumps(model)).__dict__
+    assert pickle.loads(pickle.dumps(model)).one_customer == first
+    model.fit(data.frequency[:2000], data.recency[:2000], data.T[:2000], data.monetary_value[:2000])
+    assert model.one_customer != first
+    model.transactions_.params_["a"] = 1.0  # c / (a - 1): numpy's inf, no floats' error
+    del model.__dict__["one_customer"]
+    assert model.one_customer is None
 
 
 # --- RFM summary from orders ----------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copyreg
+import pickle
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -11,7 +14,13 @@ from scipy.stats import spearmanr
 
 from models.churn import booster_predict
 from models.metrics import interval_coverage, regression_metrics, value_deciles
-from models.value import OUTPUT_COLUMNS, ValueModel
+from models.value import (
+    OUTPUT_COLUMNS,
+    ROW_PATH_ROWS,
+    ConformalBands,
+    SpendPrior,
+    ValueModel,
+)
 
 FAST = {"num_boost_round": 80, "num_threads": 1, "min_data_in_leaf": 40}
 #: spend in a horizon starting in October is twice the rest of the year
@@ -191,3 +200,185 @@ def test_when_the_features_are_noise_the_model_does_not_lose_to_the_prior() -> N
     }
     assert error["chosen"] < 0.5 * error["boosted"], error
     assert error["chosen"] <= error["prior"] + 0.05 * truth, error
+
+
+# ------------------------------------------------------------------ the one-row live path
+#: values where floats and numpy could part: signed zeros, NaN, infinities, huge and tiny
+EDGES = np.array([np.nan, 0.0, -0.0, 1.0, -1.0, -1e6, 1e-300, 1e6, 1e300, np.inf, -np.inf])
+
+
+def _bits(values: np.ndarray) -> np.ndarray:
+    """Float64 bit patterns: 0.0 / -0.0 and NaN payloads count as different."""
+    return np.ascontiguousarray(values, dtype=np.float64).view(np.int64)
+
+
+def prior_world(n: int, seed: int, months: tuple[int, ...]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Lifetime order columns (the prior's inputs), a cutoff and spend that follows them."""
+    rng = np.random.default_rng(seed)
+    orders = rng.poisson(2.0, n).astype(float)
+    first = np.where(orders > 0, rng.uniform(1.0, 900.0, n), np.nan)
+    frame = pd.DataFrame(
+        {
+            "as_of": pd.to_datetime([f"2024-{m:02d}-03" for m in rng.choice(months, n)], utc=True),
+            "orders_all": orders,
+            "days_since_first_order": first,
+            "days_since_last_order": np.where(orders > 1, first * rng.uniform(0.0, 1.0, n), first),
+            "spend_all": orders * rng.lognormal(3.5, 0.8, n),
+            "tenure_days": np.nan_to_num(first, nan=200.0) + rng.uniform(0.0, 300.0, n),
+            "complaints": rng.poisson(0.3, n).astype(float),
+        }
+    )
+    rate = (orders + 0.2) / (frame["days_since_last_order"].fillna(400.0).to_numpy() + 30.0)
+    bought = rng.random(n) < 1.0 - np.exp(-30.0 * rate)
+    return frame, np.where(bought, rng.lognormal(3.5, 0.8, n) * (1 + orders), 0.0)
+
+
+@pytest.fixture(scope="module")
+def with_prior() -> ValueModel:
+    X, y = prior_world(5000, 21, (3, 6, 9, 12))
+    X_valid, y_valid = prior_world(2500, 22, (6,))
+    model = ValueModel(FAST, random_state=0).fit(X, y, X_valid, y_valid)
+    assert model.prior_ is not None and model.prior_.baseline.one_customer is not None
+    assert model.season_  # the row path applies the seasonal factors too
+    return model
+
+
+def _edge_rows(model: ValueModel, n: int, seed: int) -> np.ndarray:
+    """Encoded rows of plausible customers, a third of their prior inputs replaced by
+    :data:`EDGES`, plus by-hand cases: no orders, one order (frequency 0), first order day
+    = last (recency 0), a huge age, every input missing."""
+    frame, _ = prior_world(n, seed, (6,))
+    X = model.encode(frame)
+    assert model.prior_ is not None
+    columns = list(model.prior_.columns)
+    rng = np.random.default_rng(seed)
+    inputs = X[:, columns]
+    hit = rng.random(inputs.shape) < 0.33
+    inputs[hit] = rng.choice(EDGES, int(hit.sum()))
+    X[:, columns] = inputs
+    by_hand = [
+        [0.0, np.nan, np.nan, 0.0, 30.0],
+        [1.0, 40.0, 40.0, 55.0, 80.0],
+        [4.0, 300.0, 300.0, 120.0, 310.0],
+        [3.0, 1e9, 2.0, 100.0, 1e9],
+        [2.0, 1e308, -1e308, 1e308, 0.0],
+        [np.nan] * 5,
+    ]
+    extra = np.repeat(X[:1], len(by_hand), axis=0)
+    extra[:, columns] = by_hand
+    return np.vstack([X, extra])
+
+
+def test_prior_one_row_is_the_vectorised_prior_bit_for_bit(with_prior: ValueModel) -> None:
+    prior = with_prior.prior_
+    assert prior is not None
+    X = _edge_rows(with_prior, 5000, 23)
+    with np.errstate(all="ignore"):  # the edge rows warn in the vectorised path only
+        expected = prior.log_spend(X)
+        inputs = X.take(prior.columns, axis=1)
+        got = [prior.log_spend_one(row) for row in inputs.tolist()]
+        np.testing.assert_array_equal(_bits(np.array(got)), _bits(expected))
+        rfm = np.array([prior.rfm_one(row) for row in inputs.tolist()])
+        np.testing.assert_array_equal(
+            _bits(rfm), _bits(np.column_stack(prior.rfm(X, prior.columns)))
+        )
+        assert np.isfinite(expected).mean() > 0.8  # the edges did not take over
+        # a fitted a = 1 divides by zero: the row goes the vectorised way, numpy's inf
+        odd = SpendPrior(pickle.loads(pickle.dumps(prior.baseline)), 90, prior.columns)
+        odd.baseline.transactions_.params_["a"] = 1.0
+        assert odd.baseline.one_customer is None
+        got = [odd.log_spend_one(row) for row in inputs[:200].tolist()]
+        np.testing.assert_array_equal(_bits(np.array(got)), _bits(odd.log_spend(X[:200])))
+
+
+def _vectorised(model: ValueModel, X: np.ndarray, as_of: Any) -> np.ndarray:
+    """What :meth:`ValueModel.predict_array` computes for more than ROW_PATH_ROWS rows."""
+    mean = model.predict_mean_array(X, as_of)
+    return np.column_stack([mean, model.bands_(mean)])
+
+
+@pytest.mark.parametrize(
+    "as_of",
+    [
+        None,
+        datetime(2024, 6, 3, tzinfo=UTC),
+        datetime(2024, 12, 24, 23, 30),  # naive: read as UTC
+        datetime(2024, 5, 3, tzinfo=UTC),  # a month without a factor of its own
+        "one per row",
+    ],
+)
+def test_row_path_is_the_vectorised_path_bit_for_bit(with_prior: ValueModel, as_of: Any) -> None:
+    X = _edge_rows(with_prior, 3000, 24)
+    rng = np.random.default_rng(25)
+    start = 0
+    with np.errstate(all="ignore"):
+        while start < len(X):
+            rows = X[start : start + int(rng.integers(1, ROW_PATH_ROWS + 1))]
+            start += len(rows)
+            cutoff = as_of
+            if as_of == "one per row":
+                cutoff = [
+                    datetime(2024, int(m), 3, tzinfo=UTC) for m in rng.choice([3, 5, 12], len(rows))
+                ]
+            got = with_prior.predict_array(rows, cutoff)
+            np.testing.assert_array_equal(_bits(got), _bits(_vectorised(with_prior, rows, cutoff)))
+
+
+def test_row_path_without_the_prior_is_the_vectorised_path(fitted: ValueModel) -> None:
+    X = fitted.encode(synthetic(300, 26, (1, 10))[0])
+    X[::7] = np.nan
+    now = datetime(2024, 10, 3, tzinfo=UTC)
+    for i in range(0, len(X), 3):
+        rows = X[i : i + 3]
+        np.testing.assert_array_equal(
+            _bits(fitted.predict_array(rows, now)), _bits(_vectorised(fitted, rows, now))
+        )
+
+
+@pytest.mark.parametrize(
+    "bands",
+    [
+        ConformalBands(
+            (10.0, 50.0, 200.0),
+            ((0.0, 0.8, 2.5), (0.1, 0.9, 2.0), (0.3, 1.0, 1.7), (0.5, 1.0, 1.4)),
+        ),
+        ConformalBands((), ((2.0, 0.5, 1.0),)),  # one bin, ratios out of order
+        ConformalBands((5.0,), ((-0.0, 1.0, 2.0), (0.0, 1.0, 3.0))),  # -0.0: numpy decides
+        ConformalBands((5.0, np.inf), ((0.0, 1.0, 2.0), (0.0, 1.0, 3.0), (1.0, 1.0, 1.0))),
+    ],
+)
+def test_one_mean_interval_is_the_vectorised_interval(bands: ConformalBands) -> None:
+    rng = np.random.default_rng(27)
+    means = np.concatenate(
+        [
+            rng.lognormal(3.0, 2.0, 3000),
+            EDGES,
+            bands.edges,
+            np.nextafter(bands.edges, 0.0),
+            [5e-324, 1e308],
+        ]
+    )
+    with np.errstate(all="ignore"):
+        got = np.array([bands.one(m) for m in means.tolist()])
+        np.testing.assert_array_equal(_bits(got), _bits(bands(means)))
+
+
+def test_cached_arrays_are_not_pickled_and_old_pickles_load() -> None:
+    bands = ConformalBands((10.0,), ((0.0, 1.0, 2.0), (0.5, 1.0, 1.5)))
+    bands(np.array([3.0, 30.0]))
+    bands.one(30.0)
+    copy = pickle.loads(pickle.dumps(bands))
+    assert copy == bands and set(copy.__dict__) == {"edges", "ratios"}
+    cached = dict(bands.__dict__)
+    assert {"_arrays", "_ordered"} <= set(cached)
+
+    class Before:  # a model pickled before __getstate__: the caches in its state
+        def __reduce_ex__(self, protocol: Any) -> Any:
+            return copyreg._reconstructor, (ConformalBands, object, None), cached
+
+    old = pickle.loads(pickle.dumps(Before()))
+    assert type(old) is ConformalBands and old == bands
+    assert (
+        old.one(30.0) == bands.one(30.0)
+        and (old(np.array([30.0])) == bands(np.array([30.0]))).all()
+    )
