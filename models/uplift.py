@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import lightgbm as lgb
@@ -70,15 +71,60 @@ _DATASET_KEYS = frozenset({"max_bin", "min_data_in_bin", "bin_construct_sample_c
 _Encoder = FeatureEncoder
 
 
-@dataclass(frozen=True)
 class UpliftPrediction:
-    """Per-customer effects of each action against the control (columns follow ``actions``)."""
+    """Per-customer effects of each action against the control (columns follow ``actions``).
 
-    actions: list[str]
-    incremental_conversion: np.ndarray  # [n, k]
-    incremental_revenue: np.ndarray  # [n, k]
-    baseline_conversion: np.ndarray  # [n]
-    baseline_revenue: np.ndarray  # [n]
+    ``baseline_revenue`` may be given as the function computing it, called on first
+    read: for the DR learner no other number depends on it and the live arbitration
+    never reads it, so one customer's score skips the control's revenue boosters (two of
+    the largest of its ~7; :meth:`_OneRow.predict`). The numbers are the same either way.
+    """
+
+    __slots__ = (
+        "_baseline_revenue",
+        "actions",
+        "baseline_conversion",
+        "incremental_conversion",
+        "incremental_revenue",
+    )
+
+    def __init__(
+        self,
+        actions: list[str],
+        incremental_conversion: np.ndarray,  # [n, k]
+        incremental_revenue: np.ndarray,  # [n, k]
+        baseline_conversion: np.ndarray,  # [n]
+        baseline_revenue: np.ndarray | Callable[[], np.ndarray],  # [n]
+    ) -> None:
+        self.actions = actions
+        self.incremental_conversion = incremental_conversion
+        self.incremental_revenue = incremental_revenue
+        self.baseline_conversion = baseline_conversion
+        self._baseline_revenue = baseline_revenue
+
+    @property
+    def baseline_revenue(self) -> np.ndarray:
+        """Expected revenue without any action, per customer."""
+        found = self._baseline_revenue
+        if callable(found):
+            found = self._baseline_revenue = found()
+        return found
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its numbers (a pending baseline computed first)."""
+        return (
+            UpliftPrediction,
+            (
+                self.actions,
+                self.incremental_conversion,
+                self.incremental_revenue,
+                self.baseline_conversion,
+                self.baseline_revenue,
+            ),
+        )
+
+    def __repr__(self) -> str:
+        return f"UpliftPrediction(actions={self.actions!r}, rows={len(self)})"
 
     def __len__(self) -> int:
         return len(self.baseline_conversion)
@@ -405,6 +451,7 @@ class _OneRow:
                 boosters.append(m)
             return slots[id(m)]
 
+        self.control = model.control
         control = model.arms_[model.control]
         self.convert = [slot(m) for m in control.convert]
         self.revenue = [slot(m) for m in control.revenue]
@@ -426,7 +473,11 @@ class _OneRow:
         self.models = [(resolve(c), resolve(r)) for c, r in self.models]
         self.constants = constants
         self.boosters = RowBoosters(boosters)
-        self.base_run = sorted({s for s in self.convert + self.revenue if s < count})
+        self.owner = weakref.ref(model)
+        # the DR baseline revenue feeds no other number: computed when read
+        needed = self.convert if self.dr else self.convert + self.revenue
+        self.base_run = sorted({s for s in needed if s < count})
+        self.revenue_run = sorted({s for s in self.revenue if s < count})
         self.action_run = [
             [s for s in dict.fromkeys(c + r) if s < count and s not in self.base_run]
             for c, r in self.models
@@ -461,8 +512,9 @@ class _OneRow:
             return None
         values += self.constants
         base_y = _clip_value(_fold_mean_value([values[s] for s in self.convert]), 0.0, 1.0)
-        base_r = _fold_mean_value([values[s] for s in self.revenue])
         low, high = -base_y, 1.0 - base_y
+        # (DR: no effect reads it; the prediction computes it when read)
+        base_r = 0.0 if self.dr else _fold_mean_value([values[s] for s in self.revenue])
         inc_y = [math.nan] * len(self.actions)
         inc_r = inc_y.copy()
         for j in wanted:
@@ -479,8 +531,20 @@ class _OneRow:
             np.array([inc_y]),
             np.array([inc_r]),
             np.array([base_y]),
-            np.array([base_r]),
+            partial(self._baseline_revenue, Xm) if self.dr else np.array([base_r]),
         )
+
+    def _baseline_revenue(self, Xm: np.ndarray) -> np.ndarray:
+        """The control's revenue for ``Xm`` (one row), as :meth:`predict` would have
+        computed it (the matrix path's when the boosters are busy)."""
+        values = self.boosters.predict(Xm, self.revenue_run)
+        if values is None:
+            owner = self.owner()
+            threads = 1 if owner is None else owner.params["num_threads"]
+            arm = self.arms[self.control]
+            return arm.predict(Xm, threads, owner)[1]
+        values += self.constants
+        return np.array([_fold_mean_value([values[s] for s in self.revenue])])
 
 
 def dr_pseudo_outcome(

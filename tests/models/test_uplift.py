@@ -427,6 +427,11 @@ def test_one_customer_path_steps_aside_when_busy_and_follows_a_refit(test: Logge
     with one.boosters._lock:
         busy = model.predict(row)
     assert _same(busy, model.predict(row))
+    pending = model.predict(row)  # its baseline revenue computed when read, here busy
+    with one.boosters._lock:
+        assert _same(pending, busy)
+    copied = pickle.loads(pickle.dumps(model.predict(row)))
+    assert _same(copied, busy)
     other = make_log(3_000, seed=9)
     model.fit(other.X, other.action, other.propensity, other.outcome, other.revenue)
     expected = model._predict_matrix(model.encoder_.transform(row))
