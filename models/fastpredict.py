@@ -261,7 +261,7 @@ class FastPredictor:
 class RowBoosters:
     """Several boosters' predictions for one row, back to back, without per-call checks.
 
-    The live NBA runs up to 14 small boosters per customer (~1.5-4 us of tree walking
+    The live NBA runs up to a dozen small boosters per customer (~1.5-4 us of tree walking
     each); :meth:`FastPredictor.predict_row` around each added ~2.5 us of checks, locking
     and copying. Here every booster's one-row prediction is set up once (its own
     :class:`FastPredictor` handle, the same C call and configuration as
