@@ -279,6 +279,8 @@ class RowBoosters:
         self._out = np.empty(len(boosters), dtype=np.float64)
         self._out_len = np.zeros(1, dtype=np.int64)
         self._out_len_address = self._out_len.ctypes.data
+        self._row = np.empty(self.num_feature, dtype=np.float64)  # the row, copied in
+        self._row_address = self._row.ctypes.data
         self._handles = [p._init(PREDICT_NORMAL).address for p in self._predictors]
         self._targets = [
             self._out.ctypes.data + i * self._out.itemsize for i in range(len(boosters))
@@ -286,17 +288,18 @@ class RowBoosters:
         self._lock = threading.Lock()
 
     def predict(self, row: np.ndarray, which: Sequence[int]) -> list[float] | None:
-        """The predictions of the boosters at positions ``which`` for ``row`` (``num_feature``
-        float64 values, C-contiguous), as a list over all positions (the others' entries
-        are stale: read only ``which``). None when another thread is using it: the caller
-        takes its general path."""
-        if row.dtype != np.float64 or not row.flags.c_contiguous or row.size != self.num_feature:
-            raise ValueError(f"expected one contiguous float64 row of {self.num_feature} values")
+        """The predictions of the boosters at positions ``which`` for ``row`` (its
+        ``num_feature`` values as float64, e.g. a ``[1, num_feature]`` matrix), as a list
+        over all positions (the others' entries are stale: read only ``which``). None
+        when another thread is using it: the caller takes its general path."""
+        if row.size != self.num_feature:
+            raise ValueError(f"expected one row of {self.num_feature} values, got {row.shape}")
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            data = row.ctypes.data
-            out_len, handles, targets, call = (
+            self._row[:] = row  # cheaper than reading the row's address (ctypes)
+            data, out_len, handles, targets, call = (
+                self._row_address,
                 self._out_len_address,
                 self._handles,
                 self._targets,

@@ -233,7 +233,7 @@ def test_row_boosters_equal_predict_row_bit_for_bit() -> None:
     rows[60:80] *= 1e300
     for row in rows:
         which = [i for i in range(3) if rng.random() < 0.7]
-        got = together.predict(np.ascontiguousarray(row), which)
+        got = together.predict(row, which)
         assert got is not None and len(got) == 3
         for i in which:
             assert np.float64(got[i]).tobytes() == fast[i].predict_row(row).tobytes()
@@ -244,9 +244,14 @@ def test_row_boosters_step_aside_when_busy_and_check_rows() -> None:
     together = RowBoosters([_booster(X, y_bin, "binary")])
     with together._lock:  # another thread predicting: the caller takes its general path
         assert together.predict(X[0].copy(), [0]) is None
-    for bad in (X[0, :3].copy(), X[0].astype(np.float32), np.zeros((6, 2))[:, 0]):
+    for bad in (X[0, :3].copy(), X[:2], np.zeros(1)):
         with pytest.raises(ValueError):
             together.predict(bad, [0])
+    fast = FastPredictor(together._predictors[0].booster)
+    for row in (X[0].astype(np.float32), np.asfortranarray(X[:6, :6])[:, 1], X[None, 0]):
+        got = together.predict(row, [0])  # read as float64, as predict_row reads it
+        assert got is not None
+        assert np.float64(got[0]).tobytes() == fast.predict_row(row.ravel()).tobytes()
     multi = lgb.train(
         {"objective": "multiclass", "num_class": 3, "verbose": -1},
         lgb.Dataset(X, (y_bin + (X[:, 0] > 0)).astype(int)),
