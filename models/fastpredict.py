@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import lightgbm as lgb
@@ -255,6 +256,61 @@ class FastPredictor:
                     del cache[next(iter(cache))]
             self.contrib_computed += len(missing)
         return np.stack(found)  # type: ignore[arg-type]
+
+
+class RowBoosters:
+    """Several boosters' predictions for one row, back to back, without per-call checks.
+
+    The live NBA runs up to a dozen small boosters per customer (~1.5-4 us of tree walking
+    each); :meth:`FastPredictor.predict_row` around each added ~2.5 us of checks, locking
+    and copying. Here every booster's one-row prediction is set up once (its own
+    :class:`FastPredictor` handle, the same C call and configuration as
+    :meth:`FastPredictor.predict_row`, so the same numbers) and writes its one output
+    straight into one shared array; one lock and one row check per call of
+    :meth:`predict`. Only for boosters of one output per row (regression, binary).
+    """
+
+    def __init__(self, boosters: Sequence[lgb.Booster]) -> None:
+        self._predictors = [FastPredictor(b) for b in boosters]  # own handles, freed with it
+        features = {p._num_feature for p in self._predictors}
+        if len(features) > 1 or any(p._num_class != 1 for p in self._predictors):
+            raise ValueError("RowBoosters needs one-output boosters of one feature count")
+        self.num_feature = features.pop() if features else 0
+        self._out = np.empty(len(boosters), dtype=np.float64)
+        self._out_len = np.zeros(1, dtype=np.int64)
+        self._out_len_address = self._out_len.ctypes.data
+        self._row = np.empty(self.num_feature, dtype=np.float64)  # the row, copied in
+        self._row_address = self._row.ctypes.data
+        self._handles = [p._init(PREDICT_NORMAL).address for p in self._predictors]
+        self._targets = [
+            self._out.ctypes.data + i * self._out.itemsize for i in range(len(boosters))
+        ]
+        self._lock = threading.Lock()
+
+    def predict(self, row: np.ndarray, which: Sequence[int]) -> list[float] | None:
+        """The predictions of the boosters at positions ``which`` for ``row`` (its
+        ``num_feature`` values as float64, e.g. a ``[1, num_feature]`` matrix), as a list
+        over all positions (the others' entries are stale: read only ``which``). None
+        when another thread is using it: the caller takes its general path."""
+        if row.size != self.num_feature:
+            raise ValueError(f"expected one row of {self.num_feature} values, got {row.shape}")
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            self._row[:] = row  # cheaper than reading the row's address (ctypes)
+            data, out_len, handles, targets, call = (
+                self._row_address,
+                self._out_len_address,
+                self._handles,
+                self._targets,
+                _FAST_PREDICT,
+            )
+            for i in which:
+                if call(handles[i], data, out_len, targets[i]):
+                    _check(1)
+            return self._out.tolist()  # type: ignore[no-any-return]
+        finally:
+            self._lock.release()
 
 
 class SplitKeys:

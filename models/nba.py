@@ -7,7 +7,6 @@ served with the rules it was trained for.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +17,6 @@ import pandas as pd
 from models.catalog import Catalog
 from models.policy import Arbitration, Policy, arbitrate
 from models.uplift import UpliftModel, UpliftPrediction
-
-#: uplift model -> the columns it reads, as a set (the live path checks one customer's)
-_NEEDED: weakref.WeakKeyDictionary[UpliftModel, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -49,9 +45,7 @@ class NbaModel:
         if isinstance(frame, pd.DataFrame):
             self._check_columns(frame.columns)
             return self.uplift.predict(frame[self.feature_names], actions)
-        if not self._needed() <= frame.keys():  # one customer: one set comparison
-            self._check_columns(frame)
-        return self.uplift.predict(frame, actions)
+        return self._predict_dicts(frame, actions, [frame])
 
     def predict_rows(
         self, rows: Sequence[Mapping[str, Any]], allowed: Sequence[Collection[str]]
@@ -62,12 +56,10 @@ class NbaModel:
         ``predict(rows[i], allowed[i])`` exactly."""
         if len(allowed) != len(rows):
             raise ValueError(f"{len(allowed)} sets of allowed actions for {len(rows)} rows")
-        needed = self._needed()
-        for row in rows:
-            if not needed <= row.keys():
-                self._check_columns(row)
+        if len(rows) == 1:  # one customer: its allowed actions are all that is predicted
+            return self._predict_dicts(rows[0], allowed[0], rows)
         wanted = set().union(*allowed) if allowed else set()
-        prediction = self.uplift.predict(rows, wanted)
+        prediction = self._predict_dicts(rows, wanted, rows)
         for j, action in enumerate(prediction.actions):
             if action not in wanted:
                 continue  # NaN for every row already
@@ -77,12 +69,22 @@ class NbaModel:
                     prediction.incremental_revenue[i, j] = np.nan
         return prediction
 
-    def _needed(self) -> frozenset[str]:
-        """The uplift models' columns as a set, kept beside (not in) the pickled model."""
-        needed = _NEEDED.get(self.uplift)
-        if needed is None:
-            needed = _NEEDED[self.uplift] = frozenset(self.uplift.feature_names_)
-        return needed
+    def _predict_dicts(
+        self,
+        data: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        actions: Collection[str] | None,
+        rows: Sequence[Mapping[str, Any]],
+    ) -> UpliftPrediction:
+        """The uplift of customers' dicts (``data``: one of ``rows`` or all), a missing
+        column named as the frame path names it. The encoder reads every column anyway:
+        the dicts are checked only when it fails (a set comparison per customer cost a
+        few us of each live score)."""
+        try:
+            return self.uplift.predict(data, actions)
+        except ValueError:
+            for row in rows:
+                self._check_columns(row)
+            raise
 
     def _check_columns(self, columns: Any) -> None:
         missing = [c for c in self.feature_names if c not in columns]

@@ -142,6 +142,8 @@ class Scorer:
             for codes in screened
         ]
         uplift = self.nba.predict_rows(rows, allowed)
+        if len(rows) == 1:  # one customer: the prediction is its row already
+            return [arbitrate(rows[0], self.catalog, uplift, screened[0])]
         return [
             arbitrate(row, self.catalog, uplift.row(i), screened[i]) for i, row in enumerate(rows)
         ]

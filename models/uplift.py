@@ -17,8 +17,11 @@ The module also holds the uplift evaluation metrics (uplift / Qini curves with I
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import math
+import weakref
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import lightgbm as lgb
@@ -27,7 +30,7 @@ import pandas as pd
 
 from features.contract import NO_ACTION
 from models.churn import FeatureEncoder
-from models.fastpredict import FAST_ROWS, fast_predictor
+from models.fastpredict import FAST_ROWS, RowBoosters, fast_predictor
 
 Method = Literal["dr", "t", "ipw-t"]
 METHODS: tuple[str, ...] = ("dr", "t", "ipw-t")
@@ -68,15 +71,60 @@ _DATASET_KEYS = frozenset({"max_bin", "min_data_in_bin", "bin_construct_sample_c
 _Encoder = FeatureEncoder
 
 
-@dataclass(frozen=True)
 class UpliftPrediction:
-    """Per-customer effects of each action against the control (columns follow ``actions``)."""
+    """Per-customer effects of each action against the control (columns follow ``actions``).
 
-    actions: list[str]
-    incremental_conversion: np.ndarray  # [n, k]
-    incremental_revenue: np.ndarray  # [n, k]
-    baseline_conversion: np.ndarray  # [n]
-    baseline_revenue: np.ndarray  # [n]
+    ``baseline_revenue`` may be given as the function computing it, called on first
+    read: for the DR learner no other number depends on it and the live arbitration
+    never reads it, so one customer's score skips the control's revenue boosters (two of
+    the largest of its ~7; :meth:`_OneRow.predict`). The numbers are the same either way.
+    """
+
+    __slots__ = (
+        "_baseline_revenue",
+        "actions",
+        "baseline_conversion",
+        "incremental_conversion",
+        "incremental_revenue",
+    )
+
+    def __init__(
+        self,
+        actions: list[str],
+        incremental_conversion: np.ndarray,  # [n, k]
+        incremental_revenue: np.ndarray,  # [n, k]
+        baseline_conversion: np.ndarray,  # [n]
+        baseline_revenue: np.ndarray | Callable[[], np.ndarray],  # [n]
+    ) -> None:
+        self.actions = actions
+        self.incremental_conversion = incremental_conversion
+        self.incremental_revenue = incremental_revenue
+        self.baseline_conversion = baseline_conversion
+        self._baseline_revenue = baseline_revenue
+
+    @property
+    def baseline_revenue(self) -> np.ndarray:
+        """Expected revenue without any action, per customer."""
+        found = self._baseline_revenue
+        if callable(found):
+            found = self._baseline_revenue = found()
+        return found
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its numbers (a pending baseline computed first)."""
+        return (
+            UpliftPrediction,
+            (
+                self.actions,
+                self.incremental_conversion,
+                self.incremental_revenue,
+                self.baseline_conversion,
+                self.baseline_revenue,
+            ),
+        )
+
+    def __repr__(self) -> str:
+        return f"UpliftPrediction(actions={self.actions!r}, rows={len(self)})"
 
     def __len__(self) -> int:
         return len(self.baseline_conversion)
@@ -175,6 +223,33 @@ def _fold_mean(predictions: list[np.ndarray]) -> np.ndarray:
     """``np.mean(predictions, axis=0)``'s numbers (its sum over the folds, then one
     division by their count) without its Python checks (per live score, per arm)."""
     return np.add.reduce(np.asarray(predictions), axis=0) / len(predictions)
+
+
+#: up to this many folds numpy's sum over them (:func:`_fold_mean`) adds them one after
+#: the other onto 0.0; from 8 on it sums in pairwise blocks (another rounding)
+_SEQUENTIAL_FOLDS = 7
+
+
+def _fold_mean_value(values: list[float]) -> float:
+    """:func:`_fold_mean` of one row's fold predictions, in plain float arithmetic: the
+    same operations in the same order (0.0 first: numpy's sum of -0.0 and -0.0 is 0.0),
+    so the same number for up to :data:`_SEQUENTIAL_FOLDS` folds (tests tie them)."""
+    total = 0.0
+    for value in values:
+        total += value
+    return total / len(values)
+
+
+def _clip_value(value: float, low: float, high: float) -> float:
+    """``np.clip`` of one float64 as numpy's loop computes it: a NaN bound wins (the lower
+    one first), a NaN value stays, and a value equal to a bound stays (``-0.0`` against
+    ``0.0``); tests tie it to ``np.clip`` as :meth:`UpliftModel._predict_matrix` calls it."""
+    if low != low:
+        return low
+    if high != high:
+        return high
+    value = low if value < low else value
+    return high if value > high else value
 
 
 class UpliftModel:
@@ -306,8 +381,22 @@ class UpliftModel:
 
         ``actions``: predict only these (the live scorer passes the actions the catalog's
         rules allow the customer: the others' uplift is never part of its answer); the
-        rest stay NaN. Each predicted value is the same as without ``actions``."""
+        rest stay NaN. Each predicted value is the same as without ``actions``.
+
+        One customer takes :class:`_OneRow` (the same numbers, bit for bit: tests tie
+        it to :meth:`_predict_matrix`, the definition)."""
         Xm = self.encoder_.transform(X)
+        if len(Xm) == 1:
+            one = _OneRow.of(self)
+            found = None if one is None else one.predict(Xm, actions)
+            if found is not None:
+                return found
+        return self._predict_matrix(Xm, actions)
+
+    def _predict_matrix(
+        self, Xm: np.ndarray, actions: Collection[str] | None = None
+    ) -> UpliftPrediction:
+        """:meth:`predict` of an encoded matrix: every booster over all its rows."""
         threads = self.params["num_threads"]
         base_y, base_r = self.arms_[self.control].predict(Xm, threads, self)
         k = len(self.actions_)
@@ -327,6 +416,135 @@ class UpliftModel:
         # a conversion probability cannot move outside [0, 1]
         inc_y = np.clip(inc_y, -base_y[:, None], 1.0 - base_y[:, None])
         return UpliftPrediction(list(self.actions_), inc_y, inc_r, base_y, base_r)
+
+
+#: uplift model -> its :class:`_OneRow` (or None: it has none), beside (not in) the
+#: pickled model, dropped with it
+_ONE_ROW: weakref.WeakKeyDictionary[UpliftModel, _OneRow | None] = weakref.WeakKeyDictionary()
+
+
+class _OneRow:
+    """:meth:`UpliftModel._predict_matrix` for one encoded row, in plain float arithmetic.
+
+    The live score predicts one customer: per booster the matrix path paid ~10 us of
+    Python around a 1.5-4 us tree walk (one-element arrays, fold means, clips, lookups).
+    Here the boosters of the control and of the wanted actions run back to back on the
+    row (:class:`RowBoosters`) and the fold means and clips are the same float
+    operations on their numbers (:func:`_fold_mean_value`, :func:`_clip_value`). Models
+    that are constants are their value.
+    """
+
+    def __init__(self, model: UpliftModel) -> None:
+        self.arms = model.arms_
+        self.actions = list(model.actions_)
+        self.dr = model.method == "dr"
+        boosters: list[lgb.Booster] = []
+        constants: list[float] = []
+        slots: dict[int, int] = {}  # id(booster) -> position in the row's values
+
+        def slot(m: Model) -> int:
+            if isinstance(m, float):
+                constants.append(m)
+                return -len(constants)  # resolved after the boosters, below
+            if id(m) not in slots:
+                slots[id(m)] = len(boosters)
+                boosters.append(m)
+            return slots[id(m)]
+
+        self.control = model.control
+        control = model.arms_[model.control]
+        self.convert = [slot(m) for m in control.convert]
+        self.revenue = [slot(m) for m in control.revenue]
+        #: per action: (its conversion slots, its revenue slots)
+        self.models: list[tuple[list[int], list[int]]] = []
+        for name in self.actions:
+            if self.dr:
+                conv, rev = model.effects_[name]
+                self.models.append(([slot(conv)], [slot(rev)]))
+            else:
+                arm = model.arms_[name]
+                self.models.append(([slot(m) for m in arm.convert], [slot(m) for m in arm.revenue]))
+        count = len(boosters)
+
+        def resolve(slots_: list[int]) -> list[int]:
+            return [s if s >= 0 else count - s - 1 for s in slots_]
+
+        self.convert, self.revenue = resolve(self.convert), resolve(self.revenue)
+        self.models = [(resolve(c), resolve(r)) for c, r in self.models]
+        self.constants = constants
+        self.boosters = RowBoosters(boosters)
+        self.owner = weakref.ref(model)
+        # the DR baseline revenue feeds no other number: computed when read
+        needed = self.convert if self.dr else self.convert + self.revenue
+        self.base_run = sorted({s for s in needed if s < count})
+        self.revenue_run = sorted({s for s in self.revenue if s < count})
+        self.action_run = [
+            [s for s in dict.fromkeys(c + r) if s < count and s not in self.base_run]
+            for c, r in self.models
+        ]
+
+    @classmethod
+    def of(cls, model: UpliftModel) -> _OneRow | None:
+        """``model``'s :class:`_OneRow`, built on first use (None: one of its arms averages
+        more folds than :func:`_fold_mean_value` matches numpy for)."""
+        try:
+            found = _ONE_ROW[model]
+        except KeyError:
+            found = None
+        else:
+            if found is None or found.arms is model.arms_:
+                return found
+        arms = model.arms_.values()
+        folds = max(max(len(a.convert), len(a.revenue)) for a in arms)
+        found = cls(model) if folds <= _SEQUENTIAL_FOLDS else None
+        _ONE_ROW[model] = found
+        return found
+
+    def predict(self, Xm: np.ndarray, actions: Collection[str] | None) -> UpliftPrediction | None:
+        """The prediction for ``Xm`` (one row), or None when another thread is using the
+        boosters' handles (the caller takes the matrix path)."""
+        wanted = [j for j, name in enumerate(self.actions) if actions is None or name in actions]
+        run = self.base_run.copy()
+        for j in wanted:
+            run += self.action_run[j]
+        values = self.boosters.predict(Xm, run)
+        if values is None:
+            return None
+        values += self.constants
+        base_y = _clip_value(_fold_mean_value([values[s] for s in self.convert]), 0.0, 1.0)
+        low, high = -base_y, 1.0 - base_y
+        # (DR: no effect reads it; the prediction computes it when read)
+        base_r = 0.0 if self.dr else _fold_mean_value([values[s] for s in self.revenue])
+        inc_y = [math.nan] * len(self.actions)
+        inc_r = inc_y.copy()
+        for j in wanted:
+            conv, rev = self.models[j]
+            if self.dr:
+                y, r = values[conv[0]], values[rev[0]]
+            else:
+                y = _clip_value(_fold_mean_value([values[s] for s in conv]), 0.0, 1.0) - base_y
+                r = _fold_mean_value([values[s] for s in rev]) - base_r
+            inc_y[j] = _clip_value(y, low, high)
+            inc_r[j] = r
+        return UpliftPrediction(
+            list(self.actions),
+            np.array([inc_y]),
+            np.array([inc_r]),
+            np.array([base_y]),
+            partial(self._baseline_revenue, Xm) if self.dr else np.array([base_r]),
+        )
+
+    def _baseline_revenue(self, Xm: np.ndarray) -> np.ndarray:
+        """The control's revenue for ``Xm`` (one row), as :meth:`predict` would have
+        computed it (the matrix path's when the boosters are busy)."""
+        values = self.boosters.predict(Xm, self.revenue_run)
+        if values is None:
+            owner = self.owner()
+            threads = 1 if owner is None else owner.params["num_threads"]
+            arm = self.arms[self.control]
+            return arm.predict(Xm, threads, owner)[1]
+        values += self.constants
+        return np.array([_fold_mean_value([values[s] for s in self.revenue])])
 
 
 def dr_pseudo_outcome(

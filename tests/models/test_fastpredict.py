@@ -15,6 +15,7 @@ from models.fastpredict import (
     PREDICT_NORMAL,
     PREDICT_RAW_SCORE,
     FastPredictor,
+    RowBoosters,
     SplitKeys,
     fast_predictor,
 )
@@ -211,3 +212,50 @@ def test_contributions_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None
     computed = fast.contrib_computed
     assert fast.contributions(X[-40:]).tobytes() == expected.tobytes()
     assert fast.contrib_computed == computed  # the latest rows were kept
+
+
+def test_row_boosters_equal_predict_row_bit_for_bit() -> None:
+    """:class:`RowBoosters` gives each booster's :meth:`FastPredictor.predict_row` number
+    exactly (same bytes) for the boosters asked, on 2,000 hard rows and random subsets."""
+    rng = np.random.default_rng(13)
+    X, y_bin, y_reg = _data(seed=7)
+    boosters = [
+        _booster(X, y_bin, "binary"),
+        _booster(X, y_reg, "regression"),
+        _booster(X, np.maximum(y_reg, 0.0), "tweedie"),
+    ]
+    fast = [FastPredictor(b) for b in boosters]
+    together = RowBoosters(boosters)
+    rows = _hard_rows(rng, 2000)
+    rows[:20] = np.nan
+    rows[20:40] = 0.0
+    rows[40:60] = -0.0
+    rows[60:80] *= 1e300
+    for row in rows:
+        which = [i for i in range(3) if rng.random() < 0.7]
+        got = together.predict(row, which)
+        assert got is not None and len(got) == 3
+        for i in which:
+            assert np.float64(got[i]).tobytes() == fast[i].predict_row(row).tobytes()
+
+
+def test_row_boosters_step_aside_when_busy_and_check_rows() -> None:
+    X, y_bin, _ = _data()
+    together = RowBoosters([_booster(X, y_bin, "binary")])
+    with together._lock:  # another thread predicting: the caller takes its general path
+        assert together.predict(X[0].copy(), [0]) is None
+    for bad in (X[0, :3].copy(), X[:2], np.zeros(1)):
+        with pytest.raises(ValueError):
+            together.predict(bad, [0])
+    fast = FastPredictor(together._predictors[0].booster)
+    for row in (X[0].astype(np.float32), np.asfortranarray(X[:6, :6])[:, 1], X[None, 0]):
+        got = together.predict(row, [0])  # read as float64, as predict_row reads it
+        assert got is not None
+        assert np.float64(got[0]).tobytes() == fast.predict_row(row.ravel()).tobytes()
+    multi = lgb.train(
+        {"objective": "multiclass", "num_class": 3, "verbose": -1},
+        lgb.Dataset(X, (y_bin + (X[:, 0] > 0)).astype(int)),
+        num_boost_round=3,
+    )
+    with pytest.raises(ValueError):
+        RowBoosters([multi])

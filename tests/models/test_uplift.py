@@ -13,9 +13,13 @@ from scipy.stats import spearmanr
 
 from features.contract import NO_ACTION
 from models.uplift import (
+    _SEQUENTIAL_FOLDS,
     UpliftModel,
     UpliftPrediction,
+    _clip_value,
     _fold_mean,
+    _fold_mean_value,
+    _OneRow,
     dr_pseudo_outcome,
     uplift_curve,
 )
@@ -297,3 +301,139 @@ def test_the_fold_mean_is_numpys_mean_bit_for_bit() -> None:
                 scale = 10.0 ** rng.integers(-6, 6)
                 found = [rng.normal(size=rows) * scale for _ in range(folds)]
                 assert _fold_mean(found).tobytes() == np.mean(found, axis=0).tobytes()
+
+
+#: floats that trip arithmetic: signed zeros, NaN, infinities, extremes, subnormals
+_EDGE = [0.0, -0.0, np.nan, np.inf, -np.inf, 1.0, -1.0, 1e308, -1e308, 5e-324, -5e-324, 0.5]
+
+
+def _hard_floats(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` floats: normals of every scale, with edge values mixed in."""
+    values = rng.normal(size=n) * 10.0 ** rng.integers(-8, 8, size=n)
+    edge = rng.random(n) < 0.3
+    values[edge] = rng.choice(_EDGE, size=int(edge.sum()))
+    return values
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_the_one_row_fold_mean_is_the_arrays_bit_for_bit() -> None:
+    """:func:`_fold_mean_value` (plain floats) gives :func:`_fold_mean`'s number over
+    one-row predictions of 1 to 7 folds (signed zeros: numpy's sum of -0.0s is 0.0)."""
+    rng = np.random.default_rng(5)
+    for folds in range(1, _SEQUENTIAL_FOLDS + 1):  # (sums of inf and -inf: NaN, silently)
+        values = _hard_floats(rng, 20_000 * folds).reshape(-1, folds)
+        for row in values:
+            expected = _fold_mean([row[k : k + 1] for k in range(folds)])
+            assert np.float64(_fold_mean_value(row.tolist())).tobytes() == expected.tobytes()
+
+
+def test_the_one_row_clip_is_numpys_bit_for_bit() -> None:
+    """:func:`_clip_value` gives ``np.clip``'s number as the matrix path calls it on one
+    row: scalar bounds on a one-element array, a row's bounds on a ``[1, k]`` array."""
+    rng = np.random.default_rng(6)
+    values = _hard_floats(rng, 100_000)
+    bounds = np.clip(_hard_floats(rng, 100_000), 0.0, 1.0)
+    bounds[rng.random(len(bounds)) < 0.01] = np.nan
+    for value, base in zip(values.tolist(), bounds.tolist(), strict=True):
+        expected = np.clip(np.array([value]), 0.0, 1.0)
+        assert np.float64(_clip_value(value, 0.0, 1.0)).tobytes() == expected.tobytes()
+        low, high = -np.array([base])[:, None], 1.0 - np.array([base])[:, None]
+        expected = np.clip(np.array([[value, np.nan]]), low, high)
+        got = [_clip_value(value, -base, 1.0 - base), _clip_value(np.nan, -base, 1.0 - base)]
+        assert np.array([got]).tobytes() == expected.tobytes()
+
+
+def _hard_customers(X: pd.DataFrame, rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
+    """``n`` customers' dicts drawn from ``X``'s rows with missing values (None, NaN),
+    unseen and odd categories, zeros of both signs, negatives and huge values."""
+    rows = X.sample(n, replace=True, random_state=int(rng.integers(1 << 31))).to_dict("records")
+    odd: list[Any] = [None, np.nan, 0.0, -0.0, -3.5, 1e300, -1e300, np.inf, 5e-324]
+    for row in rows:
+        for key in row:
+            if rng.random() < 0.15:
+                if key == "region":
+                    row[key] = rng.choice(["west", "", "North", None, 3, "south"])  # type: ignore[arg-type]
+                else:
+                    row[key] = odd[int(rng.integers(len(odd)))]
+    return rows
+
+
+def _same(a: UpliftPrediction, b: UpliftPrediction) -> bool:
+    return a.actions == b.actions and all(
+        getattr(a, name).tobytes() == getattr(b, name).tobytes()
+        and getattr(a, name).shape == getattr(b, name).shape
+        for name in (
+            "incremental_conversion",
+            "incremental_revenue",
+            "baseline_conversion",
+            "baseline_revenue",
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def with_constants() -> dict[str, UpliftModel]:
+    """Models with constant outcome models: an action logged too rarely to learn from."""
+    log = make_log(3_000, seed=3)
+    action = log.action.copy()
+    action[:60] = "rare"
+    args = (log.X, action, log.propensity, log.outcome, log.revenue)
+    return {m: UpliftModel(method=m).fit(*args) for m in ("dr", "t")}  # type: ignore[arg-type]
+
+
+def test_one_customer_path_equals_the_matrix_path_bit_for_bit(
+    fitted: dict[str, UpliftModel],
+    with_constants: dict[str, UpliftModel],
+    test: Logged,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One customer's prediction (:class:`_OneRow`: the live path) has the bytes of the
+    matrix path (the definition) for 3,000 hard customers per model, each with a random
+    set of wanted actions (none, some, all, unknown ones, or every action)."""
+    rng = np.random.default_rng(7)
+    models = [*fitted.values(), *with_constants.values()]
+    assert any(isinstance(m, float) for m in with_constants["t"].arms_["rare"].convert)
+    customers = _hard_customers(test.X, rng, 3_000)
+    for model in models:
+        assert _OneRow.of(model) is not None
+        for row in customers:
+            pick = rng.random()
+            actions = (
+                None
+                if pick < 0.2
+                else {a for a in [*model.actions_, "unknown"] if rng.random() < 0.5}
+            )
+            got = model.predict(row, actions)
+            expected = model._predict_matrix(model.encoder_.transform(row), actions)
+            assert _same(got, expected), (model.method, row, actions)
+    # the path taken: never the matrix for one customer; and the batch agrees
+    frame = pd.DataFrame(customers[:300])
+    for model in models:
+        batch = model.predict(frame)
+        with monkeypatch.context() as patch:
+            patch.setattr(UpliftModel, "_predict_matrix", None)
+            for i, row in enumerate(customers[:300]):
+                assert _same(model.predict(row), batch.row(i))
+
+
+def test_one_customer_path_steps_aside_when_busy_and_follows_a_refit(test: Logged) -> None:
+    """A thread finding the boosters busy gets the matrix path's numbers; a refitted model
+    predicts with its new boosters."""
+    log = make_log(3_000, seed=8)
+    model = UpliftModel().fit(log.X, log.action, log.propensity, log.outcome, log.revenue)
+    row = test.X.iloc[0].to_dict()
+    one = _OneRow.of(model)
+    assert one is not None
+    with one.boosters._lock:
+        busy = model.predict(row)
+    assert _same(busy, model.predict(row))
+    pending = model.predict(row)  # its baseline revenue computed when read, here busy
+    with one.boosters._lock:
+        assert _same(pending, busy)
+    copied = pickle.loads(pickle.dumps(model.predict(row)))
+    assert _same(copied, busy)
+    other = make_log(3_000, seed=9)
+    model.fit(other.X, other.action, other.propensity, other.outcome, other.revenue)
+    expected = model._predict_matrix(model.encoder_.transform(row))
+    assert _OneRow.of(model) is not one
+    assert _same(model.predict(row), expected)
