@@ -19,7 +19,7 @@ reasons look 5x cheaper than inside a score on this shared machine):
   record's raw aggregates kept in the worker;
 * ``churn + reasons``: encode, the calibrated probability and the TreeSHAP reasons,
   computed (nothing kept); ``reasons read back``: the reasons again, their contributions
-  read back from the ones kept per split key (:meth:`FastPredictor.contributions`: a
+  read back from the customer's kept ones (:meth:`FastPredictor.contributions`: a
   repeat score of a customer whose features stayed inside the model's splits);
 * ``value``: encode (unless it reads churn's encoding, :attr:`Scorer.shares_encoding`),
   mean and interval;
@@ -187,9 +187,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         clock.lap("read + features, repeat")
         X = scorer.churn.encode(features)
         churn = scorer.churn.predict_proba_array(X)
-        drivers = scorer.churn.explain_array(X, spec=scorer.spec)[0]
+        drivers = scorer.churn.explain_array(X, spec=scorer.spec, owners=[c])[0]
         clock.lap("churn + reasons")
-        drivers = scorer.churn.explain_array(X, spec=scorer.spec)[0]
+        drivers = scorer.churn.explain_array(X, spec=scorer.spec, owners=[c])[0]
         clock.lap("reasons read back")
         X_value = X if scorer.shares_encoding else scorer.value.encode(features)
         values = scorer.value.predict_array(X_value, now)

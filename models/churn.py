@@ -17,7 +17,7 @@ The encoder and :func:`fit_booster` are shared with :mod:`models.value`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self, overload
 
@@ -443,12 +443,17 @@ class ChurnModel(BoostedModel):
         return self.predict_proba_array(self.encode(frame))
 
     def explain_array(
-        self, X: np.ndarray, top: int = 3, spec: FeatureSpec | None = None
+        self,
+        X: np.ndarray,
+        top: int = 3,
+        spec: FeatureSpec | None = None,
+        owners: Sequence[Hashable] | None = None,
     ) -> list[dict[str, list[dict[str, Any]]]]:
-        """Top ``top`` drivers up and down per encoded row (see :func:`top_reasons`)."""
+        """Top ``top`` drivers up and down per encoded row (see :func:`top_reasons`);
+        ``owners``: the rows' customers, whose contributions a repeat score reads back
+        while their features stay inside the same splits (:mod:`models.fastpredict`)."""
         if 0 < len(X) <= FAST_ROWS:  # the live path: one customer or a micro-batch
-            # kept per path through the trees: a repeat score reads them back (fastpredict)
-            contrib = fast_predictor(self, self.booster_).contributions(X)[:, :-1]
+            contrib = fast_predictor(self, self.booster_).contributions(X, owners)[:, :-1]
         else:
             contrib = booster_predict(self.booster_, X, pred_contrib=True)[:, :-1]
         names = self.encoder_.columns

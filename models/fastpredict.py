@@ -13,11 +13,13 @@ it busy falls back to ``Booster.predict`` (same numbers, just slower). Batch pat
 using ``Booster.predict``.
 
 :meth:`FastPredictor.contributions` (the live churn reasons, TreeSHAP: the costliest
-prediction of a score) keeps each row's contributions under its :class:`SplitKeys` key,
-the side of every split of the booster the row falls on. TreeSHAP reads a row only through
-those decisions, so two rows with one key have the same contributions, bit for bit: a
-repeat score of a customer whose features moved inside the same splits (the recency
-features move with the clock) reads them back instead of walking the trees again.
+prediction of a score) keeps each customer's last row and its contributions. TreeSHAP
+reads a row only through the side of every split of the booster it falls on (its
+:class:`SplitKeys` key), so two rows with one key have the same contributions, bit for
+bit: a repeat score of a customer whose features moved inside the same splits (the
+recency features move with the clock) reads them back instead of walking the trees again.
+The keys are compared only then: a first score (no other customer's row had its key on
+the 20k demo: keys are near-unique) computes none.
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ from __future__ import annotations
 import ctypes
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 from lightgbm import basic as _lgb_basic
 
-#: rows of contributions a booster keeps (:meth:`FastPredictor.contributions`; ~1 KB each)
-CONTRIB_CACHE_ROWS = 16_384
+#: owners (customers) whose last row's contributions a booster keeps
+#: (:meth:`FastPredictor.contributions`; ~2 KB each)
+CONTRIB_CACHE_ROWS = 8_192
 #: LightGBM reads a value this close to 0 as 0 (``kZeroThreshold``: a dense row keeps only
 #: the values beyond it, the others are the zeros of its buffer)
 ZERO_THRESHOLD = 1.0000000180025095e-35
@@ -128,9 +132,9 @@ class FastPredictor:
         # what Booster.predict(num_iteration=None) uses (<= 0: all iterations)
         self._num_iteration = booster.best_iteration
         #: the booster's split keys (False: not read yet; None: it cannot have them) and
-        #: the contributions kept per key (:meth:`contributions`)
+        #: each owner's last row and contributions (:meth:`contributions`)
         self._split_keys: SplitKeys | bool | None = False
-        self._contrib: dict[bytes, np.ndarray] = {}
+        self._contrib: dict[Hashable, _Explained] = {}
         self._cache_lock = threading.Lock()
         #: rows whose contributions :meth:`contributions` computed (the others were kept)
         self.contrib_computed = 0
@@ -226,36 +230,70 @@ class FastPredictor:
         with self._cache_lock:
             self._contrib.clear()
 
-    def contributions(self, X: np.ndarray) -> np.ndarray:
-        """``predict_rows(X, PREDICT_CONTRIB)``, each row read from the contributions kept
-        under its :class:`SplitKeys` key when a row with that key was predicted before
-        (the same numbers, bit for bit: see the module doc); the others predicted in one
-        call and kept, the least recently used dropped beyond :data:`CONTRIB_CACHE_ROWS`."""
+    def contributions(self, X: np.ndarray, owners: Sequence[Hashable] | None = None) -> np.ndarray:
+        """``predict_rows(X, PREDICT_CONTRIB)``, a row read back from its owner's last one
+        (``owners``: who each row is, e.g. the customer id) when that row was the same or
+        had the same :class:`SplitKeys` key (the same numbers, bit for bit: see the module
+        doc); the others predicted in one call and kept per owner, the least recently used
+        dropped beyond :data:`CONTRIB_CACHE_ROWS`. A row's key is computed only when its
+        owner comes back with another row: most first scores have no use for it."""
         data = np.ascontiguousarray(X, dtype=np.float64)
         if data.ndim != 2 or data.shape[1] != self._num_feature:
             raise ValueError(f"expected rows of {self._num_feature} features, got {X.shape}")
+        if owners is not None and len(owners) != len(data):
+            raise ValueError(f"{len(owners)} owners for {len(data)} rows")
         if self._split_keys is False:
             self._split_keys = SplitKeys.of(self.booster)
         splits = self._split_keys
-        if not isinstance(splits, SplitKeys) or not len(data):
+        if owners is None or not isinstance(splits, SplitKeys) or not len(data):
             return self.predict_rows(data, PREDICT_CONTRIB)
-        keys = splits.keys(data)
         cache = self._contrib
         with self._cache_lock:
-            found = [cache.pop(key, None) for key in keys]
-            for key, row in zip(keys, found, strict=True):
-                if row is not None:
-                    cache[key] = row  # most recently used last
+            kept = [cache.pop(owner, None) for owner in owners]
+            for owner, entry in zip(owners, kept, strict=True):
+                if entry is not None:
+                    cache[owner] = entry  # most recently used last
+        found: list[np.ndarray | None] = [None] * len(data)
+        keys: list[bytes | None] = [None] * len(data)
+        moved = []  # rows whose owner's last row differs: compared by key
+        for i, entry in enumerate(kept):
+            if entry is not None:
+                if entry.row.tobytes() == data[i].tobytes():
+                    found[i], keys[i] = entry.contributions, entry.key
+                else:
+                    moved.append(i)
+        if moved:
+            for i, key in zip(moved, splits.keys(data[moved]), strict=True):
+                entry = kept[i]
+                assert entry is not None
+                if entry.key is None:
+                    entry.key = splits.keys(entry.row[None, :])[0]
+                keys[i] = key
+                if key == entry.key:
+                    found[i] = entry.contributions
         missing = [i for i, row in enumerate(found) if row is None]
         if missing:
             fresh = self.predict_rows(data[missing], PREDICT_CONTRIB)
-            with self._cache_lock:
-                for i, row in zip(missing, fresh, strict=True):
-                    found[i] = cache[keys[i]] = row.copy()
-                while len(cache) > CONTRIB_CACHE_ROWS:
-                    del cache[next(iter(cache))]
+            for i, row in zip(missing, fresh, strict=True):
+                found[i] = row.copy()
             self.contrib_computed += len(missing)
+        with self._cache_lock:
+            for i, owner in enumerate(owners):
+                row = found[i]
+                assert row is not None
+                cache[owner] = _Explained(data[i].copy(), keys[i], row)
+            while len(cache) > CONTRIB_CACHE_ROWS:
+                del cache[next(iter(cache))]
         return np.stack(found)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class _Explained:
+    """An owner's last row, its split key once computed, and its contributions."""
+
+    row: np.ndarray
+    key: bytes | None
+    contributions: np.ndarray
 
 
 class RowBoosters:

@@ -246,7 +246,9 @@ class Scorer:
         drivers: dict[int, dict[str, list[dict[str, Any]]]] = {}
         if explained:
             wanted_rows = X if len(explained) == len(rows) else X[explained]
-            found = self.churn.explain_array(wanted_rows, spec=self.spec)
+            ids = [features[i].get("customer_id") for i in explained]
+            owners = None if None in ids else ids  # a repeat score reads its reasons back
+            found = self.churn.explain_array(wanted_rows, spec=self.spec, owners=owners)
             drivers = dict(zip(explained, found, strict=True))
         generator = rng
         out = []

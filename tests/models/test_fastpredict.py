@@ -176,42 +176,84 @@ def test_kept_contributions_equal_fresh_ones_bit_for_bit(missing: str) -> None:
     edges = [v for t in thresholds for v in (t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf))]
     edges += [0.0, -0.0, 1e-300, -1e-300, 1e-30, -1e-30, 0.3, -0.3, np.nan, np.inf, -np.inf]
     categories = [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 7.0, np.nan, 1e-300]
-    variants = []
-    for base in X[:12]:
+    # one owner per (base row, feature): its variants come in turn, each compared with
+    # the owner's last row (the owners interleaved at random, in chunks of random size)
+    series = []
+    for b, base in enumerate(X[:12]):
         for j in range(6):
+            variants = []
             for value in categories if j == 2 else edges:
                 row = base.copy()
                 row[j] = value
                 variants.append(row)
-    rows = np.array(variants)[rng.permutation(len(variants))]
+            series.append([(f"{b}-{j}", row) for row in variants])
+    order = []
+    while any(series):
+        pick = series[int(rng.integers(len(series)))]
+        if pick:
+            order.append(pick.pop(0))
+    owners = [owner for owner, _ in order]
+    rows = np.array([row for _, row in order])
     fast = FastPredictor(booster)
     expected = np.asarray(booster.predict(rows, num_threads=1, pred_contrib=True))
     got, start = [], 0
     while start < len(rows):
         size = int(rng.choice([1, 2, 5, 8, 16]))
-        got.append(fast.contributions(rows[start : start + size]))
+        got.append(fast.contributions(rows[start : start + size], owners[start : start + size]))
         start += size
     result = np.vstack(got)
     assert result.shape == expected.shape
     assert result.tobytes() == expected.tobytes()
-    assert fast.contrib_computed < len(rows) // 2  # most variants share a key with another
-    again = fast.contributions(rows[:16])  # every row kept: read back, the same bytes
-    assert again.tobytes() == expected[:16].tobytes()
+    assert fast.contrib_computed < len(rows) // 2  # most variants share their last's key
+    last = {owner: i for i, owner in enumerate(owners)}
+    again = sorted(last.values())[:16]  # each owner's last row again: read back, same bytes
+    computed = fast.contrib_computed
+    repeated = fast.contributions(rows[again], [owners[i] for i in again])
+    assert repeated.tobytes() == expected[again].tobytes()
+    assert fast.contrib_computed == computed
+
+
+def test_a_first_row_per_owner_computes_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The split keys cost ~15-40 us a row and only a returning owner can use them: rows of
+    owners not seen before are predicted without any; without owners nothing is kept."""
+    X, y_bin, _ = _data(seed=10)
+    fast = FastPredictor(_booster(X, y_bin, "binary"))
+    calls: list[int] = []
+    keys = SplitKeys.keys
+
+    def counted(self: SplitKeys, rows: np.ndarray) -> list[bytes]:
+        calls.append(len(rows))
+        return keys(self, rows)
+
+    monkeypatch.setattr(SplitKeys, "keys", counted)
+    expected = np.asarray(fast.booster.predict(X[:40], num_threads=1, pred_contrib=True))
+    first = fast.contributions(X[:40], [f"c{i}" for i in range(40)])
+    assert first.tobytes() == expected.tobytes() and calls == []
+    assert fast.contributions(X[:40]).tobytes() == expected.tobytes()
+    assert fast.contrib_computed == 40 and calls == [] and len(fast._contrib) == 40
+    moved = X[:40].copy()
+    moved[:, 0] = np.nextafter(moved[:, 0], np.inf)  # rarely across a split: mostly read back
+    want = np.asarray(fast.booster.predict(moved, num_threads=1, pred_contrib=True))
+    assert fast.contributions(moved, [f"c{i}" for i in range(40)]).tobytes() == want.tobytes()
+    changed = sum(a.tobytes() != b.tobytes() for a, b in zip(moved, X[:40], strict=True))
+    assert 30 < changed < 40  # NaN and infinite values stay: the same row, read back
+    assert sum(calls) == 2 * changed  # the changed rows' keys and, once, their last rows'
+    assert fast.contrib_computed < 40 + 40
 
 
 def test_contributions_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Beyond ``CONTRIB_CACHE_ROWS`` the least recently used rows go; what stays is exact."""
+    """Beyond ``CONTRIB_CACHE_ROWS`` the least recently used owners go; what stays is exact."""
     monkeypatch.setattr(fastpredict, "CONTRIB_CACHE_ROWS", 50)
     X, y_bin, _ = _data(seed=9)
     booster = _booster(X, y_bin, "binary")
     fast = FastPredictor(booster)
     for start in range(0, 600, 8):
-        fast.contributions(X[start : start + 8])
+        fast.contributions(X[start : start + 8], list(range(start, start + 8)))
     assert len(fast._contrib) <= 50
     expected = np.asarray(booster.predict(X[-40:], num_threads=1, pred_contrib=True))
     computed = fast.contrib_computed
-    assert fast.contributions(X[-40:]).tobytes() == expected.tobytes()
-    assert fast.contrib_computed == computed  # the latest rows were kept
+    assert fast.contributions(X[-40:], list(range(560, 600))).tobytes() == expected.tobytes()
+    assert fast.contrib_computed == computed  # the latest owners were kept
 
 
 def test_row_boosters_equal_predict_row_bit_for_bit() -> None:
