@@ -237,15 +237,9 @@ def _assign_few(features: Mapping[str, Any], model: SegmentModel) -> dict:
         "r_score": np.array(r_scores, dtype=np.float64),
         "f_score": np.array(f_scores, dtype=np.float64),
         "m_score": np.array(m_scores, dtype=np.float64),
-        "rfm_segment": _objects(segments),
-        "abc_tier": _objects(tiers),
+        "rfm_segment": np.array(segments, dtype=object),
+        "abc_tier": np.array(tiers, dtype=object),
     }
-
-
-def _objects(values: list[str]) -> np.ndarray:
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
 
 
 def _score_range(

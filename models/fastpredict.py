@@ -263,11 +263,14 @@ class FastPredictor:
                 else:
                     moved.append(i)
         if moved:
-            for i, key in zip(moved, splits.keys(data[moved]), strict=True):
-                entry = kept[i]
+            entries = [kept[i] for i in moved]
+            unkeyed = [e for e in entries if e is not None and e.key is None]
+            if unkeyed:  # the kept rows' keys, once, in one call
+                rows = np.stack([e.row for e in unkeyed])
+                for e, key in zip(unkeyed, splits.keys(rows), strict=True):
+                    e.key = key
+            for i, entry, key in zip(moved, entries, splits.keys(data[moved]), strict=True):
                 assert entry is not None
-                if entry.key is None:
-                    entry.key = splits.keys(entry.row[None, :])[0]
                 keys[i] = key
                 if key == entry.key:
                     found[i] = entry.contributions
