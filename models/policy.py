@@ -28,10 +28,12 @@ ranked above doing nothing only when it pays for itself.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import math
 import uuid
-from collections.abc import Container, Mapping
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeAlias
@@ -60,6 +62,8 @@ class Exclusion(IntEnum):
 
 #: the exclusions by code (``Exclusion(code)`` without the enum's lookup)
 _EXCLUSIONS = {int(e): e for e in Exclusion}
+#: how far from 1 the probabilities of a draw may sum (``Generator.choice``'s: sqrt(eps))
+_SUM_TOLERANCE = math.sqrt(np.finfo(np.float64).eps)
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ class Arbitration:
 
     @functools.cached_property
     def allowed(self) -> np.ndarray:
-        return self.reason == Exclusion.NONE
+        return self.reason == 0  # Exclusion.NONE (an int: numpy compares an IntEnum ~5x slower)
 
     @functools.cached_property
     def _ranking(self) -> np.ndarray:
@@ -390,14 +394,16 @@ def _arbitrate_one(
     revenues: list[float] = []
     kinds: list[bool] = []
     margins: list[float] = []
+    if uplift is not None:  # the customer's estimates as plain floats
+        conversion_of = uplift.incremental_conversion[0].tolist()
+        revenue_of = uplift.incremental_revenue[0].tolist()
     for j, action_id, retains, margin_rate in constants.values:
         if uplift is not None:
             if action_id not in uplift.actions:
                 reason[j] = Exclusion.NO_UPLIFT
                 continue
             at = uplift.index(action_id)
-            conversion = uplift.incremental_conversion[0, at]
-            revenue = uplift.incremental_revenue[0, at]
+            conversion, revenue = conversion_of[at], revenue_of[at]
         else:
             conv, rev = f"uplift_conversion_{action_id}", f"uplift_revenue_{action_id}"
             if conv not in row or rev not in row:
@@ -416,27 +422,66 @@ def _arbitrate_one(
     else:
         for j in known:
             reason[j] = codes[j]
-    up = np.zeros((1, k))
-    value = np.zeros((1, k))
-    if known:
-        where = np.array(known, dtype=np.intp)
-        retained = np.array(kinds)
-        margin = np.array(margins)
-        conversion_of = np.array(conversions, dtype=np.float64)
-        revenue_of = np.array(revenues, dtype=np.float64)
-        if retained.any():  # the churn reduction, capped at the churn probability
-            churn = np.array([_number(row, CHURN_FIELD)])
-            worth = _zero_nan(np.array([_number(row, catalog.value_field)])) * margin
-            reduction = _zero_nan(np.minimum(conversion_of, churn))
-            up[0, where] = np.where(retained, reduction, _zero_nan(revenue_of))
-            value[0, where] = np.where(retained, worth, margin)
-        else:
-            up[0, where] = _zero_nan(revenue_of)
-            value[0, where] = margin
-    expected = up * value
-    score = constants.weight * expected - constants.cost
+    # plain floats, the frame path's numbers (IEEE arithmetic either way; np.minimum's
+    # NaN and its second argument on a tie kept): a dozen one-element numpy calls cost
+    # more than the arithmetic
+    up = [0.0] * k
+    value = [0.0] * k
+    if any(kinds):  # the churn reduction, capped at the churn probability
+        churn = _number(row, CHURN_FIELD)
+        worth = _number(row, catalog.value_field)
+        worth = 0.0 if math.isnan(worth) else worth
+        for j, retains, margin, conversion, revenue in zip(
+            known, kinds, margins, conversions, revenues, strict=True
+        ):
+            if retains:
+                lower = conversion if conversion < churn else churn
+                up[j] = 0.0 if math.isnan(conversion) or math.isnan(churn) else lower
+                value[j] = worth * margin
+            else:
+                up[j] = 0.0 if math.isnan(revenue) else revenue
+                value[j] = margin
+    else:
+        for j, margin, revenue in zip(known, margins, revenues, strict=True):
+            up[j] = 0.0 if math.isnan(revenue) else revenue
+            value[j] = margin
+    expected = [u * v for u, v in zip(up, value, strict=True)]
+    score = [
+        w * e - c
+        for w, e, c in zip(
+            constants.weight.tolist(), expected, constants.cost.tolist(), strict=True
+        )
+    ]
     codes_array = np.array([reason], dtype=np.int8)
-    return Arbitration(catalog, row, up, value, expected, score, codes_array)
+    return Arbitration(
+        catalog,
+        row,
+        np.array([up]),
+        np.array([value]),
+        np.array([expected]),
+        np.array([score]),
+        codes_array,
+    )
+
+
+def draw(rng: np.random.Generator, probabilities: Sequence[float]) -> int:
+    """``int(rng.choice(len(p), p=p))``, the same index and the same state of ``rng``
+    after it (its checks, its CDF summed and divided, one ``rng.random()``, the right
+    side of the search), in plain floats: ``choice`` validates and converts for ~10 us,
+    the live score's costliest call of its draw (``tests/models/test_policy.py`` holds
+    the two equal)."""
+    p = [float(x) for x in probabilities]
+    if not p:
+        raise ValueError("a must be a positive integer unless no samples are taken")
+    if not all(x >= 0.0 for x in p):  # NaN fails the comparison too
+        if any(math.isnan(x) for x in p):
+            raise ValueError("Probabilities contain NaN")
+        raise ValueError("Probabilities are not non-negative")
+    if abs(math.fsum(p) - 1.0) > _SUM_TOLERANCE:
+        raise ValueError("Probabilities do not sum to 1")
+    cdf = list(itertools.accumulate(p))
+    total = cdf[-1]
+    return bisect.bisect_right([c / total for c in cdf], rng.random())
 
 
 def arbitrate_one(

@@ -8,7 +8,7 @@ import pytest
 
 from features.contract import NO_ACTION
 from models.catalog import Catalog, parse_catalog
-from models.policy import Exclusion, Policy, arbitrate, arbitrate_one, screen
+from models.policy import Exclusion, Policy, arbitrate, arbitrate_one, draw, screen
 from models.uplift import UpliftPrediction
 
 CATALOG = """
@@ -274,8 +274,8 @@ def _random_customers(n: int, seed: int) -> pd.DataFrame:
         return [choices[i] for i in rng.integers(0, len(choices), size=n)]
 
     frame = customers(n)
-    frame["churn_probability"] = pick(0.0, 0.1, 0.25, 0.4, 0.9, np.nan)
-    frame["value_p50"] = pick(0.0, 37.5, 200.0, -1.0, np.nan)
+    frame["churn_probability"] = pick(0.0, -0.0, 0.1, 0.25, 0.3, 0.4, 0.9, np.nan)
+    frame["value_p50"] = pick(0.0, -0.0, 37.5, 200.0, -1.0, np.nan)
     frame["orders_365d"] = pick(0, 1, 3, np.nan)
     frame["email_opt_in"] = pick(0.0, 1.0, np.nan)
     frame["phone_opt_in"] = pick(0.0, 1.0, np.nan)
@@ -283,8 +283,12 @@ def _random_customers(n: int, seed: int) -> pd.DataFrame:
     frame["contacts_call_30d"] = pick(0.0, 1.0, np.nan)
     frame["days_since_action_cross_sell"] = pick(3.0, 14.0, 40.0, np.nan)
     for action in IDS[1:]:
-        frame[f"uplift_conversion_{action}"] = rng.choice([-0.2, 0.0, 0.05, 0.3, 0.6, np.nan], n)
-        frame[f"uplift_revenue_{action}"] = rng.choice([-5.0, 0.0, 1.0, 10.0, 80.0, np.nan], n)
+        frame[f"uplift_conversion_{action}"] = rng.choice(
+            [-0.2, 0.0, -0.0, 0.05, 0.3, 0.6, np.nan], n
+        )
+        frame[f"uplift_revenue_{action}"] = rng.choice(
+            [-5.0, 0.0, -0.0, 1.0, 10.0, 80.0, np.nan], n
+        )
     return frame
 
 
@@ -349,3 +353,37 @@ def test_an_action_without_uplift_is_not_screened_on_either_path(catalog: Catalo
     assert arbitrate(bare.iloc[0].to_dict(), catalog).ranking()[0].tolist() == (
         arbitrate(bare, catalog).ranking()[0].tolist()
     )
+
+
+def test_draw_is_generator_choice_exactly() -> None:
+    """:func:`draw` picks ``Generator.choice``'s index and leaves the generator in its
+    state, over probability rows like the live policy's (zeros, one certain action, an
+    epsilon split, sums a few ulps off 1) and random ones."""
+    shapes = np.random.default_rng(7)
+    rows: list[list[float]] = [[1.0], [0.0, 1.0, 0.0], [0.9, 0.05, 0.05], [1 / 3] * 3]
+    for _ in range(300):
+        p = shapes.random(shapes.integers(1, 12)) * (shapes.random(1) < 0.7)
+        p[shapes.integers(0, len(p))] += 1.0
+        rows.append((p / p.sum()).tolist())
+    for seed, p in enumerate(rows):
+        ours, numpys = np.random.default_rng(seed), np.random.default_rng(seed)
+        for _ in range(20):
+            assert draw(ours, p) == int(numpys.choice(len(p), p=np.array(p)))
+        assert ours.bit_generator.state == numpys.bit_generator.state
+
+
+@pytest.mark.parametrize(
+    ("p", "message"),
+    [
+        ([0.5, np.nan, 0.5], "contain NaN"),
+        ([1.2, -0.2], "not non-negative"),
+        ([0.5, 0.4], "do not sum to 1"),
+        ([np.inf, 0.0], "do not sum to 1"),
+        ([], "positive integer"),
+    ],
+)
+def test_draw_refuses_what_choice_refuses(p: list[float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        draw(np.random.default_rng(0), p)
+    with pytest.raises(ValueError):
+        np.random.default_rng(0).choice(len(p), p=np.array(p))
