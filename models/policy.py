@@ -120,6 +120,13 @@ class Arbitration:
 
     @functools.cached_property
     def _ranking(self) -> np.ndarray:
+        if len(self.score) == 1:  # one customer (the live path): Python's stable sort
+            flags, scores = self.reason[0].tolist(), self.score[0].tolist()
+            masked = [-x if not code else math.inf for x, code in zip(scores, flags, strict=True)]
+            if not any(math.isnan(x) for x in masked):  # NaN: numpy's order (last)
+                order = np.array([sorted(range(len(masked)), key=masked.__getitem__)])
+                order.flags.writeable = False
+                return order
         masked = np.where(self.allowed, self.score, -np.inf)
         order = np.argsort(-masked, axis=1, kind="stable")
         order.flags.writeable = False  # kept: a caller's change would show in later calls
