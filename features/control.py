@@ -30,6 +30,7 @@ import hashlib
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -86,9 +87,20 @@ class ControlGroup:
         buckets = np.frombuffer(digests, dtype=">u8").astype(np.float64) / _SCALE
         return buckets < self.share
 
-    def logging_probabilities(self, probs: np.ndarray, no_action: int = 0) -> np.ndarray:
+    @overload
+    def logging_probabilities(self, probs: list[float], no_action: int = 0) -> list[float]: ...
+    @overload
+    def logging_probabilities(self, probs: np.ndarray, no_action: int = 0) -> np.ndarray: ...
+    def logging_probabilities(
+        self, probs: np.ndarray | list[float], no_action: int = 0
+    ) -> np.ndarray | list[float]:
         """``mu = share * [no_action] + (1 - share) * probs`` row-wise (see the module doc);
-        ``probs`` is ``[n, K]`` or ``[K]``; rows still sum to 1."""
+        ``probs`` is ``[n, K]`` or ``[K]``, or one customer's list of floats (the live path:
+        a list back, the same numbers); rows still sum to 1."""
+        if isinstance(probs, list):
+            row = [(1.0 - self.share) * p for p in probs]
+            row[no_action] += self.share
+            return row
         mixed = (1.0 - self.share) * np.asarray(probs, dtype="float64")
         mixed[..., no_action] += self.share
         return mixed

@@ -122,9 +122,9 @@ class Arbitration:
     def _ranking(self) -> np.ndarray:
         if len(self.score) == 1:  # one customer (the live path): Python's stable sort
             flags, scores = self.reason[0].tolist(), self.score[0].tolist()
-            masked = [-x if not code else math.inf for x, code in zip(scores, flags, strict=True)]
-            if not any(math.isnan(x) for x in masked):  # NaN: numpy's order (last)
-                order = np.array([sorted(range(len(masked)), key=masked.__getitem__)])
+            keys = [-x if not code else math.inf for x, code in zip(scores, flags, strict=True)]
+            if not any(math.isnan(x) for x in keys):  # NaN: numpy's order (last)
+                order = np.array([sorted(range(len(keys)), key=keys.__getitem__)])
                 order.flags.writeable = False
                 return order
         masked = np.where(self.allowed, self.score, -np.inf)
@@ -165,7 +165,9 @@ class Arbitration:
             }
         )
 
-    def offers(self, propensity: np.ndarray, top_k: int | None = None) -> list[dict[str, Any]]:
+    def offers(
+        self, propensity: np.ndarray | Sequence[float], top_k: int | None = None
+    ) -> list[dict[str, Any]]:
         """One customer's (the first row's) allowed actions, best first (the first ``top_k``),
         each with its figures and ``propensity[j]``, the probability the logging policy gave
         it: a live score's ranked actions, as plain values (the response validates them)."""
@@ -680,18 +682,24 @@ class Policy:
             logits = (masked - masked.max(axis=1, keepdims=True)) / self.temperature
             weights = np.exp(logits)
             return weights / weights.sum(axis=1, keepdims=True)
-        if len(allowed) == 1:  # one customer (the live path): plain floats, same numbers
-            flags = allowed[0].tolist()
-            count = sum(flags)
-            if count:
-                share = self.epsilon / count
-                row = [share if flag else 0.0 for flag in flags]
-                row[int(result.ranking()[0, 0])] += 1.0 - self.epsilon
-                return np.array([row])
+        if len(allowed) == 1 and allowed.any():  # one customer (the live path)
+            return np.array([self.probabilities_one(result)])
         n_allowed = allowed.sum(axis=1, keepdims=True)
         probs = np.where(allowed, self.epsilon / n_allowed, 0.0)
         probs[np.arange(len(probs)), result.ranking()[:, 0]] += 1.0 - self.epsilon
         return probs
+
+    def probabilities_one(self, result: Arbitration) -> list[float]:
+        """:meth:`probabilities` of a one-customer epsilon-greedy result with an allowed
+        action, as plain floats (the same numbers: a live score reads them one by one)."""
+        flags = result.allowed[0].tolist()
+        count = sum(flags)
+        if self.temperature is not None or len(result.allowed) != 1 or not count:
+            return self.probabilities(result)[0].tolist()
+        share = self.epsilon / count
+        row = [share if flag else 0.0 for flag in flags]
+        row[int(result.ranking()[0, 0])] += 1.0 - self.epsilon
+        return row
 
     def action_probabilities(
         self, frame: pd.DataFrame, uplift: UpliftPrediction | None = None

@@ -47,6 +47,11 @@ def test_mixture_propensities_sum_to_one_and_put_the_share_on_no_action() -> Non
     assert np.allclose(mixed.sum(axis=1), 1.0)
     assert mixed[0].tolist() == pytest.approx([0.05 + 0.95 * 0.1, 0.95 * 0.6, 0.95 * 0.3])
     assert mixed[1, 0] == pytest.approx(1.0)
+    for share in (0.0, 0.05, 0.1 / 3):  # one customer's list (the live path): the same bits
+        control = ControlGroup(share, "s")
+        for row in probs:
+            listed = control.logging_probabilities(row.tolist())
+            assert np.array(listed).tobytes() == control.logging_probabilities(row).tobytes()
 
 
 @pytest.mark.parametrize("share", [-0.1, 0.51])

@@ -329,6 +329,8 @@ def test_one_customer_path_equals_the_frame_path_exactly(
                 assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), name
             assert result.ranking()[0].tolist() == expected.ranking()[i].tolist()
             assert policy.probabilities(result)[0].tobytes() == expected_probs[i].tobytes()
+            one_row = np.array(policy.probabilities_one(result))
+            assert one_row.tobytes() == expected_probs[i].tobytes()
             assert result.exclusions(0) == expected.exclusions(i)
 
 
