@@ -29,15 +29,19 @@ import threading
 import weakref
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightgbm as lgb
 import numpy as np
 from lightgbm import basic as _lgb_basic
 
+if TYPE_CHECKING:
+    from models.treeshap import TreeShap
+
 #: owners (customers) whose last row's contributions a booster keeps
 #: (:meth:`FastPredictor.contributions`; ~2 KB each)
 CONTRIB_CACHE_ROWS = 8_192
+
 #: LightGBM reads a value this close to 0 as 0 (``kZeroThreshold``: a dense row keeps only
 #: the values beyond it, the others are the zeros of its buffer)
 ZERO_THRESHOLD = 1.0000000180025095e-35
@@ -138,6 +142,10 @@ class FastPredictor:
         self._cache_lock = threading.Lock()
         #: rows whose contributions :meth:`contributions` computed (the others were kept)
         self.contrib_computed = 0
+        #: the booster's TreeSHAP port (:mod:`models.treeshap`; None: not built yet, or it
+        #: has none, e.g. linear trees), used under ``_lock`` (its buffers are shared)
+        self._shap: TreeShap | None = None
+        self._shap_tried = False
 
     def __getstate__(self) -> dict[str, Any]:
         return {"booster": self.booster}
@@ -183,6 +191,10 @@ class FastPredictor:
                 self.booster.predict(data[None, :], **_KWARGS[predict_type]), dtype=np.float64
             ).ravel()
         try:
+            if predict_type == PREDICT_CONTRIB and (shap := self._treeshap()) is not None:
+                out = np.empty(shap.out.shape, dtype=np.float64)
+                shap.contributions_into(data, out)
+                return out
             handle = self._handles.get(predict_type) or self._init(predict_type)
             _check(
                 _FAST_PREDICT(
@@ -205,6 +217,15 @@ class FastPredictor:
         if rows == 1:
             return self.predict_row(data[0], predict_type)[None, :]
         per_class = self._num_feature + 1 if predict_type == PREDICT_CONTRIB else 1
+        if predict_type == PREDICT_CONTRIB and self._lock.acquire(blocking=False):
+            try:  # the TreeSHAP port row by row (busy: LightGBM's matrix call below)
+                if (shap := self._treeshap()) is not None:
+                    contributions = np.empty((rows, per_class * self._num_class))
+                    for i in range(rows):
+                        shap.contributions_into(data[i], contributions[i])
+                    return contributions
+            finally:
+                self._lock.release()
         out = np.empty(rows * per_class * self._num_class, dtype=np.float64)
         out_len = np.zeros(1, dtype=np.int64)
         _check(
@@ -224,6 +245,19 @@ class FastPredictor:
             )
         )
         return out[: int(out_len[0])].reshape(rows, -1)
+
+    def _treeshap(self) -> TreeShap | None:
+        """The booster's :class:`models.treeshap.TreeShap`, built at the first use (the
+        caller holds ``_lock``); None when it cannot have one (linear trees)."""
+        if not self._shap_tried:
+            self._shap_tried = True
+            from models.treeshap import TreeShap  # numba: imported by the live path only
+
+            try:
+                self._shap = TreeShap(self.booster, self._num_iteration)
+            except ValueError:  # LightGBM's C API then answers (or refuses) as before
+                self._shap = None
+        return self._shap
 
     def forget(self) -> None:
         """Drop the contributions kept (a bench timing the computed path)."""

@@ -37,8 +37,7 @@ import lightgbm as lgb
 import numba
 import numpy as np
 
-#: LightGBM's ``kZeroThreshold`` (``1e-35f`` as a double)
-ZERO_THRESHOLD = 1.0000000180025095e-35
+from models.fastpredict import ZERO_THRESHOLD
 
 
 @dataclass(frozen=True, slots=True)
