@@ -116,10 +116,19 @@ class Reloader:
     def start(self, bundled: Any = None) -> Live:
         """The champions at start (``bundled``: the Bento's own copy, else the store's
         latest or the registry); raises when there are none, like a service without models
-        should. Problems (another feature set, a store not loaded) make it not ready."""
+        should. Problems (another feature set, a store not loaded) make it not ready. The
+        scorer is warmed up (:meth:`_warm`: the first request would otherwise build the
+        prediction handles and load the TreeSHAP port's compiled code, ~1 s); a warm-up
+        that fails is logged and the service starts anyway (its scores then fail alike)."""
         champions = load_for_serving(self.settings, bundled)
         problems = tuple(registry.check_compatible(champions, self.spec))
-        return self._build(champions, problems, self._read_state(), None)
+        live = self._build(champions, problems, self._read_state(), None)
+        if live.scorer is not None:
+            try:
+                self._warm(live.scorer)
+            except Exception as exc:
+                log.error("the champions failed a warm-up score: %s", _first_line(exc))
+        return live
 
     def check(self, live: Live) -> Live | None:
         """A new state when the champions or the online store changed, else None. Runs in

@@ -351,3 +351,26 @@ def test_the_service_follows_a_recorded_control_change_without_a_restart(
     finally:
         control_path(ws.home).unlink()  # back to the default for the other tests
         history.close()
+
+
+def test_the_champions_are_warm_when_the_service_starts(ws: Workspace) -> None:
+    """:meth:`serving.reload.Reloader.start` scores a made-up customer: the churn reasons'
+    TreeSHAP port (its compiled code loaded, ~1 s) and the prediction handles exist before
+    the first request, which would otherwise wait for them."""
+    from serving_harness import environment
+
+    from features.spec import default_spec
+    from models.fastpredict import fast_predictor
+    from rapport.settings import get_settings
+    from serving.reload import Reloader
+
+    with environment(RAPPORT_HOME=str(ws.home), MLFLOW_TRACKING_URI=None):
+        settings = get_settings()
+        store = open_store(settings.online_store_url)
+        try:
+            scorer = Reloader(settings, default_spec(), store).start().scorer
+        finally:
+            store.close()
+    assert scorer is not None
+    churn = fast_predictor(scorer.churn, scorer.churn.booster_)
+    assert churn._shap is not None and churn._handles
