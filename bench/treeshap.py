@@ -5,12 +5,12 @@
 Encodes ``--customers`` customers' live features as of now, then counts the rows whose
 contributions differ in any bit from ``booster.predict(X, num_threads=1,
 pred_contrib=True)``: those rows, and rows made from them holding each numerical split's
-threshold (and its neighbours) or NaN, 0.0, -0.0, +-inf, +-1e-36. Both of
-:class:`TreeShap`'s paths are checked (``table``: the leaves' terms precomputed; ``walk``:
-TreeSHAP's arithmetic per row). Then times one-row calls, alternating blocks of 500 rows:
-:meth:`FastPredictor.predict_row` with ``PREDICT_CONTRIB`` (the live reasons' C call) and
-both paths (``contributions_into``: no copy, no checks). Prints microseconds per row
-(median of the blocks) and the 1-minute load average. Never fails on timing.
+threshold (and its neighbours) or NaN, 0.0, -0.0, +-inf, +-1e-36. Then times one-row
+calls, alternating blocks of 500 rows:
+:meth:`FastPredictor.predict_row` with ``PREDICT_CONTRIB`` through LightGBM's C API
+(the live reasons' call before the port) and :meth:`TreeShap.contributions_into` (no copy,
+no checks). Prints microseconds per row (median of the blocks) and the 1-minute load
+average. Never fails on timing.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from features.online.record import evaluate
     from features.online.store import open_store
     from features.spec import default_spec
-    from models.fastpredict import PREDICT_CONTRIB, fast_predictor
+    from models.fastpredict import PREDICT_CONTRIB, FastPredictor
     from rapport.settings import get_settings
     from serving.reload import Reloader
 
@@ -85,14 +85,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     built = time.perf_counter()
     table.contributions(X[0])
     first = time.perf_counter()
-    walk = TreeShap(booster, table=False)
-    walk.contributions(X[0])
     print(
         f"{booster.num_trees()} trees, {booster.num_feature()} features, depth "
-        f"{table.trees.max_depth}; table {table.table}: {table._terms.nbytes / 1e6:.2f} MB\n"
+        f"{table.trees.max_depth}; table {table._terms.nbytes / 1e6:.2f} MB\n"
         f"import models.treeshap (numba) {imported - started:.2f} s; TreeShap() "
-        f"{built - imported:.2f} s; first row {first - built:.3f} s; walk's first row "
-        f"{time.perf_counter() - first:.3f} s (JIT: compiled or read from numba's cache)"
+        f"{built - imported:.2f} s; first row {first - built:.3f} s (JIT: compiled or read "
+        "from numba's cache)"
     )
 
     t = table.trees
@@ -103,13 +101,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     for name, rows in (("customers", X), ("thresholds + special", _rows(X, numerical))):
         expected = np.asarray(booster.predict(rows, num_threads=1, pred_contrib=True))
-        for path, shap in (("table", table), ("walk", walk)):
-            got = np.vstack([shap.contributions(row) for row in rows])
-            differ = [i for i in range(len(rows)) if got[i].tobytes() != expected[i].tobytes()]
-            worst = float(np.max(np.abs(got[differ] - expected[differ]))) if differ else 0.0
-            print(f"{name} ({len(rows)} rows), {path}: {len(differ)} differ (max {worst:g})")
+        got = np.vstack([table.contributions(row) for row in rows])
+        differ = [i for i in range(len(rows)) if got[i].tobytes() != expected[i].tobytes()]
+        worst = float(np.max(np.abs(got[differ] - expected[differ]))) if differ else 0.0
+        print(f"{name} ({len(rows)} rows): {len(differ)} differ (max {worst:g})")
 
-    fast = fast_predictor(scorer.churn, booster)
+    fast = FastPredictor(booster, treeshap=False)  # LightGBM's C API, as before the port
     block = X[:500]
     out = np.empty_like(table.out)
 
@@ -124,7 +121,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             r, PREDICT_CONTRIB
         ),
         "TreeShap table contributions_into": lambda r: table.contributions_into(r, out),
-        "TreeShap walk contributions_into": lambda r: walk.contributions_into(r, out),
     }
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(args.blocks):

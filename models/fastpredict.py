@@ -131,7 +131,9 @@ class FastPredictor:
     booster they point into.
     """
 
-    def __init__(self, booster: lgb.Booster) -> None:
+    def __init__(self, booster: lgb.Booster, treeshap: bool = True) -> None:
+        """``treeshap``: contributions from :mod:`models.treeshap` (False: LightGBM's C API
+        for every row, the baseline ``bench/treeshap.py`` times)."""
         self.booster = booster
         self._lock = threading.Lock()
         self._handles: dict[int, _Handle] = {}
@@ -150,14 +152,15 @@ class FastPredictor:
         self.contrib_computed = 0
         #: the booster's TreeSHAP port (:mod:`models.treeshap`; None: not built yet, or it
         #: has none, e.g. linear trees), used under ``_lock`` (its buffers are shared)
+        self.treeshap = treeshap
         self._shap: TreeShap | None = None
-        self._shap_tried = False
+        self._shap_tried = not treeshap
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"booster": self.booster}
+        return {"booster": self.booster, "treeshap": self.treeshap}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["booster"])  # type: ignore[misc]
+        self.__init__(state["booster"], state.get("treeshap", True))  # type: ignore[misc]
 
     def __del__(self) -> None:
         handles = getattr(self, "_handles", None)

@@ -9,7 +9,8 @@ on the row only through which edges above it the row took (TreeSHAP's "hot" chil
 so :class:`TreeShap` computes every leaf's terms for every hot/cold pattern of its edges
 (32 per leaf at depth 5: ~150k doubles on the demo) and a row's call only walks each tree
 and adds its leaves' terms (~25 us). A booster with too many patterns
-(:data:`MAX_TABLE_TERMS`) runs the arithmetic per row instead (about LightGBM's speed).
+(:data:`MAX_TABLE_TERMS`) is refused: the same arithmetic run per row measured no faster
+than LightGBM's C call (125-160 against ~115 us), which then stays.
 
 Exactness: the port follows LightGBM 4.x ``src/io/tree.cpp`` / ``include/LightGBM/tree.h``
 (``Tree::PredictContrib``, ``TreeSHAP``, ``ExtendPath``, ``UnwindPath``,
@@ -19,9 +20,9 @@ independent loops interleaved, each sum's own order kept), no fast-math (no reas
 or fused multiply-add), IEEE division (``error_model="numpy"``); trees in order, the hot
 child's subtree before the cold child's (an explicit stack in place of the recursion),
 each leaf's terms added in its path's order; the row read as LightGBM's dense-row
-prediction reads it (values within ``kZeroThreshold`` of 0, -0.0 included, are 0). A term
-is the same double whether computed for the table or for the row, so the contributions
-equal ``booster.predict(X, pred_contrib=True)``'s bit for bit
+prediction reads it (values within ``kZeroThreshold`` of 0, -0.0 included, are 0). A
+table's term is the double LightGBM computes for that leaf and pattern, so the
+contributions equal ``booster.predict(X, pred_contrib=True)``'s bit for bit
 (tests/models/test_treeshap.py).
 
 The trees are read from ``booster.model_to_string()`` (thresholds and leaf values printed
@@ -206,8 +207,8 @@ def _depth(left: list[int], right: list[int]) -> int:
     return deepest
 
 
-#: the most precomputed leaf terms a booster keeps (8 bytes each) before
-#: :class:`TreeShap` walks the paths for every row instead
+#: the most precomputed leaf terms a booster may need (8 bytes each: 16 MB); more, and
+#: :class:`TreeShap` refuses it
 MAX_TABLE_TERMS = 1 << 21
 
 
@@ -240,14 +241,14 @@ class TreeShap:
     booster has at most :data:`MAX_TABLE_TERMS` of them (a depth-5 tree: 32 hot/cold
     patterns per leaf) they are computed once, by the same steps as LightGBM (the same
     doubles), and a row's call walks each tree once, adding its leaves' terms in
-    LightGBM's order. Otherwise each call runs TreeSHAP's path arithmetic.
+    LightGBM's order.
 
     Not thread-safe (the buffers are shared): one per thread.
     """
 
-    def __init__(
-        self, booster: lgb.Booster, num_iteration: int | None = None, *, table: bool = True
-    ) -> None:
+    def __init__(self, booster: lgb.Booster, num_iteration: int | None = None) -> None:
+        """Raises ValueError for linear trees and for a booster whose table would pass
+        :data:`MAX_TABLE_TERMS`."""
         self.trees = t = TreeArrays.of(booster, num_iteration)
         path_len = t.max_depth + 1
         slots = path_len * (path_len + 1) // 2
@@ -266,45 +267,37 @@ class TreeShap:
             for j in range(d):
                 self._ratio[d * path_len + j] = (d - j) / float(d + 1)
         self._scratch = np.empty(2 * path_len, dtype=np.float64)
-        self._scratch_term = np.empty(path_len, dtype=np.float64)
-        self._scratch_feature = np.empty(path_len, dtype=np.int64)
         self.out = np.empty(t.num_class * (t.num_feature + 1), dtype=np.float64)
         leaf_depth, unique = _leaf_shapes(t)
         sizes = unique << leaf_depth
-        self.table = table and int(sizes.sum()) <= MAX_TABLE_TERMS
+        if int(sizes.sum()) > MAX_TABLE_TERMS:
+            raise ValueError(
+                f"the booster's leaves need {int(sizes.sum()):,} precomputed terms, more than "
+                f"{MAX_TABLE_TERMS:,}"
+            )
         self._unique = unique
         self._term_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._feature_start = np.concatenate([[0], np.cumsum(unique)]).astype(np.int64)
-        self._terms = np.zeros(int(self._term_start[-1]) if self.table else 0, dtype=np.float64)
+        self._terms = np.zeros(int(self._term_start[-1]), dtype=np.float64)
         self._term_feature = np.zeros(int(self._feature_start[-1]), dtype=np.int64)
-        if self.table:
-            _build_table(
-                t.node_start, t.leaf_start, t.split_feature, t.left_child, t.right_child,
-                t.internal_count, t.leaf_value, t.leaf_count, self._term_start,
-                self._feature_start, self._terms, self._term_feature, *self._path,
-                self._stack_int, self._stack_float, self._ratio, self._scratch,
-            )  # fmt: skip
+        _build_table(
+            t.node_start, t.leaf_start, t.split_feature, t.left_child, t.right_child,
+            t.internal_count, t.leaf_value, t.leaf_count, self._term_start,
+            self._feature_start, self._terms, self._term_feature, *self._path,
+            self._stack_int, self._stack_float, self._ratio, self._scratch,
+        )  # fmt: skip
 
     def contributions_into(self, row: np.ndarray, out: np.ndarray) -> None:
         """Write ``row``'s contributions (1-D contiguous float64, ``num_feature`` values:
         not checked) into ``out`` (``num_class * (num_feature + 1)`` float64:
         ``booster.predict(row[None, :], pred_contrib=True)[0]``)."""
         t = self.trees
-        if self.table:
-            _from_table(
-                row, out, self._row, t.node_start, t.leaf_start, t.cat_start,
-                t.split_feature, t.threshold, t.route, t.left_child, t.right_child,
-                t.cat_boundaries, t.cat_threshold, t.bias, self._unique, self._term_start,
-                self._feature_start, self._terms, self._term_feature, self._stack_int,
-            )  # fmt: skip
-        else:
-            _walk(
-                row, out, self._row, t.node_start, t.leaf_start, t.cat_start,
-                t.split_feature, t.threshold, t.route, t.left_child, t.right_child,
-                t.internal_count, t.leaf_value, t.leaf_count, t.cat_boundaries,
-                t.cat_threshold, t.bias, *self._path, self._stack_int, self._stack_float,
-                self._ratio, self._scratch, self._scratch_term, self._scratch_feature,
-            )  # fmt: skip
+        _from_table(
+            row, out, self._row, t.node_start, t.leaf_start, t.cat_start,
+            t.split_feature, t.threshold, t.route, t.left_child, t.right_child,
+            t.cat_boundaries, t.cat_threshold, t.bias, self._unique, self._term_start,
+            self._feature_start, self._terms, self._term_feature, self._stack_int,
+        )  # fmt: skip
 
     def contributions(self, row: np.ndarray) -> np.ndarray:
         """``row``'s contributions as a fresh array (see :meth:`contributions_into`)."""
@@ -454,124 +447,49 @@ def _start(row: np.ndarray, out: np.ndarray, x: np.ndarray, bias: np.ndarray) ->
         out[k * (num_feature + 1) + num_feature] = bias[k]
 
 
-@_jit
-def _walk(
-    row: np.ndarray,
-    out: np.ndarray,
-    x: np.ndarray,
-    node_start: np.ndarray,
-    leaf_start: np.ndarray,
-    cat_start: np.ndarray,
-    split_feature: np.ndarray,
-    threshold: np.ndarray,
-    route: np.ndarray,
-    left_child: np.ndarray,
-    right_child: np.ndarray,
-    internal_count: np.ndarray,
-    leaf_value: np.ndarray,
-    leaf_count: np.ndarray,
-    cat_boundaries: np.ndarray,
-    cat_threshold: np.ndarray,
-    bias: np.ndarray,
+@_inline
+def _enter(
     pf: np.ndarray,
     pz: np.ndarray,
     po: np.ndarray,
     pw: np.ndarray,
-    stack_int: np.ndarray,
-    stack_float: np.ndarray,
-    ratio: np.ndarray,
-    scratch: np.ndarray,
-    terms: np.ndarray,
-    scratch_feature: np.ndarray,
-) -> None:
-    """GBDT::PredictContrib of one row into ``out``, TreeSHAP run on every tree (hot child
-    then cold child: an explicit stack in place of LightGBM's recursion, each node's path
-    in the same slot of the path buffer)."""
-    _start(row, out, x, bias)
-    num_feature = x.shape[0]
-    num_class = bias.shape[0]
-    for t in range(node_start.shape[0] - 1):
-        n0 = node_start[t]
-        if node_start[t + 1] == n0:  # a single leaf: its output is all bias
-            continue
-        l0 = leaf_start[t]
-        phi = (t % num_class) * (num_feature + 1)
-        # TreeSHAP(node, unique_depth, parent path offset, parent feature), (parent zero
-        # fraction, parent one fraction)
-        stack_int[0, 0] = 0
-        stack_int[0, 1] = 0
-        stack_int[0, 2] = 0
-        stack_int[0, 3] = -1
-        stack_float[0, 0] = 1.0
-        stack_float[0, 1] = 1.0
-        sp = 1
-        while sp > 0:
-            sp -= 1
-            node = stack_int[sp, 0]
-            depth = stack_int[sp, 1]
-            parent = stack_int[sp, 2]
-            b = parent + depth  # unique_path = parent_unique_path + unique_depth
-            for i in range(depth):
-                pf[b + i] = pf[parent + i]
-                pz[b + i] = pz[parent + i]
-                po[b + i] = po[parent + i]
-                pw[b + i] = pw[parent + i]
-            _extend_path(
-                pf, pz, po, pw, b, depth, stack_float[sp, 0], stack_float[sp, 1], stack_int[sp, 3]
-            )
-            if node < 0:
-                value = leaf_value[l0 + ~node]
-                _leaf_terms(
-                    value, pf, pz, po, pw, b, depth, ratio, scratch, terms, scratch_feature, 0, 0
-                )
-                for i in range(depth):
-                    out[phi + scratch_feature[i]] += terms[i]
-                continue
-            g = n0 + node
-            feature = split_feature[g]
-            left = left_child[g]
-            right = right_child[g]
-            kind = route[g]
-            if kind & ROUTE_CATEGORICAL:
-                cat_idx = cat_start[t] + int(threshold[g])
-                go_left = _categorical_left(
-                    x[feature], kind, cat_idx, cat_boundaries, cat_threshold
-                )
-            else:
-                go_left = _numerical_left(x[feature], kind, threshold[g])
-            hot = left if go_left else right
-            cold = right if hot == left else left
-            w = float(internal_count[g])
-            hot_count = internal_count[n0 + hot] if hot >= 0 else leaf_count[l0 + ~hot]
-            cold_count = internal_count[n0 + cold] if cold >= 0 else leaf_count[l0 + ~cold]
-            hot_zero_fraction = hot_count / w
-            cold_zero_fraction = cold_count / w
-            incoming_zero_fraction = 1.0
-            incoming_one_fraction = 1.0
-            path_index = 0
-            while path_index <= depth:
-                if pf[b + path_index] == feature:
-                    break
-                path_index += 1
-            if path_index != depth + 1:
-                incoming_zero_fraction = pz[b + path_index]
-                incoming_one_fraction = po[b + path_index]
-                _unwind_path(pf, pz, po, pw, b, depth, path_index)
-                depth -= 1
-            # the cold child below the hot one: the hot subtree runs first
-            stack_int[sp, 0] = cold
-            stack_int[sp, 1] = depth + 1
-            stack_int[sp, 2] = b
-            stack_int[sp, 3] = feature
-            stack_float[sp, 0] = cold_zero_fraction * incoming_zero_fraction
-            stack_float[sp, 1] = 0.0
-            stack_int[sp + 1, 0] = hot
-            stack_int[sp + 1, 1] = depth + 1
-            stack_int[sp + 1, 2] = b
-            stack_int[sp + 1, 3] = feature
-            stack_float[sp + 1, 0] = hot_zero_fraction * incoming_zero_fraction
-            stack_float[sp + 1, 1] = incoming_one_fraction
-            sp += 2
+    parent: int,
+    depth: int,
+    zero_fraction: float,
+    one_fraction: float,
+    feature: int,
+) -> int:
+    """TreeSHAP's entry into a node: the parent's unique path copied to this node's slot
+    (``parent_unique_path + unique_depth``) and extended; that slot's offset."""
+    b = parent + depth
+    for i in range(depth):
+        pf[b + i] = pf[parent + i]
+        pz[b + i] = pz[parent + i]
+        po[b + i] = po[parent + i]
+        pw[b + i] = pw[parent + i]
+    _extend_path(pf, pz, po, pw, b, depth, zero_fraction, one_fraction, feature)
+    return b
+
+
+@_inline
+def _split_again(
+    pf: np.ndarray, pz: np.ndarray, po: np.ndarray, pw: np.ndarray, b: int, depth: int, feature: int
+) -> tuple[float, float, int]:
+    """A node's incoming zero and one fractions and the path's depth: a feature the path
+    split on before is unwound from it (to be redone at this node), as TreeSHAP does."""
+    incoming_zero_fraction = 1.0
+    incoming_one_fraction = 1.0
+    path_index = 0
+    while path_index <= depth:
+        if pf[b + path_index] == feature:
+            break
+        path_index += 1
+    if path_index != depth + 1:
+        incoming_zero_fraction = pz[b + path_index]
+        incoming_one_fraction = po[b + path_index]
+        _unwind_path(pf, pz, po, pw, b, depth, path_index)
+        depth -= 1
+    return incoming_zero_fraction, incoming_one_fraction, depth
 
 
 @_jit
@@ -599,8 +517,8 @@ def _build_table(
 ) -> None:
     """Every leaf's terms for every hot/cold pattern of the edges above it (bit ``k`` of
     the pattern: the edge out of the depth-``k`` node was hot), at ``term_start[leaf] +
-    pattern * unique_depth``: :func:`_walk`'s steps with each child taken both hot and
-    cold (the same path arithmetic, so the same doubles)."""
+    pattern * unique_depth``: TreeSHAP's steps (``Tree::TreeSHAP``) with each child taken
+    both hot and cold (the same path arithmetic, so the same doubles)."""
     for t in range(node_start.shape[0] - 1):
         n0 = node_start[t]
         if node_start[t + 1] == n0:
@@ -623,15 +541,10 @@ def _build_table(
             parent = stack_int[sp, 2]
             pattern = stack_int[sp, 4]
             level = stack_int[sp, 5]
-            b = parent + depth
-            for i in range(depth):
-                pf[b + i] = pf[parent + i]
-                pz[b + i] = pz[parent + i]
-                po[b + i] = po[parent + i]
-                pw[b + i] = pw[parent + i]
-            _extend_path(
-                pf, pz, po, pw, b, depth, stack_float[sp, 0], stack_float[sp, 1], stack_int[sp, 3]
-            )
+            b = _enter(
+                pf, pz, po, pw, parent, depth, stack_float[sp, 0], stack_float[sp, 1],
+                stack_int[sp, 3],
+            )  # fmt: skip
             if node < 0:
                 leaf = l0 + ~node
                 at = term_start[leaf] + pattern * depth
@@ -643,18 +556,9 @@ def _build_table(
             g = n0 + node
             feature = split_feature[g]
             w = float(internal_count[g])
-            incoming_zero_fraction = 1.0
-            incoming_one_fraction = 1.0
-            path_index = 0
-            while path_index <= depth:
-                if pf[b + path_index] == feature:
-                    break
-                path_index += 1
-            if path_index != depth + 1:
-                incoming_zero_fraction = pz[b + path_index]
-                incoming_one_fraction = po[b + path_index]
-                _unwind_path(pf, pz, po, pw, b, depth, path_index)
-                depth -= 1
+            incoming_zero_fraction, incoming_one_fraction, depth = _split_again(
+                pf, pz, po, pw, b, depth, feature
+            )
             for side in range(2):
                 child = left_child[g] if side == 0 else right_child[g]
                 count = internal_count[n0 + child] if child >= 0 else leaf_count[l0 + ~child]

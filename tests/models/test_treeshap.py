@@ -6,6 +6,8 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from models import treeshap
+from models.fastpredict import PREDICT_CONTRIB, FastPredictor
 from models.treeshap import TreeShap
 
 FEATURES = 10
@@ -69,12 +71,11 @@ def _rows(booster: lgb.Booster, X: np.ndarray, seed: int = 1) -> np.ndarray:
 
 def _assert_exact(booster: lgb.Booster, rows: np.ndarray, **kwargs: int) -> None:
     expected = np.asarray(booster.predict(rows, num_threads=1, pred_contrib=True, **kwargs))
-    for table in (True, False):
-        shap = TreeShap(booster, kwargs.get("num_iteration"), table=table)
-        got = np.vstack([shap.contributions(row) for row in rows])
-        assert got.shape == expected.shape
-        differ = [i for i in range(len(rows)) if got[i].tobytes() != expected[i].tobytes()]
-        assert not differ, f"table={table}: {len(differ)} rows differ, e.g. {rows[differ[0]]}"
+    shap = TreeShap(booster, kwargs.get("num_iteration"))
+    got = np.vstack([shap.contributions(row) for row in rows])
+    assert got.shape == expected.shape
+    differ = [i for i in range(len(rows)) if got[i].tobytes() != expected[i].tobytes()]
+    assert not differ, f"{len(differ)} rows differ, e.g. {rows[differ[0]]}"
 
 
 PARAMS = {
@@ -98,7 +99,6 @@ def test_binary_matches_pred_contrib(name: str) -> None:
     }
     data = lgb.Dataset(X, y, categorical_feature=CATEGORICAL)
     booster = lgb.train(params, data, num_boost_round=30)
-    assert TreeShap(booster).table
     _assert_exact(booster, _rows(booster, X))
 
 
@@ -125,3 +125,22 @@ def test_rejects_wrong_width() -> None:
     booster = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(X, y), 3)
     with pytest.raises(ValueError):
         TreeShap(booster).contributions(X[0, :3])
+
+
+def test_a_booster_too_large_for_the_table_keeps_lightgbms_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past :data:`MAX_TABLE_TERMS` the port refuses the booster and
+    :class:`FastPredictor` answers with LightGBM's C call: the same contributions."""
+    X, y = _data()
+    params = {"objective": "binary", "verbose": -1, "num_leaves": 23, "min_data_in_leaf": 5}
+    booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=CATEGORICAL), 20)
+    monkeypatch.setattr(treeshap, "MAX_TABLE_TERMS", 1000)
+    with pytest.raises(ValueError, match="precomputed terms"):
+        TreeShap(booster)
+    fast = FastPredictor(booster)
+    rows = _rows(booster, X)[:300]
+    got = np.vstack([fast.predict_row(row, PREDICT_CONTRIB) for row in rows])
+    expected = np.asarray(booster.predict(rows, num_threads=1, pred_contrib=True))
+    assert got.tobytes() == expected.tobytes()
+    assert fast._shap is None and fast._shap_tried
