@@ -93,6 +93,22 @@ class Clock:
         self._score = {}
 
 
+def worker_scorer(home: Path) -> tuple[Any, Any, Any]:
+    """``(spec, online store, Live)`` of the workspace at ``home``, the scorer built as a
+    worker builds it (:meth:`serving.reload.Reloader.start`: the bundled champions, the
+    stored segment model, the control group, the warm-up score)."""
+    from features.online.store import open_store
+    from features.spec import default_spec
+    from rapport.settings import get_settings
+    from serving.reload import Reloader
+
+    with environment(RAPPORT_HOME=str(home), MLFLOW_TRACKING_URI=None):
+        settings = get_settings()
+        spec = default_spec()
+        store = open_store(settings.online_store_url)
+        return spec, store, Reloader(settings, spec, store).start()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -112,20 +128,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from features.online.record import evaluate
     from features.online.store import open_store
     from features.segments import assign_segments
-    from features.spec import default_spec
     from models.catalog import CHURN_FIELD
     from models.policy import arbitrate, screen
     from models.value import OUTPUT_COLUMNS
-    from rapport.settings import get_settings
-    from serving.reload import Reloader
     from serving.schemas import Score, ScoreResponse
 
     customers = sample_customers(home, args.customers)
-    with environment(RAPPORT_HOME=str(home), MLFLOW_TRACKING_URI=None):
-        settings = get_settings()
-        spec = default_spec()
-        store = open_store(settings.online_store_url)
-        live = Reloader(settings, spec, store).start()
+    spec, store, live = worker_scorer(home)
     scorer = live.scorer
     assert scorer is not None, "the workspace's champions cannot score"
     from models.fastpredict import fast_predictor

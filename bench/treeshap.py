@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.serving_harness import environment, sample_customers
+from bench.score_steps import worker_scorer
+from tests.serving_harness import sample_customers
 
 
 def _rows(X: np.ndarray, thresholds: list[tuple[int, float]], seed: int = 1) -> np.ndarray:
@@ -58,18 +59,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     home = args.home.expanduser().absolute()
 
     from features.online.record import evaluate
-    from features.online.store import open_store
-    from features.spec import default_spec
     from models.fastpredict import PREDICT_CONTRIB, FastPredictor
-    from rapport.settings import get_settings
-    from serving.reload import Reloader
 
     customers = sample_customers(home, args.customers)
-    with environment(RAPPORT_HOME=str(home), MLFLOW_TRACKING_URI=None):
-        settings = get_settings()
-        spec = default_spec()
-        store = open_store(settings.online_store_url)
-        scorer = Reloader(settings, spec, store).start().scorer
+    spec, store, live = worker_scorer(home)
+    scorer = live.scorer
     assert scorer is not None, "the workspace's champions cannot score"
     booster = scorer.churn.booster_
     now = datetime.now(UTC)

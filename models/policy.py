@@ -299,6 +299,8 @@ class _Constants:
     #: words read nothing of the customer (not eligible, no uplift): per live score, the
     #: enum and the action's private rule cost more than the wording
     texts: dict[tuple[int, int], str]
+    #: (weight, cost) per action as plain floats (a live score's arithmetic)
+    plain: tuple[tuple[float, float], ...]
 
 
 _CONSTANTS: dict[int, tuple[Catalog, _Constants]] = {}
@@ -334,7 +336,8 @@ def _constants(catalog: Catalog) -> _Constants:
         for j, action in enumerate(actions)
         for code in (Exclusion.NOT_ELIGIBLE, Exclusion.NO_UPLIFT)
     }
-    constants = _Constants(cost, weight, tuple(checks), tuple(values), texts)
+    plain = tuple(zip(weight.tolist(), cost.tolist(), strict=True))
+    constants = _Constants(cost, weight, tuple(checks), tuple(values), texts, plain)
     if len(_CONSTANTS) > 16:  # catalogs replaced by reloads
         _CONSTANTS.clear()
     _CONSTANTS[id(catalog)] = (catalog, constants)
@@ -455,12 +458,7 @@ def _arbitrate_one(
             up[j] = 0.0 if math.isnan(revenue) else revenue
             value[j] = margin
     expected = [u * v for u, v in zip(up, value, strict=True)]
-    score = [
-        w * e - c
-        for w, e, c in zip(
-            constants.weight.tolist(), expected, constants.cost.tolist(), strict=True
-        )
-    ]
+    score = [w * e - c for (w, c), e in zip(constants.plain, expected, strict=True)]
     codes_array = np.array([reason], dtype=np.int8)
     return Arbitration(
         catalog,
