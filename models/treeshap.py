@@ -71,6 +71,10 @@ class TreeArrays:
     #: each output's bias column: the sum of its trees' ``ExpectedValue`` in tree order
     bias: np.ndarray
     max_depth: int
+    #: the header's ``objective`` (e.g. ``binary sigmoid:1``; empty without one) and
+    #: whether the outputs are averaged over the trees (random forest mode)
+    objective: str = ""
+    average_output: bool = False
 
     @classmethod
     def of(cls, booster: lgb.Booster, num_iteration: int | None = None) -> TreeArrays:
@@ -79,9 +83,8 @@ class TreeArrays:
         if num_iteration is None:
             num_iteration = booster.best_iteration
         text = booster.model_to_string(num_iteration=-1)
-        header = dict(
-            line.split("=", 1) for line in text.split("\nTree=", 1)[0].splitlines() if "=" in line
-        )
+        lines = text.split("\nTree=", 1)[0].splitlines()
+        header = dict(line.split("=", 1) for line in lines if "=" in line)
         num_class = int(header.get("num_tree_per_iteration", "1"))
         num_feature = int(header["max_feature_idx"]) + 1
         blocks = text.split("end of trees", 1)[0].split("\nTree=")[1:]
@@ -149,6 +152,8 @@ class TreeArrays:
             cat_threshold=i64(cat_threshold),
             bias=np.asarray(bias, dtype=np.float64),
             max_depth=max_depth,
+            objective=header.get("objective", "").strip(),
+            average_output="average_output" in lines,
         )
 
 
