@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from models.catalog import default_catalog
-from models.nba import NbaModel
+from models.nba import ROW_BY_ROW, NbaModel
 from models.uplift import UpliftModel, UpliftPrediction
 
 
@@ -47,11 +47,13 @@ def _bytes(p: UpliftPrediction) -> list[bytes]:
     ]
 
 
-def test_one_customer_and_a_micro_batch_give_the_same_bytes(nba: NbaModel) -> None:
-    rows = _rows(6)
+@pytest.mark.parametrize("size", [6, ROW_BY_ROW + 6])  # one by one; each booster for all
+def test_one_customer_and_a_micro_batch_give_the_same_bytes(nba: NbaModel, size: int) -> None:
+    rows = _rows(size)
     ids = nba.uplift.actions_
     allowed = [set(ids[: i % 3]) for i in range(len(rows))]
     batch = nba.predict_rows(rows, allowed)
+    assert batch.incremental_conversion.shape == (size, len(batch.actions))
     for i, row in enumerate(rows):
         one = nba.predict(row, allowed[i])
         assert _bytes(one) == _bytes(nba.predict_rows([row], [allowed[i]]))
