@@ -136,14 +136,16 @@ class UpliftPrediction:
             raise KeyError(f"no uplift estimate for action {action!r}") from None
 
     def row(self, i: int) -> UpliftPrediction:
-        """The ``i``-th customer's prediction alone (one row of each array, as views)."""
+        """The ``i``-th customer's prediction alone (one row of each array, as views); a
+        baseline revenue still pending stays so (computed when the row's is read)."""
         at = slice(i, i + 1)
+        pending = callable(self._baseline_revenue)
         return UpliftPrediction(
             self.actions,
             self.incremental_conversion[at],
             self.incremental_revenue[at],
             self.baseline_conversion[at],
-            self.baseline_revenue[at],
+            (lambda: self.baseline_revenue[at]) if pending else self.baseline_revenue[at],
         )
 
     def to_frame(self, index: pd.Index | None = None) -> pd.DataFrame:

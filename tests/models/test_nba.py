@@ -72,3 +72,15 @@ def test_a_missing_column_is_named_and_a_bad_value_refused(nba: NbaModel) -> Non
         nba.predict({**row, "x0": "many"})
     with pytest.raises(ValueError, match="x0"):
         nba.predict_rows([row, {**row, "x0": "many"}], [set(), set()])
+
+
+def test_a_rows_pending_baseline_revenue_is_computed_only_when_read(nba: NbaModel) -> None:
+    """The live arbitration never reads the DR learner's baseline revenue: a micro-batch's
+    row leaves it pending (the control's revenue boosters are not run for the batch)."""
+    rows = _rows(3)
+    batch = nba.predict_rows(rows, [set()] * len(rows))
+    assert callable(batch._baseline_revenue)
+    first = batch.row(0)
+    assert callable(batch._baseline_revenue) and callable(first._baseline_revenue)
+    alone = nba.predict(rows[0], set()).baseline_revenue
+    assert first.baseline_revenue.tobytes() == alone.tobytes()
