@@ -167,6 +167,8 @@ def _predict_raw(
                 total += leaf_value[leaf_start[t]]
                 continue
             node = 0
+            # the decision spelled out as in treeshap._from_table: an inlined helper taking
+            # the node arrays measured 58 instead of 42 us for the demo's 14 boosters
             while node >= 0:
                 g = n0 + node
                 kind = route[g]
