@@ -297,6 +297,11 @@ class FastPredictor:
             for owner, entry in zip(owners, kept, strict=True):
                 if entry is not None:
                     cache[owner] = entry  # most recently used last
+        if all(entry is None for entry in kept):  # no owner seen (most first scores)
+            fresh = self.predict_rows(data, PREDICT_CONTRIB)
+            self.contrib_computed += len(data)
+            self._keep(owners, data, [None] * len(data), [row.copy() for row in fresh])
+            return fresh
         found: list[np.ndarray | None] = [None] * len(data)
         keys: list[bytes | None] = [None] * len(data)
         moved = []  # rows whose owner's last row differs: compared by key
@@ -324,14 +329,24 @@ class FastPredictor:
             for i, row in zip(missing, fresh, strict=True):
                 found[i] = row.copy()
             self.contrib_computed += len(missing)
+        self._keep(owners, data, keys, found)  # type: ignore[arg-type]
+        return np.stack(found)  # type: ignore[arg-type]
+
+    def _keep(
+        self,
+        owners: Sequence[Hashable],
+        data: np.ndarray,
+        keys: Sequence[bytes | None],
+        contributions: Sequence[np.ndarray],
+    ) -> None:
+        """Keep each owner's row, its key (if computed) and contributions (arrays of their
+        own), the least recently used dropped beyond :data:`CONTRIB_CACHE_ROWS`."""
+        cache = self._contrib
         with self._cache_lock:
             for i, owner in enumerate(owners):
-                row = found[i]
-                assert row is not None
-                cache[owner] = _Explained(data[i].copy(), keys[i], row)
+                cache[owner] = _Explained(data[i].copy(), keys[i], contributions[i])
             while len(cache) > CONTRIB_CACHE_ROWS:
                 del cache[next(iter(cache))]
-        return np.stack(found)  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)
