@@ -16,7 +16,9 @@ TreeSHAP contributions (``PREDICT_CONTRIB``) of up to :data:`FAST_ROWS` rows com
 :class:`models.treeshap.TreeShap`, a numba port of LightGBM's own TreeSHAP with each
 leaf's terms precomputed (the same bits as ``pred_contrib``, ~30 instead of ~115 us a row
 on the demo's churn model); it is built at the first such call (a worker's warm-up
-score), and a booster it cannot take (linear trees) keeps LightGBM's C call.
+score), and a booster it cannot take (linear trees) keeps LightGBM's C call. One-row raw
+scores (``PREDICT_RAW_SCORE``: the live churn and value models) come from
+:class:`models.forest.Forest` the same way (the same bits, cheaper inside a whole score).
 
 :meth:`FastPredictor.contributions` (the live churn reasons, TreeSHAP: the costliest
 prediction of a score) keeps each customer's last row and its contributions. TreeSHAP
@@ -100,6 +102,9 @@ _PREDICT_MAT = ctypes.CFUNCTYPE(
     ctypes.c_void_p,  # double* out_result
 )(("LGBM_BoosterPredictForMat", _LIB))
 
+#: the one output of a one-output booster (a :class:`~models.forest.Forest` of it)
+_FIRST = (0,)
+
 _KWARGS = {
     PREDICT_NORMAL: {},
     PREDICT_RAW_SCORE: {"raw_score": True},
@@ -133,8 +138,9 @@ class FastPredictor:
     """
 
     def __init__(self, booster: lgb.Booster, treeshap: bool = True) -> None:
-        """``treeshap``: contributions from :mod:`models.treeshap` (False: LightGBM's C API
-        for every row, the baseline ``bench/treeshap.py`` times)."""
+        """``treeshap``: contributions from :mod:`models.treeshap` and one-row raw scores
+        from :mod:`models.forest` (False: LightGBM's C API for every row, the baseline
+        ``bench/treeshap.py`` times)."""
         self.booster = booster
         self._lock = threading.Lock()
         self._handles: dict[int, _Handle] = {}
@@ -156,6 +162,9 @@ class FastPredictor:
         self.treeshap = treeshap
         self._shap: TreeShap | None = None
         self._shap_tried = not treeshap
+        #: the booster's one-row raw scores (:meth:`_raw_forest`), under ``_lock`` too
+        self._raw: Forest | None = None
+        self._raw_tried = not treeshap
 
     def __getstate__(self) -> dict[str, Any]:
         return {"booster": self.booster, "treeshap": self.treeshap}
@@ -205,6 +214,8 @@ class FastPredictor:
                 out = np.empty(shap.out.shape, dtype=np.float64)
                 shap.contributions_into(data, out)
                 return out
+            if predict_type == PREDICT_RAW_SCORE and (forest := self._raw_forest()) is not None:
+                return np.array(forest.predict(data, _FIRST), dtype=np.float64)
             handle = self._handles.get(predict_type) or self._init(predict_type)
             _check(
                 _FAST_PREDICT(
@@ -268,6 +279,20 @@ class FastPredictor:
             except ValueError:  # LightGBM's C API then answers (or refuses) as before
                 self._shap = None
         return self._shap
+
+    def _raw_forest(self) -> Forest | None:
+        """The booster's raw scores walked by :class:`models.forest.Forest`, built at the
+        first use (the caller holds ``_lock``); None when it cannot (several outputs per
+        row, averaged outputs, linear trees): LightGBM's C call then answers."""
+        if not self._raw_tried:
+            self._raw_tried = True
+            from models.forest import Forest  # numba: imported by the live path only
+
+            try:
+                self._raw = Forest([self.booster], raw=True)
+            except ValueError:
+                self._raw = None
+        return self._raw
 
     def forget(self) -> None:
         """Drop the contributions kept (a bench timing the computed path)."""

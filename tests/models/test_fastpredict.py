@@ -128,6 +128,7 @@ def test_equals_booster_predict_bit_for_bit_over_thousands_of_rows(objective: st
         assert got.tobytes() == expected.tobytes(), kind
         if kind == PREDICT_NORMAL:  # the batch path's default threads too
             assert got.ravel().tobytes() == np.asarray(booster.predict(rows)).tobytes()
+    assert fast._raw is not None  # the raw scores came from the compiled forest
 
 
 @pytest.mark.parametrize("objective", ["binary", "tweedie"])

@@ -70,6 +70,24 @@ def test_row_boosters_take_the_forest_for_any_subset() -> None:
 
 @pytest.mark.parametrize(
     "params",
+    [{"objective": "tweedie"}, {"objective": "regression", "reg_sqrt": True}, {}],
+    ids=["tweedie", "sqrt", "binary"],
+)
+def test_raw_scores_of_any_objective_equal_booster_predict(params: dict[str, object]) -> None:
+    """``raw=True`` (the live churn and value models' scores): ``PredictRaw`` alone, so any
+    one-output objective, the bytes of ``predict(raw_score=True)``."""
+    X, y = _data(800)
+    label = np.abs(np.nan_to_num(X[:, 0])) + y
+    booster = _train(X, label, rounds=20, **({"objective": "binary"} | params))
+    rows = _rows(booster, X)
+    forest = Forest([booster], raw=True)
+    got = np.array([forest.predict(np.ascontiguousarray(row), [0])[0] for row in rows])
+    expected = booster.predict(rows, raw_score=True, num_threads=1)
+    assert got.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize(
+    "params",
     [
         {"objective": "tweedie"},
         {"objective": "regression", "reg_sqrt": True},
@@ -85,6 +103,9 @@ def test_outputs_it_cannot_reproduce_keep_lightgbms_call(params: dict[str, objec
     booster = _train(X, label, rounds=5, **params)
     with pytest.raises(ValueError):
         Forest([booster])
+    if params["objective"] in ("multiclass", "binary") or "linear_tree" in params:
+        with pytest.raises(ValueError):  # several outputs, averaged ones, linear leaves
+            Forest([booster], raw=True)
     if params["objective"] == "multiclass":
         return  # RowBoosters takes one-output boosters only
     plain = _train(X, y, rounds=5, objective="binary")
