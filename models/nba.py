@@ -73,7 +73,7 @@ class NbaModel:
                 parts[0].actions,
                 np.vstack([p.incremental_conversion for p in parts]),
                 np.vstack([p.incremental_revenue for p in parts]),
-                np.concatenate([p.baseline_conversion for p in parts]),
+                lambda: np.concatenate([p.baseline_conversion for p in parts]),
                 lambda: np.concatenate([p.baseline_revenue for p in parts]),
             )
         wanted = set().union(*allowed) if allowed else set()

@@ -74,16 +74,17 @@ _Encoder = FeatureEncoder
 class UpliftPrediction:
     """Per-customer effects of each action against the control (columns follow ``actions``).
 
-    ``baseline_revenue`` may be given as the function computing it, called on first
-    read: for the DR learner no other number depends on it and the live arbitration
-    never reads it, so one customer's score skips the control's revenue boosters (two of
-    the largest of its ~7; :meth:`_OneRow.predict`). The numbers are the same either way.
+    The baselines may be given as the functions computing them, called on first read:
+    the live arbitration reads neither, so one customer's score skips the control's
+    revenue boosters under the DR learner (no other number depends on them: two of the
+    largest of its ~7), and every booster when the catalog's rules allow none of the
+    model's actions (:meth:`_OneRow.predict`). The numbers are the same either way.
     """
 
     __slots__ = (
+        "_baseline_conversion",
         "_baseline_revenue",
         "actions",
-        "baseline_conversion",
         "incremental_conversion",
         "incremental_revenue",
     )
@@ -93,14 +94,22 @@ class UpliftPrediction:
         actions: list[str],
         incremental_conversion: np.ndarray,  # [n, k]
         incremental_revenue: np.ndarray,  # [n, k]
-        baseline_conversion: np.ndarray,  # [n]
+        baseline_conversion: np.ndarray | Callable[[], np.ndarray],  # [n]
         baseline_revenue: np.ndarray | Callable[[], np.ndarray],  # [n]
     ) -> None:
         self.actions = actions
         self.incremental_conversion = incremental_conversion
         self.incremental_revenue = incremental_revenue
-        self.baseline_conversion = baseline_conversion
+        self._baseline_conversion = baseline_conversion
         self._baseline_revenue = baseline_revenue
+
+    @property
+    def baseline_conversion(self) -> np.ndarray:
+        """Conversion probability without any action, per customer."""
+        found = self._baseline_conversion
+        if callable(found):
+            found = self._baseline_conversion = found()
+        return found
 
     @property
     def baseline_revenue(self) -> np.ndarray:
@@ -127,7 +136,7 @@ class UpliftPrediction:
         return f"UpliftPrediction(actions={self.actions!r}, rows={len(self)})"
 
     def __len__(self) -> int:
-        return len(self.baseline_conversion)
+        return len(self.incremental_conversion)
 
     def index(self, action: str) -> int:
         try:
@@ -137,15 +146,24 @@ class UpliftPrediction:
 
     def row(self, i: int) -> UpliftPrediction:
         """The ``i``-th customer's prediction alone (one row of each array, as views); a
-        baseline revenue still pending stays so (computed when the row's is read)."""
+        baseline still pending stays so (computed when the row's is read)."""
         at = slice(i, i + 1)
-        pending = callable(self._baseline_revenue)
+        conversion: np.ndarray | Callable[[], np.ndarray] = (
+            (lambda: self.baseline_conversion[at])
+            if callable(self._baseline_conversion)
+            else self._baseline_conversion[at]
+        )
+        revenue: np.ndarray | Callable[[], np.ndarray] = (
+            (lambda: self.baseline_revenue[at])
+            if callable(self._baseline_revenue)
+            else self._baseline_revenue[at]
+        )
         return UpliftPrediction(
             self.actions,
             self.incremental_conversion[at],
             self.incremental_revenue[at],
-            self.baseline_conversion[at],
-            (lambda: self.baseline_revenue[at]) if pending else self.baseline_revenue[at],
+            conversion,
+            revenue,
         )
 
     def to_frame(self, index: pd.Index | None = None) -> pd.DataFrame:
@@ -480,6 +498,7 @@ class _OneRow:
         needed = self.convert if self.dr else self.convert + self.revenue
         self.base_run = sorted({s for s in needed if s < count})
         self.revenue_run = sorted({s for s in self.revenue if s < count})
+        self.convert_run = sorted({s for s in self.convert if s < count})
         self.action_run = [
             [s for s in dict.fromkeys(c + r) if s < count and s not in self.base_run]
             for c, r in self.models
@@ -506,6 +525,15 @@ class _OneRow:
         """The prediction for ``Xm`` (one row), or None when another thread is using the
         boosters' handles (the caller takes the matrix path)."""
         wanted = [j for j, name in enumerate(self.actions) if actions is None or name in actions]
+        if not wanted:  # the rules allow none of the model's actions: no booster is read
+            missing = np.full((1, len(self.actions)), math.nan)
+            return UpliftPrediction(
+                list(self.actions),
+                missing,
+                missing.copy(),
+                partial(self._baseline, Xm, False),
+                partial(self._baseline, Xm, True),
+            )
         run = self.base_run.copy()
         for j in wanted:
             run += self.action_run[j]
@@ -533,20 +561,24 @@ class _OneRow:
             np.array([inc_y]),
             np.array([inc_r]),
             np.array([base_y]),
-            partial(self._baseline_revenue, Xm) if self.dr else np.array([base_r]),
+            partial(self._baseline, Xm, True) if self.dr else np.array([base_r]),
         )
 
-    def _baseline_revenue(self, Xm: np.ndarray) -> np.ndarray:
-        """The control's revenue for ``Xm`` (one row), as :meth:`predict` would have
-        computed it (the matrix path's when the boosters are busy)."""
-        values = self.boosters.predict(Xm, self.revenue_run)
+    def _baseline(self, Xm: np.ndarray, revenue: bool) -> np.ndarray:
+        """The control's conversion (clipped) or revenue for ``Xm`` (one row), as
+        :meth:`predict` would have computed it (the matrix path's when the boosters are
+        busy)."""
+        slots, run = (
+            (self.revenue, self.revenue_run) if revenue else (self.convert, self.convert_run)
+        )
+        values = self.boosters.predict(Xm, run)
         if values is None:
             owner = self.owner()
             threads = 1 if owner is None else owner.params["num_threads"]
-            arm = self.arms[self.control]
-            return arm.predict(Xm, threads, owner)[1]
+            return self.arms[self.control].predict(Xm, threads, owner)[1 if revenue else 0]
         values += self.constants
-        return np.array([_fold_mean_value([values[s] for s in self.revenue])])
+        mean = _fold_mean_value([values[s] for s in slots])
+        return np.array([mean if revenue else _clip_value(mean, 0.0, 1.0)])
 
 
 def dr_pseudo_outcome(

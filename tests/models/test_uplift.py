@@ -291,6 +291,24 @@ def test_predicting_some_actions_gives_their_values_exactly_and_nan_for_the_rest
             np.testing.assert_array_equal(some.baseline_revenue, full.baseline_revenue)
 
 
+def test_no_action_wanted_runs_no_booster_and_changes_no_number(
+    fitted: dict[str, UpliftModel], test: Logged
+) -> None:
+    """A customer the rules allow none of the model's actions (``actions`` without any of
+    them): every uplift NaN, no booster run until a baseline is read, and then the same
+    baselines as the full prediction's, bit for bit."""
+    for model in fitted.values():
+        for row in test.X.iloc[:10].to_dict("records"):
+            row = {k: (None if pd.isna(v) else v) for k, v in row.items()}
+            full, none = model.predict(row), model.predict(row, actions={"no_action"})
+            assert np.isnan(none.incremental_conversion).all()
+            assert np.isnan(none.incremental_revenue).all()
+            assert callable(none._baseline_conversion) and callable(none._baseline_revenue)
+            assert none.baseline_conversion.tobytes() == full.baseline_conversion.tobytes()
+            assert none.baseline_revenue.tobytes() == full.baseline_revenue.tobytes()
+            assert len(none) == 1
+
+
 def test_the_fold_mean_is_numpys_mean_bit_for_bit() -> None:
     """An arm's predictions averaged over its folds as ``np.mean(..., axis=0)`` does (one
     fold, two, several; one row, a micro-batch, a frame), bit for bit."""
