@@ -355,12 +355,9 @@ class _Plan:
         self.start_days = np.concatenate([plan.start_days for _, plan, _ in self.tables])
         self.end_days = np.concatenate([plan.end_days for _, plan, _ in self.tables])
         self.agg_names = [a.name for a in spec.aggs]
-        self.time_rows = np.array(
-            [i for i, a in enumerate(spec.aggs) if a.agg in TIME_AGGS], dtype=np.intp
-        )
-        self.zero_rows = np.array(
-            [i for i, a in enumerate(spec.aggs) if a.agg in ZERO_WHEN_EMPTY], dtype=np.intp
-        )
+        #: plain ints: :func:`_finished` works on the aggregates as a list of floats
+        self.time_rows = [i for i, a in enumerate(spec.aggs) if a.agg in TIME_AGGS]
+        self.zero_rows = [i for i, a in enumerate(spec.aggs) if a.agg in ZERO_WHEN_EMPTY]
         self.attributes = [(a.name, a.column, a.kind) for a in spec.attributes]
         self.derived = [(d.name, d.numerator, d.denominator, d.constant) for d in spec.derived]
 
@@ -434,12 +431,15 @@ def evaluate(record: Record, as_of: datetime, spec: FeatureSpec | None = None) -
 def _finished(
     customer: Mapping[str, Any], raw: np.ndarray, as_of_us: float, plan: _Plan
 ) -> dict[str, Any]:
-    """:func:`evaluate`'s features from the raw aggregates (changed in place) and the
-    customer's attributes: :func:`features.batch.finish`'s steps on plain floats."""
-    time_rows, zero_rows = plan.time_rows, plan.zero_rows
-    raw[time_rows] = (as_of_us - raw[time_rows]) / MICROS_PER_DAY
-    zeros = raw[zero_rows]
-    raw[zero_rows] = np.where(np.isnan(zeros), 0.0, zeros)
+    """:func:`evaluate`'s features from the raw aggregates (not changed) and the
+    customer's attributes: :func:`features.batch.finish`'s steps on plain floats (the
+    same IEEE operations as numpy's on the array, cheaper for ~70 values)."""
+    values = raw.tolist()
+    for i in plan.time_rows:
+        values[i] = (as_of_us - values[i]) / MICROS_PER_DAY
+    for i in plan.zero_rows:
+        if values[i] != values[i]:  # NaN: no event in the window
+            values[i] = 0.0
     out: dict[str, Any] = {"customer_id": customer.get("customer_id")}
     for name, column, kind in plan.attributes:
         value = customer.get(column)
@@ -449,7 +449,7 @@ def _finished(
             out[name] = (as_of_us - _flag(value)) / MICROS_PER_DAY
         else:
             out[name] = _flag(value)
-    out.update(zip(plan.agg_names, raw.tolist(), strict=True))
+    out.update(zip(plan.agg_names, values, strict=True))
     for name, numerator, denominator, constant in plan.derived:
         # finish's sum(w * x) over one-element arrays: 0 + w1 x1 + w2 x2 ..., in that order
         num: float = 0
