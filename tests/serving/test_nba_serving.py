@@ -355,8 +355,8 @@ def test_the_service_follows_a_recorded_control_change_without_a_restart(
 
 def test_the_champions_are_warm_when_the_service_starts(ws: Workspace) -> None:
     """:meth:`serving.reload.Reloader.start` scores a made-up customer: the churn reasons'
-    TreeSHAP port (its compiled code loaded, ~1 s) and the prediction handles exist before
-    the first request, which would otherwise wait for them."""
+    TreeSHAP port (its compiled code loaded, ~1 s) and the churn and value models'
+    compiled forests exist before the first request, which would otherwise wait for them."""
     from serving_harness import environment
 
     from features.spec import default_spec
@@ -373,4 +373,5 @@ def test_the_champions_are_warm_when_the_service_starts(ws: Workspace) -> None:
             store.close()
     assert scorer is not None
     churn = fast_predictor(scorer.churn, scorer.churn.booster_)
-    assert churn._shap is not None and churn._handles
+    value = fast_predictor(scorer.value, scorer.value.booster_)
+    assert churn._shap is not None and churn._raw is not None and value._raw is not None
