@@ -99,7 +99,6 @@ from features.online.store import StoreUnavailableError, open_store, redact_url
 from features.spec import default_spec
 from features.tables.feature_samples import sample_row, sampled
 from models.bundle import bundled_ref
-from models.results import CustomerScore
 from models.scorer import Scorer
 from rapport.settings import get_settings
 from serving import accept, runtime
@@ -173,7 +172,7 @@ class Rapport:
         self._watcher: asyncio.Task[None] | None = None
         self.rng = np.random.default_rng()
         #: concurrent /score requests scored together (serving/batching.py)
-        self.batcher: Batcher[tuple[CustomerScore, Live]] = Batcher(
+        self.batcher: Batcher[tuple[dict[str, Any], Live]] = Batcher(
             self._score_many, settings.score_microbatch
         )
         #: customer -> set once its /score in flight has queued its decision
@@ -466,14 +465,15 @@ class Rapport:
         features: Sequence[Mapping[str, Any]],
         top_k: Sequence[int],
         explain: Sequence[bool],
-    ) -> list[tuple[CustomerScore, Live]]:
+    ) -> list[tuple[dict[str, Any], Live]]:
         """Several customers' scores by the models in use (one :class:`Live`: the answers
-        carry its versions), the chosen actions drawn in order."""
+        carry its versions), the chosen actions drawn in order; plain values, validated
+        once into each answer (:meth:`_answer`)."""
         live = self.live
         assert live.scorer is not None  # callers check readiness first; never unset again
         state = self.rng.bit_generator.state
         try:
-            results = live.scorer.score_many(features, top_k, explain, rng=self.rng)
+            results = live.scorer.score_plain(features, top_k, explain, rng=self.rng)
         except Exception:  # the batch is scored again one by one: the same draws, in order
             self.rng.bit_generator.state = state
             raise
@@ -483,17 +483,17 @@ class Rapport:
         self,
         customer_id: str,
         features: dict[str, Any],
-        result: CustomerScore,
+        result: Mapping[str, Any],
         options: ScoreOptions,
         as_of: datetime,
         cold: bool,
         live: Live,
         meta: Meta | None = None,
     ) -> Score:
-        """One customer's answer from its score: the decision id, the sampled feature
-        vector (behind the answer) and the features when asked for; with ``meta``, the
-        whole ``/score`` response (built at once: one validation, not a score and then
-        a response)."""
+        """One customer's answer from its score (:meth:`models.scorer.Scorer.score_plain`'s
+        values): the decision id, the sampled feature vector (behind the answer) and the
+        features when asked for; with ``meta``, the whole ``/score`` response (validated
+        at once: one validation, not a score and then a response)."""
         decision_id = new_decision_id()
         if not cold and sampled(decision_id, self.settings.feature_sample_share):
             # for the monitor's live/batch skew check; written behind the answer
@@ -503,14 +503,17 @@ class Rapport:
         shown = None
         if options.include_features:
             shown = {k: _plain(v) for k, v in features.items() if k != "customer_id"}
-        fields = dict(result) | {
+        fields = {
+            **result,
             "customer_id": customer_id,
             "decision_id": decision_id,
             "as_of": as_of,
             "cold_start": cold,
             "features": shown,
         }
-        return Score(**fields) if meta is None else ScoreResponse(**fields, meta=meta)
+        if meta is None:
+            return Score.model_validate(fields)
+        return ScoreResponse.model_validate({**fields, "meta": meta})
 
     def _log(self, scores: list[Score], decided_at: datetime, with_record: set[str]) -> None:
         """Queue the decisions; they are written behind the answer (:meth:`_write_decisions`)."""
