@@ -106,18 +106,26 @@ class UpliftPrediction:
     @property
     def baseline_conversion(self) -> np.ndarray:
         """Conversion probability without any action, per customer."""
-        found = self._baseline_conversion
-        if callable(found):
-            found = self._baseline_conversion = found()
-        return found
+        return self._read("_baseline_conversion")
 
     @property
     def baseline_revenue(self) -> np.ndarray:
         """Expected revenue without any action, per customer."""
-        found = self._baseline_revenue
+        return self._read("_baseline_revenue")
+
+    def _read(self, slot: str) -> np.ndarray:
+        """A baseline's values, computed (and kept) at the first read when pending."""
+        found = getattr(self, slot)
         if callable(found):
-            found = self._baseline_revenue = found()
-        return found
+            found = found()
+            setattr(self, slot, found)
+        return found  # type: ignore[no-any-return]
+
+    def _row_of(self, slot: str, at: slice) -> np.ndarray | Callable[[], np.ndarray]:
+        """Rows ``at`` of a baseline: still pending when it is."""
+        if callable(getattr(self, slot)):
+            return lambda: self._read(slot)[at]
+        return getattr(self, slot)[at]  # type: ignore[no-any-return]
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled with its numbers (a pending baseline computed first)."""
@@ -148,22 +156,12 @@ class UpliftPrediction:
         """The ``i``-th customer's prediction alone (one row of each array, as views); a
         baseline still pending stays so (computed when the row's is read)."""
         at = slice(i, i + 1)
-        conversion: np.ndarray | Callable[[], np.ndarray] = (
-            (lambda: self.baseline_conversion[at])
-            if callable(self._baseline_conversion)
-            else self._baseline_conversion[at]
-        )
-        revenue: np.ndarray | Callable[[], np.ndarray] = (
-            (lambda: self.baseline_revenue[at])
-            if callable(self._baseline_revenue)
-            else self._baseline_revenue[at]
-        )
         return UpliftPrediction(
             self.actions,
             self.incremental_conversion[at],
             self.incremental_revenue[at],
-            conversion,
-            revenue,
+            self._row_of("_baseline_conversion", at),
+            self._row_of("_baseline_revenue", at),
         )
 
     def to_frame(self, index: pd.Index | None = None) -> pd.DataFrame:

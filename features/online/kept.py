@@ -73,13 +73,9 @@ class _Kept:
     as_of_us: float
     raw: np.ndarray
     #: per distinct window start, then per distinct window end (the plan's tables in
-    #: turn): the earliest event at or after it
-    started: np.ndarray
-    ended: np.ndarray
-    customer: Mapping[str, Any]
-    #: ``started`` then ``ended`` in one array (:meth:`KeptAggregates._holds` compares
-    #: them with one expression)
+    #: turn, all starts before all ends): the earliest event at or after it
     edges: np.ndarray
+    customer: Mapping[str, Any]
 
 
 class KeptAggregates:
@@ -119,10 +115,8 @@ class KeptAggregates:
             record = decode_record(encoded)
             bounds: list[tuple[np.ndarray, np.ndarray]] = []
             raw = _aggregates(record, as_of_us, plan, bounds)
-            started = np.concatenate([b[0] for b in bounds])
-            ended = np.concatenate([b[1] for b in bounds])
-            edges = np.concatenate([started, ended])
-            fresh = _Kept(digest, as_of_us, raw, started, ended, record["customer"], edges)
+            edges = np.concatenate([*(b[0] for b in bounds), *(b[1] for b in bounds)])
+            fresh = _Kept(digest, as_of_us, raw, edges, record["customer"])
             self.computed += 1
         with self._lock:
             self._kept.pop(customer_id, None)
@@ -181,12 +175,12 @@ def stamp(
         earlier = None  # bounds only rise with the instant: an earlier stamp tells nothing
     raw = np.empty(len(plan.agg_names))
     bounds: list[tuple[np.ndarray, np.ndarray]] = []
-    starts = ends = 0
+    starts, ends = 0, plan.start_days.size  # where each table's are in ``edges``
     for name, table_plan, rows in plan.tables:
         start_days, end_days = table_plan.start_days, table_plan.end_days
         if earlier is not None and name not in changed:
-            started = earlier.started[starts : starts + start_days.size]
-            ended = earlier.ended[ends : ends + end_days.size]
+            started = earlier.edges[starts : starts + start_days.size]
+            ended = earlier.edges[ends : ends + end_days.size]
             if _edges_hold(started, ended, start_days, end_days, as_of_us):
                 raw[rows] = earlier.raw[rows]
                 bounds.append((started, ended))
@@ -231,7 +225,4 @@ def _entry(stamp: Mapping[str, Any] | None, spec: FeatureSpec, digest: bytes) ->
     aggs, starts = len(plan.agg_names), plan.start_days.size
     if values.size != aggs + starts + plan.end_days.size:
         return None
-    raw, started, ended = values[:aggs], values[aggs : aggs + starts], values[aggs + starts :]
-    return _Kept(
-        digest, float(stamp["as_of"]), raw, started, ended, stamp["customer"], values[aggs:]
-    )
+    return _Kept(digest, float(stamp["as_of"]), values[:aggs], values[aggs:], stamp["customer"])
